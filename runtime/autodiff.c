@@ -1,0 +1,500 @@
+/* autodiff.c — reverse mode built as more graph: flx_grad_of walks the recorded graph backwards
+ * and calls each op's VJP rule, which records new nodes with public ops. Nothing is computed
+ * here; flx_backward then evaluates every gradient (and the loss) in one plan, so on a CUDA
+ * context the backward pass is device work only. Also no-grad mode, detach and gradcheck. */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "internal.h"
+
+/* ---- grad mode -------------------------------------------------------------------------- */
+static _Thread_local int tl_no_grad;
+
+int flx_no_grad_depth(void) { return tl_no_grad; }
+void flx_no_grad_begin(void) { tl_no_grad++; }
+void flx_no_grad_end(void) {
+    if (tl_no_grad > 0) tl_no_grad--;
+}
+bool flx_grad_enabled(void) { return tl_no_grad == 0; }
+
+/* ---- detach: an alias with no gradient ---------------------------------------------------- */
+static flx_status jvp_zero(flx_tensor *node, flx_tensor *const *tin, flx_tensor **tout) {
+    (void)node;
+    (void)tin;
+    *tout = NULL;
+    return FLX_OK;
+}
+
+void flx_ops_register_autodiff(flx_op_def *t) {
+    t[FLX_OP_DETACH] = (flx_op_def){"detach", NULL, NULL, jvp_zero, FLX_OPF_ALIAS | FLX_OPF_NONDIFF};
+}
+
+flx_tensor *flx_detach(flx_tensor *x) {
+    if (!flx_check_inputs("flx_detach", 1, &x)) return NULL;
+    return flx_adopt(flx_node_new(x->ctx, FLX_OP_DETACH, x->dtype, x->ndim, x->shape, 1, &x, NULL));
+}
+
+/* ---- leaves ------------------------------------------------------------------------------- */
+flx_status flx_set_requires_grad(flx_tensor *t, bool requires_grad) {
+    if (!t)
+        return flx_set_error_if_clear(FLX_ERR_INVALID_ARGUMENT,
+                                      "flx_set_requires_grad: tensor is NULL");
+    if (!requires_grad) {
+        t->requires_grad = false;
+        t->is_leaf = false;
+        flx_release(t->grad);
+        t->grad = NULL;
+        return FLX_OK;
+    }
+    if (!flx_dtype_is_float(t->dtype))
+        return flx_set_error(FLX_ERR_DTYPE,
+                             "flx_set_requires_grad: only f32/f64 tensors can require grad, got %s",
+                             flx_describe(t));
+    if (t->op != FLX_OP_CONST) {
+        flx_status s = flx_eval_nodes(1, &t);
+        if (s != FLX_OK) return s;
+        flx_freeze(t);
+    }
+    t->keep = true;
+    t->is_leaf = true;
+    t->requires_grad = true;
+    return FLX_OK;
+}
+
+bool flx_requires_grad(const flx_tensor *t) { return t && t->requires_grad; }
+
+flx_tensor *flx_grad(flx_tensor *t) {
+    if (!t) {
+        flx_set_error_if_clear(FLX_ERR_INVALID_ARGUMENT, "flx_grad: tensor is NULL");
+        return NULL;
+    }
+    return t->grad ? flx_adopt(flx_retain(t->grad)) : NULL;
+}
+
+flx_status flx_zero_grad(flx_tensor *t) {
+    if (!t) return flx_set_error_if_clear(FLX_ERR_INVALID_ARGUMENT, "flx_zero_grad: tensor is NULL");
+    flx_release(t->grad);
+    t->grad = NULL;
+    return FLX_OK;
+}
+
+/* ---- shared helper for broadcasting rules ------------------------------------------------- */
+flx_tensor *flx_sum_to_shape(flx_tensor *g, int32_t ndim, const int64_t *shape) {
+    if (!g) return NULL;
+    if (g->ndim == ndim && memcmp(g->shape, shape, sizeof(int64_t) * (size_t)ndim) == 0)
+        return g;
+    /* Sum the leading axes g has in excess, and the axes where shape has size 1. */
+    int32_t axes[FLX_MAX_DIMS], n = 0, lead = g->ndim - ndim;
+    for (int32_t i = 0; i < g->ndim; i++) {
+        if (i < lead || (shape[i - lead] == 1 && g->shape[i] != 1)) axes[n++] = i;
+    }
+    flx_tensor *s = n ? flx_sum(g, n, axes, true) : g;
+    return flx_reshape(s, ndim, shape);
+}
+
+/* ---- reverse mode --------------------------------------------------------------------------- */
+typedef struct frame {
+    flx_tensor *t;
+    int32_t next;
+} frame;
+
+typedef struct walk {
+    flx_tensor **order; /* post-order (inputs before consumers) of nodes on a grad path */
+    size_t n, cap;
+} walk;
+
+static bool walk_push(walk *w, flx_tensor *t) {
+    if (w->n == w->cap) {
+        size_t nc = w->cap ? 2 * w->cap : 64;
+        flx_tensor **no = (flx_tensor **)realloc(w->order, nc * sizeof *no);
+        if (!no) return false;
+        w->order = no;
+        w->cap = nc;
+    }
+    w->order[w->n++] = t;
+    return true;
+}
+
+/* Post-order over requires_grad nodes reachable from roots. */
+static flx_status walk_graph(int32_t n_roots, flx_tensor *const *roots, uint64_t epoch,
+                             walk *w) {
+    size_t cap = 64, top = 0;
+    frame *st = (frame *)malloc(cap * sizeof *st);
+    if (!st) return flx_set_error(FLX_ERR_OUT_OF_MEMORY, "autodiff: out of host memory");
+    for (int32_t r = 0; r < n_roots; r++) {
+        flx_tensor *root = roots[r];
+        if (root->mark == epoch || !root->requires_grad) continue;
+        root->mark = epoch;
+        st[top++] = (frame){root, 0};
+        while (top > 0) {
+            frame *f = &st[top - 1];
+            if (f->next < f->t->n_in) {
+                flx_tensor *c = f->t->in[f->next++];
+                if (c->mark == epoch || !c->requires_grad) continue;
+                c->mark = epoch;
+                if (top == cap) {
+                    frame *ns = (frame *)realloc(st, 2 * cap * sizeof *st);
+                    if (!ns) {
+                        free(st);
+                        return flx_set_error(FLX_ERR_OUT_OF_MEMORY, "autodiff: out of host memory");
+                    }
+                    st = ns;
+                    cap *= 2;
+                }
+                st[top++] = (frame){c, 0};
+            } else {
+                if (!walk_push(w, f->t)) {
+                    free(st);
+                    return flx_set_error(FLX_ERR_OUT_OF_MEMORY, "autodiff: out of host memory");
+                }
+                top--;
+            }
+        }
+    }
+    free(st);
+    return FLX_OK;
+}
+
+static uint64_t g_ad_epoch = (uint64_t)1 << 62; /* disjoint from the evaluator's epochs */
+
+/* Core of flx_grad_of: must be called inside a scope, which owns everything it makes.
+ * grads_out[j] are borrowed from that scope. */
+static flx_status grad_core(int32_t n_out, flx_tensor *const *outputs,
+                            flx_tensor *const *cotangents, int32_t n_in,
+                            flx_tensor *const *inputs, flx_tensor **grads_out) {
+    uint64_t epoch = __atomic_add_fetch(&g_ad_epoch, 1, __ATOMIC_RELAXED);
+    walk w = {0};
+    flx_status s = walk_graph(n_out, outputs, epoch, &w);
+    if (s != FLX_OK) {
+        free(w.order);
+        return s;
+    }
+    /* scratch = 1 where an input is reachable from the node: rules run only where they matter. */
+    for (size_t i = 0; i < w.n; i++) w.order[i]->scratch = 0;
+    for (int32_t j = 0; j < n_in; j++) inputs[j]->scratch = 1;
+    for (size_t i = 0; i < w.n; i++) {
+        flx_tensor *t = w.order[i];
+        for (int32_t k = 0; k < t->n_in && !t->scratch; k++)
+            if (t->in[k]->mark == epoch && t->in[k]->scratch) t->scratch = 1;
+    }
+    /* Cotangent of each visited node, indexed by its position in the walk. */
+    flx_tensor **cot = (flx_tensor **)calloc(w.n ? w.n : 1, sizeof *cot);
+    if (!cot) {
+        free(w.order);
+        return flx_set_error(FLX_ERR_OUT_OF_MEMORY, "autodiff: out of host memory");
+    }
+    for (size_t i = 0; i < w.n; i++) w.order[i]->pending = (int32_t)i;
+    for (int32_t o = 0; o < n_out && s == FLX_OK; o++) {
+        flx_tensor *y = outputs[o];
+        if (y->mark != epoch || !y->scratch) continue;
+        flx_tensor *c = cotangents ? cotangents[o] : NULL;
+        if (!c) {
+            if (y->numel != 1) {
+                s = flx_set_error(FLX_ERR_SHAPE,
+                                  "flx_grad_of: output %d %s has more than one element; give a "
+                                  "cotangent",
+                                  (int)o, flx_describe(y));
+                break;
+            }
+            c = flx_ones(y->ctx, y->dtype, y->ndim, y->shape);
+        }
+        size_t k = (size_t)y->pending;
+        cot[k] = cot[k] ? flx_add(cot[k], c) : c;
+        if (!cot[k]) s = flx_last_status();
+    }
+    for (size_t i = w.n; i-- > 0 && s == FLX_OK;) {
+        flx_tensor *t = w.order[i];
+        flx_tensor *g = cot[i];
+        if (!g || t->n_in == 0 || !t->scratch) continue;
+        const flx_op_def *def = flx_op_get(t->op);
+        if (!def->vjp) {
+            s = flx_set_error(FLX_ERR_NOT_DIFFERENTIABLE, "flx_grad_of: op %s has no VJP rule",
+                              def->name);
+            break;
+        }
+        flx_tensor *gin_local[8];
+        flx_tensor **gin = t->n_in <= 8 ? gin_local : (flx_tensor **)calloc((size_t)t->n_in, sizeof *gin);
+        if (!gin) {
+            s = flx_set_error(FLX_ERR_OUT_OF_MEMORY, "autodiff: out of host memory");
+            break;
+        }
+        for (int32_t k = 0; k < t->n_in; k++) gin[k] = NULL;
+        s = def->vjp(t, g, gin);
+        for (int32_t k = 0; k < t->n_in && s == FLX_OK; k++) {
+            flx_tensor *p = t->in[k];
+            if (!gin[k] || p->mark != epoch || !p->scratch) continue;
+            size_t pk = (size_t)p->pending;
+            cot[pk] = cot[pk] ? flx_add(cot[pk], gin[k]) : gin[k];
+            if (!cot[pk]) s = flx_last_status();
+        }
+        if (gin != gin_local) free(gin);
+    }
+    for (int32_t j = 0; j < n_in && s == FLX_OK; j++) {
+        flx_tensor *x = inputs[j];
+        flx_tensor *g = (x->mark == epoch) ? cot[x->pending] : NULL;
+        if (!g) g = flx_zeros(x->ctx, x->dtype, x->ndim, x->shape);
+        if (!g) s = flx_last_status();
+        grads_out[j] = g;
+    }
+    free(cot);
+    free(w.order);
+    return s;
+}
+
+static flx_status check_grad_args(const char *fn, int32_t n_out, flx_tensor *const *outputs,
+                                  flx_tensor *const *cotangents, int32_t n_in,
+                                  flx_tensor *const *inputs) {
+    if (n_out <= 0 || !outputs)
+        return flx_set_error(FLX_ERR_INVALID_ARGUMENT, "%s: needs at least one output", fn);
+    if (n_in <= 0 || !inputs)
+        return flx_set_error(FLX_ERR_INVALID_ARGUMENT, "%s: needs at least one input", fn);
+    for (int32_t i = 0; i < n_out; i++) {
+        if (!outputs[i])
+            return flx_set_error_if_clear(FLX_ERR_INVALID_ARGUMENT, "%s: output %d is NULL", fn, (int)i);
+        if (cotangents && cotangents[i]) {
+            flx_tensor *y = outputs[i], *c = cotangents[i];
+            if (c->ctx != y->ctx || c->dtype != y->dtype || c->ndim != y->ndim ||
+                memcmp(c->shape, y->shape, sizeof(int64_t) * (size_t)y->ndim) != 0)
+                return flx_set_error(FLX_ERR_SHAPE,
+                                     "%s: cotangent %d %s does not match output %s", fn, (int)i,
+                                     flx_describe(c), flx_describe(y));
+        }
+    }
+    for (int32_t j = 0; j < n_in; j++) {
+        if (!inputs[j])
+            return flx_set_error_if_clear(FLX_ERR_INVALID_ARGUMENT, "%s: input %d is NULL", fn, (int)j);
+        if (!inputs[j]->requires_grad)
+            return flx_set_error(FLX_ERR_NOT_DIFFERENTIABLE,
+                                 "%s: input %d %s does not require grad (flx_set_requires_grad)",
+                                 fn, (int)j, flx_describe(inputs[j]));
+    }
+    return FLX_OK;
+}
+
+flx_status flx_grad_of(int32_t n_out, flx_tensor *const *outputs, flx_tensor *const *cotangents,
+                       int32_t n_in, flx_tensor *const *inputs, bool create_graph,
+                       flx_tensor **grads_out) {
+    if (!grads_out) return flx_set_error(FLX_ERR_INVALID_ARGUMENT, "flx_grad_of: grads_out is NULL");
+    for (int32_t j = 0; j < n_in && inputs; j++) grads_out[j] = NULL;
+    flx_status s = check_grad_args("flx_grad_of", n_out, outputs, cotangents, n_in, inputs);
+    if (s != FLX_OK) return s;
+    if (!create_graph) flx_no_grad_begin();
+    s = flx_scope_begin();
+    if (s == FLX_OK) {
+        s = grad_core(n_out, outputs, cotangents, n_in, inputs, grads_out);
+        /* Move the results out of the private scope to the caller's scope (or the caller). */
+        flx_scope_end(s == FLX_OK ? n_in : 0, grads_out);
+    }
+    if (!create_graph) flx_no_grad_end();
+    if (s != FLX_OK)
+        for (int32_t j = 0; j < n_in; j++) grads_out[j] = NULL;
+    return s;
+}
+
+/* Leaves (requires_grad, is_leaf) reachable from loss through requires_grad nodes. */
+static flx_status collect_leaves(flx_tensor *loss, walk *leaves) {
+    walk w = {0};
+    uint64_t epoch = __atomic_add_fetch(&g_ad_epoch, 1, __ATOMIC_RELAXED);
+    flx_status s = walk_graph(1, &loss, epoch, &w);
+    for (size_t i = 0; i < w.n && s == FLX_OK; i++)
+        if (w.order[i]->is_leaf && !walk_push(leaves, w.order[i]))
+            s = flx_set_error(FLX_ERR_OUT_OF_MEMORY, "flx_backward: out of host memory");
+    free(w.order);
+    return s;
+}
+
+flx_status flx_backward(flx_tensor *loss) {
+    if (!loss) return flx_set_error_if_clear(FLX_ERR_INVALID_ARGUMENT, "flx_backward: loss is NULL");
+    if (loss->numel != 1)
+        return flx_set_error(FLX_ERR_SHAPE, "flx_backward: loss must have one element, got %s",
+                             flx_describe(loss));
+    if (!loss->requires_grad)
+        return flx_set_error(FLX_ERR_NOT_DIFFERENTIABLE,
+                             "flx_backward: loss %s does not depend on any tensor that requires "
+                             "grad",
+                             flx_describe(loss));
+    walk leaves = {0};
+    flx_status s = collect_leaves(loss, &leaves);
+    if (s != FLX_OK || leaves.n == 0) {
+        free(leaves.order);
+        return s;
+    }
+    int32_t n = (int32_t)leaves.n;
+    flx_tensor **g = (flx_tensor **)calloc((size_t)n + 1, sizeof *g);
+    if (!g) {
+        free(leaves.order);
+        return flx_set_error(FLX_ERR_OUT_OF_MEMORY, "flx_backward: out of host memory");
+    }
+    flx_no_grad_begin();
+    s = flx_scope_begin();
+    if (s == FLX_OK) {
+        s = grad_core(1, &loss, NULL, n, leaves.order, g);
+        for (int32_t j = 0; j < n && s == FLX_OK; j++) {
+            flx_tensor *old = leaves.order[j]->grad;
+            if (old) g[j] = flx_add(old, g[j]);
+            if (!g[j]) s = flx_last_status();
+        }
+        if (s == FLX_OK) {
+            g[n] = loss;
+            s = flx_eval_nodes(n + 1, g);
+        }
+        if (s == FLX_OK) {
+            for (int32_t j = 0; j < n; j++) {
+                flx_tensor *leaf = leaves.order[j];
+                flx_freeze(g[j]); /* the gradient keeps its value, not the graph that made it */
+                flx_release(leaf->grad);
+                leaf->grad = flx_retain(g[j]);
+            }
+        }
+        flx_scope_end(0, NULL);
+    }
+    flx_no_grad_end();
+    free(g);
+    free(leaves.order);
+    return s;
+}
+
+/* ---- gradcheck ---------------------------------------------------------------------------- */
+static double dot_host(const double *a, const double *b, int64_t n) {
+    double s = 0;
+    for (int64_t i = 0; i < n; i++) s += a[i] * b[i];
+    return s;
+}
+
+/* <u, fn(xs)> evaluated on the host. */
+static flx_status eval_projection(flx_fn fn, void *user, int32_t n_in, flx_tensor *const *xs,
+                                  const double *u, int64_t m, double *out) {
+    flx_tensor *y = fn(n_in, xs, user);
+    if (!y) return flx_set_error_if_clear(FLX_ERR_INVALID_ARGUMENT, "flx_gradcheck: fn returned NULL");
+    if (y->numel != m || y->dtype != FLX_F64)
+        return flx_set_error(FLX_ERR_SHAPE, "flx_gradcheck: fn changed its output to %s",
+                             flx_describe(y));
+    double *yh = (double *)malloc((size_t)(m ? m : 1) * sizeof *yh);
+    if (!yh) return flx_set_error(FLX_ERR_OUT_OF_MEMORY, "flx_gradcheck: out of host memory");
+    flx_status s = flx_to_host(y, yh, (size_t)m * sizeof *yh);
+    if (s == FLX_OK) *out = dot_host(u, yh, m);
+    free(yh);
+    return s;
+}
+
+static flx_status gradcheck_body(flx_fn fn, void *user, int32_t n_in, flx_tensor *const *inputs,
+                                 double eps, double atol, double rtol, uint64_t seed,
+                                 flx_gradcheck_report *rep, double **host) {
+    flx_tensor **xs = (flx_tensor **)calloc((size_t)n_in, sizeof *xs);
+    flx_tensor **gs = (flx_tensor **)calloc((size_t)n_in, sizeof *gs);
+    double *u = NULL, *ga = NULL;
+    flx_status s = (xs && gs) ? FLX_OK : flx_set_error(FLX_ERR_OUT_OF_MEMORY, "flx_gradcheck: out of host memory");
+    /* Leaves holding copies of the inputs' values. */
+    for (int32_t j = 0; j < n_in && s == FLX_OK; j++) {
+        flx_tensor *x = inputs[j];
+        host[j] = (double *)malloc((size_t)(x->numel ? x->numel : 1) * sizeof(double));
+        if (!host[j]) { s = flx_set_error(FLX_ERR_OUT_OF_MEMORY, "flx_gradcheck: out of host memory"); break; }
+        s = flx_to_host(x, host[j], (size_t)x->numel * sizeof(double));
+        if (s != FLX_OK) break;
+        xs[j] = flx_from_host(x->ctx, FLX_F64, x->ndim, x->shape, host[j]);
+        if (!xs[j]) { s = flx_last_status(); break; }
+        s = flx_set_requires_grad(xs[j], true);
+    }
+    flx_tensor *y = NULL;
+    if (s == FLX_OK) {
+        y = fn(n_in, xs, user);
+        if (!y) s = flx_set_error_if_clear(FLX_ERR_INVALID_ARGUMENT, "flx_gradcheck: fn returned NULL");
+        else if (y->dtype != FLX_F64)
+            s = flx_set_error(FLX_ERR_DTYPE, "flx_gradcheck: fn must return f64, got %s", flx_describe(y));
+    }
+    int64_t m = y ? y->numel : 0;
+    flx_tensor *ut = NULL;
+    if (s == FLX_OK) {
+        ut = flx_randn(y->ctx, FLX_F64, y->ndim, y->shape, seed);
+        u = (double *)malloc((size_t)(m ? m : 1) * sizeof *u);
+        if (!ut || !u) s = flx_last_status() ? flx_last_status() : flx_set_error(FLX_ERR_OUT_OF_MEMORY, "flx_gradcheck: out of host memory");
+        else s = flx_to_host(ut, u, (size_t)m * sizeof *u);
+    }
+    if (s == FLX_OK && !y->requires_grad) {
+        /* fn ignores its inputs: every analytic gradient is zero. */
+        for (int32_t j = 0; j < n_in && s == FLX_OK; j++) {
+            gs[j] = flx_zeros(xs[j]->ctx, FLX_F64, xs[j]->ndim, xs[j]->shape);
+            if (!gs[j]) s = flx_last_status();
+        }
+    } else if (s == FLX_OK) {
+        s = flx_grad_of(1, &y, &ut, n_in, xs, false, gs);
+    }
+    if (s == FLX_OK) s = flx_eval(n_in, gs);
+    flx_no_grad_begin();
+    for (int32_t j = 0; j < n_in && s == FLX_OK; j++) {
+        int64_t nj = xs[j]->numel;
+        ga = (double *)realloc(ga, (size_t)(nj ? nj : 1) * sizeof *ga);
+        if (!ga) { s = flx_set_error(FLX_ERR_OUT_OF_MEMORY, "flx_gradcheck: out of host memory"); break; }
+        s = flx_to_host(gs[j], ga, (size_t)nj * sizeof *ga);
+        flx_tensor *orig = xs[j];
+        for (int64_t e = 0; e < nj && s == FLX_OK; e++) {
+            double v0 = host[j][e], fp = 0, fm = 0;
+            s = flx_scope_begin();
+            if (s != FLX_OK) break;
+            host[j][e] = v0 + eps;
+            xs[j] = flx_from_host(orig->ctx, FLX_F64, orig->ndim, orig->shape, host[j]);
+            s = xs[j] ? eval_projection(fn, user, n_in, xs, u, m, &fp) : flx_last_status();
+            host[j][e] = v0 - eps;
+            if (s == FLX_OK) {
+                xs[j] = flx_from_host(orig->ctx, FLX_F64, orig->ndim, orig->shape, host[j]);
+                s = xs[j] ? eval_projection(fn, user, n_in, xs, u, m, &fm) : flx_last_status();
+            }
+            host[j][e] = v0;
+            xs[j] = orig;
+            flx_scope_end(0, NULL);
+            if (s != FLX_OK) break;
+            double num = (fp - fm) / (2 * eps), ana = ga[e];
+            double err = fabs(num - ana);
+            double rel = err / fmax(1.0, fmax(fabs(num), fabs(ana)));
+            if (err > rep->max_abs_err || isnan(err)) {
+                rep->max_abs_err = isnan(err) ? INFINITY : err;
+                rep->worst_input = j;
+                rep->worst_index = e;
+            }
+            if (rel > rep->max_rel_err) rep->max_rel_err = rel;
+            if (!(err <= atol + rtol * fabs(num)))
+                s = flx_set_error(FLX_ERR_NUMERIC,
+                                  "flx_gradcheck: input %d entry %lld: numeric %.10g, analytic "
+                                  "%.10g (|diff| %.3g > atol %.3g + rtol %.3g * |numeric|)",
+                                  (int)j, (long long)e, num, ana, err, atol, rtol);
+        }
+    }
+    flx_no_grad_end();
+    free(ga);
+    free(u);
+    free(xs);
+    free(gs);
+    return s;
+}
+
+flx_status flx_gradcheck(flx_fn fn, void *user, int32_t n_in, flx_tensor *const *inputs,
+                         double eps, double atol, double rtol, uint64_t seed,
+                         flx_gradcheck_report *report) {
+    if (!fn) return flx_set_error(FLX_ERR_INVALID_ARGUMENT, "flx_gradcheck: fn is NULL");
+    if (n_in <= 0 || !inputs)
+        return flx_set_error(FLX_ERR_INVALID_ARGUMENT, "flx_gradcheck: needs at least one input");
+    if (!(eps > 0) || !(atol >= 0) || !(rtol >= 0))
+        return flx_set_error(FLX_ERR_INVALID_ARGUMENT,
+                             "flx_gradcheck: eps must be > 0 and tolerances >= 0 (eps %g, atol %g, rtol %g)",
+                             eps, atol, rtol);
+    if (!flx_check_inputs("flx_gradcheck", n_in, inputs)) return flx_last_status();
+    for (int32_t j = 0; j < n_in; j++)
+        if (inputs[j]->dtype != FLX_F64)
+            return flx_set_error(FLX_ERR_DTYPE, "flx_gradcheck: input %d must be f64, got %s",
+                                 (int)j, flx_describe(inputs[j]));
+    flx_gradcheck_report local = {0, 0, -1, -1};
+    flx_gradcheck_report *rep = report ? report : &local;
+    *rep = local;
+    double **host = (double **)calloc((size_t)n_in, sizeof *host);
+    if (!host) return flx_set_error(FLX_ERR_OUT_OF_MEMORY, "flx_gradcheck: out of host memory");
+    flx_status s = flx_scope_begin();
+    if (s == FLX_OK) {
+        s = gradcheck_body(fn, user, n_in, inputs, eps, atol, rtol, seed, rep, host);
+        flx_scope_end(0, NULL);
+    }
+    for (int32_t j = 0; j < n_in; j++) free(host[j]);
+    free(host);
+    return s;
+}

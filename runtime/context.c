@@ -1,0 +1,141 @@
+/* context.c — contexts, devices, dtypes and counters. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "internal.h"
+
+#define FLX_STR2(x) #x
+#define FLX_STR(x) FLX_STR2(x)
+
+const char *flx_version(void) {
+    return FLX_STR(FLX_VERSION_MAJOR) "." FLX_STR(FLX_VERSION_MINOR) "." FLX_STR(FLX_VERSION_PATCH);
+}
+
+size_t flx_dtype_size(flx_dtype dt) {
+    switch (dt) {
+    case FLX_F32: return 4;
+    case FLX_F64: return 8;
+    case FLX_I32: return 4;
+    case FLX_I64: return 8;
+    case FLX_BOOL: return 1;
+    case FLX_F16: return 2;
+    case FLX_BF16: return 2;
+    default: return 0;
+    }
+}
+
+const char *flx_dtype_name(flx_dtype dt) {
+    static const char *names[] = {"f32", "f64", "i32", "i64", "bool", "f16", "bf16"};
+    if ((int)dt < 0 || dt >= FLX_DTYPE_COUNT) return "invalid";
+    return names[dt];
+}
+
+/* f16/bf16 are reserved in the enum; no op takes them yet. */
+bool flx_dtype_valid(flx_dtype dt) { return (int)dt >= 0 && dt <= FLX_BOOL; }
+bool flx_dtype_is_float(flx_dtype dt) { return dt == FLX_F32 || dt == FLX_F64; }
+
+flx_device flx_device_cpu(void) {
+    flx_device d = {FLX_DEVICE_CPU, 0};
+    return d;
+}
+flx_device flx_device_cuda(int32_t index) {
+    flx_device d = {FLX_DEVICE_CUDA, index};
+    return d;
+}
+
+#ifdef FLX_WITH_CUDA
+int32_t flx_cuda_backend_device_count(void); /* backend_cuda.c */
+bool flx_has_cuda(void) { return true; }
+int32_t flx_cuda_device_count(void) { return flx_cuda_backend_device_count(); }
+#else
+bool flx_has_cuda(void) { return false; }
+int32_t flx_cuda_device_count(void) { return 0; }
+#endif
+
+flx_ctx *flx_ctx_create(flx_device dev) {
+    const flx_backend *be = NULL;
+    if (dev.type == FLX_DEVICE_CPU) {
+        be = &flx_backend_cpu;
+    } else if (dev.type == FLX_DEVICE_CUDA) {
+#ifdef FLX_WITH_CUDA
+        int32_t n = flx_cuda_device_count();
+        if (dev.index < 0 || dev.index >= n) {
+            flx_set_error(FLX_ERR_DEVICE,
+                          "flx_ctx_create: CUDA device %d does not exist (%d usable CUDA devices)",
+                          dev.index, n);
+            return NULL;
+        }
+        be = &flx_backend_cuda;
+#else
+        flx_set_error(FLX_ERR_UNSUPPORTED,
+                      "flx_ctx_create: this fluxion was built without the CUDA backend");
+        return NULL;
+#endif
+    } else {
+        flx_set_error(FLX_ERR_INVALID_ARGUMENT, "flx_ctx_create: unknown device type %d",
+                      (int)dev.type);
+        return NULL;
+    }
+    flx_ctx *ctx = (flx_ctx *)calloc(1, sizeof *ctx);
+    if (!ctx) {
+        flx_set_error(FLX_ERR_OUT_OF_MEMORY, "flx_ctx_create: out of host memory");
+        return NULL;
+    }
+    ctx->device = dev;
+    ctx->be = be;
+    if (be->init(ctx) != FLX_OK) {
+        free(ctx);
+        return NULL;
+    }
+    return ctx;
+}
+
+flx_status flx_ctx_destroy(flx_ctx *ctx) {
+    if (!ctx) return flx_set_error(FLX_ERR_INVALID_ARGUMENT, "flx_ctx_destroy: ctx is NULL");
+    if (ctx->live_tensors != 0)
+        return flx_set_error(FLX_ERR_STATE,
+                             "flx_ctx_destroy: %lld tensors of this context are still alive; "
+                             "release them first",
+                             (long long)ctx->live_tensors);
+    ctx->be->shutdown(ctx);
+    free(ctx);
+    return FLX_OK;
+}
+
+flx_device flx_ctx_device(const flx_ctx *ctx) {
+    if (!ctx) return flx_device_cpu();
+    return ctx->device;
+}
+
+flx_status flx_ctx_synchronize(flx_ctx *ctx) {
+    if (!ctx) return flx_set_error(FLX_ERR_INVALID_ARGUMENT, "flx_ctx_synchronize: ctx is NULL");
+    return ctx->be->synchronize(ctx);
+}
+
+flx_status flx_ctx_get_stats(const flx_ctx *ctx, flx_ctx_stats *out) {
+    if (!ctx || !out)
+        return flx_set_error(FLX_ERR_INVALID_ARGUMENT, "flx_ctx_get_stats: NULL argument");
+    *out = ctx->stats;
+    return FLX_OK;
+}
+
+flx_status flx_ctx_reset_stats(flx_ctx *ctx) {
+    if (!ctx) return flx_set_error(FLX_ERR_INVALID_ARGUMENT, "flx_ctx_reset_stats: ctx is NULL");
+    uint64_t in_use = ctx->stats.bytes_in_use;
+    memset(&ctx->stats, 0, sizeof ctx->stats);
+    ctx->stats.bytes_in_use = in_use;
+    ctx->stats.peak_bytes = in_use;
+    return FLX_OK;
+}
+
+void flx_stats_alloc(flx_ctx *ctx, size_t nbytes) {
+    ctx->stats.allocs++;
+    ctx->stats.bytes_in_use += nbytes;
+    if (ctx->stats.bytes_in_use > ctx->stats.peak_bytes) ctx->stats.peak_bytes = ctx->stats.bytes_in_use;
+}
+
+void flx_stats_free(flx_ctx *ctx, size_t nbytes) {
+    ctx->stats.frees++;
+    ctx->stats.bytes_in_use -= nbytes;
+}

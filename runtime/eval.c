@@ -1,0 +1,231 @@
+/* eval.c — the evaluator: plans the unrealised ancestors of the requested tensors in topological
+ * order, runs them on their backends, and frees each intermediate right after its last consumer
+ * in the plan has been queued (memory planned by last use). Also the host transfer entry points
+ * and flx_assign. */
+#include <stdatomic.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "internal.h"
+
+static _Atomic uint64_t g_epoch;
+
+static bool recomputable(const flx_tensor *t) {
+    return !(flx_op_get(t->op)->flags & FLX_OPF_SOURCE) && !t->is_leaf;
+}
+
+typedef struct plan {
+    flx_tensor **nodes;
+    size_t n, cap;
+} plan;
+
+static bool plan_push(plan *p, flx_tensor *t) {
+    if (p->n == p->cap) {
+        size_t nc = p->cap ? 2 * p->cap : 64;
+        flx_tensor **nn = (flx_tensor **)realloc(p->nodes, nc * sizeof *nn);
+        if (!nn) return false;
+        p->nodes = nn;
+        p->cap = nc;
+    }
+    p->nodes[p->n++] = t;
+    return true;
+}
+
+typedef struct frame {
+    flx_tensor *t;
+    int32_t next;
+} frame;
+
+/* Iterative depth-first post-order over nodes without data. */
+static flx_status build_plan(int32_t n, flx_tensor *const *ts, uint64_t epoch, plan *out) {
+    size_t cap = 64, top = 0;
+    frame *st = (frame *)malloc(cap * sizeof *st);
+    if (!st) return flx_set_error(FLX_ERR_OUT_OF_MEMORY, "flx_eval: out of host memory");
+    for (int32_t r = 0; r < n; r++) {
+        flx_tensor *root = ts[r];
+        if (root->buf || root->mark == epoch) continue;
+        root->mark = epoch;
+        st[top++] = (frame){root, 0};
+        while (top > 0) {
+            frame *f = &st[top - 1];
+            if (f->next < f->t->n_in) {
+                flx_tensor *c = f->t->in[f->next++];
+                if (c->buf || c->mark == epoch) continue;
+                c->mark = epoch;
+                if (top == cap) {
+                    frame *ns = (frame *)realloc(st, 2 * cap * sizeof *st);
+                    if (!ns) {
+                        free(st);
+                        return flx_set_error(FLX_ERR_OUT_OF_MEMORY, "flx_eval: out of host memory");
+                    }
+                    st = ns;
+                    cap *= 2;
+                }
+                st[top++] = (frame){c, 0};
+            } else {
+                if (!plan_push(out, f->t)) {
+                    free(st);
+                    return flx_set_error(FLX_ERR_OUT_OF_MEMORY, "flx_eval: out of host memory");
+                }
+                top--;
+            }
+        }
+    }
+    free(st);
+    return FLX_OK;
+}
+
+static flx_status run_node(flx_tensor *t) {
+    const flx_op_def *def = flx_op_get(t->op);
+    for (int32_t i = 0; i < t->n_in; i++) {
+        if (t->in[i]->version != t->in_version[i])
+            return flx_set_error(FLX_ERR_STATE,
+                                 "%s: input %d %s was changed in place by flx_assign after this "
+                                 "op was recorded; record the op again",
+                                 def->name, (int)i, flx_describe(t->in[i]));
+        if (!t->in[i]->buf)
+            return flx_set_error(FLX_ERR_STATE, "%s: input %d has no data (internal error)",
+                                 def->name, (int)i);
+    }
+    if (def->flags & FLX_OPF_ALIAS) {
+        t->buf = t->in[0]->buf;
+        t->buf->refs++;
+    } else {
+        if (!def->exec)
+            return flx_set_error(FLX_ERR_STATE, "%s: a source op lost its data (internal error)",
+                                 def->name);
+        t->buf = flx_buffer_new(t->ctx, (size_t)t->numel * flx_dtype_size(t->dtype));
+        if (!t->buf) return flx_last_status();
+        flx_status s = def->exec(t);
+        if (s != FLX_OK) {
+            flx_buffer_release(t->buf);
+            t->buf = NULL;
+            return s;
+        }
+    }
+    t->ctx->stats.nodes_executed++;
+    return FLX_OK;
+}
+
+flx_status flx_eval_nodes(int32_t n, flx_tensor *const *ts) {
+    uint64_t epoch = atomic_fetch_add(&g_epoch, 1) + 1;
+    plan p = {0};
+    flx_status s = build_plan(n, ts, epoch, &p);
+    if (s != FLX_OK) {
+        free(p.nodes);
+        return s;
+    }
+    for (int32_t r = 0; r < n; r++) ts[r]->keep = true;
+    /* Remaining consumers of each planned node within the plan. */
+    for (size_t i = 0; i < p.n; i++) p.nodes[i]->pending = 0;
+    for (size_t i = 0; i < p.n; i++)
+        for (int32_t j = 0; j < p.nodes[i]->n_in; j++)
+            if (p.nodes[i]->in[j]->mark == epoch) p.nodes[i]->in[j]->pending++;
+    for (size_t i = 0; i < p.n && s == FLX_OK; i++) {
+        flx_tensor *t = p.nodes[i];
+        s = run_node(t);
+        if (s != FLX_OK) break;
+        for (int32_t j = 0; j < t->n_in; j++) {
+            flx_tensor *in = t->in[j];
+            if (in->mark != epoch) continue;
+            if (--in->pending == 0 && !in->keep && recomputable(in)) {
+                flx_buffer_release(in->buf);
+                in->buf = NULL;
+            }
+        }
+    }
+    if (s != FLX_OK) {
+        /* Leave no half-planned intermediates holding memory. */
+        for (size_t i = 0; i < p.n; i++) {
+            flx_tensor *t = p.nodes[i];
+            if (!t->keep && recomputable(t) && t->buf) {
+                flx_buffer_release(t->buf);
+                t->buf = NULL;
+            }
+        }
+    }
+    free(p.nodes);
+    return s;
+}
+
+flx_status flx_eval(int32_t n, flx_tensor *const *ts) {
+    if (n < 0 || (n > 0 && !ts))
+        return flx_set_error(FLX_ERR_INVALID_ARGUMENT, "flx_eval: bad tensor list (n %d)", (int)n);
+    for (int32_t i = 0; i < n; i++)
+        if (!ts[i])
+            return flx_set_error_if_clear(FLX_ERR_INVALID_ARGUMENT, "flx_eval: tensor %d is NULL",
+                                          (int)i);
+    return flx_eval_nodes(n, ts);
+}
+
+void flx_freeze(flx_tensor *t) {
+    if (t->op == FLX_OP_CONST) return;
+    flx_tensor **in = t->in;
+    int32_t n_in = t->n_in;
+    t->op = FLX_OP_CONST;
+    t->in = NULL;
+    t->n_in = 0;
+    free(t->in_version);
+    t->in_version = NULL;
+    for (int32_t i = 0; i < n_in; i++) flx_unuse(in[i]);
+    free(in);
+}
+
+flx_status flx_to_host(flx_tensor *t, void *dst, size_t nbytes) {
+    if (!t) return flx_set_error_if_clear(FLX_ERR_INVALID_ARGUMENT, "flx_to_host: tensor is NULL");
+    if (!dst) return flx_set_error(FLX_ERR_INVALID_ARGUMENT, "flx_to_host: dst is NULL");
+    size_t need = (size_t)t->numel * flx_dtype_size(t->dtype);
+    if (nbytes < need)
+        return flx_set_error(FLX_ERR_INVALID_ARGUMENT,
+                             "flx_to_host: dst holds %zu bytes but %s needs %zu", nbytes,
+                             flx_describe(t), need);
+    flx_status s = flx_eval_nodes(1, &t);
+    if (s != FLX_OK) return s;
+    if (need == 0) return t->ctx->be->synchronize(t->ctx);
+    return t->ctx->be->download(t->ctx, dst, t->buf->ptr, need);
+}
+
+flx_status flx_item(flx_tensor *t, double *out) {
+    if (!t) return flx_set_error_if_clear(FLX_ERR_INVALID_ARGUMENT, "flx_item: tensor is NULL");
+    if (!out) return flx_set_error(FLX_ERR_INVALID_ARGUMENT, "flx_item: out is NULL");
+    if (t->numel != 1)
+        return flx_set_error(FLX_ERR_SHAPE, "flx_item: expects one element, got %s",
+                             flx_describe(t));
+    union { float f; double d; int32_t i; int64_t l; uint8_t b; } v;
+    flx_status s = flx_to_host(t, &v, sizeof v);
+    if (s != FLX_OK) return s;
+    switch (t->dtype) {
+    case FLX_F32: *out = v.f; break;
+    case FLX_F64: *out = v.d; break;
+    case FLX_I32: *out = v.i; break;
+    case FLX_I64: *out = (double)v.l; break;
+    case FLX_BOOL: *out = v.b; break;
+    default: return flx_set_error(FLX_ERR_DTYPE, "flx_item: unsupported dtype %s",
+                                  flx_dtype_name(t->dtype));
+    }
+    return FLX_OK;
+}
+
+flx_status flx_assign(flx_tensor *dst, flx_tensor *src) {
+    flx_tensor *in[2] = {dst, src};
+    if (!flx_check_inputs("flx_assign", 2, in)) return flx_last_status();
+    if (dst->op != FLX_OP_CONST)
+        return flx_set_error(FLX_ERR_STATE,
+                             "flx_assign: dst %s is an op result, not a leaf; only tensors made "
+                             "from data (or detached) can be assigned",
+                             flx_describe(dst));
+    if (dst->dtype != src->dtype || dst->ndim != src->ndim ||
+        memcmp(dst->shape, src->shape, sizeof(int64_t) * (size_t)dst->ndim) != 0)
+        return flx_set_error(FLX_ERR_SHAPE, "flx_assign: dst %s and src %s differ",
+                             flx_describe(dst), flx_describe(src));
+    if (dst == src) return FLX_OK;
+    flx_status s = flx_eval_nodes(1, &src);
+    if (s != FLX_OK) return s;
+    /* Computed buffers are never written again, so dst can share src's buffer: no copy. */
+    flx_buffer *old = dst->buf;
+    dst->buf = src->buf;
+    dst->buf->refs++;
+    flx_buffer_release(old);
+    dst->version++;
+    return FLX_OK;
+}

@@ -1,0 +1,260 @@
+/*
+ * internal.h — private structures of the runtime: tensors as graph nodes, the op table, the
+ * backend vtable and the helpers every op family uses. Never installed.
+ */
+#ifndef FLX_INTERNAL_H
+#define FLX_INTERNAL_H
+
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "fluxion/fluxion.h"
+#include "flx_kernels.h"
+
+#if defined(__GNUC__)
+#define FLX_PRINTF(a, b) __attribute__((format(printf, a, b)))
+#else
+#define FLX_PRINTF(a, b)
+#endif
+
+/* ---------------------------------------------------------------------------------------------
+ * Op ids: one per row of the op table. Grouped by family; each family file registers its rows.
+ * ------------------------------------------------------------------------------------------- */
+#define FLX_OP_LIST(X)                                                                    \
+    /* sources */                                                                         \
+    X(CONST) /* data given by the host, or a computed value frozen by detach/assign */    \
+    X(FILL)  /* zeros/ones/full/eye/arange/uniform/normal: attrs.fill                */   \
+    X(TO_CTX) /* copy from another context                                            */  \
+    X(CAST)                                                                               \
+    /* elementwise unary: attrs.unary */                                                  \
+    X(UNARY)                                                                              \
+    /* elementwise binary with broadcasting: attrs.binary */                              \
+    X(BINARY)                                                                             \
+    X(WHERE)                                                                              \
+    /* reductions: attrs.reduce */                                                        \
+    X(REDUCE)                                                                             \
+    /* shape */                                                                           \
+    X(RESHAPE)                                                                            \
+    X(PERMUTE)                                                                            \
+    X(BROADCAST)                                                                          \
+    X(SLICE)                                                                              \
+    X(PAD)                                                                                \
+    X(CONCAT)                                                                             \
+    X(INDEX_SELECT)                                                                       \
+    X(INDEX_ADD)                                                                          \
+    X(DIAG)                                                                               \
+    X(DIAGONAL)                                                                           \
+    /* linear algebra */                                                                  \
+    X(MATMUL)                                                                             \
+    /* autodiff */                                                                        \
+    X(DETACH) /* shares its input's buffer; no gradient flows */
+
+typedef enum flx_op {
+#define FLX_X_ENUM(NAME) FLX_OP_##NAME,
+    FLX_OP_LIST(FLX_X_ENUM)
+#undef FLX_X_ENUM
+    FLX_OP_COUNT
+} flx_op;
+
+/* Attributes of a node: a small union, one member per family. */
+typedef struct flx_attrs {
+    union {
+        flx_fill_args fill; /* pointers unused: kind, dtype, a, b, cols, seed */
+        struct { int32_t op; double a, b; } unary;
+        struct { int32_t op; } binary;
+        struct { int32_t op; int32_t naxes; int32_t axes[FLX_MAX_DIMS]; bool keepdims; double param; } reduce;
+        struct { int32_t perm[FLX_MAX_DIMS]; } permute;
+        /* slice: start, step per axis (stop is implied by the output shape) */
+        struct { int64_t start[FLX_MAX_DIMS]; int64_t step[FLX_MAX_DIMS]; } slice;
+        /* pad: lo and interior (step - 1) per axis; value fills the rest */
+        struct { int64_t lo[FLX_MAX_DIMS]; int64_t interior[FLX_MAX_DIMS]; double value; } pad;
+        struct { int32_t axis; } concat;
+        struct { int32_t axis; } index;
+        struct { int32_t ta, tb; } matmul;
+    } u;
+} flx_attrs;
+
+/* A reference-counted device buffer. Reshape shares its input's buffer. */
+typedef struct flx_buffer {
+    int32_t refs;
+    flx_ctx *ctx;
+    void *ptr;
+    size_t nbytes;
+} flx_buffer;
+
+/* A tensor is a graph node. Its buffer is NULL until computed, and again after the evaluator
+ * frees it (it is then recomputed from its inputs when needed). */
+struct flx_tensor {
+    int32_t refs;        /* handles held by callers and scopes                          */
+    int32_t uses;        /* edges from live consumer nodes, and internal holders        */
+    flx_ctx *ctx;
+    flx_dtype dtype;
+    int32_t ndim;
+    int64_t shape[FLX_MAX_DIMS];
+    int64_t numel;
+    flx_op op;
+    int32_t n_in;
+    flx_tensor **in;             /* n_in inputs, each holding a use                     */
+    uint32_t *in_version;        /* inputs' versions when this node was recorded        */
+    flx_attrs attrs;
+    flx_buffer *buf;
+    uint32_t version;            /* bumped by flx_assign                                */
+    bool requires_grad;          /* a leaf that collects .grad, or a node on a grad path */
+    bool is_leaf;                /* requires_grad set by the user (collects .grad)       */
+    bool keep;                   /* data requested: keep the buffer while handles exist  */
+    flx_tensor *grad;            /* accumulated gradient of a leaf (holds a ref)         */
+    /* evaluator scratch */
+    uint64_t mark;
+    int32_t pending;
+    int32_t scratch;
+};
+
+/* Family-specific exec: computes node->buf (already allocated unless the op aliases) from the
+ * inputs' buffers on the node's backend. */
+typedef flx_status (*flx_exec_fn)(flx_tensor *node);
+/* VJP rule: given the cotangent g of node (same shape and dtype), sets gin[i] to the cotangent
+ * of input i (shape and dtype of input i) or leaves it NULL where there is none. Rules run inside
+ * a scope opened by the autodiff driver and build their results with public ops, so the scope
+ * owns every tensor they make and returned pointers are borrowed (g itself may be returned).
+ * Because rules are made of ops, they are themselves differentiable. */
+typedef flx_status (*flx_vjp_fn)(flx_tensor *node, flx_tensor *g, flx_tensor **gin);
+/* JVP rule: given tangents tin[i] of the inputs (NULL = zero), sets *tout to the tangent of the
+ * output (borrowed, as for VJP rules) or NULL for zero. Filled in by the forward-mode work. */
+typedef flx_status (*flx_jvp_fn)(flx_tensor *node, flx_tensor *const *tin, flx_tensor **tout);
+
+enum {
+    FLX_OPF_SOURCE = 1u << 0,  /* holds data that cannot be recomputed                  */
+    FLX_OPF_ALIAS = 1u << 1,   /* the output shares input 0's buffer                    */
+    FLX_OPF_NONDIFF = 1u << 2, /* no gradient flows through (integer or boolean result)  */
+};
+
+typedef struct flx_op_def {
+    const char *name;
+    flx_exec_fn exec;
+    flx_vjp_fn vjp;
+    flx_jvp_fn jvp;
+    uint32_t flags;
+} flx_op_def;
+
+const flx_op_def *flx_op_get(flx_op op);
+/* Registration of each family's rows (runtime/ops_*.c). */
+void flx_ops_register_creation(flx_op_def *table);
+void flx_ops_register_unary(flx_op_def *table);
+void flx_ops_register_binary(flx_op_def *table);
+void flx_ops_register_reduce(flx_op_def *table);
+void flx_ops_register_shape(flx_op_def *table);
+void flx_ops_register_linalg(flx_op_def *table);
+void flx_ops_register_autodiff(flx_op_def *table);
+
+/* ---------------------------------------------------------------------------------------------
+ * Backends
+ * ------------------------------------------------------------------------------------------- */
+typedef struct flx_backend {
+    const char *name;
+    flx_status (*init)(flx_ctx *ctx);
+    void (*shutdown)(flx_ctx *ctx);
+    /* Memory: alloc returns NULL with the error set on failure (after one cache flush). */
+    void *(*alloc)(flx_ctx *ctx, size_t nbytes);
+    void (*free)(flx_ctx *ctx, void *ptr);
+    flx_status (*upload)(flx_ctx *ctx, void *dst, const void *src, size_t nbytes);
+    flx_status (*download)(flx_ctx *ctx, void *dst, const void *src, size_t nbytes);
+    flx_status (*copy_d2d)(flx_ctx *ctx, void *dst, const void *src, size_t nbytes);
+    flx_status (*synchronize)(flx_ctx *ctx); /* also reads and clears the error word */
+    /* Kernel families */
+    flx_status (*fill)(flx_ctx *ctx, const flx_fill_args *a);
+    flx_status (*cast)(flx_ctx *ctx, const flx_cast_args *a);
+    flx_status (*unary)(flx_ctx *ctx, const flx_unary_args *a);
+    flx_status (*binary)(flx_ctx *ctx, const flx_binary_args *a);
+    flx_status (*where)(flx_ctx *ctx, const flx_where_args *a);
+    flx_status (*copy)(flx_ctx *ctx, const flx_copy_args *a);
+    flx_status (*reduce)(flx_ctx *ctx, const flx_reduce_args *a);
+    flx_status (*matmul)(flx_ctx *ctx, const flx_matmul_args *a);
+    flx_status (*index)(flx_ctx *ctx, const flx_index_args *a);
+} flx_backend;
+
+extern const flx_backend flx_backend_cpu;
+#ifdef FLX_WITH_CUDA
+extern const flx_backend flx_backend_cuda;
+#endif
+
+struct flx_ctx {
+    flx_device device;
+    const flx_backend *be;
+    flx_ctx_stats stats;
+    int64_t live_tensors;   /* tensors of this context alive now                    */
+    uint64_t epoch;         /* evaluator marks                                       */
+    int32_t *err_word;      /* device-side error word (device memory on CUDA)        */
+    void *backend_state;    /* stream, handles, pools (backend-private)              */
+};
+
+/* ---------------------------------------------------------------------------------------------
+ * Errors (runtime/error.c)
+ * ------------------------------------------------------------------------------------------- */
+/* Records an error for this thread and returns s. */
+flx_status flx_set_error(flx_status s, const char *fmt, ...) FLX_PRINTF(2, 3);
+/* Records an error only if none is pending (used when NULL inputs propagate). */
+flx_status flx_set_error_if_clear(flx_status s, const char *fmt, ...) FLX_PRINTF(2, 3);
+/* "(2, 3) f32" style description of a tensor for messages; uses a small rotating buffer. */
+const char *flx_describe(const flx_tensor *t);
+const char *flx_shape_str(int32_t ndim, const int64_t *shape);
+
+/* ---------------------------------------------------------------------------------------------
+ * Tensors and graph building (runtime/tensor.c)
+ * ------------------------------------------------------------------------------------------- */
+/* Makes a node with the given inputs (each gains a use). Returns a new reference owned by the
+ * caller (not registered in any scope), or NULL with the error set. requires_grad is derived
+ * from the inputs, the op's flags and grad mode. */
+flx_tensor *flx_node_new(flx_ctx *ctx, flx_op op, flx_dtype dt, int32_t ndim,
+                         const int64_t *shape, int32_t n_in, flx_tensor *const *in,
+                         const flx_attrs *attrs);
+/* Registers a caller-owned reference with the current scope (if any) and returns t. Every
+ * public op returns flx_adopt(node). */
+flx_tensor *flx_adopt(flx_tensor *t);
+/* Releases a use held by the runtime (input edges, internal holders). */
+void flx_unuse(flx_tensor *t);
+void flx_use(flx_tensor *t);
+bool flx_dtype_is_float(flx_dtype dt);
+bool flx_dtype_valid(flx_dtype dt);
+/* Checks for an op: every input non-NULL (else propagates NULL), same context. Returns false
+ * with the error set. */
+bool flx_check_inputs(const char *op, int32_t n, flx_tensor *const *in);
+/* Checks float dtype (f32/f64) for an op. */
+bool flx_check_float(const char *op, const flx_tensor *t);
+/* Normalises an axis for ndim (negative counts from the end); false with the error set if out
+ * of range. */
+bool flx_norm_axis(const char *op, int32_t axis, int32_t ndim, int32_t *out);
+/* Row-major contiguous strides of a shape (elements). */
+void flx_contiguous_strides(int32_t ndim, const int64_t *shape, int64_t *strides);
+int64_t flx_shape_numel(int32_t ndim, const int64_t *shape);
+
+/* Buffers */
+flx_buffer *flx_buffer_new(flx_ctx *ctx, size_t nbytes);
+void flx_buffer_release(flx_buffer *b);
+static inline void *flx_data(const flx_tensor *t) { return t->buf ? t->buf->ptr : NULL; }
+
+/* ---------------------------------------------------------------------------------------------
+ * Evaluation (runtime/eval.c)
+ * ------------------------------------------------------------------------------------------- */
+/* Computes the nodes (and any ancestor without data), marking them keep. */
+flx_status flx_eval_nodes(int32_t n, flx_tensor *const *ts);
+/* Turns a computed node into a CONST source holding its data, dropping its inputs. */
+void flx_freeze(flx_tensor *t);
+
+/* ---------------------------------------------------------------------------------------------
+ * Helpers for rules (runtime/autodiff.c): reduce a cotangent over broadcast axes back to shape.
+ * Returns a new reference; g itself (retained) when shapes already match.
+ * ------------------------------------------------------------------------------------------- */
+flx_tensor *flx_sum_to_shape(flx_tensor *g, int32_t ndim, const int64_t *shape);
+/* Internal unary ops used by derivative rules: step(x) = x > 0 ? 1 : 0, inside(x) = lo < x < hi. */
+flx_tensor *flx_unary_step(flx_tensor *x);
+flx_tensor *flx_unary_inside(flx_tensor *x, double lo, double hi);
+/* Thread-local grad mode depth (0 = enabled). */
+int flx_no_grad_depth(void);
+
+/* Context bookkeeping for stats (runtime/context.c) */
+void flx_stats_alloc(flx_ctx *ctx, size_t nbytes);
+void flx_stats_free(flx_ctx *ctx, size_t nbytes);
+
+#endif /* FLX_INTERNAL_H */

@@ -1,0 +1,222 @@
+/* ops_creation.c — sources and conversions: host data, fills (zeros ... normal), copies between
+ * contexts, dtype casts. */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "internal.h"
+
+static bool check_ctx_shape(const char *op, flx_ctx *ctx, flx_dtype dt, int32_t ndim,
+                            const int64_t *shape) {
+    if (!ctx) {
+        flx_set_error(FLX_ERR_INVALID_ARGUMENT, "%s: ctx is NULL", op);
+        return false;
+    }
+    if (!flx_dtype_valid(dt)) {
+        flx_set_error(FLX_ERR_DTYPE, "%s: unsupported dtype %s", op, flx_dtype_name(dt));
+        return false;
+    }
+    if (ndim < 0 || ndim > FLX_MAX_DIMS || (ndim > 0 && !shape)) {
+        flx_set_error(FLX_ERR_SHAPE, "%s: bad shape (rank %d%s)", op, (int)ndim,
+                      ndim > 0 && !shape ? ", shape NULL" : "");
+        return false;
+    }
+    for (int32_t i = 0; i < ndim; i++)
+        if (shape[i] < 0) {
+            flx_set_error(FLX_ERR_SHAPE, "%s: negative size in shape %s", op,
+                          flx_shape_str(ndim, shape));
+            return false;
+        }
+    return true;
+}
+
+/* ---- exec ------------------------------------------------------------------------------- */
+static flx_status exec_fill(flx_tensor *t) {
+    flx_fill_args a = t->attrs.u.fill;
+    a.dtype = t->dtype;
+    a.n = t->numel;
+    a.out = flx_data(t);
+    t->ctx->stats.kernels++;
+    return t->ctx->be->fill(t->ctx, &a);
+}
+
+static flx_status exec_cast(flx_tensor *t) {
+    flx_cast_args a = {t->in[0]->dtype, t->dtype, t->numel, flx_data(t->in[0]), flx_data(t)};
+    t->ctx->stats.kernels++;
+    return t->ctx->be->cast(t->ctx, &a);
+}
+
+/* Copy between contexts through host memory (the simple, always-correct path). */
+static flx_status exec_to_ctx(flx_tensor *t) {
+    flx_tensor *src = t->in[0];
+    size_t nbytes = (size_t)t->numel * flx_dtype_size(t->dtype);
+    if (nbytes == 0) return FLX_OK;
+    if (src->ctx == t->ctx) return t->ctx->be->copy_d2d(t->ctx, flx_data(t), flx_data(src), nbytes);
+    void *host = malloc(nbytes);
+    if (!host) return flx_set_error(FLX_ERR_OUT_OF_MEMORY, "flx_to_ctx: out of host memory");
+    flx_status s = src->ctx->be->download(src->ctx, host, flx_data(src), nbytes);
+    if (s == FLX_OK) s = t->ctx->be->upload(t->ctx, flx_data(t), host, nbytes);
+    /* upload may be asynchronous: wait before freeing the staging memory */
+    if (s == FLX_OK) s = t->ctx->be->synchronize(t->ctx);
+    free(host);
+    return s;
+}
+
+/* ---- rules ------------------------------------------------------------------------------ */
+static flx_status vjp_cast(flx_tensor *t, flx_tensor *g, flx_tensor **gin) {
+    gin[0] = flx_cast(g, t->in[0]->dtype);
+    return gin[0] ? FLX_OK : flx_last_status();
+}
+
+static flx_status vjp_to_ctx(flx_tensor *t, flx_tensor *g, flx_tensor **gin) {
+    gin[0] = flx_to_ctx(g, t->in[0]->ctx);
+    return gin[0] ? FLX_OK : flx_last_status();
+}
+
+static flx_status jvp_cast(flx_tensor *t, flx_tensor *const *tin, flx_tensor **tout) {
+    *tout = tin[0] ? flx_cast(tin[0], t->dtype) : NULL;
+    return (!tin[0] || *tout) ? FLX_OK : flx_last_status();
+}
+
+static flx_status jvp_to_ctx(flx_tensor *t, flx_tensor *const *tin, flx_tensor **tout) {
+    *tout = tin[0] ? flx_to_ctx(tin[0], t->ctx) : NULL;
+    return (!tin[0] || *tout) ? FLX_OK : flx_last_status();
+}
+
+static flx_status jvp_source(flx_tensor *t, flx_tensor *const *tin, flx_tensor **tout) {
+    (void)t;
+    (void)tin;
+    *tout = NULL;
+    return FLX_OK;
+}
+
+void flx_ops_register_creation(flx_op_def *t) {
+    t[FLX_OP_CONST] = (flx_op_def){"const", NULL, NULL, jvp_source, FLX_OPF_SOURCE};
+    t[FLX_OP_FILL] = (flx_op_def){"fill", exec_fill, NULL, jvp_source, FLX_OPF_NONDIFF};
+    t[FLX_OP_TO_CTX] = (flx_op_def){"to_ctx", exec_to_ctx, vjp_to_ctx, jvp_to_ctx, 0};
+    t[FLX_OP_CAST] = (flx_op_def){"cast", exec_cast, vjp_cast, jvp_cast, 0};
+}
+
+/* ---- public constructors ---------------------------------------------------------------- */
+static flx_tensor *make_fill(const char *op, flx_ctx *ctx, flx_dtype dt, int32_t ndim,
+                             const int64_t *shape, flx_fill_kind kind, double a, double b,
+                             int64_t cols, uint64_t seed) {
+    if (!check_ctx_shape(op, ctx, dt, ndim, shape)) return NULL;
+    flx_attrs at;
+    memset(&at, 0, sizeof at);
+    at.u.fill.kind = kind;
+    at.u.fill.a = a;
+    at.u.fill.b = b;
+    at.u.fill.cols = cols;
+    at.u.fill.seed = seed;
+    return flx_adopt(flx_node_new(ctx, FLX_OP_FILL, dt, ndim, shape, 0, NULL, &at));
+}
+
+flx_tensor *flx_full(flx_ctx *ctx, flx_dtype dt, int32_t ndim, const int64_t *shape, double value) {
+    return make_fill("flx_full", ctx, dt, ndim, shape, FLX_FILL_CONST, value, 0, 0, 0);
+}
+flx_tensor *flx_zeros(flx_ctx *ctx, flx_dtype dt, int32_t ndim, const int64_t *shape) {
+    return make_fill("flx_zeros", ctx, dt, ndim, shape, FLX_FILL_CONST, 0, 0, 0, 0);
+}
+flx_tensor *flx_ones(flx_ctx *ctx, flx_dtype dt, int32_t ndim, const int64_t *shape) {
+    return make_fill("flx_ones", ctx, dt, ndim, shape, FLX_FILL_CONST, 1, 0, 0, 0);
+}
+flx_tensor *flx_scalar(flx_ctx *ctx, flx_dtype dt, double value) {
+    return make_fill("flx_scalar", ctx, dt, 0, NULL, FLX_FILL_CONST, value, 0, 0, 0);
+}
+
+flx_tensor *flx_eye(flx_ctx *ctx, flx_dtype dt, int64_t n, int64_t m) {
+    if (n < 0 || m < 0) {
+        flx_set_error(FLX_ERR_SHAPE, "flx_eye: negative size (%lld, %lld)", (long long)n, (long long)m);
+        return NULL;
+    }
+    int64_t shape[2] = {n, m};
+    return make_fill("flx_eye", ctx, dt, 2, shape, FLX_FILL_EYE, 0, 0, m, 0);
+}
+
+flx_tensor *flx_arange(flx_ctx *ctx, flx_dtype dt, double start, double stop, double step) {
+    if (!(step != 0) || !isfinite(start) || !isfinite(stop) || !isfinite(step)) {
+        flx_set_error(FLX_ERR_INVALID_ARGUMENT,
+                      "flx_arange: start, stop, step must be finite and step != 0 (got %g, %g, %g)",
+                      start, stop, step);
+        return NULL;
+    }
+    double count = ceil((stop - start) / step);
+    int64_t n = count > 0 ? (int64_t)count : 0;
+    return make_fill("flx_arange", ctx, dt, 1, &n, FLX_FILL_IOTA, start, step, 0, 0);
+}
+
+static bool float_only(const char *op, flx_dtype dt) {
+    if (flx_dtype_is_float(dt)) return true;
+    flx_set_error(FLX_ERR_DTYPE, "%s: random tensors are f32 or f64, got %s", op, flx_dtype_name(dt));
+    return false;
+}
+
+flx_tensor *flx_uniform(flx_ctx *ctx, flx_dtype dt, int32_t ndim, const int64_t *shape, double lo,
+                        double hi, uint64_t seed) {
+    if (!float_only("flx_uniform", dt)) return NULL;
+    if (!(lo <= hi) || !isfinite(lo) || !isfinite(hi)) {
+        flx_set_error(FLX_ERR_INVALID_ARGUMENT, "flx_uniform: needs finite lo <= hi (got %g, %g)", lo, hi);
+        return NULL;
+    }
+    return make_fill("flx_uniform", ctx, dt, ndim, shape, FLX_FILL_UNIFORM, lo, hi, 0, seed);
+}
+
+flx_tensor *flx_normal(flx_ctx *ctx, flx_dtype dt, int32_t ndim, const int64_t *shape, double mean,
+                       double std, uint64_t seed) {
+    if (!float_only("flx_normal", dt)) return NULL;
+    if (!(std >= 0) || !isfinite(mean) || !isfinite(std)) {
+        flx_set_error(FLX_ERR_INVALID_ARGUMENT, "flx_normal: needs finite mean and std >= 0 (got %g, %g)",
+                      mean, std);
+        return NULL;
+    }
+    return make_fill("flx_normal", ctx, dt, ndim, shape, FLX_FILL_NORMAL, mean, std, 0, seed);
+}
+
+flx_tensor *flx_randn(flx_ctx *ctx, flx_dtype dt, int32_t ndim, const int64_t *shape, uint64_t seed) {
+    if (!float_only("flx_randn", dt)) return NULL;
+    return make_fill("flx_randn", ctx, dt, ndim, shape, FLX_FILL_NORMAL, 0, 1, 0, seed);
+}
+
+flx_tensor *flx_from_host(flx_ctx *ctx, flx_dtype dt, int32_t ndim, const int64_t *shape,
+                          const void *data) {
+    if (!check_ctx_shape("flx_from_host", ctx, dt, ndim, shape)) return NULL;
+    int64_t n = flx_shape_numel(ndim, shape);
+    if (!data && n > 0) {
+        flx_set_error(FLX_ERR_INVALID_ARGUMENT, "flx_from_host: data is NULL for shape %s",
+                      flx_shape_str(ndim, shape));
+        return NULL;
+    }
+    flx_tensor *t = flx_node_new(ctx, FLX_OP_CONST, dt, ndim, shape, 0, NULL, NULL);
+    if (!t) return NULL;
+    size_t nbytes = (size_t)t->numel * flx_dtype_size(dt);
+    t->buf = flx_buffer_new(ctx, nbytes);
+    flx_status s = t->buf ? FLX_OK : flx_last_status();
+    if (s == FLX_OK && nbytes) s = ctx->be->upload(ctx, t->buf->ptr, data, nbytes);
+    if (s != FLX_OK) {
+        flx_release(t);
+        return NULL;
+    }
+    t->keep = true;
+    return flx_adopt(t);
+}
+
+flx_tensor *flx_to_ctx(flx_tensor *x, flx_ctx *dst) {
+    if (!flx_check_inputs("flx_to_ctx", 1, &x)) return NULL;
+    if (!dst) {
+        flx_set_error(FLX_ERR_INVALID_ARGUMENT, "flx_to_ctx: dst context is NULL");
+        return NULL;
+    }
+    /* The node lives on dst and reads its input from the source context. */
+    return flx_adopt(flx_node_new(dst, FLX_OP_TO_CTX, x->dtype, x->ndim, x->shape, 1, &x, NULL));
+}
+
+flx_tensor *flx_cast(flx_tensor *x, flx_dtype dt) {
+    if (!flx_check_inputs("flx_cast", 1, &x)) return NULL;
+    if (!flx_dtype_valid(dt)) {
+        flx_set_error(FLX_ERR_DTYPE, "flx_cast: unsupported target dtype %s", flx_dtype_name(dt));
+        return NULL;
+    }
+    if (dt == x->dtype) return flx_adopt(flx_retain(x));
+    return flx_adopt(flx_node_new(x->ctx, FLX_OP_CAST, dt, x->ndim, x->shape, 1, &x, NULL));
+}

@@ -1,0 +1,308 @@
+/* tensor.c — tensor handles as graph nodes: creation, reference counts, scopes, accessors. */
+#include <stdatomic.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "internal.h"
+
+static _Atomic int64_t g_live_tensors;
+
+int64_t flx_live_tensors(void) { return atomic_load(&g_live_tensors); }
+
+/* ---- buffers ---------------------------------------------------------------------------- */
+flx_buffer *flx_buffer_new(flx_ctx *ctx, size_t nbytes) {
+    flx_buffer *b = (flx_buffer *)calloc(1, sizeof *b);
+    if (!b) {
+        flx_set_error(FLX_ERR_OUT_OF_MEMORY, "out of host memory for a buffer record");
+        return NULL;
+    }
+    /* Zero-byte tensors still get a distinct non-NULL pointer: allocate one byte. */
+    size_t want = nbytes ? nbytes : 1;
+    b->ptr = ctx->be->alloc(ctx, want);
+    if (!b->ptr) {
+        free(b);
+        return NULL;
+    }
+    b->refs = 1;
+    b->ctx = ctx;
+    b->nbytes = want;
+    flx_stats_alloc(ctx, want);
+    return b;
+}
+
+void flx_buffer_release(flx_buffer *b) {
+    if (!b) return;
+    if (--b->refs > 0) return;
+    flx_stats_free(b->ctx, b->nbytes);
+    b->ctx->be->free(b->ctx, b->ptr);
+    free(b);
+}
+
+/* ---- nodes ------------------------------------------------------------------------------ */
+int64_t flx_shape_numel(int32_t ndim, const int64_t *shape) {
+    int64_t n = 1;
+    for (int32_t i = 0; i < ndim; i++) n *= shape[i];
+    return n;
+}
+
+void flx_contiguous_strides(int32_t ndim, const int64_t *shape, int64_t *strides) {
+    int64_t s = 1;
+    for (int32_t i = ndim - 1; i >= 0; i--) {
+        strides[i] = s;
+        s *= shape[i];
+    }
+}
+
+flx_tensor *flx_node_new(flx_ctx *ctx, flx_op op, flx_dtype dt, int32_t ndim,
+                         const int64_t *shape, int32_t n_in, flx_tensor *const *in,
+                         const flx_attrs *attrs) {
+    const flx_op_def *def = flx_op_get(op);
+    if (ndim < 0 || ndim > FLX_MAX_DIMS) {
+        flx_set_error(FLX_ERR_SHAPE, "%s: rank %d is outside [0, %d]", def->name, ndim,
+                      FLX_MAX_DIMS);
+        return NULL;
+    }
+    if (ndim > 0 && !shape) {
+        flx_set_error(FLX_ERR_INVALID_ARGUMENT, "%s: shape is NULL for rank %d", def->name, ndim);
+        return NULL;
+    }
+    int64_t numel = 1;
+    for (int32_t i = 0; i < ndim; i++) {
+        if (shape[i] < 0) {
+            flx_set_error(FLX_ERR_SHAPE, "%s: negative size in shape %s", def->name,
+                          flx_shape_str(ndim, shape));
+            return NULL;
+        }
+        if (shape[i] > 0 && numel > INT64_MAX / 16 / shape[i]) {
+            flx_set_error(FLX_ERR_SHAPE, "%s: shape %s is too large", def->name,
+                          flx_shape_str(ndim, shape));
+            return NULL;
+        }
+        numel *= shape[i];
+    }
+    flx_tensor *t = (flx_tensor *)calloc(1, sizeof *t);
+    if (!t) {
+        flx_set_error(FLX_ERR_OUT_OF_MEMORY, "%s: out of host memory", def->name);
+        return NULL;
+    }
+    if (n_in > 0) {
+        t->in = (flx_tensor **)calloc((size_t)n_in, sizeof *t->in);
+        t->in_version = (uint32_t *)calloc((size_t)n_in, sizeof *t->in_version);
+        if (!t->in || !t->in_version) {
+            free(t->in);
+            free(t->in_version);
+            free(t);
+            flx_set_error(FLX_ERR_OUT_OF_MEMORY, "%s: out of host memory", def->name);
+            return NULL;
+        }
+    }
+    t->refs = 1;
+    t->ctx = ctx;
+    t->dtype = dt;
+    t->ndim = ndim;
+    for (int32_t i = 0; i < ndim; i++) t->shape[i] = shape[i];
+    t->numel = numel;
+    t->op = op;
+    t->n_in = n_in;
+    bool rg = false;
+    for (int32_t i = 0; i < n_in; i++) {
+        t->in[i] = in[i];
+        t->in_version[i] = in[i]->version;
+        in[i]->uses++;
+        rg = rg || in[i]->requires_grad;
+    }
+    if (attrs) t->attrs = *attrs;
+    t->requires_grad = rg && !(def->flags & FLX_OPF_NONDIFF) && flx_no_grad_depth() == 0 &&
+                       flx_dtype_is_float(dt);
+    ctx->live_tensors++;
+    atomic_fetch_add(&g_live_tensors, 1);
+    return t;
+}
+
+/* Destroys nodes without recursion: a long chain must not overflow the C stack. */
+static void destroy_chain(flx_tensor *t) {
+    size_t cap = 16, n = 0;
+    flx_tensor **stack = (flx_tensor **)malloc(cap * sizeof *stack);
+    flx_tensor *local[1];
+    if (!stack) {
+        stack = local; /* out of memory: fall back to one at a time, leaking inputs */
+        cap = 1;
+    }
+    stack[n++] = t;
+    while (n > 0) {
+        flx_tensor *x = stack[--n];
+        flx_buffer_release(x->buf);
+        x->buf = NULL;
+        flx_tensor *g = x->grad;
+        x->grad = NULL;
+        for (int32_t i = 0; i < x->n_in; i++) {
+            flx_tensor *p = x->in[i];
+            if (--p->uses == 0 && p->refs == 0) {
+                if (n == cap && stack != local) {
+                    flx_tensor **ns = (flx_tensor **)realloc(stack, 2 * cap * sizeof *stack);
+                    if (!ns) continue; /* leak rather than crash */
+                    stack = ns;
+                    cap *= 2;
+                }
+                if (n < cap) stack[n++] = p;
+            }
+        }
+        x->ctx->live_tensors--;
+        atomic_fetch_sub(&g_live_tensors, 1);
+        free(x->in);
+        free(x->in_version);
+        free(x);
+        if (g) flx_release(g);
+    }
+    if (stack != local) free(stack);
+}
+
+static bool recomputable(const flx_tensor *t) {
+    return !(flx_op_get(t->op)->flags & FLX_OPF_SOURCE) && !t->is_leaf;
+}
+
+flx_tensor *flx_retain(flx_tensor *t) {
+    if (t) t->refs++;
+    return t;
+}
+
+void flx_release(flx_tensor *t) {
+    if (!t) return;
+    if (--t->refs > 0) return;
+    if (t->uses == 0) {
+        destroy_chain(t);
+    } else if (recomputable(t)) {
+        /* No handle left: the data is no longer requested; consumers recompute it if needed. */
+        t->keep = false;
+        flx_buffer_release(t->buf);
+        t->buf = NULL;
+    }
+}
+
+void flx_use(flx_tensor *t) { t->uses++; }
+
+void flx_unuse(flx_tensor *t) {
+    if (!t) return;
+    if (--t->uses == 0 && t->refs == 0) destroy_chain(t);
+}
+
+/* ---- scopes ----------------------------------------------------------------------------- */
+typedef struct scope {
+    flx_tensor **items;
+    size_t n, cap;
+} scope;
+
+static _Thread_local scope *tl_scopes;
+static _Thread_local int32_t tl_depth, tl_scope_cap;
+
+flx_status flx_scope_begin(void) {
+    if (tl_depth == tl_scope_cap) {
+        int32_t nc = tl_scope_cap ? 2 * tl_scope_cap : 8;
+        scope *ns = (scope *)realloc(tl_scopes, (size_t)nc * sizeof *ns);
+        if (!ns) return flx_set_error(FLX_ERR_OUT_OF_MEMORY, "flx_scope_begin: out of host memory");
+        memset(ns + tl_scope_cap, 0, (size_t)(nc - tl_scope_cap) * sizeof *ns);
+        tl_scopes = ns;
+        tl_scope_cap = nc;
+    }
+    tl_scopes[tl_depth].n = 0;
+    tl_depth++;
+    return FLX_OK;
+}
+
+static void scope_push(scope *s, flx_tensor *t) {
+    if (s->n == s->cap) {
+        size_t nc = s->cap ? 2 * s->cap : 64;
+        flx_tensor **ni = (flx_tensor **)realloc(s->items, nc * sizeof *ni);
+        if (!ni) {
+            /* Cannot record ownership: the tensor stays alive (a leak, never a crash). */
+            flx_set_error(FLX_ERR_OUT_OF_MEMORY, "scope: out of host memory; a tensor leaks");
+            return;
+        }
+        s->items = ni;
+        s->cap = nc;
+    }
+    s->items[s->n++] = t;
+}
+
+flx_tensor *flx_adopt(flx_tensor *t) {
+    if (t && tl_depth > 0) scope_push(&tl_scopes[tl_depth - 1], t);
+    return t;
+}
+
+flx_status flx_scope_end(int32_t n_keep, flx_tensor *const *keep) {
+    if (tl_depth == 0)
+        return flx_set_error(FLX_ERR_STATE, "flx_scope_end: no scope is open on this thread");
+    if (n_keep < 0 || (n_keep > 0 && !keep))
+        return flx_set_error(FLX_ERR_INVALID_ARGUMENT, "flx_scope_end: bad keep list (n_keep %d)",
+                             (int)n_keep);
+    scope *s = &tl_scopes[tl_depth - 1];
+    tl_depth--;
+    /* Kept tensors get a reference owned by the enclosing scope (or the caller). */
+    for (int32_t i = 0; i < n_keep; i++)
+        if (keep[i]) flx_adopt(flx_retain(keep[i]));
+    for (size_t i = 0; i < s->n; i++) flx_release(s->items[i]);
+    s->n = 0;
+    if (tl_depth == 0) {
+        for (int32_t i = 0; i < tl_scope_cap; i++) free(tl_scopes[i].items);
+        free(tl_scopes);
+        tl_scopes = NULL;
+        tl_scope_cap = 0;
+    }
+    return FLX_OK;
+}
+
+/* ---- accessors -------------------------------------------------------------------------- */
+int32_t flx_ndim(const flx_tensor *t) { return t ? t->ndim : -1; }
+const int64_t *flx_shape(const flx_tensor *t) { return t ? t->shape : NULL; }
+int64_t flx_numel(const flx_tensor *t) { return t ? t->numel : -1; }
+flx_dtype flx_dtype_of(const flx_tensor *t) { return t ? t->dtype : FLX_DTYPE_COUNT; }
+flx_ctx *flx_ctx_of(const flx_tensor *t) { return t ? t->ctx : NULL; }
+bool flx_is_realized(const flx_tensor *t) { return t && t->buf; }
+
+int64_t flx_dim(const flx_tensor *t, int32_t axis) {
+    if (!t) {
+        flx_set_error_if_clear(FLX_ERR_INVALID_ARGUMENT, "flx_dim: tensor is NULL");
+        return -1;
+    }
+    int32_t a;
+    if (!flx_norm_axis("flx_dim", axis, t->ndim, &a)) return -1;
+    return t->shape[a];
+}
+
+/* ---- validation helpers ----------------------------------------------------------------- */
+bool flx_check_inputs(const char *op, int32_t n, flx_tensor *const *in) {
+    for (int32_t i = 0; i < n; i++) {
+        if (!in[i]) {
+            flx_set_error_if_clear(FLX_ERR_INVALID_ARGUMENT, "%s: input %d is NULL", op, (int)i);
+            return false;
+        }
+    }
+    for (int32_t i = 1; i < n; i++) {
+        if (in[i]->ctx != in[0]->ctx) {
+            flx_set_error(FLX_ERR_DEVICE,
+                          "%s: inputs 0 and %d belong to different contexts (%s:%d and %s:%d); "
+                          "move one with flx_to_ctx",
+                          op, (int)i, in[0]->ctx->be->name, in[0]->ctx->device.index,
+                          in[i]->ctx->be->name, in[i]->ctx->device.index);
+            return false;
+        }
+    }
+    return true;
+}
+
+bool flx_check_float(const char *op, const flx_tensor *t) {
+    if (flx_dtype_is_float(t->dtype)) return true;
+    flx_set_error(FLX_ERR_DTYPE, "%s: expects f32 or f64, got %s", op, flx_describe(t));
+    return false;
+}
+
+bool flx_norm_axis(const char *op, int32_t axis, int32_t ndim, int32_t *out) {
+    int32_t a = axis < 0 ? axis + ndim : axis;
+    if (a < 0 || a >= ndim) {
+        flx_set_error(FLX_ERR_INVALID_ARGUMENT, "%s: axis %d is out of range for rank %d", op,
+                      (int)axis, (int)ndim);
+        return false;
+    }
+    *out = a;
+    return true;
+}

@@ -1,0 +1,151 @@
+#include "testing.h"
+
+#include <cstdlib>
+#include <cstring>
+
+namespace flxt {
+
+flx_tensor *make(flx_ctx *ctx, flx_dtype dt, const Shape &shape, const std::vector<double> &v) {
+    size_t n = 1;
+    for (int64_t s : shape) n *= (size_t)s;
+    EXPECT_EQ(n, v.size()) << "make: value count does not match the shape";
+    std::vector<unsigned char> buf(n * flx_dtype_size(dt) + 1);
+    for (size_t i = 0; i < n; i++) {
+        switch (dt) {
+        case FLX_F32: ((float *)buf.data())[i] = (float)v[i]; break;
+        case FLX_F64: ((double *)buf.data())[i] = v[i]; break;
+        case FLX_I32: ((int32_t *)buf.data())[i] = (int32_t)v[i]; break;
+        case FLX_I64: ((int64_t *)buf.data())[i] = (int64_t)v[i]; break;
+        case FLX_BOOL: buf[i] = v[i] != 0; break;
+        default: break;
+        }
+    }
+    return flx_from_host(ctx, dt, (int32_t)shape.size(), shape.data(), buf.data());
+}
+
+std::vector<double> rand_values(size_t n, uint64_t seed, double lo, double hi) {
+    std::vector<double> v(n);
+    uint64_t s = seed * 6364136223846793005ull + 1442695040888963407ull;
+    for (size_t i = 0; i < n; i++) {
+        s ^= s >> 33;
+        s *= 0xff51afd7ed558ccdull;
+        s ^= s >> 33;
+        s += 0x9e3779b97f4a7c15ull;
+        v[i] = lo + (hi - lo) * (double)(s >> 11) / 9007199254740992.0;
+    }
+    return v;
+}
+
+flx_tensor *rand_tensor(flx_ctx *ctx, flx_dtype dt, const Shape &shape, uint64_t seed, double lo,
+                        double hi) {
+    size_t n = 1;
+    for (int64_t s : shape) n *= (size_t)s;
+    return make(ctx, dt, shape, rand_values(n, seed, lo, hi));
+}
+
+std::vector<double> values(flx_tensor *t) {
+    if (!t) {
+        ADD_FAILURE() << "values: NULL tensor: " << flx_last_error();
+        return {};
+    }
+    int64_t n = flx_numel(t);
+    flx_dtype dt = flx_dtype_of(t);
+    std::vector<unsigned char> buf((size_t)n * flx_dtype_size(dt) + 8);
+    flx_status s = flx_to_host(t, buf.data(), buf.size());
+    if (s != FLX_OK) {
+        ADD_FAILURE() << "flx_to_host failed: " << flx_last_error();
+        return {};
+    }
+    std::vector<double> v((size_t)n);
+    for (int64_t i = 0; i < n; i++) {
+        switch (dt) {
+        case FLX_F32: v[i] = ((float *)buf.data())[i]; break;
+        case FLX_F64: v[i] = ((double *)buf.data())[i]; break;
+        case FLX_I32: v[i] = ((int32_t *)buf.data())[i]; break;
+        case FLX_I64: v[i] = (double)((int64_t *)buf.data())[i]; break;
+        case FLX_BOOL: v[i] = buf[i]; break;
+        default: break;
+        }
+    }
+    return v;
+}
+
+Shape shape_of(const flx_tensor *t) {
+    const int64_t *s = flx_shape(t);
+    return s ? Shape(s, s + flx_ndim(t)) : Shape{};
+}
+
+::testing::AssertionResult close(const std::vector<double> &a, const std::vector<double> &e,
+                                 double atol, double rtol) {
+    if (a.size() != e.size())
+        return ::testing::AssertionFailure() << "size " << a.size() << " != expected " << e.size();
+    for (size_t i = 0; i < a.size(); i++) {
+        bool ok = (std::isnan(a[i]) && std::isnan(e[i])) || (a[i] == e[i]) ||
+                  std::fabs(a[i] - e[i]) <= atol + rtol * std::fabs(e[i]);
+        if (!ok)
+            return ::testing::AssertionFailure()
+                   << "at " << i << ": got " << a[i] << ", expected " << e[i] << " (diff "
+                   << std::fabs(a[i] - e[i]) << ")";
+    }
+    return ::testing::AssertionSuccess();
+}
+
+static flx_tensor *call_fn(int32_t n, flx_tensor *const *in, void *user) {
+    const Fn &fn = *static_cast<const Fn *>(user);
+    return fn(std::vector<flx_tensor *>(in, in + n));
+}
+
+flx_status gradcheck(const Fn &fn, const std::vector<flx_tensor *> &inputs, double eps,
+                     double atol, double rtol, uint64_t seed) {
+    return flx_gradcheck(call_fn, const_cast<Fn *>(&fn), (int32_t)inputs.size(), inputs.data(),
+                         eps, atol, rtol, seed, nullptr);
+}
+
+::testing::AssertionResult fails_with(flx_tensor *t, flx_status status, const char *needle) {
+    if (t) return ::testing::AssertionFailure() << "expected NULL, got a tensor";
+    if (flx_last_status() != status)
+        return ::testing::AssertionFailure()
+               << "status " << flx_status_string(flx_last_status()) << ", expected "
+               << flx_status_string(status) << " (" << flx_last_error() << ")";
+    if (needle && !std::strstr(flx_last_error(), needle))
+        return ::testing::AssertionFailure()
+               << "message \"" << flx_last_error() << "\" does not mention \"" << needle << "\"";
+    flx_clear_error();
+    return ::testing::AssertionSuccess();
+}
+
+flx_ctx *cuda_ctx_or_null(std::string *why) {
+    static flx_ctx *ctx = nullptr;
+    static bool tried = false;
+    static std::string reason;
+    if (!tried) {
+        tried = true;
+        if (!flx_has_cuda()) {
+            reason = "this fluxion was built without the CUDA backend";
+        } else if (flx_cuda_device_count() == 0) {
+            reason = "no usable CUDA device (no GPU or no driver on this machine)";
+        } else {
+            ctx = flx_ctx_create(flx_device_cuda(0));
+            if (!ctx) reason = std::string("flx_ctx_create failed: ") + flx_last_error();
+        }
+        flx_clear_error();
+    }
+    if (why) *why = reason;
+    return ctx;
+}
+
+void CpuTest::SetUp() {
+    flx_clear_error();
+    live_before = flx_live_tensors();
+    ctx = flx_ctx_create(flx_device_cpu());
+    ASSERT_NE(ctx, nullptr) << flx_last_error();
+    ASSERT_EQ(flx_scope_begin(), FLX_OK);
+}
+
+void CpuTest::TearDown() {
+    EXPECT_EQ(flx_scope_end(0, nullptr), FLX_OK);
+    EXPECT_EQ(flx_live_tensors(), live_before) << "tensors leaked by this test";
+    if (flx_live_tensors() == live_before) EXPECT_EQ(flx_ctx_destroy(ctx), FLX_OK) << flx_last_error();
+}
+
+}  // namespace flxt

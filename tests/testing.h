@@ -1,0 +1,61 @@
+// testing.h — helpers shared by the GoogleTest suites: contexts, host conversion, closeness
+// checks, gradcheck over C++ lambdas, and a fixture that fails on leaked tensors.
+#pragma once
+
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "fluxion/fluxion.h"
+
+namespace flxt {
+
+using Shape = std::vector<int64_t>;
+using Fn = std::function<flx_tensor *(const std::vector<flx_tensor *> &)>;
+
+// Tensor from host values (converted to dt).
+flx_tensor *make(flx_ctx *ctx, flx_dtype dt, const Shape &shape, const std::vector<double> &v);
+// Deterministic pseudo-random values in [lo, hi).
+std::vector<double> rand_values(size_t n, uint64_t seed, double lo = -1.0, double hi = 1.0);
+flx_tensor *rand_tensor(flx_ctx *ctx, flx_dtype dt, const Shape &shape, uint64_t seed,
+                        double lo = -1.0, double hi = 1.0);
+// Host copy of a tensor's values as doubles (any dtype); fails the test on error.
+std::vector<double> values(flx_tensor *t);
+Shape shape_of(const flx_tensor *t);
+// Element-wise closeness: |a - e| <= atol + rtol |e|, NaNs must match.
+::testing::AssertionResult close(const std::vector<double> &actual,
+                                 const std::vector<double> &expected, double atol = 1e-12,
+                                 double rtol = 1e-12);
+// flx_gradcheck over a lambda (inputs must be f64).
+flx_status gradcheck(const Fn &fn, const std::vector<flx_tensor *> &inputs, double eps = 1e-6,
+                     double atol = 1e-7, double rtol = 1e-6, uint64_t seed = 7);
+// Expects a NULL result with the given status, and that the message names `needle`.
+::testing::AssertionResult fails_with(flx_tensor *t, flx_status status, const char *needle);
+
+// A CUDA context on device 0, or nullptr when no GPU is usable (the caller skips).
+flx_ctx *cuda_ctx_or_null(std::string *why);
+
+// Fixture: a CPU context, a scope around each test, and a leak check at the end.
+class CpuTest : public ::testing::Test {
+  protected:
+    void SetUp() override;
+    void TearDown() override;
+    flx_ctx *ctx = nullptr;
+    int64_t live_before = 0;
+};
+
+}  // namespace flxt
+
+// Skips a CUDA test with the reason when no GPU is present, unless FLX_REQUIRE_GPU=1 makes
+// that a failure (so a GPU run cannot pass by skipping).
+#define FLX_REQUIRE_CUDA(ctxvar)                                                  \
+    std::string flx_why_;                                                         \
+    flx_ctx *ctxvar = flxt::cuda_ctx_or_null(&flx_why_);                          \
+    if (!ctxvar) {                                                                \
+        const char *req_ = std::getenv("FLX_REQUIRE_GPU");                        \
+        if (req_ && std::string(req_) == "1") FAIL() << "GPU required: " << flx_why_; \
+        GTEST_SKIP() << "no CUDA GPU: " << flx_why_;                              \
+    }
