@@ -117,22 +117,22 @@ static bool walk_push(walk *w, flx_tensor *t) {
     return true;
 }
 
-/* Post-order over requires_grad nodes reachable from roots. */
-static flx_status walk_graph(int32_t n_roots, flx_tensor *const *roots, uint64_t epoch,
-                             walk *w) {
+/* Post-order over nodes reachable from roots (only requires_grad ones unless all). */
+static flx_status walk_any(int32_t n_roots, flx_tensor *const *roots, uint64_t epoch, walk *w,
+                           bool all) {
     size_t cap = 64, top = 0;
     frame *st = (frame *)malloc(cap * sizeof *st);
     if (!st) return flx_set_error(FLX_ERR_OUT_OF_MEMORY, "autodiff: out of host memory");
     for (int32_t r = 0; r < n_roots; r++) {
         flx_tensor *root = roots[r];
-        if (root->mark == epoch || !root->requires_grad) continue;
+        if (root->mark == epoch || !(all || root->requires_grad)) continue;
         root->mark = epoch;
         st[top++] = (frame){root, 0};
         while (top > 0) {
             frame *f = &st[top - 1];
             if (f->next < f->t->n_in) {
                 flx_tensor *c = f->t->in[f->next++];
-                if (c->mark == epoch || !c->requires_grad) continue;
+                if (c->mark == epoch || !(all || c->requires_grad)) continue;
                 c->mark = epoch;
                 if (top == cap) {
                     frame *ns = (frame *)realloc(st, 2 * cap * sizeof *st);
@@ -155,6 +155,11 @@ static flx_status walk_graph(int32_t n_roots, flx_tensor *const *roots, uint64_t
     }
     free(st);
     return FLX_OK;
+}
+
+static flx_status walk_graph(int32_t n_roots, flx_tensor *const *roots, uint64_t epoch,
+                             walk *w) {
+    return walk_any(n_roots, roots, epoch, w, false);
 }
 
 static uint64_t g_ad_epoch = (uint64_t)1 << 62; /* disjoint from the evaluator's epochs */
@@ -290,6 +295,92 @@ flx_status flx_grad_of(int32_t n_out, flx_tensor *const *outputs, flx_tensor *co
     if (!create_graph) flx_no_grad_end();
     if (s != FLX_OK)
         for (int32_t j = 0; j < n_in; j++) grads_out[j] = NULL;
+    return s;
+}
+
+/* ---- forward mode ------------------------------------------------------------------------- */
+static flx_status jvp_core(int32_t n_in, flx_tensor *const *inputs, flx_tensor *const *tangents,
+                           int32_t n_out, flx_tensor *const *outputs, flx_tensor **tout) {
+    uint64_t epoch = __atomic_add_fetch(&g_ad_epoch, 1, __ATOMIC_RELAXED);
+    walk w = {0};
+    flx_status s = walk_any(n_out, outputs, epoch, &w, true);
+    flx_tensor **tan = s == FLX_OK ? (flx_tensor **)calloc(w.n ? w.n : 1, sizeof *tan) : NULL;
+    if (s == FLX_OK && !tan) s = flx_set_error(FLX_ERR_OUT_OF_MEMORY, "flx_jvp: out of host memory");
+    if (s != FLX_OK) {
+        free(w.order);
+        return s;
+    }
+    for (size_t i = 0; i < w.n; i++) {
+        w.order[i]->pending = (int32_t)i;
+        w.order[i]->scratch = 0;
+    }
+    for (int32_t j = 0; j < n_in; j++) {
+        flx_tensor *x = inputs[j];
+        if (x->mark != epoch || !tangents[j]) continue;
+        size_t k = (size_t)x->pending;
+        tan[k] = tan[k] ? flx_add(tan[k], tangents[j]) : tangents[j];
+        x->scratch = 1; /* seeded: its own rule is not applied */
+    }
+    flx_tensor *tin_local[8];
+    for (size_t i = 0; i < w.n && s == FLX_OK; i++) {
+        flx_tensor *t = w.order[i];
+        if (t->scratch || t->n_in == 0) continue;
+        flx_tensor **tin = t->n_in <= 8 ? tin_local : (flx_tensor **)calloc((size_t)t->n_in, sizeof *tin);
+        if (!tin) {
+            s = flx_set_error(FLX_ERR_OUT_OF_MEMORY, "flx_jvp: out of host memory");
+            break;
+        }
+        bool any = false;
+        for (int32_t k = 0; k < t->n_in; k++) {
+            flx_tensor *p = t->in[k];
+            tin[k] = p->mark == epoch ? tan[p->pending] : NULL;
+            any = any || tin[k];
+        }
+        if (any) {
+            const flx_op_def *def = flx_op_get(t->op);
+            if (!def->jvp)
+                s = flx_set_error(FLX_ERR_NOT_DIFFERENTIABLE, "flx_jvp: op %s has no JVP rule", def->name);
+            else
+                s = def->jvp(t, tin, &tan[i]);
+        }
+        if (tin != tin_local) free(tin);
+    }
+    for (int32_t k = 0; k < n_out && s == FLX_OK; k++) {
+        flx_tensor *y = outputs[k];
+        flx_tensor *r = tan[y->pending];
+        if (!r) r = flx_zeros(y->ctx, y->dtype, y->ndim, y->shape);
+        if (!r) s = flx_last_status();
+        tout[k] = r;
+    }
+    free(tan);
+    free(w.order);
+    return s;
+}
+
+flx_status flx_jvp(int32_t n_in, flx_tensor *const *inputs, flx_tensor *const *tangents,
+                   int32_t n_out, flx_tensor *const *outputs, flx_tensor **tangents_out) {
+    if (!tangents_out) return flx_set_error(FLX_ERR_INVALID_ARGUMENT, "flx_jvp: tangents_out is NULL");
+    for (int32_t k = 0; k < n_out && outputs; k++) tangents_out[k] = NULL;
+    if (n_in <= 0 || !inputs || !tangents)
+        return flx_set_error(FLX_ERR_INVALID_ARGUMENT, "flx_jvp: needs at least one input and its tangent list");
+    if (n_out <= 0 || !outputs)
+        return flx_set_error(FLX_ERR_INVALID_ARGUMENT, "flx_jvp: needs at least one output");
+    for (int32_t k = 0; k < n_out; k++)
+        if (!outputs[k]) return flx_set_error_if_clear(FLX_ERR_INVALID_ARGUMENT, "flx_jvp: output %d is NULL", (int)k);
+    for (int32_t j = 0; j < n_in; j++) {
+        flx_tensor *x = inputs[j], *t = tangents[j];
+        if (!x) return flx_set_error_if_clear(FLX_ERR_INVALID_ARGUMENT, "flx_jvp: input %d is NULL", (int)j);
+        if (t && (t->ctx != x->ctx || t->dtype != x->dtype || t->ndim != x->ndim ||
+                  memcmp(t->shape, x->shape, sizeof(int64_t) * (size_t)x->ndim) != 0))
+            return flx_set_error(FLX_ERR_SHAPE, "flx_jvp: tangent %d %s does not match input %s",
+                                 (int)j, flx_describe(t), flx_describe(x));
+    }
+    flx_status s = flx_scope_begin();
+    if (s != FLX_OK) return s;
+    s = jvp_core(n_in, inputs, tangents, n_out, outputs, tangents_out);
+    flx_scope_end(s == FLX_OK ? n_out : 0, tangents_out);
+    if (s != FLX_OK)
+        for (int32_t k = 0; k < n_out; k++) tangents_out[k] = NULL;
     return s;
 }
 

@@ -74,7 +74,7 @@ static flx_status vjp_to_ctx(flx_tensor *t, flx_tensor *g, flx_tensor **gin) {
 }
 
 static flx_status jvp_cast(flx_tensor *t, flx_tensor *const *tin, flx_tensor **tout) {
-    *tout = tin[0] ? flx_cast(tin[0], t->dtype) : NULL;
+    *tout = (tin[0] && flx_dtype_is_float(t->dtype)) ? flx_cast(tin[0], t->dtype) : NULL;
     return (!tin[0] || *tout) ? FLX_OK : flx_last_status();
 }
 

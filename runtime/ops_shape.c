@@ -1,4 +1,717 @@
-/* ops_shape.c — placeholder registration (filled in by the shape family work). */
+/* ops_shape.c — shape and indexing ops: reshape (an alias of its input's buffer), permute,
+ * broadcast, strided slice, pad, concat, index_select / index_add, and the compositions built on
+ * them (transpose, stack, squeeze, unsqueeze, gather, one_hot). Most run on the strided copy
+ * family. Every op is linear, so each JVP is the op itself applied to the tangent; VJPs are the
+ * transposes: slice <-> pad (interior = step - 1), index_select <-> index_add, permute <-> the
+ * inverse permute, broadcast -> sum over the broadcast axes, concat -> slices. */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
 #include "internal.h"
 
-void flx_ops_register_shape(flx_op_def *table) { (void)table; }
+static bool same_shape(int32_t nd, const int64_t *a, int32_t nb, const int64_t *b) {
+    return nd == nb && (nd == 0 || memcmp(a, b, sizeof(int64_t) * (size_t)nd) == 0);
+}
+
+/* Strided copy on the node's backend; skips empty copies. */
+static flx_status run_copy(flx_ctx *ctx, size_t es, int32_t ndim, const int64_t *shape,
+                           int64_t in_off, const int64_t *in_strides, int64_t out_off,
+                           const int64_t *out_strides, const void *in, void *out) {
+    if (flx_shape_numel(ndim, shape) == 0) return FLX_OK;
+    flx_copy_args a;
+    memset(&a, 0, sizeof a);
+    a.elem_size = es;
+    a.ndim = ndim;
+    for (int32_t d = 0; d < ndim; d++) {
+        a.shape[d] = shape[d];
+        a.in_strides[d] = in_strides[d];
+        a.out_strides[d] = out_strides[d];
+    }
+    a.in_off = in_off;
+    a.out_off = out_off;
+    a.in = in;
+    a.out = out;
+    ctx->stats.kernels++;
+    return ctx->be->copy(ctx, &a);
+}
+
+/* ---- internal builders (no argument checks beyond what the callers did) ------------------- */
+static flx_tensor *reshape_node(flx_tensor *x, int32_t ndim, const int64_t *shape) {
+    return flx_adopt(flx_node_new(x->ctx, FLX_OP_RESHAPE, x->dtype, ndim, shape, 1, &x, NULL));
+}
+
+static flx_tensor *permute_node(flx_tensor *x, const int32_t *perm) {
+    flx_attrs at;
+    memset(&at, 0, sizeof at);
+    int64_t shape[FLX_MAX_DIMS];
+    for (int32_t i = 0; i < x->ndim; i++) {
+        at.u.permute.perm[i] = perm[i];
+        shape[i] = x->shape[perm[i]];
+    }
+    return flx_adopt(flx_node_new(x->ctx, FLX_OP_PERMUTE, x->dtype, x->ndim, shape, 1, &x, &at));
+}
+
+/* Strided slice on every axis: out[i] = x[start + i * step], out has shape. */
+static flx_tensor *slice_node(flx_tensor *x, const int64_t *start, const int64_t *step,
+                              const int64_t *shape) {
+    flx_attrs at;
+    memset(&at, 0, sizeof at);
+    for (int32_t d = 0; d < x->ndim; d++) {
+        at.u.slice.start[d] = start[d];
+        at.u.slice.step[d] = step[d];
+    }
+    return flx_adopt(flx_node_new(x->ctx, FLX_OP_SLICE, x->dtype, x->ndim, shape, 1, &x, &at));
+}
+
+/* Padding to shape: x[i] lands at lo + i * (interior + 1); value elsewhere. */
+static flx_tensor *pad_node(flx_tensor *x, const int64_t *lo, const int64_t *interior,
+                            const int64_t *shape, double value) {
+    flx_attrs at;
+    memset(&at, 0, sizeof at);
+    for (int32_t d = 0; d < x->ndim; d++) {
+        at.u.pad.lo[d] = lo[d];
+        at.u.pad.interior[d] = interior[d];
+    }
+    at.u.pad.value = value;
+    return flx_adopt(flx_node_new(x->ctx, FLX_OP_PAD, x->dtype, x->ndim, shape, 1, &x, &at));
+}
+
+/* out (shape of x with axis of size n_src) = sum of g's rows by index (the transpose of select). */
+static flx_tensor *index_add_node(flx_tensor *g, int32_t axis, flx_tensor *index, int64_t n_src) {
+    if (!g || !index) return NULL;
+    flx_attrs at;
+    memset(&at, 0, sizeof at);
+    at.u.index.axis = axis;
+    int64_t shape[FLX_MAX_DIMS];
+    for (int32_t d = 0; d < g->ndim; d++) shape[d] = g->shape[d];
+    shape[axis] = n_src;
+    flx_tensor *in[2] = {g, index};
+    return flx_adopt(flx_node_new(g->ctx, FLX_OP_INDEX_ADD, g->dtype, g->ndim, shape, 2, in, &at));
+}
+
+static flx_tensor *index_select_node(flx_tensor *x, int32_t axis, flx_tensor *index) {
+    if (!x || !index) return NULL;
+    flx_attrs at;
+    memset(&at, 0, sizeof at);
+    at.u.index.axis = axis;
+    int64_t shape[FLX_MAX_DIMS];
+    for (int32_t d = 0; d < x->ndim; d++) shape[d] = x->shape[d];
+    shape[axis] = index->numel;
+    flx_tensor *in[2] = {x, index};
+    return flx_adopt(
+        flx_node_new(x->ctx, FLX_OP_INDEX_SELECT, x->dtype, x->ndim, shape, 2, in, &at));
+}
+
+/* ---- exec ----------------------------------------------------------------------------------- */
+static flx_status exec_permute(flx_tensor *t) {
+    flx_tensor *x = t->in[0];
+    int64_t xs[FLX_MAX_DIMS], is[FLX_MAX_DIMS], os[FLX_MAX_DIMS];
+    flx_contiguous_strides(x->ndim, x->shape, xs);
+    flx_contiguous_strides(t->ndim, t->shape, os);
+    for (int32_t i = 0; i < t->ndim; i++) is[i] = xs[t->attrs.u.permute.perm[i]];
+    return run_copy(t->ctx, flx_dtype_size(t->dtype), t->ndim, t->shape, 0, is, 0, os,
+                    flx_data(x), flx_data(t));
+}
+
+static flx_status exec_broadcast(flx_tensor *t) {
+    flx_tensor *x = t->in[0];
+    int64_t xs[FLX_MAX_DIMS], is[FLX_MAX_DIMS], os[FLX_MAX_DIMS];
+    flx_contiguous_strides(x->ndim, x->shape, xs);
+    flx_contiguous_strides(t->ndim, t->shape, os);
+    int32_t lead = t->ndim - x->ndim;
+    for (int32_t i = 0; i < t->ndim; i++) {
+        int32_t j = i - lead;
+        is[i] = (j < 0 || x->shape[j] == 1) ? 0 : xs[j];
+    }
+    return run_copy(t->ctx, flx_dtype_size(t->dtype), t->ndim, t->shape, 0, is, 0, os,
+                    flx_data(x), flx_data(t));
+}
+
+static flx_status exec_slice(flx_tensor *t) {
+    flx_tensor *x = t->in[0];
+    int64_t xs[FLX_MAX_DIMS], is[FLX_MAX_DIMS], os[FLX_MAX_DIMS];
+    flx_contiguous_strides(x->ndim, x->shape, xs);
+    flx_contiguous_strides(t->ndim, t->shape, os);
+    int64_t off = 0;
+    for (int32_t d = 0; d < t->ndim; d++) {
+        off += t->attrs.u.slice.start[d] * xs[d];
+        is[d] = t->attrs.u.slice.step[d] * xs[d];
+    }
+    return run_copy(t->ctx, flx_dtype_size(t->dtype), t->ndim, t->shape, off, is, 0, os,
+                    flx_data(x), flx_data(t));
+}
+
+static flx_status exec_pad(flx_tensor *t) {
+    if (t->numel == 0) return FLX_OK;
+    flx_tensor *x = t->in[0];
+    flx_fill_args f;
+    memset(&f, 0, sizeof f);
+    f.kind = FLX_FILL_CONST;
+    f.dtype = t->dtype;
+    f.n = t->numel;
+    f.a = t->attrs.u.pad.value;
+    f.out = flx_data(t);
+    t->ctx->stats.kernels++;
+    flx_status s = t->ctx->be->fill(t->ctx, &f);
+    if (s != FLX_OK) return s;
+    int64_t xs[FLX_MAX_DIMS], os[FLX_MAX_DIMS], ws[FLX_MAX_DIMS];
+    flx_contiguous_strides(x->ndim, x->shape, xs);
+    flx_contiguous_strides(t->ndim, t->shape, os);
+    int64_t off = 0;
+    for (int32_t d = 0; d < t->ndim; d++) {
+        off += t->attrs.u.pad.lo[d] * os[d];
+        ws[d] = (t->attrs.u.pad.interior[d] + 1) * os[d];
+    }
+    return run_copy(t->ctx, flx_dtype_size(t->dtype), x->ndim, x->shape, 0, xs, off, ws,
+                    flx_data(x), flx_data(t));
+}
+
+static flx_status exec_concat(flx_tensor *t) {
+    int32_t axis = t->attrs.u.concat.axis;
+    int64_t os[FLX_MAX_DIMS];
+    flx_contiguous_strides(t->ndim, t->shape, os);
+    size_t es = flx_dtype_size(t->dtype);
+    int64_t pos = 0;
+    for (int32_t i = 0; i < t->n_in; i++) {
+        flx_tensor *x = t->in[i];
+        int64_t xs[FLX_MAX_DIMS];
+        flx_contiguous_strides(x->ndim, x->shape, xs);
+        flx_status s = run_copy(t->ctx, es, x->ndim, x->shape, 0, xs, pos * os[axis], os,
+                                flx_data(x), flx_data(t));
+        if (s != FLX_OK) return s;
+        pos += x->shape[axis];
+    }
+    return FLX_OK;
+}
+
+static void index_dims(const flx_tensor *x, int32_t axis, int64_t *outer, int64_t *inner) {
+    *outer = 1;
+    *inner = 1;
+    for (int32_t d = 0; d < axis; d++) *outer *= x->shape[d];
+    for (int32_t d = axis + 1; d < x->ndim; d++) *inner *= x->shape[d];
+}
+
+static flx_status exec_index(flx_tensor *t) {
+    if (t->numel == 0) return FLX_OK;
+    bool add = t->op == FLX_OP_INDEX_ADD;
+    flx_tensor *src = t->in[0], *idx = t->in[1];
+    int32_t axis = t->attrs.u.index.axis;
+    flx_index_args a;
+    memset(&a, 0, sizeof a);
+    a.mode = add ? FLX_INDEX_ADD : FLX_INDEX_SELECT;
+    a.dtype = t->dtype;
+    a.idx_dtype = idx->dtype;
+    index_dims(t, axis, &a.outer, &a.inner);
+    a.n_src = add ? t->shape[axis] : src->shape[axis];
+    a.n_idx = idx->numel;
+    a.src = flx_data(src);
+    a.idx = flx_data(idx);
+    a.out = flx_data(t);
+    a.err = t->ctx->err_word;
+    t->ctx->stats.kernels++;
+    return t->ctx->be->index(t->ctx, &a);
+}
+
+/* ---- rules ---------------------------------------------------------------------------------- */
+static flx_status done(flx_tensor *r) { return r ? FLX_OK : flx_last_status(); }
+
+static flx_status vjp_reshape(flx_tensor *t, flx_tensor *g, flx_tensor **gin) {
+    flx_tensor *x = t->in[0];
+    gin[0] = reshape_node(g, x->ndim, x->shape);
+    return done(gin[0]);
+}
+static flx_status jvp_reshape(flx_tensor *t, flx_tensor *const *tin, flx_tensor **tout) {
+    *tout = tin[0] ? reshape_node(tin[0], t->ndim, t->shape) : NULL;
+    return tin[0] ? done(*tout) : FLX_OK;
+}
+
+static flx_status vjp_permute(flx_tensor *t, flx_tensor *g, flx_tensor **gin) {
+    int32_t inv[FLX_MAX_DIMS];
+    for (int32_t i = 0; i < t->ndim; i++) inv[t->attrs.u.permute.perm[i]] = i;
+    gin[0] = permute_node(g, inv);
+    return done(gin[0]);
+}
+static flx_status jvp_permute(flx_tensor *t, flx_tensor *const *tin, flx_tensor **tout) {
+    *tout = tin[0] ? permute_node(tin[0], t->attrs.u.permute.perm) : NULL;
+    return tin[0] ? done(*tout) : FLX_OK;
+}
+
+static flx_status vjp_broadcast(flx_tensor *t, flx_tensor *g, flx_tensor **gin) {
+    flx_tensor *x = t->in[0];
+    gin[0] = flx_sum_to_shape(g, x->ndim, x->shape);
+    return done(gin[0]);
+}
+static flx_status jvp_broadcast(flx_tensor *t, flx_tensor *const *tin, flx_tensor **tout) {
+    *tout = tin[0] ? flx_broadcast_to(tin[0], t->ndim, t->shape) : NULL;
+    return tin[0] ? done(*tout) : FLX_OK;
+}
+
+static flx_status vjp_slice(flx_tensor *t, flx_tensor *g, flx_tensor **gin) {
+    flx_tensor *x = t->in[0];
+    int64_t interior[FLX_MAX_DIMS];
+    for (int32_t d = 0; d < x->ndim; d++) interior[d] = t->attrs.u.slice.step[d] - 1;
+    gin[0] = pad_node(g, t->attrs.u.slice.start, interior, x->shape, 0.0);
+    return done(gin[0]);
+}
+static flx_status jvp_slice(flx_tensor *t, flx_tensor *const *tin, flx_tensor **tout) {
+    *tout = tin[0] ? slice_node(tin[0], t->attrs.u.slice.start, t->attrs.u.slice.step, t->shape)
+                   : NULL;
+    return tin[0] ? done(*tout) : FLX_OK;
+}
+
+static flx_status vjp_pad(flx_tensor *t, flx_tensor *g, flx_tensor **gin) {
+    flx_tensor *x = t->in[0];
+    int64_t step[FLX_MAX_DIMS];
+    for (int32_t d = 0; d < x->ndim; d++) step[d] = t->attrs.u.pad.interior[d] + 1;
+    gin[0] = slice_node(g, t->attrs.u.pad.lo, step, x->shape);
+    return done(gin[0]);
+}
+static flx_status jvp_pad(flx_tensor *t, flx_tensor *const *tin, flx_tensor **tout) {
+    /* the padding value is a constant: its tangent is 0 */
+    *tout = tin[0] ? pad_node(tin[0], t->attrs.u.pad.lo, t->attrs.u.pad.interior, t->shape, 0.0)
+                   : NULL;
+    return tin[0] ? done(*tout) : FLX_OK;
+}
+
+static flx_status vjp_concat(flx_tensor *t, flx_tensor *g, flx_tensor **gin) {
+    int32_t axis = t->attrs.u.concat.axis;
+    int64_t start[FLX_MAX_DIMS] = {0}, step[FLX_MAX_DIMS];
+    for (int32_t d = 0; d < t->ndim; d++) step[d] = 1;
+    int64_t pos = 0;
+    for (int32_t i = 0; i < t->n_in; i++) {
+        flx_tensor *x = t->in[i];
+        if (x->requires_grad) {
+            start[axis] = pos;
+            gin[i] = slice_node(g, start, step, x->shape);
+            if (!gin[i]) return flx_last_status();
+        }
+        pos += x->shape[axis];
+    }
+    return FLX_OK;
+}
+static flx_status jvp_concat(flx_tensor *t, flx_tensor *const *tin, flx_tensor **tout) {
+    *tout = NULL;
+    bool any = false;
+    for (int32_t i = 0; i < t->n_in; i++) any = any || tin[i];
+    if (!any) return FLX_OK;
+    flx_tensor *local[8];
+    flx_tensor **ts = t->n_in <= 8 ? local : (flx_tensor **)calloc((size_t)t->n_in, sizeof *ts);
+    if (!ts) return flx_set_error(FLX_ERR_OUT_OF_MEMORY, "concat rule: out of host memory");
+    flx_status s = FLX_OK;
+    for (int32_t i = 0; i < t->n_in && s == FLX_OK; i++) {
+        flx_tensor *x = t->in[i];
+        ts[i] = tin[i] ? tin[i] : flx_zeros(x->ctx, t->dtype, x->ndim, x->shape);
+        if (!ts[i]) s = flx_last_status();
+    }
+    if (s == FLX_OK) {
+        *tout = flx_adopt(flx_node_new(t->ctx, FLX_OP_CONCAT, t->dtype, t->ndim, t->shape,
+                                       t->n_in, ts, &t->attrs));
+        s = done(*tout);
+    }
+    if (ts != local) free(ts);
+    return s;
+}
+
+static flx_status vjp_index_select(flx_tensor *t, flx_tensor *g, flx_tensor **gin) {
+    flx_tensor *x = t->in[0];
+    int32_t axis = t->attrs.u.index.axis;
+    gin[0] = index_add_node(g, axis, t->in[1], x->shape[axis]);
+    return done(gin[0]);
+}
+static flx_status jvp_index_select(flx_tensor *t, flx_tensor *const *tin, flx_tensor **tout) {
+    *tout = tin[0] ? index_select_node(tin[0], t->attrs.u.index.axis, t->in[1]) : NULL;
+    return tin[0] ? done(*tout) : FLX_OK;
+}
+
+static flx_status vjp_index_add(flx_tensor *t, flx_tensor *g, flx_tensor **gin) {
+    gin[0] = index_select_node(g, t->attrs.u.index.axis, t->in[1]);
+    return done(gin[0]);
+}
+static flx_status jvp_index_add(flx_tensor *t, flx_tensor *const *tin, flx_tensor **tout) {
+    int32_t axis = t->attrs.u.index.axis;
+    *tout = tin[0] ? index_add_node(tin[0], axis, t->in[1], t->shape[axis]) : NULL;
+    return tin[0] ? done(*tout) : FLX_OK;
+}
+
+void flx_ops_register_shape(flx_op_def *t) {
+    t[FLX_OP_RESHAPE] = (flx_op_def){"reshape", NULL, vjp_reshape, jvp_reshape, FLX_OPF_ALIAS};
+    t[FLX_OP_PERMUTE] = (flx_op_def){"permute", exec_permute, vjp_permute, jvp_permute, 0};
+    t[FLX_OP_BROADCAST] =
+        (flx_op_def){"broadcast", exec_broadcast, vjp_broadcast, jvp_broadcast, 0};
+    t[FLX_OP_SLICE] = (flx_op_def){"slice", exec_slice, vjp_slice, jvp_slice, 0};
+    t[FLX_OP_PAD] = (flx_op_def){"pad", exec_pad, vjp_pad, jvp_pad, 0};
+    t[FLX_OP_CONCAT] = (flx_op_def){"concat", exec_concat, vjp_concat, jvp_concat, 0};
+    t[FLX_OP_INDEX_SELECT] =
+        (flx_op_def){"index_select", exec_index, vjp_index_select, jvp_index_select, 0};
+    t[FLX_OP_INDEX_ADD] = (flx_op_def){"index_add", exec_index, vjp_index_add, jvp_index_add, 0};
+}
+
+/* ---- public ops ----------------------------------------------------------------------------- */
+/* Runs a composition in its own scope so intermediates are released; the result moves to the
+ * caller's scope (or the caller). */
+#define FLX_COMPOSE_BEGIN() \
+    if (flx_scope_begin() != FLX_OK) return NULL
+static flx_tensor *compose_end(flx_tensor *r) {
+    flx_scope_end(r ? 1 : 0, r ? &r : NULL);
+    return r;
+}
+
+static bool check_shape_arg(const char *name, const flx_tensor *x, int32_t ndim,
+                            const int64_t *shape, bool allow_infer) {
+    if (ndim < 0 || ndim > FLX_MAX_DIMS) {
+        flx_set_error(FLX_ERR_SHAPE, "%s: rank %d is outside [0, %d] (input %s)", name, (int)ndim,
+                      FLX_MAX_DIMS, flx_describe(x));
+        return false;
+    }
+    if (ndim > 0 && !shape) {
+        flx_set_error(FLX_ERR_INVALID_ARGUMENT, "%s: shape is NULL for rank %d (input %s)", name,
+                      (int)ndim, flx_describe(x));
+        return false;
+    }
+    int32_t n_infer = 0;
+    for (int32_t i = 0; i < ndim; i++) {
+        if (shape[i] == -1 && allow_infer) {
+            n_infer++;
+        } else if (shape[i] < 0) {
+            flx_set_error(FLX_ERR_SHAPE, "%s: bad size %lld in shape %s (input %s)", name,
+                          (long long)shape[i], flx_shape_str(ndim, shape), flx_describe(x));
+            return false;
+        }
+    }
+    if (n_infer > 1) {
+        flx_set_error(FLX_ERR_SHAPE, "%s: more than one -1 in shape %s (input %s)", name,
+                      flx_shape_str(ndim, shape), flx_describe(x));
+        return false;
+    }
+    return true;
+}
+
+flx_tensor *flx_reshape(flx_tensor *x, int32_t ndim, const int64_t *shape) {
+    if (!flx_check_inputs("flx_reshape", 1, &x)) return NULL;
+    if (!check_shape_arg("flx_reshape", x, ndim, shape, true)) return NULL;
+    int64_t s[FLX_MAX_DIMS];
+    int64_t known = 1;
+    int32_t infer = -1;
+    bool overflow = false;
+    for (int32_t i = 0; i < ndim; i++) {
+        s[i] = shape[i];
+        if (shape[i] == -1) {
+            infer = i;
+        } else {
+            if (shape[i] > 0 && known > INT64_MAX / shape[i]) overflow = true;
+            else known *= shape[i];
+        }
+    }
+    if (infer >= 0) {
+        if (known == 0 || overflow || x->numel % known != 0) {
+            flx_set_error(FLX_ERR_SHAPE,
+                          "flx_reshape: cannot reshape %s (%lld elements) to %s: the -1 size is "
+                          "%s",
+                          flx_describe(x), (long long)x->numel, flx_shape_str(ndim, shape),
+                          known == 0 ? "ambiguous" : "not a whole number");
+            return NULL;
+        }
+        s[infer] = x->numel / known;
+    } else if (overflow || known != x->numel) {
+        flx_set_error(FLX_ERR_SHAPE,
+                      "flx_reshape: cannot reshape %s (%lld elements) to %s (%s elements)",
+                      flx_describe(x), (long long)x->numel, flx_shape_str(ndim, shape),
+                      overflow ? "too many" : "a different number of");
+        return NULL;
+    }
+    return reshape_node(x, ndim, s);
+}
+
+flx_tensor *flx_permute(flx_tensor *x, const int32_t *perm) {
+    if (!flx_check_inputs("flx_permute", 1, &x)) return NULL;
+    if (x->ndim > 0 && !perm) {
+        flx_set_error(FLX_ERR_INVALID_ARGUMENT, "flx_permute: perm is NULL for %s", flx_describe(x));
+        return NULL;
+    }
+    bool seen[FLX_MAX_DIMS] = {false};
+    int32_t p[FLX_MAX_DIMS];
+    for (int32_t i = 0; i < x->ndim; i++) {
+        int32_t a = perm[i] < 0 ? perm[i] + x->ndim : perm[i];
+        if (a < 0 || a >= x->ndim || seen[a]) {
+            char buf[96];
+            size_t n = 0;
+            for (int32_t j = 0; j < x->ndim && n < 80; j++)
+                n += (size_t)snprintf(buf + n, sizeof buf - n, j ? ", %d" : "%d", (int)perm[j]);
+            flx_set_error(FLX_ERR_INVALID_ARGUMENT,
+                          "flx_permute: (%s) is not a permutation of the %d axes of %s", buf,
+                          (int)x->ndim, flx_describe(x));
+            return NULL;
+        }
+        seen[a] = true;
+        p[i] = a;
+    }
+    return permute_node(x, p);
+}
+
+flx_tensor *flx_transpose(flx_tensor *x, int32_t axis0, int32_t axis1) {
+    if (!flx_check_inputs("flx_transpose", 1, &x)) return NULL;
+    int32_t a, b;
+    if (!flx_norm_axis("flx_transpose", axis0, x->ndim, &a)) return NULL;
+    if (!flx_norm_axis("flx_transpose", axis1, x->ndim, &b)) return NULL;
+    int32_t p[FLX_MAX_DIMS];
+    for (int32_t i = 0; i < x->ndim; i++) p[i] = i;
+    p[a] = b;
+    p[b] = a;
+    return permute_node(x, p);
+}
+
+flx_tensor *flx_broadcast_to(flx_tensor *x, int32_t ndim, const int64_t *shape) {
+    if (!flx_check_inputs("flx_broadcast_to", 1, &x)) return NULL;
+    if (!check_shape_arg("flx_broadcast_to", x, ndim, shape, false)) return NULL;
+    bool ok = ndim >= x->ndim;
+    for (int32_t i = 0; ok && i < x->ndim; i++) {
+        int64_t xd = x->shape[i], td = shape[ndim - x->ndim + i];
+        if (xd != td && xd != 1) ok = false;
+    }
+    if (!ok) {
+        flx_set_error(FLX_ERR_SHAPE, "flx_broadcast_to: cannot broadcast %s to %s",
+                      flx_describe(x), flx_shape_str(ndim, shape));
+        return NULL;
+    }
+    return flx_adopt(flx_node_new(x->ctx, FLX_OP_BROADCAST, x->dtype, ndim, shape, 1, &x, NULL));
+}
+
+static int64_t clamp_index(int64_t v, int64_t n) {
+    if (v < 0) {
+        v += n;
+        if (v < 0) v = 0;
+    }
+    return v > n ? n : v;
+}
+
+flx_tensor *flx_slice(flx_tensor *x, int32_t axis, int64_t start, int64_t stop, int64_t step) {
+    if (!flx_check_inputs("flx_slice", 1, &x)) return NULL;
+    int32_t a;
+    if (!flx_norm_axis("flx_slice", axis, x->ndim, &a)) return NULL;
+    if (step <= 0) {
+        flx_set_error(FLX_ERR_INVALID_ARGUMENT, "flx_slice: step must be > 0, got %lld for %s",
+                      (long long)step, flx_describe(x));
+        return NULL;
+    }
+    int64_t n = x->shape[a];
+    int64_t b = clamp_index(start, n), e = clamp_index(stop, n);
+    int64_t len = e > b ? (e - b - 1) / step + 1 : 0;
+    int64_t st[FLX_MAX_DIMS] = {0}, sp[FLX_MAX_DIMS], shape[FLX_MAX_DIMS];
+    for (int32_t d = 0; d < x->ndim; d++) {
+        sp[d] = 1;
+        shape[d] = x->shape[d];
+    }
+    st[a] = len > 0 ? b : 0;
+    sp[a] = len > 1 ? step : 1; /* the step of 0 or 1 element is irrelevant: keep strides small */
+    shape[a] = len;
+    return slice_node(x, st, sp, shape);
+}
+
+flx_tensor *flx_concat(int32_t n, flx_tensor *const *xs, int32_t axis) {
+    if (n <= 0 || !xs) {
+        flx_set_error(FLX_ERR_INVALID_ARGUMENT, "flx_concat: needs at least one tensor (n %d%s)",
+                      (int)n, xs ? "" : ", xs NULL");
+        return NULL;
+    }
+    if (!flx_check_inputs("flx_concat", n, xs)) return NULL;
+    flx_tensor *x0 = xs[0];
+    int32_t a;
+    if (!flx_norm_axis("flx_concat", axis, x0->ndim, &a)) return NULL;
+    int64_t shape[FLX_MAX_DIMS];
+    for (int32_t d = 0; d < x0->ndim; d++) shape[d] = x0->shape[d];
+    shape[a] = 0;
+    for (int32_t i = 0; i < n; i++) {
+        flx_tensor *x = xs[i];
+        if (x->dtype != x0->dtype) {
+            flx_set_error(FLX_ERR_DTYPE, "flx_concat: tensor %d %s differs in dtype from tensor 0 %s",
+                          (int)i, flx_describe(x), flx_describe(x0));
+            return NULL;
+        }
+        bool ok = x->ndim == x0->ndim;
+        for (int32_t d = 0; ok && d < x->ndim; d++)
+            if (d != a && x->shape[d] != x0->shape[d]) ok = false;
+        if (!ok) {
+            flx_set_error(FLX_ERR_SHAPE,
+                          "flx_concat: tensor %d %s does not match tensor 0 %s outside axis %d",
+                          (int)i, flx_describe(x), flx_describe(x0), (int)a);
+            return NULL;
+        }
+        shape[a] += x->shape[a];
+    }
+    flx_attrs at;
+    memset(&at, 0, sizeof at);
+    at.u.concat.axis = a;
+    return flx_adopt(flx_node_new(x0->ctx, FLX_OP_CONCAT, x0->dtype, x0->ndim, shape, n, xs, &at));
+}
+
+/* Axis of a result of rank ndim + 1 (insertion position). */
+static bool insert_axis(const char *name, const flx_tensor *x, int32_t axis, int32_t *out) {
+    int32_t nd = x->ndim + 1;
+    if (nd > FLX_MAX_DIMS) {
+        flx_set_error(FLX_ERR_SHAPE, "%s: %s already has the most dimensions (%d)", name,
+                      flx_describe(x), FLX_MAX_DIMS);
+        return false;
+    }
+    int32_t a = axis < 0 ? axis + nd : axis;
+    if (a < 0 || a >= nd) {
+        flx_set_error(FLX_ERR_INVALID_ARGUMENT, "%s: axis %d is out of range for a result of rank %d (input %s)",
+                      name, (int)axis, (int)nd, flx_describe(x));
+        return false;
+    }
+    *out = a;
+    return true;
+}
+
+static flx_tensor *unsqueeze_at(flx_tensor *x, int32_t a) {
+    int64_t shape[FLX_MAX_DIMS];
+    for (int32_t d = 0, j = 0; d <= x->ndim; d++) shape[d] = d == a ? 1 : x->shape[j++];
+    return reshape_node(x, x->ndim + 1, shape);
+}
+
+flx_tensor *flx_stack(int32_t n, flx_tensor *const *xs, int32_t axis) {
+    if (n <= 0 || !xs) {
+        flx_set_error(FLX_ERR_INVALID_ARGUMENT, "flx_stack: needs at least one tensor (n %d%s)",
+                      (int)n, xs ? "" : ", xs NULL");
+        return NULL;
+    }
+    if (!flx_check_inputs("flx_stack", n, xs)) return NULL;
+    int32_t a;
+    if (!insert_axis("flx_stack", xs[0], axis, &a)) return NULL;
+    for (int32_t i = 1; i < n; i++) {
+        if (xs[i]->dtype != xs[0]->dtype) {
+            flx_set_error(FLX_ERR_DTYPE, "flx_stack: tensor %d %s differs in dtype from tensor 0 %s",
+                          (int)i, flx_describe(xs[i]), flx_describe(xs[0]));
+            return NULL;
+        }
+        if (!same_shape(xs[i]->ndim, xs[i]->shape, xs[0]->ndim, xs[0]->shape)) {
+            flx_set_error(FLX_ERR_SHAPE, "flx_stack: tensor %d %s differs in shape from tensor 0 %s",
+                          (int)i, flx_describe(xs[i]), flx_describe(xs[0]));
+            return NULL;
+        }
+    }
+    flx_tensor *local[16];
+    flx_tensor **us = n <= 16 ? local : (flx_tensor **)calloc((size_t)n, sizeof *us);
+    if (!us) {
+        flx_set_error(FLX_ERR_OUT_OF_MEMORY, "flx_stack: out of host memory");
+        return NULL;
+    }
+    if (flx_scope_begin() != FLX_OK) {
+        if (us != local) free(us);
+        return NULL;
+    }
+    flx_tensor *r = NULL;
+    bool ok = true;
+    for (int32_t i = 0; i < n && ok; i++) {
+        us[i] = unsqueeze_at(xs[i], a);
+        ok = us[i] != NULL;
+    }
+    if (ok) r = flx_concat(n, us, a);
+    if (us != local) free(us);
+    return compose_end(r);
+}
+
+flx_tensor *flx_squeeze(flx_tensor *x, int32_t axis) {
+    if (!flx_check_inputs("flx_squeeze", 1, &x)) return NULL;
+    int32_t a;
+    if (!flx_norm_axis("flx_squeeze", axis, x->ndim, &a)) return NULL;
+    if (x->shape[a] != 1) {
+        flx_set_error(FLX_ERR_SHAPE, "flx_squeeze: axis %d of %s has size %lld, not 1", (int)axis,
+                      flx_describe(x), (long long)x->shape[a]);
+        return NULL;
+    }
+    int64_t shape[FLX_MAX_DIMS];
+    for (int32_t d = 0, j = 0; d < x->ndim; d++)
+        if (d != a) shape[j++] = x->shape[d];
+    return reshape_node(x, x->ndim - 1, shape);
+}
+
+flx_tensor *flx_unsqueeze(flx_tensor *x, int32_t axis) {
+    if (!flx_check_inputs("flx_unsqueeze", 1, &x)) return NULL;
+    int32_t a;
+    if (!insert_axis("flx_unsqueeze", x, axis, &a)) return NULL;
+    return unsqueeze_at(x, a);
+}
+
+static flx_tensor *make_index_select(const char *name, flx_tensor *x, int32_t axis,
+                                     flx_tensor *index) {
+    flx_tensor *in[2] = {x, index};
+    if (!flx_check_inputs(name, 2, in)) return NULL;
+    int32_t a;
+    if (!flx_norm_axis(name, axis, x->ndim, &a)) return NULL;
+    if (index->dtype != FLX_I32 && index->dtype != FLX_I64) {
+        flx_set_error(FLX_ERR_DTYPE, "%s: index must be i32 or i64, got %s (x %s)", name,
+                      flx_describe(index), flx_describe(x));
+        return NULL;
+    }
+    if (index->ndim != 1) {
+        flx_set_error(FLX_ERR_SHAPE, "%s: index must be 1-d, got %s (x %s)", name,
+                      flx_describe(index), flx_describe(x));
+        return NULL;
+    }
+    if (!flx_dtype_valid(x->dtype)) {
+        flx_set_error(FLX_ERR_DTYPE, "%s: unsupported dtype of x %s", name, flx_describe(x));
+        return NULL;
+    }
+    return index_select_node(x, a, index);
+}
+
+flx_tensor *flx_index_select(flx_tensor *x, int32_t axis, flx_tensor *index) {
+    return make_index_select("flx_index_select", x, axis, index);
+}
+flx_tensor *flx_gather(flx_tensor *x, int32_t axis, flx_tensor *index) {
+    return make_index_select("flx_gather", x, axis, index);
+}
+
+flx_tensor *flx_one_hot(flx_tensor *index, int64_t num_classes, flx_dtype dt) {
+    if (!flx_check_inputs("flx_one_hot", 1, &index)) return NULL;
+    if (index->dtype != FLX_I32 && index->dtype != FLX_I64) {
+        flx_set_error(FLX_ERR_DTYPE, "flx_one_hot: index must be i32 or i64, got %s",
+                      flx_describe(index));
+        return NULL;
+    }
+    if (num_classes <= 0) {
+        flx_set_error(FLX_ERR_INVALID_ARGUMENT, "flx_one_hot: num_classes must be > 0, got %lld (index %s)",
+                      (long long)num_classes, flx_describe(index));
+        return NULL;
+    }
+    if (dt != FLX_F32 && dt != FLX_F64 && dt != FLX_I32 && dt != FLX_I64) {
+        flx_set_error(FLX_ERR_DTYPE, "flx_one_hot: result dtype must be f32, f64, i32 or i64, got %s",
+                      flx_dtype_name(dt));
+        return NULL;
+    }
+    int32_t a;
+    if (!insert_axis("flx_one_hot", index, -1, &a)) return NULL;
+    FLX_COMPOSE_BEGIN();
+    flx_tensor *classes = flx_arange(index->ctx, index->dtype, 0.0, (double)num_classes, 1.0);
+    flx_tensor *r = flx_cast(flx_eq(unsqueeze_at(index, a), classes), dt);
+    return compose_end(r);
+}
+
+flx_tensor *flx_pad(flx_tensor *x, const int64_t *pads, double value) {
+    if (!flx_check_inputs("flx_pad", 1, &x)) return NULL;
+    if (x->ndim > 0 && !pads) {
+        flx_set_error(FLX_ERR_INVALID_ARGUMENT, "flx_pad: pads is NULL for %s", flx_describe(x));
+        return NULL;
+    }
+    if (!flx_dtype_is_float(x->dtype) && !isfinite(value)) {
+        flx_set_error(FLX_ERR_INVALID_ARGUMENT, "flx_pad: value %g does not fit %s", value,
+                      flx_describe(x));
+        return NULL;
+    }
+    int64_t lo[FLX_MAX_DIMS], interior[FLX_MAX_DIMS], shape[FLX_MAX_DIMS];
+    for (int32_t d = 0; d < x->ndim; d++) {
+        int64_t b = pads[2 * d], e = pads[2 * d + 1];
+        if (b < 0 || e < 0 || b > INT64_MAX / 4 || e > INT64_MAX / 4) {
+            flx_set_error(FLX_ERR_INVALID_ARGUMENT,
+                          "flx_pad: pads of axis %d must be >= 0, got (%lld, %lld) for %s", (int)d,
+                          (long long)b, (long long)e, flx_describe(x));
+            return NULL;
+        }
+        lo[d] = b;
+        interior[d] = 0;
+        shape[d] = b + x->shape[d] + e;
+    }
+    return pad_node(x, lo, interior, shape, value);
+}

@@ -101,6 +101,68 @@ flx_status gradcheck(const Fn &fn, const std::vector<flx_tensor *> &inputs, doub
                          eps, atol, rtol, seed, nullptr);
 }
 
+::testing::AssertionResult jvp_check(const Fn &fn, const std::vector<flx_tensor *> &inputs,
+                                     double eps, double atol, double rtol, uint64_t seed) {
+    if (flx_scope_begin() != FLX_OK) return ::testing::AssertionFailure() << flx_last_error();
+    ::testing::AssertionResult res = ::testing::AssertionSuccess();
+    size_t n = inputs.size();
+    std::vector<flx_tensor *> xs(n), vs(n), xp(n), xm(n);
+    std::vector<std::vector<double>> xh(n), vh(n);
+    for (size_t j = 0; j < n; j++) {
+        xh[j] = values(inputs[j]);
+        vh[j] = rand_values(xh[j].size(), seed + 31 * j);
+        Shape sh = shape_of(inputs[j]);
+        xs[j] = make(flx_ctx_of(inputs[j]), FLX_F64, sh, xh[j]);
+        flx_set_requires_grad(xs[j], true);
+        vs[j] = make(flx_ctx_of(inputs[j]), FLX_F64, sh, vh[j]);
+        std::vector<double> p(xh[j]), m(xh[j]);
+        for (size_t e = 0; e < p.size(); e++) {
+            p[e] += eps * vh[j][e];
+            m[e] -= eps * vh[j][e];
+        }
+        xp[j] = make(flx_ctx_of(inputs[j]), FLX_F64, sh, p);
+        xm[j] = make(flx_ctx_of(inputs[j]), FLX_F64, sh, m);
+    }
+    flx_tensor *y = fn(xs);
+    flx_tensor *jv = nullptr;
+    if (!y || flx_jvp((int32_t)n, xs.data(), vs.data(), 1, &y, &jv) != FLX_OK || !jv) {
+        res = ::testing::AssertionFailure() << "flx_jvp failed: " << flx_last_error();
+    } else {
+        std::vector<double> yp, ym, jvh = values(jv);
+        flx_no_grad_begin();
+        yp = values(fn(xp));
+        ym = values(fn(xm));
+        flx_no_grad_end();
+        std::vector<double> num(jvh.size());
+        for (size_t e = 0; e < num.size() && e < yp.size() && e < ym.size(); e++)
+            num[e] = (yp[e] - ym[e]) / (2 * eps);
+        res = close(jvh, num, atol, rtol);
+        if (res && y && flx_requires_grad(y)) {
+            std::vector<double> uh = rand_values(jvh.size(), seed + 7);
+            flx_tensor *u = make(flx_ctx_of(y), FLX_F64, shape_of(y), uh);
+            std::vector<flx_tensor *> g(n);
+            if (flx_grad_of(1, &y, &u, (int32_t)n, xs.data(), false, g.data()) != FLX_OK) {
+                res = ::testing::AssertionFailure() << "flx_grad_of failed: " << flx_last_error();
+            } else {
+                double lhs = 0, rhs = 0, scale = 0;
+                for (size_t e = 0; e < jvh.size(); e++) lhs += uh[e] * jvh[e];
+                for (size_t j = 0; j < n; j++) {
+                    std::vector<double> gh = values(g[j]);
+                    for (size_t e = 0; e < gh.size(); e++) {
+                        rhs += gh[e] * vh[j][e];
+                        scale += std::fabs(gh[e] * vh[j][e]);
+                    }
+                }
+                if (std::fabs(lhs - rhs) > 1e-9 * (1 + scale))
+                    res = ::testing::AssertionFailure()
+                          << "dot-product test: <u, Jv> = " << lhs << " but <J^T u, v> = " << rhs;
+            }
+        }
+    }
+    flx_scope_end(0, nullptr);
+    return res;
+}
+
 ::testing::AssertionResult fails_with(flx_tensor *t, flx_status status, const char *needle) {
     if (t) return ::testing::AssertionFailure() << "expected NULL, got a tensor";
     if (flx_last_status() != status)

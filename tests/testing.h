@@ -32,6 +32,12 @@ Shape shape_of(const flx_tensor *t);
 // flx_gradcheck over a lambda (inputs must be f64).
 flx_status gradcheck(const Fn &fn, const std::vector<flx_tensor *> &inputs, double eps = 1e-6,
                      double atol = 1e-7, double rtol = 1e-6, uint64_t seed = 7);
+// Forward mode check of fn at inputs (f64): for random tangents v, flx_jvp must match the
+// central difference (fn(x + eps v) - fn(x - eps v)) / (2 eps) entrywise, and for a random
+// cotangent u the dot-product identity <u, J v> = <J^T u, v> must hold (VJP from flx_grad_of).
+::testing::AssertionResult jvp_check(const Fn &fn, const std::vector<flx_tensor *> &inputs,
+                                     double eps = 1e-6, double atol = 1e-7, double rtol = 1e-6,
+                                     uint64_t seed = 11);
 // Expects a NULL result with the given status, and that the message names `needle`.
 ::testing::AssertionResult fails_with(flx_tensor *t, flx_status status, const char *needle);
 

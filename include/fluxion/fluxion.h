@@ -357,6 +357,13 @@ FLX_API flx_status flx_grad_of(int32_t n_out, flx_tensor *const *outputs,
                                flx_tensor *const *cotangents, int32_t n_in,
                                flx_tensor *const *inputs, bool create_graph,
                                flx_tensor **grads_out);
+/* Forward mode (Jacobian-vector products) as lazy tensors: tangents_out[k] is the directional
+ * derivative of outputs[k] at the recorded graph when inputs[j] moves along tangents[j] (a
+ * tangent has its input's shape and dtype; a NULL tangent is zero). Outputs that do not depend on
+ * the inputs get zeros. Inputs need not require grad. Results are differentiable in turn (JVP of
+ * a VJP, VJP of a JVP). On a CUDA context this records device work only. */
+FLX_API flx_status flx_jvp(int32_t n_in, flx_tensor *const *inputs, flx_tensor *const *tangents,
+                           int32_t n_out, flx_tensor *const *outputs, flx_tensor **tangents_out);
 /* No-grad mode (nesting, per thread): ops record no gradient history. */
 FLX_API void flx_no_grad_begin(void);
 FLX_API void flx_no_grad_end(void);

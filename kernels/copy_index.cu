@@ -1,0 +1,286 @@
+// copy_index.cu — CUDA kernels of the copy family (strided copies for permute, broadcast, slice,
+// pad, concat, diag, diagonal) and the index family (SELECT and its transpose ADD).
+//
+// copy: dims are coalesced first (size-1 dims dropped, compatible dims merged); a copy that is
+// then one contiguous run on both sides is a cudaMemcpyAsync, anything else a grid-stride kernel
+// templated on the element size (1, 2, 4, 8 bytes).
+//
+// index: out-of-range indices are found by a small check kernel that stores FLX_KERR_INDEX_RANGE
+// in the error word (only when outer > 0, as on the CPU, whose loops then never look at the
+// index); SELECT writes 0 for them, ADD skips them. ADD is deterministic without atomics: each
+// output element sums its source rows with j ascending. For short index vectors each output
+// element scans the index directly; for long ones the (index, j) pairs are first sorted by a
+// stable radix sort (CUB), so each output element walks only its own rows, still in ascending j.
+// Accumulation in ADD is in the element type, rounding after every add exactly like the CPU.
+#include <cuda_runtime.h>
+#include <stdint.h>
+
+#include <cub/device/device_radix_sort.cuh>
+
+#include "cuda_common.cuh"
+#include "flx_kernels.h"
+
+using flxk::kBlock;
+using flxk::Space;
+
+namespace {
+
+// ---- copy -------------------------------------------------------------------------------------
+template <typename E>
+__global__ void copy_kernel(Space s, const E *in, int64_t in_off, E *out, int64_t out_off,
+                            int64_t n) {
+    int64_t stride = (int64_t)gridDim.x * blockDim.x;
+    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride) {
+        int64_t off[2];
+        flxk::offsets<2>(s, i, off);
+        out[out_off + off[1]] = in[in_off + off[0]];
+    }
+}
+
+// ---- index ------------------------------------------------------------------------------------
+template <typename I>
+__global__ void index_check_kernel(const I *idx, int64_t n_idx, int64_t n_src, int32_t *err) {
+    int64_t stride = (int64_t)gridDim.x * blockDim.x;
+    for (int64_t j = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; j < n_idx; j += stride) {
+        int64_t t = (int64_t)idx[j];
+        if (t < 0 || t >= n_src) *(volatile int32_t *)err = FLX_KERR_INDEX_RANGE;
+    }
+}
+
+template <typename E, typename I>
+__global__ void index_select_kernel(const E *src, const I *idx, E *out, int64_t n_src,
+                                    int64_t n_idx, int64_t inner, int64_t total) {
+    int64_t stride = (int64_t)gridDim.x * blockDim.x;
+    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < total; i += stride) {
+        int64_t in = i % inner;
+        int64_t rest = i / inner;
+        int64_t j = rest % n_idx;
+        int64_t o = rest / n_idx;
+        int64_t t = (int64_t)idx[j];
+        E v = 0;
+        if (t >= 0 && t < n_src) v = src[(o * n_src + t) * inner + in];
+        out[i] = v;
+    }
+}
+
+template <typename T> __device__ __forceinline__ T add_elem(T a, T b) { return a + b; }
+template <> __device__ __forceinline__ uint8_t add_elem<uint8_t>(uint8_t a, uint8_t b) {
+    return (uint8_t)((a + b) != 0); /* bool: the CPU stores (a + b) != 0 */
+}
+
+// ADD, direct scan: out(outer, n_src, inner)[o, t, in] = sum over j ascending with idx[j] == t.
+template <typename T, typename I>
+__global__ void index_add_scan_kernel(const T *src, const I *idx, T *out, int64_t n_src,
+                                      int64_t n_idx, int64_t inner, int64_t total) {
+    int64_t stride = (int64_t)gridDim.x * blockDim.x;
+    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < total; i += stride) {
+        int64_t in = i % inner;
+        int64_t rest = i / inner;
+        int64_t t = rest % n_src;
+        int64_t o = rest / n_src;
+        T acc = 0;
+        const T *base = src + o * n_idx * inner + in;
+        for (int64_t j = 0; j < n_idx; j++)
+            if ((int64_t)idx[j] == t) acc = add_elem<T>(acc, base[j * inner]);
+        out[i] = acc;
+    }
+}
+
+// ADD, sorted: keys[j] = idx[j] if valid else n_src (a sentinel past every row); vals[j] = j.
+template <typename I>
+__global__ void index_keys_kernel(const I *idx, int64_t n_idx, int64_t n_src, uint32_t *keys,
+                                  uint32_t *vals) {
+    int64_t stride = (int64_t)gridDim.x * blockDim.x;
+    for (int64_t j = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; j < n_idx; j += stride) {
+        int64_t t = (int64_t)idx[j];
+        keys[j] = (uint32_t)((t >= 0 && t < n_src) ? t : n_src);
+        vals[j] = (uint32_t)j;
+    }
+}
+
+// seg[t] = first position p of the sorted keys with keys[p] >= t, for t in [0, n_src].
+__global__ void index_segments_kernel(const uint32_t *keys, int64_t n_idx, int64_t n_src,
+                                      uint32_t *seg) {
+    int64_t stride = (int64_t)gridDim.x * blockDim.x;
+    for (int64_t t = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; t <= n_src; t += stride) {
+        int64_t lo = 0, hi = n_idx;
+        while (lo < hi) {
+            int64_t mid = lo + (hi - lo) / 2;
+            if ((int64_t)keys[mid] < t) lo = mid + 1;
+            else hi = mid;
+        }
+        seg[t] = (uint32_t)lo;
+    }
+}
+
+template <typename T>
+__global__ void index_add_sorted_kernel(const T *src, const uint32_t *rows, const uint32_t *seg,
+                                        T *out, int64_t n_src, int64_t n_idx, int64_t inner,
+                                        int64_t total) {
+    int64_t stride = (int64_t)gridDim.x * blockDim.x;
+    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < total; i += stride) {
+        int64_t in = i % inner;
+        int64_t rest = i / inner;
+        int64_t t = rest % n_src;
+        int64_t o = rest / n_src;
+        T acc = 0;
+        const T *base = src + o * n_idx * inner + in;
+        uint32_t p1 = seg[t + 1];
+        for (uint32_t p = seg[t]; p < p1; p++) acc = add_elem<T>(acc, base[(int64_t)rows[p] * inner]);
+        out[i] = acc;
+    }
+}
+
+inline size_t align256(size_t x) { return (x + 255) & ~(size_t)255; }
+
+template <typename T, typename I>
+int index_add_sorted(const flx_index_args *a, int64_t total, cudaStream_t st) {
+    const I *idx = (const I *)a->idx;
+    int n = (int)a->n_idx;
+    int end_bit = 1;
+    while (end_bit < 32 && ((uint64_t)a->n_src >> end_bit) != 0) end_bit++;
+    size_t temp_bytes = 0;
+    cudaError_t e = cub::DeviceRadixSort::SortPairs(nullptr, temp_bytes, (const uint32_t *)nullptr,
+                                                    (uint32_t *)nullptr, (const uint32_t *)nullptr,
+                                                    (uint32_t *)nullptr, n, 0, end_bit, st);
+    if (e != cudaSuccess) return (int)e;
+    size_t vec = align256((size_t)n * sizeof(uint32_t));
+    size_t segb = align256((size_t)(a->n_src + 1) * sizeof(uint32_t));
+    size_t bytes = 4 * vec + segb + align256(temp_bytes);
+    char *ws = nullptr;
+    e = cudaMallocAsync((void **)&ws, bytes, st);
+    if (e != cudaSuccess) return (int)e;
+    uint32_t *keys_in = (uint32_t *)ws, *keys_out = (uint32_t *)(ws + vec);
+    uint32_t *vals_in = (uint32_t *)(ws + 2 * vec), *vals_out = (uint32_t *)(ws + 3 * vec);
+    uint32_t *seg = (uint32_t *)(ws + 4 * vec);
+    void *temp = ws + 4 * vec + segb;
+    int rc = 0;
+    index_keys_kernel<I><<<flxk::grid_for(n), kBlock, 0, st>>>(idx, n, a->n_src, keys_in, vals_in);
+    rc = flxk::launch_status();
+    if (rc == 0) {
+        e = cub::DeviceRadixSort::SortPairs(temp, temp_bytes, keys_in, keys_out, vals_in, vals_out, n,
+                                            0, end_bit, st);
+        rc = (int)e;
+    }
+    if (rc == 0) {
+        index_segments_kernel<<<flxk::grid_for(a->n_src + 1), kBlock, 0, st>>>(keys_out, n, a->n_src,
+                                                                              seg);
+        rc = flxk::launch_status();
+    }
+    if (rc == 0) {
+        index_add_sorted_kernel<T><<<flxk::grid_for(total), kBlock, 0, st>>>(
+            (const T *)a->src, vals_out, seg, (T *)a->out, a->n_src, a->n_idx, a->inner, total);
+        rc = flxk::launch_status();
+    }
+    cudaError_t fe = cudaFreeAsync(ws, st); /* stream-ordered: after the kernels above */
+    if (rc == 0 && fe != cudaSuccess) rc = (int)fe;
+    return rc;
+}
+
+template <typename T, typename I>
+int index_add(const flx_index_args *a, int64_t total, cudaStream_t st) {
+    /* A scan costs n_idx per output element; sorting pays off beyond a few dozen indices. */
+    bool sort = a->n_idx > 32 && a->n_idx <= (int64_t)INT32_MAX && a->n_src < (int64_t)UINT32_MAX - 1;
+    if (sort) return index_add_sorted<T, I>(a, total, st);
+    index_add_scan_kernel<T, I><<<flxk::grid_for(total), kBlock, 0, st>>>(
+        (const T *)a->src, (const I *)a->idx, (T *)a->out, a->n_src, a->n_idx, a->inner, total);
+    return flxk::launch_status();
+}
+
+template <typename I>
+int index_launch(const flx_index_args *a, cudaStream_t st) {
+    const I *idx = (const I *)a->idx;
+    if (a->outer > 0 && a->n_idx > 0) {
+        index_check_kernel<I><<<flxk::grid_for(a->n_idx), kBlock, 0, st>>>(idx, a->n_idx, a->n_src,
+                                                                         a->err);
+        int rc = flxk::launch_status();
+        if (rc) return rc;
+    }
+    if (a->mode == FLX_INDEX_SELECT) {
+        int64_t total = a->outer * a->n_idx * a->inner;
+        if (total <= 0) return 0;
+        unsigned grid = flxk::grid_for(total);
+        switch (flx_dtype_size(a->dtype)) {
+        case 1:
+            index_select_kernel<uint8_t, I><<<grid, kBlock, 0, st>>>(
+                (const uint8_t *)a->src, idx, (uint8_t *)a->out, a->n_src, a->n_idx, a->inner, total);
+            break;
+        case 4:
+            index_select_kernel<uint32_t, I><<<grid, kBlock, 0, st>>>(
+                (const uint32_t *)a->src, idx, (uint32_t *)a->out, a->n_src, a->n_idx, a->inner, total);
+            break;
+        case 8:
+            index_select_kernel<uint64_t, I><<<grid, kBlock, 0, st>>>(
+                (const uint64_t *)a->src, idx, (uint64_t *)a->out, a->n_src, a->n_idx, a->inner, total);
+            break;
+        default: return (int)cudaErrorInvalidValue;
+        }
+        return flxk::launch_status();
+    }
+    if (a->mode != FLX_INDEX_ADD) return (int)cudaErrorInvalidValue;
+    int64_t total = a->outer * a->n_src * a->inner;
+    if (total <= 0) return 0;
+    switch (a->dtype) {
+    case FLX_F32: return index_add<float, I>(a, total, st);
+    case FLX_F64: return index_add<double, I>(a, total, st);
+    case FLX_I32: return index_add<int32_t, I>(a, total, st);
+    case FLX_I64: return index_add<int64_t, I>(a, total, st);
+    case FLX_BOOL: return index_add<uint8_t, I>(a, total, st);
+    default: return (int)cudaErrorInvalidValue;
+    }
+}
+
+} // namespace
+
+extern "C" int flx_cuda_copy(const flx_copy_args *a, void *stream) {
+    if (a->ndim < 0 || a->ndim > FLX_MAX_DIMS) return (int)cudaErrorInvalidValue;
+    int64_t n = 1;
+    for (int d = 0; d < a->ndim; d++) n *= a->shape[d];
+    if (n <= 0) return 0;
+    Space s;
+    s.ndim = a->ndim;
+    for (int d = 0; d < a->ndim; d++) {
+        s.shape[d] = a->shape[d];
+        s.st[0][d] = a->in_strides[d];
+        s.st[1][d] = a->out_strides[d];
+    }
+    flxk::coalesce(s, 2);
+    cudaStream_t st = (cudaStream_t)stream;
+    size_t es = a->elem_size;
+    if (s.ndim == 1 && (s.shape[0] == 1 || (s.st[0][0] == 1 && s.st[1][0] == 1))) {
+        const char *src = (const char *)a->in + (size_t)a->in_off * es;
+        char *dst = (char *)a->out + (size_t)a->out_off * es;
+        return (int)cudaMemcpyAsync(dst, src, (size_t)n * es, cudaMemcpyDeviceToDevice, st);
+    }
+    unsigned grid = flxk::grid_for(n);
+    switch (es) {
+    case 1:
+        copy_kernel<uint8_t><<<grid, kBlock, 0, st>>>(s, (const uint8_t *)a->in, a->in_off,
+                                                      (uint8_t *)a->out, a->out_off, n);
+        break;
+    case 2:
+        copy_kernel<uint16_t><<<grid, kBlock, 0, st>>>(s, (const uint16_t *)a->in, a->in_off,
+                                                       (uint16_t *)a->out, a->out_off, n);
+        break;
+    case 4:
+        copy_kernel<uint32_t><<<grid, kBlock, 0, st>>>(s, (const uint32_t *)a->in, a->in_off,
+                                                       (uint32_t *)a->out, a->out_off, n);
+        break;
+    case 8:
+        copy_kernel<uint64_t><<<grid, kBlock, 0, st>>>(s, (const uint64_t *)a->in, a->in_off,
+                                                       (uint64_t *)a->out, a->out_off, n);
+        break;
+    default: return (int)cudaErrorInvalidValue;
+    }
+    return flxk::launch_status();
+}
+
+extern "C" int flx_cuda_index(const flx_index_args *a, void *stream) {
+    if (a->outer < 0 || a->n_src < 0 || a->n_idx < 0 || a->inner < 0) return (int)cudaErrorInvalidValue;
+    cudaStream_t st = (cudaStream_t)stream;
+    switch (a->idx_dtype) {
+    case FLX_I32: return index_launch<int32_t>(a, st);
+    case FLX_I64: return index_launch<int64_t>(a, st);
+    default: return (int)cudaErrorInvalidValue;
+    }
+}

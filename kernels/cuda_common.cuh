@@ -1,0 +1,111 @@
+// cuda_common.cuh — helpers shared by the CUDA kernel files (kernels/*.cu): launch geometry sized
+// to the device, dimension coalescing for strided index spaces, and offset computation.
+// Private to the kernels; host code never includes it.
+#pragma once
+
+#include <cuda_runtime.h>
+#include <stdint.h>
+
+#include "flx_kernels.h"
+
+namespace flxk {
+
+constexpr int kBlock = 256; // threads per block for every grid-stride kernel
+
+// Number of SMs of the current device, cached per ordinal (benign race: the same value is
+// written). Falls back to 132 (an H100 SXM) if the query fails.
+inline int sm_count() {
+    static int cache[64];
+    int dev = 0;
+    if (cudaGetDevice(&dev) != cudaSuccess || dev < 0 || dev >= 64) {
+        (void)cudaGetLastError();
+        return 132;
+    }
+    if (cache[dev] == 0) {
+        int n = 0;
+        if (cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess || n <= 0) {
+            (void)cudaGetLastError();
+            n = 132;
+        }
+        cache[dev] = n;
+    }
+    return cache[dev];
+}
+
+// Blocks for a grid-stride loop over `work` items: enough to cover it, at most a few waves of
+// fully resident blocks (2048 threads per SM / kBlock = 8 blocks per SM, times 4).
+inline unsigned grid_for(int64_t work, int per_block = kBlock) {
+    if (work <= 0) return 1;
+    int64_t want = (work + per_block - 1) / per_block;
+    int64_t cap = (int64_t)sm_count() * 32;
+    if (want > cap) want = cap;
+    if (want < 1) want = 1;
+    return (unsigned)want;
+}
+
+// Strided index space of up to FLX_MAX_DIMS dims and up to 3 operands (strides in elements).
+struct Space {
+    int32_t ndim;
+    int64_t shape[FLX_MAX_DIMS];
+    int64_t st[3][FLX_MAX_DIMS];
+};
+
+// Drops size-1 dims and merges adjacent dims whose strides are compatible for every operand
+// (outer stride == inner stride * inner size), keeping the row-major visiting order. The
+// result has ndim >= 1 (a 0-d or all-ones space becomes shape (1) with zero strides).
+inline void coalesce(Space &s, int nops) {
+    int nd = 0;
+    for (int d = 0; d < s.ndim; d++) {
+        if (s.shape[d] == 1) continue;
+        if (nd > 0) {
+            bool ok = true;
+            for (int k = 0; k < nops; k++)
+                if (s.st[k][nd - 1] != s.st[k][d] * s.shape[d]) ok = false;
+            if (ok) {
+                s.shape[nd - 1] *= s.shape[d];
+                for (int k = 0; k < nops; k++) s.st[k][nd - 1] = s.st[k][d];
+                continue;
+            }
+        }
+        s.shape[nd] = s.shape[d];
+        for (int k = 0; k < nops; k++) s.st[k][nd] = s.st[k][d];
+        nd++;
+    }
+    if (nd == 0) {
+        nd = 1;
+        s.shape[0] = 1;
+        for (int k = 0; k < nops; k++) s.st[k][0] = 0;
+    }
+    for (int d = nd; d < FLX_MAX_DIMS; d++) {
+        s.shape[d] = 1;
+        for (int k = 0; k < 3; k++) s.st[k][d] = 0;
+    }
+    for (int k = nops; k < 3; k++)
+        for (int d = 0; d < FLX_MAX_DIMS; d++) s.st[k][d] = 0;
+    s.ndim = nd;
+}
+
+// Offsets of linear index i (row-major over shape) for NOPS operands. Dim 0 needs no division,
+// so a coalesced 1-d space costs one multiply per operand.
+template <int NOPS>
+__device__ __forceinline__ void offsets(const Space &s, int64_t i, int64_t *off) {
+#pragma unroll
+    for (int k = 0; k < NOPS; k++) off[k] = 0;
+#pragma unroll
+    for (int d = FLX_MAX_DIMS - 1; d >= 1; d--) {
+        if (d < s.ndim) {
+            int64_t q = i / s.shape[d];
+            int64_t r = i - q * s.shape[d];
+#pragma unroll
+            for (int k = 0; k < NOPS; k++) off[k] += r * s.st[k][d];
+            i = q;
+        }
+    }
+#pragma unroll
+    for (int k = 0; k < NOPS; k++) off[k] += i * s.st[k][0];
+}
+
+// Launch check that never synchronises: the launch error (bad configuration), if any.
+inline int launch_status() { return (int)cudaGetLastError(); }
+
+} // namespace flxk

@@ -1,0 +1,377 @@
+// elementwise.cu — CUDA kernels of the fill, cast, unary, binary and where families.
+//
+// Semantics follow the CPU reference (runtime/backend_cpu.c) exactly:
+//   - fill computes each value in double (Philox stream of kernels/philox.h) and converts it to
+//     the output dtype like the CPU's store(): float cast, C truncation to integers, != 0 to bool;
+//   - cast goes through int64 between integer/bool dtypes and through double otherwise;
+//   - unary applies the formulas of kernels/flx_unary_ops.h with T = float for f32 (f32 stays
+//     f32 on the GPU; results may differ from the CPU's double-then-round in the last ulp) and
+//     T = double for f64;
+//   - binary computes float dtypes in their own precision (+ - * / max min and compares are then
+//     bit-identical to the CPU) and integers in int64 (wrapping like the CPU's int64 then cast).
+// All kernels use 64-bit indices and grid-stride loops; contiguous operands take a flat
+// (vectorised where 16-byte aligned) path. n == 0 launches nothing.
+#include <cuda_runtime.h>
+#include <math.h>
+#include <stdint.h>
+
+#include "cuda_common.cuh"
+#include "flx_kernels.h"
+#include "flx_unary_ops.h"
+#include "philox.h"
+
+using flxk::kBlock;
+using flxk::Space;
+
+namespace {
+
+// ---- conversions like the CPU's store()/load() ---------------------------------------------
+template <typename D> __device__ __forceinline__ D from_double(double v) { return (D)v; }
+template <> __device__ __forceinline__ uint8_t from_double<uint8_t>(double v) { return v != 0; }
+
+template <typename D> __device__ __forceinline__ D from_int64(int64_t v) { return (D)v; }
+template <> __device__ __forceinline__ uint8_t from_int64<uint8_t>(int64_t v) { return v != 0; }
+
+template <typename T> struct is_float_t { static constexpr bool value = false; };
+template <> struct is_float_t<float> { static constexpr bool value = true; };
+template <> struct is_float_t<double> { static constexpr bool value = true; };
+
+// ---- fill -------------------------------------------------------------------------------------
+template <typename T>
+__global__ void fill_kernel(flx_fill_args a, int is64) {
+    T *out = (T *)a.out;
+    int64_t stride = (int64_t)gridDim.x * blockDim.x;
+    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < a.n; i += stride) {
+        double v = 0;
+        switch (a.kind) {
+        case FLX_FILL_CONST: v = a.a; break;
+        /* __dadd_rn/__dmul_rn: no FMA contraction, so values round exactly as on the CPU */
+        case FLX_FILL_IOTA: v = __dadd_rn(a.a, __dmul_rn((double)i, a.b)); break;
+        case FLX_FILL_EYE: v = a.cols > 0 && (i / a.cols) == (i % a.cols); break;
+        case FLX_FILL_UNIFORM: {
+            double u = flx_philox_uniform((uint64_t)i, a.seed, is64);
+            v = __dadd_rn(a.a, __dmul_rn(a.b - a.a, u));
+            if (v >= a.b && a.b > a.a) v = a.a; /* rounding must not reach hi (as on the CPU) */
+            break;
+        }
+        case FLX_FILL_NORMAL: v = __dadd_rn(a.a, __dmul_rn(a.b, flx_philox_normal((uint64_t)i, a.seed))); break;
+        }
+        out[i] = from_double<T>(v);
+    }
+}
+
+// ---- cast -------------------------------------------------------------------------------------
+template <typename S, typename D>
+__global__ void cast_kernel(const S *src, D *dst, int64_t n) {
+    int64_t stride = (int64_t)gridDim.x * blockDim.x;
+    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride) {
+        if (!is_float_t<S>::value && !is_float_t<D>::value)
+            dst[i] = from_int64<D>((int64_t)src[i]);
+        else
+            dst[i] = from_double<D>((double)src[i]);
+    }
+}
+
+template <typename S>
+int cast_from(const flx_cast_args *a, cudaStream_t st, unsigned grid) {
+    const S *src = (const S *)a->src;
+    switch (a->dst_dtype) {
+    case FLX_F32: cast_kernel<S, float><<<grid, kBlock, 0, st>>>(src, (float *)a->dst, a->n); break;
+    case FLX_F64: cast_kernel<S, double><<<grid, kBlock, 0, st>>>(src, (double *)a->dst, a->n); break;
+    case FLX_I32: cast_kernel<S, int32_t><<<grid, kBlock, 0, st>>>(src, (int32_t *)a->dst, a->n); break;
+    case FLX_I64: cast_kernel<S, int64_t><<<grid, kBlock, 0, st>>>(src, (int64_t *)a->dst, a->n); break;
+    case FLX_BOOL: cast_kernel<S, uint8_t><<<grid, kBlock, 0, st>>>(src, (uint8_t *)a->dst, a->n); break;
+    default: return (int)cudaErrorInvalidValue;
+    }
+    return flxk::launch_status();
+}
+
+// ---- unary ------------------------------------------------------------------------------------
+template <typename T, int OP> struct UnaryF;
+#define FLX_X_UNARY(NAME, EXPR)                                                    \
+    template <typename T> struct UnaryF<T, FLX_UNARY_##NAME> {                     \
+        __device__ __forceinline__ static T f(T x, double a, double b) {           \
+            (void)a;                                                               \
+            (void)b;                                                               \
+            return (T)(EXPR);                                                      \
+        }                                                                          \
+    };
+FLX_UNARY_OPS(FLX_X_UNARY)
+#undef FLX_X_UNARY
+
+template <typename T, int N> struct alignas(sizeof(T) * N) Vec { T v[N]; };
+
+template <typename T, int OP>
+__global__ void unary_kernel(const T *x, T *y, int64_t n, double a, double b, int vec) {
+    constexpr int N = 16 / sizeof(T);
+    int64_t tid = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    int64_t stride = (int64_t)gridDim.x * blockDim.x;
+    int64_t start = 0;
+    if (vec) {
+        int64_t nv = n / N;
+        const Vec<T, N> *xv = (const Vec<T, N> *)x;
+        Vec<T, N> *yv = (Vec<T, N> *)y;
+        for (int64_t i = tid; i < nv; i += stride) {
+            Vec<T, N> v = xv[i];
+#pragma unroll
+            for (int k = 0; k < N; k++) v.v[k] = UnaryF<T, OP>::f(v.v[k], a, b);
+            yv[i] = v;
+        }
+        start = nv * N;
+    }
+    for (int64_t i = start + tid; i < n; i += stride) y[i] = UnaryF<T, OP>::f(x[i], a, b);
+}
+
+template <typename T>
+int unary_launch(const flx_unary_args *a, cudaStream_t st) {
+    const T *x = (const T *)a->x;
+    T *y = (T *)a->y;
+    int vec = ((uintptr_t)x % 16 == 0) && ((uintptr_t)y % 16 == 0);
+    int64_t work = vec ? (a->n + (16 / sizeof(T)) - 1) / (16 / sizeof(T)) : a->n;
+    unsigned grid = flxk::grid_for(work);
+    switch (a->op) {
+#define FLX_X_CASE(NAME, EXPR)                                                                    \
+    case FLX_UNARY_##NAME:                                                                        \
+        unary_kernel<T, FLX_UNARY_##NAME><<<grid, kBlock, 0, st>>>(x, y, a->n, a->a, a->b, vec); \
+        break;
+        FLX_UNARY_OPS(FLX_X_CASE)
+#undef FLX_X_CASE
+    default: return (int)cudaErrorInvalidValue;
+    }
+    return flxk::launch_status();
+}
+
+// ---- binary -----------------------------------------------------------------------------------
+// Float formulas from the X-macro in T; integer formulas in int64 as on the CPU (div/pow guarded
+// so a zero divisor cannot trap: the public API takes neither for integers).
+template <typename T, int OP> struct BinF;
+#define FLX_X_BIN(NAME, EXPR)                                                      \
+    template <typename T> struct BinF<T, FLX_BINARY_##NAME> {                      \
+        __device__ __forceinline__ static T f(T a, T b) { return (T)(EXPR); }      \
+    };
+FLX_BINARY_ARITH_OPS(FLX_X_BIN)
+#undef FLX_X_BIN
+#define FLX_X_CMP(NAME, EXPR)                                                      \
+    template <typename T> struct BinF<T, FLX_BINARY_##NAME> {                      \
+        __device__ __forceinline__ static uint8_t f(T a, T b) { return (uint8_t)(EXPR); } \
+    };
+FLX_BINARY_COMPARE_OPS(FLX_X_CMP)
+#undef FLX_X_CMP
+
+template <int OP> struct IntF {
+    __device__ __forceinline__ static int64_t f(int64_t a, int64_t b) {
+        switch (OP) {
+        case FLX_BINARY_ADD: return (int64_t)((uint64_t)a + (uint64_t)b);
+        case FLX_BINARY_SUB: return (int64_t)((uint64_t)a - (uint64_t)b);
+        case FLX_BINARY_MUL: return (int64_t)((uint64_t)a * (uint64_t)b);
+        case FLX_BINARY_DIV: return b == 0 ? 0 : (b == -1 ? (int64_t)(0 - (uint64_t)a) : a / b);
+        case FLX_BINARY_POW: return (int64_t)pow((double)a, (double)b);
+        case FLX_BINARY_MAXIMUM: return a >= b ? a : b;
+        case FLX_BINARY_MINIMUM: return a <= b ? a : b;
+        case FLX_BINARY_EQ: return a == b;
+        case FLX_BINARY_NE: return a != b;
+        case FLX_BINARY_LT: return a < b;
+        case FLX_BINARY_LE: return a <= b;
+        case FLX_BINARY_GT: return a > b;
+        case FLX_BINARY_GE: return a >= b;
+        }
+        return 0;
+    }
+};
+
+// Result type of op OP on inputs T: uint8 for compares, T otherwise.
+template <typename T, int OP> struct BinOut { typedef T type; };
+#define FLX_X_OUT(NAME, EXPR) \
+    template <typename T> struct BinOut<T, FLX_BINARY_##NAME> { typedef uint8_t type; };
+FLX_BINARY_COMPARE_OPS(FLX_X_OUT)
+#undef FLX_X_OUT
+
+template <typename T, int OP>
+__device__ __forceinline__ typename BinOut<T, OP>::type bin_apply(T a, T b) {
+    if constexpr (is_float_t<T>::value) {
+        return BinF<T, OP>::f(a, b);
+    } else {
+        return (typename BinOut<T, OP>::type)IntF<OP>::f((int64_t)a, (int64_t)b);
+    }
+}
+
+template <typename T, int OP>
+__global__ void binary_strided(Space s, const T *a, const T *b, typename BinOut<T, OP>::type *out,
+                               int64_t n) {
+    int64_t stride = (int64_t)gridDim.x * blockDim.x;
+    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride) {
+        int64_t off[2];
+        flxk::offsets<2>(s, i, off);
+        out[i] = bin_apply<T, OP>(a[off[0]], b[off[1]]);
+    }
+}
+
+template <typename T, int OP>
+__global__ void binary_contig(const T *a, const T *b, typename BinOut<T, OP>::type *out, int64_t n,
+                              int vec) {
+    typedef typename BinOut<T, OP>::type O;
+    constexpr int N = 16 / sizeof(T);
+    int64_t tid = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    int64_t stride = (int64_t)gridDim.x * blockDim.x;
+    int64_t start = 0;
+    if (vec) {
+        int64_t nv = n / N;
+        const Vec<T, N> *av = (const Vec<T, N> *)a;
+        const Vec<T, N> *bv = (const Vec<T, N> *)b;
+        for (int64_t i = tid; i < nv; i += stride) {
+            Vec<T, N> x = av[i], y = bv[i];
+            Vec<O, N> r;
+#pragma unroll
+            for (int k = 0; k < N; k++) r.v[k] = bin_apply<T, OP>(x.v[k], y.v[k]);
+            ((Vec<O, N> *)out)[i] = r;
+        }
+        start = nv * N;
+    }
+    for (int64_t i = start + tid; i < n; i += stride) out[i] = bin_apply<T, OP>(a[i], b[i]);
+}
+
+template <typename T, int OP>
+int binary_launch_op(const Space &s, const flx_binary_args *ar, int64_t n, cudaStream_t st) {
+    typedef typename BinOut<T, OP>::type O;
+    const T *a = (const T *)ar->a;
+    const T *b = (const T *)ar->b;
+    O *out = (O *)ar->out;
+    if (s.ndim == 1 && s.st[0][0] == 1 && s.st[1][0] == 1) {
+        constexpr int N = 16 / sizeof(T);
+        int vec = (uintptr_t)a % 16 == 0 && (uintptr_t)b % 16 == 0 &&
+                  (uintptr_t)out % (sizeof(O) * N) == 0;
+        unsigned grid = flxk::grid_for(vec ? (n + N - 1) / N : n);
+        binary_contig<T, OP><<<grid, kBlock, 0, st>>>(a, b, out, n, vec);
+    } else {
+        binary_strided<T, OP><<<flxk::grid_for(n), kBlock, 0, st>>>(s, a, b, out, n);
+    }
+    return flxk::launch_status();
+}
+
+template <typename T>
+int binary_launch(const Space &s, const flx_binary_args *ar, int64_t n, cudaStream_t st) {
+    switch (ar->op) {
+#define FLX_X_CASE(NAME, EXPR) \
+    case FLX_BINARY_##NAME: return binary_launch_op<T, FLX_BINARY_##NAME>(s, ar, n, st);
+        FLX_BINARY_ARITH_OPS(FLX_X_CASE)
+        FLX_BINARY_COMPARE_OPS(FLX_X_CASE)
+#undef FLX_X_CASE
+    default: return (int)cudaErrorInvalidValue;
+    }
+}
+
+// ---- where ------------------------------------------------------------------------------------
+template <typename E>
+__global__ void where_kernel(Space s, const uint8_t *cond, const E *a, const E *b, E *out,
+                             int64_t n) {
+    int64_t stride = (int64_t)gridDim.x * blockDim.x;
+    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride) {
+        int64_t off[3];
+        flxk::offsets<3>(s, i, off);
+        out[i] = cond[off[0]] ? a[off[1]] : b[off[2]];
+    }
+}
+
+} // namespace
+
+// ---- C launch functions ---------------------------------------------------------------------
+extern "C" int flx_cuda_fill(const flx_fill_args *a, void *stream) {
+    if (a->n <= 0) return 0;
+    cudaStream_t st = (cudaStream_t)stream;
+    unsigned grid = flxk::grid_for(a->n);
+    int is64 = a->dtype == FLX_F64;
+    switch (a->dtype) {
+    case FLX_F32: fill_kernel<float><<<grid, kBlock, 0, st>>>(*a, is64); break;
+    case FLX_F64: fill_kernel<double><<<grid, kBlock, 0, st>>>(*a, is64); break;
+    case FLX_I32: fill_kernel<int32_t><<<grid, kBlock, 0, st>>>(*a, is64); break;
+    case FLX_I64: fill_kernel<int64_t><<<grid, kBlock, 0, st>>>(*a, is64); break;
+    case FLX_BOOL: fill_kernel<uint8_t><<<grid, kBlock, 0, st>>>(*a, is64); break;
+    default: return (int)cudaErrorInvalidValue;
+    }
+    return flxk::launch_status();
+}
+
+extern "C" int flx_cuda_cast(const flx_cast_args *a, void *stream) {
+    if (a->n <= 0) return 0;
+    cudaStream_t st = (cudaStream_t)stream;
+    unsigned grid = flxk::grid_for(a->n);
+    switch (a->src_dtype) {
+    case FLX_F32: return cast_from<float>(a, st, grid);
+    case FLX_F64: return cast_from<double>(a, st, grid);
+    case FLX_I32: return cast_from<int32_t>(a, st, grid);
+    case FLX_I64: return cast_from<int64_t>(a, st, grid);
+    case FLX_BOOL: return cast_from<uint8_t>(a, st, grid);
+    default: return (int)cudaErrorInvalidValue;
+    }
+}
+
+extern "C" int flx_cuda_unary(const flx_unary_args *a, void *stream) {
+    if (a->n <= 0) return 0;
+    cudaStream_t st = (cudaStream_t)stream;
+    switch (a->dtype) {
+    case FLX_F32: return unary_launch<float>(a, st);
+    case FLX_F64: return unary_launch<double>(a, st);
+    default: return (int)cudaErrorInvalidValue;
+    }
+}
+
+extern "C" int flx_cuda_binary(const flx_binary_args *ar, void *stream) {
+    if (ar->ndim < 0 || ar->ndim > FLX_MAX_DIMS) return (int)cudaErrorInvalidValue;
+    int64_t n = 1;
+    for (int d = 0; d < ar->ndim; d++) n *= ar->shape[d];
+    if (n <= 0) return 0;
+    Space s;
+    s.ndim = ar->ndim;
+    for (int d = 0; d < ar->ndim; d++) {
+        s.shape[d] = ar->shape[d];
+        s.st[0][d] = ar->sa[d];
+        s.st[1][d] = ar->sb[d];
+    }
+    flxk::coalesce(s, 2);
+    cudaStream_t st = (cudaStream_t)stream;
+    switch (ar->dtype) {
+    case FLX_F32: return binary_launch<float>(s, ar, n, st);
+    case FLX_F64: return binary_launch<double>(s, ar, n, st);
+    case FLX_I32: return binary_launch<int32_t>(s, ar, n, st);
+    case FLX_I64: return binary_launch<int64_t>(s, ar, n, st);
+    default: return (int)cudaErrorInvalidValue;
+    }
+}
+
+extern "C" int flx_cuda_where(const flx_where_args *ar, void *stream) {
+    if (ar->ndim < 0 || ar->ndim > FLX_MAX_DIMS) return (int)cudaErrorInvalidValue;
+    int64_t n = 1;
+    for (int d = 0; d < ar->ndim; d++) n *= ar->shape[d];
+    if (n <= 0) return 0;
+    Space s;
+    s.ndim = ar->ndim;
+    for (int d = 0; d < ar->ndim; d++) {
+        s.shape[d] = ar->shape[d];
+        s.st[0][d] = ar->sc[d];
+        s.st[1][d] = ar->sa[d];
+        s.st[2][d] = ar->sb[d];
+    }
+    flxk::coalesce(s, 3);
+    cudaStream_t st = (cudaStream_t)stream;
+    unsigned grid = flxk::grid_for(n);
+    switch (flx_dtype_size(ar->dtype)) {
+    case 1:
+        where_kernel<uint8_t><<<grid, kBlock, 0, st>>>(s, ar->cond, (const uint8_t *)ar->a,
+                                                       (const uint8_t *)ar->b, (uint8_t *)ar->out, n);
+        break;
+    case 2:
+        where_kernel<uint16_t><<<grid, kBlock, 0, st>>>(s, ar->cond, (const uint16_t *)ar->a,
+                                                        (const uint16_t *)ar->b, (uint16_t *)ar->out, n);
+        break;
+    case 4:
+        where_kernel<uint32_t><<<grid, kBlock, 0, st>>>(s, ar->cond, (const uint32_t *)ar->a,
+                                                        (const uint32_t *)ar->b, (uint32_t *)ar->out, n);
+        break;
+    case 8:
+        where_kernel<uint64_t><<<grid, kBlock, 0, st>>>(s, ar->cond, (const uint64_t *)ar->a,
+                                                        (const uint64_t *)ar->b, (uint64_t *)ar->out, n);
+        break;
+    default: return (int)cudaErrorInvalidValue;
+    }
+    return flxk::launch_status();
+}
