@@ -134,6 +134,13 @@ __global__ void index_add_sorted_kernel(const T *src, const uint32_t *rows, cons
 inline size_t align256(size_t x) { return (x + 255) & ~(size_t)255; }
 
 template <typename T, typename I>
+int index_add_scan(const flx_index_args *a, int64_t total, cudaStream_t st) {
+    index_add_scan_kernel<T, I><<<flxk::grid_for(total), kBlock, 0, st>>>(
+        (const T *)a->src, (const I *)a->idx, (T *)a->out, a->n_src, a->n_idx, a->inner, total);
+    return flxk::launch_status();
+}
+
+template <typename T, typename I>
 int index_add_sorted(const flx_index_args *a, int64_t total, cudaStream_t st) {
     const I *idx = (const I *)a->idx;
     int n = (int)a->n_idx;
@@ -149,7 +156,11 @@ int index_add_sorted(const flx_index_args *a, int64_t total, cudaStream_t st) {
     size_t bytes = 4 * vec + segb + align256(temp_bytes);
     char *ws = nullptr;
     e = cudaMallocAsync((void **)&ws, bytes, st);
-    if (e != cudaSuccess) return (int)e;
+    if (e != cudaSuccess) {
+        /* No room for the workspace: the scan needs none (slower, same result). */
+        (void)cudaGetLastError();
+        return index_add_scan<T, I>(a, total, st);
+    }
     uint32_t *keys_in = (uint32_t *)ws, *keys_out = (uint32_t *)(ws + vec);
     uint32_t *vals_in = (uint32_t *)(ws + 2 * vec), *vals_out = (uint32_t *)(ws + 3 * vec);
     uint32_t *seg = (uint32_t *)(ws + 4 * vec);
@@ -182,9 +193,7 @@ int index_add(const flx_index_args *a, int64_t total, cudaStream_t st) {
     /* A scan costs n_idx per output element; sorting pays off beyond a few dozen indices. */
     bool sort = a->n_idx > 32 && a->n_idx <= (int64_t)INT32_MAX && a->n_src < (int64_t)UINT32_MAX - 1;
     if (sort) return index_add_sorted<T, I>(a, total, st);
-    index_add_scan_kernel<T, I><<<flxk::grid_for(total), kBlock, 0, st>>>(
-        (const T *)a->src, (const I *)a->idx, (T *)a->out, a->n_src, a->n_idx, a->inner, total);
-    return flxk::launch_status();
+    return index_add_scan<T, I>(a, total, st);
 }
 
 template <typename I>

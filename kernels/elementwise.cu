@@ -65,7 +65,7 @@ template <typename S, typename D>
 __global__ void cast_kernel(const S *src, D *dst, int64_t n) {
     int64_t stride = (int64_t)gridDim.x * blockDim.x;
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride) {
-        if (!is_float_t<S>::value && !is_float_t<D>::value)
+        if constexpr (!is_float_t<S>::value && !is_float_t<D>::value)
             dst[i] = from_int64<D>((int64_t)src[i]);
         else
             dst[i] = from_double<D>((double)src[i]);

@@ -266,7 +266,8 @@ static flx_status launched(int rc, const char *family, flx_dtype dt) {
     if (rc == 0) return FLX_OK;
     cudaError_t e = (cudaError_t)rc;
     (void)cudaGetLastError();
-    return flx_set_error(FLX_ERR_BACKEND, "cuda %s kernel (%s) failed: %s (%s)", family,
+    return flx_set_error(e == cudaErrorMemoryAllocation ? FLX_ERR_OUT_OF_MEMORY : FLX_ERR_BACKEND,
+                         "cuda %s kernel (%s) failed: %s (%s)", family,
                          flx_dtype_name(dt), cudaGetErrorString(e), cudaGetErrorName(e));
 }
 
