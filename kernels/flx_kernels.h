@@ -26,6 +26,8 @@ extern "C" {
 
 /* Device-side error codes stored in the error word. */
 enum { FLX_KERR_NONE = 0, FLX_KERR_INDEX_RANGE = 1 };
+/* LU family (issue 4): inv/solve met an exactly singular matrix (a zero pivot in its LU). */
+enum { FLX_KERR_SINGULAR = 16 };
 
 /* ---- fill: creation of values ---------------------------------------------------------------
  * CONST: a. IOTA: a + i*b. EYE: 1 where (i / cols) == (i % cols), else 0.
@@ -148,6 +150,139 @@ typedef struct flx_index_args {
     void *out;
     int32_t *err;
 } flx_index_args;
+
+/* ---- conv: sliding-window family over NCHW planes (issue 5, nn layers) -----------------------
+ * Geometry: input planes (N, C, H, W); window KH x KW with stride SH, SW, zero padding PH, PW
+ * and dilation DH, DW; output planes OH x OW, where OH = (H + 2 PH - DH (KH - 1) - 1) / SH + 1.
+ * Window (oh, ow) tap (ki, kj) reads input row h = oh SH - PH + ki DH, column w = ow SW - PW + kj DW.
+ * IM2COL:   out (N, C KH KW, OH OW)[n, (c KH + ki) KW + kj, oh OW + ow] = x[n, c, h, w] (0 outside).
+ * COL2IM:   out (N, C, H, W) = the transpose of IM2COL applied to in (N, C KH KW, OH OW): each
+ *           input position sums the columns that read it (gather form: deterministic, no atomics).
+ * MAXPOOL:  out (N, C, OH, OW) = max over the taps inside the input (padding never wins; NaN wins).
+ * MAXPOOL_ARGMAX: out (i64, same shape) = flat index ((n C + c) H + h) W + w of the first maximum
+ *           (taps in row-major (ki, kj) order); -1 for a window with no tap inside the input.
+ * MAXPOOL_BACKWARD: in = g (N, C, OH, OW), idx = i64 indices as above; out (N, C, H, W)[p] = sum of
+ *           g over the windows whose index is p (gather form, taps ascending, deterministic). */
+typedef enum flx_conv_mode {
+    FLX_CONV_IM2COL, FLX_CONV_COL2IM, FLX_CONV_MAXPOOL, FLX_CONV_MAXPOOL_ARGMAX,
+    FLX_CONV_MAXPOOL_BACKWARD
+} flx_conv_mode;
+typedef struct flx_conv_args {
+    int32_t mode;
+    flx_dtype dtype; /* of in and out (out is i64 for MAXPOOL_ARGMAX) */
+    int64_t N, C, H, W, KH, KW, SH, SW, PH, PW, DH, DW, OH, OW;
+    const void *in;
+    const int64_t *idx; /* MAXPOOL_BACKWARD only */
+    void *out;
+} flx_conv_args;
+int flx_cuda_conv(const flx_conv_args *args, void *stream);
+
+/* ---- softmax family (issue 3; runtime/ops_softmax.c, runtime/cpu_softmax.c, kernels/softmax.cu)
+ * Rows: x is viewed as (outer, n, inner) and every (o, i) pair is one row of n elements with
+ * stride inner (inner == 1: contiguous rows). s = scale (1 / temperature), z = s x.
+ * FWD:      out = softmax(z) along the row.        LOG_FWD: out = z - logsumexp(z).
+ * BWD:      x = y (a softmax output), v: out = s * y (v - <y, v>)   (softmax VJP and JVP).
+ * LOG_VJP:  x = y (a log_softmax output): out = s * (v - exp(y) sum(v)).
+ * LOG_JVP:  x = y (a log_softmax output): out = s * (v - <exp(y), v>).
+ * CE_FWD:   x = logits (outer = N, n = C, inner = 1), labels (N): out (N) = logsumexp(x_r) -
+ *           x_r[label_r], 0 where label_r == ignore_index (s is not applied).
+ * CE_BWD:   as CE_FWD, v = g (N): out (N, C) = (softmax(x_r) - onehot(label_r)) g_r, rows with
+ *           label_r == ignore_index are 0.
+ * A label outside [0, C) other than ignore_index is treated as ignored and stores
+ * FLX_KERR_INDEX_RANGE in err. A row whose z are all -inf gives NaN (0 / 0); +inf gives NaN. */
+typedef enum flx_softmax_mode {
+    FLX_SOFTMAX_FWD, FLX_SOFTMAX_LOG_FWD, FLX_SOFTMAX_BWD, FLX_SOFTMAX_LOG_VJP,
+    FLX_SOFTMAX_LOG_JVP, FLX_SOFTMAX_CE_FWD, FLX_SOFTMAX_CE_BWD
+} flx_softmax_mode;
+typedef struct flx_softmax_args {
+    int32_t mode;
+    flx_dtype dtype;        /* of x, v and out (f32, f64) */
+    int64_t outer, n, inner;
+    double scale;
+    const void *x;
+    const void *v;
+    const void *labels;     /* CE modes */
+    flx_dtype label_dtype;  /* i32 or i64 */
+    int64_t ignore_index;
+    void *out;
+    int32_t *err;
+} flx_softmax_args;
+int flx_cuda_softmax(const flx_softmax_args *args, void *stream);
+
+/* ---- optim: fused multi-tensor optimiser updates (issue 5; runtime/optim.c, runtime/cpu_optim.c,
+ * kernels/optim.cu). Update rules: fluxion.h, "optimisers".
+ * UPDATE: for each j < n: p[j] (numel[j] elements, dtype) is updated from g[j] and the state
+ *   slots s0/s1/s2[j] (NULL where the rule does not use them) with hyperparameters read from the
+ *   device array hp (FLX_HP_COUNT doubles; t = hp[FLX_HP_STEP] + 1). When advance_step is set,
+ *   hp[FLX_HP_STEP] is incremented after every element has been updated (on CUDA: by the last
+ *   block to finish, counted in *counter, which it resets to 0). Math in float64.
+ * SET_HP: hp[set_index] = set_value (one device write, queued). */
+typedef enum flx_optim_mode { FLX_OPTIM_UPDATE, FLX_OPTIM_SET_HP } flx_optim_mode;
+typedef enum flx_optim_rule {
+    FLX_OPTIM_RULE_SGD, FLX_OPTIM_RULE_ADAGRAD, FLX_OPTIM_RULE_RMSPROP, FLX_OPTIM_RULE_ADAM,
+    FLX_OPTIM_RULE_ADAMW
+} flx_optim_rule;
+typedef struct flx_optim_args {
+    int32_t mode, rule;
+    int32_t nesterov, centered, use_momentum; /* structural flags fixed at create time */
+    flx_dtype dtype;                           /* f32 or f64                            */
+    int32_t n;                                 /* <= FLX_OPTIM_MAX_TENSORS_PER_LAUNCH    */
+    void *p[FLX_OPTIM_MAX_TENSORS_PER_LAUNCH];
+    const void *g[FLX_OPTIM_MAX_TENSORS_PER_LAUNCH];
+    void *s0[FLX_OPTIM_MAX_TENSORS_PER_LAUNCH], *s1[FLX_OPTIM_MAX_TENSORS_PER_LAUNCH],
+        *s2[FLX_OPTIM_MAX_TENSORS_PER_LAUNCH];
+    int64_t numel[FLX_OPTIM_MAX_TENSORS_PER_LAUNCH];
+    int32_t advance_step;
+    double *hp;        /* device memory */
+    uint32_t *counter; /* device memory (CUDA only) */
+    int32_t set_index;
+    double set_value;
+} flx_optim_args;
+int flx_cuda_optim(const flx_optim_args *args, void *stream);
+
+/* ---- LU family (issue 4; runtime/ops_lu.c, runtime/cpu_lu.c, kernels/lu.cu) -------------------
+ * Packed factorisation: one row of P = n*n + n + 1 elements (dtype of A) per matrix:
+ *   [0, n*n)       the LU of A = P L U (partial pivoting), column-major: (i, j) at j*n + i;
+ *                  L unit lower (below the diagonal), U upper (on and above it);
+ *   [n*n, n*n+n)   pivots, 0-based: at step i rows i and piv[i] were swapped (as LAPACK's ipiv);
+ *   n*n + n        info: 0, or k > 0 when U(k-1, k-1) is exactly zero (the first such k).
+ * A zero pivot column is left uneliminated (its multipliers are 0), so A = P L U stays exact.
+ * FACTOR:   a (batch, n, n) row-major -> out packed (batch, P).
+ * SOLVE:    lu packed, b (batch, n, k) -> out (batch, n, k) = A^-1 b (A^-T b when trans); with
+ *           check, a matrix whose info != 0 stores FLX_KERR_SINGULAR in err (values then inf/NaN).
+ * DET, LOGABS, SIGN, LOGDET: lu packed -> out (batch): det, log|det|, sign(det) (0 if singular),
+ *           log det (NaN when det < 0, -inf when det == 0).
+ * COFACTOR: lu packed -> out (batch, n, n) row-major = adj(A)^T, computed without any division
+ *           (finite and exact in form at singular A): adj(A) = sign(P) adj(U) L^-1 P^T with adj(U)
+ *           from products of U's diagonal. */
+typedef enum flx_lu_mode {
+    FLX_LU_FACTOR, FLX_LU_SOLVE, FLX_LU_DET, FLX_LU_LOGABS, FLX_LU_SIGN, FLX_LU_LOGDET,
+    FLX_LU_COFACTOR
+} flx_lu_mode;
+typedef struct flx_lu_args {
+    int32_t mode;
+    flx_dtype dtype; /* f32, f64 */
+    int64_t batch, n, k;
+    int32_t trans, check;
+    const void *a;
+    const void *lu;
+    const void *b;
+    void *out;
+    int32_t *err;
+} flx_lu_args;
+/* What the CUDA LU paths need from the backend: the stream, library handles (cublasHandle_t,
+ * cusolverDnHandle_t as void*) and the context's stream-ordered allocator for scratch. */
+typedef struct flx_cuda_lu_env {
+    void *stream;
+    void *cublas;
+    void *cusolver;
+    void *(*alloc)(void *actx, size_t nbytes);
+    void (*free)(void *actx, void *ptr);
+    void *actx;
+} flx_cuda_lu_env;
+/* Returns 0, a cudaError_t (> 0), -1 (scratch allocation failed; error already set by alloc),
+ * -(1000 + cublasStatus_t) or -(2000 + cusolverStatus_t). */
+int flx_cuda_lu(const flx_lu_args *args, const flx_cuda_lu_env *env);
 
 /* ---- CUDA launch functions (defined only in builds with the CUDA backend) ------------------ */
 int flx_cuda_fill(const flx_fill_args *args, void *stream);

@@ -95,13 +95,8 @@ flx_tensor *flx_sum_to_shape(flx_tensor *g, int32_t ndim, const int64_t *shape) 
 }
 
 /* ---- reverse mode --------------------------------------------------------------------------- */
-typedef struct frame {
-    flx_tensor *t;
-    int32_t next;
-} frame;
-
 typedef struct walk {
-    flx_tensor **order; /* post-order (inputs before consumers) of nodes on a grad path */
+    flx_tensor **order; /* post-order (inputs before consumers) */
     size_t n, cap;
 } walk;
 
@@ -117,44 +112,19 @@ static bool walk_push(walk *w, flx_tensor *t) {
     return true;
 }
 
+static bool enter_requires_grad(const flx_tensor *t) { return t->requires_grad; }
+static bool enter_all(const flx_tensor *t) {
+    (void)t;
+    return true;
+}
+
 /* Post-order over nodes reachable from roots (only requires_grad ones unless all). */
 static flx_status walk_any(int32_t n_roots, flx_tensor *const *roots, uint64_t epoch, walk *w,
                            bool all) {
-    size_t cap = 64, top = 0;
-    frame *st = (frame *)malloc(cap * sizeof *st);
-    if (!st) return flx_set_error(FLX_ERR_OUT_OF_MEMORY, "autodiff: out of host memory");
-    for (int32_t r = 0; r < n_roots; r++) {
-        flx_tensor *root = roots[r];
-        if (root->mark == epoch || !(all || root->requires_grad)) continue;
-        root->mark = epoch;
-        st[top++] = (frame){root, 0};
-        while (top > 0) {
-            frame *f = &st[top - 1];
-            if (f->next < f->t->n_in) {
-                flx_tensor *c = f->t->in[f->next++];
-                if (c->mark == epoch || !(all || c->requires_grad)) continue;
-                c->mark = epoch;
-                if (top == cap) {
-                    frame *ns = (frame *)realloc(st, 2 * cap * sizeof *st);
-                    if (!ns) {
-                        free(st);
-                        return flx_set_error(FLX_ERR_OUT_OF_MEMORY, "autodiff: out of host memory");
-                    }
-                    st = ns;
-                    cap *= 2;
-                }
-                st[top++] = (frame){c, 0};
-            } else {
-                if (!walk_push(w, f->t)) {
-                    free(st);
-                    return flx_set_error(FLX_ERR_OUT_OF_MEMORY, "autodiff: out of host memory");
-                }
-                top--;
-            }
-        }
-    }
-    free(st);
-    return FLX_OK;
+    flx_status s = flx_graph_postorder(n_roots, roots, epoch, all ? enter_all : enter_requires_grad,
+                                       &w->order, &w->n);
+    w->cap = w->n;
+    return s;
 }
 
 static flx_status walk_graph(int32_t n_roots, flx_tensor *const *roots, uint64_t epoch,
@@ -162,14 +132,12 @@ static flx_status walk_graph(int32_t n_roots, flx_tensor *const *roots, uint64_t
     return walk_any(n_roots, roots, epoch, w, false);
 }
 
-static uint64_t g_ad_epoch = (uint64_t)1 << 62; /* disjoint from the evaluator's epochs */
-
 /* Core of flx_grad_of: must be called inside a scope, which owns everything it makes.
  * grads_out[j] are borrowed from that scope. */
 static flx_status grad_core(int32_t n_out, flx_tensor *const *outputs,
                             flx_tensor *const *cotangents, int32_t n_in,
                             flx_tensor *const *inputs, flx_tensor **grads_out) {
-    uint64_t epoch = __atomic_add_fetch(&g_ad_epoch, 1, __ATOMIC_RELAXED);
+    uint64_t epoch = flx_next_epoch();
     walk w = {0};
     flx_status s = walk_graph(n_out, outputs, epoch, &w);
     if (s != FLX_OK) {
@@ -301,7 +269,7 @@ flx_status flx_grad_of(int32_t n_out, flx_tensor *const *outputs, flx_tensor *co
 /* ---- forward mode ------------------------------------------------------------------------- */
 static flx_status jvp_core(int32_t n_in, flx_tensor *const *inputs, flx_tensor *const *tangents,
                            int32_t n_out, flx_tensor *const *outputs, flx_tensor **tout) {
-    uint64_t epoch = __atomic_add_fetch(&g_ad_epoch, 1, __ATOMIC_RELAXED);
+    uint64_t epoch = flx_next_epoch();
     walk w = {0};
     flx_status s = walk_any(n_out, outputs, epoch, &w, true);
     flx_tensor **tan = s == FLX_OK ? (flx_tensor **)calloc(w.n ? w.n : 1, sizeof *tan) : NULL;
@@ -387,7 +355,7 @@ flx_status flx_jvp(int32_t n_in, flx_tensor *const *inputs, flx_tensor *const *t
 /* Leaves (requires_grad, is_leaf) reachable from loss through requires_grad nodes. */
 static flx_status collect_leaves(flx_tensor *loss, walk *leaves) {
     walk w = {0};
-    uint64_t epoch = __atomic_add_fetch(&g_ad_epoch, 1, __ATOMIC_RELAXED);
+    uint64_t epoch = flx_next_epoch();
     flx_status s = walk_graph(1, &loss, epoch, &w);
     for (size_t i = 0; i < w.n && s == FLX_OK; i++)
         if (w.order[i]->is_leaf && !walk_push(leaves, w.order[i]))
@@ -418,6 +386,8 @@ flx_status flx_backward(flx_tensor *loss) {
         free(leaves.order);
         return flx_set_error(FLX_ERR_OUT_OF_MEMORY, "flx_backward: out of host memory");
     }
+    const flx_backend *rbe = loss->ctx->be; /* issue 9: one profiler range per backward pass */
+    if (rbe->range_push) rbe->range_push(loss->ctx, "flx_backward");
     flx_no_grad_begin();
     s = flx_scope_begin();
     if (s == FLX_OK) {
@@ -442,6 +412,7 @@ flx_status flx_backward(flx_tensor *loss) {
         flx_scope_end(0, NULL);
     }
     flx_no_grad_end();
+    if (rbe->range_pop) rbe->range_pop(loss->ctx); /* issue 9 */
     free(g);
     free(leaves.order);
     return s;

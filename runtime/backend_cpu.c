@@ -44,6 +44,9 @@ static flx_status cpu_synchronize(flx_ctx *ctx) {
     if (e == FLX_KERR_INDEX_RANGE)
         return flx_set_error(FLX_ERR_INVALID_ARGUMENT,
                              "an index op met an index out of range (read as 0)");
+    if (e == FLX_KERR_SINGULAR) /* LU family (issue 4) */
+        return flx_set_error(FLX_ERR_NUMERIC, "flx_inv/flx_solve: the matrix is singular (a zero "
+                             "pivot in its LU factorisation); use the _ex variant for per-matrix info");
     return FLX_OK;
 }
 
@@ -404,4 +407,8 @@ const flx_backend flx_backend_cpu = {
     .reduce = cpu_reduce,
     .matmul = cpu_matmul,
     .index = cpu_index,
+    .conv = flx_cpu_conv, /* nn sliding windows: runtime/cpu_conv.c */
+    .lu = flx_cpu_lu, /* LU family: runtime/cpu_lu.c (issue 4) */
+    .softmax = flx_cpu_softmax, /* softmax family: runtime/cpu_softmax.c */
+    .optim = flx_cpu_optim, /* fused optimisers: runtime/cpu_optim.c (issue 5) */
 };

@@ -20,7 +20,9 @@
 #include <string.h>
 
 #include <cublas_v2.h>
+#include <cusolverDn.h> /* LU family (issue 4) */
 #include <cuda_runtime.h>
+#include <nvtx3/nvToolsExt.h> /* profiler ranges, header-only NVTX3 (issue 9) */
 
 #include "internal.h"
 #include "flx_unary_ops.h"
@@ -31,6 +33,7 @@ typedef struct cuda_state {
     cublasHandle_t blas;
     cudaMemPool_t pool;
     int32_t *err_host; /* pinned: the error word is copied here at synchronisation points */
+    cusolverDnHandle_t cusolver; /* LU family (issue 4): created lazily, bound to stream */
 } cuda_state;
 
 static cuda_state *st_of(flx_ctx *ctx) { return (cuda_state *)ctx->backend_state; }
@@ -76,11 +79,32 @@ int32_t flx_cuda_backend_device_count(void) {
     return n < 0 ? 0 : (int32_t)n;
 }
 
+/* ---- device feature query (issue 9): flx_cuda_device_info in context.c checks the index ---- */
+flx_status flx_cuda_backend_device_info(int32_t index, flx_cuda_device_props *out) {
+    struct cudaDeviceProp p;
+    cudaError_t e = cudaGetDeviceProperties(&p, (int)index);
+    if (e != cudaSuccess) {
+        (void)cudaGetLastError();
+        return flx_set_error(FLX_ERR_DEVICE, "flx_cuda_device_info: device %d: %s (%s)", (int)index,
+                             cudaGetErrorString(e), cudaGetErrorName(e));
+    }
+    size_t n = strlen(p.name);
+    if (n >= sizeof out->name) n = sizeof out->name - 1;
+    memcpy(out->name, p.name, n);
+    out->name[n] = '\0';
+    out->major = p.major;
+    out->minor = p.minor;
+    out->total_memory = (uint64_t)p.totalGlobalMem;
+    out->multiprocessors = p.multiProcessorCount;
+    return FLX_OK;
+}
+
 /* ---- lifetime ------------------------------------------------------------------------------ */
 static void release_state(cuda_state *s, int32_t *err_word) {
     if (err_word) cudaFree(err_word);
     if (s->err_host) cudaFreeHost(s->err_host);
     if (s->blas) cublasDestroy(s->blas);
+    if (s->cusolver) cusolverDnDestroy(s->cusolver); /* LU family (issue 4) */
     if (s->stream) cudaStreamDestroy(s->stream);
     (void)cudaGetLastError();
     free(s);
@@ -160,6 +184,8 @@ static void *cuda_alloc(flx_ctx *ctx, size_t nbytes) {
     (void)cudaGetLastError();
     if (e == cudaErrorMemoryAllocation) {
         /* Give cached blocks back to the device and try once more. */
+        flx_log_msg(FLX_LOG_WARN, "cuda: allocation of %zu bytes failed on device %d; freeing the "
+                "cache and retrying", nbytes, s->device); /* issue 9 */
         cudaError_t se = cudaStreamSynchronize(s->stream);
         ctx->stats.syncs++;
         if (se != cudaSuccess) {
@@ -216,6 +242,9 @@ static flx_status finish_and_check(flx_ctx *ctx, const char *what) {
         if (word == FLX_KERR_INDEX_RANGE)
             return flx_set_error(FLX_ERR_INVALID_ARGUMENT,
                                  "an index op met an index out of range (read as 0)");
+        if (word == FLX_KERR_SINGULAR) /* LU family (issue 4) */
+            return flx_set_error(FLX_ERR_NUMERIC, "flx_inv/flx_solve: the matrix is singular (a zero "
+                                 "pivot in its LU factorisation); use the _ex variant for per-matrix info");
         return flx_set_error(FLX_ERR_BACKEND, "cuda: a kernel reported device error code %d",
                              (int)word);
     }
@@ -283,6 +312,9 @@ FLX_CUDA_FAMILY(binary, flx_binary_args, a->dtype)
 FLX_CUDA_FAMILY(where, flx_where_args, a->dtype)
 FLX_CUDA_FAMILY(reduce, flx_reduce_args, a->dtype)
 FLX_CUDA_FAMILY(index, flx_index_args, a->dtype)
+FLX_CUDA_FAMILY(conv, flx_conv_args, a->dtype) /* nn sliding windows: kernels/conv.cu */
+FLX_CUDA_FAMILY(softmax, flx_softmax_args, a->dtype) /* softmax family: kernels/softmax.cu */
+FLX_CUDA_FAMILY(optim, flx_optim_args, a->dtype) /* fused optimisers: kernels/optim.cu (issue 5) */
 #undef FLX_CUDA_FAMILY
 
 static flx_status cuda_copy(flx_ctx *ctx, const flx_copy_args *a) {
@@ -373,6 +405,53 @@ static flx_status cuda_matmul(flx_ctx *ctx, const flx_matmul_args *a) {
     return FLX_OK;
 }
 
+/* ---- LU family (issue 4): thin glue; the paths live in kernels/lu.cu ---------------------- */
+static void *lu_scratch_alloc(void *actx, size_t nbytes) { return cuda_alloc((flx_ctx *)actx, nbytes); }
+static void lu_scratch_free(void *actx, void *ptr) { cuda_free((flx_ctx *)actx, ptr); }
+
+static flx_status cuda_lu(flx_ctx *ctx, const flx_lu_args *a) {
+    if (use_device(ctx) != FLX_OK) return flx_last_status();
+    cuda_state *s = st_of(ctx);
+    if (!s->cusolver) {
+        cusolverStatus_t cs = cusolverDnCreate(&s->cusolver);
+        if (cs == CUSOLVER_STATUS_SUCCESS) cs = cusolverDnSetStream(s->cusolver, s->stream);
+        if (cs != CUSOLVER_STATUS_SUCCESS) {
+            if (s->cusolver) cusolverDnDestroy(s->cusolver);
+            s->cusolver = NULL;
+            return flx_set_error(FLX_ERR_BACKEND, "cuda lu: creating the cuSOLVER handle failed "
+                                 "(cusolverStatus %d)", (int)cs);
+        }
+    }
+    flx_cuda_lu_env env = {(void *)s->stream, (void *)s->blas, (void *)s->cusolver,
+                           lu_scratch_alloc, lu_scratch_free, (void *)ctx};
+    int rc = flx_cuda_lu(a, &env);
+    if (rc == 0) return FLX_OK;
+    if (rc == -1) return flx_last_status(); /* scratch allocation: error already set */
+    if (rc <= -2000)
+        return flx_set_error(FLX_ERR_BACKEND, "cuda lu (mode %d, %s, batch %lld, n %lld): cuSOLVER "
+                             "failed with status %d", (int)a->mode, flx_dtype_name(a->dtype),
+                             (long long)a->batch, (long long)a->n, -rc - 2000);
+    if (rc <= -1000)
+        return flx_set_error(FLX_ERR_BACKEND, "cuda lu (mode %d, %s, batch %lld, n %lld): cuBLAS "
+                             "failed: %s", (int)a->mode, flx_dtype_name(a->dtype),
+                             (long long)a->batch, (long long)a->n,
+                             cublas_status_name((cublasStatus_t)(-rc - 1000)));
+    return launched(rc, "lu", a->dtype);
+}
+
+/* ---- profiler ranges (issue 9) ---------------------------------------------------------------
+ * NVTX3 is header-only: without a tool attached (Nsight Systems / Compute) each call is one
+ * check of a function pointer, so the ranges stay compiled in. Ranges are per thread (host-side
+ * push/pop around the queuing of an op's kernels), named after the op. */
+static void cuda_range_push(flx_ctx *ctx, const char *name) {
+    (void)ctx;
+    nvtxRangePushA(name);
+}
+static void cuda_range_pop(flx_ctx *ctx) {
+    (void)ctx;
+    nvtxRangePop();
+}
+
 const flx_backend flx_backend_cuda = {
     .name = "cuda",
     .init = cuda_init,
@@ -392,4 +471,16 @@ const flx_backend flx_backend_cuda = {
     .reduce = cuda_reduce,
     .matmul = cuda_matmul,
     .index = cuda_index,
+    .conv = cuda_conv, /* nn sliding windows: kernels/conv.cu */
+    .softmax = cuda_softmax, /* softmax family: kernels/softmax.cu */
+    .lu = cuda_lu, /* LU family: kernels/lu.cu (issue 4) */
+    .optim = cuda_optim, /* fused optimisers: kernels/optim.cu (issue 5) */
+    .range_push = cuda_range_push, /* NVTX ranges (issue 9) */
+    .range_pop = cuda_range_pop,
 };
+
+/* The context's stream as void* (flx_ctx_stream in interop.c; DLPack stream semantics). */
+void *flx_cuda_ctx_stream(flx_ctx *ctx) {
+    cuda_state *s = ctx ? st_of(ctx) : NULL;
+    return s ? (void *)s->stream : NULL;
+}

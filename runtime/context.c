@@ -53,6 +53,32 @@ bool flx_has_cuda(void) { return false; }
 int32_t flx_cuda_device_count(void) { return 0; }
 #endif
 
+/* ---- device feature query (issue 9) ---- */
+#ifdef FLX_WITH_CUDA
+flx_status flx_cuda_backend_device_info(int32_t index, flx_cuda_device_props *out); /* backend_cuda.c */
+#endif
+flx_status flx_cuda_device_info(int32_t index, flx_cuda_device_props *out) {
+    if (!out) return flx_set_error(FLX_ERR_INVALID_ARGUMENT, "flx_cuda_device_info: out is NULL");
+    memset(out, 0, sizeof *out);
+#ifdef FLX_WITH_CUDA
+    int32_t n = flx_cuda_device_count();
+    if (index < 0 || index >= n)
+        return flx_set_error(FLX_ERR_DEVICE,
+                             "flx_cuda_device_info: CUDA device %d does not exist (%d usable CUDA "
+                             "devices; no GPU or no driver gives 0)",
+                             (int)index, (int)n);
+    flx_status s = flx_cuda_backend_device_info(index, out);
+    if (s != FLX_OK) memset(out, 0, sizeof *out);
+    return s;
+#else
+    return flx_set_error(FLX_ERR_UNSUPPORTED,
+                         "flx_cuda_device_info: this fluxion was built without the CUDA backend "
+                         "(device %d)",
+                         (int)index);
+#endif
+}
+/* ---- end device feature query ---- */
+
 flx_ctx *flx_ctx_create(flx_device dev) {
     const flx_backend *be = NULL;
     if (dev.type == FLX_DEVICE_CPU) {
@@ -84,10 +110,16 @@ flx_ctx *flx_ctx_create(flx_device dev) {
     }
     ctx->device = dev;
     ctx->be = be;
+    ctx->deterministic = flx_env_deterministic(); /* issue 9: FLX_DETERMINISTIC=1 */
     if (be->init(ctx) != FLX_OK) {
+        flx_log_msg(FLX_LOG_ERROR, "flx_ctx_create(%s:%d) failed: %s", be->name,
+                    (int)dev.index, flx_last_error());
         free(ctx);
         return NULL;
     }
+    flx_log_msg(FLX_LOG_INFO, "context %p created on %s:%d (fluxion %s%s)", (void *)ctx,
+                be->name, (int)dev.index, flx_version(),
+                ctx->deterministic ? ", deterministic" : "");
     return ctx;
 }
 

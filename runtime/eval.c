@@ -14,66 +14,60 @@ static bool recomputable(const flx_tensor *t) {
     return !(flx_op_get(t->op)->flags & FLX_OPF_SOURCE) && !t->is_leaf;
 }
 
-typedef struct plan {
-    flx_tensor **nodes;
-    size_t n, cap;
-} plan;
-
-static bool plan_push(plan *p, flx_tensor *t) {
-    if (p->n == p->cap) {
-        size_t nc = p->cap ? 2 * p->cap : 64;
-        flx_tensor **nn = (flx_tensor **)realloc(p->nodes, nc * sizeof *nn);
-        if (!nn) return false;
-        p->nodes = nn;
-        p->cap = nc;
-    }
-    p->nodes[p->n++] = t;
-    return true;
-}
+uint64_t flx_next_epoch(void) { return atomic_fetch_add(&g_epoch, 1) + 1; }
 
 typedef struct frame {
     flx_tensor *t;
     int32_t next;
 } frame;
 
-/* Iterative depth-first post-order over nodes without data. */
-static flx_status build_plan(int32_t n, flx_tensor *const *ts, uint64_t epoch, plan *out) {
-    size_t cap = 64, top = 0;
+flx_status flx_graph_postorder(int32_t n, flx_tensor *const *roots, uint64_t epoch,
+                               flx_enter_fn enter, flx_tensor ***out, size_t *n_out) {
+    size_t cap = 64, top = 0, on = 0, ocap = 64;
     frame *st = (frame *)malloc(cap * sizeof *st);
-    if (!st) return flx_set_error(FLX_ERR_OUT_OF_MEMORY, "flx_eval: out of host memory");
-    for (int32_t r = 0; r < n; r++) {
-        flx_tensor *root = ts[r];
-        if (root->buf || root->mark == epoch) continue;
+    flx_tensor **order = (flx_tensor **)malloc(ocap * sizeof *order);
+    flx_status s = (st && order) ? FLX_OK : FLX_ERR_OUT_OF_MEMORY;
+    for (int32_t r = 0; r < n && s == FLX_OK; r++) {
+        flx_tensor *root = roots[r];
+        if (root->mark == epoch || !enter(root)) continue;
         root->mark = epoch;
         st[top++] = (frame){root, 0};
-        while (top > 0) {
+        while (top > 0 && s == FLX_OK) {
             frame *f = &st[top - 1];
             if (f->next < f->t->n_in) {
                 flx_tensor *c = f->t->in[f->next++];
-                if (c->buf || c->mark == epoch) continue;
+                if (c->mark == epoch || !enter(c)) continue;
                 c->mark = epoch;
                 if (top == cap) {
                     frame *ns = (frame *)realloc(st, 2 * cap * sizeof *st);
-                    if (!ns) {
-                        free(st);
-                        return flx_set_error(FLX_ERR_OUT_OF_MEMORY, "flx_eval: out of host memory");
-                    }
+                    if (!ns) { s = FLX_ERR_OUT_OF_MEMORY; break; }
                     st = ns;
                     cap *= 2;
                 }
                 st[top++] = (frame){c, 0};
             } else {
-                if (!plan_push(out, f->t)) {
-                    free(st);
-                    return flx_set_error(FLX_ERR_OUT_OF_MEMORY, "flx_eval: out of host memory");
+                if (on == ocap) {
+                    flx_tensor **no = (flx_tensor **)realloc(order, 2 * ocap * sizeof *order);
+                    if (!no) { s = FLX_ERR_OUT_OF_MEMORY; break; }
+                    order = no;
+                    ocap *= 2;
                 }
+                order[on++] = f->t;
                 top--;
             }
         }
     }
     free(st);
+    if (s != FLX_OK) {
+        free(order);
+        return flx_set_error(FLX_ERR_OUT_OF_MEMORY, "graph walk: out of host memory");
+    }
+    *out = order;
+    *n_out = on;
     return FLX_OK;
 }
+
+static bool needs_data(const flx_tensor *t) { return t->buf == NULL; }
 
 static flx_status run_node(flx_tensor *t) {
     const flx_op_def *def = flx_op_get(t->op);
@@ -96,7 +90,10 @@ static flx_status run_node(flx_tensor *t) {
                                  def->name);
         t->buf = flx_buffer_new(t->ctx, (size_t)t->numel * flx_dtype_size(t->dtype));
         if (!t->buf) return flx_last_status();
+        const flx_backend *rbe = t->ctx->be; /* issue 9: profiler range named after the op */
+        if (rbe->range_push) rbe->range_push(t->ctx, def->name);
         flx_status s = def->exec(t);
+        if (rbe->range_pop) rbe->range_pop(t->ctx);
         if (s != FLX_OK) {
             flx_buffer_release(t->buf);
             t->buf = NULL;
@@ -108,13 +105,10 @@ static flx_status run_node(flx_tensor *t) {
 }
 
 flx_status flx_eval_nodes(int32_t n, flx_tensor *const *ts) {
-    uint64_t epoch = atomic_fetch_add(&g_epoch, 1) + 1;
-    plan p = {0};
-    flx_status s = build_plan(n, ts, epoch, &p);
-    if (s != FLX_OK) {
-        free(p.nodes);
-        return s;
-    }
+    uint64_t epoch = flx_next_epoch();
+    struct { flx_tensor **nodes; size_t n; } p = {NULL, 0};
+    flx_status s = flx_graph_postorder(n, ts, epoch, needs_data, &p.nodes, &p.n);
+    if (s != FLX_OK) return s;
     for (int32_t r = 0; r < n; r++) ts[r]->keep = true;
     /* Remaining consumers of each planned node within the plan. */
     for (size_t i = 0; i < p.n; i++) p.nodes[i]->pending = 0;

@@ -49,7 +49,25 @@
     /* linear algebra */                                                                  \
     X(MATMUL)                                                                             \
     /* autodiff */                                                                        \
-    X(DETACH) /* shares its input's buffer; no gradient flows */
+    X(DETACH) /* shares its input's buffer; no gradient flows */                           \
+    /* interop (runtime/interop.c) */                                                      \
+    X(CUSTOM) /* flx_custom_fn: value computed at record time; user VJP/JVP: attrs.custom */ \
+    /* nn layers: sliding windows (runtime/ops_conv.c): attrs.conv */                      \
+    X(IM2COL)                                                                             \
+    X(COL2IM)                                                                             \
+    X(MAXPOOL)                                                                            \
+    X(MAXPOOL_ARGMAX) /* i64 indices, no gradient */                                      \
+    X(MAXPOOL_BACKWARD) /* inputs: g, indices */ \
+    /* LU family (issue 4, runtime/ops_lu.c): attrs.lu */                                \
+    X(LU_FACTOR) /* packed (..., n*n + n + 1): LU, pivots, info; no gradient */           \
+    X(LU_SOLVE)  /* inputs: A, LU, B */                                                   \
+    X(LU_DET)    /* inputs: A, LU; det / log|det| / sign / logdet */                      \
+    X(LU_COFACTOR) /* inputs: A, LU; cofactor matrix adj(A)^T, division-free */                                         \
+    /* softmax family (runtime/ops_softmax.c): attrs.softmax */                           \
+    X(SOFTMAX)        /* softmax / log_softmax of x along an axis                   */    \
+    X(SOFTMAX_BWD)    /* inputs y, v: the rows' Jacobian products (BWD, LOG_VJP/JVP) */    \
+    X(CROSS_ENTROPY)  /* inputs logits (N, C), labels (N): per-row losses (N)        */    \
+    X(CROSS_ENTROPY_BWD) /* inputs logits, labels, g (N): (softmax - onehot) g       */
 
 typedef enum flx_op {
 #define FLX_X_ENUM(NAME) FLX_OP_##NAME,
@@ -73,6 +91,16 @@ typedef struct flx_attrs {
         struct { int32_t axis; } concat;
         struct { int32_t axis; } index;
         struct { int32_t ta, tb; } matmul;
+        /* flx_custom_fn callbacks; owned by the node's buffer (freed with it, runtime/interop.c) */
+        struct { struct flx_custom_def *def; } custom;
+        /* nn sliding windows (runtime/ops_conv.c): kernel, stride, padding, dilation (h, w) and
+         * the input plane size (h, w) for ops whose output is the input geometry */
+        struct { int64_t k[2], s[2], p[2], d[2], in_hw[2]; } conv;
+        /* LU family (issue 4): flx_lu_mode, solve with A^T, report singular input */
+        struct { int32_t mode; int32_t trans; int32_t check; } lu;
+        /* softmax family (runtime/ops_softmax.c): kernel mode (flx_softmax_mode), axis,
+         * scale = 1 / temperature, ignore_index of cross-entropy */
+        struct { int32_t mode; int32_t axis; double scale; int64_t ignore_index; } softmax;
     } u;
 } flx_attrs;
 
@@ -82,6 +110,10 @@ typedef struct flx_buffer {
     flx_ctx *ctx;
     void *ptr;
     size_t nbytes;
+    /* External memory (flx_from_blob, custom-op results): released by deleter(ptr, deleter_ctx)
+     * instead of the backend's free, and not counted in the allocator stats. NULL otherwise. */
+    void (*deleter)(void *ptr, void *deleter_ctx);
+    void *deleter_ctx;
 } flx_buffer;
 
 /* A tensor is a graph node. Its buffer is NULL until computed, and again after the evaluator
@@ -147,6 +179,18 @@ void flx_ops_register_reduce(flx_op_def *table);
 void flx_ops_register_shape(flx_op_def *table);
 void flx_ops_register_linalg(flx_op_def *table);
 void flx_ops_register_autodiff(flx_op_def *table);
+void flx_ops_register_interop(flx_op_def *table);
+/* nn layers (issue 5): sliding-window ops (runtime/ops_conv.c); CPU kernels in runtime/cpu_conv.c */
+void flx_ops_register_conv(flx_op_def *table);
+flx_status flx_cpu_conv(flx_ctx *ctx, const flx_conv_args *a);
+/* LU family (issue 4): runtime/ops_lu.c; CPU reference kernels in runtime/cpu_lu.c */
+void flx_ops_register_lu(flx_op_def *table);
+flx_status flx_cpu_lu(flx_ctx *ctx, const flx_lu_args *a);
+/* softmax family (issue 3): runtime/ops_softmax.c; CPU kernels in runtime/cpu_softmax.c */
+void flx_ops_register_softmax(flx_op_def *table);
+flx_status flx_cpu_softmax(flx_ctx *ctx, const flx_softmax_args *a);
+/* optimisers (issue 5): runtime/optim.c; CPU kernels in runtime/cpu_optim.c */
+flx_status flx_cpu_optim(flx_ctx *ctx, const flx_optim_args *a);
 
 /* ---------------------------------------------------------------------------------------------
  * Backends
@@ -172,6 +216,18 @@ typedef struct flx_backend {
     flx_status (*reduce)(flx_ctx *ctx, const flx_reduce_args *a);
     flx_status (*matmul)(flx_ctx *ctx, const flx_matmul_args *a);
     flx_status (*index)(flx_ctx *ctx, const flx_index_args *a);
+    /* nn sliding windows: im2col/col2im/max-pool (issue 5); NULL -> FLX_ERR_UNSUPPORTED */
+    flx_status (*conv)(flx_ctx *ctx, const flx_conv_args *a);
+    /* LU family: factor / solve / det / cofactor (issue 4); NULL -> FLX_ERR_UNSUPPORTED */
+    flx_status (*lu)(flx_ctx *ctx, const flx_lu_args *a);
+    /* softmax family: softmax, its Jacobian products, cross-entropy (issue 3); NULL ->
+     * FLX_ERR_UNSUPPORTED */
+    flx_status (*softmax)(flx_ctx *ctx, const flx_softmax_args *a);
+    /* optim: fused optimiser updates (issue 5, runtime/optim.c); NULL -> FLX_ERR_UNSUPPORTED */
+    flx_status (*optim)(flx_ctx *ctx, const flx_optim_args *a);
+    /* profiler ranges (issue 9): NVTX push/pop on CUDA; NULL -> no range. name is static. */
+    void (*range_push)(flx_ctx *ctx, const char *name);
+    void (*range_pop)(flx_ctx *ctx);
 } flx_backend;
 
 extern const flx_backend flx_backend_cpu;
@@ -187,7 +243,18 @@ struct flx_ctx {
     uint64_t epoch;         /* evaluator marks                                       */
     int32_t *err_word;      /* device-side error word (device memory on CUDA)        */
     void *backend_state;    /* stream, handles, pools (backend-private)              */
+    bool deterministic;     /* FLX_DETERMINISTIC=1 at creation (issue 9; runtime/log.c) */
 };
+
+/* ---- logging and environment switches (issue 9, runtime/log.c) ---- */
+enum { FLX_LOG_OFF = 0, FLX_LOG_ERROR = 1, FLX_LOG_WARN = 2, FLX_LOG_INFO = 3, FLX_LOG_DEBUG = 4 };
+/* The level from FLX_LOG_LEVEL (error|warn|info|debug; unset or unknown: off), read once. */
+int flx_log_level(void);
+/* flx_log_msg: prints "fluxion[level]: message" to stderr when level <= flx_log_level(); one write per call. */
+void flx_log_msg(int level, const char *fmt, ...) FLX_PRINTF(2, 3);
+/* True when FLX_DETERMINISTIC is set to 1 (read once). */
+bool flx_env_deterministic(void);
+/* ---- end logging ---- */
 
 /* ---------------------------------------------------------------------------------------------
  * Errors (runtime/error.c)
@@ -239,6 +306,14 @@ static inline void *flx_data(const flx_tensor *t) { return t->buf ? t->buf->ptr 
  * ------------------------------------------------------------------------------------------- */
 /* Computes the nodes (and any ancestor without data), marking them keep. */
 flx_status flx_eval_nodes(int32_t n, flx_tensor *const *ts);
+/* A fresh mark value for graph walks (process-wide, atomic). */
+uint64_t flx_next_epoch(void);
+/* Post-order (inputs before consumers) of the nodes reachable from roots through nodes for
+ * which enter(t) holds, each marked with epoch; iterative, so long chains cannot overflow the C
+ * stack. *out is malloc'ed (the caller frees it). */
+typedef bool (*flx_enter_fn)(const flx_tensor *t);
+flx_status flx_graph_postorder(int32_t n, flx_tensor *const *roots, uint64_t epoch,
+                               flx_enter_fn enter, flx_tensor ***out, size_t *n_out);
 /* Turns a computed node into a CONST source holding its data, dropping its inputs. */
 void flx_freeze(flx_tensor *t);
 

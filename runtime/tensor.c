@@ -33,8 +33,12 @@ flx_buffer *flx_buffer_new(flx_ctx *ctx, size_t nbytes) {
 void flx_buffer_release(flx_buffer *b) {
     if (!b) return;
     if (--b->refs > 0) return;
-    flx_stats_free(b->ctx, b->nbytes);
-    b->ctx->be->free(b->ctx, b->ptr);
+    if (b->deleter) {
+        b->deleter(b->ptr, b->deleter_ctx); /* external memory: not the allocator's */
+    } else {
+        flx_stats_free(b->ctx, b->nbytes);
+        b->ctx->be->free(b->ctx, b->ptr);
+    }
     free(b);
 }
 

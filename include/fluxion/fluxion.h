@@ -21,7 +21,9 @@
  *
  * Thread safety: distinct contexts may be used from distinct threads at once. One context, and
  * every tensor of it, must be used by one thread at a time. Error state, scopes and no-grad mode
- * are per thread.
+ * are per thread. Functions without a context (flx_version, flx_has_cuda, flx_cuda_device_*,
+ * flx_live_tensors, dtype and status names) may be called from any thread at any time; the
+ * library's process-wide state is initialised once and is thread-safe (tests/test_threads.cc).
  */
 #ifndef FLUXION_H
 #define FLUXION_H
@@ -109,6 +111,19 @@ FLX_API bool flx_has_cuda(void);
 FLX_API int32_t flx_cuda_device_count(void);
 /* Library version as "MAJOR.MINOR.PATCH". */
 FLX_API const char *flx_version(void);
+
+/* ---- device feature query (issue 9) ---- */
+typedef struct flx_cuda_device_props {
+    char name[256];              /* e.g. "NVIDIA H100 80GB HBM3" (NUL-terminated)        */
+    int32_t major, minor;        /* compute capability, e.g. 9 and 0                     */
+    uint64_t total_memory;       /* bytes of device memory                               */
+    int32_t multiprocessors;     /* streaming multiprocessor count                      */
+} flx_cuda_device_props;
+/* Fills *out for CUDA device index. FLX_ERR_UNSUPPORTED in a build without the CUDA backend,
+ * FLX_ERR_DEVICE when no such device is usable (no GPU, no driver, index out of range),
+ * FLX_ERR_INVALID_ARGUMENT for a NULL out. *out is zeroed on every error. */
+FLX_API flx_status flx_cuda_device_info(int32_t index, flx_cuda_device_props *out);
+/* ---- end device feature query ---- */
 
 /* ---------------------------------------------------------------------------------------------
  * Contexts
@@ -334,6 +349,51 @@ FLX_API flx_tensor *flx_diag(flx_tensor *v);
 /* 2-d (n, m) -> 1-d main diagonal of length min(n, m). */
 FLX_API flx_tensor *flx_diagonal(flx_tensor *a);
 
+/* ---- LU family (issue 4): batched over leading dims, f32/f64, A (..., n, n) square -------------
+ * One LU factorisation with partial pivoting (cuSOLVER/cuBLAS or a register kernel for n <= 8 on
+ * CUDA; plain LU in double on the CPU) serves each op's value and its derivatives (solves with
+ * the saved factors). Non-square A, rank < 2 or mismatched batch dims fail when the op is built.
+ * Derivatives treat every entry of A as free (d ln det X = X^-T, not the symmetric form).
+ *   det:    (...) determinant; 0 for a singular matrix, whose gradient is still the cofactor
+ *           matrix adj(A)^T (computed without dividing by det: finite and exact at rank n-1).
+ *           Second derivatives of det are valid only at nonsingular A.
+ *   logdet: log det A: NaN where det < 0, -inf where det == 0. Gradient A^-T.
+ *   slogdet: *sign = sign(det) (-1, 0, 1; no gradient), *logabsdet = log|det| (gradient A^-T).
+ *   inv:    A^-1. solve: X with A X = B, B (..., n) (a vector per matrix) or (..., n, k) with A's
+ *           batch dims. An exactly singular A (a zero pivot) is reported at the next
+ *           synchronisation point as FLX_ERR_NUMERIC (values are then inf/NaN); nearly singular
+ *           input is not detected (as in LAPACK).
+ *   _ex:    the same without the report: *info (i32, batch shape) is 0, or k > 0 when U(k-1, k-1)
+ *           of the LU is exactly zero. n == 0: det 1, logdet 0, inv/solve empty. */
+FLX_API flx_tensor *flx_det(flx_tensor *a);
+FLX_API flx_tensor *flx_logdet(flx_tensor *a);
+FLX_API flx_status flx_slogdet(flx_tensor *a, flx_tensor **sign, flx_tensor **logabsdet);
+FLX_API flx_tensor *flx_inv(flx_tensor *a);
+FLX_API flx_tensor *flx_solve(flx_tensor *a, flx_tensor *b);
+FLX_API flx_tensor *flx_inv_ex(flx_tensor *a, flx_tensor **info);
+FLX_API flx_tensor *flx_solve_ex(flx_tensor *a, flx_tensor *b, flx_tensor **info);
+/* Entrywise p-norm over axes (n_axes == 0: every axis), f32/f64: p = 1 (sum |x|), 2 (Euclidean;
+ * over a matrix's two axes the Frobenius norm), INFINITY (max |x|) or any p >= 1. Gradient at a
+ * zero norm: the subgradient 0 (never NaN). The norm of an empty set is 0. (issue 4) */
+FLX_API flx_tensor *flx_norm(flx_tensor *x, double p, int32_t n_axes, const int32_t *axes,
+                             bool keepdims);
+
+/* ---- softmax family (issue 3; runtime/ops_softmax.c, kernels/softmax.cu) ---------------------
+ * softmax(x / T) and log_softmax(x / T) along one axis (negative counts from the end) of an f32
+ * or f64 tensor with at least one axis; temperature T is a plain scale of the logits, finite and
+ * > 0. Numerically stable (max-subtracted, so logits of +-1e4 do not overflow in f32).
+ * Non-finite inputs: -inf entries get probability 0 (log-probability -inf) as long as the row
+ * has a finite entry; a row whose entries are ALL -inf gives NaN in every entry (0/0); a +inf or
+ * NaN entry makes its whole row NaN. Any row length (1 to 2^20 and beyond) and any axis: on CUDA
+ * the last axis uses row kernels, another axis a strided kernel (no transpose).
+ * Derivatives: VJP and JVP are one dedicated kernel each (softmax: s y (v - <y, v>); log_softmax:
+ * s (g - softmax sum(g)) and s (t - <softmax, t>), s = 1/T), itself differentiable to any order. */
+FLX_API flx_tensor *flx_softmax(flx_tensor *x, int32_t axis, double temperature);
+FLX_API flx_tensor *flx_log_softmax(flx_tensor *x, int32_t axis, double temperature);
+
+/* (flx_cross_entropy, the fused loss of this family, is declared after flx_reduction in the
+ * "Losses" block below.) */
+
 /* ---------------------------------------------------------------------------------------------
  * Autodiff
  * ------------------------------------------------------------------------------------------- */
@@ -389,6 +449,372 @@ typedef struct flx_gradcheck_report {
 FLX_API flx_status flx_gradcheck(flx_fn fn, void *user, int32_t n_in, flx_tensor *const *inputs,
                                  double eps, double atol, double rtol, uint64_t seed,
                                  flx_gradcheck_report *report);
+
+/* ---- higher-order helpers (issue 3; runtime/higher_order.c) ----------------------------------
+ * f is called once (it builds the graph); it must return a tensor (a single element for
+ * flx_hvp and flx_hessian) of the inputs' context and a float dtype. Results are lazy tensors
+ * (new references, see Ownership) that stay differentiable with respect to inputs that require
+ * grad, so derivatives can be nested (a third derivative is the gradient of an HVP). Inputs that
+ * do not require grad are differentiated through an internal leaf copy of their value. */
+typedef enum flx_hvp_mode {
+    FLX_HVP_FORWARD_OVER_REVERSE = 0, /* H u = JVP of grad f along u (default; cheapest)   */
+    FLX_HVP_REVERSE_OVER_REVERSE = 1  /* H u = grad <grad f, u>                             */
+} flx_hvp_mode;
+/* Hessian-vector product of a scalar function without forming the Hessian: hvp_out[j] =
+ * sum_k d^2 f / (d inputs[j] d inputs[k]) u[k], each of inputs[j]'s shape and dtype (u[k] has
+ * inputs[k]'s shape and dtype; a NULL u[k] is zero). With create_graph false the results carry no
+ * gradient history. */
+FLX_API flx_status flx_hvp(flx_fn f, void *user, int32_t n_in, flx_tensor *const *inputs,
+                           flx_tensor *const *u, flx_hvp_mode mode, bool create_graph,
+                           flx_tensor **hvp_out);
+/* Full Jacobian of f at x, for small problems: *jac_out has shape f(x).shape + x.shape (dtype of
+ * f(x)), jac[i..., j...] = d f_i / d x_j. Built from numel(x) JVPs (columns) when numel(x) <=
+ * numel(f(x)), else from numel(f(x)) VJPs (rows). */
+FLX_API flx_status flx_jacobian(flx_fn f, void *user, flx_tensor *x, flx_tensor **jac_out);
+/* Hessian of a scalar f at x, for small problems: shape x.shape + x.shape, built column by
+ * column by forward-over-reverse (numel(x) JVPs of the gradient). */
+FLX_API flx_status flx_hessian(flx_fn f, void *user, flx_tensor *x, flx_tensor **hess_out);
+
+/* ---------------------------------------------------------------------------------------------
+ * Interop: raw data access, zero-copy wrapping of external memory, streams and custom
+ * differentiable functions (for language bindings and DLPack; runtime/interop.c).
+ * ------------------------------------------------------------------------------------------- */
+/* Computes t if needed, marks it kept and sets *ptr to its buffer (row-major, contiguous; a
+ * device pointer on a CUDA context, valid on the context's stream). The pointer is valid while t
+ * is alive and not the dst of flx_assign. Computed buffers are shared and never written again by
+ * fluxion (reshape, detach and assign alias them), so writing through the pointer is allowed only
+ * for tensors the caller made with flx_from_blob, or that nobody else reads. On a CUDA context the
+ * work that computes t is queued on the context's stream (flx_ctx_stream), not waited for. */
+FLX_API flx_status flx_data_ptr(flx_tensor *t, void **ptr);
+
+/* Called when a wrapped external buffer is no longer used (data as given, user as given). */
+typedef void (*flx_blob_deleter)(void *data, void *user);
+
+/* Zero-copy wrap of contiguous row-major external memory as a source tensor (a constant, like
+ * flx_from_host): host memory for a CPU context, device memory of that GPU for a CUDA context.
+ * fluxion never writes to it. deleter (may be NULL) is called exactly once, with (data, user),
+ * when the last tensor sharing the buffer dies — also when this call fails, so ownership always
+ * passes to fluxion. On a CUDA context the stream is synchronised before the deleter runs, so
+ * the memory may be reused at once. The buffer is not counted in flx_ctx_stats. Returns a new
+ * reference (see Ownership). data may be NULL only when the shape has no elements. */
+FLX_API flx_tensor *flx_from_blob(flx_ctx *ctx, flx_dtype dt, int32_t ndim, const int64_t *shape,
+                                  void *data, flx_blob_deleter deleter, void *user);
+
+/* The cudaStream_t of a CUDA context as void* (NULL for a CPU context or NULL ctx). Every piece
+ * of a context's work is queued on this one stream (DLPack stream semantics). */
+FLX_API void *flx_ctx_stream(flx_ctx *ctx);
+
+/* Custom differentiable functions. Callbacks run inside a scope opened for them: every tensor
+ * they make is owned by that scope, and the tensors they hand back are borrowed (the runtime keeps
+ * what it needs). They return FLX_OK, or an error status (set a message with the failing op's
+ * error, or leave it: a generic one is recorded).
+ *   fwd: *out = f(inputs). Called once, by flx_custom_fn, in no-grad mode with detached inputs;
+ *        uses public ops; the result (any shape, the inputs' context) is computed at once.
+ *   vjp: grads_out[i] = cotangent of input i given the cotangent g of output (shapes and dtypes
+ *        of the inputs; leave an entry NULL for none). Built with public ops from inputs, output
+ *        and g, so it is differentiable in turn (higher-order derivatives, create_graph).
+ *   jvp: *tangent_out = tangent of output given tangents of the inputs (never NULL: zeros are
+ *        passed for inputs without a tangent); built with public ops likewise. */
+typedef flx_status (*flx_custom_fwd)(int32_t n_in, flx_tensor *const *inputs, flx_tensor **out,
+                                     void *user);
+typedef flx_status (*flx_custom_vjp)(int32_t n_in, flx_tensor *const *inputs, flx_tensor *output,
+                                     flx_tensor *g, flx_tensor **grads_out, void *user);
+typedef flx_status (*flx_custom_jvp)(int32_t n_in, flx_tensor *const *inputs,
+                                     flx_tensor *const *tangents, flx_tensor *output,
+                                     flx_tensor **tangent_out, void *user);
+
+/* Records out = fwd(inputs) as one graph node whose derivatives are vjp and jvp (either may be
+ * NULL: differentiating through it then fails with FLX_ERR_NOT_DIFFERENTIABLE). fwd runs now and
+ * its value is kept by the node (never recomputed); the node records inputs for autodiff. destroy
+ * (may be NULL) is called exactly once with user when the callbacks can no longer be called:
+ * when the node's data dies, or at once when this call fails. *out is a new reference (see
+ * Ownership), NULL on error. n_in >= 1; every input of one context. */
+FLX_API flx_status flx_custom_fn(int32_t n_in, flx_tensor *const *inputs, flx_custom_fwd fwd,
+                                 flx_custom_vjp vjp, flx_custom_jvp jvp, void *user,
+                                 void (*destroy)(void *user), flx_tensor **out);
+
+/* ==== BEGIN issue 5: neural-network layers (runtime/ops_conv.c, runtime/ops_nn.c,
+ * runtime/nn_init.c; kernels: runtime/cpu_conv.c, kernels/conv.cu) ==========================
+ * Building blocks for training. Every layer is differentiable in every float input (VJP and JVP,
+ * any order) and takes f32 or f64 (all float inputs of one call share a dtype and a context).
+ * Images are NCHW: x is (N, C, H, W). Window arguments are 2-arrays (h, w); NULL picks the
+ * default named per function. Output size along an axis of length L with kernel k, stride s,
+ * padding p, dilation d: O = floor((L + 2p - d (k - 1) - 1) / s) + 1 (no ceil mode).
+ * Layers that keep state (batch norm's running statistics) never change a tensor in place: they
+ * return the new state as lazy tensors that the caller assigns (flx_assign) when it wants. */
+
+/* y = x W^T + b: x (..., in), W (out, in) — PyTorch's layout — b (out) or NULL; y (..., out). */
+FLX_API flx_tensor *flx_linear(flx_tensor *x, flx_tensor *W, flx_tensor *b);
+
+/* 2-d convolution (cross-correlation, groups = 1), by im2col + matmul (cuBLAS on CUDA):
+ *   y[n, o, i, j] = b[o] + sum_{c, ki, kj} w[o, c, ki, kj] x[n, c, i s0 - p0 + ki d0, j s1 - p1 + kj d1]
+ * with x zero outside its planes. x (N, C, H, W), w (O, C, KH, KW), b (O) or NULL;
+ * y (N, O, OH, OW). stride (default 1, 1), padding (default 0, 0), dilation (default 1, 1). */
+FLX_API flx_tensor *flx_conv2d(flx_tensor *x, flx_tensor *w, flx_tensor *b, const int64_t *stride,
+                               const int64_t *padding, const int64_t *dilation);
+
+/* im2col: x (N, C, H, W) -> cols (N, C KH KW, OH OW) with
+ *   cols[n, (c KH + ki) KW + kj, i OW + j] = x[n, c, i s0 - p0 + ki d0, j s1 - p1 + kj d1] (0 outside).
+ * kernel is required; stride default (1, 1), padding (0, 0), dilation (1, 1). Linear; its
+ * transpose is flx_col2im (image_hw = (H, W)), which sums overlapping columns back into the
+ * image. They are each other's VJP. */
+FLX_API flx_tensor *flx_im2col(flx_tensor *x, const int64_t *kernel, const int64_t *stride,
+                               const int64_t *padding, const int64_t *dilation);
+FLX_API flx_tensor *flx_col2im(flx_tensor *cols, const int64_t *image_hw, const int64_t *kernel,
+                               const int64_t *stride, const int64_t *padding,
+                               const int64_t *dilation);
+
+/* Max pooling: y[n, c, i, j] = max over the taps (ki, kj) of the window that lie inside x (the
+ * padding never wins; a NaN does). stride default = kernel, padding default 0 (at most half the
+ * kernel per axis), dilation default 1. The gradient goes to the first maximum of each window
+ * (taps in row-major order), as in PyTorch; the JVP reads the tangent there. */
+FLX_API flx_tensor *flx_max_pool2d(flx_tensor *x, const int64_t *kernel, const int64_t *stride,
+                                   const int64_t *padding, const int64_t *dilation);
+/* The argmax of flx_max_pool2d as i64, shape (N, C, OH, OW): flat index ((n C + c) H + h) W + w
+ * into x. No gradient. */
+FLX_API flx_tensor *flx_max_pool2d_indices(flx_tensor *x, const int64_t *kernel,
+                                           const int64_t *stride, const int64_t *padding,
+                                           const int64_t *dilation);
+/* Average pooling: y = sum of the KH KW taps (zero padding included) / (KH KW), PyTorch's
+ * count_include_pad = true. stride default = kernel, padding default 0 (at most half the kernel). */
+FLX_API flx_tensor *flx_avg_pool2d(flx_tensor *x, const int64_t *kernel, const int64_t *stride,
+                                   const int64_t *padding);
+
+/* Batch normalisation over axis 1 of x (N, C) or (N, C, ...): per channel c,
+ *   y = gamma[c] (x - mu[c]) / sqrt(var[c] + eps) + beta[c]
+ * gamma, beta (C) or NULL (1 and 0). Training (training = true): mu and var are the batch mean and
+ * the biased (population) variance over every axis but 1, and gradients flow through them. If
+ * new_running_mean / new_running_var are non-NULL (and running_mean / running_var given, (C)),
+ * they receive lazy, gradient-free tensors
+ *   new_running_mean = (1 - momentum) running_mean + momentum mu
+ *   new_running_var  = (1 - momentum) running_var  + momentum var_unbiased   (var n / (n - 1))
+ * which the caller assigns after the step (flx_assign(running_mean, *new_running_mean)); the
+ * running tensors are never changed in place. Eval (training = false): mu and var are
+ * running_mean and running_var (required); the new_running_* outputs are set to NULL.
+ * momentum in [0, 1], eps > 0. Caller owns the new_running_* results (see Ownership). */
+FLX_API flx_tensor *flx_batch_norm(flx_tensor *x, flx_tensor *gamma, flx_tensor *beta,
+                                   flx_tensor *running_mean, flx_tensor *running_var,
+                                   bool training, double momentum, double eps,
+                                   flx_tensor **new_running_mean, flx_tensor **new_running_var);
+
+/* Layer normalisation over the last n_norm axes of x (1 <= n_norm <= ndim):
+ *   y = gamma (x - mean) / sqrt(var + eps) + beta,
+ * mean and biased var over those axes per leading index; gamma, beta have the shape of those
+ * axes, or NULL. eps > 0. */
+FLX_API flx_tensor *flx_layer_norm(flx_tensor *x, int32_t n_norm, flx_tensor *gamma,
+                                   flx_tensor *beta, double eps);
+
+/* Inverted dropout: training ? x * keep / (1 - p) : x, keep[i] = (u[i] >= p) with u the f64
+ * Philox uniform of flx_uniform(ctx, FLX_F64, shape, 0, 1, seed) — the same mask on every
+ * backend for a seed, for any dtype of x. 0 <= p < 1 (p == 0 or !training returns x unchanged). */
+FLX_API flx_tensor *flx_dropout(flx_tensor *x, double p, uint64_t seed, bool training);
+/* The keep mask of flx_dropout (bool, shape of x) for (p, seed). */
+FLX_API flx_tensor *flx_dropout_mask(flx_ctx *ctx, int32_t ndim, const int64_t *shape, double p,
+                                     uint64_t seed);
+
+/* Embedding lookup: weight (V, D), indices i32/i64 of any shape; y (indices.shape..., D) with
+ * y[..., :] = weight[indices[...], :]. Gradient to weight (rows summed per index); indices out of
+ * [0, V) are reported at the next synchronisation point (read as 0). */
+FLX_API flx_tensor *flx_embedding(flx_tensor *weight, flx_tensor *indices);
+
+/* ---- Losses. Elementwise loss l_i, then reduction: MEAN (sum / count, 0-d), SUM (0-d), or NONE
+ * (shape of the inputs). Predictions and targets have one shape and dtype. ---- */
+typedef enum flx_reduction { FLX_REDUCTION_MEAN = 0, FLX_REDUCTION_SUM = 1, FLX_REDUCTION_NONE = 2 } flx_reduction;
+/* l = (y - t)^2. */
+FLX_API flx_tensor *flx_mse_loss(flx_tensor *y, flx_tensor *t, flx_reduction red);
+/* Binary log-loss of logits z against targets t in [0, 1]:
+ *   l = max(z, 0) - z t + log1p(exp(-|z|))   (= softplus(z) - z t; stable for any z). */
+FLX_API flx_tensor *flx_bce_with_logits(flx_tensor *z, flx_tensor *t, flx_reduction red);
+/* l = log cosh(y - t), computed stably as |r| + log1p(exp(-2|r|)) - log 2 (r = y - t) in the
+ * smooth form softplus(2r) - r - log 2; gradient tanh(r). */
+FLX_API flx_tensor *flx_log_cosh_loss(flx_tensor *y, flx_tensor *t, flx_reduction red);
+/* Hinge loss for labels t in {-1, +1}: l = max(0, 1 - y t) (gradient 0 at the kink). */
+FLX_API flx_tensor *flx_hinge_loss(flx_tensor *y, flx_tensor *t, flx_reduction red);
+/* (Cross-entropy with integer labels is flx_cross_entropy, in the softmax block.) */
+/* -- softmax family (issue 3; runtime/ops_softmax.c): fused cross-entropy --
+ * Cross-entropy from logits with integer class labels, fused: per row r,
+ * loss_r = logsumexp(logits_r) - logits_r[labels_r], and 0 where labels_r == ignore_index.
+ * logits (N, C) f32/f64 with labels (N), or logits (N, C, d1, ...) with labels (N, d1, ...) (the
+ * class axis is 1); labels i32 or i64 in [0, C) or equal to ignore_index (e.g. -100). A label out
+ * of range is reported at the next synchronisation point (FLX_ERR_INVALID_ARGUMENT) and its row
+ * counts as ignored meanwhile. MEAN divides by the number of non-ignored rows (NaN when that is
+ * 0); MEAN/SUM give a 0-d result, NONE the per-row losses (shape of labels). The gradient wrt
+ * logits is (softmax - onehot) g / count, computed by one kernel that recomputes the softmax from
+ * the logits (the forward pass stores only per-row losses); it has rules of its own (second
+ * order works). No gradient flows to labels. */
+FLX_API flx_tensor *flx_cross_entropy(flx_tensor *logits, flx_tensor *labels,
+                                      flx_reduction reduction, int64_t ignore_index);
+
+/* ---- Initialisers: new tensors (f32/f64) from the counter-based Philox generator (same values
+ * on every backend for a seed). Fans of a shape: 2-d (out, in): fan_in = in, fan_out = out;
+ * rank r > 2 (out, in, k...): fan_in = in prod(k), fan_out = out prod(k); 1-d (n): both n.
+ * gain: 1 for linear/sigmoid, sqrt(2) (FLX_GAIN_RELU) for ReLU, 5/3 for tanh. ---- */
+#define FLX_GAIN_RELU 1.4142135623730951
+/* U(-a, a), a = gain sqrt(6 / (fan_in + fan_out)). */
+FLX_API flx_tensor *flx_init_xavier_uniform(flx_ctx *ctx, flx_dtype dt, int32_t ndim,
+                                            const int64_t *shape, double gain, uint64_t seed);
+/* N(0, std^2), std = gain sqrt(2 / (fan_in + fan_out)). */
+FLX_API flx_tensor *flx_init_xavier_normal(flx_ctx *ctx, flx_dtype dt, int32_t ndim,
+                                           const int64_t *shape, double gain, uint64_t seed);
+typedef enum flx_fan_mode { FLX_FAN_IN = 0, FLX_FAN_OUT = 1 } flx_fan_mode;
+/* U(-a, a), a = gain sqrt(3 / fan) with fan = fan_in or fan_out by mode. */
+FLX_API flx_tensor *flx_init_kaiming_uniform(flx_ctx *ctx, flx_dtype dt, int32_t ndim,
+                                             const int64_t *shape, flx_fan_mode mode, double gain,
+                                             uint64_t seed);
+/* N(0, std^2), std = gain / sqrt(fan). */
+FLX_API flx_tensor *flx_init_kaiming_normal(flx_ctx *ctx, flx_dtype dt, int32_t ndim,
+                                            const int64_t *shape, flx_fan_mode mode, double gain,
+                                            uint64_t seed);
+/* U(-1/sqrt(fan_in), 1/sqrt(fan_in)) (PyTorch's default for Linear/Conv biases). */
+FLX_API flx_tensor *flx_init_uniform_fan_in(flx_ctx *ctx, flx_dtype dt, int32_t ndim,
+                                            const int64_t *shape, int64_t fan_in, uint64_t seed);
+
+/* ---- Regularisation terms (0-d, differentiable): ---- */
+/* L2 (weight decay): (lambda / 2) sum_k ||p_k||^2, so its gradient is lambda p_k. */
+FLX_API flx_tensor *flx_l2_penalty(int32_t n, flx_tensor *const *params, double lambda);
+/* L1: lambda sum_k sum |p_k| (gradient lambda sign(p), 0 at 0). */
+FLX_API flx_tensor *flx_l1_penalty(int32_t n, flx_tensor *const *params, double lambda);
+
+/* ---- Recurrent cells (composed from primitives; unroll them over time with shared weights).
+ * x (B, I), h (B, H); biases (G) or NULL. ---- */
+/* Elman: h' = tanh(x W_ih^T + b_ih + h W_hh^T + b_hh); W_ih (H, I), W_hh (H, H). */
+FLX_API flx_tensor *flx_rnn_cell(flx_tensor *x, flx_tensor *h, flx_tensor *W_ih,
+                                 flx_tensor *W_hh, flx_tensor *b_ih, flx_tensor *b_hh);
+/* GRU (PyTorch's layout, gates stacked r, z, n along rows): W_ih (3H, I), W_hh (3H, H),
+ *   r = sigmoid(x W_ir^T + b_ir + h W_hr^T + b_hr)
+ *   z = sigmoid(x W_iz^T + b_iz + h W_hz^T + b_hz)
+ *   n = tanh(x W_in^T + b_in + r * (h W_hn^T + b_hn))
+ *   h' = (1 - z) * n + z * h */
+FLX_API flx_tensor *flx_gru_cell(flx_tensor *x, flx_tensor *h, flx_tensor *W_ih,
+                                 flx_tensor *W_hh, flx_tensor *b_ih, flx_tensor *b_hh);
+/* ==== END issue 5: neural-network layers ================================================== */
+
+/* ==== BEGIN issue 5: optimisers (runtime/optim.c; kernels: runtime/cpu_optim.c, kernels/optim.cu)
+ * Fused, device-side optimisers. One flx_optim_step updates every parameter with one kernel
+ * launch (up to FLX_OPTIM_MAX_TENSORS_PER_LAUNCH parameters per launch; more are chunked). The
+ * state (moments, accumulators) and the hyperparameters, step count included, live in device
+ * memory: changing the learning rate (flx_optim_set_lr) queues a tiny device write with no host
+ * wait, so work recorded once stays valid while a schedule changes it.
+ *
+ * Update rules, per element, with g = p.grad, t = the step number counted from 1, PyTorch's
+ * conventions (torch.optim, default arguments in flx_optim_defaults):
+ *   SGD (FLX_OPTIM_SGD; MOMENTUM and NESTEROV are SGD with momentum 0.9, NESTEROV also nesterov):
+ *       g = g + weight_decay * p
+ *       if momentum != 0:  b = (t == 1) ? g : momentum * b + (1 - dampening) * g
+ *                          g = nesterov ? g + momentum * b : b
+ *       p = p - lr * g
+ *   Adagrad:   g = g + weight_decay * p;  clr = lr / (1 + (t - 1) * lr_decay)
+ *              s = s + g^2  (s starts at initial_accumulator);  p = p - clr * g / (sqrt(s) + eps)
+ *   RMSprop:   g = g + weight_decay * p;  v = alpha * v + (1 - alpha) * g^2
+ *              centered: a = alpha * a + (1 - alpha) * g;  d = sqrt(v - a^2) + eps
+ *              else d = sqrt(v) + eps
+ *              momentum > 0: b = momentum * b + g / d;  p = p - lr * b
+ *              else          p = p - lr * g / d
+ *   Adam:      g = g + weight_decay * p  (L2, coupled)
+ *              m = beta1 * m + (1 - beta1) * g;  v = beta2 * v + (1 - beta2) * g^2
+ *              p = p - (lr / (1 - beta1^t)) * m / (sqrt(v) / sqrt(1 - beta2^t) + eps)
+ *   AdamW:     p = p * (1 - lr * weight_decay)  (decoupled), then Adam with weight_decay 0.
+ * The step count is one per optimiser (not per parameter); parameters whose .grad is NULL at a
+ * step are skipped (their state is not touched), as in PyTorch. Math runs in float64 and the
+ * result is rounded to the parameter's dtype (f32 or f64; all parameters of one optimiser share
+ * one dtype and context).
+ *
+ * Parameters are updated in place. At create time (and again at a step, if something else has
+ * come to share a parameter's buffer, e.g. flx_assign to it or a reshape/detach of it that is
+ * still alive) each parameter gets a private copy of its buffer, so no other tensor ever sees a
+ * write. Like flx_assign, a step bumps each updated parameter's version: graph nodes recorded
+ * from the old value and not yet run fail with FLX_ERR_STATE (record the next step's graph after
+ * flx_optim_step). The optimiser holds a reference to each parameter until destroyed. */
+#define FLX_OPTIM_MAX_TENSORS_PER_LAUNCH 24
+typedef struct flx_optim flx_optim;
+typedef enum flx_optim_kind {
+    FLX_OPTIM_SGD = 0,
+    FLX_OPTIM_MOMENTUM = 1, /* SGD, defaults momentum 0.9 */
+    FLX_OPTIM_NESTEROV = 2, /* SGD, defaults momentum 0.9, nesterov */
+    FLX_OPTIM_ADAGRAD = 3,
+    FLX_OPTIM_RMSPROP = 4,
+    FLX_OPTIM_ADAM = 5,
+    FLX_OPTIM_ADAMW = 6,
+    FLX_OPTIM_KIND_COUNT
+} flx_optim_kind;
+/* Hyperparameters held in device memory (flx_optim_set_hparam); STEP is the count of steps
+ * taken so far (t - 1 during a step). */
+typedef enum flx_optim_hparam {
+    FLX_HP_LR = 0, FLX_HP_MOMENTUM, FLX_HP_DAMPENING, FLX_HP_WEIGHT_DECAY, FLX_HP_BETA1,
+    FLX_HP_BETA2, FLX_HP_EPS, FLX_HP_ALPHA, FLX_HP_LR_DECAY, FLX_HP_STEP, FLX_HP_COUNT
+} flx_optim_hparam;
+typedef struct flx_optim_config {
+    double lr;                  /* > 0 (SGD 1e-2, Adagrad 1e-2, RMSprop 1e-2, Adam(W) 1e-3) */
+    double momentum;            /* SGD, RMSprop: >= 0                                       */
+    double dampening;           /* SGD: in [0, 1]; must be 0 with nesterov                   */
+    double weight_decay;        /* >= 0 (AdamW default 1e-2, others 0)                      */
+    double beta1, beta2;        /* Adam(W): in [0, 1)  (0.9, 0.999)                          */
+    double eps;                 /* >= 0 (Adam 1e-8, RMSprop 1e-8, Adagrad 1e-10)             */
+    double alpha;               /* RMSprop smoothing in [0, 1) (0.99)                         */
+    double lr_decay;            /* Adagrad: >= 0                                             */
+    double initial_accumulator; /* Adagrad: >= 0                                             */
+    bool nesterov;              /* SGD: needs momentum > 0 and dampening 0                   */
+    bool centered;              /* RMSprop                                                   */
+} flx_optim_config;
+
+/* PyTorch's default arguments for a kind. */
+FLX_API flx_optim_config flx_optim_defaults(flx_optim_kind kind);
+/* An optimiser over n parameters (distinct leaves made from data, f32 or f64, one dtype, ctx's
+ * context, 1 <= n). cfg NULL uses flx_optim_defaults(kind). NULL with the error set on bad input. */
+FLX_API flx_optim *flx_optim_create(flx_ctx *ctx, flx_optim_kind kind, int32_t n,
+                                    flx_tensor *const *params, const flx_optim_config *cfg);
+/* One update of every parameter from its .grad (which is computed first if lazy). */
+FLX_API flx_status flx_optim_step(flx_optim *opt);
+/* flx_zero_grad on every parameter. */
+FLX_API flx_status flx_optim_zero_grad(flx_optim *opt);
+/* Writes a hyperparameter in device memory (queued, no host wait); validated like create. */
+FLX_API flx_status flx_optim_set_hparam(flx_optim *opt, flx_optim_hparam which, double value);
+FLX_API flx_status flx_optim_set_lr(flx_optim *opt, double lr);
+/* Reads a hyperparameter (waits for the device). */
+FLX_API flx_status flx_optim_get_hparam(flx_optim *opt, flx_optim_hparam which, double *out);
+/* State slots per parameter: SGD 1 (momentum buffer, unused without momentum), Adagrad 1 (sum),
+ * RMSprop 3 (square average, momentum buffer, grad average), Adam(W) 2 (m, v). */
+FLX_API int32_t flx_optim_state_count(const flx_optim *opt);
+/* A copy of state slot `slot` of parameter i (the parameter's shape and dtype), for checkpoints. */
+FLX_API flx_tensor *flx_optim_get_state(flx_optim *opt, int32_t i, int32_t slot);
+/* Overwrites a state slot with value (same shape and dtype), e.g. when resuming. */
+FLX_API flx_status flx_optim_set_state(flx_optim *opt, int32_t i, int32_t slot, flx_tensor *value);
+/* Releases the optimiser (NULL-safe); the parameters keep their current values. */
+FLX_API void flx_optim_destroy(flx_optim *opt);
+/* ==== END issue 5: optimisers ============================================================== */
+
+/* ==== BEGIN issue 5: checkpoints (runtime/safetensors.c) ======================================
+ * safetensors files: 8-byte little-endian header length N, N bytes of JSON
+ *   {"name": {"dtype": "F32", "shape": [2, 3], "data_offsets": [begin, end]}, ...,
+ *    "__metadata__": {"key": "value", ...}}
+ * then the data region, which the tensors' [begin, end) ranges tile exactly (in file order of
+ * offsets), little-endian, row-major. dtypes: F32, F64, I32, I64, BOOL. Readable by the Python
+ * `safetensors` package and PyTorch.
+ * Saving is crash-safe: the file is written to a temporary file in the same directory, fsynced,
+ * renamed over path and the directory fsynced; a failed save leaves any previous file intact.
+ * Loading checks everything (header length within the file, strict JSON, known dtypes, shapes
+ * that match the byte ranges, ranges that tile the data region without overlap or gap, unique
+ * names, sizes that fit in memory) and rejects a bad file with FLX_ERR_INVALID_ARGUMENT naming
+ * the problem; it never reads outside the file. */
+/* Saves n named tensors (names unique, non-empty, valid UTF-8 without control characters, not
+ * "__metadata__"). metadata: n_meta (key, value) string pairs, may be NULL when n_meta == 0. */
+FLX_API flx_status flx_save_safetensors(const char *path, int32_t n, const char *const *names,
+                                        flx_tensor *const *tensors, int32_t n_meta,
+                                        const char *const *meta_keys,
+                                        const char *const *meta_values);
+typedef struct flx_checkpoint flx_checkpoint;
+/* Loads every tensor of a file onto ctx. NULL with the error set on a bad or unreadable file. */
+FLX_API flx_checkpoint *flx_load_safetensors(flx_ctx *ctx, const char *path);
+FLX_API int32_t flx_checkpoint_count(const flx_checkpoint *ck);       /* -1 for NULL */
+/* Name of tensor i (in the file's header order); NULL if out of range. Valid until destroy. */
+FLX_API const char *flx_checkpoint_name(const flx_checkpoint *ck, int32_t i);
+/* Tensor i, or the tensor called name: a new reference (NULL with the error set if absent). */
+FLX_API flx_tensor *flx_checkpoint_tensor(flx_checkpoint *ck, int32_t i);
+FLX_API flx_tensor *flx_checkpoint_find(flx_checkpoint *ck, const char *name);
+/* Metadata value of key (NULL if absent). Valid until destroy. */
+FLX_API const char *flx_checkpoint_metadata(const flx_checkpoint *ck, const char *key);
+FLX_API void flx_checkpoint_destroy(flx_checkpoint *ck);                 /* NULL-safe */
+/* ==== END issue 5: checkpoints ============================================================= */
 
 #ifdef __cplusplus
 }

@@ -1,0 +1,1507 @@
+"""Tensor, dtypes, devices, errors, ops and autodiff over the fluxion C API (ctypes).
+
+Ownership: every :class:`Tensor` owns exactly one C reference and drops it in ``__del__``. Python
+never opens a C scope, so every pointer a C function returns is owned by the caller, i.e. by the
+Tensor that wraps it. The one exception is code that runs inside a C callback (the forward, VJP
+and JVP of :func:`custom_fn`): the runtime has a scope open there that owns the returned pointers,
+so tensors made inside a callback take a reference of their own (``flx_retain``).
+"""
+
+from __future__ import annotations
+
+import atexit
+import builtins as _b
+import ctypes
+import math
+import threading
+from ctypes import byref, c_double, c_int32, c_int64, c_void_p
+from typing import Any, Callable, Iterable, Iterator, Optional, Sequence, Tuple, Union
+
+from . import _lib
+from ._lib import lib as _L
+
+# ---- errors ---------------------------------------------------------------------------------------
+FLX_OK = 0
+_STATUS_NAMES = {
+    1: "FLX_ERR_INVALID_ARGUMENT",
+    2: "FLX_ERR_SHAPE",
+    3: "FLX_ERR_DTYPE",
+    4: "FLX_ERR_DEVICE",
+    5: "FLX_ERR_OUT_OF_MEMORY",
+    6: "FLX_ERR_BACKEND",
+    7: "FLX_ERR_NOT_DIFFERENTIABLE",
+    8: "FLX_ERR_UNSUPPORTED",
+    9: "FLX_ERR_STATE",
+    10: "FLX_ERR_NUMERIC",
+}
+
+
+class FluxionError(RuntimeError):
+    """A fluxion error that is neither a shape/dtype/argument error nor out-of-memory."""
+
+    status: int = 0
+
+
+class _ShapeError(ValueError):
+    status: int = 0
+
+
+def _exception_for(status: int, msg: str) -> BaseException:
+    name = _STATUS_NAMES.get(status, f"status {status}")
+    text = f"{msg} [{name}]" if msg else name
+    if status in (1, 2, 3):
+        e: BaseException = ValueError(text)
+    elif status == 5:
+        e = MemoryError(text)
+    else:
+        e = FluxionError(text)
+    try:
+        e.status = status  # type: ignore[attr-defined]
+    except Exception:
+        pass
+    return e
+
+
+class _TLS(threading.local):
+    def __init__(self) -> None:
+        self.depth = 0  # nesting of C callbacks running on this thread
+        self.exc: Optional[BaseException] = None  # first exception raised in a callback
+        self.keep: list = []  # tensors handed back to C by callbacks, kept until the call returns
+
+
+_tls = _TLS()
+_cb_active = 0  # callbacks running on any thread (fast path: 0)
+
+
+def _raise_last(default_status: int = 1) -> None:
+    """Raises the pending C error (and clears it), or a callback's exception."""
+    status = _L.flx_last_status()
+    raw = _L.flx_last_error()
+    msg = raw.decode("utf-8", "replace") if raw else ""
+    _L.flx_clear_error()
+    exc = _tls.exc
+    if exc is not None and _tls.depth == 0:
+        _tls.exc = None
+        raise exc
+    raise _exception_for(status or default_status, msg)
+
+
+def _check(status: int) -> None:
+    if status != FLX_OK:
+        _raise_last(status)
+
+
+# ---- dtypes ----------------------------------------------------------------------------------------
+class DType:
+    """A fluxion element type (``fluxion.float32``, ``float64``, ``int32``, ``int64``, ``bool_``)."""
+
+    __slots__ = ("code", "name", "itemsize", "numpy_str", "dl_code", "dl_bits", "is_float")
+
+    def __init__(self, code: int, name: str, itemsize: int, numpy_str: str, dl_code: int,
+                 is_float: bool) -> None:
+        self.code = code
+        self.name = name
+        self.itemsize = itemsize
+        self.numpy_str = numpy_str
+        self.dl_code = dl_code
+        self.dl_bits = itemsize * 8
+        self.is_float = is_float
+
+    def __repr__(self) -> str:
+        return f"fluxion.{self.name}"
+
+    def __reduce__(self) -> str:
+        return self.name
+
+
+float32 = DType(0, "float32", 4, "<f4", 2, True)
+float64 = DType(1, "float64", 8, "<f8", 2, True)
+int32 = DType(2, "int32", 4, "<i4", 0, False)
+int64 = DType(3, "int64", 8, "<i8", 0, False)
+bool_ = DType(4, "bool_", 1, "|b1", 6, False)
+_DTYPES = {d.code: d for d in (float32, float64, int32, int64, bool_)}
+_DTYPE_NAMES = {
+    "float32": float32, "f32": float32, "float": float32,
+    "float64": float64, "f64": float64, "double": float64,
+    "int32": int32, "i32": int32,
+    "int64": int64, "i64": int64, "int": int64, "long": int64,
+    "bool": bool_, "bool_": bool_,
+}
+
+DTypeLike = Union[DType, str, Any]
+
+
+def as_dtype(dt: DTypeLike) -> DType:
+    """Converts a DType, a name ('float32', 'f32', ...), a numpy dtype or a Python type."""
+    if isinstance(dt, DType):
+        return dt
+    if dt is float:
+        return float32
+    if dt is int:
+        return int64
+    if dt is bool:
+        return bool_
+    name = getattr(dt, "name", None) if not isinstance(dt, str) else dt
+    if name is None:
+        try:
+            import numpy as np
+
+            name = np.dtype(dt).name
+        except Exception:
+            name = None
+    if isinstance(name, str) and name in _DTYPE_NAMES:
+        return _DTYPE_NAMES[name]
+    raise ValueError(f"fluxion: unsupported dtype {dt!r} (float32, float64, int32, int64, bool)")
+
+
+# ---- devices and contexts -----------------------------------------------------------------------
+class device:
+    """A device: ``device('cpu')``, ``device('cuda')``, ``device('cuda:1')``."""
+
+    __slots__ = ("type", "index")
+
+    def __init__(self, spec: Union[str, "device"] = "cpu", index: Optional[int] = None) -> None:
+        if isinstance(spec, device):
+            self.type, self.index = spec.type, spec.index
+            return
+        if not isinstance(spec, str):
+            raise TypeError(f"fluxion: device must be a str or fluxion.device, got {type(spec).__name__}")
+        t, _, i = spec.partition(":")
+        if t not in ("cpu", "cuda"):
+            raise ValueError(f"fluxion: unknown device {spec!r} (use 'cpu' or 'cuda[:N]')")
+        self.type = t
+        if i:
+            index = int(i)
+        self.index = 0 if t == "cpu" else (index or 0)
+
+    def __repr__(self) -> str:
+        return f"device({str(self)!r})"
+
+    def __str__(self) -> str:
+        return "cpu" if self.type == "cpu" else f"cuda:{self.index}"
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, str):
+            other = device(other)
+        return isinstance(other, device) and (self.type, self.index) == (other.type, other.index)
+
+    def __hash__(self) -> int:
+        return hash((self.type, self.index))
+
+
+DeviceLike = Union[str, device, None]
+_contexts: dict = {}
+
+
+def _ctx(dev: DeviceLike) -> int:
+    """The process-wide context of a device (created on first use, never destroyed)."""
+    d = device(dev) if dev is not None else device("cpu")
+    key = (d.type, d.index)
+    c = _contexts.get(key)
+    if c is None:
+        spec = _lib.Device(0 if d.type == "cpu" else 1, d.index)
+        c = _L.flx_ctx_create(spec)
+        if not c:
+            _raise_last()
+        _contexts[key] = c
+    return c
+
+
+def _device_of_ctx(c: int) -> device:
+    d = _L.flx_ctx_device(c)
+    return device("cpu") if d.type == 0 else device("cuda", d.index)
+
+
+def has_cuda() -> bool:
+    """True when the library was built with the CUDA backend."""
+    return bool(_L.flx_has_cuda())
+
+
+def cuda_device_count() -> int:
+    """Number of usable CUDA devices (0 without a GPU or CUDA support)."""
+    return int(_L.flx_cuda_device_count())
+
+
+def live_tensors() -> int:
+    """Number of C tensor objects alive in the process (handles and graph nodes)."""
+    return int(_L.flx_live_tensors())
+
+
+def synchronize(dev: DeviceLike = None) -> None:
+    """Waits for the device's queued work and reports device-side errors."""
+    _check(_L.flx_ctx_synchronize(_ctx(dev)))
+
+
+# ---- lifetime -----------------------------------------------------------------------------------------
+_alive = True
+
+
+def _at_exit() -> None:
+    # After this, releases are skipped: the process is ending and C callbacks into a half torn
+    # down interpreter must not run.
+    global _alive
+    _alive = False
+
+
+atexit.register(_at_exit)
+
+_release = _L.flx_release
+_retain = _L.flx_retain
+
+
+def _wrap(p: Optional[int]) -> "Tensor":
+    """Wraps a pointer returned by a C function (NULL raises the pending error)."""
+    if not p:
+        _raise_last()
+    t = _new(Tensor)
+    t._ptr = p
+    if _cb_active and _tls.depth:
+        _retain(p)  # a C scope owns p: take a reference of our own
+    return t
+
+
+def _borrow(p: int) -> "Tensor":
+    """Wraps a borrowed pointer (given to a callback): takes a reference."""
+    t = _new(Tensor)
+    t._ptr = _retain(p)
+    return t
+
+
+_new = object.__new__
+
+Scalar = Union[int, float, bool]
+ShapeLike = Union[int, Sequence[int]]
+
+
+def _shape_arg(shape: Sequence[Any]) -> Tuple[int, ...]:
+    if len(shape) == 1 and isinstance(shape[0], (tuple, list)):
+        shape = shape[0]
+    try:
+        return tuple(int(s) for s in shape)
+    except (TypeError, ValueError):
+        raise TypeError(f"fluxion: shape must be a sequence of ints, got {shape!r}") from None
+
+
+def _i64(vals: Sequence[int]):
+    n = len(vals)
+    return (c_int64 * _b.max(n, 1))(*vals), n
+
+
+def _i32(vals: Sequence[int]):
+    n = len(vals)
+    return (c_int32 * _b.max(n, 1))(*vals), n
+
+
+def _ptrs(ts: Sequence["Tensor"]):
+    n = len(ts)
+    arr = (c_void_p * _b.max(n, 1))()
+    for i, t in enumerate(ts):
+        arr[i] = _p(t)
+    return arr, n
+
+
+def _p(x: Any) -> int:
+    try:
+        return x._ptr
+    except AttributeError:
+        raise TypeError(f"fluxion: expected a fluxion.Tensor, got {type(x).__name__}") from None
+
+
+def _axes(axis: Union[None, int, Sequence[int]]):
+    if axis is None:
+        return _i32(())
+    if isinstance(axis, int):
+        return _i32((axis,))
+    return _i32(tuple(int(a) for a in axis))
+
+
+# ---- Tensor ------------------------------------------------------------------------------------------
+class Tensor:
+    """A fluxion tensor: a reference-counted handle to a lazily computed graph node.
+
+    Ops record graph nodes; values are computed when data is needed (``numpy()``, ``item()``,
+    ``backward()``, ``eval()``, DLPack export). Make tensors with :func:`tensor`,
+    :func:`asarray`, :func:`from_dlpack`, :func:`zeros`, :func:`randn`, ... .
+    """
+
+    __slots__ = ("_ptr", "__weakref__")
+    __array_priority__ = 1000  # numpy defers binary operators to Tensor
+
+    def __init__(self, data: Any = None, dtype: Optional[DTypeLike] = None,
+                 device: DeviceLike = None, requires_grad: bool = False) -> None:
+        if data is None:
+            raise TypeError("fluxion.Tensor(data): use fluxion.tensor(data) or a creation function")
+        t = tensor(data, dtype=dtype, device=device, requires_grad=requires_grad)
+        self._ptr = _retain(t._ptr)
+
+    def __del__(self, _rel=_release) -> None:
+        p = getattr(self, "_ptr", None)
+        if p and _alive:
+            try:
+                _rel(p)
+            except Exception:
+                pass
+
+    # -- metadata --
+    @property
+    def ndim(self) -> int:
+        """Number of dimensions."""
+        return _L.flx_ndim(self._ptr)
+
+    @property
+    def shape(self) -> Tuple[int, ...]:
+        """The shape as a tuple of ints."""
+        n = _L.flx_ndim(self._ptr)
+        s = _L.flx_shape(self._ptr)
+        return tuple(s[i] for i in range(n))
+
+    @property
+    def dtype(self) -> DType:
+        """Element type."""
+        return _DTYPES[_L.flx_dtype_of(self._ptr)]
+
+    @property
+    def device(self) -> device:
+        """The device the tensor lives on."""
+        return _device_of_ctx(_L.flx_ctx_of(self._ptr))
+
+    def numel(self) -> int:
+        """Number of elements."""
+        return _L.flx_numel(self._ptr)
+
+    @property
+    def size(self) -> int:
+        """Number of elements (numpy spelling)."""
+        return _L.flx_numel(self._ptr)
+
+    @property
+    def nbytes(self) -> int:
+        return self.numel() * self.dtype.itemsize
+
+    def __len__(self) -> int:
+        if self.ndim == 0:
+            raise TypeError("len() of a 0-d tensor")
+        return self.shape[0]
+
+    def __iter__(self) -> Iterator["Tensor"]:
+        for i in range(len(self)):
+            yield self[i]
+
+    def __repr__(self) -> str:
+        try:
+            vals = self.numpy()
+            body = repr(vals.tolist()) if vals.size <= 64 else f"<{vals.size} values>"
+        except Exception as e:  # never fail in repr
+            body = f"<unavailable: {e}>"
+        extra = ", requires_grad=True" if self.requires_grad else ""
+        dev = "" if self.device.type == "cpu" else f", device='{self.device}'"
+        return f"fluxion.Tensor({body}, shape={self.shape}, dtype={self.dtype.name}{dev}{extra})"
+
+    __hash__ = object.__hash__
+
+    # -- data access --
+    def eval(self) -> "Tensor":
+        """Computes the tensor now (and keeps its data); returns self."""
+        arr, n = _ptrs((self,))
+        _check(_L.flx_eval(1, arr))
+        return self
+
+    def numpy(self) -> Any:
+        """A numpy copy of the values (any device)."""
+        import numpy as np
+
+        out = np.empty(self.shape, dtype=np.dtype(self.dtype.numpy_str))
+        _check(_L.flx_to_host(self._ptr, out.ctypes.data, out.nbytes))
+        return out
+
+    def tolist(self) -> Any:
+        return self.numpy().tolist()
+
+    def item(self) -> Union[float, int, bool]:
+        """The single element as a Python number."""
+        v = c_double()
+        _check(_L.flx_item(self._ptr, byref(v)))
+        dt = self.dtype
+        if dt is bool_:
+            return bool(v.value)
+        if not dt.is_float:
+            return int(v.value)
+        return v.value
+
+    def __float__(self) -> float:
+        return float(self.item())
+
+    def __int__(self) -> int:
+        return int(self.item())
+
+    def __index__(self) -> int:
+        if self.dtype.is_float:
+            raise TypeError("only integer tensors can be used as an index")
+        return int(self.item())
+
+    def __bool__(self) -> bool:
+        if self.numel() != 1:
+            raise ValueError(
+                "the truth value of a tensor with more than one element is ambiguous")
+        return bool(self.item())
+
+    def data_ptr(self) -> int:
+        """Address of the computed buffer (device address on CUDA); see flx_data_ptr."""
+        p = c_void_p()
+        _check(_L.flx_data_ptr(self._ptr, byref(p)))
+        return p.value or 0
+
+    def __array__(self, dtype: Any = None, copy: Optional[bool] = None) -> Any:
+        from ._interop import tensor_to_numpy
+
+        return tensor_to_numpy(self, dtype=dtype, copy=copy)
+
+    def __dlpack__(self, stream: Any = None, max_version: Optional[Tuple[int, int]] = None,
+                   dl_device: Optional[Tuple[int, int]] = None, copy: Optional[bool] = None) -> Any:
+        """Exports the tensor as a DLPack capsule (versioned when max_version >= (1, 0))."""
+        from ._interop import to_dlpack
+
+        return to_dlpack(self, stream=stream, max_version=max_version, dl_device=dl_device,
+                         copy=copy)
+
+    def __dlpack_device__(self) -> Tuple[int, int]:
+        d = self.device
+        return (1, 0) if d.type == "cpu" else (2, d.index)
+
+    @property
+    def __cuda_array_interface__(self) -> dict:
+        """CUDA Array Interface v3 (CUDA tensors only)."""
+        from ._interop import cuda_array_interface
+
+        return cuda_array_interface(self)
+
+    # -- conversion --
+    def to(self, target: Union[DeviceLike, DTypeLike] = None, dtype: Optional[DTypeLike] = None) -> "Tensor":
+        """Moves to a device (``t.to('cuda')``) and/or converts the dtype."""
+        t = self
+        if isinstance(target, (DType,)) or (target is not None and not isinstance(target, (str, device))):
+            dtype, target = target, None
+        elif isinstance(target, str) and target in _DTYPE_NAMES:
+            dtype, target = target, None
+        if target is not None and device(target) != self.device:
+            t = _wrap(_L.flx_to_ctx(t._ptr, _ctx(target)))
+        if dtype is not None:
+            t = t.astype(dtype)
+        return t
+
+    def cpu(self) -> "Tensor":
+        return self.to("cpu")
+
+    def cuda(self, index: int = 0) -> "Tensor":
+        return self.to(device("cuda", index))
+
+    def astype(self, dtype: DTypeLike) -> "Tensor":
+        """Converts elements to dtype (float -> int truncates toward zero)."""
+        return _wrap(_L.flx_cast(self._ptr, as_dtype(dtype).code))
+
+    # -- autodiff --
+    @property
+    def requires_grad(self) -> bool:
+        """Whether gradients flow to this tensor. Setting True makes it a leaf that collects
+        ``.grad`` (computing and detaching an op result first)."""
+        return bool(_L.flx_requires_grad(self._ptr))
+
+    @requires_grad.setter
+    def requires_grad(self, value: bool) -> None:
+        _check(_L.flx_set_requires_grad(self._ptr, bool(value)))
+
+    def requires_grad_(self, value: bool = True) -> "Tensor":
+        self.requires_grad = value
+        return self
+
+    @property
+    def grad(self) -> Optional["Tensor"]:
+        """The accumulated gradient of a leaf, or None."""
+        p = _L.flx_grad(self._ptr)
+        if not p:
+            if _L.flx_last_status() != FLX_OK:
+                _raise_last()
+            return None
+        return _wrap(p)
+
+    @grad.setter
+    def grad(self, value: None) -> None:
+        if value is not None:
+            raise ValueError("fluxion: .grad can only be reset to None (use zero_grad())")
+        _check(_L.flx_zero_grad(self._ptr))
+
+    def zero_grad(self) -> None:
+        """Forgets the accumulated gradient."""
+        _check(_L.flx_zero_grad(self._ptr))
+
+    def backward(self) -> None:
+        """Adds d self / d leaf to ``.grad`` of every leaf that requires grad (self has one
+        element)."""
+        _call_cb(_L.flx_backward, self._ptr)
+
+    def detach(self) -> "Tensor":
+        """Same value, no gradient history."""
+        return _wrap(_L.flx_detach(self._ptr))
+
+    def assign(self, src: "Tensor") -> None:
+        """In-place update of a leaf: takes src's value (same shape, dtype and device)."""
+        _check(_L.flx_assign(self._ptr, _p(src)))
+
+    # -- indexing --
+    def __getitem__(self, key: Any) -> "Tensor":
+        return _getitem(self, key)
+
+    # -- operators --
+    def __neg__(self) -> "Tensor":
+        return _wrap(_L.flx_neg(self._ptr))
+
+    def __pos__(self) -> "Tensor":
+        return self
+
+    def __abs__(self) -> "Tensor":
+        return _wrap(_L.flx_abs(self._ptr))
+
+    def __add__(self, o: Any) -> "Tensor":
+        if isinstance(o, Tensor):
+            return _wrap(_L.flx_add(self._ptr, o._ptr))
+        if isinstance(o, (int, float)):
+            p = _L.flx_add_scalar(self._ptr, float(o))
+            if p:
+                return _wrap(p)
+            _L.flx_clear_error()  # not a float tensor: fall back to a scalar tensor
+        return _binary(_L.flx_add, self, o)
+
+    def __radd__(self, o: Any) -> "Tensor":
+        return self.__add__(o)
+
+    def __sub__(self, o: Any) -> "Tensor":
+        if isinstance(o, Tensor):
+            return _wrap(_L.flx_sub(self._ptr, o._ptr))
+        if isinstance(o, (int, float)):
+            p = _L.flx_add_scalar(self._ptr, -float(o))
+            if p:
+                return _wrap(p)
+            _L.flx_clear_error()  # not a float tensor: fall back to a scalar tensor
+        return _binary(_L.flx_sub, self, o)
+
+    def __rsub__(self, o: Any) -> "Tensor":
+        if isinstance(o, (int, float)) and self.dtype.is_float:
+            return _wrap(_L.flx_affine(self._ptr, -1.0, float(o)))
+        return _binary(_L.flx_sub, o, self)
+
+    def __mul__(self, o: Any) -> "Tensor":
+        if isinstance(o, Tensor):
+            return _wrap(_L.flx_mul(self._ptr, o._ptr))
+        if isinstance(o, (int, float)):
+            p = _L.flx_mul_scalar(self._ptr, float(o))
+            if p:
+                return _wrap(p)
+            _L.flx_clear_error()  # not a float tensor: fall back to a scalar tensor
+        return _binary(_L.flx_mul, self, o)
+
+    def __rmul__(self, o: Any) -> "Tensor":
+        return self.__mul__(o)
+
+    def __truediv__(self, o: Any) -> "Tensor":
+        return _binary(_L.flx_div, self, o)
+
+    def __rtruediv__(self, o: Any) -> "Tensor":
+        return _binary(_L.flx_div, o, self)
+
+    def __pow__(self, o: Any) -> "Tensor":
+        if isinstance(o, (int, float)) and not isinstance(o, bool):
+            if o == 2:
+                return _wrap(_L.flx_square(self._ptr))
+            return _wrap(_L.flx_pow_scalar(self._ptr, float(o)))
+        return _binary(_L.flx_pow, self, o)
+
+    def __rpow__(self, o: Any) -> "Tensor":
+        return _binary(_L.flx_pow, o, self)
+
+    def __matmul__(self, o: Any) -> "Tensor":
+        return _wrap(_L.flx_matmul(self._ptr, _p(o)))
+
+    def __rmatmul__(self, o: Any) -> "Tensor":
+        return _wrap(_L.flx_matmul(_p(o), self._ptr))
+
+    def __eq__(self, o: Any) -> "Tensor":  # type: ignore[override]
+        return _binary(_L.flx_eq, self, o)
+
+    def __ne__(self, o: Any) -> "Tensor":  # type: ignore[override]
+        return _binary(_L.flx_ne, self, o)
+
+    def __lt__(self, o: Any) -> "Tensor":
+        return _binary(_L.flx_lt, self, o)
+
+    def __le__(self, o: Any) -> "Tensor":
+        return _binary(_L.flx_le, self, o)
+
+    def __gt__(self, o: Any) -> "Tensor":
+        return _binary(_L.flx_gt, self, o)
+
+    def __ge__(self, o: Any) -> "Tensor":
+        return _binary(_L.flx_ge, self, o)
+
+    @property
+    def T(self) -> "Tensor":
+        """Reversed axes (transpose of a matrix)."""
+        n = self.ndim
+        if n < 2:
+            return self
+        return permute(self, tuple(range(n - 1, -1, -1)))
+
+    @property
+    def mT(self) -> "Tensor":
+        """Transpose of the last two axes."""
+        return _wrap(_L.flx_transpose(self._ptr, -2, -1))
+
+
+def _as_operand(x: Any, like: Tensor) -> Tensor:
+    if isinstance(x, Tensor):
+        return x
+    if isinstance(x, (bool, int, float)):
+        dt = like.dtype
+        if isinstance(x, float) and not dt.is_float:
+            dt = float32
+        return _wrap(_L.flx_scalar(_L.flx_ctx_of(like._ptr), dt.code, float(x)))
+    raise TypeError(
+        f"fluxion: unsupported operand type {type(x).__name__} (use a Tensor or a Python number)")
+
+
+def _binary(fn: Callable, a: Any, b: Any) -> Tensor:
+    if isinstance(a, Tensor):
+        b = _as_operand(b, a)
+    elif isinstance(b, Tensor):
+        a = _as_operand(a, b)
+    else:
+        raise TypeError("fluxion: at least one operand must be a Tensor")
+    return _wrap(fn(a._ptr, b._ptr))
+
+
+def _getitem(x: Tensor, key: Any) -> Tensor:
+    if isinstance(key, Tensor):
+        if key.dtype in (int32, int64) and key.ndim == 1:
+            return _wrap(_L.flx_index_select(x._ptr, 0, key._ptr))
+        raise TypeError("fluxion: tensor indices must be 1-d int32/int64 tensors")
+    if not isinstance(key, tuple):
+        key = (key,)
+    if any(k is Ellipsis for k in key):
+        if _b.sum(1 for k in key if k is Ellipsis) > 1:
+            raise IndexError("fluxion: an index can only have one ellipsis")
+        i = next(j for j, k in enumerate(key) if k is Ellipsis)
+        fill = x.ndim - (len(key) - 1 - _b.sum(1 for k in key if k is None))
+        key = key[:i] + (_b.slice(None),) * _b.max(fill, 0) + key[i + 1:]
+    n_axes = _b.sum(1 for k in key if k is not None)
+    if n_axes > x.ndim:
+        raise IndexError(f"fluxion: too many indices ({n_axes}) for a tensor of rank {x.ndim}")
+    t = x
+    axis = 0
+    squeeze = []
+    for k in key:
+        if k is None:
+            t = _wrap(_L.flx_unsqueeze(t._ptr, axis))
+            axis += 1
+            continue
+        if isinstance(k, bool) or not isinstance(k, (int, _b.slice)) and not hasattr(k, "__index__"):
+            raise TypeError(
+                f"fluxion: unsupported index {k!r} (ints, slices, None, ... and 1-d int tensors)")
+        dim = t.shape[axis]
+        if isinstance(k, _b.slice):
+            start, stop, step = k.start, k.stop, k.step
+            step = 1 if step is None else int(step)
+            if step <= 0:
+                raise ValueError("fluxion: slice step must be positive")
+            start = 0 if start is None else int(start)
+            stop = dim if stop is None else int(stop)
+            if (start, stop, step) != (0, dim, 1):
+                t = _wrap(_L.flx_slice(t._ptr, axis, start, stop, step))
+        else:
+            i = int(k.__index__())
+            if i < -dim or i >= dim:
+                raise IndexError(f"fluxion: index {i} is out of range for axis {axis} of size {dim}")
+            if i < 0:
+                i += dim
+            t = _wrap(_L.flx_slice(t._ptr, axis, i, i + 1, 1))
+            squeeze.append(axis)
+        axis += 1
+    for a in reversed(squeeze):
+        t = _wrap(_L.flx_squeeze(t._ptr, a))
+    return t
+
+
+# ---- callbacks into C ------------------------------------------------------------------------------
+def _call_cb(fn: Callable, *args: Any) -> None:
+    """Calls a C function that may run Python callbacks; raises their exception or the C error."""
+    outer = _tls.depth == 0
+    try:
+        status = fn(*args)
+    finally:
+        if outer:
+            _tls.keep.clear()
+    if status != FLX_OK:
+        _raise_last(status)
+    elif outer and _tls.exc is not None:
+        exc, _tls.exc = _tls.exc, None
+        raise exc
+
+
+# ---- creation --------------------------------------------------------------------------------------
+def _dt(dtype: Optional[DTypeLike], default: DType = float32) -> DType:
+    return default if dtype is None else as_dtype(dtype)
+
+
+def _finish(t: Tensor, requires_grad: bool) -> Tensor:
+    if requires_grad:
+        t.requires_grad = True
+    return t
+
+
+def zeros(*shape: Any, dtype: Optional[DTypeLike] = None, device: DeviceLike = None,
+          requires_grad: bool = False) -> Tensor:
+    """A tensor of zeros (default float32 on the CPU)."""
+    s, n = _i64(_shape_arg(shape))
+    return _finish(_wrap(_L.flx_zeros(_ctx(device), _dt(dtype).code, n, s)), requires_grad)
+
+
+def ones(*shape: Any, dtype: Optional[DTypeLike] = None, device: DeviceLike = None,
+         requires_grad: bool = False) -> Tensor:
+    """A tensor of ones."""
+    s, n = _i64(_shape_arg(shape))
+    return _finish(_wrap(_L.flx_ones(_ctx(device), _dt(dtype).code, n, s)), requires_grad)
+
+
+def full(shape: ShapeLike, value: Scalar, dtype: Optional[DTypeLike] = None,
+         device: DeviceLike = None, requires_grad: bool = False) -> Tensor:
+    """A tensor filled with value."""
+    s, n = _i64(_shape_arg((shape,) if isinstance(shape, int) else tuple(shape)))
+    return _finish(_wrap(_L.flx_full(_ctx(device), _dt(dtype).code, n, s, float(value))),
+                   requires_grad)
+
+
+def zeros_like(x: Tensor, dtype: Optional[DTypeLike] = None) -> Tensor:
+    s, n = _i64(x.shape)
+    return _wrap(_L.flx_zeros(_L.flx_ctx_of(x._ptr), _dt(dtype, x.dtype).code, n, s))
+
+
+def ones_like(x: Tensor, dtype: Optional[DTypeLike] = None) -> Tensor:
+    s, n = _i64(x.shape)
+    return _wrap(_L.flx_ones(_L.flx_ctx_of(x._ptr), _dt(dtype, x.dtype).code, n, s))
+
+
+def scalar(value: Scalar, dtype: Optional[DTypeLike] = None, device: DeviceLike = None) -> Tensor:
+    """A 0-d tensor."""
+    return _wrap(_L.flx_scalar(_ctx(device), _dt(dtype).code, float(value)))
+
+
+def eye(n: int, m: Optional[int] = None, dtype: Optional[DTypeLike] = None,
+        device: DeviceLike = None) -> Tensor:
+    """n x m identity."""
+    return _wrap(_L.flx_eye(_ctx(device), _dt(dtype).code, int(n), int(n if m is None else m)))
+
+
+def arange(start: float, stop: Optional[float] = None, step: float = 1,
+           dtype: Optional[DTypeLike] = None, device: DeviceLike = None) -> Tensor:
+    """[start, start+step, ...) below stop; dtype defaults to int64 for int arguments."""
+    if stop is None:
+        start, stop = 0, start
+    if dtype is None:
+        dtype = int64 if all(isinstance(v, int) for v in (start, stop, step)) else float32
+    return _wrap(_L.flx_arange(_ctx(device), as_dtype(dtype).code, float(start), float(stop),
+                               float(step)))
+
+
+def rand(*shape: Any, low: float = 0.0, high: float = 1.0, seed: int = 0,
+         dtype: Optional[DTypeLike] = None, device: DeviceLike = None,
+         requires_grad: bool = False) -> Tensor:
+    """Uniform [low, high) values from the counter-based generator (deterministic in seed)."""
+    s, n = _i64(_shape_arg(shape))
+    return _finish(_wrap(_L.flx_uniform(_ctx(device), _dt(dtype).code, n, s, low, high, seed)),
+                   requires_grad)
+
+
+def randn(*shape: Any, mean: float = 0.0, std: float = 1.0, seed: int = 0,
+          dtype: Optional[DTypeLike] = None, device: DeviceLike = None,
+          requires_grad: bool = False) -> Tensor:
+    """Normal values (deterministic in seed)."""
+    s, n = _i64(_shape_arg(shape))
+    return _finish(_wrap(_L.flx_normal(_ctx(device), _dt(dtype).code, n, s, mean, std, seed)),
+                   requires_grad)
+
+
+def tensor(data: Any, dtype: Optional[DTypeLike] = None, device: DeviceLike = None,
+           requires_grad: bool = False) -> Tensor:
+    """A new tensor holding a copy of data (nested lists, numbers, numpy arrays, tensors).
+
+    Python floats become float32 and ints int64 unless dtype is given; numpy arrays keep their
+    dtype. Use :func:`asarray` for a zero-copy view of a numpy array.
+    """
+    import numpy as np
+
+    if isinstance(data, Tensor):
+        t = data.detach().to(device if device is not None else data.device)
+        if dtype is not None:
+            t = t.astype(dtype)
+        # A fresh node (a copy in value semantics: buffers are immutable).
+        t = _wrap(_L.flx_detach(t._ptr))
+        return _finish(t, requires_grad)
+    if isinstance(data, np.ndarray):
+        arr = data
+    else:
+        arr = np.asarray(data)
+        if dtype is None and arr.dtype == np.float64 and not isinstance(data, np.generic):
+            arr = arr.astype(np.float32)
+    if dtype is not None:
+        dt = as_dtype(dtype)
+    else:
+        if arr.dtype == object:
+            raise TypeError(f"fluxion: cannot make a tensor from {type(data).__name__}")
+        dt = as_dtype(arr.dtype)
+    arr = np.asarray(arr, dtype=np.dtype(dt.numpy_str), order="C")
+    s, n = _i64(arr.shape)
+    t = _wrap(_L.flx_from_host(_ctx(device), dt.code, n, s, arr.ctypes.data))
+    return _finish(t, requires_grad)
+
+
+# ---- ops as functions -------------------------------------------------------------------------------
+def _unary(name: str, doc: str) -> Callable[[Tensor], Tensor]:
+    cfn = getattr(_L, "flx_" + name)
+
+    def f(x: Tensor) -> Tensor:
+        return _wrap(cfn(_p(x)))
+
+    f.__name__ = f.__qualname__ = name
+    f.__doc__ = doc
+    return f
+
+
+neg = _unary("neg", "-x")
+abs = _unary("abs", "|x| (derivative 0 at 0)")
+sign = _unary("sign", "-1, 0 or 1 (zero gradient)")
+square = _unary("square", "x * x")
+sqrt = _unary("sqrt", "square root")
+rsqrt = _unary("rsqrt", "1 / sqrt(x)")
+reciprocal = _unary("reciprocal", "1 / x")
+exp = _unary("exp", "e^x")
+log = _unary("log", "natural logarithm")
+log1p = _unary("log1p", "log(1 + x)")
+sin = _unary("sin", "sine")
+cos = _unary("cos", "cosine")
+tanh = _unary("tanh", "hyperbolic tangent")
+cosh = _unary("cosh", "hyperbolic cosine")
+sinh = _unary("sinh", "hyperbolic sine")
+erf = _unary("erf", "error function")
+sigmoid = _unary("sigmoid", "1 / (1 + e^-x)")
+relu = _unary("relu", "max(x, 0) (derivative 0 at 0)")
+gelu = _unary("gelu", "exact GELU: x * Phi(x)")
+softplus = _unary("softplus", "log(1 + e^x)")
+detach = _unary("detach", "same value, no gradient history")
+trace = _unary("trace", "sum of the main diagonal of a matrix")
+diag = _unary("diag", "square matrix with v on the diagonal")
+diagonal = _unary("diagonal", "main diagonal of a matrix")
+
+
+def _binfn(name: str, doc: str) -> Callable[[Any, Any], Tensor]:
+    cfn = getattr(_L, "flx_" + name)
+
+    def f(a: Any, b: Any) -> Tensor:
+        return _binary(cfn, a, b)
+
+    f.__name__ = f.__qualname__ = name
+    f.__doc__ = doc
+    return f
+
+
+add = _binfn("add", "a + b with broadcasting")
+sub = _binfn("sub", "a - b with broadcasting")
+mul = _binfn("mul", "a * b with broadcasting")
+div = _binfn("div", "a / b with broadcasting")
+maximum = _binfn("maximum", "elementwise max (gradient to a on ties)")
+minimum = _binfn("minimum", "elementwise min (gradient to a on ties)")
+eq = _binfn("eq", "a == b (bool)")
+ne = _binfn("ne", "a != b (bool)")
+lt = _binfn("lt", "a < b (bool)")
+le = _binfn("le", "a <= b (bool)")
+gt = _binfn("gt", "a > b (bool)")
+ge = _binfn("ge", "a >= b (bool)")
+dot = _binfn("dot", "1-d . 1-d -> 0-d")
+outer = _binfn("outer", "(n), (m) -> (n, m)")
+
+
+def matmul(a: Tensor, b: Tensor) -> Tensor:
+    """NumPy matmul semantics (batched, 1-d operands as vectors)."""
+    return _wrap(_L.flx_matmul(_p(a), _p(b)))
+
+
+def pow(x: Any, p: Any) -> Tensor:
+    """x ** p (p a number or a tensor)."""
+    if isinstance(x, Tensor):
+        return x.__pow__(p)
+    return _binary(_L.flx_pow, x, p)
+
+
+def where(cond: Tensor, a: Any, b: Any) -> Tensor:
+    """cond ? a : b with broadcasting (cond is bool)."""
+    like = a if isinstance(a, Tensor) else b if isinstance(b, Tensor) else None
+    if like is None:
+        raise TypeError("fluxion.where: a or b must be a Tensor")
+    a = _as_operand(a, like)
+    b = _as_operand(b, like)
+    return _wrap(_L.flx_where(_p(cond), a._ptr, b._ptr))
+
+
+def leaky_relu(x: Tensor, slope: float = 0.01) -> Tensor:
+    """x > 0 ? x : slope * x"""
+    return _wrap(_L.flx_leaky_relu(_p(x), float(slope)))
+
+
+def elu(x: Tensor, alpha: float = 1.0) -> Tensor:
+    """x > 0 ? x : alpha * (e^x - 1)"""
+    return _wrap(_L.flx_elu(_p(x), float(alpha)))
+
+
+def clamp(x: Tensor, lo: float, hi: float) -> Tensor:
+    """min(max(x, lo), hi) (derivative 1 strictly inside)."""
+    return _wrap(_L.flx_clamp(_p(x), float(lo), float(hi)))
+
+
+clip = clamp
+
+
+def affine(x: Tensor, a: float, b: float) -> Tensor:
+    """a * x + b in one op."""
+    return _wrap(_L.flx_affine(_p(x), float(a), float(b)))
+
+
+def _reducer(name: str, doc: str) -> Callable[..., Tensor]:
+    cfn = getattr(_L, "flx_" + name)
+
+    def f(x: Tensor, axis: Union[None, int, Sequence[int]] = None, keepdims: bool = False) -> Tensor:
+        a, n = _axes(axis)
+        return _wrap(cfn(_p(x), n, a, bool(keepdims)))
+
+    f.__name__ = f.__qualname__ = name
+    f.__doc__ = doc + " over axis (an int, a sequence, or None for all axes)"
+    return f
+
+
+sum = _reducer("sum", "sum")
+mean = _reducer("mean", "mean")
+max = _reducer("max", "maximum (gradient shared among ties)")
+min = _reducer("min", "minimum (gradient shared among ties)")
+logsumexp = _reducer("logsumexp", "log(sum(exp(x)))")
+
+
+def var(x: Tensor, axis: Union[None, int, Sequence[int]] = None, keepdims: bool = False,
+        correction: int = 0) -> Tensor:
+    """sum((x - mean)^2) / (N - correction)."""
+    a, n = _axes(axis)
+    return _wrap(_L.flx_var(_p(x), n, a, bool(keepdims), int(correction)))
+
+
+def std(x: Tensor, axis: Union[None, int, Sequence[int]] = None, keepdims: bool = False,
+        correction: int = 0) -> Tensor:
+    """sqrt(var)."""
+    return sqrt(var(x, axis, keepdims, correction))
+
+
+def argmax(x: Tensor, axis: int = -1, keepdims: bool = False) -> Tensor:
+    """Index (int64) of the first maximum along axis."""
+    return _wrap(_L.flx_argmax(_p(x), int(axis), bool(keepdims)))
+
+
+def reshape(x: Tensor, *shape: Any) -> Tensor:
+    """Same elements, new shape (one entry may be -1)."""
+    s, n = _i64(_shape_arg(shape))
+    return _wrap(_L.flx_reshape(_p(x), n, s))
+
+
+def permute(x: Tensor, *perm: Any) -> Tensor:
+    """out.shape[i] = x.shape[perm[i]]."""
+    p = _shape_arg(perm)
+    if len(p) != x.ndim:
+        raise ValueError(f"fluxion.permute: perm {p} does not have {x.ndim} entries")
+    a, _ = _i32(p)
+    return _wrap(_L.flx_permute(_p(x), a))
+
+
+def transpose(x: Tensor, axis0: int = -2, axis1: int = -1) -> Tensor:
+    """Swaps two axes."""
+    return _wrap(_L.flx_transpose(_p(x), int(axis0), int(axis1)))
+
+
+def broadcast_to(x: Tensor, *shape: Any) -> Tensor:
+    """NumPy broadcasting of x to shape."""
+    s, n = _i64(_shape_arg(shape))
+    return _wrap(_L.flx_broadcast_to(_p(x), n, s))
+
+
+def slice(x: Tensor, axis: int, start: int, stop: int, step: int = 1) -> Tensor:  # noqa: A001
+    """Elements start, start+step, ... before stop along axis."""
+    return _wrap(_L.flx_slice(_p(x), int(axis), int(start), int(stop), int(step)))
+
+
+def concat(xs: Sequence[Tensor], axis: int = 0) -> Tensor:
+    """Joins tensors along an existing axis."""
+    arr, n = _ptrs(list(xs))
+    return _wrap(_L.flx_concat(n, arr, int(axis)))
+
+
+concatenate = concat
+
+
+def stack(xs: Sequence[Tensor], axis: int = 0) -> Tensor:
+    """Joins tensors along a new axis."""
+    arr, n = _ptrs(list(xs))
+    return _wrap(_L.flx_stack(n, arr, int(axis)))
+
+
+def squeeze(x: Tensor, axis: int) -> Tensor:
+    """Removes a size-1 axis."""
+    return _wrap(_L.flx_squeeze(_p(x), int(axis)))
+
+
+def unsqueeze(x: Tensor, axis: int) -> Tensor:
+    """Inserts a size-1 axis at position axis of the result."""
+    return _wrap(_L.flx_unsqueeze(_p(x), int(axis)))
+
+
+expand_dims = unsqueeze
+
+
+def index_select(x: Tensor, axis: int, index: Tensor) -> Tensor:
+    """out[.., j, ..] = x[.., index[j], ..] (index: 1-d int32/int64)."""
+    return _wrap(_L.flx_index_select(_p(x), int(axis), _p(index)))
+
+
+def gather(x: Tensor, axis: int, index: Tensor) -> Tensor:
+    """Alias of index_select."""
+    return _wrap(_L.flx_gather(_p(x), int(axis), _p(index)))
+
+
+def one_hot(index: Tensor, num_classes: int, dtype: Optional[DTypeLike] = None) -> Tensor:
+    """out[..., c] = (index[...] == c)."""
+    return _wrap(_L.flx_one_hot(_p(index), int(num_classes), _dt(dtype).code))
+
+
+def pad(x: Tensor, pads: Sequence[int], value: float = 0.0) -> Tensor:
+    """Constant padding; pads = (before_0, after_0, before_1, after_1, ...)."""
+    p = tuple(int(v) for v in pads)
+    if len(p) != 2 * x.ndim:
+        raise ValueError(f"fluxion.pad: needs {2 * x.ndim} pad entries, got {len(p)}")
+    a, _ = _i64(p)
+    return _wrap(_L.flx_pad(_p(x), a, float(value)))
+
+
+def cast(x: Tensor, dtype: DTypeLike) -> Tensor:
+    """Converts elements to dtype."""
+    return _wrap(_L.flx_cast(_p(x), as_dtype(dtype).code))
+
+
+def _need(name: str) -> Callable:
+    if not _lib.has(name):
+        raise NotImplementedError(f"fluxion: the loaded library has no flx_{name}")
+    return getattr(_L, "flx_" + name)
+
+
+def softmax(x: Tensor, axis: int = -1, temperature: float = 1.0) -> Tensor:
+    """softmax(x / temperature) along axis (needs a library with the softmax family)."""
+    return _wrap(_need("softmax")(_p(x), int(axis), float(temperature)))
+
+
+def log_softmax(x: Tensor, axis: int = -1, temperature: float = 1.0) -> Tensor:
+    """log_softmax(x / temperature) along axis."""
+    return _wrap(_need("log_softmax")(_p(x), int(axis), float(temperature)))
+
+
+_REDUCTIONS = {"mean": 0, "sum": 1, "none": 2}
+
+
+def cross_entropy(logits: Tensor, labels: Tensor, reduction: str = "mean",
+                  ignore_index: int = -100) -> Tensor:
+    """Softmax cross entropy of (N, C) logits against int labels."""
+    return _wrap(_need("cross_entropy")(_p(logits), _p(labels), _REDUCTIONS[reduction],
+                                        int(ignore_index)))
+
+
+def mse_loss(y: Tensor, t: Tensor, reduction: str = "mean") -> Tensor:
+    """Mean squared error."""
+    if _lib.has("mse_loss"):
+        return _wrap(_L.flx_mse_loss(_p(y), _p(t), _REDUCTIONS[reduction]))
+    d = square(sub(y, t))
+    return {"mean": mean, "sum": sum}.get(reduction, lambda v: v)(d)
+
+
+def eval(*ts: Tensor) -> None:  # noqa: A001
+    """Computes several tensors in one evaluation (shared work runs once)."""
+    if len(ts) == 1 and isinstance(ts[0], (list, tuple)):
+        ts = tuple(ts[0])
+    arr, n = _ptrs(ts)
+    _check(_L.flx_eval(n, arr))
+
+
+# ---- methods --------------------------------------------------------------------------------------------
+for _name in (
+    "abs sign square sqrt rsqrt reciprocal exp log log1p sin cos tanh cosh sinh erf sigmoid relu "
+    "gelu softplus trace diag diagonal leaky_relu elu clamp clip affine sum mean max min "
+    "logsumexp var std argmax permute transpose broadcast_to squeeze unsqueeze index_select "
+    "gather pad cast maximum minimum matmul dot outer softmax log_softmax pow"
+).split():
+    setattr(Tensor, _name, globals()[_name])
+Tensor.reshape = reshape  # type: ignore[attr-defined]
+Tensor.view = reshape  # type: ignore[attr-defined]
+Tensor.neg = neg  # type: ignore[attr-defined]
+Tensor.add = add  # type: ignore[attr-defined]
+Tensor.sub = sub  # type: ignore[attr-defined]
+Tensor.mul = mul  # type: ignore[attr-defined]
+Tensor.div = div  # type: ignore[attr-defined]
+Tensor.flatten = lambda self: reshape(self, -1)  # type: ignore[attr-defined]
+
+
+# ---- grad mode ---------------------------------------------------------------------------------------
+class no_grad:
+    """Context manager (and decorator): ops inside record no gradient history."""
+
+    def __enter__(self) -> "no_grad":
+        _L.flx_no_grad_begin()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        _L.flx_no_grad_end()
+
+    def __call__(self, fn: Callable) -> Callable:
+        import functools
+
+        @functools.wraps(fn)
+        def wrapper(*a: Any, **k: Any) -> Any:
+            with no_grad():
+                return fn(*a, **k)
+
+        return wrapper
+
+
+def is_grad_enabled() -> bool:
+    return bool(_L.flx_grad_enabled())
+
+
+# ---- functional autodiff --------------------------------------------------------------------------
+def grad_of(outputs: Union[Tensor, Sequence[Tensor]], inputs: Union[Tensor, Sequence[Tensor]],
+            grad_outputs: Union[None, Tensor, Sequence[Optional[Tensor]]] = None,
+            create_graph: bool = False) -> Tuple[Tensor, ...]:
+    """Vector-Jacobian products (like torch.autograd.grad): d<grad_outputs, outputs>/d inputs.
+
+    inputs must require grad; grad_outputs may be None for one-element outputs. Returns one
+    tensor per input (zeros where an output does not depend on it).
+    """
+    outs = [outputs] if isinstance(outputs, Tensor) else list(outputs)
+    ins = [inputs] if isinstance(inputs, Tensor) else list(inputs)
+    o, no = _ptrs(outs)
+    i, ni = _ptrs(ins)
+    c = None
+    if grad_outputs is not None:
+        gos = [grad_outputs] if isinstance(grad_outputs, Tensor) else list(grad_outputs)
+        if len(gos) != no:
+            raise ValueError(f"fluxion.grad_of: {len(gos)} grad_outputs for {no} outputs")
+        c = (c_void_p * no)(*[(_p(g) if g is not None else None) for g in gos])
+    res = (c_void_p * ni)()
+    _call_cb(_L.flx_grad_of, no, o, c, ni, i, bool(create_graph), res)
+    return tuple(_wrap(res[k]) for k in range(ni))
+
+
+def _leaf(x: Any) -> Tuple[Tensor, bool]:
+    """A tensor to differentiate with respect to: x itself when it already requires grad (so
+    nested transforms stay connected), else a fresh leaf holding x's value."""
+    if not isinstance(x, Tensor):
+        raise TypeError(f"fluxion: expected Tensor arguments, got {type(x).__name__}")
+    if x.requires_grad:
+        return x, True
+    t = _wrap(_L.flx_detach(x._ptr))
+    t.requires_grad = True
+    return t, False
+
+
+def _argnums(argnums: Union[int, Sequence[int]], n: int) -> Tuple[int, ...]:
+    nums = (argnums,) if isinstance(argnums, int) else tuple(argnums)
+    for a in nums:
+        if not -n <= a < n:
+            raise ValueError(f"fluxion.grad: argnum {a} is out of range for {n} arguments")
+    return tuple(a % n for a in nums)
+
+
+def value_and_grad(f: Callable[..., Tensor], argnums: Union[int, Sequence[int]] = 0,
+                   create_graph: Optional[bool] = None) -> Callable[..., Tuple[Tensor, Any]]:
+    """Like :func:`grad`, returning (f(*args), gradient)."""
+
+    def wrapped(*args: Any) -> Tuple[Tensor, Any]:
+        nums = _argnums(argnums, len(args))
+        args = list(args)
+        leaves = []
+        nested = False
+        for a in nums:
+            leaf, was = _leaf(args[a])
+            nested = nested or was
+            args[a] = leaf
+            leaves.append(leaf)
+        out = f(*args)
+        if not isinstance(out, Tensor):
+            raise TypeError(f"fluxion.grad: f must return a Tensor, got {type(out).__name__}")
+        if out.numel() != 1:
+            raise ValueError(f"fluxion.grad: f must return one element, got shape {out.shape}")
+        cg = (nested and is_grad_enabled()) if create_graph is None else create_graph
+        if not out.requires_grad:
+            gs = tuple(zeros_like(l) for l in leaves)
+        else:
+            gs = grad_of(out, leaves, create_graph=cg)
+        g = gs[0] if isinstance(argnums, int) else gs
+        return (out if nested else out.detach()), g
+
+    return wrapped
+
+
+def grad(f: Callable[..., Tensor], argnums: Union[int, Sequence[int]] = 0,
+         create_graph: Optional[bool] = None) -> Callable[..., Any]:
+    """The gradient of a scalar function (JAX style): ``grad(f)(x)`` is df/dx.
+
+    argnums picks the differentiated arguments (an int gives one gradient, a sequence a tuple).
+    Transforms nest (``grad(grad(f))``): an argument that already requires grad is used
+    directly and the result is then itself differentiable (create_graph defaults to that).
+    """
+    vg = value_and_grad(f, argnums, create_graph)
+
+    def wrapped(*args: Any) -> Any:
+        return vg(*args)[1]
+
+    wrapped.__doc__ = f"Gradient of {getattr(f, '__name__', 'f')}."
+    return wrapped
+
+
+def vjp(f: Callable[..., Any], *primals: Tensor) -> Tuple[Any, Callable[..., Tuple[Tensor, ...]]]:
+    """(f(*primals), vjp_fn) where vjp_fn(cotangent) gives one cotangent per primal."""
+    leaves = []
+    nested = False
+    for x in primals:
+        leaf, was = _leaf(x)
+        nested = nested or was
+        leaves.append(leaf)
+    out = f(*leaves)
+    outs = [out] if isinstance(out, Tensor) else list(out)
+
+    def vjp_fn(*cts: Any) -> Tuple[Tensor, ...]:
+        if len(cts) == 1 and isinstance(cts[0], (list, tuple)):
+            cts = tuple(cts[0])
+        if len(cts) != len(outs):
+            raise ValueError(f"fluxion.vjp: {len(cts)} cotangents for {len(outs)} outputs")
+        pairs = [(o, c) for o, c in zip(outs, cts) if o.requires_grad]
+        if not pairs:
+            return tuple(zeros_like(l) for l in leaves)
+        return grad_of([o for o, _ in pairs], leaves, [c for _, c in pairs],
+                       create_graph=nested and is_grad_enabled())
+
+    return out, vjp_fn
+
+
+def jvp(f: Callable[..., Any], primals: Sequence[Tensor],
+        tangents: Sequence[Optional[Tensor]]) -> Tuple[Any, Any]:
+    """Forward mode (JAX style): (f(*primals), directional derivative along tangents)."""
+    primals = tuple(primals)
+    tangents = tuple(tangents)
+    if len(primals) != len(tangents):
+        raise ValueError(f"fluxion.jvp: {len(tangents)} tangents for {len(primals)} primals")
+    # Leaves requiring grad, so a reverse-mode transform inside f stays connected to them
+    # (forward-over-reverse).
+    pairs = [_leaf(x) for x in primals]
+    leaves = [p[0] for p in pairs]
+    nested = any(p[1] for p in pairs)
+    out = f(*leaves)
+    outs = [out] if isinstance(out, Tensor) else list(out)
+    i, ni = _ptrs(leaves)
+    t = (c_void_p * ni)(*[(_p(v) if v is not None else None) for v in tangents])
+    o, no = _ptrs(outs)
+    res = (c_void_p * no)()
+    _call_cb(_L.flx_jvp, ni, i, t, no, o, res)
+    tout = tuple(_wrap(res[k]) for k in range(no))
+    if not nested:
+        outs = [o_.detach() for o_ in outs]
+        tout = tuple(v.detach() for v in tout)
+    if isinstance(out, Tensor):
+        return outs[0], tout[0]
+    return tuple(outs), tout
+
+
+def hvp(f: Callable[..., Tensor], primals: Union[Tensor, Sequence[Tensor]],
+        tangents: Union[Tensor, Sequence[Tensor]]) -> Tuple[Tensor, Any]:
+    """Hessian-vector product of a scalar function, forward over reverse:
+    returns (f(*primals), H v) with H v = d/de grad f(x + e v) at e = 0."""
+    single = isinstance(primals, Tensor)
+    ps = (primals,) if single else tuple(primals)
+    vs = (tangents,) if isinstance(tangents, Tensor) else tuple(tangents)
+    if len(ps) != len(vs):
+        raise ValueError(f"fluxion.hvp: {len(vs)} tangents for {len(ps)} primals")
+    pairs = [_leaf(x) for x in ps]
+    leaves = [p[0] for p in pairs]
+    nested = any(p[1] for p in pairs)
+    out = f(*leaves)
+    if not isinstance(out, Tensor) or out.numel() != 1:
+        raise ValueError("fluxion.hvp: f must return a one-element Tensor")
+    if not out.requires_grad:
+        hv = tuple(zeros_like(l) for l in leaves)
+    else:
+        gs = grad_of(out, leaves, create_graph=True)
+        i, ni = _ptrs(leaves)
+        t = (c_void_p * ni)(*[_p(v) for v in vs])
+        o, no = _ptrs(gs)
+        res = (c_void_p * no)()
+        _call_cb(_L.flx_jvp, ni, i, t, no, o, res)
+        hv = tuple(_wrap(res[k]) for k in range(no))
+    if not nested:
+        out = out.detach()
+        hv = tuple(v.detach() for v in hv)
+    return out, (hv[0] if single else hv)
+
+
+# ---- custom differentiable functions ------------------------------------------------------------
+_custom_registry: dict = {}
+_custom_next = [1]
+_ERR_CALLBACK = 1  # FLX_ERR_INVALID_ARGUMENT
+
+
+def _enter_cb() -> None:
+    global _cb_active
+    _cb_active += 1
+    _tls.depth += 1
+
+
+def _leave_cb() -> None:
+    global _cb_active
+    _cb_active -= 1
+    _tls.depth -= 1
+
+
+def _record_exc(e: BaseException) -> int:
+    if _tls.exc is None:
+        _tls.exc = e
+    return _ERR_CALLBACK
+
+
+def _as_result(r: Any, what: str) -> int:
+    if not isinstance(r, Tensor):
+        raise TypeError(f"fluxion.custom_fn: {what} must return a Tensor, got {type(r).__name__}")
+    _tls.keep.append(r)  # alive until the C call returns (the runtime borrows it)
+    return r._ptr
+
+
+def _fwd_tramp(n: int, inputs: Any, out: Any, user: int) -> int:
+    _enter_cb()
+    try:
+        fn = _custom_registry[user][0]
+        xs = [_borrow(inputs[k]) for k in range(n)]
+        out[0] = _as_result(fn(*xs), "forward")
+        return 0
+    except BaseException as e:  # noqa: BLE001 - reported to the caller after the C call
+        return _record_exc(e)
+    finally:
+        _leave_cb()
+
+
+def _vjp_tramp(n: int, inputs: Any, output: int, g: int, grads_out: Any, user: int) -> int:
+    _enter_cb()
+    try:
+        fn = _custom_registry[user][1]
+        xs = tuple(_borrow(inputs[k]) for k in range(n))
+        r = fn(xs, _borrow(output), _borrow(g))
+        rs = (r,) if (isinstance(r, Tensor) or r is None) and n == 1 else tuple(r)
+        if len(rs) != n:
+            raise ValueError(f"fluxion.custom_fn: vjp returned {len(rs)} gradients for {n} inputs")
+        for k, gk in enumerate(rs):
+            grads_out[k] = None if gk is None else _as_result(gk, "vjp")
+        return 0
+    except BaseException as e:  # noqa: BLE001
+        return _record_exc(e)
+    finally:
+        _leave_cb()
+
+
+def _jvp_tramp(n: int, inputs: Any, tangents: Any, output: int, tout: Any, user: int) -> int:
+    _enter_cb()
+    try:
+        fn = _custom_registry[user][2]
+        xs = tuple(_borrow(inputs[k]) for k in range(n))
+        ts = tuple(_borrow(tangents[k]) for k in range(n))
+        tout[0] = _as_result(fn(xs, ts, _borrow(output)), "jvp")
+        return 0
+    except BaseException as e:  # noqa: BLE001
+        return _record_exc(e)
+    finally:
+        _leave_cb()
+
+
+def _destroy_tramp(user: int) -> None:
+    try:
+        _custom_registry.pop(user, None)
+    except Exception:
+        pass
+
+
+# One set of C callbacks for the whole process (module globals: never collected while the
+# library can call them); the per-function Python callables live in _custom_registry until the
+# runtime calls destroy for the node.
+_FWD_CB = _lib.CUSTOM_FWD(_fwd_tramp)
+_VJP_CB = _lib.CUSTOM_VJP(_vjp_tramp)
+_JVP_CB = _lib.CUSTOM_JVP(_jvp_tramp)
+_DESTROY_CB = _lib.DESTROY(_destroy_tramp)
+_NULL_VJP = ctypes.cast(None, _lib.CUSTOM_VJP)
+_NULL_JVP = ctypes.cast(None, _lib.CUSTOM_JVP)
+
+
+class custom_fn:
+    """A differentiable function with user-defined derivatives.
+
+    ``forward(*inputs) -> Tensor`` computes the value with fluxion ops (it runs once per call,
+    on detached inputs, in no-grad mode). ``vjp(inputs, output, g)`` returns the cotangent of
+    each input (a tuple, or a Tensor for one input; None for no gradient). ``jvp(inputs,
+    tangents, output)`` returns the output's tangent. Build both from fluxion ops so they are
+    differentiable in turn (higher-order derivatives). Use as a decorator::
+
+        @fluxion.custom_fn
+        def cube(x):
+            return x * x * x
+
+        @cube.defvjp
+        def _(inputs, out, g):
+            (x,) = inputs
+            return g * 3 * x * x
+    """
+
+    def __init__(self, forward: Callable[..., Tensor], vjp: Optional[Callable] = None,
+                 jvp: Optional[Callable] = None) -> None:
+        self.forward = forward
+        self.vjp = vjp
+        self.jvp = jvp
+        self.__doc__ = getattr(forward, "__doc__", None)
+        self.__name__ = getattr(forward, "__name__", "custom_fn")
+
+    def defvjp(self, fn: Callable) -> Callable:
+        self.vjp = fn
+        return fn
+
+    def defjvp(self, fn: Callable) -> Callable:
+        self.jvp = fn
+        return fn
+
+    def __call__(self, *inputs: Tensor) -> Tensor:
+        if not inputs:
+            raise ValueError("fluxion.custom_fn: needs at least one input tensor")
+        arr, n = _ptrs(inputs)
+        key = _custom_next[0]
+        _custom_next[0] += 1
+        _custom_registry[key] = (self.forward, self.vjp, self.jvp)
+        out = (c_void_p * 1)()
+        _call_cb(_L.flx_custom_fn, n, arr, _FWD_CB,
+                 _VJP_CB if self.vjp is not None else _NULL_VJP,
+                 _JVP_CB if self.jvp is not None else _NULL_JVP,
+                 key, _DESTROY_CB, out)
+        return _wrap(out[0])
+
+
+def custom_vjp_count() -> int:
+    """Number of custom-function nodes alive (their Python callables are held until then)."""
+    return len(_custom_registry)

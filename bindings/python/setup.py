@@ -1,0 +1,105 @@
+"""Build step of the fluxion Python package: puts libfluxion.so inside the package.
+
+Where the library comes from, in order:
+  1. FLUXION_LIBRARY: a path to an already built libfluxion.so (copied as is);
+  2. FLUXION_BUILD_DIR, or the repository's build/ directory, when it holds a libfluxion.so newer
+     than every C source, header and CMakeLists.txt (tools/test builds build/ first);
+  3. otherwise CMake builds the library only (no tests, examples or benchmarks) in a private
+     build directory: with the CUDA backend when nvcc is found, CPU-only otherwise
+     (FLUXION_CMAKE_ARGS adds arguments, FLUXION_JOBS sets the parallel jobs, default 2).
+"""
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+from setuptools import setup
+from setuptools.command.build_py import build_py
+from setuptools.dist import Distribution
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent.parent  # the fluxion repository (bindings/python/..)
+
+
+def _newest_source_mtime() -> float:
+    newest = 0.0
+    for pattern in ("runtime/*.c", "runtime/*.h", "kernels/*", "include/fluxion/*.h"):
+        for p in ROOT.glob(pattern):
+            newest = max(newest, p.stat().st_mtime)
+    cm = ROOT / "CMakeLists.txt"
+    if cm.exists():
+        newest = max(newest, cm.stat().st_mtime)
+    return newest
+
+
+def _real(p: Path) -> Path:
+    return p.resolve()
+
+
+def _prebuilt() -> Path | None:
+    env = os.environ.get("FLUXION_LIBRARY")
+    if env:
+        p = Path(env)
+        if not p.is_file():
+            raise RuntimeError(f"FLUXION_LIBRARY={env} is not a file")
+        return p
+    dirs = []
+    if os.environ.get("FLUXION_BUILD_DIR"):
+        dirs.append(Path(os.environ["FLUXION_BUILD_DIR"]))
+    dirs.append(ROOT / "build")
+    newest = _newest_source_mtime()
+    for d in dirs:
+        lib = d / "libfluxion.so"
+        if lib.exists() and _real(lib).stat().st_mtime >= newest:
+            return lib
+    return None
+
+
+def _cmake_build(build_temp: Path) -> Path:
+    if not (ROOT / "CMakeLists.txt").exists():
+        raise RuntimeError(
+            f"fluxion: no C sources at {ROOT} (install from the repository's bindings/python, "
+            "or set FLUXION_LIBRARY to a built libfluxion.so)")
+    cmake = shutil.which("cmake")
+    if not cmake:
+        raise RuntimeError("fluxion: cmake is needed to build libfluxion (or set FLUXION_LIBRARY)")
+    bdir = build_temp / "libfluxion"
+    bdir.mkdir(parents=True, exist_ok=True)
+    args = [cmake, "-S", str(ROOT), "-B", str(bdir), "-DCMAKE_BUILD_TYPE=Release",
+            "-DFLX_BUILD_TESTS=OFF", "-DFLX_BUILD_EXAMPLES=OFF", "-DFLX_BUILD_BENCHMARKS=OFF"]
+    if shutil.which("ninja") and not (bdir / "CMakeCache.txt").exists():
+        args += ["-G", "Ninja"]
+    nvcc = shutil.which("nvcc") or next(
+        (c for c in ("/usr/local/cuda/bin/nvcc", "/opt/cuda/bin/nvcc") if os.access(c, os.X_OK)), None)
+    args.append("-DFLX_CUDA=ON" if nvcc else "-DFLX_CUDA=OFF")
+    args += os.environ.get("FLUXION_CMAKE_ARGS", "").split()
+    subprocess.check_call(args)
+    jobs = os.environ.get("FLUXION_JOBS", "2")
+    subprocess.check_call([cmake, "--build", str(bdir), "--target", "fluxion", "-j", jobs])
+    lib = bdir / "libfluxion.so"
+    if not lib.exists():
+        raise RuntimeError(f"fluxion: the build did not produce {lib}")
+    return lib
+
+
+class BuildPyWithLibrary(build_py):
+    def run(self):
+        super().run()
+        lib = _prebuilt()
+        if lib is None:
+            lib = _cmake_build(Path(self.get_finalized_command("build").build_temp).resolve())
+        dest = Path(self.build_lib) / "fluxion" / "libfluxion.so"
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(_real(lib), dest)  # the real file, not the SONAME symlink
+        print(f"fluxion: packaged {_real(lib)} as {dest}")
+
+
+class BinaryDistribution(Distribution):
+    """The wheel carries a native library: tag it for the platform."""
+
+    def has_ext_modules(self):
+        return True
+
+
+setup(cmdclass={"build_py": BuildPyWithLibrary}, distclass=BinaryDistribution)

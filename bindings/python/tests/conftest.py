@@ -1,0 +1,34 @@
+import gc
+
+import pytest
+
+import fluxion as fx
+
+
+def _torch():
+    try:
+        import torch  # noqa: F401
+
+        return torch
+    except Exception:
+        return None
+
+
+def cuda_available():
+    return fx.has_cuda() and fx.cuda_device_count() > 0
+
+
+requires_cuda = pytest.mark.skipif(
+    not cuda_available(),
+    reason="no CUDA: fluxion built without the CUDA backend or no GPU present",
+)
+
+
+@pytest.fixture
+def no_leaks():
+    """Fails the test if it leaves C tensors alive."""
+    gc.collect()
+    before = fx.live_tensors()
+    yield
+    gc.collect()
+    assert fx.live_tensors() == before, "tensors leaked by this test"

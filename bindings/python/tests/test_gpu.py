@@ -1,0 +1,93 @@
+"""CUDA round trips with torch and cupy, and gradients against torch.autograd (skipped without a
+GPU, or without torch/cupy)."""
+import numpy as np
+import pytest
+
+import fluxion as fx
+from conftest import requires_cuda
+
+pytestmark = requires_cuda
+
+try:
+    import torch  # noqa: F811
+    HAVE_TORCH = torch.cuda.is_available()
+except Exception:  # pragma: no cover
+    torch = None
+    HAVE_TORCH = False
+try:
+    import cupy  # noqa: F401
+    HAVE_CUPY = True
+except Exception:
+    cupy = None
+    HAVE_CUPY = False
+
+needs_torch = pytest.mark.skipif(not HAVE_TORCH, reason="PyTorch with CUDA is not installed")
+needs_cupy = pytest.mark.skipif(not HAVE_CUPY, reason="CuPy is not installed")
+
+
+def test_cuda_tensor_basics():
+    x = fx.tensor([1.0, 2.0, 3.0], device="cuda")
+    assert x.device == "cuda:0"
+    assert x.__dlpack_device__() == (2, 0)
+    np.testing.assert_allclose((x * x).sum().item(), 14.0)
+    cai = x.__cuda_array_interface__
+    assert cai["shape"] == (3,) and cai["typestr"] == "<f4" and cai["data"][0] == x.data_ptr()
+    np.testing.assert_allclose(x.cpu().numpy(), [1, 2, 3])
+    np.testing.assert_allclose(np.asarray(x), [1, 2, 3])  # copies to the host
+
+
+@needs_torch
+def test_torch_round_trip_zero_copy():
+    a = torch.arange(6, dtype=torch.float32, device="cuda").reshape(2, 3)
+    t = fx.from_dlpack(a)
+    assert t.device == "cuda:0" and t.shape == (2, 3)
+    assert t.data_ptr() == a.data_ptr()
+    a[1, 1] = 42.0  # write through torch, read through fluxion
+    torch.cuda.synchronize()
+    assert t[1, 1].item() == 42.0
+    b = torch.from_dlpack(fx.from_dlpack(a) * 2)
+    torch.testing.assert_close(b, a * 2)
+    src = fx.tensor(np.zeros(4, dtype=np.float64), device="cuda")
+    view = torch.from_dlpack(src)
+    assert view.data_ptr() == src.data_ptr()
+    c = torch.as_tensor(fx.tensor([1.0, 2.0], device="cuda"), device="cuda")  # CUDA array interface
+    torch.testing.assert_close(c, torch.tensor([1.0, 2.0], device="cuda"))
+
+
+@needs_cupy
+def test_cupy_round_trip_zero_copy():
+    a = cupy.arange(8, dtype=cupy.float64)
+    t = fx.from_dlpack(a)
+    assert t.data_ptr() == a.data.ptr
+    a[3] = -1.0
+    cupy.cuda.Device().synchronize()
+    assert t[3].item() == -1.0
+    b = cupy.from_dlpack(t * 3)
+    cupy.testing.assert_allclose(b, a * 3)
+    c = cupy.asarray(t)  # __cuda_array_interface__
+    assert c.data.ptr == t.data_ptr()
+
+
+OPS = [
+    ("tanh_matmul", lambda m, a, b: m.tanh(a @ b).sum()),
+    ("exp_div", lambda m, a, b: m.exp(a).sum() / (b * b + 1.0).sum()),
+    ("sigmoid_mul", lambda m, a, b: (m.sigmoid(a) * a).mean() + (b ** 3).sum()),
+    ("softplus_log", lambda m, a, b: m.log((a * a) + 1.0).sum() + m.sqrt(b * b + 1.0).sum()),
+    ("max_sub", lambda m, a, b: (a - a.max()).sum() + m.maximum(b, b * 0.5).sum()),
+]
+
+
+@needs_torch
+@pytest.mark.parametrize("case", OPS, ids=[c[0] for c in OPS])
+def test_gradients_match_torch_autograd(case):
+    _, f = case
+    rng = np.random.default_rng(3)
+    av, bv = rng.uniform(-1, 1, (3, 4)), rng.uniform(-1, 1, (4, 5))
+    ta = torch.tensor(av, device="cuda", requires_grad=True)
+    tb = torch.tensor(bv, device="cuda", requires_grad=True)
+    f(torch, ta, tb).backward()
+    a = fx.tensor(av, dtype=fx.float64, device="cuda", requires_grad=True)
+    b = fx.tensor(bv, dtype=fx.float64, device="cuda", requires_grad=True)
+    f(fx, a, b).backward()
+    np.testing.assert_allclose(a.grad.numpy(), ta.grad.cpu().numpy(), rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(b.grad.numpy(), tb.grad.cpu().numpy(), rtol=1e-10, atol=1e-12)

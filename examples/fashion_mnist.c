@@ -1,0 +1,797 @@
+/*
+ * fashion_mnist.c — fluxion's main job: train a classifier on Fashion-MNIST (issue 5).
+ *
+ * Data: Debian's dataset-fashion-mnist package (gzipped IDX files under
+ * /usr/share/datasets/fashion-mnist; tools/run installs it), read through zlib with the magic
+ * numbers and sizes checked. The whole training and test sets are uploaded once; each step
+ * gathers its mini-batch on the device (index_select with a per-epoch permutation).
+ * Models: --model mlp (784-256-128-10, ReLU) or --model cnn (2 x [conv 3x3 + batch norm + ReLU +
+ * max-pool 2] + dense 128 + 10). Adam (fused, device-side), cross-entropy with integer labels.
+ * Output (in --out, default ./fashion_mnist_out): history.csv (per-epoch train loss, test loss,
+ * test accuracy, seconds), curves.png (loss and accuracy curves), checkpoint.safetensors (model,
+ * batch-norm statistics, optimiser state, history; saved every epoch; --resume continues from it).
+ *
+ * Usage: flx_example_fashion_mnist [--model mlp|cnn] [--epochs N] [--batch N] [--lr X]
+ *          [--train-limit N] [--test-limit N] [--full] [--resume] [--out DIR] [--data DIR]
+ *          [--seed N] [--cpu | --cuda] [--min-accuracy X] [--no-progress] [--skip-missing-data]
+ *   GPU (when usable, else CPU; FLX_DEVICE=cpu|cuda or --cpu/--cuda force it): full data, 10 epochs
+ *   (MLP) or 8 (CNN). CPU: a short default that finishes in a few minutes on 2 cores (MLP: 2 epochs
+ *   on all 60,000 images; CNN: 1 epoch on 3,000, tested on 2,000); --full trains like on the GPU (all data, 10 / 8
+ *   epochs). --min-accuracy X exits with status 3 when the final test accuracy is below X.
+ */
+#define _POSIX_C_SOURCE 200809L
+#include <errno.h>
+#include <math.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+#include <zlib.h>
+
+#include "fluxion/fluxion.h"
+
+#define IMG 784
+#define N_CLASSES 10
+#define DEFAULT_DATA_DIR "/usr/share/datasets/fashion-mnist"
+#define MAX_PARAMS 16
+#define MAX_EPOCHS 1000
+#define HIST_COLS 5 /* epoch, train loss, test loss, test accuracy, seconds */
+
+/* ---- small helpers -------------------------------------------------------------------------- */
+static double now_s(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+static uint64_t splitmix(uint64_t *s) {
+    uint64_t z = (*s += 0x9e3779b97f4a7c15ull);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    return z ^ (z >> 31);
+}
+
+static int fail_flx(const char *what) {
+    fprintf(stderr, "fashion_mnist: %s failed: %s: %s\n", what, flx_status_string(flx_last_status()),
+            flx_last_error());
+    return 1;
+}
+
+/* ---- IDX files through zlib ----------------------------------------------------------------- */
+typedef struct dataset {
+    int64_t n;
+    float *x;      /* n x 784, normalised */
+    int64_t *y;    /* n labels in [0, 10) */
+} dataset;
+
+static int read_exact(gzFile f, void *dst, size_t n) {
+    unsigned char *p = (unsigned char *)dst;
+    while (n > 0) {
+        unsigned chunk = n > (1u << 30) ? (1u << 30) : (unsigned)n;
+        int r = gzread(f, p, chunk);
+        if (r <= 0) return -1;
+        p += r;
+        n -= (size_t)r;
+    }
+    return 0;
+}
+
+static uint32_t be32(const unsigned char *b) {
+    return ((uint32_t)b[0] << 24) | ((uint32_t)b[1] << 16) | ((uint32_t)b[2] << 8) | b[3];
+}
+
+/* Reads an IDX file: magic 0x00000803 (images, n x 28 x 28) or 0x00000801 (labels, n). */
+static unsigned char *read_idx(const char *path, uint32_t want_magic, int64_t *count) {
+    gzFile f = gzopen(path, "rb");
+    if (!f) {
+        fprintf(stderr,
+                "fashion_mnist: cannot open %s: %s\n"
+                "  install the dataset with: apt-get install dataset-fashion-mnist (as root; tools/run "
+                "does it),\n  or point --data (or FLX_FASHION_MNIST_DIR) at a directory holding the "
+                "four *-ubyte.gz files\n",
+                path, strerror(errno));
+        return NULL;
+    }
+    unsigned char hdr[16];
+    int ndim = want_magic == 0x803 ? 3 : 1;
+    unsigned char *data = NULL;
+    if (read_exact(f, hdr, 4 + 4 * (size_t)ndim) != 0) {
+        fprintf(stderr, "fashion_mnist: %s: truncated or not gzip/IDX (header unreadable)\n", path);
+        goto out;
+    }
+    uint32_t magic = be32(hdr);
+    if (magic != want_magic) {
+        fprintf(stderr, "fashion_mnist: %s: bad IDX magic 0x%08x (expected 0x%08x)\n", path,
+                (unsigned)magic, (unsigned)want_magic);
+        goto out;
+    }
+    uint32_t n = be32(hdr + 4);
+    if (n == 0 || n > 1000000) {
+        fprintf(stderr, "fashion_mnist: %s: implausible item count %u\n", path, (unsigned)n);
+        goto out;
+    }
+    if (ndim == 3 && (be32(hdr + 8) != 28 || be32(hdr + 12) != 28)) {
+        fprintf(stderr, "fashion_mnist: %s: images are %ux%u, expected 28x28\n", path,
+                (unsigned)be32(hdr + 8), (unsigned)be32(hdr + 12));
+        goto out;
+    }
+    size_t bytes = (size_t)n * (ndim == 3 ? IMG : 1);
+    data = (unsigned char *)malloc(bytes);
+    if (!data) {
+        fprintf(stderr, "fashion_mnist: out of memory reading %s\n", path);
+        goto out;
+    }
+    if (read_exact(f, data, bytes) != 0) {
+        fprintf(stderr, "fashion_mnist: %s: truncated (expected %zu data bytes)\n", path, bytes);
+        free(data);
+        data = NULL;
+        goto out;
+    }
+    unsigned char extra;
+    if (gzread(f, &extra, 1) != 0) {
+        fprintf(stderr, "fashion_mnist: %s: unexpected bytes after the data\n", path);
+        free(data);
+        data = NULL;
+        goto out;
+    }
+    *count = n;
+out:
+    gzclose(f);
+    return data;
+}
+
+static int load_split(const char *dir, const char *prefix, int64_t limit, dataset *ds) {
+    char pi[4096], pl[4096];
+    snprintf(pi, sizeof pi, "%s/%s-images-idx3-ubyte.gz", dir, prefix);
+    snprintf(pl, sizeof pl, "%s/%s-labels-idx1-ubyte.gz", dir, prefix);
+    int64_t ni = 0, nl = 0;
+    unsigned char *img = read_idx(pi, 0x803, &ni);
+    if (!img) return 1;
+    unsigned char *lab = read_idx(pl, 0x801, &nl);
+    if (!lab) {
+        free(img);
+        return 1;
+    }
+    if (ni != nl) {
+        fprintf(stderr, "fashion_mnist: %s has %lld images but %s has %lld labels\n", pi,
+                (long long)ni, pl, (long long)nl);
+        free(img);
+        free(lab);
+        return 1;
+    }
+    ds->n = limit > 0 && limit < ni ? limit : ni;
+    ds->x = (float *)malloc((size_t)ds->n * IMG * sizeof(float));
+    ds->y = (int64_t *)malloc((size_t)ds->n * sizeof(int64_t));
+    if (!ds->x || !ds->y) {
+        fprintf(stderr, "fashion_mnist: out of memory\n");
+        free(img);
+        free(lab);
+        return 1;
+    }
+    for (int64_t i = 0; i < ds->n; i++) {
+        if (lab[i] >= N_CLASSES) {
+            fprintf(stderr, "fashion_mnist: %s: label %d of item %lld is not in [0, 10)\n", pl,
+                    (int)lab[i], (long long)i);
+            free(img);
+            free(lab);
+            return 1;
+        }
+        ds->y[i] = lab[i];
+    }
+    /* Fashion-MNIST's mean and standard deviation of pixel values in [0, 1]. */
+    for (int64_t i = 0; i < ds->n * IMG; i++) ds->x[i] = ((float)img[i] / 255.0f - 0.2860f) / 0.3530f;
+    free(img);
+    free(lab);
+    return 0;
+}
+
+/* ---- models ---------------------------------------------------------------------------------- */
+typedef struct model {
+    int cnn;
+    int n_params;
+    flx_tensor *p[MAX_PARAMS];
+    const char *name[MAX_PARAMS];
+    /* batch norm running statistics (CNN) */
+    flx_tensor *rm[2], *rv[2];
+    int64_t c1, c2;
+} model;
+
+static flx_tensor *add_param(model *m, const char *name, flx_tensor *t) {
+    if (!t) return NULL;
+    m->name[m->n_params] = name;
+    m->p[m->n_params++] = t;
+    return t;
+}
+
+static int build_model(flx_ctx *ctx, model *m, int cnn, uint64_t seed) {
+    memset(m, 0, sizeof *m);
+    m->cnn = cnn;
+    if (!cnn) {
+        static const char *names[6] = {"fc1.weight", "fc1.bias", "fc2.weight", "fc2.bias",
+                                       "fc3.weight", "fc3.bias"};
+        const int64_t dims[4] = {IMG, 256, 128, N_CLASSES};
+        for (int l = 0; l < 3; l++) {
+            const int64_t ws[2] = {dims[l + 1], dims[l]};
+            add_param(m, names[2 * l], flx_init_uniform_fan_in(ctx, FLX_F32, 2, ws, dims[l], seed + 2 * l));
+            add_param(m, names[2 * l + 1],
+                      flx_init_uniform_fan_in(ctx, FLX_F32, 1, ws, dims[l], seed + 2 * l + 1));
+        }
+    } else {
+        m->c1 = 32;
+        m->c2 = 64;
+        static const char *names[12] = {"conv1.weight", "conv1.bias", "bn1.weight", "bn1.bias",
+                                        "conv2.weight", "conv2.bias", "bn2.weight", "bn2.bias",
+                                        "fc1.weight",   "fc1.bias",   "fc2.weight", "fc2.bias"};
+        const int64_t w1[4] = {m->c1, 1, 3, 3}, w2[4] = {m->c2, m->c1, 3, 3};
+        const int64_t f1[2] = {128, m->c2 * 49}, f2[2] = {N_CLASSES, 128};
+        add_param(m, names[0], flx_init_uniform_fan_in(ctx, FLX_F32, 4, w1, 9, seed));
+        add_param(m, names[1], flx_init_uniform_fan_in(ctx, FLX_F32, 1, w1, 9, seed + 1));
+        add_param(m, names[2], flx_ones(ctx, FLX_F32, 1, &m->c1));
+        add_param(m, names[3], flx_zeros(ctx, FLX_F32, 1, &m->c1));
+        add_param(m, names[4], flx_init_uniform_fan_in(ctx, FLX_F32, 4, w2, m->c1 * 9, seed + 2));
+        add_param(m, names[5], flx_init_uniform_fan_in(ctx, FLX_F32, 1, w2, m->c1 * 9, seed + 3));
+        add_param(m, names[6], flx_ones(ctx, FLX_F32, 1, &m->c2));
+        add_param(m, names[7], flx_zeros(ctx, FLX_F32, 1, &m->c2));
+        add_param(m, names[8], flx_init_uniform_fan_in(ctx, FLX_F32, 2, f1, f1[1], seed + 4));
+        add_param(m, names[9], flx_init_uniform_fan_in(ctx, FLX_F32, 1, f1, f1[1], seed + 5));
+        add_param(m, names[10], flx_init_uniform_fan_in(ctx, FLX_F32, 2, f2, 128, seed + 6));
+        add_param(m, names[11], flx_init_uniform_fan_in(ctx, FLX_F32, 1, f2, 128, seed + 7));
+        /* Running statistics are leaves made from data (flx_assign updates them). */
+        static const float zeros[64] = {0};
+        static float ones[64];
+        for (int i = 0; i < 64; i++) ones[i] = 1.0f;
+        m->rm[0] = flx_from_host(ctx, FLX_F32, 1, &m->c1, zeros);
+        m->rv[0] = flx_from_host(ctx, FLX_F32, 1, &m->c1, ones);
+        m->rm[1] = flx_from_host(ctx, FLX_F32, 1, &m->c2, zeros);
+        m->rv[1] = flx_from_host(ctx, FLX_F32, 1, &m->c2, ones);
+        if (!m->rm[0] || !m->rv[0] || !m->rm[1] || !m->rv[1]) return fail_flx("creating batch-norm state");
+    }
+    for (int i = 0; i < m->n_params; i++) {
+        if (!m->p[i]) return fail_flx("initialising the parameters");
+        /* Initialisers may return lazy op results: make each a leaf holding its value. */
+        if (flx_set_requires_grad(m->p[i], true) != FLX_OK) return fail_flx("flx_set_requires_grad");
+    }
+    return 0;
+}
+
+/* Forward pass. training: batch statistics, and (if nrs != NULL) new running statistics
+ * nrs[0..3] = mean1, var1, mean2, var2 and the conv outputs keep[0..1] (to evaluate early). */
+static flx_tensor *forward(const model *m, flx_tensor *x, int training, flx_tensor **nrs,
+                           flx_tensor **keep) {
+    if (!m->cnn) {
+        flx_tensor *h = flx_relu(flx_linear(x, m->p[0], m->p[1]));
+        h = flx_relu(flx_linear(h, m->p[2], m->p[3]));
+        return flx_linear(h, m->p[4], m->p[5]);
+    }
+    const int64_t img[4] = {-1, 1, 28, 28}, k2[2] = {2, 2}, pad1[2] = {1, 1};
+    flx_tensor *h = flx_reshape(x, 4, img);
+    for (int l = 0; l < 2; l++) {
+        flx_tensor *c = flx_conv2d(h, m->p[4 * l], m->p[4 * l + 1], NULL, pad1, NULL);
+        if (keep) keep[l] = c;
+        flx_tensor **nm = nrs ? &nrs[2 * l] : NULL, **nv = nrs ? &nrs[2 * l + 1] : NULL;
+        flx_tensor *b = flx_batch_norm(c, m->p[4 * l + 2], m->p[4 * l + 3], m->rm[l], m->rv[l],
+                                       training, 0.1, 1e-5, nm, nv);
+        h = flx_max_pool2d(flx_relu(b), k2, NULL, NULL, NULL);
+    }
+    const int64_t flat[2] = {-1, m->c2 * 49};
+    h = flx_relu(flx_linear(flx_reshape(h, 2, flat), m->p[8], m->p[9]));
+    return flx_linear(h, m->p[10], m->p[11]);
+}
+
+/* Test loss (mean) and accuracy over a dataset resident on the device. */
+static int evaluate(const model *m, flx_tensor *X, flx_tensor *Y, int64_t n, double *loss,
+                    double *acc) {
+    const int64_t B = 1000;
+    double loss_sum = 0, correct = 0;
+    flx_no_grad_begin();
+    int rc = 0;
+    for (int64_t s = 0; s < n && rc == 0; s += B) {
+        int64_t e = s + B < n ? s + B : n;
+        flx_scope_begin();
+        flx_tensor *xb = flx_slice(X, 0, s, e, 1), *yb = flx_slice(Y, 0, s, e, 1);
+        flx_tensor *logits = forward(m, xb, 0, NULL, NULL);
+        flx_tensor *l = flx_cross_entropy(logits, yb, FLX_REDUCTION_SUM, -100);
+        flx_tensor *hits = flx_sum_all(flx_cast(flx_eq(flx_argmax(logits, 1, false), yb), FLX_I64));
+        double lv = 0, hv = 0;
+        if (!l || !hits || flx_item(l, &lv) != FLX_OK || flx_item(hits, &hv) != FLX_OK)
+            rc = fail_flx("evaluation");
+        loss_sum += lv;
+        correct += hv;
+        flx_scope_end(0, NULL);
+    }
+    flx_no_grad_end();
+    *loss = loss_sum / (double)n;
+    *acc = correct / (double)n;
+    return rc;
+}
+
+/* ---- PNG plot (zlib-compressed, drawn here) --------------------------------------------------- */
+typedef struct canvas {
+    int w, h;
+    unsigned char *rgb;
+} canvas;
+
+static void put(canvas *c, int x, int y, const unsigned char col[3]) {
+    if (x < 0 || y < 0 || x >= c->w || y >= c->h) return;
+    memcpy(c->rgb + 3 * ((size_t)y * c->w + x), col, 3);
+}
+
+static void line(canvas *c, int x0, int y0, int x1, int y1, const unsigned char col[3], int thick) {
+    int dx = abs(x1 - x0), sx = x0 < x1 ? 1 : -1, dy = -abs(y1 - y0), sy = y0 < y1 ? 1 : -1;
+    int err = dx + dy;
+    for (;;) {
+        for (int a = -thick / 2; a <= thick / 2; a++)
+            for (int b = -thick / 2; b <= thick / 2; b++) put(c, x0 + a, y0 + b, col);
+        if (x0 == x1 && y0 == y1) break;
+        int e2 = 2 * err;
+        if (e2 >= dy) { err += dy; x0 += sx; }
+        if (e2 <= dx) { err += dx; y0 += sy; }
+    }
+}
+
+/* 3x5 digits and '.', for axis labels. */
+static void text(canvas *c, int x, int y, const char *s, const unsigned char col[3]) {
+    static const char *glyph[11] = {"111101101101111", "010110010010111", "111001111100111",
+                                    "111001111001111", "101101111001001", "111100111001111",
+                                    "111100111101111", "111001001001001", "111101111101111",
+                                    "111101111001111", "000000000000010"};
+    for (; *s; s++, x += 5) {
+        int g = *s == '.' ? 10 : (*s >= '0' && *s <= '9' ? *s - '0' : -1);
+        if (g < 0) continue;
+        for (int r = 0; r < 5; r++)
+            for (int q = 0; q < 3; q++)
+                if (glyph[g][r * 3 + q] == '1') {
+                    put(c, x + 2 * q, y + 2 * r, col);
+                    put(c, x + 2 * q + 1, y + 2 * r, col);
+                    put(c, x + 2 * q, y + 2 * r + 1, col);
+                    put(c, x + 2 * q + 1, y + 2 * r + 1, col);
+                }
+        x += 3;
+    }
+}
+
+/* One panel: series k of hist column cols[k] against epoch, in box (x0, y0, w, h). */
+static void panel(canvas *c, int x0, int y0, int w, int h, const double *hist, int rows,
+                  const int *cols, int ncols, const unsigned char (*colors)[3]) {
+    static const unsigned char axis[3] = {40, 40, 40}, grid[3] = {225, 225, 225};
+    double lo = INFINITY, hi = -INFINITY;
+    for (int r = 0; r < rows; r++)
+        for (int k = 0; k < ncols; k++) {
+            double v = hist[r * HIST_COLS + cols[k]];
+            if (isfinite(v)) {
+                lo = v < lo ? v : lo;
+                hi = v > hi ? v : hi;
+            }
+        }
+    if (!(lo <= hi)) lo = 0, hi = 1;
+    if (hi - lo < 1e-9) hi = lo + 1e-3, lo -= 1e-3;
+    double pad = 0.05 * (hi - lo);
+    lo -= pad;
+    hi += pad;
+    for (int g = 0; g <= 4; g++) {
+        int y = y0 + h - (int)((double)g / 4 * h);
+        line(c, x0, y, x0 + w, y, grid, 1);
+    }
+    line(c, x0, y0, x0, y0 + h, axis, 1);
+    line(c, x0, y0 + h, x0 + w, y0 + h, axis, 1);
+    char buf[32];
+    snprintf(buf, sizeof buf, "%.3f", hi);
+    text(c, x0 - 52, y0, buf, axis);
+    snprintf(buf, sizeof buf, "%.3f", lo);
+    text(c, x0 - 52, y0 + h - 10, buf, axis);
+    for (int k = 0; k < ncols; k++) {
+        int px = -1, py = -1;
+        for (int r = 0; r < rows; r++) {
+            double v = hist[r * HIST_COLS + cols[k]];
+            if (!isfinite(v)) continue;
+            int x = x0 + (rows == 1 ? w / 2 : (int)((double)r / (rows - 1) * w));
+            int y = y0 + h - (int)((v - lo) / (hi - lo) * h);
+            if (px >= 0) line(c, px, py, x, y, colors[k], 3);
+            for (int a = -3; a <= 3; a++) line(c, x - 3, y + a, x + 3, y + a, colors[k], 1);
+            px = x;
+            py = y;
+        }
+    }
+}
+
+static void be32_put(unsigned char *b, uint32_t v) {
+    b[0] = (unsigned char)(v >> 24);
+    b[1] = (unsigned char)(v >> 16);
+    b[2] = (unsigned char)(v >> 8);
+    b[3] = (unsigned char)v;
+}
+
+static int png_chunk(FILE *f, const char *type, const unsigned char *data, uint32_t n) {
+    unsigned char len[4], crcb[4];
+    be32_put(len, n);
+    uLong crc = crc32(0L, (const Bytef *)type, 4);
+    if (n) crc = crc32(crc, data, n);
+    be32_put(crcb, (uint32_t)crc);
+    return fwrite(len, 1, 4, f) == 4 && fwrite(type, 1, 4, f) == 4 &&
+                   (n == 0 || fwrite(data, 1, n, f) == n) && fwrite(crcb, 1, 4, f) == 4
+               ? 0
+               : -1;
+}
+
+/* Loss (left: train blue, test orange) and test accuracy (right, green) per epoch. */
+static int write_plot(const char *path, const double *hist, int rows) {
+    canvas c = {800, 360, NULL};
+    c.rgb = (unsigned char *)malloc((size_t)c.w * c.h * 3);
+    if (!c.rgb) return -1;
+    memset(c.rgb, 255, (size_t)c.w * c.h * 3);
+    static const unsigned char lc[2][3] = {{31, 119, 180}, {255, 127, 14}}, ac[1][3] = {{44, 160, 44}};
+    const int loss_cols[2] = {1, 2}, acc_cols[1] = {3};
+    panel(&c, 70, 20, 300, 300, hist, rows, loss_cols, 2, lc);
+    panel(&c, 470, 20, 300, 300, hist, rows, acc_cols, 1, ac);
+    size_t raw_n = (size_t)c.h * (1 + 3 * (size_t)c.w);
+    unsigned char *raw = (unsigned char *)malloc(raw_n);
+    uLongf zn = compressBound((uLong)raw_n);
+    unsigned char *z = (unsigned char *)malloc(zn);
+    int rc = -1;
+    FILE *f = NULL;
+    if (!raw || !z) goto out;
+    for (int y = 0; y < c.h; y++) {
+        raw[(size_t)y * (1 + 3 * c.w)] = 0; /* filter: none */
+        memcpy(raw + (size_t)y * (1 + 3 * c.w) + 1, c.rgb + (size_t)y * 3 * c.w, 3 * (size_t)c.w);
+    }
+    if (compress2(z, &zn, raw, (uLong)raw_n, 9) != Z_OK) goto out;
+    f = fopen(path, "wb");
+    if (!f) goto out;
+    static const unsigned char sig[8] = {137, 80, 78, 71, 13, 10, 26, 10};
+    unsigned char ihdr[13];
+    be32_put(ihdr, (uint32_t)c.w);
+    be32_put(ihdr + 4, (uint32_t)c.h);
+    ihdr[8] = 8;  /* bit depth */
+    ihdr[9] = 2;  /* RGB */
+    ihdr[10] = ihdr[11] = ihdr[12] = 0;
+    if (fwrite(sig, 1, 8, f) == 8 && png_chunk(f, "IHDR", ihdr, 13) == 0 &&
+        png_chunk(f, "IDAT", z, (uint32_t)zn) == 0 && png_chunk(f, "IEND", NULL, 0) == 0)
+        rc = 0;
+out:
+    if (f && fclose(f) != 0) rc = -1;
+    free(raw);
+    free(z);
+    free(c.rgb);
+    return rc;
+}
+
+static int write_csv(const char *path, const double *hist, int rows) {
+    FILE *f = fopen(path, "w");
+    if (!f) return -1;
+    fprintf(f, "epoch,train_loss,test_loss,test_accuracy,seconds\n");
+    for (int r = 0; r < rows; r++) {
+        const double *h = hist + r * HIST_COLS;
+        fprintf(f, "%d,%.6f,%.6f,%.4f,%.3f\n", (int)h[0], h[1], h[2], h[3], h[4]);
+    }
+    return fclose(f) == 0 ? 0 : -1;
+}
+
+/* ---- checkpoints ------------------------------------------------------------------------------ */
+static int save_checkpoint(const char *path, flx_ctx *ctx, const model *m, flx_optim *opt,
+                           const double *hist, int rows, int epoch) {
+    int rc = 0;
+    flx_scope_begin();
+    const char *names[64];
+    flx_tensor *ts[64];
+    char *owned[64];
+    int n = 0, n_owned = 0;
+    for (int i = 0; i < m->n_params; i++) {
+        names[n] = m->name[i];
+        ts[n++] = m->p[i];
+    }
+    if (m->cnn) {
+        static const char *bn[4] = {"bn1.running_mean", "bn1.running_var", "bn2.running_mean",
+                                    "bn2.running_var"};
+        for (int l = 0; l < 2; l++) {
+            names[n] = bn[2 * l];
+            ts[n++] = m->rm[l];
+            names[n] = bn[2 * l + 1];
+            ts[n++] = m->rv[l];
+        }
+    }
+    for (int i = 0; i < m->n_params; i++)
+        for (int s = 0; s < flx_optim_state_count(opt); s++) {
+            char *nm = (char *)malloc(96);
+            if (!nm) break;
+            snprintf(nm, 96, "optim.%s.%d", m->name[i], s);
+            owned[n_owned++] = nm;
+            names[n] = nm;
+            ts[n++] = flx_optim_get_state(opt, i, s);
+        }
+    const int64_t hs[2] = {rows, HIST_COLS};
+    names[n] = "history";
+    ts[n++] = flx_from_host(ctx, FLX_F64, 2, hs, hist);
+    double step = 0;
+    flx_optim_get_hparam(opt, FLX_HP_STEP, &step);
+    char ep[32], st[32];
+    snprintf(ep, sizeof ep, "%d", epoch);
+    snprintf(st, sizeof st, "%.0f", step);
+    const char *mk[3] = {"model", "epoch", "optim_step"};
+    const char *mv[3] = {m->cnn ? "cnn" : "mlp", ep, st};
+    if (flx_save_safetensors(path, n, names, ts, 3, mk, mv) != FLX_OK) rc = fail_flx("saving the checkpoint");
+    for (int i = 0; i < n_owned; i++) free(owned[i]);
+    flx_scope_end(0, NULL);
+    return rc;
+}
+
+/* Restores the model, optimiser and history; *epoch = last completed epoch. */
+static int load_checkpoint(const char *path, const model *m, flx_optim *opt, double *hist,
+                           int *rows, int *epoch) {
+    flx_ctx *ctx = flx_ctx_of(m->p[0]);
+    flx_checkpoint *ck = flx_load_safetensors(ctx, path);
+    if (!ck) return fail_flx("loading the checkpoint");
+    int rc = 0;
+    const char *kind = flx_checkpoint_metadata(ck, "model"), *ep = flx_checkpoint_metadata(ck, "epoch"),
+               *st = flx_checkpoint_metadata(ck, "optim_step");
+    if (!kind || strcmp(kind, m->cnn ? "cnn" : "mlp") != 0 || !ep || !st) {
+        fprintf(stderr, "fashion_mnist: %s holds a %s model, not %s (or lacks metadata)\n", path,
+                kind ? kind : "unknown", m->cnn ? "cnn" : "mlp");
+        flx_checkpoint_destroy(ck);
+        return 1;
+    }
+    flx_scope_begin();
+    for (int i = 0; i < m->n_params && rc == 0; i++) {
+        flx_tensor *t = flx_checkpoint_find(ck, m->name[i]);
+        if (!t || flx_assign(m->p[i], t) != FLX_OK) rc = fail_flx(m->name[i]);
+        for (int s = 0; s < flx_optim_state_count(opt) && rc == 0; s++) {
+            char nm[96];
+            snprintf(nm, sizeof nm, "optim.%s.%d", m->name[i], s);
+            flx_tensor *v = flx_checkpoint_find(ck, nm);
+            if (!v || flx_optim_set_state(opt, i, s, v) != FLX_OK) rc = fail_flx(nm);
+        }
+    }
+    if (m->cnn && rc == 0) {
+        static const char *bn[4] = {"bn1.running_mean", "bn1.running_var", "bn2.running_mean",
+                                    "bn2.running_var"};
+        for (int l = 0; l < 2 && rc == 0; l++) {
+            flx_tensor *a = flx_checkpoint_find(ck, bn[2 * l]), *b = flx_checkpoint_find(ck, bn[2 * l + 1]);
+            if (!a || !b || flx_assign(m->rm[l], a) != FLX_OK || flx_assign(m->rv[l], b) != FLX_OK)
+                rc = fail_flx("restoring batch-norm statistics");
+        }
+    }
+    if (rc == 0 && flx_optim_set_hparam(opt, FLX_HP_STEP, atof(st)) != FLX_OK) rc = fail_flx("optimiser step");
+    if (rc == 0) {
+        flx_tensor *h = flx_checkpoint_find(ck, "history");
+        if (!h || flx_ndim(h) != 2 || flx_dim(h, 1) != HIST_COLS || flx_dim(h, 0) > MAX_EPOCHS ||
+            flx_dtype_of(h) != FLX_F64) {
+            fprintf(stderr, "fashion_mnist: %s: bad or missing history\n", path);
+            rc = 1;
+        } else {
+            *rows = (int)flx_dim(h, 0);
+            if (flx_to_host(h, hist, sizeof(double) * MAX_EPOCHS * HIST_COLS) != FLX_OK) rc = fail_flx("history");
+        }
+    }
+    *epoch = atoi(ep);
+    flx_scope_end(0, NULL);
+    flx_checkpoint_destroy(ck);
+    return rc;
+}
+
+/* ---- main ------------------------------------------------------------------------------------- */
+static int usage(const char *prog) {
+    fprintf(stderr,
+            "usage: %s [--model mlp|cnn] [--epochs N] [--batch N] [--lr X] [--train-limit N]\n"
+            "          [--test-limit N] [--full] [--resume] [--out DIR] [--data DIR] [--seed N]\n"
+            "          [--cpu | --cuda] [--min-accuracy X] [--no-progress] [--skip-missing-data]\n",
+            prog);
+    return 2;
+}
+
+int main(int argc, char **argv) {
+    int skip_missing = 0; /* exit 77 (a skip for CTest) when the dataset files are absent */
+    int cnn = 0, epochs = -1, batch = 128, want = -1, full = 0, resume = 0, progress = -1;
+    int64_t train_limit = -1, test_limit = -1;
+    double lr = 1e-3, min_acc = -1;
+    uint64_t seed = 1;
+    const char *out_dir = "fashion_mnist_out";
+    const char *data_dir = getenv("FLX_FASHION_MNIST_DIR");
+    if (!data_dir || !*data_dir) data_dir = DEFAULT_DATA_DIR;
+    const char *env = getenv("FLX_DEVICE");
+    if (env && strcmp(env, "cpu") == 0) want = 0;
+    if (env && strcmp(env, "cuda") == 0) want = 1;
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        int has = i + 1 < argc;
+        if (strcmp(a, "--cpu") == 0) want = 0;
+        else if (strcmp(a, "--cuda") == 0) want = 1;
+        else if (strcmp(a, "--full") == 0) full = 1;
+        else if (strcmp(a, "--resume") == 0) resume = 1;
+        else if (strcmp(a, "--no-progress") == 0) progress = 0;
+        else if (strcmp(a, "--skip-missing-data") == 0) skip_missing = 1;
+        else if (strcmp(a, "--model") == 0 && has) {
+            const char *v = argv[++i];
+            if (strcmp(v, "cnn") == 0) cnn = 1;
+            else if (strcmp(v, "mlp") != 0) return usage(argv[0]);
+        } else if (strcmp(a, "--epochs") == 0 && has) epochs = atoi(argv[++i]);
+        else if (strcmp(a, "--batch") == 0 && has) batch = atoi(argv[++i]);
+        else if (strcmp(a, "--lr") == 0 && has) lr = atof(argv[++i]);
+        else if (strcmp(a, "--train-limit") == 0 && has) train_limit = atoll(argv[++i]);
+        else if (strcmp(a, "--test-limit") == 0 && has) test_limit = atoll(argv[++i]);
+        else if (strcmp(a, "--out") == 0 && has) out_dir = argv[++i];
+        else if (strcmp(a, "--data") == 0 && has) data_dir = argv[++i];
+        else if (strcmp(a, "--seed") == 0 && has) seed = (uint64_t)atoll(argv[++i]);
+        else if (strcmp(a, "--min-accuracy") == 0 && has) min_acc = atof(argv[++i]);
+        else return usage(argv[0]);
+    }
+    if (want < 0) want = flx_cuda_device_count() > 0;
+    if (epochs < 0) epochs = (want || full) ? (cnn ? 8 : 10) : (cnn ? 1 : 2);
+    if (train_limit < 0 && !want && !full && cnn) train_limit = 3000;
+    if (test_limit < 0 && !want && !full && cnn) test_limit = 2000;
+    if (epochs < 1 || epochs > MAX_EPOCHS || batch < 1 || !(lr > 0)) return usage(argv[0]);
+    if (progress < 0) progress = isatty(2);
+
+    dataset tr = {0, NULL, NULL}, te = {0, NULL, NULL};
+    if (skip_missing) {
+        char probe[4096];
+        snprintf(probe, sizeof probe, "%s/train-images-idx3-ubyte.gz", data_dir);
+        if (access(probe, R_OK) != 0) {
+            printf("fashion_mnist: skipped: %s is absent (apt-get install dataset-fashion-mnist)\n", probe);
+            return 77;
+        }
+    }
+    if (load_split(data_dir, "train", train_limit, &tr) || load_split(data_dir, "t10k", test_limit, &te)) {
+        free(tr.x); free(tr.y); free(te.x); free(te.y);
+        return 1;
+    }
+    flx_ctx *ctx = flx_ctx_create(want ? flx_device_cuda(0) : flx_device_cpu());
+    if (!ctx) {
+        fprintf(stderr, "fashion_mnist: cannot create a %s context: %s\n", want ? "CUDA" : "CPU",
+                flx_last_error());
+        return 1;
+    }
+    if (mkdir(out_dir, 0777) != 0 && errno != EEXIST) {
+        fprintf(stderr, "fashion_mnist: cannot create %s: %s\n", out_dir, strerror(errno));
+        return 1;
+    }
+    char ck_path[4096], csv_path[4096], png_path[4096];
+    snprintf(ck_path, sizeof ck_path, "%s/checkpoint.safetensors", out_dir);
+    snprintf(csv_path, sizeof csv_path, "%s/history.csv", out_dir);
+    snprintf(png_path, sizeof png_path, "%s/curves.png", out_dir);
+    printf("fashion_mnist: %s on %s, %lld training / %lld test images, %d epoch(s), batch %d, Adam lr %g\n",
+           cnn ? "CNN (2 x conv3x3+BN+ReLU+pool, 128, 10)" : "MLP 784-256-128-10",
+           want ? "cuda:0" : "cpu", (long long)tr.n, (long long)te.n, epochs, batch, lr);
+
+    int rc = 0;
+    flx_scope_begin();
+    model m;
+    flx_optim *opt = NULL;
+    static double hist[MAX_EPOCHS * HIST_COLS];
+    int rows = 0, start_epoch = 0;
+    const int64_t xs_tr[2] = {tr.n, IMG}, xs_te[2] = {te.n, IMG};
+    flx_tensor *Xtr = flx_from_host(ctx, FLX_F32, 2, xs_tr, tr.x);
+    flx_tensor *Ytr = flx_from_host(ctx, FLX_I64, 1, &tr.n, tr.y);
+    flx_tensor *Xte = flx_from_host(ctx, FLX_F32, 2, xs_te, te.x);
+    flx_tensor *Yte = flx_from_host(ctx, FLX_I64, 1, &te.n, te.y);
+    free(tr.x);
+    free(te.x);
+    free(te.y);
+    tr.x = te.x = NULL;
+    te.y = NULL;
+    if (!Xtr || !Ytr || !Xte || !Yte) rc = fail_flx("uploading the data");
+    if (rc == 0) rc = build_model(ctx, &m, cnn, seed * 1000);
+    if (rc == 0) {
+        flx_optim_config oc = flx_optim_defaults(FLX_OPTIM_ADAM);
+        oc.lr = lr;
+        opt = flx_optim_create(ctx, FLX_OPTIM_ADAM, m.n_params, m.p, &oc);
+        if (!opt) rc = fail_flx("flx_optim_create");
+    }
+    if (rc == 0 && resume) {
+        if (access(ck_path, R_OK) != 0) {
+            printf("fashion_mnist: --resume: no checkpoint at %s, starting afresh\n", ck_path);
+        } else {
+            rc = load_checkpoint(ck_path, &m, opt, hist, &rows, &start_epoch);
+            if (rc == 0) printf("fashion_mnist: resumed from %s after epoch %d\n", ck_path, start_epoch);
+            if (rc == 0 && start_epoch >= epochs)
+                printf("fashion_mnist: already trained %d of %d epochs\n", start_epoch, epochs);
+        }
+    }
+    int64_t *perm = (int64_t *)malloc((size_t)tr.n * sizeof *perm);
+    if (!perm) rc = 1;
+    const int64_t steps = (tr.n + batch - 1) / batch;
+    double final_acc = rows > 0 ? hist[(rows - 1) * HIST_COLS + 3] : 0;
+    for (int epoch = start_epoch; epoch < epochs && rc == 0; epoch++) {
+        uint64_t s = seed * 7919 + (uint64_t)epoch;
+        for (int64_t i = 0; i < tr.n; i++) perm[i] = i;
+        for (int64_t i = tr.n - 1; i > 0; i--) {
+            int64_t j = (int64_t)(splitmix(&s) % (uint64_t)(i + 1));
+            int64_t t = perm[i];
+            perm[i] = perm[j];
+            perm[j] = t;
+        }
+        flx_scope_begin();
+        flx_tensor *P = flx_from_host(ctx, FLX_I64, 1, &tr.n, perm);
+        const float zero = 0;
+        flx_tensor *acc = flx_from_host(ctx, FLX_F32, 0, NULL, &zero); /* loss sum, on the device */
+        if (!P || !acc) rc = fail_flx("epoch setup");
+        double t0 = now_s(), seen_loss = 0;
+        int64_t seen = 0;
+        for (int64_t st = 0; st < steps && rc == 0; st++) {
+            int64_t b0 = st * batch, b1 = b0 + batch < tr.n ? b0 + batch : tr.n;
+            flx_scope_begin();
+            flx_tensor *idx = flx_slice(P, 0, b0, b1, 1);
+            flx_tensor *xb = flx_index_select(Xtr, 0, idx), *yb = flx_index_select(Ytr, 0, idx);
+            flx_tensor *nrs[4] = {NULL, NULL, NULL, NULL}, *keep[2] = {NULL, NULL};
+            flx_tensor *logits = forward(&m, xb, 1, m.cnn ? nrs : NULL, m.cnn ? keep : NULL);
+            flx_tensor *loss = flx_cross_entropy(logits, yb, FLX_REDUCTION_MEAN, -100);
+            flx_status fs = loss ? FLX_OK : flx_last_status();
+            if (fs == FLX_OK && m.cnn) {
+                /* Compute the conv outputs and new running statistics once, keeping the conv
+                 * outputs for the backward pass; assign the statistics before the step. */
+                flx_tensor *ev[6] = {keep[0], keep[1], nrs[0], nrs[1], nrs[2], nrs[3]};
+                fs = flx_eval(6, ev);
+            }
+            if (fs == FLX_OK) fs = flx_backward(loss);
+            if (fs == FLX_OK && m.cnn)
+                for (int l = 0; l < 2 && fs == FLX_OK; l++) {
+                    fs = flx_assign(m.rm[l], nrs[2 * l]);
+                    if (fs == FLX_OK) fs = flx_assign(m.rv[l], nrs[2 * l + 1]);
+                }
+            if (fs == FLX_OK) fs = flx_optim_step(opt);
+            if (fs == FLX_OK) fs = flx_optim_zero_grad(opt);
+            if (fs == FLX_OK) {
+                flx_no_grad_begin();
+                fs = flx_assign(acc, flx_add(acc, flx_mul_scalar(flx_detach(loss), (double)(b1 - b0))));
+                flx_no_grad_end();
+            }
+            if (fs != FLX_OK) rc = fail_flx("training step");
+            flx_scope_end(0, NULL);
+            seen += b1 - b0;
+            if (rc == 0 && (st == steps - 1 || (progress && st % 20 == 19))) {
+                double v = 0;
+                if (flx_item(acc, &v) != FLX_OK) rc = fail_flx("reading the loss");
+                seen_loss = v / (double)seen;
+                double dt = now_s() - t0;
+                if (progress) {
+                    int bar = (int)(30 * seen / tr.n);
+                    fprintf(stderr, "\repoch %d/%d [%.*s%.*s] %lld/%lld  %.0f samples/s  loss %.4f ",
+                            epoch + 1, epochs, bar, "##############################", 30 - bar,
+                            "..............................", (long long)seen, (long long)tr.n,
+                            seen / (dt > 0 ? dt : 1e-9), seen_loss);
+                    fflush(stderr);
+                }
+            }
+        }
+        double train_time = now_s() - t0;
+        flx_scope_end(0, NULL);
+        if (progress) fprintf(stderr, "\n");
+        if (rc != 0) break;
+        double test_loss = 0, test_acc = 0;
+        rc = evaluate(&m, Xte, Yte, te.n, &test_loss, &test_acc);
+        if (rc != 0) break;
+        double *h = hist + rows * HIST_COLS;
+        h[0] = epoch + 1;
+        h[1] = seen_loss;
+        h[2] = test_loss;
+        h[3] = test_acc;
+        h[4] = train_time;
+        rows++;
+        final_acc = test_acc;
+        printf("epoch %d/%d  train loss %.4f  test loss %.4f  test accuracy %.4f  (%.1f s, %.0f samples/s)\n",
+               epoch + 1, epochs, seen_loss, test_loss, test_acc, train_time, tr.n / train_time);
+        fflush(stdout);
+        if (write_csv(csv_path, hist, rows) != 0 || write_plot(png_path, hist, rows) != 0)
+            fprintf(stderr, "fashion_mnist: warning: could not write %s or %s\n", csv_path, png_path);
+        rc = save_checkpoint(ck_path, ctx, &m, opt, hist, rows, epoch + 1);
+    }
+    free(perm);
+    free(tr.y);
+    if (rc == 0) {
+        printf("fashion_mnist: final test accuracy %.4f; curves in %s and %s, checkpoint %s\n",
+               final_acc, csv_path, png_path, ck_path);
+        if (min_acc >= 0 && final_acc < min_acc) {
+            fprintf(stderr, "fashion_mnist: test accuracy %.4f is below the required %.4f\n", final_acc,
+                    min_acc);
+            rc = 3;
+        }
+    }
+    flx_optim_destroy(opt);
+    flx_scope_end(0, NULL);
+    if (flx_ctx_destroy(ctx) != FLX_OK) {
+        fprintf(stderr, "fashion_mnist: %s\n", flx_last_error());
+        if (rc == 0) rc = 1;
+    }
+    return rc;
+}

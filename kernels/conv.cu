@@ -1,0 +1,184 @@
+// conv.cu — CUDA kernels of the sliding-window family (flx_conv_args; semantics in
+// kernels/flx_kernels.h): im2col, its transpose col2im, max-pool values / argmax indices and the
+// max-pool backward. One thread per output element, grid-stride loops, 64-bit indices. col2im
+// and the max-pool backward are gathers (each input position sums the few window entries that
+// read it, taps ascending), so they are deterministic and need no atomics. Float math in T.
+#include <cuda_runtime.h>
+#include <stdint.h>
+
+#include "cuda_common.cuh"
+#include "flx_kernels.h"
+
+using flxk::kBlock;
+
+namespace {
+
+struct Geo {
+    int64_t N, C, H, W, KH, KW, SH, SW, PH, PW, DH, DW, OH, OW;
+};
+
+Geo geo_of(const flx_conv_args *a) {
+    Geo g;
+    g.N = a->N; g.C = a->C; g.H = a->H; g.W = a->W; g.KH = a->KH; g.KW = a->KW;
+    g.SH = a->SH; g.SW = a->SW; g.PH = a->PH; g.PW = a->PW; g.DH = a->DH; g.DW = a->DW;
+    g.OH = a->OH; g.OW = a->OW;
+    return g;
+}
+
+__device__ __forceinline__ int64_t win_of(int64_t p, int64_t k, int64_t S, int64_t P, int64_t D,
+                                          int64_t O) {
+    int64_t q = p + P - k * D;
+    if (q < 0 || q % S != 0) return -1;
+    q /= S;
+    return q < O ? q : -1;
+}
+
+// out (N, C KH KW, OH OW); i runs densely over it.
+template <typename T>
+__global__ void im2col_kernel(Geo g, const T *x, T *out, int64_t total) {
+    int64_t stride = (int64_t)gridDim.x * blockDim.x;
+    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < total; i += stride) {
+        int64_t ow = i % g.OW;
+        int64_t r = i / g.OW;
+        int64_t oh = r % g.OH;
+        r /= g.OH;
+        int64_t kj = r % g.KW;
+        r /= g.KW;
+        int64_t ki = r % g.KH;
+        int64_t nc = r / g.KH;
+        int64_t h = oh * g.SH - g.PH + ki * g.DH;
+        int64_t w = ow * g.SW - g.PW + kj * g.DW;
+        T v = 0;
+        if (h >= 0 && h < g.H && w >= 0 && w < g.W) v = x[(nc * g.H + h) * g.W + w];
+        out[i] = v;
+    }
+}
+
+// out (N, C, H, W) from cols (N, C KH KW, OH OW).
+template <typename T>
+__global__ void col2im_kernel(Geo g, const T *cols, T *out, int64_t total) {
+    int64_t stride = (int64_t)gridDim.x * blockDim.x;
+    int64_t K = g.KH * g.KW, L = g.OH * g.OW;
+    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < total; i += stride) {
+        int64_t w = i % g.W;
+        int64_t r = i / g.W;
+        int64_t h = r % g.H;
+        int64_t nc = r / g.H;
+        T acc = 0;
+        for (int64_t ki = 0; ki < g.KH; ki++) {
+            int64_t oh = win_of(h, ki, g.SH, g.PH, g.DH, g.OH);
+            if (oh < 0) continue;
+            for (int64_t kj = 0; kj < g.KW; kj++) {
+                int64_t ow = win_of(w, kj, g.SW, g.PW, g.DW, g.OW);
+                if (ow < 0) continue;
+                acc += cols[(nc * K + ki * g.KW + kj) * L + oh * g.OW + ow];
+            }
+        }
+        out[i] = acc;
+    }
+}
+
+// MAXPOOL (values) or ARGMAX (i64 flat indices) over out (N, C, OH, OW).
+template <typename T, bool INDEX>
+__global__ void maxpool_kernel(Geo g, const T *x, void *out, int64_t total) {
+    int64_t stride = (int64_t)gridDim.x * blockDim.x;
+    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < total; i += stride) {
+        int64_t ow = i % g.OW;
+        int64_t r = i / g.OW;
+        int64_t oh = r % g.OH;
+        int64_t nc = r / g.OH;
+        T best = 0;
+        int64_t arg = -1;
+        bool best_nan = false;
+        for (int64_t ki = 0; ki < g.KH; ki++) {
+            int64_t h = oh * g.SH - g.PH + ki * g.DH;
+            if (h < 0 || h >= g.H) continue;
+            for (int64_t kj = 0; kj < g.KW; kj++) {
+                int64_t w = ow * g.SW - g.PW + kj * g.DW;
+                if (w < 0 || w >= g.W) continue;
+                int64_t p = (nc * g.H + h) * g.W + w;
+                T v = x[p];
+                bool vnan = v != v;
+                if (arg < 0 || (!best_nan && (v > best || vnan))) {
+                    best = v;
+                    arg = p;
+                    best_nan = vnan;
+                }
+            }
+        }
+        if (INDEX)
+            ((int64_t *)out)[i] = arg;
+        else
+            ((T *)out)[i] = arg < 0 ? (T)(-INFINITY) : best;
+    }
+}
+
+// out (N, C, H, W) = sum of g over the windows whose argmax is this position.
+template <typename T>
+__global__ void maxpool_backward_kernel(Geo g, const T *gy, const int64_t *idx, T *out,
+                                        int64_t total) {
+    int64_t stride = (int64_t)gridDim.x * blockDim.x;
+    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < total; i += stride) {
+        int64_t w = i % g.W;
+        int64_t r = i / g.W;
+        int64_t h = r % g.H;
+        int64_t nc = r / g.H;
+        T acc = 0;
+        for (int64_t ki = 0; ki < g.KH; ki++) {
+            int64_t oh = win_of(h, ki, g.SH, g.PH, g.DH, g.OH);
+            if (oh < 0) continue;
+            for (int64_t kj = 0; kj < g.KW; kj++) {
+                int64_t ow = win_of(w, kj, g.SW, g.PW, g.DW, g.OW);
+                if (ow < 0) continue;
+                int64_t o = (nc * g.OH + oh) * g.OW + ow;
+                if (idx[o] == i) acc += gy[o];
+            }
+        }
+        out[i] = acc;
+    }
+}
+
+template <typename T>
+int launch(const flx_conv_args *a, cudaStream_t s) {
+    Geo g = geo_of(a);
+    int64_t total;
+    switch (a->mode) {
+    case FLX_CONV_IM2COL:
+        total = g.N * g.C * g.KH * g.KW * g.OH * g.OW;
+        if (total == 0) return 0;
+        im2col_kernel<T><<<flxk::grid_for(total), kBlock, 0, s>>>(g, (const T *)a->in, (T *)a->out, total);
+        break;
+    case FLX_CONV_COL2IM:
+        total = g.N * g.C * g.H * g.W;
+        if (total == 0) return 0;
+        col2im_kernel<T><<<flxk::grid_for(total), kBlock, 0, s>>>(g, (const T *)a->in, (T *)a->out, total);
+        break;
+    case FLX_CONV_MAXPOOL:
+        total = g.N * g.C * g.OH * g.OW;
+        if (total == 0) return 0;
+        maxpool_kernel<T, false><<<flxk::grid_for(total), kBlock, 0, s>>>(g, (const T *)a->in, a->out, total);
+        break;
+    case FLX_CONV_MAXPOOL_ARGMAX:
+        total = g.N * g.C * g.OH * g.OW;
+        if (total == 0) return 0;
+        maxpool_kernel<T, true><<<flxk::grid_for(total), kBlock, 0, s>>>(g, (const T *)a->in, a->out, total);
+        break;
+    case FLX_CONV_MAXPOOL_BACKWARD:
+        total = g.N * g.C * g.H * g.W;
+        if (total == 0) return 0;
+        maxpool_backward_kernel<T><<<flxk::grid_for(total), kBlock, 0, s>>>(
+            g, (const T *)a->in, a->idx, (T *)a->out, total);
+        break;
+    default: return (int)cudaErrorInvalidValue;
+    }
+    return flxk::launch_status();
+}
+
+} // namespace
+
+extern "C" int flx_cuda_conv(const flx_conv_args *a, void *stream) {
+    cudaStream_t s = (cudaStream_t)stream;
+    if (a->dtype == FLX_F32) return launch<float>(a, s);
+    if (a->dtype == FLX_F64) return launch<double>(a, s);
+    return (int)cudaErrorInvalidValue;
+}

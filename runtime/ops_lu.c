@@ -1,0 +1,342 @@
+/* ops_lu.c — the LU family (issue 4): det, slogdet, logdet, inv, solve and their _ex variants,
+ * all batched over leading dimensions, with VJP and JVP rules.
+ *
+ * One LU_FACTOR node factorises A (partial pivoting, batched) into a packed row per matrix
+ * holding the LU, the pivots and the info (layout: flx_lu_args in kernels/flx_kernels.h). It has
+ * no gradient. Every consumer takes A itself as input 0 (so derivatives flow to A) and the packed
+ * factors as input 1, which it only reads:
+ *   LU_SOLVE(A, LU, B)  X = A^-1 B (A^-T B with attrs.lu.trans); attrs.lu.check reports a
+ *                       singular matrix through the device error word (FLX_KERR_SINGULAR).
+ *   LU_DET(A, LU)       det / log|det| / sign / log det (attrs.lu.mode).
+ *   LU_COFACTOR(A, LU)  adj(A)^T, computed without dividing by anything: the gradient of det,
+ *                       finite and correct at singular A.
+ * The rules reuse the forward factors (a solve with the saved LU, never an explicit inverse
+ * unless the result is one) and are built from these ops and public ones, so they differentiate
+ * again:
+ *   d X      = A^-1 (dB - dA X)               (solve; inv is solve with B = I)
+ *   d det    = <cof(A), dA>                   (cof(A) = det A^-T, division-free)
+ *   d logdet = <A^-T, dA> = tr(A^-1 dA)
+ *   d cof    = tr(A^-1 dA) cof - A^-T dA^T cof    (valid for nonsingular A)
+ * Second derivatives of det at an exactly singular matrix go through solves and are not finite:
+ * the first derivative is exact there, higher ones need a nonsingular point. */
+#include <string.h>
+
+#include "internal.h"
+
+/* ---- helpers ------------------------------------------------------------------------------ */
+static flx_tensor *scope_return(flx_tensor *r) {
+    flx_tensor *keep[1] = {r};
+    flx_scope_end(r ? 1 : 0, keep);
+    return r;
+}
+
+static int64_t batch_of(const flx_tensor *A) { return flx_shape_numel(A->ndim - 2, A->shape); }
+static int64_t n_of(const flx_tensor *A) { return A->shape[A->ndim - 1]; }
+
+/* A float tensor of rank >= 2 with square last two dims. */
+static bool check_square(const char *op, flx_tensor *a) {
+    if (!flx_check_inputs(op, 1, &a)) return false;
+    if (!flx_check_float(op, a)) return false;
+    if (a->ndim < 2) {
+        flx_set_error(FLX_ERR_SHAPE, "%s: needs a matrix or a batch of matrices (rank >= 2), got %s",
+                      op, flx_describe(a));
+        return false;
+    }
+    if (a->shape[a->ndim - 1] != a->shape[a->ndim - 2]) {
+        flx_set_error(FLX_ERR_SHAPE, "%s: matrices must be square, got %s", op, flx_describe(a));
+        return false;
+    }
+    return true;
+}
+
+static flx_tensor *lu_node(flx_op op, flx_tensor *A, int32_t n_in, flx_tensor **in, int32_t ndim,
+                           const int64_t *shape, int32_t mode, int32_t trans, int32_t check) {
+    flx_attrs at;
+    memset(&at, 0, sizeof at);
+    at.u.lu.mode = mode;
+    at.u.lu.trans = trans;
+    at.u.lu.check = check;
+    return flx_adopt(flx_node_new(A->ctx, op, A->dtype, ndim, shape, n_in, in, &at));
+}
+
+/* Packed factors of a square (checked) A: shape (..., n*n + n + 1). */
+static flx_tensor *factor_node(flx_tensor *A) {
+    int64_t n = n_of(A), shape[FLX_MAX_DIMS];
+    memcpy(shape, A->shape, sizeof(int64_t) * (size_t)(A->ndim - 2));
+    shape[A->ndim - 2] = n * n + n + 1;
+    return lu_node(FLX_OP_LU_FACTOR, A, 1, &A, A->ndim - 1, shape, FLX_LU_FACTOR, 0, 0);
+}
+
+/* X = A^-1 B (A^-T B when trans); B (..., n, k) with A's batch dims. */
+static flx_tensor *solve_node(flx_tensor *A, flx_tensor *LU, flx_tensor *B, int32_t trans,
+                              int32_t check) {
+    flx_tensor *in[3] = {A, LU, B};
+    if (!flx_check_inputs("flx_solve", 3, in)) return NULL;
+    return lu_node(FLX_OP_LU_SOLVE, A, 3, in, B->ndim, B->shape, FLX_LU_SOLVE, trans, check);
+}
+
+static flx_tensor *det_node(flx_tensor *A, flx_tensor *LU, int32_t mode) {
+    flx_tensor *in[2] = {A, LU};
+    if (!flx_check_inputs("flx_det", 2, in)) return NULL;
+    return lu_node(FLX_OP_LU_DET, A, 2, in, A->ndim - 2, A->shape, mode, 0, 0);
+}
+
+static flx_tensor *cofactor_node(flx_tensor *A, flx_tensor *LU) {
+    flx_tensor *in[2] = {A, LU};
+    if (!flx_check_inputs("flx_det", 2, in)) return NULL;
+    return lu_node(FLX_OP_LU_COFACTOR, A, 2, in, A->ndim, A->shape, FLX_LU_COFACTOR, 0, 0);
+}
+
+/* The LU input of a consumer node. */
+static flx_tensor *lu_in(flx_tensor *y) { return y->in[1]; }
+
+/* Batched matrix transpose (last two axes). */
+static flx_tensor *mT(flx_tensor *x) { return flx_transpose(x, -2, -1); }
+
+/* (...) -> (..., 1, 1) for broadcasting a per-matrix value over its matrix. */
+static flx_tensor *per_matrix(flx_tensor *v) {
+    if (!v) return NULL;
+    int64_t shape[FLX_MAX_DIMS];
+    memcpy(shape, v->shape, sizeof(int64_t) * (size_t)v->ndim);
+    shape[v->ndim] = 1;
+    shape[v->ndim + 1] = 1;
+    return flx_reshape(v, v->ndim + 2, shape);
+}
+
+/* sum over the last two axes: (..., n, n) -> (...). */
+static flx_tensor *sum_mat(flx_tensor *x, bool keepdims) {
+    int32_t axes[2] = {-2, -1};
+    return flx_sum(x, 2, axes, keepdims);
+}
+
+/* Identity broadcast to A's shape (a constant). */
+static flx_tensor *eye_like(flx_tensor *A) {
+    int64_t n = n_of(A);
+    flx_tensor *I = flx_eye(A->ctx, A->dtype, n, n);
+    if (!I || A->ndim == 2) return I;
+    return flx_broadcast_to(I, A->ndim, A->shape);
+}
+
+/* A^-T from the saved factors (the value the logdet rules need). */
+static flx_tensor *inv_t(flx_tensor *A, flx_tensor *LU) {
+    return solve_node(A, LU, eye_like(A), 1, 0);
+}
+
+/* ---- exec ----------------------------------------------------------------------------------- */
+static flx_status exec_lu(flx_tensor *t) {
+    if (t->numel == 0) return FLX_OK;
+    flx_tensor *A = t->in[0];
+    if (!t->ctx->be->lu)
+        return flx_set_error(FLX_ERR_UNSUPPORTED, "%s: the %s backend has no LU kernels",
+                             flx_op_get(t->op)->name, t->ctx->be->name);
+    flx_lu_args a;
+    memset(&a, 0, sizeof a);
+    a.mode = t->attrs.u.lu.mode;
+    a.dtype = t->dtype;
+    a.batch = batch_of(A);
+    a.n = n_of(A);
+    a.trans = t->attrs.u.lu.trans;
+    a.check = t->attrs.u.lu.check;
+    a.err = t->ctx->err_word;
+    a.out = flx_data(t);
+    if (t->op == FLX_OP_LU_FACTOR) {
+        a.a = flx_data(A);
+    } else {
+        a.lu = flx_data(t->in[1]);
+        if (t->op == FLX_OP_LU_SOLVE) {
+            a.b = flx_data(t->in[2]);
+            a.k = t->shape[t->ndim - 1];
+        }
+    }
+    t->ctx->stats.kernels++;
+    return t->ctx->be->lu(t->ctx, &a);
+}
+
+/* ---- rules ------------------------------------------------------------------------------------ */
+/* X = A^-1 B: gB = A^-T g, gA = -gB X^T.   X = A^-T B: gB = A^-1 g, gA = -X gB^T. */
+static flx_status vjp_solve(flx_tensor *y, flx_tensor *g, flx_tensor **gin) {
+    flx_tensor *A = y->in[0], *B = y->in[2];
+    int32_t tr = y->attrs.u.lu.trans;
+    if (!A->requires_grad && !B->requires_grad) return FLX_OK;
+    flx_tensor *gB = solve_node(A, lu_in(y), g, !tr, 0);
+    if (!gB) return flx_last_status();
+    if (B->requires_grad) gin[2] = gB;
+    if (A->requires_grad) {
+        flx_tensor *p = tr ? flx_matmul(y, mT(gB)) : flx_matmul(gB, mT(y));
+        gin[0] = flx_neg(p);
+        if (!gin[0]) return flx_last_status();
+    }
+    return FLX_OK;
+}
+
+static flx_status jvp_solve(flx_tensor *y, flx_tensor *const *tin, flx_tensor **tout) {
+    *tout = NULL;
+    flx_tensor *A = y->in[0];
+    if (!tin[0] && !tin[2]) return FLX_OK;
+    flx_tensor *rhs = tin[2];
+    if (tin[0]) {
+        flx_tensor *dA = y->attrs.u.lu.trans ? mT(tin[0]) : tin[0];
+        flx_tensor *p = flx_matmul(dA, y);
+        rhs = rhs ? flx_sub(rhs, p) : flx_neg(p);
+    }
+    if (!rhs) return flx_last_status();
+    *tout = solve_node(A, lu_in(y), rhs, y->attrs.u.lu.trans, 0);
+    return *tout ? FLX_OK : flx_last_status();
+}
+
+/* The factor F with d out = <F, dA> per matrix: cof(A) for det, A^-T for log|det| / logdet. */
+static flx_tensor *det_factor(flx_tensor *y) {
+    flx_tensor *A = y->in[0];
+    return y->attrs.u.lu.mode == FLX_LU_DET ? cofactor_node(A, lu_in(y)) : inv_t(A, lu_in(y));
+}
+
+static flx_status vjp_det(flx_tensor *y, flx_tensor *g, flx_tensor **gin) {
+    if (y->attrs.u.lu.mode == FLX_LU_SIGN || !y->in[0]->requires_grad) return FLX_OK;
+    gin[0] = flx_mul(per_matrix(g), det_factor(y));
+    return gin[0] ? FLX_OK : flx_last_status();
+}
+
+static flx_status jvp_det(flx_tensor *y, flx_tensor *const *tin, flx_tensor **tout) {
+    *tout = NULL;
+    if (y->attrs.u.lu.mode == FLX_LU_SIGN || !tin[0]) return FLX_OK;
+    *tout = sum_mat(flx_mul(det_factor(y), tin[0]), false);
+    return *tout ? FLX_OK : flx_last_status();
+}
+
+/* C = cof(A): dC = tr(A^-1 dA) C - A^-T dA^T C;  gA = transpose(A^-1 (<G, C> I - G C^T)). */
+static flx_status vjp_cofactor(flx_tensor *y, flx_tensor *g, flx_tensor **gin) {
+    flx_tensor *A = y->in[0];
+    if (!A->requires_grad) return FLX_OK;
+    flx_tensor *s = sum_mat(flx_mul(g, y), true);
+    flx_tensor *M = flx_sub(flx_mul(s, eye_like(A)), flx_matmul(g, mT(y)));
+    flx_tensor *X = M ? solve_node(A, lu_in(y), M, 0, 0) : NULL;
+    gin[0] = X ? mT(X) : NULL;
+    return gin[0] ? FLX_OK : flx_last_status();
+}
+
+static flx_status jvp_cofactor(flx_tensor *y, flx_tensor *const *tin, flx_tensor **tout) {
+    *tout = NULL;
+    if (!tin[0]) return FLX_OK;
+    flx_tensor *A = y->in[0];
+    flx_tensor *tr = sum_mat(flx_mul(inv_t(A, lu_in(y)), tin[0]), true);
+    flx_tensor *R = flx_matmul(mT(tin[0]), y);
+    flx_tensor *S = R ? solve_node(A, lu_in(y), R, 1, 0) : NULL;
+    *tout = flx_sub(flx_mul(tr, y), S);
+    return *tout ? FLX_OK : flx_last_status();
+}
+
+/* The packed factors carry no tangent: consumers differentiate through A (their input 0). */
+static flx_status jvp_factor(flx_tensor *y, flx_tensor *const *tin, flx_tensor **tout) {
+    (void)y;
+    (void)tin;
+    *tout = NULL;
+    return FLX_OK;
+}
+
+void flx_ops_register_lu(flx_op_def *t) {
+    t[FLX_OP_LU_FACTOR] = (flx_op_def){"lu_factor", exec_lu, NULL, jvp_factor, FLX_OPF_NONDIFF};
+    t[FLX_OP_LU_SOLVE] = (flx_op_def){"lu_solve", exec_lu, vjp_solve, jvp_solve, 0};
+    t[FLX_OP_LU_DET] = (flx_op_def){"lu_det", exec_lu, vjp_det, jvp_det, 0};
+    t[FLX_OP_LU_COFACTOR] = (flx_op_def){"lu_cofactor", exec_lu, vjp_cofactor, jvp_cofactor, 0};
+}
+
+/* ---- public ------------------------------------------------------------------------------------ */
+static flx_tensor *det_public(const char *op, flx_tensor *a, int32_t mode) {
+    if (!check_square(op, a)) return NULL;
+    if (flx_scope_begin() != FLX_OK) return NULL;
+    flx_tensor *lu = factor_node(a);
+    return scope_return(lu ? det_node(a, lu, mode) : NULL);
+}
+
+flx_tensor *flx_det(flx_tensor *a) { return det_public("flx_det", a, FLX_LU_DET); }
+flx_tensor *flx_logdet(flx_tensor *a) { return det_public("flx_logdet", a, FLX_LU_LOGDET); }
+
+flx_status flx_slogdet(flx_tensor *a, flx_tensor **sign, flx_tensor **logabsdet) {
+    static const char *op = "flx_slogdet";
+    if (sign) *sign = NULL;
+    if (logabsdet) *logabsdet = NULL;
+    if (!sign || !logabsdet)
+        return flx_set_error(FLX_ERR_INVALID_ARGUMENT, "%s: sign and logabsdet must not be NULL", op);
+    if (!check_square(op, a)) return flx_last_status();
+    if (flx_scope_begin() != FLX_OK) return flx_last_status();
+    flx_tensor *lu = factor_node(a);
+    flx_tensor *s = lu ? det_node(a, lu, FLX_LU_SIGN) : NULL;
+    flx_tensor *l = lu ? det_node(a, lu, FLX_LU_LOGABS) : NULL;
+    flx_tensor *keep[2] = {s, l};
+    bool ok = s && l;
+    flx_scope_end(ok ? 2 : 0, keep);
+    if (!ok) return flx_last_status();
+    *sign = s;
+    *logabsdet = l;
+    return FLX_OK;
+}
+
+/* Per-matrix info (i32, batch shape) of packed factors: 0, or k when U(k-1, k-1) == 0. */
+static flx_tensor *info_of(flx_tensor *lu) {
+    int64_t P = lu->shape[lu->ndim - 1];
+    flx_tensor *s = flx_slice(lu, -1, P - 1, P, 1);
+    return flx_cast(flx_squeeze(s, -1), FLX_I32);
+}
+
+/* Shared by inv/solve and their _ex forms: check == !info. */
+static flx_tensor *solve_public(const char *op, flx_tensor *a, flx_tensor *b, bool is_inv,
+                                flx_tensor **info) {
+    if (info) *info = NULL;
+    if (!check_square(op, a)) return NULL;
+    bool vec = false;
+    if (!is_inv) {
+        flx_tensor *in[2] = {a, b};
+        if (!flx_check_inputs(op, 2, in)) return NULL;
+        if (b->dtype != a->dtype) {
+            flx_set_error(FLX_ERR_DTYPE, "%s: dtypes differ: A %s and B %s (cast one with flx_cast)",
+                          op, flx_describe(a), flx_describe(b));
+            return NULL;
+        }
+        int32_t nb = a->ndim - 2;
+        vec = b->ndim == a->ndim - 1 &&
+              memcmp(b->shape, a->shape, sizeof(int64_t) * (size_t)(a->ndim - 1)) == 0;
+        bool mat = b->ndim == a->ndim &&
+                   memcmp(b->shape, a->shape, sizeof(int64_t) * (size_t)nb) == 0 &&
+                   b->shape[nb] == a->shape[nb];
+        if (!vec && !mat) {
+            flx_set_error(FLX_ERR_SHAPE,
+                          "%s: B must be (..., n) or (..., n, k) with A's batch dims: A %s, B %s "
+                          "(batch dims must match exactly; broadcast them first)",
+                          op, flx_describe(a), flx_describe(b));
+            return NULL;
+        }
+    }
+    if (flx_scope_begin() != FLX_OK) return NULL;
+    flx_tensor *lu = factor_node(a);
+    flx_tensor *B = is_inv ? eye_like(a) : (vec ? flx_unsqueeze(b, -1) : b);
+    flx_tensor *x = (lu && B) ? solve_node(a, lu, B, 0, info ? 0 : 1) : NULL;
+    if (x && vec) x = flx_squeeze(x, -1);
+    flx_tensor *inf = (x && info) ? info_of(lu) : NULL;
+    flx_tensor *keep[2] = {x, inf};
+    bool ok = x && (!info || inf);
+    flx_scope_end(ok ? (info ? 2 : 1) : 0, keep);
+    if (!ok) return NULL;
+    if (info) *info = inf;
+    return x;
+}
+
+flx_tensor *flx_inv(flx_tensor *a) { return solve_public("flx_inv", a, NULL, true, NULL); }
+flx_tensor *flx_solve(flx_tensor *a, flx_tensor *b) {
+    return solve_public("flx_solve", a, b, false, NULL);
+}
+
+flx_tensor *flx_inv_ex(flx_tensor *a, flx_tensor **info) {
+    if (!info) {
+        flx_set_error(FLX_ERR_INVALID_ARGUMENT, "flx_inv_ex: info must not be NULL");
+        return NULL;
+    }
+    return solve_public("flx_inv_ex", a, NULL, true, info);
+}
+
+flx_tensor *flx_solve_ex(flx_tensor *a, flx_tensor *b, flx_tensor **info) {
+    if (!info) {
+        flx_set_error(FLX_ERR_INVALID_ARGUMENT, "flx_solve_ex: info must not be NULL");
+        return NULL;
+    }
+    return solve_public("flx_solve_ex", a, b, false, info);
+}

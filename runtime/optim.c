@@ -1,0 +1,494 @@
+/* optim.c — fused optimisers (issue 5): SGD (plain, momentum, Nesterov), Adagrad, RMSprop, Adam
+ * and AdamW. Update rules and conventions: fluxion.h, "optimisers".
+ *
+ * Design
+ *   - State slots (moments, accumulators) are plain device buffers owned by the optimiser; the
+ *     hyperparameters and the step count are FLX_HP_COUNT doubles in one device buffer, followed
+ *     by a 32-bit counter the CUDA kernel uses to advance the step from its last block.
+ *   - A step gathers every parameter that has a .grad and updates them with one kernel-family
+ *     call per FLX_OPTIM_MAX_TENSORS_PER_LAUNCH parameters (one launch for models of up to that
+ *     many tensors), passing the pointers by value.
+ *   - Buffer immutability (runtime/eval.c): computed buffers are shared (reshape, detach and
+ *     flx_assign alias them) and never written again. The optimiser writes a parameter's buffer
+ *     in place only when the parameter is its sole holder (refs == 1, not external memory);
+ *     otherwise it first gives the parameter a private copy. That check runs at create time and
+ *     at every step, so a user's flx_assign, or a live alias of a parameter, is never written
+ *     through. Each update bumps the parameter's version, as flx_assign does.
+ */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "internal.h"
+
+#define MAX_SLOTS 3
+
+struct flx_optim {
+    flx_ctx *ctx;
+    flx_optim_kind kind;
+    int32_t rule;
+    bool use_momentum, nesterov, centered;
+    flx_dtype dtype;
+    int32_t n;
+    flx_tensor **params;    /* each retained                                           */
+    flx_buffer **state;     /* n * MAX_SLOTS, NULL where a slot is unused              */
+    int32_t n_slots;        /* slots in use                                           */
+    int32_t slot_phys[MAX_SLOTS];
+    flx_buffer *hp;         /* FLX_HP_COUNT doubles + a uint32 counter (device memory) */
+};
+
+static const char *kind_name(flx_optim_kind k) {
+    switch (k) {
+    case FLX_OPTIM_SGD: return "sgd";
+    case FLX_OPTIM_MOMENTUM: return "momentum";
+    case FLX_OPTIM_NESTEROV: return "nesterov";
+    case FLX_OPTIM_ADAGRAD: return "adagrad";
+    case FLX_OPTIM_RMSPROP: return "rmsprop";
+    case FLX_OPTIM_ADAM: return "adam";
+    case FLX_OPTIM_ADAMW: return "adamw";
+    default: return "invalid";
+    }
+}
+
+static const char *hp_name(int32_t h) {
+    static const char *names[FLX_HP_COUNT] = {"lr",   "momentum", "dampening", "weight_decay",
+                                              "beta1", "beta2",   "eps",       "alpha",
+                                              "lr_decay", "step"};
+    return h >= 0 && h < FLX_HP_COUNT ? names[h] : "invalid";
+}
+
+flx_optim_config flx_optim_defaults(flx_optim_kind kind) {
+    flx_optim_config c;
+    memset(&c, 0, sizeof c);
+    c.lr = 1e-2;
+    c.beta1 = 0.9;
+    c.beta2 = 0.999;
+    c.eps = 1e-8;
+    c.alpha = 0.99;
+    switch (kind) {
+    case FLX_OPTIM_MOMENTUM: c.momentum = 0.9; break;
+    case FLX_OPTIM_NESTEROV: c.momentum = 0.9; c.nesterov = true; break;
+    case FLX_OPTIM_ADAGRAD: c.eps = 1e-10; break;
+    case FLX_OPTIM_ADAM: c.lr = 1e-3; break;
+    case FLX_OPTIM_ADAMW: c.lr = 1e-3; c.weight_decay = 1e-2; break;
+    default: break;
+    }
+    return c;
+}
+
+/* Checks one hyperparameter value; false with the error set. */
+static bool check_hp(const char *fn, int32_t which, double v) {
+    bool ok = isfinite(v) && v >= 0;
+    switch (which) {
+    case FLX_HP_BETA1:
+    case FLX_HP_BETA2:
+    case FLX_HP_ALPHA: ok = ok && v < 1; break;
+    case FLX_HP_DAMPENING: ok = ok && v <= 1; break;
+    case FLX_HP_STEP: ok = ok && v == floor(v) && v < 9007199254740992.0; break;
+    default: break;
+    }
+    if (!ok) {
+        const char *range = "a finite value >= 0";
+        if (which == FLX_HP_BETA1 || which == FLX_HP_BETA2 || which == FLX_HP_ALPHA)
+            range = "a value in [0, 1)";
+        else if (which == FLX_HP_DAMPENING) range = "a value in [0, 1]";
+        else if (which == FLX_HP_STEP) range = "a whole number >= 0";
+        flx_set_error(FLX_ERR_INVALID_ARGUMENT, "%s: %s = %g, expected %s", fn, hp_name(which), v,
+                      range);
+    }
+    return ok;
+}
+
+/* Gives t a buffer nobody else holds (copying its data) unless it already has one. */
+static flx_status make_private(flx_tensor *t) {
+    flx_buffer *old = t->buf;
+    if (old && old->refs == 1 && !old->deleter) return FLX_OK;
+    if (!old) {
+        flx_status s = flx_eval_nodes(1, &t);
+        if (s != FLX_OK) return s;
+        old = t->buf;
+        if (old->refs == 1 && !old->deleter) return FLX_OK;
+    }
+    size_t nbytes = (size_t)t->numel * flx_dtype_size(t->dtype);
+    flx_buffer *nb = flx_buffer_new(t->ctx, nbytes);
+    if (!nb) return flx_last_status();
+    if (nbytes) {
+        flx_status s = t->ctx->be->copy_d2d(t->ctx, nb->ptr, old->ptr, nbytes);
+        if (s != FLX_OK) {
+            flx_buffer_release(nb);
+            return s;
+        }
+    }
+    t->buf = nb;
+    flx_buffer_release(old);
+    return FLX_OK;
+}
+
+static flx_status fill_buffer(flx_ctx *ctx, flx_buffer *b, flx_dtype dt, int64_t n, double v) {
+    if (n == 0) return FLX_OK;
+    flx_fill_args fa;
+    memset(&fa, 0, sizeof fa);
+    fa.kind = FLX_FILL_CONST;
+    fa.dtype = dt;
+    fa.n = n;
+    fa.a = v;
+    fa.out = b->ptr;
+    return ctx->be->fill(ctx, &fa);
+}
+
+void flx_optim_destroy(flx_optim *o) {
+    if (!o) return;
+    if (o->state)
+        for (int32_t i = 0; i < o->n * MAX_SLOTS; i++) flx_buffer_release(o->state[i]);
+    if (o->params)
+        for (int32_t i = 0; i < o->n; i++) flx_release(o->params[i]);
+    flx_buffer_release(o->hp);
+    free(o->state);
+    free(o->params);
+    free(o);
+}
+
+flx_optim *flx_optim_create(flx_ctx *ctx, flx_optim_kind kind, int32_t n,
+                            flx_tensor *const *params, const flx_optim_config *cfg) {
+    static const char *fn = "flx_optim_create";
+    if (!ctx) {
+        flx_set_error(FLX_ERR_INVALID_ARGUMENT, "%s: ctx is NULL", fn);
+        return NULL;
+    }
+    if ((int)kind < 0 || kind >= FLX_OPTIM_KIND_COUNT) {
+        flx_set_error(FLX_ERR_INVALID_ARGUMENT, "%s: unknown optimiser kind %d", fn, (int)kind);
+        return NULL;
+    }
+    if (n < 1 || !params) {
+        flx_set_error(FLX_ERR_INVALID_ARGUMENT, "%s: needs at least one parameter (n %d, params %s)",
+                      fn, (int)n, params ? "given" : "NULL");
+        return NULL;
+    }
+    for (int32_t i = 0; i < n; i++) {
+        flx_tensor *p = params[i];
+        if (!p) {
+            flx_set_error_if_clear(FLX_ERR_INVALID_ARGUMENT, "%s: parameter %d is NULL", fn, (int)i);
+            return NULL;
+        }
+        if (p->ctx != ctx) {
+            flx_set_error(FLX_ERR_DEVICE, "%s: parameter %d %s belongs to another context", fn,
+                          (int)i, flx_describe(p));
+            return NULL;
+        }
+        if (p->op != FLX_OP_CONST) {
+            flx_set_error(FLX_ERR_STATE,
+                          "%s: parameter %d %s is an op result, not a leaf made from data (detach "
+                          "it or make it with flx_from_host)",
+                          fn, (int)i, flx_describe(p));
+            return NULL;
+        }
+        if (p->dtype != FLX_F32 && p->dtype != FLX_F64) {
+            flx_set_error(FLX_ERR_DTYPE, "%s: parameter %d %s is not f32 or f64", fn, (int)i,
+                          flx_describe(p));
+            return NULL;
+        }
+        if (p->dtype != params[0]->dtype) {
+            flx_set_error(FLX_ERR_DTYPE, "%s: parameter %d %s and parameter 0 %s differ in dtype",
+                          fn, (int)i, flx_describe(p), flx_describe(params[0]));
+            return NULL;
+        }
+        for (int32_t k = 0; k < i; k++)
+            if (params[k] == p) {
+                flx_set_error(FLX_ERR_INVALID_ARGUMENT, "%s: parameter %d repeats parameter %d",
+                              fn, (int)i, (int)k);
+                return NULL;
+            }
+    }
+    flx_optim_config c = cfg ? *cfg : flx_optim_defaults(kind);
+    double hpv[FLX_HP_COUNT] = {0};
+    hpv[FLX_HP_LR] = c.lr;
+    hpv[FLX_HP_MOMENTUM] = c.momentum;
+    hpv[FLX_HP_DAMPENING] = c.dampening;
+    hpv[FLX_HP_WEIGHT_DECAY] = c.weight_decay;
+    hpv[FLX_HP_BETA1] = c.beta1;
+    hpv[FLX_HP_BETA2] = c.beta2;
+    hpv[FLX_HP_EPS] = c.eps;
+    hpv[FLX_HP_ALPHA] = c.alpha;
+    hpv[FLX_HP_LR_DECAY] = c.lr_decay;
+    hpv[FLX_HP_STEP] = 0;
+    for (int32_t h = 0; h < FLX_HP_COUNT; h++)
+        if (!check_hp(fn, h, hpv[h])) return NULL;
+    if (!isfinite(c.initial_accumulator) || c.initial_accumulator < 0) {
+        flx_set_error(FLX_ERR_INVALID_ARGUMENT, "%s: initial_accumulator = %g, expected >= 0", fn,
+                      c.initial_accumulator);
+        return NULL;
+    }
+    bool is_sgd = kind == FLX_OPTIM_SGD || kind == FLX_OPTIM_MOMENTUM || kind == FLX_OPTIM_NESTEROV;
+    if (c.nesterov && (!is_sgd || c.momentum <= 0 || c.dampening != 0)) {
+        flx_set_error(FLX_ERR_INVALID_ARGUMENT,
+                      "%s: nesterov needs an SGD kind with momentum > 0 and dampening 0 (kind %s, "
+                      "momentum %g, dampening %g)",
+                      fn, kind_name(kind), c.momentum, c.dampening);
+        return NULL;
+    }
+
+    flx_optim *o = (flx_optim *)calloc(1, sizeof *o);
+    if (!o) {
+        flx_set_error(FLX_ERR_OUT_OF_MEMORY, "%s: out of host memory", fn);
+        return NULL;
+    }
+    o->ctx = ctx;
+    o->kind = kind;
+    o->dtype = params[0]->dtype;
+    o->nesterov = c.nesterov;
+    o->centered = c.centered && kind == FLX_OPTIM_RMSPROP;
+    o->use_momentum = c.momentum != 0 && (is_sgd || kind == FLX_OPTIM_RMSPROP);
+    bool used[MAX_SLOTS] = {false, false, false};
+    double init[MAX_SLOTS] = {0, 0, 0};
+    switch (kind) {
+    case FLX_OPTIM_ADAGRAD:
+        o->rule = FLX_OPTIM_RULE_ADAGRAD;
+        used[0] = true;
+        init[0] = c.initial_accumulator;
+        break;
+    case FLX_OPTIM_RMSPROP:
+        o->rule = FLX_OPTIM_RULE_RMSPROP;
+        used[0] = true;
+        used[1] = o->use_momentum;
+        used[2] = o->centered;
+        break;
+    case FLX_OPTIM_ADAM:
+    case FLX_OPTIM_ADAMW:
+        o->rule = kind == FLX_OPTIM_ADAM ? FLX_OPTIM_RULE_ADAM : FLX_OPTIM_RULE_ADAMW;
+        used[0] = used[1] = true;
+        break;
+    default:
+        o->rule = FLX_OPTIM_RULE_SGD;
+        used[0] = o->use_momentum;
+        break;
+    }
+    for (int32_t s = 0; s < MAX_SLOTS; s++)
+        if (used[s]) o->slot_phys[o->n_slots++] = s;
+
+    o->params = (flx_tensor **)calloc((size_t)n, sizeof *o->params);
+    o->state = (flx_buffer **)calloc((size_t)n * MAX_SLOTS, sizeof *o->state);
+    if (!o->params || !o->state) {
+        flx_optim_destroy(o);
+        flx_set_error(FLX_ERR_OUT_OF_MEMORY, "%s: out of host memory", fn);
+        return NULL;
+    }
+    flx_status st = FLX_OK;
+    for (int32_t i = 0; i < n; i++) {
+        o->params[i] = flx_retain(params[i]);
+        o->n = i + 1;
+    }
+    /* Hyperparameters: FLX_HP_COUNT doubles then the 32-bit block counter (zeroed). */
+    size_t hp_bytes = FLX_HP_COUNT * sizeof(double) + sizeof(double);
+    o->hp = flx_buffer_new(ctx, hp_bytes);
+    if (!o->hp) st = flx_last_status();
+    if (st == FLX_OK) {
+        double host[FLX_HP_COUNT + 1];
+        memcpy(host, hpv, sizeof hpv);
+        host[FLX_HP_COUNT] = 0; /* all-zero bits: counter 0 */
+        st = ctx->be->upload(ctx, o->hp->ptr, host, hp_bytes);
+    }
+    for (int32_t i = 0; i < n && st == FLX_OK; i++) {
+        flx_tensor *p = params[i];
+        st = make_private(p);
+        for (int32_t s = 0; s < MAX_SLOTS && st == FLX_OK; s++) {
+            if (!used[s]) continue;
+            flx_buffer *b = flx_buffer_new(ctx, (size_t)p->numel * flx_dtype_size(p->dtype));
+            if (!b) {
+                st = flx_last_status();
+                break;
+            }
+            o->state[i * MAX_SLOTS + s] = b;
+            st = fill_buffer(ctx, b, p->dtype, p->numel, init[s]);
+        }
+    }
+    if (st != FLX_OK) {
+        flx_optim_destroy(o);
+        return NULL;
+    }
+    return o;
+}
+
+static bool check_opt(const char *fn, const flx_optim *o) {
+    if (!o) {
+        flx_set_error(FLX_ERR_INVALID_ARGUMENT, "%s: optimiser is NULL", fn);
+        return false;
+    }
+    return true;
+}
+
+static flx_status launch(flx_optim *o, flx_optim_args *a) {
+    if (!o->ctx->be->optim)
+        return flx_set_error(FLX_ERR_UNSUPPORTED, "flx_optim: the %s backend has no optimiser kernels",
+                             o->ctx->be->name);
+    flx_status s = o->ctx->be->optim(o->ctx, a);
+    if (s == FLX_OK) o->ctx->stats.kernels++;
+    return s;
+}
+
+static void base_args(const flx_optim *o, flx_optim_args *a) {
+    memset(a, 0, sizeof *a);
+    a->rule = o->rule;
+    a->nesterov = o->nesterov;
+    a->centered = o->centered;
+    a->use_momentum = o->use_momentum;
+    a->dtype = o->dtype;
+    a->hp = (double *)o->hp->ptr;
+    a->counter = (uint32_t *)((char *)o->hp->ptr + FLX_HP_COUNT * sizeof(double));
+}
+
+flx_status flx_optim_step(flx_optim *o) {
+    static const char *fn = "flx_optim_step";
+    if (!check_opt(fn, o)) return flx_last_status();
+    /* Gradients: compute the lazy ones in one evaluation. */
+    flx_tensor **gs = (flx_tensor **)malloc((size_t)o->n * sizeof *gs);
+    int32_t *idx = (int32_t *)malloc((size_t)o->n * sizeof *idx);
+    if (!gs || !idx) {
+        free(gs);
+        free(idx);
+        return flx_set_error(FLX_ERR_OUT_OF_MEMORY, "%s: out of host memory", fn);
+    }
+    int32_t m = 0;
+    flx_status s = FLX_OK;
+    for (int32_t i = 0; i < o->n && s == FLX_OK; i++) {
+        flx_tensor *p = o->params[i], *g = p->grad;
+        if (!g) continue;
+        if (g->dtype != p->dtype || g->numel != p->numel || g->ctx != p->ctx)
+            s = flx_set_error(FLX_ERR_STATE, "%s: parameter %d %s has a gradient %s that does not match it",
+                              fn, (int)i, flx_describe(p), flx_describe(g));
+        gs[m] = g;
+        idx[m++] = i;
+    }
+    if (s == FLX_OK && m > 0) s = flx_eval_nodes(m, gs);
+    /* Parameters: private buffers, then the fused update in chunks. */
+    for (int32_t k = 0; k < m && s == FLX_OK; k++) {
+        flx_tensor *p = o->params[idx[k]];
+        if (p->op != FLX_OP_CONST)
+            s = flx_set_error(FLX_ERR_STATE, "%s: parameter %d is no longer a leaf", fn, (int)idx[k]);
+        else
+            s = make_private(p);
+    }
+    for (int32_t k0 = 0; k0 < m && s == FLX_OK; k0 += FLX_OPTIM_MAX_TENSORS_PER_LAUNCH) {
+        flx_optim_args a;
+        base_args(o, &a);
+        a.mode = FLX_OPTIM_UPDATE;
+        int32_t k1 = k0 + FLX_OPTIM_MAX_TENSORS_PER_LAUNCH;
+        if (k1 > m) k1 = m;
+        a.n = k1 - k0;
+        for (int32_t k = k0; k < k1; k++) {
+            int32_t i = idx[k];
+            a.p[k - k0] = o->params[i]->buf->ptr;
+            a.g[k - k0] = gs[k]->buf->ptr;
+            a.s0[k - k0] = o->state[i * MAX_SLOTS] ? o->state[i * MAX_SLOTS]->ptr : NULL;
+            a.s1[k - k0] = o->state[i * MAX_SLOTS + 1] ? o->state[i * MAX_SLOTS + 1]->ptr : NULL;
+            a.s2[k - k0] = o->state[i * MAX_SLOTS + 2] ? o->state[i * MAX_SLOTS + 2]->ptr : NULL;
+            a.numel[k - k0] = o->params[i]->numel;
+        }
+        a.advance_step = k1 == m;
+        s = launch(o, &a);
+    }
+    if (s == FLX_OK)
+        for (int32_t k = 0; k < m; k++) o->params[idx[k]]->version++;
+    free(gs);
+    free(idx);
+    return s;
+}
+
+flx_status flx_optim_zero_grad(flx_optim *o) {
+    if (!check_opt("flx_optim_zero_grad", o)) return flx_last_status();
+    for (int32_t i = 0; i < o->n; i++) {
+        flx_status s = flx_zero_grad(o->params[i]);
+        if (s != FLX_OK) return s;
+    }
+    return FLX_OK;
+}
+
+flx_status flx_optim_set_hparam(flx_optim *o, flx_optim_hparam which, double value) {
+    static const char *fn = "flx_optim_set_hparam";
+    if (!check_opt(fn, o)) return flx_last_status();
+    if ((int)which < 0 || which >= FLX_HP_COUNT)
+        return flx_set_error(FLX_ERR_INVALID_ARGUMENT, "%s: unknown hyperparameter %d", fn, (int)which);
+    if (!check_hp(fn, which, value)) return flx_last_status();
+    if (which == FLX_HP_MOMENTUM && !o->use_momentum && value != 0)
+        return flx_set_error(FLX_ERR_STATE,
+                             "%s: this %s optimiser was created without momentum; whether momentum "
+                             "is used is fixed at create time",
+                             fn, kind_name(o->kind));
+    if (which == FLX_HP_MOMENTUM && o->use_momentum && value == 0 && o->nesterov)
+        return flx_set_error(FLX_ERR_INVALID_ARGUMENT, "%s: nesterov needs momentum > 0", fn);
+    flx_optim_args a;
+    base_args(o, &a);
+    a.mode = FLX_OPTIM_SET_HP;
+    a.set_index = (int32_t)which;
+    a.set_value = value;
+    return launch(o, &a);
+}
+
+flx_status flx_optim_set_lr(flx_optim *o, double lr) {
+    return flx_optim_set_hparam(o, FLX_HP_LR, lr);
+}
+
+flx_status flx_optim_get_hparam(flx_optim *o, flx_optim_hparam which, double *out) {
+    static const char *fn = "flx_optim_get_hparam";
+    if (!check_opt(fn, o)) return flx_last_status();
+    if ((int)which < 0 || which >= FLX_HP_COUNT)
+        return flx_set_error(FLX_ERR_INVALID_ARGUMENT, "%s: unknown hyperparameter %d", fn, (int)which);
+    if (!out) return flx_set_error(FLX_ERR_INVALID_ARGUMENT, "%s: out is NULL", fn);
+    double host[FLX_HP_COUNT];
+    flx_status s = o->ctx->be->download(o->ctx, host, o->hp->ptr, sizeof host);
+    if (s == FLX_OK) *out = host[which];
+    return s;
+}
+
+int32_t flx_optim_state_count(const flx_optim *o) { return o ? o->n_slots : -1; }
+
+static flx_buffer *state_of(const char *fn, flx_optim *o, int32_t i, int32_t slot) {
+    if (!check_opt(fn, o)) return NULL;
+    if (i < 0 || i >= o->n) {
+        flx_set_error(FLX_ERR_INVALID_ARGUMENT, "%s: parameter index %d outside [0, %d)", fn, (int)i,
+                      (int)o->n);
+        return NULL;
+    }
+    if (slot < 0 || slot >= o->n_slots) {
+        flx_set_error(FLX_ERR_INVALID_ARGUMENT, "%s: state slot %d outside [0, %d) for a %s optimiser",
+                      fn, (int)slot, (int)o->n_slots, kind_name(o->kind));
+        return NULL;
+    }
+    return o->state[i * MAX_SLOTS + o->slot_phys[slot]];
+}
+
+flx_tensor *flx_optim_get_state(flx_optim *o, int32_t i, int32_t slot) {
+    flx_buffer *b = state_of("flx_optim_get_state", o, i, slot);
+    if (!b) return NULL;
+    flx_tensor *p = o->params[i];
+    flx_tensor *t = flx_node_new(o->ctx, FLX_OP_CONST, p->dtype, p->ndim, p->shape, 0, NULL, NULL);
+    if (!t) return NULL;
+    size_t nbytes = (size_t)p->numel * flx_dtype_size(p->dtype);
+    t->buf = flx_buffer_new(o->ctx, nbytes);
+    flx_status s = t->buf ? FLX_OK : flx_last_status();
+    if (s == FLX_OK && nbytes) s = o->ctx->be->copy_d2d(o->ctx, t->buf->ptr, b->ptr, nbytes);
+    if (s != FLX_OK) {
+        flx_release(t);
+        return NULL;
+    }
+    t->keep = true;
+    return flx_adopt(t);
+}
+
+flx_status flx_optim_set_state(flx_optim *o, int32_t i, int32_t slot, flx_tensor *value) {
+    static const char *fn = "flx_optim_set_state";
+    flx_buffer *b = state_of(fn, o, i, slot);
+    if (!b) return flx_last_status();
+    if (!value) return flx_set_error_if_clear(FLX_ERR_INVALID_ARGUMENT, "%s: value is NULL", fn);
+    flx_tensor *p = o->params[i];
+    if (value->ctx != o->ctx)
+        return flx_set_error(FLX_ERR_DEVICE, "%s: value %s belongs to another context", fn,
+                             flx_describe(value));
+    if (value->dtype != p->dtype || value->ndim != p->ndim ||
+        memcmp(value->shape, p->shape, sizeof(int64_t) * (size_t)p->ndim) != 0)
+        return flx_set_error(FLX_ERR_SHAPE, "%s: value %s does not match parameter %d %s", fn,
+                             flx_describe(value), (int)i, flx_describe(p));
+    flx_status s = flx_eval_nodes(1, &value);
+    if (s != FLX_OK) return s;
+    size_t nbytes = (size_t)p->numel * flx_dtype_size(p->dtype);
+    return nbytes ? o->ctx->be->copy_d2d(o->ctx, b->ptr, value->buf->ptr, nbytes) : FLX_OK;
+}

@@ -1,0 +1,575 @@
+// test_lu.cc — the LU family (issue 4): det, slogdet, logdet, inv, solve and the _ex forms on
+// the CPU backend against float64 references written here (Gauss-Jordan with full pivoting and
+// cofactor expansion, independent of the runtime's partial-pivoting LU); VJP by gradcheck, JVP
+// and the dot-product test; second derivatives of logdet against the closed form; singular,
+// nearly singular, non-square, empty and batch-mismatched input; GPU against CPU.
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+
+#include "testing.h"
+
+using namespace flxt;
+
+namespace {
+
+using LuTest = CpuTest;
+
+struct GradOn {
+    int depth = 0;
+    GradOn() {
+        while (!flx_grad_enabled()) {
+            flx_no_grad_end();
+            depth++;
+        }
+    }
+    ~GradOn() {
+        for (int i = 0; i < depth; i++) flx_no_grad_begin();
+    }
+};
+void need_grad(const std::vector<flx_tensor *> &in) {
+    for (flx_tensor *t : in)
+        if (!flx_requires_grad(t)) flx_set_requires_grad(t, true);
+}
+
+using Mat = std::vector<double>;  // row-major n x n
+
+// Well-conditioned random matrices: I + 0.5 R / sqrt(n), R uniform in [-1, 1); matrix b of a
+// batch gets its first row negated when b is odd (negative determinants too).
+Mat wellcond(int64_t batch, int64_t n, uint64_t seed) {
+    Mat r = rand_values((size_t)(batch * n * n), seed);
+    double s = 0.5 / std::sqrt((double)std::max<int64_t>(n, 1));
+    for (int64_t b = 0; b < batch; b++)
+        for (int64_t i = 0; i < n; i++)
+            for (int64_t j = 0; j < n; j++) {
+                double &v = r[(size_t)(b * n * n + i * n + j)];
+                v = (i == j ? 1.0 : 0.0) + s * v;
+                if (b % 2 == 1 && i == 0) v = -v;
+            }
+    return r;
+}
+
+// Gauss-Jordan with full pivoting in double: det and inverse of one matrix.
+double ref_det_inv(Mat a, int64_t n, Mat *inv) {
+    Mat e((size_t)(n * n), 0.0);
+    for (int64_t i = 0; i < n; i++) e[(size_t)(i * n + i)] = 1.0;
+    std::vector<int64_t> colperm((size_t)n);
+    for (int64_t i = 0; i < n; i++) colperm[(size_t)i] = i;
+    double det = 1.0;
+    for (int64_t k = 0; k < n; k++) {
+        int64_t pr = k, pc = k;
+        for (int64_t i = k; i < n; i++)
+            for (int64_t j = k; j < n; j++)
+                if (std::fabs(a[(size_t)(i * n + j)]) > std::fabs(a[(size_t)(pr * n + pc)])) pr = i, pc = j;
+        if (a[(size_t)(pr * n + pc)] == 0.0) return 0.0;
+        if (pr != k) {
+            for (int64_t j = 0; j < n; j++) {
+                std::swap(a[(size_t)(pr * n + j)], a[(size_t)(k * n + j)]);
+                std::swap(e[(size_t)(pr * n + j)], e[(size_t)(k * n + j)]);
+            }
+            det = -det;
+        }
+        if (pc != k) {  // column swap of a: x's entries swap, undone at the end
+            for (int64_t i = 0; i < n; i++) std::swap(a[(size_t)(i * n + pc)], a[(size_t)(i * n + k)]);
+            std::swap(colperm[(size_t)pc], colperm[(size_t)k]);
+            det = -det;
+        }
+        double p = a[(size_t)(k * n + k)];
+        det *= p;
+        for (int64_t j = 0; j < n; j++) {
+            a[(size_t)(k * n + j)] /= p;
+            e[(size_t)(k * n + j)] /= p;
+        }
+        for (int64_t i = 0; i < n; i++) {
+            if (i == k) continue;
+            double f = a[(size_t)(i * n + k)];
+            if (f == 0.0) continue;
+            for (int64_t j = 0; j < n; j++) {
+                a[(size_t)(i * n + j)] -= f * a[(size_t)(k * n + j)];
+                e[(size_t)(i * n + j)] -= f * e[(size_t)(k * n + j)];
+            }
+        }
+    }
+    if (inv) {  // rows of e are the inverse of the column-permuted matrix: unpermute rows
+        inv->assign((size_t)(n * n), 0.0);
+        for (int64_t i = 0; i < n; i++)
+            for (int64_t j = 0; j < n; j++) (*inv)[(size_t)(colperm[(size_t)i] * n + j)] = e[(size_t)(i * n + j)];
+    }
+    return det;
+}
+
+// Cofactor matrix by cofactor expansion: C[i][j] = (-1)^(i+j) det(minor(i, j)).
+Mat ref_cofactor(const Mat &a, int64_t n) {
+    Mat c((size_t)(n * n));
+    for (int64_t i = 0; i < n; i++)
+        for (int64_t j = 0; j < n; j++) {
+            Mat m;
+            for (int64_t r = 0; r < n; r++)
+                for (int64_t s = 0; s < n; s++)
+                    if (r != i && s != j) m.push_back(a[(size_t)(r * n + s)]);
+            double d = n == 1 ? 1.0 : ref_det_inv(m, n - 1, nullptr);
+            c[(size_t)(i * n + j)] = ((i + j) % 2 ? -1.0 : 1.0) * d;
+        }
+    return c;
+}
+
+Mat transpose(const Mat &a, int64_t n) {
+    Mat t(a.size());
+    for (int64_t i = 0; i < n; i++)
+        for (int64_t j = 0; j < n; j++) t[(size_t)(j * n + i)] = a[(size_t)(i * n + j)];
+    return t;
+}
+
+Mat matmul(const Mat &a, const Mat &b, int64_t m, int64_t k, int64_t n) {
+    Mat c((size_t)(m * n), 0.0);
+    for (int64_t i = 0; i < m; i++)
+        for (int64_t p = 0; p < k; p++)
+            for (int64_t j = 0; j < n; j++) c[(size_t)(i * n + j)] += a[(size_t)(i * k + p)] * b[(size_t)(p * n + j)];
+    return c;
+}
+
+flx_tensor *zeros(flx_ctx *c, flx_dtype dt, Shape s) { return flx_zeros(c, dt, (int32_t)s.size(), s.data()); }
+
+Mat sub(const Mat &v, size_t off, size_t len) { return Mat(v.begin() + (long)off, v.begin() + (long)(off + len)); }
+
+// ---- values -----------------------------------------------------------------------------------
+struct Case {
+    int64_t batch, n;
+};
+const Case kCases[] = {{1, 1}, {1, 2}, {1, 3}, {1, 7}, {1, 32}, {1, 100}, {1000, 4}, {3, 5}};
+
+TEST_F(LuTest, DetInvSolveValuesF64AndF32) {
+    for (flx_dtype dt : {FLX_F64, FLX_F32}) {
+        double tol = dt == FLX_F64 ? 1e-10 : 2e-4;
+        for (const Case &c : kCases) {
+            int64_t n = c.n, B = c.batch;
+            Mat a = wellcond(B, n, (uint64_t)(100 + n + B));
+            Shape s = B == 1 ? Shape{n, n} : Shape{B, n, n};
+            Shape sb = B == 1 ? Shape{} : Shape{B};
+            flx_tensor *A = make(ctx, dt, s, a);
+            Mat rhs = rand_values((size_t)(B * n * 2), 5);
+            Shape sr = s;
+            sr.back() = 2;
+            flx_tensor *R = make(ctx, dt, sr, rhs);
+            Shape sv = sb;
+            sv.push_back(n);
+            Mat rv = rand_values((size_t)(B * n), 6);
+            flx_tensor *V = make(ctx, dt, sv, rv);
+            flx_tensor *det = flx_det(A), *ld = flx_logdet(A), *inv = flx_inv(A);
+            flx_tensor *X = flx_solve(A, R), *x = flx_solve(A, V);
+            flx_tensor *sg = nullptr, *la = nullptr;
+            ASSERT_EQ(flx_slogdet(A, &sg, &la), FLX_OK) << flx_last_error();
+            ASSERT_TRUE(det && ld && inv && X && x) << flx_last_error();
+            EXPECT_EQ(shape_of(det), sb);
+            EXPECT_EQ(shape_of(inv), s);
+            EXPECT_EQ(shape_of(X), sr);
+            EXPECT_EQ(shape_of(x), sv);
+            Mat edet, eld, esg, ela, einv, eX, ex;
+            for (int64_t b = 0; b < B; b++) {
+                Mat iv;
+                double d = ref_det_inv(sub(a, (size_t)(b * n * n), (size_t)(n * n)), n, &iv);
+                edet.push_back(d);
+                eld.push_back(d > 0 ? std::log(d) : NAN);
+                esg.push_back(d > 0 ? 1.0 : -1.0);
+                ela.push_back(std::log(std::fabs(d)));
+                einv.insert(einv.end(), iv.begin(), iv.end());
+                Mat xb = matmul(iv, sub(rhs, (size_t)(b * n * 2), (size_t)(n * 2)), n, n, 2);
+                eX.insert(eX.end(), xb.begin(), xb.end());
+                Mat vb = matmul(iv, sub(rv, (size_t)(b * n), (size_t)n), n, n, 1);
+                ex.insert(ex.end(), vb.begin(), vb.end());
+            }
+            SCOPED_TRACE(std::string(flx_dtype_name(dt)) + " batch " + std::to_string(B) + " n " +
+                         std::to_string(n));
+            EXPECT_TRUE(close(values(det), edet, tol, tol));
+            EXPECT_TRUE(close(values(ld), eld, tol, tol));
+            EXPECT_TRUE(close(values(sg), esg, 0, 0));
+            EXPECT_TRUE(close(values(la), ela, tol, tol));
+            EXPECT_TRUE(close(values(inv), einv, tol, tol));
+            EXPECT_TRUE(close(values(X), eX, tol, tol));
+            EXPECT_TRUE(close(values(x), ex, tol, tol));
+        }
+    }
+}
+
+TEST_F(LuTest, PivotingNeededAndZeroLeadingEntry) {
+    // [[0, 1], [1, 0]]: det -1, inverse itself; [[0, 2, 1], [1, 0, 0], [0, 0, 3]]: det -6.
+    flx_tensor *p = make(ctx, FLX_F64, {2, 2}, {0, 1, 1, 0});
+    EXPECT_TRUE(close(values(flx_det(p)), {-1.0}));
+    EXPECT_TRUE(close(values(flx_inv(p)), {0, 1, 1, 0}));
+    flx_tensor *q = make(ctx, FLX_F64, {3, 3}, {0, 2, 1, 1, 0, 0, 0, 0, 3});
+    EXPECT_TRUE(close(values(flx_det(q)), {-6.0}));
+    flx_tensor *s = nullptr, *l = nullptr;
+    ASSERT_EQ(flx_slogdet(q, &s, &l), FLX_OK);
+    EXPECT_TRUE(close(values(s), {-1.0}));
+    EXPECT_TRUE(close(values(l), {std::log(6.0)}));
+    EXPECT_TRUE(std::isnan(values(flx_logdet(q))[0]));
+}
+
+// ---- derivatives --------------------------------------------------------------------------------
+TEST_F(LuTest, GradcheckAndJvp) {
+    Mat a3 = wellcond(1, 3, 21), ab = wellcond(2, 4, 22);
+    flx_tensor *A = make(ctx, FLX_F64, {3, 3}, a3);
+    flx_tensor *Ab = make(ctx, FLX_F64, {2, 4, 4}, ab);
+    flx_tensor *B = rand_tensor(ctx, FLX_F64, {3, 2}, 23);
+    flx_tensor *Bb = rand_tensor(ctx, FLX_F64, {2, 4}, 24);
+    struct C {
+        const char *name;
+        Fn f;
+        std::vector<flx_tensor *> in;
+    };
+    std::vector<C> cases = {
+        {"det", [](auto in) { return flx_det(in[0]); }, {A}},
+        {"det batched", [](auto in) { return flx_det(in[0]); }, {Ab}},
+        {"logdet", [](auto in) { return flx_logdet(in[0]); }, {A}},
+        {"logabsdet batched",
+         [](auto in) {
+             flx_tensor *s = nullptr, *l = nullptr;
+             return flx_slogdet(in[0], &s, &l) == FLX_OK ? l : nullptr;
+         },
+         {Ab}},
+        {"inv", [](auto in) { return flx_inv(in[0]); }, {A}},
+        {"inv batched", [](auto in) { return flx_inv(in[0]); }, {Ab}},
+        {"solve matrix", [](auto in) { return flx_solve(in[0], in[1]); }, {A, B}},
+        {"solve vector batched", [](auto in) { return flx_solve(in[0], in[1]); }, {Ab, Bb}},
+    };
+    for (auto &c : cases) {
+        SCOPED_TRACE(c.name);
+        EXPECT_EQ(gradcheck(c.f, c.in), FLX_OK) << flx_last_error();
+        EXPECT_TRUE(jvp_check(c.f, c.in));
+    }
+}
+
+TEST_F(LuTest, SecondDerivativesThroughRules) {
+    Mat a3 = wellcond(1, 3, 31);
+    flx_tensor *A = make(ctx, FLX_F64, {3, 3}, a3);
+    flx_tensor *B = rand_tensor(ctx, FLX_F64, {3, 2}, 32);
+    // Gradients of det, logdet, inv and solve, differentiated again (reverse and forward).
+    std::vector<Fn> fs = {
+        [](auto in) -> flx_tensor * {
+            GradOn on;
+            need_grad(in);
+            flx_tensor *y = flx_det(in[0]), *g = nullptr;
+            if (flx_grad_of(1, &y, nullptr, 1, &in[0], true, &g) != FLX_OK) return nullptr;
+            return flx_sin(g);
+        },
+        [](auto in) -> flx_tensor * {
+            GradOn on;
+            need_grad(in);
+            flx_tensor *y = flx_sum_all(flx_square(flx_inv(in[0]))), *g = nullptr;
+            if (flx_grad_of(1, &y, nullptr, 1, &in[0], true, &g) != FLX_OK) return nullptr;
+            return g;
+        },
+        [](auto in) -> flx_tensor * {
+            GradOn on;
+            need_grad(in);
+            flx_tensor *y = flx_sum_all(flx_sin(flx_solve(in[0], in[1]))), *g[2] = {nullptr, nullptr};
+            flx_tensor *xs[2] = {in[0], in[1]};
+            if (flx_grad_of(1, &y, nullptr, 2, xs, true, g) != FLX_OK) return nullptr;
+            return flx_add(flx_sum_all(flx_square(g[0])), flx_sum_all(flx_square(g[1])));
+        },
+    };
+    for (size_t i = 0; i < fs.size(); i++) {
+        SCOPED_TRACE(i);
+        std::vector<flx_tensor *> in = {A};
+        if (i == 2) in.push_back(B);
+        EXPECT_EQ(gradcheck(fs[i], in, 1e-6, 1e-6, 1e-5), FLX_OK) << flx_last_error();
+        EXPECT_TRUE(jvp_check(fs[i], in, 1e-6, 1e-6, 1e-5));
+    }
+}
+
+TEST_F(LuTest, LogdetHessianMatchesClosedForm) {
+    // d/dA <A^-T, V> = -(A^-1 V A^-1)^T, for every entry of A free.
+    int64_t n = 4;
+    Mat a = wellcond(1, n, 41), v = rand_values((size_t)(n * n), 42);
+    flx_tensor *A = make(ctx, FLX_F64, {n, n}, a);
+    flx_tensor *V = make(ctx, FLX_F64, {n, n}, v);
+    ASSERT_EQ(flx_set_requires_grad(A, true), FLX_OK);
+    flx_tensor *y = flx_logdet(A), *g = nullptr, *h = nullptr;
+    ASSERT_EQ(flx_grad_of(1, &y, nullptr, 1, &A, true, &g), FLX_OK) << flx_last_error();
+    flx_tensor *gv = flx_sum_all(flx_mul(g, V));
+    ASSERT_EQ(flx_grad_of(1, &gv, nullptr, 1, &A, false, &h), FLX_OK) << flx_last_error();
+    Mat inv;
+    ref_det_inv(a, n, &inv);
+    Mat e = transpose(matmul(matmul(inv, v, n, n, n), inv, n, n, n), n);
+    for (double &x : e) x = -x;
+    EXPECT_TRUE(close(values(g), transpose(inv, n), 1e-12, 1e-10));
+    EXPECT_TRUE(close(values(h), e, 1e-12, 1e-10));
+    // Forward over reverse gives the same Hessian-vector product.
+    flx_tensor *hj = nullptr;
+    flx_tensor *A2 = make(ctx, FLX_F64, {n, n}, a);
+    ASSERT_EQ(flx_set_requires_grad(A2, true), FLX_OK);
+    flx_tensor *y2 = flx_logdet(A2), *g2 = nullptr;
+    ASSERT_EQ(flx_grad_of(1, &y2, nullptr, 1, &A2, true, &g2), FLX_OK);
+    ASSERT_EQ(flx_jvp(1, &A2, &V, 1, &g2, &hj), FLX_OK) << flx_last_error();
+    EXPECT_TRUE(close(values(hj), e, 1e-12, 1e-10));  // the Hessian is symmetric
+}
+
+// ---- singular and ill-conditioned input ---------------------------------------------------------
+TEST_F(LuTest, DetGradientAtSingularMatrixIsCofactor) {
+    struct S {
+        int64_t n;
+        Mat a;
+    };
+    std::vector<S> cases = {
+        {2, {1, 2, 2, 4}},                           // rank 1, exact zero pivot at the end
+        {3, {1, 2, 3, 4, 5, 6, 7, 8, 9}},            // rank 2 (zero pivot may be inexact)
+        {3, {0, 0, 0, 1, 2, 3, 4, 5, 6}},            // zero first row
+        {3, {0, 1, 2, 0, 3, 4, 0, 5, 7}},            // zero first column: zero pivot at step 0
+        {4, {1, 2, 3, 4, 2, 4, 6, 8, 0, 1, 1, 0, 5, 0, 1, 2}},  // rows 0, 1 dependent
+        {3, {1, 1, 1, 1, 1, 1, 1, 1, 1}},            // rank 1: cofactor matrix is 0
+    };
+    for (auto &c : cases) {
+        SCOPED_TRACE(c.n);
+        flx_tensor *A = make(ctx, FLX_F64, {c.n, c.n}, c.a);
+        ASSERT_EQ(flx_set_requires_grad(A, true), FLX_OK);
+        flx_tensor *d = flx_det(A), *g = nullptr;
+        ASSERT_EQ(flx_grad_of(1, &d, nullptr, 1, &A, false, &g), FLX_OK) << flx_last_error();
+        EXPECT_TRUE(close(values(d), {0.0}, 1e-12, 0));
+        Mat cof = ref_cofactor(c.a, c.n);
+        std::vector<double> got = values(g);
+        for (double x : got) EXPECT_TRUE(std::isfinite(x));
+        EXPECT_TRUE(close(got, cof, 1e-12, 1e-12));
+        // inv reports the singular matrix at the synchronisation point ...
+        flx_tensor *inv = flx_inv(A);
+        ASSERT_NE(inv, nullptr);
+        std::vector<double> buf((size_t)(c.n * c.n));
+        flx_status st = flx_to_host(inv, buf.data(), buf.size() * sizeof(double));
+        if (c.n != 3 || c.a[0] != 1 || c.a[1] != 2) {  // (1..9) need not give an exact zero pivot
+            EXPECT_EQ(st, FLX_ERR_NUMERIC);
+            EXPECT_NE(std::string(flx_last_error()).find("singular"), std::string::npos);
+        }
+        flx_clear_error();
+        // ... and the _ex form returns info instead.
+        flx_tensor *info = nullptr;
+        flx_tensor *inv2 = flx_inv_ex(A, &info);
+        ASSERT_TRUE(inv2 && info) << flx_last_error();
+        EXPECT_EQ(flx_dtype_of(info), FLX_I32);
+        std::vector<double> iv = values(info);
+        ASSERT_EQ(iv.size(), 1u);
+        if (c.n != 3 || c.a[0] != 1 || c.a[1] != 2) EXPECT_GT(iv[0], 0);
+        EXPECT_EQ(flx_ctx_synchronize(ctx), FLX_OK) << flx_last_error();
+    }
+}
+
+TEST_F(LuTest, CofactorOfNonsingularIsDetTimesInverseTranspose) {
+    for (int64_t n : {1, 2, 5}) {
+        Mat a = wellcond(1, n, (uint64_t)(50 + n));
+        flx_tensor *A = make(ctx, FLX_F64, {n, n}, a);
+        ASSERT_EQ(flx_set_requires_grad(A, true), FLX_OK);
+        flx_tensor *d = flx_det(A), *g = nullptr;
+        ASSERT_EQ(flx_grad_of(1, &d, nullptr, 1, &A, false, &g), FLX_OK);
+        EXPECT_TRUE(close(values(g), ref_cofactor(a, n), 1e-12, 1e-10));
+    }
+}
+
+TEST_F(LuTest, SolveExInfoPerMatrixAndNearlySingular) {
+    // Batch of two: the second is singular; info names it, the first solves normally.
+    flx_tensor *A = make(ctx, FLX_F64, {2, 2, 2}, {2, 1, 1, 3, 1, 2, 2, 4});
+    flx_tensor *b = make(ctx, FLX_F64, {2, 2}, {1, 2, 1, 1});
+    flx_tensor *info = nullptr;
+    flx_tensor *x = flx_solve_ex(A, b, &info);
+    ASSERT_TRUE(x && info) << flx_last_error();
+    EXPECT_TRUE(close(values(info), {0, 2}));
+    std::vector<double> xv = values(x);
+    EXPECT_NEAR(xv[0], 0.2, 1e-14);
+    EXPECT_NEAR(xv[1], 0.6, 1e-14);
+    // flx_solve on the same input reports at the next synchronisation point.
+    flx_tensor *y = flx_solve(A, b);
+    ASSERT_NE(y, nullptr);
+    EXPECT_EQ(flx_eval(1, &y), FLX_OK);
+    EXPECT_EQ(flx_ctx_synchronize(ctx), FLX_ERR_NUMERIC);
+    EXPECT_NE(std::string(flx_last_error()).find("singular"), std::string::npos);
+    flx_clear_error();
+    EXPECT_EQ(flx_ctx_synchronize(ctx), FLX_OK);  // the word was cleared
+    // Nearly singular (condition ~1e10): no error, accurate in f64 to ~cond * eps.
+    double e = 1e-10;
+    flx_tensor *N = make(ctx, FLX_F64, {2, 2}, {1, 1, 1, 1 + e});
+    flx_tensor *rhs = make(ctx, FLX_F64, {2}, {2, 2 + e});
+    EXPECT_TRUE(close(values(flx_solve(N, rhs)), {1, 1}, 1e-5, 0));
+    EXPECT_TRUE(close(values(flx_det(N)), {e}, 0, 1e-5));
+    EXPECT_EQ(flx_ctx_synchronize(ctx), FLX_OK);
+}
+
+// ---- shapes and bad input -------------------------------------------------------------------------
+TEST_F(LuTest, EmptyInputs) {
+    flx_tensor *z = zeros(ctx, FLX_F64, {0, 0});
+    EXPECT_TRUE(close(values(flx_det(z)), {1.0}));
+    EXPECT_TRUE(close(values(flx_logdet(z)), {0.0}));
+    EXPECT_EQ(shape_of(flx_inv(z)), (Shape{0, 0}));
+    flx_tensor *e = zeros(ctx, FLX_F64, {0, 3, 3});
+    EXPECT_EQ(shape_of(flx_det(e)), (Shape{0}));
+    EXPECT_EQ(values(flx_det(e)).size(), 0u);
+    EXPECT_EQ(shape_of(flx_inv(e)), (Shape{0, 3, 3}));
+    flx_tensor *be = zeros(ctx, FLX_F64, {0, 3, 2});
+    EXPECT_EQ(shape_of(flx_solve(e, be)), (Shape{0, 3, 2}));
+    flx_tensor *k0 = zeros(ctx, FLX_F64, {3, 0});
+    flx_tensor *I = flx_eye(ctx, FLX_F64, 3, 3);
+    EXPECT_EQ(shape_of(flx_solve(I, k0)), (Shape{3, 0}));
+    EXPECT_EQ(flx_ctx_synchronize(ctx), FLX_OK);
+}
+
+TEST_F(LuTest, BadInputRejectedAtBuildTime) {
+    flx_tensor *rect = zeros(ctx, FLX_F64, {2, 3});
+    flx_tensor *vec = zeros(ctx, FLX_F64, {3});
+    flx_tensor *A = flx_eye(ctx, FLX_F64, 3, 3);
+    flx_tensor *A32 = flx_eye(ctx, FLX_F32, 3, 3);
+    flx_tensor *Ai = zeros(ctx, FLX_I32, {3, 3});
+    flx_tensor *Ab = zeros(ctx, FLX_F64, {2, 3, 3});
+    flx_tensor *Bb = zeros(ctx, FLX_F64, {4, 3, 1});
+    EXPECT_TRUE(fails_with(flx_det(rect), FLX_ERR_SHAPE, "square"));
+    EXPECT_TRUE(fails_with(flx_inv(rect), FLX_ERR_SHAPE, "flx_inv"));
+    EXPECT_TRUE(fails_with(flx_logdet(vec), FLX_ERR_SHAPE, "rank >= 2"));
+    EXPECT_TRUE(fails_with(flx_det(Ai), FLX_ERR_DTYPE, "flx_det"));
+    EXPECT_TRUE(fails_with(flx_det(nullptr), FLX_ERR_INVALID_ARGUMENT, "flx_det"));
+    EXPECT_TRUE(fails_with(flx_solve(A, nullptr), FLX_ERR_INVALID_ARGUMENT, "flx_solve"));
+    EXPECT_TRUE(fails_with(flx_solve(A, rect), FLX_ERR_SHAPE, "flx_solve"));
+    EXPECT_TRUE(fails_with(flx_solve(A, zeros(ctx, FLX_F64, {4})), FLX_ERR_SHAPE,
+                           "(4)"));
+    EXPECT_TRUE(fails_with(flx_solve(Ab, Bb), FLX_ERR_SHAPE, "batch dims"));
+    EXPECT_TRUE(fails_with(flx_solve(A32, vec), FLX_ERR_DTYPE, "dtypes differ"));
+    EXPECT_TRUE(fails_with(flx_inv_ex(A, nullptr), FLX_ERR_INVALID_ARGUMENT, "info"));
+    flx_tensor *s = nullptr;
+    EXPECT_EQ(flx_slogdet(A, &s, nullptr), FLX_ERR_INVALID_ARGUMENT);
+    EXPECT_EQ(flx_slogdet(rect, &s, &s), FLX_ERR_SHAPE);
+    EXPECT_EQ(s, nullptr);
+    flx_clear_error();
+    // Tensors of two contexts.
+    flx_ctx *other = flx_ctx_create(flx_device_cpu());
+    ASSERT_NE(other, nullptr);
+    ASSERT_EQ(flx_scope_begin(), FLX_OK);
+    flx_tensor *v2 = zeros(other, FLX_F64, {3});
+    EXPECT_TRUE(fails_with(flx_solve(A, v2), FLX_ERR_DEVICE, "flx_solve"));
+    ASSERT_EQ(flx_scope_end(0, nullptr), FLX_OK);
+    EXPECT_EQ(flx_ctx_destroy(other), FLX_OK);
+}
+
+// ---- GPU against CPU --------------------------------------------------------------------------------
+TEST(LuCuda, MatchesCpu) {
+    FLX_REQUIRE_CUDA(gpu);
+    flx_ctx *cpu = flx_ctx_create(flx_device_cpu());
+    ASSERT_NE(cpu, nullptr);
+    ASSERT_EQ(flx_scope_begin(), FLX_OK);
+    const Case cases[] = {{1, 1}, {1, 2}, {1, 3}, {1, 7}, {1, 8}, {1, 9}, {1, 32}, {1, 100},
+                          {1000, 4}, {37, 8}, {50, 13}, {3, 300}, {0, 4}};
+    for (flx_dtype dt : {FLX_F64, FLX_F32}) {
+        double tol = dt == FLX_F64 ? 1e-9 : 1e-3;
+        for (const Case &c : cases) {
+            SCOPED_TRACE(std::string(flx_dtype_name(dt)) + " batch " + std::to_string(c.batch) +
+                         " n " + std::to_string(c.n));
+            Mat a = wellcond(c.batch, c.n, (uint64_t)(7 + c.n));
+            Shape s = {c.batch, c.n, c.n};
+            flx_tensor *Ac = make(cpu, dt, s, a), *Ag = flx_to_ctx(Ac, gpu);
+            flx_tensor *Bc = rand_tensor(cpu, dt, {c.batch, c.n, 3}, 9), *Bg = flx_to_ctx(Bc, gpu);
+            flx_tensor *vc = rand_tensor(cpu, dt, {c.batch, c.n}, 10), *vg = flx_to_ctx(vc, gpu);
+            auto both = [&](std::function<flx_tensor *(flx_tensor *, flx_tensor *, flx_tensor *)> f) {
+                flx_tensor *rc = f(Ac, Bc, vc), *rg = f(Ag, Bg, vg);
+                ASSERT_TRUE(rc && rg) << flx_last_error();
+                EXPECT_TRUE(close(values(rg), values(rc), tol, tol));
+            };
+            both([](flx_tensor *A, flx_tensor *, flx_tensor *) { return flx_det(A); });
+            both([](flx_tensor *A, flx_tensor *, flx_tensor *) { return flx_logdet(A); });
+            both([](flx_tensor *A, flx_tensor *, flx_tensor *) { return flx_inv(A); });
+            both([](flx_tensor *A, flx_tensor *B, flx_tensor *) { return flx_solve(A, B); });
+            both([](flx_tensor *A, flx_tensor *, flx_tensor *v) { return flx_solve(A, v); });
+            both([](flx_tensor *A, flx_tensor *, flx_tensor *) -> flx_tensor * {
+                flx_set_requires_grad(A, true);
+                flx_tensor *g = nullptr, *d = flx_sum_all(flx_det(A));
+                if (flx_grad_of(1, &d, nullptr, 1, &A, false, &g) != FLX_OK) return nullptr;
+                return g;
+            });
+            both([](flx_tensor *A, flx_tensor *B, flx_tensor *) -> flx_tensor * {
+                flx_set_requires_grad(A, true);
+                flx_tensor *g = nullptr, *d = flx_sum_all(flx_sin(flx_solve(A, B)));
+                if (flx_grad_of(1, &d, nullptr, 1, &A, false, &g) != FLX_OK) return nullptr;
+                return g;
+            });
+        }
+    }
+    // Singular input on the GPU: cofactor gradient, the error at sync, info from _ex.
+    Mat sing = {1, 2, 3, 2, 4, 6, 0, 1, 1};
+    flx_tensor *Sg = make(gpu, FLX_F64, {3, 3}, sing);
+    flx_set_requires_grad(Sg, true);
+    flx_tensor *d = flx_det(Sg), *g = nullptr;
+    ASSERT_EQ(flx_grad_of(1, &d, nullptr, 1, &Sg, false, &g), FLX_OK);
+    EXPECT_TRUE(close(values(g), ref_cofactor(sing, 3), 1e-12, 1e-12));
+    flx_tensor *inv = flx_inv(Sg);
+    EXPECT_EQ(flx_eval(1, &inv), FLX_OK);
+    EXPECT_EQ(flx_ctx_synchronize(gpu), FLX_ERR_NUMERIC);
+    flx_clear_error();
+    flx_tensor *info = nullptr;
+    ASSERT_NE(flx_inv_ex(Sg, &info), nullptr);
+    EXPECT_GT(values(info)[0], 0);
+    ASSERT_EQ(flx_scope_end(0, nullptr), FLX_OK);
+    EXPECT_EQ(flx_ctx_destroy(cpu), FLX_OK);
+}
+
+}  // namespace
+
+namespace {
+
+using NormTest = CpuTest;
+
+TEST_F(NormTest, ValuesAgainstFloat64) {
+    Mat v = rand_values(24, 61);
+    flx_tensor *x = make(ctx, FLX_F64, {2, 3, 4}, v);
+    int32_t last[1] = {-1}, mat[2] = {-2, -1};
+    // per row of the last axis
+    std::vector<double> e1, e2, einf, e3;
+    for (int r = 0; r < 6; r++) {
+        double s1 = 0, s2 = 0, m = 0, s3 = 0;
+        for (int j = 0; j < 4; j++) {
+            double a = std::fabs(v[(size_t)(r * 4 + j)]);
+            s1 += a, s2 += a * a, m = std::max(m, a), s3 += a * a * a;
+        }
+        e1.push_back(s1), e2.push_back(std::sqrt(s2)), einf.push_back(m), e3.push_back(std::cbrt(s3));
+    }
+    EXPECT_TRUE(close(values(flx_norm(x, 1, 1, last, false)), e1));
+    EXPECT_TRUE(close(values(flx_norm(x, 2, 1, last, false)), e2));
+    EXPECT_TRUE(close(values(flx_norm(x, INFINITY, 1, last, false)), einf));
+    EXPECT_TRUE(close(values(flx_norm(x, 3, 1, last, false)), e3));
+    std::vector<double> fro;
+    for (int b = 0; b < 2; b++) {
+        double s = 0;
+        for (int j = 0; j < 12; j++) s += v[(size_t)(b * 12 + j)] * v[(size_t)(b * 12 + j)];
+        fro.push_back(std::sqrt(s));
+    }
+    flx_tensor *f = flx_norm(x, 2, 2, mat, true);
+    EXPECT_EQ(shape_of(f), (Shape{2, 1, 1}));
+    EXPECT_TRUE(close(values(f), fro));
+    double all = 0;
+    for (double a : v) all += a * a;
+    EXPECT_TRUE(close(values(flx_norm(x, 2, 0, nullptr, false)), {std::sqrt(all)}));
+    flx_tensor *e = zeros(ctx, FLX_F64, {0});
+    EXPECT_TRUE(close(values(flx_norm(e, INFINITY, 0, nullptr, false)), {0.0}));
+    EXPECT_TRUE(fails_with(flx_norm(x, 0.5, 0, nullptr, false), FLX_ERR_INVALID_ARGUMENT, "p must"));
+    int32_t bad[1] = {5};
+    EXPECT_TRUE(fails_with(flx_norm(x, 2, 1, bad, false), FLX_ERR_INVALID_ARGUMENT, "flx_norm"));
+    flx_clear_error();
+    EXPECT_TRUE(fails_with(flx_norm(nullptr, 2, 0, nullptr, false), FLX_ERR_INVALID_ARGUMENT, "flx_norm"));
+}
+
+TEST_F(NormTest, GradientsIncludingZeroSubgradient) {
+    flx_tensor *x = rand_tensor(ctx, FLX_F64, {3, 4}, 62, 0.2, 1.0);
+    int32_t last[1] = {-1};
+    for (double p : {1.0, 2.0, 3.0, (double)INFINITY}) {
+        SCOPED_TRACE(p);
+        Fn f = [p, last](auto in) { return flx_norm(in[0], p, 1, last, false); };
+        EXPECT_EQ(gradcheck(f, {x}), FLX_OK) << flx_last_error();
+        EXPECT_TRUE(jvp_check(f, {x}));
+        // At zero: gradient 0, finite second derivative.
+        flx_tensor *z = zeros(ctx, FLX_F64, {2, 3});
+        ASSERT_EQ(flx_set_requires_grad(z, true), FLX_OK);
+        flx_tensor *n = flx_sum_all(flx_norm(z, p, 1, last, false)), *g = nullptr;
+        ASSERT_EQ(flx_grad_of(1, &n, nullptr, 1, &z, true, &g), FLX_OK) << flx_last_error();
+        EXPECT_TRUE(close(values(g), std::vector<double>(6, 0.0), 0, 0));
+        flx_tensor *gg = flx_sum_all(flx_square(g)), *h = nullptr;
+        ASSERT_EQ(flx_grad_of(1, &gg, nullptr, 1, &z, false, &h), FLX_OK) << flx_last_error();
+        for (double v : values(h)) EXPECT_TRUE(std::isfinite(v));
+        flx_tensor *t = nullptr, *one = make(ctx, FLX_F64, {2, 3}, std::vector<double>(6, 1.0));
+        flx_tensor *nz = flx_norm(z, p, 1, last, false);
+        ASSERT_EQ(flx_jvp(1, &z, &one, 1, &nz, &t), FLX_OK);
+        for (double v : values(t)) EXPECT_TRUE(std::isfinite(v));
+    }
+}
+
+}  // namespace
