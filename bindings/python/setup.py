@@ -9,6 +9,8 @@ Where the library comes from, in order:
      (FLUXION_CMAKE_ARGS adds arguments, FLUXION_JOBS sets the parallel jobs, default 2).
 """
 
+from __future__ import annotations
+
 import os
 import shutil
 import subprocess
