@@ -9,8 +9,12 @@
  *          w* = (X^T X + lam I)^-1 X^T y (checked: the gradient vanishes there)
  *   nearest symmetric matrix to A: gradient descent on ||S - A||_F^2 over S = (X + X^T)/2 converges
  *          to (A + A^T)/2
- *   x^T exp(x x^T) x = s e^s with s = ||x||^2 (since (x x^T) x = s x): grad = 2 (1 + s) e^s x.
- *          Printed from the closed form only: flx_expm is not implemented yet.
+ *   x^T exp(x x^T) x = s e^s with s = ||x||^2 (since (x x^T) x = s x): grad = 2 (1 + s) e^s x,
+ *          fluxion's through flx_expm (its exact block-matrix VJP).
+ *   tr(Q diag(e^lam) Q^T) = sum e^lam_i with (lam, Q) = eigh(S), S = [[a, b], [b, c]] symmetric:
+ *          grad = Q diag(e^lam) Q^T = exp(S) = e^m (cosh r I + sinh(r)/r (S - m I)),
+ *          m = (a + c)/2, r = sqrt(((a - c)/2)^2 + b^2) (eigh differentiates (S + S^T)/2, so the
+ *          gradient is symmetric: every entry of S free).
  * Exit status 0 when every comparison holds to 1e-8 (CPU, f64), else 1. */
 #include <math.h>
 #include <stdio.h>
@@ -130,10 +134,23 @@ int main(void) {
     flx_tensor *St = flx_from_host(ctx, FLX_F64, 2, s33, Ssym);
     check("nearest symmetric (GD) vs (A+A^T)/2", St, half, 9);
 
+    /* x^T exp(x x^T) x with flx_expm */
     double xs[2] = {0.3, -0.4}, s = 0.25, gexp[2];
     for (int i = 0; i < 2; i++) gexp[i] = 2 * (1 + s) * exp(s) * xs[i];
-    printf("%-34s closed form [ % .6f % .6f ] (fluxion: needs flx_expm, not implemented yet)\n",
-           "grad x^T exp(xx^T) x", gexp[0], gexp[1]);
+    flx_tensor *xe = leaf(ctx, 1, s2, xs);
+    flx_tensor *fe = flx_dot(xe, flx_matmul(flx_expm(flx_outer(xe, xe)), xe));
+    check("grad x^T exp(xx^T) x", grad1(fe, xe), gexp, 2);
+
+    /* tr(Q diag(e^lam) Q^T) with (lam, Q) = eigh(S) */
+    double Sv[4] = {0.7, -0.4, -0.4, 0.1}, sm = 0.4, sr = sqrt(0.3 * 0.3 + 0.16), gtr[4];
+    int64_t s22[2] = {2, 2};
+    for (int i = 0; i < 4; i++)
+        gtr[i] = exp(sm) * ((i % 3 == 0) * cosh(sr) + sinh(sr) / sr * (Sv[i] - (i % 3 == 0) * sm));
+    flx_tensor *Se = leaf(ctx, 2, s22, Sv), *ev = NULL, *Q = NULL;
+    flx_tensor *ftr = NULL;
+    if (flx_eigh(Se, &ev, &Q) == FLX_OK)
+        ftr = flx_trace(flx_matmul(flx_mul(Q, flx_exp(ev)), flx_transpose(Q, 0, 1)));
+    check("grad tr(Q diag(e^lam) Q^T)", grad1(ftr, Se), gtr, 4);
 
     flx_scope_end(0, NULL);
     flx_ctx_destroy(ctx);

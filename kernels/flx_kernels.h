@@ -28,6 +28,8 @@ extern "C" {
 enum { FLX_KERR_NONE = 0, FLX_KERR_INDEX_RANGE = 1 };
 /* LU family (issue 4): inv/solve met an exactly singular matrix (a zero pivot in its LU). */
 enum { FLX_KERR_SINGULAR = 16 };
+/* eigh (issue 4): the eigensolver did not converge (cuSOLVER info > 0, or Jacobi sweeps ran out). */
+enum { FLX_KERR_EIGH_NOCONV = 17 };
 
 /* ---- fill: creation of values ---------------------------------------------------------------
  * CONST: a. IOTA: a + i*b. EYE: 1 where (i / cols) == (i % cols), else 0.
@@ -283,6 +285,23 @@ typedef struct flx_cuda_lu_env {
 /* Returns 0, a cudaError_t (> 0), -1 (scratch allocation failed; error already set by alloc),
  * -(1000 + cublasStatus_t) or -(2000 + cusolverStatus_t). */
 int flx_cuda_lu(const flx_lu_args *args, const flx_cuda_lu_env *env);
+
+/* ---- eigh (issue 4; runtime/ops_eigh.c, runtime/cpu_eigh.c, kernels/eigh.cu) ------------------
+ * a: (batch, n, n) row-major symmetric matrices (only the lower triangle is read on CUDA; the CPU
+ * reads both triangles' average -- the builder passes exactly symmetric input). out: (batch, n,
+ * n + 1) row-major = [V | w]: columns 0..n-1 the orthonormal eigenvectors (column j for w[j]),
+ * column n the eigenvalues, ascending. Sign convention: each eigenvector's entry of largest
+ * magnitude (the first such) is positive. A matrix that does not converge stores
+ * FLX_KERR_EIGH_NOCONV in err (its values are then unspecified). */
+typedef struct flx_eigh_args {
+    flx_dtype dtype; /* f32, f64 */
+    int64_t batch, n;
+    const void *a;
+    void *out;
+    int32_t *err;
+} flx_eigh_args;
+/* Same return convention as flx_cuda_lu (the environment is the LU one: stream, handles, scratch). */
+int flx_cuda_eigh(const flx_eigh_args *args, const flx_cuda_lu_env *env);
 
 /* ---- CUDA launch functions (defined only in builds with the CUDA backend) ------------------ */
 int flx_cuda_fill(const flx_fill_args *args, void *stream);

@@ -47,6 +47,9 @@ static flx_status cpu_synchronize(flx_ctx *ctx) {
     if (e == FLX_KERR_SINGULAR) /* LU family (issue 4) */
         return flx_set_error(FLX_ERR_NUMERIC, "flx_inv/flx_solve: the matrix is singular (a zero "
                              "pivot in its LU factorisation); use the _ex variant for per-matrix info");
+    if (e == FLX_KERR_EIGH_NOCONV) /* eigh (issue 4) */
+        return flx_set_error(FLX_ERR_NUMERIC, "flx_eigh: the eigensolver did not converge (non-finite "
+                             "input?)");
     return FLX_OK;
 }
 
@@ -411,4 +414,5 @@ const flx_backend flx_backend_cpu = {
     .lu = flx_cpu_lu, /* LU family: runtime/cpu_lu.c (issue 4) */
     .softmax = flx_cpu_softmax, /* softmax family: runtime/cpu_softmax.c */
     .optim = flx_cpu_optim, /* fused optimisers: runtime/cpu_optim.c (issue 5) */
+    .eigh = flx_cpu_eigh, /* eigh: runtime/cpu_eigh.c (issue 4) */
 };

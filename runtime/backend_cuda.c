@@ -34,6 +34,7 @@ typedef struct cuda_state {
     cudaMemPool_t pool;
     int32_t *err_host; /* pinned: the error word is copied here at synchronisation points */
     cusolverDnHandle_t cusolver; /* LU family (issue 4): created lazily, bound to stream */
+    void *blas_ws; /* issue 6: cuBLAS workspace, set before the first graph capture */
 } cuda_state;
 
 static cuda_state *st_of(flx_ctx *ctx) { return (cuda_state *)ctx->backend_state; }
@@ -104,6 +105,7 @@ static void release_state(cuda_state *s, int32_t *err_word) {
     if (err_word) cudaFree(err_word);
     if (s->err_host) cudaFreeHost(s->err_host);
     if (s->blas) cublasDestroy(s->blas);
+    if (s->blas_ws) cudaFree(s->blas_ws); /* issue 6: after the handle that used it */
     if (s->cusolver) cusolverDnDestroy(s->cusolver); /* LU family (issue 4) */
     if (s->stream) cudaStreamDestroy(s->stream);
     (void)cudaGetLastError();
@@ -245,6 +247,9 @@ static flx_status finish_and_check(flx_ctx *ctx, const char *what) {
         if (word == FLX_KERR_SINGULAR) /* LU family (issue 4) */
             return flx_set_error(FLX_ERR_NUMERIC, "flx_inv/flx_solve: the matrix is singular (a zero "
                                  "pivot in its LU factorisation); use the _ex variant for per-matrix info");
+        if (word == FLX_KERR_EIGH_NOCONV) /* eigh (issue 4) */
+            return flx_set_error(FLX_ERR_NUMERIC, "flx_eigh: the eigensolver did not converge "
+                                 "(non-finite input?)");
         return flx_set_error(FLX_ERR_BACKEND, "cuda: a kernel reported device error code %d",
                              (int)word);
     }
@@ -439,6 +444,32 @@ static flx_status cuda_lu(flx_ctx *ctx, const flx_lu_args *a) {
     return launched(rc, "lu", a->dtype);
 }
 
+/* ---- eigh (issue 4): thin glue; cuSOLVER syevd / syevjBatched in kernels/eigh.cu ------------ */
+static flx_status cuda_eigh(flx_ctx *ctx, const flx_eigh_args *a) {
+    if (use_device(ctx) != FLX_OK) return flx_last_status();
+    cuda_state *s = st_of(ctx);
+    if (!s->cusolver) { /* the LU family's lazily created handle, shared */
+        cusolverStatus_t cs = cusolverDnCreate(&s->cusolver);
+        if (cs == CUSOLVER_STATUS_SUCCESS) cs = cusolverDnSetStream(s->cusolver, s->stream);
+        if (cs != CUSOLVER_STATUS_SUCCESS) {
+            if (s->cusolver) cusolverDnDestroy(s->cusolver);
+            s->cusolver = NULL;
+            return flx_set_error(FLX_ERR_BACKEND, "cuda eigh: creating the cuSOLVER handle failed "
+                                 "(cusolverStatus %d)", (int)cs);
+        }
+    }
+    flx_cuda_lu_env env = {(void *)s->stream, (void *)s->blas, (void *)s->cusolver,
+                           lu_scratch_alloc, lu_scratch_free, (void *)ctx};
+    int rc = flx_cuda_eigh(a, &env);
+    if (rc == 0) return FLX_OK;
+    if (rc == -1) return flx_last_status(); /* scratch allocation: error already set */
+    if (rc <= -2000)
+        return flx_set_error(FLX_ERR_BACKEND, "cuda eigh (%s, batch %lld, n %lld): cuSOLVER failed "
+                             "with status %d", flx_dtype_name(a->dtype), (long long)a->batch,
+                             (long long)a->n, -rc - 2000);
+    return launched(rc, "eigh", a->dtype);
+}
+
 /* ---- profiler ranges (issue 9) ---------------------------------------------------------------
  * NVTX3 is header-only: without a tool attached (Nsight Systems / Compute) each call is one
  * check of a function pointer, so the ranges stay compiled in. Ranges are per thread (host-side
@@ -451,6 +482,83 @@ static void cuda_range_pop(flx_ctx *ctx) {
     (void)ctx;
     nvtxRangePop();
 }
+
+/* ---- issue 6: plans (CUDA graph capture, runtime/plan.c) and math mode ---------------------
+ * A plan's replay is recorded once on the context stream (thread-local capture mode, so other
+ * threads are not affected) and instantiated; a run is one cudaGraphLaunch. Before the first
+ * capture cuBLAS is given a preallocated workspace, so it never allocates during capture (set
+ * once per context, after draining the stream that may still use its default workspace). */
+#define FLX_CUDA_BLAS_WS_BYTES ((size_t)32 << 20)
+
+static flx_status cuda_capture_begin(flx_ctx *ctx) {
+    if (use_device(ctx) != FLX_OK) return flx_last_status();
+    cuda_state *s = st_of(ctx);
+    cudaError_t e;
+    if (!s->blas_ws) {
+        e = cudaStreamSynchronize(s->stream);
+        ctx->stats.syncs++;
+        if (e != cudaSuccess) return cuda_fail(e, "cudaStreamSynchronize (before setting the cuBLAS workspace)");
+        void *ws = NULL;
+        e = cudaMalloc(&ws, FLX_CUDA_BLAS_WS_BYTES);
+        if (e != cudaSuccess) return cuda_fail(e, "cudaMalloc (cuBLAS workspace for graph capture)");
+        cublasStatus_t bs = cublasSetWorkspace(s->blas, ws, FLX_CUDA_BLAS_WS_BYTES);
+        if (bs != CUBLAS_STATUS_SUCCESS) {
+            cudaFree(ws);
+            return flx_set_error(FLX_ERR_BACKEND, "cuda: cublasSetWorkspace failed: %s",
+                                 cublas_status_name(bs));
+        }
+        s->blas_ws = ws;
+    }
+    e = cudaStreamBeginCapture(s->stream, cudaStreamCaptureModeThreadLocal);
+    if (e != cudaSuccess) return cuda_fail(e, "cudaStreamBeginCapture");
+    return FLX_OK;
+}
+
+static flx_status cuda_capture_end(flx_ctx *ctx, bool keep, void **graph) {
+    *graph = NULL;
+    cuda_state *s = st_of(ctx);
+    (void)cudaSetDevice(s->device);
+    cudaGraph_t g = NULL;
+    cudaError_t e = cudaStreamEndCapture(s->stream, &g); /* always: leaves capture mode */
+    if (e != cudaSuccess || !keep) {
+        if (g) cudaGraphDestroy(g);
+        (void)cudaGetLastError();
+        if (!keep) return FLX_OK;
+        return cuda_fail(e, "cudaStreamEndCapture (an operation of the plan could not be captured)");
+    }
+    cudaGraphExec_t ex = NULL;
+    e = cudaGraphInstantiate(&ex, g, 0);
+    cudaGraphDestroy(g);
+    if (e != cudaSuccess) return cuda_fail(e, "cudaGraphInstantiate");
+    *graph = (void *)ex;
+    return FLX_OK;
+}
+
+static flx_status cuda_graph_launch(flx_ctx *ctx, void *graph) {
+    if (use_device(ctx) != FLX_OK) return flx_last_status();
+    cudaError_t e = cudaGraphLaunch((cudaGraphExec_t)graph, st_of(ctx)->stream);
+    if (e != cudaSuccess) return cuda_fail(e, "cudaGraphLaunch");
+    ctx->stats.kernels++;
+    return FLX_OK;
+}
+
+static void cuda_graph_destroy(flx_ctx *ctx, void *graph) {
+    if (!graph) return;
+    (void)cudaSetDevice(st_of(ctx)->device);
+    if (cudaGraphExecDestroy((cudaGraphExec_t)graph) != cudaSuccess) (void)cudaGetLastError();
+}
+
+static flx_status cuda_set_math_mode(flx_ctx *ctx, int32_t mode) {
+    if (use_device(ctx) != FLX_OK) return flx_last_status();
+    cublasStatus_t bs = cublasSetMathMode(st_of(ctx)->blas, (mode & FLX_MATH_TF32)
+                                                                ? CUBLAS_TF32_TENSOR_OP_MATH
+                                                                : CUBLAS_DEFAULT_MATH);
+    if (bs != CUBLAS_STATUS_SUCCESS)
+        return flx_set_error(FLX_ERR_BACKEND, "flx_set_math_mode: cublasSetMathMode failed: %s",
+                             cublas_status_name(bs));
+    return FLX_OK;
+}
+/* ---- end issue 6 ---- */
 
 const flx_backend flx_backend_cuda = {
     .name = "cuda",
@@ -475,8 +583,14 @@ const flx_backend flx_backend_cuda = {
     .softmax = cuda_softmax, /* softmax family: kernels/softmax.cu */
     .lu = cuda_lu, /* LU family: kernels/lu.cu (issue 4) */
     .optim = cuda_optim, /* fused optimisers: kernels/optim.cu (issue 5) */
+    .eigh = cuda_eigh, /* eigh: kernels/eigh.cu (issue 4) */
     .range_push = cuda_range_push, /* NVTX ranges (issue 9) */
     .range_pop = cuda_range_pop,
+    .capture_begin = cuda_capture_begin, /* issue 6: plans (runtime/plan.c) */
+    .capture_end = cuda_capture_end,
+    .graph_launch = cuda_graph_launch,
+    .graph_destroy = cuda_graph_destroy,
+    .set_math_mode = cuda_set_math_mode, /* issue 6: TF32 opt-in */
 };
 
 /* The context's stream as void* (flx_ctx_stream in interop.c; DLPack stream semantics). */

@@ -67,7 +67,10 @@
     X(SOFTMAX)        /* softmax / log_softmax of x along an axis                   */    \
     X(SOFTMAX_BWD)    /* inputs y, v: the rows' Jacobian products (BWD, LOG_VJP/JVP) */    \
     X(CROSS_ENTROPY)  /* inputs logits (N, C), labels (N): per-row losses (N)        */    \
-    X(CROSS_ENTROPY_BWD) /* inputs logits, labels, g (N): (softmax - onehot) g       */
+    X(CROSS_ENTROPY_BWD) /* inputs logits, labels, g (N): (softmax - onehot) g       */    \
+    /* expm / eigh (issue 4; runtime/ops_expm.c, runtime/ops_eigh.c) */                   \
+    X(EXPM) /* inputs: Y (expm value, no history), A; aliases Y; attrs.expm      */       \
+    X(EIGH) /* input: symmetric S (..., n, n) -> packed (..., n, n+1) = [V | w]   */
 
 typedef enum flx_op {
 #define FLX_X_ENUM(NAME) FLX_OP_##NAME,
@@ -101,6 +104,8 @@ typedef struct flx_attrs {
         /* softmax family (runtime/ops_softmax.c): kernel mode (flx_softmax_mode), axis,
          * scale = 1 / temperature, ignore_index of cross-entropy */
         struct { int32_t mode; int32_t axis; double scale; int64_t ignore_index; } softmax;
+        /* expm (issue 4): bound on max(||A||_1, ||A||_inf) over the batch, fixes the squarings */
+        struct { double bound; } expm;
     } u;
 } flx_attrs;
 
@@ -191,6 +196,10 @@ void flx_ops_register_softmax(flx_op_def *table);
 flx_status flx_cpu_softmax(flx_ctx *ctx, const flx_softmax_args *a);
 /* optimisers (issue 5): runtime/optim.c; CPU kernels in runtime/cpu_optim.c */
 flx_status flx_cpu_optim(flx_ctx *ctx, const flx_optim_args *a);
+/* expm / eigh (issue 4): runtime/ops_expm.c, runtime/ops_eigh.c; CPU Jacobi in runtime/cpu_eigh.c */
+void flx_ops_register_expm(flx_op_def *table);
+void flx_ops_register_eigh(flx_op_def *table);
+flx_status flx_cpu_eigh(flx_ctx *ctx, const flx_eigh_args *a);
 
 /* ---------------------------------------------------------------------------------------------
  * Backends
@@ -228,6 +237,19 @@ typedef struct flx_backend {
     /* profiler ranges (issue 9): NVTX push/pop on CUDA; NULL -> no range. name is static. */
     void (*range_push)(flx_ctx *ctx, const char *name);
     void (*range_pop)(flx_ctx *ctx);
+    /* ---- issue 6: plans (runtime/plan.c) and math mode; NULL on CPU = replay eagerly ---- */
+    /* Starts recording the context stream's work into a graph (nothing runs until launched). */
+    flx_status (*capture_begin)(flx_ctx *ctx);
+    /* Ends the recording; *graph gets an instantiated graph, or with keep false the recording
+     * is discarded (after an error during capture) and *graph is NULL. */
+    flx_status (*capture_end)(flx_ctx *ctx, bool keep, void **graph);
+    flx_status (*graph_launch)(flx_ctx *ctx, void *graph);
+    void (*graph_destroy)(flx_ctx *ctx, void *graph);
+    /* flx_math_mode bits (validated by the caller) */
+    flx_status (*set_math_mode)(flx_ctx *ctx, int32_t mode);
+    /* ---- end issue 6 ---- */
+    /* eigh: symmetric eigendecomposition (issue 4, runtime/ops_eigh.c); NULL -> FLX_ERR_UNSUPPORTED */
+    flx_status (*eigh)(flx_ctx *ctx, const flx_eigh_args *a);
 } flx_backend;
 
 extern const flx_backend flx_backend_cpu;
@@ -244,6 +266,7 @@ struct flx_ctx {
     int32_t *err_word;      /* device-side error word (device memory on CUDA)        */
     void *backend_state;    /* stream, handles, pools (backend-private)              */
     bool deterministic;     /* FLX_DETERMINISTIC=1 at creation (issue 9; runtime/log.c) */
+    int32_t math_mode;      /* flx_math_mode bits (issue 6; runtime/math_mode.c)       */
 };
 
 /* ---- logging and environment switches (issue 9, runtime/log.c) ---- */

@@ -377,6 +377,33 @@ FLX_API flx_tensor *flx_solve_ex(flx_tensor *a, flx_tensor *b, flx_tensor **info
  * zero norm: the subgradient 0 (never NaN). The norm of an empty set is 0. (issue 4) */
 FLX_API flx_tensor *flx_norm(flx_tensor *x, double p, int32_t n_axes, const int32_t *axes,
                              bool keepdims);
+/* ---- expm / eigh (issue 4; runtime/ops_expm.c, runtime/ops_eigh.c) ----------------------------
+ * expm(A): matrix exponential of (..., n, n), f32/f64, batched. Scaling and squaring with a
+ * diagonal Pade approximant [m/m] (Higham 2005): f64 picks m in {3, 5, 7, 9, 13} from the theta
+ * thresholds, f32 m in {3, 5, 7} (single-precision thetas), with s = ceil(log2(b / theta_m))
+ * squarings for b = max(||A||_1, ||A||_inf) (the max over the batch: one s for every matrix).
+ * Backward stable in exact-arithmetic terms (Higham's bound); tested against a float64 Taylor
+ * reference to 1e-12 (f64) and 2e-5 (f32) relative to max|exp(A)|. b is read on the host when
+ * expm is BUILT: a device->host read of two scalars (a wait for A's work) per call on CUDA; the
+ * VJP/JVP rules never read (they reuse the forward's bound), so backward stays device-only.
+ * Derivatives are exact (Frechet derivative, Mathias' block form): VJP = upper-right block of
+ * expm([[A^T, G], [0, A^T]]), JVP = upper-right block of expm([[A, E], [0, A]]), built with
+ * concat/slice and expm itself, so they differentiate again (to any order).
+ * n == 0 or an empty batch: an empty result. Non-square or rank < 2: FLX_ERR_SHAPE. */
+FLX_API flx_tensor *flx_expm(flx_tensor *a);
+/* eigh(A): symmetric eigendecomposition of (..., n, n), f32/f64, batched. Uses the symmetric
+ * part S = (A + A^T)/2 (for symmetric A that is A): *w (..., n) ascending eigenvalues, *v (..., n,
+ * n) orthonormal eigenvectors in columns (S V = V diag(w)); each column's largest-magnitude entry
+ * is made positive. CPU: cyclic Jacobi in double; CUDA: cuSOLVER syevd (one matrix) or
+ * syevjBatched (n <= 32, many matrices). Non-convergence (non-finite input) is reported at the
+ * next synchronisation point as FLX_ERR_NUMERIC.
+ * Derivatives, for the map A -> eigh((A + A^T)/2) (so gradients are symmetric):
+ *   VJP  gA = sym(V (diag(gw) + F o (V^T gV)) V^T), F_ij = 1/(w_j - w_i) (i != j), F_ii = 0;
+ *   JVP  K = V^T dS V, dw = diag(K), dV = V (F o K), dS = (dA + dA^T)/2.
+ * Repeated (or nearly repeated) eigenvalues: the eigenvalue derivatives are fine only when the
+ * function is symmetric in the tied ones; the eigenvector derivative is UNSUPPORTED there (F is
+ * infinite; results are inf/NaN). w or v may be NULL when not wanted (not both). */
+FLX_API flx_status flx_eigh(flx_tensor *a, flx_tensor **w, flx_tensor **v);
 
 /* ---- softmax family (issue 3; runtime/ops_softmax.c, kernels/softmax.cu) ---------------------
  * softmax(x / T) and log_softmax(x / T) along one axis (negative counts from the end) of an f32
@@ -815,6 +842,88 @@ FLX_API flx_tensor *flx_checkpoint_find(flx_checkpoint *ck, const char *name);
 FLX_API const char *flx_checkpoint_metadata(const flx_checkpoint *ck, const char *key);
 FLX_API void flx_checkpoint_destroy(flx_checkpoint *ck);                 /* NULL-safe */
 /* ==== END issue 5: checkpoints ============================================================= */
+
+/* ==== BEGIN issue 6: plans (runtime/plan.c) and math mode (runtime/math_mode.c) =============
+ * A plan freezes the graph that computes `outputs` from `inputs` and replays it with new input
+ * data: node order, a static memory plan (every intermediate gets a fixed place in one arena
+ * allocated at compile time, places reused by last use), and on CUDA one CUDA graph captured at
+ * compile time and launched once per run. A run allocates nothing and waits for nothing.
+ *
+ * What the plan reads:
+ *   - inputs: CONST tensors (made from data: flx_from_host, flx_from_blob, detached values),
+ *     distinct, on one context. The plan has its own buffer per input, filled at compile time
+ *     from the input's data; new data is bound BY COPY (flx_plan_set_input, flx_plan_run with
+ *     tensors, flx_plan_set_input_host with host memory) and stays until replaced, so an input
+ *     that does not change need not be passed again. Binding by pointer is not offered: a
+ *     captured graph holds addresses.
+ *   - every other source the outputs reach (parameters and other leaves, constants): read at run
+ *     time from the buffer it had at compile time. flx_optim_step may update such a leaf in
+ *     place between runs (the plan sees the new values), but giving it a new buffer (flx_assign)
+ *     makes the next run fail with FLX_ERR_STATE: compile the plan again.
+ *   - everything else reachable is recomputed by every run (values already computed by the eager
+ *     evaluator are not reused).
+ * Outputs: flx_plan_output(plan, k) is a CONST tensor owned by the plan whose data is refreshed
+ * by each run (its version is bumped per run, so lazy ops recorded from an older value fail with
+ * FLX_ERR_STATE instead of reading newer data; a tensor that came to share its buffer, e.g. by
+ * flx_assign or a realised reshape, keeps the value it saw: the plan copies it away first).
+ * Assignments (options): pairs (leaf, value); at the end of every run each leaf takes its value
+ * (all values are read before any leaf is written), in place. At compile time each assigned leaf
+ * gets a private copy of its buffer and its version is bumped, so graphs recorded earlier that
+ * read the leaf fail with FLX_ERR_STATE, and no other tensor ever sees the in-place writes. Other
+ * graphs may read an assigned leaf after a run (flx_to_host, new ops): they see its current value.
+ * Values that change between runs (a learning rate, a step count) should be plan inputs.
+ * The plan holds its graph alive until flx_plan_destroy; run a plan from one thread at a time
+ * and not while another thread uses the tensors of its graph. Math mode and other cuBLAS
+ * settings are those at capture (compile) time. */
+typedef struct flx_plan flx_plan;
+typedef enum flx_plan_capture {
+    FLX_PLAN_CAPTURE_DEFAULT = 0, /* on where the backend can capture (CUDA), else off        */
+    FLX_PLAN_CAPTURE_OFF = 1,     /* replay by queuing each kernel from the host             */
+    FLX_PLAN_CAPTURE_ON = 2       /* capture where possible (a no-op on the CPU backend)      */
+} flx_plan_capture;
+typedef struct flx_plan_options {
+    int32_t capture;                 /* flx_plan_capture                                      */
+    int32_t n_assign;                /* assignments: assign_dst[k] := assign_src[k] per run    */
+    flx_tensor *const *assign_dst;   /* distinct CONST leaves, not inputs                     */
+    flx_tensor *const *assign_src;   /* same shape and dtype as their dst                     */
+} flx_plan_options;
+/* The zero options: capture default, no assignments. */
+FLX_API flx_plan_options flx_plan_default_options(void);
+/* NULL with the error set on bad input (NULL or foreign tensors, inputs that are not CONST,
+ * ops that cannot be planned such as flx_to_ctx, stale graphs). opt may be NULL. n_in may be 0. */
+FLX_API flx_plan *flx_plan_compile(int32_t n_out, flx_tensor *const *outputs, int32_t n_in,
+                                   flx_tensor *const *inputs, const flx_plan_options *opt);
+/* Copies t's data (same shape, dtype and context as compiled input k; computed first if lazy)
+ * into the plan's input buffer k (queued, no host wait). */
+FLX_API flx_status flx_plan_set_input(flx_plan *plan, int32_t k, flx_tensor *t);
+/* Copies nbytes (exactly numel * dtype size) of host memory into input buffer k (waits for the
+ * copy, so data may be freed on return). */
+FLX_API flx_status flx_plan_set_input_host(flx_plan *plan, int32_t k, const void *data,
+                                           size_t nbytes);
+/* Binds inputs (n_in == the plan's input count with inputs[k] NULL = keep input k, or n_in == 0
+ * and inputs NULL = keep all) as flx_plan_set_input does, then replays the plan. */
+FLX_API flx_status flx_plan_run(flx_plan *plan, int32_t n_in, flx_tensor *const *inputs);
+/* Output k: a new reference (scope-owned inside a scope) to the plan's output tensor. */
+FLX_API flx_tensor *flx_plan_output(flx_plan *plan, int32_t k);
+typedef struct flx_plan_info {
+    int32_t n_nodes;           /* nodes replayed per run (kernels, aliases)                 */
+    int32_t n_inputs, n_outputs, n_assign;
+    bool captured;             /* replayed as one CUDA graph launch                         */
+    uint64_t arena_bytes;      /* the planned memory, allocated once at compile time         */
+    uint64_t unplanned_bytes;  /* the sum of every planned buffer, as without reuse          */
+    uint64_t runs;             /* completed runs                                            */
+} flx_plan_info;
+FLX_API flx_status flx_plan_get_info(const flx_plan *plan, flx_plan_info *out);
+/* Releases the plan (NULL-safe). Output tensors still referenced keep their last data. */
+FLX_API void flx_plan_destroy(flx_plan *plan);
+
+/* Math mode of a context: FLX_MATH_STRICT (default: IEEE f32 GEMMs) or FLX_MATH_TF32 (an
+ * explicit opt-in: cuBLAS f32 GEMMs may use TF32 tensor cores, about 10 mantissa bits of
+ * products). The CPU backend records and ignores it. Unknown bits: FLX_ERR_INVALID_ARGUMENT. */
+typedef enum flx_math_mode { FLX_MATH_STRICT = 0, FLX_MATH_TF32 = 1 } flx_math_mode;
+FLX_API flx_status flx_set_math_mode(flx_ctx *ctx, int32_t mode);
+FLX_API flx_status flx_get_math_mode(const flx_ctx *ctx, int32_t *mode);
+/* ==== END issue 6: plans and math mode ===================================================== */
 
 #ifdef __cplusplus
 }

@@ -1,0 +1,28 @@
+/* math_mode.c — per-context math mode (issue 6): FLX_MATH_STRICT (default) or FLX_MATH_TF32, an
+ * explicit opt-in that lets cuBLAS use TF32 tensor cores for f32 GEMMs. The CPU backend has no
+ * set_math_mode entry: the mode is recorded and has no effect there. */
+#include "internal.h"
+
+#define FLX_MATH_KNOWN_BITS ((int32_t)FLX_MATH_TF32)
+
+flx_status flx_set_math_mode(flx_ctx *ctx, int32_t mode) {
+    if (!ctx) return flx_set_error(FLX_ERR_INVALID_ARGUMENT, "flx_set_math_mode: ctx is NULL");
+    if (mode < 0 || (mode & ~FLX_MATH_KNOWN_BITS) != 0)
+        return flx_set_error(FLX_ERR_INVALID_ARGUMENT,
+                             "flx_set_math_mode: unknown mode %d (expected FLX_MATH_STRICT = 0 or "
+                             "FLX_MATH_TF32 = 1)",
+                             (int)mode);
+    if (ctx->be->set_math_mode) {
+        flx_status s = ctx->be->set_math_mode(ctx, mode);
+        if (s != FLX_OK) return s;
+    }
+    ctx->math_mode = mode;
+    return FLX_OK;
+}
+
+flx_status flx_get_math_mode(const flx_ctx *ctx, int32_t *mode) {
+    if (!ctx) return flx_set_error(FLX_ERR_INVALID_ARGUMENT, "flx_get_math_mode: ctx is NULL");
+    if (!mode) return flx_set_error(FLX_ERR_INVALID_ARGUMENT, "flx_get_math_mode: mode is NULL");
+    *mode = ctx->math_mode;
+    return FLX_OK;
+}
