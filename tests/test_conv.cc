@@ -16,22 +16,6 @@ using ConvTest = CpuTest;
 
 // flx_grad_of needs inputs that require grad and grad mode on; the finite-difference points of
 // gradcheck and jvp_check are constants evaluated in no-grad mode (pattern of test_linalg.cc).
-struct GradOn {
-    int depth = 0;
-    GradOn() {
-        while (!flx_grad_enabled()) {
-            flx_no_grad_end();
-            depth++;
-        }
-    }
-    ~GradOn() {
-        for (int i = 0; i < depth; i++) flx_no_grad_begin();
-    }
-};
-void need_grad(const std::vector<flx_tensor *> &in) {
-    for (flx_tensor *t : in)
-        if (!flx_requires_grad(t)) flx_set_requires_grad(t, true);
-}
 
 struct Win {
     int64_t k[2], s[2], p[2], d[2];

@@ -17,22 +17,6 @@ namespace {
 using ExpmTest = CpuTest;
 using EighTest = CpuTest;
 
-struct GradOn {
-    int depth = 0;
-    GradOn() {
-        while (!flx_grad_enabled()) {
-            flx_no_grad_end();
-            depth++;
-        }
-    }
-    ~GradOn() {
-        for (int i = 0; i < depth; i++) flx_no_grad_begin();
-    }
-};
-void need_grad(const std::vector<flx_tensor *> &in) {
-    for (flx_tensor *t : in)
-        if (!flx_requires_grad(t)) flx_set_requires_grad(t, true);
-}
 
 using Mat = std::vector<double>;  // row-major n x n
 

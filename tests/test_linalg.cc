@@ -242,22 +242,6 @@ TEST_F(LinalgTest, MatmulGradValues) {
 // flx_grad_of needs inputs that require grad and grad mode on; the finite-difference points
 // of gradcheck and jvp_check are plain constants, evaluated in no-grad mode. GradOn leaves
 // no-grad mode for its lifetime, and need_grad marks the inputs (a no-op for tracked ones).
-struct GradOn {
-    int depth = 0;
-    GradOn() {
-        while (!flx_grad_enabled()) {
-            flx_no_grad_end();
-            depth++;
-        }
-    }
-    ~GradOn() {
-        for (int i = 0; i < depth; i++) flx_no_grad_begin();
-    }
-};
-void need_grad(const std::vector<flx_tensor *> &in) {
-    for (flx_tensor *t : in)
-        if (!flx_requires_grad(t)) flx_set_requires_grad(t, true);
-}
 
 TEST_F(LinalgTest, MatmulSecondOrder) {
     // f(A, B) = d/dA sum((A B)^2), itself differentiated: exercises the transposed products.

@@ -25,21 +25,9 @@ class Softmax : public flxt::CpuTest {};
 // flx_grad_of inside a checked function needs grad mode on and inputs that require grad; the
 // finite-difference points of gradcheck/jvp_check are constants evaluated in no-grad mode
 // (the pattern of test_linalg.cc / test_conv.cc).
-struct GradOn {
-    int depth = 0;
-    GradOn() {
-        while (!flx_grad_enabled()) {
-            flx_no_grad_end();
-            depth++;
-        }
-    }
-    ~GradOn() {
-        for (int i = 0; i < depth; i++) flx_no_grad_begin();
-    }
-};
 // d<w, f(x)>/dx with create_graph, for any x (a constant becomes a leaf first).
 flx_tensor *grad_inside(flx_tensor *x, const std::function<flx_tensor *(flx_tensor *)> &f) {
-    GradOn on;
+    flxt::GradOn on;
     if (!flx_requires_grad(x)) flx_set_requires_grad(x, true);
     flx_tensor *L = f(x);
     flx_tensor *g = nullptr;

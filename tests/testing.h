@@ -38,6 +38,27 @@ flx_status gradcheck(const Fn &fn, const std::vector<flx_tensor *> &inputs, doub
 ::testing::AssertionResult jvp_check(const Fn &fn, const std::vector<flx_tensor *> &inputs,
                                      double eps = 1e-6, double atol = 1e-7, double rtol = 1e-6,
                                      uint64_t seed = 11);
+// Grad mode on for the lifetime of the object, whatever the caller's mode (gradcheck and
+// jvp_check evaluate their finite-difference points in no-grad mode; functions that take
+// gradients inside, for second-order checks, need it back on).
+struct GradOn {
+    int depth = 0;
+    GradOn() {
+        while (!flx_grad_enabled()) {
+            flx_no_grad_end();
+            depth++;
+        }
+    }
+    ~GradOn() {
+        for (int i = 0; i < depth; i++) flx_no_grad_begin();
+    }
+};
+// Marks inputs as requiring grad (a no-op for those that already do).
+inline void need_grad(const std::vector<flx_tensor *> &in) {
+    for (flx_tensor *t : in)
+        if (!flx_requires_grad(t)) flx_set_requires_grad(t, true);
+}
+
 // Expects a NULL result with the given status, and that the message names `needle`.
 ::testing::AssertionResult fails_with(flx_tensor *t, flx_status status, const char *needle);
 
