@@ -11,16 +11,7 @@
 
 #include "fluxion/fluxion.h"
 
-static double now_us(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec * 1e6 + ts.tv_nsec * 1e-3;
-}
-
-static int cmp(const void *a, const void *b) {
-    double x = *(const double *)a, y = *(const double *)b;
-    return (x > y) - (x < y);
-}
+#include "bench_util.h"
 
 enum { W_DET, W_INV, W_SOLVE, W_DET_BWD, W_INV_BWD, W_SOLVE_BWD };
 static const char *names[] = {"det", "inv", "solve (1 rhs)", "det fwd+bwd", "inv fwd+bwd",
@@ -72,16 +63,15 @@ int main(int argc, char **argv) {
                 double *t = calloc((size_t)r, sizeof *t);
                 flx_status s = run_once(ctx, w, A, b); /* warm-up */
                 for (int i = 0; i < r && s == FLX_OK; i++) {
-                    double t0 = now_us();
+                    double t0 = now_s();
                     s = run_once(ctx, w, A, b);
-                    t[i] = now_us() - t0;
+                    t[i] = (now_s() - t0) * 1e6;
                 }
                 char shape[32];
                 snprintf(shape, sizeof shape, "%lldx%lld^2", (long long)B, (long long)n);
                 if (s != FLX_OK) printf("%-16s %-12s %-4s failed: %s\n", names[w], shape, flx_dtype_name(dt), flx_last_error());
                 else {
-                    qsort(t, (size_t)r, sizeof *t, cmp);
-                    printf("%-16s %-12s %-4s %12.1f\n", names[w], shape, flx_dtype_name(dt), t[r / 2]);
+                    printf("%-16s %-12s %-4s %12.1f\n", names[w], shape, flx_dtype_name(dt), median_of(t, r));
                 }
                 free(t);
                 flx_clear_error();

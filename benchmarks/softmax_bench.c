@@ -26,16 +26,7 @@
 
 #include "fluxion/fluxion.h"
 
-static double now_s(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
-
-static int cmp_double(const void *a, const void *b) {
-    double x = *(const double *)a, y = *(const double *)b;
-    return (x > y) - (x < y);
-}
+#include "bench_util.h"
 
 typedef enum { W_COPY, W_FWD, W_VJP, W_JVP, W_LSM_VJP, W_CE, W_COUNT } workload;
 static const char *const names[W_COUNT] = {"copy", "fwd", "vjp", "jvp", "lsm-vjp", "ce fwd+bwd"};

@@ -322,6 +322,8 @@ int64_t flx_shape_numel(int32_t ndim, const int64_t *shape);
 /* Buffers */
 flx_buffer *flx_buffer_new(flx_ctx *ctx, size_t nbytes);
 void flx_buffer_release(flx_buffer *b);
+/* Gives t a buffer no other tensor shares (copy-on-write for in-place writers). */
+flx_status flx_tensor_make_private(flx_tensor *t);
 static inline void *flx_data(const flx_tensor *t) { return t->buf ? t->buf->ptr : NULL; }
 
 /* ---------------------------------------------------------------------------------------------

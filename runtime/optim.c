@@ -99,30 +99,6 @@ static bool check_hp(const char *fn, int32_t which, double v) {
     return ok;
 }
 
-/* Gives t a buffer nobody else holds (copying its data) unless it already has one. */
-static flx_status make_private(flx_tensor *t) {
-    flx_buffer *old = t->buf;
-    if (old && old->refs == 1 && !old->deleter) return FLX_OK;
-    if (!old) {
-        flx_status s = flx_eval_nodes(1, &t);
-        if (s != FLX_OK) return s;
-        old = t->buf;
-        if (old->refs == 1 && !old->deleter) return FLX_OK;
-    }
-    size_t nbytes = (size_t)t->numel * flx_dtype_size(t->dtype);
-    flx_buffer *nb = flx_buffer_new(t->ctx, nbytes);
-    if (!nb) return flx_last_status();
-    if (nbytes) {
-        flx_status s = t->ctx->be->copy_d2d(t->ctx, nb->ptr, old->ptr, nbytes);
-        if (s != FLX_OK) {
-            flx_buffer_release(nb);
-            return s;
-        }
-    }
-    t->buf = nb;
-    flx_buffer_release(old);
-    return FLX_OK;
-}
 
 static flx_status fill_buffer(flx_ctx *ctx, flx_buffer *b, flx_dtype dt, int64_t n, double v) {
     if (n == 0) return FLX_OK;
@@ -289,7 +265,7 @@ flx_optim *flx_optim_create(flx_ctx *ctx, flx_optim_kind kind, int32_t n,
     }
     for (int32_t i = 0; i < n && st == FLX_OK; i++) {
         flx_tensor *p = params[i];
-        st = make_private(p);
+        st = flx_tensor_make_private(p);
         for (int32_t s = 0; s < MAX_SLOTS && st == FLX_OK; s++) {
             if (!used[s]) continue;
             flx_buffer *b = flx_buffer_new(ctx, (size_t)p->numel * flx_dtype_size(p->dtype));
@@ -365,7 +341,7 @@ flx_status flx_optim_step(flx_optim *o) {
         if (p->op != FLX_OP_CONST)
             s = flx_set_error(FLX_ERR_STATE, "%s: parameter %d is no longer a leaf", fn, (int)idx[k]);
         else
-            s = make_private(p);
+            s = flx_tensor_make_private(p);
     }
     for (int32_t k0 = 0; k0 < m && s == FLX_OK; k0 += FLX_OPTIM_MAX_TENSORS_PER_LAUNCH) {
         flx_optim_args a;

@@ -306,24 +306,6 @@ static bool same_shape(const flx_tensor *a, const flx_tensor *b) {
            memcmp(a->shape, b->shape, sizeof(int64_t) * (size_t)a->ndim) == 0;
 }
 
-/* Gives leaf t a buffer nobody else holds (copying its data). */
-static flx_status privatise(flx_tensor *t) {
-    flx_buffer *old = t->buf;
-    if (old->refs == 1 && !old->deleter) return FLX_OK;
-    size_t nbytes = bytes_of(t);
-    flx_buffer *nb = flx_buffer_new(t->ctx, nbytes);
-    if (!nb) return flx_last_status();
-    if (nbytes) {
-        flx_status s = t->ctx->be->copy_d2d(t->ctx, nb->ptr, old->ptr, nbytes);
-        if (s != FLX_OK) {
-            flx_buffer_release(nb);
-            return s;
-        }
-    }
-    t->buf = nb;
-    flx_buffer_release(old);
-    return FLX_OK;
-}
 
 flx_plan *flx_plan_compile(int32_t n_out, flx_tensor *const *outputs, int32_t n_in,
                            flx_tensor *const *inputs, const flx_plan_options *opt) {
@@ -443,7 +425,7 @@ flx_plan *flx_plan_compile(int32_t n_out, flx_tensor *const *outputs, int32_t n_
     for (int32_t k = 0; k < o.n_assign; k++) {
         plan_assign *a = &p->as[k];
         a->dst = flx_retain(o.assign_dst[k]);
-        flx_status ps = privatise(a->dst);
+        flx_status ps = flx_tensor_make_private(a->dst);
         if (ps != FLX_OK) return fail_plan(p);
         a->dst_buf = a->dst->buf;
         a->dst_buf->refs++;

@@ -190,6 +190,32 @@ void flx_unuse(flx_tensor *t) {
     if (--t->uses == 0 && t->refs == 0) destroy_chain(t);
 }
 
+/* Gives t a buffer nobody else holds (copying its data; computing t first if needed), unless it
+ * already has one. Used by writers in place (optimisers, plan assignments): computed buffers are
+ * otherwise immutable because reshapes, detaches and flx_assign may share them. */
+flx_status flx_tensor_make_private(flx_tensor *t) {
+    flx_buffer *old = t->buf;
+    if (!old) {
+        flx_status s = flx_eval_nodes(1, &t);
+        if (s != FLX_OK) return s;
+        old = t->buf;
+    }
+    if (old->refs == 1 && !old->deleter) return FLX_OK;
+    size_t nbytes = (size_t)t->numel * flx_dtype_size(t->dtype);
+    flx_buffer *nb = flx_buffer_new(t->ctx, nbytes);
+    if (!nb) return flx_last_status();
+    if (nbytes) {
+        flx_status s = t->ctx->be->copy_d2d(t->ctx, nb->ptr, old->ptr, nbytes);
+        if (s != FLX_OK) {
+            flx_buffer_release(nb);
+            return s;
+        }
+    }
+    t->buf = nb;
+    flx_buffer_release(old);
+    return FLX_OK;
+}
+
 /* ---- scopes ----------------------------------------------------------------------------- */
 typedef struct scope {
     flx_tensor **items;
