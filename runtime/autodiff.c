@@ -132,6 +132,51 @@ static flx_status walk_graph(int32_t n_roots, flx_tensor *const *roots, uint64_t
     return walk_any(n_roots, roots, epoch, w, false);
 }
 
+/* Position of each walked node, in a table local to one driver call. Rules run user code
+ * (custom functions) that may evaluate, differentiate or read data, and the evaluator writes
+ * its own marks into nodes; so after the walk nothing here relies on fields of the nodes. */
+typedef struct walk_index {
+    flx_tensor **keys;
+    int32_t *vals;
+    size_t mask;
+} walk_index;
+
+static size_t ptr_hash(const flx_tensor *t) {
+    uint64_t x = (uint64_t)(uintptr_t)t;
+    x ^= x >> 33;
+    x *= 0xff51afd7ed558ccdull;
+    x ^= x >> 33;
+    return (size_t)x;
+}
+
+static flx_status index_build(walk_index *ix, const walk *w) {
+    size_t cap = 16;
+    while (cap < 2 * w->n + 1) cap *= 2;
+    ix->keys = (flx_tensor **)calloc(cap, sizeof *ix->keys);
+    ix->vals = (int32_t *)malloc(cap * sizeof *ix->vals);
+    ix->mask = cap - 1;
+    if (!ix->keys || !ix->vals) return flx_set_error(FLX_ERR_OUT_OF_MEMORY, "autodiff: out of host memory");
+    for (size_t i = 0; i < w->n; i++) {
+        size_t h = ptr_hash(w->order[i]) & ix->mask;
+        while (ix->keys[h]) h = (h + 1) & ix->mask;
+        ix->keys[h] = w->order[i];
+        ix->vals[h] = (int32_t)i;
+    }
+    return FLX_OK;
+}
+
+/* Index of t in the walk, or -1. */
+static int32_t index_of(const walk_index *ix, const flx_tensor *t) {
+    for (size_t h = ptr_hash(t) & ix->mask; ix->keys[h]; h = (h + 1) & ix->mask)
+        if (ix->keys[h] == t) return ix->vals[h];
+    return -1;
+}
+
+static void index_free(walk_index *ix) {
+    free(ix->keys);
+    free(ix->vals);
+}
+
 /* Core of flx_grad_of: must be called inside a scope, which owns everything it makes.
  * grads_out[j] are borrowed from that scope. */
 static flx_status grad_core(int32_t n_out, flx_tensor *const *outputs,
@@ -139,29 +184,37 @@ static flx_status grad_core(int32_t n_out, flx_tensor *const *outputs,
                             flx_tensor *const *inputs, flx_tensor **grads_out) {
     uint64_t epoch = flx_next_epoch();
     walk w = {0};
+    walk_index ix = {0};
     flx_status s = walk_graph(n_out, outputs, epoch, &w);
+    if (s == FLX_OK) s = index_build(&ix, &w);
+    /* Cotangent of each visited node and whether an input is reachable from it (rules run only
+     * where they matter), both indexed by position in the walk. */
+    flx_tensor **cot = s == FLX_OK ? (flx_tensor **)calloc(w.n ? w.n : 1, sizeof *cot) : NULL;
+    bool *reach = s == FLX_OK ? (bool *)calloc(w.n ? w.n : 1, sizeof *reach) : NULL;
+    if (s == FLX_OK && (!cot || !reach))
+        s = flx_set_error(FLX_ERR_OUT_OF_MEMORY, "autodiff: out of host memory");
     if (s != FLX_OK) {
+        free(cot);
+        free(reach);
+        index_free(&ix);
         free(w.order);
         return s;
     }
-    /* scratch = 1 where an input is reachable from the node: rules run only where they matter. */
-    for (size_t i = 0; i < w.n; i++) w.order[i]->scratch = 0;
-    for (int32_t j = 0; j < n_in; j++) inputs[j]->scratch = 1;
+    for (int32_t j = 0; j < n_in; j++) {
+        int32_t k = index_of(&ix, inputs[j]);
+        if (k >= 0) reach[k] = true;
+    }
     for (size_t i = 0; i < w.n; i++) {
         flx_tensor *t = w.order[i];
-        for (int32_t k = 0; k < t->n_in && !t->scratch; k++)
-            if (t->in[k]->mark == epoch && t->in[k]->scratch) t->scratch = 1;
+        for (int32_t k = 0; k < t->n_in && !reach[i]; k++) {
+            int32_t pk = index_of(&ix, t->in[k]);
+            if (pk >= 0 && reach[pk]) reach[i] = true;
+        }
     }
-    /* Cotangent of each visited node, indexed by its position in the walk. */
-    flx_tensor **cot = (flx_tensor **)calloc(w.n ? w.n : 1, sizeof *cot);
-    if (!cot) {
-        free(w.order);
-        return flx_set_error(FLX_ERR_OUT_OF_MEMORY, "autodiff: out of host memory");
-    }
-    for (size_t i = 0; i < w.n; i++) w.order[i]->pending = (int32_t)i;
     for (int32_t o = 0; o < n_out && s == FLX_OK; o++) {
         flx_tensor *y = outputs[o];
-        if (y->mark != epoch || !y->scratch) continue;
+        int32_t k = index_of(&ix, y);
+        if (k < 0 || !reach[k]) continue;
         flx_tensor *c = cotangents ? cotangents[o] : NULL;
         if (!c) {
             if (y->numel != 1) {
@@ -173,14 +226,13 @@ static flx_status grad_core(int32_t n_out, flx_tensor *const *outputs,
             }
             c = flx_ones(y->ctx, y->dtype, y->ndim, y->shape);
         }
-        size_t k = (size_t)y->pending;
         cot[k] = cot[k] ? flx_add(cot[k], c) : c;
         if (!cot[k]) s = flx_last_status();
     }
     for (size_t i = w.n; i-- > 0 && s == FLX_OK;) {
         flx_tensor *t = w.order[i];
         flx_tensor *g = cot[i];
-        if (!g || t->n_in == 0 || !t->scratch) continue;
+        if (!g || t->n_in == 0 || !reach[i]) continue;
         const flx_op_def *def = flx_op_get(t->op);
         if (!def->vjp) {
             s = flx_set_error(FLX_ERR_NOT_DIFFERENTIABLE, "flx_grad_of: op %s has no VJP rule",
@@ -196,9 +248,8 @@ static flx_status grad_core(int32_t n_out, flx_tensor *const *outputs,
         for (int32_t k = 0; k < t->n_in; k++) gin[k] = NULL;
         s = def->vjp(t, g, gin);
         for (int32_t k = 0; k < t->n_in && s == FLX_OK; k++) {
-            flx_tensor *p = t->in[k];
-            if (!gin[k] || p->mark != epoch || !p->scratch) continue;
-            size_t pk = (size_t)p->pending;
+            int32_t pk = gin[k] ? index_of(&ix, t->in[k]) : -1;
+            if (pk < 0 || !reach[pk]) continue;
             cot[pk] = cot[pk] ? flx_add(cot[pk], gin[k]) : gin[k];
             if (!cot[pk]) s = flx_last_status();
         }
@@ -206,11 +257,14 @@ static flx_status grad_core(int32_t n_out, flx_tensor *const *outputs,
     }
     for (int32_t j = 0; j < n_in && s == FLX_OK; j++) {
         flx_tensor *x = inputs[j];
-        flx_tensor *g = (x->mark == epoch) ? cot[x->pending] : NULL;
+        int32_t k = index_of(&ix, x);
+        flx_tensor *g = k >= 0 ? cot[k] : NULL;
         if (!g) g = flx_zeros(x->ctx, x->dtype, x->ndim, x->shape);
         if (!g) s = flx_last_status();
         grads_out[j] = g;
     }
+    free(reach);
+    index_free(&ix);
     free(cot);
     free(w.order);
     return s;
@@ -271,28 +325,31 @@ static flx_status jvp_core(int32_t n_in, flx_tensor *const *inputs, flx_tensor *
                            int32_t n_out, flx_tensor *const *outputs, flx_tensor **tout) {
     uint64_t epoch = flx_next_epoch();
     walk w = {0};
+    walk_index ix = {0};
     flx_status s = walk_any(n_out, outputs, epoch, &w, true);
+    if (s == FLX_OK) s = index_build(&ix, &w);
     flx_tensor **tan = s == FLX_OK ? (flx_tensor **)calloc(w.n ? w.n : 1, sizeof *tan) : NULL;
-    if (s == FLX_OK && !tan) s = flx_set_error(FLX_ERR_OUT_OF_MEMORY, "flx_jvp: out of host memory");
+    bool *seeded = s == FLX_OK ? (bool *)calloc(w.n ? w.n : 1, sizeof *seeded) : NULL;
+    if (s == FLX_OK && (!tan || !seeded))
+        s = flx_set_error(FLX_ERR_OUT_OF_MEMORY, "flx_jvp: out of host memory");
     if (s != FLX_OK) {
+        free(tan);
+        free(seeded);
+        index_free(&ix);
         free(w.order);
         return s;
     }
-    for (size_t i = 0; i < w.n; i++) {
-        w.order[i]->pending = (int32_t)i;
-        w.order[i]->scratch = 0;
-    }
-    for (int32_t j = 0; j < n_in; j++) {
-        flx_tensor *x = inputs[j];
-        if (x->mark != epoch || !tangents[j]) continue;
-        size_t k = (size_t)x->pending;
+    for (int32_t j = 0; j < n_in && s == FLX_OK; j++) {
+        int32_t k = index_of(&ix, inputs[j]);
+        if (k < 0 || !tangents[j]) continue;
         tan[k] = tan[k] ? flx_add(tan[k], tangents[j]) : tangents[j];
-        x->scratch = 1; /* seeded: its own rule is not applied */
+        if (!tan[k]) s = flx_last_status();
+        seeded[k] = true; /* its own rule is not applied */
     }
     flx_tensor *tin_local[8];
     for (size_t i = 0; i < w.n && s == FLX_OK; i++) {
         flx_tensor *t = w.order[i];
-        if (t->scratch || t->n_in == 0) continue;
+        if (seeded[i] || t->n_in == 0) continue;
         flx_tensor **tin = t->n_in <= 8 ? tin_local : (flx_tensor **)calloc((size_t)t->n_in, sizeof *tin);
         if (!tin) {
             s = flx_set_error(FLX_ERR_OUT_OF_MEMORY, "flx_jvp: out of host memory");
@@ -300,8 +357,8 @@ static flx_status jvp_core(int32_t n_in, flx_tensor *const *inputs, flx_tensor *
         }
         bool any = false;
         for (int32_t k = 0; k < t->n_in; k++) {
-            flx_tensor *p = t->in[k];
-            tin[k] = p->mark == epoch ? tan[p->pending] : NULL;
+            int32_t pk = index_of(&ix, t->in[k]);
+            tin[k] = pk >= 0 ? tan[pk] : NULL;
             any = any || tin[k];
         }
         if (any) {
@@ -315,12 +372,15 @@ static flx_status jvp_core(int32_t n_in, flx_tensor *const *inputs, flx_tensor *
     }
     for (int32_t k = 0; k < n_out && s == FLX_OK; k++) {
         flx_tensor *y = outputs[k];
-        flx_tensor *r = tan[y->pending];
+        int32_t yk = index_of(&ix, y);
+        flx_tensor *r = yk >= 0 ? tan[yk] : NULL;
         if (!r) r = flx_zeros(y->ctx, y->dtype, y->ndim, y->shape);
         if (!r) s = flx_last_status();
         tout[k] = r;
     }
     free(tan);
+    free(seeded);
+    index_free(&ix);
     free(w.order);
     return s;
 }

@@ -329,8 +329,8 @@ static flx_status cpu_matmul(flx_ctx *ctx, const flx_matmul_args *ar) {
         for (int64_t i = 0; i < m; i++) {
             for (int64_t j = 0; j < n; j++) row[j] = 0;
             for (int64_t p = 0; p < k; p++) {
+                /* no skip of zero entries: 0 * inf and 0 * NaN must give NaN, as in cuBLAS */
                 double av = load(ar->dtype, ar->a, oa + (ar->ta ? p * m + i : i * k + p));
-                if (av == 0) continue;
                 if (ar->tb) {
                     for (int64_t j = 0; j < n; j++) row[j] += av * load(ar->dtype, ar->b, ob + j * k + p);
                 } else if (ar->dtype == FLX_F32) {

@@ -184,7 +184,10 @@ static void *cuda_alloc(flx_ctx *ctx, size_t nbytes) {
     cudaError_t e = cudaMallocAsync(&p, nbytes, s->stream);
     if (e == cudaSuccess) return p;
     (void)cudaGetLastError();
-    if (e == cudaErrorMemoryAllocation) {
+    enum cudaStreamCaptureStatus capturing = cudaStreamCaptureStatusNone;
+    (void)cudaStreamIsCapturing(s->stream, &capturing);
+    /* The retry waits on the stream, which a capture in progress forbids: no retry then. */
+    if (e == cudaErrorMemoryAllocation && capturing == cudaStreamCaptureStatusNone) {
         /* Give cached blocks back to the device and try once more. */
         flx_log_msg(FLX_LOG_WARN, "cuda: allocation of %zu bytes failed on device %d; freeing the "
                 "cache and retrying", nbytes, s->device); /* issue 9 */
@@ -414,19 +417,25 @@ static flx_status cuda_matmul(flx_ctx *ctx, const flx_matmul_args *a) {
 static void *lu_scratch_alloc(void *actx, size_t nbytes) { return cuda_alloc((flx_ctx *)actx, nbytes); }
 static void lu_scratch_free(void *actx, void *ptr) { cuda_free((flx_ctx *)actx, ptr); }
 
+/* The cuSOLVER handle (LU, eigh), created on first use and bound to the context stream. Also
+ * created before a graph capture begins: creating it allocates, which a capture forbids. */
+static flx_status ensure_cusolver(cuda_state *s) {
+    if (s->cusolver) return FLX_OK;
+    cusolverStatus_t cs = cusolverDnCreate(&s->cusolver);
+    if (cs == CUSOLVER_STATUS_SUCCESS) cs = cusolverDnSetStream(s->cusolver, s->stream);
+    if (cs != CUSOLVER_STATUS_SUCCESS) {
+        if (s->cusolver) cusolverDnDestroy(s->cusolver);
+        s->cusolver = NULL;
+        return flx_set_error(FLX_ERR_BACKEND, "cuda: creating the cuSOLVER handle failed "
+                             "(cusolverStatus %d)", (int)cs);
+    }
+    return FLX_OK;
+}
+
 static flx_status cuda_lu(flx_ctx *ctx, const flx_lu_args *a) {
     if (use_device(ctx) != FLX_OK) return flx_last_status();
     cuda_state *s = st_of(ctx);
-    if (!s->cusolver) {
-        cusolverStatus_t cs = cusolverDnCreate(&s->cusolver);
-        if (cs == CUSOLVER_STATUS_SUCCESS) cs = cusolverDnSetStream(s->cusolver, s->stream);
-        if (cs != CUSOLVER_STATUS_SUCCESS) {
-            if (s->cusolver) cusolverDnDestroy(s->cusolver);
-            s->cusolver = NULL;
-            return flx_set_error(FLX_ERR_BACKEND, "cuda lu: creating the cuSOLVER handle failed "
-                                 "(cusolverStatus %d)", (int)cs);
-        }
-    }
+    if (ensure_cusolver(s) != FLX_OK) return flx_last_status();
     flx_cuda_lu_env env = {(void *)s->stream, (void *)s->blas, (void *)s->cusolver,
                            lu_scratch_alloc, lu_scratch_free, (void *)ctx};
     int rc = flx_cuda_lu(a, &env);
@@ -448,16 +457,7 @@ static flx_status cuda_lu(flx_ctx *ctx, const flx_lu_args *a) {
 static flx_status cuda_eigh(flx_ctx *ctx, const flx_eigh_args *a) {
     if (use_device(ctx) != FLX_OK) return flx_last_status();
     cuda_state *s = st_of(ctx);
-    if (!s->cusolver) { /* the LU family's lazily created handle, shared */
-        cusolverStatus_t cs = cusolverDnCreate(&s->cusolver);
-        if (cs == CUSOLVER_STATUS_SUCCESS) cs = cusolverDnSetStream(s->cusolver, s->stream);
-        if (cs != CUSOLVER_STATUS_SUCCESS) {
-            if (s->cusolver) cusolverDnDestroy(s->cusolver);
-            s->cusolver = NULL;
-            return flx_set_error(FLX_ERR_BACKEND, "cuda eigh: creating the cuSOLVER handle failed "
-                                 "(cusolverStatus %d)", (int)cs);
-        }
-    }
+    if (ensure_cusolver(s) != FLX_OK) return flx_last_status();
     flx_cuda_lu_env env = {(void *)s->stream, (void *)s->blas, (void *)s->cusolver,
                            lu_scratch_alloc, lu_scratch_free, (void *)ctx};
     int rc = flx_cuda_eigh(a, &env);
@@ -509,6 +509,7 @@ static flx_status cuda_capture_begin(flx_ctx *ctx) {
         }
         s->blas_ws = ws;
     }
+    if (ensure_cusolver(s) != FLX_OK) return flx_last_status();
     e = cudaStreamBeginCapture(s->stream, cudaStreamCaptureModeThreadLocal);
     if (e != cudaSuccess) return cuda_fail(e, "cudaStreamBeginCapture");
     return FLX_OK;

@@ -112,6 +112,8 @@ typedef struct flx_attrs {
 /* A reference-counted device buffer. Reshape shares its input's buffer. */
 typedef struct flx_buffer {
     int32_t refs;
+    int32_t pins; /* of refs, those held by plans that only read the buffer (they do not make it
+                     shared for in-place writers such as optimisers) */
     flx_ctx *ctx;
     void *ptr;
     size_t nbytes;

@@ -8,10 +8,12 @@
 #include "flx_unary_ops.h"
 
 static const char *const unary_names[FLX_UNARY_COUNT] = {
-#define FLX_X_NAME(NAME, EXPR) "flx_" #NAME,
-    FLX_UNARY_OPS(FLX_X_NAME)
-#undef FLX_X_NAME
-};
+    "flx_neg", "flx_abs", "flx_sign", "flx_square", "flx_sqrt", "flx_rsqrt", "flx_reciprocal",
+    "flx_exp", "flx_log", "flx_log1p", "flx_sin", "flx_cos", "flx_tanh", "flx_cosh", "flx_sinh",
+    "flx_erf", "flx_sigmoid", "flx_relu", "flx_leaky_relu", "flx_elu", "flx_gelu", "flx_softplus",
+    "flx_pow_scalar", "flx_clamp", "flx_affine", "flx_unary_step", "flx_unary_inside"};
+_Static_assert(sizeof unary_names / sizeof unary_names[0] == FLX_UNARY_COUNT,
+               "one name per unary op, in the order of FLX_UNARY_OPS");
 
 static flx_status exec_unary(flx_tensor *t) {
     flx_unary_args a = {t->attrs.u.unary.op, t->dtype, t->numel, t->attrs.u.unary.a,
@@ -31,6 +33,14 @@ static flx_tensor *make_unary(int32_t op, flx_tensor *x, double a, double b) {
     return flx_adopt(flx_node_new(x->ctx, FLX_OP_UNARY, x->dtype, x->ndim, x->shape, 1, &x, &at));
 }
 
+/* A rule's result: NULL from an op is a failure (a NULL that means "zero" never comes here), so
+ * the status is the op's, never a stale error left on the thread by earlier code. */
+static flx_tensor *checked(flx_tensor *r, flx_status *st) {
+    if (!r) *st = flx_last_status() != FLX_OK ? flx_last_status()
+                                              : flx_set_error(FLX_ERR_STATE, "unary rule failed");
+    return r;
+}
+
 /* v * f'(x) for the node y = f(x); NULL result with FLX_OK status means zero. */
 static flx_tensor *times_derivative(flx_tensor *node, flx_tensor *v, flx_status *st) {
     flx_tensor *x = node->in[0], *y = node;
@@ -38,19 +48,19 @@ static flx_tensor *times_derivative(flx_tensor *node, flx_tensor *v, flx_status 
     flx_tensor *d = NULL; /* the factor f'(x), when it is a tensor */
     *st = FLX_OK;
     switch ((flx_unary_op)node->attrs.u.unary.op) {
-    case FLX_UNARY_NEG: return flx_neg(v);
-    case FLX_UNARY_AFFINE: return flx_mul_scalar(v, a);
+    case FLX_UNARY_NEG: return checked(flx_neg(v), st);
+    case FLX_UNARY_AFFINE: return checked(flx_mul_scalar(v, a), st);
     case FLX_UNARY_SIGN:
     case FLX_UNARY_STEP:
     case FLX_UNARY_INSIDE: return NULL;
     case FLX_UNARY_ABS: d = flx_sign(x); break;
     case FLX_UNARY_SQUARE: d = flx_mul_scalar(x, 2.0); break;
-    case FLX_UNARY_SQRT: return flx_div(flx_mul_scalar(v, 0.5), y);
+    case FLX_UNARY_SQRT: return checked(flx_div(flx_mul_scalar(v, 0.5), y), st);
     case FLX_UNARY_RSQRT: d = flx_mul_scalar(flx_pow_scalar(y, 3.0), -0.5); break;
     case FLX_UNARY_RECIPROCAL: d = flx_neg(flx_square(y)); break;
     case FLX_UNARY_EXP: d = y; break;
-    case FLX_UNARY_LOG: return flx_div(v, x);
-    case FLX_UNARY_LOG1P: return flx_div(v, flx_add_scalar(x, 1.0));
+    case FLX_UNARY_LOG: return checked(flx_div(v, x), st);
+    case FLX_UNARY_LOG1P: return checked(flx_div(v, flx_add_scalar(x, 1.0)), st);
     case FLX_UNARY_SIN: d = flx_cos(x); break;
     case FLX_UNARY_COS: d = flx_neg(flx_sin(x)); break;
     case FLX_UNARY_TANH: d = flx_affine(flx_square(y), -1.0, 1.0); break;
@@ -81,18 +91,13 @@ static flx_tensor *times_derivative(flx_tensor *node, flx_tensor *v, flx_status 
     case FLX_UNARY_COUNT: break;
     }
     (void)b;
-    if (!d) {
-        *st = flx_last_status() != FLX_OK ? flx_last_status()
-                                          : flx_set_error(FLX_ERR_STATE, "unary rule: no derivative");
-        return NULL;
-    }
-    return flx_mul(v, d);
+    if (!d) return checked(NULL, st);
+    return checked(flx_mul(v, d), st);
 }
 
 static flx_status vjp_unary(flx_tensor *node, flx_tensor *g, flx_tensor **gin) {
     flx_status st;
     gin[0] = times_derivative(node, g, &st);
-    if (st == FLX_OK && !gin[0] && flx_last_status() != FLX_OK) st = flx_last_status();
     return st;
 }
 

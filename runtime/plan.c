@@ -184,6 +184,7 @@ void flx_plan_destroy(flx_plan *p) {
         }
     if (p->ext)
         for (int32_t k = 0; k < p->n_ext; k++) {
+            p->ext[k].buf->pins--;
             flx_buffer_release(p->ext[k].buf);
             flx_release(p->ext[k].t);
         }
@@ -298,6 +299,7 @@ static int32_t ext_index(flx_plan *p, flx_tensor *t, int32_t *cap) {
     p->ext[p->n_ext].t = flx_retain(t);
     p->ext[p->n_ext].buf = t->buf;
     t->buf->refs++;
+    t->buf->pins++; /* a read-only hold: an optimiser may still update the leaf in place */
     return p->n_ext++;
 }
 
@@ -712,11 +714,17 @@ flx_plan *flx_plan_compile(int32_t n_out, flx_tensor *const *outputs, int32_t n_
         swap_out(p);
         void *g = NULL;
         s = be->capture_end(ctx, qs == FLX_OK, &g);
-        if (qs != FLX_OK) {
+        if (qs != FLX_OK || s != FLX_OK) {
             if (g && be->graph_destroy) be->graph_destroy(ctx, g);
-            return fail_plan(p);
+            /* Asked for explicitly: a failure is the caller's to see. By default a plan whose
+             * work cannot be captured (a library call that is not capture-safe) still replays,
+             * queued op by op. */
+            if (o.capture == FLX_PLAN_CAPTURE_ON) return fail_plan(p);
+            flx_log_msg(FLX_LOG_WARN, "flx_plan_compile: capture failed (%s); the plan replays "
+                        "without a CUDA graph", flx_last_error());
+            flx_clear_error();
+            g = NULL;
         }
-        if (s != FLX_OK) return fail_plan(p);
         p->graph = g;
     }
     return p;

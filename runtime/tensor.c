@@ -200,7 +200,7 @@ flx_status flx_tensor_make_private(flx_tensor *t) {
         if (s != FLX_OK) return s;
         old = t->buf;
     }
-    if (old->refs == 1 && !old->deleter) return FLX_OK;
+    if (old->refs - old->pins == 1 && !old->deleter) return FLX_OK;
     size_t nbytes = (size_t)t->numel * flx_dtype_size(t->dtype);
     flx_buffer *nb = flx_buffer_new(t->ctx, nbytes);
     if (!nb) return flx_last_status();

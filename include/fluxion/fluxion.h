@@ -877,9 +877,12 @@ FLX_API void flx_checkpoint_destroy(flx_checkpoint *ck);                 /* NULL
  * settings are those at capture (compile) time. */
 typedef struct flx_plan flx_plan;
 typedef enum flx_plan_capture {
-    FLX_PLAN_CAPTURE_DEFAULT = 0, /* on where the backend can capture (CUDA), else off        */
+    FLX_PLAN_CAPTURE_DEFAULT = 0, /* on where the backend can capture (CUDA), else off; if the
+                                     plan's work cannot be captured (a library call that is not
+                                     capture-safe), the plan replays without a graph (logged) */
     FLX_PLAN_CAPTURE_OFF = 1,     /* replay by queuing each kernel from the host             */
-    FLX_PLAN_CAPTURE_ON = 2       /* capture where possible (a no-op on the CPU backend)      */
+    FLX_PLAN_CAPTURE_ON = 2       /* capture, and fail the compile if capture fails (a no-op
+                                     on the CPU backend)                                      */
 } flx_plan_capture;
 typedef struct flx_plan_options {
     int32_t capture;                 /* flx_plan_capture                                      */
