@@ -739,8 +739,9 @@ static bool check_plan(const char *fn, const flx_plan *p) {
     return true;
 }
 
-static flx_status bind(flx_plan *p, int32_t k, flx_tensor *t, const char *fn) {
-    flx_tensor *want = p->in[k];
+/* t may be bound to input k: same context, dtype and shape as compiled. */
+static flx_status check_input(const flx_plan *p, int32_t k, const flx_tensor *t, const char *fn) {
+    const flx_tensor *want = p->in[k];
     if (t->ctx != p->ctx)
         return flx_set_error(FLX_ERR_DEVICE, "%s: input %d %s belongs to another context", fn,
                              (int)k, flx_describe(t));
@@ -750,7 +751,13 @@ static flx_status bind(flx_plan *p, int32_t k, flx_tensor *t, const char *fn) {
     if (!same_shape(t, want))
         return flx_set_error(FLX_ERR_SHAPE, "%s: input %d is %s but the plan was compiled for %s",
                              fn, (int)k, flx_describe(t), flx_describe(want));
-    flx_status s = flx_eval_nodes(1, &t);
+    return FLX_OK;
+}
+
+static flx_status bind(flx_plan *p, int32_t k, flx_tensor *t, const char *fn) {
+    flx_status s = check_input(p, k, t, fn);
+    if (s != FLX_OK) return s;
+    s = flx_eval_nodes(1, &t);
     if (s != FLX_OK) return s;
     size_t nb = bytes_of(t);
     return nb ? p->ctx->be->copy_d2d(p->ctx, p->in_rec[k]->ptr, t->buf->ptr, nb) : FLX_OK;
@@ -858,18 +865,9 @@ flx_status flx_plan_run(flx_plan *p, int32_t n_in, flx_tensor *const *inputs) {
             return flx_set_error(FLX_ERR_STATE, "%s: a node of the plan's graph was frozen into a "
                                  "source after compile; compile the plan again", fn);
     for (int32_t k = 0; k < n_in; k++) {
-        flx_tensor *t = inputs[k];
-        if (!t) continue;
-        flx_tensor *want = p->in[k];
-        if (t->ctx != p->ctx)
-            return flx_set_error(FLX_ERR_DEVICE, "%s: input %d %s belongs to another context", fn,
-                                 (int)k, flx_describe(t));
-        if (t->dtype != want->dtype)
-            return flx_set_error(FLX_ERR_DTYPE, "%s: input %d is %s but the plan was compiled for %s",
-                                 fn, (int)k, flx_describe(t), flx_describe(want));
-        if (!same_shape(t, want))
-            return flx_set_error(FLX_ERR_SHAPE, "%s: input %d is %s but the plan was compiled for %s",
-                                 fn, (int)k, flx_describe(t), flx_describe(want));
+        if (!inputs[k]) continue;
+        flx_status cs = check_input(p, k, inputs[k], fn);
+        if (cs != FLX_OK) return cs;
     }
     flx_status s = FLX_OK;
     for (int32_t k = 0; k < n_in && s == FLX_OK; k++)
