@@ -14,6 +14,30 @@
 #include "internal.h"
 #include "json_min.h"
 
+static int cmp_str_ptr(const void *a, const void *b) {
+    return strcmp(*(const char *const *)a, *(const char *const *)b);
+}
+
+/* A string that appears twice among names[0..n), or NULL. Sorts a copy of the pointers
+ * (n log n), so a hostile header with millions of keys stays cheap. *oom is set when the copy
+ * cannot be allocated. */
+static const char *find_duplicate(const char *const *names, size_t n, bool *oom) {
+    *oom = false;
+    if (n < 2) return NULL;
+    const char **v = (const char **)malloc(n * sizeof *v);
+    if (!v) {
+        *oom = true;
+        return NULL;
+    }
+    memcpy(v, names, n * sizeof *v);
+    qsort(v, n, sizeof *v, cmp_str_ptr);
+    const char *dup = NULL;
+    for (size_t i = 1; i < n && !dup; i++)
+        if (strcmp(v[i - 1], v[i]) == 0) dup = v[i];
+    free(v);
+    return dup;
+}
+
 /* The Python safetensors package refuses headers above 100 MB; so do we. */
 #define MAX_HEADER_BYTES (100u * 1000u * 1000u)
 
@@ -169,11 +193,11 @@ flx_status flx_save_safetensors(const char *path, int32_t n, const char *const *
             return flx_set_error(FLX_ERR_DTYPE, "%s: tensor '%s' %s has a dtype safetensors files do "
                                  "not hold here (f32, f64, i32, i64, bool)",
                                  fn, names[i], flx_describe(tensors[i]));
-        for (int32_t k = 0; k < i; k++)
-            if (strcmp(names[k], names[i]) == 0)
-                return flx_set_error(FLX_ERR_INVALID_ARGUMENT, "%s: name '%s' appears twice", fn,
-                                     names[i]);
     }
+    bool oom;
+    const char *dup = find_duplicate(names, (size_t)n, &oom);
+    if (oom) return flx_set_error(FLX_ERR_OUT_OF_MEMORY, "%s: out of host memory", fn);
+    if (dup) return flx_set_error(FLX_ERR_INVALID_ARGUMENT, "%s: name '%s' appears twice", fn, dup);
     for (int32_t i = 0; i < n_meta; i++) {
         if (!good_text(meta_keys[i]) || !meta_values[i] ||
             (*meta_values[i] && !good_text(meta_values[i])))
@@ -181,11 +205,11 @@ flx_status flx_save_safetensors(const char *path, int32_t n, const char *const *
                                  "%s: metadata entry %d is NULL, empty, not UTF-8 or has control "
                                  "characters",
                                  fn, (int)i);
-        for (int32_t k = 0; k < i; k++)
-            if (strcmp(meta_keys[k], meta_keys[i]) == 0)
-                return flx_set_error(FLX_ERR_INVALID_ARGUMENT, "%s: metadata key '%s' appears twice",
-                                     fn, meta_keys[i]);
     }
+    dup = find_duplicate(meta_keys, (size_t)(n_meta > 0 ? n_meta : 0), &oom);
+    if (oom) return flx_set_error(FLX_ERR_OUT_OF_MEMORY, "%s: out of host memory", fn);
+    if (dup)
+        return flx_set_error(FLX_ERR_INVALID_ARGUMENT, "%s: metadata key '%s' appears twice", fn, dup);
     /* Values first (nothing is written until every tensor is computed and on the host). */
     if (n > 0) {
         flx_status s = flx_eval(n, tensors);
@@ -519,13 +543,16 @@ flx_checkpoint *flx_load_safetensors(flx_ctx *ctx, const char *path) {
         flx_set_error(FLX_ERR_INVALID_ARGUMENT, "%s: %s: the header is not a JSON object", fn, path);
         goto fail;
     }
-    for (size_t a = 0; a < root.n; a++)
-        for (size_t b = 0; b < a; b++)
-            if (strcmp(root.keys[a], root.keys[b]) == 0) {
-                flx_set_error(FLX_ERR_INVALID_ARGUMENT, "%s: %s: the name '%s' appears twice", fn,
-                              path, root.keys[a]);
-                goto fail;
-            }
+    {
+        bool oom;
+        const char *dup = find_duplicate((const char *const *)root.keys, root.n, &oom);
+        if (oom || dup) {
+            if (oom) flx_set_error(FLX_ERR_OUT_OF_MEMORY, "%s: out of host memory", fn);
+            else flx_set_error(FLX_ERR_INVALID_ARGUMENT, "%s: %s: the name '%s' appears twice", fn,
+                               path, dup);
+            goto fail;
+        }
+    }
     if (root.n > (size_t)INT32_MAX / 2) {
         flx_set_error(FLX_ERR_INVALID_ARGUMENT, "%s: %s: too many entries", fn, path);
         goto fail;
@@ -559,18 +586,20 @@ flx_checkpoint *flx_load_safetensors(flx_ctx *ctx, const char *path) {
             flx_set_error(FLX_ERR_OUT_OF_MEMORY, "%s: out of host memory", fn);
             goto fail;
         }
+        bool meta_oom;
+        const char *meta_dup = find_duplicate((const char *const *)meta->keys, meta->n, &meta_oom);
+        if (meta_oom || meta_dup) {
+            if (meta_oom) flx_set_error(FLX_ERR_OUT_OF_MEMORY, "%s: out of host memory", fn);
+            else flx_set_error(FLX_ERR_INVALID_ARGUMENT, "%s: %s: __metadata__ key '%s' appears "
+                               "twice", fn, path, meta_dup);
+            goto fail;
+        }
         for (size_t k = 0; k < meta->n; k++) {
             if (meta->items[k].type != FLX_JSON_STRING) {
                 flx_set_error(FLX_ERR_INVALID_ARGUMENT, "%s: %s: __metadata__ value of '%s' is not a "
                               "string", fn, path, meta->keys[k]);
                 goto fail;
             }
-            for (size_t j = 0; j < k; j++)
-                if (strcmp(meta->keys[j], meta->keys[k]) == 0) {
-                    flx_set_error(FLX_ERR_INVALID_ARGUMENT, "%s: %s: __metadata__ key '%s' appears "
-                                  "twice", fn, path, meta->keys[k]);
-                    goto fail;
-                }
             ck->meta_keys[k] = dup_str(meta->keys[k]);
             ck->meta_values[k] = dup_str(meta->items[k].s);
             ck->n_meta = (int32_t)k + 1;

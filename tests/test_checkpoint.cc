@@ -238,6 +238,11 @@ TEST_F(CheckpointTest, BadArgumentsAreRejected) {
     const char *mk[2] = {"k", "k"};
     const char *mv[2] = {"1", "2"};
     EXPECT_EQ(flx_save_safetensors(p.c_str(), 1, ok, &a, 2, mk, mv), FLX_ERR_INVALID_ARGUMENT);
+    EXPECT_NE(std::string(flx_last_error()).find("'k' appears twice"), std::string::npos) << flx_last_error();
+    const char *dupnames[3] = {"b", "a", "b"};
+    flx_tensor *three[3] = {a, a, a};
+    EXPECT_EQ(flx_save_safetensors(p.c_str(), 3, dupnames, three, 0, nullptr, nullptr), FLX_ERR_INVALID_ARGUMENT);
+    EXPECT_NE(std::string(flx_last_error()).find("'b' appears twice"), std::string::npos) << flx_last_error();
     EXPECT_EQ(files().size(), 0u);
     EXPECT_EQ(flx_load_safetensors(nullptr, p.c_str()), nullptr);
     EXPECT_EQ(flx_load_safetensors(ctx, nullptr), nullptr);
@@ -298,6 +303,18 @@ std::vector<BadFile> bad_files() {
                    "\"a\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[4,8]}}",
                    d8),
          "appears twice"},
+        {"duplicate names far apart",
+         make_file("{\"b\":{\"dtype\":\"F32\",\"shape\":[0],\"data_offsets\":[0,0]},"
+                   "\"a\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[0,4]},"
+                   "\"c\":{\"dtype\":\"F32\",\"shape\":[0],\"data_offsets\":[4,4]},"
+                   "\"a\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[4,8]}}",
+                   d8),
+         "'a' appears twice"},
+        {"duplicate metadata keys",
+         make_file("{\"__metadata__\":{\"k\":\"1\",\"j\":\"2\",\"k\":\"3\"},"
+                   "\"a\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,8]}}",
+                   d8),
+         "key 'k' appears twice"},
         {"huge shape",
          make_file(one("{\"dtype\":\"F32\",\"shape\":[4294967296,4294967296],\"data_offsets\":[0,8]}"), d8),
          "too large"},
