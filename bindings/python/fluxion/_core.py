@@ -561,28 +561,26 @@ class Tensor:
     def __abs__(self) -> "Tensor":
         return _wrap(_L.flx_abs(self._ptr))
 
-    def __add__(self, o: Any) -> "Tensor":
+    def _with_scalar(self, o: Any, tensor_fn: Any, scalar_fn: Any, value: Any) -> "Tensor":
+        """self (op) o: Tensor operands go to tensor_fn; a Python number takes the one-node
+        scalar_fn(self, value(o)) path when self is a float tensor, else a scalar tensor."""
         if isinstance(o, Tensor):
-            return _wrap(_L.flx_add(self._ptr, o._ptr))
+            return _wrap(tensor_fn(self._ptr, o._ptr))
         if isinstance(o, (int, float)):
-            p = _L.flx_add_scalar(self._ptr, float(o))
+            p = scalar_fn(self._ptr, value(o))
             if p:
                 return _wrap(p)
             _L.flx_clear_error()  # not a float tensor: fall back to a scalar tensor
-        return _binary(_L.flx_add, self, o)
+        return _binary(tensor_fn, self, o)
+
+    def __add__(self, o: Any) -> "Tensor":
+        return self._with_scalar(o, _L.flx_add, _L.flx_add_scalar, float)
 
     def __radd__(self, o: Any) -> "Tensor":
         return self.__add__(o)
 
     def __sub__(self, o: Any) -> "Tensor":
-        if isinstance(o, Tensor):
-            return _wrap(_L.flx_sub(self._ptr, o._ptr))
-        if isinstance(o, (int, float)):
-            p = _L.flx_add_scalar(self._ptr, -float(o))
-            if p:
-                return _wrap(p)
-            _L.flx_clear_error()  # not a float tensor: fall back to a scalar tensor
-        return _binary(_L.flx_sub, self, o)
+        return self._with_scalar(o, _L.flx_sub, _L.flx_add_scalar, lambda v: -float(v))
 
     def __rsub__(self, o: Any) -> "Tensor":
         if isinstance(o, (int, float)) and self.dtype.is_float:
@@ -590,14 +588,7 @@ class Tensor:
         return _binary(_L.flx_sub, o, self)
 
     def __mul__(self, o: Any) -> "Tensor":
-        if isinstance(o, Tensor):
-            return _wrap(_L.flx_mul(self._ptr, o._ptr))
-        if isinstance(o, (int, float)):
-            p = _L.flx_mul_scalar(self._ptr, float(o))
-            if p:
-                return _wrap(p)
-            _L.flx_clear_error()  # not a float tensor: fall back to a scalar tensor
-        return _binary(_L.flx_mul, self, o)
+        return self._with_scalar(o, _L.flx_mul, _L.flx_mul_scalar, float)
 
     def __rmul__(self, o: Any) -> "Tensor":
         return self.__mul__(o)
