@@ -8,8 +8,12 @@
 //   otherwise:              cuSOLVER syevd per matrix (divide and conquer, ascending).
 // The input is symmetric (the builder symmetrises), so its row-major copy is also its
 // column-major form; the solver reads the lower triangle. A matrix whose info > 0 (no
-// convergence) stores FLX_KERR_EIGH_NOCONV in the error word. Workspace comes from the context's
+// convergence), or that holds a NaN or infinity (then its outputs are NaN, as on the CPU), stores
+// FLX_KERR_EIGH_NOCONV in the error word. Workspace comes from the context's
 // stream-ordered allocator (freed after queueing, which is safe on the stream).
+#include <climits>
+#include <cmath>
+
 #include <cusolverDn.h>
 
 #include "cuda_common.cuh"
@@ -72,6 +76,22 @@ inline cusolverStatus_t syevjB(cusolverDnHandle_t h, int n, double *A, double *W
     return cusolverDnDsyevjBatched(h, kJob, kUplo, n, A, n, W, work, lw, info, p, batch);
 }
 
+// ---- non-finite input: one thread per (matrix, row) ------------------------------------------
+// Marks info[b] = kNonFinite when matrix b of the input holds a NaN or infinity, after the solver
+// wrote its own info, so k_pack writes NaN and flags the error as the CPU reference does.
+constexpr int kNonFinite = INT_MIN;
+template <typename T>
+__global__ void k_check(const T *__restrict__ A, int *__restrict__ info, int64_t batch, int64_t n) {
+    const int64_t total = batch * n;
+    for (int64_t t = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; t < total;
+         t += (int64_t)gridDim.x * blockDim.x) {
+        const T *row = A + t * n;
+        bool bad = false;
+        for (int64_t i = 0; i < n; i++) bad |= !isfinite(row[i]);
+        if (bad) info[t / n] = kNonFinite; /* every writer stores the same value */
+    }
+}
+
 // ---- packing: one thread per (matrix, eigenvector) ------------------------------------------
 // V column-major in work (column j of matrix b at work[b*n*n + j*n ...]), w[b*n + j].
 template <typename T>
@@ -92,9 +112,11 @@ __global__ void k_pack(const T *__restrict__ V, const T *__restrict__ w, const i
             }
         }
         const T sg = col[best] < (T)0 ? (T)-1 : (T)1;
+        const bool nonfinite = info[b] == kNonFinite;
+        const T nan = (T)NAN;
         T *o = out + b * n * (n + 1);
-        for (int64_t i = 0; i < n; i++) o[i * (n + 1) + j] = sg * col[i];
-        o[j * (n + 1) + n] = w[b * n + j];
+        for (int64_t i = 0; i < n; i++) o[i * (n + 1) + j] = nonfinite ? nan : sg * col[i];
+        o[j * (n + 1) + n] = nonfinite ? nan : w[b * n + j];
         if (j == 0 && info[b] != 0 && err) *err = FLX_KERR_EIGH_NOCONV;
     }
 }
@@ -136,6 +158,7 @@ int run(const flx_eigh_args *a, const flx_cuda_lu_env *env) {
             if (rc) return rc;
         }
     }
+    k_check<T><<<grid_for(B * n), kBlock, 0, s>>>((const T *)a->a, info, B, n);
     k_pack<T><<<grid_for(B * n), kBlock, 0, s>>>(V, w, info, (T *)a->out, B, n, a->err);
     return flxk::launch_status();
 }

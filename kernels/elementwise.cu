@@ -1,8 +1,9 @@
-// elementwise.cu — CUDA kernels of the fill, cast, unary, binary and where families.
+// elementwise.cu — CUDA kernels of the fill, cast, unary, binary, where and fused-program families.
 //
 // Semantics follow the CPU reference (runtime/backend_cpu.c) exactly:
 //   - fill computes each value in double (Philox stream of kernels/philox.h) and converts it to
-//     the output dtype like the CPU's store(): float cast, C truncation to integers, != 0 to bool;
+//     the output dtype like the CPU's store(): float cast, truncation to integers saturated to
+//     their range with NaN -> 0 (flx_f2i32/flx_f2i64 of flx_unary_ops.h), != 0 to bool;
 //   - cast goes through int64 between integer/bool dtypes and through double otherwise;
 //   - unary applies the formulas of kernels/flx_unary_ops.h with T = float for f32 (f32 stays
 //     f32 on the GPU; results may differ from the CPU's double-then-round in the last ulp) and
@@ -28,6 +29,8 @@ namespace {
 // ---- conversions like the CPU's store()/load() ---------------------------------------------
 template <typename D> __device__ __forceinline__ D from_double(double v) { return (D)v; }
 template <> __device__ __forceinline__ uint8_t from_double<uint8_t>(double v) { return v != 0; }
+template <> __device__ __forceinline__ int32_t from_double<int32_t>(double v) { return flx_f2i32(v); }
+template <> __device__ __forceinline__ int64_t from_double<int64_t>(double v) { return flx_f2i64(v); }
 
 template <typename D> __device__ __forceinline__ D from_int64(int64_t v) { return (D)v; }
 template <> __device__ __forceinline__ uint8_t from_int64<uint8_t>(int64_t v) { return v != 0; }
@@ -272,6 +275,175 @@ __global__ void where_kernel(Space s, const uint8_t *cond, const E *a, const E *
     }
 }
 
+// ---- fused programs (issue 6; format in flx_kernels.h, planning in runtime/fuse.c) -----------
+// Each thread runs the program over FV consecutive elements at once, so an instruction is
+// decoded once per FV elements and contiguous inputs are read with one vector load. The slots
+// are indexed only with compile-time constants (the unrolled select loops below), so they stay
+// in registers instead of spilling to local memory. Each instruction applies the same per-op
+// formula (UnaryF / BinF) as the unfused kernels, so results match them bit for bit.
+constexpr int FV = 4;
+
+template <typename T>
+__device__ __forceinline__ void slot_get(const T (&r)[FLX_FUSED_MAX_SLOTS][FV], int s, T (&x)[FV]) {
+#pragma unroll
+    for (int q = 0; q < FLX_FUSED_MAX_SLOTS; q++)
+        if (q == s) {
+#pragma unroll
+            for (int l = 0; l < FV; l++) x[l] = r[q][l];
+        }
+}
+
+template <typename T>
+__device__ __forceinline__ void slot_put(T (&r)[FLX_FUSED_MAX_SLOTS][FV], int s, const T (&x)[FV]) {
+#pragma unroll
+    for (int q = 0; q < FLX_FUSED_MAX_SLOTS; q++)
+        if (q == s) {
+#pragma unroll
+            for (int l = 0; l < FV; l++) r[q][l] = x[l];
+        }
+}
+
+// Offset of element i in input k; *inner gets i's index along the innermost dimension.
+__device__ __forceinline__ int64_t fused_offset(const flx_fused_args &a, int k, int64_t i,
+                                                int64_t *inner) {
+    int64_t off = 0;
+    *inner = i;
+    for (int d = a.ndim - 1; d >= 1; d--) {
+        int64_t q = i / a.shape[d];
+        int64_t r = i - q * a.shape[d];
+        if (d == a.ndim - 1) *inner = r;
+        off += r * a.in_strides[k][d];
+        i = q;
+    }
+    return off + i * a.in_strides[k][0];
+}
+
+template <typename T>
+__device__ __forceinline__ void fused_load(const flx_fused_args &a, int k, int64_t i0, int m,
+                                           T (&o)[FV]) {
+    const void *p = a.in[k];
+    // Offsets of the FV elements: one division chain for the first; the others step along the
+    // innermost dimension unless they cross a row (then they divide again).
+    int64_t off[FV];
+    if (a.in_kind[k] == FLX_FUSED_IN_STRIDED) {
+        int64_t r0;
+        off[0] = fused_offset(a, k, i0, &r0);
+        const int64_t inner = a.shape[a.ndim - 1], step = a.in_strides[k][a.ndim - 1];
+#pragma unroll
+        for (int l = 1; l < FV; l++) {
+            int64_t r;
+            off[l] = r0 + l < inner ? off[0] + l * step : fused_offset(a, k, i0 + l, &r);
+        }
+    }
+    if (a.in_bool[k]) {
+#pragma unroll
+        for (int l = 0; l < FV; l++) {
+            int64_t of = a.in_kind[k] == FLX_FUSED_IN_CONTIG ? i0 + l
+                       : a.in_kind[k] == FLX_FUSED_IN_SCALAR ? 0 : off[l];
+            o[l] = l < m ? (T)((const uint8_t *)p)[of] : (T)0;
+        }
+        return;
+    }
+    const T *x = (const T *)p;
+    switch (a.in_kind[k]) {
+    case FLX_FUSED_IN_CONTIG:
+        if (m == FV && (uintptr_t)(x + i0) % sizeof(Vec<T, FV>) == 0) {
+            Vec<T, FV> v = *(const Vec<T, FV> *)(x + i0);
+#pragma unroll
+            for (int l = 0; l < FV; l++) o[l] = v.v[l];
+        } else {
+#pragma unroll
+            for (int l = 0; l < FV; l++) o[l] = l < m ? x[i0 + l] : (T)0;
+        }
+        break;
+    case FLX_FUSED_IN_SCALAR: {
+        T v = x[0];
+#pragma unroll
+        for (int l = 0; l < FV; l++) o[l] = v;
+        break;
+    }
+    default:
+#pragma unroll
+        for (int l = 0; l < FV; l++) o[l] = l < m ? x[off[l]] : (T)0;
+    }
+}
+
+template <typename T>
+__device__ __forceinline__ void fused_unary(int op, double fa, double fb, T (&x)[FV]) {
+    switch (op) {
+#define FLX_X_CASE(NAME, EXPR)                                                     \
+    case FLX_UNARY_##NAME:                                                         \
+        _Pragma("unroll") for (int l = 0; l < FV; l++) x[l] = UnaryF<T, FLX_UNARY_##NAME>::f(x[l], fa, fb); \
+        break;
+        FLX_UNARY_OPS(FLX_X_CASE)
+#undef FLX_X_CASE
+    default: break;
+    }
+}
+
+template <typename T>
+__device__ __forceinline__ void fused_binary(int op, T (&x)[FV], const T (&y)[FV]) {
+    switch (op) {
+#define FLX_X_CASE(NAME, EXPR)                                                     \
+    case FLX_BINARY_##NAME:                                                        \
+        _Pragma("unroll") for (int l = 0; l < FV; l++) x[l] = BinF<T, FLX_BINARY_##NAME>::f(x[l], y[l]); \
+        break;
+        FLX_BINARY_ARITH_OPS(FLX_X_CASE)
+#undef FLX_X_CASE
+    default: break;
+    }
+}
+
+template <typename T>
+__global__ void fused_kernel(const __grid_constant__ flx_fused_args a) {
+    const int64_t nv = (a.n + FV - 1) / FV;
+    const int64_t stride = (int64_t)gridDim.x * blockDim.x;
+    const int out_slot = a.instr[a.n_instr - 1].dst;
+    for (int64_t v = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; v < nv; v += stride) {
+        const int64_t i0 = v * FV;
+        const int m = a.n - i0 < FV ? (int)(a.n - i0) : FV;
+        T r[FLX_FUSED_MAX_SLOTS][FV];
+#pragma unroll
+        for (int q = 0; q < FLX_FUSED_MAX_SLOTS; q++)
+#pragma unroll
+            for (int l = 0; l < FV; l++) r[q][l] = (T)0;
+        for (int pc = 0; pc < a.n_instr; pc++) {
+            const flx_fused_instr &I = a.instr[pc];
+            T x[FV], y[FV], z[FV];
+            switch (I.kind) {
+            case FLX_FUSED_LOAD: fused_load<T>(a, I.op, i0, m, x); break;
+            case FLX_FUSED_UNARY:
+                slot_get(r, I.s0, x);
+                fused_unary<T>(I.op, I.a, I.b, x);
+                break;
+            case FLX_FUSED_BINARY:
+                slot_get(r, I.s0, x);
+                slot_get(r, I.s1, y);
+                fused_binary<T>(I.op, x, y);
+                break;
+            default: /* WHERE */
+                slot_get(r, I.s0, z);
+                slot_get(r, I.s1, x);
+                slot_get(r, I.s2, y);
+#pragma unroll
+                for (int l = 0; l < FV; l++) x[l] = z[l] != (T)0 ? x[l] : y[l];
+            }
+            slot_put(r, I.dst, x);
+        }
+        T o[FV];
+        slot_get(r, out_slot, o);
+        T *out = (T *)a.out;
+        if (m == FV && (uintptr_t)(out + i0) % sizeof(Vec<T, FV>) == 0) {
+            Vec<T, FV> w;
+#pragma unroll
+            for (int l = 0; l < FV; l++) w.v[l] = o[l];
+            *(Vec<T, FV> *)(out + i0) = w;
+        } else {
+            for (int l = 0; l < m; l++) out[i0 + l] = o[l];
+        }
+    }
+}
+
 } // namespace
 
 // ---- C launch functions ---------------------------------------------------------------------
@@ -371,6 +543,20 @@ extern "C" int flx_cuda_where(const flx_where_args *ar, void *stream) {
         where_kernel<uint64_t><<<grid, kBlock, 0, st>>>(s, ar->cond, (const uint64_t *)ar->a,
                                                         (const uint64_t *)ar->b, (uint64_t *)ar->out, n);
         break;
+    default: return (int)cudaErrorInvalidValue;
+    }
+    return flxk::launch_status();
+}
+
+extern "C" int flx_cuda_fused(const flx_fused_args *a, void *stream) {
+    if (a->n <= 0) return 0;
+    if (a->n_instr < 1 || a->n_instr > FLX_FUSED_MAX_INSTR || a->ndim < 1 || a->ndim > FLX_MAX_DIMS)
+        return (int)cudaErrorInvalidValue;
+    cudaStream_t st = (cudaStream_t)stream;
+    unsigned grid = flxk::grid_for((a->n + FV - 1) / FV);
+    switch (a->dtype) {
+    case FLX_F32: fused_kernel<float><<<grid, kBlock, 0, st>>>(*a); break;
+    case FLX_F64: fused_kernel<double><<<grid, kBlock, 0, st>>>(*a); break;
     default: return (int)cudaErrorInvalidValue;
     }
     return flxk::launch_status();

@@ -304,6 +304,48 @@ typedef struct flx_eigh_args {
 int flx_cuda_eigh(const flx_eigh_args *args, const flx_cuda_lu_env *env);
 
 /* ---- CUDA launch functions (defined only in builds with the CUDA backend) ------------------ */
+/* ---- fused: a chain of float elementwise ops run as one kernel (issue 6; runtime/fuse.c,
+ * runtime/cpu_fused.c, kernels/fused.cu) ------------------------------------------------------
+ * A tiny register program, interpreted per element over the dense output index space `shape`
+ * (already coalesced: ndim >= 1, no size-1 dims). Values live in FLX_FUSED_MAX_SLOTS slots:
+ *   LOAD   slot[dst] = in[op][offset of the element in input op]   (bool inputs read as 0/1)
+ *   UNARY  slot[dst] = unary formula op (kernels/flx_unary_ops.h) of slot[s0], attributes a, b
+ *   BINARY slot[dst] = binary arithmetic formula op of slot[s0], slot[s1]
+ *   WHERE  slot[dst] = slot[s0] != 0 ? slot[s1] : slot[s2]
+ * Every operand is read before dst is written (dst may reuse an operand's slot). The last
+ * instruction's slot is stored to out. Every value has the output dtype (f32 or f64) except
+ * LOADs of bool inputs; the CPU computes each instruction in double and rounds to the dtype, as
+ * the unfused kernels do, so fused and unfused results are bit-identical on each backend.
+ * Input layout (in_kind): CONTIG = strides of the dense shape (read at the linear index);
+ * SCALAR = one element; STRIDED = in_strides (0 on broadcast axes). */
+#define FLX_FUSED_MAX_IN 8
+#define FLX_FUSED_MAX_INSTR 24
+#define FLX_FUSED_MAX_SLOTS 8
+typedef enum flx_fused_kind {
+    FLX_FUSED_LOAD, FLX_FUSED_UNARY, FLX_FUSED_BINARY, FLX_FUSED_WHERE
+} flx_fused_kind;
+typedef enum flx_fused_in_kind {
+    FLX_FUSED_IN_CONTIG, FLX_FUSED_IN_SCALAR, FLX_FUSED_IN_STRIDED
+} flx_fused_in_kind;
+typedef struct flx_fused_instr {
+    uint8_t kind, op, dst, s0, s1, s2;
+    double a, b;
+} flx_fused_instr;
+typedef struct flx_fused_args {
+    flx_dtype dtype; /* of every value and of out: f32 or f64 */
+    int32_t ndim;
+    int64_t shape[FLX_MAX_DIMS];
+    int64_t n;
+    int32_t n_in, n_instr;
+    uint8_t in_bool[FLX_FUSED_MAX_IN]; /* input k is a bool tensor (uint8) */
+    uint8_t in_kind[FLX_FUSED_MAX_IN]; /* flx_fused_in_kind */
+    int64_t in_strides[FLX_FUSED_MAX_IN][FLX_MAX_DIMS];
+    const void *in[FLX_FUSED_MAX_IN];
+    void *out;
+    flx_fused_instr instr[FLX_FUSED_MAX_INSTR];
+} flx_fused_args;
+int flx_cuda_fused(const flx_fused_args *args, void *stream);
+
 int flx_cuda_fill(const flx_fill_args *args, void *stream);
 int flx_cuda_cast(const flx_cast_args *args, void *stream);
 int flx_cuda_unary(const flx_unary_args *args, void *stream);

@@ -10,6 +10,7 @@
 #define FLX_UNARY_OPS_H
 
 #include <math.h>
+#include <stdint.h>
 
 #if defined(__CUDACC__)
 #define FLX_HD __host__ __device__
@@ -84,5 +85,21 @@ typedef enum flx_binary_op {
 } flx_binary_op;
 
 #define FLX_BINARY_IS_COMPARE(op) ((op) >= FLX_BINARY_EQ)
+
+/* Float -> integer conversion, the same on both backends: truncation toward zero, saturated to
+ * the integer's range, NaN -> 0 (what the GPU's conversion instruction does; a plain C cast of an
+ * out-of-range value is undefined behaviour). */
+static inline FLX_HD int64_t flx_f2i64(double v) {
+    if (v != v) return 0;
+    if (v >= 9223372036854775808.0) return INT64_MAX;
+    if (v <= -9223372036854775808.0) return INT64_MIN;
+    return (int64_t)v;
+}
+static inline FLX_HD int32_t flx_f2i32(double v) {
+    if (v != v) return 0;
+    if (v >= 2147483647.0) return INT32_MAX;
+    if (v <= -2147483648.0) return INT32_MIN;
+    return (int32_t)v;
+}
 
 #endif /* FLX_UNARY_OPS_H */

@@ -1,13 +1,19 @@
 /* backend_cpu.c — the CPU backend: the plain, obviously-correct reference every GPU result is
  * checked against. Float math runs in double and is rounded to the output dtype; reductions and
- * matmul accumulate in double in a fixed order. */
+ * matmul accumulate in double in a fixed order (matmul through a CBLAS dgemm when one was found at
+ * configure time: see the matmul section). */
 #include <math.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "internal.h"
 #include "flx_unary_ops.h"
 #include "philox.h"
+#ifdef FLX_WITH_BLAS
+#include <cblas.h> /* issue 5: the CPU matmul's dgemm (CMake option FLX_CPU_BLAS) */
+#include <limits.h>
+#endif
 
 /* ---- memory ------------------------------------------------------------------------------ */
 static flx_status cpu_init(flx_ctx *ctx) {
@@ -74,8 +80,8 @@ static inline void store(flx_dtype dt, void *p, int64_t i, double v) {
     switch (dt) {
     case FLX_F32: ((float *)p)[i] = (float)v; break;
     case FLX_F64: ((double *)p)[i] = v; break;
-    case FLX_I32: ((int32_t *)p)[i] = (int32_t)v; break;
-    case FLX_I64: ((int64_t *)p)[i] = (int64_t)v; break;
+    case FLX_I32: ((int32_t *)p)[i] = flx_f2i32(v); break; /* saturating, NaN -> 0 */
+    case FLX_I64: ((int64_t *)p)[i] = flx_f2i64(v); break;
     case FLX_BOOL: ((uint8_t *)p)[i] = v != 0; break;
     default: break;
     }
@@ -87,7 +93,7 @@ static inline int64_t load_i(flx_dtype dt, const void *p, int64_t i) {
     case FLX_I32: return ((const int32_t *)p)[i];
     case FLX_I64: return ((const int64_t *)p)[i];
     case FLX_BOOL: return ((const uint8_t *)p)[i];
-    default: return (int64_t)load(dt, p, i);
+    default: return flx_f2i64(load(dt, p, i));
     }
 }
 
@@ -187,9 +193,72 @@ static flx_status cpu_unary(flx_ctx *ctx, const flx_unary_args *ar) {
 }
 
 /* ---- binary, where -------------------------------------------------------------------------- */
+/* Float fast path (issue 5: CPU training speed). Dimensions along which both inputs are
+ * contiguous (and size-1 dimensions) are merged, then the innermost dimension runs as one loop
+ * per op and dtype with the op chosen once per call. Every element is computed by the same double
+ * formula and rounded the same way as in the general loop below, so the results are the same
+ * bits; only the per-element odometer step and switches are gone. */
+static void binary_float_fast(const flx_binary_args *ar, int64_t n) {
+    int32_t nd = 0;
+    int64_t shp[FLX_MAX_DIMS], sa[FLX_MAX_DIMS], sb[FLX_MAX_DIMS];
+    for (int32_t d = 0; d < ar->ndim; d++) {
+        if (ar->shape[d] == 1) continue;
+        if (nd > 0 && sa[nd - 1] == ar->sa[d] * ar->shape[d] && sb[nd - 1] == ar->sb[d] * ar->shape[d]) {
+            shp[nd - 1] *= ar->shape[d];
+            sa[nd - 1] = ar->sa[d];
+            sb[nd - 1] = ar->sb[d];
+            continue;
+        }
+        shp[nd] = ar->shape[d];
+        sa[nd] = ar->sa[d];
+        sb[nd] = ar->sb[d];
+        nd++;
+    }
+    if (nd == 0) {
+        shp[0] = 1;
+        sa[0] = sb[0] = 0;
+        nd = 1;
+    }
+    const int64_t len = shp[nd - 1], ia = sa[nd - 1], ib = sb[nd - 1];
+    odo o; /* over the outer dimensions */
+    odo_init(&o, nd - 1, shp, 2, sa, sb, NULL);
+    const bool f32 = ar->dtype == FLX_F32, cmp = FLX_BINARY_IS_COMPARE(ar->op);
+    for (int64_t i0 = 0; i0 < n; i0 += len, odo_next(&o)) {
+        const int64_t oa = o.off[0], ob = o.off[1];
+#define FLX_BIN_RUN(TI, TO, EXPR)                                               \
+    do {                                                                        \
+        const TI *pa = (const TI *)ar->a + oa, *pb = (const TI *)ar->b + ob;    \
+        TO *po = (TO *)ar->out + i0;                                            \
+        for (int64_t j = 0; j < len; j++) {                                     \
+            double a = pa[j * ia], b = pb[j * ib];                              \
+            po[j] = (TO)(double)(EXPR);                                         \
+        }                                                                       \
+    } while (0)
+#define FLX_X_CASE(NAME, EXPR)                                                  \
+    case FLX_BINARY_##NAME:                                                     \
+        if (cmp) {                                                              \
+            if (f32) FLX_BIN_RUN(float, uint8_t, EXPR);                         \
+            else FLX_BIN_RUN(double, uint8_t, EXPR);                            \
+        } else if (f32) FLX_BIN_RUN(float, float, EXPR);                        \
+        else FLX_BIN_RUN(double, double, EXPR);                                 \
+        break;
+        switch (ar->op) {
+            FLX_BINARY_ARITH_OPS(FLX_X_CASE)
+            FLX_BINARY_COMPARE_OPS(FLX_X_CASE)
+        }
+#undef FLX_X_CASE
+#undef FLX_BIN_RUN
+    }
+}
+
 static flx_status cpu_binary(flx_ctx *ctx, const flx_binary_args *ar) {
     (void)ctx;
     int64_t n = flx_shape_numel(ar->ndim, ar->shape);
+    if (n == 0) return FLX_OK;
+    if (ar->dtype == FLX_F32 || ar->dtype == FLX_F64) {
+        binary_float_fast(ar, n);
+        return FLX_OK;
+    }
     odo o;
     odo_init(&o, ar->ndim, ar->shape, 2, ar->sa, ar->sb, NULL);
     bool is_int = !flx_dtype_is_float(ar->dtype);
@@ -251,10 +320,80 @@ static flx_status cpu_copy(flx_ctx *ctx, const flx_copy_args *ar) {
 }
 
 /* ---- reduce ---------------------------------------------------------------------------------- */
+/* Float fast path of SUM and VAR (issue 5: CPU training speed). The reduced dimensions are merged
+ * where contiguous (and size-1 ones dropped) and the innermost one runs as a plain loop; the
+ * values are visited in the same row-major order and accumulated in double exactly as in the
+ * general loop below, so the results are the same bits. */
+static void reduce_sum_var_fast(const flx_reduce_args *ar, int64_t nk, int64_t nr) {
+    int32_t nd = 0;
+    int64_t shp[FLX_MAX_DIMS], str[FLX_MAX_DIMS];
+    for (int32_t d = 0; d < ar->rdim; d++) {
+        if (ar->rshape[d] == 1) continue;
+        if (nd > 0 && str[nd - 1] == ar->rstride[d] * ar->rshape[d]) {
+            shp[nd - 1] *= ar->rshape[d];
+            str[nd - 1] = ar->rstride[d];
+            continue;
+        }
+        shp[nd] = ar->rshape[d];
+        str[nd] = ar->rstride[d];
+        nd++;
+    }
+    if (nd == 0) {
+        shp[0] = 1;
+        str[0] = 0;
+        nd = 1;
+    }
+    const int64_t len = shp[nd - 1], is = str[nd - 1];
+    const bool f32 = ar->dtype == FLX_F32;
+    const float *xf = (const float *)ar->x;
+    const double *xd = (const double *)ar->x;
+    /* acc += F(v) over the values of output k, in row-major order */
+#define FLX_RED_PASS(F)                                                                  \
+    do {                                                                                 \
+        odo ro;                                                                          \
+        odo_init(&ro, nd - 1, shp, 1, str, NULL, NULL);                                  \
+        for (int64_t r0 = 0; r0 < nr; r0 += len, odo_next(&ro)) {                        \
+            const int64_t o0 = base + ro.off[0];                                         \
+            if (f32)                                                                     \
+                for (int64_t j = 0; j < len; j++) {                                      \
+                    double v = xf[o0 + j * is];                                          \
+                    acc += F;                                                            \
+                }                                                                        \
+            else                                                                         \
+                for (int64_t j = 0; j < len; j++) {                                      \
+                    double v = xd[o0 + j * is];                                          \
+                    acc += F;                                                            \
+                }                                                                        \
+        }                                                                                \
+    } while (0)
+    odo ko;
+    odo_init(&ko, ar->kdim, ar->kshape, 1, ar->kstride, NULL, NULL);
+    for (int64_t k = 0; k < nk; k++, odo_next(&ko)) {
+        const int64_t base = ko.off[0];
+        double acc = 0;
+        if (ar->op == FLX_REDUCE_SUM) {
+            FLX_RED_PASS(v);
+            store(ar->dtype, ar->out, k, ar->param * acc);
+        } else {
+            FLX_RED_PASS(v);
+            const double mean = acc / (double)nr;
+            acc = 0;
+            FLX_RED_PASS((v - mean) * (v - mean));
+            store(ar->dtype, ar->out, k, acc / ((double)nr - ar->param));
+        }
+    }
+#undef FLX_RED_PASS
+}
+
 static flx_status cpu_reduce(flx_ctx *ctx, const flx_reduce_args *ar) {
     (void)ctx;
     int64_t nk = flx_shape_numel(ar->kdim, ar->kshape);
     int64_t nr = flx_shape_numel(ar->rdim, ar->rshape);
+    if ((ar->op == FLX_REDUCE_SUM || ar->op == FLX_REDUCE_VAR) &&
+        (ar->dtype == FLX_F32 || ar->dtype == FLX_F64) && nr > 0) {
+        reduce_sum_var_fast(ar, nk, nr);
+        return FLX_OK;
+    }
     odo ko;
     odo_init(&ko, ar->kdim, ar->kshape, 1, ar->kstride, NULL, NULL);
     for (int64_t k = 0; k < nk; k++, odo_next(&ko)) {
@@ -318,9 +457,17 @@ static flx_status cpu_reduce(flx_ctx *ctx, const flx_reduce_args *ar) {
     return FLX_OK;
 }
 
-/* ---- matmul ---------------------------------------------------------------------------------- */
-static flx_status cpu_matmul(flx_ctx *ctx, const flx_matmul_args *ar) {
-    (void)ctx;
+/* ---- matmul ----------------------------------------------------------------------------------
+ * Two implementations with one contract (flx_matmul_args, computed in double, rounded on store):
+ *   - matmul_loop: the reference loop, always compiled; deterministic fixed order.
+ *   - matmul_blas (issue 5, built with FLX_WITH_BLAS when CMake found a CBLAS): cblas_dgemm per
+ *     batch on double operands (f64 buffers are passed as they are, f32 ones are widened into
+ *     scratch). It is used only when the result is the IEEE one: every input is finite (an
+ *     optimised BLAS may skip or reorder products with zeros, and alpha == 0 skips A B, so
+ *     0 * inf or 0 * NaN would not give NaN) and the sizes fit the BLAS integer; anything else
+ *     goes to the loop. A BLAS with a fixed thread count gives the same bits run to run.
+ * FLX_CPU_MATMUL=loop in the environment (read once) forces the loop, for comparisons. */
+static flx_status matmul_loop(const flx_matmul_args *ar) {
     const int64_t m = ar->m, n = ar->n, k = ar->k;
     double *row = (double *)malloc((size_t)(n ? n : 1) * sizeof *row);
     if (!row) return flx_set_error(FLX_ERR_OUT_OF_MEMORY, "cpu matmul: out of host memory");
@@ -350,6 +497,93 @@ static flx_status cpu_matmul(flx_ctx *ctx, const flx_matmul_args *ar) {
     }
     free(row);
     return FLX_OK;
+}
+
+#ifdef FLX_WITH_BLAS
+/* True when the n values of p (f32 or f64) starting at element off are all finite. */
+static bool all_finite(flx_dtype dt, const void *p, int64_t off, int64_t n) {
+    int bad = 0; /* accumulate instead of branching, so the loop vectorises */
+    if (dt == FLX_F32) {
+        const float *q = (const float *)p + off;
+        for (int64_t i = 0; i < n; i++) bad |= !isfinite(q[i]);
+    } else {
+        const double *q = (const double *)p + off;
+        for (int64_t i = 0; i < n; i++) bad |= !isfinite(q[i]);
+    }
+    return !bad;
+}
+
+/* Every batch's matrix of an operand (count elements each; stride 0: one shared matrix). */
+static bool operand_finite(const flx_matmul_args *ar, const void *p, int64_t stride, int64_t count) {
+    int64_t nb = stride == 0 ? 1 : ar->batch;
+    for (int64_t bt = 0; bt < nb; bt++)
+        if (!all_finite(ar->dtype, p, bt * stride, count)) return false;
+    return true;
+}
+
+static void widen(const float *src, double *dst, int64_t n) {
+    for (int64_t i = 0; i < n; i++) dst[i] = src[i];
+}
+
+/* Returns 1 when done, 0 when the loop must do it (nothing written), -1 on out of memory. */
+static int matmul_blas(const flx_matmul_args *ar) {
+    const int64_t m = ar->m, n = ar->n, k = ar->k;
+    if (ar->dtype != FLX_F32 && ar->dtype != FLX_F64) return 0;
+    if (m <= 0 || n <= 0 || k <= 0 || m > INT_MAX || n > INT_MAX || k > INT_MAX) return 0;
+    if (!isfinite(ar->alpha) || ar->alpha == 0 || !isfinite(ar->beta)) return 0;
+    if (!operand_finite(ar, ar->a, ar->sa, m * k) || !operand_finite(ar, ar->b, ar->sb, k * n)) return 0;
+    const enum CBLAS_TRANSPOSE ta = ar->ta ? CblasTrans : CblasNoTrans;
+    const enum CBLAS_TRANSPOSE tb = ar->tb ? CblasTrans : CblasNoTrans;
+    const int lda = (int)(ar->ta ? m : k), ldb = (int)(ar->tb ? k : n);
+    if (ar->dtype == FLX_F64) {
+        for (int64_t bt = 0; bt < ar->batch; bt++)
+            cblas_dgemm(CblasRowMajor, ta, tb, (int)m, (int)n, (int)k, ar->alpha,
+                        (const double *)ar->a + bt * ar->sa, lda, (const double *)ar->b + bt * ar->sb,
+                        ldb, ar->beta, (double *)ar->c + bt * ar->sc, (int)n);
+        return 1;
+    }
+    /* f32: widen A and B (once when broadcast) into scratch, compute C in double, round. */
+    const size_t na = (size_t)(m * k), nbm = (size_t)(k * n), nc = (size_t)(m * n);
+    double *da = (double *)malloc((na + nbm + nc) * sizeof(double));
+    if (!da) return -1;
+    double *db = da + na, *dc = db + nbm;
+    const float *a = (const float *)ar->a, *b = (const float *)ar->b;
+    float *c = (float *)ar->c;
+    for (int64_t bt = 0; bt < ar->batch; bt++) {
+        if (bt == 0 || ar->sa != 0) widen(a + bt * ar->sa, da, (int64_t)na);
+        if (bt == 0 || ar->sb != 0) widen(b + bt * ar->sb, db, (int64_t)nbm);
+        float *cb = c + bt * ar->sc;
+        if (ar->beta != 0) widen(cb, dc, (int64_t)nc);
+        cblas_dgemm(CblasRowMajor, ta, tb, (int)m, (int)n, (int)k, ar->alpha, da, lda, db, ldb, ar->beta,
+                    dc, (int)n);
+        for (size_t i = 0; i < nc; i++) cb[i] = (float)dc[i];
+    }
+    free(da);
+    return 1;
+}
+
+static int matmul_use_loop(void) {
+    static atomic_int cached; /* 0: not read yet, 1: BLAS, 2: loop */
+    int v = atomic_load_explicit(&cached, memory_order_relaxed);
+    if (v == 0) {
+        const char *e = getenv("FLX_CPU_MATMUL");
+        v = (e && !strcmp(e, "loop")) ? 2 : 1;
+        atomic_store_explicit(&cached, v, memory_order_relaxed);
+    }
+    return v == 2;
+}
+#endif
+
+static flx_status cpu_matmul(flx_ctx *ctx, const flx_matmul_args *ar) {
+    (void)ctx;
+#ifdef FLX_WITH_BLAS
+    if (!matmul_use_loop()) {
+        int r = matmul_blas(ar);
+        if (r > 0) return FLX_OK;
+        if (r < 0) return flx_set_error(FLX_ERR_OUT_OF_MEMORY, "cpu matmul: out of host memory");
+    }
+#endif
+    return matmul_loop(ar);
 }
 
 /* ---- index ------------------------------------------------------------------------------------ */
@@ -415,4 +649,5 @@ const flx_backend flx_backend_cpu = {
     .softmax = flx_cpu_softmax, /* softmax family: runtime/cpu_softmax.c */
     .optim = flx_cpu_optim, /* fused optimisers: runtime/cpu_optim.c (issue 5) */
     .eigh = flx_cpu_eigh, /* eigh: runtime/cpu_eigh.c (issue 4) */
+    .fused = flx_cpu_fused, /* fused elementwise programs: runtime/cpu_fused.c (issue 6) */
 };

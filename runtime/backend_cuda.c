@@ -323,6 +323,7 @@ FLX_CUDA_FAMILY(index, flx_index_args, a->dtype)
 FLX_CUDA_FAMILY(conv, flx_conv_args, a->dtype) /* nn sliding windows: kernels/conv.cu */
 FLX_CUDA_FAMILY(softmax, flx_softmax_args, a->dtype) /* softmax family: kernels/softmax.cu */
 FLX_CUDA_FAMILY(optim, flx_optim_args, a->dtype) /* fused optimisers: kernels/optim.cu (issue 5) */
+FLX_CUDA_FAMILY(fused, flx_fused_args, a->dtype) /* fused elementwise programs: kernels/elementwise.cu (issue 6) */
 #undef FLX_CUDA_FAMILY
 
 static flx_status cuda_copy(flx_ctx *ctx, const flx_copy_args *a) {
@@ -585,6 +586,7 @@ const flx_backend flx_backend_cuda = {
     .lu = cuda_lu, /* LU family: kernels/lu.cu (issue 4) */
     .optim = cuda_optim, /* fused optimisers: kernels/optim.cu (issue 5) */
     .eigh = cuda_eigh, /* eigh: kernels/eigh.cu (issue 4) */
+    .fused = cuda_fused, /* fused elementwise programs (issue 6) */
     .range_push = cuda_range_push, /* NVTX ranges (issue 9) */
     .range_pop = cuda_range_pop,
     .capture_begin = cuda_capture_begin, /* issue 6: plans (runtime/plan.c) */

@@ -111,6 +111,7 @@ flx_ctx *flx_ctx_create(flx_device dev) {
     ctx->device = dev;
     ctx->be = be;
     ctx->deterministic = flx_env_deterministic(); /* issue 9: FLX_DETERMINISTIC=1 */
+    ctx->fusion = flx_env_fusion();               /* issue 6: FLX_FUSION=0 turns it off */
     if (be->init(ctx) != FLX_OK) {
         flx_log_msg(FLX_LOG_ERROR, "flx_ctx_create(%s:%d) failed: %s", be->name,
                     (int)dev.index, flx_last_error());

@@ -69,17 +69,33 @@ flx_status flx_graph_postorder(int32_t n, flx_tensor *const *roots, uint64_t epo
 
 static bool needs_data(const flx_tensor *t) { return t->buf == NULL; }
 
-static flx_status run_node(flx_tensor *t) {
-    const flx_op_def *def = flx_op_get(t->op);
-    for (int32_t i = 0; i < t->n_in; i++) {
-        if (t->in[i]->version != t->in_version[i])
+/* The checks before x runs: every input unchanged since recording and (unless it is computed
+ * inside the same fused kernel) holding data. */
+static flx_status check_inputs_ready(const flx_tensor *x, const flx_fused_group *g) {
+    const char *name = flx_op_get(x->op)->name;
+    for (int32_t i = 0; i < x->n_in; i++) {
+        const flx_tensor *in = x->in[i];
+        if (in->version != x->in_version[i])
             return flx_set_error(FLX_ERR_STATE,
                                  "%s: input %d %s was changed in place by flx_assign after this "
                                  "op was recorded; record the op again",
-                                 def->name, (int)i, flx_describe(t->in[i]));
-        if (!t->in[i]->buf)
-            return flx_set_error(FLX_ERR_STATE, "%s: input %d has no data (internal error)",
-                                 def->name, (int)i);
+                                 name, (int)i, flx_describe(in));
+        bool member = false;
+        for (int32_t m = 0; g && m < g->n_members && !member; m++) member = g->members[m] == in;
+        if (!member && !in->buf)
+            return flx_set_error(FLX_ERR_STATE, "%s: input %d has no data (internal error)", name,
+                                 (int)i);
+    }
+    return FLX_OK;
+}
+
+/* Runs one node, or (g non-NULL) the fused group g rooted at t: only the root gets a buffer. */
+static flx_status run_node(flx_tensor *t, const flx_fused_group *g) {
+    const flx_op_def *def = flx_op_get(t->op);
+    int32_t nm = g ? g->n_members : 1;
+    for (int32_t m = 0; m < nm; m++) {
+        flx_status cs = check_inputs_ready(g ? g->members[m] : t, g);
+        if (cs != FLX_OK) return cs;
     }
     if (def->flags & FLX_OPF_ALIAS) {
         t->buf = t->in[0]->buf;
@@ -91,8 +107,8 @@ static flx_status run_node(flx_tensor *t) {
         t->buf = flx_buffer_new(t->ctx, (size_t)t->numel * flx_dtype_size(t->dtype));
         if (!t->buf) return flx_last_status();
         const flx_backend *rbe = t->ctx->be; /* issue 9: profiler range named after the op */
-        if (rbe->range_push) rbe->range_push(t->ctx, def->name);
-        flx_status s = def->exec(t);
+        if (rbe->range_push) rbe->range_push(t->ctx, g ? "fused" : def->name);
+        flx_status s = g ? flx_fused_group_exec(g) : def->exec(t);
         if (rbe->range_pop) rbe->range_pop(t->ctx);
         if (s != FLX_OK) {
             flx_buffer_release(t->buf);
@@ -100,8 +116,22 @@ static flx_status run_node(flx_tensor *t) {
             return s;
         }
     }
-    t->ctx->stats.nodes_executed++;
+    t->ctx->stats.nodes_executed += (uint64_t)nm;
+    if (g) t->ctx->stats.nodes_fused += (uint64_t)nm;
     return FLX_OK;
+}
+
+/* After t (and, for a fused group, its other members) ran: inputs whose last consumer in the
+ * evaluation this was lose their buffers unless requested or not recomputable. */
+static void release_inputs(const flx_tensor *t, uint64_t epoch) {
+    for (int32_t j = 0; j < t->n_in; j++) {
+        flx_tensor *in = t->in[j];
+        if (in->mark != epoch) continue;
+        if (--in->pending == 0 && !in->keep && recomputable(in) && in->buf) {
+            flx_buffer_release(in->buf);
+            in->buf = NULL;
+        }
+    }
 }
 
 flx_status flx_eval_nodes(int32_t n, flx_tensor *const *ts) {
@@ -115,17 +145,25 @@ flx_status flx_eval_nodes(int32_t n, flx_tensor *const *ts) {
     for (size_t i = 0; i < p.n; i++)
         for (int32_t j = 0; j < p.nodes[i]->n_in; j++)
             if (p.nodes[i]->in[j]->mark == epoch) p.nodes[i]->in[j]->pending++;
+    /* Elementwise chains whose intermediates nothing else reads run as one kernel each. */
+    flx_fusion fu;
+    s = p.n ? flx_fusion_plan(p.nodes, p.n, epoch, n, ts, true, &fu) : FLX_OK;
+    if (s != FLX_OK) {
+        free(p.nodes);
+        return s;
+    }
+    if (!p.n) memset(&fu, 0, sizeof fu);
     for (size_t i = 0; i < p.n && s == FLX_OK; i++) {
         flx_tensor *t = p.nodes[i];
-        s = run_node(t);
+        int32_t role = fu.role ? fu.role[i] : FLX_FUSE_SINGLE;
+        if (role == FLX_FUSE_INTERIOR) continue; /* computed inside its group's kernel */
+        const flx_fused_group *g = role >= 0 ? &fu.groups[role] : NULL;
+        s = run_node(t, g);
         if (s != FLX_OK) break;
-        for (int32_t j = 0; j < t->n_in; j++) {
-            flx_tensor *in = t->in[j];
-            if (in->mark != epoch) continue;
-            if (--in->pending == 0 && !in->keep && recomputable(in)) {
-                flx_buffer_release(in->buf);
-                in->buf = NULL;
-            }
+        if (!g) {
+            release_inputs(t, epoch);
+        } else {
+            for (int32_t m = 0; m < g->n_members; m++) release_inputs(g->members[m], epoch);
         }
     }
     if (s != FLX_OK) {
@@ -138,6 +176,7 @@ flx_status flx_eval_nodes(int32_t n, flx_tensor *const *ts) {
             }
         }
     }
+    flx_fusion_free(&fu);
     free(p.nodes);
     return s;
 }

@@ -252,6 +252,8 @@ typedef struct flx_backend {
     /* ---- end issue 6 ---- */
     /* eigh: symmetric eigendecomposition (issue 4, runtime/ops_eigh.c); NULL -> FLX_ERR_UNSUPPORTED */
     flx_status (*eigh)(flx_ctx *ctx, const flx_eigh_args *a);
+    /* fused elementwise programs (issue 6, runtime/fuse.c); NULL -> the evaluator never fuses */
+    flx_status (*fused)(flx_ctx *ctx, const flx_fused_args *a);
 } flx_backend;
 
 extern const flx_backend flx_backend_cpu;
@@ -269,6 +271,7 @@ struct flx_ctx {
     void *backend_state;    /* stream, handles, pools (backend-private)              */
     bool deterministic;     /* FLX_DETERMINISTIC=1 at creation (issue 9; runtime/log.c) */
     int32_t math_mode;      /* flx_math_mode bits (issue 6; runtime/math_mode.c)       */
+    bool fusion;            /* fuse elementwise chains (issue 6; runtime/fuse.c)       */
 };
 
 /* ---- logging and environment switches (issue 9, runtime/log.c) ---- */
@@ -279,6 +282,8 @@ int flx_log_level(void);
 void flx_log_msg(int level, const char *fmt, ...) FLX_PRINTF(2, 3);
 /* True when FLX_DETERMINISTIC is set to 1 (read once). */
 bool flx_env_deterministic(void);
+/* False when FLX_FUSION=0 (issue 6: contexts start with fusion off). */
+bool flx_env_fusion(void);
 /* ---- end logging ---- */
 
 /* ---------------------------------------------------------------------------------------------
@@ -345,6 +350,44 @@ flx_status flx_graph_postorder(int32_t n, flx_tensor *const *roots, uint64_t epo
 void flx_freeze(flx_tensor *t);
 
 /* ---------------------------------------------------------------------------------------------
+ * Elementwise fusion (issue 6, runtime/fuse.c), shared by the evaluator and plans.
+ * Given a post-order list of nodes to run (each marked with epoch), groups chains of float
+ * elementwise nodes (unary, binary arithmetic, where) of one shape and dtype into programs of
+ * one kernel each (flx_fused_args). A node joins its consumers' group only when every consumer
+ * edge it has inside the list comes from that group and it is not pinned (a requested value, a
+ * plan output), so its value is never needed outside the kernel: it gets no buffer at all.
+ * ------------------------------------------------------------------------------------------- */
+enum { FLX_FUSE_SINGLE = -1, FLX_FUSE_INTERIOR = -2 };
+typedef struct flx_fused_group {
+    flx_tensor *root;                           /* computed and stored by the kernel       */
+    int32_t n_members;                          /* members, root included                  */
+    flx_tensor *members[FLX_FUSED_MAX_INSTR];   /* post-order, root last                   */
+    int32_t n_ext;
+    flx_tensor *ext[FLX_FUSED_MAX_IN];          /* the kernel's inputs (args.in order)     */
+    flx_fused_args args;                        /* the program; pointers set at exec time  */
+} flx_fused_group;
+typedef struct flx_fusion {
+    int32_t *role; /* per list position: FLX_FUSE_SINGLE, FLX_FUSE_INTERIOR or a group index;
+                      NULL when nothing was fused */
+    int32_t n_groups;
+    flx_fused_group *groups;
+} flx_fusion;
+/* Plans the groups of order[0..n) (post-order, every node marked epoch; uses node->scratch).
+ * pinned[0..n_pinned) must stay materialised; with honor_keep nodes marked keep too. Does
+ * nothing (role NULL) when the context has fusion off or its backend no fused kernel. */
+flx_status flx_fusion_plan(flx_tensor *const *order, size_t n, uint64_t epoch, int32_t n_pinned,
+                           flx_tensor *const *pinned, bool honor_keep, flx_fusion *out);
+void flx_fusion_free(flx_fusion *f);
+/* Queues group g's kernel: reads its inputs' buffers, writes g->root->buf (allocated). */
+flx_status flx_fused_group_exec(const flx_fused_group *g);
+/* Strides of x read over an output index space (nd, oshape) under NumPy broadcasting (0 on
+ * broadcast axes); runtime/ops_binary.c. */
+void flx_broadcast_strides(const flx_tensor *x, int32_t nd, const int64_t *oshape,
+                           int64_t *strides);
+/* CPU interpreter of fused programs (runtime/cpu_fused.c). */
+flx_status flx_cpu_fused(flx_ctx *ctx, const flx_fused_args *a);
+
+/* ---------------------------------------------------------------------------------------------
  * Helpers for rules (runtime/autodiff.c): reduce a cotangent over broadcast axes back to shape.
  * Returns a new reference; g itself (retained) when shapes already match.
  * ------------------------------------------------------------------------------------------- */
@@ -354,6 +397,14 @@ flx_tensor *flx_unary_step(flx_tensor *x);
 flx_tensor *flx_unary_inside(flx_tensor *x, double lo, double hi);
 /* Thread-local grad mode depth (0 = enabled). */
 int flx_no_grad_depth(void);
+
+/* Optimisers inside plans (runtime/optim.c, issue 6): the fused update of parameters idx[0..m)
+ * from gradients at grad_ptrs, queued only (shared by flx_optim_step and plan replays); the
+ * parameter list; a hold released by flx_optim_destroy. */
+flx_status flx_optim_queue_update(flx_optim *o, int32_t m, const int32_t *idx,
+                                  void *const *grad_ptrs);
+int32_t flx_optim_params(const flx_optim *o, flx_tensor *const **params);
+void flx_optim_retain(flx_optim *o);
 
 /* Context bookkeeping for stats (runtime/context.c) */
 void flx_stats_alloc(flx_ctx *ctx, size_t nbytes);

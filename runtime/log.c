@@ -5,8 +5,10 @@
  *                                                 returned status and flx_last_error, not printed)
  *   FLX_DETERMINISTIC = 1                         record that the caller requires deterministic
  *                                                 results (every path is deterministic today)
+ *   FLX_FUSION = 0                                new contexts start with elementwise fusion off
+ *                                                 (issue 6; flx_set_fusion changes it per context)
  *
- * Both are read once per process (call_once), so the logger is thread-safe and costs one load
+ * All are read once per process (call_once), so the logger is thread-safe and costs one load
  * and compare when a message is below the level. Each message is formatted into a local buffer
  * and written with one stdio call, so lines of concurrent threads do not interleave. */
 #include <stdio.h>
@@ -18,6 +20,7 @@
 
 static int g_level;
 static bool g_deterministic;
+static bool g_no_fusion; /* FLX_FUSION=0 (issue 6) */
 static once_flag g_env_once = ONCE_FLAG_INIT;
 
 /* ASCII case-insensitive equality (strcasecmp is POSIX, not C11). */
@@ -48,6 +51,8 @@ static void read_env(void) {
     }
     const char *d = getenv("FLX_DETERMINISTIC");
     g_deterministic = d && !strcmp(d, "1");
+    const char *f = getenv("FLX_FUSION");
+    g_no_fusion = f && !strcmp(f, "0");
 }
 
 int flx_log_level(void) {
@@ -78,4 +83,9 @@ void flx_log_msg(int level, const char *fmt, ...) {
         line[sizeof line - 2] = '\n';
     }
     fputs(line, stderr);
+}
+
+bool flx_env_fusion(void) {
+    call_once(&g_env_once, read_env);
+    return !g_no_fusion;
 }

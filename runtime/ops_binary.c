@@ -36,9 +36,9 @@ static bool broadcast_shapes(const char *op, int32_t n, flx_tensor *const *xs, i
     return true;
 }
 
-/* Strides of x read over an output index space of rank nd (0 on broadcast axes). */
-static void broadcast_strides(const flx_tensor *x, int32_t nd, const int64_t *oshape,
-                              int64_t *strides) {
+/* Strides of x read over an output index space of rank nd (0 on broadcast axes); internal.h. */
+void flx_broadcast_strides(const flx_tensor *x, int32_t nd, const int64_t *oshape,
+                           int64_t *strides) {
     int64_t cs[FLX_MAX_DIMS];
     flx_contiguous_strides(x->ndim, x->shape, cs);
     for (int32_t d = 0; d < nd; d++) {
@@ -54,8 +54,8 @@ static flx_status exec_binary(flx_tensor *t) {
     a.dtype = t->in[0]->dtype;
     a.ndim = t->ndim;
     memcpy(a.shape, t->shape, sizeof a.shape);
-    broadcast_strides(t->in[0], t->ndim, t->shape, a.sa);
-    broadcast_strides(t->in[1], t->ndim, t->shape, a.sb);
+    flx_broadcast_strides(t->in[0], t->ndim, t->shape, a.sa);
+    flx_broadcast_strides(t->in[1], t->ndim, t->shape, a.sb);
     a.a = flx_data(t->in[0]);
     a.b = flx_data(t->in[1]);
     a.out = flx_data(t);
@@ -69,9 +69,9 @@ static flx_status exec_where(flx_tensor *t) {
     a.dtype = t->dtype;
     a.ndim = t->ndim;
     memcpy(a.shape, t->shape, sizeof a.shape);
-    broadcast_strides(t->in[0], t->ndim, t->shape, a.sc);
-    broadcast_strides(t->in[1], t->ndim, t->shape, a.sa);
-    broadcast_strides(t->in[2], t->ndim, t->shape, a.sb);
+    flx_broadcast_strides(t->in[0], t->ndim, t->shape, a.sc);
+    flx_broadcast_strides(t->in[1], t->ndim, t->shape, a.sa);
+    flx_broadcast_strides(t->in[2], t->ndim, t->shape, a.sb);
     a.cond = (const uint8_t *)flx_data(t->in[0]);
     a.a = flx_data(t->in[1]);
     a.b = flx_data(t->in[2]);
@@ -129,10 +129,17 @@ static flx_status binary_partials(flx_tensor *y, partial *pa, partial *pb) {
         pa->t = flx_reciprocal(b);
         pb->t = flx_neg(flx_div(y, b));
         break;
-    case FLX_BINARY_POW: /* b a^(b-1) and y log(a) */
-        pa->t = flx_mul(b, flx_pow(a, flx_add_scalar(b, -1.0)));
-        pb->t = flx_mul(y, flx_log(a));
+    case FLX_BINARY_POW: {
+        /* b a^(b-1) and y log(a), with PyTorch's limits where those are 0 * inf: d/da is 0 where
+         * b == 0 (a^b is constant 1), d/db is 0 where a == 0 and b >= 0 (0^b is constant on
+         * b > 0, and its one-sided limit at b = 0). */
+        flx_tensor *zero = flx_zeros(y->ctx, y->dtype, 0, NULL);
+        flx_tensor *da = flx_mul(b, flx_pow(a, flx_add_scalar(b, -1.0)));
+        pa->t = flx_where(flx_eq(b, zero), zero, da);
+        flx_tensor *db = flx_mul(y, flx_log(a));
+        pb->t = flx_where(flx_eq(a, zero), flx_where(flx_ge(b, zero), zero, db), db);
         break;
+    }
     case FLX_BINARY_MAXIMUM:
         pa->t = flx_cast(flx_ge(a, b), y->dtype);
         pb->t = flx_cast(flx_lt(a, b), y->dtype);

@@ -142,6 +142,13 @@ flx_tensor *flx_arange(flx_ctx *ctx, flx_dtype dt, double start, double stop, do
         return NULL;
     }
     double count = ceil((stop - start) / step);
+    /* Checked before the conversion: a double beyond int64's range has no int64 value (UB). */
+    if (!(count < 0x1p62)) {
+        flx_set_error(FLX_ERR_INVALID_ARGUMENT,
+                      "flx_arange: (%g - %g) / %g gives %g elements, more than a tensor can hold",
+                      stop, start, step, count);
+        return NULL;
+    }
     int64_t n = count > 0 ? (int64_t)count : 0;
     return make_fill("flx_arange", ctx, dt, 1, &n, FLX_FILL_IOTA, start, step, 0, 0);
 }

@@ -14,6 +14,10 @@
  *     otherwise it first gives the parameter a private copy. That check runs at create time and
  *     at every step, so a user's flx_assign, or a live alias of a parameter, is never written
  *     through. Each update bumps the parameter's version, as flx_assign does.
+ *   - Plans (issue 6, runtime/plan.c) queue the same update inside their replay through
+ *     flx_optim_queue_update, the one function that fills and launches the chunks; since the
+ *     hyperparameters and the step count live in device memory, a captured launch stays valid
+ *     across flx_optim_set_hparam. A plan holds the optimiser (refs) until it is destroyed.
  */
 #include <math.h>
 #include <stdlib.h>
@@ -35,6 +39,7 @@ struct flx_optim {
     int32_t n_slots;        /* slots in use                                           */
     int32_t slot_phys[MAX_SLOTS];
     flx_buffer *hp;         /* FLX_HP_COUNT doubles + a uint32 counter (device memory) */
+    int32_t refs;           /* the creator's, plus one per plan that updates it (issue 6)   */
 };
 
 static const char *kind_name(flx_optim_kind k) {
@@ -114,6 +119,7 @@ static flx_status fill_buffer(flx_ctx *ctx, flx_buffer *b, flx_dtype dt, int64_t
 
 void flx_optim_destroy(flx_optim *o) {
     if (!o) return;
+    if (--o->refs > 0) return; /* a plan that updates it still holds it (issue 6) */
     if (o->state)
         for (int32_t i = 0; i < o->n * MAX_SLOTS; i++) flx_buffer_release(o->state[i]);
     if (o->params)
@@ -209,6 +215,7 @@ flx_optim *flx_optim_create(flx_ctx *ctx, flx_optim_kind kind, int32_t n,
         return NULL;
     }
     o->ctx = ctx;
+    o->refs = 1;
     o->kind = kind;
     o->dtype = params[0]->dtype;
     o->nesterov = c.nesterov;
@@ -312,15 +319,57 @@ static void base_args(const flx_optim *o, flx_optim_args *a) {
     a->counter = (uint32_t *)((char *)o->hp->ptr + FLX_HP_COUNT * sizeof(double));
 }
 
+/* The fused update of parameters idx[0..m) (indices into o->params, ascending as step gathers
+ * them) from the gradients at grad_ptrs[k]: one kernel-family call per
+ * FLX_OPTIM_MAX_TENSORS_PER_LAUNCH parameters, the last of which advances the step count on the
+ * device. Only queues: the parameters' buffers must already be private (the caller's job), and
+ * no version is bumped. Shared by flx_optim_step and compiled plans (runtime/plan.c, issue 6),
+ * which call it while a CUDA graph is being captured: it allocates nothing on the device, copies
+ * nothing and waits for nothing. m == 0 queues nothing (the step count does not advance). */
+flx_status flx_optim_queue_update(flx_optim *o, int32_t m, const int32_t *idx,
+                                  void *const *grad_ptrs) {
+    flx_status s = FLX_OK;
+    for (int32_t k0 = 0; k0 < m && s == FLX_OK; k0 += FLX_OPTIM_MAX_TENSORS_PER_LAUNCH) {
+        flx_optim_args a;
+        base_args(o, &a);
+        a.mode = FLX_OPTIM_UPDATE;
+        int32_t k1 = k0 + FLX_OPTIM_MAX_TENSORS_PER_LAUNCH;
+        if (k1 > m) k1 = m;
+        a.n = k1 - k0;
+        for (int32_t k = k0; k < k1; k++) {
+            int32_t i = idx[k];
+            a.p[k - k0] = o->params[i]->buf->ptr;
+            a.g[k - k0] = grad_ptrs[k];
+            a.s0[k - k0] = o->state[i * MAX_SLOTS] ? o->state[i * MAX_SLOTS]->ptr : NULL;
+            a.s1[k - k0] = o->state[i * MAX_SLOTS + 1] ? o->state[i * MAX_SLOTS + 1]->ptr : NULL;
+            a.s2[k - k0] = o->state[i * MAX_SLOTS + 2] ? o->state[i * MAX_SLOTS + 2]->ptr : NULL;
+            a.numel[k - k0] = o->params[i]->numel;
+        }
+        a.advance_step = k1 == m;
+        s = launch(o, &a);
+    }
+    return s;
+}
+
+/* For plans (issue 6): the parameter list, and a hold that flx_optim_destroy releases. */
+int32_t flx_optim_params(const flx_optim *o, flx_tensor *const **params) {
+    *params = o->params;
+    return o->n;
+}
+
+void flx_optim_retain(flx_optim *o) { o->refs++; }
+
 flx_status flx_optim_step(flx_optim *o) {
     static const char *fn = "flx_optim_step";
     if (!check_opt(fn, o)) return flx_last_status();
     /* Gradients: compute the lazy ones in one evaluation. */
     flx_tensor **gs = (flx_tensor **)malloc((size_t)o->n * sizeof *gs);
     int32_t *idx = (int32_t *)malloc((size_t)o->n * sizeof *idx);
-    if (!gs || !idx) {
+    void **gp = (void **)calloc((size_t)o->n, sizeof *gp);
+    if (!gs || !idx || !gp) {
         free(gs);
         free(idx);
+        free(gp);
         return flx_set_error(FLX_ERR_OUT_OF_MEMORY, "%s: out of host memory", fn);
     }
     int32_t m = 0;
@@ -335,7 +384,7 @@ flx_status flx_optim_step(flx_optim *o) {
         idx[m++] = i;
     }
     if (s == FLX_OK && m > 0) s = flx_eval_nodes(m, gs);
-    /* Parameters: private buffers, then the fused update in chunks. */
+    /* Parameters: private buffers, then the fused update (flx_optim_queue_update). */
     for (int32_t k = 0; k < m && s == FLX_OK; k++) {
         flx_tensor *p = o->params[idx[k]];
         if (p->op != FLX_OP_CONST)
@@ -343,29 +392,15 @@ flx_status flx_optim_step(flx_optim *o) {
         else
             s = flx_tensor_make_private(p);
     }
-    for (int32_t k0 = 0; k0 < m && s == FLX_OK; k0 += FLX_OPTIM_MAX_TENSORS_PER_LAUNCH) {
-        flx_optim_args a;
-        base_args(o, &a);
-        a.mode = FLX_OPTIM_UPDATE;
-        int32_t k1 = k0 + FLX_OPTIM_MAX_TENSORS_PER_LAUNCH;
-        if (k1 > m) k1 = m;
-        a.n = k1 - k0;
-        for (int32_t k = k0; k < k1; k++) {
-            int32_t i = idx[k];
-            a.p[k - k0] = o->params[i]->buf->ptr;
-            a.g[k - k0] = gs[k]->buf->ptr;
-            a.s0[k - k0] = o->state[i * MAX_SLOTS] ? o->state[i * MAX_SLOTS]->ptr : NULL;
-            a.s1[k - k0] = o->state[i * MAX_SLOTS + 1] ? o->state[i * MAX_SLOTS + 1]->ptr : NULL;
-            a.s2[k - k0] = o->state[i * MAX_SLOTS + 2] ? o->state[i * MAX_SLOTS + 2]->ptr : NULL;
-            a.numel[k - k0] = o->params[i]->numel;
-        }
-        a.advance_step = k1 == m;
-        s = launch(o, &a);
+    if (s == FLX_OK) {
+        for (int32_t k = 0; k < m; k++) gp[k] = gs[k]->buf->ptr;
+        s = flx_optim_queue_update(o, m, idx, gp);
     }
     if (s == FLX_OK)
         for (int32_t k = 0; k < m; k++) o->params[idx[k]]->version++;
     free(gs);
     free(idx);
+    free(gp);
     return s;
 }
 

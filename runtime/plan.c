@@ -3,10 +3,13 @@
  * fluxion.h, "plans".
  *
  * Compile
- *   1. Walk the graph from the roots (outputs, assignment values) in post-order, entering only
- *      recomputable nodes that are not plan inputs: these are the plan's steps. Every other
- *      tensor met on an edge is an input (plan-owned buffer) or an external source (its buffer at
- *      compile time is retained and must still be the tensor's buffer at each run).
+ *   0. Optimisers (issue 6): the parameters that have a .grad get private buffers, and their
+ *      gradients d loss / d parameter (loss = output 0) are built as graph with flx_grad_of.
+ *   1. Walk the graph from the roots (outputs, assignment values, gradients) in post-order,
+ *      entering only recomputable nodes that are not plan inputs: these are the plan's steps.
+ *      Every other tensor met on an edge is an input (plan-owned buffer) or an external source
+ *      (its buffer at compile time is retained and must still be the tensor's buffer at each
+ *      run).
  *   2. Storage: each non-alias step defines a "root" (numel * dtype size bytes, 256-aligned);
  *      alias steps (reshape, detach) share their input's storage. A root lives from its defining
  *      step to the last step reading it (through any alias). Inputs, outputs, and staging copies
@@ -17,8 +20,10 @@
  *   4. Each step, input and pinned region gets a non-owning flx_buffer record pointing into the
  *      arena. A replay points the graph's nodes at these records (saving their own buffers),
  *      runs each step's exec (the op table's kernels read node->buf and the inputs' bufs), copies
- *      outputs that live outside the arena into their regions, stages and writes back the
- *      assignments, then restores the nodes' own buffers.
+ *      outputs that live outside the arena into their regions, stages the assignment values,
+ *      queues each optimiser's fused update (flx_optim_queue_update, reading the gradients'
+ *      regions, which live to the end), writes back the assignments, then restores the nodes'
+ *      own buffers.
  *   5. With capture (CUDA), step 4's kernel queuing is recorded once between capture_begin and
  *      capture_end; a run is then the checks, one graph launch and the version bumps.
  * Nothing here aborts: every failure sets the thread's error and returns a status or NULL.
@@ -63,6 +68,23 @@ typedef struct plan_assign {
     uint32_t version;     /* dst's version after the last run (or compile)                    */
 } plan_assign;
 
+/* ---- issue 6: optimisers stepped inside the replay (options.optims) ---- */
+/* A parameter that some optimiser of the plan updates (each listed once). */
+typedef struct plan_param {
+    flx_tensor *t;        /* retained                                                         */
+    flx_buffer *buf;      /* its private buffer at compile time (a reference held, pinned)    */
+    flx_tensor *grad;     /* d loss / d t built at compile time, a root of the walk (retained) */
+    void *grad_ptr;       /* where the gradient is at the end of the body                     */
+} plan_param;
+
+typedef struct plan_optim {
+    flx_optim *opt;       /* held (flx_optim_retain; released with flx_optim_destroy)         */
+    int32_t m;            /* parameters updated: those with a .grad at compile time           */
+    int32_t *idx;         /* their indices in the optimiser (ascending)                       */
+    int32_t *pk;          /* each one's entry in plan->param                                  */
+    void **grad_ptr;      /* each one's gradient (flx_optim_queue_update's argument)          */
+} plan_optim;
+
 struct flx_plan {
     flx_ctx *ctx;
     int32_t n_steps;
@@ -80,6 +102,11 @@ struct flx_plan {
     plan_out *out;
     int32_t n_assign;
     plan_assign *as;
+    int32_t n_optim, n_param; /* issue 6: optimisers stepped by each run, their parameters     */
+    plan_optim *optim;
+    plan_param *param;
+    flx_fusion fusion;        /* elementwise groups (runtime/fuse.c); role NULL = none fused   */
+    uint64_t n_fused;         /* steps computed inside fused kernels, per run                  */
     flx_buffer *arena;        /* one allocation, refcounted (output records hold references)   */
     flx_buffer *records;      /* n_records non-owning records (steps' roots and inputs)        */
     int32_t n_records;
@@ -175,6 +202,7 @@ void flx_plan_destroy(flx_plan *p) {
         for (int32_t k = 0; k < p->n_out; k++) {
             flx_release(p->out[k].handle);
             flx_buffer_release(p->out[k].rec);
+            if (p->out[k].copy_src_buf) p->out[k].copy_src_buf->pins--;
             flx_buffer_release(p->out[k].copy_src_buf);
         }
     if (p->as)
@@ -182,6 +210,25 @@ void flx_plan_destroy(flx_plan *p) {
             flx_buffer_release(p->as[k].dst_buf);
             flx_release(p->as[k].dst);
         }
+    /* issue 6: optimisers and their parameters */
+    if (p->optim)
+        for (int32_t k = 0; k < p->n_optim; k++) {
+            flx_optim_destroy(p->optim[k].opt); /* releases the plan's hold */
+            free(p->optim[k].idx);
+            free(p->optim[k].pk);
+            free(p->optim[k].grad_ptr);
+        }
+    if (p->param)
+        for (int32_t j = 0; j < p->n_param; j++) {
+            if (p->param[j].buf) {
+                p->param[j].buf->pins--;
+                flx_buffer_release(p->param[j].buf);
+            }
+            flx_release(p->param[j].grad);
+            flx_release(p->param[j].t);
+        }
+    free(p->optim);
+    free(p->param);
     if (p->ext)
         for (int32_t k = 0; k < p->n_ext; k++) {
             p->ext[k].buf->pins--;
@@ -196,6 +243,7 @@ void flx_plan_destroy(flx_plan *p) {
     free(p->records);
     free(p->steps);
     free(p->exec);
+    flx_fusion_free(&p->fusion);
     free(p->op);
     free(p->step_rec);
     free(p->saved);
@@ -235,10 +283,12 @@ static flx_status queue_body(flx_plan *p) {
     flx_ctx *ctx = p->ctx;
     const flx_backend *be = ctx->be;
     for (int32_t i = 0; i < p->n_steps; i++) {
-        if (!p->exec[i]) continue; /* alias: shares its input's record */
+        int32_t role = p->fusion.role ? p->fusion.role[i] : FLX_FUSE_SINGLE;
+        if (role == FLX_FUSE_INTERIOR) continue; /* computed inside its group's kernel */
+        if (role == FLX_FUSE_SINGLE && !p->exec[i]) continue; /* alias: shares its input's record */
         flx_tensor *t = p->steps[i];
-        if (be->range_push) be->range_push(ctx, flx_op_get(t->op)->name);
-        flx_status s = p->exec[i](t);
+        if (be->range_push) be->range_push(ctx, role >= 0 ? "fused" : flx_op_get(t->op)->name);
+        flx_status s = role >= 0 ? flx_fused_group_exec(&p->fusion.groups[role]) : p->exec[i](t);
         if (be->range_pop) be->range_pop(ctx);
         if (s != FLX_OK) return s;
     }
@@ -253,6 +303,13 @@ static flx_status queue_body(flx_plan *p) {
         plan_assign *a = &p->as[k];
         if (!a->stage || a->nbytes == 0) continue;
         flx_status s = be->copy_d2d(ctx, a->stage, a->src_ptr, a->nbytes);
+        if (s != FLX_OK) return s;
+    }
+    /* issue 6: each optimiser's fused update, after every output and assignment value has been
+     * read (they see the parameters from before the update) and before any leaf is written. */
+    for (int32_t k = 0; k < p->n_optim; k++) {
+        plan_optim *po = &p->optim[k];
+        flx_status s = flx_optim_queue_update(po->opt, po->m, po->idx, po->grad_ptr);
         if (s != FLX_OK) return s;
     }
     for (int32_t k = 0; k < p->n_assign; k++) {
@@ -308,6 +365,155 @@ static bool same_shape(const flx_tensor *a, const flx_tensor *b) {
            memcmp(a->shape, b->shape, sizeof(int64_t) * (size_t)a->ndim) == 0;
 }
 
+/* ---- issue 6: optimisers stepped inside the replay ------------------------------------------- */
+static bool enter_requires_grad(const flx_tensor *t) { return t->requires_grad; }
+
+/* Argument checks of options.optims, before anything is allocated; the loss is outputs[0]. */
+static bool check_optims(const char *fn, flx_ctx *ctx, flx_tensor *loss, int32_t n_in,
+                         flx_tensor *const *inputs, const flx_plan_options *o) {
+    if (o->n_optim < 0 || (o->n_optim > 0 && !o->optims)) {
+        flx_set_error(FLX_ERR_INVALID_ARGUMENT, "%s: bad optimiser list (n_optim %d, optims %s)",
+                      fn, (int)o->n_optim, o->optims ? "given" : "NULL");
+        return false;
+    }
+    for (int32_t k = 0; k < o->n_optim; k++) {
+        flx_optim *op = o->optims[k];
+        if (!op) {
+            flx_set_error(FLX_ERR_INVALID_ARGUMENT, "%s: optimiser %d is NULL", fn, (int)k);
+            return false;
+        }
+        for (int32_t j = 0; j < k; j++)
+            if (o->optims[j] == op) {
+                flx_set_error(FLX_ERR_INVALID_ARGUMENT, "%s: optimiser %d repeats optimiser %d", fn,
+                              (int)k, (int)j);
+                return false;
+            }
+        flx_tensor *const *prm;
+        int32_t np = flx_optim_params(op, &prm);
+        if (prm[0]->ctx != ctx) {
+            flx_set_error(FLX_ERR_DEVICE, "%s: optimiser %d belongs to another context than output 0",
+                          fn, (int)k);
+            return false;
+        }
+        int32_t with_grad = 0;
+        for (int32_t i = 0; i < np; i++) {
+            flx_tensor *t = prm[i];
+            for (int32_t j = 0; j < n_in; j++)
+                if (inputs[j] == t) {
+                    flx_set_error(FLX_ERR_INVALID_ARGUMENT,
+                                  "%s: parameter %d %s of optimiser %d is input %d of the plan; the "
+                                  "plan updates parameters in place but binds inputs by copy",
+                                  fn, (int)i, flx_describe(t), (int)k, (int)j);
+                    return false;
+                }
+            for (int32_t j = 0; j < o->n_assign; j++)
+                if (o->assign_dst[j] == t) {
+                    flx_set_error(FLX_ERR_INVALID_ARGUMENT,
+                                  "%s: parameter %d %s of optimiser %d is also the destination of "
+                                  "assignment %d; a leaf is updated by an optimiser or assigned, "
+                                  "not both", fn, (int)i, flx_describe(t), (int)k, (int)j);
+                    return false;
+                }
+            if (t->grad) with_grad++;
+        }
+        if (with_grad == 0) {
+            flx_set_error(FLX_ERR_STATE,
+                          "%s: optimiser %d: none of its %d parameters has a gradient (.grad); call "
+                          "flx_backward(loss) once before compiling (the parameters that have one "
+                          "are those the plan updates)", fn, (int)k, (int)np);
+            return false;
+        }
+    }
+    if (o->n_optim == 0) return true;
+    if (loss->numel != 1) {
+        flx_set_error(FLX_ERR_SHAPE, "%s: with optimisers, output 0 is the loss and must have one "
+                      "element, got %s", fn, flx_describe(loss));
+        return false;
+    }
+    if (!loss->requires_grad) {
+        flx_set_error(FLX_ERR_NOT_DIFFERENTIABLE, "%s: with optimisers, output 0 is the loss, but %s "
+                      "does not depend on any tensor that requires grad", fn, flx_describe(loss));
+        return false;
+    }
+    /* A parameter with a .grad that the loss does not reach would get a zero gradient every run,
+     * where an eager flx_backward(loss) would give it none: refuse instead of guessing. */
+    uint64_t ep = flx_next_epoch();
+    flx_tensor **order = NULL;
+    size_t n_order = 0;
+    if (flx_graph_postorder(1, &loss, ep, enter_requires_grad, &order, &n_order) != FLX_OK)
+        return false;
+    free(order);
+    for (int32_t k = 0; k < o->n_optim; k++) {
+        flx_tensor *const *prm;
+        int32_t np = flx_optim_params(o->optims[k], &prm);
+        for (int32_t i = 0; i < np; i++)
+            if (prm[i]->grad && prm[i]->mark != ep) {
+                flx_set_error(FLX_ERR_STATE,
+                              "%s: parameter %d %s of optimiser %d has a .grad but output 0 (the "
+                              "loss) does not depend on it; clear its stale gradient "
+                              "(flx_zero_grad) or compile with the loss that uses it",
+                              fn, (int)i, flx_describe(prm[i]), (int)k);
+                return false;
+            }
+    }
+    return true;
+}
+
+/* Records the optimisers (held), the parameters they update (private buffers, held and pinned)
+ * and each parameter's gradient d loss / d parameter, built here as graph (flx_grad_of, no
+ * history): the gradients become roots of the plan's walk. */
+static flx_status setup_optims(flx_plan *p, const flx_plan_options *o, flx_tensor *loss) {
+    static const char *fn = "flx_plan_compile";
+    int32_t cap = 0;
+    flx_tensor *const *prm;
+    for (int32_t k = 0; k < o->n_optim; k++) cap += flx_optim_params(o->optims[k], &prm);
+    p->optim = (plan_optim *)calloc((size_t)o->n_optim, sizeof *p->optim);
+    p->param = (plan_param *)calloc((size_t)cap, sizeof *p->param);
+    if (!p->optim || !p->param)
+        return flx_set_error(FLX_ERR_OUT_OF_MEMORY, "%s: out of host memory", fn);
+    p->n_optim = o->n_optim;
+    for (int32_t k = 0; k < o->n_optim; k++) {
+        plan_optim *po = &p->optim[k];
+        po->opt = o->optims[k];
+        flx_optim_retain(po->opt);
+        int32_t np = flx_optim_params(po->opt, &prm);
+        po->idx = (int32_t *)malloc((size_t)np * sizeof *po->idx);
+        po->pk = (int32_t *)malloc((size_t)np * sizeof *po->pk);
+        po->grad_ptr = (void **)calloc((size_t)np, sizeof *po->grad_ptr);
+        if (!po->idx || !po->pk || !po->grad_ptr)
+            return flx_set_error(FLX_ERR_OUT_OF_MEMORY, "%s: out of host memory", fn);
+        for (int32_t i = 0; i < np; i++) {
+            flx_tensor *t = prm[i];
+            if (!t->grad) continue; /* skipped, as flx_optim_step does */
+            int32_t j = 0;
+            while (j < p->n_param && p->param[j].t != t) j++;
+            if (j == p->n_param) p->param[p->n_param++].t = flx_retain(t);
+            po->idx[po->m] = i;
+            po->pk[po->m++] = j;
+        }
+    }
+    /* The run writes each parameter in place: the buffer the plan's forward reads next run. */
+    for (int32_t j = 0; j < p->n_param; j++) {
+        plan_param *pp = &p->param[j];
+        flx_status s = flx_tensor_make_private(pp->t);
+        if (s != FLX_OK) return s;
+        pp->buf = pp->t->buf;
+        pp->buf->refs++;
+        pp->buf->pins++; /* not a sharer: the run-time check counts the parameter's hold only */
+    }
+    flx_tensor **ts = (flx_tensor **)malloc((size_t)p->n_param * 2 * sizeof *ts);
+    if (!ts) return flx_set_error(FLX_ERR_OUT_OF_MEMORY, "%s: out of host memory", fn);
+    for (int32_t j = 0; j < p->n_param; j++) ts[j] = p->param[j].t;
+    flx_status s = flx_scope_begin();
+    if (s == FLX_OK) {
+        s = flx_grad_of(1, &loss, NULL, p->n_param, ts, false, ts + p->n_param);
+        for (int32_t j = 0; j < p->n_param && s == FLX_OK; j++)
+            p->param[j].grad = flx_retain(ts[p->n_param + j]);
+        flx_scope_end(0, NULL);
+    }
+    free(ts);
+    return s;
+}
 
 flx_plan *flx_plan_compile(int32_t n_out, flx_tensor *const *outputs, int32_t n_in,
                            flx_tensor *const *inputs, const flx_plan_options *opt) {
@@ -404,6 +610,7 @@ flx_plan *flx_plan_compile(int32_t n_out, flx_tensor *const *outputs, int32_t n_
                 return NULL;
             }
     }
+    if (!check_optims(fn, ctx, outputs[0], n_in, inputs, &o)) return NULL; /* issue 6 */
 
     flx_plan *p = (flx_plan *)calloc(1, sizeof *p);
     if (!p) {
@@ -432,9 +639,11 @@ flx_plan *flx_plan_compile(int32_t n_out, flx_tensor *const *outputs, int32_t n_
         a->dst_buf = a->dst->buf;
         a->dst_buf->refs++;
     }
+    /* issue 6: optimisers' parameters and gradients (before the walk, which marks nodes). */
+    if (o.n_optim > 0 && setup_optims(p, &o, outputs[0]) != FLX_OK) return fail_plan(p);
 
     /* ---- 1. steps ---- */
-    int32_t n_roots_in = n_out + o.n_assign;
+    int32_t n_roots_in = n_out + o.n_assign + p->n_param;
     flx_tensor **roots = (flx_tensor **)malloc((size_t)n_roots_in * sizeof *roots);
     if (!roots) {
         flx_set_error(FLX_ERR_OUT_OF_MEMORY, "%s: out of host memory", fn);
@@ -442,14 +651,22 @@ flx_plan *flx_plan_compile(int32_t n_out, flx_tensor *const *outputs, int32_t n_
     }
     for (int32_t k = 0; k < n_out; k++) roots[k] = outputs[k];
     for (int32_t k = 0; k < o.n_assign; k++) roots[n_out + k] = o.assign_src[k];
+    for (int32_t j = 0; j < p->n_param; j++) roots[n_out + o.n_assign + j] = p->param[j].grad;
     tl_input_epoch = flx_next_epoch();
     for (int32_t k = 0; k < n_in; k++) inputs[k]->mark = tl_input_epoch;
     uint64_t epoch = flx_next_epoch();
     flx_tensor **order = NULL;
     size_t n_order = 0;
     flx_status s = flx_graph_postorder(n_roots_in, roots, epoch, enter_step, &order, &n_order);
+    /* Elementwise fusion, as the evaluator does it; every root (output, assignment value,
+     * gradient read by an optimiser) stays materialised. */
+    if (s == FLX_OK && n_order > 0)
+        s = flx_fusion_plan(order, n_order, epoch, n_roots_in, roots, false, &p->fusion);
     free(roots);
-    if (s != FLX_OK) return fail_plan(p);
+    if (s != FLX_OK) {
+        free(order);
+        return fail_plan(p);
+    }
     if (n_order > (size_t)INT32_MAX / 4) {
         free(order);
         flx_set_error(FLX_ERR_UNSUPPORTED, "%s: graph of %zu nodes is too large", fn, n_order);
@@ -488,6 +705,13 @@ flx_plan *flx_plan_compile(int32_t n_out, flx_tensor *const *outputs, int32_t n_
     } while (0)
     int32_t ext_cap = 0, n_pr = 0;
     for (int32_t i = 0; i < N; i++) p->steps[i]->scratch = i;
+    /* Fused groups: a member's reads happen when its group's root runs. (root_of doubles as
+     * that step index for interior members until their storage is set below.) */
+    for (int32_t g = 0; g < p->fusion.n_groups; g++) {
+        const flx_fused_group *fg = &p->fusion.groups[g];
+        for (int32_t m = 0; m < fg->n_members; m++) root_of[fg->members[m]->scratch] = fg->root->scratch;
+        p->n_fused += (uint64_t)fg->n_members;
+    }
     /* Storage of each step: a new root, or (alias) its input's storage, which is a step's root
      * (root_of >= 0), an input (in_of_step), or an external (ext_of_step). */
     for (int32_t k = 0; k < n_in; k++) {
@@ -497,6 +721,8 @@ flx_plan *flx_plan_compile(int32_t n_out, flx_tensor *const *outputs, int32_t n_
     for (int32_t i = 0; i < N; i++) {
         flx_tensor *t = p->steps[i];
         const flx_op_def *def = flx_op_get(t->op);
+        int32_t role = p->fusion.role ? p->fusion.role[i] : FLX_FUSE_SINGLE;
+        int32_t read_at = role == FLX_FUSE_SINGLE ? i : root_of[i]; /* step that reads t's inputs */
         p->op[i] = t->op;
         root_of[i] = -1;
         ext_of_step[i] = -1;
@@ -528,7 +754,9 @@ flx_plan *flx_plan_compile(int32_t n_out, flx_tensor *const *outputs, int32_t n_
             }
             if (ext_index(p, x, &ext_cap) < 0) FAIL_COMPILE();
         }
-        if (def->flags & FLX_OPF_ALIAS) {
+        if (role == FLX_FUSE_INTERIOR) {
+            p->exec[i] = NULL; /* no storage: lives in its group's kernel */
+        } else if (def->flags & FLX_OPF_ALIAS) {
             flx_tensor *x = t->in[0];
             if (x->mark == epoch) root_of[i] = root_of[x->scratch], ext_of_step[i] = ext_of_step[x->scratch],
                                   in_of_step[i] = in_of_step[x->scratch];
@@ -545,12 +773,13 @@ flx_plan *flx_plan_compile(int32_t n_out, flx_tensor *const *outputs, int32_t n_
             pr[n_pr] = (plan_root){align_up(b ? b : 1), 0, i, i};
             root_of[i] = n_pr++;
         }
-        /* Lifetimes: each step extends the roots it reads. */
+        /* Lifetimes: each step extends the roots it reads (a fused member reads when its
+         * group's root runs). */
         for (int32_t j = 0; j < t->n_in; j++) {
             flx_tensor *x = t->in[j];
-            if (x->mark != epoch) continue;
+            if (x->mark != epoch || x->scratch >= i) continue;
             int32_t r = root_of[x->scratch];
-            if (r >= 0 && pr[r].end < i) pr[r].end = i;
+            if (r >= 0 && pr[r].end < read_at) pr[r].end = read_at;
         }
     }
     /* ---- outputs ---- */
@@ -579,9 +808,20 @@ flx_plan *flx_plan_compile(int32_t n_out, flx_tensor *const *outputs, int32_t n_
             if (ext_k >= 0) {
                 po->copy_src_buf = p->ext[ext_k].buf;
                 po->copy_src_buf->refs++;
+                po->copy_src_buf->pins++; /* read-only, like ext_index's hold (issue 6) */
                 po->copy_src = po->copy_src_buf->ptr;
             }
         }
+    }
+    /* ---- issue 6: gradients live to the end of the body, where the optimisers read them ---- */
+    for (int32_t j = 0; j < p->n_param; j++) {
+        flx_tensor *g = p->param[j].grad;
+        int32_t r = g->mark == epoch ? root_of[g->scratch] : -1;
+        if (r >= 0) pr[r].end = N;
+        /* Otherwise the gradient is (an alias of) an input or an external source, which no step
+         * writes: read where it is (an external is held through ext_index). */
+        else if (g->mark != epoch && g->mark != tl_input_epoch && ext_index(p, g, &ext_cap) < 0)
+            FAIL_COMPILE();
     }
     /* ---- assignments ---- */
     int32_t *assign_stage_root = (int32_t *)malloc((size_t)(o.n_assign ? o.n_assign : 1) * sizeof(int32_t));
@@ -651,7 +891,8 @@ flx_plan *flx_plan_compile(int32_t n_out, flx_tensor *const *outputs, int32_t n_
     for (int32_t i = 0; i < N; i++) {
         if (root_of[i] >= 0) p->step_rec[i] = &p->records[root_of[i]];
         else if (in_of_step[i] >= 0) p->step_rec[i] = p->in_rec[in_of_step[i]];
-        else p->step_rec[i] = p->ext[ext_of_step[i]].buf;
+        else if (ext_of_step[i] >= 0) p->step_rec[i] = p->ext[ext_of_step[i]].buf;
+        else p->step_rec[i] = NULL; /* fused interior member: never materialised */
     }
     /* Output records (refcounted: a handle and the plan hold them; each holds the arena). */
     for (int32_t k = 0; k < n_out; k++) {
@@ -690,6 +931,17 @@ flx_plan *flx_plan_compile(int32_t n_out, flx_tensor *const *outputs, int32_t n_
         }
     }
     free(assign_stage_root);
+    /* issue 6: where each gradient is at the end of the body. */
+    for (int32_t j = 0; j < p->n_param; j++) {
+        plan_param *pp = &p->param[j];
+        flx_tensor *g = pp->grad;
+        if (g->mark == epoch) pp->grad_ptr = p->step_rec[g->scratch]->ptr;
+        else if (g->mark == tl_input_epoch) pp->grad_ptr = p->in_rec[input_index(p, g)]->ptr;
+        else pp->grad_ptr = p->ext[ext_index(p, g, &ext_cap)].buf->ptr; /* found: added above */
+    }
+    for (int32_t k = 0; k < p->n_optim; k++)
+        for (int32_t q = 0; q < p->optim[k].m; q++)
+            p->optim[k].grad_ptr[q] = p->param[p->optim[k].pk[q]].grad_ptr;
     /* ---- inputs' initial data, assigned leaves' private buffers ---- */
     for (int32_t k = 0; k < n_in && s == FLX_OK; k++) {
         size_t nb = bytes_of(inputs[k]);
@@ -848,6 +1100,21 @@ flx_status flx_plan_run(flx_plan *p, int32_t n_in, flx_tensor *const *inputs) {
                              "them (NULL entries keep an input) or none (n_in 0, NULL)",
                              fn, (int)p->n_in, (int)n_in, inputs ? "given" : "NULL");
     /* Checks first, so a failed run changes nothing. */
+    for (int32_t j = 0; j < p->n_param; j++) { /* issue 6: parameters the run updates in place */
+        const plan_param *pp = &p->param[j];
+        if (pp->t->buf != pp->buf)
+            return flx_set_error(FLX_ERR_STATE,
+                                 "%s: parameter %s of an optimiser of the plan was given a new "
+                                 "buffer (flx_assign?) after the plan was compiled; the plan "
+                                 "updates the buffer it had then: compile the plan again",
+                                 fn, flx_describe(pp->t));
+        if (pp->buf->refs - pp->buf->pins != 1 || pp->buf->deleter)
+            return flx_set_error(FLX_ERR_STATE,
+                                 "%s: parameter %s of an optimiser of the plan shares its buffer "
+                                 "with another tensor (flx_assign from it, a live realised reshape "
+                                 "or detach of it) and the plan updates it in place; release the "
+                                 "sharer or compile the plan again", fn, flx_describe(pp->t));
+    }
     for (int32_t k = 0; k < p->n_ext; k++)
         if (p->ext[k].t->buf != p->ext[k].buf)
             return flx_set_error(FLX_ERR_STATE,
@@ -884,7 +1151,9 @@ flx_status flx_plan_run(flx_plan *p, int32_t n_in, flx_tensor *const *inputs) {
     if (s != FLX_OK) return s;
     for (int32_t k = 0; k < p->n_out; k++) p->out[k].handle->version++;
     for (int32_t k = 0; k < p->n_assign; k++) p->as[k].version = ++p->as[k].dst->version;
+    for (int32_t j = 0; j < p->n_param; j++) p->param[j].t->version++; /* issue 6 */
     p->ctx->stats.nodes_executed += (uint64_t)p->n_steps;
+    p->ctx->stats.nodes_fused += p->n_fused;
     p->runs++;
     return FLX_OK;
 }
@@ -911,5 +1180,6 @@ flx_status flx_plan_get_info(const flx_plan *p, flx_plan_info *out) {
     out->arena_bytes = p->arena_bytes;
     out->unplanned_bytes = p->unplanned_bytes;
     out->runs = p->runs;
+    out->n_optim = p->n_optim; /* issue 6 */
     return FLX_OK;
 }

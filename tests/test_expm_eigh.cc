@@ -502,3 +502,25 @@ TEST(ExpmEighCuda, MatchesCpu) {
     flx_scope_end(0, nullptr);
     flx_ctx_destroy(cpu);
 }
+
+// The GPU path flags non-finite input like the CPU reference: NaN outputs and FLX_ERR_NUMERIC at
+// the next synchronisation point (both solver paths: batched Jacobi and per-matrix syevd).
+TEST(ExpmEighCuda, NonFiniteInputIsReported) {
+    FLX_REQUIRE_CUDA(gpu);
+    ASSERT_EQ(flx_scope_begin(), FLX_OK);
+    for (int64_t batch : {1, 3}) {
+        std::vector<double> a(batch * 4, 0.0);
+        for (int64_t b = 0; b < batch; b++) a[b * 4] = a[b * 4 + 3] = 1.0;
+        a[(batch - 1) * 4 + 1] = a[(batch - 1) * 4 + 2] = NAN;  // the last matrix only
+        flx_tensor *w = nullptr, *v = nullptr;
+        ASSERT_EQ(flx_eigh(make(gpu, FLX_F64, {batch, 2, 2}, a), &w, &v), FLX_OK) << flx_last_error();
+        ASSERT_EQ(flx_eval(1, &w), FLX_OK);
+        EXPECT_EQ(flx_ctx_synchronize(gpu), FLX_ERR_NUMERIC) << "batch " << batch;
+        flx_clear_error();
+        std::vector<double> wv = values(w);
+        EXPECT_TRUE(std::isnan(wv[(batch - 1) * 2]) && std::isnan(wv[(batch - 1) * 2 + 1]));
+        if (batch > 1) EXPECT_TRUE(close({wv[0], wv[1]}, {1.0, 1.0}, 1e-12, 1e-12));
+    }
+    ASSERT_EQ(flx_scope_end(0, nullptr), FLX_OK);
+    flx_ctx_destroy(gpu);
+}

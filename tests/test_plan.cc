@@ -2,9 +2,12 @@
 // bit; 1,000 replays of an SGD step with assignments give the same parameters as 1,000 eager
 // steps; capture on and off agree; the memory plan reuses space and a run allocates nothing;
 // bad input gives clear errors. GPU variants (CudaPlan.*) skip without a GPU. Also the math
-// mode switch.
+// mode switch, and optimisers stepped inside the plan (SGD-momentum and Adam, f32 and f64: N plan
+// runs == N eager backward + flx_optim_step, bit for bit, LR changes included).
+#include <cmath>
 #include <cstring>
 #include <functional>
+#include <string>
 #include <vector>
 
 #include "testing.h"
@@ -418,6 +421,364 @@ TEST_F(PlanTest, BadInputsGiveClearErrors) {
     EXPECT_EQ(flx_ctx_destroy(other), FLX_OK) << flx_last_error();
 }
 
+// ---- optimisers inside the plan (issue 6): forward, backward and update in one replay ----------
+// The reference is always the eager loop: record the graph, flx_backward, flx_optim_step,
+// flx_optim_zero_grad, one step per batch, with a second, identical model and optimiser.
+using LrSchedule = std::function<double(int)>;  // empty: the optimiser's own LR throughout
+
+flx_optim *make_optim(flx_ctx *ctx, const Mlp &m, flx_optim_kind kind) {
+    flx_optim_config c = flx_optim_defaults(kind);
+    if (kind == FLX_OPTIM_MOMENTUM) {
+        c.lr = 0.05;
+        c.weight_decay = 1e-3;
+    } else if (kind == FLX_OPTIM_ADAM) {
+        c.lr = 0.01;
+    }
+    flx_optim *o = flx_optim_create(ctx, kind, 4, m.p, &c);
+    EXPECT_NE(o, nullptr) << flx_last_error();
+    return o;
+}
+
+// Everything a training run leaves behind, as raw bytes (bit-for-bit comparisons).
+struct TrainResult {
+    std::vector<std::vector<unsigned char>> params, state;
+    std::vector<double> losses;
+    double step = -1;
+};
+
+void snapshot(flx_optim *opt, const Mlp &m, TrainResult *r) {
+    for (flx_tensor *p : m.p) r->params.push_back(bytes(p));
+    for (int32_t i = 0; i < 4; i++)
+        for (int32_t s = 0; s < flx_optim_state_count(opt); s++) {
+            flx_tensor *st = flx_optim_get_state(opt, i, s);
+            ASSERT_NE(st, nullptr) << flx_last_error();
+            r->state.push_back(bytes(st));
+        }
+    ASSERT_EQ(flx_optim_get_hparam(opt, FLX_HP_STEP, &r->step), FLX_OK) << flx_last_error();
+}
+
+TrainResult eager_train(flx_ctx *ctx, flx_dtype dt, flx_optim_kind kind, const Batches &data,
+                        int steps, const LrSchedule &lr) {
+    TrainResult r;
+    Mlp e = make_mlp(ctx, dt);
+    flx_optim *opt = make_optim(ctx, e, kind);
+    for (int s = 0; s < steps; s++) {
+        if (lr) EXPECT_EQ(flx_optim_set_lr(opt, lr(s)), FLX_OK) << flx_last_error();
+        EXPECT_EQ(flx_scope_begin(), FLX_OK);
+        flx_tensor *loss = mlp_loss(e, data.x[s % 4], data.y[s % 4]);
+        EXPECT_EQ(flx_backward(loss), FLX_OK) << flx_last_error();
+        double l = 0;
+        EXPECT_EQ(flx_item(loss, &l), FLX_OK);
+        r.losses.push_back(l);
+        EXPECT_EQ(flx_optim_step(opt), FLX_OK) << flx_last_error();
+        EXPECT_EQ(flx_optim_zero_grad(opt), FLX_OK);
+        EXPECT_EQ(flx_scope_end(0, nullptr), FLX_OK);
+    }
+    snapshot(opt, e, &r);
+    flx_optim_destroy(opt);
+    return r;
+}
+
+// The same training as one plan: the step graph recorded once, one flx_backward to give the
+// parameters a .grad (it selects them; no step is taken), then one plan run per batch.
+TrainResult plan_train(flx_ctx *ctx, flx_dtype dt, flx_optim_kind kind, const Batches &data,
+                       int steps, const LrSchedule &lr, int capture, bool expect_captured) {
+    TrainResult r;
+    Mlp m = make_mlp(ctx, dt);
+    flx_optim *opt = make_optim(ctx, m, kind);
+    flx_tensor *xin = rand_tensor(ctx, dt, {12, 8}, 999);
+    const int64_t ls[1] = {12};
+    flx_tensor *yin = flx_from_host(ctx, FLX_I64, 1, ls, std::vector<int64_t>(12, 1).data());
+    flx_tensor *loss = mlp_loss(m, xin, yin);
+    EXPECT_EQ(flx_backward(loss), FLX_OK) << flx_last_error();
+    flx_plan_options o = flx_plan_default_options();
+    o.capture = capture;
+    o.n_optim = 1;
+    o.optims = &opt;
+    flx_tensor *ins[2] = {xin, yin};
+    flx_plan *plan = flx_plan_compile(1, &loss, 2, ins, &o);
+    EXPECT_NE(plan, nullptr) << flx_last_error();
+    if (!plan) {
+        flx_optim_destroy(opt);
+        return r;
+    }
+    flx_plan_info info;
+    EXPECT_EQ(flx_plan_get_info(plan, &info), FLX_OK);
+    EXPECT_EQ(info.n_optim, 1);
+    EXPECT_EQ(info.captured, expect_captured);
+    flx_tensor *out = flx_plan_output(plan, 0);
+    flx_ctx_stats st0{}, st1{};
+    for (int s = 0; s < steps; s++) {
+        if (lr) EXPECT_EQ(flx_optim_set_lr(opt, lr(s)), FLX_OK) << flx_last_error();
+        flx_tensor *batch[2] = {data.x[s % 4], data.y[s % 4]};
+        EXPECT_EQ(flx_plan_run(plan, 2, batch), FLX_OK) << flx_last_error();
+        double l = 0;
+        EXPECT_EQ(flx_item(out, &l), FLX_OK);
+        r.losses.push_back(l);
+        if (s == 1) EXPECT_EQ(flx_ctx_get_stats(ctx, &st0), FLX_OK);
+    }
+    EXPECT_EQ(flx_ctx_get_stats(ctx, &st1), FLX_OK);
+    EXPECT_EQ(st1.allocs, st0.allocs) << "a plan run allocated memory";
+    snapshot(opt, m, &r);
+    flx_plan_destroy(plan);
+    flx_optim_destroy(opt);
+    return r;
+}
+
+void expect_same_training(const TrainResult &plan, const TrainResult &eager, const char *what) {
+    ASSERT_EQ(plan.params.size(), eager.params.size()) << what;
+    for (size_t i = 0; i < eager.params.size(); i++)
+        EXPECT_TRUE(plan.params[i] == eager.params[i]) << what << ": parameter " << i;
+    ASSERT_EQ(plan.state.size(), eager.state.size()) << what;
+    for (size_t i = 0; i < eager.state.size(); i++)
+        EXPECT_TRUE(plan.state[i] == eager.state[i]) << what << ": state " << i;
+    EXPECT_EQ(plan.step, eager.step) << what;
+    ASSERT_EQ(plan.losses.size(), eager.losses.size()) << what;
+    for (size_t s = 0; s < eager.losses.size(); s++)
+        EXPECT_EQ(plan.losses[s], eager.losses[s]) << what << ": loss of step " << s;
+}
+
+void optim_plan_cases(flx_ctx *ctx, int steps, const LrSchedule &lr, int capture, bool captured) {
+    for (flx_dtype dt : {FLX_F32, FLX_F64})
+        for (flx_optim_kind kind : {FLX_OPTIM_MOMENTUM, FLX_OPTIM_ADAM}) {
+            ASSERT_EQ(flx_scope_begin(), FLX_OK);
+            Batches data = make_batches(ctx, dt, 4);
+            TrainResult e = eager_train(ctx, dt, kind, data, steps, lr);
+            TrainResult p = plan_train(ctx, dt, kind, data, steps, lr, capture, captured);
+            std::string what = std::string(dt == FLX_F32 ? "f32 " : "f64 ") +
+                               (kind == FLX_OPTIM_ADAM ? "adam" : "momentum");
+            expect_same_training(p, e, what.c_str());
+            EXPECT_EQ(e.step, (double)steps);
+            // Training moved the parameters (the comparison is not between two no-ops).
+            Mlp fresh = make_mlp(ctx, dt);
+            for (int i = 0; i < 4; i++) EXPECT_FALSE(bytes(fresh.p[i]) == e.params[i]) << what;
+            ASSERT_EQ(flx_scope_end(0, nullptr), FLX_OK);
+        }
+}
+
+TEST_F(PlanTest, OptimiserInPlanEqualsEagerSteps) {
+    optim_plan_cases(ctx, 50, nullptr, FLX_PLAN_CAPTURE_DEFAULT, false);
+}
+
+TEST_F(PlanTest, OptimiserLearningRateChangesBetweenRunsTakeEffect) {
+    // Warm-up then decay: the LR lives in the optimiser's device memory, read by every run.
+    LrSchedule lr = [](int s) { return s < 10 ? 0.002 * (s + 1) : 0.02 * std::pow(0.9, s - 10); };
+    optim_plan_cases(ctx, 50, lr, FLX_PLAN_CAPTURE_DEFAULT, false);
+    // The schedule matters: without it the same plan training ends elsewhere.
+    Batches data = make_batches(ctx, FLX_F64, 4);
+    TrainResult with =
+        plan_train(ctx, FLX_F64, FLX_OPTIM_ADAM, data, 20, lr, FLX_PLAN_CAPTURE_OFF, false);
+    TrainResult without = plan_train(ctx, FLX_F64, FLX_OPTIM_ADAM, data, 20, nullptr,
+                                     FLX_PLAN_CAPTURE_OFF, false);
+    EXPECT_FALSE(with.params[0] == without.params[0]);
+}
+
+TEST_F(PlanTest, OptimiserRunsAfterOutputsAndAssignmentValuesAreRead) {
+    // Outputs (here a parameter itself) and assignment values (an EMA of a parameter) see the
+    // parameters from before the run's update, like "evaluate, flx_optim_step, flx_assign".
+    const int steps = 6;
+    Batches data = make_batches(ctx, FLX_F64, 4);
+    std::vector<std::vector<unsigned char>> eager_p0, eager_ema;
+    {
+        Mlp e = make_mlp(ctx, FLX_F64);
+        flx_optim *opt = make_optim(ctx, e, FLX_OPTIM_MOMENTUM);
+        flx_tensor *ema = flx_detach(flx_mul_scalar(e.p[2], 1.0));
+        ASSERT_EQ(flx_eval(1, &ema), FLX_OK);
+        flx_tensor *ema_leaf = make(ctx, FLX_F64, {16, 3}, std::vector<double>(48, 0));
+        ASSERT_EQ(flx_assign(ema_leaf, ema), FLX_OK);
+        for (int s = 0; s < steps; s++) {
+            ASSERT_EQ(flx_scope_begin(), FLX_OK);
+            flx_tensor *loss = mlp_loss(e, data.x[s % 4], data.y[s % 4]);
+            flx_tensor *nv = flx_add(flx_mul_scalar(ema_leaf, 0.5), flx_mul_scalar(e.p[2], 0.5));
+            ASSERT_EQ(flx_backward(loss), FLX_OK);
+            ASSERT_EQ(flx_eval(1, &nv), FLX_OK);
+            eager_p0.push_back(bytes(e.p[0]));
+            ASSERT_EQ(flx_optim_step(opt), FLX_OK);
+            ASSERT_EQ(flx_assign(ema_leaf, nv), FLX_OK);
+            ASSERT_EQ(flx_optim_zero_grad(opt), FLX_OK);
+            eager_ema.push_back(bytes(ema_leaf));
+            ASSERT_EQ(flx_scope_end(0, nullptr), FLX_OK);
+        }
+        flx_optim_destroy(opt);
+    }
+    Mlp m = make_mlp(ctx, FLX_F64);
+    flx_optim *opt = make_optim(ctx, m, FLX_OPTIM_MOMENTUM);
+    flx_tensor *ema_leaf = make(ctx, FLX_F64, {16, 3}, std::vector<double>(48, 0));
+    flx_tensor *ema0 = flx_detach(flx_mul_scalar(m.p[2], 1.0));
+    ASSERT_EQ(flx_assign(ema_leaf, ema0), FLX_OK);
+    flx_tensor *xin = rand_tensor(ctx, FLX_F64, {12, 8}, 999);
+    const int64_t ls[1] = {12};
+    flx_tensor *yin = flx_from_host(ctx, FLX_I64, 1, ls, std::vector<int64_t>(12, 0).data());
+    flx_tensor *loss = mlp_loss(m, xin, yin);
+    ASSERT_EQ(flx_backward(loss), FLX_OK);
+    flx_tensor *nv = flx_add(flx_mul_scalar(ema_leaf, 0.5), flx_mul_scalar(m.p[2], 0.5));
+    flx_tensor *outs[2] = {loss, m.p[0]};
+    flx_plan_options o = flx_plan_default_options();
+    o.n_optim = 1;
+    o.optims = &opt;
+    o.n_assign = 1;
+    o.assign_dst = &ema_leaf;
+    o.assign_src = &nv;
+    flx_tensor *ins[2] = {xin, yin};
+    flx_plan *plan = flx_plan_compile(2, outs, 2, ins, &o);
+    ASSERT_NE(plan, nullptr) << flx_last_error();
+    flx_tensor *p0_out = flx_plan_output(plan, 1);
+    for (int s = 0; s < steps; s++) {
+        flx_tensor *batch[2] = {data.x[s % 4], data.y[s % 4]};
+        ASSERT_EQ(flx_plan_run(plan, 2, batch), FLX_OK) << flx_last_error();
+        EXPECT_TRUE(bytes(p0_out) == eager_p0[s]) << "output of step " << s;
+        EXPECT_TRUE(bytes(ema_leaf) == eager_ema[s]) << "assigned leaf after step " << s;
+    }
+    EXPECT_FALSE(bytes(p0_out) == bytes(m.p[0]));  // the parameter itself moved on
+    flx_plan_destroy(plan);
+    flx_optim_destroy(opt);
+}
+
+TEST_F(PlanTest, PlanKeepsItsOptimiserAlive) {
+    Batches data = make_batches(ctx, FLX_F32, 4);
+    for (int i = 1; i < 4; i++) data.x[i] = data.x[0], data.y[i] = data.y[0];  // batch 0 only
+    TrainResult e = eager_train(ctx, FLX_F32, FLX_OPTIM_ADAM, data, 3, nullptr);
+    Mlp m = make_mlp(ctx, FLX_F32);
+    flx_optim *opt = make_optim(ctx, m, FLX_OPTIM_ADAM);
+    flx_tensor *xin = rand_tensor(ctx, FLX_F32, {12, 8}, 999);
+    flx_tensor *loss = mlp_loss(m, xin, data.y[0]);  // labels: an external source
+    ASSERT_EQ(flx_backward(loss), FLX_OK);
+    flx_plan_options o = flx_plan_default_options();
+    o.n_optim = 1;
+    o.optims = &opt;
+    flx_plan *plan = flx_plan_compile(1, &loss, 1, &xin, &o);
+    ASSERT_NE(plan, nullptr) << flx_last_error();
+    flx_optim_destroy(opt);  // the plan still holds it
+    for (int s = 0; s < 3; s++) ASSERT_EQ(flx_plan_run(plan, 1, &data.x[0]), FLX_OK) << flx_last_error();
+    for (int i = 0; i < 4; i++) EXPECT_TRUE(bytes(m.p[i]) == e.params[i]) << "parameter " << i;
+    flx_plan_destroy(plan);  // releases the optimiser; the fixture checks that nothing leaked
+}
+
+// A compile that fails leaves no tensor and no device memory behind.
+flx_status compile_status_no_leak(flx_ctx *ctx, int32_t n_out, flx_tensor *const *outs,
+                                  int32_t n_in, flx_tensor *const *ins,
+                                  const flx_plan_options *opt) {
+    int64_t live = flx_live_tensors();
+    flx_ctx_stats a{}, b{};
+    EXPECT_EQ(flx_ctx_get_stats(ctx, &a), FLX_OK);
+    flx_status s = compile_status(n_out, outs, n_in, ins, opt);  // the error stays set
+    EXPECT_EQ(flx_live_tensors(), live) << "a failed compile leaked tensors";
+    EXPECT_EQ(flx_ctx_get_stats(ctx, &b), FLX_OK);
+    EXPECT_EQ(b.bytes_in_use, a.bytes_in_use) << "a failed compile leaked memory";
+    return s;
+}
+
+TEST_F(PlanTest, OptimiserBadInputsGiveClearErrors) {
+    Mlp m = make_mlp(ctx, FLX_F32);
+    flx_optim *opt = make_optim(ctx, m, FLX_OPTIM_MOMENTUM);
+    flx_tensor *xin = rand_tensor(ctx, FLX_F32, {12, 8}, 999);
+    const int64_t ls[1] = {12};
+    flx_tensor *yin = flx_from_host(ctx, FLX_I64, 1, ls, std::vector<int64_t>(12, 0).data());
+    flx_tensor *loss = mlp_loss(m, xin, yin);
+    flx_tensor *ins[2] = {xin, yin};
+    flx_plan_options o = flx_plan_default_options();
+    o.n_optim = 1;
+    o.optims = &opt;
+    auto compile = [&](int32_t n_out, flx_tensor *const *outs, int32_t n_in, flx_tensor *const *in) {
+        return compile_status_no_leak(ctx, n_out, outs, n_in, in, &o);
+    };
+    // No parameter has a .grad yet: nothing says which to update.
+    EXPECT_TRUE(fails(compile(1, &loss, 2, ins), FLX_ERR_STATE, "flx_backward(loss) once"));
+    ASSERT_EQ(flx_backward(loss), FLX_OK) << flx_last_error();
+    o.optims = nullptr;
+    EXPECT_TRUE(fails(compile(1, &loss, 2, ins), FLX_ERR_INVALID_ARGUMENT, "optimiser list"));
+    o.n_optim = -1;
+    o.optims = &opt;
+    EXPECT_TRUE(fails(compile(1, &loss, 2, ins), FLX_ERR_INVALID_ARGUMENT, "optimiser list"));
+    flx_optim *null_opt = nullptr;
+    o.n_optim = 1;
+    o.optims = &null_opt;
+    EXPECT_TRUE(fails(compile(1, &loss, 2, ins), FLX_ERR_INVALID_ARGUMENT, "optimiser 0 is NULL"));
+    flx_optim *twice[2] = {opt, opt};
+    o.n_optim = 2;
+    o.optims = twice;
+    EXPECT_TRUE(fails(compile(1, &loss, 2, ins), FLX_ERR_INVALID_ARGUMENT,
+                      "optimiser 1 repeats optimiser 0"));
+    o.n_optim = 1;
+    o.optims = &opt;
+    // A parameter that is also a plan input, or an assignment destination.
+    flx_tensor *ins3[3] = {xin, yin, m.p[1]};
+    EXPECT_TRUE(fails(compile(1, &loss, 3, ins3), FLX_ERR_INVALID_ARGUMENT, "is input 2 of the plan"));
+    flx_tensor *half = flx_mul_scalar(m.p[3], 0.5);
+    o.n_assign = 1;
+    o.assign_dst = &m.p[3];
+    o.assign_src = &half;
+    EXPECT_TRUE(fails(compile(1, &loss, 2, ins), FLX_ERR_INVALID_ARGUMENT,
+                      "destination of assignment 0"));
+    o.n_assign = 0;
+    o.assign_dst = o.assign_src = nullptr;
+    // Output 0 is the loss: one element, depending on the parameters.
+    flx_tensor *wide[2] = {flx_mul_scalar(m.p[1], 2.0), loss};
+    EXPECT_TRUE(fails(compile(2, wide, 2, ins), FLX_ERR_SHAPE, "output 0 is the loss"));
+    flx_tensor *no_grad = flx_sum_all(xin);
+    EXPECT_TRUE(fails(compile(1, &no_grad, 2, ins), FLX_ERR_NOT_DIFFERENTIABLE, "requires grad"));
+    // Parameters 2 and 3 have a .grad, but this loss does not use them.
+    flx_tensor *first_layer = flx_sum_all(flx_relu(flx_add(flx_matmul(xin, m.p[0]), m.p[1])));
+    EXPECT_TRUE(fails(compile(1, &first_layer, 2, ins), FLX_ERR_STATE, "does not depend on it"));
+    // Another context.
+    {
+        flx_ctx *other = flx_ctx_create(flx_device_cpu());
+        ASSERT_NE(other, nullptr);
+        ASSERT_EQ(flx_scope_begin(), FLX_OK);
+        flx_tensor *po = rand_tensor(other, FLX_F32, {3}, 5);
+        flx_optim *oo = flx_optim_create(other, FLX_OPTIM_SGD, 1, &po, nullptr);
+        ASSERT_NE(oo, nullptr) << flx_last_error();
+        o.optims = &oo;
+        EXPECT_TRUE(fails(compile(1, &loss, 2, ins), FLX_ERR_DEVICE, "another context"));
+        o.optims = &opt;
+        flx_optim_destroy(oo);
+        ASSERT_EQ(flx_scope_end(0, nullptr), FLX_OK);
+        EXPECT_EQ(flx_ctx_destroy(other), FLX_OK) << flx_last_error();
+    }
+    // A failure after the gradients were built (a stale graph among the outputs): nothing leaks,
+    // and the optimiser is not left held (the fixture's leak check sees its parameters).
+    flx_tensor *w = make(ctx, FLX_F32, {2}, {1, 2});
+    flx_tensor *stale = flx_exp(w);
+    ASSERT_EQ(flx_assign(w, make(ctx, FLX_F32, {2}, {3, 4})), FLX_OK);
+    flx_tensor *outs[2] = {loss, stale};
+    EXPECT_TRUE(fails(compile(2, outs, 2, ins), FLX_ERR_STATE, "changed in place"));
+    // And the good compile still works after all that.
+    EXPECT_EQ(compile(1, &loss, 2, ins), FLX_OK) << flx_last_error();
+    flx_optim_destroy(opt);
+}
+
+TEST_F(PlanTest, OptimiserParameterWithNewOrSharedBufferFailsTheRun) {
+    Mlp m = make_mlp(ctx, FLX_F32);
+    flx_optim *opt = make_optim(ctx, m, FLX_OPTIM_ADAM);
+    flx_tensor *xin = rand_tensor(ctx, FLX_F32, {12, 8}, 999);
+    const int64_t ls[1] = {12};
+    flx_tensor *yin = flx_from_host(ctx, FLX_I64, 1, ls, std::vector<int64_t>(12, 0).data());
+    flx_tensor *loss = mlp_loss(m, xin, yin);
+    ASSERT_EQ(flx_backward(loss), FLX_OK);
+    flx_plan_options o = flx_plan_default_options();
+    o.n_optim = 1;
+    o.optims = &opt;
+    flx_tensor *ins[2] = {xin, yin};
+    flx_plan *plan = flx_plan_compile(1, &loss, 2, ins, &o);
+    ASSERT_NE(plan, nullptr) << flx_last_error();
+    ASSERT_EQ(flx_plan_run(plan, 0, nullptr), FLX_OK) << flx_last_error();
+    // Something shares parameter 1's buffer: writing it in place would change that tensor too.
+    flx_tensor *sharer = make(ctx, FLX_F32, {16}, std::vector<double>(16, 0));
+    ASSERT_EQ(flx_assign(sharer, m.p[1]), FLX_OK);
+    std::vector<unsigned char> shared_value = bytes(sharer);
+    EXPECT_TRUE(fails(flx_plan_run(plan, 0, nullptr), FLX_ERR_STATE, "shares its buffer"));
+    EXPECT_TRUE(bytes(sharer) == shared_value);
+    ASSERT_EQ(flx_assign(sharer, make(ctx, FLX_F32, {16}, std::vector<double>(16, 1))), FLX_OK);
+    ASSERT_EQ(flx_plan_run(plan, 0, nullptr), FLX_OK) << flx_last_error();  // released: fine again
+    // A parameter given a new buffer: the plan would update memory nobody reads any more.
+    std::vector<unsigned char> before = bytes(m.p[0]);
+    ASSERT_EQ(flx_assign(m.p[2], rand_tensor(ctx, FLX_F32, {16, 3}, 77)), FLX_OK);
+    EXPECT_TRUE(fails(flx_plan_run(plan, 0, nullptr), FLX_ERR_STATE, "compile the plan again"));
+    EXPECT_TRUE(bytes(m.p[0]) == before) << "a failed run changed a parameter";
+    flx_plan_destroy(plan);
+    flx_optim_destroy(opt);
+}
+
 // ---- math mode -------------------------------------------------------------------------------
 TEST_F(PlanTest, MathModeIsExplicitAndValidated) {
     int32_t mode = -1;
@@ -484,6 +845,49 @@ TEST_F(CudaPlan, CapturedTrainingEqualsEager) {
     FLX_REQUIRE_CUDA(gpu);
     train_compare(gpu, 300, FLX_PLAN_CAPTURE_ON);
     train_compare(gpu, 300, FLX_PLAN_CAPTURE_OFF);
+    EXPECT_EQ(flx_live_tensors(), live_before);
+    EXPECT_EQ(flx_ctx_destroy(gpu), FLX_OK) << flx_last_error();
+}
+
+TEST_F(CudaPlan, OptimiserInCapturedPlanEqualsEager) {
+    FLX_REQUIRE_CUDA(gpu);
+    LrSchedule lr = [](int s) { return s < 10 ? 0.002 * (s + 1) : 0.02 * std::pow(0.9, s - 10); };
+    optim_plan_cases(gpu, 50, lr, FLX_PLAN_CAPTURE_ON, true);
+    optim_plan_cases(gpu, 50, nullptr, FLX_PLAN_CAPTURE_OFF, false);
+    {
+        // Forward, backward and the fused update: one graph launch per run, no host wait, no
+        // allocation.
+        ASSERT_EQ(flx_scope_begin(), FLX_OK);
+        Batches data = make_batches(gpu, FLX_F32, 4);
+        Mlp m = make_mlp(gpu, FLX_F32);
+        flx_optim *opt = make_optim(gpu, m, FLX_OPTIM_ADAM);
+        flx_tensor *loss = mlp_loss(m, data.x[0], data.y[0]);
+        ASSERT_EQ(flx_backward(loss), FLX_OK) << flx_last_error();
+        flx_plan_options o = flx_plan_default_options();
+        o.n_optim = 1;
+        o.optims = &opt;
+        flx_tensor *ins[2] = {data.x[0], data.y[0]};
+        flx_plan *p = flx_plan_compile(1, &loss, 2, ins, &o);
+        ASSERT_NE(p, nullptr) << flx_last_error();
+        flx_plan_info info;
+        ASSERT_EQ(flx_plan_get_info(p, &info), FLX_OK);
+        EXPECT_TRUE(info.captured);
+        EXPECT_EQ(info.n_optim, 1);
+        ASSERT_EQ(flx_plan_run(p, 0, nullptr), FLX_OK) << flx_last_error();
+        flx_ctx_stats a, b;
+        ASSERT_EQ(flx_ctx_get_stats(gpu, &a), FLX_OK);
+        for (int i = 0; i < 10; i++) ASSERT_EQ(flx_plan_run(p, 0, nullptr), FLX_OK) << flx_last_error();
+        ASSERT_EQ(flx_ctx_get_stats(gpu, &b), FLX_OK);
+        EXPECT_EQ(b.kernels - a.kernels, 10u) << "a run is more than one launch";
+        EXPECT_EQ(b.syncs, a.syncs) << "a run waited for the device";
+        EXPECT_EQ(b.allocs, a.allocs) << "a run allocated";
+        double step = 0;
+        ASSERT_EQ(flx_optim_get_hparam(opt, FLX_HP_STEP, &step), FLX_OK);
+        EXPECT_EQ(step, 11.0);  // the step count advances on the device, inside the graph
+        flx_plan_destroy(p);
+        flx_optim_destroy(opt);
+        ASSERT_EQ(flx_scope_end(0, nullptr), FLX_OK);
+    }
     EXPECT_EQ(flx_live_tensors(), live_before);
     EXPECT_EQ(flx_ctx_destroy(gpu), FLX_OK) << flx_last_error();
 }

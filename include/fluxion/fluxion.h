@@ -152,6 +152,8 @@ typedef struct flx_ctx_stats {
     uint64_t bytes_in_use;     /* bytes of live buffers now                      */
     uint64_t peak_bytes;       /* most bytes_in_use since the last reset         */
     uint64_t nodes_executed;   /* graph nodes run by the evaluator               */
+    uint64_t nodes_fused;      /* of nodes_executed, those computed inside a fused
+                                  elementwise kernel (flx_set_fusion)            */
 } flx_ctx_stats;
 FLX_API flx_status flx_ctx_get_stats(const flx_ctx *ctx, flx_ctx_stats *out);
 /* Zeroes the counters; peak_bytes restarts from bytes_in_use. */
@@ -213,9 +215,15 @@ FLX_API flx_tensor *flx_from_host(flx_ctx *ctx, flx_dtype dt, int32_t ndim, cons
 FLX_API flx_status flx_to_host(flx_tensor *t, void *dst, size_t nbytes);
 /* The single element of a tensor with numel 1, converted to double. */
 FLX_API flx_status flx_item(flx_tensor *t, double *out);
-/* A copy of t on another context (any pair of devices). Not differentiable across contexts. */
+/* A copy of t on another context (any pair of devices), lazy like every op: the copy runs when
+ * the result is evaluated, and that evaluation reads t (and computes it if needed) on t's
+ * context. So while the result is unevaluated it ties the two contexts together: when they are
+ * used by different threads, evaluate the result (flx_eval) at a point where neither context is
+ * in use elsewhere, before either thread goes on with it. Gradients flow back through the
+ * copy (to t's context). */
 FLX_API flx_tensor *flx_to_ctx(flx_tensor *t, flx_ctx *dst);
-/* Converts elements to another dtype (float -> int truncates toward zero; to bool: x != 0). */
+/* Converts elements to another dtype (float -> int truncates toward zero and saturates to the
+ * integer's range, NaN -> 0, the same on every backend; to bool: x != 0). */
 FLX_API flx_tensor *flx_cast(flx_tensor *t, flx_dtype dt);
 
 /* Computes every tensor in ts (one evaluation, so shared work runs once) and keeps their data. */
@@ -806,7 +814,8 @@ FLX_API int32_t flx_optim_state_count(const flx_optim *opt);
 FLX_API flx_tensor *flx_optim_get_state(flx_optim *opt, int32_t i, int32_t slot);
 /* Overwrites a state slot with value (same shape and dtype), e.g. when resuming. */
 FLX_API flx_status flx_optim_set_state(flx_optim *opt, int32_t i, int32_t slot, flx_tensor *value);
-/* Releases the optimiser (NULL-safe); the parameters keep their current values. */
+/* Releases the optimiser (NULL-safe); the parameters keep their current values. A plan that
+ * updates it (flx_plan_options.optims) keeps it alive until the plan is destroyed. */
 FLX_API void flx_optim_destroy(flx_optim *opt);
 /* ==== END issue 5: optimisers ============================================================== */
 
@@ -871,7 +880,33 @@ FLX_API void flx_checkpoint_destroy(flx_checkpoint *ck);                 /* NULL
  * gets a private copy of its buffer and its version is bumped, so graphs recorded earlier that
  * read the leaf fail with FLX_ERR_STATE, and no other tensor ever sees the in-place writes. Other
  * graphs may read an assigned leaf after a run (flx_to_host, new ops): they see its current value.
- * Values that change between runs (a learning rate, a step count) should be plan inputs.
+ * Optimisers (options n_optim, optims): a run also performs one flx_optim_step of each, fused
+ * into the replay (on CUDA inside the captured graph: forward, backward and update are one
+ * launch). Output 0 is the loss: one element, depending on the parameters through tensors that
+ * require grad. At compile time the parameters that have a .grad (e.g. from a first
+ * flx_backward(loss)) are the ones updated, as flx_optim_step skips those without; the plan builds
+ * d loss / d parameter as part of its graph and every run computes it afresh from that run's
+ * data (the .grad itself is neither read nor changed by runs: it only selects the parameters).
+ * Errors at compile: FLX_ERR_INVALID_ARGUMENT for a NULL optimiser, one listed twice, or a
+ * parameter that is also a plan input or an assignment destination; FLX_ERR_DEVICE for one of
+ * another context; FLX_ERR_STATE for an optimiser none of whose parameters has a .grad, or a
+ * parameter with a .grad that the loss does not depend on; FLX_ERR_SHAPE for a loss of more than
+ * one element; FLX_ERR_NOT_DIFFERENTIABLE for a loss that depends on nothing requiring grad.
+ * Each updated parameter gets a private buffer at compile time and the run updates it in place
+ * (the buffer the plan's forward reads next run); a run fails with FLX_ERR_STATE (compile the
+ * plan again, from a graph recorded after the last run) if a parameter was given a new buffer
+ * (flx_assign) or something came to share its buffer (flx_assign from it, a live realised
+ * reshape/detach of it); eager steps would copy instead, but a captured graph cannot move.
+ * Hyperparameters and the step count are read on the device, so flx_optim_set_lr and
+ * flx_optim_set_hparam between runs take effect without recompiling. After a run each updated
+ * parameter's version is bumped (as flx_optim_step does). A plan holds its optimisers:
+ * flx_optim_destroy before flx_plan_destroy is safe (the optimiser lives until the plan goes).
+ * Order at the end of a run: outputs are copied (they see the parameters before the update),
+ * every assignment value is read, then each optimiser updates its parameters (in list order),
+ * then the assigned leaves are written. So assignments and outputs see the values from before
+ * the update, like the eager sequence "evaluate, flx_optim_step, flx_assign".
+ * Values that change between runs (a learning rate, a step count) should be plan inputs (or, for
+ * optimisers, flx_optim_set_hparam).
  * The plan holds its graph alive until flx_plan_destroy; run a plan from one thread at a time
  * and not while another thread uses the tensors of its graph. Math mode and other cuBLAS
  * settings are those at capture (compile) time. */
@@ -889,8 +924,10 @@ typedef struct flx_plan_options {
     int32_t n_assign;                /* assignments: assign_dst[k] := assign_src[k] per run    */
     flx_tensor *const *assign_dst;   /* distinct CONST leaves, not inputs                     */
     flx_tensor *const *assign_src;   /* same shape and dtype as their dst                     */
+    int32_t n_optim;                 /* optimisers stepped by every run (see above)            */
+    flx_optim *const *optims;        /* distinct, on the plan's context; output 0 is the loss   */
 } flx_plan_options;
-/* The zero options: capture default, no assignments. */
+/* The zero options: capture default, no assignments, no optimisers. */
 FLX_API flx_plan_options flx_plan_default_options(void);
 /* NULL with the error set on bad input (NULL or foreign tensors, inputs that are not CONST,
  * ops that cannot be planned such as flx_to_ctx, stale graphs). opt may be NULL. n_in may be 0. */
@@ -915,6 +952,7 @@ typedef struct flx_plan_info {
     uint64_t arena_bytes;      /* the planned memory, allocated once at compile time         */
     uint64_t unplanned_bytes;  /* the sum of every planned buffer, as without reuse          */
     uint64_t runs;             /* completed runs                                            */
+    int32_t n_optim;           /* optimisers updated by each run                           */
 } flx_plan_info;
 FLX_API flx_status flx_plan_get_info(const flx_plan *plan, flx_plan_info *out);
 /* Releases the plan (NULL-safe). Output tensors still referenced keep their last data. */
@@ -926,6 +964,18 @@ FLX_API void flx_plan_destroy(flx_plan *plan);
 typedef enum flx_math_mode { FLX_MATH_STRICT = 0, FLX_MATH_TF32 = 1 } flx_math_mode;
 FLX_API flx_status flx_set_math_mode(flx_ctx *ctx, int32_t mode);
 FLX_API flx_status flx_get_math_mode(const flx_ctx *ctx, int32_t *mode);
+
+/* Elementwise fusion (default on; FLX_FUSION=0 in the environment turns it off for new
+ * contexts). When the evaluator or a plan runs a chain of float elementwise ops of one shape
+ * and dtype (unary ops, + - * / pow maximum minimum with broadcasting, where), it runs the chain
+ * as one kernel: intermediates that nothing else needs (not requested, not plan outputs, no
+ * consumer outside the chain in the same evaluation) are never written to memory. Results are
+ * bit-identical with fusion on or off on each backend (the CPU rounds every step to the dtype
+ * as the unfused kernels do; the CUDA kernel applies the same per-op formulas). Bias +
+ * activation, activation backward (g * f'(x)) and optimiser arithmetic written as ops all fuse.
+ * A plan keeps the setting it was compiled with. */
+FLX_API flx_status flx_set_fusion(flx_ctx *ctx, bool enabled);
+FLX_API flx_status flx_get_fusion(const flx_ctx *ctx, bool *enabled);
 /* ==== END issue 6: plans and math mode ===================================================== */
 
 #ifdef __cplusplus

@@ -72,6 +72,7 @@ class CTX_STATS(Structure):
             "bytes_in_use",
             "peak_bytes",
             "nodes_executed",
+            "nodes_fused",
         )
     ]
 

@@ -1,0 +1,136 @@
+/* cpu_fused.c — the CPU reference interpreter of fused elementwise programs (issue 6; the program
+ * format is in kernels/flx_kernels.h, planning in runtime/fuse.c).
+ *
+ * Elements are processed in blocks so each instruction is decoded once per block. Every value is
+ * computed in double and rounded to the program's dtype after each instruction, exactly as the
+ * unfused CPU kernels (runtime/backend_cpu.c) store each op's result: fused and unfused CPU
+ * results are bit-identical, which the tests assert. */
+#include <math.h>
+#include <string.h>
+
+#include "internal.h"
+#include "flx_unary_ops.h"
+
+#define BLOCK 256
+
+static inline double rnd(flx_dtype dt, double v) { return dt == FLX_F32 ? (double)(float)v : v; }
+
+/* Element offset of linear index i (row-major over shape) in input k. */
+static int64_t in_offset(const flx_fused_args *a, int32_t k, int64_t i) {
+    switch (a->in_kind[k]) {
+    case FLX_FUSED_IN_CONTIG: return i;
+    case FLX_FUSED_IN_SCALAR: return 0;
+    default: {
+        int64_t off = 0;
+        for (int32_t d = a->ndim - 1; d >= 0; d--) {
+            int64_t q = i / a->shape[d];
+            off += (i - q * a->shape[d]) * a->in_strides[k][d];
+            i = q;
+        }
+        return off;
+    }
+    }
+}
+
+static double load_in(const flx_fused_args *a, int32_t k, int64_t off) {
+    if (a->in_bool[k]) return ((const uint8_t *)a->in[k])[off];
+    if (a->dtype == FLX_F32) return ((const float *)a->in[k])[off];
+    return ((const double *)a->in[k])[off];
+}
+
+/* Input k at elements base .. base + m - 1: the offset of the first by division, the rest by
+ * stepping an odometer (a bias broadcast over rows reads at i mod cols without a division per
+ * element). */
+static void load_block(const flx_fused_args *a, int32_t k, int64_t base, int64_t m, double *dst) {
+    if (a->in_kind[k] != FLX_FUSED_IN_STRIDED) {
+        for (int64_t e = 0; e < m; e++) dst[e] = load_in(a, k, in_offset(a, k, base + e));
+        return;
+    }
+    const int32_t nd = a->ndim;
+    const int64_t *st = a->in_strides[k];
+    int64_t idx[FLX_MAX_DIMS], off = 0, i = base;
+    for (int32_t d = nd - 1; d >= 0; d--) {
+        idx[d] = i % a->shape[d];
+        i /= a->shape[d];
+        off += idx[d] * st[d];
+    }
+    for (int64_t e = 0; e < m; e++) {
+        dst[e] = load_in(a, k, off);
+        for (int32_t d = nd - 1; d >= 0; d--) {
+            off += st[d];
+            if (++idx[d] < a->shape[d]) break;
+            off -= st[d] * a->shape[d];
+            idx[d] = 0;
+        }
+    }
+}
+
+static flx_status run_unary(int32_t op, double a, double b, const double *xs, double *y, int64_t m,
+                            flx_dtype dt) {
+    typedef double T;
+    (void)a;
+    (void)b;
+    switch (op) {
+#define FLX_X_CASE(NAME, EXPR)                                      \
+    case FLX_UNARY_##NAME:                                          \
+        for (int64_t e = 0; e < m; e++) {                           \
+            T x = xs[e];                                            \
+            y[e] = rnd(dt, (EXPR));                                 \
+        }                                                           \
+        break;
+        FLX_UNARY_OPS(FLX_X_CASE)
+#undef FLX_X_CASE
+    default: return flx_set_error(FLX_ERR_UNSUPPORTED, "cpu fused: unknown unary op %d", (int)op);
+    }
+    return FLX_OK;
+}
+
+static flx_status run_binary(int32_t op, const double *xa, const double *xb, double *y, int64_t m,
+                             flx_dtype dt) {
+    switch (op) {
+#define FLX_X_CASE(NAME, EXPR)                                      \
+    case FLX_BINARY_##NAME:                                         \
+        for (int64_t e = 0; e < m; e++) {                           \
+            double a = xa[e], b = xb[e];                            \
+            y[e] = rnd(dt, (double)(EXPR));                         \
+        }                                                           \
+        break;
+        FLX_BINARY_ARITH_OPS(FLX_X_CASE)
+#undef FLX_X_CASE
+    default: return flx_set_error(FLX_ERR_UNSUPPORTED, "cpu fused: binary op %d", (int)op);
+    }
+    return FLX_OK;
+}
+
+flx_status flx_cpu_fused(flx_ctx *ctx, const flx_fused_args *a) {
+    (void)ctx;
+    if (a->n_instr < 1 || a->n_instr > FLX_FUSED_MAX_INSTR || a->n_in > FLX_FUSED_MAX_IN ||
+        (a->dtype != FLX_F32 && a->dtype != FLX_F64))
+        return flx_set_error(FLX_ERR_STATE, "cpu fused: malformed program (internal error)");
+    double slot[FLX_FUSED_MAX_SLOTS][BLOCK];
+    double tmp[BLOCK];
+    int32_t out_slot = a->instr[a->n_instr - 1].dst;
+    for (int64_t base = 0; base < a->n; base += BLOCK) {
+        int64_t m = a->n - base < BLOCK ? a->n - base : BLOCK;
+        for (int32_t pc = 0; pc < a->n_instr; pc++) {
+            const flx_fused_instr *I = &a->instr[pc];
+            flx_status s = FLX_OK;
+            switch (I->kind) {
+            case FLX_FUSED_LOAD: load_block(a, I->op, base, m, tmp); break;
+            case FLX_FUSED_UNARY: s = run_unary(I->op, I->a, I->b, slot[I->s0], tmp, m, a->dtype); break;
+            case FLX_FUSED_BINARY: s = run_binary(I->op, slot[I->s0], slot[I->s1], tmp, m, a->dtype); break;
+            case FLX_FUSED_WHERE:
+                for (int64_t e = 0; e < m; e++) tmp[e] = slot[I->s0][e] != 0 ? slot[I->s1][e] : slot[I->s2][e];
+                break;
+            default: s = flx_set_error(FLX_ERR_STATE, "cpu fused: bad instruction %d", (int)I->kind);
+            }
+            if (s != FLX_OK) return s;
+            memcpy(slot[I->dst], tmp, (size_t)m * sizeof(double));
+        }
+        if (a->dtype == FLX_F32)
+            for (int64_t e = 0; e < m; e++) ((float *)a->out)[base + e] = (float)slot[out_slot][e];
+        else
+            memcpy((double *)a->out + base, slot[out_slot], (size_t)m * sizeof(double));
+    }
+    return FLX_OK;
+}
