@@ -23,7 +23,9 @@
  *   the CNN defaults to a short demo (1 epoch on 3,000 images, tested on 2,000) and --full trains
  *   it like on the GPU (all data, 8 epochs). The CNN reaches >= 0.91 on the CPU with
  *     FLX_DEVICE=cpu tools/run --model cnn --full --epochs 3 --batch 64
- *   (CNN_RESULT_PLACEHOLDER; benchmarks/results/2026-11-23-cpu-fashion-mnist.md).
+ *   (test accuracy 0.888, 0.909, 0.918 after epochs 1-3; about 35 minutes, ~100 samples/s on 2
+ *   shared cores, 2026-11-23; 2 epochs end at 0.905-0.909: benchmarks/results/
+ *   2026-11-23-cpu-fashion-mnist.md).
  *   --min-accuracy X exits with status 3 when the final test accuracy is below X.
  */
 #define _POSIX_C_SOURCE 200809L

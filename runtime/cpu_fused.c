@@ -11,59 +11,50 @@
 #include "internal.h"
 #include "flx_unary_ops.h"
 
-#define BLOCK 256
+#define BLOCK 512
 
 static inline double rnd(flx_dtype dt, double v) { return dt == FLX_F32 ? (double)(float)v : v; }
 
-/* Element offset of linear index i (row-major over shape) in input k. */
-static int64_t in_offset(const flx_fused_args *a, int32_t k, int64_t i) {
-    switch (a->in_kind[k]) {
-    case FLX_FUSED_IN_CONTIG: return i;
-    case FLX_FUSED_IN_SCALAR: return 0;
-    default: {
-        int64_t off = 0;
-        for (int32_t d = a->ndim - 1; d >= 0; d--) {
-            int64_t q = i / a->shape[d];
-            off += (i - q * a->shape[d]) * a->in_strides[k][d];
-            i = q;
-        }
-        return off;
-    }
-    }
-}
+/* Input k at elements base .. base + m - 1, one loop per layout and element type: contiguous
+ * inputs read straight through, broadcast (strided) ones step an odometer from the offset of the
+ * first element (a bias broadcast over rows reads at i mod cols without a division per element). */
+#define FLX_LOAD_LOOPS(TYPE)                                                                   \
+    do {                                                                                        \
+        const TYPE *src = (const TYPE *)a->in[k];                                               \
+        if (a->in_kind[k] == FLX_FUSED_IN_CONTIG) {                                             \
+            for (int64_t e = 0; e < m; e++) dst[e] = src[base + e];                             \
+        } else if (a->in_kind[k] == FLX_FUSED_IN_SCALAR) {                                      \
+            for (int64_t e = 0; e < m; e++) dst[e] = src[0];                                    \
+        } else {                                                                                \
+            for (int64_t e = 0; e < m; e++) {                                                   \
+                dst[e] = src[off];                                                              \
+                for (int32_t d = nd - 1; d >= 0; d--) {                                         \
+                    off += st[d];                                                               \
+                    if (++idx[d] < a->shape[d]) break;                                          \
+                    off -= st[d] * a->shape[d];                                                 \
+                    idx[d] = 0;                                                                 \
+                }                                                                               \
+            }                                                                                   \
+        }                                                                                       \
+    } while (0)
 
-static double load_in(const flx_fused_args *a, int32_t k, int64_t off) {
-    if (a->in_bool[k]) return ((const uint8_t *)a->in[k])[off];
-    if (a->dtype == FLX_F32) return ((const float *)a->in[k])[off];
-    return ((const double *)a->in[k])[off];
-}
-
-/* Input k at elements base .. base + m - 1: the offset of the first by division, the rest by
- * stepping an odometer (a bias broadcast over rows reads at i mod cols without a division per
- * element). */
 static void load_block(const flx_fused_args *a, int32_t k, int64_t base, int64_t m, double *dst) {
-    if (a->in_kind[k] != FLX_FUSED_IN_STRIDED) {
-        for (int64_t e = 0; e < m; e++) dst[e] = load_in(a, k, in_offset(a, k, base + e));
-        return;
-    }
     const int32_t nd = a->ndim;
     const int64_t *st = a->in_strides[k];
-    int64_t idx[FLX_MAX_DIMS], off = 0, i = base;
-    for (int32_t d = nd - 1; d >= 0; d--) {
-        idx[d] = i % a->shape[d];
-        i /= a->shape[d];
-        off += idx[d] * st[d];
-    }
-    for (int64_t e = 0; e < m; e++) {
-        dst[e] = load_in(a, k, off);
+    int64_t idx[FLX_MAX_DIMS] = {0}, off = 0;
+    if (a->in_kind[k] == FLX_FUSED_IN_STRIDED) {
+        int64_t i = base;
         for (int32_t d = nd - 1; d >= 0; d--) {
-            off += st[d];
-            if (++idx[d] < a->shape[d]) break;
-            off -= st[d] * a->shape[d];
-            idx[d] = 0;
+            idx[d] = i % a->shape[d];
+            i /= a->shape[d];
+            off += idx[d] * st[d];
         }
     }
+    if (a->in_bool[k]) FLX_LOAD_LOOPS(uint8_t);
+    else if (a->dtype == FLX_F32) FLX_LOAD_LOOPS(float);
+    else FLX_LOAD_LOOPS(double);
 }
+#undef FLX_LOAD_LOOPS
 
 static flx_status run_unary(int32_t op, double a, double b, const double *xs, double *y, int64_t m,
                             flx_dtype dt) {
@@ -108,24 +99,25 @@ flx_status flx_cpu_fused(flx_ctx *ctx, const flx_fused_args *a) {
         (a->dtype != FLX_F32 && a->dtype != FLX_F64))
         return flx_set_error(FLX_ERR_STATE, "cpu fused: malformed program (internal error)");
     double slot[FLX_FUSED_MAX_SLOTS][BLOCK];
-    double tmp[BLOCK];
     int32_t out_slot = a->instr[a->n_instr - 1].dst;
     for (int64_t base = 0; base < a->n; base += BLOCK) {
         int64_t m = a->n - base < BLOCK ? a->n - base : BLOCK;
         for (int32_t pc = 0; pc < a->n_instr; pc++) {
             const flx_fused_instr *I = &a->instr[pc];
             flx_status s = FLX_OK;
+            /* Results go straight to the destination slot: element e of an operand is read
+             * before element e of the result is written, so dst may be an operand's slot. */
+            double *y = slot[I->dst];
             switch (I->kind) {
-            case FLX_FUSED_LOAD: load_block(a, I->op, base, m, tmp); break;
-            case FLX_FUSED_UNARY: s = run_unary(I->op, I->a, I->b, slot[I->s0], tmp, m, a->dtype); break;
-            case FLX_FUSED_BINARY: s = run_binary(I->op, slot[I->s0], slot[I->s1], tmp, m, a->dtype); break;
+            case FLX_FUSED_LOAD: load_block(a, I->op, base, m, y); break;
+            case FLX_FUSED_UNARY: s = run_unary(I->op, I->a, I->b, slot[I->s0], y, m, a->dtype); break;
+            case FLX_FUSED_BINARY: s = run_binary(I->op, slot[I->s0], slot[I->s1], y, m, a->dtype); break;
             case FLX_FUSED_WHERE:
-                for (int64_t e = 0; e < m; e++) tmp[e] = slot[I->s0][e] != 0 ? slot[I->s1][e] : slot[I->s2][e];
+                for (int64_t e = 0; e < m; e++) y[e] = slot[I->s0][e] != 0 ? slot[I->s1][e] : slot[I->s2][e];
                 break;
             default: s = flx_set_error(FLX_ERR_STATE, "cpu fused: bad instruction %d", (int)I->kind);
             }
             if (s != FLX_OK) return s;
-            memcpy(slot[I->dst], tmp, (size_t)m * sizeof(double));
         }
         if (a->dtype == FLX_F32)
             for (int64_t e = 0; e < m; e++) ((float *)a->out)[base + e] = (float)slot[out_slot][e];

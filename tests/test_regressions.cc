@@ -135,3 +135,30 @@ TEST(RegressionCuda, FloatToIntegerCastsMatchCpu) {
     flx_ctx_destroy(cpu);
     flx_ctx_destroy(gpu);
 }
+
+// The CPU matmul takes CBLAS dgemm when one was found; some BLAS skip multiplications by zero,
+// which would turn 0 * inf into 0. A product large enough for the BLAS path keeps IEEE NaN:
+// A[3][5] = inf and row 5 of B all zeros make row 3 of A B NaN, while row 2 stays finite.
+TEST_F(Regression, CpuMatmulKeepsZeroTimesInfinityNaN) {
+    const int64_t n = 40;
+    for (flx_dtype dt : {FLX_F32, FLX_F64}) {
+        std::vector<double> a = rand_values(n * n, 1), b = rand_values(n * n, 2);
+        a[3 * n + 5] = std::numeric_limits<double>::infinity();
+        for (int64_t j = 0; j < n; j++) b[5 * n + j] = 0.0;
+        std::vector<double> c = values(flx_matmul(make(ctx, dt, {n, n}, a), make(ctx, dt, {n, n}, b)));
+        for (int64_t j = 0; j < n; j++) {
+            EXPECT_TRUE(std::isnan(c[3 * n + j])) << j;
+            EXPECT_TRUE(std::isfinite(c[2 * n + j])) << j;
+        }
+        // the finite rows agree with a float64 reference
+        for (int64_t j = 0; j < n; j++) {
+            double r = 0;
+            for (int64_t k = 0; k < n; k++) {
+                double x = dt == FLX_F32 ? (double)(float)a[2 * n + k] : a[2 * n + k];
+                double y = dt == FLX_F32 ? (double)(float)b[k * n + j] : b[k * n + j];
+                r += x * y;
+            }
+            EXPECT_NEAR(c[2 * n + j], r, dt == FLX_F32 ? 1e-5 : 1e-12);
+        }
+    }
+}
