@@ -26,7 +26,7 @@ ROOT = HERE.parent.parent  # the fluxion repository (bindings/python/..)
 
 def _newest_source_mtime() -> float:
     newest = 0.0
-    for pattern in ("runtime/*.c", "runtime/*.h", "kernels/*", "include/fluxion/*.h"):
+    for pattern in ("runtime/**/*.c", "runtime/**/*.h", "kernels/*", "include/fluxion/*.h"):
         for p in ROOT.glob(pattern):
             newest = max(newest, p.stat().st_mtime)
     cm = ROOT / "CMakeLists.txt"
