@@ -189,19 +189,13 @@ void flx_ops_register_autodiff(flx_op_def *table);
 void flx_ops_register_interop(flx_op_def *table);
 /* nn layers (issue 5): sliding-window ops (runtime/ops_conv.c); CPU kernels in runtime/cpu_conv.c */
 void flx_ops_register_conv(flx_op_def *table);
-flx_status flx_cpu_conv(flx_ctx *ctx, const flx_conv_args *a);
 /* LU family (issue 4): runtime/ops_lu.c; CPU reference kernels in runtime/cpu_lu.c */
 void flx_ops_register_lu(flx_op_def *table);
-flx_status flx_cpu_lu(flx_ctx *ctx, const flx_lu_args *a);
 /* softmax family (issue 3): runtime/ops_softmax.c; CPU kernels in runtime/cpu_softmax.c */
 void flx_ops_register_softmax(flx_op_def *table);
-flx_status flx_cpu_softmax(flx_ctx *ctx, const flx_softmax_args *a);
-/* optimisers (issue 5): runtime/optim.c; CPU kernels in runtime/cpu_optim.c */
-flx_status flx_cpu_optim(flx_ctx *ctx, const flx_optim_args *a);
 /* expm / eigh (issue 4): runtime/ops_expm.c, runtime/ops_eigh.c; CPU Jacobi in runtime/cpu_eigh.c */
 void flx_ops_register_expm(flx_op_def *table);
 void flx_ops_register_eigh(flx_op_def *table);
-flx_status flx_cpu_eigh(flx_ctx *ctx, const flx_eigh_args *a);
 
 /* ---------------------------------------------------------------------------------------------
  * Backends
@@ -384,8 +378,6 @@ flx_status flx_fused_group_exec(const flx_fused_group *g);
  * broadcast axes); runtime/ops_binary.c. */
 void flx_broadcast_strides(const flx_tensor *x, int32_t nd, const int64_t *oshape,
                            int64_t *strides);
-/* CPU interpreter of fused programs (runtime/cpu_fused.c). */
-flx_status flx_cpu_fused(flx_ctx *ctx, const flx_fused_args *a);
 
 /* ---------------------------------------------------------------------------------------------
  * Helpers for rules (runtime/autodiff.c): reduce a cotangent over broadcast axes back to shape.

@@ -5,18 +5,7 @@
 #include <math.h>
 #include <string.h>
 
-#include "internal.h"
-
-static inline double ld(flx_dtype dt, const void *p, int64_t i) {
-    return dt == FLX_F32 ? (double)((const float *)p)[i] : ((const double *)p)[i];
-}
-
-static inline void st(flx_dtype dt, void *p, int64_t i, double v) {
-    if (dt == FLX_F32)
-        ((float *)p)[i] = (float)v;
-    else
-        ((double *)p)[i] = v;
-}
+#include "cpu_common.h"
 
 /* Tap (ki, kj) of window (oh, ow) reads input row/column oh*S - P + ki*D. */
 static void cpu_im2col(const flx_conv_args *a) {
@@ -32,8 +21,8 @@ static void cpu_im2col(const flx_conv_args *a) {
                             int64_t w = ow * a->SW - a->PW + kj * a->DW;
                             double v = 0;
                             if (h >= 0 && h < a->H && w >= 0 && w < a->W)
-                                v = ld(a->dtype, a->in, ((n * a->C + c) * a->H + h) * a->W + w);
-                            st(a->dtype, a->out, row * L + oh * a->OW + ow, v);
+                                v = ldf(a->dtype, a->in, ((n * a->C + c) * a->H + h) * a->W + w);
+                            stf(a->dtype, a->out, row * L + oh * a->OW + ow, v);
                         }
                     }
                 }
@@ -62,10 +51,10 @@ static void cpu_col2im(const flx_conv_args *a) {
                             int64_t ow = win_of(w, kj, a->SW, a->PW, a->DW, a->OW);
                             if (ow < 0) continue;
                             int64_t row = (n * a->C + c) * K + ki * a->KW + kj;
-                            acc += ld(a->dtype, a->in, row * L + oh * a->OW + ow);
+                            acc += ldf(a->dtype, a->in, row * L + oh * a->OW + ow);
                         }
                     }
-                    st(a->dtype, a->out, ((n * a->C + c) * a->H + h) * a->W + w, acc);
+                    stf(a->dtype, a->out, ((n * a->C + c) * a->H + h) * a->W + w, acc);
                 }
 }
 
@@ -82,7 +71,7 @@ static void cpu_maxpool(const flx_conv_args *a, bool want_index) {
                         int64_t w = ow * a->SW - a->PW + kj * a->DW;
                         if (w < 0 || w >= a->W) continue;
                         int64_t p = (nc * a->H + h) * a->W + w;
-                        double v = ld(a->dtype, a->in, p);
+                        double v = ldf(a->dtype, a->in, p);
                         bool take = arg < 0 || v > best || (isnan(v) && !isnan(best));
                         if (take) {
                             best = v;
@@ -94,7 +83,7 @@ static void cpu_maxpool(const flx_conv_args *a, bool want_index) {
                 if (want_index)
                     ((int64_t *)a->out)[o] = arg;
                 else
-                    st(a->dtype, a->out, o, best);
+                    stf(a->dtype, a->out, o, best);
             }
 }
 
@@ -111,10 +100,10 @@ static void cpu_maxpool_backward(const flx_conv_args *a) {
                         int64_t ow = win_of(w, kj, a->SW, a->PW, a->DW, a->OW);
                         if (ow < 0) continue;
                         int64_t o = (nc * a->OH + oh) * a->OW + ow;
-                        if (a->idx[o] == p) acc += ld(a->dtype, a->in, o);
+                        if (a->idx[o] == p) acc += ldf(a->dtype, a->in, o);
                     }
                 }
-                st(a->dtype, a->out, p, acc);
+                stf(a->dtype, a->out, p, acc);
             }
 }
 

@@ -7,15 +7,7 @@
 #include <math.h>
 #include <stdlib.h>
 
-#include "internal.h"
-
-static inline double ld(flx_dtype dt, const void *p, int64_t i) {
-    return dt == FLX_F32 ? (double)((const float *)p)[i] : ((const double *)p)[i];
-}
-static inline void st(flx_dtype dt, void *p, int64_t i, double v) {
-    if (dt == FLX_F32) ((float *)p)[i] = (float)v;
-    else ((double *)p)[i] = v;
-}
+#include "cpu_common.h"
 
 /* Jacobi on the row-major symmetric n x n matrix m (destroyed: its diagonal ends as the
  * eigenvalues); v gets the eigenvectors in columns. Returns false if it did not converge. */
@@ -76,10 +68,10 @@ flx_status flx_cpu_eigh(flx_ctx *ctx, const flx_eigh_args *a) {
         const int64_t in = b * n * n, out = b * P;
         for (int64_t i = 0; i < n; i++)
             for (int64_t j = 0; j < n; j++)
-                m[i * n + j] = 0.5 * (ld(a->dtype, a->a, in + i * n + j) + ld(a->dtype, a->a, in + j * n + i));
+                m[i * n + j] = 0.5 * (ldf(a->dtype, a->a, in + i * n + j) + ldf(a->dtype, a->a, in + j * n + i));
         if (!jacobi(m, v, n)) {
             if (a->err) *a->err = FLX_KERR_EIGH_NOCONV;
-            for (int64_t i = 0; i < P; i++) st(a->dtype, a->out, out + i, NAN);
+            for (int64_t i = 0; i < P; i++) stf(a->dtype, a->out, out + i, NAN);
             continue;
         }
         /* ascending order (insertion sort on the eigenvalues; stable) */
@@ -98,8 +90,8 @@ flx_status flx_cpu_eigh(flx_ctx *ctx, const flx_eigh_args *a) {
             for (int64_t i = 0; i < n; i++)
                 if (fabs(v[i * n + c]) > bv) bv = fabs(v[(best = i) * n + c]);
             double sg = v[best * n + c] < 0 ? -1.0 : 1.0;
-            for (int64_t i = 0; i < n; i++) st(a->dtype, a->out, out + i * (n + 1) + j, sg * v[i * n + c]);
-            st(a->dtype, a->out, out + j * (n + 1) + n, m[c * n + c]);
+            for (int64_t i = 0; i < n; i++) stf(a->dtype, a->out, out + i * (n + 1) + j, sg * v[i * n + c]);
+            stf(a->dtype, a->out, out + j * (n + 1) + n, m[c * n + c]);
         }
     }
     free(m);

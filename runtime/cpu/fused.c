@@ -8,7 +8,7 @@
 #include <math.h>
 #include <string.h>
 
-#include "internal.h"
+#include "cpu_common.h"
 #include "flx_unary_ops.h"
 
 #define BLOCK 512

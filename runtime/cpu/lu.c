@@ -6,15 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "internal.h"
-
-static inline double ld(flx_dtype dt, const void *p, int64_t i) {
-    return dt == FLX_F32 ? (double)((const float *)p)[i] : ((const double *)p)[i];
-}
-static inline void st(flx_dtype dt, void *p, int64_t i, double v) {
-    if (dt == FLX_F32) ((float *)p)[i] = (float)v;
-    else ((double *)p)[i] = v;
-}
+#include "cpu_common.h"
 
 /* In-place LU with partial pivoting of the column-major n x n matrix m (A = P L U). A zero
  * pivot column is skipped (multipliers 0). Returns info (0 or the 1-based first zero pivot). */
@@ -52,9 +44,9 @@ static int64_t lu_inplace(double *m, int64_t n, int64_t *piv) {
 static int64_t unpack(const flx_lu_args *a, int64_t b, double *m, int64_t *piv) {
     int64_t n = a->n, P = n * n + n + 1;
     int64_t base = b * P;
-    for (int64_t i = 0; i < n * n; i++) m[i] = ld(a->dtype, a->lu, base + i);
-    for (int64_t i = 0; i < n; i++) piv[i] = (int64_t)ld(a->dtype, a->lu, base + n * n + i);
-    return (int64_t)ld(a->dtype, a->lu, base + n * n + n);
+    for (int64_t i = 0; i < n * n; i++) m[i] = ldf(a->dtype, a->lu, base + i);
+    for (int64_t i = 0; i < n; i++) piv[i] = (int64_t)ldf(a->dtype, a->lu, base + n * n + i);
+    return (int64_t)ldf(a->dtype, a->lu, base + n * n + n);
 }
 
 static void factor(const flx_lu_args *a, double *m, int64_t *piv) {
@@ -62,12 +54,12 @@ static void factor(const flx_lu_args *a, double *m, int64_t *piv) {
     for (int64_t b = 0; b < a->batch; b++) {
         /* row-major input (i, j) at i*n + j -> column-major m (i, j) at j*n + i */
         for (int64_t i = 0; i < n; i++)
-            for (int64_t j = 0; j < n; j++) m[j * n + i] = ld(a->dtype, a->a, b * n * n + i * n + j);
+            for (int64_t j = 0; j < n; j++) m[j * n + i] = ldf(a->dtype, a->a, b * n * n + i * n + j);
         int64_t info = lu_inplace(m, n, piv);
         int64_t base = b * P;
-        for (int64_t i = 0; i < n * n; i++) st(a->dtype, a->out, base + i, m[i]);
-        for (int64_t i = 0; i < n; i++) st(a->dtype, a->out, base + n * n + i, (double)piv[i]);
-        st(a->dtype, a->out, base + n * n + n, (double)info);
+        for (int64_t i = 0; i < n * n; i++) stf(a->dtype, a->out, base + i, m[i]);
+        for (int64_t i = 0; i < n; i++) stf(a->dtype, a->out, base + n * n + i, (double)piv[i]);
+        stf(a->dtype, a->out, base + n * n + n, (double)info);
     }
 }
 
@@ -108,9 +100,9 @@ static void solve(const flx_lu_args *a, double *m, int64_t *piv, double *x) {
         int64_t info = unpack(a, b, m, piv);
         if (info != 0 && a->check && a->err) *a->err = FLX_KERR_SINGULAR;
         for (int64_t c = 0; c < k; c++) {
-            for (int64_t i = 0; i < n; i++) x[i] = ld(a->dtype, a->b, b * n * k + i * k + c);
+            for (int64_t i = 0; i < n; i++) x[i] = ldf(a->dtype, a->b, b * n * k + i * k + c);
             solve_vec(m, piv, n, a->trans, x);
-            for (int64_t i = 0; i < n; i++) st(a->dtype, a->out, b * n * k + i * k + c, x[i]);
+            for (int64_t i = 0; i < n; i++) stf(a->dtype, a->out, b * n * k + i * k + c, x[i]);
         }
     }
 }
@@ -137,7 +129,7 @@ static void det(const flx_lu_args *a, double *m, int64_t *piv) {
         case FLX_LU_SIGN: v = sign; break;
         default: v = zero ? -INFINITY : (neg ? NAN : logabs); break; /* LOGDET */
         }
-        st(a->dtype, a->out, b, v);
+        stf(a->dtype, a->out, b, v);
     }
 }
 
@@ -191,7 +183,7 @@ static void cofactor(const flx_lu_args *a, double *m, int64_t *piv, double *w) {
                 }
         double sg = neg ? -1.0 : 1.0;
         for (int64_t r = 0; r < n; r++)
-            for (int64_t c = 0; c < n; c++) st(a->dtype, a->out, b * n * n + r * n + c, sg * W(c, r));
+            for (int64_t c = 0; c < n; c++) stf(a->dtype, a->out, b * n * n + r * n + c, sg * W(c, r));
 #undef U
 #undef W
     }

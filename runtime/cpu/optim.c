@@ -3,15 +3,7 @@
  * CUDA kernels (kernels/optim.cu) are checked against these. */
 #include <math.h>
 
-#include "internal.h"
-
-static inline double ld(flx_dtype dt, const void *p, int64_t i) {
-    return dt == FLX_F32 ? (double)((const float *)p)[i] : ((const double *)p)[i];
-}
-static inline void st(flx_dtype dt, void *p, int64_t i, double v) {
-    if (dt == FLX_F32) ((float *)p)[i] = (float)v;
-    else ((double *)p)[i] = v;
-}
+#include "cpu_common.h"
 
 static void update_one(const flx_optim_args *a, const double *hp, int32_t j) {
     const flx_dtype dt = a->dtype;
@@ -26,44 +18,44 @@ static void update_one(const flx_optim_args *a, const double *hp, int32_t j) {
     switch (a->rule) {
     case FLX_OPTIM_RULE_SGD:
         for (int64_t i = 0; i < n; i++) {
-            double w = ld(dt, p, i), g = ld(dt, gp, i) + wd * w;
+            double w = ldf(dt, p, i), g = ldf(dt, gp, i) + wd * w;
             if (a->use_momentum) {
-                double b = t == 1.0 ? g : mom * ld(dt, s0, i) + (1.0 - damp) * g;
-                st(dt, s0, i, b);
+                double b = t == 1.0 ? g : mom * ldf(dt, s0, i) + (1.0 - damp) * g;
+                stf(dt, s0, i, b);
                 g = a->nesterov ? g + mom * b : b;
             }
-            st(dt, p, i, w - lr * g);
+            stf(dt, p, i, w - lr * g);
         }
         break;
     case FLX_OPTIM_RULE_ADAGRAD: {
         double clr = lr / (1.0 + (t - 1.0) * lr_decay);
         for (int64_t i = 0; i < n; i++) {
-            double w = ld(dt, p, i), g = ld(dt, gp, i) + wd * w;
-            double s = ld(dt, s0, i) + g * g;
-            st(dt, s0, i, s);
-            st(dt, p, i, w - clr * g / (sqrt(s) + eps));
+            double w = ldf(dt, p, i), g = ldf(dt, gp, i) + wd * w;
+            double s = ldf(dt, s0, i) + g * g;
+            stf(dt, s0, i, s);
+            stf(dt, p, i, w - clr * g / (sqrt(s) + eps));
         }
         break;
     }
     case FLX_OPTIM_RULE_RMSPROP:
         for (int64_t i = 0; i < n; i++) {
-            double w = ld(dt, p, i), g = ld(dt, gp, i) + wd * w;
-            double v = alpha * ld(dt, s0, i) + (1.0 - alpha) * g * g;
-            st(dt, s0, i, v);
+            double w = ldf(dt, p, i), g = ldf(dt, gp, i) + wd * w;
+            double v = alpha * ldf(dt, s0, i) + (1.0 - alpha) * g * g;
+            stf(dt, s0, i, v);
             double d;
             if (a->centered) {
-                double av = alpha * ld(dt, s2, i) + (1.0 - alpha) * g;
-                st(dt, s2, i, av);
+                double av = alpha * ldf(dt, s2, i) + (1.0 - alpha) * g;
+                stf(dt, s2, i, av);
                 d = sqrt(v - av * av) + eps;
             } else {
                 d = sqrt(v) + eps;
             }
             if (a->use_momentum) {
-                double b = mom * ld(dt, s1, i) + g / d;
-                st(dt, s1, i, b);
-                st(dt, p, i, w - lr * b);
+                double b = mom * ldf(dt, s1, i) + g / d;
+                stf(dt, s1, i, b);
+                stf(dt, p, i, w - lr * b);
             } else {
-                st(dt, p, i, w - lr * g / d);
+                stf(dt, p, i, w - lr * g / d);
             }
         }
         break;
@@ -73,14 +65,14 @@ static void update_one(const flx_optim_args *a, const double *hp, int32_t j) {
         const double bc1 = 1.0 - pow(b1, t), bc2 = 1.0 - pow(b2, t);
         const double step_size = lr / bc1, bc2_sqrt = sqrt(bc2);
         for (int64_t i = 0; i < n; i++) {
-            double w = ld(dt, p, i), g = ld(dt, gp, i);
+            double w = ldf(dt, p, i), g = ldf(dt, gp, i);
             if (decoupled) w = w * (1.0 - lr * wd);
             else g += wd * w;
-            double m = b1 * ld(dt, s0, i) + (1.0 - b1) * g;
-            double v = b2 * ld(dt, s1, i) + (1.0 - b2) * g * g;
-            st(dt, s0, i, m);
-            st(dt, s1, i, v);
-            st(dt, p, i, w - step_size * m / (sqrt(v) / bc2_sqrt + eps));
+            double m = b1 * ldf(dt, s0, i) + (1.0 - b1) * g;
+            double v = b2 * ldf(dt, s1, i) + (1.0 - b2) * g * g;
+            stf(dt, s0, i, m);
+            stf(dt, s1, i, v);
+            stf(dt, p, i, w - step_size * m / (sqrt(v) / bc2_sqrt + eps));
         }
         break;
     }

@@ -6,22 +6,7 @@
 #include <math.h>
 #include <stdint.h>
 
-#include "internal.h"
-
-static inline double ld(flx_dtype dt, const void *p, int64_t i) {
-    return dt == FLX_F32 ? (double)((const float *)p)[i] : ((const double *)p)[i];
-}
-
-static inline void st(flx_dtype dt, void *p, int64_t i, double v) {
-    if (dt == FLX_F32)
-        ((float *)p)[i] = (float)v;
-    else
-        ((double *)p)[i] = v;
-}
-
-static inline int64_t ld_label(flx_dtype dt, const void *p, int64_t i) {
-    return dt == FLX_I32 ? (int64_t)((const int32_t *)p)[i] : ((const int64_t *)p)[i];
-}
+#include "cpu_common.h"
 
 /* Max and sum of exp(z - max) over one row of z = s x. -inf entries contribute 0; a row of -inf
  * keeps max = -inf and sum = 0, so the callers produce 0/0 = NaN there (documented). A NaN
@@ -31,7 +16,7 @@ static void row_stats(flx_dtype dt, const void *x, int64_t base, int64_t n, int6
     double m = -INFINITY;
     bool nan = false;
     for (int64_t j = 0; j < n; j++) {
-        double z = s * ld(dt, x, base + j * stride);
+        double z = s * ldf(dt, x, base + j * stride);
         if (isnan(z)) nan = true;
         else if (z > m) m = z;
     }
@@ -40,7 +25,7 @@ static void row_stats(flx_dtype dt, const void *x, int64_t base, int64_t n, int6
         acc = 0;
     } else {
         for (int64_t j = 0; j < n; j++) {
-            double z = s * ld(dt, x, base + j * stride);
+            double z = s * ldf(dt, x, base + j * stride);
             acc += (z == -INFINITY) ? 0.0 : exp(z - m); /* +inf - +inf = NaN: +inf rows give NaN */
         }
     }
@@ -60,22 +45,22 @@ static flx_status cpu_cross_entropy(flx_ctx *ctx, const flx_softmax_args *a) {
         int64_t base = r * C;
         if (a->mode == FLX_SOFTMAX_CE_FWD) {
             if (ignored) {
-                st(a->dtype, a->out, r, 0.0);
+                stf(a->dtype, a->out, r, 0.0);
                 continue;
             }
             double m, sum;
             row_stats(a->dtype, a->x, base, C, 1, 1.0, &m, &sum);
-            st(a->dtype, a->out, r, m + log(sum) - ld(a->dtype, a->x, base + lab));
+            stf(a->dtype, a->out, r, m + log(sum) - ldf(a->dtype, a->x, base + lab));
         } else {
             if (ignored) {
-                for (int64_t c = 0; c < C; c++) st(a->dtype, a->out, base + c, 0.0);
+                for (int64_t c = 0; c < C; c++) stf(a->dtype, a->out, base + c, 0.0);
                 continue;
             }
-            double m, sum, g = ld(a->dtype, a->v, r);
+            double m, sum, g = ldf(a->dtype, a->v, r);
             row_stats(a->dtype, a->x, base, C, 1, 1.0, &m, &sum);
             for (int64_t c = 0; c < C; c++) {
-                double p = exp(ld(a->dtype, a->x, base + c) - m) / sum;
-                st(a->dtype, a->out, base + c, (p - (c == lab ? 1.0 : 0.0)) * g);
+                double p = exp(ldf(a->dtype, a->x, base + c) - m) / sum;
+                stf(a->dtype, a->out, base + c, (p - (c == lab ? 1.0 : 0.0)) * g);
             }
         }
     }
@@ -101,37 +86,37 @@ flx_status flx_cpu_softmax(flx_ctx *ctx, const flx_softmax_args *a) {
                 double lse = m + log(sum);
                 for (int64_t j = 0; j < n; j++) {
                     int64_t k = base + j * inner;
-                    double z = s * ld(dt, a->x, k);
-                    st(dt, a->out, k, a->mode == FLX_SOFTMAX_FWD ? exp(z - m) / sum : z - lse);
+                    double z = s * ldf(dt, a->x, k);
+                    stf(dt, a->out, k, a->mode == FLX_SOFTMAX_FWD ? exp(z - m) / sum : z - lse);
                 }
                 break;
             }
             case FLX_SOFTMAX_BWD: {
                 double dot = 0;
                 for (int64_t j = 0; j < n; j++)
-                    dot += ld(dt, a->x, base + j * inner) * ld(dt, a->v, base + j * inner);
+                    dot += ldf(dt, a->x, base + j * inner) * ldf(dt, a->v, base + j * inner);
                 for (int64_t j = 0; j < n; j++) {
                     int64_t k = base + j * inner;
-                    st(dt, a->out, k, s * ld(dt, a->x, k) * (ld(dt, a->v, k) - dot));
+                    stf(dt, a->out, k, s * ldf(dt, a->x, k) * (ldf(dt, a->v, k) - dot));
                 }
                 break;
             }
             case FLX_SOFTMAX_LOG_VJP: {
                 double sum = 0;
-                for (int64_t j = 0; j < n; j++) sum += ld(dt, a->v, base + j * inner);
+                for (int64_t j = 0; j < n; j++) sum += ldf(dt, a->v, base + j * inner);
                 for (int64_t j = 0; j < n; j++) {
                     int64_t k = base + j * inner;
-                    st(dt, a->out, k, s * (ld(dt, a->v, k) - exp(ld(dt, a->x, k)) * sum));
+                    stf(dt, a->out, k, s * (ldf(dt, a->v, k) - exp(ldf(dt, a->x, k)) * sum));
                 }
                 break;
             }
             case FLX_SOFTMAX_LOG_JVP: {
                 double dot = 0;
                 for (int64_t j = 0; j < n; j++)
-                    dot += exp(ld(dt, a->x, base + j * inner)) * ld(dt, a->v, base + j * inner);
+                    dot += exp(ldf(dt, a->x, base + j * inner)) * ldf(dt, a->v, base + j * inner);
                 for (int64_t j = 0; j < n; j++) {
                     int64_t k = base + j * inner;
-                    st(dt, a->out, k, s * (ld(dt, a->v, k) - dot));
+                    stf(dt, a->out, k, s * (ldf(dt, a->v, k) - dot));
                 }
                 break;
             }

@@ -1,0 +1,141 @@
+/* matmul.c — CPU matmul: the reference loop and the CBLAS dgemm path. */
+#include <math.h>
+#include <stdatomic.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cpu_common.h"
+#ifdef FLX_WITH_BLAS
+#include <cblas.h> /* the CPU matmul's dgemm (CMake option FLX_CPU_BLAS) */
+#include <limits.h>
+#endif
+
+/* ---- matmul ----------------------------------------------------------------------------------
+ * Two implementations with one contract (flx_matmul_args, computed in double, rounded on store):
+ *   - matmul_loop: the reference loop, always compiled; deterministic fixed order.
+ *   - matmul_blas (issue 5, built with FLX_WITH_BLAS when CMake found a CBLAS): cblas_dgemm per
+ *     batch on double operands (f64 buffers are passed as they are, f32 ones are widened into
+ *     scratch). It is used only when the result is the IEEE one: every input is finite (an
+ *     optimised BLAS may skip or reorder products with zeros, and alpha == 0 skips A B, so
+ *     0 * inf or 0 * NaN would not give NaN) and the sizes fit the BLAS integer; anything else
+ *     goes to the loop. A BLAS with a fixed thread count gives the same bits run to run.
+ * FLX_CPU_MATMUL=loop in the environment (read once) forces the loop, for comparisons. */
+static flx_status matmul_loop(const flx_matmul_args *ar) {
+    const int64_t m = ar->m, n = ar->n, k = ar->k;
+    double *row = (double *)malloc((size_t)(n ? n : 1) * sizeof *row);
+    if (!row) return flx_set_error(FLX_ERR_OUT_OF_MEMORY, "cpu matmul: out of host memory");
+    for (int64_t bt = 0; bt < ar->batch; bt++) {
+        int64_t oa = bt * ar->sa, ob = bt * ar->sb, oc = bt * ar->sc;
+        for (int64_t i = 0; i < m; i++) {
+            for (int64_t j = 0; j < n; j++) row[j] = 0;
+            for (int64_t p = 0; p < k; p++) {
+                /* no skip of zero entries: 0 * inf and 0 * NaN must give NaN, as in cuBLAS */
+                double av = load(ar->dtype, ar->a, oa + (ar->ta ? p * m + i : i * k + p));
+                if (ar->tb) {
+                    for (int64_t j = 0; j < n; j++) row[j] += av * load(ar->dtype, ar->b, ob + j * k + p);
+                } else if (ar->dtype == FLX_F32) {
+                    const float *bp = (const float *)ar->b + ob + p * n;
+                    for (int64_t j = 0; j < n; j++) row[j] += av * (double)bp[j];
+                } else {
+                    const double *bp = (const double *)ar->b + ob + p * n;
+                    for (int64_t j = 0; j < n; j++) row[j] += av * bp[j];
+                }
+            }
+            for (int64_t j = 0; j < n; j++) {
+                double v = ar->alpha * row[j];
+                if (ar->beta != 0) v += ar->beta * load(ar->dtype, ar->c, oc + i * n + j);
+                store(ar->dtype, ar->c, oc + i * n + j, v);
+            }
+        }
+    }
+    free(row);
+    return FLX_OK;
+}
+
+#ifdef FLX_WITH_BLAS
+/* True when the n values of p (f32 or f64) starting at element off are all finite. */
+static bool all_finite(flx_dtype dt, const void *p, int64_t off, int64_t n) {
+    int bad = 0; /* accumulate instead of branching, so the loop vectorises */
+    if (dt == FLX_F32) {
+        const float *q = (const float *)p + off;
+        for (int64_t i = 0; i < n; i++) bad |= !isfinite(q[i]);
+    } else {
+        const double *q = (const double *)p + off;
+        for (int64_t i = 0; i < n; i++) bad |= !isfinite(q[i]);
+    }
+    return !bad;
+}
+
+/* Every batch's matrix of an operand (count elements each; stride 0: one shared matrix). */
+static bool operand_finite(const flx_matmul_args *ar, const void *p, int64_t stride, int64_t count) {
+    int64_t nb = stride == 0 ? 1 : ar->batch;
+    for (int64_t bt = 0; bt < nb; bt++)
+        if (!all_finite(ar->dtype, p, bt * stride, count)) return false;
+    return true;
+}
+
+static void widen(const float *src, double *dst, int64_t n) {
+    for (int64_t i = 0; i < n; i++) dst[i] = src[i];
+}
+
+/* Returns 1 when done, 0 when the loop must do it (nothing written), -1 on out of memory. */
+static int matmul_blas(const flx_matmul_args *ar) {
+    const int64_t m = ar->m, n = ar->n, k = ar->k;
+    if (ar->dtype != FLX_F32 && ar->dtype != FLX_F64) return 0;
+    if (m <= 0 || n <= 0 || k <= 0 || m > INT_MAX || n > INT_MAX || k > INT_MAX) return 0;
+    if (!isfinite(ar->alpha) || ar->alpha == 0 || !isfinite(ar->beta)) return 0;
+    if (!operand_finite(ar, ar->a, ar->sa, m * k) || !operand_finite(ar, ar->b, ar->sb, k * n)) return 0;
+    const enum CBLAS_TRANSPOSE ta = ar->ta ? CblasTrans : CblasNoTrans;
+    const enum CBLAS_TRANSPOSE tb = ar->tb ? CblasTrans : CblasNoTrans;
+    const int lda = (int)(ar->ta ? m : k), ldb = (int)(ar->tb ? k : n);
+    if (ar->dtype == FLX_F64) {
+        for (int64_t bt = 0; bt < ar->batch; bt++)
+            cblas_dgemm(CblasRowMajor, ta, tb, (int)m, (int)n, (int)k, ar->alpha,
+                        (const double *)ar->a + bt * ar->sa, lda, (const double *)ar->b + bt * ar->sb,
+                        ldb, ar->beta, (double *)ar->c + bt * ar->sc, (int)n);
+        return 1;
+    }
+    /* f32: widen A and B (once when broadcast) into scratch, compute C in double, round. */
+    const size_t na = (size_t)(m * k), nbm = (size_t)(k * n), nc = (size_t)(m * n);
+    double *da = (double *)malloc((na + nbm + nc) * sizeof(double));
+    if (!da) return -1;
+    double *db = da + na, *dc = db + nbm;
+    const float *a = (const float *)ar->a, *b = (const float *)ar->b;
+    float *c = (float *)ar->c;
+    for (int64_t bt = 0; bt < ar->batch; bt++) {
+        if (bt == 0 || ar->sa != 0) widen(a + bt * ar->sa, da, (int64_t)na);
+        if (bt == 0 || ar->sb != 0) widen(b + bt * ar->sb, db, (int64_t)nbm);
+        float *cb = c + bt * ar->sc;
+        if (ar->beta != 0) widen(cb, dc, (int64_t)nc);
+        cblas_dgemm(CblasRowMajor, ta, tb, (int)m, (int)n, (int)k, ar->alpha, da, lda, db, ldb, ar->beta,
+                    dc, (int)n);
+        for (size_t i = 0; i < nc; i++) cb[i] = (float)dc[i];
+    }
+    free(da);
+    return 1;
+}
+
+static int matmul_use_loop(void) {
+    static atomic_int cached; /* 0: not read yet, 1: BLAS, 2: loop */
+    int v = atomic_load_explicit(&cached, memory_order_relaxed);
+    if (v == 0) {
+        const char *e = getenv("FLX_CPU_MATMUL");
+        v = (e && !strcmp(e, "loop")) ? 2 : 1;
+        atomic_store_explicit(&cached, v, memory_order_relaxed);
+    }
+    return v == 2;
+}
+#endif
+
+flx_status flx_cpu_matmul(flx_ctx *ctx, const flx_matmul_args *ar) {
+    (void)ctx;
+#ifdef FLX_WITH_BLAS
+    if (!matmul_use_loop()) {
+        int r = matmul_blas(ar);
+        if (r > 0) return FLX_OK;
+        if (r < 0) return flx_set_error(FLX_ERR_OUT_OF_MEMORY, "cpu matmul: out of host memory");
+    }
+#endif
+    return matmul_loop(ar);
+}
+
