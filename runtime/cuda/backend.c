@@ -601,3 +601,6 @@ void *flx_cuda_ctx_stream(flx_ctx *ctx) {
     cuda_state *s = ctx ? st_of(ctx) : NULL;
     return s ? (void *)s->stream : NULL;
 }
+
+void *flx_cuda_ctx_stream(flx_ctx *ctx) { return (void *)st_of(ctx)->stream; }
+int flx_cuda_ctx_device(flx_ctx *ctx) { return st_of(ctx)->device; }
