@@ -602,5 +602,4 @@ void *flx_cuda_ctx_stream(flx_ctx *ctx) {
     return s ? (void *)s->stream : NULL;
 }
 
-void *flx_cuda_ctx_stream(flx_ctx *ctx) { return (void *)st_of(ctx)->stream; }
 int flx_cuda_ctx_device(flx_ctx *ctx) { return st_of(ctx)->device; }
