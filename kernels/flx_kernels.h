@@ -272,19 +272,20 @@ typedef struct flx_lu_args {
     void *out;
     int32_t *err;
 } flx_lu_args;
-/* What the CUDA LU paths need from the backend: the stream, library handles (cublasHandle_t,
- * cusolverDnHandle_t as void*) and the context's stream-ordered allocator for scratch. */
-typedef struct flx_cuda_lu_env {
+/* What the CUDA paths built on the vendor libraries (LU, eigh) need from the backend: the
+ * stream, library handles (cublasHandle_t, cusolverDnHandle_t as void*) and the context's
+ * stream-ordered allocator for scratch. */
+typedef struct flx_cuda_lib_env {
     void *stream;
     void *cublas;
     void *cusolver;
     void *(*alloc)(void *actx, size_t nbytes);
     void (*free)(void *actx, void *ptr);
     void *actx;
-} flx_cuda_lu_env;
+} flx_cuda_lib_env;
 /* Returns 0, a cudaError_t (> 0), -1 (scratch allocation failed; error already set by alloc),
  * -(1000 + cublasStatus_t) or -(2000 + cusolverStatus_t). */
-int flx_cuda_lu(const flx_lu_args *args, const flx_cuda_lu_env *env);
+int flx_cuda_lu(const flx_lu_args *args, const flx_cuda_lib_env *env);
 
 /* ---- eigh (issue 4; runtime/ops_eigh.c, runtime/cpu_eigh.c, kernels/eigh.cu) ------------------
  * a: (batch, n, n) row-major symmetric matrices (only the lower triangle is read on CUDA; the CPU
@@ -300,10 +301,9 @@ typedef struct flx_eigh_args {
     void *out;
     int32_t *err;
 } flx_eigh_args;
-/* Same return convention as flx_cuda_lu (the environment is the LU one: stream, handles, scratch). */
-int flx_cuda_eigh(const flx_eigh_args *args, const flx_cuda_lu_env *env);
+/* Same return convention and environment as flx_cuda_lu. */
+int flx_cuda_eigh(const flx_eigh_args *args, const flx_cuda_lib_env *env);
 
-/* ---- CUDA launch functions (defined only in builds with the CUDA backend) ------------------ */
 /* ---- fused: a chain of float elementwise ops run as one kernel (issue 6; runtime/fuse.c,
  * runtime/cpu_fused.c, kernels/fused.cu) ------------------------------------------------------
  * A tiny register program, interpreted per element over the dense output index space `shape`
@@ -346,6 +346,31 @@ typedef struct flx_fused_args {
 } flx_fused_args;
 int flx_cuda_fused(const flx_fused_args *args, void *stream);
 
+/* ---- the kernel families -----------------------------------------------------------------------
+ * X(ID, name, args type): one entry per family, ordered by concept (creation and conversion,
+ * elementwise, data movement, reductions, linear algebra, nn windows, optimisers). This list is the
+ * one place a family is named: it generates the backend vtable slots and the family ids
+ * (runtime/core/internal.h), the dispatcher flx_kernel_<name> (runtime/core/dispatch.c), the CPU
+ * entry points flx_cpu_<name> (runtime/cpu/cpu_common.h) and both backends' tables. */
+#define FLX_KERNEL_FAMILIES(X)                                                                    \
+    X(FILL, fill, flx_fill_args)                                                                  \
+    X(CAST, cast, flx_cast_args)                                                                  \
+    X(UNARY, unary, flx_unary_args)                                                               \
+    X(BINARY, binary, flx_binary_args)                                                            \
+    X(WHERE, where, flx_where_args)                                                               \
+    X(FUSED, fused, flx_fused_args)                                                               \
+    X(COPY, copy, flx_copy_args)                                                                  \
+    X(INDEX, index, flx_index_args)                                                               \
+    X(REDUCE, reduce, flx_reduce_args)                                                            \
+    X(SOFTMAX, softmax, flx_softmax_args)                                                         \
+    X(MATMUL, matmul, flx_matmul_args)                                                            \
+    X(LU, lu, flx_lu_args)                                                                        \
+    X(EIGH, eigh, flx_eigh_args)                                                                  \
+    X(CONV, conv, flx_conv_args)                                                                  \
+    X(OPTIM, optim, flx_optim_args)
+
+/* ---- CUDA launch functions (defined only in builds with the CUDA backend) ------------------
+ * matmul has none (the backend calls cuBLAS); lu and eigh take the library environment above. */
 int flx_cuda_fill(const flx_fill_args *args, void *stream);
 int flx_cuda_cast(const flx_cast_args *args, void *stream);
 int flx_cuda_unary(const flx_unary_args *args, void *stream);

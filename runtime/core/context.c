@@ -110,7 +110,6 @@ flx_ctx *flx_ctx_create(flx_device dev) {
     }
     ctx->device = dev;
     ctx->be = be;
-    ctx->deterministic = flx_env_deterministic(); /* issue 9: FLX_DETERMINISTIC=1 */
     ctx->fusion = flx_env_fusion();               /* issue 6: FLX_FUSION=0 turns it off */
     if (be->init(ctx) != FLX_OK) {
         flx_log_msg(FLX_LOG_ERROR, "flx_ctx_create(%s:%d) failed: %s", be->name,
@@ -118,9 +117,8 @@ flx_ctx *flx_ctx_create(flx_device dev) {
         free(ctx);
         return NULL;
     }
-    flx_log_msg(FLX_LOG_INFO, "context %p created on %s:%d (fluxion %s%s)", (void *)ctx,
-                be->name, (int)dev.index, flx_version(),
-                ctx->deterministic ? ", deterministic" : "");
+    flx_log_msg(FLX_LOG_INFO, "context %p created on %s:%d (fluxion %s)", (void *)ctx,
+                be->name, (int)dev.index, flx_version());
     return ctx;
 }
 

@@ -106,10 +106,7 @@ static flx_status run_node(flx_tensor *t, const flx_fused_group *g) {
                                  def->name);
         t->buf = flx_buffer_new(t->ctx, (size_t)t->numel * flx_dtype_size(t->dtype));
         if (!t->buf) return flx_last_status();
-        const flx_backend *rbe = t->ctx->be; /* issue 9: profiler range named after the op */
-        if (rbe->range_push) rbe->range_push(t->ctx, g ? "fused" : def->name);
-        flx_status s = g ? flx_fused_group_exec(g) : def->exec(t);
-        if (rbe->range_pop) rbe->range_pop(t->ctx);
+        flx_status s = flx_step_exec_bound(t, g);
         if (s != FLX_OK) {
             flx_buffer_release(t->buf);
             t->buf = NULL;

@@ -220,7 +220,7 @@ void flx_fusion_free(flx_fusion *f) {
 flx_status flx_fusion_plan(flx_tensor *const *order, size_t n, uint64_t epoch, int32_t n_pinned,
                            flx_tensor *const *pinned, bool honor_keep, flx_fusion *out) {
     memset(out, 0, sizeof *out);
-    if (n < 2 || !order[0]->ctx->fusion || !order[0]->ctx->be->fused) return FLX_OK;
+    if (n < 2 || !order[0]->ctx->fusion || !flx_backend_supports(order[0]->ctx->be, FLX_KERNEL_FUSED)) return FLX_OK;
     bool any = false;
     for (size_t i = 0; i < n && !any; i++) any = fusable(order[i]);
     if (!any) return FLX_OK;
@@ -311,11 +311,9 @@ flx_status flx_fusion_plan(flx_tensor *const *order, size_t n, uint64_t epoch, i
     return FLX_OK;
 }
 
-flx_status flx_fused_group_exec(const flx_fused_group *g) {
-    flx_ctx *ctx = g->root->ctx;
+flx_status flx_fused_group_exec(const flx_fused_group *g, void *out, const void *const *ext) {
     flx_fused_args a = g->args;
-    for (int32_t k = 0; k < g->n_ext; k++) a.in[k] = flx_data(g->ext[k]);
-    a.out = flx_data(g->root);
-    ctx->stats.kernels++;
-    return ctx->be->fused(ctx, &a);
+    for (int32_t k = 0; k < g->n_ext; k++) a.in[k] = ext[k];
+    a.out = out;
+    return flx_kernel_fused(g->root->ctx, &a);
 }

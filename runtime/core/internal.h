@@ -150,9 +150,11 @@ struct flx_tensor {
     int32_t scratch;
 };
 
-/* Family-specific exec: computes node->buf (already allocated unless the op aliases) from the
- * inputs' buffers on the node's backend. */
-typedef flx_status (*flx_exec_fn)(flx_tensor *node);
+/* Family-specific exec: computes the node's value into out (numel * dtype size bytes, already
+ * allocated) from in[i], the data of input i, on the node's backend. It reads the node only for
+ * its op, attributes, shapes and dtypes, never its or its inputs' buffers: the caller (evaluator
+ * or plan) decides where every value lives. Alias ops have no exec. */
+typedef flx_status (*flx_exec_fn)(const flx_tensor *node, void *out, const void *const *in);
 /* VJP rule: given the cotangent g of node (same shape and dtype), sets gin[i] to the cotangent
  * of input i (shape and dtype of input i) or leaves it NULL where there is none. Rules run inside
  * a scope opened by the autodiff driver and build their results with public ops, so the scope
@@ -200,6 +202,14 @@ void flx_ops_register_eigh(flx_op_def *table);
 /* ---------------------------------------------------------------------------------------------
  * Backends
  * ------------------------------------------------------------------------------------------- */
+/* Kernel-family ids, one per entry of FLX_KERNEL_FAMILIES (kernels/flx_kernels.h). */
+typedef enum flx_kernel_family {
+#define FLX_X_FAMILY_ID(ID, name, ARGS) FLX_KERNEL_##ID,
+    FLX_KERNEL_FAMILIES(FLX_X_FAMILY_ID)
+#undef FLX_X_FAMILY_ID
+    FLX_KERNEL_COUNT
+} flx_kernel_family;
+
 typedef struct flx_backend {
     const char *name;
     flx_status (*init)(flx_ctx *ctx);
@@ -211,44 +221,44 @@ typedef struct flx_backend {
     flx_status (*download)(flx_ctx *ctx, void *dst, const void *src, size_t nbytes);
     flx_status (*copy_d2d)(flx_ctx *ctx, void *dst, const void *src, size_t nbytes);
     flx_status (*synchronize)(flx_ctx *ctx); /* also reads and clears the error word */
-    /* Kernel families */
-    flx_status (*fill)(flx_ctx *ctx, const flx_fill_args *a);
-    flx_status (*cast)(flx_ctx *ctx, const flx_cast_args *a);
-    flx_status (*unary)(flx_ctx *ctx, const flx_unary_args *a);
-    flx_status (*binary)(flx_ctx *ctx, const flx_binary_args *a);
-    flx_status (*where)(flx_ctx *ctx, const flx_where_args *a);
-    flx_status (*copy)(flx_ctx *ctx, const flx_copy_args *a);
-    flx_status (*reduce)(flx_ctx *ctx, const flx_reduce_args *a);
-    flx_status (*matmul)(flx_ctx *ctx, const flx_matmul_args *a);
-    flx_status (*index)(flx_ctx *ctx, const flx_index_args *a);
-    /* nn sliding windows: im2col/col2im/max-pool (issue 5); NULL -> FLX_ERR_UNSUPPORTED */
-    flx_status (*conv)(flx_ctx *ctx, const flx_conv_args *a);
-    /* LU family: factor / solve / det / cofactor (issue 4); NULL -> FLX_ERR_UNSUPPORTED */
-    flx_status (*lu)(flx_ctx *ctx, const flx_lu_args *a);
-    /* softmax family: softmax, its Jacobian products, cross-entropy (issue 3); NULL ->
-     * FLX_ERR_UNSUPPORTED */
-    flx_status (*softmax)(flx_ctx *ctx, const flx_softmax_args *a);
-    /* optim: fused optimiser updates (issue 5, runtime/optim.c); NULL -> FLX_ERR_UNSUPPORTED */
-    flx_status (*optim)(flx_ctx *ctx, const flx_optim_args *a);
-    /* profiler ranges (issue 9): NVTX push/pop on CUDA; NULL -> no range. name is static. */
+    /* Kernel families, one slot each, in list order. A NULL slot is a family the backend does
+     * not implement: callers go through the dispatcher (flx_kernel_<name>), which refuses it. */
+#define FLX_X_FAMILY_SLOT(ID, name, ARGS) flx_status (*name)(flx_ctx *ctx, const ARGS *a);
+    FLX_KERNEL_FAMILIES(FLX_X_FAMILY_SLOT)
+#undef FLX_X_FAMILY_SLOT
+    /* Profiler ranges (NVTX push/pop on CUDA); NULL -> no range. name is static. */
     void (*range_push)(flx_ctx *ctx, const char *name);
     void (*range_pop)(flx_ctx *ctx);
-    /* ---- issue 6: plans (runtime/plan.c) and math mode; NULL on CPU = replay eagerly ---- */
-    /* Starts recording the context stream's work into a graph (nothing runs until launched). */
+    /* Graph capture for plans (runtime/core/plan.c); NULL on CPU = replay op by op.
+     * capture_begin starts recording the context stream's work into a graph (nothing runs until
+     * launched); capture_end ends it: *graph gets an instantiated graph, or with keep false the
+     * recording is discarded (after an error during capture) and *graph is NULL. */
     flx_status (*capture_begin)(flx_ctx *ctx);
-    /* Ends the recording; *graph gets an instantiated graph, or with keep false the recording
-     * is discarded (after an error during capture) and *graph is NULL. */
     flx_status (*capture_end)(flx_ctx *ctx, bool keep, void **graph);
     flx_status (*graph_launch)(flx_ctx *ctx, void *graph);
     void (*graph_destroy)(flx_ctx *ctx, void *graph);
-    /* flx_math_mode bits (validated by the caller) */
+    /* flx_math_mode bits (validated by the caller); NULL -> nothing to set */
     flx_status (*set_math_mode)(flx_ctx *ctx, int32_t mode);
-    /* ---- end issue 6 ---- */
-    /* eigh: symmetric eigendecomposition (issue 4, runtime/ops_eigh.c); NULL -> FLX_ERR_UNSUPPORTED */
-    flx_status (*eigh)(flx_ctx *ctx, const flx_eigh_args *a);
-    /* fused elementwise programs (issue 6, runtime/fuse.c); NULL -> the evaluator never fuses */
-    flx_status (*fused)(flx_ctx *ctx, const flx_fused_args *a);
 } flx_backend;
+
+/* The dispatcher (runtime/core/dispatch.c): the one way to queue a kernel. Each
+ * flx_kernel_<name>(ctx, args) refuses a family the context's backend does not implement
+ * (FLX_ERR_UNSUPPORTED, naming family and backend), counts the launch in ctx->stats.kernels and
+ * calls the backend. */
+bool flx_backend_supports(const flx_backend *be, flx_kernel_family f);
+#define FLX_X_FAMILY_DISPATCH(ID, name, ARGS) \
+    flx_status flx_kernel_##name(flx_ctx *ctx, const ARGS *a);
+FLX_KERNEL_FAMILIES(FLX_X_FAMILY_DISPATCH)
+#undef FLX_X_FAMILY_DISPATCH
+/* Runs one step of a schedule on the buffers given, inside a profiler range named after the op
+ * ("fused" for a group): node's exec with out = the node's data and in[i] = input i's, or (g
+ * non-NULL) the fused group g, whose root is node, with in[k] = the data of g->ext[k]. The
+ * evaluator and plans both execute through it. */
+struct flx_fused_group;
+flx_status flx_step_exec(const flx_tensor *node, const struct flx_fused_group *g, void *out,
+                         const void *const *in);
+/* flx_step_exec on the buffers the nodes hold (the evaluator's allocation). */
+flx_status flx_step_exec_bound(const flx_tensor *node, const struct flx_fused_group *g);
 
 extern const flx_backend flx_backend_cpu;
 #ifdef FLX_WITH_CUDA
@@ -263,7 +273,6 @@ struct flx_ctx {
     uint64_t epoch;         /* evaluator marks                                       */
     int32_t *err_word;      /* device-side error word (device memory on CUDA)        */
     void *backend_state;    /* stream, handles, pools (backend-private)              */
-    bool deterministic;     /* FLX_DETERMINISTIC=1 at creation (issue 9; runtime/log.c) */
     int32_t math_mode;      /* flx_math_mode bits (issue 6; runtime/math_mode.c)       */
     bool fusion;            /* fuse elementwise chains (issue 6; runtime/fuse.c)       */
 };
@@ -274,8 +283,6 @@ enum { FLX_LOG_OFF = 0, FLX_LOG_ERROR = 1, FLX_LOG_WARN = 2, FLX_LOG_INFO = 3, F
 int flx_log_level(void);
 /* flx_log_msg: prints "fluxion[level]: message" to stderr when level <= flx_log_level(); one write per call. */
 void flx_log_msg(int level, const char *fmt, ...) FLX_PRINTF(2, 3);
-/* True when FLX_DETERMINISTIC is set to 1 (read once). */
-bool flx_env_deterministic(void);
 /* False when FLX_FUSION=0 (issue 6: contexts start with fusion off). */
 bool flx_env_fusion(void);
 /* ---- end logging ---- */
@@ -372,8 +379,8 @@ typedef struct flx_fusion {
 flx_status flx_fusion_plan(flx_tensor *const *order, size_t n, uint64_t epoch, int32_t n_pinned,
                            flx_tensor *const *pinned, bool honor_keep, flx_fusion *out);
 void flx_fusion_free(flx_fusion *f);
-/* Queues group g's kernel: reads its inputs' buffers, writes g->root->buf (allocated). */
-flx_status flx_fused_group_exec(const flx_fused_group *g);
+/* Queues group g's kernel: reads ext[k] (the data of g->ext[k]), writes out (the root's data). */
+flx_status flx_fused_group_exec(const flx_fused_group *g, void *out, const void *const *ext);
 /* Strides of x read over an output index space (nd, oshape) under NumPy broadcasting (0 on
  * broadcast axes); runtime/ops_binary.c. */
 void flx_broadcast_strides(const flx_tensor *x, int32_t nd, const int64_t *oshape,

@@ -287,9 +287,7 @@ static flx_status queue_body(flx_plan *p) {
         if (role == FLX_FUSE_INTERIOR) continue; /* computed inside its group's kernel */
         if (role == FLX_FUSE_SINGLE && !p->exec[i]) continue; /* alias: shares its input's record */
         flx_tensor *t = p->steps[i];
-        if (be->range_push) be->range_push(ctx, role >= 0 ? "fused" : flx_op_get(t->op)->name);
-        flx_status s = role >= 0 ? flx_fused_group_exec(&p->fusion.groups[role]) : p->exec[i](t);
-        if (be->range_pop) be->range_pop(ctx);
+        flx_status s = flx_step_exec_bound(t, role >= 0 ? &p->fusion.groups[role] : NULL);
         if (s != FLX_OK) return s;
     }
     for (int32_t k = 0; k < p->n_out; k++) {
@@ -1143,6 +1141,7 @@ flx_status flx_plan_run(flx_plan *p, int32_t n_in, flx_tensor *const *inputs) {
     if (s != FLX_OK) return s;
     if (p->graph) {
         s = p->ctx->be->graph_launch(p->ctx, p->graph);
+        if (s == FLX_OK) p->ctx->stats.kernels++; /* the whole replay is one launch */
     } else {
         swap_in(p);
         s = queue_body(p);

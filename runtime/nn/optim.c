@@ -114,7 +114,7 @@ static flx_status fill_buffer(flx_ctx *ctx, flx_buffer *b, flx_dtype dt, int64_t
     fa.n = n;
     fa.a = v;
     fa.out = b->ptr;
-    return ctx->be->fill(ctx, &fa);
+    return flx_kernel_fill(ctx, &fa);
 }
 
 void flx_optim_destroy(flx_optim *o) {
@@ -299,14 +299,6 @@ static bool check_opt(const char *fn, const flx_optim *o) {
     return true;
 }
 
-static flx_status launch(flx_optim *o, flx_optim_args *a) {
-    if (!o->ctx->be->optim)
-        return flx_set_error(FLX_ERR_UNSUPPORTED, "flx_optim: the %s backend has no optimiser kernels",
-                             o->ctx->be->name);
-    flx_status s = o->ctx->be->optim(o->ctx, a);
-    if (s == FLX_OK) o->ctx->stats.kernels++;
-    return s;
-}
 
 static void base_args(const flx_optim *o, flx_optim_args *a) {
     memset(a, 0, sizeof *a);
@@ -346,7 +338,7 @@ flx_status flx_optim_queue_update(flx_optim *o, int32_t m, const int32_t *idx,
             a.numel[k - k0] = o->params[i]->numel;
         }
         a.advance_step = k1 == m;
-        s = launch(o, &a);
+        s = flx_kernel_optim(o->ctx, &a);
     }
     return s;
 }
@@ -431,7 +423,7 @@ flx_status flx_optim_set_hparam(flx_optim *o, flx_optim_hparam which, double val
     a.mode = FLX_OPTIM_SET_HP;
     a.set_index = (int32_t)which;
     a.set_value = value;
-    return launch(o, &a);
+    return flx_kernel_optim(o->ctx, &a);
 }
 
 flx_status flx_optim_set_lr(flx_optim *o, double lr) {

@@ -47,7 +47,7 @@ void flx_broadcast_strides(const flx_tensor *x, int32_t nd, const int64_t *oshap
     }
 }
 
-static flx_status exec_binary(flx_tensor *t) {
+static flx_status exec_binary(const flx_tensor *t, void *out, const void *const *in) {
     flx_binary_args a;
     memset(&a, 0, sizeof a);
     a.op = t->attrs.u.binary.op;
@@ -56,14 +56,13 @@ static flx_status exec_binary(flx_tensor *t) {
     memcpy(a.shape, t->shape, sizeof a.shape);
     flx_broadcast_strides(t->in[0], t->ndim, t->shape, a.sa);
     flx_broadcast_strides(t->in[1], t->ndim, t->shape, a.sb);
-    a.a = flx_data(t->in[0]);
-    a.b = flx_data(t->in[1]);
-    a.out = flx_data(t);
-    t->ctx->stats.kernels++;
-    return t->ctx->be->binary(t->ctx, &a);
+    a.a = in[0];
+    a.b = in[1];
+    a.out = out;
+    return flx_kernel_binary(t->ctx, &a);
 }
 
-static flx_status exec_where(flx_tensor *t) {
+static flx_status exec_where(const flx_tensor *t, void *out, const void *const *in) {
     flx_where_args a;
     memset(&a, 0, sizeof a);
     a.dtype = t->dtype;
@@ -72,12 +71,11 @@ static flx_status exec_where(flx_tensor *t) {
     flx_broadcast_strides(t->in[0], t->ndim, t->shape, a.sc);
     flx_broadcast_strides(t->in[1], t->ndim, t->shape, a.sa);
     flx_broadcast_strides(t->in[2], t->ndim, t->shape, a.sb);
-    a.cond = (const uint8_t *)flx_data(t->in[0]);
-    a.a = flx_data(t->in[1]);
-    a.b = flx_data(t->in[2]);
-    a.out = flx_data(t);
-    t->ctx->stats.kernels++;
-    return t->ctx->be->where(t->ctx, &a);
+    a.cond = (const uint8_t *)in[0];
+    a.a = in[1];
+    a.b = in[2];
+    a.out = out;
+    return flx_kernel_where(t->ctx, &a);
 }
 
 static flx_tensor *make_binary(int32_t op, flx_tensor *a, flx_tensor *b) {

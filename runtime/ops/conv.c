@@ -147,16 +147,7 @@ static flx_tensor *gather_flat(flx_tensor *t, flx_tensor *idx) {
 }
 
 /* ---- exec ------------------------------------------------------------------------------------ */
-static flx_status run_conv(flx_tensor *t, flx_conv_args *a) {
-    if (!t->ctx->be->conv)
-        return flx_set_error(FLX_ERR_UNSUPPORTED, "%s: the %s backend has no sliding-window kernels",
-                             flx_op_get(t->op)->name, t->ctx->be->name);
-    if (t->numel == 0) return FLX_OK;
-    t->ctx->stats.kernels++;
-    return t->ctx->be->conv(t->ctx, a);
-}
-
-static flx_status exec_conv(flx_tensor *t) {
+static flx_status exec_conv(const flx_tensor *t, void *out, const void *const *in) {
     flx_conv_args a;
     const flx_tensor *x = t->in[0];
     switch (t->op) {
@@ -168,21 +159,21 @@ static flx_status exec_conv(flx_tensor *t) {
                  : t->op == FLX_OP_MAXPOOL ? FLX_CONV_MAXPOOL
                                            : FLX_CONV_MAXPOOL_ARGMAX;
         a.dtype = x->dtype;
-        a.in = flx_data(x);
-        a.out = flx_data(t);
+        a.in = in[0];
+        a.out = out;
         break;
     case FLX_OP_COL2IM:
     case FLX_OP_MAXPOOL_BACKWARD:
         conv_args_from(&t->attrs, t->shape[0], t->shape[1], t->shape[2], t->shape[3], &a);
         a.mode = t->op == FLX_OP_COL2IM ? FLX_CONV_COL2IM : FLX_CONV_MAXPOOL_BACKWARD;
         a.dtype = t->dtype;
-        a.in = flx_data(x);
-        if (t->op == FLX_OP_MAXPOOL_BACKWARD) a.idx = (const int64_t *)flx_data(t->in[1]);
-        a.out = flx_data(t);
+        a.in = in[0];
+        if (t->op == FLX_OP_MAXPOOL_BACKWARD) a.idx = (const int64_t *)in[1];
+        a.out = out;
         break;
     default: return flx_set_error(FLX_ERR_STATE, "exec_conv: not a sliding-window op");
     }
-    return run_conv(t, &a);
+    return t->numel ? flx_kernel_conv(t->ctx, &a) : FLX_OK;
 }
 
 /* ---- rules ------------------------------------------------------------------------------------ */

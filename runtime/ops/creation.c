@@ -31,31 +31,29 @@ static bool check_ctx_shape(const char *op, flx_ctx *ctx, flx_dtype dt, int32_t 
 }
 
 /* ---- exec ------------------------------------------------------------------------------- */
-static flx_status exec_fill(flx_tensor *t) {
+static flx_status exec_fill(const flx_tensor *t, void *out, const void *const *in) {
     flx_fill_args a = t->attrs.u.fill;
     a.dtype = t->dtype;
     a.n = t->numel;
-    a.out = flx_data(t);
-    t->ctx->stats.kernels++;
-    return t->ctx->be->fill(t->ctx, &a);
+    a.out = out;
+    return flx_kernel_fill(t->ctx, &a);
 }
 
-static flx_status exec_cast(flx_tensor *t) {
-    flx_cast_args a = {t->in[0]->dtype, t->dtype, t->numel, flx_data(t->in[0]), flx_data(t)};
-    t->ctx->stats.kernels++;
-    return t->ctx->be->cast(t->ctx, &a);
+static flx_status exec_cast(const flx_tensor *t, void *out, const void *const *in) {
+    flx_cast_args a = {t->in[0]->dtype, t->dtype, t->numel, in[0], out};
+    return flx_kernel_cast(t->ctx, &a);
 }
 
 /* Copy between contexts through host memory (the simple, always-correct path). */
-static flx_status exec_to_ctx(flx_tensor *t) {
-    flx_tensor *src = t->in[0];
+static flx_status exec_to_ctx(const flx_tensor *t, void *out, const void *const *in) {
+    const flx_tensor *src = t->in[0];
     size_t nbytes = (size_t)t->numel * flx_dtype_size(t->dtype);
     if (nbytes == 0) return FLX_OK;
-    if (src->ctx == t->ctx) return t->ctx->be->copy_d2d(t->ctx, flx_data(t), flx_data(src), nbytes);
+    if (src->ctx == t->ctx) return t->ctx->be->copy_d2d(t->ctx, out, in[0], nbytes);
     void *host = malloc(nbytes);
     if (!host) return flx_set_error(FLX_ERR_OUT_OF_MEMORY, "flx_to_ctx: out of host memory");
-    flx_status s = src->ctx->be->download(src->ctx, host, flx_data(src), nbytes);
-    if (s == FLX_OK) s = t->ctx->be->upload(t->ctx, flx_data(t), host, nbytes);
+    flx_status s = src->ctx->be->download(src->ctx, host, in[0], nbytes);
+    if (s == FLX_OK) s = t->ctx->be->upload(t->ctx, out, host, nbytes);
     /* upload may be asynchronous: wait before freeing the staging memory */
     if (s == FLX_OK) s = t->ctx->be->synchronize(t->ctx);
     free(host);

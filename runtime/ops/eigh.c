@@ -43,22 +43,18 @@ static flx_tensor *f_matrix(flx_tensor *w, int64_t n) {
 static int64_t n_of(flx_tensor *y) { return y->shape[y->ndim - 2]; }
 
 /* ---- exec --------------------------------------------------------------------------------------- */
-static flx_status exec_eigh(flx_tensor *t) {
+static flx_status exec_eigh(const flx_tensor *t, void *out, const void *const *in) {
     if (t->numel == 0) return FLX_OK;
-    if (!t->ctx->be->eigh)
-        return flx_set_error(FLX_ERR_UNSUPPORTED, "flx_eigh: the %s backend has no eigh kernel",
-                             t->ctx->be->name);
-    flx_tensor *A = t->in[0];
+    const flx_tensor *A = t->in[0];
     flx_eigh_args a;
     memset(&a, 0, sizeof a);
     a.dtype = t->dtype;
     a.n = A->shape[A->ndim - 1];
     a.batch = flx_shape_numel(A->ndim - 2, A->shape);
-    a.a = flx_data(A);
-    a.out = flx_data(t);
+    a.a = in[0];
+    a.out = out;
     a.err = t->ctx->err_word;
-    t->ctx->stats.kernels++;
-    return t->ctx->be->eigh(t->ctx, &a);
+    return flx_kernel_eigh(t->ctx, &a);
 }
 
 /* ---- rules ---------------------------------------------------------------------------------------- */

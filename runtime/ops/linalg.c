@@ -52,25 +52,24 @@ static bool batch_broadcast(const char *op, const flx_tensor *a, const flx_tenso
 }
 
 /* ---- matmul ------------------------------------------------------------------------------- */
-static flx_status fill_zeros(flx_tensor *t) {
+static flx_status fill_zeros(const flx_tensor *t, void *out) {
     flx_fill_args f;
     memset(&f, 0, sizeof f);
     f.kind = FLX_FILL_CONST;
     f.dtype = t->dtype;
     f.n = t->numel;
     f.a = 0.0;
-    f.out = flx_data(t);
-    t->ctx->stats.kernels++;
-    return t->ctx->be->fill(t->ctx, &f);
+    f.out = out;
+    return flx_kernel_fill(t->ctx, &f);
 }
 
-static flx_status exec_matmul(flx_tensor *t) {
+static flx_status exec_matmul(const flx_tensor *t, void *out, const void *const *in) {
     if (t->numel == 0) return FLX_OK;
     const flx_tensor *A = t->in[0], *B = t->in[1];
     int32_t ta = t->attrs.u.matmul.ta, tb = t->attrs.u.matmul.tb;
     int64_t m = t->shape[t->ndim - 2], n = t->shape[t->ndim - 1];
     int64_t k = ta ? A->shape[A->ndim - 2] : A->shape[A->ndim - 1];
-    if (k == 0) return fill_zeros(t);
+    if (k == 0) return fill_zeros(t, out);
     flx_matmul_args a;
     memset(&a, 0, sizeof a);
     a.dtype = t->dtype;
@@ -82,14 +81,13 @@ static flx_status exec_matmul(flx_tensor *t) {
     a.tb = tb;
     a.alpha = 1.0;
     a.beta = 0.0;
-    a.a = flx_data(A);
+    a.a = in[0];
     a.sa = flx_shape_numel(A->ndim - 2, A->shape) == 1 ? 0 : m * k;
-    a.b = flx_data(B);
+    a.b = in[1];
     a.sb = flx_shape_numel(B->ndim - 2, B->shape) == 1 ? 0 : k * n;
-    a.c = flx_data(t);
+    a.c = out;
     a.sc = m * n;
-    t->ctx->stats.kernels++;
-    return t->ctx->be->matmul(t->ctx, &a);
+    return flx_kernel_matmul(t->ctx, &a);
 }
 
 /* op(a) @ op(b) for operands of rank >= 2 (same dtype and context, checked by the caller).
@@ -260,9 +258,9 @@ flx_tensor *flx_outer(flx_tensor *a, flx_tensor *b) {
 }
 
 /* ---- diag / diagonal ---------------------------------------------------------------------- */
-static flx_status exec_diag(flx_tensor *t) {
+static flx_status exec_diag(const flx_tensor *t, void *out, const void *const *in) {
     if (t->numel == 0) return FLX_OK;
-    flx_status s = fill_zeros(t);
+    flx_status s = fill_zeros(t, out);
     if (s != FLX_OK) return s;
     const flx_tensor *v = t->in[0];
     if (v->numel == 0) return FLX_OK;
@@ -273,13 +271,12 @@ static flx_status exec_diag(flx_tensor *t) {
     c.shape[0] = v->shape[0];
     c.in_strides[0] = 1;
     c.out_strides[0] = t->shape[1] + 1;
-    c.in = flx_data(v);
-    c.out = flx_data(t);
-    t->ctx->stats.kernels++;
-    return t->ctx->be->copy(t->ctx, &c);
+    c.in = in[0];
+    c.out = out;
+    return flx_kernel_copy(t->ctx, &c);
 }
 
-static flx_status exec_diagonal(flx_tensor *t) {
+static flx_status exec_diagonal(const flx_tensor *t, void *out, const void *const *in) {
     if (t->numel == 0) return FLX_OK;
     const flx_tensor *a = t->in[0];
     flx_copy_args c;
@@ -289,10 +286,9 @@ static flx_status exec_diagonal(flx_tensor *t) {
     c.shape[0] = t->shape[0];
     c.in_strides[0] = a->shape[1] + 1;
     c.out_strides[0] = 1;
-    c.in = flx_data(a);
-    c.out = flx_data(t);
-    t->ctx->stats.kernels++;
-    return t->ctx->be->copy(t->ctx, &c);
+    c.in = in[0];
+    c.out = out;
+    return flx_kernel_copy(t->ctx, &c);
 }
 
 /* A zero (r, c) matrix with the 1-d v (length min(r, c)) on its main diagonal. */

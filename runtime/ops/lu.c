@@ -123,12 +123,9 @@ static flx_tensor *inv_t(flx_tensor *A, flx_tensor *LU) {
 }
 
 /* ---- exec ----------------------------------------------------------------------------------- */
-static flx_status exec_lu(flx_tensor *t) {
+static flx_status exec_lu(const flx_tensor *t, void *out, const void *const *in) {
     if (t->numel == 0) return FLX_OK;
-    flx_tensor *A = t->in[0];
-    if (!t->ctx->be->lu)
-        return flx_set_error(FLX_ERR_UNSUPPORTED, "%s: the %s backend has no LU kernels",
-                             flx_op_get(t->op)->name, t->ctx->be->name);
+    const flx_tensor *A = t->in[0];
     flx_lu_args a;
     memset(&a, 0, sizeof a);
     a.mode = t->attrs.u.lu.mode;
@@ -138,18 +135,17 @@ static flx_status exec_lu(flx_tensor *t) {
     a.trans = t->attrs.u.lu.trans;
     a.check = t->attrs.u.lu.check;
     a.err = t->ctx->err_word;
-    a.out = flx_data(t);
+    a.out = out;
     if (t->op == FLX_OP_LU_FACTOR) {
-        a.a = flx_data(A);
+        a.a = in[0];
     } else {
-        a.lu = flx_data(t->in[1]);
+        a.lu = in[1];
         if (t->op == FLX_OP_LU_SOLVE) {
-            a.b = flx_data(t->in[2]);
+            a.b = in[2];
             a.k = t->shape[t->ndim - 1];
         }
     }
-    t->ctx->stats.kernels++;
-    return t->ctx->be->lu(t->ctx, &a);
+    return flx_kernel_lu(t->ctx, &a);
 }
 
 /* ---- rules ------------------------------------------------------------------------------------ */

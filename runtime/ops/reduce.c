@@ -109,9 +109,9 @@ static flx_tensor *make_reduce(const char *name, int32_t op, bool mean, flx_tens
 }
 
 /* ---- exec ----------------------------------------------------------------------------------- */
-static flx_status exec_reduce(flx_tensor *t) {
+static flx_status exec_reduce(const flx_tensor *t, void *out, const void *const *in) {
     if (t->numel == 0) return FLX_OK;
-    flx_tensor *x = t->in[0];
+    const flx_tensor *x = t->in[0];
     flx_reduce_args a;
     memset(&a, 0, sizeof a);
     a.op = t->attrs.u.reduce.op;
@@ -130,10 +130,9 @@ static flx_status exec_reduce(flx_tensor *t) {
             a.kstride[a.kdim++] = strides[d];
         }
     }
-    a.x = flx_data(x);
-    a.out = flx_data(t);
-    t->ctx->stats.kernels++;
-    return t->ctx->be->reduce(t->ctx, &a);
+    a.x = in[0];
+    a.out = out;
+    return flx_kernel_reduce(t->ctx, &a);
 }
 
 /* ---- rules ---------------------------------------------------------------------------------- */

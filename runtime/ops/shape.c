@@ -33,8 +33,7 @@ static flx_status run_copy(flx_ctx *ctx, size_t es, int32_t ndim, const int64_t 
     a.out_off = out_off;
     a.in = in;
     a.out = out;
-    ctx->stats.kernels++;
-    return ctx->be->copy(ctx, &a);
+    return flx_kernel_copy(ctx, &a);
 }
 
 /* ---- internal builders (no argument checks beyond what the callers did) ------------------- */
@@ -105,18 +104,18 @@ static flx_tensor *index_select_node(flx_tensor *x, int32_t axis, flx_tensor *in
 }
 
 /* ---- exec ----------------------------------------------------------------------------------- */
-static flx_status exec_permute(flx_tensor *t) {
-    flx_tensor *x = t->in[0];
+static flx_status exec_permute(const flx_tensor *t, void *out, const void *const *in) {
+    const flx_tensor *x = t->in[0];
     int64_t xs[FLX_MAX_DIMS], is[FLX_MAX_DIMS], os[FLX_MAX_DIMS];
     flx_contiguous_strides(x->ndim, x->shape, xs);
     flx_contiguous_strides(t->ndim, t->shape, os);
     for (int32_t i = 0; i < t->ndim; i++) is[i] = xs[t->attrs.u.permute.perm[i]];
     return run_copy(t->ctx, flx_dtype_size(t->dtype), t->ndim, t->shape, 0, is, 0, os,
-                    flx_data(x), flx_data(t));
+                    in[0], out);
 }
 
-static flx_status exec_broadcast(flx_tensor *t) {
-    flx_tensor *x = t->in[0];
+static flx_status exec_broadcast(const flx_tensor *t, void *out, const void *const *in) {
+    const flx_tensor *x = t->in[0];
     int64_t xs[FLX_MAX_DIMS], is[FLX_MAX_DIMS], os[FLX_MAX_DIMS];
     flx_contiguous_strides(x->ndim, x->shape, xs);
     flx_contiguous_strides(t->ndim, t->shape, os);
@@ -126,11 +125,11 @@ static flx_status exec_broadcast(flx_tensor *t) {
         is[i] = (j < 0 || x->shape[j] == 1) ? 0 : xs[j];
     }
     return run_copy(t->ctx, flx_dtype_size(t->dtype), t->ndim, t->shape, 0, is, 0, os,
-                    flx_data(x), flx_data(t));
+                    in[0], out);
 }
 
-static flx_status exec_slice(flx_tensor *t) {
-    flx_tensor *x = t->in[0];
+static flx_status exec_slice(const flx_tensor *t, void *out, const void *const *in) {
+    const flx_tensor *x = t->in[0];
     int64_t xs[FLX_MAX_DIMS], is[FLX_MAX_DIMS], os[FLX_MAX_DIMS];
     flx_contiguous_strides(x->ndim, x->shape, xs);
     flx_contiguous_strides(t->ndim, t->shape, os);
@@ -140,21 +139,20 @@ static flx_status exec_slice(flx_tensor *t) {
         is[d] = t->attrs.u.slice.step[d] * xs[d];
     }
     return run_copy(t->ctx, flx_dtype_size(t->dtype), t->ndim, t->shape, off, is, 0, os,
-                    flx_data(x), flx_data(t));
+                    in[0], out);
 }
 
-static flx_status exec_pad(flx_tensor *t) {
+static flx_status exec_pad(const flx_tensor *t, void *out, const void *const *in) {
     if (t->numel == 0) return FLX_OK;
-    flx_tensor *x = t->in[0];
+    const flx_tensor *x = t->in[0];
     flx_fill_args f;
     memset(&f, 0, sizeof f);
     f.kind = FLX_FILL_CONST;
     f.dtype = t->dtype;
     f.n = t->numel;
     f.a = t->attrs.u.pad.value;
-    f.out = flx_data(t);
-    t->ctx->stats.kernels++;
-    flx_status s = t->ctx->be->fill(t->ctx, &f);
+    f.out = out;
+    flx_status s = flx_kernel_fill(t->ctx, &f);
     if (s != FLX_OK) return s;
     int64_t xs[FLX_MAX_DIMS], os[FLX_MAX_DIMS], ws[FLX_MAX_DIMS];
     flx_contiguous_strides(x->ndim, x->shape, xs);
@@ -165,21 +163,21 @@ static flx_status exec_pad(flx_tensor *t) {
         ws[d] = (t->attrs.u.pad.interior[d] + 1) * os[d];
     }
     return run_copy(t->ctx, flx_dtype_size(t->dtype), x->ndim, x->shape, 0, xs, off, ws,
-                    flx_data(x), flx_data(t));
+                    in[0], out);
 }
 
-static flx_status exec_concat(flx_tensor *t) {
+static flx_status exec_concat(const flx_tensor *t, void *out, const void *const *in) {
     int32_t axis = t->attrs.u.concat.axis;
     int64_t os[FLX_MAX_DIMS];
     flx_contiguous_strides(t->ndim, t->shape, os);
     size_t es = flx_dtype_size(t->dtype);
     int64_t pos = 0;
     for (int32_t i = 0; i < t->n_in; i++) {
-        flx_tensor *x = t->in[i];
+        const flx_tensor *x = t->in[i];
         int64_t xs[FLX_MAX_DIMS];
         flx_contiguous_strides(x->ndim, x->shape, xs);
         flx_status s = run_copy(t->ctx, es, x->ndim, x->shape, 0, xs, pos * os[axis], os,
-                                flx_data(x), flx_data(t));
+                                in[i], out);
         if (s != FLX_OK) return s;
         pos += x->shape[axis];
     }
@@ -193,10 +191,10 @@ static void index_dims(const flx_tensor *x, int32_t axis, int64_t *outer, int64_
     for (int32_t d = axis + 1; d < x->ndim; d++) *inner *= x->shape[d];
 }
 
-static flx_status exec_index(flx_tensor *t) {
+static flx_status exec_index(const flx_tensor *t, void *out, const void *const *in) {
     if (t->numel == 0) return FLX_OK;
     bool add = t->op == FLX_OP_INDEX_ADD;
-    flx_tensor *src = t->in[0], *idx = t->in[1];
+    const flx_tensor *src = t->in[0], *idx = t->in[1];
     int32_t axis = t->attrs.u.index.axis;
     flx_index_args a;
     memset(&a, 0, sizeof a);
@@ -206,12 +204,11 @@ static flx_status exec_index(flx_tensor *t) {
     index_dims(t, axis, &a.outer, &a.inner);
     a.n_src = add ? t->shape[axis] : src->shape[axis];
     a.n_idx = idx->numel;
-    a.src = flx_data(src);
-    a.idx = flx_data(idx);
-    a.out = flx_data(t);
+    a.src = in[0];
+    a.idx = in[1];
+    a.out = out;
     a.err = t->ctx->err_word;
-    t->ctx->stats.kernels++;
-    return t->ctx->be->index(t->ctx, &a);
+    return flx_kernel_index(t->ctx, &a);
 }
 
 /* ---- rules ---------------------------------------------------------------------------------- */

@@ -95,16 +95,12 @@ static flx_status rule_status(flx_tensor *r) {
 }
 
 /* ---- exec ----------------------------------------------------------------------------------- */
-static flx_status run_kernel(flx_tensor *t, flx_softmax_args *a) {
-    if (!t->ctx->be->softmax)
-        return flx_set_error(FLX_ERR_UNSUPPORTED, "%s: the %s backend has no softmax kernels",
-                             flx_op_get(t->op)->name, t->ctx->be->name);
+static flx_status run_kernel(const flx_tensor *t, flx_softmax_args *a) {
     a->err = t->ctx->err_word;
-    t->ctx->stats.kernels++;
-    return t->ctx->be->softmax(t->ctx, a);
+    return flx_kernel_softmax(t->ctx, a);
 }
 
-static flx_status exec_softmax(flx_tensor *t) {
+static flx_status exec_softmax(const flx_tensor *t, void *out, const void *const *in) {
     if (t->numel == 0) return FLX_OK;
     flx_softmax_args a;
     memset(&a, 0, sizeof a);
@@ -112,14 +108,14 @@ static flx_status exec_softmax(flx_tensor *t) {
     a.dtype = t->dtype;
     row_view(t, t->attrs.u.softmax.axis, &a.outer, &a.n, &a.inner);
     a.scale = t->attrs.u.softmax.scale;
-    a.x = flx_data(t->in[0]);
-    a.v = t->n_in > 1 ? flx_data(t->in[1]) : NULL;
-    a.out = flx_data(t);
+    a.x = in[0];
+    a.v = t->n_in > 1 ? in[1] : NULL;
+    a.out = out;
     return run_kernel(t, &a);
 }
 
-static flx_status exec_cross_entropy(flx_tensor *t) {
-    flx_tensor *x = t->in[0], *labels = t->in[1];
+static flx_status exec_cross_entropy(const flx_tensor *t, void *out, const void *const *in) {
+    const flx_tensor *x = t->in[0], *labels = t->in[1];
     if (t->numel == 0) return FLX_OK;
     flx_softmax_args a;
     memset(&a, 0, sizeof a);
@@ -129,12 +125,12 @@ static flx_status exec_cross_entropy(flx_tensor *t) {
     a.n = x->shape[1];
     a.inner = 1;
     a.scale = 1.0;
-    a.x = flx_data(x);
-    a.v = t->n_in > 2 ? flx_data(t->in[2]) : NULL;
-    a.labels = flx_data(labels);
+    a.x = in[0];
+    a.v = t->n_in > 2 ? in[2] : NULL;
+    a.labels = in[1];
     a.label_dtype = labels->dtype;
     a.ignore_index = t->attrs.u.softmax.ignore_index;
-    a.out = flx_data(t);
+    a.out = out;
     return run_kernel(t, &a);
 }
 

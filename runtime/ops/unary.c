@@ -15,11 +15,10 @@ static const char *const unary_names[FLX_UNARY_COUNT] = {
 _Static_assert(sizeof unary_names / sizeof unary_names[0] == FLX_UNARY_COUNT,
                "one name per unary op, in the order of FLX_UNARY_OPS");
 
-static flx_status exec_unary(flx_tensor *t) {
+static flx_status exec_unary(const flx_tensor *t, void *out, const void *const *in) {
     flx_unary_args a = {t->attrs.u.unary.op, t->dtype, t->numel, t->attrs.u.unary.a,
-                        t->attrs.u.unary.b, flx_data(t->in[0]), flx_data(t)};
-    t->ctx->stats.kernels++;
-    return t->ctx->be->unary(t->ctx, &a);
+                        t->attrs.u.unary.b, in[0], out};
+    return flx_kernel_unary(t->ctx, &a);
 }
 
 static flx_tensor *make_unary(int32_t op, flx_tensor *x, double a, double b) {

@@ -1,0 +1,62 @@
+/* dispatch.c — the one path from the graph layer to a backend: the kernel-family dispatcher
+ * (generated from FLX_KERNEL_FAMILIES) and the step executor the evaluator and plans share.
+ * Support checks, the kernel counter and profiler ranges live here and nowhere else. */
+#include <stdlib.h>
+
+#include "internal.h"
+
+static const char *const g_family_names[FLX_KERNEL_COUNT] = {
+#define FLX_X_FAMILY_NAME(ID, name, ARGS) #name,
+    FLX_KERNEL_FAMILIES(FLX_X_FAMILY_NAME)
+#undef FLX_X_FAMILY_NAME
+};
+
+bool flx_backend_supports(const flx_backend *be, flx_kernel_family f) {
+    switch (f) {
+#define FLX_X_FAMILY_CASE(ID, name, ARGS) \
+    case FLX_KERNEL_##ID: return be->name != NULL;
+        FLX_KERNEL_FAMILIES(FLX_X_FAMILY_CASE)
+#undef FLX_X_FAMILY_CASE
+    default: return false;
+    }
+}
+
+static flx_status unsupported(const flx_ctx *ctx, flx_kernel_family f) {
+    return flx_set_error(FLX_ERR_UNSUPPORTED, "the %s backend has no %s kernels", ctx->be->name,
+                         g_family_names[f]);
+}
+
+#define FLX_X_FAMILY_DISPATCH(ID, name, ARGS)                                 \
+    flx_status flx_kernel_##name(flx_ctx *ctx, const ARGS *a) {               \
+        if (!ctx->be->name) return unsupported(ctx, FLX_KERNEL_##ID);          \
+        ctx->stats.kernels++;                                                  \
+        return ctx->be->name(ctx, a);                                          \
+    }
+FLX_KERNEL_FAMILIES(FLX_X_FAMILY_DISPATCH)
+#undef FLX_X_FAMILY_DISPATCH
+
+flx_status flx_step_exec(const flx_tensor *node, const flx_fused_group *g, void *out,
+                         const void *const *in) {
+    const flx_op_def *def = flx_op_get(node->op);
+    if (!g && !def->exec)
+        return flx_set_error(FLX_ERR_STATE, "%s: op has no kernel (internal error)", def->name);
+    flx_ctx *ctx = node->ctx;
+    const flx_backend *be = ctx->be;
+    if (be->range_push) be->range_push(ctx, g ? "fused" : def->name);
+    flx_status s = g ? flx_fused_group_exec(g, out, in) : def->exec(node, out, in);
+    if (be->range_pop) be->range_pop(ctx);
+    return s;
+}
+
+flx_status flx_step_exec_bound(const flx_tensor *node, const flx_fused_group *g) {
+    enum { SMALL = 16 };
+    const void *small[SMALL] = {NULL};
+    int32_t n = g ? g->n_ext : node->n_in;
+    const void **in = n <= SMALL ? small : (const void **)malloc((size_t)n * sizeof *in);
+    if (!in) return flx_set_error(FLX_ERR_OUT_OF_MEMORY, "%s: out of host memory",
+                                  flx_op_get(node->op)->name);
+    for (int32_t k = 0; k < n; k++) in[k] = flx_data(g ? g->ext[k] : node->in[k]);
+    flx_status s = flx_step_exec(node, g, flx_data(node), in);
+    if (in != small) free((void *)in);
+    return s;
+}
