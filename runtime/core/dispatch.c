@@ -1,8 +1,6 @@
 /* dispatch.c — the one path from the graph layer to a backend: the kernel-family dispatcher
  * (generated from FLX_KERNEL_FAMILIES) and the step executor the evaluator and plans share.
  * Support checks, the kernel counter and profiler ranges live here and nowhere else. */
-#include <stdlib.h>
-
 #include "internal.h"
 
 static const char *const g_family_names[FLX_KERNEL_COUNT] = {
@@ -45,18 +43,5 @@ flx_status flx_step_exec(const flx_tensor *node, const flx_fused_group *g, void 
     if (be->range_push) be->range_push(ctx, g ? "fused" : def->name);
     flx_status s = g ? flx_fused_group_exec(g, out, in) : def->exec(node, out, in);
     if (be->range_pop) be->range_pop(ctx);
-    return s;
-}
-
-flx_status flx_step_exec_bound(const flx_tensor *node, const flx_fused_group *g) {
-    enum { SMALL = 16 };
-    const void *small[SMALL] = {NULL};
-    int32_t n = g ? g->n_ext : node->n_in;
-    const void **in = n <= SMALL ? small : (const void **)malloc((size_t)n * sizeof *in);
-    if (!in) return flx_set_error(FLX_ERR_OUT_OF_MEMORY, "%s: out of host memory",
-                                  flx_op_get(node->op)->name);
-    for (int32_t k = 0; k < n; k++) in[k] = flx_data(g ? g->ext[k] : node->in[k]);
-    flx_status s = flx_step_exec(node, g, flx_data(node), in);
-    if (in != small) free((void *)in);
     return s;
 }

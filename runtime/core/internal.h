@@ -144,9 +144,9 @@ struct flx_tensor {
     bool is_leaf;                /* requires_grad set by the user (collects .grad)       */
     bool keep;                   /* data requested: keep the buffer while handles exist  */
     flx_tensor *grad;            /* accumulated gradient of a leaf (holds a ref)         */
-    /* evaluator scratch */
+    /* graph walks (runtime/core/schedule.c): the epoch of the last walk that reached the node
+     * and, for a schedule, its step index */
     uint64_t mark;
-    int32_t pending;
     int32_t scratch;
 };
 
@@ -257,8 +257,6 @@ FLX_KERNEL_FAMILIES(FLX_X_FAMILY_DISPATCH)
 struct flx_fused_group;
 flx_status flx_step_exec(const flx_tensor *node, const struct flx_fused_group *g, void *out,
                          const void *const *in);
-/* flx_step_exec on the buffers the nodes hold (the evaluator's allocation). */
-flx_status flx_step_exec_bound(const flx_tensor *node, const struct flx_fused_group *g);
 
 extern const flx_backend flx_backend_cpu;
 #ifdef FLX_WITH_CUDA
@@ -326,6 +324,8 @@ bool flx_norm_axis(const char *op, int32_t axis, int32_t ndim, int32_t *out);
 /* Row-major contiguous strides of a shape (elements). */
 void flx_contiguous_strides(int32_t ndim, const int64_t *shape, int64_t *strides);
 int64_t flx_shape_numel(int32_t ndim, const int64_t *shape);
+/* Shapes (na, a) and (nb, b) are equal. */
+bool flx_shape_eq(int32_t na, const int64_t *a, int32_t nb, const int64_t *b);
 
 /* Buffers */
 flx_buffer *flx_buffer_new(flx_ctx *ctx, size_t nbytes);
@@ -333,20 +333,18 @@ void flx_buffer_release(flx_buffer *b);
 /* Gives t a buffer no other tensor shares (copy-on-write for in-place writers). */
 flx_status flx_tensor_make_private(flx_tensor *t);
 static inline void *flx_data(const flx_tensor *t) { return t->buf ? t->buf->ptr : NULL; }
+/* Bytes of t's data (numel * dtype size). */
+static inline size_t flx_nbytes(const flx_tensor *t) {
+    return (size_t)t->numel * flx_dtype_size(t->dtype);
+}
+/* Same dtype and shape. */
+bool flx_same_shape(const flx_tensor *a, const flx_tensor *b);
 
 /* ---------------------------------------------------------------------------------------------
  * Evaluation (runtime/eval.c)
  * ------------------------------------------------------------------------------------------- */
 /* Computes the nodes (and any ancestor without data), marking them keep. */
 flx_status flx_eval_nodes(int32_t n, flx_tensor *const *ts);
-/* A fresh mark value for graph walks (process-wide, atomic). */
-uint64_t flx_next_epoch(void);
-/* Post-order (inputs before consumers) of the nodes reachable from roots through nodes for
- * which enter(t) holds, each marked with epoch; iterative, so long chains cannot overflow the C
- * stack. *out is malloc'ed (the caller frees it). */
-typedef bool (*flx_enter_fn)(const flx_tensor *t);
-flx_status flx_graph_postorder(int32_t n, flx_tensor *const *roots, uint64_t epoch,
-                               flx_enter_fn enter, flx_tensor ***out, size_t *n_out);
 /* Turns a computed node into a CONST source holding its data, dropping its inputs. */
 void flx_freeze(flx_tensor *t);
 
@@ -381,6 +379,42 @@ flx_status flx_fusion_plan(flx_tensor *const *order, size_t n, uint64_t epoch, i
 void flx_fusion_free(flx_fusion *f);
 /* Queues group g's kernel: reads ext[k] (the data of g->ext[k]), writes out (the root's data). */
 flx_status flx_fused_group_exec(const flx_fused_group *g, void *out, const void *const *ext);
+/* ---------------------------------------------------------------------------------------------
+ * Scheduling (runtime/core/schedule.c), shared by the evaluator and plans
+ * ------------------------------------------------------------------------------------------- */
+/* A fresh mark value for graph walks (process-wide, atomic). */
+uint64_t flx_next_epoch(void);
+/* Post-order (inputs before consumers) of the nodes reachable from roots through nodes for
+ * which enter(t) holds, each marked with epoch; iterative, so long chains cannot overflow the C
+ * stack. *out is malloc'ed (the caller frees it). */
+typedef bool (*flx_enter_fn)(const flx_tensor *t);
+flx_status flx_graph_postorder(int32_t n, flx_tensor *const *roots, uint64_t epoch,
+                               flx_enter_fn enter, flx_tensor ***out, size_t *n_out);
+/* What to run, in which order and groups, and how long each value lives. Every scheduled node
+ * has mark == epoch and scratch == its step index until the next walk that marks it. */
+typedef struct flx_schedule {
+    uint64_t epoch;
+    size_t n;
+    flx_tensor **nodes;  /* the steps, post-order (inputs before consumers)                     */
+    int32_t *read_at;    /* per step: the step whose execution reads its inputs (itself, or its
+                            fused group's root)                                                 */
+    int32_t *last_use;   /* per step: the last step reading its value, -1 if no step does       */
+    flx_fusion fusion;   /* role NULL when nothing was fused                                    */
+} flx_schedule;
+/* Schedules the nodes reachable from roots through enter: walk, fusion (roots stay
+ * materialised; with honor_keep nodes marked keep too), lifetimes. */
+flx_status flx_schedule_build(int32_t n_roots, flx_tensor *const *roots, flx_enter_fn enter,
+                              bool honor_keep, flx_schedule *out);
+void flx_schedule_free(flx_schedule *s);
+/* FLX_FUSE_SINGLE, FLX_FUSE_INTERIOR or the index of the group step i is the root of. */
+static inline int32_t flx_schedule_role(const flx_schedule *s, size_t i) {
+    return s->fusion.role ? s->fusion.role[i] : FLX_FUSE_SINGLE;
+}
+/* Not a source and not a leaf: a value that can be dropped and computed again. */
+static inline bool flx_recomputable(const flx_tensor *t) {
+    return !(flx_op_get(t->op)->flags & FLX_OPF_SOURCE) && !t->is_leaf;
+}
+
 /* Strides of x read over an output index space (nd, oshape) under NumPy broadcasting (0 on
  * broadcast axes); runtime/ops_binary.c. */
 void flx_broadcast_strides(const flx_tensor *x, int32_t nd, const int64_t *oshape,

@@ -43,6 +43,14 @@ void flx_buffer_release(flx_buffer *b) {
 }
 
 /* ---- nodes ------------------------------------------------------------------------------ */
+bool flx_shape_eq(int32_t na, const int64_t *a, int32_t nb, const int64_t *b) {
+    return na == nb && (na == 0 || memcmp(a, b, sizeof(int64_t) * (size_t)na) == 0);
+}
+
+bool flx_same_shape(const flx_tensor *a, const flx_tensor *b) {
+    return a->dtype == b->dtype && flx_shape_eq(a->ndim, a->shape, b->ndim, b->shape);
+}
+
 int64_t flx_shape_numel(int32_t ndim, const int64_t *shape) {
     int64_t n = 1;
     for (int32_t i = 0; i < ndim; i++) n *= shape[i];
@@ -161,10 +169,6 @@ static void destroy_chain(flx_tensor *t) {
     if (stack != local) free(stack);
 }
 
-static bool recomputable(const flx_tensor *t) {
-    return !(flx_op_get(t->op)->flags & FLX_OPF_SOURCE) && !t->is_leaf;
-}
-
 flx_tensor *flx_retain(flx_tensor *t) {
     if (t) t->refs++;
     return t;
@@ -175,7 +179,7 @@ void flx_release(flx_tensor *t) {
     if (--t->refs > 0) return;
     if (t->uses == 0) {
         destroy_chain(t);
-    } else if (recomputable(t)) {
+    } else if (flx_recomputable(t)) {
         /* No handle left: the data is no longer requested; consumers recompute it if needed. */
         t->keep = false;
         flx_buffer_release(t->buf);

@@ -28,10 +28,6 @@ static bool check_rank(const char *op, const char *what, const flx_tensor *t, in
     return false;
 }
 
-static bool same_shape(const flx_tensor *t, int32_t ndim, const int64_t *shape) {
-    return t->ndim == ndim && memcmp(t->shape, shape, sizeof(int64_t) * (size_t)ndim) == 0;
-}
-
 /* Broadcast of the batch dims (all but the last two) of a and b; false with the error set. */
 static bool batch_broadcast(const char *op, const flx_tensor *a, const flx_tensor *b,
                             int32_t *nb, int64_t *shape) {
@@ -171,7 +167,7 @@ static flx_status jvp_matmul(flx_tensor *y, flx_tensor *const *tin, flx_tensor *
         acc = acc ? flx_add(acc, term) : term;
         if (!acc) return flx_last_status();
     }
-    if (!same_shape(acc, y->ndim, y->shape)) acc = flx_broadcast_to(acc, y->ndim, y->shape);
+    if (!flx_shape_eq(acc->ndim, acc->shape, y->ndim, y->shape)) acc = flx_broadcast_to(acc, y->ndim, y->shape);
     *tout = acc;
     return acc ? FLX_OK : flx_last_status();
 }

@@ -11,10 +11,6 @@
 
 #include "internal.h"
 
-static bool same_shape(int32_t nd, const int64_t *a, int32_t nb, const int64_t *b) {
-    return nd == nb && (nd == 0 || memcmp(a, b, sizeof(int64_t) * (size_t)nd) == 0);
-}
-
 /* Strided copy on the node's backend; skips empty copies. */
 static flx_status run_copy(flx_ctx *ctx, size_t es, int32_t ndim, const int64_t *shape,
                            int64_t in_off, const int64_t *in_strides, int64_t out_off,
@@ -582,7 +578,7 @@ flx_tensor *flx_stack(int32_t n, flx_tensor *const *xs, int32_t axis) {
                           (int)i, flx_describe(xs[i]), flx_describe(xs[0]));
             return NULL;
         }
-        if (!same_shape(xs[i]->ndim, xs[i]->shape, xs[0]->ndim, xs[0]->shape)) {
+        if (!flx_shape_eq(xs[i]->ndim, xs[i]->shape, xs[0]->ndim, xs[0]->shape)) {
             flx_set_error(FLX_ERR_SHAPE, "flx_stack: tensor %d %s differs in shape from tensor 0 %s",
                           (int)i, flx_describe(xs[i]), flx_describe(xs[0]));
             return NULL;
