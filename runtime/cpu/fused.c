@@ -62,7 +62,7 @@ static flx_status run_unary(int32_t op, double a, double b, const double *xs, do
     (void)a;
     (void)b;
     switch (op) {
-#define FLX_X_CASE(NAME, EXPR)                                      \
+#define FLX_X_CASE(NAME, FN, KIND, EXPR, DERIV)                                      \
     case FLX_UNARY_##NAME:                                          \
         for (int64_t e = 0; e < m; e++) {                           \
             T x = xs[e];                                            \
