@@ -425,6 +425,21 @@ void flx_broadcast_strides(const flx_tensor *x, int32_t nd, const int64_t *oshap
  * Returns a new reference; g itself (retained) when shapes already match.
  * ------------------------------------------------------------------------------------------- */
 flx_tensor *flx_sum_to_shape(flx_tensor *g, int32_t ndim, const int64_t *shape);
+/* The status of a rule or builder whose result is r: NULL is a failure (a NULL that means "zero"
+ * never comes here), reported with the op's error, never a stale FLX_OK. */
+flx_status flx_rule_status(const flx_tensor *r);
+/* JVP of an op that is linear in its float inputs (the others, such as indices, are carried
+ * as they are): the op itself, with the same attributes (attrs NULL) or the ones given, applied
+ * to the tangents, NULL ones read as zeros; NULL when every tangent is. */
+flx_status flx_jvp_linear(flx_tensor *node, flx_tensor *const *tin, flx_tensor **tout);
+flx_status flx_jvp_linear_attrs(flx_tensor *node, flx_tensor *const *tin, const flx_attrs *attrs,
+                                flx_tensor **tout);
+/* JVP of an op whose tangent is always zero (sources, indices, factorisations with no
+ * gradient): *tout = NULL. */
+flx_status flx_jvp_zero(flx_tensor *node, flx_tensor *const *tin, flx_tensor **tout);
+/* Ends the innermost scope keeping r (if any) for the caller: the return of a composite op
+ * built in its own scope. */
+flx_tensor *flx_scope_return(flx_tensor *r);
 /* Internal unary ops used by derivative rules: step(x) = x > 0 ? 1 : 0, inside(x) = lo < x < hi. */
 flx_tensor *flx_unary_step(flx_tensor *x);
 flx_tensor *flx_unary_inside(flx_tensor *x, double lo, double hi);

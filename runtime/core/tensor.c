@@ -285,6 +285,12 @@ flx_status flx_scope_end(int32_t n_keep, flx_tensor *const *keep) {
     return FLX_OK;
 }
 
+flx_tensor *flx_scope_return(flx_tensor *r) {
+    flx_tensor *keep[1] = {r};
+    flx_scope_end(r ? 1 : 0, keep);
+    return r;
+}
+
 /* ---- accessors -------------------------------------------------------------------------- */
 int32_t flx_ndim(const flx_tensor *t) { return t ? t->ndim : -1; }
 const int64_t *flx_shape(const flx_tensor *t) { return t ? t->shape : NULL; }

@@ -210,7 +210,7 @@ static flx_status jvp_where(flx_tensor *y, flx_tensor *const *tin, flx_tensor **
     if (r && (r->ndim != y->ndim || memcmp(r->shape, y->shape, sizeof(int64_t) * (size_t)y->ndim)))
         r = flx_broadcast_to(r, y->ndim, y->shape);
     *tout = r;
-    return r ? FLX_OK : flx_last_status();
+    return flx_rule_status(r);
 }
 
 void flx_ops_register_binary(flx_op_def *t) {

@@ -177,71 +177,41 @@ static flx_status exec_conv(const flx_tensor *t, void *out, const void *const *i
 }
 
 /* ---- rules ------------------------------------------------------------------------------------ */
-static flx_status done(flx_tensor *r) { return r ? FLX_OK : flx_last_status(); }
-
 static flx_status vjp_im2col(flx_tensor *t, flx_tensor *g, flx_tensor **gin) {
     gin[0] = col2im_node(g, &t->attrs);
-    return done(gin[0]);
-}
-static flx_status jvp_im2col(flx_tensor *t, flx_tensor *const *tin, flx_tensor **tout) {
-    *tout = tin[0] ? im2col_node(tin[0], &t->attrs) : NULL;
-    return tin[0] ? done(*tout) : FLX_OK;
+    return flx_rule_status(gin[0]);
 }
 static flx_status vjp_col2im(flx_tensor *t, flx_tensor *g, flx_tensor **gin) {
     gin[0] = im2col_node(g, &t->attrs);
-    return done(gin[0]);
+    return flx_rule_status(gin[0]);
 }
-static flx_status jvp_col2im(flx_tensor *t, flx_tensor *const *tin, flx_tensor **tout) {
-    *tout = tin[0] ? col2im_node(tin[0], &t->attrs) : NULL;
-    return tin[0] ? done(*tout) : FLX_OK;
-}
-
 static flx_status vjp_maxpool(flx_tensor *t, flx_tensor *g, flx_tensor **gin) {
     flx_tensor *idx = maxpool_node(FLX_OP_MAXPOOL_ARGMAX, t->in[0], &t->attrs);
     gin[0] = idx ? maxpool_backward_node(g, idx, &t->attrs) : NULL;
-    return done(gin[0]);
+    return flx_rule_status(gin[0]);
 }
 static flx_status jvp_maxpool(flx_tensor *t, flx_tensor *const *tin, flx_tensor **tout) {
     *tout = NULL;
     if (!tin[0]) return FLX_OK;
     flx_tensor *idx = maxpool_node(FLX_OP_MAXPOOL_ARGMAX, t->in[0], &t->attrs);
     *tout = idx ? gather_flat(tin[0], idx) : NULL;
-    return done(*tout);
+    return flx_rule_status(*tout);
 }
 static flx_status vjp_maxpool_backward(flx_tensor *t, flx_tensor *g, flx_tensor **gin) {
     gin[0] = gather_flat(g, t->in[1]);
-    return done(gin[0]);
+    return flx_rule_status(gin[0]);
 }
-static flx_status jvp_maxpool_backward(flx_tensor *t, flx_tensor *const *tin, flx_tensor **tout) {
-    *tout = tin[0] ? maxpool_backward_node(tin[0], t->in[1], &t->attrs) : NULL;
-    return tin[0] ? done(*tout) : FLX_OK;
-}
-
-/* Indices are piecewise constant: zero tangent. */
-static flx_status jvp_zero(flx_tensor *t, flx_tensor *const *tin, flx_tensor **tout) {
-    (void)t;
-    (void)tin;
-    *tout = NULL;
-    return FLX_OK;
-}
-
 void flx_ops_register_conv(flx_op_def *t) {
-    t[FLX_OP_IM2COL] = (flx_op_def){"im2col", exec_conv, vjp_im2col, jvp_im2col, 0};
-    t[FLX_OP_COL2IM] = (flx_op_def){"col2im", exec_conv, vjp_col2im, jvp_col2im, 0};
+    t[FLX_OP_IM2COL] = (flx_op_def){"im2col", exec_conv, vjp_im2col, flx_jvp_linear, 0};
+    t[FLX_OP_COL2IM] = (flx_op_def){"col2im", exec_conv, vjp_col2im, flx_jvp_linear, 0};
     t[FLX_OP_MAXPOOL] = (flx_op_def){"max_pool2d", exec_conv, vjp_maxpool, jvp_maxpool, 0};
     t[FLX_OP_MAXPOOL_ARGMAX] =
-        (flx_op_def){"max_pool2d_argmax", exec_conv, NULL, jvp_zero, FLX_OPF_NONDIFF};
+        (flx_op_def){"max_pool2d_argmax", exec_conv, NULL, flx_jvp_zero, FLX_OPF_NONDIFF};
     t[FLX_OP_MAXPOOL_BACKWARD] = (flx_op_def){"max_pool2d_backward", exec_conv,
-                                              vjp_maxpool_backward, jvp_maxpool_backward, 0};
+                                              vjp_maxpool_backward, flx_jvp_linear, 0};
 }
 
 /* ---- public ----------------------------------------------------------------------------------- */
-static flx_tensor *scope_return(flx_tensor *r) {
-    flx_tensor *keep[1] = {r};
-    flx_scope_end(r ? 1 : 0, keep);
-    return r;
-}
-
 flx_tensor *flx_im2col(flx_tensor *x, const int64_t *kernel, const int64_t *stride,
                        const int64_t *padding, const int64_t *dilation) {
     static const char *op = "flx_im2col";
@@ -327,7 +297,7 @@ flx_tensor *flx_conv2d(flx_tensor *x, flx_tensor *w, flx_tensor *b, const int64_
         int64_t bs[4] = {1, O, 1, 1};
         y = flx_add(y, flx_reshape(b, 4, bs));
     }
-    return scope_return(y);
+    return flx_scope_return(y);
 }
 
 /* Validates a max-pool call into attrs (false with the error set). */
@@ -405,5 +375,5 @@ flx_tensor *flx_avg_pool2d(flx_tensor *x, const int64_t *kernel, const int64_t *
     int32_t ax = 1;
     flx_tensor *m = flx_mean(cols, 1, &ax, false);     /* (N C, L) */
     int64_t s2[4] = {N, C, oh, ow};
-    return scope_return(flx_reshape(m, 4, s2));
+    return flx_scope_return(flx_reshape(m, 4, s2));
 }

@@ -63,12 +63,12 @@ static flx_status exec_to_ctx(const flx_tensor *t, void *out, const void *const 
 /* ---- rules ------------------------------------------------------------------------------ */
 static flx_status vjp_cast(flx_tensor *t, flx_tensor *g, flx_tensor **gin) {
     gin[0] = flx_cast(g, t->in[0]->dtype);
-    return gin[0] ? FLX_OK : flx_last_status();
+    return flx_rule_status(gin[0]);
 }
 
 static flx_status vjp_to_ctx(flx_tensor *t, flx_tensor *g, flx_tensor **gin) {
     gin[0] = flx_to_ctx(g, t->in[0]->ctx);
-    return gin[0] ? FLX_OK : flx_last_status();
+    return flx_rule_status(gin[0]);
 }
 
 static flx_status jvp_cast(flx_tensor *t, flx_tensor *const *tin, flx_tensor **tout) {
@@ -81,16 +81,9 @@ static flx_status jvp_to_ctx(flx_tensor *t, flx_tensor *const *tin, flx_tensor *
     return (!tin[0] || *tout) ? FLX_OK : flx_last_status();
 }
 
-static flx_status jvp_source(flx_tensor *t, flx_tensor *const *tin, flx_tensor **tout) {
-    (void)t;
-    (void)tin;
-    *tout = NULL;
-    return FLX_OK;
-}
-
 void flx_ops_register_creation(flx_op_def *t) {
-    t[FLX_OP_CONST] = (flx_op_def){"const", NULL, NULL, jvp_source, FLX_OPF_SOURCE};
-    t[FLX_OP_FILL] = (flx_op_def){"fill", exec_fill, NULL, jvp_source, FLX_OPF_NONDIFF};
+    t[FLX_OP_CONST] = (flx_op_def){"const", NULL, NULL, flx_jvp_zero, FLX_OPF_SOURCE};
+    t[FLX_OP_FILL] = (flx_op_def){"fill", exec_fill, NULL, flx_jvp_zero, FLX_OPF_NONDIFF};
     t[FLX_OP_TO_CTX] = (flx_op_def){"to_ctx", exec_to_ctx, vjp_to_ctx, jvp_to_ctx, 0};
     t[FLX_OP_CAST] = (flx_op_def){"cast", exec_cast, vjp_cast, jvp_cast, 0};
 }

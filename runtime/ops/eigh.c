@@ -66,7 +66,7 @@ static flx_status vjp_eigh(flx_tensor *y, flx_tensor *g, flx_tensor **gin) {
     flx_tensor *inner = flx_add(flx_mul(f_matrix(w, n), flx_matmul(mT(V), gV)),
                                 flx_mul(eye_of(y, n), mT(gw)));
     gin[0] = sym(flx_matmul(flx_matmul(V, inner), mT(V)));
-    return gin[0] ? FLX_OK : flx_last_status();
+    return flx_rule_status(gin[0]);
 }
 
 static flx_status jvp_eigh(flx_tensor *y, flx_tensor *const *tin, flx_tensor **tout) {
@@ -80,7 +80,7 @@ static flx_status jvp_eigh(flx_tensor *y, flx_tensor *const *tin, flx_tensor **t
     flx_tensor *dV = flx_matmul(V, flx_mul(f_matrix(w, n), K));
     flx_tensor *parts[2] = {dV, dw};
     *tout = flx_concat(2, parts, -1);
-    return *tout ? FLX_OK : flx_last_status();
+    return flx_rule_status(*tout);
 }
 
 void flx_ops_register_eigh(flx_op_def *t) {

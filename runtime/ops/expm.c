@@ -35,12 +35,6 @@
 
 #include "internal.h"
 
-static flx_tensor *scope_return(flx_tensor *r) {
-    flx_tensor *keep[1] = {r};
-    flx_scope_end(r ? 1 : 0, keep);
-    return r;
-}
-
 static flx_tensor *mT(flx_tensor *x) { return flx_transpose(x, -2, -1); }
 
 /* ---- Pade approximant ------------------------------------------------------------------------ */
@@ -145,7 +139,7 @@ static flx_tensor *expm_build(flx_tensor *A, double bound) {
         at.u.expm.bound = bound;
         r = flx_adopt(flx_node_new(A->ctx, FLX_OP_EXPM, A->dtype, A->ndim, A->shape, 2, in, &at));
     }
-    return scope_return(r);
+    return flx_scope_return(r);
 }
 
 /* L(X, E) = upper-right block of expm([[X, E], [0, X]]), with max(||X||_1, ||X||_inf) <= bound. */
@@ -170,14 +164,14 @@ static flx_status vjp_expm(flx_tensor *y, flx_tensor *g, flx_tensor **gin) {
     flx_tensor *A = y->in[1];
     if (!A->requires_grad) return FLX_OK;
     gin[1] = frechet(mT(A), g, y->attrs.u.expm.bound);
-    return gin[1] ? FLX_OK : flx_last_status();
+    return flx_rule_status(gin[1]);
 }
 
 static flx_status jvp_expm(flx_tensor *y, flx_tensor *const *tin, flx_tensor **tout) {
     *tout = NULL;
     if (!tin[1]) return FLX_OK;
     *tout = frechet(y->in[1], tin[1], y->attrs.u.expm.bound);
-    return *tout ? FLX_OK : flx_last_status();
+    return flx_rule_status(*tout);
 }
 
 void flx_ops_register_expm(flx_op_def *t) {

@@ -169,7 +169,7 @@ static flx_status jvp_matmul(flx_tensor *y, flx_tensor *const *tin, flx_tensor *
     }
     if (!flx_shape_eq(acc->ndim, acc->shape, y->ndim, y->shape)) acc = flx_broadcast_to(acc, y->ndim, y->shape);
     *tout = acc;
-    return acc ? FLX_OK : flx_last_status();
+    return flx_rule_status(acc);
 }
 
 /* Common checks of the binary public ops: inputs, one dtype, f32/f64. */
@@ -181,12 +181,6 @@ static bool check_pair(const char *op, flx_tensor *a, flx_tensor *b) {
 }
 
 /* Result of a composite op built inside its own scope: moves r out (NULL-safe). */
-static flx_tensor *scope_return(flx_tensor *r) {
-    flx_tensor *keep[1] = {r};
-    flx_scope_end(r ? 1 : 0, keep);
-    return r;
-}
-
 flx_tensor *flx_matmul(flx_tensor *a, flx_tensor *b) {
     static const char *op = "flx_matmul";
     if (!check_pair(op, a, b)) return NULL;
@@ -227,7 +221,7 @@ flx_tensor *flx_matmul(flx_tensor *a, flx_tensor *b) {
         }
         r = flx_reshape(r, nd, s);
     }
-    return scope_return(r);
+    return flx_scope_return(r);
 }
 
 flx_tensor *flx_dot(flx_tensor *a, flx_tensor *b) {
@@ -250,7 +244,7 @@ flx_tensor *flx_outer(flx_tensor *a, flx_tensor *b) {
     int64_t sa[2] = {a->shape[0], 1}, sb[2] = {1, b->shape[0]};
     flx_tensor *a2 = flx_reshape(a, 2, sa), *b2 = flx_reshape(b, 2, sb);
     flx_tensor *r = (a2 && b2) ? mm_node(a2, b2, 0, 0) : NULL;
-    return scope_return(r);
+    return flx_scope_return(r);
 }
 
 /* ---- diag / diagonal ---------------------------------------------------------------------- */
@@ -323,37 +317,22 @@ flx_tensor *flx_trace(flx_tensor *a) {
     if (!check_rank(op, "a", a, 2)) return NULL;
     if (!flx_check_float(op, a)) return NULL;
     if (flx_scope_begin() != FLX_OK) return NULL;
-    return scope_return(flx_sum_all(flx_diagonal(a)));
+    return flx_scope_return(flx_sum_all(flx_diagonal(a)));
 }
 
 static flx_status vjp_diag(flx_tensor *y, flx_tensor *g, flx_tensor **gin) {
     gin[0] = flx_diagonal(g);
-    return gin[0] ? FLX_OK : flx_last_status();
-}
-
-static flx_status jvp_diag(flx_tensor *y, flx_tensor *const *tin, flx_tensor **tout) {
-    *tout = NULL;
-    if (!tin[0]) return FLX_OK;
-    *tout = diag_node("flx_diag", tin[0], y->shape[0], y->shape[1]);
-    return *tout ? FLX_OK : flx_last_status();
+    return flx_rule_status(gin[0]);
 }
 
 static flx_status vjp_diagonal(flx_tensor *y, flx_tensor *g, flx_tensor **gin) {
     const flx_tensor *a = y->in[0];
     gin[0] = diag_node("flx_diagonal", g, a->shape[0], a->shape[1]);
-    return gin[0] ? FLX_OK : flx_last_status();
-}
-
-static flx_status jvp_diagonal(flx_tensor *y, flx_tensor *const *tin, flx_tensor **tout) {
-    (void)y;
-    *tout = NULL;
-    if (!tin[0]) return FLX_OK;
-    *tout = flx_diagonal(tin[0]);
-    return *tout ? FLX_OK : flx_last_status();
+    return flx_rule_status(gin[0]);
 }
 
 void flx_ops_register_linalg(flx_op_def *t) {
     t[FLX_OP_MATMUL] = (flx_op_def){"matmul", exec_matmul, vjp_matmul, jvp_matmul, 0};
-    t[FLX_OP_DIAG] = (flx_op_def){"diag", exec_diag, vjp_diag, jvp_diag, 0};
-    t[FLX_OP_DIAGONAL] = (flx_op_def){"diagonal", exec_diagonal, vjp_diagonal, jvp_diagonal, 0};
+    t[FLX_OP_DIAG] = (flx_op_def){"diag", exec_diag, vjp_diag, flx_jvp_linear, 0};
+    t[FLX_OP_DIAGONAL] = (flx_op_def){"diagonal", exec_diagonal, vjp_diagonal, flx_jvp_linear, 0};
 }

@@ -24,12 +24,6 @@
 #include "internal.h"
 
 /* ---- helpers ------------------------------------------------------------------------------ */
-static flx_tensor *scope_return(flx_tensor *r) {
-    flx_tensor *keep[1] = {r};
-    flx_scope_end(r ? 1 : 0, keep);
-    return r;
-}
-
 static int64_t batch_of(const flx_tensor *A) { return flx_shape_numel(A->ndim - 2, A->shape); }
 static int64_t n_of(const flx_tensor *A) { return A->shape[A->ndim - 1]; }
 
@@ -177,7 +171,7 @@ static flx_status jvp_solve(flx_tensor *y, flx_tensor *const *tin, flx_tensor **
     }
     if (!rhs) return flx_last_status();
     *tout = solve_node(A, lu_in(y), rhs, y->attrs.u.lu.trans, 0);
-    return *tout ? FLX_OK : flx_last_status();
+    return flx_rule_status(*tout);
 }
 
 /* The factor F with d out = <F, dA> per matrix: cof(A) for det, A^-T for log|det| / logdet. */
@@ -189,14 +183,14 @@ static flx_tensor *det_factor(flx_tensor *y) {
 static flx_status vjp_det(flx_tensor *y, flx_tensor *g, flx_tensor **gin) {
     if (y->attrs.u.lu.mode == FLX_LU_SIGN || !y->in[0]->requires_grad) return FLX_OK;
     gin[0] = flx_mul(per_matrix(g), det_factor(y));
-    return gin[0] ? FLX_OK : flx_last_status();
+    return flx_rule_status(gin[0]);
 }
 
 static flx_status jvp_det(flx_tensor *y, flx_tensor *const *tin, flx_tensor **tout) {
     *tout = NULL;
     if (y->attrs.u.lu.mode == FLX_LU_SIGN || !tin[0]) return FLX_OK;
     *tout = sum_mat(flx_mul(det_factor(y), tin[0]), false);
-    return *tout ? FLX_OK : flx_last_status();
+    return flx_rule_status(*tout);
 }
 
 /* C = cof(A): dC = tr(A^-1 dA) C - A^-T dA^T C;  gA = transpose(A^-1 (<G, C> I - G C^T)). */
@@ -207,7 +201,7 @@ static flx_status vjp_cofactor(flx_tensor *y, flx_tensor *g, flx_tensor **gin) {
     flx_tensor *M = flx_sub(flx_mul(s, eye_like(A)), flx_matmul(g, mT(y)));
     flx_tensor *X = M ? solve_node(A, lu_in(y), M, 0, 0) : NULL;
     gin[0] = X ? mT(X) : NULL;
-    return gin[0] ? FLX_OK : flx_last_status();
+    return flx_rule_status(gin[0]);
 }
 
 static flx_status jvp_cofactor(flx_tensor *y, flx_tensor *const *tin, flx_tensor **tout) {
@@ -218,19 +212,11 @@ static flx_status jvp_cofactor(flx_tensor *y, flx_tensor *const *tin, flx_tensor
     flx_tensor *R = flx_matmul(mT(tin[0]), y);
     flx_tensor *S = R ? solve_node(A, lu_in(y), R, 1, 0) : NULL;
     *tout = flx_sub(flx_mul(tr, y), S);
-    return *tout ? FLX_OK : flx_last_status();
-}
-
-/* The packed factors carry no tangent: consumers differentiate through A (their input 0). */
-static flx_status jvp_factor(flx_tensor *y, flx_tensor *const *tin, flx_tensor **tout) {
-    (void)y;
-    (void)tin;
-    *tout = NULL;
-    return FLX_OK;
+    return flx_rule_status(*tout);
 }
 
 void flx_ops_register_lu(flx_op_def *t) {
-    t[FLX_OP_LU_FACTOR] = (flx_op_def){"lu_factor", exec_lu, NULL, jvp_factor, FLX_OPF_NONDIFF};
+    t[FLX_OP_LU_FACTOR] = (flx_op_def){"lu_factor", exec_lu, NULL, flx_jvp_zero, FLX_OPF_NONDIFF};
     t[FLX_OP_LU_SOLVE] = (flx_op_def){"lu_solve", exec_lu, vjp_solve, jvp_solve, 0};
     t[FLX_OP_LU_DET] = (flx_op_def){"lu_det", exec_lu, vjp_det, jvp_det, 0};
     t[FLX_OP_LU_COFACTOR] = (flx_op_def){"lu_cofactor", exec_lu, vjp_cofactor, jvp_cofactor, 0};
@@ -241,7 +227,7 @@ static flx_tensor *det_public(const char *op, flx_tensor *a, int32_t mode) {
     if (!check_square(op, a)) return NULL;
     if (flx_scope_begin() != FLX_OK) return NULL;
     flx_tensor *lu = factor_node(a);
-    return scope_return(lu ? det_node(a, lu, mode) : NULL);
+    return flx_scope_return(lu ? det_node(a, lu, mode) : NULL);
 }
 
 flx_tensor *flx_det(flx_tensor *a) { return det_public("flx_det", a, FLX_LU_DET); }

@@ -196,7 +196,7 @@ static flx_status vjp_reduce(flx_tensor *node, flx_tensor *g, flx_tensor **gin) 
     flx_tensor *r = NULL;
     if (x->numel == 0) {
         gin[0] = flx_zeros(x->ctx, x->dtype, x->ndim, x->shape);
-        return gin[0] ? FLX_OK : flx_last_status();
+        return flx_rule_status(gin[0]);
     }
     flx_tensor *gk = to_keep(node, g);
     switch ((flx_reduce_op)node->attrs.u.reduce.op) {
@@ -210,7 +210,7 @@ static flx_status vjp_reduce(flx_tensor *node, flx_tensor *g, flx_tensor **gin) 
     case FLX_REDUCE_ARGMAX: return FLX_OK;
     }
     gin[0] = r;
-    return r ? FLX_OK : flx_last_status();
+    return flx_rule_status(r);
 }
 
 static flx_status jvp_reduce(flx_tensor *node, flx_tensor *const *tin, flx_tensor **tout) {
@@ -236,7 +236,7 @@ static flx_status jvp_reduce(flx_tensor *node, flx_tensor *const *tin, flx_tenso
     case FLX_REDUCE_ARGMAX: return FLX_OK;
     }
     *tout = r;
-    return r ? FLX_OK : flx_last_status();
+    return flx_rule_status(r);
 }
 
 void flx_ops_register_reduce(flx_op_def *t) {

@@ -208,64 +208,40 @@ static flx_status exec_index(const flx_tensor *t, void *out, const void *const *
 }
 
 /* ---- rules ---------------------------------------------------------------------------------- */
-static flx_status done(flx_tensor *r) { return r ? FLX_OK : flx_last_status(); }
-
 static flx_status vjp_reshape(flx_tensor *t, flx_tensor *g, flx_tensor **gin) {
     flx_tensor *x = t->in[0];
     gin[0] = reshape_node(g, x->ndim, x->shape);
-    return done(gin[0]);
+    return flx_rule_status(gin[0]);
 }
-static flx_status jvp_reshape(flx_tensor *t, flx_tensor *const *tin, flx_tensor **tout) {
-    *tout = tin[0] ? reshape_node(tin[0], t->ndim, t->shape) : NULL;
-    return tin[0] ? done(*tout) : FLX_OK;
-}
-
 static flx_status vjp_permute(flx_tensor *t, flx_tensor *g, flx_tensor **gin) {
     int32_t inv[FLX_MAX_DIMS];
     for (int32_t i = 0; i < t->ndim; i++) inv[t->attrs.u.permute.perm[i]] = i;
     gin[0] = permute_node(g, inv);
-    return done(gin[0]);
+    return flx_rule_status(gin[0]);
 }
-static flx_status jvp_permute(flx_tensor *t, flx_tensor *const *tin, flx_tensor **tout) {
-    *tout = tin[0] ? permute_node(tin[0], t->attrs.u.permute.perm) : NULL;
-    return tin[0] ? done(*tout) : FLX_OK;
-}
-
 static flx_status vjp_broadcast(flx_tensor *t, flx_tensor *g, flx_tensor **gin) {
     flx_tensor *x = t->in[0];
     gin[0] = flx_sum_to_shape(g, x->ndim, x->shape);
-    return done(gin[0]);
+    return flx_rule_status(gin[0]);
 }
-static flx_status jvp_broadcast(flx_tensor *t, flx_tensor *const *tin, flx_tensor **tout) {
-    *tout = tin[0] ? flx_broadcast_to(tin[0], t->ndim, t->shape) : NULL;
-    return tin[0] ? done(*tout) : FLX_OK;
-}
-
 static flx_status vjp_slice(flx_tensor *t, flx_tensor *g, flx_tensor **gin) {
     flx_tensor *x = t->in[0];
     int64_t interior[FLX_MAX_DIMS];
     for (int32_t d = 0; d < x->ndim; d++) interior[d] = t->attrs.u.slice.step[d] - 1;
     gin[0] = pad_node(g, t->attrs.u.slice.start, interior, x->shape, 0.0);
-    return done(gin[0]);
+    return flx_rule_status(gin[0]);
 }
-static flx_status jvp_slice(flx_tensor *t, flx_tensor *const *tin, flx_tensor **tout) {
-    *tout = tin[0] ? slice_node(tin[0], t->attrs.u.slice.start, t->attrs.u.slice.step, t->shape)
-                   : NULL;
-    return tin[0] ? done(*tout) : FLX_OK;
-}
-
 static flx_status vjp_pad(flx_tensor *t, flx_tensor *g, flx_tensor **gin) {
     flx_tensor *x = t->in[0];
     int64_t step[FLX_MAX_DIMS];
     for (int32_t d = 0; d < x->ndim; d++) step[d] = t->attrs.u.pad.interior[d] + 1;
     gin[0] = slice_node(g, t->attrs.u.pad.lo, step, x->shape);
-    return done(gin[0]);
+    return flx_rule_status(gin[0]);
 }
 static flx_status jvp_pad(flx_tensor *t, flx_tensor *const *tin, flx_tensor **tout) {
-    /* the padding value is a constant: its tangent is 0 */
-    *tout = tin[0] ? pad_node(tin[0], t->attrs.u.pad.lo, t->attrs.u.pad.interior, t->shape, 0.0)
-                   : NULL;
-    return tin[0] ? done(*tout) : FLX_OK;
+    flx_attrs at = t->attrs;
+    at.u.pad.value = 0.0; /* the padding value is a constant: its tangent is 0 */
+    return flx_jvp_linear_attrs(t, tin, &at, tout);
 }
 
 static flx_status vjp_concat(flx_tensor *t, flx_tensor *g, flx_tensor **gin) {
@@ -284,61 +260,27 @@ static flx_status vjp_concat(flx_tensor *t, flx_tensor *g, flx_tensor **gin) {
     }
     return FLX_OK;
 }
-static flx_status jvp_concat(flx_tensor *t, flx_tensor *const *tin, flx_tensor **tout) {
-    *tout = NULL;
-    bool any = false;
-    for (int32_t i = 0; i < t->n_in; i++) any = any || tin[i];
-    if (!any) return FLX_OK;
-    flx_tensor *local[8];
-    flx_tensor **ts = t->n_in <= 8 ? local : (flx_tensor **)calloc((size_t)t->n_in, sizeof *ts);
-    if (!ts) return flx_set_error(FLX_ERR_OUT_OF_MEMORY, "concat rule: out of host memory");
-    flx_status s = FLX_OK;
-    for (int32_t i = 0; i < t->n_in && s == FLX_OK; i++) {
-        flx_tensor *x = t->in[i];
-        ts[i] = tin[i] ? tin[i] : flx_zeros(x->ctx, t->dtype, x->ndim, x->shape);
-        if (!ts[i]) s = flx_last_status();
-    }
-    if (s == FLX_OK) {
-        *tout = flx_adopt(flx_node_new(t->ctx, FLX_OP_CONCAT, t->dtype, t->ndim, t->shape,
-                                       t->n_in, ts, &t->attrs));
-        s = done(*tout);
-    }
-    if (ts != local) free(ts);
-    return s;
-}
-
 static flx_status vjp_index_select(flx_tensor *t, flx_tensor *g, flx_tensor **gin) {
     flx_tensor *x = t->in[0];
     int32_t axis = t->attrs.u.index.axis;
     gin[0] = index_add_node(g, axis, t->in[1], x->shape[axis]);
-    return done(gin[0]);
+    return flx_rule_status(gin[0]);
 }
-static flx_status jvp_index_select(flx_tensor *t, flx_tensor *const *tin, flx_tensor **tout) {
-    *tout = tin[0] ? index_select_node(tin[0], t->attrs.u.index.axis, t->in[1]) : NULL;
-    return tin[0] ? done(*tout) : FLX_OK;
-}
-
 static flx_status vjp_index_add(flx_tensor *t, flx_tensor *g, flx_tensor **gin) {
     gin[0] = index_select_node(g, t->attrs.u.index.axis, t->in[1]);
-    return done(gin[0]);
+    return flx_rule_status(gin[0]);
 }
-static flx_status jvp_index_add(flx_tensor *t, flx_tensor *const *tin, flx_tensor **tout) {
-    int32_t axis = t->attrs.u.index.axis;
-    *tout = tin[0] ? index_add_node(tin[0], axis, t->in[1], t->shape[axis]) : NULL;
-    return tin[0] ? done(*tout) : FLX_OK;
-}
-
 void flx_ops_register_shape(flx_op_def *t) {
-    t[FLX_OP_RESHAPE] = (flx_op_def){"reshape", NULL, vjp_reshape, jvp_reshape, FLX_OPF_ALIAS};
-    t[FLX_OP_PERMUTE] = (flx_op_def){"permute", exec_permute, vjp_permute, jvp_permute, 0};
+    t[FLX_OP_RESHAPE] = (flx_op_def){"reshape", NULL, vjp_reshape, flx_jvp_linear, FLX_OPF_ALIAS};
+    t[FLX_OP_PERMUTE] = (flx_op_def){"permute", exec_permute, vjp_permute, flx_jvp_linear, 0};
     t[FLX_OP_BROADCAST] =
-        (flx_op_def){"broadcast", exec_broadcast, vjp_broadcast, jvp_broadcast, 0};
-    t[FLX_OP_SLICE] = (flx_op_def){"slice", exec_slice, vjp_slice, jvp_slice, 0};
+        (flx_op_def){"broadcast", exec_broadcast, vjp_broadcast, flx_jvp_linear, 0};
+    t[FLX_OP_SLICE] = (flx_op_def){"slice", exec_slice, vjp_slice, flx_jvp_linear, 0};
     t[FLX_OP_PAD] = (flx_op_def){"pad", exec_pad, vjp_pad, jvp_pad, 0};
-    t[FLX_OP_CONCAT] = (flx_op_def){"concat", exec_concat, vjp_concat, jvp_concat, 0};
+    t[FLX_OP_CONCAT] = (flx_op_def){"concat", exec_concat, vjp_concat, flx_jvp_linear, 0};
     t[FLX_OP_INDEX_SELECT] =
-        (flx_op_def){"index_select", exec_index, vjp_index_select, jvp_index_select, 0};
-    t[FLX_OP_INDEX_ADD] = (flx_op_def){"index_add", exec_index, vjp_index_add, jvp_index_add, 0};
+        (flx_op_def){"index_select", exec_index, vjp_index_select, flx_jvp_linear, 0};
+    t[FLX_OP_INDEX_ADD] = (flx_op_def){"index_add", exec_index, vjp_index_add, flx_jvp_linear, 0};
 }
 
 /* ---- public ops ----------------------------------------------------------------------------- */

@@ -88,12 +88,6 @@ static flx_tensor *add_opt(flx_tensor *a, flx_tensor *b) {
 
 static flx_tensor *scaled(flx_tensor *v, double s) { return (v && s != 1.0) ? flx_mul_scalar(v, s) : v; }
 
-static flx_status rule_status(flx_tensor *r) {
-    if (r) return FLX_OK;
-    flx_status s = flx_last_status();
-    return s != FLX_OK ? s : flx_set_error(FLX_ERR_STATE, "softmax rule: no result");
-}
-
 /* ---- exec ----------------------------------------------------------------------------------- */
 static flx_status run_kernel(const flx_tensor *t, flx_softmax_args *a) {
     a->err = t->ctx->err_word;
@@ -139,7 +133,7 @@ static flx_status vjp_softmax(flx_tensor *node, flx_tensor *g, flx_tensor **gin)
     bool lg = node->attrs.u.softmax.mode == FLX_SOFTMAX_LOG_FWD;
     gin[0] = softmax_bwd(lg ? FLX_SOFTMAX_LOG_VJP : FLX_SOFTMAX_BWD, node, g,
                          node->attrs.u.softmax.axis, node->attrs.u.softmax.scale);
-    return rule_status(gin[0]);
+    return flx_rule_status(gin[0]);
 }
 
 static flx_status jvp_softmax(flx_tensor *node, flx_tensor *const *tin, flx_tensor **tout) {
@@ -148,7 +142,7 @@ static flx_status jvp_softmax(flx_tensor *node, flx_tensor *const *tin, flx_tens
     bool lg = node->attrs.u.softmax.mode == FLX_SOFTMAX_LOG_FWD;
     *tout = softmax_bwd(lg ? FLX_SOFTMAX_LOG_JVP : FLX_SOFTMAX_BWD, node, tin[0],
                         node->attrs.u.softmax.axis, node->attrs.u.softmax.scale);
-    return rule_status(*tout);
+    return flx_rule_status(*tout);
 }
 
 /* ---- rules: SOFTMAX_BWD (y, v) -------------------------------------------------------------- */
@@ -191,11 +185,11 @@ static flx_status vjp_softmax_bwd(flx_tensor *node, flx_tensor *g, flx_tensor **
     double s = node->attrs.u.softmax.scale;
     if (node->in[1]->requires_grad) {
         gin[1] = softmax_bwd(transpose_mode(mode), node->in[0], g, ax, s);
-        if (!gin[1]) return rule_status(NULL);
+        if (!gin[1]) return flx_rule_status(NULL);
     }
     if (node->in[0]->requires_grad) {
         gin[0] = bwd_partial_y(node, g, true);
-        if (!gin[0]) return rule_status(NULL);
+        if (!gin[0]) return flx_rule_status(NULL);
     }
     return FLX_OK;
 }
@@ -206,15 +200,15 @@ static flx_status jvp_softmax_bwd(flx_tensor *node, flx_tensor *const *tin, flx_
     if (tin[1]) {
         r = softmax_bwd(node->attrs.u.softmax.mode, node->in[0], tin[1], node->attrs.u.softmax.axis,
                         node->attrs.u.softmax.scale);
-        if (!r) return rule_status(NULL);
+        if (!r) return flx_rule_status(NULL);
     }
     if (tin[0]) {
         flx_tensor *p = bwd_partial_y(node, tin[0], false);
-        if (!p) return rule_status(NULL);
+        if (!p) return flx_rule_status(NULL);
         r = add_opt(r, p);
     }
     *tout = r;
-    return (tin[0] || tin[1]) ? rule_status(r) : FLX_OK;
+    return (tin[0] || tin[1]) ? flx_rule_status(r) : FLX_OK;
 }
 
 /* ---- rules: cross-entropy ------------------------------------------------------------------- */
@@ -232,7 +226,7 @@ static flx_tensor *row_mask(flx_tensor *x, flx_tensor *labels, int64_t ignore_in
 
 static flx_status vjp_cross_entropy(flx_tensor *node, flx_tensor *g, flx_tensor **gin) {
     gin[0] = ce_bwd(node->in[0], node->in[1], g, node->attrs.u.softmax.ignore_index);
-    return rule_status(gin[0]);
+    return flx_rule_status(gin[0]);
 }
 
 static flx_status jvp_cross_entropy(flx_tensor *node, flx_tensor *const *tin, flx_tensor **tout) {
@@ -242,7 +236,7 @@ static flx_status jvp_cross_entropy(flx_tensor *node, flx_tensor *const *tin, fl
     int32_t ax = 1;
     flx_tensor *d = ce_bwd(x, node->in[1], ones_rows(x), node->attrs.u.softmax.ignore_index);
     *tout = d ? flx_sum(flx_mul(d, tin[0]), 1, &ax, false) : NULL;
-    return rule_status(*tout);
+    return flx_rule_status(*tout);
 }
 
 /* CROSS_ENTROPY_BWD (x, labels, g): out = m g (p - onehot), p = softmax(x), m the row mask.
@@ -255,14 +249,14 @@ static flx_status vjp_ce_bwd(flx_tensor *node, flx_tensor *h, flx_tensor **gin) 
     if (g->requires_grad) {
         flx_tensor *d = ce_bwd(x, labels, ones_rows(x), ig);
         gin[2] = d ? flx_sum(flx_mul(h, d), 1, &ax, false) : NULL;
-        if (!gin[2]) return rule_status(NULL);
+        if (!gin[2]) return flx_rule_status(NULL);
     }
     if (x->requires_grad) {
         int64_t shape[2] = {x->shape[0], 1};
         flx_tensor *gm = flx_mul(flx_reshape(g, 2, shape), row_mask(x, labels, ig));
         flx_tensor *p = softmax_node(FLX_SOFTMAX_FWD, x, 1, 1.0);
         gin[0] = p ? softmax_bwd(FLX_SOFTMAX_BWD, p, flx_mul(h, gm), 1, 1.0) : NULL;
-        if (!gin[0]) return rule_status(NULL);
+        if (!gin[0]) return flx_rule_status(NULL);
     }
     return FLX_OK;
 }
@@ -274,18 +268,18 @@ static flx_status jvp_ce_bwd(flx_tensor *node, flx_tensor *const *tin, flx_tenso
     flx_tensor *r = NULL;
     if (tin[2]) {
         r = ce_bwd(x, labels, tin[2], ig);
-        if (!r) return rule_status(NULL);
+        if (!r) return flx_rule_status(NULL);
     }
     if (tin[0]) {
         int64_t shape[2] = {x->shape[0], 1};
         flx_tensor *gm = flx_mul(flx_reshape(g, 2, shape), row_mask(x, labels, ig));
         flx_tensor *p = softmax_node(FLX_SOFTMAX_FWD, x, 1, 1.0);
         flx_tensor *q = p ? flx_mul(softmax_bwd(FLX_SOFTMAX_BWD, p, tin[0], 1, 1.0), gm) : NULL;
-        if (!q) return rule_status(NULL);
+        if (!q) return flx_rule_status(NULL);
         r = add_opt(r, q);
     }
     *tout = r;
-    return (tin[0] || tin[2]) ? rule_status(r) : FLX_OK;
+    return (tin[0] || tin[2]) ? flx_rule_status(r) : FLX_OK;
 }
 
 void flx_ops_register_softmax(flx_op_def *t) {

@@ -34,8 +34,7 @@ static flx_tensor *make_unary(int32_t op, flx_tensor *x, double a, double b) {
 /* A rule's result: NULL from an op is a failure (a NULL that means "zero" never comes here), so
  * the status is the op's, never a stale error left on the thread by earlier code. */
 static flx_tensor *checked(flx_tensor *r, flx_status *st) {
-    if (!r) *st = flx_last_status() != FLX_OK ? flx_last_status()
-                                              : flx_set_error(FLX_ERR_STATE, "unary rule failed");
+    if (!r) *st = flx_rule_status(r);
     return r;
 }
 
