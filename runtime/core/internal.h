@@ -316,6 +316,11 @@ bool flx_dtype_valid(flx_dtype dt);
 /* Checks for an op: every input non-NULL (else propagates NULL), same context. Returns false
  * with the error set. */
 bool flx_check_inputs(const char *op, int32_t n, flx_tensor *const *in);
+/* Checks a list of n tensors an API binds as leaves (what names one in messages: "input",
+ * "parameter"): each non-NULL, of ctx, a CONST holding data (else the status not_source) and
+ * listed once. Returns false with the error set. */
+bool flx_check_source_list(const char *fn, const char *what, flx_status not_source, flx_ctx *ctx,
+                           int32_t n, flx_tensor *const *ts);
 /* Checks float dtype (f32/f64) for an op. */
 bool flx_check_float(const char *op, const flx_tensor *t);
 /* Normalises an axis for ndim (negative counts from the end); false with the error set if out

@@ -61,32 +61,7 @@ static bool check_lists(int32_t n_out, flx_tensor *const *outputs, int32_t n_in,
                           fn, (int)k, flx_describe(outputs[k]));
             return false;
         }
-    for (int32_t k = 0; k < n_in; k++) {
-        flx_tensor *t = inputs[k];
-        if (!t) {
-            flx_set_error_if_clear(FLX_ERR_INVALID_ARGUMENT, "%s: input %d is NULL", fn, (int)k);
-            return false;
-        }
-        if (t->ctx != ctx) {
-            flx_set_error(FLX_ERR_DEVICE, "%s: input %d %s belongs to another context", fn, (int)k,
-                          flx_describe(t));
-            return false;
-        }
-        if (t->op != FLX_OP_CONST || !t->buf) {
-            flx_set_error(FLX_ERR_INVALID_ARGUMENT,
-                          "%s: input %d %s is an op result (%s), not a source tensor made from data "
-                          "(flx_from_host, flx_from_blob, or a detached value)",
-                          fn, (int)k, flx_describe(t), flx_op_get(t->op)->name);
-            return false;
-        }
-        for (int32_t j = 0; j < k; j++)
-            if (inputs[j] == t) {
-                flx_set_error(FLX_ERR_INVALID_ARGUMENT, "%s: input %d repeats input %d", fn, (int)k,
-                              (int)j);
-                return false;
-            }
-    }
-    return true;
+    return flx_check_source_list(fn, "input", FLX_ERR_INVALID_ARGUMENT, ctx, n_in, inputs);
 }
 
 static bool check_assignments(flx_ctx *ctx, int32_t n_in, flx_tensor *const *inputs,

@@ -43,6 +43,36 @@ void flx_buffer_release(flx_buffer *b) {
 }
 
 /* ---- nodes ------------------------------------------------------------------------------ */
+bool flx_check_source_list(const char *fn, const char *what, flx_status not_source, flx_ctx *ctx,
+                           int32_t n, flx_tensor *const *ts) {
+    for (int32_t k = 0; k < n; k++) {
+        flx_tensor *t = ts[k];
+        if (!t) {
+            flx_set_error_if_clear(FLX_ERR_INVALID_ARGUMENT, "%s: %s %d is NULL", fn, what, (int)k);
+            return false;
+        }
+        if (t->ctx != ctx) {
+            flx_set_error(FLX_ERR_DEVICE, "%s: %s %d %s belongs to another context", fn, what,
+                          (int)k, flx_describe(t));
+            return false;
+        }
+        if (t->op != FLX_OP_CONST || !t->buf) {
+            flx_set_error(not_source,
+                          "%s: %s %d %s is an op result (%s), not a source tensor made from data "
+                          "(flx_from_host, flx_from_blob, or a detached value)",
+                          fn, what, (int)k, flx_describe(t), flx_op_get(t->op)->name);
+            return false;
+        }
+        for (int32_t j = 0; j < k; j++)
+            if (ts[j] == t) {
+                flx_set_error(FLX_ERR_INVALID_ARGUMENT, "%s: %s %d repeats %s %d", fn, what, (int)k,
+                              what, (int)j);
+                return false;
+            }
+    }
+    return true;
+}
+
 bool flx_shape_eq(int32_t na, const int64_t *a, int32_t nb, const int64_t *b) {
     return na == nb && (na == 0 || memcmp(a, b, sizeof(int64_t) * (size_t)na) == 0);
 }

@@ -146,24 +146,9 @@ flx_optim *flx_optim_create(flx_ctx *ctx, flx_optim_kind kind, int32_t n,
                       fn, (int)n, params ? "given" : "NULL");
         return NULL;
     }
+    if (!flx_check_source_list(fn, "parameter", FLX_ERR_STATE, ctx, n, params)) return NULL;
     for (int32_t i = 0; i < n; i++) {
         flx_tensor *p = params[i];
-        if (!p) {
-            flx_set_error_if_clear(FLX_ERR_INVALID_ARGUMENT, "%s: parameter %d is NULL", fn, (int)i);
-            return NULL;
-        }
-        if (p->ctx != ctx) {
-            flx_set_error(FLX_ERR_DEVICE, "%s: parameter %d %s belongs to another context", fn,
-                          (int)i, flx_describe(p));
-            return NULL;
-        }
-        if (p->op != FLX_OP_CONST) {
-            flx_set_error(FLX_ERR_STATE,
-                          "%s: parameter %d %s is an op result, not a leaf made from data (detach "
-                          "it or make it with flx_from_host)",
-                          fn, (int)i, flx_describe(p));
-            return NULL;
-        }
         if (p->dtype != FLX_F32 && p->dtype != FLX_F64) {
             flx_set_error(FLX_ERR_DTYPE, "%s: parameter %d %s is not f32 or f64", fn, (int)i,
                           flx_describe(p));
@@ -174,12 +159,6 @@ flx_optim *flx_optim_create(flx_ctx *ctx, flx_optim_kind kind, int32_t n,
                           fn, (int)i, flx_describe(p), flx_describe(params[0]));
             return NULL;
         }
-        for (int32_t k = 0; k < i; k++)
-            if (params[k] == p) {
-                flx_set_error(FLX_ERR_INVALID_ARGUMENT, "%s: parameter %d repeats parameter %d",
-                              fn, (int)i, (int)k);
-                return NULL;
-            }
     }
     flx_optim_config c = cfg ? *cfg : flx_optim_defaults(kind);
     double hpv[FLX_HP_COUNT] = {0};
