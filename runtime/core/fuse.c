@@ -53,11 +53,6 @@ static bool fusable(const flx_tensor *t) {
     }
 }
 
-static bool same_geometry(const flx_tensor *a, const flx_tensor *b) {
-    return a->dtype == b->dtype && a->ndim == b->ndim &&
-           memcmp(a->shape, b->shape, sizeof(int64_t) * (size_t)a->ndim) == 0;
-}
-
 /* Group under construction: members (consumers first) and the exact set of external inputs. */
 typedef struct draft {
     int32_t n_members;
@@ -248,7 +243,7 @@ flx_status flx_fusion_plan(flx_tensor *const *order, size_t n, uint64_t epoch, i
         if (fusable(t)) {
             int32_t c = cg[ii];
             if (c >= 0 && !pin[ii] && !t->is_leaf &&
-                same_geometry(t, order[group_root[c]]) && draft_add(&dr[c], t)) {
+                flx_same_shape(t, order[group_root[c]]) && draft_add(&dr[c], t)) {
                 g = c;
                 role[ii] = FLX_FUSE_INTERIOR;
             } else {

@@ -107,13 +107,7 @@ static bool check_hp(const char *fn, int32_t which, double v) {
 
 static flx_status fill_buffer(flx_ctx *ctx, flx_buffer *b, flx_dtype dt, int64_t n, double v) {
     if (n == 0) return FLX_OK;
-    flx_fill_args fa;
-    memset(&fa, 0, sizeof fa);
-    fa.kind = FLX_FILL_CONST;
-    fa.dtype = dt;
-    fa.n = n;
-    fa.a = v;
-    fa.out = b->ptr;
+    flx_fill_args fa = {.kind = FLX_FILL_CONST, .dtype = dt, .n = n, .a = v, .out = b->ptr};
     return flx_kernel_fill(ctx, &fa);
 }
 

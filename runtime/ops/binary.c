@@ -48,11 +48,7 @@ void flx_broadcast_strides(const flx_tensor *x, int32_t nd, const int64_t *oshap
 }
 
 static flx_status exec_binary(const flx_tensor *t, void *out, const void *const *in) {
-    flx_binary_args a;
-    memset(&a, 0, sizeof a);
-    a.op = t->attrs.u.binary.op;
-    a.dtype = t->in[0]->dtype;
-    a.ndim = t->ndim;
+    flx_binary_args a = {.op = t->attrs.u.binary.op, .dtype = t->in[0]->dtype, .ndim = t->ndim};
     memcpy(a.shape, t->shape, sizeof a.shape);
     flx_broadcast_strides(t->in[0], t->ndim, t->shape, a.sa);
     flx_broadcast_strides(t->in[1], t->ndim, t->shape, a.sb);
@@ -63,10 +59,7 @@ static flx_status exec_binary(const flx_tensor *t, void *out, const void *const 
 }
 
 static flx_status exec_where(const flx_tensor *t, void *out, const void *const *in) {
-    flx_where_args a;
-    memset(&a, 0, sizeof a);
-    a.dtype = t->dtype;
-    a.ndim = t->ndim;
+    flx_where_args a = {.dtype = t->dtype, .ndim = t->ndim};
     memcpy(a.shape, t->shape, sizeof a.shape);
     flx_broadcast_strides(t->in[0], t->ndim, t->shape, a.sc);
     flx_broadcast_strides(t->in[1], t->ndim, t->shape, a.sa);
@@ -99,9 +92,7 @@ static flx_tensor *make_binary(int32_t op, flx_tensor *a, flx_tensor *b) {
     int32_t nd;
     int64_t shape[FLX_MAX_DIMS];
     if (!broadcast_shapes(name, 2, in, &nd, shape)) return NULL;
-    flx_attrs at;
-    memset(&at, 0, sizeof at);
-    at.u.binary.op = op;
+    flx_attrs at = {.u.binary.op = op};
     flx_dtype odt = FLX_BINARY_IS_COMPARE(op) ? FLX_BOOL : a->dtype;
     return flx_adopt(flx_node_new(a->ctx, FLX_OP_BINARY, odt, nd, shape, 2, in, &at));
 }
@@ -184,7 +175,7 @@ static flx_status jvp_binary(flx_tensor *y, flx_tensor *const *tin, flx_tensor *
         if (!acc) return flx_last_status();
     }
     /* A tangent that only broadcasts (e.g. t_b for add with a wider a) must take y's shape. */
-    if (acc && (acc->ndim != y->ndim || memcmp(acc->shape, y->shape, sizeof(int64_t) * (size_t)y->ndim)))
+    if (acc && !flx_shape_eq(acc->ndim, acc->shape, y->ndim, y->shape))
         acc = flx_broadcast_to(acc, y->ndim, y->shape);
     *tout = acc;
     return (acc || p[0].zero) ? FLX_OK : flx_last_status();
@@ -207,7 +198,7 @@ static flx_status jvp_where(flx_tensor *y, flx_tensor *const *tin, flx_tensor **
     if (!tin[1] && !tin[2]) return FLX_OK;
     flx_tensor *zero = flx_zeros(y->ctx, y->dtype, 0, NULL);
     flx_tensor *r = flx_where(y->in[0], tin[1] ? tin[1] : zero, tin[2] ? tin[2] : zero);
-    if (r && (r->ndim != y->ndim || memcmp(r->shape, y->shape, sizeof(int64_t) * (size_t)y->ndim)))
+    if (r && !flx_shape_eq(r->ndim, r->shape, y->ndim, y->shape))
         r = flx_broadcast_to(r, y->ndim, y->shape);
     *tout = r;
     return flx_rule_status(r);

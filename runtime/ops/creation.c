@@ -93,13 +93,9 @@ static flx_tensor *make_fill(const char *op, flx_ctx *ctx, flx_dtype dt, int32_t
                              const int64_t *shape, flx_fill_kind kind, double a, double b,
                              int64_t cols, uint64_t seed) {
     if (!check_ctx_shape(op, ctx, dt, ndim, shape)) return NULL;
-    flx_attrs at;
-    memset(&at, 0, sizeof at);
-    at.u.fill.kind = kind;
-    at.u.fill.a = a;
-    at.u.fill.b = b;
-    at.u.fill.cols = cols;
-    at.u.fill.seed = seed;
+    flx_attrs at = {
+        .u.fill.kind = kind, .u.fill.a = a, .u.fill.b = b, .u.fill.cols = cols, .u.fill.seed = seed
+    };
     return flx_adopt(flx_node_new(ctx, FLX_OP_FILL, dt, ndim, shape, 0, NULL, &at));
 }
 

@@ -46,14 +46,11 @@ static int64_t n_of(flx_tensor *y) { return y->shape[y->ndim - 2]; }
 static flx_status exec_eigh(const flx_tensor *t, void *out, const void *const *in) {
     if (t->numel == 0) return FLX_OK;
     const flx_tensor *A = t->in[0];
-    flx_eigh_args a;
-    memset(&a, 0, sizeof a);
-    a.dtype = t->dtype;
-    a.n = A->shape[A->ndim - 1];
-    a.batch = flx_shape_numel(A->ndim - 2, A->shape);
-    a.a = in[0];
-    a.out = out;
-    a.err = t->ctx->err_word;
+    flx_eigh_args a = {
+        .dtype = t->dtype, .n = A->shape[A->ndim - 1],
+        .batch = flx_shape_numel(A->ndim - 2, A->shape), .a = in[0], .out = out,
+        .err = t->ctx->err_word
+    };
     return flx_kernel_eigh(t->ctx, &a);
 }
 

@@ -134,9 +134,7 @@ static flx_tensor *expm_build(flx_tensor *A, double bound) {
     flx_tensor *r = NULL;
     if (Y) {
         flx_tensor *in[2] = {Y, A};
-        flx_attrs at;
-        memset(&at, 0, sizeof at);
-        at.u.expm.bound = bound;
+        flx_attrs at = {.u.expm.bound = bound};
         r = flx_adopt(flx_node_new(A->ctx, FLX_OP_EXPM, A->dtype, A->ndim, A->shape, 2, in, &at));
     }
     return flx_scope_return(r);

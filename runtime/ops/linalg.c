@@ -49,13 +49,9 @@ static bool batch_broadcast(const char *op, const flx_tensor *a, const flx_tenso
 
 /* ---- matmul ------------------------------------------------------------------------------- */
 static flx_status fill_zeros(const flx_tensor *t, void *out) {
-    flx_fill_args f;
-    memset(&f, 0, sizeof f);
-    f.kind = FLX_FILL_CONST;
-    f.dtype = t->dtype;
-    f.n = t->numel;
-    f.a = 0.0;
-    f.out = out;
+    flx_fill_args f = {
+        .kind = FLX_FILL_CONST, .dtype = t->dtype, .n = t->numel, .a = 0.0, .out = out
+    };
     return flx_kernel_fill(t->ctx, &f);
 }
 
@@ -66,23 +62,12 @@ static flx_status exec_matmul(const flx_tensor *t, void *out, const void *const 
     int64_t m = t->shape[t->ndim - 2], n = t->shape[t->ndim - 1];
     int64_t k = ta ? A->shape[A->ndim - 2] : A->shape[A->ndim - 1];
     if (k == 0) return fill_zeros(t, out);
-    flx_matmul_args a;
-    memset(&a, 0, sizeof a);
-    a.dtype = t->dtype;
-    a.batch = flx_shape_numel(t->ndim - 2, t->shape);
-    a.m = m;
-    a.n = n;
-    a.k = k;
-    a.ta = ta;
-    a.tb = tb;
-    a.alpha = 1.0;
-    a.beta = 0.0;
-    a.a = in[0];
-    a.sa = flx_shape_numel(A->ndim - 2, A->shape) == 1 ? 0 : m * k;
-    a.b = in[1];
-    a.sb = flx_shape_numel(B->ndim - 2, B->shape) == 1 ? 0 : k * n;
-    a.c = out;
-    a.sc = m * n;
+    flx_matmul_args a = {
+        .dtype = t->dtype, .batch = flx_shape_numel(t->ndim - 2, t->shape), .m = m, .n = n, .k = k,
+        .ta = ta, .tb = tb, .alpha = 1.0, .beta = 0.0, .a = in[0],
+        .sa = flx_shape_numel(A->ndim - 2, A->shape) == 1 ? 0 : m * k, .b = in[1],
+        .sb = flx_shape_numel(B->ndim - 2, B->shape) == 1 ? 0 : k * n, .c = out, .sc = m * n
+    };
     return flx_kernel_matmul(t->ctx, &a);
 }
 
@@ -126,10 +111,7 @@ static flx_tensor *mm_node(flx_tensor *a, flx_tensor *b, int32_t ta, int32_t tb)
     }
     shape[nb] = am;
     shape[nb + 1] = bn;
-    flx_attrs at;
-    memset(&at, 0, sizeof at);
-    at.u.matmul.ta = ta;
-    at.u.matmul.tb = tb;
+    flx_attrs at = {.u.matmul.ta = ta, .u.matmul.tb = tb};
     return flx_adopt(flx_node_new(a->ctx, FLX_OP_MATMUL, a->dtype, nb + 2, shape, 2, x, &at));
 }
 
@@ -254,10 +236,7 @@ static flx_status exec_diag(const flx_tensor *t, void *out, const void *const *i
     if (s != FLX_OK) return s;
     const flx_tensor *v = t->in[0];
     if (v->numel == 0) return FLX_OK;
-    flx_copy_args c;
-    memset(&c, 0, sizeof c);
-    c.elem_size = flx_dtype_size(t->dtype);
-    c.ndim = 1;
+    flx_copy_args c = {.elem_size = flx_dtype_size(t->dtype), .ndim = 1};
     c.shape[0] = v->shape[0];
     c.in_strides[0] = 1;
     c.out_strides[0] = t->shape[1] + 1;
@@ -269,10 +248,7 @@ static flx_status exec_diag(const flx_tensor *t, void *out, const void *const *i
 static flx_status exec_diagonal(const flx_tensor *t, void *out, const void *const *in) {
     if (t->numel == 0) return FLX_OK;
     const flx_tensor *a = t->in[0];
-    flx_copy_args c;
-    memset(&c, 0, sizeof c);
-    c.elem_size = flx_dtype_size(t->dtype);
-    c.ndim = 1;
+    flx_copy_args c = {.elem_size = flx_dtype_size(t->dtype), .ndim = 1};
     c.shape[0] = t->shape[0];
     c.in_strides[0] = a->shape[1] + 1;
     c.out_strides[0] = 1;

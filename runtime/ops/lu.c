@@ -45,11 +45,7 @@ static bool check_square(const char *op, flx_tensor *a) {
 
 static flx_tensor *lu_node(flx_op op, flx_tensor *A, int32_t n_in, flx_tensor **in, int32_t ndim,
                            const int64_t *shape, int32_t mode, int32_t trans, int32_t check) {
-    flx_attrs at;
-    memset(&at, 0, sizeof at);
-    at.u.lu.mode = mode;
-    at.u.lu.trans = trans;
-    at.u.lu.check = check;
+    flx_attrs at = {.u.lu.mode = mode, .u.lu.trans = trans, .u.lu.check = check};
     return flx_adopt(flx_node_new(A->ctx, op, A->dtype, ndim, shape, n_in, in, &at));
 }
 
@@ -120,16 +116,11 @@ static flx_tensor *inv_t(flx_tensor *A, flx_tensor *LU) {
 static flx_status exec_lu(const flx_tensor *t, void *out, const void *const *in) {
     if (t->numel == 0) return FLX_OK;
     const flx_tensor *A = t->in[0];
-    flx_lu_args a;
-    memset(&a, 0, sizeof a);
-    a.mode = t->attrs.u.lu.mode;
-    a.dtype = t->dtype;
-    a.batch = batch_of(A);
-    a.n = n_of(A);
-    a.trans = t->attrs.u.lu.trans;
-    a.check = t->attrs.u.lu.check;
-    a.err = t->ctx->err_word;
-    a.out = out;
+    flx_lu_args a = {
+        .mode = t->attrs.u.lu.mode, .dtype = t->dtype, .batch = batch_of(A), .n = n_of(A),
+        .trans = t->attrs.u.lu.trans, .check = t->attrs.u.lu.check, .err = t->ctx->err_word,
+        .out = out
+    };
     if (t->op == FLX_OP_LU_FACTOR) {
         a.a = in[0];
     } else {

@@ -56,11 +56,7 @@ static int64_t reduced_count(const flx_tensor *node) {
 /* Records a REDUCE node over the axes in mask (no validation beyond shapes). */
 static flx_tensor *reduce_node(int32_t op, flx_tensor *x, const bool *mask, bool keepdims,
                                double param, flx_dtype odt) {
-    flx_attrs at;
-    memset(&at, 0, sizeof at);
-    at.u.reduce.op = op;
-    at.u.reduce.keepdims = keepdims;
-    at.u.reduce.param = param;
+    flx_attrs at = {.u.reduce.op = op, .u.reduce.keepdims = keepdims, .u.reduce.param = param};
     int64_t shape[FLX_MAX_DIMS];
     int32_t nd = 0;
     for (int32_t d = 0; d < x->ndim; d++) {
@@ -112,11 +108,9 @@ static flx_tensor *make_reduce(const char *name, int32_t op, bool mean, flx_tens
 static flx_status exec_reduce(const flx_tensor *t, void *out, const void *const *in) {
     if (t->numel == 0) return FLX_OK;
     const flx_tensor *x = t->in[0];
-    flx_reduce_args a;
-    memset(&a, 0, sizeof a);
-    a.op = t->attrs.u.reduce.op;
-    a.dtype = x->dtype;
-    a.param = t->attrs.u.reduce.param;
+    flx_reduce_args a = {
+        .op = t->attrs.u.reduce.op, .dtype = x->dtype, .param = t->attrs.u.reduce.param
+    };
     int64_t strides[FLX_MAX_DIMS];
     flx_contiguous_strides(x->ndim, x->shape, strides);
     bool mask[FLX_MAX_DIMS] = {false};

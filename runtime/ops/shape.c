@@ -16,10 +16,7 @@ static flx_status run_copy(flx_ctx *ctx, size_t es, int32_t ndim, const int64_t 
                            int64_t in_off, const int64_t *in_strides, int64_t out_off,
                            const int64_t *out_strides, const void *in, void *out) {
     if (flx_shape_numel(ndim, shape) == 0) return FLX_OK;
-    flx_copy_args a;
-    memset(&a, 0, sizeof a);
-    a.elem_size = es;
-    a.ndim = ndim;
+    flx_copy_args a = {.elem_size = es, .ndim = ndim};
     for (int32_t d = 0; d < ndim; d++) {
         a.shape[d] = shape[d];
         a.in_strides[d] = in_strides[d];
@@ -76,9 +73,7 @@ static flx_tensor *pad_node(flx_tensor *x, const int64_t *lo, const int64_t *int
 /* out (shape of x with axis of size n_src) = sum of g's rows by index (the transpose of select). */
 static flx_tensor *index_add_node(flx_tensor *g, int32_t axis, flx_tensor *index, int64_t n_src) {
     if (!g || !index) return NULL;
-    flx_attrs at;
-    memset(&at, 0, sizeof at);
-    at.u.index.axis = axis;
+    flx_attrs at = {.u.index.axis = axis};
     int64_t shape[FLX_MAX_DIMS];
     for (int32_t d = 0; d < g->ndim; d++) shape[d] = g->shape[d];
     shape[axis] = n_src;
@@ -88,9 +83,7 @@ static flx_tensor *index_add_node(flx_tensor *g, int32_t axis, flx_tensor *index
 
 static flx_tensor *index_select_node(flx_tensor *x, int32_t axis, flx_tensor *index) {
     if (!x || !index) return NULL;
-    flx_attrs at;
-    memset(&at, 0, sizeof at);
-    at.u.index.axis = axis;
+    flx_attrs at = {.u.index.axis = axis};
     int64_t shape[FLX_MAX_DIMS];
     for (int32_t d = 0; d < x->ndim; d++) shape[d] = x->shape[d];
     shape[axis] = index->numel;
@@ -141,13 +134,10 @@ static flx_status exec_slice(const flx_tensor *t, void *out, const void *const *
 static flx_status exec_pad(const flx_tensor *t, void *out, const void *const *in) {
     if (t->numel == 0) return FLX_OK;
     const flx_tensor *x = t->in[0];
-    flx_fill_args f;
-    memset(&f, 0, sizeof f);
-    f.kind = FLX_FILL_CONST;
-    f.dtype = t->dtype;
-    f.n = t->numel;
-    f.a = t->attrs.u.pad.value;
-    f.out = out;
+    flx_fill_args f = {
+        .kind = FLX_FILL_CONST, .dtype = t->dtype, .n = t->numel, .a = t->attrs.u.pad.value,
+        .out = out
+    };
     flx_status s = flx_kernel_fill(t->ctx, &f);
     if (s != FLX_OK) return s;
     int64_t xs[FLX_MAX_DIMS], os[FLX_MAX_DIMS], ws[FLX_MAX_DIMS];
@@ -192,11 +182,9 @@ static flx_status exec_index(const flx_tensor *t, void *out, const void *const *
     bool add = t->op == FLX_OP_INDEX_ADD;
     const flx_tensor *src = t->in[0], *idx = t->in[1];
     int32_t axis = t->attrs.u.index.axis;
-    flx_index_args a;
-    memset(&a, 0, sizeof a);
-    a.mode = add ? FLX_INDEX_ADD : FLX_INDEX_SELECT;
-    a.dtype = t->dtype;
-    a.idx_dtype = idx->dtype;
+    flx_index_args a = {
+        .mode = add ? FLX_INDEX_ADD : FLX_INDEX_SELECT, .dtype = t->dtype, .idx_dtype = idx->dtype
+    };
     index_dims(t, axis, &a.outer, &a.inner);
     a.n_src = add ? t->shape[axis] : src->shape[axis];
     a.n_idx = idx->numel;
@@ -475,9 +463,7 @@ flx_tensor *flx_concat(int32_t n, flx_tensor *const *xs, int32_t axis) {
         }
         shape[a] += x->shape[a];
     }
-    flx_attrs at;
-    memset(&at, 0, sizeof at);
-    at.u.concat.axis = a;
+    flx_attrs at = {.u.concat.axis = a};
     return flx_adopt(flx_node_new(x0->ctx, FLX_OP_CONCAT, x0->dtype, x0->ndim, shape, n, xs, &at));
 }
 

@@ -35,11 +35,7 @@ static void row_view(const flx_tensor *x, int32_t axis, int64_t *outer, int64_t 
 }
 
 static flx_tensor *softmax_node(int32_t mode, flx_tensor *x, int32_t axis, double scale) {
-    flx_attrs at;
-    memset(&at, 0, sizeof at);
-    at.u.softmax.mode = mode;
-    at.u.softmax.axis = axis;
-    at.u.softmax.scale = scale;
+    flx_attrs at = {.u.softmax.mode = mode, .u.softmax.axis = axis, .u.softmax.scale = scale};
     return flx_adopt(flx_node_new(x->ctx, FLX_OP_SOFTMAX, x->dtype, x->ndim, x->shape, 1, &x, &at));
 }
 
@@ -54,23 +50,17 @@ static flx_tensor *softmax_bwd(int32_t mode, flx_tensor *y, flx_tensor *v, int32
                       flx_describe(y), flx_describe(v));
         return NULL;
     }
-    flx_attrs at;
-    memset(&at, 0, sizeof at);
-    at.u.softmax.mode = mode;
-    at.u.softmax.axis = axis;
-    at.u.softmax.scale = scale;
+    flx_attrs at = {.u.softmax.mode = mode, .u.softmax.axis = axis, .u.softmax.scale = scale};
     return flx_adopt(flx_node_new(y->ctx, FLX_OP_SOFTMAX_BWD, y->dtype, y->ndim, y->shape, 2, in, &at));
 }
 
 static flx_tensor *ce_bwd(flx_tensor *x, flx_tensor *labels, flx_tensor *g, int64_t ignore_index) {
     flx_tensor *in[3] = {x, labels, g};
     if (!flx_check_inputs("cross_entropy_bwd", 3, in)) return NULL;
-    flx_attrs at;
-    memset(&at, 0, sizeof at);
-    at.u.softmax.mode = FLX_SOFTMAX_CE_BWD;
-    at.u.softmax.axis = 1;
-    at.u.softmax.scale = 1.0;
-    at.u.softmax.ignore_index = ignore_index;
+    flx_attrs at = {
+        .u.softmax.mode = FLX_SOFTMAX_CE_BWD, .u.softmax.axis = 1, .u.softmax.scale = 1.0,
+        .u.softmax.ignore_index = ignore_index
+    };
     return flx_adopt(flx_node_new(x->ctx, FLX_OP_CROSS_ENTROPY_BWD, x->dtype, 2, x->shape, 3, in, &at));
 }
 
@@ -96,10 +86,7 @@ static flx_status run_kernel(const flx_tensor *t, flx_softmax_args *a) {
 
 static flx_status exec_softmax(const flx_tensor *t, void *out, const void *const *in) {
     if (t->numel == 0) return FLX_OK;
-    flx_softmax_args a;
-    memset(&a, 0, sizeof a);
-    a.mode = t->attrs.u.softmax.mode;
-    a.dtype = t->dtype;
+    flx_softmax_args a = {.mode = t->attrs.u.softmax.mode, .dtype = t->dtype};
     row_view(t, t->attrs.u.softmax.axis, &a.outer, &a.n, &a.inner);
     a.scale = t->attrs.u.softmax.scale;
     a.x = in[0];
@@ -111,20 +98,11 @@ static flx_status exec_softmax(const flx_tensor *t, void *out, const void *const
 static flx_status exec_cross_entropy(const flx_tensor *t, void *out, const void *const *in) {
     const flx_tensor *x = t->in[0], *labels = t->in[1];
     if (t->numel == 0) return FLX_OK;
-    flx_softmax_args a;
-    memset(&a, 0, sizeof a);
-    a.mode = t->attrs.u.softmax.mode;
-    a.dtype = x->dtype;
-    a.outer = x->shape[0];
-    a.n = x->shape[1];
-    a.inner = 1;
-    a.scale = 1.0;
-    a.x = in[0];
-    a.v = t->n_in > 2 ? in[2] : NULL;
-    a.labels = in[1];
-    a.label_dtype = labels->dtype;
-    a.ignore_index = t->attrs.u.softmax.ignore_index;
-    a.out = out;
+    flx_softmax_args a = {
+        .mode = t->attrs.u.softmax.mode, .dtype = x->dtype, .outer = x->shape[0], .n = x->shape[1],
+        .inner = 1, .scale = 1.0, .x = in[0], .v = t->n_in > 2 ? in[2] : NULL, .labels = in[1],
+        .label_dtype = labels->dtype, .ignore_index = t->attrs.u.softmax.ignore_index, .out = out
+    };
     return run_kernel(t, &a);
 }
 
@@ -325,12 +303,10 @@ flx_tensor *flx_log_softmax(flx_tensor *x, int32_t axis, double temperature) {
 static flx_tensor *cross_entropy_2d(flx_tensor *x, flx_tensor *labels, flx_reduction red,
                                     int64_t ignore_index, int32_t nd_out, const int64_t *out_shape) {
     flx_tensor *in[2] = {x, labels};
-    flx_attrs at;
-    memset(&at, 0, sizeof at);
-    at.u.softmax.mode = FLX_SOFTMAX_CE_FWD;
-    at.u.softmax.axis = 1;
-    at.u.softmax.scale = 1.0;
-    at.u.softmax.ignore_index = ignore_index;
+    flx_attrs at = {
+        .u.softmax.mode = FLX_SOFTMAX_CE_FWD, .u.softmax.axis = 1, .u.softmax.scale = 1.0,
+        .u.softmax.ignore_index = ignore_index
+    };
     flx_tensor *rows =
         flx_adopt(flx_node_new(x->ctx, FLX_OP_CROSS_ENTROPY, x->dtype, 1, x->shape, 2, in, &at));
     if (!rows) return NULL;

@@ -23,11 +23,7 @@ static flx_status exec_unary(const flx_tensor *t, void *out, const void *const *
 static flx_tensor *make_unary(int32_t op, flx_tensor *x, double a, double b) {
     if (!flx_check_inputs(unary_names[op], 1, &x)) return NULL;
     if (!flx_check_float(unary_names[op], x)) return NULL;
-    flx_attrs at;
-    memset(&at, 0, sizeof at);
-    at.u.unary.op = op;
-    at.u.unary.a = a;
-    at.u.unary.b = b;
+    flx_attrs at = {.u.unary.op = op, .u.unary.a = a, .u.unary.b = b};
     return flx_adopt(flx_node_new(x->ctx, FLX_OP_UNARY, x->dtype, x->ndim, x->shape, 1, &x, &at));
 }
 
