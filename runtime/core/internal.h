@@ -305,6 +305,11 @@ const char *flx_shape_str(int32_t ndim, const int64_t *shape);
 flx_tensor *flx_node_new(flx_ctx *ctx, flx_op op, flx_dtype dt, int32_t ndim,
                          const int64_t *shape, int32_t n_in, flx_tensor *const *in,
                          const flx_attrs *attrs);
+/* A CONST source holding a copy of the host data (numel * dtype size bytes), uploaded on ctx;
+ * a new reference owned by the caller (not registered in any scope), or NULL with the error set.
+ * Arguments are checked by the caller (runtime/ops/creation.c). */
+flx_tensor *flx_const_new(flx_ctx *ctx, flx_dtype dt, int32_t ndim, const int64_t *shape,
+                          const void *data);
 /* Registers a caller-owned reference with the current scope (if any) and returns t. Every
  * public op returns flx_adopt(node). */
 flx_tensor *flx_adopt(flx_tensor *t);
@@ -329,6 +334,9 @@ bool flx_norm_axis(const char *op, int32_t axis, int32_t ndim, int32_t *out);
 /* Row-major contiguous strides of a shape (elements). */
 void flx_contiguous_strides(int32_t ndim, const int64_t *shape, int64_t *strides);
 int64_t flx_shape_numel(int32_t ndim, const int64_t *shape);
+/* A shape an API is given: rank 0..FLX_MAX_DIMS, shape non-NULL when the rank is not 0, no
+ * negative size. False with the error set. */
+bool flx_check_shape(const char *op, int32_t ndim, const int64_t *shape);
 /* Shapes (na, a) and (nb, b) are equal. */
 bool flx_shape_eq(int32_t na, const int64_t *a, int32_t nb, const int64_t *b);
 

@@ -73,6 +73,21 @@ bool flx_check_source_list(const char *fn, const char *what, flx_status not_sour
     return true;
 }
 
+bool flx_check_shape(const char *op, int32_t ndim, const int64_t *shape) {
+    if (ndim < 0 || ndim > FLX_MAX_DIMS || (ndim > 0 && !shape)) {
+        flx_set_error(FLX_ERR_SHAPE, "%s: bad shape (rank %d%s)", op, (int)ndim,
+                      ndim > 0 && !shape ? ", shape NULL" : "");
+        return false;
+    }
+    for (int32_t i = 0; i < ndim; i++)
+        if (shape[i] < 0) {
+            flx_set_error(FLX_ERR_SHAPE, "%s: negative size in shape %s", op,
+                          flx_shape_str(ndim, shape));
+            return false;
+        }
+    return true;
+}
+
 bool flx_shape_eq(int32_t na, const int64_t *a, int32_t nb, const int64_t *b) {
     return na == nb && (na == 0 || memcmp(a, b, sizeof(int64_t) * (size_t)na) == 0);
 }

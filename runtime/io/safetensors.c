@@ -460,22 +460,6 @@ static flx_status read_at(FILE *f, uint64_t off, void *dst, size_t n, const char
     return FLX_OK;
 }
 
-/* A CONST tensor holding host data, owned by the caller (not adopted by any scope). */
-static flx_tensor *make_owned(flx_ctx *ctx, const entry *e, const void *data) {
-    flx_tensor *t = flx_node_new(ctx, FLX_OP_CONST, e->dtype, e->ndim, e->shape, 0, NULL, NULL);
-    if (!t) return NULL;
-    size_t nb = (size_t)(e->end - e->begin);
-    t->buf = flx_buffer_new(ctx, nb);
-    flx_status s = t->buf ? FLX_OK : flx_last_status();
-    if (s == FLX_OK && nb) s = ctx->be->upload(ctx, t->buf->ptr, data, nb);
-    if (s != FLX_OK) {
-        flx_release(t);
-        return NULL;
-    }
-    t->keep = true;
-    return t;
-}
-
 flx_checkpoint *flx_load_safetensors(flx_ctx *ctx, const char *path) {
     static const char *fn = "flx_load_safetensors";
     if (!ctx) {
@@ -665,7 +649,7 @@ flx_checkpoint *flx_load_safetensors(flx_ctx *ctx, const char *path) {
             flx_set_error(FLX_ERR_OUT_OF_MEMORY, "%s: out of host memory", fn);
             goto fail;
         }
-        ck->tensors[k] = make_owned(ctx, e, host);
+        ck->tensors[k] = flx_const_new(ctx, e->dtype, e->ndim, e->shape, host);
         ck->n = (int32_t)k + 1;
         if (!ck->tensors[k]) goto fail;
     }

@@ -12,12 +12,7 @@ static bool fans(const char *op, int32_t ndim, const int64_t *shape, double *fan
         flx_set_error(FLX_ERR_SHAPE, "%s: needs a shape of rank 1..%d", op, FLX_MAX_DIMS);
         return false;
     }
-    for (int32_t d = 0; d < ndim; d++)
-        if (shape[d] < 0) {
-            flx_set_error(FLX_ERR_SHAPE, "%s: negative size in shape %s", op,
-                          flx_shape_str(ndim, shape));
-            return false;
-        }
+    if (!flx_check_shape(op, ndim, shape)) return false;
     if (ndim == 1) {
         *fan_in = *fan_out = (double)shape[0];
     } else {

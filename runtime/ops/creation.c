@@ -16,18 +16,7 @@ static bool check_ctx_shape(const char *op, flx_ctx *ctx, flx_dtype dt, int32_t 
         flx_set_error(FLX_ERR_DTYPE, "%s: unsupported dtype %s", op, flx_dtype_name(dt));
         return false;
     }
-    if (ndim < 0 || ndim > FLX_MAX_DIMS || (ndim > 0 && !shape)) {
-        flx_set_error(FLX_ERR_SHAPE, "%s: bad shape (rank %d%s)", op, (int)ndim,
-                      ndim > 0 && !shape ? ", shape NULL" : "");
-        return false;
-    }
-    for (int32_t i = 0; i < ndim; i++)
-        if (shape[i] < 0) {
-            flx_set_error(FLX_ERR_SHAPE, "%s: negative size in shape %s", op,
-                          flx_shape_str(ndim, shape));
-            return false;
-        }
-    return true;
+    return flx_check_shape(op, ndim, shape);
 }
 
 /* ---- exec ------------------------------------------------------------------------------- */
@@ -181,9 +170,14 @@ flx_tensor *flx_from_host(flx_ctx *ctx, flx_dtype dt, int32_t ndim, const int64_
                       flx_shape_str(ndim, shape));
         return NULL;
     }
+    return flx_adopt(flx_const_new(ctx, dt, ndim, shape, data));
+}
+
+flx_tensor *flx_const_new(flx_ctx *ctx, flx_dtype dt, int32_t ndim, const int64_t *shape,
+                          const void *data) {
     flx_tensor *t = flx_node_new(ctx, FLX_OP_CONST, dt, ndim, shape, 0, NULL, NULL);
     if (!t) return NULL;
-    size_t nbytes = (size_t)t->numel * flx_dtype_size(dt);
+    size_t nbytes = flx_nbytes(t);
     t->buf = flx_buffer_new(ctx, nbytes);
     flx_status s = t->buf ? FLX_OK : flx_last_status();
     if (s == FLX_OK && nbytes) s = ctx->be->upload(ctx, t->buf->ptr, data, nbytes);
@@ -192,7 +186,7 @@ flx_tensor *flx_from_host(flx_ctx *ctx, flx_dtype dt, int32_t ndim, const int64_
         return NULL;
     }
     t->keep = true;
-    return flx_adopt(t);
+    return t;
 }
 
 flx_tensor *flx_to_ctx(flx_tensor *x, flx_ctx *dst) {
