@@ -490,8 +490,7 @@ flx_status flx_backward(flx_tensor *loss) {
         free(leaves.order);
         return flx_set_error(FLX_ERR_OUT_OF_MEMORY, "flx_backward: out of host memory");
     }
-    const flx_backend *rbe = loss->ctx->be; /* issue 9: one profiler range per backward pass */
-    if (rbe->range_push) rbe->range_push(loss->ctx, "flx_backward");
+    flx_range_push(loss->ctx, "flx_backward"); /* one profiler range per backward pass */
     flx_no_grad_begin();
     s = flx_scope_begin();
     if (s == FLX_OK) {
@@ -516,7 +515,7 @@ flx_status flx_backward(flx_tensor *loss) {
         flx_scope_end(0, NULL);
     }
     flx_no_grad_end();
-    if (rbe->range_pop) rbe->range_pop(loss->ctx); /* issue 9 */
+    flx_range_pop(loss->ctx);
     free(g);
     free(leaves.order);
     return s;

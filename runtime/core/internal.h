@@ -255,6 +255,9 @@ FLX_KERNEL_FAMILIES(FLX_X_FAMILY_DISPATCH)
  * non-NULL) the fused group g, whose root is node, with in[k] = the data of g->ext[k]. The
  * evaluator and plans both execute through it. */
 struct flx_fused_group;
+/* Profiler ranges (NVTX on CUDA; nothing where the backend has none). name is static. */
+void flx_range_push(flx_ctx *ctx, const char *name);
+void flx_range_pop(flx_ctx *ctx);
 flx_status flx_step_exec(const flx_tensor *node, const struct flx_fused_group *g, void *out,
                          const void *const *in);
 
