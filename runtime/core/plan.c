@@ -149,22 +149,27 @@ static flx_status bind(flx_plan *p, int32_t k, flx_tensor *t, const char *fn) {
     return nb ? p->ctx->be->copy_d2d(p->ctx, p->in_rec[k]->ptr, t->buf->ptr, nb) : FLX_OK;
 }
 
+/* A plan and an input index in range; false with the error set. */
+static bool check_plan_input(const char *fn, const flx_plan *p, int32_t k) {
+    if (!check_plan(fn, p)) return false;
+    if (k < 0 || k >= p->n_in) {
+        flx_set_error(FLX_ERR_INVALID_ARGUMENT, "%s: input index %d outside [0, %d)", fn, (int)k,
+                      (int)p->n_in);
+        return false;
+    }
+    return true;
+}
+
 flx_status flx_plan_set_input(flx_plan *p, int32_t k, flx_tensor *t) {
     static const char *fn = "flx_plan_set_input";
-    if (!check_plan(fn, p)) return flx_last_status();
-    if (k < 0 || k >= p->n_in)
-        return flx_set_error(FLX_ERR_INVALID_ARGUMENT, "%s: input index %d outside [0, %d)", fn,
-                             (int)k, (int)p->n_in);
+    if (!check_plan_input(fn, p, k)) return flx_last_status();
     if (!t) return flx_set_error_if_clear(FLX_ERR_INVALID_ARGUMENT, "%s: tensor is NULL", fn);
     return bind(p, k, t, fn);
 }
 
 flx_status flx_plan_set_input_host(flx_plan *p, int32_t k, const void *data, size_t nbytes) {
     static const char *fn = "flx_plan_set_input_host";
-    if (!check_plan(fn, p)) return flx_last_status();
-    if (k < 0 || k >= p->n_in)
-        return flx_set_error(FLX_ERR_INVALID_ARGUMENT, "%s: input index %d outside [0, %d)", fn,
-                             (int)k, (int)p->n_in);
+    if (!check_plan_input(fn, p, k)) return flx_last_status();
     if (!data) return flx_set_error(FLX_ERR_INVALID_ARGUMENT, "%s: data is NULL", fn);
     size_t need = flx_nbytes(p->in[k]);
     if (nbytes != need)
