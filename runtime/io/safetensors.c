@@ -486,6 +486,7 @@ flx_checkpoint *flx_load_safetensors(flx_ctx *ctx, const char *path) {
     entry *ents = NULL;
     entry **order = NULL;
     void *host = NULL;
+    bool ok = false;
     struct stat sb;
     if (fstat(fileno(f), &sb) != 0 || !S_ISREG(sb.st_mode)) {
         flx_set_error(FLX_ERR_INVALID_ARGUMENT, "%s: %s is not a regular file", fn, path);
@@ -653,13 +654,7 @@ flx_checkpoint *flx_load_safetensors(flx_ctx *ctx, const char *path) {
         ck->n = (int32_t)k + 1;
         if (!ck->tensors[k]) goto fail;
     }
-    free(host);
-    free(order);
-    free(ents);
-    flx_json_free(&root);
-    free(header);
-    fclose(f);
-    return ck;
+    ok = true;
 fail:
     free(host);
     free(order);
@@ -667,6 +662,7 @@ fail:
     flx_json_free(&root);
     free(header);
     fclose(f);
+    if (ok) return ck;
     flx_checkpoint_destroy(ck);
     return NULL;
 }

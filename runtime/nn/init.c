@@ -67,24 +67,26 @@ static bool pick_fan(const char *op, flx_fan_mode mode, double fi, double fo, do
     return true;
 }
 
+/* The checks of a Kaiming initialiser and the fan it scales by. */
+static bool kaiming_fan(const char *op, flx_ctx *ctx, int32_t ndim, const int64_t *shape,
+                        flx_fan_mode mode, double gain, double *fan) {
+    double fi, fo;
+    return check_ctx(op, ctx) && check_gain(op, gain) && fans(op, ndim, shape, &fi, &fo) &&
+           pick_fan(op, mode, fi, fo, fan);
+}
+
 flx_tensor *flx_init_kaiming_uniform(flx_ctx *ctx, flx_dtype dt, int32_t ndim, const int64_t *shape,
                                      flx_fan_mode mode, double gain, uint64_t seed) {
-    static const char *op = "flx_init_kaiming_uniform";
-    double fi, fo, fan;
-    if (!check_ctx(op, ctx) || !check_gain(op, gain) || !fans(op, ndim, shape, &fi, &fo) ||
-        !pick_fan(op, mode, fi, fo, &fan))
-        return NULL;
+    double fan;
+    if (!kaiming_fan("flx_init_kaiming_uniform", ctx, ndim, shape, mode, gain, &fan)) return NULL;
     double a = gain * sqrt(3.0 / fan);
     return flx_uniform(ctx, dt, ndim, shape, -a, a, seed);
 }
 
 flx_tensor *flx_init_kaiming_normal(flx_ctx *ctx, flx_dtype dt, int32_t ndim, const int64_t *shape,
                                     flx_fan_mode mode, double gain, uint64_t seed) {
-    static const char *op = "flx_init_kaiming_normal";
-    double fi, fo, fan;
-    if (!check_ctx(op, ctx) || !check_gain(op, gain) || !fans(op, ndim, shape, &fi, &fo) ||
-        !pick_fan(op, mode, fi, fo, &fan))
-        return NULL;
+    double fan;
+    if (!kaiming_fan("flx_init_kaiming_normal", ctx, ndim, shape, mode, gain, &fan)) return NULL;
     return flx_normal(ctx, dt, ndim, shape, 0.0, gain / sqrt(fan), seed);
 }
 
@@ -127,10 +129,7 @@ static flx_tensor *penalty(const char *op, int32_t n, flx_tensor *const *params,
         flx_tensor *term = flx_sum_all(l2 ? flx_square(params[i]) : flx_abs(params[i]));
         acc = acc ? flx_add(acc, term) : term;
     }
-    flx_tensor *r = flx_mul_scalar(acc, l2 ? 0.5 * lambda : lambda);
-    flx_tensor *keep[1] = {r};
-    flx_scope_end(r ? 1 : 0, keep);
-    return r;
+    return flx_scope_return(flx_mul_scalar(acc, l2 ? 0.5 * lambda : lambda));
 }
 
 flx_tensor *flx_l2_penalty(int32_t n, flx_tensor *const *params, double lambda) {
