@@ -88,6 +88,21 @@ bool flx_check_shape(const char *op, int32_t ndim, const int64_t *shape) {
     return true;
 }
 
+bool flx_check_square(const char *op, flx_tensor *a) {
+    if (!flx_check_inputs(op, 1, &a)) return false;
+    if (!flx_check_float(op, a)) return false;
+    if (a->ndim < 2) {
+        flx_set_error(FLX_ERR_SHAPE, "%s: needs a matrix or a batch of matrices (rank >= 2), got %s",
+                      op, flx_describe(a));
+        return false;
+    }
+    if (a->shape[a->ndim - 1] != a->shape[a->ndim - 2]) {
+        flx_set_error(FLX_ERR_SHAPE, "%s: matrices must be square, got %s", op, flx_describe(a));
+        return false;
+    }
+    return true;
+}
+
 bool flx_shape_eq(int32_t na, const int64_t *a, int32_t nb, const int64_t *b) {
     return na == nb && (na == 0 || memcmp(a, b, sizeof(int64_t) * (size_t)na) == 0);
 }

@@ -91,13 +91,7 @@ flx_status flx_eigh(flx_tensor *a, flx_tensor **w, flx_tensor **v) {
     if (v) *v = NULL;
     if (!w && !v)
         return flx_set_error(FLX_ERR_INVALID_ARGUMENT, "%s: w and v are both NULL (nothing to return)", op);
-    if (!flx_check_inputs(op, 1, &a)) return flx_last_status();
-    if (!flx_check_float(op, a)) return flx_last_status();
-    if (a->ndim < 2)
-        return flx_set_error(FLX_ERR_SHAPE, "%s: needs a matrix or a batch of matrices (rank >= 2), got %s",
-                             op, flx_describe(a));
-    if (a->shape[a->ndim - 1] != a->shape[a->ndim - 2])
-        return flx_set_error(FLX_ERR_SHAPE, "%s: matrices must be square, got %s", op, flx_describe(a));
+    if (!flx_check_square(op, a)) return flx_last_status();
     int64_t n = a->shape[a->ndim - 1];
     if (flx_scope_begin() != FLX_OK) return flx_last_status();
     flx_tensor *S = sym(a), *P = NULL;

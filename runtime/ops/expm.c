@@ -195,17 +195,7 @@ static flx_status host_bound(flx_tensor *A, double *out) {
 
 flx_tensor *flx_expm(flx_tensor *a) {
     static const char *op = "flx_expm";
-    if (!flx_check_inputs(op, 1, &a)) return NULL;
-    if (!flx_check_float(op, a)) return NULL;
-    if (a->ndim < 2) {
-        flx_set_error(FLX_ERR_SHAPE, "%s: needs a matrix or a batch of matrices (rank >= 2), got %s",
-                      op, flx_describe(a));
-        return NULL;
-    }
-    if (a->shape[a->ndim - 1] != a->shape[a->ndim - 2]) {
-        flx_set_error(FLX_ERR_SHAPE, "%s: matrices must be square, got %s", op, flx_describe(a));
-        return NULL;
-    }
+    if (!flx_check_square(op, a)) return NULL;
     if (a->numel == 0) return flx_mul_scalar(a, 1.0); /* empty: nothing to compute */
     double b;
     if (host_bound(a, &b) != FLX_OK) return NULL;

@@ -27,22 +27,6 @@
 static int64_t batch_of(const flx_tensor *A) { return flx_shape_numel(A->ndim - 2, A->shape); }
 static int64_t n_of(const flx_tensor *A) { return A->shape[A->ndim - 1]; }
 
-/* A float tensor of rank >= 2 with square last two dims. */
-static bool check_square(const char *op, flx_tensor *a) {
-    if (!flx_check_inputs(op, 1, &a)) return false;
-    if (!flx_check_float(op, a)) return false;
-    if (a->ndim < 2) {
-        flx_set_error(FLX_ERR_SHAPE, "%s: needs a matrix or a batch of matrices (rank >= 2), got %s",
-                      op, flx_describe(a));
-        return false;
-    }
-    if (a->shape[a->ndim - 1] != a->shape[a->ndim - 2]) {
-        flx_set_error(FLX_ERR_SHAPE, "%s: matrices must be square, got %s", op, flx_describe(a));
-        return false;
-    }
-    return true;
-}
-
 static flx_tensor *lu_node(flx_op op, flx_tensor *A, int32_t n_in, flx_tensor **in, int32_t ndim,
                            const int64_t *shape, int32_t mode, int32_t trans, int32_t check) {
     flx_attrs at = {.u.lu.mode = mode, .u.lu.trans = trans, .u.lu.check = check};
@@ -215,7 +199,7 @@ void flx_ops_register_lu(flx_op_def *t) {
 
 /* ---- public ------------------------------------------------------------------------------------ */
 static flx_tensor *det_public(const char *op, flx_tensor *a, int32_t mode) {
-    if (!check_square(op, a)) return NULL;
+    if (!flx_check_square(op, a)) return NULL;
     if (flx_scope_begin() != FLX_OK) return NULL;
     flx_tensor *lu = factor_node(a);
     return flx_scope_return(lu ? det_node(a, lu, mode) : NULL);
@@ -230,7 +214,7 @@ flx_status flx_slogdet(flx_tensor *a, flx_tensor **sign, flx_tensor **logabsdet)
     if (logabsdet) *logabsdet = NULL;
     if (!sign || !logabsdet)
         return flx_set_error(FLX_ERR_INVALID_ARGUMENT, "%s: sign and logabsdet must not be NULL", op);
-    if (!check_square(op, a)) return flx_last_status();
+    if (!flx_check_square(op, a)) return flx_last_status();
     if (flx_scope_begin() != FLX_OK) return flx_last_status();
     flx_tensor *lu = factor_node(a);
     flx_tensor *s = lu ? det_node(a, lu, FLX_LU_SIGN) : NULL;
@@ -255,7 +239,7 @@ static flx_tensor *info_of(flx_tensor *lu) {
 static flx_tensor *solve_public(const char *op, flx_tensor *a, flx_tensor *b, bool is_inv,
                                 flx_tensor **info) {
     if (info) *info = NULL;
-    if (!check_square(op, a)) return NULL;
+    if (!flx_check_square(op, a)) return NULL;
     bool vec = false;
     if (!is_inv) {
         flx_tensor *in[2] = {a, b};

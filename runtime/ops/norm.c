@@ -48,7 +48,5 @@ flx_tensor *flx_norm(flx_tensor *x, double p, int32_t n_axes, const int32_t *axe
             r = flx_where(pos, root, zero);
         }
     }
-    flx_tensor *keep[1] = {r};
-    flx_scope_end(r ? 1 : 0, keep);
-    return r;
+    return flx_scope_return(r);
 }

@@ -276,10 +276,6 @@ void flx_ops_register_shape(flx_op_def *t) {
  * caller's scope (or the caller). */
 #define FLX_COMPOSE_BEGIN() \
     if (flx_scope_begin() != FLX_OK) return NULL
-static flx_tensor *compose_end(flx_tensor *r) {
-    flx_scope_end(r ? 1 : 0, r ? &r : NULL);
-    return r;
-}
 
 static bool check_shape_arg(const char *name, const flx_tensor *x, int32_t ndim,
                             const int64_t *shape, bool allow_infer) {
@@ -530,7 +526,7 @@ flx_tensor *flx_stack(int32_t n, flx_tensor *const *xs, int32_t axis) {
     }
     if (ok) r = flx_concat(n, us, a);
     if (us != local) free(us);
-    return compose_end(r);
+    return flx_scope_return(r);
 }
 
 flx_tensor *flx_squeeze(flx_tensor *x, int32_t axis) {
@@ -607,7 +603,7 @@ flx_tensor *flx_one_hot(flx_tensor *index, int64_t num_classes, flx_dtype dt) {
     FLX_COMPOSE_BEGIN();
     flx_tensor *classes = flx_arange(index->ctx, index->dtype, 0.0, (double)num_classes, 1.0);
     flx_tensor *r = flx_cast(flx_eq(unsqueeze_at(index, a), classes), dt);
-    return compose_end(r);
+    return flx_scope_return(r);
 }
 
 flx_tensor *flx_pad(flx_tensor *x, const int64_t *pads, double value) {

@@ -370,6 +370,5 @@ flx_tensor *flx_cross_entropy(flx_tensor *logits, flx_tensor *labels, flx_reduct
     flx_tensor *r = x && lab ? cross_entropy_2d(x, lab, reduction, ignore_index, labels->ndim,
                                                  labels->shape)
                              : NULL;
-    flx_scope_end(r ? 1 : 0, &r);
-    return r;
+    return flx_scope_return(r);
 }
