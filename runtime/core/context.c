@@ -45,7 +45,7 @@ flx_device flx_device_cuda(int32_t index) {
 }
 
 #ifdef FLX_WITH_CUDA
-int32_t flx_cuda_backend_device_count(void); /* backend_cuda.c */
+int32_t flx_cuda_backend_device_count(void); /* runtime/cuda/backend.c */
 bool flx_has_cuda(void) { return true; }
 int32_t flx_cuda_device_count(void) { return flx_cuda_backend_device_count(); }
 #else
@@ -55,7 +55,7 @@ int32_t flx_cuda_device_count(void) { return 0; }
 
 /* ---- device feature query (issue 9) ---- */
 #ifdef FLX_WITH_CUDA
-flx_status flx_cuda_backend_device_info(int32_t index, flx_cuda_device_props *out); /* backend_cuda.c */
+flx_status flx_cuda_backend_device_info(int32_t index, flx_cuda_device_props *out); /* runtime/cuda/backend.c */
 #endif
 flx_status flx_cuda_device_info(int32_t index, flx_cuda_device_props *out) {
     if (!out) return flx_set_error(FLX_ERR_INVALID_ARGUMENT, "flx_cuda_device_info: out is NULL");

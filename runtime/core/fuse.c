@@ -1,5 +1,5 @@
-/* fuse.c — elementwise fusion (issue 6), shared by the evaluator (runtime/eval.c) and plans
- * (runtime/plan.c).
+/* fuse.c — elementwise fusion (issue 6), shared by the evaluator (runtime/core/eval.c) and plans
+ * (runtime/core/plan.c).
  *
  * Why: a training step is full of short elementwise chains (bias + activation, the activation's
  * backward g * f'(x), residual adds, optimiser arithmetic written as ops). Run op by op, each link

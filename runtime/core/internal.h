@@ -50,25 +50,25 @@
     X(MATMUL)                                                                             \
     /* autodiff */                                                                        \
     X(DETACH) /* shares its input's buffer; no gradient flows */                           \
-    /* interop (runtime/interop.c) */                                                      \
+    /* interop (runtime/io/interop.c) */                                                      \
     X(CUSTOM) /* flx_custom_fn: value computed at record time; user VJP/JVP: attrs.custom */ \
-    /* nn layers: sliding windows (runtime/ops_conv.c): attrs.conv */                      \
+    /* nn layers: sliding windows (runtime/ops/conv.c): attrs.conv */                      \
     X(IM2COL)                                                                             \
     X(COL2IM)                                                                             \
     X(MAXPOOL)                                                                            \
     X(MAXPOOL_ARGMAX) /* i64 indices, no gradient */                                      \
     X(MAXPOOL_BACKWARD) /* inputs: g, indices */ \
-    /* LU family (issue 4, runtime/ops_lu.c): attrs.lu */                                \
+    /* LU family (issue 4, runtime/ops/lu.c): attrs.lu */                                \
     X(LU_FACTOR) /* packed (..., n*n + n + 1): LU, pivots, info; no gradient */           \
     X(LU_SOLVE)  /* inputs: A, LU, B */                                                   \
     X(LU_DET)    /* inputs: A, LU; det / log|det| / sign / logdet */                      \
     X(LU_COFACTOR) /* inputs: A, LU; cofactor matrix adj(A)^T, division-free */                                         \
-    /* softmax family (runtime/ops_softmax.c): attrs.softmax */                           \
+    /* softmax family (runtime/ops/softmax.c): attrs.softmax */                           \
     X(SOFTMAX)        /* softmax / log_softmax of x along an axis                   */    \
     X(SOFTMAX_BWD)    /* inputs y, v: the rows' Jacobian products (BWD, LOG_VJP/JVP) */    \
     X(CROSS_ENTROPY)  /* inputs logits (N, C), labels (N): per-row losses (N)        */    \
     X(CROSS_ENTROPY_BWD) /* inputs logits, labels, g (N): (softmax - onehot) g       */    \
-    /* expm / eigh (issue 4; runtime/ops_expm.c, runtime/ops_eigh.c) */                   \
+    /* expm / eigh (issue 4; runtime/ops/expm.c, runtime/ops/eigh.c) */                   \
     X(EXPM) /* inputs: Y (expm value, no history), A; aliases Y; attrs.expm      */       \
     X(EIGH) /* input: symmetric S (..., n, n) -> packed (..., n, n+1) = [V | w]   */
 
@@ -94,14 +94,14 @@ typedef struct flx_attrs {
         struct { int32_t axis; } concat;
         struct { int32_t axis; } index;
         struct { int32_t ta, tb; } matmul;
-        /* flx_custom_fn callbacks; owned by the node's buffer (freed with it, runtime/interop.c) */
+        /* flx_custom_fn callbacks; owned by the node's buffer (freed with it, runtime/io/interop.c) */
         struct { struct flx_custom_def *def; } custom;
-        /* nn sliding windows (runtime/ops_conv.c): kernel, stride, padding, dilation (h, w) and
+        /* nn sliding windows (runtime/ops/conv.c): kernel, stride, padding, dilation (h, w) and
          * the input plane size (h, w) for ops whose output is the input geometry */
         struct { int64_t k[2], s[2], p[2], d[2], in_hw[2]; } conv;
         /* LU family (issue 4): flx_lu_mode, solve with A^T, report singular input */
         struct { int32_t mode; int32_t trans; int32_t check; } lu;
-        /* softmax family (runtime/ops_softmax.c): kernel mode (flx_softmax_mode), axis,
+        /* softmax family (runtime/ops/softmax.c): kernel mode (flx_softmax_mode), axis,
          * scale = 1 / temperature, ignore_index of cross-entropy */
         struct { int32_t mode; int32_t axis; double scale; int64_t ignore_index; } softmax;
         /* expm (issue 4): bound on max(||A||_1, ||A||_inf) over the batch, fixes the squarings */
@@ -180,7 +180,7 @@ typedef struct flx_op_def {
 } flx_op_def;
 
 const flx_op_def *flx_op_get(flx_op op);
-/* Registration of each family's rows (runtime/ops_*.c). */
+/* Registration of each family's rows (the files of runtime/ops/). */
 void flx_ops_register_creation(flx_op_def *table);
 void flx_ops_register_unary(flx_op_def *table);
 void flx_ops_register_binary(flx_op_def *table);
@@ -189,13 +189,13 @@ void flx_ops_register_shape(flx_op_def *table);
 void flx_ops_register_linalg(flx_op_def *table);
 void flx_ops_register_autodiff(flx_op_def *table);
 void flx_ops_register_interop(flx_op_def *table);
-/* nn layers (issue 5): sliding-window ops (runtime/ops_conv.c); CPU kernels in runtime/cpu_conv.c */
+/* nn layers (issue 5): sliding-window ops (runtime/ops/conv.c); CPU kernels in runtime/cpu/conv.c */
 void flx_ops_register_conv(flx_op_def *table);
-/* LU family (issue 4): runtime/ops_lu.c; CPU reference kernels in runtime/cpu_lu.c */
+/* LU family (issue 4): runtime/ops/lu.c; CPU reference kernels in runtime/cpu/lu.c */
 void flx_ops_register_lu(flx_op_def *table);
-/* softmax family (issue 3): runtime/ops_softmax.c; CPU kernels in runtime/cpu_softmax.c */
+/* softmax family (issue 3): runtime/ops/softmax.c; CPU kernels in runtime/cpu/softmax.c */
 void flx_ops_register_softmax(flx_op_def *table);
-/* expm / eigh (issue 4): runtime/ops_expm.c, runtime/ops_eigh.c; CPU Jacobi in runtime/cpu_eigh.c */
+/* expm / eigh (issue 4): runtime/ops/expm.c, runtime/ops/eigh.c; CPU Jacobi in runtime/cpu/eigh.c */
 void flx_ops_register_expm(flx_op_def *table);
 void flx_ops_register_eigh(flx_op_def *table);
 
@@ -271,14 +271,13 @@ struct flx_ctx {
     const flx_backend *be;
     flx_ctx_stats stats;
     int64_t live_tensors;   /* tensors of this context alive now                    */
-    uint64_t epoch;         /* evaluator marks                                       */
     int32_t *err_word;      /* device-side error word (device memory on CUDA)        */
     void *backend_state;    /* stream, handles, pools (backend-private)              */
-    int32_t math_mode;      /* flx_math_mode bits (issue 6; runtime/math_mode.c)       */
-    bool fusion;            /* fuse elementwise chains (issue 6; runtime/fuse.c)       */
+    int32_t math_mode;      /* flx_math_mode bits (issue 6; runtime/core/math_mode.c)       */
+    bool fusion;            /* fuse elementwise chains (issue 6; runtime/core/fuse.c)       */
 };
 
-/* ---- logging and environment switches (issue 9, runtime/log.c) ---- */
+/* ---- logging and environment switches (issue 9, runtime/core/log.c) ---- */
 enum { FLX_LOG_OFF = 0, FLX_LOG_ERROR = 1, FLX_LOG_WARN = 2, FLX_LOG_INFO = 3, FLX_LOG_DEBUG = 4 };
 /* The level from FLX_LOG_LEVEL (error|warn|info|debug; unset or unknown: off), read once. */
 int flx_log_level(void);
@@ -289,7 +288,7 @@ bool flx_env_fusion(void);
 /* ---- end logging ---- */
 
 /* ---------------------------------------------------------------------------------------------
- * Errors (runtime/error.c)
+ * Errors (runtime/core/error.c)
  * ------------------------------------------------------------------------------------------- */
 /* Records an error for this thread and returns s. */
 flx_status flx_set_error(flx_status s, const char *fmt, ...) FLX_PRINTF(2, 3);
@@ -300,7 +299,7 @@ const char *flx_describe(const flx_tensor *t);
 const char *flx_shape_str(int32_t ndim, const int64_t *shape);
 
 /* ---------------------------------------------------------------------------------------------
- * Tensors and graph building (runtime/tensor.c)
+ * Tensors and graph building (runtime/core/tensor.c)
  * ------------------------------------------------------------------------------------------- */
 /* Makes a node with the given inputs (each gains a use). Returns a new reference owned by the
  * caller (not registered in any scope), or NULL with the error set. requires_grad is derived
@@ -360,7 +359,7 @@ static inline size_t flx_nbytes(const flx_tensor *t) {
 bool flx_same_shape(const flx_tensor *a, const flx_tensor *b);
 
 /* ---------------------------------------------------------------------------------------------
- * Evaluation (runtime/eval.c)
+ * Evaluation (runtime/core/eval.c)
  * ------------------------------------------------------------------------------------------- */
 /* Computes the nodes (and any ancestor without data), marking them keep. */
 flx_status flx_eval_nodes(int32_t n, flx_tensor *const *ts);
@@ -368,7 +367,7 @@ flx_status flx_eval_nodes(int32_t n, flx_tensor *const *ts);
 void flx_freeze(flx_tensor *t);
 
 /* ---------------------------------------------------------------------------------------------
- * Elementwise fusion (issue 6, runtime/fuse.c), shared by the evaluator and plans.
+ * Elementwise fusion (issue 6, runtime/core/fuse.c), shared by the evaluator and plans.
  * Given a post-order list of nodes to run (each marked with epoch), groups chains of float
  * elementwise nodes (unary, binary arithmetic, where) of one shape and dtype into programs of
  * one kernel each (flx_fused_args). A node joins its consumers' group only when every consumer
@@ -435,12 +434,12 @@ static inline bool flx_recomputable(const flx_tensor *t) {
 }
 
 /* Strides of x read over an output index space (nd, oshape) under NumPy broadcasting (0 on
- * broadcast axes); runtime/ops_binary.c. */
+ * broadcast axes); runtime/ops/binary.c. */
 void flx_broadcast_strides(const flx_tensor *x, int32_t nd, const int64_t *oshape,
                            int64_t *strides);
 
 /* ---------------------------------------------------------------------------------------------
- * Helpers for rules (runtime/autodiff.c): reduce a cotangent over broadcast axes back to shape.
+ * Helpers for rules (runtime/core/autodiff.c): reduce a cotangent over broadcast axes back to shape.
  * Returns a new reference; g itself (retained) when shapes already match.
  * ------------------------------------------------------------------------------------------- */
 flx_tensor *flx_sum_to_shape(flx_tensor *g, int32_t ndim, const int64_t *shape);
@@ -465,7 +464,7 @@ flx_tensor *flx_unary_inside(flx_tensor *x, double lo, double hi);
 /* Thread-local grad mode depth (0 = enabled). */
 int flx_no_grad_depth(void);
 
-/* Optimisers inside plans (runtime/optim.c, issue 6): the fused update of parameters idx[0..m)
+/* Optimisers inside plans (runtime/nn/optim.c, issue 6): the fused update of parameters idx[0..m)
  * from gradients at grad_ptrs, queued only (shared by flx_optim_step and plan replays); the
  * parameter list; a hold released by flx_optim_destroy. */
 flx_status flx_optim_queue_update(flx_optim *o, int32_t m, const int32_t *idx,
@@ -473,7 +472,7 @@ flx_status flx_optim_queue_update(flx_optim *o, int32_t m, const int32_t *idx,
 int32_t flx_optim_params(const flx_optim *o, flx_tensor *const **params);
 void flx_optim_retain(flx_optim *o);
 
-/* Context bookkeeping for stats (runtime/context.c) */
+/* Context bookkeeping for stats (runtime/core/context.c) */
 void flx_stats_alloc(flx_ctx *ctx, size_t nbytes);
 void flx_stats_free(flx_ctx *ctx, size_t nbytes);
 

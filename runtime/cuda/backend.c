@@ -1,4 +1,4 @@
-/* backend_cuda.c — the CUDA backend: host glue between the runtime and the CUDA kernels
+/* backend.c — the CUDA backend: host glue between the runtime and the CUDA kernels
  * (the .cu files in kernels/) and libraries (cuBLAS). The only host file that includes CUDA headers.
  *
  * Per context: one non-blocking stream on which everything is queued, a cuBLAS handle bound to
@@ -484,7 +484,7 @@ static void cuda_range_pop(flx_ctx *ctx) {
     nvtxRangePop();
 }
 
-/* ---- issue 6: plans (CUDA graph capture, runtime/plan.c) and math mode ---------------------
+/* ---- issue 6: plans (CUDA graph capture, runtime/core/plan.c) and math mode ---------------------
  * A plan's replay is recorded once on the context stream (thread-local capture mode, so other
  * threads are not affected) and instantiated; a run is one cudaGraphLaunch. Before the first
  * capture cuBLAS is given a preallocated workspace, so it never allocates during capture (set
@@ -576,7 +576,7 @@ const flx_backend flx_backend_cuda = {
 #undef FLX_X_CUDA_SLOT
     .range_push = cuda_range_push, /* NVTX ranges (issue 9) */
     .range_pop = cuda_range_pop,
-    .capture_begin = cuda_capture_begin, /* issue 6: plans (runtime/plan.c) */
+    .capture_begin = cuda_capture_begin, /* issue 6: plans (runtime/core/plan.c) */
     .capture_end = cuda_capture_end,
     .graph_launch = cuda_graph_launch,
     .graph_destroy = cuda_graph_destroy,

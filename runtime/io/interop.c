@@ -18,7 +18,7 @@
 #include "internal.h"
 
 #ifdef FLX_WITH_CUDA
-void *flx_cuda_ctx_stream(flx_ctx *ctx); /* backend_cuda.c */
+void *flx_cuda_ctx_stream(flx_ctx *ctx); /* runtime/cuda/backend.c */
 #endif
 
 /* ---- helpers ------------------------------------------------------------------------------ */

@@ -1,4 +1,4 @@
-/* nn_init.c — parameter initialisers (Glorot/Xavier, He/Kaiming, U[±1/sqrt(n)]) drawn from the
+/* init.c — parameter initialisers (Glorot/Xavier, He/Kaiming, U[±1/sqrt(n)]) drawn from the
  * counter-based Philox fills (flx_uniform / flx_normal: the same values on every backend for a
  * seed), and the L1 / L2 regularisation terms. Formulas in include/fluxion/fluxion.h. */
 #include <math.h>

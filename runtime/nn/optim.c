@@ -8,13 +8,13 @@
  *   - A step gathers every parameter that has a .grad and updates them with one kernel-family
  *     call per FLX_OPTIM_MAX_TENSORS_PER_LAUNCH parameters (one launch for models of up to that
  *     many tensors), passing the pointers by value.
- *   - Buffer immutability (runtime/eval.c): computed buffers are shared (reshape, detach and
+ *   - Buffer immutability (runtime/core/eval.c): computed buffers are shared (reshape, detach and
  *     flx_assign alias them) and never written again. The optimiser writes a parameter's buffer
  *     in place only when the parameter is its sole holder (refs == 1, not external memory);
  *     otherwise it first gives the parameter a private copy. That check runs at create time and
  *     at every step, so a user's flx_assign, or a live alias of a parameter, is never written
  *     through. Each update bumps the parameter's version, as flx_assign does.
- *   - Plans (issue 6, runtime/plan.c) queue the same update inside their replay through
+ *   - Plans (issue 6, runtime/core/plan.c) queue the same update inside their replay through
  *     flx_optim_queue_update, the one function that fills and launches the chunks; since the
  *     hyperparameters and the step count live in device memory, a captured launch stays valid
  *     across flx_optim_set_hparam. A plan holds the optimiser (refs) until it is destroyed.
@@ -288,7 +288,7 @@ static void base_args(const flx_optim *o, flx_optim_args *a) {
  * them) from the gradients at grad_ptrs[k]: one kernel-family call per
  * FLX_OPTIM_MAX_TENSORS_PER_LAUNCH parameters, the last of which advances the step count on the
  * device. Only queues: the parameters' buffers must already be private (the caller's job), and
- * no version is bumped. Shared by flx_optim_step and compiled plans (runtime/plan.c, issue 6),
+ * no version is bumped. Shared by flx_optim_step and compiled plans (runtime/core/plan.c, issue 6),
  * which call it while a CUDA graph is being captured: it allocates nothing on the device, copies
  * nothing and waits for nothing. m == 0 queues nothing (the step count does not advance). */
 flx_status flx_optim_queue_update(flx_optim *o, int32_t m, const int32_t *idx,

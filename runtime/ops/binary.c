@@ -1,4 +1,4 @@
-/* ops_binary.c — elementwise binary ops with NumPy broadcasting, comparisons and where.
+/* binary.c — elementwise binary ops with NumPy broadcasting, comparisons and where.
  * Rules reduce cotangents over broadcast axes (flx_sum_to_shape). */
 #include <string.h>
 

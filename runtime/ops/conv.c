@@ -1,8 +1,8 @@
-/* ops_conv.c — sliding-window ops over NCHW planes (issue 5, nn layers): IM2COL and its transpose
+/* conv.c — sliding-window ops over NCHW planes (issue 5, nn layers): IM2COL and its transpose
  * COL2IM, MAXPOOL (values), MAXPOOL_ARGMAX (i64 flat indices of the maxima, no gradient) and
  * MAXPOOL_BACKWARD (the scatter of a cotangent through those indices), plus the public layers
  * built on them: flx_conv2d (im2col + matmul), flx_max_pool2d, flx_avg_pool2d, flx_im2col and
- * flx_col2im. Kernels: runtime/cpu_conv.c and kernels/conv.cu (flx_conv_args).
+ * flx_col2im. Kernels: runtime/cpu/conv.c and kernels/conv.cu (flx_conv_args).
  *
  * Rules. IM2COL and COL2IM are linear and each other's transpose: VJP of one is the other, JVP is
  * the op itself on the tangent. So conv2d's gradient is made of matmul, im2col and col2im, and

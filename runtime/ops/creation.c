@@ -1,4 +1,4 @@
-/* ops_creation.c — sources and conversions: host data, fills (zeros ... normal), copies between
+/* creation.c — sources and conversions: host data, fills (zeros ... normal), copies between
  * contexts, dtype casts. */
 #include <math.h>
 #include <stdlib.h>

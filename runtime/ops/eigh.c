@@ -1,8 +1,8 @@
-/* ops_eigh.c — symmetric eigendecomposition (issue 4): flx_eigh(A, &w, &V), batched, f32/f64.
+/* eigh.c — symmetric eigendecomposition (issue 4): flx_eigh(A, &w, &V), batched, f32/f64.
  *
  * flx_eigh builds S = (A + A^T)/2 with public ops (exactly A when A is symmetric) and one EIGH
  * node on S whose output packs [V | w] as (..., n, n+1); w and V are slices of it. The kernel
- * (CPU: cyclic Jacobi in double, runtime/cpu_eigh.c; CUDA: cuSOLVER, kernels/eigh.cu) returns
+ * (CPU: cyclic Jacobi in double, runtime/cpu/eigh.c; CUDA: cuSOLVER, kernels/eigh.cu) returns
  * ascending eigenvalues and eigenvectors whose largest-magnitude entry is positive.
  *
  * Convention for derivatives: the function differentiated is A -> eigh((A + A^T)/2), every entry

@@ -1,4 +1,4 @@
-/* ops_expm.c — the matrix exponential (issue 4): flx_expm(A), batched over leading dims, f32/f64.
+/* expm.c — the matrix exponential (issue 4): flx_expm(A), batched over leading dims, f32/f64.
  *
  * Value: scaling and squaring with a diagonal Pade approximant r_m = q_m(A)^-1 p_m(A) (Higham,
  * "The scaling and squaring method for the matrix exponential revisited", SIMAX 2005), built from

@@ -1,4 +1,4 @@
-/* ops_linalg.c — linear algebra: matmul (NumPy semantics, batched, broadcast batch dims), dot,
+/* linalg.c — linear algebra: matmul (NumPy semantics, batched, broadcast batch dims), dot,
  * outer, trace, diag and diagonal.
  *
  * One MATMUL node computes C[b] = op(A[b]) op(B[b]) for operands of rank >= 2 whose batch dims

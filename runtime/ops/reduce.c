@@ -1,4 +1,4 @@
-/* ops_reduce.c — reductions over a set of axes: sum, mean, max, min, logsumexp, var, argmax.
+/* reduce.c — reductions over a set of axes: sum, mean, max, min, logsumexp, var, argmax.
  * One row (REDUCE) serves them all; attrs.reduce holds the kernel op (flx_reduce_op), the
  * normalised reduced axes (ascending), keepdims and the kernel parameter (the scale of SUM, so
  * mean is SUM with 1/N; the correction of VAR). Rules are built from public ops. */

@@ -1,4 +1,4 @@
-/* ops_shape.c — shape and indexing ops: reshape (an alias of its input's buffer), permute,
+/* shape.c — shape and indexing ops: reshape (an alias of its input's buffer), permute,
  * broadcast, strided slice, pad, concat, index_select / index_add, and the compositions built on
  * them (transpose, stack, squeeze, unsqueeze, gather, one_hot). Most run on the strided copy
  * family. Every op is linear, so each JVP is the op itself applied to the tangent; VJPs are the

@@ -1,6 +1,6 @@
-/* ops_softmax.c — the softmax family: softmax and log_softmax along any axis (with a
+/* softmax.c — the softmax family: softmax and log_softmax along any axis (with a
  * temperature), their dedicated Jacobian-product op, and fused cross-entropy from logits with
- * integer labels. Kernels: runtime/cpu_softmax.c (reference) and kernels/softmax.cu.
+ * integer labels. Kernels: runtime/cpu/softmax.c (reference) and kernels/softmax.cu.
  *
  * Rows (ops and their rules):
  *   SOFTMAX (x)                 y = softmax(s x) or log_softmax(s x) along attrs.axis, s = 1/T.
