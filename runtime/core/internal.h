@@ -250,14 +250,14 @@ bool flx_backend_supports(const flx_backend *be, flx_kernel_family f);
     flx_status flx_kernel_##name(flx_ctx *ctx, const ARGS *a);
 FLX_KERNEL_FAMILIES(FLX_X_FAMILY_DISPATCH)
 #undef FLX_X_FAMILY_DISPATCH
+/* Profiler ranges (NVTX on CUDA; nothing where the backend has none). name is static. */
+void flx_range_push(flx_ctx *ctx, const char *name);
+void flx_range_pop(flx_ctx *ctx);
 /* Runs one step of a schedule on the buffers given, inside a profiler range named after the op
  * ("fused" for a group): node's exec with out = the node's data and in[i] = input i's, or (g
  * non-NULL) the fused group g, whose root is node, with in[k] = the data of g->ext[k]. The
  * evaluator and plans both execute through it. */
 struct flx_fused_group;
-/* Profiler ranges (NVTX on CUDA; nothing where the backend has none). name is static. */
-void flx_range_push(flx_ctx *ctx, const char *name);
-void flx_range_pop(flx_ctx *ctx);
 flx_status flx_step_exec(const flx_tensor *node, const struct flx_fused_group *g, void *out,
                          const void *const *in);
 
