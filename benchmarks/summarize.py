@@ -18,6 +18,8 @@ and summary.md, and checks the pieces that run needs (tools/gpu-check --dry-run)
       writes a fake run (meta.json, suite.txt, torch.json) there, for the dry run.
   summarize.py validate FILE.json
       checks a summary.json has the fields and types the issue lists.
+  summarize.py selftest
+      the ratio and goal arithmetic against hand-computed values (the dry run runs it).
 Standard library only (the GPU machine has no network).
 """
 import argparse
@@ -287,6 +289,45 @@ def cmd_fake(a):
     return 0
 
 
+def cmd_selftest(a):
+    """Hand-computed expectations for every goal kind and the copy ratio."""
+    del a
+    listed = [("copy", "n", "f32"), ("add", "n", "f32"), ("sm", "n", "f32"), ("lu", "n", "f64"),
+              ("step eager", "b", "f32"), ("step plan+graph", "b", "f32"), ("fm", "n", "f32"),
+              ("fm2", "n", "f32"), ("gone", "n", "f32")]
+    goals = {"copy": {"kind": "reference"}, "add": {"kind": "min_copy_fraction", "value": 0.97},
+             "sm": {"kind": "min_copy_fraction", "value": 0.9},
+             "lu": {"kind": "min_speedup", "peer": "torch_us", "value": 1.0},
+             "step eager": {"kind": "none"}, "step plan+graph": {"kind": "max_us", "value": 100},
+             "fm": {"kind": "max_s_reached", "value": 1.0}, "fm2": {"kind": "max_s_reached", "value": 1.0},
+             "gone": {"kind": "max_us", "value": 1}}
+    # copy: 2 GB in 1000 us = 2 GB/ms; add: 3 GB in 1530 us -> 0.980 of copy; sm: 2 GB in 2500 us -> 0.4
+    suite = {"copy": ("n", "f32", 1000.0, 2e9, ""), "add": ("n", "f32", 1530.0, 3e9, ""),
+             "sm": ("n", "f32", 2500.0, 2e9, ""), "lu": ("n", "f64", 50.0, 0.0, ""),
+             "step eager": ("b", "f32", 900.0, 0.0, ""), "step plan+graph": ("b", "f32", 120.0, 0.0, ""),
+             "fm": ("n", "f32", 0.8e6, 0.0, "reached 0.881 after 3 epochs"),
+             "fm2": ("n", "f32", 0.5e6, 0.0, "not reached: best 0.87")}
+    torch_doc = {"rows": {"lu": {"torch_us": 40.0}, "step": {"torch_us": 1100.0, "torch_graph_us": 160.0}}}
+    meta = {"steps": [{"name": "bench", "status": "passed", "seconds": 1, "limit": 2, "note": ""}]}
+    out = build(meta, listed, suite, torch_doc, goals)
+    rows = {r["name"]: r for r in out["bench"]}
+    expect = {"copy": (1.0, None), "add": (round(1.5 / 1.53 / 1.0 * 1.0, 3), True), "sm": (0.4, False),
+              "lu": (None, False), "step eager": (None, None), "step plan+graph": (None, False),
+              "fm": (None, True), "fm2": (None, False), "gone": (None, False)}
+    errs = []
+    for n, (ratio, met) in expect.items():
+        if rows[n]["ratio_to_copy"] != ratio or rows[n]["met"] is not met:
+            errs.append(f"{n}: ratio {rows[n]['ratio_to_copy']} met {rows[n]['met']}, expected {ratio} {met}")
+    if rows["step plan+graph"]["torch_graph_us"] != 160.0 or rows["step eager"]["torch_us"] != 1100.0:
+        errs.append("train-step rows do not carry their base row's PyTorch times")
+    if out["bench_missing"] != ["gone"] or not out["ok"] or out["copy_gb_per_s"] != 2000.0:
+        errs.append(f"missing {out['bench_missing']}, ok {out['ok']}, copy {out['copy_gb_per_s']}")
+    for e in errs:
+        print(f"selftest: {e}", file=sys.stderr)
+    print(f"selftest: {len(expect)} rows checked, {len(errs)} problems")
+    return 1 if errs else 0
+
+
 def cmd_validate(a):
     doc = json.load(open(a.file))
     errs = validate(doc)
@@ -310,12 +351,13 @@ def main():
     f.add_argument("--list", required=True)
     f.add_argument("--goals")
     f.add_argument("--out", required=True)
+    sub.add_parser("selftest")
     v = sub.add_parser("validate")
     v.add_argument("file")
     a = ap.parse_args()
     try:
         return {"write": cmd_write, "check-goals": cmd_check_goals, "fake": cmd_fake,
-                "validate": cmd_validate}[a.cmd](a)
+                "validate": cmd_validate, "selftest": cmd_selftest}[a.cmd](a)
     except (OSError, ValueError, KeyError) as e:
         print(f"summarize {a.cmd}: {type(e).__name__}: {e}", file=sys.stderr)
         return 1
