@@ -126,6 +126,23 @@ from ._core import (
     zeros_like,
 )
 from ._interop import asarray, from_dlpack
+from . import linalg, nn, optim
+from ._checkpoint import load, load_tensor, save
+from ._compile import Compiled, compile
+from ._transforms import (
+    cuda_device_info,
+    get_fusion,
+    get_math_mode,
+    gradcheck,
+    hessian,
+    jacobian,
+    reset_stats,
+    set_fusion,
+    set_math_mode,
+    stats,
+    version,
+)
+from .nn.modules import manual_seed
 
 __version__ = "0.1.0"
 

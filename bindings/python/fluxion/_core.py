@@ -536,7 +536,10 @@ class Tensor:
 
     def backward(self) -> None:
         """Adds d self / d leaf to ``.grad`` of every leaf that requires grad (self has one
-        element)."""
+        element). Inside :func:`fluxion.compile` it also names the step's loss."""
+        from ._compile import _record_backward
+
+        _record_backward(self)
         _call_cb(_L.flx_backward, self._ptr)
 
     def detach(self) -> "Tensor":
@@ -968,6 +971,8 @@ def _reducer(name: str, doc: str) -> Callable[..., Tensor]:
 
     def f(x: Tensor, axis: Union[None, int, Sequence[int]] = None, keepdims: bool = False) -> Tensor:
         a, n = _axes(axis)
+        if n == 0 and axis is not None:
+            return _no_axes(x)
         return _wrap(cfn(_p(x), n, a, bool(keepdims)))
 
     f.__name__ = f.__qualname__ = name
@@ -982,10 +987,21 @@ min = _reducer("min", "minimum (gradient shared among ties)")
 logsumexp = _reducer("logsumexp", "log(sum(exp(x)))")
 
 
+def _no_axes(x: Tensor) -> Tensor:
+    """A reduction over the empty set of axes (numpy's axis=()) reduces nothing: each element is
+    its own group. The C API reads 0 axes as "every axis", so this never reaches it; an identity
+    reshape keeps the gradient path."""
+    s, n = _i64(x.shape)
+    return _wrap(_L.flx_reshape(_p(x), n, s))
+
+
 def var(x: Tensor, axis: Union[None, int, Sequence[int]] = None, keepdims: bool = False,
         correction: int = 0) -> Tensor:
     """sum((x - mean)^2) / (N - correction)."""
     a, n = _axes(axis)
+    if n == 0 and axis is not None:  # groups of one element: 0 / (1 - correction), as numpy
+        d = square(sub(x, x))
+        return d * (1.0 / (1 - correction)) if correction != 1 else d * math.nan
     return _wrap(_L.flx_var(_p(x), n, a, bool(keepdims), int(correction)))
 
 
