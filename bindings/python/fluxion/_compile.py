@@ -67,13 +67,18 @@ def assign_after_step(dst: Tensor, src: Tensor) -> None:
         tr.assigns.append((dst, src))
 
 
-def _signature(args: Tuple[Any, ...]) -> Tuple[Any, ...]:
+def _is_array(a: Any) -> bool:
+    return hasattr(a, "__array_interface__") and hasattr(a, "dtype")
+
+
+def _signature(args: Tuple[Any, ...], dev: Any) -> Tuple[Any, ...]:
+    """Tensors and arrays alike: (shape, dtype, device), arrays going to dev."""
     sig = []
     for a in args:
         if isinstance(a, Tensor):
             sig.append(("T", a.shape, a.dtype.code, str(a.device)))
-        elif hasattr(a, "__array_interface__") and hasattr(a, "dtype"):
-            sig.append(("A", tuple(a.shape), str(a.dtype)))
+        elif _is_array(a):
+            sig.append(("T", tuple(a.shape), _core.as_dtype(a.dtype).code, str(dev)))
         else:
             try:
                 hash(a)
@@ -102,7 +107,8 @@ def _flatten_out(out: Any) -> Tuple[List[Tensor], Callable[[List[Tensor]], Any]]
 class _Plan:
     """One compiled plan: its C handle, the argument slots that are plan inputs, the outputs."""
 
-    def __init__(self, fn: Callable[..., Any], args: Tuple[Any, ...], capture: int) -> None:
+    def __init__(self, fn: Callable[..., Any], args: Tuple[Any, ...], capture: int,
+                 dev: Any) -> None:
         self.ptr = None
         self.keep: List[Any] = []
         import numpy as np
@@ -112,9 +118,10 @@ class _Plan:
         inputs: List[Tensor] = []
         for i, a in enumerate(args):
             if isinstance(a, Tensor):
-                t = _wrap(_L.flx_detach(a._ptr)).eval()  # a CONST copy holding a's value
-            elif hasattr(a, "__array_interface__") and hasattr(a, "dtype"):
-                t = _core.tensor(np.ascontiguousarray(a))
+                # a source tensor holding a's value (a copy made from data, as plans need)
+                t = _core.tensor(a.numpy(), dtype=a.dtype, device=a.device)
+            elif _is_array(a):
+                t = _core.tensor(np.ascontiguousarray(a), device=dev)
             else:
                 targs.append(a)
                 continue
@@ -206,7 +213,7 @@ class Compiled:
     """A compiled step (see :func:`compile`): call it like fn."""
 
     def __init__(self, fn: Callable[..., Any], recompile: bool = True,
-                 capture: str = "default") -> None:
+                 capture: str = "default", device: Any = None) -> None:
         if capture not in _CAPTURE:
             raise ValueError(f"fluxion.compile: capture must be one of {sorted(_CAPTURE)}")
         self.fn = fn
@@ -215,17 +222,21 @@ class Compiled:
         self._plan: Optional[_Plan] = None
         self._sig: Any = None
         self.compiles = 0
+        self.device = _core.device(device) if device is not None else None
         functools.update_wrapper(self, fn)
 
     def __call__(self, *args: Any) -> Any:
-        sig = _signature(args)
+        dev = self.device
+        if dev is None:  # arrays go where the tensor arguments are (the CPU without any)
+            dev = next((a.device for a in args if isinstance(a, Tensor)), _core.device("cpu"))
+        sig = _signature(args, dev)
         if self._plan is None or sig != self._sig:
             if self._plan is not None and not self.recompile:
                 raise ValueError(f"fluxion.compile: {getattr(self.fn, '__name__', 'step')} was "
                                  f"compiled for {self._sig}, called with {sig} "
                                  "(recompile=True compiles again)")
             self._plan = None  # drop the old plan first: its parameters move to the new one
-            self._plan = _Plan(self.fn, args, self.capture)
+            self._plan = _Plan(self.fn, args, self.capture, dev)
             self._sig = sig
             self.compiles += 1
         try:
@@ -236,7 +247,7 @@ class Compiled:
             if getattr(e, "status", 0) != _capi.FLX_ERR_STATE or not self.recompile:
                 raise
             self._plan = None
-            self._plan = _Plan(self.fn, args, self.capture)
+            self._plan = _Plan(self.fn, args, self.capture, dev)
             self.compiles += 1
             return self._plan.run(args)
 
@@ -248,7 +259,7 @@ class Compiled:
 
 
 def compile(fn: Optional[Callable[..., Any]] = None, *, recompile: bool = True,
-            capture: str = "default") -> Any:  # noqa: A001
+            capture: str = "default", device: Any = None) -> Any:  # noqa: A001
     """Compiles a step function into a replayable plan (``jax.jit`` / ``torch.compile`` style)::
 
         @fluxion.compile
@@ -263,10 +274,13 @@ def compile(fn: Optional[Callable[..., Any]] = None, *, recompile: bool = True,
             loss = train_step(x, y)
 
     Returns a :class:`Compiled` callable; usable as ``@compile`` or ``@compile(recompile=False)``.
+    numpy arguments become plan inputs on ``device`` (default: the device of the tensor
+    arguments, else the CPU) and are copied in from host memory at each call. ``capture``:
+    'default', 'on' or 'off' (CUDA graph capture, flx_plan_capture).
     Outputs are fresh tensors per call (no gradient history). Python control flow in fn is
     frozen at the trace: branch on arguments that are part of the signature (non-tensor values)
     or compile one function per branch.
     """
     if fn is None:
-        return lambda f: Compiled(f, recompile, capture)
-    return Compiled(fn, recompile, capture)
+        return lambda f: Compiled(f, recompile, capture, device)
+    return Compiled(fn, recompile, capture, device)

@@ -47,7 +47,8 @@ class _ShapeError(ValueError):
 
 
 def _exception_for(status: int, msg: str) -> BaseException:
-    name = _STATUS_NAMES.get(status, f"status {status}")
+    raw = _L.flx_status_string(status)
+    name = raw.decode() if raw else _STATUS_NAMES.get(status, f"status {status}")
     text = f"{msg} [{name}]" if msg else name
     if status in (1, 2, 3):
         e: BaseException = ValueError(text)
@@ -364,6 +365,11 @@ class Tensor:
     def device(self) -> device:
         """The device the tensor lives on."""
         return _device_of_ctx(_L.flx_ctx_of(self._ptr))
+
+    @property
+    def is_realized(self) -> bool:
+        """True when the tensor's data is present (computed and not freed)."""
+        return bool(_L.flx_is_realized(self._ptr))
 
     def numel(self) -> int:
         """Number of elements."""
@@ -770,6 +776,16 @@ def full(shape: ShapeLike, value: Scalar, dtype: Optional[DTypeLike] = None,
     s, n = _i64(_shape_arg((shape,) if isinstance(shape, int) else tuple(shape)))
     return _finish(_wrap(_L.flx_full(_ctx(device), _dt(dtype).code, n, s, float(value))),
                    requires_grad)
+
+
+def full_data(shape: ShapeLike, value: Scalar, dtype: Optional[DTypeLike] = None,
+              device: DeviceLike = None) -> Tensor:
+    """Like :func:`full`, but a tensor made from data (a leaf that assign() and optimisers may
+    update in place) rather than a lazy op result."""
+    import numpy as np
+
+    dt = _dt(dtype)
+    return tensor(np.full(shape, value, dtype=np.dtype(dt.numpy_str)), dtype=dt, device=device)
 
 
 def zeros_like(x: Tensor, dtype: Optional[DTypeLike] = None) -> Tensor:

@@ -294,8 +294,9 @@ class _BatchNorm(Module):
         else:
             self.weight = self.bias = None
         if track_running_stats:
-            self.register_buffer("running_mean", _core.zeros(n, dtype=dtype, device=device))
-            self.register_buffer("running_var", _core.ones(n, dtype=dtype, device=device))
+            # made from data (not ops): leaves that flx_assign may update
+            self.register_buffer("running_mean", _core.full_data(n, 0.0, dtype, device))
+            self.register_buffer("running_var", _core.full_data(n, 1.0, dtype, device))
         else:
             self.running_mean = self.running_var = None
 
