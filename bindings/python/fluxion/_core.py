@@ -13,12 +13,22 @@ import atexit
 import builtins as _b
 import ctypes
 import math
+import os
 import threading
 from ctypes import byref, c_double, c_int32, c_int64, c_void_p
 from typing import Any, Callable, Iterable, Iterator, Optional, Sequence, Tuple, Union
 
 from . import _lib
 from ._lib import lib as _L
+
+# The compiled hot path (src/_fast.c, abi3), when it was built; FLUXION_NO_EXTENSION=1 forces
+# the pure-ctypes path (the same results, slower calls).
+_fast: Any = None
+if os.environ.get("FLUXION_NO_EXTENSION", "") in ("", "0"):
+    try:
+        from . import _fast  # type: ignore[no-redef]
+    except ImportError:
+        _fast = None
 
 # ---- errors ---------------------------------------------------------------------------------------
 FLX_OK = 0
@@ -242,6 +252,8 @@ def _at_exit() -> None:
     # down interpreter must not run.
     global _alive
     _alive = False
+    if _fast is not None:
+        _fast.shutdown()
 
 
 atexit.register(_at_exit)
@@ -308,9 +320,12 @@ def _p(x: Any) -> int:
         raise TypeError(f"fluxion: expected a fluxion.Tensor, got {type(x).__name__}") from None
 
 
+_NO_AXES = _i32(())  # read-only: C never writes an axes list
+
+
 def _axes(axis: Union[None, int, Sequence[int]]):
     if axis is None:
-        return _i32(())
+        return _NO_AXES
     if isinstance(axis, int):
         return _i32((axis,))
     return _i32(tuple(int(a) for a in axis))
@@ -654,6 +669,43 @@ class Tensor:
     def mT(self) -> "Tensor":
         """Transpose of the last two axes."""
         return _wrap(_L.flx_transpose(self._ptr, -2, -1))
+
+
+_FAST_SLOTS = ("__add__ __radd__ __sub__ __rsub__ __mul__ __rmul__ __truediv__ __rtruediv__ "
+               "__matmul__ __rmatmul__ __pow__ __rpow__ __neg__ __abs__ __pos__ __eq__ __ne__ "
+               "__lt__ __le__ __gt__ __ge__ __del__").split()
+
+if _fast is not None:
+    # The same class on the C handle type: its number and comparison slots (and dealloc) are C;
+    # the Python operator methods above serve as the fallbacks of the cases C hands back.
+    _PyTensor = Tensor
+    _ns = {k: v for k, v in _PyTensor.__dict__.items()
+           if k not in _FAST_SLOTS and k not in ("_ptr", "__weakref__", "__dict__", "__slots__")}
+    _ns["__slots__"] = ("__weakref__",)
+    Tensor = type("Tensor", (_fast.TensorBase,), _ns)  # type: ignore[misc]
+    Tensor.__module__ = "fluxion"
+    Tensor.__qualname__ = "Tensor"
+
+    def _fb(fwd: str, rev: str) -> Callable[[Any, Any], Any]:
+        f, r = getattr(_PyTensor, fwd), getattr(_PyTensor, rev)
+        return lambda a, b: f(a, b) if isinstance(a, Tensor) else r(b, a)
+
+    _FALLBACKS = {
+        "add": _fb("__add__", "__radd__"), "sub": _fb("__sub__", "__rsub__"),
+        "mul": _fb("__mul__", "__rmul__"), "div": _fb("__truediv__", "__rtruediv__"),
+        "matmul": _fb("__matmul__", "__rmatmul__"), "pow": _fb("__pow__", "__rpow__"),
+        "eq": _PyTensor.__eq__, "ne": _PyTensor.__ne__, "lt": _PyTensor.__lt__,
+        "le": _PyTensor.__le__, "gt": _PyTensor.__gt__, "ge": _PyTensor.__ge__,
+        "neg": _PyTensor.__neg__, "abs": _PyTensor.__abs__,
+    }
+
+    def _addr(name: str) -> int:
+        return ctypes.cast(getattr(_L, "flx_" + name), c_void_p).value
+
+    _fast.bind({**{n: _addr(n) for n in _FALLBACKS},
+                **{n: _addr(n) for n in ("add_scalar", "mul_scalar", "affine", "release",
+                                         "clear_error")}},
+               _FALLBACKS, _raise_last, Tensor)
 
 
 def _as_operand(x: Any, like: Tensor) -> Tensor:
@@ -1179,6 +1231,45 @@ Tensor.mul = mul  # type: ignore[attr-defined]
 Tensor.div = div  # type: ignore[attr-defined]
 Tensor.flatten = lambda self: reshape(self, -1)  # type: ignore[attr-defined]
 
+# Module-level unary and binary ops as C functions (the methods above stay Python functions,
+# which bind to self). Non-tensor arguments and calls inside C callbacks go to the Python form.
+_FAST_UNARY = ("neg abs sign square sqrt rsqrt reciprocal exp log log1p sin cos tanh cosh sinh "
+               "erf sigmoid relu gelu softplus detach trace diag diagonal").split()
+_FAST_BINARY = "add sub mul div maximum minimum eq ne lt le gt ge dot outer matmul".split()
+if _fast is not None:
+    for _name in _FAST_UNARY:
+        _py = globals()[_name]
+        globals()[_name] = _fast.unary_fn(ctypes.cast(getattr(_L, "flx_" + _name), c_void_p).value,
+                                          _name, _py, _py.__doc__ or "")
+    for _name in _FAST_BINARY:
+        _py = globals()[_name]
+        globals()[_name] = _fast.binary_fn(ctypes.cast(getattr(_L, "flx_" + _name), c_void_p).value,
+                                           _name, _py, _py.__doc__ or "")
+
+    def _method(f: Callable[..., Tensor], py: Callable[..., Tensor]) -> Callable[..., Tensor]:
+        # a Python function binds to self; the C function does the work
+        m = (lambda self: f(self)) if py.__code__.co_argcount == 1 else (lambda self, o: f(self, o))
+        m.__name__ = m.__qualname__ = py.__name__
+        m.__doc__ = py.__doc__
+        return m
+
+    for _name in _FAST_UNARY + _FAST_BINARY:
+        _pym = Tensor.__dict__.get(_name)
+        if _pym is not None and getattr(_pym, "__name__", None) == _name and hasattr(_pym, "__code__"):
+            setattr(Tensor, _name, _method(globals()[_name], _pym))
+
+    _fast_wrap = _fast.wrap
+
+    def _wrap(p: Optional[int]) -> "Tensor":  # noqa: F811 - the C form of the function above
+        """Wraps a pointer returned by a C function (NULL raises the pending error)."""
+        if _cb_active and _tls.depth:
+            if not p:
+                _raise_last()
+            t = _new(Tensor)
+            t._ptr = _retain(p)  # a C scope owns p: take a reference of our own
+            return t
+        return _fast_wrap(p)
+
 
 # ---- grad mode ---------------------------------------------------------------------------------------
 class no_grad:
@@ -1391,12 +1482,16 @@ def _enter_cb() -> None:
     global _cb_active
     _cb_active += 1
     _tls.depth += 1
+    if _fast is not None:
+        _fast.enter_callback()  # the C fast path then defers to _wrap (which retains)
 
 
 def _leave_cb() -> None:
     global _cb_active
     _cb_active -= 1
     _tls.depth -= 1
+    if _fast is not None:
+        _fast.leave_callback()
 
 
 def _record_exc(e: BaseException) -> int:
