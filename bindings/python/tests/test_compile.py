@@ -144,3 +144,24 @@ def test_compile_misuse_is_reported():
         fx.compile(lambda x: 3)(data()[0])
     with pytest.raises(ValueError, match="capture"):
         fx.compile(lambda x: x, capture="sometimes")
+
+
+def test_fashion_mnist_example_trains(tmp_path):
+    import importlib.util
+    import os
+
+    here = os.path.dirname(os.path.abspath(__file__))
+    data = os.environ.get("FLX_FASHION_MNIST_DIR", "/usr/share/datasets/fashion-mnist")
+    if not os.path.isdir(data):
+        pytest.skip(f"no Fashion-MNIST data at {data}")
+    spec = importlib.util.spec_from_file_location(
+        "fashion_mnist_example", os.path.join(here, "..", "examples", "fashion_mnist.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    ck = tmp_path / "fm.safetensors"
+    rc = mod.main(["--device", "cpu", "--epochs", "1", "--train-limit", "1024", "--test-limit",
+                   "500", "--min-accuracy", "0.55", "--checkpoint", str(ck)])
+    assert rc == 0
+    state, meta = fx.load(ck, metadata=True)
+    assert meta["model"] == "mlp" and "model.0.weight" in state and "optim.hparam.step" in state
+    assert state["optim.hparam.step"].item() == 8
