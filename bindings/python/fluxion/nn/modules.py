@@ -169,28 +169,9 @@ class Module:
         return ("\n".join(lines) + "\n)") if len(lines) > 1 else lines[0] + ")"
 
 
-class Sequential(Module):
-    def __init__(self, *mods: Module) -> None:
-        super().__init__()
-        for i, m in enumerate(mods):
-            setattr(self, str(i), m)
-
-    def __getitem__(self, i: int) -> Module:
-        return list(self._modules.values())[i]
-
-    def __len__(self) -> int:
-        return len(self._modules)
-
-    def __iter__(self) -> Iterator[Module]:
-        return iter(self._modules.values())
-
-    def forward(self, x: Any) -> Any:
-        for m in self._modules.values():
-            x = m(x)
-        return x
-
-
 class ModuleList(Module):
+    """Submodules registered under their index ("0", "1", ...)."""
+
     def __init__(self, mods: Sequence[Module] = ()) -> None:
         super().__init__()
         for m in mods:
@@ -207,6 +188,18 @@ class ModuleList(Module):
 
     def __iter__(self) -> Iterator[Module]:
         return iter(self._modules.values())
+
+
+class Sequential(ModuleList):
+    """Applies its modules in order."""
+
+    def __init__(self, *mods: Module) -> None:
+        super().__init__(mods)
+
+    def forward(self, x: Any) -> Any:
+        for m in self._modules.values():
+            x = m(x)
+        return x
 
 
 class Identity(Module):
