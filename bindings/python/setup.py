@@ -174,4 +174,7 @@ class BinaryDistribution(Distribution):
         return True
 
 
-setup(cmdclass={"build_py": BuildPyWithLibrary}, distclass=BinaryDistribution)
+# The extension uses the limited API and the rest is ctypes: one wheel per platform for every
+# CPython >= 3.9 (tag cp39-abi3).
+setup(cmdclass={"build_py": BuildPyWithLibrary}, distclass=BinaryDistribution,
+      options={"bdist_wheel": {"py_limited_api": "cp39"}})
