@@ -9,8 +9,8 @@ from ctypes import c_void_p
 from typing import Any, Callable, Optional, Sequence, Tuple, Union
 
 from . import _lib
-from ._core import (Tensor, _as_result, _borrow, _call_cb, _enter_cb, _ERR_CALLBACK, _L,
-                    _leave_cb, _p, _ptrs, _record_exc, _tls, _wrap, zeros_like)
+from ._core import (Tensor, _as_result, _borrow, _call_cb, _enter_cb, _L, _leave_cb, _p, _ptrs,
+                    _record_exc, _wrap, zeros_like)
 
 
 # ---- grad mode ---------------------------------------------------------------------------------------

@@ -9,7 +9,7 @@ from __future__ import annotations
 import builtins as _b
 import math
 from ctypes import c_void_p
-from typing import NamedTuple, Optional, Sequence, Tuple, Union
+from typing import NamedTuple, Sequence, Tuple, Union
 
 from . import _core
 from ._core import Tensor, _check, _i32, _L, _p, _wrap

@@ -6,7 +6,7 @@ from ctypes import c_int64, c_void_p
 from typing import Optional, Sequence, Tuple, Union
 
 from .. import _core
-from .._core import (Tensor, _dt, _i64, _L, _p, _ptrs, _wrap, cross_entropy, elu, gelu,
+from .._core import (Tensor, _i64, _L, _p, _ptrs, _wrap, cross_entropy, elu, gelu,
                      leaky_relu, log_softmax, mse_loss, one_hot, relu, sigmoid, softmax,
                      softplus, tanh, _REDUCTIONS)
 

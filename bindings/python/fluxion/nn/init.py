@@ -5,7 +5,7 @@ into an existing leaf (PyTorch's in-place spelling) and return it."""
 from __future__ import annotations
 
 import math
-from typing import Optional, Sequence
+from typing import Sequence
 
 from .. import _core
 from .._core import Tensor, _dt, _i64, _L, _wrap

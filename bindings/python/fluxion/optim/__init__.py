@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from ctypes import byref, c_double
-from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterable, List, Tuple
 
 from .. import _capi, _core
 from .._core import Tensor, _check, _L, _ptrs, _wrap
