@@ -165,3 +165,23 @@ def test_fashion_mnist_example_trains(tmp_path):
     state, meta = fx.load(ck, metadata=True)
     assert meta["model"] == "mlp" and "model.0.weight" in state and "optim.hparam.step" in state
     assert state["optim.hparam.step"].item() == 8
+
+
+def test_readme_training_loop_runs(tmp_path):
+    import pathlib
+    import re
+
+    readme = pathlib.Path(__file__).resolve().parents[3] / "README.md"
+    if not readme.is_file():
+        pytest.skip("not run from a source checkout")
+    m = re.search(r"\n( *)```python\n(.*?)\n *```", readme.read_text(), re.S)
+    assert m, "README.md has no Python example"
+    ind = len(m.group(1))
+    code = "\n".join(line[ind:] for line in m.group(2).splitlines())
+    assert "fx.compile" in code and "loss.backward()" in code and "opt.step()" in code
+    code = code.replace("range(100)", "range(3)").replace('"model.safetensors"',
+                                                          repr(str(tmp_path / "m.safetensors")))
+    ns: dict = {}
+    exec(compile(code, str(readme), "exec"), ns)
+    assert ns["train_step"].compiles == 1 and np.isfinite(ns["loss"].item())
+    assert "0.weight" in fx.load(tmp_path / "m.safetensors")
