@@ -3,6 +3,12 @@
 from ctypes import Structure
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
+FLX_VERSION_MAJOR: int
+FLX_VERSION_MINOR: int
+FLX_VERSION_PATCH: int
+FLX_MAX_DIMS: int
+FLX_GAIN_RELU: float
+FLX_OPTIM_MAX_TENSORS_PER_LAUNCH: int
 FLX_OK: int
 FLX_ERR_INVALID_ARGUMENT: int
 FLX_ERR_SHAPE: int

@@ -97,3 +97,11 @@ def test_parser_rejects_unknown_types():
                    "void (*cb)(void *u));").parse()
     assert d.functions["flx_q_new"] == ("c_void_p", [("s", "POINTER(c_int64)"),
                                                     ("cb", "flx_q_new__cb")])
+    d = gen.Parser("#define FLX_K 2.5\ntypedef uint32_t flx_idx;\n"
+                   "FLX_API flx_idx flx_f(const flx_idx *v, float w);").parse()
+    assert d.functions["flx_f"] == ("c_uint32", [("v", "POINTER(c_uint32)"), ("w", "c_float")])
+    assert ("FLX_K", "2.5") in gen._numeric_defines(d)
+
+
+def test_header_constants_are_exposed():
+    assert _capi.FLX_MAX_DIMS == 8 and fx.nn.init.GAIN_RELU == pytest.approx(2 ** 0.5)

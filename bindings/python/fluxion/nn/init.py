@@ -4,17 +4,16 @@ into an existing leaf (PyTorch's in-place spelling) and return it."""
 
 from __future__ import annotations
 
-import math
 from typing import Sequence
 
-from .. import _core
+from .. import _capi, _core
 from .._core import Tensor, _dt, _i64, _L, _wrap
 
 __all__ = ["xavier_uniform", "xavier_normal", "kaiming_uniform", "kaiming_normal",
            "uniform_fan_in", "xavier_uniform_", "xavier_normal_", "kaiming_uniform_",
            "kaiming_normal_", "calculate_gain", "GAIN_RELU"]
 
-GAIN_RELU = math.sqrt(2.0)
+GAIN_RELU = _capi.FLX_GAIN_RELU  # sqrt(2)
 _FAN = {"fan_in": 0, "fan_out": 1}
 
 
