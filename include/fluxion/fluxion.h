@@ -1047,6 +1047,26 @@ FLX_API flx_status flx_comm_broadcast_params(flx_comm *comm, int32_t n, flx_tens
 FLX_API flx_status flx_comm_average_grads(flx_comm *comm, int32_t n, flx_tensor *const *params,
                                           size_t bucket_bytes);
 
+/* Sharded optimiser state (ZeRO stage 1). Each rank keeps the optimiser state of 1/size of the
+ * parameters (packed in order into one flat vector, padded to a multiple of the world size, split
+ * into contiguous shards). flx_sharded_optim_step reduce-scatters the packed gradients (mean over
+ * the ranks; a parameter without .grad counts as zeros, where flx_optim_step would skip it: the
+ * shard is one tensor), runs one fused update of this rank's
+ * shard, and all-gathers the updated shards back into every parameter (flx_assign). The update
+ * rules are elementwise, so the parameters equal those of an unsharded optimiser stepping on
+ * averaged gradients (flx_comm_average_grads + flx_optim_step), with 1/size of its state memory.
+ * Parameters: distinct leaves made from data, one float dtype, the communicator's context. Every
+ * rank creates it with the same parameter list and steps it together. flx_sharded_optim_shard
+ * gives the optimiser of the shard (flx_optim_set_lr, flx_optim_get_state on the shard). */
+typedef struct flx_sharded_optim flx_sharded_optim;
+FLX_API flx_sharded_optim *flx_sharded_optim_create(flx_comm *comm, flx_optim_kind kind, int32_t n,
+                                                    flx_tensor *const *params,
+                                                    const flx_optim_config *cfg);
+FLX_API flx_status flx_sharded_optim_step(flx_sharded_optim *opt);
+FLX_API flx_status flx_sharded_optim_zero_grad(flx_sharded_optim *opt);
+FLX_API flx_optim *flx_sharded_optim_shard(flx_sharded_optim *opt);
+FLX_API void flx_sharded_optim_destroy(flx_sharded_optim *opt);
+
 #ifdef __cplusplus
 }
 #endif
