@@ -128,7 +128,7 @@ from ._autodiff import (
     value_and_grad,
     vjp,
 )
-from . import linalg, nn, optim
+from . import distributed, linalg, nn, optim
 from ._checkpoint import load, load_tensor, save
 from ._compile import Compiled, compile
 from ._transforms import (

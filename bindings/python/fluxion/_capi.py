@@ -66,6 +66,10 @@ FLX_PLAN_CAPTURE_OFF = 1
 FLX_PLAN_CAPTURE_ON = 2
 FLX_MATH_STRICT = 0
 FLX_MATH_TF32 = 1
+FLX_COMM_SUM = 0
+FLX_COMM_AVG = 1
+FLX_COMM_MAX = 2
+FLX_COMM_MIN = 3
 
 # ---- structs ----
 
@@ -366,6 +370,18 @@ PROTOTYPES = {
     'flx_get_math_mode': (c_int, [c_void_p, POINTER(c_int32)]),
     'flx_set_fusion': (c_int, [c_void_p, c_bool]),
     'flx_get_fusion': (c_int, [c_void_p, POINTER(c_bool)]),
+    'flx_has_mpi': (c_bool, []),
+    'flx_has_nccl': (c_bool, []),
+    'flx_comm_create': (c_void_p, [c_void_p]),
+    'flx_comm_destroy': (c_int, [c_void_p]),
+    'flx_comm_rank': (c_int32, [c_void_p]),
+    'flx_comm_size': (c_int32, [c_void_p]),
+    'flx_comm_all_reduce': (c_void_p, [c_void_p, c_void_p, c_int]),
+    'flx_comm_broadcast': (c_void_p, [c_void_p, c_void_p, c_int32]),
+    'flx_comm_all_gather': (c_void_p, [c_void_p, c_void_p]),
+    'flx_comm_reduce_scatter': (c_void_p, [c_void_p, c_void_p, c_int]),
+    'flx_comm_broadcast_params': (c_int, [c_void_p, c_int32, POINTER(c_void_p), c_int32]),
+    'flx_comm_average_grads': (c_int, [c_void_p, c_int32, POINTER(c_void_p), c_size_t]),
 }
 
 ARG_NAMES = {
@@ -572,4 +588,16 @@ ARG_NAMES = {
     'flx_get_math_mode': ('ctx', 'mode'),
     'flx_set_fusion': ('ctx', 'enabled'),
     'flx_get_fusion': ('ctx', 'enabled'),
+    'flx_has_mpi': (),
+    'flx_has_nccl': (),
+    'flx_comm_create': ('ctx',),
+    'flx_comm_destroy': ('comm',),
+    'flx_comm_rank': ('comm',),
+    'flx_comm_size': ('comm',),
+    'flx_comm_all_reduce': ('comm', 'x', 'op'),
+    'flx_comm_broadcast': ('comm', 'x', 'root'),
+    'flx_comm_all_gather': ('comm', 'x'),
+    'flx_comm_reduce_scatter': ('comm', 'x', 'op'),
+    'flx_comm_broadcast_params': ('comm', 'n', 'params', 'root'),
+    'flx_comm_average_grads': ('comm', 'n', 'params', 'bucket_bytes'),
 }
