@@ -151,6 +151,126 @@ TEST_F(Softmax, NegativeInfinityEntriesAndAllInfRows) {
     }
 }
 
+// log_softmax and cross-entropy form (x - max) - log sum exp(x - max): the rounding of
+// max + log sum at |x| ~ 1e16 would lose the whole result, at 1e8 about 1e-8 of it.
+TEST_F(Softmax, LogSoftmaxAndCrossEntropyKeepPrecisionForHugeLogits) {
+    const double ln2 = std::log(2.0);
+    for (flx_dtype dt : {FLX_F32, FLX_F64}) {
+        flx_tensor *x = make(ctx, dt, Shape{1, 2}, {1e16, 1e16});
+        std::vector<double> y = values(flx_log_softmax(x, 1, 1.0));
+        ASSERT_EQ(y.size(), 2u);
+        double tol = dt == FLX_F32 ? 1e-7 : 1e-15;
+        EXPECT_NEAR(y[0], -ln2, tol) << flx_dtype_name(dt);
+        EXPECT_NEAR(y[1], -ln2, tol) << flx_dtype_name(dt);
+        flx_tensor *L = make(ctx, FLX_I64, Shape{1}, {1});
+        std::vector<double> ce = values(flx_cross_entropy(x, L, FLX_REDUCTION_NONE, -100));
+        ASSERT_EQ(ce.size(), 1u);
+        EXPECT_NEAR(ce[0], ln2, tol) << flx_dtype_name(dt);
+    }
+    // |x| ~ 1e8 in f64 against a long double reference: relative error below 1e-15
+    const int64_t N = 4, C = 9;
+    std::vector<double> xv = rand_values((size_t)(N * C), 77, -3, 3);
+    for (size_t k = 0; k < xv.size(); k++) xv[k] += k < (size_t)(2 * C) ? 1e8 : -1e8;
+    std::vector<double> lab{0, 3, 8, 5};
+    flx_tensor *x = make(ctx, FLX_F64, Shape{N, C}, xv);
+    std::vector<double> y = values(flx_log_softmax(x, 1, 1.0));
+    std::vector<double> ce =
+        values(flx_cross_entropy(x, make(ctx, FLX_I64, Shape{N}, lab), FLX_REDUCTION_NONE, -100));
+    ASSERT_EQ(y.size(), xv.size());
+    ASSERT_EQ(ce.size(), (size_t)N);
+    for (int64_t r = 0; r < N; r++) {
+        long double m = -INFINITY, s = 0;
+        for (int64_t c = 0; c < C; c++) m = std::max(m, (long double)xv[(size_t)(r * C + c)]);
+        for (int64_t c = 0; c < C; c++) s += std::exp((long double)xv[(size_t)(r * C + c)] - m);
+        for (int64_t c = 0; c < C; c++) {
+            long double ref = ((long double)xv[(size_t)(r * C + c)] - m) - std::log(s);
+            double got = y[(size_t)(r * C + c)];
+            EXPECT_LE(std::fabs((double)((got - ref) / ref)), 1e-15) << "row " << r << " col " << c;
+        }
+        long double cref = std::log(s) - ((long double)xv[(size_t)(r * C + (int64_t)lab[(size_t)r])] - m);
+        EXPECT_LE(std::fabs((double)((ce[(size_t)r] - cref) / cref)), 1e-15) << "row " << r;
+    }
+}
+
+// Loss and gradient of cross-entropy take one pass over the logits: a plan of both holds the
+// fused node, the loss read from it and the gradient aliasing it (2 kernels, no chain).
+TEST_F(Softmax, CrossEntropyLossAndGradientArePlannedAsOnePass) {
+    const int64_t N = 7, C = 5;
+    std::vector<double> xv = rand_values((size_t)(N * C), 91, -2, 2);
+    std::vector<double> lab{1, -100, 4, 0, 2, -100, 3};
+    for (flx_reduction red : {FLX_REDUCTION_MEAN, FLX_REDUCTION_SUM}) {
+        ASSERT_EQ(flx_scope_begin(), FLX_OK);
+        flx_tensor *x = make(ctx, FLX_F64, Shape{N, C}, xv);
+        flx_tensor *L = make(ctx, FLX_I64, Shape{N}, lab);
+        flx_eval(1, &L);
+        flx_set_requires_grad(x, true);
+        flx_tensor *loss = nullptr, *g = nullptr;
+        {
+            flxt::GradOn on;
+            loss = flx_cross_entropy(x, L, red, -100);
+            ASSERT_EQ(flx_grad_of(1, &loss, nullptr, 1, &x, false, &g), FLX_OK) << flx_last_error();
+        }
+        flx_tensor *outs[2] = {loss, g};
+        flx_plan *plan = flx_plan_compile(2, outs, 0, nullptr, nullptr);
+        ASSERT_NE(plan, nullptr) << flx_last_error();
+        flx_plan_info info;
+        ASSERT_EQ(flx_plan_get_info(plan, &info), FLX_OK);
+        EXPECT_EQ(info.n_nodes, 3) << "reduction " << red;
+        flx_ctx_stats a, b;
+        ASSERT_EQ(flx_ctx_get_stats(ctx, &a), FLX_OK);
+        ASSERT_EQ(flx_plan_run(plan, 0, nullptr), FLX_OK) << flx_last_error();
+        ASSERT_EQ(flx_ctx_get_stats(ctx, &b), FLX_OK);
+        EXPECT_EQ(b.kernels - a.kernels, 2u) << "reduction " << red;
+        // values: the loss and (softmax - onehot) (/ 4 rows that count for the mean)
+        std::vector<double> rows = ref_ce_rows(xv, N, C, lab, -100);
+        double total = 0;
+        for (double r : rows) total += r;
+        double cnt = red == FLX_REDUCTION_MEAN ? 5 : 1;
+        EXPECT_NEAR(values(flx_plan_output(plan, 0))[0], total / cnt, 1e-13);
+        std::vector<double> gv = values(flx_plan_output(plan, 1));
+        std::vector<double> p = ref_softmax(xv, Shape{N, C}, 1, 1.0, false);
+        ASSERT_EQ(gv.size(), (size_t)(N * C));
+        for (int64_t r = 0; r < N; r++)
+            for (int64_t c = 0; c < C; c++) {
+                double e = lab[(size_t)r] == -100 ? 0 : (p[(size_t)(r * C + c)] - (c == lab[(size_t)r])) / cnt;
+                EXPECT_NEAR(gv[(size_t)(r * C + c)], e, 1e-15) << r << " " << c;
+            }
+        flx_plan_destroy(plan);
+        ASSERT_EQ(flx_scope_end(0, nullptr), FLX_OK);
+    }
+}
+
+// A cotangent other than a graph constant takes the general backward kernel; a constant other
+// than 1 scales the fused gradient. Both agree with the formula.
+TEST_F(Softmax, CrossEntropyGradientWithGivenCotangents) {
+    const int64_t N = 5, C = 4;
+    std::vector<double> xv = rand_values((size_t)(N * C), 93, -2, 2);
+    std::vector<double> lab{3, 0, -100, 1, 1};
+    std::vector<double> p = ref_softmax(xv, Shape{N, C}, 1, 1.0, false);
+    std::vector<double> gr = rand_values((size_t)N, 94, -1, 1);
+    for (int kind = 0; kind < 3; kind++) {
+        ASSERT_EQ(flx_scope_begin(), FLX_OK);
+        flx_tensor *x = make(ctx, FLX_F64, Shape{N, C}, xv);
+        flx_set_requires_grad(x, true);
+        flx_tensor *L = make(ctx, FLX_I32, Shape{N}, lab);
+        flxt::GradOn on;
+        flx_tensor *loss = flx_cross_entropy(x, L, kind == 2 ? FLX_REDUCTION_NONE : FLX_REDUCTION_MEAN, -100);
+        flx_tensor *ct = kind == 0 ? flx_scalar(ctx, FLX_F64, 2.5)
+                       : kind == 1 ? make(ctx, FLX_F64, Shape{}, {-1.5})
+                                   : make(ctx, FLX_F64, Shape{N}, gr);
+        flx_tensor *g = nullptr;
+        ASSERT_EQ(flx_grad_of(1, &loss, &ct, 1, &x, false, &g), FLX_OK) << flx_last_error();
+        std::vector<double> gv = values(g);
+        for (int64_t r = 0; r < N; r++)
+            for (int64_t c = 0; c < C; c++) {
+                double w = kind == 0 ? 2.5 / 4 : kind == 1 ? -1.5 / 4 : gr[(size_t)r];
+                double e = lab[(size_t)r] == -100 ? 0 : (p[(size_t)(r * C + c)] - (c == lab[(size_t)r])) * w;
+                EXPECT_NEAR(gv[(size_t)(r * C + c)], e, 1e-15) << "kind " << kind << " " << r << " " << c;
+            }
+        ASSERT_EQ(flx_scope_end(0, nullptr), FLX_OK);
+    }
+}
+
 // ---- derivatives -------------------------------------------------------------------------------
 TEST_F(Softmax, GradcheckAndJvpCheck) {
     flx_tensor *x = flxt::rand_tensor(ctx, FLX_F64, Shape{3, 4, 5}, 21, -2, 2);
