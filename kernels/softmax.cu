@@ -25,6 +25,11 @@
 //     columns and long rows (axis 0 of (2^20, 8)) the rows are cut into chunks over the whole
 //     GPU: a partial kernel writes each chunk's (max, sum) or dot to scratch, and the write
 //     kernel combines a column's partials (fixed order) before writing its chunk.
+// Cross-entropy uses the same row mappings (contiguous rows): CE_FWD first counts the rows that
+// count (one block over the labels, 4 bytes or 8 a row) and then writes, in one pass over the
+// logits, each row's loss and, when asked, the gradient scaled by 1 / count for the mean; CE_FINISH
+// reduces the per-row losses (one block). At 32768 x 1024 f32 that is 128 MB read + 128 MB
+// written by the row kernel and ~0.4 MB by the two small ones.
 // Every path handles every length (tails are masked; no power-of-two assumption) and n == 0
 // launches nothing.
 //
@@ -279,11 +284,15 @@ __global__ void __launch_bounds__(G > 32 ? G : 128) k_rows_reg(KArgs<T> a) {
 // ---- long rows on a thread-block cluster (sm_90) ------------------------------------------------
 constexpr int kLong = 1024;
 
-// Block rank r of a cluster of cs blocks holds columns [r * chunk, min(n, (r + 1) * chunk)); the
-// first kLong * V of them in registers, the rest (rows longer than 16 * kLong * V) streamed.
+// Block rank r of a cluster of cs blocks holds columns [r * chunk, min(n, (r + 1) * chunk)): the
+// first kLong * V of them in registers, the next `stash` (per operand) in dynamic shared memory,
+// and any rest (f64 rows past ~4M elements) streamed twice, the second time mostly from L2.
 template <typename T, int MODE, int V>
-__global__ void __launch_bounds__(kLong) k_rows_cluster(KArgs<T> a, int64_t chunk) {
+__global__ void __launch_bounds__(kLong) k_rows_cluster(KArgs<T> a, int64_t chunk, int stash) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    extern __shared__ unsigned char dyn[];
+    T *sx = reinterpret_cast<T *>(dyn);
+    T *sv = sx + stash; // v's stash (modes that read v)
     __shared__ T sm[64];
     __shared__ T part[2];
     cg::cluster_group cl = cg::this_cluster();
@@ -302,7 +311,15 @@ __global__ void __launch_bounds__(kLong) k_rows_cluster(KArgs<T> a, int64_t chun
         if constexpr (reads_v(MODE)) vv[k] = ok ? vr[c] : (T)0;
         else vv[k] = (T)0;
     }
-    const int64_t tail = lo + (int64_t)kLong * V; // first streamed column
+    const int64_t tail = lo + (int64_t)kLong * V;   // first column past the registers
+    const int64_t spill = tail + stash;             // first streamed column
+    // The stash: each thread reads back only what it stored itself, so no barrier is needed.
+#pragma unroll 1
+    for (int64_t c = tail + t; c < hi && c < spill; c += kLong) {
+        sx[c - tail] = xr[c];
+        if constexpr (reads_v(MODE)) sv[c - tail] = vr[c];
+    }
+    const int64_t shi = hi < spill ? hi : spill;
     Row<T> r;
     row_init<MODE>(a, row, true, rank == 0 && t == 0, r);
     if constexpr (is_stats(MODE)) {
@@ -310,10 +327,15 @@ __global__ void __launch_bounds__(kLong) k_rows_cluster(KArgs<T> a, int64_t chun
 #pragma unroll
         for (int k = 0; k < V; k++)
             if (lo + t + (int64_t)k * kLong < hi) r.m = fmax(r.m, sc * xv[k]);
+#pragma unroll 1
+        for (int64_t c = tail + t; c < shi; c += kLong) r.m = fmax(r.m, sc * sx[c - tail]);
 #pragma unroll
         for (int k = 0; k < V; k++)
             if (lo + t + (int64_t)k * kLong < hi) r.s += ex(sc * xv[k] - r.m);
-        for (int64_t c = tail + t; c < hi; c += kLong) ms_add(r.m, r.s, sc * xr[c]);
+#pragma unroll 1
+        for (int64_t c = tail + t; c < shi; c += kLong) r.s += ex(sc * sx[c - tail] - r.m);
+#pragma unroll 1
+        for (int64_t c = spill + t; c < hi; c += kLong) ms_add(r.m, r.s, sc * xr[c]);
         g_ms<kLong>(r.m, r.s, sm);
         if (t == 0) {
             part[0] = r.m;
@@ -322,7 +344,10 @@ __global__ void __launch_bounds__(kLong) k_rows_cluster(KArgs<T> a, int64_t chun
     } else {
 #pragma unroll
         for (int k = 0; k < V; k++) r.s += dot_term<MODE>(xv[k], vv[k]);
-        for (int64_t c = tail + t; c < hi; c += kLong) r.s += dot_term<MODE>(xr[c], vr[c]);
+#pragma unroll 1
+        for (int64_t c = tail + t; c < shi; c += kLong) r.s += dot_term<MODE>(sx[c - tail], sv[c - tail]);
+#pragma unroll 1
+        for (int64_t c = spill + t; c < hi; c += kLong) r.s += dot_term<MODE>(xr[c], vr[c]);
         r.s = g_sum<kLong>(r.s, sm);
         if (t == 0) part[0] = r.s;
     }
@@ -348,7 +373,11 @@ __global__ void __launch_bounds__(kLong) k_rows_cluster(KArgs<T> a, int64_t chun
         const int64_t c = lo + t + (int64_t)k * kLong;
         if (c < hi) orow[c] = out_elem<MODE>(a, xv[k], vv[k], r, c);
     }
-    for (int64_t c = tail + t; c < hi; c += kLong)
+#pragma unroll 1
+    for (int64_t c = tail + t; c < shi; c += kLong)
+        orow[c] = out_elem<MODE>(a, sx[c - tail], reads_v(MODE) ? sv[c - tail] : (T)0, r, c);
+#pragma unroll 1
+    for (int64_t c = spill + t; c < hi; c += kLong)
         orow[c] = out_elem<MODE>(a, xr[c], reads_v(MODE) ? vr[c] : (T)0, r, c);
 #else
     __trap(); // launched only on sm_90 and newer (checked on the host)
@@ -356,6 +385,7 @@ __global__ void __launch_bounds__(kLong) k_rows_cluster(KArgs<T> a, int64_t chun
 }
 
 // ---- long rows without clusters: one block per row, several passes -----------------------------
+// (Its loops stay rolled: unrolled, ptxas spills the f64 Jacobian-product variants.)
 template <typename T, int MODE> __global__ void __launch_bounds__(kLong) k_rows_long(KArgs<T> a) {
     __shared__ T sm[64];
     const int64_t n = a.n;
@@ -366,17 +396,19 @@ template <typename T, int MODE> __global__ void __launch_bounds__(kLong) k_rows_
         row_init<MODE>(a, row, true, threadIdx.x == 0, r);
         if constexpr (is_stats(MODE)) {
             const T sc = is_ce(MODE) ? (T)1 : a.scale;
+#pragma unroll 1
             for (int64_t c = threadIdx.x; c < n; c += kLong) ms_add(r.m, r.s, sc * xr[c]);
             g_ms<kLong>(r.m, r.s, sm);
             r.ls = lg(r.s);
         } else {
-#pragma unroll 1 // unrolled, the f64 LOG_JVP loop spills
+#pragma unroll 1
             for (int64_t c = threadIdx.x; c < n; c += kLong) r.s += dot_term<MODE>(xr[c], vr[c]);
             r.s = g_sum<kLong>(r.s, sm);
         }
         if (threadIdx.x == 0) ce_loss<MODE>(a, row, r);
         T *orow = out_row<MODE>(a, row);
         if (!orow) continue;
+#pragma unroll 1
         for (int64_t c = threadIdx.x; c < n; c += kLong)
             orow[c] = out_elem<MODE>(a, xr[c], reads_v(MODE) ? vr[c] : (T)0, r, c);
     }
@@ -406,72 +438,86 @@ template <typename T, int MODE> __global__ void k_rows_strided(KArgs<T> a) {
     }
 }
 
-// Few columns, long rows: blockIdx.x a tile of kSX consecutive columns (flattened (o, i)),
-// blockIdx.y a chunk of `chunk` row positions; threads (tx, ty) = (column in tile, position
-// slice). Partials live in ws: m at [p * cols + col], s (or the dot) at [(P + p) * cols + col].
-constexpr int kSX = 32, kSY = 8;
+// Few columns, long rows: blockIdx.x a tile of tx consecutive columns (flattened (o, i); tx =
+// 32, or the next power of two >= the column count, so a warp's lanes all read), blockIdx.y a
+// chunk of `chunk` row positions; thread (c, y) = (column in tile, position slice), ty = kSB /
+// tx slices. Partials live in ws: m at [p * cols + col], s (or the dot) at [(P + p) * cols + col].
+constexpr int kSB = 256;
 
-template <typename T>
-__device__ __forceinline__ int64_t strided_at(const KArgs<T> &a, int64_t col, int64_t j) {
-    const int64_t o = col / a.inner, i = col - o * a.inner;
-    return (o * a.n + j) * a.inner + i;
+template <typename T> struct Strided {
+    int64_t col, base; // column, and the offset of its element 0
+    int c, y, tx, ty;
+};
+
+template <typename T> __device__ __forceinline__ Strided<T> strided_at(const KArgs<T> &a, int tx) {
+    Strided<T> q;
+    q.tx = tx;
+    q.ty = kSB / tx;
+    q.c = threadIdx.x % tx;
+    q.y = threadIdx.x / tx;
+    q.col = (int64_t)blockIdx.x * tx + q.c;
+    const int64_t o = q.col / a.inner, i = q.col - o * a.inner;
+    q.base = o * a.n * a.inner + i;
+    return q;
 }
 
 template <typename T, int MODE>
-__global__ void __launch_bounds__(kSX * kSY) k_strided_partial(KArgs<T> a, int64_t chunk, T *ws) {
-    __shared__ T sm[2][kSY][kSX];
-    const int tx = threadIdx.x % kSX, ty = threadIdx.x / kSX;
-    const int64_t cols = a.rows * a.inner, col = (int64_t)blockIdx.x * kSX + tx, P = gridDim.y;
+__global__ void __launch_bounds__(kSB) k_strided_partial(KArgs<T> a, int64_t chunk, int tx, T *ws) {
+    __shared__ T sm[2][kSB];
+    const Strided<T> q = strided_at(a, tx);
+    const int64_t cols = a.rows * a.inner, P = gridDim.y, inner = a.inner;
     const int64_t j0 = (int64_t)blockIdx.y * chunk, j1 = j0 + chunk < a.n ? j0 + chunk : a.n;
     T m = ninf<T>(), s = 0;
-    if (col < cols) {
+    if (q.col < cols) {
 #pragma unroll 1 // unrolled, the f64 LOG_JVP loop spills
-        for (int64_t j = j0 + ty; j < j1; j += kSY) {
-            const int64_t k = strided_at(a, col, j);
+        for (int64_t j = j0 + q.y; j < j1; j += q.ty) {
+            const int64_t k = q.base + j * inner;
             if constexpr (is_stats(MODE)) ms_add(m, s, a.scale * a.x[k]);
             else s += dot_term<MODE>(a.x[k], reads_v(MODE) ? a.v[k] : (T)0);
         }
     }
-    sm[0][ty][tx] = m;
-    sm[1][ty][tx] = s;
+    sm[0][threadIdx.x] = m;
+    sm[1][threadIdx.x] = s;
     __syncthreads();
-    if (ty == 0 && col < cols) {
-        for (int q = 1; q < kSY; q++) {
-            if constexpr (is_stats(MODE)) ms_merge(m, s, sm[0][q][tx], sm[1][q][tx]);
-            else s += sm[1][q][tx];
+    if (q.y == 0 && q.col < cols) {
+        for (int y = 1; y < q.ty; y++) {
+            if constexpr (is_stats(MODE)) ms_merge(m, s, sm[0][y * tx + q.c], sm[1][y * tx + q.c]);
+            else s += sm[1][y * tx + q.c];
         }
-        ws[blockIdx.y * cols + col] = m;
-        ws[(P + blockIdx.y) * cols + col] = s;
+        ws[blockIdx.y * cols + q.col] = m;
+        ws[(P + blockIdx.y) * cols + q.col] = s;
     }
 }
 
 template <typename T, int MODE>
-__global__ void __launch_bounds__(kSX * kSY) k_strided_write(KArgs<T> a, int64_t chunk, const T *ws) {
-    __shared__ T sm[2][kSY][kSX];
-    const int tx = threadIdx.x % kSX, ty = threadIdx.x / kSX;
-    const int64_t cols = a.rows * a.inner, col = (int64_t)blockIdx.x * kSX + tx, P = gridDim.y;
-    // combine the column's P partials: slice ty takes p = ty, ty + kSY, ... then slices in order
+__global__ void __launch_bounds__(kSB) k_strided_write(KArgs<T> a, int64_t chunk, int tx, const T *ws) {
+    __shared__ T sm[2][kSB];
+    const Strided<T> q = strided_at(a, tx);
+    const int64_t cols = a.rows * a.inner, P = gridDim.y, inner = a.inner;
+    // combine the column's P partials: slice y takes p = y, y + ty, ..., then the slices in order
     T m = ninf<T>(), s = 0;
-    if (col < cols) {
-        for (int64_t p = ty; p < P; p += kSY) {
-            if constexpr (is_stats(MODE)) ms_merge(m, s, ws[p * cols + col], ws[(P + p) * cols + col]);
-            else s += ws[(P + p) * cols + col];
+    if (q.col < cols) {
+#pragma unroll 1
+        for (int64_t p = q.y; p < P; p += q.ty) {
+            if constexpr (is_stats(MODE)) ms_merge(m, s, ws[p * cols + q.col], ws[(P + p) * cols + q.col]);
+            else s += ws[(P + p) * cols + q.col];
         }
     }
-    sm[0][ty][tx] = m;
-    sm[1][ty][tx] = s;
+    sm[0][threadIdx.x] = m;
+    sm[1][threadIdx.x] = s;
     __syncthreads();
     Row<T> r;
     row_init<MODE>(a, 0, false, false, r);
-    for (int q = 0; q < kSY; q++) {
-        if constexpr (is_stats(MODE)) ms_merge(r.m, r.s, sm[0][q][tx], sm[1][q][tx]);
-        else r.s += sm[1][q][tx];
+    for (int y = 0; y < q.ty; y++) {
+        if constexpr (is_stats(MODE)) ms_merge(r.m, r.s, sm[0][y * tx + q.c], sm[1][y * tx + q.c]);
+        else r.s += sm[1][y * tx + q.c];
     }
     r.ls = lg(r.s);
-    if (col >= cols) return;
+    if (q.col >= cols) return;
     const int64_t j0 = (int64_t)blockIdx.y * chunk, j1 = j0 + chunk < a.n ? j0 + chunk : a.n;
-    for (int64_t j = j0 + ty; j < j1; j += kSY) {
-        const int64_t k = strided_at(a, col, j);
+#pragma unroll 1
+    for (int64_t j = j0 + q.y; j < j1; j += q.ty) {
+        const int64_t k = q.base + j * inner;
         a.out[k] = out_elem<MODE>(a, a.x[k], reads_v(MODE) ? a.v[k] : (T)0, r, j);
     }
 }
@@ -522,46 +568,59 @@ template <typename T, int MODE, int G, int V> int launch_reg(const KArgs<T> &k, 
     return flxk::launch_status();
 }
 
-inline bool has_clusters() {
-    static int cache[64];
-    int dev = 0;
-    if (cudaGetDevice(&dev) != cudaSuccess || dev < 0 || dev >= 64) {
-        (void)cudaGetLastError();
-        return false;
-    }
-    if (cache[dev] == 0) {
-        int major = 0;
-        if (cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) != cudaSuccess) {
-            (void)cudaGetLastError();
-            major = 0;
-        }
-        cache[dev] = major >= 9 ? 1 : 2;
-    }
-    return cache[dev] == 1;
+// Thread-block clusters need compute capability 9.0.
+inline bool has_clusters() { return flxk::device_attr<cudaDevAttrComputeCapabilityMajor>(0) >= 9; }
+
+// Bytes of dynamic shared memory a block may use for its stash: the opt-in maximum less room for
+// the static reductions; 0 when the query fails.
+inline int stash_bytes() {
+    const int b = flxk::device_attr<cudaDevAttrMaxSharedMemoryPerBlockOptin>(0);
+    return b > 4096 ? b - 4096 : 0;
 }
 
 // One row per cluster of cs blocks (cs <= 16; above 8 needs the non-portable opt-in, and a GPU
-// whose GPCs cannot hold 16 blocks gets 8). Returns -2 when no cluster of cs fits, so the
-// caller can fall back.
+// whose GPCs cannot hold 16 blocks gets 8). Returns -2 when no cluster fits, so the caller can
+// fall back.
 template <typename T, int MODE> int launch_cluster(const KArgs<T> &k, cudaStream_t st, int cs) {
     constexpr int V = vmax<T, MODE>();
+    constexpr int ops = reads_v(MODE) ? 2 : 1;
     auto kern = k_rows_cluster<T, MODE, V>;
-    if (cs > 8) {
-        cudaError_t e = cudaFuncSetAttribute(kern, cudaFuncAttributeNonPortableClusterSizeAllowed, 1);
-        if (e != cudaSuccess) {
+    // The kernel's code must be sm_90 too (a build for older GPUs JIT-run on a newer one has only
+    // the trapping stub).
+    static int built90; // 0 unknown, 1 yes, 2 no (benign race: the same value is written)
+    if (built90 == 0) {
+        cudaFuncAttributes fa;
+        if (cudaFuncGetAttributes(&fa, kern) != cudaSuccess) {
             (void)cudaGetLastError();
-            cs = 8;
+            return -2;
         }
+        built90 = fa.ptxVersion >= 90 ? 1 : 2;
+    }
+    if (built90 != 1) return -2;
+    if (cs > 8 && cudaFuncSetAttribute(kern, cudaFuncAttributeNonPortableClusterSizeAllowed, 1) != cudaSuccess) {
+        (void)cudaGetLastError();
+        cs = 8;
     }
     cudaLaunchConfig_t cfg = {};
     cudaLaunchAttribute attr[1];
     attr[0].id = cudaLaunchAttributeClusterDimension;
+    int64_t chunk = 0;
+    int stash = 0;
     for (;;) {
         const int64_t blocks = k.rows * cs;
         if (blocks > INT32_MAX) return (int)cudaErrorInvalidConfiguration;
+        chunk = (k.n + cs - 1) / cs;
+        const int64_t rest = chunk - (int64_t)kLong * V; // past the registers
+        const int64_t cap = (int64_t)stash_bytes() / (int64_t)(sizeof(T) * ops);
+        stash = (int)(rest <= 0 ? 0 : rest < cap ? rest : cap);
+        const size_t dyn = sizeof(T) * ops * (size_t)stash;
+        if (cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)dyn) != cudaSuccess) {
+            (void)cudaGetLastError();
+            return -2;
+        }
         cfg.gridDim = dim3((unsigned)blocks, 1, 1);
         cfg.blockDim = dim3(kLong, 1, 1);
-        cfg.dynamicSmemBytes = 0;
+        cfg.dynamicSmemBytes = dyn;
         cfg.stream = st;
         attr[0].val.clusterDim.x = (unsigned)cs;
         attr[0].val.clusterDim.y = 1;
@@ -577,8 +636,7 @@ template <typename T, int MODE> int launch_cluster(const KArgs<T> &k, cudaStream
         if (cs <= 8) return -2;
         cs = 8;
     }
-    const int64_t chunk = (k.n + cs - 1) / cs;
-    cudaError_t e = cudaLaunchKernelEx(&cfg, kern, k, chunk);
+    cudaError_t e = cudaLaunchKernelEx(&cfg, kern, k, chunk, stash);
     if (e != cudaSuccess) {
         (void)cudaGetLastError();
         return (int)e;
@@ -604,15 +662,18 @@ template <typename T, int MODE> int launch_long(const KArgs<T> &k, cudaStream_t 
 template <typename T, int MODE> int launch_strided(const KArgs<T> &k, cudaStream_t st) {
     const int64_t cols = k.rows * k.inner;
     const int64_t threads = (int64_t)flxk::sm_count() * 2048;
-    const int64_t tiles = (cols + kSX - 1) / kSX;
+    int tx = 32;
+    while (tx > 1 && tx / 2 >= cols) tx /= 2;
+    const int ty = kSB / tx;
+    const int64_t tiles = (cols + tx - 1) / tx;
     // Enough columns to fill the GPU, or rows too short to split: one thread per column.
-    if (cols >= threads / 2 || k.n < 8 * kSY || tiles > 65535) {
+    if (cols >= threads / 2 || k.n < 4 * ty || tiles > INT32_MAX) {
         k_rows_strided<T, MODE><<<flxk::grid_for(cols), flxk::kBlock, 0, st>>>(k);
         return flxk::launch_status();
     }
-    // Chunks: about 4 blocks per SM in all, each chunk at least 4 * kSY positions long.
+    // Chunks: about 4 blocks per SM in all, each at least 4 positions per slice long.
     int64_t P = ((int64_t)flxk::sm_count() * 4 + tiles - 1) / tiles;
-    const int64_t pmax = k.n / (4 * kSY);
+    const int64_t pmax = k.n / (4 * ty);
     if (P > pmax) P = pmax;
     if (P > 65535) P = 65535;
     if (P < 1) P = 1;
@@ -626,8 +687,8 @@ template <typename T, int MODE> int launch_strided(const KArgs<T> &k, cudaStream
         return flxk::launch_status();
     }
     const dim3 grid((unsigned)tiles, (unsigned)P, 1);
-    k_strided_partial<T, MODE><<<grid, kSX * kSY, 0, st>>>(k, chunk, ws);
-    k_strided_write<T, MODE><<<grid, kSX * kSY, 0, st>>>(k, chunk, ws);
+    k_strided_partial<T, MODE><<<grid, kSB, 0, st>>>(k, chunk, tx, ws);
+    k_strided_write<T, MODE><<<grid, kSB, 0, st>>>(k, chunk, tx, ws);
     int rc = flxk::launch_status();
     (void)cudaFreeAsync(ws, st); // stream-ordered: freed after the kernels ran
     return rc;
