@@ -290,7 +290,7 @@ constexpr int kLong = 1024;
 template <typename T, int MODE, int V>
 __global__ void __launch_bounds__(kLong) k_rows_cluster(KArgs<T> a, int64_t chunk, int stash) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-    extern __shared__ unsigned char dyn[];
+    extern __shared__ __align__(16) unsigned char dyn[];
     T *sx = reinterpret_cast<T *>(dyn);
     T *sv = sx + stash; // v's stash (modes that read v)
     __shared__ T sm[64];

@@ -1,4 +1,4 @@
-/* cpu_softmax.c — CPU reference kernels of the softmax family (flx_softmax_args in
+/* softmax.c — CPU reference kernels of the softmax family (flx_softmax_args in
  * kernels/flx_kernels.h): softmax, log_softmax, their Jacobian products and cross-entropy.
  * Plain loops over rows of (outer, n, inner) views, math in double, rows visited in ascending
  * order, so the result is the obvious formula rounded once to the output dtype. This is the
@@ -53,7 +53,7 @@ static flx_status cpu_cross_entropy(const flx_softmax_args *a) {
         int64_t count = 0;
         for (int64_t r = 0; r < N; r++) count += ld_label(a->label_dtype, a->labels, r) != a->ignore_index;
         stf(dt, a->out, N, (double)count);
-        /* the gradient scale as the GPU forms it: 1 / count rounded to T first */
+        /* the mean's gradient scale divides by the count as stored (rounded to T), as on the GPU */
         if (a->reduction == FLX_REDUCTION_MEAN) scale = scale / ldf(dt, a->out, N);
     }
     for (int64_t r = 0; r < N; r++) {

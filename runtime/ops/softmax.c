@@ -1,6 +1,6 @@
-/* ops_softmax.c — the softmax family: softmax and log_softmax along any axis (with a
+/* softmax.c — the softmax family: softmax and log_softmax along any axis (with a
  * temperature), their dedicated Jacobian-product op, and fused cross-entropy from logits with
- * integer labels. Kernels: runtime/cpu_softmax.c (reference) and kernels/softmax.cu.
+ * integer labels. Kernels: runtime/cpu/softmax.c (reference) and kernels/softmax.cu.
  *
  * Rows (ops and their rules):
  *   SOFTMAX (x)                 y = softmax(s x) or log_softmax(s x) along attrs.axis, s = 1/T.
@@ -48,11 +48,7 @@ static void row_view(const flx_tensor *x, int32_t axis, int64_t *outer, int64_t 
 }
 
 static flx_tensor *softmax_node(int32_t mode, flx_tensor *x, int32_t axis, double scale) {
-    flx_attrs at;
-    memset(&at, 0, sizeof at);
-    at.u.softmax.mode = mode;
-    at.u.softmax.axis = axis;
-    at.u.softmax.scale = scale;
+    flx_attrs at = {.u.softmax.mode = mode, .u.softmax.axis = axis, .u.softmax.scale = scale};
     return flx_adopt(flx_node_new(x->ctx, FLX_OP_SOFTMAX, x->dtype, x->ndim, x->shape, 1, &x, &at));
 }
 
@@ -67,25 +63,18 @@ static flx_tensor *softmax_bwd(int32_t mode, flx_tensor *y, flx_tensor *v, int32
                       flx_describe(y), flx_describe(v));
         return NULL;
     }
-    flx_attrs at;
-    memset(&at, 0, sizeof at);
-    at.u.softmax.mode = mode;
-    at.u.softmax.axis = axis;
-    at.u.softmax.scale = scale;
+    flx_attrs at = {.u.softmax.mode = mode, .u.softmax.axis = axis, .u.softmax.scale = scale};
     return flx_adopt(flx_node_new(y->ctx, FLX_OP_SOFTMAX_BWD, y->dtype, y->ndim, y->shape, 2, in, &at));
 }
 
 static flx_tensor *ce_bwd(flx_tensor *x, flx_tensor *labels, flx_tensor *g, int64_t ignore_index) {
     flx_tensor *in[3] = {x, labels, g};
     if (!flx_check_inputs("cross_entropy_bwd", 3, in)) return NULL;
-    flx_attrs at;
-    memset(&at, 0, sizeof at);
-    at.u.softmax.mode = FLX_SOFTMAX_CE_BWD;
-    at.u.softmax.axis = 1;
-    at.u.softmax.scale = 1.0;
-    at.u.softmax.ignore_index = ignore_index;
-    at.u.softmax.rows = x->shape[0];
-    at.u.softmax.classes = x->shape[1];
+    flx_attrs at = {
+        .u.softmax.mode = FLX_SOFTMAX_CE_BWD, .u.softmax.axis = 1, .u.softmax.scale = 1.0,
+        .u.softmax.ignore_index = ignore_index, .u.softmax.rows = x->shape[0],
+        .u.softmax.classes = x->shape[1]
+    };
     return flx_adopt(flx_node_new(x->ctx, FLX_OP_CROSS_ENTROPY_BWD, x->dtype, 2, x->shape, 3, in, &at));
 }
 
@@ -103,81 +92,64 @@ static flx_tensor *add_opt(flx_tensor *a, flx_tensor *b) {
 
 static flx_tensor *scaled(flx_tensor *v, double s) { return (v && s != 1.0) ? flx_mul_scalar(v, s) : v; }
 
-static flx_status rule_status(flx_tensor *r) {
-    if (r) return FLX_OK;
-    flx_status s = flx_last_status();
-    return s != FLX_OK ? s : flx_set_error(FLX_ERR_STATE, "softmax rule: no result");
-}
-
 /* ---- exec ----------------------------------------------------------------------------------- */
-static flx_status run_kernel(flx_tensor *t, flx_softmax_args *a) {
-    if (!t->ctx->be->softmax)
-        return flx_set_error(FLX_ERR_UNSUPPORTED, "%s: the %s backend has no softmax kernels",
-                             flx_op_get(t->op)->name, t->ctx->be->name);
+static flx_status run_kernel(const flx_tensor *t, flx_softmax_args *a) {
     a->err = t->ctx->err_word;
-    t->ctx->stats.kernels++;
-    return t->ctx->be->softmax(t->ctx, a);
+    return flx_kernel_softmax(t->ctx, a);
 }
 
-static flx_status exec_softmax(flx_tensor *t) {
+static flx_status exec_softmax(const flx_tensor *t, void *out, const void *const *in) {
     if (t->numel == 0) return FLX_OK;
-    flx_softmax_args a;
-    memset(&a, 0, sizeof a);
-    a.mode = t->attrs.u.softmax.mode;
-    a.dtype = t->dtype;
+    flx_softmax_args a = {.mode = t->attrs.u.softmax.mode, .dtype = t->dtype};
     row_view(t, t->attrs.u.softmax.axis, &a.outer, &a.n, &a.inner);
     a.scale = t->attrs.u.softmax.scale;
-    a.x = flx_data(t->in[0]);
-    a.v = t->n_in > 1 ? flx_data(t->in[1]) : NULL;
-    a.out = flx_data(t);
+    a.x = in[0];
+    a.v = t->n_in > 1 ? in[1] : NULL;
+    a.out = out;
     return run_kernel(t, &a);
 }
 
 /* Elements of the packed CROSS_ENTROPY buffer before the losses. */
 static int64_t ce_grad_len(const flx_tensor *packed) {
-    return packed->attrs.u.softmax.fused_grad ? packed->attrs.u.softmax.rows * packed->attrs.u.softmax.classes : 0;
+    const int64_t n = packed->attrs.u.softmax.rows * packed->attrs.u.softmax.classes;
+    return packed->attrs.u.softmax.fused_grad ? n : 0;
 }
 
-static void ce_args(const flx_tensor *packed, flx_softmax_args *a) {
-    memset(a, 0, sizeof *a);
-    a->dtype = packed->dtype;
-    a->outer = packed->attrs.u.softmax.rows;
-    a->n = packed->attrs.u.softmax.classes;
-    a->inner = 1;
-    a->scale = 1.0;
-    a->ignore_index = packed->attrs.u.softmax.ignore_index;
-    a->reduction = packed->attrs.u.softmax.reduction;
+/* The cross-entropy kernel arguments of a node with the attributes of a packed node (or of
+ * CROSS_ENTROPY_BWD). */
+static flx_softmax_args ce_args(const flx_tensor *t, int32_t mode) {
+    return (flx_softmax_args){
+        .mode = mode, .dtype = t->dtype, .outer = t->attrs.u.softmax.rows,
+        .n = t->attrs.u.softmax.classes, .inner = 1, .scale = 1.0,
+        .ignore_index = t->attrs.u.softmax.ignore_index, .reduction = t->attrs.u.softmax.reduction
+    };
 }
 
-static flx_status exec_cross_entropy(flx_tensor *t) {
-    flx_tensor *x = t->in[0], *labels = t->in[1];
-    flx_softmax_args a;
-    ce_args(t, &a);
-    a.mode = t->attrs.u.softmax.mode;
-    a.x = flx_data(x);
-    a.labels = flx_data(labels);
-    a.label_dtype = labels->dtype;
+/* CROSS_ENTROPY (packed out) and CROSS_ENTROPY_BWD. */
+static flx_status exec_cross_entropy(const flx_tensor *t, void *out, const void *const *in) {
+    flx_softmax_args a = ce_args(t, t->attrs.u.softmax.mode);
+    a.x = in[0];
+    a.labels = in[1];
+    a.label_dtype = t->in[1]->dtype;
     if (a.mode == FLX_SOFTMAX_CE_FWD) {
-        char *base = (char *)flx_data(t);
-        a.grad = t->attrs.u.softmax.fused_grad ? base : NULL;
-        a.out = base + (size_t)ce_grad_len(t) * flx_dtype_size(t->dtype);
+        a.grad = t->attrs.u.softmax.fused_grad ? out : NULL;
+        a.out = (char *)out + (size_t)ce_grad_len(t) * flx_dtype_size(t->dtype);
     } else { /* CE_BWD */
         if (t->numel == 0) return FLX_OK;
-        a.v = flx_data(t->in[2]);
-        a.out = flx_data(t);
+        a.v = in[2];
+        a.out = out;
     }
     return run_kernel(t, &a);
 }
 
-static flx_status exec_ce_loss(flx_tensor *t) {
-    flx_tensor *packed = t->in[0];
-    flx_softmax_args a;
-    ce_args(packed, &a);
-    a.mode = FLX_SOFTMAX_CE_FINISH;
-    a.reduction = t->attrs.u.softmax.reduction;
-    a.x = (const char *)flx_data(packed) + (size_t)ce_grad_len(packed) * flx_dtype_size(t->dtype);
-    a.out = flx_data(t);
+/* CROSS_ENTROPY_LOSS: the loss (or the count) read from the packed node in[0]. */
+static flx_status exec_ce_loss(const flx_tensor *t, void *out, const void *const *in) {
+    const flx_tensor *packed = t->in[0];
     if (t->numel == 0) return FLX_OK;
+    flx_softmax_args a = ce_args(packed, FLX_SOFTMAX_CE_FINISH);
+    a.reduction = t->attrs.u.softmax.reduction;
+    a.x = (const char *)in[0] + (size_t)ce_grad_len(packed) * flx_dtype_size(t->dtype);
+    a.out = out;
     return run_kernel(t, &a);
 }
 
@@ -186,7 +158,7 @@ static flx_status vjp_softmax(flx_tensor *node, flx_tensor *g, flx_tensor **gin)
     bool lg = node->attrs.u.softmax.mode == FLX_SOFTMAX_LOG_FWD;
     gin[0] = softmax_bwd(lg ? FLX_SOFTMAX_LOG_VJP : FLX_SOFTMAX_BWD, node, g,
                          node->attrs.u.softmax.axis, node->attrs.u.softmax.scale);
-    return rule_status(gin[0]);
+    return flx_rule_status(gin[0]);
 }
 
 static flx_status jvp_softmax(flx_tensor *node, flx_tensor *const *tin, flx_tensor **tout) {
@@ -195,7 +167,7 @@ static flx_status jvp_softmax(flx_tensor *node, flx_tensor *const *tin, flx_tens
     bool lg = node->attrs.u.softmax.mode == FLX_SOFTMAX_LOG_FWD;
     *tout = softmax_bwd(lg ? FLX_SOFTMAX_LOG_JVP : FLX_SOFTMAX_BWD, node, tin[0],
                         node->attrs.u.softmax.axis, node->attrs.u.softmax.scale);
-    return rule_status(*tout);
+    return flx_rule_status(*tout);
 }
 
 /* ---- rules: SOFTMAX_BWD (y, v) -------------------------------------------------------------- */
@@ -238,11 +210,11 @@ static flx_status vjp_softmax_bwd(flx_tensor *node, flx_tensor *g, flx_tensor **
     double s = node->attrs.u.softmax.scale;
     if (node->in[1]->requires_grad) {
         gin[1] = softmax_bwd(transpose_mode(mode), node->in[0], g, ax, s);
-        if (!gin[1]) return rule_status(NULL);
+        if (!gin[1]) return flx_rule_status(NULL);
     }
     if (node->in[0]->requires_grad) {
         gin[0] = bwd_partial_y(node, g, true);
-        if (!gin[0]) return rule_status(NULL);
+        if (!gin[0]) return flx_rule_status(NULL);
     }
     return FLX_OK;
 }
@@ -253,15 +225,15 @@ static flx_status jvp_softmax_bwd(flx_tensor *node, flx_tensor *const *tin, flx_
     if (tin[1]) {
         r = softmax_bwd(node->attrs.u.softmax.mode, node->in[0], tin[1], node->attrs.u.softmax.axis,
                         node->attrs.u.softmax.scale);
-        if (!r) return rule_status(NULL);
+        if (!r) return flx_rule_status(NULL);
     }
     if (tin[0]) {
         flx_tensor *p = bwd_partial_y(node, tin[0], false);
-        if (!p) return rule_status(NULL);
+        if (!p) return flx_rule_status(NULL);
         r = add_opt(r, p);
     }
     *tout = r;
-    return (tin[0] || tin[1]) ? rule_status(r) : FLX_OK;
+    return (tin[0] || tin[1]) ? flx_rule_status(r) : FLX_OK;
 }
 
 /* ---- rules: cross-entropy ------------------------------------------------------------------- */
@@ -330,7 +302,7 @@ static flx_status vjp_ce_loss(flx_tensor *node, flx_tensor *g, flx_tensor **gin)
     } else {
         gin[1] = ce_bwd(x, labels, ce_rows_cotangent(node, g), packed->attrs.u.softmax.ignore_index);
     }
-    return rule_status(gin[1]);
+    return flx_rule_status(gin[1]);
 }
 
 static flx_status jvp_ce_loss(flx_tensor *node, flx_tensor *const *tin, flx_tensor **tout) {
@@ -343,7 +315,7 @@ static flx_status jvp_ce_loss(flx_tensor *node, flx_tensor *const *tin, flx_tens
     if (red == FLX_REDUCTION_NONE) *tout = rows;
     else if (red == FLX_REDUCTION_SUM) *tout = flx_sum_all(rows);
     else *tout = flx_div(flx_sum_all(rows), ce_count(packed));
-    return rule_status(*tout);
+    return flx_rule_status(*tout);
 }
 
 /* CROSS_ENTROPY_GRAD is ce_bwd(x, labels, g) with g = 1 per row (1 / count for the mean). */
@@ -356,7 +328,7 @@ static flx_tensor *ce_grad_rows(flx_tensor *node) {
 static flx_status vjp_ce_grad(flx_tensor *node, flx_tensor *h, flx_tensor **gin) {
     if (!node->in[1]->requires_grad) return FLX_OK;
     gin[1] = ce_bwd_dx(node->in[1], node->in[2], ce_grad_rows(node), node->attrs.u.softmax.ignore_index, h);
-    return rule_status(gin[1]);
+    return flx_rule_status(gin[1]);
 }
 
 static flx_status jvp_ce_grad(flx_tensor *node, flx_tensor *const *tin, flx_tensor **tout) {
@@ -364,7 +336,7 @@ static flx_status jvp_ce_grad(flx_tensor *node, flx_tensor *const *tin, flx_tens
     if (!tin[1]) return FLX_OK;
     *tout = ce_bwd_dx(node->in[1], node->in[2], ce_grad_rows(node), node->attrs.u.softmax.ignore_index,
                       tin[1]);
-    return rule_status(*tout);
+    return flx_rule_status(*tout);
 }
 
 /* CROSS_ENTROPY_BWD (x, labels, g): out = m g (p - onehot), p = softmax(x), m the row mask.
@@ -377,11 +349,11 @@ static flx_status vjp_ce_bwd(flx_tensor *node, flx_tensor *h, flx_tensor **gin) 
     if (g->requires_grad) {
         flx_tensor *d = ce_bwd(x, labels, ones_rows(x), ig);
         gin[2] = d ? flx_sum(flx_mul(h, d), 1, &ax, false) : NULL;
-        if (!gin[2]) return rule_status(NULL);
+        if (!gin[2]) return flx_rule_status(NULL);
     }
     if (x->requires_grad) {
         gin[0] = ce_bwd_dx(x, labels, g, ig, h);
-        if (!gin[0]) return rule_status(NULL);
+        if (!gin[0]) return flx_rule_status(NULL);
     }
     return FLX_OK;
 }
@@ -393,22 +365,15 @@ static flx_status jvp_ce_bwd(flx_tensor *node, flx_tensor *const *tin, flx_tenso
     flx_tensor *r = NULL;
     if (tin[2]) {
         r = ce_bwd(x, labels, tin[2], ig);
-        if (!r) return rule_status(NULL);
+        if (!r) return flx_rule_status(NULL);
     }
     if (tin[0]) {
         flx_tensor *q = ce_bwd_dx(x, labels, g, ig, tin[0]);
-        if (!q) return rule_status(NULL);
+        if (!q) return flx_rule_status(NULL);
         r = add_opt(r, q);
     }
     *tout = r;
-    return (tin[0] || tin[2]) ? rule_status(r) : FLX_OK;
-}
-
-static flx_status jvp_none(flx_tensor *node, flx_tensor *const *tin, flx_tensor **tout) {
-    (void)node;
-    (void)tin;
-    *tout = NULL;
-    return FLX_OK;
+    return (tin[0] || tin[2]) ? flx_rule_status(r) : FLX_OK;
 }
 
 void flx_ops_register_softmax(flx_op_def *t) {
@@ -416,7 +381,7 @@ void flx_ops_register_softmax(flx_op_def *t) {
     t[FLX_OP_SOFTMAX_BWD] =
         (flx_op_def){"softmax_bwd", exec_softmax, vjp_softmax_bwd, jvp_softmax_bwd, 0};
     t[FLX_OP_CROSS_ENTROPY] =
-        (flx_op_def){"cross_entropy", exec_cross_entropy, NULL, jvp_none, FLX_OPF_NONDIFF};
+        (flx_op_def){"cross_entropy", exec_cross_entropy, NULL, flx_jvp_zero, FLX_OPF_NONDIFF};
     t[FLX_OP_CROSS_ENTROPY_LOSS] =
         (flx_op_def){"cross_entropy_loss", exec_ce_loss, vjp_ce_loss, jvp_ce_loss, 0};
     t[FLX_OP_CROSS_ENTROPY_GRAD] =
@@ -457,17 +422,13 @@ flx_tensor *flx_log_softmax(flx_tensor *x, int32_t axis, double temperature) {
 /* Validated (N, C) logits and (N) labels -> the reduced loss. Runs inside a scope. */
 static flx_tensor *cross_entropy_2d(flx_tensor *x, flx_tensor *labels, flx_reduction red,
                                     int64_t ignore_index, int32_t nd_out, const int64_t *out_shape) {
-    flx_attrs at;
-    memset(&at, 0, sizeof at);
-    at.u.softmax.mode = FLX_SOFTMAX_CE_FWD;
-    at.u.softmax.axis = 1;
-    at.u.softmax.scale = 1.0;
-    at.u.softmax.ignore_index = ignore_index;
-    at.u.softmax.reduction = (int32_t)red;
-    at.u.softmax.fused_grad = x->requires_grad && flx_no_grad_depth() == 0;
-    at.u.softmax.rows = x->shape[0];
-    at.u.softmax.classes = x->shape[1];
-    int64_t packed_len = (at.u.softmax.fused_grad ? x->shape[0] * x->shape[1] : 0) + x->shape[0] + 1;
+    const bool fused = x->requires_grad && flx_no_grad_depth() == 0;
+    flx_attrs at = {
+        .u.softmax.mode = FLX_SOFTMAX_CE_FWD, .u.softmax.axis = 1, .u.softmax.scale = 1.0,
+        .u.softmax.ignore_index = ignore_index, .u.softmax.reduction = (int32_t)red,
+        .u.softmax.fused_grad = fused, .u.softmax.rows = x->shape[0], .u.softmax.classes = x->shape[1]
+    };
+    int64_t packed_len = (fused ? x->shape[0] * x->shape[1] : 0) + x->shape[0] + 1;
     flx_tensor *in[3] = {x, labels, NULL};
     flx_tensor *packed =
         flx_adopt(flx_node_new(x->ctx, FLX_OP_CROSS_ENTROPY, x->dtype, 1, &packed_len, 2, in, &at));
@@ -528,6 +489,5 @@ flx_tensor *flx_cross_entropy(flx_tensor *logits, flx_tensor *labels, flx_reduct
     flx_tensor *r = x && lab ? cross_entropy_2d(x, lab, reduction, ignore_index, labels->ndim,
                                                  labels->shape)
                              : NULL;
-    flx_scope_end(r ? 1 : 0, &r);
-    return r;
+    return flx_scope_return(r);
 }
