@@ -13,13 +13,15 @@
 //     ...: every load instruction of the warp is one coalesced line), 4 rows per block;
 //   - up to 1024 * VMAX: one block of G = 64..1024 threads per row, warps combined through
 //     shared memory;
-//   - longer rows (sm_90): each row is split over a thread-block cluster of up to 16 blocks of
-//     1024 threads; every block keeps its slice in registers and the blocks exchange their
-//     partial (max, sum) or dot through distributed shared memory, so the row is read from DRAM
-//     once and rows of 2^20 keep 16 SMs each busy. A slice longer than 1024 * VMAX streams its
-//     remainder twice (the second read comes from L2: a cluster's row is at most 16 * 256 KB in
-//     flight). Without sm_90 (older GPUs, or a build without sm_90 code) the same rows take the
-//     multi-pass one-block-per-row kernel.
+//   - longer rows (sm_90): each row is split over a thread-block cluster of up to 16 blocks;
+//     every block keeps its slice in registers and the blocks exchange their partial (max, sum)
+//     or dot through distributed shared memory, so the row is read from DRAM once. Up to
+//     16 * 512 * VMAX elements, blocks of 512 threads (two per SM: one block's loads overlap
+//     another's stores); beyond, blocks of 1024 threads that also stash up to ~220 KB of their
+//     slice in shared memory (rows of 2^20 f32: 16 SMs per row, all of it on chip), and stream
+//     any rest twice (f64 rows past ~3.5M elements; the second read mostly from L2). Without
+//     sm_90 (older GPUs, or a build without sm_90 code) these rows take the multi-pass
+//     one-block-per-row kernel.
 //   - a strided axis (inner > 1): with many columns (outer * inner), one thread per column,
 //     walking its row with stride inner (adjacent threads read adjacent addresses); with few
 //     columns and long rows (axis 0 of (2^20, 8)) the rows are cut into chunks over the whole
@@ -285,10 +287,12 @@ __global__ void __launch_bounds__(G > 32 ? G : 128) k_rows_reg(KArgs<T> a) {
 constexpr int kLong = 1024;
 
 // Block rank r of a cluster of cs blocks holds columns [r * chunk, min(n, (r + 1) * chunk)): the
-// first kLong * V of them in registers, the next `stash` (per operand) in dynamic shared memory,
+// first B * V of them in registers, the next `stash` (per operand) in dynamic shared memory,
 // and any rest (f64 rows past ~4M elements) streamed twice, the second time mostly from L2.
-template <typename T, int MODE, int V>
-__global__ void __launch_bounds__(kLong) k_rows_cluster(KArgs<T> a, int64_t chunk, int stash) {
+// Blocks of B threads: 512 (two blocks per SM, so one block's loads overlap another's stores)
+// when the row fits in the cluster's registers, else 1024 with the stash (one block per SM).
+template <typename T, int MODE, int V, int B>
+__global__ void __launch_bounds__(B, 1024 / B) k_rows_cluster(KArgs<T> a, int64_t chunk, int stash) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
     extern __shared__ __align__(16) unsigned char dyn[];
     T *sx = reinterpret_cast<T *>(dyn);
@@ -305,17 +309,17 @@ __global__ void __launch_bounds__(kLong) k_rows_cluster(KArgs<T> a, int64_t chun
     T xv[V], vv[V];
 #pragma unroll
     for (int k = 0; k < V; k++) {
-        const int64_t c = lo + t + (int64_t)k * kLong;
+        const int64_t c = lo + t + (int64_t)k * B;
         const bool ok = c < hi;
         xv[k] = ok ? xr[c] : (T)0;
         if constexpr (reads_v(MODE)) vv[k] = ok ? vr[c] : (T)0;
         else vv[k] = (T)0;
     }
-    const int64_t tail = lo + (int64_t)kLong * V;   // first column past the registers
+    const int64_t tail = lo + (int64_t)B * V;   // first column past the registers
     const int64_t spill = tail + stash;             // first streamed column
     // The stash: each thread reads back only what it stored itself, so no barrier is needed.
 #pragma unroll 1
-    for (int64_t c = tail + t; c < hi && c < spill; c += kLong) {
+    for (int64_t c = tail + t; c < hi && c < spill; c += B) {
         sx[c - tail] = xr[c];
         if constexpr (reads_v(MODE)) sv[c - tail] = vr[c];
     }
@@ -326,17 +330,17 @@ __global__ void __launch_bounds__(kLong) k_rows_cluster(KArgs<T> a, int64_t chun
         const T sc = is_ce(MODE) ? (T)1 : a.scale;
 #pragma unroll
         for (int k = 0; k < V; k++)
-            if (lo + t + (int64_t)k * kLong < hi) r.m = fmax(r.m, sc * xv[k]);
+            if (lo + t + (int64_t)k * B < hi) r.m = fmax(r.m, sc * xv[k]);
 #pragma unroll 1
-        for (int64_t c = tail + t; c < shi; c += kLong) r.m = fmax(r.m, sc * sx[c - tail]);
+        for (int64_t c = tail + t; c < shi; c += B) r.m = fmax(r.m, sc * sx[c - tail]);
 #pragma unroll
         for (int k = 0; k < V; k++)
-            if (lo + t + (int64_t)k * kLong < hi) r.s += ex(sc * xv[k] - r.m);
+            if (lo + t + (int64_t)k * B < hi) r.s += ex(sc * xv[k] - r.m);
 #pragma unroll 1
-        for (int64_t c = tail + t; c < shi; c += kLong) r.s += ex(sc * sx[c - tail] - r.m);
+        for (int64_t c = tail + t; c < shi; c += B) r.s += ex(sc * sx[c - tail] - r.m);
 #pragma unroll 1
-        for (int64_t c = spill + t; c < hi; c += kLong) ms_add(r.m, r.s, sc * xr[c]);
-        g_ms<kLong>(r.m, r.s, sm);
+        for (int64_t c = spill + t; c < hi; c += B) ms_add(r.m, r.s, sc * xr[c]);
+        g_ms<B>(r.m, r.s, sm);
         if (t == 0) {
             part[0] = r.m;
             part[1] = r.s;
@@ -345,10 +349,10 @@ __global__ void __launch_bounds__(kLong) k_rows_cluster(KArgs<T> a, int64_t chun
 #pragma unroll
         for (int k = 0; k < V; k++) r.s += dot_term<MODE>(xv[k], vv[k]);
 #pragma unroll 1
-        for (int64_t c = tail + t; c < shi; c += kLong) r.s += dot_term<MODE>(sx[c - tail], sv[c - tail]);
+        for (int64_t c = tail + t; c < shi; c += B) r.s += dot_term<MODE>(sx[c - tail], sv[c - tail]);
 #pragma unroll 1
-        for (int64_t c = spill + t; c < hi; c += kLong) r.s += dot_term<MODE>(xr[c], vr[c]);
-        r.s = g_sum<kLong>(r.s, sm);
+        for (int64_t c = spill + t; c < hi; c += B) r.s += dot_term<MODE>(xr[c], vr[c]);
+        r.s = g_sum<B>(r.s, sm);
         if (t == 0) part[0] = r.s;
     }
     cl.sync(); // every block's partial is visible cluster-wide
@@ -370,14 +374,14 @@ __global__ void __launch_bounds__(kLong) k_rows_cluster(KArgs<T> a, int64_t chun
     if (!orow) return;
 #pragma unroll
     for (int k = 0; k < V; k++) {
-        const int64_t c = lo + t + (int64_t)k * kLong;
+        const int64_t c = lo + t + (int64_t)k * B;
         if (c < hi) orow[c] = out_elem<MODE>(a, xv[k], vv[k], r, c);
     }
 #pragma unroll 1
-    for (int64_t c = tail + t; c < shi; c += kLong)
+    for (int64_t c = tail + t; c < shi; c += B)
         orow[c] = out_elem<MODE>(a, sx[c - tail], reads_v(MODE) ? sv[c - tail] : (T)0, r, c);
 #pragma unroll 1
-    for (int64_t c = spill + t; c < hi; c += kLong)
+    for (int64_t c = spill + t; c < hi; c += B)
         orow[c] = out_elem<MODE>(a, xr[c], reads_v(MODE) ? vr[c] : (T)0, r, c);
 #else
     __trap(); // launched only on sm_90 and newer (checked on the host)
@@ -581,10 +585,10 @@ inline int stash_bytes() {
 // One row per cluster of cs blocks (cs <= 16; above 8 needs the non-portable opt-in, and a GPU
 // whose GPCs cannot hold 16 blocks gets 8). Returns -2 when no cluster fits, so the caller can
 // fall back.
-template <typename T, int MODE> int launch_cluster(const KArgs<T> &k, cudaStream_t st, int cs) {
+template <typename T, int MODE, int B> int launch_cluster(const KArgs<T> &k, cudaStream_t st, int cs) {
     constexpr int V = vmax<T, MODE>();
     constexpr int ops = reads_v(MODE) ? 2 : 1;
-    auto kern = k_rows_cluster<T, MODE, V>;
+    auto kern = k_rows_cluster<T, MODE, V, B>;
     // The kernel's code must be sm_90 too (a build for older GPUs JIT-run on a newer one has only
     // the trapping stub).
     static int built90; // 0 unknown, 1 yes, 2 no (benign race: the same value is written)
@@ -610,7 +614,7 @@ template <typename T, int MODE> int launch_cluster(const KArgs<T> &k, cudaStream
         const int64_t blocks = k.rows * cs;
         if (blocks > INT32_MAX) return (int)cudaErrorInvalidConfiguration;
         chunk = (k.n + cs - 1) / cs;
-        const int64_t rest = chunk - (int64_t)kLong * V; // past the registers
+        const int64_t rest = chunk - (int64_t)B * V; // past the registers
         const int64_t cap = (int64_t)stash_bytes() / (int64_t)(sizeof(T) * ops);
         stash = (int)(rest <= 0 ? 0 : rest < cap ? rest : cap);
         const size_t dyn = sizeof(T) * ops * (size_t)stash;
@@ -619,7 +623,7 @@ template <typename T, int MODE> int launch_cluster(const KArgs<T> &k, cudaStream
             return -2;
         }
         cfg.gridDim = dim3((unsigned)blocks, 1, 1);
-        cfg.blockDim = dim3(kLong, 1, 1);
+        cfg.blockDim = dim3(B, 1, 1);
         cfg.dynamicSmemBytes = dyn;
         cfg.stream = st;
         attr[0].val.clusterDim.x = (unsigned)cs;
@@ -646,11 +650,15 @@ template <typename T, int MODE> int launch_cluster(const KArgs<T> &k, cudaStream
 
 template <typename T, int MODE> int launch_long(const KArgs<T> &k, cudaStream_t st) {
     if (has_clusters()) {
-        constexpr int64_t per = (int64_t)kLong * vmax<T, MODE>();
-        int64_t cs = (k.n + per - 1) / per;
-        if (cs > 16) cs = 16;
-        if (cs < 2) cs = 2;
-        int rc = launch_cluster<T, MODE>(k, st, (int)cs);
+        constexpr int64_t half = 512 * (int64_t)vmax<T, MODE>(), full = (int64_t)kLong * vmax<T, MODE>();
+        int rc = -2;
+        if (k.n <= 16 * half) {
+            const int64_t cs = (k.n + half - 1) / half;
+            rc = launch_cluster<T, MODE, 512>(k, st, cs < 2 ? 2 : (int)cs);
+        } else {
+            const int64_t cs = (k.n + full - 1) / full;
+            rc = launch_cluster<T, MODE, kLong>(k, st, cs > 16 ? 16 : (int)cs);
+        }
         if (rc != -2) return rc;
     }
     const int64_t cap = (int64_t)flxk::sm_count() * 2;
