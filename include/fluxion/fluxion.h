@@ -666,17 +666,21 @@ FLX_API flx_tensor *flx_log_cosh_loss(flx_tensor *y, flx_tensor *t, flx_reductio
 /* Hinge loss for labels t in {-1, +1}: l = max(0, 1 - y t) (gradient 0 at the kink). */
 FLX_API flx_tensor *flx_hinge_loss(flx_tensor *y, flx_tensor *t, flx_reduction red);
 /* (Cross-entropy with integer labels is flx_cross_entropy, in the softmax block.) */
-/* -- softmax family (issue 3; runtime/ops_softmax.c): fused cross-entropy --
+/* -- softmax family (runtime/ops/softmax.c): fused cross-entropy --
  * Cross-entropy from logits with integer class labels, fused: per row r,
- * loss_r = logsumexp(logits_r) - logits_r[labels_r], and 0 where labels_r == ignore_index.
+ * loss_r = log sum exp(logits_r - max_r) - (logits_r[labels_r] - max_r) (the precise form of
+ * logsumexp(logits_r) - logits_r[labels_r]), and 0 where labels_r == ignore_index.
  * logits (N, C) f32/f64 with labels (N), or logits (N, C, d1, ...) with labels (N, d1, ...) (the
  * class axis is 1); labels i32 or i64 in [0, C) or equal to ignore_index (e.g. -100). A label out
  * of range is reported at the next synchronisation point (FLX_ERR_INVALID_ARGUMENT) and its row
  * counts as ignored meanwhile. MEAN divides by the number of non-ignored rows (NaN when that is
  * 0); MEAN/SUM give a 0-d result, NONE the per-row losses (shape of labels). The gradient wrt
- * logits is (softmax - onehot) g / count, computed by one kernel that recomputes the softmax from
- * the logits (the forward pass stores only per-row losses); it has rules of its own (second
- * order works). No gradient flows to labels. */
+ * logits is (softmax - onehot) g / count. When the logits require grad (in grad mode), the
+ * forward kernel also writes that gradient for a unit cotangent, so loss + gradient (the seed of
+ * flx_backward / flx_grad_of, or any cotangent the graph fixes as a constant) read the logits
+ * once; the price is an (N, C) buffer written even when no gradient is asked for. Any other
+ * cotangent goes through a backward kernel that recomputes the softmax from the logits. The
+ * gradient has rules of its own (second order works). No gradient flows to labels. */
 FLX_API flx_tensor *flx_cross_entropy(flx_tensor *logits, flx_tensor *labels,
                                       flx_reduction reduction, int64_t ignore_index);
 

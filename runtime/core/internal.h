@@ -66,7 +66,9 @@
     /* softmax family (runtime/ops/softmax.c): attrs.softmax */                           \
     X(SOFTMAX)        /* softmax / log_softmax of x along an axis                   */    \
     X(SOFTMAX_BWD)    /* inputs y, v: the rows' Jacobian products (BWD, LOG_VJP/JVP) */    \
-    X(CROSS_ENTROPY)  /* inputs logits (N, C), labels (N): per-row losses (N)        */    \
+    X(CROSS_ENTROPY)  /* logits (N, C), labels (N): packed [gradient | losses | count] */  \
+    X(CROSS_ENTROPY_LOSS) /* packed, logits, labels: the reduced loss (or packed: count) */  \
+    X(CROSS_ENTROPY_GRAD) /* packed, logits, labels: the fused gradient (aliases packed) */  \
     X(CROSS_ENTROPY_BWD) /* inputs logits, labels, g (N): (softmax - onehot) g       */    \
     /* expm / eigh (issue 4; runtime/ops/expm.c, runtime/ops/eigh.c) */                   \
     X(EXPM) /* inputs: Y (expm value, no history), A; aliases Y; attrs.expm      */       \
@@ -104,8 +106,10 @@ typedef struct flx_attrs {
         /* LU family (issue 4): flx_lu_mode, solve with A^T, report singular input */
         struct { int32_t mode; int32_t trans; int32_t check; } lu;
         /* softmax family (runtime/ops/softmax.c): kernel mode (flx_softmax_mode), axis,
-         * scale = 1 / temperature, ignore_index of cross-entropy */
-        struct { int32_t mode; int32_t axis; double scale; int64_t ignore_index; } softmax;
+         * scale = 1 / temperature; cross-entropy: ignore_index, reduction, whether the forward
+         * node also computes the gradient, rows N and classes C of the logits */
+        struct { int32_t mode; int32_t axis; double scale; int64_t ignore_index;
+                 int32_t reduction; bool fused_grad; int64_t rows, classes; } softmax;
         /* expm (issue 4): bound on max(||A||_1, ||A||_inf) over the batch, fixes the squarings */
         struct { double bound; } expm;
         /* collectives (runtime/dist/): the communicator's registry id, flx_coll_kind,
