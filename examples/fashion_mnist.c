@@ -72,6 +72,25 @@ static int fail_flx(const char *what) {
     return 1;
 }
 
+/* mkdir -p: creates dir and any missing parents (0 when it exists afterwards). */
+static int mkdir_p(const char *dir) {
+    char path[4096];
+    size_t n = strlen(dir);
+    if (n == 0 || n >= sizeof path) {
+        errno = ENAMETOOLONG;
+        return -1;
+    }
+    memcpy(path, dir, n + 1);
+    for (size_t i = 1; i <= n; i++)
+        if (path[i] == '/' || path[i] == '\0') {
+            char c = path[i];
+            path[i] = '\0';
+            if (mkdir(path, 0777) != 0 && errno != EEXIST) return -1;
+            path[i] = c;
+        }
+    return 0;
+}
+
 /* ---- models ---------------------------------------------------------------------------------- */
 typedef struct model {
     int cnn;
@@ -385,7 +404,7 @@ int main(int argc, char **argv) {
                 flx_last_error());
         return 1;
     }
-    if (mkdir(out_dir, 0777) != 0 && errno != EEXIST) {
+    if (mkdir_p(out_dir) != 0) {
         fprintf(stderr, "fashion_mnist: cannot create %s: %s\n", out_dir, strerror(errno));
         return 1;
     }
