@@ -18,7 +18,8 @@
 //     keeps and later releases its own. So a tensor may outlive the scope it was made in, and
 //     a scope may end before or after the wrappers made in it, in any order.
 //   - flx::tensor::wrap adopts a reference returned by a C call made by the caller (the same
-//     rule applies); .get() lends the raw handle for C calls without giving up ownership.
+//     rule applies, so wrap the result right away, with the same scopes open as at the call);
+//     .get() lends the raw handle for C calls without giving up ownership.
 //   - flx::context, flx::optimizer, flx::plan and flx::checkpoint are move-only owners of their
 //     C objects. A context must outlive its tensors (flx_ctx_destroy refuses while tensors are
 //     alive): declare it before them. Its destructor cannot report that; call close() to learn it.
