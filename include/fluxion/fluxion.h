@@ -183,6 +183,10 @@ FLX_API bool flx_is_realized(const flx_tensor *t);
  * outermost level, to the caller, who must release them). Scopes nest, per thread. */
 FLX_API flx_status flx_scope_begin(void);
 FLX_API flx_status flx_scope_end(int32_t n_keep, flx_tensor *const *keep);
+/* Number of scopes open on this thread (0 outside any scope): whether a tensor returned now is
+ * owned by a scope. Wrappers that keep their own reference (fluxion.hpp) flx_retain a result
+ * when this is > 0, and then never release the scope's reference. */
+FLX_API int32_t flx_scope_depth(void);
 
 /* ---------------------------------------------------------------------------------------------
  * Creation and transfer
@@ -215,6 +219,18 @@ FLX_API flx_tensor *flx_from_host(flx_ctx *ctx, flx_dtype dt, int32_t ndim, cons
 FLX_API flx_status flx_to_host(flx_tensor *t, void *dst, size_t nbytes);
 /* The single element of a tensor with numel 1, converted to double. */
 FLX_API flx_status flx_item(flx_tensor *t, double *out);
+/* Dtype conversion on the way in and out, with flx_cast's rules (float -> int truncates toward
+ * zero and saturates, NaN -> 0; to bool: x != 0; int -> float rounds to nearest), done on the host
+ * (no device memory, no graph node).
+ * flx_to_host_as: like flx_to_host, but writes the elements as host_dt (dst holds nbytes >=
+ *   numel * flx_dtype_size(host_dt)); host_dt == the tensor's dtype is flx_to_host.
+ * flx_from_host_as: a tensor of dtype dt (a CONST leaf, like flx_from_host) from numel elements of
+ *   type host_dt at data; host_dt == dt is flx_from_host.
+ * Errors: FLX_ERR_DTYPE for an invalid or reserved dtype (f16/bf16), FLX_ERR_INVALID_ARGUMENT for
+ * NULL pointers or a too small dst, as flx_to_host / flx_from_host otherwise. */
+FLX_API flx_status flx_to_host_as(flx_tensor *t, flx_dtype host_dt, void *dst, size_t nbytes);
+FLX_API flx_tensor *flx_from_host_as(flx_ctx *ctx, flx_dtype dt, int32_t ndim,
+                                     const int64_t *shape, flx_dtype host_dt, const void *data);
 /* A copy of t on another context (any pair of devices), lazy like every op: the copy runs when
  * the result is evaluated, and that evaluation reads t (and computes it if needed) on t's
  * context. So while the result is unevaluated it ties the two contexts together: when they are
@@ -362,8 +378,11 @@ FLX_API flx_tensor *flx_diagonal(flx_tensor *a);
  * CUDA; plain LU in double on the CPU) serves each op's value and its derivatives (solves with
  * the saved factors). Non-square A, rank < 2 or mismatched batch dims fail when the op is built.
  * Derivatives treat every entry of A as free (d ln det X = X^-T, not the symmetric form).
- *   det:    (...) determinant; 0 for a singular matrix, whose gradient is still the cofactor
- *           matrix adj(A)^T (computed without dividing by det: finite and exact at rank n-1).
+ *   det:    (...) determinant, the product of the LU pivots: exactly 0 when a pivot is exactly
+ *           0 (e.g. [[1, 2, 3], [2, 4, 6], [1, 1, 1]]); a matrix singular only in exact arithmetic
+ *           usually gets a tiny value from rounding ([[1, 2, 3], [4, 5, 6], [7, 8, 9]]: 6.7e-16,
+ *           as in LAPACK and NumPy). The gradient is the cofactor matrix adj(A)^T (computed
+ *           without dividing by det: finite and exact at rank n-1).
  *           Second derivatives of det are valid only at nonsingular A.
  *   logdet: log det A: NaN where det < 0, -inf where det == 0. Gradient A^-T.
  *   slogdet: *sign = sign(det) (-1, 0, 1; no gradient), *logabsdet = log|det| (gradient A^-T).
@@ -818,6 +837,18 @@ FLX_API int32_t flx_optim_state_count(const flx_optim *opt);
 FLX_API flx_tensor *flx_optim_get_state(flx_optim *opt, int32_t i, int32_t slot);
 /* Overwrites a state slot with value (same shape and dtype), e.g. when resuming. */
 FLX_API flx_status flx_optim_set_state(flx_optim *opt, int32_t i, int32_t slot, flx_tensor *value);
+/* The optimiser's whole state in one safetensors file (crash-safe, as flx_save_safetensors):
+ * every state slot of every parameter ("state.<i>.<slot>"), the hyperparameters and the step
+ * count ("hparams", f64), and metadata naming the kind and the counts. The parameters themselves
+ * are not in it (save them with flx_save_safetensors). flx_optim_load restores such a file into
+ * an optimiser of the same kind over parameters of the same shapes and dtype, in the same order:
+ * after it the next flx_optim_step continues exactly as the saved optimiser would have. The file
+ * is checked completely before anything is written (a mismatch leaves the optimiser unchanged):
+ * FLX_ERR_STATE for another kind or momentum where this one has none, FLX_ERR_SHAPE for other
+ * parameter counts or shapes, FLX_ERR_INVALID_ARGUMENT for a NULL argument or an unreadable or
+ * malformed file (or hyperparameters out of range). */
+FLX_API flx_status flx_optim_save(flx_optim *opt, const char *path);
+FLX_API flx_status flx_optim_load(flx_optim *opt, const char *path);
 /* Releases the optimiser (NULL-safe); the parameters keep their current values. A plan that
  * updates it (flx_plan_options.optims) keeps it alive until the plan is destroyed. */
 FLX_API void flx_optim_destroy(flx_optim *opt);
@@ -887,14 +918,14 @@ FLX_API void flx_checkpoint_destroy(flx_checkpoint *ck);                 /* NULL
  * Optimisers (options n_optim, optims): a run also performs one flx_optim_step of each, fused
  * into the replay (on CUDA inside the captured graph: forward, backward and update are one
  * launch). Output 0 is the loss: one element, depending on the parameters through tensors that
- * require grad. At compile time the parameters that have a .grad (e.g. from a first
- * flx_backward(loss)) are the ones updated, as flx_optim_step skips those without; the plan builds
- * d loss / d parameter as part of its graph and every run computes it afresh from that run's
- * data (the .grad itself is neither read nor changed by runs: it only selects the parameters).
+ * require grad. The parameters updated are those the loss depends on (through tensors that
+ * require grad); no flx_backward is needed first. The plan builds d loss / d parameter as part of
+ * its graph and every run computes it afresh from that run's data (.grad is neither read nor
+ * changed by runs).
  * Errors at compile: FLX_ERR_INVALID_ARGUMENT for a NULL optimiser, one listed twice, or a
  * parameter that is also a plan input or an assignment destination; FLX_ERR_DEVICE for one of
- * another context; FLX_ERR_STATE for an optimiser none of whose parameters has a .grad, or a
- * parameter with a .grad that the loss does not depend on; FLX_ERR_SHAPE for a loss of more than
+ * another context; FLX_ERR_STATE for an optimiser none of whose parameters the loss depends on,
+ * or a parameter with a (stale) .grad that the loss does not depend on; FLX_ERR_SHAPE for a loss of more than
  * one element; FLX_ERR_NOT_DIFFERENTIABLE for a loss that depends on nothing requiring grad.
  * Each updated parameter gets a private buffer at compile time and the run updates it in place
  * (the buffer the plan's forward reads next run); a run fails with FLX_ERR_STATE (compile the

@@ -90,12 +90,14 @@ flx_ctx *flx_ctx_create(flx_device dev) {
             flx_set_error(FLX_ERR_DEVICE,
                           "flx_ctx_create: CUDA device %d does not exist (%d usable CUDA devices)",
                           dev.index, n);
+            flx_log_msg(FLX_LOG_ERROR, "%s", flx_last_error());
             return NULL;
         }
         be = &flx_backend_cuda;
 #else
         flx_set_error(FLX_ERR_UNSUPPORTED,
                       "flx_ctx_create: this fluxion was built without the CUDA backend");
+        flx_log_msg(FLX_LOG_ERROR, "%s", flx_last_error());
         return NULL;
 #endif
     } else {

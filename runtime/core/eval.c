@@ -155,6 +155,31 @@ flx_status flx_to_host(flx_tensor *t, void *dst, size_t nbytes) {
     return t->ctx->be->download(t->ctx, dst, t->buf->ptr, need);
 }
 
+/* Conversions between dtypes run on the host with the CPU backend's cast (the rules of flx_cast),
+ * so no device memory or graph node is spent on them. */
+flx_status flx_to_host_as(flx_tensor *t, flx_dtype dt, void *dst, size_t nbytes) {
+    static const char *fn = "flx_to_host_as";
+    if (!t) return flx_set_error_if_clear(FLX_ERR_INVALID_ARGUMENT, "%s: tensor is NULL", fn);
+    if (!flx_dtype_valid(dt))
+        return flx_set_error(FLX_ERR_DTYPE, "%s: unsupported host dtype %s", fn, flx_dtype_name(dt));
+    if (!dst) return flx_set_error(FLX_ERR_INVALID_ARGUMENT, "%s: dst is NULL", fn);
+    size_t need = (size_t)t->numel * flx_dtype_size(dt);
+    if (nbytes < need)
+        return flx_set_error(FLX_ERR_INVALID_ARGUMENT, "%s: dst holds %zu bytes but %s as %s needs %zu",
+                             fn, nbytes, flx_describe(t), flx_dtype_name(dt), need);
+    if (dt == t->dtype) return flx_to_host(t, dst, nbytes);
+    size_t src_bytes = (size_t)t->numel * flx_dtype_size(t->dtype);
+    void *tmp = malloc(src_bytes ? src_bytes : 1);
+    if (!tmp) return flx_set_error(FLX_ERR_OUT_OF_MEMORY, "%s: out of host memory (%zu bytes)", fn, src_bytes);
+    flx_status s = flx_to_host(t, tmp, src_bytes);
+    if (s == FLX_OK) {
+        flx_cast_args a = {t->dtype, dt, t->numel, tmp, dst};
+        s = flx_backend_cpu.cast(NULL, &a);
+    }
+    free(tmp);
+    return s;
+}
+
 flx_status flx_item(flx_tensor *t, double *out) {
     if (!t) return flx_set_error_if_clear(FLX_ERR_INVALID_ARGUMENT, "flx_item: tensor is NULL");
     if (!out) return flx_set_error(FLX_ERR_INVALID_ARGUMENT, "flx_item: out is NULL");

@@ -318,6 +318,8 @@ static void scope_push(scope *s, flx_tensor *t) {
     s->items[s->n++] = t;
 }
 
+int32_t flx_scope_depth(void) { return tl_depth; }
+
 flx_tensor *flx_adopt(flx_tensor *t) {
     if (t && tl_depth > 0) scope_push(&tl_scopes[tl_depth - 1], t);
     return t;
