@@ -18,14 +18,17 @@
 #define FLX_HD
 #endif
 
-/* Stable forms: sigmoid and softplus never overflow exp. */
+/* Stable forms: sigmoid and softplus never overflow exp.
+ * NaN: every formula gives NaN for a NaN operand (numpy semantics), written as x != x because
+ * a comparison with NaN is false and would otherwise pick a branch (relu, sign, maximum); the
+ * derivative helpers STEP and INSIDE give NaN too, so a NaN reaches the gradient as well. */
 #define FLX_SIGMOID_EXPR(x) ((x) >= (T)0 ? (T)1 / ((T)1 + exp(-(x))) : exp(x) / ((T)1 + exp(x)))
 #define FLX_SOFTPLUS_EXPR(x) ((x) > (T)0 ? (x) + log1p(exp(-(x))) : log1p(exp(x)))
 
 #define FLX_UNARY_OPS(X)                                                         \
     X(NEG, -x)                                                                   \
     X(ABS, fabs(x))                                                              \
-    X(SIGN, (T)((x > (T)0) - (x < (T)0)))                                        \
+    X(SIGN, x != x ? x : (T)((x > (T)0) - (x < (T)0)))                           \
     X(SQUARE, x * x)                                                             \
     X(SQRT, sqrt(x))                                                             \
     X(RSQRT, (T)1 / sqrt(x))                                                     \
@@ -40,7 +43,7 @@
     X(SINH, sinh(x))                                                             \
     X(ERF, erf(x))                                                               \
     X(SIGMOID, FLX_SIGMOID_EXPR(x))                                              \
-    X(RELU, x > (T)0 ? x : (T)0)                                                 \
+    X(RELU, (x > (T)0 || x != x) ? x : (T)0)                                     \
     X(LEAKY_RELU, x > (T)0 ? x : (T)a * x)                                       \
     X(ELU, x > (T)0 ? x : (T)a * expm1(x))                                       \
     X(GELU, (T)0.5 * x * ((T)1 + erf(x * (T)0.70710678118654752440)))            \
@@ -48,8 +51,8 @@
     X(POW, pow(x, (T)a))                                                         \
     X(CLAMP, x < (T)a ? (T)a : (x > (T)b ? (T)b : x))                            \
     X(AFFINE, (T)a * x + (T)b)                                                   \
-    X(STEP, x > (T)0 ? (T)1 : (T)0)                                              \
-    X(INSIDE, (x > (T)a && x < (T)b) ? (T)1 : (T)0)
+    X(STEP, x > (T)0 ? (T)1 : (x != x ? x : (T)0))                               \
+    X(INSIDE, (x > (T)a && x < (T)b) ? (T)1 : (x != x ? x : (T)0))
 
 typedef enum flx_unary_op {
 #define FLX_X_ENUM(NAME, EXPR) FLX_UNARY_##NAME,
@@ -65,8 +68,8 @@ typedef enum flx_unary_op {
     X(MUL, a * b)                                                                \
     X(DIV, a / b)                                                                \
     X(POW, pow(a, b))                                                            \
-    X(MAXIMUM, a >= b ? a : b)                                                   \
-    X(MINIMUM, a <= b ? a : b)
+    X(MAXIMUM, (a >= b || a != a) ? a : b)                                       \
+    X(MINIMUM, (a <= b || a != a) ? a : b)
 
 #define FLX_BINARY_COMPARE_OPS(X)                                                \
     X(EQ, a == b)                                                                \

@@ -104,8 +104,6 @@ typedef struct flx_attrs {
         /* softmax family (runtime/ops_softmax.c): kernel mode (flx_softmax_mode), axis,
          * scale = 1 / temperature, ignore_index of cross-entropy */
         struct { int32_t mode; int32_t axis; double scale; int64_t ignore_index; } softmax;
-        /* expm (issue 4): bound on max(||A||_1, ||A||_inf) over the batch, fixes the squarings */
-        struct { double bound; } expm;
     } u;
 } flx_attrs;
 
@@ -126,7 +124,9 @@ typedef struct flx_buffer {
 /* A tensor is a graph node. Its buffer is NULL until computed, and again after the evaluator
  * frees it (it is then recomputed from its inputs when needed). */
 struct flx_tensor {
+    uint32_t magic;      /* FLX_TENSOR_LIVE while the node exists (handle validation)   */
     int32_t refs;        /* handles held by callers and scopes                          */
+    int32_t scope_refs;  /* of refs, those held by open scopes (the caller cannot drop) */
     int32_t uses;        /* edges from live consumer nodes, and internal holders        */
     flx_ctx *ctx;
     flx_dtype dtype;
@@ -139,7 +139,8 @@ struct flx_tensor {
     uint32_t *in_version;        /* inputs' versions when this node was recorded        */
     flx_attrs attrs;
     flx_buffer *buf;
-    uint32_t version;            /* bumped by flx_assign                                */
+    uint32_t version;            /* bumped by flx_assign, optimiser steps and plan runs  */
+    const char *changed_by;      /* the public call that last bumped version (messages)  */
     bool requires_grad;          /* a leaf that collects .grad, or a node on a grad path */
     bool is_leaf;                /* requires_grad set by the user (collects .grad)       */
     bool keep;                   /* data requested: keep the buffer while handles exist  */
@@ -311,6 +312,10 @@ bool flx_dtype_valid(flx_dtype dt);
 /* Checks for an op: every input non-NULL (else propagates NULL), same context. Returns false
  * with the error set. */
 bool flx_check_inputs(const char *op, int32_t n, flx_tensor *const *in);
+/* Checks that a non-NULL t is a live tensor handle (not destroyed, not foreign memory); false
+ * with FLX_ERR_STATE set. Destroyed nodes stay in a quarantine for a while so that this check
+ * reads valid memory for a recently released handle. */
+bool flx_check_handle(const char *op, const flx_tensor *t);
 /* Checks float dtype (f32/f64) for an op. */
 bool flx_check_float(const char *op, const flx_tensor *t);
 /* Normalises an axis for ndim (negative counts from the end); false with the error set if out
@@ -318,6 +323,8 @@ bool flx_check_float(const char *op, const flx_tensor *t);
 bool flx_norm_axis(const char *op, int32_t axis, int32_t ndim, int32_t *out);
 /* Row-major contiguous strides of a shape (elements). */
 void flx_contiguous_strides(int32_t ndim, const int64_t *shape, int64_t *strides);
+/* Product of the sizes; 0 when any size is 0, -1 when a size is negative or the product
+ * overflows int64 (checked before each multiplication). */
 int64_t flx_shape_numel(int32_t ndim, const int64_t *shape);
 
 /* Buffers */

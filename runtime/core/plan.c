@@ -543,6 +543,8 @@ flx_plan *flx_plan_compile(int32_t n_out, flx_tensor *const *outputs, int32_t n_
         if (!outputs[k]) {
             flx_set_error_if_clear(FLX_ERR_INVALID_ARGUMENT, "%s: output %d is NULL", fn, (int)k);
             return NULL;
+        } else if (!flx_check_handle(fn, outputs[k])) {
+            return NULL;
         }
     flx_ctx *ctx = outputs[0]->ctx;
     for (int32_t k = 0; k < n_out; k++)
@@ -557,6 +559,7 @@ flx_plan *flx_plan_compile(int32_t n_out, flx_tensor *const *outputs, int32_t n_
             flx_set_error_if_clear(FLX_ERR_INVALID_ARGUMENT, "%s: input %d is NULL", fn, (int)k);
             return NULL;
         }
+        if (!flx_check_handle(fn, t)) return NULL;
         if (t->ctx != ctx) {
             flx_set_error(FLX_ERR_DEVICE, "%s: input %d %s belongs to another context", fn, (int)k,
                           flx_describe(t));
@@ -741,8 +744,9 @@ flx_plan *flx_plan_compile(int32_t n_out, flx_tensor *const *outputs, int32_t n_
             flx_tensor *x = t->in[j];
             if (x->version != t->in_version[j]) {
                 flx_set_error(FLX_ERR_STATE, "%s: %s reads input %d %s, which was changed in place "
-                              "(flx_assign or an optimiser step) after the op was recorded; record "
-                              "the graph again", fn, def->name, (int)j, flx_describe(x));
+                              "by %s after the op was recorded; record the graph again", fn,
+                              def->name, (int)j, flx_describe(x),
+                              x->changed_by ? x->changed_by : "flx_assign");
                 FAIL_COMPILE();
             }
             if (x->mark == epoch) continue; /* a step: ordered before t */
@@ -954,7 +958,10 @@ flx_plan *flx_plan_compile(int32_t n_out, flx_tensor *const *outputs, int32_t n_
 #undef FAIL_COMPILE
     if (s != FLX_OK) return fail_plan(p);
     /* Graphs recorded from the leaves' values before now must not run after a write-back. */
-    for (int32_t k = 0; k < p->n_assign; k++) p->as[k].version = ++p->as[k].dst->version;
+    for (int32_t k = 0; k < p->n_assign; k++) {
+        p->as[k].version = ++p->as[k].dst->version;
+        p->as[k].dst->changed_by = "flx_plan_compile";
+    }
     /* ---- 5. capture ---- */
     const flx_backend *be = ctx->be;
     bool want = o.capture != FLX_PLAN_CAPTURE_OFF;
@@ -1022,6 +1029,7 @@ flx_status flx_plan_set_input(flx_plan *p, int32_t k, flx_tensor *t) {
         return flx_set_error(FLX_ERR_INVALID_ARGUMENT, "%s: input index %d outside [0, %d)", fn,
                              (int)k, (int)p->n_in);
     if (!t) return flx_set_error_if_clear(FLX_ERR_INVALID_ARGUMENT, "%s: tensor is NULL", fn);
+    if (!flx_check_handle(fn, t)) return flx_last_status();
     return bind(p, k, t, fn);
 }
 
@@ -1149,9 +1157,18 @@ flx_status flx_plan_run(flx_plan *p, int32_t n_in, flx_tensor *const *inputs) {
         swap_out(p);
     }
     if (s != FLX_OK) return s;
-    for (int32_t k = 0; k < p->n_out; k++) p->out[k].handle->version++;
-    for (int32_t k = 0; k < p->n_assign; k++) p->as[k].version = ++p->as[k].dst->version;
-    for (int32_t j = 0; j < p->n_param; j++) p->param[j].t->version++; /* issue 6 */
+    for (int32_t k = 0; k < p->n_out; k++) {
+        p->out[k].handle->version++;
+        p->out[k].handle->changed_by = "flx_plan_run";
+    }
+    for (int32_t k = 0; k < p->n_assign; k++) {
+        p->as[k].version = ++p->as[k].dst->version;
+        p->as[k].dst->changed_by = "flx_plan_run";
+    }
+    for (int32_t j = 0; j < p->n_param; j++) {
+        p->param[j].t->version++;
+        p->param[j].t->changed_by = "flx_plan_run (optimiser step)";
+    }
     p->ctx->stats.nodes_executed += (uint64_t)p->n_steps;
     p->ctx->stats.nodes_fused += p->n_fused;
     p->runs++;

@@ -397,7 +397,10 @@ flx_status flx_optim_step(flx_optim *o) {
         s = flx_optim_queue_update(o, m, idx, gp);
     }
     if (s == FLX_OK)
-        for (int32_t k = 0; k < m; k++) o->params[idx[k]]->version++;
+        for (int32_t k = 0; k < m; k++) {
+            o->params[idx[k]]->version++;
+            o->params[idx[k]]->changed_by = "flx_optim_step";
+        }
     free(gs);
     free(idx);
     free(gp);

@@ -112,10 +112,32 @@ void flx_ops_register_unary(flx_op_def *t) {
 }
 
 /* ---- public ops ----------------------------------------------------------------------------- */
+/* Integer neg and abs are exact in integer arithmetic (the unary kernels compute in floating
+ * point): 0 - x and where(x < 0, 0 - x, x) with the binary integer kernels, which wrap like
+ * two's complement (neg of the most negative value is itself, as in numpy). */
+static flx_tensor *int_neg_abs(flx_tensor *x, bool is_abs) {
+    if (flx_scope_begin() != FLX_OK) return NULL;
+    flx_tensor *zero = flx_scalar(x->ctx, x->dtype, 0.0);
+    flx_tensor *r = flx_sub(zero, x);
+    if (is_abs) r = flx_where(flx_lt(x, zero), r, x);
+    flx_tensor *keep[1] = {r};
+    flx_scope_end(r ? 1 : 0, keep);
+    return r;
+}
+
+flx_tensor *flx_neg(flx_tensor *x) {
+    if (x && (x->dtype == FLX_I32 || x->dtype == FLX_I64) && flx_check_handle("flx_neg", x))
+        return int_neg_abs(x, false);
+    return make_unary(FLX_UNARY_NEG, x, 0, 0);
+}
+flx_tensor *flx_abs(flx_tensor *x) {
+    if (x && (x->dtype == FLX_I32 || x->dtype == FLX_I64) && flx_check_handle("flx_abs", x))
+        return int_neg_abs(x, true);
+    return make_unary(FLX_UNARY_ABS, x, 0, 0);
+}
+
 #define FLX_UNARY_PLAIN(fn, OP) \
     flx_tensor *fn(flx_tensor *x) { return make_unary(FLX_UNARY_##OP, x, 0, 0); }
-FLX_UNARY_PLAIN(flx_neg, NEG)
-FLX_UNARY_PLAIN(flx_abs, ABS)
 FLX_UNARY_PLAIN(flx_sign, SIGN)
 FLX_UNARY_PLAIN(flx_square, SQUARE)
 FLX_UNARY_PLAIN(flx_sqrt, SQRT)
