@@ -251,6 +251,9 @@ TEST_F(CpuTest, HostileNaNElementwise) {
             std::vector<double> v = values(r);
             for (double e : v) EXPECT_TRUE(std::isnan(e)) << "dtype " << flx_dtype_name(dt);
         }
+        // A chain runs as one fused kernel (the interpreter expands the same formulas).
+        flx_tensor *chain = flx_mul_scalar(flx_relu(flx_maximum(a, z)), 2.0);
+        for (double e : values(chain)) EXPECT_TRUE(std::isnan(e)) << "fused, " << flx_dtype_name(dt);
         for (flx_tensor *r : {flx_relu(a), flx_sign(a), flx_clamp(a, -1, 1), flx_leaky_relu(a, 0.1),
                               flx_elu(a, 1.0)}) {
             std::vector<double> v = values(r);

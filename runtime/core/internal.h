@@ -304,6 +304,9 @@ flx_tensor *flx_node_new(flx_ctx *ctx, flx_op op, flx_dtype dt, int32_t ndim,
 /* Registers a caller-owned reference with the current scope (if any) and returns t. Every
  * public op returns flx_adopt(node). */
 flx_tensor *flx_adopt(flx_tensor *t);
+/* Ends the scope a composite op opened for its intermediates, keeping only r (NULL-safe), and
+ * returns r: owned by the enclosing scope, or by the caller at the outermost level. */
+flx_tensor *flx_scope_return(flx_tensor *r);
 /* Releases a use held by the runtime (input edges, internal holders). */
 void flx_unuse(flx_tensor *t);
 void flx_use(flx_tensor *t);

@@ -351,6 +351,12 @@ flx_status flx_scope_end(int32_t n_keep, flx_tensor *const *keep) {
     return FLX_OK;
 }
 
+flx_tensor *flx_scope_return(flx_tensor *r) {
+    flx_tensor *keep[1] = {r};
+    flx_scope_end(r ? 1 : 0, keep);
+    return r;
+}
+
 /* ---- accessors -------------------------------------------------------------------------- */
 /* A stale handle reads as NULL (with FLX_ERR_STATE set), never as the fields of a dead node. */
 static bool usable(const char *fn, const flx_tensor *t) { return t && flx_check_handle(fn, t); }

@@ -106,11 +106,8 @@ static flx_tensor *promoted_binary(int32_t op, flx_tensor *a, flx_tensor *b) {
         return NULL;
     }
     if (flx_scope_begin() != FLX_OK) return NULL;
-    flx_tensor *r = ra < rb ? make_binary(op, flx_cast(a, b->dtype), b)
-                            : make_binary(op, a, flx_cast(b, a->dtype));
-    flx_tensor *keep[1] = {r};
-    flx_scope_end(r ? 1 : 0, keep);
-    return r;
+    return flx_scope_return(ra < rb ? make_binary(op, flx_cast(a, b->dtype), b)
+                                    : make_binary(op, a, flx_cast(b, a->dtype)));
 }
 
 static flx_tensor *make_binary(int32_t op, flx_tensor *a, flx_tensor *b) {

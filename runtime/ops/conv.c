@@ -245,12 +245,6 @@ void flx_ops_register_conv(flx_op_def *t) {
 }
 
 /* ---- public ----------------------------------------------------------------------------------- */
-static flx_tensor *scope_return(flx_tensor *r) {
-    flx_tensor *keep[1] = {r};
-    flx_scope_end(r ? 1 : 0, keep);
-    return r;
-}
-
 flx_tensor *flx_im2col(flx_tensor *x, const int64_t *kernel, const int64_t *stride,
                        const int64_t *padding, const int64_t *dilation) {
     static const char *op = "flx_im2col";
@@ -336,7 +330,7 @@ flx_tensor *flx_conv2d(flx_tensor *x, flx_tensor *w, flx_tensor *b, const int64_
         int64_t bs[4] = {1, O, 1, 1};
         y = flx_add(y, flx_reshape(b, 4, bs));
     }
-    return scope_return(y);
+    return flx_scope_return(y);
 }
 
 /* Validates a max-pool call into attrs (false with the error set). */
@@ -414,5 +408,5 @@ flx_tensor *flx_avg_pool2d(flx_tensor *x, const int64_t *kernel, const int64_t *
     int32_t ax = 1;
     flx_tensor *m = flx_mean(cols, 1, &ax, false);     /* (N C, L) */
     int64_t s2[4] = {N, C, oh, ow};
-    return scope_return(flx_reshape(m, 4, s2));
+    return flx_scope_return(flx_reshape(m, 4, s2));
 }

@@ -32,12 +32,6 @@
 
 #include "internal.h"
 
-static flx_tensor *scope_return(flx_tensor *r) {
-    flx_tensor *keep[1] = {r};
-    flx_scope_end(r ? 1 : 0, keep);
-    return r;
-}
-
 static flx_tensor *mT(flx_tensor *x) { return flx_transpose(x, -2, -1); }
 
 /* ---- Pade approximant ------------------------------------------------------------------------ */
@@ -134,7 +128,7 @@ static flx_tensor *expm_build(flx_tensor *A) {
         flx_tensor *in[2] = {Y, A};
         r = flx_adopt(flx_node_new(A->ctx, FLX_OP_EXPM, A->dtype, A->ndim, A->shape, 2, in, NULL));
     }
-    return scope_return(r);
+    return flx_scope_return(r);
 }
 
 /* L(X, E) = upper-right block of expm([[X, E], [0, X]]). */

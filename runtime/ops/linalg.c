@@ -187,12 +187,6 @@ static bool check_pair(const char *op, flx_tensor *a, flx_tensor *b) {
 }
 
 /* Result of a composite op built inside its own scope: moves r out (NULL-safe). */
-static flx_tensor *scope_return(flx_tensor *r) {
-    flx_tensor *keep[1] = {r};
-    flx_scope_end(r ? 1 : 0, keep);
-    return r;
-}
-
 flx_tensor *flx_matmul(flx_tensor *a, flx_tensor *b) {
     static const char *op = "flx_matmul";
     if (!check_pair(op, a, b)) return NULL;
@@ -233,7 +227,7 @@ flx_tensor *flx_matmul(flx_tensor *a, flx_tensor *b) {
         }
         r = flx_reshape(r, nd, s);
     }
-    return scope_return(r);
+    return flx_scope_return(r);
 }
 
 flx_tensor *flx_dot(flx_tensor *a, flx_tensor *b) {
@@ -256,7 +250,7 @@ flx_tensor *flx_outer(flx_tensor *a, flx_tensor *b) {
     int64_t sa[2] = {a->shape[0], 1}, sb[2] = {1, b->shape[0]};
     flx_tensor *a2 = flx_reshape(a, 2, sa), *b2 = flx_reshape(b, 2, sb);
     flx_tensor *r = (a2 && b2) ? mm_node(a2, b2, 0, 0) : NULL;
-    return scope_return(r);
+    return flx_scope_return(r);
 }
 
 /* ---- diag / diagonal ---------------------------------------------------------------------- */
@@ -331,7 +325,7 @@ flx_tensor *flx_trace(flx_tensor *a) {
     if (!check_rank(op, "a", a, 2)) return NULL;
     if (!flx_check_float(op, a)) return NULL;
     if (flx_scope_begin() != FLX_OK) return NULL;
-    return scope_return(flx_sum_all(flx_diagonal(a)));
+    return flx_scope_return(flx_sum_all(flx_diagonal(a)));
 }
 
 static flx_status vjp_diag(flx_tensor *y, flx_tensor *g, flx_tensor **gin) {

@@ -24,12 +24,6 @@
 #include "internal.h"
 
 /* ---- helpers ------------------------------------------------------------------------------ */
-static flx_tensor *scope_return(flx_tensor *r) {
-    flx_tensor *keep[1] = {r};
-    flx_scope_end(r ? 1 : 0, keep);
-    return r;
-}
-
 static int64_t batch_of(const flx_tensor *A) { return flx_shape_numel(A->ndim - 2, A->shape); }
 static int64_t n_of(const flx_tensor *A) { return A->shape[A->ndim - 1]; }
 
@@ -245,7 +239,7 @@ static flx_tensor *det_public(const char *op, flx_tensor *a, int32_t mode) {
     if (!check_square(op, a)) return NULL;
     if (flx_scope_begin() != FLX_OK) return NULL;
     flx_tensor *lu = factor_node(a);
-    return scope_return(lu ? det_node(a, lu, mode) : NULL);
+    return flx_scope_return(lu ? det_node(a, lu, mode) : NULL);
 }
 
 flx_tensor *flx_det(flx_tensor *a) { return det_public("flx_det", a, FLX_LU_DET); }

@@ -249,11 +249,8 @@ void flx_ops_register_reduce(flx_op_def *t) {
 static flx_tensor *sum_of_bool(const char *name, flx_tensor *x, int32_t n_axes,
                                const int32_t *axes, bool keepdims) {
     if (flx_scope_begin() != FLX_OK) return NULL;
-    flx_tensor *r = make_reduce(name, FLX_REDUCE_SUM, false, flx_cast(x, FLX_I64), n_axes, axes,
-                                keepdims, 1.0);
-    flx_tensor *keep[1] = {r};
-    flx_scope_end(r ? 1 : 0, keep);
-    return r;
+    return flx_scope_return(make_reduce(name, FLX_REDUCE_SUM, false, flx_cast(x, FLX_I64), n_axes,
+                                        axes, keepdims, 1.0));
 }
 
 static bool is_bool(const char *name, flx_tensor *x) {

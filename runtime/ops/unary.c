@@ -120,9 +120,7 @@ static flx_tensor *int_neg_abs(flx_tensor *x, bool is_abs) {
     flx_tensor *zero = flx_scalar(x->ctx, x->dtype, 0.0);
     flx_tensor *r = flx_sub(zero, x);
     if (is_abs) r = flx_where(flx_lt(x, zero), r, x);
-    flx_tensor *keep[1] = {r};
-    flx_scope_end(r ? 1 : 0, keep);
-    return r;
+    return flx_scope_return(r);
 }
 
 flx_tensor *flx_neg(flx_tensor *x) {
