@@ -119,6 +119,15 @@ TEST(HostileHandles, UseAfterReleaseIsReported) {
     EXPECT_EQ(flx_backward(x), FLX_ERR_STATE);
     EXPECT_EQ(flx_set_requires_grad(x, true), FLX_ERR_STATE);
     EXPECT_EQ(flx_eval(1, &x), FLX_ERR_STATE);
+    flx_clear_error();
+    EXPECT_EQ(flx_optim_create(b.ctx, FLX_OPTIM_SGD, 1, &x, nullptr), nullptr);
+    EXPECT_EQ(flx_last_status(), FLX_ERR_STATE);
+    void *ptr = nullptr;
+    EXPECT_EQ(flx_data_ptr(x, &ptr), FLX_ERR_STATE);
+    const char *name = "x";
+    EXPECT_EQ(flx_save_safetensors("/nonexistent/never_written.safetensors", 1, &name, &x, 0,
+                                   nullptr, nullptr),
+              FLX_ERR_STATE);
 }
 
 TEST(HostileHandles, ForeignMemoryIsNotAHandle) {

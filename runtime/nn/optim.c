@@ -152,6 +152,7 @@ flx_optim *flx_optim_create(flx_ctx *ctx, flx_optim_kind kind, int32_t n,
             flx_set_error_if_clear(FLX_ERR_INVALID_ARGUMENT, "%s: parameter %d is NULL", fn, (int)i);
             return NULL;
         }
+        if (!flx_check_handle(fn, p)) return NULL;
         if (p->ctx != ctx) {
             flx_set_error(FLX_ERR_DEVICE, "%s: parameter %d %s belongs to another context", fn,
                           (int)i, flx_describe(p));
@@ -493,6 +494,7 @@ flx_status flx_optim_set_state(flx_optim *o, int32_t i, int32_t slot, flx_tensor
     flx_buffer *b = state_of(fn, o, i, slot);
     if (!b) return flx_last_status();
     if (!value) return flx_set_error_if_clear(FLX_ERR_INVALID_ARGUMENT, "%s: value is NULL", fn);
+    if (!flx_check_handle(fn, value)) return flx_last_status();
     flx_tensor *p = o->params[i];
     if (value->ctx != o->ctx)
         return flx_set_error(FLX_ERR_DEVICE, "%s: value %s belongs to another context", fn,
