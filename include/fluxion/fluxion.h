@@ -250,7 +250,7 @@ FLX_API flx_status flx_assign(flx_tensor *dst, flx_tensor *src);
  * ------------------------------------------------------------------------------------------- */
 FLX_API flx_tensor *flx_neg(flx_tensor *x);
 FLX_API flx_tensor *flx_abs(flx_tensor *x);
-FLX_API flx_tensor *flx_sign(flx_tensor *x);       /* -1, 0, 1; zero gradient */
+FLX_API flx_tensor *flx_sign(flx_tensor *x);       /* -1, 0, 1 (NaN for NaN); zero gradient */
 FLX_API flx_tensor *flx_square(flx_tensor *x);
 FLX_API flx_tensor *flx_sqrt(flx_tensor *x);
 FLX_API flx_tensor *flx_rsqrt(flx_tensor *x);      /* 1/sqrt(x) */
