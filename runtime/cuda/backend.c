@@ -1,4 +1,4 @@
-/* backend_cuda.c — the CUDA backend: host glue between the runtime and the CUDA kernels
+/* backend.c — the CUDA backend: host glue between the runtime and the CUDA kernels
  * (the .cu files in kernels/) and libraries (cuBLAS). The only host file that includes CUDA headers.
  *
  * Per context: one non-blocking stream on which everything is queued, a cuBLAS handle bound to
@@ -437,7 +437,7 @@ static flx_status cuda_lu(flx_ctx *ctx, const flx_lu_args *a) {
     if (use_device(ctx) != FLX_OK) return flx_last_status();
     cuda_state *s = st_of(ctx);
     if (ensure_cusolver(s) != FLX_OK) return flx_last_status();
-    flx_cuda_lu_env env = {(void *)s->stream, (void *)s->blas, (void *)s->cusolver,
+    flx_cuda_lib_env env = {(void *)s->stream, (void *)s->blas, (void *)s->cusolver,
                            lu_scratch_alloc, lu_scratch_free, (void *)ctx};
     int rc = flx_cuda_lu(a, &env);
     if (rc == 0) return FLX_OK;
@@ -459,7 +459,7 @@ static flx_status cuda_eigh(flx_ctx *ctx, const flx_eigh_args *a) {
     if (use_device(ctx) != FLX_OK) return flx_last_status();
     cuda_state *s = st_of(ctx);
     if (ensure_cusolver(s) != FLX_OK) return flx_last_status();
-    flx_cuda_lu_env env = {(void *)s->stream, (void *)s->blas, (void *)s->cusolver,
+    flx_cuda_lib_env env = {(void *)s->stream, (void *)s->blas, (void *)s->cusolver,
                            lu_scratch_alloc, lu_scratch_free, (void *)ctx};
     int rc = flx_cuda_eigh(a, &env);
     if (rc == 0) return FLX_OK;
@@ -484,7 +484,7 @@ static void cuda_range_pop(flx_ctx *ctx) {
     nvtxRangePop();
 }
 
-/* ---- issue 6: plans (CUDA graph capture, runtime/plan.c) and math mode ---------------------
+/* ---- issue 6: plans (CUDA graph capture, runtime/core/plan.c) and math mode ---------------------
  * A plan's replay is recorded once on the context stream (thread-local capture mode, so other
  * threads are not affected) and instantiated; a run is one cudaGraphLaunch. Before the first
  * capture cuBLAS is given a preallocated workspace, so it never allocates during capture (set
@@ -540,7 +540,6 @@ static flx_status cuda_graph_launch(flx_ctx *ctx, void *graph) {
     if (use_device(ctx) != FLX_OK) return flx_last_status();
     cudaError_t e = cudaGraphLaunch((cudaGraphExec_t)graph, st_of(ctx)->stream);
     if (e != cudaSuccess) return cuda_fail(e, "cudaGraphLaunch");
-    ctx->stats.kernels++;
     return FLX_OK;
 }
 
@@ -572,24 +571,12 @@ const flx_backend flx_backend_cuda = {
     .download = cuda_download,
     .copy_d2d = cuda_copy_d2d,
     .synchronize = cuda_synchronize,
-    .fill = cuda_fill,
-    .cast = cuda_cast,
-    .unary = cuda_unary,
-    .binary = cuda_binary,
-    .where = cuda_where,
-    .copy = cuda_copy,
-    .reduce = cuda_reduce,
-    .matmul = cuda_matmul,
-    .index = cuda_index,
-    .conv = cuda_conv, /* nn sliding windows: kernels/conv.cu */
-    .softmax = cuda_softmax, /* softmax family: kernels/softmax.cu */
-    .lu = cuda_lu, /* LU family: kernels/lu.cu (issue 4) */
-    .optim = cuda_optim, /* fused optimisers: kernels/optim.cu (issue 5) */
-    .eigh = cuda_eigh, /* eigh: kernels/eigh.cu (issue 4) */
-    .fused = cuda_fused, /* fused elementwise programs (issue 6) */
+#define FLX_X_CUDA_SLOT(ID, name, ARGS) .name = cuda_##name,
+    FLX_KERNEL_FAMILIES(FLX_X_CUDA_SLOT)
+#undef FLX_X_CUDA_SLOT
     .range_push = cuda_range_push, /* NVTX ranges (issue 9) */
     .range_pop = cuda_range_pop,
-    .capture_begin = cuda_capture_begin, /* issue 6: plans (runtime/plan.c) */
+    .capture_begin = cuda_capture_begin, /* issue 6: plans (runtime/core/plan.c) */
     .capture_end = cuda_capture_end,
     .graph_launch = cuda_graph_launch,
     .graph_destroy = cuda_graph_destroy,

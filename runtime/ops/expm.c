@@ -1,4 +1,4 @@
-/* ops_expm.c — the matrix exponential: flx_expm(A), batched over leading dims, f32/f64.
+/* expm.c — the matrix exponential: flx_expm(A), batched over leading dims, f32/f64.
  *
  * Value: scaling and squaring with the diagonal Pade approximant r_m = q_m(A)^-1 p_m(A) (Higham,
  * "The scaling and squaring method for the matrix exponential revisited", SIMAX 2005), built from
@@ -153,14 +153,14 @@ static flx_status vjp_expm(flx_tensor *y, flx_tensor *g, flx_tensor **gin) {
     flx_tensor *A = y->in[1];
     if (!A->requires_grad) return FLX_OK;
     gin[1] = frechet(mT(A), g);
-    return gin[1] ? FLX_OK : flx_last_status();
+    return flx_rule_status(gin[1]);
 }
 
 static flx_status jvp_expm(flx_tensor *y, flx_tensor *const *tin, flx_tensor **tout) {
     *tout = NULL;
     if (!tin[1]) return FLX_OK;
     *tout = frechet(y->in[1], tin[1]);
-    return *tout ? FLX_OK : flx_last_status();
+    return flx_rule_status(*tout);
 }
 
 void flx_ops_register_expm(flx_op_def *t) {
@@ -170,17 +170,7 @@ void flx_ops_register_expm(flx_op_def *t) {
 /* ---- public ---------------------------------------------------------------------------------- */
 flx_tensor *flx_expm(flx_tensor *a) {
     static const char *op = "flx_expm";
-    if (!flx_check_inputs(op, 1, &a)) return NULL;
-    if (!flx_check_float(op, a)) return NULL;
-    if (a->ndim < 2) {
-        flx_set_error(FLX_ERR_SHAPE, "%s: needs a matrix or a batch of matrices (rank >= 2), got %s",
-                      op, flx_describe(a));
-        return NULL;
-    }
-    if (a->shape[a->ndim - 1] != a->shape[a->ndim - 2]) {
-        flx_set_error(FLX_ERR_SHAPE, "%s: matrices must be square, got %s", op, flx_describe(a));
-        return NULL;
-    }
+    if (!flx_check_square(op, a)) return NULL;
     if (a->numel == 0) return flx_mul_scalar(a, 1.0); /* empty: nothing to compute */
     return expm_build(a);
 }

@@ -1,4 +1,4 @@
-/* ops_nn.c — neural-network layers composed from public ops (issue 5): linear, batch norm,
+/* nn.c — neural-network layers composed from public ops (issue 5): linear, batch norm,
  * layer norm, dropout, embedding, the losses (mse, binary log-loss from logits, log-cosh, hinge)
  * and the recurrent cells (Elman, GRU). Each public function checks its arguments (naming the
  * function, shapes and dtypes), then builds its graph inside a private scope and keeps only the
@@ -261,7 +261,7 @@ static bool loss_args(const char *op, flx_tensor *y, flx_tensor *t, flx_reductio
                       flx_describe(y), flx_describe(t));
         return false;
     }
-    if (y->ndim != t->ndim || memcmp(y->shape, t->shape, sizeof(int64_t) * (size_t)y->ndim) != 0) {
+    if (!flx_shape_eq(y->ndim, y->shape, t->ndim, t->shape)) {
         flx_set_error(FLX_ERR_SHAPE, "%s: prediction %s and target %s must have one shape", op,
                       flx_describe(y), flx_describe(t));
         return false;
