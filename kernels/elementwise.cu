@@ -148,13 +148,13 @@ int unary_launch(const flx_unary_args *a, cudaStream_t st) {
 // Float formulas from the X-macro in T; integer formulas in int64 as on the CPU (div/pow guarded
 // so a zero divisor cannot trap: the public API takes neither for integers).
 template <typename T, int OP> struct BinF;
-#define FLX_X_BIN(NAME, EXPR)                                                      \
+#define FLX_X_BIN(NAME, FN, EXPR)                                                      \
     template <typename T> struct BinF<T, FLX_BINARY_##NAME> {                      \
         __device__ __forceinline__ static T f(T a, T b) { return (T)(EXPR); }      \
     };
 FLX_BINARY_ARITH_OPS(FLX_X_BIN)
 #undef FLX_X_BIN
-#define FLX_X_CMP(NAME, EXPR)                                                      \
+#define FLX_X_CMP(NAME, FN, EXPR)                                                      \
     template <typename T> struct BinF<T, FLX_BINARY_##NAME> {                      \
         __device__ __forceinline__ static uint8_t f(T a, T b) { return (uint8_t)(EXPR); } \
     };
@@ -184,7 +184,7 @@ template <int OP> struct IntF {
 
 // Result type of op OP on inputs T: uint8 for compares, T otherwise.
 template <typename T, int OP> struct BinOut { typedef T type; };
-#define FLX_X_OUT(NAME, EXPR) \
+#define FLX_X_OUT(NAME, FN, EXPR) \
     template <typename T> struct BinOut<T, FLX_BINARY_##NAME> { typedef uint8_t type; };
 FLX_BINARY_COMPARE_OPS(FLX_X_OUT)
 #undef FLX_X_OUT
@@ -254,7 +254,7 @@ int binary_launch_op(const Space &s, const flx_binary_args *ar, int64_t n, cudaS
 template <typename T>
 int binary_launch(const Space &s, const flx_binary_args *ar, int64_t n, cudaStream_t st) {
     switch (ar->op) {
-#define FLX_X_CASE(NAME, EXPR) \
+#define FLX_X_CASE(NAME, FN, EXPR) \
     case FLX_BINARY_##NAME: return binary_launch_op<T, FLX_BINARY_##NAME>(s, ar, n, st);
         FLX_BINARY_ARITH_OPS(FLX_X_CASE)
         FLX_BINARY_COMPARE_OPS(FLX_X_CASE)
@@ -281,7 +281,7 @@ __global__ void where_kernel(Space s, const uint8_t *cond, const E *a, const E *
 // are indexed only with compile-time constants (the unrolled select loops below), so they stay
 // in registers instead of spilling to local memory. Each instruction applies the same per-op
 // formula (UnaryF / BinF) as the unfused kernels, so results match them bit for bit.
-constexpr int FV = 4;
+constexpr int FV = 1;
 
 template <typename T>
 __device__ __forceinline__ void slot_get(const T (&r)[FLX_FUSED_MAX_SLOTS][FV], int s, T (&x)[FV]) {
@@ -303,11 +303,31 @@ __device__ __forceinline__ void slot_put(T (&r)[FLX_FUSED_MAX_SLOTS][FV], int s,
         }
 }
 
+// The program and its index math: with small set (fewer than 2^31 elements), strided offsets
+// divide in 32 bits by each dim's precomputed FastDiv instead of a 64-bit division per dim.
+struct FusedLaunch {
+    flx_fused_args a;
+    int32_t small;
+    flxk::FastDiv fd[FLX_MAX_DIMS];
+};
+
 // Offset of element i in input k; *inner gets i's index along the innermost dimension.
-__device__ __forceinline__ int64_t fused_offset(const flx_fused_args &a, int k, int64_t i,
+__device__ __forceinline__ int64_t fused_offset(const FusedLaunch &L, int k, int64_t i,
                                                 int64_t *inner) {
+    const flx_fused_args &a = L.a;
     int64_t off = 0;
     *inner = i;
+    if (L.small) {
+        uint32_t j = (uint32_t)i;
+        for (int d = a.ndim - 1; d >= 1; d--) {
+            uint32_t q = flxk::fastdiv(j, L.fd[d]);
+            uint32_t r = j - q * (uint32_t)a.shape[d];
+            if (d == a.ndim - 1) *inner = r;
+            off += (int64_t)r * a.in_strides[k][d];
+            j = q;
+        }
+        return off + (int64_t)j * a.in_strides[k][0];
+    }
     for (int d = a.ndim - 1; d >= 1; d--) {
         int64_t q = i / a.shape[d];
         int64_t r = i - q * a.shape[d];
@@ -319,20 +339,21 @@ __device__ __forceinline__ int64_t fused_offset(const flx_fused_args &a, int k, 
 }
 
 template <typename T>
-__device__ __forceinline__ void fused_load(const flx_fused_args &a, int k, int64_t i0, int m,
+__device__ __forceinline__ void fused_load(const FusedLaunch &L, int k, int64_t i0, int m,
                                            T (&o)[FV]) {
+    const flx_fused_args &a = L.a;
     const void *p = a.in[k];
     // Offsets of the FV elements: one division chain for the first; the others step along the
     // innermost dimension unless they cross a row (then they divide again).
     int64_t off[FV];
     if (a.in_kind[k] == FLX_FUSED_IN_STRIDED) {
         int64_t r0;
-        off[0] = fused_offset(a, k, i0, &r0);
+        off[0] = fused_offset(L, k, i0, &r0);
         const int64_t inner = a.shape[a.ndim - 1], step = a.in_strides[k][a.ndim - 1];
 #pragma unroll
         for (int l = 1; l < FV; l++) {
             int64_t r;
-            off[l] = r0 + l < inner ? off[0] + l * step : fused_offset(a, k, i0 + l, &r);
+            off[l] = r0 + l < inner ? off[0] + l * step : fused_offset(L, k, i0 + l, &r);
         }
     }
     if (a.in_bool[k]) {
@@ -384,7 +405,7 @@ __device__ __forceinline__ void fused_unary(int op, double fa, double fb, T (&x)
 template <typename T>
 __device__ __forceinline__ void fused_binary(int op, T (&x)[FV], const T (&y)[FV]) {
     switch (op) {
-#define FLX_X_CASE(NAME, EXPR)                                                     \
+#define FLX_X_CASE(NAME, FN, EXPR)                                                     \
     case FLX_BINARY_##NAME:                                                        \
         _Pragma("unroll") for (int l = 0; l < FV; l++) x[l] = BinF<T, FLX_BINARY_##NAME>::f(x[l], y[l]); \
         break;
@@ -394,8 +415,18 @@ __device__ __forceinline__ void fused_binary(int op, T (&x)[FV], const T (&y)[FV
     }
 }
 
+// Registers bounded for occupancy: f32 at 64 (4 blocks of 256 threads per SM: 50 %), f64 at 80
+// (3 blocks: 37.5 %). Neither spills with FV = 1 (sm_90: f32 56, f64 70 registers); FV = 4 took
+// 102 / over 128 registers (25 % / 12.5 % occupancy) and FV = 2 spilled under these bounds. One
+// element per pass costs an instruction decode per element, well inside the ~100 instructions
+// per element a memory-bound f32 chain can spend at copy bandwidth.
+template <typename T> struct FusedMinBlocks { static constexpr int value = 4; };
+template <> struct FusedMinBlocks<double> { static constexpr int value = 3; };
+
 template <typename T>
-__global__ void fused_kernel(const __grid_constant__ flx_fused_args a) {
+__global__ void __launch_bounds__(kBlock, FusedMinBlocks<T>::value)
+    fused_kernel(const __grid_constant__ FusedLaunch L) {
+    const flx_fused_args &a = L.a;
     const int64_t nv = (a.n + FV - 1) / FV;
     const int64_t stride = (int64_t)gridDim.x * blockDim.x;
     const int out_slot = a.instr[a.n_instr - 1].dst;
@@ -411,7 +442,7 @@ __global__ void fused_kernel(const __grid_constant__ flx_fused_args a) {
             const flx_fused_instr &I = a.instr[pc];
             T x[FV], y[FV], z[FV];
             switch (I.kind) {
-            case FLX_FUSED_LOAD: fused_load<T>(a, I.op, i0, m, x); break;
+            case FLX_FUSED_LOAD: fused_load<T>(L, I.op, i0, m, x); break;
             case FLX_FUSED_UNARY:
                 slot_get(r, I.s0, x);
                 fused_unary<T>(I.op, I.a, I.b, x);
@@ -554,9 +585,17 @@ extern "C" int flx_cuda_fused(const flx_fused_args *a, void *stream) {
         return (int)cudaErrorInvalidValue;
     cudaStream_t st = (cudaStream_t)stream;
     unsigned grid = flxk::grid_for((a->n + FV - 1) / FV);
+    FusedLaunch L;
+    L.a = *a;
+    L.small = a->n < ((int64_t)1 << 31);
+    for (int d = 0; d < FLX_MAX_DIMS; d++) {
+        bool ok = L.small && d < a->ndim && a->shape[d] > 0 && a->shape[d] < ((int64_t)1 << 31);
+        if (d < a->ndim && !ok) L.small = 0;
+        L.fd[d] = flxk::fastdiv_make(ok ? (uint32_t)a->shape[d] : 1u);
+    }
     switch (a->dtype) {
-    case FLX_F32: fused_kernel<float><<<grid, kBlock, 0, st>>>(*a); break;
-    case FLX_F64: fused_kernel<double><<<grid, kBlock, 0, st>>>(*a); break;
+    case FLX_F32: fused_kernel<float><<<grid, kBlock, 0, st>>>(L); break;
+    case FLX_F64: fused_kernel<double><<<grid, kBlock, 0, st>>>(L); break;
     default: return (int)cudaErrorInvalidValue;
     }
     return flxk::launch_status();

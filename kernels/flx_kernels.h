@@ -104,7 +104,10 @@ typedef struct flx_copy_args {
  * k runs densely over the kept index space (kshape, strides kstride into x), r over the reduced
  * one (rshape, rstride). SUM writes param * sum; VAR writes sum((x - mean)^2) / (count - param);
  * ARGMAX writes the first r (i64) of the maximum (rdim must be 1). Reductions are deterministic:
- * a fixed order, no atomics. */
+ * a fixed order, no atomics. MAX, MIN, ARGMAX and LSE propagate NaN (ARGMAX: the first NaN).
+ * scratch (CUDA only; NULL elsewhere): device memory of flx_cuda_reduce_scratch_bytes(args)
+ * bytes for the partials of a reduction split over many blocks (stream-ordered: free after
+ * queueing); without it the kernel falls back to fewer blocks per output. */
 typedef enum flx_reduce_op {
     FLX_REDUCE_SUM, FLX_REDUCE_MAX, FLX_REDUCE_MIN, FLX_REDUCE_LSE, FLX_REDUCE_VAR,
     FLX_REDUCE_ARGMAX
@@ -119,6 +122,8 @@ typedef struct flx_reduce_args {
     double param;
     const void *x;
     void *out;
+    void *scratch;
+    size_t scratch_bytes;
 } flx_reduce_args;
 
 /* ---- matmul: C[b] = alpha * op(A[b]) op(B[b]) + beta * C[b], row-major ----------------------
@@ -252,8 +257,10 @@ int flx_cuda_optim(const flx_optim_args *args, void *stream);
  * FACTOR:   a (batch, n, n) row-major -> out packed (batch, P).
  * SOLVE:    lu packed, b (batch, n, k) -> out (batch, n, k) = A^-1 b (A^-T b when trans); with
  *           check, a matrix whose info != 0 stores FLX_KERR_SINGULAR in err (values then inf/NaN).
+ *           b == NULL: b is the identity (k == n), generated in the kernel (inverses).
  * DET, LOGABS, SIGN, LOGDET: lu packed -> out (batch): det, log|det|, sign(det) (0 if singular),
- *           log det (NaN when det < 0, -inf when det == 0).
+ *           log det (NaN when det < 0, -inf when det == 0). lu == NULL: a (as for FACTOR) is
+ *           factorised on the fly and no packed LU is written (forward-only det).
  * COFACTOR: lu packed -> out (batch, n, n) row-major = adj(A)^T, computed without any division
  *           (finite and exact in form at singular A): adj(A) = sign(P) adj(U) L^-1 P^T with adj(U)
  *           from products of U's diagonal. */
@@ -378,6 +385,8 @@ int flx_cuda_binary(const flx_binary_args *args, void *stream);
 int flx_cuda_where(const flx_where_args *args, void *stream);
 int flx_cuda_copy(const flx_copy_args *args, void *stream);
 int flx_cuda_reduce(const flx_reduce_args *args, void *stream);
+/* Bytes of scratch flx_cuda_reduce wants for args (0: none); depends on the current device. */
+size_t flx_cuda_reduce_scratch_bytes(const flx_reduce_args *args);
 int flx_cuda_index(const flx_index_args *args, void *stream);
 
 #ifdef __cplusplus

@@ -427,6 +427,72 @@ TEST_F(LuTest, BadInputRejectedAtBuildTime) {
     EXPECT_EQ(flx_ctx_destroy(other), FLX_OK);
 }
 
+// An inverse is one factor and one identity solve: no identity tensor is filled, broadcast or
+// read (the solve kernels generate it), on its own and inside the logdet gradient (A^-T).
+TEST_F(LuTest, InverseBuildsNoIdentityTensor) {
+    const int64_t B = 3, n = 5;
+    Mat a = wellcond(B, n, 21);
+    flx_tensor *A = make(ctx, FLX_F64, {B, n, n}, a);
+    ASSERT_EQ(flx_eval(1, &A), FLX_OK);
+    ASSERT_EQ(flx_ctx_reset_stats(ctx), FLX_OK);
+    flx_tensor *X = flx_inv(A);
+    ASSERT_NE(X, nullptr) << flx_last_error();
+    ASSERT_EQ(flx_eval(1, &X), FLX_OK);
+    flx_ctx_stats st;
+    ASSERT_EQ(flx_ctx_get_stats(ctx, &st), FLX_OK);
+    EXPECT_EQ(st.kernels, 2u);
+    std::vector<double> got = values(X);
+    for (int64_t b = 0; b < B; b++) {
+        Mat inv;
+        ref_det_inv(sub(a, (size_t)(b * n * n), (size_t)(n * n)), n, &inv);
+        EXPECT_TRUE(close(sub(got, (size_t)(b * n * n), (size_t)(n * n)), inv, 1e-12, 1e-10));
+    }
+    // d logdet / dA = A^-T from the identity solve with trans.
+    flx_set_requires_grad(A, true);
+    flx_tensor *ld = flx_sum_all(flx_logdet(flx_mul_scalar(A, 1.0))), *g = nullptr;
+    ASSERT_EQ(flx_grad_of(1, &ld, nullptr, 1, &A, false, &g), FLX_OK) << flx_last_error();
+    std::vector<double> gv = values(g);
+    for (int64_t b = 0; b < B; b++) {
+        Mat inv;
+        ref_det_inv(sub(a, (size_t)(b * n * n), (size_t)(n * n)), n, &inv);
+        EXPECT_TRUE(close(sub(gv, (size_t)(b * n * n), (size_t)(n * n)), transpose(inv, n), 1e-12, 1e-10));
+    }
+}
+
+// det / logdet of an A no gradient flows to: one kernel, no packed factors; a JVP asked later
+// still gets <cof(A), dA> (the factors are built then).
+TEST_F(LuTest, ForwardOnlyDetIsOneKernel) {
+    for (int64_t n : {3, 9}) {
+        const int64_t B = 4;
+        Mat a = wellcond(B, n, 23);
+        flx_tensor *A = make(ctx, FLX_F64, {B, n, n}, a);
+        ASSERT_EQ(flx_eval(1, &A), FLX_OK);
+        ASSERT_EQ(flx_ctx_reset_stats(ctx), FLX_OK);
+        flx_tensor *d = flx_det(A);
+        ASSERT_NE(d, nullptr) << flx_last_error();
+        ASSERT_EQ(flx_eval(1, &d), FLX_OK);
+        flx_ctx_stats st;
+        ASSERT_EQ(flx_ctx_get_stats(ctx, &st), FLX_OK);
+        EXPECT_EQ(st.kernels, 1u) << "n " << n;
+        std::vector<double> dv = values(d), ldv = values(flx_logdet(A));
+        Mat V = rand_values((size_t)(B * n * n), 29);
+        flx_tensor *Vt = make(ctx, FLX_F64, {B, n, n}, V), *t = nullptr;
+        ASSERT_EQ(flx_jvp(1, &A, &Vt, 1, &d, &t), FLX_OK) << flx_last_error();
+        std::vector<double> tv = values(t);
+        for (int64_t b = 0; b < B; b++) {
+            Mat m = sub(a, (size_t)(b * n * n), (size_t)(n * n));
+            double e = ref_det_inv(m, n, nullptr);
+            EXPECT_NEAR(dv[(size_t)b], e, 1e-12 * std::fabs(e) + 1e-14);
+            EXPECT_TRUE(std::isnan(ldv[(size_t)b]) == (e < 0)) << b;
+            if (e > 0) EXPECT_NEAR(ldv[(size_t)b], std::log(e), 1e-12);
+            Mat c = ref_cofactor(m, n);
+            double et = 0;
+            for (int64_t q = 0; q < n * n; q++) et += c[(size_t)q] * V[(size_t)(b * n * n + q)];
+            EXPECT_NEAR(tv[(size_t)b], et, 1e-10 * (1 + std::fabs(et)));
+        }
+    }
+}
+
 // ---- GPU against CPU --------------------------------------------------------------------------------
 TEST(LuCuda, MatchesCpu) {
     FLX_REQUIRE_CUDA(gpu);
@@ -485,6 +551,146 @@ TEST(LuCuda, MatchesCpu) {
     EXPECT_GT(values(info)[0], 0);
     ASSERT_EQ(flx_scope_end(0, nullptr), FLX_OK);
     EXPECT_EQ(flx_ctx_destroy(cpu), FLX_OK);
+}
+
+// Every GPU path of the family beside the CPU reference: the register kernels (n <= 8), the
+// shared-memory block kernels (9 <= n <= 64, batches that do not fill a wave, solves with more
+// right-hand sides than one shared-memory chunk holds) and cuSOLVER (n = 65); values, VJP
+// (cofactor, transposed and plain solves) and JVP, on contiguous and transposed input.
+TEST(LuCuda, BlockPathsMatchCpu) {
+    FLX_REQUIRE_CUDA(gpu);
+    flx_ctx *cpu = flx_ctx_create(flx_device_cpu());
+    ASSERT_NE(cpu, nullptr);
+    ASSERT_EQ(flx_scope_begin(), FLX_OK);
+    const Case cases[] = {{129, 8}, {3, 9}, {1, 9}, {37, 33}, {2, 64}, {129, 64}, {3, 65}};
+    for (flx_dtype dt : {FLX_F64, FLX_F32}) {
+        double tol = dt == FLX_F64 ? 1e-9 : 2e-3;
+        for (const Case &c : cases) {
+            for (bool transposed : {false, true}) {
+                SCOPED_TRACE(std::string(flx_dtype_name(dt)) + " batch " + std::to_string(c.batch) +
+                             " n " + std::to_string(c.n) + (transposed ? " transposed" : ""));
+                Mat a = wellcond(c.batch, c.n, (uint64_t)(31 + c.n));
+                Shape s = {c.batch, c.n, c.n};
+                flx_tensor *Ac = make(cpu, dt, s, a), *Ag = flx_to_ctx(Ac, gpu);
+                if (transposed) Ac = flx_transpose(Ac, -2, -1), Ag = flx_transpose(Ag, -2, -1);
+                // 40 right-hand sides: more than one chunk of k_solve_block in f64 at n = 64.
+                flx_tensor *Bc = rand_tensor(cpu, dt, {c.batch, c.n, 40}, 9), *Bg = flx_to_ctx(Bc, gpu);
+                flx_tensor *Vc = rand_tensor(cpu, dt, s, 12), *Vg = flx_to_ctx(Vc, gpu);
+                ASSERT_TRUE(Ac && Ag && Bc && Bg && Vc && Vg) << flx_last_error();
+                using F = std::function<flx_tensor *(flx_tensor *, flx_tensor *, flx_tensor *)>;
+                auto both = [&](const char *what, const F &f) {
+                    SCOPED_TRACE(what);
+                    flx_tensor *rc = f(Ac, Bc, Vc), *rg = f(Ag, Bg, Vg);
+                    ASSERT_TRUE(rc && rg) << flx_last_error();
+                    EXPECT_TRUE(close(values(rg), values(rc), tol, tol));
+                };
+                // det / logdet of an A without grad: straight from A, no packed factors.
+                both("det", [](flx_tensor *A, flx_tensor *, flx_tensor *) { return flx_det(A); });
+                both("logdet", [](flx_tensor *A, flx_tensor *, flx_tensor *) { return flx_logdet(A); });
+                both("slogdet", [](flx_tensor *A, flx_tensor *, flx_tensor *) {
+                    flx_tensor *sg = nullptr, *la = nullptr;
+                    return flx_slogdet(A, &sg, &la) == FLX_OK ? flx_mul(sg, la) : nullptr;
+                });
+                both("inv", [](flx_tensor *A, flx_tensor *, flx_tensor *) { return flx_inv(A); });
+                both("solve", [](flx_tensor *A, flx_tensor *B, flx_tensor *) { return flx_solve(A, B); });
+                both("det vjp", [](flx_tensor *A, flx_tensor *, flx_tensor *) -> flx_tensor * {
+                    flx_set_requires_grad(A, true);
+                    flx_tensor *g = nullptr, *d = flx_sum_all(flx_det(A));
+                    if (flx_grad_of(1, &d, nullptr, 1, &A, false, &g) != FLX_OK) return nullptr;
+                    return g;
+                });
+                both("slogdet vjp", [](flx_tensor *A, flx_tensor *, flx_tensor *) -> flx_tensor * {
+                    flx_set_requires_grad(A, true);
+                    flx_tensor *sg = nullptr, *la = nullptr, *g = nullptr;
+                    if (flx_slogdet(A, &sg, &la) != FLX_OK) return nullptr;
+                    flx_tensor *d = flx_sum_all(la);
+                    if (flx_grad_of(1, &d, nullptr, 1, &A, false, &g) != FLX_OK) return nullptr;
+                    return g;
+                });
+                both("solve vjp", [](flx_tensor *A, flx_tensor *B, flx_tensor *) -> flx_tensor * {
+                    flx_set_requires_grad(A, true);
+                    flx_tensor *g = nullptr, *d = flx_sum_all(flx_sin(flx_solve(A, B)));
+                    if (flx_grad_of(1, &d, nullptr, 1, &A, false, &g) != FLX_OK) return nullptr;
+                    return g;
+                });
+                both("inv jvp", [](flx_tensor *A, flx_tensor *, flx_tensor *V) -> flx_tensor * {
+                    flx_tensor *y = flx_inv(A), *t = nullptr;
+                    if (!y || flx_jvp(1, &A, &V, 1, &y, &t) != FLX_OK) return nullptr;
+                    return t;
+                });
+            }
+        }
+    }
+    ASSERT_EQ(flx_scope_end(0, nullptr), FLX_OK);
+    EXPECT_EQ(flx_ctx_destroy(cpu), FLX_OK);
+}
+
+// Exactly singular matrices (a zero column: an exact zero pivot at that step) on the block path
+// (9x9, batched 33x33) and cuSOLVER's (100x100, batched 65x65): det is 0, the division-free
+// cofactor gradient is finite and matches the CPU's (no 0 * inf = NaN left in the factors), and
+// info names the same pivot.
+TEST(LuCuda, SingularMatricesKeepTheFactorContract) {
+    FLX_REQUIRE_CUDA(gpu);
+    flx_ctx *cpu = flx_ctx_create(flx_device_cpu());
+    ASSERT_NE(cpu, nullptr);
+    ASSERT_EQ(flx_scope_begin(), FLX_OK);
+    const Case cases[] = {{1, 9}, {5, 33}, {1, 100}, {3, 65}};
+    for (flx_dtype dt : {FLX_F64, FLX_F32}) {
+        double tol = dt == FLX_F64 ? 1e-9 : 2e-3;
+        for (const Case &c : cases) {
+            SCOPED_TRACE(std::string(flx_dtype_name(dt)) + " batch " + std::to_string(c.batch) +
+                         " n " + std::to_string(c.n));
+            int64_t n = c.n;
+            Mat a = wellcond(c.batch, n, (uint64_t)(77 + n));
+            for (int64_t b = 0; b < c.batch; b++) {  // matrix b: column (3 + 5 b) % n is zero
+                int64_t zc = (3 + 5 * b) % n;
+                for (int64_t i = 0; i < n; i++) a[(size_t)(b * n * n + i * n + zc)] = 0.0;
+            }
+            Shape s = {c.batch, n, n};
+            flx_tensor *Ac = make(cpu, dt, s, a), *Ag = flx_to_ctx(Ac, gpu);
+            ASSERT_TRUE(Ac && Ag) << flx_last_error();
+            std::vector<double> dg = values(flx_det(Ag));
+            for (double d : dg) EXPECT_EQ(d, 0.0);
+            flx_tensor *ic = nullptr, *ig = nullptr;
+            ASSERT_NE(flx_inv_ex(Ac, &ic), nullptr);
+            ASSERT_NE(flx_inv_ex(Ag, &ig), nullptr);
+            EXPECT_TRUE(close(values(ig), values(ic), 0, 0)) << "info";
+            flx_tensor *gs[2] = {nullptr, nullptr};
+            flx_tensor *As[2] = {Ac, Ag};
+            for (int k = 0; k < 2; k++) {
+                flx_set_requires_grad(As[k], true);
+                flx_tensor *d = flx_sum_all(flx_det(As[k]));
+                ASSERT_EQ(flx_grad_of(1, &d, nullptr, 1, &As[k], false, &gs[k]), FLX_OK) << flx_last_error();
+            }
+            std::vector<double> vg = values(gs[1]), vc = values(gs[0]);
+            size_t nonfinite = 0;
+            for (double v : vg) nonfinite += std::isfinite(v) ? 0 : 1;
+            EXPECT_EQ(nonfinite, 0u) << "cofactor gradient holds NaN/inf";
+            EXPECT_TRUE(close(vg, vc, tol, tol));
+        }
+    }
+    ASSERT_EQ(flx_scope_end(0, nullptr), FLX_OK);
+    EXPECT_EQ(flx_ctx_destroy(cpu), FLX_OK);
+}
+
+// The pivot search takes the first NaN of a column as pivot, so a NaN reaches det even where a
+// NaN-blind search would meet an exact zero pivot and drop the column (column 0 is zero except
+// one NaN): register (n = 4), block (n = 9, 33) paths.
+TEST(LuCuda, NanPivotReachesDet) {
+    FLX_REQUIRE_CUDA(gpu);
+    ASSERT_EQ(flx_scope_begin(), FLX_OK);
+    for (flx_dtype dt : {FLX_F64, FLX_F32})
+        for (int64_t n : {4, 9, 33}) {
+            SCOPED_TRACE(std::string(flx_dtype_name(dt)) + " n " + std::to_string(n));
+            Mat a = wellcond(1, n, 5);
+            for (int64_t i = 0; i < n; i++) a[(size_t)(i * n)] = 0.0;
+            a[(size_t)((n - 1) * n)] = NAN;
+            flx_tensor *A = make(gpu, dt, {n, n}, a);
+            std::vector<double> d = values(flx_det(A));
+            ASSERT_EQ(d.size(), 1u);
+            EXPECT_TRUE(std::isnan(d[0])) << d[0];
+        }
+    ASSERT_EQ(flx_scope_end(0, nullptr), FLX_OK);
 }
 
 }  // namespace

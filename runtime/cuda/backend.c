@@ -318,13 +318,24 @@ FLX_CUDA_FAMILY(cast, flx_cast_args, a->src_dtype)
 FLX_CUDA_FAMILY(unary, flx_unary_args, a->dtype)
 FLX_CUDA_FAMILY(binary, flx_binary_args, a->dtype)
 FLX_CUDA_FAMILY(where, flx_where_args, a->dtype)
-FLX_CUDA_FAMILY(reduce, flx_reduce_args, a->dtype)
 FLX_CUDA_FAMILY(index, flx_index_args, a->dtype)
 FLX_CUDA_FAMILY(conv, flx_conv_args, a->dtype) /* nn sliding windows: kernels/conv.cu */
 FLX_CUDA_FAMILY(softmax, flx_softmax_args, a->dtype) /* softmax family: kernels/softmax.cu */
 FLX_CUDA_FAMILY(optim, flx_optim_args, a->dtype) /* fused optimisers: kernels/optim.cu (issue 5) */
 FLX_CUDA_FAMILY(fused, flx_fused_args, a->dtype) /* fused elementwise programs: kernels/elementwise.cu (issue 6) */
 #undef FLX_CUDA_FAMILY
+
+/* Reductions split over many blocks (kernels/reduce.cu) take their partials from the allocator. */
+static flx_status cuda_reduce(flx_ctx *ctx, const flx_reduce_args *a) {
+    if (use_device(ctx) != FLX_OK) return flx_last_status();
+    flx_reduce_args b = *a;
+    b.scratch_bytes = flx_cuda_reduce_scratch_bytes(a);
+    b.scratch = b.scratch_bytes ? cuda_alloc(ctx, b.scratch_bytes) : NULL;
+    if (b.scratch_bytes && !b.scratch) return flx_last_status();
+    int rc = flx_cuda_reduce(&b, (void *)st_of(ctx)->stream);
+    cuda_free(ctx, b.scratch);
+    return launched(rc, "reduce", a->dtype);
+}
 
 static flx_status cuda_copy(flx_ctx *ctx, const flx_copy_args *a) {
     if (use_device(ctx) != FLX_OK) return flx_last_status();
@@ -588,3 +599,5 @@ void *flx_cuda_ctx_stream(flx_ctx *ctx) {
     cuda_state *s = ctx ? st_of(ctx) : NULL;
     return s ? (void *)s->stream : NULL;
 }
+
+int flx_cuda_ctx_device(flx_ctx *ctx) { return st_of(ctx)->device; }
