@@ -131,7 +131,8 @@ FLX_API flx_status flx_cuda_device_info(int32_t index, flx_cuda_device_props *ou
 typedef struct flx_ctx flx_ctx;
 typedef struct flx_tensor flx_tensor;
 
-/* Creates a context on a device; NULL with FLX_ERR_DEVICE if the device does not exist. */
+/* Creates a context on a device; NULL with FLX_ERR_DEVICE if the device does not exist (the CPU
+ * is device 0 only). */
 FLX_API flx_ctx *flx_ctx_create(flx_device dev);
 /* Destroys a context. Every tensor of it must have been released first; otherwise the context
  * is not destroyed, FLX_ERR_STATE is returned and the count of live tensors is in the message. */
@@ -164,7 +165,13 @@ FLX_API flx_status flx_ctx_reset_stats(flx_ctx *ctx);
  * ------------------------------------------------------------------------------------------- */
 /* Adds a reference (returns t; NULL-safe). */
 FLX_API flx_tensor *flx_retain(flx_tensor *t);
-/* Drops a reference (NULL-safe). */
+/* Drops a reference (NULL-safe).
+ * Misuse is reported, never undefined: releasing a tensor an open scope owns (without a reference
+ * of the caller's own from flx_retain or a keep list), releasing twice, and using a handle after
+ * its last release set FLX_ERR_STATE and do nothing (the scope still releases its tensor at
+ * flx_scope_end). Every function taking a tensor checks the handle the same way (ops return
+ * NULL). A destroyed tensor's memory is held back for the next few thousand destructions so the
+ * check reads valid memory; a handle older than that cannot be told from freed memory. */
 FLX_API void flx_release(flx_tensor *t);
 /* Number of tensor objects alive in the process (handles and graph nodes), for leak checks. */
 FLX_API int64_t flx_live_tensors(void);
@@ -246,16 +253,20 @@ FLX_API flx_tensor *flx_cast(flx_tensor *t, flx_dtype dt);
 FLX_API flx_status flx_eval(int32_t n, flx_tensor *const *ts);
 /* In-place update of a leaf: dst takes the value of src (same shape, dtype and context). src is
  * computed first. Graph nodes that read dst's old value and have not run yet, or must be
- * recomputed, fail with FLX_ERR_STATE. dst keeps requires_grad. */
+ * recomputed, fail with FLX_ERR_STATE naming the call that changed dst (flx_assign,
+ * flx_optim_step, flx_plan_run). A dtype mismatch is FLX_ERR_DTYPE, a shape mismatch
+ * FLX_ERR_SHAPE. dst keeps requires_grad. */
 FLX_API flx_status flx_assign(flx_tensor *dst, flx_tensor *src);
 
 /* ---------------------------------------------------------------------------------------------
- * Elementwise unary ops (f32, f64). Derivative conventions at kinks: abs'(0) = 0, relu'(0) = 0,
- * clamp' = 1 strictly inside (lo, hi) and 0 elsewhere.
+ * Elementwise unary ops (f32, f64; neg and abs also i32, i64, exact in integer arithmetic).
+ * Derivative conventions at kinks: abs'(0) = 0, relu'(0) = 0, clamp' = 1 strictly inside
+ * (lo, hi) and 0 elsewhere. NaN propagates as in numpy: relu, sign, clamp, leaky_relu, elu of
+ * NaN are NaN, and so are the derivatives of relu, leaky_relu, elu, abs and clamp at NaN.
  * ------------------------------------------------------------------------------------------- */
 FLX_API flx_tensor *flx_neg(flx_tensor *x);
 FLX_API flx_tensor *flx_abs(flx_tensor *x);
-FLX_API flx_tensor *flx_sign(flx_tensor *x);       /* -1, 0, 1; zero gradient */
+FLX_API flx_tensor *flx_sign(flx_tensor *x);       /* -1, 0, 1 (NaN for NaN); zero gradient */
 FLX_API flx_tensor *flx_square(flx_tensor *x);
 FLX_API flx_tensor *flx_sqrt(flx_tensor *x);
 FLX_API flx_tensor *flx_rsqrt(flx_tensor *x);      /* 1/sqrt(x) */
@@ -283,10 +294,14 @@ FLX_API flx_tensor *flx_mul_scalar(flx_tensor *x, double a);
 FLX_API flx_tensor *flx_add_scalar(flx_tensor *x, double b);
 
 /* ---------------------------------------------------------------------------------------------
- * Elementwise binary ops with NumPy broadcasting. Both inputs have one dtype and one context.
- * Arithmetic: f32, f64 (add, sub, mul, maximum, minimum also i32, i64). Comparisons take every
- * dtype but bool and return FLX_BOOL; they have no gradient. maximum/minimum send the gradient
- * to a on ties.
+ * Elementwise binary ops with NumPy broadcasting. Both inputs have one context.
+ * Dtype promotion (PyTorch's rule for two tensors): inputs of different dtypes are computed in
+ * the higher of bool < i32 < i64 < f32 < f64, the other input cast to it first (so i64 * f32 is
+ * f32, f32 + f64 is f64, bool * f64 is f64); the gradient flows back through that cast to the
+ * input's own dtype. Arithmetic: f32, f64 (add, sub, mul, maximum, minimum also i32, i64).
+ * Comparisons take every dtype but bool and return FLX_BOOL; they have no gradient.
+ * maximum/minimum propagate NaN from either side (numpy) and send the gradient to the input the
+ * value came from: a on ties and where a is NaN, b where only b is NaN.
  * ------------------------------------------------------------------------------------------- */
 FLX_API flx_tensor *flx_add(flx_tensor *a, flx_tensor *b);
 FLX_API flx_tensor *flx_sub(flx_tensor *a, flx_tensor *b);
@@ -308,6 +323,8 @@ FLX_API flx_tensor *flx_where(flx_tensor *cond, flx_tensor *a, flx_tensor *b);
  * Reductions over a set of axes. (n_axes, axes) lists distinct axes, negative ones counting from
  * the end; n_axes == 0 reduces over every axis. keepdims keeps reduced axes with size 1.
  * Reducing an empty set of elements: sum -> 0, mean/var -> NaN, max/min/logsumexp/argmax -> error.
+ * A NaN among the values makes max/min NaN, and argmax the index of the first NaN (numpy).
+ * The sum of a bool tensor counts its true values as an i64.
  * ------------------------------------------------------------------------------------------- */
 FLX_API flx_tensor *flx_sum(flx_tensor *x, int32_t n_axes, const int32_t *axes, bool keepdims);
 FLX_API flx_tensor *flx_mean(flx_tensor *x, int32_t n_axes, const int32_t *axes, bool keepdims);
@@ -406,13 +423,13 @@ FLX_API flx_tensor *flx_norm(flx_tensor *x, double p, int32_t n_axes, const int3
                              bool keepdims);
 /* ---- expm / eigh (issue 4; runtime/ops_expm.c, runtime/ops_eigh.c) ----------------------------
  * expm(A): matrix exponential of (..., n, n), f32/f64, batched. Scaling and squaring with a
- * diagonal Pade approximant [m/m] (Higham 2005): f64 picks m in {3, 5, 7, 9, 13} from the theta
- * thresholds, f32 m in {3, 5, 7} (single-precision thetas), with s = ceil(log2(b / theta_m))
- * squarings for b = max(||A||_1, ||A||_inf) (the max over the batch: one s for every matrix).
+ * diagonal Pade approximant [m/m] (Higham 2005): m = 13 for f64, m = 7 for f32, with
+ * s = ceil(log2(b / theta_m)) squarings for b = max(||A||_1, ||A||_inf) of each matrix.
  * Backward stable in exact-arithmetic terms (Higham's bound); tested against a float64 Taylor
- * reference to 1e-12 (f64) and 2e-5 (f32) relative to max|exp(A)|. b is read on the host when
- * expm is BUILT: a device->host read of two scalars (a wait for A's work) per call on CUDA; the
- * VJP/JVP rules never read (they reuse the forward's bound), so backward stays device-only.
+ * reference to 1e-12 (f64) and 2e-5 (f32) relative to max|exp(A)|. Nothing is read on the host:
+ * s is chosen on the device (a fixed loop of predicated squarings), so a graph or plan built
+ * with expm is right for every input it runs on, and building never waits for the device. The
+ * loop covers b up to ~5.9e12 (f64) and ~6.6e7 (f32); a matrix beyond that gives NaN.
  * Derivatives are exact (Frechet derivative, Mathias' block form): VJP = upper-right block of
  * expm([[A^T, G], [0, A^T]]), JVP = upper-right block of expm([[A, E], [0, A]]), built with
  * concat/slice and expm itself, so they differentiate again (to any order).

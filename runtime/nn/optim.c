@@ -363,7 +363,10 @@ flx_status flx_optim_step(flx_optim *o) {
         s = flx_optim_queue_update(o, m, idx, gp);
     }
     if (s == FLX_OK)
-        for (int32_t k = 0; k < m; k++) o->params[idx[k]]->version++;
+        for (int32_t k = 0; k < m; k++) {
+            o->params[idx[k]]->version++;
+            o->params[idx[k]]->changed_by = "flx_optim_step";
+        }
     free(gs);
     free(idx);
     free(gp);
@@ -456,6 +459,7 @@ flx_status flx_optim_set_state(flx_optim *o, int32_t i, int32_t slot, flx_tensor
     flx_buffer *b = state_of(fn, o, i, slot);
     if (!b) return flx_last_status();
     if (!value) return flx_set_error_if_clear(FLX_ERR_INVALID_ARGUMENT, "%s: value is NULL", fn);
+    if (!flx_check_handle(fn, value)) return flx_last_status();
     flx_tensor *p = o->params[i];
     if (value->ctx != o->ctx)
         return flx_set_error(FLX_ERR_DEVICE, "%s: value %s belongs to another context", fn,
