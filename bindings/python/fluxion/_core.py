@@ -453,12 +453,17 @@ class Tensor:
         _check(_L.flx_eval(1, arr))
         return self
 
-    def numpy(self) -> Any:
-        """A numpy copy of the values (any device)."""
+    def numpy(self, dtype: Optional[DTypeLike] = None) -> Any:
+        """A numpy copy of the values (any device), converted to dtype on the way out when given
+        (flx_cast's rules, on the host)."""
         import numpy as np
 
-        out = np.empty(self.shape, dtype=np.dtype(self.dtype.numpy_str))
-        _check(_L.flx_to_host(self._ptr, out.ctypes.data, out.nbytes))
+        dt = self.dtype if dtype is None else as_dtype(dtype)
+        out = np.empty(self.shape, dtype=np.dtype(dt.numpy_str))
+        if dt is self.dtype:
+            _check(_L.flx_to_host(self._ptr, out.ctypes.data, out.nbytes))
+        else:
+            _check(_L.flx_to_host_as(self._ptr, dt.code, out.ctypes.data, out.nbytes))
         return out
 
     def tolist(self) -> Any:

@@ -237,9 +237,13 @@ def tensor(data: Any, dtype: Optional[DTypeLike] = None, device: DeviceLike = No
         if arr.dtype == object:
             raise TypeError(f"fluxion: cannot make a tensor from {type(data).__name__}")
         dt = as_dtype(arr.dtype)
-    arr = np.asarray(arr, dtype=np.dtype(dt.numpy_str), order="C")
+    try:
+        host_dt = as_dtype(arr.dtype)  # converted on the way in by the library, no numpy copy
+    except ValueError:
+        host_dt = dt
+    arr = np.asarray(arr, dtype=np.dtype(host_dt.numpy_str), order="C")
     s, n = _i64(arr.shape)
-    t = _wrap(_L.flx_from_host(_ctx(device), dt.code, n, s, arr.ctypes.data))
+    t = _wrap(_L.flx_from_host_as(_ctx(device), dt.code, n, s, host_dt.code, arr.ctypes.data))
     return _finish(t, requires_grad)
 
 

@@ -25,6 +25,7 @@ EXCLUDED = {
     "flx_dim": "Tensor.shape[axis]",
     "flx_scope_begin": "each Python Tensor owns its reference; a C scope would own it twice",
     "flx_scope_end": "see flx_scope_begin",
+    "flx_scope_depth": "see flx_scope_begin (callbacks into Python track their own depth)",
     "flx_randn": "fluxion.randn(mean=0, std=1) calls flx_normal, of which flx_randn is the "
                  "standard-normal shorthand",
     "flx_sum_all": "fluxion.sum(x) (axis=None)",

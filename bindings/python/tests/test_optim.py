@@ -188,3 +188,22 @@ def test_state_dict_resume_is_exact(tmp_path):
         (((p - t) ** 2) * w).sum().backward()
         opt2.step()
     np.testing.assert_array_equal(p.numpy(), straight)
+
+
+def test_optimiser_save_and_load_files(tmp_path):
+    p0 = rng.standard_normal((3, 2))
+    straight, _ = run_fluxion(lambda ps: optim.RMSprop(ps, lr=0.01, momentum=0.5), 4, p0)
+    half, opt = run_fluxion(lambda ps: optim.RMSprop(ps, lr=0.01, momentum=0.5), 2, p0)
+    opt.save(tmp_path / "opt.safetensors")
+    p = fx.tensor(half, requires_grad=True)
+    opt2 = optim.RMSprop([p], lr=0.01, momentum=0.5)
+    opt2.load(tmp_path / "opt.safetensors")
+    w = fx.tensor(np.arange(1, 7, dtype=np.float64).reshape(3, 2))
+    t = fx.tensor(TARGET)
+    for _ in range(2):
+        opt2.zero_grad()
+        (((p - t) ** 2) * w).sum().backward()
+        opt2.step()
+    np.testing.assert_array_equal(p.numpy(), straight)
+    with pytest.raises(fx.FluxionError):
+        optim.Adam([fx.tensor(half, requires_grad=True)]).load(tmp_path / "opt.safetensors")

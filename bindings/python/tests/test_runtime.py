@@ -69,3 +69,13 @@ def test_runtime_queries():
     else:
         info = fx.cuda_device_info(0)
         assert info["major"] >= 1 and info["total_memory"] > 0 and info["name"]
+
+
+def test_conversions_on_the_way_in_and_out():
+    x = np.array([[1.7, -2.5], [np.nan, 3e10]])
+    t = fx.tensor(x, dtype=fx.float32)  # f64 host data, converted by the library
+    np.testing.assert_array_equal(t.numpy(), x.astype(np.float32))
+    i = fx.tensor(np.array([1.9, -1.9, 0.0]), dtype=fx.int32)
+    assert i.numpy().tolist() == [1, -1, 0]  # truncation toward zero, as flx_cast
+    assert t.numpy(dtype=fx.float64).dtype == np.float64
+    assert fx.tensor([0.0, 2.0]).numpy(dtype=fx.bool_).tolist() == [False, True]

@@ -114,6 +114,20 @@ class Optimizer:
                 sd[f"state.{i}.{s}"] = _wrap(_L.flx_optim_get_state(self._opt, i, s))
         return sd
 
+    def save(self, path: Any) -> None:
+        """The whole optimiser state (slots, hyperparameters, step count) in one safetensors
+        file (flx_optim_save; the parameters are not in it)."""
+        import os
+
+        _check(_L.flx_optim_save(self._opt, os.fsencode(path)))
+
+    def load(self, path: Any) -> None:
+        """Restores a file written by :meth:`save` into an optimiser of the same kind over
+        parameters of the same shapes (checked before anything changes)."""
+        import os
+
+        _check(_L.flx_optim_load(self._opt, os.fsencode(path)))
+
     def load_state_dict(self, sd: Dict[str, Any]) -> None:
         """Restores what :meth:`state_dict` gave (tensors or arrays)."""
         for name in _HP:
