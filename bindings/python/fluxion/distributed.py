@@ -9,7 +9,7 @@ differentiable ops like any other. See docs/distributed.md.
 """
 from __future__ import annotations
 
-from typing import Any, Iterable, Optional
+from typing import Any, Iterable
 
 from . import _core
 from ._core import Tensor, _check, _ctx, _p, _ptrs, _raise_last, _wrap
