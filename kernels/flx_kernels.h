@@ -6,9 +6,9 @@
  * Conventions
  *   - Strides and offsets are in elements, not bytes. Outputs are written densely (row-major over
  *     the index space) unless a family says otherwise.
- *   - err (where present) points at the context's device-side error word: a kernel that meets a
- *     bad value (an index out of range) stores a FLX_KERR_* code there and carries on; the runtime
- *     reads the word at the next synchronisation point.
+ *   - err (where present) is the raise site of the context's error record (kernels/flx_kerr.h): a
+ *     kernel that meets a bad value (an index out of range) calls flx_kerr_raise and carries on;
+ *     the runtime reads the record at the next synchronisation point.
  *   - CUDA launch functions queue work on stream (a cudaStream_t passed as void*) and return 0 or
  *     a cudaError_t value; they never synchronise.
  */
@@ -19,17 +19,11 @@
 #include <stddef.h>
 
 #include "fluxion/fluxion.h"
+#include "flx_kerr.h"
 
 #ifdef __cplusplus
 extern "C" {
 #endif
-
-/* Device-side error codes stored in the error word. */
-enum { FLX_KERR_NONE = 0, FLX_KERR_INDEX_RANGE = 1 };
-/* LU family (issue 4): inv/solve met an exactly singular matrix (a zero pivot in its LU). */
-enum { FLX_KERR_SINGULAR = 16 };
-/* eigh (issue 4): the eigensolver did not converge (cuSOLVER info > 0, or Jacobi sweeps ran out). */
-enum { FLX_KERR_EIGH_NOCONV = 17 };
 
 /* ---- fill: creation of values ---------------------------------------------------------------
  * CONST: a. IOTA: a + i*b. EYE: 1 where (i / cols) == (i % cols), else 0.
@@ -141,7 +135,8 @@ typedef struct flx_matmul_args {
  * SELECT: out(outer, n_idx, inner)[o, j, i] = src(outer, n_src, inner)[o, idx[j], i].
  * ADD:    out(outer, n_src, inner)[o, t, i] = sum over j with idx[j] == t of
  *         src(outer, n_idx, inner)[o, j, i]  (deterministic: j ascending; the transpose of SELECT).
- * An index outside [0, n_src) reads 0 / is skipped and stores FLX_KERR_INDEX_RANGE in err. */
+ * An index outside [0, n_src) reads 0 / is skipped and raises FLX_KERR_INDEX_RANGE (value = the
+ * index, [0, n_src), row = its position j). */
 typedef enum flx_index_mode { FLX_INDEX_SELECT, FLX_INDEX_ADD } flx_index_mode;
 typedef struct flx_index_args {
     int32_t mode;
@@ -150,7 +145,7 @@ typedef struct flx_index_args {
     const void *src;
     const void *idx;
     void *out;
-    int32_t *err;
+    flx_kerr err;
 } flx_index_args;
 
 /* ---- conv: sliding-window family over NCHW planes (issue 5, nn layers) -----------------------
@@ -190,8 +185,9 @@ int flx_cuda_conv(const flx_conv_args *args, void *stream);
  *           x_r[label_r], 0 where label_r == ignore_index (s is not applied).
  * CE_BWD:   as CE_FWD, v = g (N): out (N, C) = (softmax(x_r) - onehot(label_r)) g_r, rows with
  *           label_r == ignore_index are 0.
- * A label outside [0, C) other than ignore_index is treated as ignored and stores
- * FLX_KERR_INDEX_RANGE in err. A row whose z are all -inf gives NaN (0 / 0); +inf gives NaN. */
+ * A label outside [0, C) other than ignore_index is treated as ignored and raises
+ * FLX_KERR_INDEX_RANGE (value = the label, [0, C), row = r). A row whose z are all -inf gives
+ * NaN (0 / 0); +inf gives NaN. */
 typedef enum flx_softmax_mode {
     FLX_SOFTMAX_FWD, FLX_SOFTMAX_LOG_FWD, FLX_SOFTMAX_BWD, FLX_SOFTMAX_LOG_VJP,
     FLX_SOFTMAX_LOG_JVP, FLX_SOFTMAX_CE_FWD, FLX_SOFTMAX_CE_BWD
@@ -207,7 +203,7 @@ typedef struct flx_softmax_args {
     flx_dtype label_dtype;  /* i32 or i64 */
     int64_t ignore_index;
     void *out;
-    int32_t *err;
+    flx_kerr err;
 } flx_softmax_args;
 int flx_cuda_softmax(const flx_softmax_args *args, void *stream);
 
@@ -251,7 +247,8 @@ int flx_cuda_optim(const flx_optim_args *args, void *stream);
  * A zero pivot column is left uneliminated (its multipliers are 0), so A = P L U stays exact.
  * FACTOR:   a (batch, n, n) row-major -> out packed (batch, P).
  * SOLVE:    lu packed, b (batch, n, k) -> out (batch, n, k) = A^-1 b (A^-T b when trans); with
- *           check, a matrix whose info != 0 stores FLX_KERR_SINGULAR in err (values then inf/NaN).
+ *           check, a matrix whose info != 0 raises FLX_KERR_SINGULAR (value = info, row = the
+ *           matrix; values then inf/NaN).
  * DET, LOGABS, SIGN, LOGDET: lu packed -> out (batch): det, log|det|, sign(det) (0 if singular),
  *           log det (NaN when det < 0, -inf when det == 0).
  * COFACTOR: lu packed -> out (batch, n, n) row-major = adj(A)^T, computed without any division
@@ -270,18 +267,21 @@ typedef struct flx_lu_args {
     const void *lu;
     const void *b;
     void *out;
-    int32_t *err;
+    flx_kerr err;
 } flx_lu_args;
-/* What the CUDA LU paths need from the backend: the stream, library handles (cublasHandle_t,
- * cusolverDnHandle_t as void*) and the context's stream-ordered allocator for scratch. */
-typedef struct flx_cuda_lu_env {
+/* What the CUDA launchers that need more than a stream get from the backend (LU, eigh, index):
+ * the stream, library handles (cublasHandle_t, cusolverDnHandle_t as void*) and the context's
+ * stream-ordered allocator for scratch (OOM retry, statistics, capture-safe). alloc returns NULL
+ * on failure with the thread's error set. */
+typedef struct flx_cuda_env {
     void *stream;
     void *cublas;
     void *cusolver;
     void *(*alloc)(void *actx, size_t nbytes);
     void (*free)(void *actx, void *ptr);
     void *actx;
-} flx_cuda_lu_env;
+} flx_cuda_env;
+typedef flx_cuda_env flx_cuda_lu_env; /* the LU and eigh launchers' name for it */
 /* Returns 0, a cudaError_t (> 0), -1 (scratch allocation failed; error already set by alloc),
  * -(1000 + cublasStatus_t) or -(2000 + cusolverStatus_t). */
 int flx_cuda_lu(const flx_lu_args *args, const flx_cuda_lu_env *env);
@@ -291,14 +291,14 @@ int flx_cuda_lu(const flx_lu_args *args, const flx_cuda_lu_env *env);
  * reads both triangles' average -- the builder passes exactly symmetric input). out: (batch, n,
  * n + 1) row-major = [V | w]: columns 0..n-1 the orthonormal eigenvectors (column j for w[j]),
  * column n the eigenvalues, ascending. Sign convention: each eigenvector's entry of largest
- * magnitude (the first such) is positive. A matrix that does not converge stores
- * FLX_KERR_EIGH_NOCONV in err (its values are then unspecified). */
+ * magnitude (the first such) is positive. A matrix that does not converge raises
+ * FLX_KERR_EIGH_NOCONV (row = the matrix; its values are then unspecified). */
 typedef struct flx_eigh_args {
     flx_dtype dtype; /* f32, f64 */
     int64_t batch, n;
     const void *a;
     void *out;
-    int32_t *err;
+    flx_kerr err;
 } flx_eigh_args;
 /* Same return convention as flx_cuda_lu (the environment is the LU one: stream, handles, scratch). */
 int flx_cuda_eigh(const flx_eigh_args *args, const flx_cuda_lu_env *env);
@@ -353,7 +353,9 @@ int flx_cuda_binary(const flx_binary_args *args, void *stream);
 int flx_cuda_where(const flx_where_args *args, void *stream);
 int flx_cuda_copy(const flx_copy_args *args, void *stream);
 int flx_cuda_reduce(const flx_reduce_args *args, void *stream);
-int flx_cuda_index(const flx_index_args *args, void *stream);
+/* index_add's sorted path takes its workspace from env->alloc; where that fails (alloc returns
+ * NULL, the backend's alloc then leaves no error) it falls back to the scan, which needs none. */
+int flx_cuda_index(const flx_index_args *args, const flx_cuda_env *env);
 
 #ifdef __cplusplus
 }

@@ -103,14 +103,15 @@ __global__ void k_factor_small(const T *__restrict__ a, T *__restrict__ out, int
 
 template <typename T, int N>
 __global__ void k_solve_small(const T *__restrict__ lu, const T *__restrict__ bm, T *__restrict__ out,
-                              int64_t batch, int64_t k, int trans, int check, int32_t *err) {
+                              int64_t batch, int64_t k, int trans, int check, flx_kerr err) {
     constexpr int64_t P = (int64_t)N * N + N + 1;
     int64_t total = batch * k;
     for (int64_t t = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; t < total;
          t += (int64_t)gridDim.x * blockDim.x) {
         int64_t b = t / k, c = t - b * k;
         const T *f = lu + b * P;
-        if (check && c == 0 && f[N * N + N] != T(0) && err) *err = FLX_KERR_SINGULAR;
+        if (check && c == 0 && f[N * N + N] != T(0))
+            flx_kerr_raise(err, FLX_KERR_SINGULAR, (int64_t)f[N * N + N], 0, 0, b);
         T x[N];
 #pragma unroll
         for (int i = 0; i < N; i++) x[i] = bm[(b * N + i) * k + c];
@@ -195,16 +196,16 @@ __global__ void k_store_piv(const int *piv, const int *info, T *out, int64_t bat
     }
 }
 
-// Packed pivots -> 1-based int pivots; with check, a nonzero info stores FLX_KERR_SINGULAR.
+// Packed pivots -> 1-based int pivots; with check, a nonzero info raises FLX_KERR_SINGULAR.
 template <typename T>
-__global__ void k_load_piv(const T *lu, int *piv, int64_t batch, int64_t n, int check, int32_t *err) {
+__global__ void k_load_piv(const T *lu, int *piv, int64_t batch, int64_t n, int check, flx_kerr err) {
     int64_t P = n * n + n + 1, total = batch * (n + 1);
     for (int64_t t = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; t < total;
          t += (int64_t)gridDim.x * blockDim.x) {
         int64_t b = t / (n + 1), i = t - b * (n + 1);
         T v = lu[b * P + n * n + i];
         if (i < n) piv[b * n + i] = (int)v + 1;
-        else if (check && v != T(0) && err) *err = FLX_KERR_SINGULAR;
+        else if (check && v != T(0)) flx_kerr_raise(err, FLX_KERR_SINGULAR, (int64_t)v, 0, 0, b);
     }
 }
 

@@ -48,7 +48,7 @@ template <typename T> struct KArgs {
     int lab64;
     int64_t ignore;
     T *out;
-    int32_t *err;
+    flx_kerr err;
 };
 
 __device__ __forceinline__ float ex(float v) { return expf(v); }
@@ -136,13 +136,13 @@ template <int G, typename T> __device__ __forceinline__ void g_ms(T &m, T &s, T 
 }
 
 // Label of a row for the CE modes; -1 means the row is ignored (an out-of-range label also
-// stores FLX_KERR_INDEX_RANGE, once per row by the caller's lane 0).
+// raises FLX_KERR_INDEX_RANGE, once per row by the caller's lane 0).
 template <typename T>
 __device__ __forceinline__ int64_t ce_label(const KArgs<T> &a, int64_t row, bool report) {
     int64_t lab = a.lab64 ? ((const int64_t *)a.labels)[row] : (int64_t)((const int32_t *)a.labels)[row];
     if (lab == a.ignore) return -1;
     if (lab < 0 || lab >= a.n) {
-        if (report && a.err) *a.err = FLX_KERR_INDEX_RANGE;
+        if (report) flx_kerr_raise(a.err, FLX_KERR_INDEX_RANGE, lab, 0, a.n, row);
         return -1;
     }
     return lab;

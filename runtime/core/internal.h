@@ -210,7 +210,7 @@ typedef struct flx_backend {
     flx_status (*upload)(flx_ctx *ctx, void *dst, const void *src, size_t nbytes);
     flx_status (*download)(flx_ctx *ctx, void *dst, const void *src, size_t nbytes);
     flx_status (*copy_d2d)(flx_ctx *ctx, void *dst, const void *src, size_t nbytes);
-    flx_status (*synchronize)(flx_ctx *ctx); /* also reads and clears the error word */
+    flx_status (*synchronize)(flx_ctx *ctx); /* also reads, reports and clears the error record */
     /* Kernel families */
     flx_status (*fill)(flx_ctx *ctx, const flx_fill_args *a);
     flx_status (*cast)(flx_ctx *ctx, const flx_cast_args *a);
@@ -261,7 +261,7 @@ struct flx_ctx {
     flx_ctx_stats stats;
     int64_t live_tensors;   /* tensors of this context alive now                    */
     uint64_t epoch;         /* evaluator marks                                       */
-    int32_t *err_word;      /* device-side error word (device memory on CUDA)        */
+    flx_kerr_record *kerr;  /* kernels' error record (device memory on CUDA): flx_kerr.h */
     void *backend_state;    /* stream, handles, pools (backend-private)              */
     bool deterministic;     /* FLX_DETERMINISTIC=1 at creation (issue 9; runtime/log.c) */
     int32_t math_mode;      /* flx_math_mode bits (issue 6; runtime/math_mode.c)       */
@@ -326,6 +326,14 @@ void flx_buffer_release(flx_buffer *b);
 /* Gives t a buffer no other tensor shares (copy-on-write for in-place writers). */
 flx_status flx_tensor_make_private(flx_tensor *t);
 static inline void *flx_data(const flx_tensor *t) { return t->buf ? t->buf->ptr : NULL; }
+/* The raise site for the kernels that compute node t (kernels/flx_kerr.h). */
+static inline flx_kerr flx_kerr_site(const flx_tensor *t) {
+    flx_kerr k = {t->ctx->kerr, (int32_t)t->op};
+    return k;
+}
+/* Turns a snapshot of an error record into a status and message (FLX_OK when nothing was
+ * raised): the one mapping both backends use at their synchronisation points (runtime/core/kerr.c). */
+flx_status flx_kerr_report(const flx_kerr_record *r);
 
 /* ---------------------------------------------------------------------------------------------
  * Evaluation (runtime/eval.c)

@@ -28,6 +28,7 @@
  *      capture_end; a run is then the checks, one graph launch and the version bumps.
  * Nothing here aborts: every failure sets the thread's error and returns a status or NULL.
  */
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -111,6 +112,8 @@ struct flx_plan {
     flx_buffer *records;      /* n_records non-owning records (steps' roots and inputs)        */
     int32_t n_records;
     void *graph;              /* instantiated CUDA graph, or NULL                              */
+    int32_t capture_state;    /* flx_plan_capture_state                                        */
+    char capture_reason[256]; /* why not captured ("" when captured)                           */
     uint64_t arena_bytes, unplanned_bytes, runs;
 };
 
@@ -958,7 +961,17 @@ flx_plan *flx_plan_compile(int32_t n_out, flx_tensor *const *outputs, int32_t n_
     /* ---- 5. capture ---- */
     const flx_backend *be = ctx->be;
     bool want = o.capture != FLX_PLAN_CAPTURE_OFF;
-    if (want && be->capture_begin && be->capture_end && be->graph_launch) {
+    bool can = be->capture_begin && be->capture_end && be->graph_launch;
+    if (!want) {
+        p->capture_state = FLX_PLAN_NOT_CAPTURED_DISABLED;
+        snprintf(p->capture_reason, sizeof p->capture_reason,
+                 "capture disabled (compiled with FLX_PLAN_CAPTURE_OFF)");
+    } else if (!can) {
+        p->capture_state = FLX_PLAN_NOT_CAPTURED_UNSUPPORTED;
+        snprintf(p->capture_reason, sizeof p->capture_reason,
+                 "the %s backend has no graph capture: kernels are queued one by one", be->name);
+    }
+    if (want && can) {
         s = be->capture_begin(ctx);
         if (s != FLX_OK) return fail_plan(p);
         swap_in(p);
@@ -974,10 +987,14 @@ flx_plan *flx_plan_compile(int32_t n_out, flx_tensor *const *outputs, int32_t n_
             if (o.capture == FLX_PLAN_CAPTURE_ON) return fail_plan(p);
             flx_log_msg(FLX_LOG_WARN, "flx_plan_compile: capture failed (%s); the plan replays "
                         "without a CUDA graph", flx_last_error());
+            p->capture_state = FLX_PLAN_NOT_CAPTURED_FAILED;
+            snprintf(p->capture_reason, sizeof p->capture_reason, "capture failed: %s",
+                     flx_last_error());
             flx_clear_error();
             g = NULL;
         }
         p->graph = g;
+        if (g) p->capture_state = FLX_PLAN_CAPTURED;
     }
     return p;
 }
@@ -1180,6 +1197,8 @@ flx_status flx_plan_get_info(const flx_plan *p, flx_plan_info *out) {
     out->arena_bytes = p->arena_bytes;
     out->unplanned_bytes = p->unplanned_bytes;
     out->runs = p->runs;
-    out->n_optim = p->n_optim; /* issue 6 */
+    out->n_optim = p->n_optim;
+    out->capture_state = p->capture_state;
+    snprintf(out->capture_reason, sizeof out->capture_reason, "%s", p->capture_reason);
     return FLX_OK;
 }

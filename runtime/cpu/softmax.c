@@ -39,7 +39,7 @@ static flx_status cpu_cross_entropy(flx_ctx *ctx, const flx_softmax_args *a) {
         int64_t lab = ld_label(a->label_dtype, a->labels, r);
         bool ignored = lab == a->ignore_index;
         if (!ignored && (lab < 0 || lab >= C)) {
-            if (a->err) *a->err = FLX_KERR_INDEX_RANGE;
+            flx_kerr_raise(a->err, FLX_KERR_INDEX_RANGE, lab, 0, C, r);
             ignored = true;
         }
         int64_t base = r * C;

@@ -56,7 +56,7 @@ static flx_status exec_eigh(flx_tensor *t) {
     a.batch = flx_shape_numel(A->ndim - 2, A->shape);
     a.a = flx_data(A);
     a.out = flx_data(t);
-    a.err = t->ctx->err_word;
+    a.err = flx_kerr_site(t);
     t->ctx->stats.kernels++;
     return t->ctx->be->eigh(t->ctx, &a);
 }

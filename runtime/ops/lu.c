@@ -6,7 +6,7 @@
  * no gradient. Every consumer takes A itself as input 0 (so derivatives flow to A) and the packed
  * factors as input 1, which it only reads:
  *   LU_SOLVE(A, LU, B)  X = A^-1 B (A^-T B with attrs.lu.trans); attrs.lu.check reports a
- *                       singular matrix through the device error word (FLX_KERR_SINGULAR).
+ *                       singular matrix through the kernels' error record (FLX_KERR_SINGULAR).
  *   LU_DET(A, LU)       det / log|det| / sign / log det (attrs.lu.mode).
  *   LU_COFACTOR(A, LU)  adj(A)^T, computed without dividing by anything: the gradient of det,
  *                       finite and correct at singular A.
@@ -137,7 +137,7 @@ static flx_status exec_lu(flx_tensor *t) {
     a.n = n_of(A);
     a.trans = t->attrs.u.lu.trans;
     a.check = t->attrs.u.lu.check;
-    a.err = t->ctx->err_word;
+    a.err = flx_kerr_site(t);
     a.out = flx_data(t);
     if (t->op == FLX_OP_LU_FACTOR) {
         a.a = flx_data(A);

@@ -209,7 +209,7 @@ static flx_status exec_index(flx_tensor *t) {
     a.src = flx_data(src);
     a.idx = flx_data(idx);
     a.out = flx_data(t);
-    a.err = t->ctx->err_word;
+    a.err = flx_kerr_site(t);
     t->ctx->stats.kernels++;
     return t->ctx->be->index(t->ctx, &a);
 }

@@ -99,7 +99,7 @@ static flx_status run_kernel(flx_tensor *t, flx_softmax_args *a) {
     if (!t->ctx->be->softmax)
         return flx_set_error(FLX_ERR_UNSUPPORTED, "%s: the %s backend has no softmax kernels",
                              flx_op_get(t->op)->name, t->ctx->be->name);
-    a->err = t->ctx->err_word;
+    a->err = flx_kerr_site(t);
     t->ctx->stats.kernels++;
     return t->ctx->be->softmax(t->ctx, a);
 }
