@@ -1,5 +1,5 @@
 // test_cuda_backend.cc — the CUDA backend's host side, on a GPU (each test skips with the reason
-// where none is usable): error messages from the device's error record match the CPU's; the
+// where none is usable): an index error's message names its position; the
 // context's memory comes from a pool of its own (the device's default pool, which PyTorch or
 // CuPy may use, is left alone); the caller's current device is restored; uploads through pinned
 // staging let the caller reuse its buffer at once and do not wait for earlier work; index_add's
@@ -25,19 +25,11 @@ bool has(const std::string &needle) {
 
 }  // namespace
 
-TEST(CudaBackend, OutOfRangeLabelAndIndexMessagesMatchTheCpu) {
+// One bad index: its position and bound are exact on the GPU too (the index check visits each
+// position once).
+TEST(CudaBackend, OutOfRangeIndexNamesPositionAndBound) {
     FLX_REQUIRE_CUDA(g);
     ASSERT_EQ(flx_scope_begin(), FLX_OK);
-    flx_tensor *logits = rand_tensor(g, FLX_F32, {8, 10}, 3);
-    flx_tensor *labels = make(g, FLX_I64, {8}, {0, 1, 2, 3, 4, 5, 6, 12});
-    flx_tensor *loss = flx_cross_entropy(logits, labels, FLX_REDUCTION_NONE, -100);
-    ASSERT_NE(loss, nullptr) << flx_last_error();
-    std::vector<float> out(8);
-    EXPECT_EQ(flx_to_host(loss, out.data(), out.size() * sizeof(float)), FLX_ERR_INVALID_ARGUMENT);
-    EXPECT_TRUE(has("flx_cross_entropy: label 12 of row 7 is outside [0, 10)")) << flx_last_error();
-    flx_clear_error();
-    EXPECT_EQ(flx_ctx_synchronize(g), FLX_OK) << flx_last_error();
-    // One bad index: its position and bound are exact on the GPU too.
     flx_tensor *x = rand_tensor(g, FLX_F32, {3, 4}, 1);
     flx_tensor *y = flx_index_select(x, 0, make(g, FLX_I32, {3}, {0, 7, 2}));
     std::vector<float> yv(12);
@@ -45,37 +37,6 @@ TEST(CudaBackend, OutOfRangeLabelAndIndexMessagesMatchTheCpu) {
     EXPECT_TRUE(has("index 7 at position 1 of the index tensor is outside [0, 3)")) << flx_last_error();
     flx_clear_error();
     EXPECT_EQ(flx_ctx_synchronize(g), FLX_OK) << flx_last_error();
-    flx_scope_end(0, nullptr);
-}
-
-// Kernels on one stream run in order, so the first raise in program order claims the payload.
-TEST(CudaBackend, TwoErrorsInOneWindowReportTheFirst) {
-    FLX_REQUIRE_CUDA(g);
-    ASSERT_EQ(flx_scope_begin(), FLX_OK);
-    for (int order = 0; order < 2; order++) {
-        SCOPED_TRACE(order);
-        flx_tensor *logits = rand_tensor(g, FLX_F64, {8, 10}, 3);
-        flx_tensor *loss = flx_cross_entropy(logits, make(g, FLX_I64, {8}, {0, 1, 2, 3, 4, 5, 6, 12}),
-                                             FLX_REDUCTION_NONE, -100);
-        flx_tensor *A = make(g, FLX_F64, {3, 2, 2}, {2, 1, 1, 3, 1, 2, 2, 4, 4, 1, 1, 2});
-        flx_tensor *x = flx_solve(A, make(g, FLX_F64, {3, 2}, {1, 2, 1, 1, 3, 1}));
-        ASSERT_TRUE(loss && x) << flx_last_error();
-        flx_tensor *first = order == 0 ? loss : x, *second = order == 0 ? x : loss;
-        ASSERT_EQ(flx_eval(1, &first), FLX_OK) << flx_last_error();
-        ASSERT_EQ(flx_eval(1, &second), FLX_OK) << flx_last_error();
-        flx_status st = flx_ctx_synchronize(g);
-        if (order == 0) {
-            EXPECT_EQ(st, FLX_ERR_INVALID_ARGUMENT);
-            EXPECT_TRUE(has("label 12 of row 7 is outside [0, 10)")) << flx_last_error();
-            EXPECT_TRUE(has("also raised in the same window: a singular matrix")) << flx_last_error();
-        } else {
-            EXPECT_EQ(st, FLX_ERR_NUMERIC);
-            EXPECT_TRUE(has("matrix 1 of the batch is singular")) << flx_last_error();
-            EXPECT_TRUE(has("an index out of range")) << flx_last_error();
-        }
-        flx_clear_error();
-        EXPECT_EQ(flx_ctx_synchronize(g), FLX_OK) << flx_last_error();
-    }
     flx_scope_end(0, nullptr);
 }
 

@@ -2,13 +2,16 @@
 // (kernels/flx_kerr.h): the message names the public call, the offending value and its bound;
 // two different errors in one synchronisation window report the first one (program order) and
 // list the other; the record is cleared once reported. Also the plan's capture state and reason.
-// The same checks on the GPU are in test_cuda_backend.cc.
+// The shared checks run on the GPU too (DeviceErrorsCuda, skipped without one).
 #include "testing.h"
 
 #include <cmath>
 #include <cstring>
 #include <string>
+#include <thread>
 #include <vector>
+
+#include "../kernels/flx_kerr.h"  // header-only: the raise helper shared by every kernel
 
 using namespace flxt;
 
@@ -36,7 +39,7 @@ flx_tensor *singular_solve(flx_ctx *ctx) {
 
 }  // namespace
 
-TEST_F(DeviceErrorsTest, OutOfRangeLabelNamesOpLabelRowAndBound) {
+static void label_message(flx_ctx *ctx) {
     for (flx_dtype dt : {FLX_I32, FLX_I64}) {
         flx_tensor *loss = bad_label_loss(ctx, dt);
         ASSERT_NE(loss, nullptr) << flx_last_error();
@@ -48,6 +51,15 @@ TEST_F(DeviceErrorsTest, OutOfRangeLabelNamesOpLabelRowAndBound) {
         // Reported once: the record was cleared.
         EXPECT_EQ(flx_ctx_synchronize(ctx), FLX_OK) << flx_last_error();
     }
+}
+
+TEST_F(DeviceErrorsTest, OutOfRangeLabelNamesOpLabelRowAndBound) { label_message(ctx); }
+
+TEST(DeviceErrorsCuda, OutOfRangeLabelNamesOpLabelRowAndBound) {
+    FLX_REQUIRE_CUDA(g);
+    ASSERT_EQ(flx_scope_begin(), FLX_OK);
+    label_message(g);
+    flx_scope_end(0, nullptr);
 }
 
 TEST_F(DeviceErrorsTest, GradientOfOutOfRangeLabelIsReportedToo) {
@@ -101,8 +113,9 @@ TEST_F(DeviceErrorsTest, EighNonConvergenceNamesItsBatchIndex) {
 }
 
 // Two different errors between two synchronisation points: the one raised first (in program
-// order) is reported, whichever it is, and the other kind is listed after it.
-TEST_F(DeviceErrorsTest, TwoErrorsInOneWindowReportTheFirstAndListTheOther) {
+// order) is reported, whichever it is, and the other kind is listed after it. On CUDA too:
+// kernels on one stream run in order, so the first raise claims the payload.
+static void two_errors_in_one_window(flx_ctx *ctx) {
     for (int order = 0; order < 2; order++) {
         SCOPED_TRACE(order);
         flx_tensor *loss = bad_label_loss(ctx, FLX_I64);
@@ -126,6 +139,17 @@ TEST_F(DeviceErrorsTest, TwoErrorsInOneWindowReportTheFirstAndListTheOther) {
     }
 }
 
+TEST_F(DeviceErrorsTest, TwoErrorsInOneWindowReportTheFirstAndListTheOther) {
+    two_errors_in_one_window(ctx);
+}
+
+TEST(DeviceErrorsCuda, TwoErrorsInOneWindowReportTheFirstAndListTheOther) {
+    FLX_REQUIRE_CUDA(g);
+    ASSERT_EQ(flx_scope_begin(), FLX_OK);
+    two_errors_in_one_window(g);
+    flx_scope_end(0, nullptr);
+}
+
 // Two raises of one kind: the first (lowest row on the CPU) carries the payload.
 TEST_F(DeviceErrorsTest, FirstOfSeveralBadLabelsIsReported) {
     flx_tensor *logits = rand_tensor(ctx, FLX_F32, {5, 4}, 9);
@@ -136,6 +160,40 @@ TEST_F(DeviceErrorsTest, FirstOfSeveralBadLabelsIsReported) {
     EXPECT_EQ(flx_to_host(loss, out.data(), out.size() * sizeof(float)), FLX_ERR_INVALID_ARGUMENT);
     EXPECT_TRUE(has("label 9 of row 1 is outside [0, 4)")) << flx_last_error();
     flx_clear_error();
+}
+
+// Many threads raising at once (as GPU threads do): every kind is recorded, and the payload is
+// one raise's fields, whole (never fields of two raises mixed).
+TEST(DeviceErrorRecord, ConcurrentRaisesKeepOnePayloadWhole) {
+    for (int trial = 0; trial < 20; trial++) {
+        flx_kerr_record rec;
+        std::memset(&rec, 0, sizeof rec);
+        std::vector<std::thread> threads;
+        for (int t = 0; t < 8; t++)
+            threads.emplace_back([&rec, t] {
+                flx_kerr site = {&rec, 100 + t};
+                int32_t kind = t % 2 ? FLX_KERR_SINGULAR : FLX_KERR_INDEX_RANGE;
+                for (int64_t i = 0; i < 2000; i++)
+                    flx_kerr_raise(site, kind, t * 1000000 + i, t, t + 1, t * 1000000 + i);
+            });
+        for (auto &th : threads) th.join();
+        EXPECT_EQ(rec.kinds, (1u << FLX_KERR_INDEX_RANGE) | (1u << FLX_KERR_SINGULAR));
+        EXPECT_EQ(rec.claimed, 1u);
+        int t = rec.op - 100;
+        ASSERT_TRUE(t >= 0 && t < 8) << rec.op;
+        EXPECT_EQ(rec.kind, t % 2 ? FLX_KERR_SINGULAR : FLX_KERR_INDEX_RANGE);
+        EXPECT_EQ(rec.lo, t);
+        EXPECT_EQ(rec.hi, t + 1);
+        EXPECT_EQ(rec.value, rec.row);
+        EXPECT_EQ(rec.value / 1000000, t);
+    }
+}
+
+// Kernel arguments zeroed by memset (no record): raising is a no-op, not a crash.
+TEST(DeviceErrorRecord, NullSiteRecordsNothing) {
+    flx_kerr site = {nullptr, 0};
+    flx_kerr_raise(site, FLX_KERR_INDEX_RANGE, 1, 0, 1, 0);
+    SUCCEED();
 }
 
 // ---- plan capture state -------------------------------------------------------------------------
