@@ -141,7 +141,7 @@ int index_add_scan(const flx_index_args *a, int64_t total, cudaStream_t st) {
 }
 
 template <typename T, typename I>
-int index_add_sorted(const flx_index_args *a, int64_t total, const flx_cuda_env *env) {
+int index_add_sorted(const flx_index_args *a, int64_t total, const flx_cuda_lib_env *env) {
     cudaStream_t st = (cudaStream_t)env->stream;
     const I *idx = (const I *)a->idx;
     int n = (int)a->n_idx;
@@ -184,7 +184,7 @@ int index_add_sorted(const flx_index_args *a, int64_t total, const flx_cuda_env 
 }
 
 template <typename T, typename I>
-int index_add(const flx_index_args *a, int64_t total, const flx_cuda_env *env) {
+int index_add(const flx_index_args *a, int64_t total, const flx_cuda_lib_env *env) {
     /* A scan costs n_idx per output element; sorting pays off beyond a few dozen indices. */
     bool sort = a->n_idx > 32 && a->n_idx <= (int64_t)INT32_MAX && a->n_src < (int64_t)UINT32_MAX - 1;
     if (sort) return index_add_sorted<T, I>(a, total, env);
@@ -192,7 +192,7 @@ int index_add(const flx_index_args *a, int64_t total, const flx_cuda_env *env) {
 }
 
 template <typename I>
-int index_launch(const flx_index_args *a, const flx_cuda_env *env) {
+int index_launch(const flx_index_args *a, const flx_cuda_lib_env *env) {
     cudaStream_t st = (cudaStream_t)env->stream;
     const I *idx = (const I *)a->idx;
     if (a->outer > 0 && a->n_idx > 0) {
@@ -280,7 +280,7 @@ extern "C" int flx_cuda_copy(const flx_copy_args *a, void *stream) {
     return flxk::launch_status();
 }
 
-extern "C" int flx_cuda_index(const flx_index_args *a, const flx_cuda_env *env) {
+extern "C" int flx_cuda_index(const flx_index_args *a, const flx_cuda_lib_env *env) {
     if (a->outer < 0 || a->n_src < 0 || a->n_idx < 0 || a->inner < 0) return (int)cudaErrorInvalidValue;
     switch (a->idx_dtype) {
     case FLX_I32: return index_launch<int32_t>(a, env);

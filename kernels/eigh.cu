@@ -8,8 +8,8 @@
 //   otherwise:              cuSOLVER syevd per matrix (divide and conquer, ascending).
 // The input is symmetric (the builder symmetrises), so its row-major copy is also its
 // column-major form; the solver reads the lower triangle. A matrix whose info > 0 (no
-// convergence), or that holds a NaN or infinity (then its outputs are NaN, as on the CPU), stores
-// FLX_KERR_EIGH_NOCONV in the error word. Workspace comes from the context's
+// convergence), or that holds a NaN or infinity (then its outputs are NaN, as on the CPU), raises
+// FLX_KERR_EIGH_NOCONV in the error record. Workspace comes from the context's
 // stream-ordered allocator (freed after queueing, which is safe on the stream).
 #include <climits>
 #include <cmath>
@@ -24,10 +24,10 @@ using flxk::grid_for;
 using flxk::kBlock;
 
 struct Scratch {
-    const flx_cuda_lu_env *env;
+    const flx_cuda_lib_env *env;
     void *p[4] = {nullptr, nullptr, nullptr, nullptr};
     int n = 0;
-    explicit Scratch(const flx_cuda_lu_env *e) : env(e) {}
+    explicit Scratch(const flx_cuda_lib_env *e) : env(e) {}
     void *get(size_t bytes) {
         if (n >= 4) return nullptr;
         void *q = env->alloc(env->actx, bytes ? bytes : 16);
@@ -122,7 +122,7 @@ __global__ void k_pack(const T *__restrict__ V, const T *__restrict__ w, const i
 }
 
 template <typename T>
-int run(const flx_eigh_args *a, const flx_cuda_lu_env *env) {
+int run(const flx_eigh_args *a, const flx_cuda_lib_env *env) {
     cudaStream_t s = (cudaStream_t)env->stream;
     const int64_t n = a->n, B = a->batch;
     if (n == 0 || B <= 0) return 0;
@@ -165,7 +165,7 @@ int run(const flx_eigh_args *a, const flx_cuda_lu_env *env) {
 
 } // namespace
 
-extern "C" int flx_cuda_eigh(const flx_eigh_args *a, const flx_cuda_lu_env *env) {
+extern "C" int flx_cuda_eigh(const flx_eigh_args *a, const flx_cuda_lib_env *env) {
     if (a->dtype == FLX_F32) return run<float>(a, env);
     if (a->dtype == FLX_F64) return run<double>(a, env);
     return (int)cudaErrorInvalidValue;

@@ -91,7 +91,7 @@ int cast_from(const flx_cast_args *a, cudaStream_t st, unsigned grid) {
 
 // ---- unary ------------------------------------------------------------------------------------
 template <typename T, int OP> struct UnaryF;
-#define FLX_X_UNARY(NAME, EXPR)                                                    \
+#define FLX_X_UNARY(NAME, FN, KIND, EXPR, DERIV)                                                    \
     template <typename T> struct UnaryF<T, FLX_UNARY_##NAME> {                     \
         __device__ __forceinline__ static T f(T x, double a, double b) {           \
             (void)a;                                                               \
@@ -133,7 +133,7 @@ int unary_launch(const flx_unary_args *a, cudaStream_t st) {
     int64_t work = vec ? (a->n + (16 / sizeof(T)) - 1) / (16 / sizeof(T)) : a->n;
     unsigned grid = flxk::grid_for(work);
     switch (a->op) {
-#define FLX_X_CASE(NAME, EXPR)                                                                    \
+#define FLX_X_CASE(NAME, FN, KIND, EXPR, DERIV)                                                                    \
     case FLX_UNARY_##NAME:                                                                        \
         unary_kernel<T, FLX_UNARY_##NAME><<<grid, kBlock, 0, st>>>(x, y, a->n, a->a, a->b, vec); \
         break;
@@ -371,7 +371,7 @@ __device__ __forceinline__ void fused_load(const flx_fused_args &a, int k, int64
 template <typename T>
 __device__ __forceinline__ void fused_unary(int op, double fa, double fb, T (&x)[FV]) {
     switch (op) {
-#define FLX_X_CASE(NAME, EXPR)                                                     \
+#define FLX_X_CASE(NAME, FN, KIND, EXPR, DERIV)                                                     \
     case FLX_UNARY_##NAME:                                                         \
         _Pragma("unroll") for (int l = 0; l < FV; l++) x[l] = UnaryF<T, FLX_UNARY_##NAME>::f(x[l], fa, fb); \
         break;

@@ -174,7 +174,7 @@ typedef struct flx_conv_args {
 } flx_conv_args;
 int flx_cuda_conv(const flx_conv_args *args, void *stream);
 
-/* ---- softmax family (issue 3; runtime/ops_softmax.c, runtime/cpu_softmax.c, kernels/softmax.cu)
+/* ---- softmax family (issue 3; runtime/ops/softmax.c, runtime/cpu/softmax.c, kernels/softmax.cu)
  * Rows: x is viewed as (outer, n, inner) and every (o, i) pair is one row of n elements with
  * stride inner (inner == 1: contiguous rows). s = scale (1 / temperature), z = s x.
  * FWD:      out = softmax(z) along the row.        LOG_FWD: out = z - logsumexp(z).
@@ -207,7 +207,7 @@ typedef struct flx_softmax_args {
 } flx_softmax_args;
 int flx_cuda_softmax(const flx_softmax_args *args, void *stream);
 
-/* ---- optim: fused multi-tensor optimiser updates (issue 5; runtime/optim.c, runtime/cpu_optim.c,
+/* ---- optim: fused multi-tensor optimiser updates (issue 5; runtime/nn/optim.c, runtime/cpu/optim.c,
  * kernels/optim.cu). Update rules: fluxion.h, "optimisers".
  * UPDATE: for each j < n: p[j] (numel[j] elements, dtype) is updated from g[j] and the state
  *   slots s0/s1/s2[j] (NULL where the rule does not use them) with hyperparameters read from the
@@ -238,7 +238,7 @@ typedef struct flx_optim_args {
 } flx_optim_args;
 int flx_cuda_optim(const flx_optim_args *args, void *stream);
 
-/* ---- LU family (issue 4; runtime/ops_lu.c, runtime/cpu_lu.c, kernels/lu.cu) -------------------
+/* ---- LU family (issue 4; runtime/ops/lu.c, runtime/cpu/lu.c, kernels/lu.cu) -------------------
  * Packed factorisation: one row of P = n*n + n + 1 elements (dtype of A) per matrix:
  *   [0, n*n)       the LU of A = P L U (partial pivoting), column-major: (i, j) at j*n + i;
  *                  L unit lower (below the diagonal), U upper (on and above it);
@@ -269,24 +269,23 @@ typedef struct flx_lu_args {
     void *out;
     flx_kerr err;
 } flx_lu_args;
-/* What the CUDA launchers that need more than a stream get from the backend (LU, eigh, index):
- * the stream, library handles (cublasHandle_t, cusolverDnHandle_t as void*) and the context's
- * stream-ordered allocator for scratch (OOM retry, statistics, capture-safe). alloc returns NULL
- * on failure with the thread's error set. */
-typedef struct flx_cuda_env {
+/* What the CUDA launchers that need more than a stream get from the backend (LU and eigh on
+ * the vendor libraries, index_add's sort): the stream, library handles (cublasHandle_t,
+ * cusolverDnHandle_t as void*) and the context's stream-ordered allocator for scratch (OOM
+ * retry, statistics, capture-safe). alloc returns NULL on failure with the thread's error set. */
+typedef struct flx_cuda_lib_env {
     void *stream;
     void *cublas;
     void *cusolver;
     void *(*alloc)(void *actx, size_t nbytes);
     void (*free)(void *actx, void *ptr);
     void *actx;
-} flx_cuda_env;
-typedef flx_cuda_env flx_cuda_lu_env; /* the LU and eigh launchers' name for it */
+} flx_cuda_lib_env;
 /* Returns 0, a cudaError_t (> 0), -1 (scratch allocation failed; error already set by alloc),
  * -(1000 + cublasStatus_t) or -(2000 + cusolverStatus_t). */
-int flx_cuda_lu(const flx_lu_args *args, const flx_cuda_lu_env *env);
+int flx_cuda_lu(const flx_lu_args *args, const flx_cuda_lib_env *env);
 
-/* ---- eigh (issue 4; runtime/ops_eigh.c, runtime/cpu_eigh.c, kernels/eigh.cu) ------------------
+/* ---- eigh (issue 4; runtime/ops/eigh.c, runtime/cpu/eigh.c, kernels/eigh.cu) ------------------
  * a: (batch, n, n) row-major symmetric matrices (only the lower triangle is read on CUDA; the CPU
  * reads both triangles' average -- the builder passes exactly symmetric input). out: (batch, n,
  * n + 1) row-major = [V | w]: columns 0..n-1 the orthonormal eigenvectors (column j for w[j]),
@@ -300,12 +299,11 @@ typedef struct flx_eigh_args {
     void *out;
     flx_kerr err;
 } flx_eigh_args;
-/* Same return convention as flx_cuda_lu (the environment is the LU one: stream, handles, scratch). */
-int flx_cuda_eigh(const flx_eigh_args *args, const flx_cuda_lu_env *env);
+/* Same return convention and environment as flx_cuda_lu. */
+int flx_cuda_eigh(const flx_eigh_args *args, const flx_cuda_lib_env *env);
 
-/* ---- CUDA launch functions (defined only in builds with the CUDA backend) ------------------ */
-/* ---- fused: a chain of float elementwise ops run as one kernel (issue 6; runtime/fuse.c,
- * runtime/cpu_fused.c, kernels/fused.cu) ------------------------------------------------------
+/* ---- fused: a chain of float elementwise ops run as one kernel (issue 6; runtime/core/fuse.c,
+ * runtime/cpu/fused.c, kernels/elementwise.cu) ------------------------------------------------------
  * A tiny register program, interpreted per element over the dense output index space `shape`
  * (already coalesced: ndim >= 1, no size-1 dims). Values live in FLX_FUSED_MAX_SLOTS slots:
  *   LOAD   slot[dst] = in[op][offset of the element in input op]   (bool inputs read as 0/1)
@@ -346,6 +344,32 @@ typedef struct flx_fused_args {
 } flx_fused_args;
 int flx_cuda_fused(const flx_fused_args *args, void *stream);
 
+/* ---- the kernel families -----------------------------------------------------------------------
+ * X(ID, name, args type): one entry per family, ordered by concept (creation and conversion,
+ * elementwise, data movement, reductions, linear algebra, nn windows, optimisers). This list is the
+ * one place a family is named: it generates the backend vtable slots and the family ids
+ * (runtime/core/internal.h), the dispatcher flx_kernel_<name> (runtime/core/dispatch.c), the CPU
+ * entry points flx_cpu_<name> (runtime/cpu/cpu_common.h) and both backends' tables. */
+#define FLX_KERNEL_FAMILIES(X)                                                                    \
+    X(FILL, fill, flx_fill_args)                                                                  \
+    X(CAST, cast, flx_cast_args)                                                                  \
+    X(UNARY, unary, flx_unary_args)                                                               \
+    X(BINARY, binary, flx_binary_args)                                                            \
+    X(WHERE, where, flx_where_args)                                                               \
+    X(FUSED, fused, flx_fused_args)                                                               \
+    X(COPY, copy, flx_copy_args)                                                                  \
+    X(INDEX, index, flx_index_args)                                                               \
+    X(REDUCE, reduce, flx_reduce_args)                                                            \
+    X(SOFTMAX, softmax, flx_softmax_args)                                                         \
+    X(MATMUL, matmul, flx_matmul_args)                                                            \
+    X(LU, lu, flx_lu_args)                                                                        \
+    X(EIGH, eigh, flx_eigh_args)                                                                  \
+    X(CONV, conv, flx_conv_args)                                                                  \
+    X(OPTIM, optim, flx_optim_args)
+
+/* ---- CUDA launch functions (defined only in builds with the CUDA backend) ------------------
+ * matmul has none (the backend calls cuBLAS); lu, eigh and index take the library environment
+ * above. */
 int flx_cuda_fill(const flx_fill_args *args, void *stream);
 int flx_cuda_cast(const flx_cast_args *args, void *stream);
 int flx_cuda_unary(const flx_unary_args *args, void *stream);
@@ -355,7 +379,7 @@ int flx_cuda_copy(const flx_copy_args *args, void *stream);
 int flx_cuda_reduce(const flx_reduce_args *args, void *stream);
 /* index_add's sorted path takes its workspace from env->alloc; where that fails (alloc returns
  * NULL, the backend's alloc then leaves no error) it falls back to the scan, which needs none. */
-int flx_cuda_index(const flx_index_args *args, const flx_cuda_env *env);
+int flx_cuda_index(const flx_index_args *args, const flx_cuda_lib_env *env);
 
 #ifdef __cplusplus
 }

@@ -28,10 +28,10 @@ constexpr int kSmallN = 8;
 
 // ---- scratch from the context allocator (stream-ordered: freeing after queueing is safe) ----
 struct Scratch {
-    const flx_cuda_lu_env *env;
+    const flx_cuda_lib_env *env;
     void *p[6] = {nullptr, nullptr, nullptr, nullptr, nullptr, nullptr};
     int n = 0;
-    explicit Scratch(const flx_cuda_lu_env *e) : env(e) {}
+    explicit Scratch(const flx_cuda_lib_env *e) : env(e) {}
     void *get(size_t bytes) {
         if (n >= 6) return nullptr;
         void *q = env->alloc(env->actx, bytes ? bytes : 16);
@@ -387,7 +387,7 @@ int small_dispatch(const flx_lu_args *a, cudaStream_t s, bool factor) {
 inline bool use_batched_blas(const flx_lu_args *a) { return a->batch > 1 && a->n <= 64; }
 
 template <typename T>
-int factor(const flx_lu_args *a, const flx_cuda_lu_env *env) {
+int factor(const flx_lu_args *a, const flx_cuda_lib_env *env) {
     cudaStream_t s = (cudaStream_t)env->stream;
     int64_t n = a->n, B = a->batch, P = n * n + n + 1;
     T *out = (T *)a->out;
@@ -425,7 +425,7 @@ int factor(const flx_lu_args *a, const flx_cuda_lu_env *env) {
 }
 
 template <typename T>
-int solve(const flx_lu_args *a, const flx_cuda_lu_env *env) {
+int solve(const flx_lu_args *a, const flx_cuda_lib_env *env) {
     cudaStream_t s = (cudaStream_t)env->stream;
     int64_t n = a->n, B = a->batch, k = a->k, P = n * n + n + 1;
     if (n == 0 || k == 0) return 0;
@@ -476,7 +476,7 @@ int solve(const flx_lu_args *a, const flx_cuda_lu_env *env) {
 }
 
 template <typename T>
-int run(const flx_lu_args *a, const flx_cuda_lu_env *env) {
+int run(const flx_lu_args *a, const flx_cuda_lib_env *env) {
     cudaStream_t s = (cudaStream_t)env->stream;
     if (a->batch <= 0) return 0;
     switch (a->mode) {
@@ -503,7 +503,7 @@ int run(const flx_lu_args *a, const flx_cuda_lu_env *env) {
 
 } // namespace
 
-extern "C" int flx_cuda_lu(const flx_lu_args *a, const flx_cuda_lu_env *env) {
+extern "C" int flx_cuda_lu(const flx_lu_args *a, const flx_cuda_lib_env *env) {
     if (a->dtype == FLX_F32) return run<float>(a, env);
     if (a->dtype == FLX_F64) return run<double>(a, env);
     return (int)cudaErrorInvalidValue;

@@ -113,6 +113,35 @@ TEST_F(PlanTest, OutputsThatAreSourcesOrInputsAreCopied) {
     expect_plan_matches(ctx, build, batches, FLX_PLAN_CAPTURE_DEFAULT);
 }
 
+// A run computes into the plan's own arena at addresses fixed at compile: the graph it was
+// compiled from keeps its values (an intermediate evaluated before, and the output evaluated
+// eagerly after, still see the original input), whatever the runs bound.
+TEST_F(PlanTest, RunsLeaveTheGraphAlone) {
+    flx_tensor *x = make(ctx, FLX_F64, {3}, {0.5, -1.0, 2.0});
+    flx_tensor *y = flx_mul_scalar(flx_exp(x), 2.0);
+    flx_tensor *z = flx_add_scalar(flx_sin(y), 1.0);
+    ASSERT_EQ(flx_eval(1, &y), FLX_OK) << flx_last_error();
+    flx_plan *plan = flx_plan_compile(1, &z, 1, &x, nullptr);
+    ASSERT_NE(plan, nullptr) << flx_last_error();
+    const double x0[3] = {0.5, -1.0, 2.0}, x1[3] = {1.5, 0.25, -3.0};
+    for (int run = 0; run < 2; run++) {
+        ASSERT_EQ(flx_plan_set_input_host(plan, 0, x1, sizeof x1), FLX_OK) << flx_last_error();
+        ASSERT_EQ(flx_plan_run(plan, 0, nullptr), FLX_OK) << flx_last_error();
+        std::vector<double> want(3);
+        for (int i = 0; i < 3; i++) want[i] = std::sin(2.0 * std::exp(x1[i])) + 1.0;
+        flx_tensor *out = flx_plan_output(plan, 0);
+        EXPECT_TRUE(close(values(out), want, 1e-14, 1e-14));
+    }
+    std::vector<double> want_y(3), want_z(3);
+    for (int i = 0; i < 3; i++) {
+        want_y[i] = 2.0 * std::exp(x0[i]);
+        want_z[i] = std::sin(want_y[i]) + 1.0;
+    }
+    EXPECT_TRUE(close(values(y), want_y, 1e-14, 1e-14));
+    EXPECT_TRUE(close(values(z), want_z, 1e-14, 1e-14));
+    flx_plan_destroy(plan);
+}
+
 TEST_F(PlanTest, InputsKeepTheirDataAndHostBinding) {
     flx_tensor *x = make(ctx, FLX_F32, {3}, {1, 2, 3});
     flx_tensor *y = make(ctx, FLX_F32, {3}, {10, 20, 30});

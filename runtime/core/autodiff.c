@@ -81,6 +81,50 @@ flx_status flx_zero_grad(flx_tensor *t) {
 }
 
 /* ---- shared helper for broadcasting rules ------------------------------------------------- */
+flx_status flx_rule_status(const flx_tensor *r) {
+    if (r) return FLX_OK;
+    flx_status s = flx_last_status();
+    return s != FLX_OK ? s : flx_set_error(FLX_ERR_STATE, "a derivative rule produced no result");
+}
+
+flx_status flx_jvp_linear_attrs(flx_tensor *node, flx_tensor *const *tin, const flx_attrs *attrs,
+                                flx_tensor **tout) {
+    *tout = NULL;
+    bool any = false;
+    for (int32_t i = 0; i < node->n_in; i++) any = any || tin[i];
+    if (!any) return FLX_OK;
+    enum { SMALL = 8 };
+    flx_tensor *local[SMALL];
+    flx_tensor **in = node->n_in <= SMALL ? local : (flx_tensor **)malloc((size_t)node->n_in * sizeof *in);
+    if (!in) return flx_set_error(FLX_ERR_OUT_OF_MEMORY, "%s rule: out of host memory",
+                                  flx_op_get(node->op)->name);
+    flx_status s = FLX_OK;
+    for (int32_t i = 0; i < node->n_in && s == FLX_OK; i++) {
+        flx_tensor *x = node->in[i];
+        if (!flx_dtype_is_float(x->dtype)) in[i] = x; /* indices: no tangent */
+        else if (tin[i]) in[i] = tin[i];
+        else if (!(in[i] = flx_zeros(x->ctx, x->dtype, x->ndim, x->shape))) s = flx_last_status();
+    }
+    if (s == FLX_OK) {
+        *tout = flx_adopt(flx_node_new(node->ctx, node->op, node->dtype, node->ndim, node->shape,
+                                       node->n_in, in, attrs ? attrs : &node->attrs));
+        s = flx_rule_status(*tout);
+    }
+    if (in != local) free(in);
+    return s;
+}
+
+flx_status flx_jvp_zero(flx_tensor *node, flx_tensor *const *tin, flx_tensor **tout) {
+    (void)node;
+    (void)tin;
+    *tout = NULL;
+    return FLX_OK;
+}
+
+flx_status flx_jvp_linear(flx_tensor *node, flx_tensor *const *tin, flx_tensor **tout) {
+    return flx_jvp_linear_attrs(node, tin, NULL, tout);
+}
+
 flx_tensor *flx_sum_to_shape(flx_tensor *g, int32_t ndim, const int64_t *shape) {
     if (!g) return NULL;
     if (g->ndim == ndim && memcmp(g->shape, shape, sizeof(int64_t) * (size_t)ndim) == 0)
@@ -446,8 +490,7 @@ flx_status flx_backward(flx_tensor *loss) {
         free(leaves.order);
         return flx_set_error(FLX_ERR_OUT_OF_MEMORY, "flx_backward: out of host memory");
     }
-    const flx_backend *rbe = loss->ctx->be; /* issue 9: one profiler range per backward pass */
-    if (rbe->range_push) rbe->range_push(loss->ctx, "flx_backward");
+    flx_range_push(loss->ctx, "flx_backward"); /* one profiler range per backward pass */
     flx_no_grad_begin();
     s = flx_scope_begin();
     if (s == FLX_OK) {
@@ -472,7 +515,7 @@ flx_status flx_backward(flx_tensor *loss) {
         flx_scope_end(0, NULL);
     }
     flx_no_grad_end();
-    if (rbe->range_pop) rbe->range_pop(loss->ctx); /* issue 9 */
+    flx_range_pop(loss->ctx);
     free(g);
     free(leaves.order);
     return s;

@@ -45,7 +45,7 @@ flx_device flx_device_cuda(int32_t index) {
 }
 
 #ifdef FLX_WITH_CUDA
-int32_t flx_cuda_backend_device_count(void); /* backend_cuda.c */
+int32_t flx_cuda_backend_device_count(void); /* runtime/cuda/backend.c */
 bool flx_has_cuda(void) { return true; }
 int32_t flx_cuda_device_count(void) { return flx_cuda_backend_device_count(); }
 #else
@@ -55,7 +55,7 @@ int32_t flx_cuda_device_count(void) { return 0; }
 
 /* ---- device feature query (issue 9) ---- */
 #ifdef FLX_WITH_CUDA
-flx_status flx_cuda_backend_device_info(int32_t index, flx_cuda_device_props *out); /* backend_cuda.c */
+flx_status flx_cuda_backend_device_info(int32_t index, flx_cuda_device_props *out); /* runtime/cuda/backend.c */
 #endif
 flx_status flx_cuda_device_info(int32_t index, flx_cuda_device_props *out) {
     if (!out) return flx_set_error(FLX_ERR_INVALID_ARGUMENT, "flx_cuda_device_info: out is NULL");
@@ -110,7 +110,6 @@ flx_ctx *flx_ctx_create(flx_device dev) {
     }
     ctx->device = dev;
     ctx->be = be;
-    ctx->deterministic = flx_env_deterministic(); /* issue 9: FLX_DETERMINISTIC=1 */
     ctx->fusion = flx_env_fusion();               /* issue 6: FLX_FUSION=0 turns it off */
     if (be->init(ctx) != FLX_OK) {
         flx_log_msg(FLX_LOG_ERROR, "flx_ctx_create(%s:%d) failed: %s", be->name,
@@ -118,9 +117,8 @@ flx_ctx *flx_ctx_create(flx_device dev) {
         free(ctx);
         return NULL;
     }
-    flx_log_msg(FLX_LOG_INFO, "context %p created on %s:%d (fluxion %s%s)", (void *)ctx,
-                be->name, (int)dev.index, flx_version(),
-                ctx->deterministic ? ", deterministic" : "");
+    flx_log_msg(FLX_LOG_INFO, "context %p created on %s:%d (fluxion %s)", (void *)ctx,
+                be->name, (int)dev.index, flx_version());
     return ctx;
 }
 

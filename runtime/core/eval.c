@@ -1,71 +1,11 @@
-/* eval.c — the evaluator: plans the unrealised ancestors of the requested tensors in topological
- * order, runs them on their backends, and frees each intermediate right after its last consumer
- * in the plan has been queued (memory planned by last use). Also the host transfer entry points
- * and flx_assign. */
-#include <stdatomic.h>
+/* eval.c — the evaluator: schedules the unrealised ancestors of the requested tensors
+ * (runtime/core/schedule.c), pairs each step with a buffer from the allocator, runs it through the
+ * step executor and frees each intermediate right after its last use in the schedule (memory
+ * planned by last use). Also the host transfer entry points and flx_assign. */
 #include <stdlib.h>
 #include <string.h>
 
 #include "internal.h"
-
-static _Atomic uint64_t g_epoch;
-
-static bool recomputable(const flx_tensor *t) {
-    return !(flx_op_get(t->op)->flags & FLX_OPF_SOURCE) && !t->is_leaf;
-}
-
-uint64_t flx_next_epoch(void) { return atomic_fetch_add(&g_epoch, 1) + 1; }
-
-typedef struct frame {
-    flx_tensor *t;
-    int32_t next;
-} frame;
-
-flx_status flx_graph_postorder(int32_t n, flx_tensor *const *roots, uint64_t epoch,
-                               flx_enter_fn enter, flx_tensor ***out, size_t *n_out) {
-    size_t cap = 64, top = 0, on = 0, ocap = 64;
-    frame *st = (frame *)malloc(cap * sizeof *st);
-    flx_tensor **order = (flx_tensor **)malloc(ocap * sizeof *order);
-    flx_status s = (st && order) ? FLX_OK : FLX_ERR_OUT_OF_MEMORY;
-    for (int32_t r = 0; r < n && s == FLX_OK; r++) {
-        flx_tensor *root = roots[r];
-        if (root->mark == epoch || !enter(root)) continue;
-        root->mark = epoch;
-        st[top++] = (frame){root, 0};
-        while (top > 0 && s == FLX_OK) {
-            frame *f = &st[top - 1];
-            if (f->next < f->t->n_in) {
-                flx_tensor *c = f->t->in[f->next++];
-                if (c->mark == epoch || !enter(c)) continue;
-                c->mark = epoch;
-                if (top == cap) {
-                    frame *ns = (frame *)realloc(st, 2 * cap * sizeof *st);
-                    if (!ns) { s = FLX_ERR_OUT_OF_MEMORY; break; }
-                    st = ns;
-                    cap *= 2;
-                }
-                st[top++] = (frame){c, 0};
-            } else {
-                if (on == ocap) {
-                    flx_tensor **no = (flx_tensor **)realloc(order, 2 * ocap * sizeof *order);
-                    if (!no) { s = FLX_ERR_OUT_OF_MEMORY; break; }
-                    order = no;
-                    ocap *= 2;
-                }
-                order[on++] = f->t;
-                top--;
-            }
-        }
-    }
-    free(st);
-    if (s != FLX_OK) {
-        free(order);
-        return flx_set_error(FLX_ERR_OUT_OF_MEMORY, "graph walk: out of host memory");
-    }
-    *out = order;
-    *n_out = on;
-    return FLX_OK;
-}
 
 static bool needs_data(const flx_tensor *t) { return t->buf == NULL; }
 
@@ -89,6 +29,21 @@ static flx_status check_inputs_ready(const flx_tensor *x, const flx_fused_group 
     return FLX_OK;
 }
 
+/* flx_step_exec on the buffers the nodes hold: node's own (just allocated) and its inputs' (or,
+ * for a group, its kernel's external inputs'). */
+static flx_status exec_on_buffers(const flx_tensor *node, const flx_fused_group *g) {
+    enum { SMALL = 16 };
+    const void *small[SMALL] = {NULL};
+    int32_t n = g ? g->n_ext : node->n_in;
+    const void **in = n <= SMALL ? small : (const void **)malloc((size_t)n * sizeof *in);
+    if (!in) return flx_set_error(FLX_ERR_OUT_OF_MEMORY, "%s: out of host memory",
+                                  flx_op_get(node->op)->name);
+    for (int32_t k = 0; k < n; k++) in[k] = flx_data(g ? g->ext[k] : node->in[k]);
+    flx_status s = flx_step_exec(node, g, flx_data(node), in);
+    if (in != small) free((void *)in);
+    return s;
+}
+
 /* Runs one node, or (g non-NULL) the fused group g rooted at t: only the root gets a buffer. */
 static flx_status run_node(flx_tensor *t, const flx_fused_group *g) {
     const flx_op_def *def = flx_op_get(t->op);
@@ -106,10 +61,7 @@ static flx_status run_node(flx_tensor *t, const flx_fused_group *g) {
                                  def->name);
         t->buf = flx_buffer_new(t->ctx, (size_t)t->numel * flx_dtype_size(t->dtype));
         if (!t->buf) return flx_last_status();
-        const flx_backend *rbe = t->ctx->be; /* issue 9: profiler range named after the op */
-        if (rbe->range_push) rbe->range_push(t->ctx, g ? "fused" : def->name);
-        flx_status s = g ? flx_fused_group_exec(g) : def->exec(t);
-        if (rbe->range_pop) rbe->range_pop(t->ctx);
+        flx_status s = exec_on_buffers(t, g);
         if (s != FLX_OK) {
             flx_buffer_release(t->buf);
             t->buf = NULL;
@@ -121,13 +73,13 @@ static flx_status run_node(flx_tensor *t, const flx_fused_group *g) {
     return FLX_OK;
 }
 
-/* After t (and, for a fused group, its other members) ran: inputs whose last consumer in the
- * evaluation this was lose their buffers unless requested or not recomputable. */
-static void release_inputs(const flx_tensor *t, uint64_t epoch) {
+/* After step i ran: the inputs of t (a step, or a member of the group step i ran) whose last use
+ * this was lose their buffers unless requested or not recomputable. */
+static void release_inputs(const flx_schedule *sc, const flx_tensor *t, int32_t i) {
     for (int32_t j = 0; j < t->n_in; j++) {
         flx_tensor *in = t->in[j];
-        if (in->mark != epoch) continue;
-        if (--in->pending == 0 && !in->keep && recomputable(in) && in->buf) {
+        if (in->mark != sc->epoch || sc->last_use[in->scratch] != i) continue;
+        if (!in->keep && flx_recomputable(in) && in->buf) {
             flx_buffer_release(in->buf);
             in->buf = NULL;
         }
@@ -135,49 +87,34 @@ static void release_inputs(const flx_tensor *t, uint64_t epoch) {
 }
 
 flx_status flx_eval_nodes(int32_t n, flx_tensor *const *ts) {
-    uint64_t epoch = flx_next_epoch();
-    struct { flx_tensor **nodes; size_t n; } p = {NULL, 0};
-    flx_status s = flx_graph_postorder(n, ts, epoch, needs_data, &p.nodes, &p.n);
-    if (s != FLX_OK) return s;
     for (int32_t r = 0; r < n; r++) ts[r]->keep = true;
-    /* Remaining consumers of each planned node within the plan. */
-    for (size_t i = 0; i < p.n; i++) p.nodes[i]->pending = 0;
-    for (size_t i = 0; i < p.n; i++)
-        for (int32_t j = 0; j < p.nodes[i]->n_in; j++)
-            if (p.nodes[i]->in[j]->mark == epoch) p.nodes[i]->in[j]->pending++;
-    /* Elementwise chains whose intermediates nothing else reads run as one kernel each. */
-    flx_fusion fu;
-    s = p.n ? flx_fusion_plan(p.nodes, p.n, epoch, n, ts, true, &fu) : FLX_OK;
-    if (s != FLX_OK) {
-        free(p.nodes);
-        return s;
-    }
-    if (!p.n) memset(&fu, 0, sizeof fu);
-    for (size_t i = 0; i < p.n && s == FLX_OK; i++) {
-        flx_tensor *t = p.nodes[i];
-        int32_t role = fu.role ? fu.role[i] : FLX_FUSE_SINGLE;
+    flx_schedule sc;
+    flx_status s = flx_schedule_build(n, ts, needs_data, true, &sc);
+    if (s != FLX_OK) return s;
+    for (size_t i = 0; i < sc.n && s == FLX_OK; i++) {
+        flx_tensor *t = sc.nodes[i];
+        int32_t role = flx_schedule_role(&sc, i);
         if (role == FLX_FUSE_INTERIOR) continue; /* computed inside its group's kernel */
-        const flx_fused_group *g = role >= 0 ? &fu.groups[role] : NULL;
+        const flx_fused_group *g = role >= 0 ? &sc.fusion.groups[role] : NULL;
         s = run_node(t, g);
         if (s != FLX_OK) break;
         if (!g) {
-            release_inputs(t, epoch);
+            release_inputs(&sc, t, (int32_t)i);
         } else {
-            for (int32_t m = 0; m < g->n_members; m++) release_inputs(g->members[m], epoch);
+            for (int32_t m = 0; m < g->n_members; m++) release_inputs(&sc, g->members[m], (int32_t)i);
         }
     }
     if (s != FLX_OK) {
         /* Leave no half-planned intermediates holding memory. */
-        for (size_t i = 0; i < p.n; i++) {
-            flx_tensor *t = p.nodes[i];
-            if (!t->keep && recomputable(t) && t->buf) {
+        for (size_t i = 0; i < sc.n; i++) {
+            flx_tensor *t = sc.nodes[i];
+            if (!t->keep && flx_recomputable(t) && t->buf) {
                 flx_buffer_release(t->buf);
                 t->buf = NULL;
             }
         }
     }
-    flx_fusion_free(&fu);
-    free(p.nodes);
+    flx_schedule_free(&sc);
     return s;
 }
 
@@ -247,8 +184,7 @@ flx_status flx_assign(flx_tensor *dst, flx_tensor *src) {
                              "flx_assign: dst %s is an op result, not a leaf; only tensors made "
                              "from data (or detached) can be assigned",
                              flx_describe(dst));
-    if (dst->dtype != src->dtype || dst->ndim != src->ndim ||
-        memcmp(dst->shape, src->shape, sizeof(int64_t) * (size_t)dst->ndim) != 0)
+    if (!flx_same_shape(dst, src))
         return flx_set_error(FLX_ERR_SHAPE, "flx_assign: dst %s and src %s differ",
                              flx_describe(dst), flx_describe(src));
     if (dst == src) return FLX_OK;

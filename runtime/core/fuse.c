@@ -1,5 +1,5 @@
-/* fuse.c — elementwise fusion (issue 6), shared by the evaluator (runtime/eval.c) and plans
- * (runtime/plan.c).
+/* fuse.c — elementwise fusion (issue 6), shared by the evaluator (runtime/core/eval.c) and plans
+ * (runtime/core/plan.c).
  *
  * Why: a training step is full of short elementwise chains (bias + activation, the activation's
  * backward g * f'(x), residual adds, optimiser arithmetic written as ops). Run op by op, each link
@@ -51,11 +51,6 @@ static bool fusable(const flx_tensor *t) {
                t->in[2]->dtype == t->dtype;
     default: return false;
     }
-}
-
-static bool same_geometry(const flx_tensor *a, const flx_tensor *b) {
-    return a->dtype == b->dtype && a->ndim == b->ndim &&
-           memcmp(a->shape, b->shape, sizeof(int64_t) * (size_t)a->ndim) == 0;
 }
 
 /* Group under construction: members (consumers first) and the exact set of external inputs. */
@@ -220,7 +215,7 @@ void flx_fusion_free(flx_fusion *f) {
 flx_status flx_fusion_plan(flx_tensor *const *order, size_t n, uint64_t epoch, int32_t n_pinned,
                            flx_tensor *const *pinned, bool honor_keep, flx_fusion *out) {
     memset(out, 0, sizeof *out);
-    if (n < 2 || !order[0]->ctx->fusion || !order[0]->ctx->be->fused) return FLX_OK;
+    if (n < 2 || !order[0]->ctx->fusion || !flx_backend_supports(order[0]->ctx->be, FLX_KERNEL_FUSED)) return FLX_OK;
     bool any = false;
     for (size_t i = 0; i < n && !any; i++) any = fusable(order[i]);
     if (!any) return FLX_OK;
@@ -248,7 +243,7 @@ flx_status flx_fusion_plan(flx_tensor *const *order, size_t n, uint64_t epoch, i
         if (fusable(t)) {
             int32_t c = cg[ii];
             if (c >= 0 && !pin[ii] && !t->is_leaf &&
-                same_geometry(t, order[group_root[c]]) && draft_add(&dr[c], t)) {
+                flx_same_shape(t, order[group_root[c]]) && draft_add(&dr[c], t)) {
                 g = c;
                 role[ii] = FLX_FUSE_INTERIOR;
             } else {
@@ -311,11 +306,9 @@ flx_status flx_fusion_plan(flx_tensor *const *order, size_t n, uint64_t epoch, i
     return FLX_OK;
 }
 
-flx_status flx_fused_group_exec(const flx_fused_group *g) {
-    flx_ctx *ctx = g->root->ctx;
+flx_status flx_fused_group_exec(const flx_fused_group *g, void *out, const void *const *ext) {
     flx_fused_args a = g->args;
-    for (int32_t k = 0; k < g->n_ext; k++) a.in[k] = flx_data(g->ext[k]);
-    a.out = flx_data(g->root);
-    ctx->stats.kernels++;
-    return ctx->be->fused(ctx, &a);
+    for (int32_t k = 0; k < g->n_ext; k++) a.in[k] = ext[k];
+    a.out = out;
+    return flx_kernel_fused(g->root->ctx, &a);
 }

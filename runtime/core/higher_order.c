@@ -189,7 +189,7 @@ static flx_status jacobian_of(const char *fn, flx_tensor *x, flx_tensor *y, bool
     int64_t n = x->numel, m = y->numel;
     if (n == 0 || m == 0 || !y->requires_grad) {
         *out = flx_zeros(x->ctx, y->dtype, nd, shape);
-        return *out ? FLX_OK : flx_last_status();
+        return flx_rule_status(*out);
     }
     if (n > INT32_MAX || m > INT32_MAX)
         return flx_set_error(FLX_ERR_UNSUPPORTED, "%s: too large (%s, %s): for small problems",

@@ -50,25 +50,25 @@
     X(MATMUL)                                                                             \
     /* autodiff */                                                                        \
     X(DETACH) /* shares its input's buffer; no gradient flows */                           \
-    /* interop (runtime/interop.c) */                                                      \
+    /* interop (runtime/io/interop.c) */                                                      \
     X(CUSTOM) /* flx_custom_fn: value computed at record time; user VJP/JVP: attrs.custom */ \
-    /* nn layers: sliding windows (runtime/ops_conv.c): attrs.conv */                      \
+    /* nn layers: sliding windows (runtime/ops/conv.c): attrs.conv */                      \
     X(IM2COL)                                                                             \
     X(COL2IM)                                                                             \
     X(MAXPOOL)                                                                            \
     X(MAXPOOL_ARGMAX) /* i64 indices, no gradient */                                      \
     X(MAXPOOL_BACKWARD) /* inputs: g, indices */ \
-    /* LU family (issue 4, runtime/ops_lu.c): attrs.lu */                                \
+    /* LU family (issue 4, runtime/ops/lu.c): attrs.lu */                                \
     X(LU_FACTOR) /* packed (..., n*n + n + 1): LU, pivots, info; no gradient */           \
     X(LU_SOLVE)  /* inputs: A, LU, B */                                                   \
     X(LU_DET)    /* inputs: A, LU; det / log|det| / sign / logdet */                      \
     X(LU_COFACTOR) /* inputs: A, LU; cofactor matrix adj(A)^T, division-free */                                         \
-    /* softmax family (runtime/ops_softmax.c): attrs.softmax */                           \
+    /* softmax family (runtime/ops/softmax.c): attrs.softmax */                           \
     X(SOFTMAX)        /* softmax / log_softmax of x along an axis                   */    \
     X(SOFTMAX_BWD)    /* inputs y, v: the rows' Jacobian products (BWD, LOG_VJP/JVP) */    \
     X(CROSS_ENTROPY)  /* inputs logits (N, C), labels (N): per-row losses (N)        */    \
     X(CROSS_ENTROPY_BWD) /* inputs logits, labels, g (N): (softmax - onehot) g       */    \
-    /* expm / eigh (issue 4; runtime/ops_expm.c, runtime/ops_eigh.c) */                   \
+    /* expm / eigh (issue 4; runtime/ops/expm.c, runtime/ops/eigh.c) */                   \
     X(EXPM) /* inputs: Y (expm value, no history), A; aliases Y; attrs.expm      */       \
     X(EIGH) /* input: symmetric S (..., n, n) -> packed (..., n, n+1) = [V | w]   */
 
@@ -94,14 +94,14 @@ typedef struct flx_attrs {
         struct { int32_t axis; } concat;
         struct { int32_t axis; } index;
         struct { int32_t ta, tb; } matmul;
-        /* flx_custom_fn callbacks; owned by the node's buffer (freed with it, runtime/interop.c) */
+        /* flx_custom_fn callbacks; owned by the node's buffer (freed with it, runtime/io/interop.c) */
         struct { struct flx_custom_def *def; } custom;
-        /* nn sliding windows (runtime/ops_conv.c): kernel, stride, padding, dilation (h, w) and
+        /* nn sliding windows (runtime/ops/conv.c): kernel, stride, padding, dilation (h, w) and
          * the input plane size (h, w) for ops whose output is the input geometry */
         struct { int64_t k[2], s[2], p[2], d[2], in_hw[2]; } conv;
         /* LU family (issue 4): flx_lu_mode, solve with A^T, report singular input */
         struct { int32_t mode; int32_t trans; int32_t check; } lu;
-        /* softmax family (runtime/ops_softmax.c): kernel mode (flx_softmax_mode), axis,
+        /* softmax family (runtime/ops/softmax.c): kernel mode (flx_softmax_mode), axis,
          * scale = 1 / temperature, ignore_index of cross-entropy */
         struct { int32_t mode; int32_t axis; double scale; int64_t ignore_index; } softmax;
         /* expm (issue 4): bound on max(||A||_1, ||A||_inf) over the batch, fixes the squarings */
@@ -144,15 +144,17 @@ struct flx_tensor {
     bool is_leaf;                /* requires_grad set by the user (collects .grad)       */
     bool keep;                   /* data requested: keep the buffer while handles exist  */
     flx_tensor *grad;            /* accumulated gradient of a leaf (holds a ref)         */
-    /* evaluator scratch */
+    /* graph walks (runtime/core/schedule.c): the epoch of the last walk that reached the node
+     * and, for a schedule, its step index */
     uint64_t mark;
-    int32_t pending;
     int32_t scratch;
 };
 
-/* Family-specific exec: computes node->buf (already allocated unless the op aliases) from the
- * inputs' buffers on the node's backend. */
-typedef flx_status (*flx_exec_fn)(flx_tensor *node);
+/* Family-specific exec: computes the node's value into out (numel * dtype size bytes, already
+ * allocated) from in[i], the data of input i, on the node's backend. It reads the node only for
+ * its op, attributes, shapes and dtypes, never its or its inputs' buffers: the caller (evaluator
+ * or plan) decides where every value lives. Alias ops have no exec. */
+typedef flx_status (*flx_exec_fn)(const flx_tensor *node, void *out, const void *const *in);
 /* VJP rule: given the cotangent g of node (same shape and dtype), sets gin[i] to the cotangent
  * of input i (shape and dtype of input i) or leaves it NULL where there is none. Rules run inside
  * a scope opened by the autodiff driver and build their results with public ops, so the scope
@@ -178,7 +180,7 @@ typedef struct flx_op_def {
 } flx_op_def;
 
 const flx_op_def *flx_op_get(flx_op op);
-/* Registration of each family's rows (runtime/ops_*.c). */
+/* Registration of each family's rows (the files of runtime/ops/). */
 void flx_ops_register_creation(flx_op_def *table);
 void flx_ops_register_unary(flx_op_def *table);
 void flx_ops_register_binary(flx_op_def *table);
@@ -187,19 +189,27 @@ void flx_ops_register_shape(flx_op_def *table);
 void flx_ops_register_linalg(flx_op_def *table);
 void flx_ops_register_autodiff(flx_op_def *table);
 void flx_ops_register_interop(flx_op_def *table);
-/* nn layers (issue 5): sliding-window ops (runtime/ops_conv.c); CPU kernels in runtime/cpu_conv.c */
+/* nn layers (issue 5): sliding-window ops (runtime/ops/conv.c); CPU kernels in runtime/cpu/conv.c */
 void flx_ops_register_conv(flx_op_def *table);
-/* LU family (issue 4): runtime/ops_lu.c; CPU reference kernels in runtime/cpu_lu.c */
+/* LU family (issue 4): runtime/ops/lu.c; CPU reference kernels in runtime/cpu/lu.c */
 void flx_ops_register_lu(flx_op_def *table);
-/* softmax family (issue 3): runtime/ops_softmax.c; CPU kernels in runtime/cpu_softmax.c */
+/* softmax family (issue 3): runtime/ops/softmax.c; CPU kernels in runtime/cpu/softmax.c */
 void flx_ops_register_softmax(flx_op_def *table);
-/* expm / eigh (issue 4): runtime/ops_expm.c, runtime/ops_eigh.c; CPU Jacobi in runtime/cpu_eigh.c */
+/* expm / eigh (issue 4): runtime/ops/expm.c, runtime/ops/eigh.c; CPU Jacobi in runtime/cpu/eigh.c */
 void flx_ops_register_expm(flx_op_def *table);
 void flx_ops_register_eigh(flx_op_def *table);
 
 /* ---------------------------------------------------------------------------------------------
  * Backends
  * ------------------------------------------------------------------------------------------- */
+/* Kernel-family ids, one per entry of FLX_KERNEL_FAMILIES (kernels/flx_kernels.h). */
+typedef enum flx_kernel_family {
+#define FLX_X_FAMILY_ID(ID, name, ARGS) FLX_KERNEL_##ID,
+    FLX_KERNEL_FAMILIES(FLX_X_FAMILY_ID)
+#undef FLX_X_FAMILY_ID
+    FLX_KERNEL_COUNT
+} flx_kernel_family;
+
 typedef struct flx_backend {
     const char *name;
     flx_status (*init)(flx_ctx *ctx);
@@ -211,44 +221,45 @@ typedef struct flx_backend {
     flx_status (*download)(flx_ctx *ctx, void *dst, const void *src, size_t nbytes);
     flx_status (*copy_d2d)(flx_ctx *ctx, void *dst, const void *src, size_t nbytes);
     flx_status (*synchronize)(flx_ctx *ctx); /* also reads, reports and clears the error record */
-    /* Kernel families */
-    flx_status (*fill)(flx_ctx *ctx, const flx_fill_args *a);
-    flx_status (*cast)(flx_ctx *ctx, const flx_cast_args *a);
-    flx_status (*unary)(flx_ctx *ctx, const flx_unary_args *a);
-    flx_status (*binary)(flx_ctx *ctx, const flx_binary_args *a);
-    flx_status (*where)(flx_ctx *ctx, const flx_where_args *a);
-    flx_status (*copy)(flx_ctx *ctx, const flx_copy_args *a);
-    flx_status (*reduce)(flx_ctx *ctx, const flx_reduce_args *a);
-    flx_status (*matmul)(flx_ctx *ctx, const flx_matmul_args *a);
-    flx_status (*index)(flx_ctx *ctx, const flx_index_args *a);
-    /* nn sliding windows: im2col/col2im/max-pool (issue 5); NULL -> FLX_ERR_UNSUPPORTED */
-    flx_status (*conv)(flx_ctx *ctx, const flx_conv_args *a);
-    /* LU family: factor / solve / det / cofactor (issue 4); NULL -> FLX_ERR_UNSUPPORTED */
-    flx_status (*lu)(flx_ctx *ctx, const flx_lu_args *a);
-    /* softmax family: softmax, its Jacobian products, cross-entropy (issue 3); NULL ->
-     * FLX_ERR_UNSUPPORTED */
-    flx_status (*softmax)(flx_ctx *ctx, const flx_softmax_args *a);
-    /* optim: fused optimiser updates (issue 5, runtime/optim.c); NULL -> FLX_ERR_UNSUPPORTED */
-    flx_status (*optim)(flx_ctx *ctx, const flx_optim_args *a);
-    /* profiler ranges (issue 9): NVTX push/pop on CUDA; NULL -> no range. name is static. */
+    /* Kernel families, one slot each, in list order. A NULL slot is a family the backend does
+     * not implement: callers go through the dispatcher (flx_kernel_<name>), which refuses it. */
+#define FLX_X_FAMILY_SLOT(ID, name, ARGS) flx_status (*name)(flx_ctx *ctx, const ARGS *a);
+    FLX_KERNEL_FAMILIES(FLX_X_FAMILY_SLOT)
+#undef FLX_X_FAMILY_SLOT
+    /* Profiler ranges (NVTX push/pop on CUDA); NULL -> no range. name is static. */
     void (*range_push)(flx_ctx *ctx, const char *name);
     void (*range_pop)(flx_ctx *ctx);
-    /* ---- issue 6: plans (runtime/plan.c) and math mode; NULL on CPU = replay eagerly ---- */
-    /* Starts recording the context stream's work into a graph (nothing runs until launched). */
+    /* Graph capture for plans (runtime/core/plan.c); NULL on CPU = replay op by op.
+     * capture_begin starts recording the context stream's work into a graph (nothing runs until
+     * launched); capture_end ends it: *graph gets an instantiated graph, or with keep false the
+     * recording is discarded (after an error during capture) and *graph is NULL. */
     flx_status (*capture_begin)(flx_ctx *ctx);
-    /* Ends the recording; *graph gets an instantiated graph, or with keep false the recording
-     * is discarded (after an error during capture) and *graph is NULL. */
     flx_status (*capture_end)(flx_ctx *ctx, bool keep, void **graph);
     flx_status (*graph_launch)(flx_ctx *ctx, void *graph);
     void (*graph_destroy)(flx_ctx *ctx, void *graph);
-    /* flx_math_mode bits (validated by the caller) */
+    /* flx_math_mode bits (validated by the caller); NULL -> nothing to set */
     flx_status (*set_math_mode)(flx_ctx *ctx, int32_t mode);
-    /* ---- end issue 6 ---- */
-    /* eigh: symmetric eigendecomposition (issue 4, runtime/ops_eigh.c); NULL -> FLX_ERR_UNSUPPORTED */
-    flx_status (*eigh)(flx_ctx *ctx, const flx_eigh_args *a);
-    /* fused elementwise programs (issue 6, runtime/fuse.c); NULL -> the evaluator never fuses */
-    flx_status (*fused)(flx_ctx *ctx, const flx_fused_args *a);
 } flx_backend;
+
+/* The dispatcher (runtime/core/dispatch.c): the one way to queue a kernel. Each
+ * flx_kernel_<name>(ctx, args) refuses a family the context's backend does not implement
+ * (FLX_ERR_UNSUPPORTED, naming family and backend), counts the launch in ctx->stats.kernels and
+ * calls the backend. */
+bool flx_backend_supports(const flx_backend *be, flx_kernel_family f);
+#define FLX_X_FAMILY_DISPATCH(ID, name, ARGS) \
+    flx_status flx_kernel_##name(flx_ctx *ctx, const ARGS *a);
+FLX_KERNEL_FAMILIES(FLX_X_FAMILY_DISPATCH)
+#undef FLX_X_FAMILY_DISPATCH
+/* Profiler ranges (NVTX on CUDA; nothing where the backend has none). name is static. */
+void flx_range_push(flx_ctx *ctx, const char *name);
+void flx_range_pop(flx_ctx *ctx);
+/* Runs one step of a schedule on the buffers given, inside a profiler range named after the op
+ * ("fused" for a group): node's exec with out = the node's data and in[i] = input i's, or (g
+ * non-NULL) the fused group g, whose root is node, with in[k] = the data of g->ext[k]. The
+ * evaluator and plans both execute through it. */
+struct flx_fused_group;
+flx_status flx_step_exec(const flx_tensor *node, const struct flx_fused_group *g, void *out,
+                         const void *const *in);
 
 extern const flx_backend flx_backend_cpu;
 #ifdef FLX_WITH_CUDA
@@ -263,25 +274,22 @@ struct flx_ctx {
     uint64_t epoch;         /* evaluator marks                                       */
     flx_kerr_record *kerr;  /* kernels' error record (device memory on CUDA): flx_kerr.h */
     void *backend_state;    /* stream, handles, pools (backend-private)              */
-    bool deterministic;     /* FLX_DETERMINISTIC=1 at creation (issue 9; runtime/log.c) */
-    int32_t math_mode;      /* flx_math_mode bits (issue 6; runtime/math_mode.c)       */
-    bool fusion;            /* fuse elementwise chains (issue 6; runtime/fuse.c)       */
+    int32_t math_mode;      /* flx_math_mode bits (issue 6; runtime/core/math_mode.c)       */
+    bool fusion;            /* fuse elementwise chains (issue 6; runtime/core/fuse.c)       */
 };
 
-/* ---- logging and environment switches (issue 9, runtime/log.c) ---- */
+/* ---- logging and environment switches (issue 9, runtime/core/log.c) ---- */
 enum { FLX_LOG_OFF = 0, FLX_LOG_ERROR = 1, FLX_LOG_WARN = 2, FLX_LOG_INFO = 3, FLX_LOG_DEBUG = 4 };
 /* The level from FLX_LOG_LEVEL (error|warn|info|debug; unset or unknown: off), read once. */
 int flx_log_level(void);
 /* flx_log_msg: prints "fluxion[level]: message" to stderr when level <= flx_log_level(); one write per call. */
 void flx_log_msg(int level, const char *fmt, ...) FLX_PRINTF(2, 3);
-/* True when FLX_DETERMINISTIC is set to 1 (read once). */
-bool flx_env_deterministic(void);
 /* False when FLX_FUSION=0 (issue 6: contexts start with fusion off). */
 bool flx_env_fusion(void);
 /* ---- end logging ---- */
 
 /* ---------------------------------------------------------------------------------------------
- * Errors (runtime/error.c)
+ * Errors (runtime/core/error.c)
  * ------------------------------------------------------------------------------------------- */
 /* Records an error for this thread and returns s. */
 flx_status flx_set_error(flx_status s, const char *fmt, ...) FLX_PRINTF(2, 3);
@@ -292,7 +300,7 @@ const char *flx_describe(const flx_tensor *t);
 const char *flx_shape_str(int32_t ndim, const int64_t *shape);
 
 /* ---------------------------------------------------------------------------------------------
- * Tensors and graph building (runtime/tensor.c)
+ * Tensors and graph building (runtime/core/tensor.c)
  * ------------------------------------------------------------------------------------------- */
 /* Makes a node with the given inputs (each gains a use). Returns a new reference owned by the
  * caller (not registered in any scope), or NULL with the error set. requires_grad is derived
@@ -300,6 +308,11 @@ const char *flx_shape_str(int32_t ndim, const int64_t *shape);
 flx_tensor *flx_node_new(flx_ctx *ctx, flx_op op, flx_dtype dt, int32_t ndim,
                          const int64_t *shape, int32_t n_in, flx_tensor *const *in,
                          const flx_attrs *attrs);
+/* A CONST source holding a copy of the host data (numel * dtype size bytes), uploaded on ctx;
+ * a new reference owned by the caller (not registered in any scope), or NULL with the error set.
+ * Arguments are checked by the caller (runtime/ops/creation.c). */
+flx_tensor *flx_const_new(flx_ctx *ctx, flx_dtype dt, int32_t ndim, const int64_t *shape,
+                          const void *data);
 /* Registers a caller-owned reference with the current scope (if any) and returns t. Every
  * public op returns flx_adopt(node). */
 flx_tensor *flx_adopt(flx_tensor *t);
@@ -311,6 +324,14 @@ bool flx_dtype_valid(flx_dtype dt);
 /* Checks for an op: every input non-NULL (else propagates NULL), same context. Returns false
  * with the error set. */
 bool flx_check_inputs(const char *op, int32_t n, flx_tensor *const *in);
+/* Checks a list of n tensors an API binds as leaves (what names one in messages: "input",
+ * "parameter"): each non-NULL, of ctx, a CONST holding data (else the status not_source) and
+ * listed once. Returns false with the error set. */
+bool flx_check_source_list(const char *fn, const char *what, flx_status not_source, flx_ctx *ctx,
+                           int32_t n, flx_tensor *const *ts);
+/* Checks a float (f32/f64) matrix or batch of matrices with square last two dims (rank >= 2),
+ * after flx_check_inputs. */
+bool flx_check_square(const char *op, flx_tensor *a);
 /* Checks float dtype (f32/f64) for an op. */
 bool flx_check_float(const char *op, const flx_tensor *t);
 /* Normalises an axis for ndim (negative counts from the end); false with the error set if out
@@ -319,6 +340,11 @@ bool flx_norm_axis(const char *op, int32_t axis, int32_t ndim, int32_t *out);
 /* Row-major contiguous strides of a shape (elements). */
 void flx_contiguous_strides(int32_t ndim, const int64_t *shape, int64_t *strides);
 int64_t flx_shape_numel(int32_t ndim, const int64_t *shape);
+/* A shape an API is given: rank 0..FLX_MAX_DIMS, shape non-NULL when the rank is not 0, no
+ * negative size. False with the error set. */
+bool flx_check_shape(const char *op, int32_t ndim, const int64_t *shape);
+/* Shapes (na, a) and (nb, b) are equal. */
+bool flx_shape_eq(int32_t na, const int64_t *a, int32_t nb, const int64_t *b);
 
 /* Buffers */
 flx_buffer *flx_buffer_new(flx_ctx *ctx, size_t nbytes);
@@ -334,25 +360,23 @@ static inline flx_kerr flx_kerr_site(const flx_tensor *t) {
 /* Turns a snapshot of an error record into a status and message (FLX_OK when nothing was
  * raised): the one mapping both backends use at their synchronisation points (runtime/core/kerr.c). */
 flx_status flx_kerr_report(const flx_kerr_record *r);
+/* Bytes of t's data (numel * dtype size). */
+static inline size_t flx_nbytes(const flx_tensor *t) {
+    return (size_t)t->numel * flx_dtype_size(t->dtype);
+}
+/* Same dtype and shape. */
+bool flx_same_shape(const flx_tensor *a, const flx_tensor *b);
 
 /* ---------------------------------------------------------------------------------------------
- * Evaluation (runtime/eval.c)
+ * Evaluation (runtime/core/eval.c)
  * ------------------------------------------------------------------------------------------- */
 /* Computes the nodes (and any ancestor without data), marking them keep. */
 flx_status flx_eval_nodes(int32_t n, flx_tensor *const *ts);
-/* A fresh mark value for graph walks (process-wide, atomic). */
-uint64_t flx_next_epoch(void);
-/* Post-order (inputs before consumers) of the nodes reachable from roots through nodes for
- * which enter(t) holds, each marked with epoch; iterative, so long chains cannot overflow the C
- * stack. *out is malloc'ed (the caller frees it). */
-typedef bool (*flx_enter_fn)(const flx_tensor *t);
-flx_status flx_graph_postorder(int32_t n, flx_tensor *const *roots, uint64_t epoch,
-                               flx_enter_fn enter, flx_tensor ***out, size_t *n_out);
 /* Turns a computed node into a CONST source holding its data, dropping its inputs. */
 void flx_freeze(flx_tensor *t);
 
 /* ---------------------------------------------------------------------------------------------
- * Elementwise fusion (issue 6, runtime/fuse.c), shared by the evaluator and plans.
+ * Elementwise fusion (issue 6, runtime/core/fuse.c), shared by the evaluator and plans.
  * Given a post-order list of nodes to run (each marked with epoch), groups chains of float
  * elementwise nodes (unary, binary arithmetic, where) of one shape and dtype into programs of
  * one kernel each (flx_fused_args). A node joins its consumers' group only when every consumer
@@ -380,25 +404,76 @@ typedef struct flx_fusion {
 flx_status flx_fusion_plan(flx_tensor *const *order, size_t n, uint64_t epoch, int32_t n_pinned,
                            flx_tensor *const *pinned, bool honor_keep, flx_fusion *out);
 void flx_fusion_free(flx_fusion *f);
-/* Queues group g's kernel: reads its inputs' buffers, writes g->root->buf (allocated). */
-flx_status flx_fused_group_exec(const flx_fused_group *g);
+/* Queues group g's kernel: reads ext[k] (the data of g->ext[k]), writes out (the root's data). */
+flx_status flx_fused_group_exec(const flx_fused_group *g, void *out, const void *const *ext);
+/* ---------------------------------------------------------------------------------------------
+ * Scheduling (runtime/core/schedule.c), shared by the evaluator and plans
+ * ------------------------------------------------------------------------------------------- */
+/* A fresh mark value for graph walks (process-wide, atomic). */
+uint64_t flx_next_epoch(void);
+/* Post-order (inputs before consumers) of the nodes reachable from roots through nodes for
+ * which enter(t) holds, each marked with epoch; iterative, so long chains cannot overflow the C
+ * stack. *out is malloc'ed (the caller frees it). */
+typedef bool (*flx_enter_fn)(const flx_tensor *t);
+flx_status flx_graph_postorder(int32_t n, flx_tensor *const *roots, uint64_t epoch,
+                               flx_enter_fn enter, flx_tensor ***out, size_t *n_out);
+/* What to run, in which order and groups, and how long each value lives. Every scheduled node
+ * has mark == epoch and scratch == its step index until the next walk that marks it. */
+typedef struct flx_schedule {
+    uint64_t epoch;
+    size_t n;
+    flx_tensor **nodes;  /* the steps, post-order (inputs before consumers)                     */
+    int32_t *read_at;    /* per step: the step whose execution reads its inputs (itself, or its
+                            fused group's root)                                                 */
+    int32_t *last_use;   /* per step: the last step reading its value, -1 if no step does       */
+    flx_fusion fusion;   /* role NULL when nothing was fused                                    */
+} flx_schedule;
+/* Schedules the nodes reachable from roots through enter: walk, fusion (roots stay
+ * materialised; with honor_keep nodes marked keep too), lifetimes. */
+flx_status flx_schedule_build(int32_t n_roots, flx_tensor *const *roots, flx_enter_fn enter,
+                              bool honor_keep, flx_schedule *out);
+void flx_schedule_free(flx_schedule *s);
+/* FLX_FUSE_SINGLE, FLX_FUSE_INTERIOR or the index of the group step i is the root of. */
+static inline int32_t flx_schedule_role(const flx_schedule *s, size_t i) {
+    return s->fusion.role ? s->fusion.role[i] : FLX_FUSE_SINGLE;
+}
+/* Not a source and not a leaf: a value that can be dropped and computed again. */
+static inline bool flx_recomputable(const flx_tensor *t) {
+    return !(flx_op_get(t->op)->flags & FLX_OPF_SOURCE) && !t->is_leaf;
+}
+
 /* Strides of x read over an output index space (nd, oshape) under NumPy broadcasting (0 on
- * broadcast axes); runtime/ops_binary.c. */
+ * broadcast axes); runtime/ops/binary.c. */
 void flx_broadcast_strides(const flx_tensor *x, int32_t nd, const int64_t *oshape,
                            int64_t *strides);
 
 /* ---------------------------------------------------------------------------------------------
- * Helpers for rules (runtime/autodiff.c): reduce a cotangent over broadcast axes back to shape.
+ * Helpers for rules (runtime/core/autodiff.c): reduce a cotangent over broadcast axes back to shape.
  * Returns a new reference; g itself (retained) when shapes already match.
  * ------------------------------------------------------------------------------------------- */
 flx_tensor *flx_sum_to_shape(flx_tensor *g, int32_t ndim, const int64_t *shape);
+/* The status of a rule or builder whose result is r: NULL is a failure (a NULL that means "zero"
+ * never comes here), reported with the op's error, never a stale FLX_OK. */
+flx_status flx_rule_status(const flx_tensor *r);
+/* JVP of an op that is linear in its float inputs (the others, such as indices, are carried
+ * as they are): the op itself, with the same attributes (attrs NULL) or the ones given, applied
+ * to the tangents, NULL ones read as zeros; NULL when every tangent is. */
+flx_status flx_jvp_linear(flx_tensor *node, flx_tensor *const *tin, flx_tensor **tout);
+flx_status flx_jvp_linear_attrs(flx_tensor *node, flx_tensor *const *tin, const flx_attrs *attrs,
+                                flx_tensor **tout);
+/* JVP of an op whose tangent is always zero (sources, indices, factorisations with no
+ * gradient): *tout = NULL. */
+flx_status flx_jvp_zero(flx_tensor *node, flx_tensor *const *tin, flx_tensor **tout);
+/* Ends the innermost scope keeping r (if any) for the caller: the return of a composite op
+ * built in its own scope. */
+flx_tensor *flx_scope_return(flx_tensor *r);
 /* Internal unary ops used by derivative rules: step(x) = x > 0 ? 1 : 0, inside(x) = lo < x < hi. */
 flx_tensor *flx_unary_step(flx_tensor *x);
 flx_tensor *flx_unary_inside(flx_tensor *x, double lo, double hi);
 /* Thread-local grad mode depth (0 = enabled). */
 int flx_no_grad_depth(void);
 
-/* Optimisers inside plans (runtime/optim.c, issue 6): the fused update of parameters idx[0..m)
+/* Optimisers inside plans (runtime/nn/optim.c, issue 6): the fused update of parameters idx[0..m)
  * from gradients at grad_ptrs, queued only (shared by flx_optim_step and plan replays); the
  * parameter list; a hold released by flx_optim_destroy. */
 flx_status flx_optim_queue_update(flx_optim *o, int32_t m, const int32_t *idx,
@@ -406,7 +481,7 @@ flx_status flx_optim_queue_update(flx_optim *o, int32_t m, const int32_t *idx,
 int32_t flx_optim_params(const flx_optim *o, flx_tensor *const **params);
 void flx_optim_retain(flx_optim *o);
 
-/* Context bookkeeping for stats (runtime/context.c) */
+/* Context bookkeeping for stats (runtime/core/context.c) */
 void flx_stats_alloc(flx_ctx *ctx, size_t nbytes);
 void flx_stats_free(flx_ctx *ctx, size_t nbytes);
 

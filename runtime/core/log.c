@@ -3,8 +3,6 @@
  *   FLX_LOG_LEVEL = error | warn | info | debug   what fluxion prints to stderr (default: nothing;
  *                                                 errors are reported to the caller through the
  *                                                 returned status and flx_last_error, not printed)
- *   FLX_DETERMINISTIC = 1                         record that the caller requires deterministic
- *                                                 results (every path is deterministic today)
  *   FLX_FUSION = 0                                new contexts start with elementwise fusion off
  *                                                 (issue 6; flx_set_fusion changes it per context)
  *
@@ -19,7 +17,6 @@
 #include "internal.h"
 
 static int g_level;
-static bool g_deterministic;
 static bool g_no_fusion; /* FLX_FUSION=0 (issue 6) */
 static once_flag g_env_once = ONCE_FLAG_INIT;
 
@@ -49,8 +46,6 @@ static void read_env(void) {
                     v);
         }
     }
-    const char *d = getenv("FLX_DETERMINISTIC");
-    g_deterministic = d && !strcmp(d, "1");
     const char *f = getenv("FLX_FUSION");
     g_no_fusion = f && !strcmp(f, "0");
 }
@@ -58,11 +53,6 @@ static void read_env(void) {
 int flx_log_level(void) {
     call_once(&g_env_once, read_env);
     return g_level;
-}
-
-bool flx_env_deterministic(void) {
-    call_once(&g_env_once, read_env);
-    return g_deterministic;
 }
 
 void flx_log_msg(int level, const char *fmt, ...) {

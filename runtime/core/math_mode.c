@@ -27,7 +27,7 @@ flx_status flx_get_math_mode(const flx_ctx *ctx, int32_t *mode) {
     return FLX_OK;
 }
 
-/* Elementwise fusion switch (runtime/fuse.c reads ctx->fusion when planning an evaluation). */
+/* Elementwise fusion switch (runtime/core/fuse.c reads ctx->fusion when planning an evaluation). */
 flx_status flx_set_fusion(flx_ctx *ctx, bool enabled) {
     if (!ctx) return flx_set_error(FLX_ERR_INVALID_ARGUMENT, "flx_set_fusion: ctx is NULL");
     ctx->fusion = enabled;

@@ -43,6 +43,74 @@ void flx_buffer_release(flx_buffer *b) {
 }
 
 /* ---- nodes ------------------------------------------------------------------------------ */
+bool flx_check_source_list(const char *fn, const char *what, flx_status not_source, flx_ctx *ctx,
+                           int32_t n, flx_tensor *const *ts) {
+    for (int32_t k = 0; k < n; k++) {
+        flx_tensor *t = ts[k];
+        if (!t) {
+            flx_set_error_if_clear(FLX_ERR_INVALID_ARGUMENT, "%s: %s %d is NULL", fn, what, (int)k);
+            return false;
+        }
+        if (t->ctx != ctx) {
+            flx_set_error(FLX_ERR_DEVICE, "%s: %s %d %s belongs to another context", fn, what,
+                          (int)k, flx_describe(t));
+            return false;
+        }
+        if (t->op != FLX_OP_CONST || !t->buf) {
+            flx_set_error(not_source,
+                          "%s: %s %d %s is an op result (%s), not a source tensor made from data "
+                          "(flx_from_host, flx_from_blob, or a detached value)",
+                          fn, what, (int)k, flx_describe(t), flx_op_get(t->op)->name);
+            return false;
+        }
+        for (int32_t j = 0; j < k; j++)
+            if (ts[j] == t) {
+                flx_set_error(FLX_ERR_INVALID_ARGUMENT, "%s: %s %d repeats %s %d", fn, what, (int)k,
+                              what, (int)j);
+                return false;
+            }
+    }
+    return true;
+}
+
+bool flx_check_shape(const char *op, int32_t ndim, const int64_t *shape) {
+    if (ndim < 0 || ndim > FLX_MAX_DIMS || (ndim > 0 && !shape)) {
+        flx_set_error(FLX_ERR_SHAPE, "%s: bad shape (rank %d%s)", op, (int)ndim,
+                      ndim > 0 && !shape ? ", shape NULL" : "");
+        return false;
+    }
+    for (int32_t i = 0; i < ndim; i++)
+        if (shape[i] < 0) {
+            flx_set_error(FLX_ERR_SHAPE, "%s: negative size in shape %s", op,
+                          flx_shape_str(ndim, shape));
+            return false;
+        }
+    return true;
+}
+
+bool flx_check_square(const char *op, flx_tensor *a) {
+    if (!flx_check_inputs(op, 1, &a)) return false;
+    if (!flx_check_float(op, a)) return false;
+    if (a->ndim < 2) {
+        flx_set_error(FLX_ERR_SHAPE, "%s: needs a matrix or a batch of matrices (rank >= 2), got %s",
+                      op, flx_describe(a));
+        return false;
+    }
+    if (a->shape[a->ndim - 1] != a->shape[a->ndim - 2]) {
+        flx_set_error(FLX_ERR_SHAPE, "%s: matrices must be square, got %s", op, flx_describe(a));
+        return false;
+    }
+    return true;
+}
+
+bool flx_shape_eq(int32_t na, const int64_t *a, int32_t nb, const int64_t *b) {
+    return na == nb && (na == 0 || memcmp(a, b, sizeof(int64_t) * (size_t)na) == 0);
+}
+
+bool flx_same_shape(const flx_tensor *a, const flx_tensor *b) {
+    return a->dtype == b->dtype && flx_shape_eq(a->ndim, a->shape, b->ndim, b->shape);
+}
+
 int64_t flx_shape_numel(int32_t ndim, const int64_t *shape) {
     int64_t n = 1;
     for (int32_t i = 0; i < ndim; i++) n *= shape[i];
@@ -161,10 +229,6 @@ static void destroy_chain(flx_tensor *t) {
     if (stack != local) free(stack);
 }
 
-static bool recomputable(const flx_tensor *t) {
-    return !(flx_op_get(t->op)->flags & FLX_OPF_SOURCE) && !t->is_leaf;
-}
-
 flx_tensor *flx_retain(flx_tensor *t) {
     if (t) t->refs++;
     return t;
@@ -175,7 +239,7 @@ void flx_release(flx_tensor *t) {
     if (--t->refs > 0) return;
     if (t->uses == 0) {
         destroy_chain(t);
-    } else if (recomputable(t)) {
+    } else if (flx_recomputable(t)) {
         /* No handle left: the data is no longer requested; consumers recompute it if needed. */
         t->keep = false;
         flx_buffer_release(t->buf);
@@ -279,6 +343,12 @@ flx_status flx_scope_end(int32_t n_keep, flx_tensor *const *keep) {
         tl_scope_cap = 0;
     }
     return FLX_OK;
+}
+
+flx_tensor *flx_scope_return(flx_tensor *r) {
+    flx_tensor *keep[1] = {r};
+    flx_scope_end(r ? 1 : 0, keep);
+    return r;
 }
 
 /* ---- accessors -------------------------------------------------------------------------- */

@@ -61,19 +61,7 @@ const flx_backend flx_backend_cpu = {
     .download = cpu_download,
     .copy_d2d = cpu_memcpy,
     .synchronize = cpu_synchronize,
-    .fill = flx_cpu_fill,
-    .cast = flx_cpu_cast,
-    .unary = flx_cpu_unary,
-    .binary = flx_cpu_binary,
-    .where = flx_cpu_where,
-    .copy = flx_cpu_copy,
-    .reduce = flx_cpu_reduce,
-    .matmul = flx_cpu_matmul,
-    .index = flx_cpu_index,
-    .conv = flx_cpu_conv,
-    .lu = flx_cpu_lu,
-    .softmax = flx_cpu_softmax,
-    .optim = flx_cpu_optim,
-    .eigh = flx_cpu_eigh,
-    .fused = flx_cpu_fused,
+#define FLX_X_CPU_SLOT(ID, name, ARGS) .name = flx_cpu_##name,
+    FLX_KERNEL_FAMILIES(FLX_X_CPU_SLOT)
+#undef FLX_X_CPU_SLOT
 };

@@ -1,4 +1,4 @@
-/* cpu_conv.c — CPU reference kernels of the sliding-window family (flx_conv_args, semantics in
+/* conv.c — CPU reference kernels of the sliding-window family (flx_conv_args, semantics in
  * kernels/flx_kernels.h): im2col, its transpose col2im, max-pool values and argmax indices, and
  * the max-pool backward gather. Plain loops; float math in double, rounded to the dtype once per
  * output element; sums in a fixed order (taps ascending). */

@@ -95,20 +95,8 @@ static inline int64_t ld_label(flx_dtype dt, const void *p, int64_t i) {
 }
 
 /* Kernel families of the CPU backend, one file each in runtime/cpu/. */
-flx_status flx_cpu_fill(flx_ctx *ctx, const flx_fill_args *a);
-flx_status flx_cpu_cast(flx_ctx *ctx, const flx_cast_args *a);
-flx_status flx_cpu_unary(flx_ctx *ctx, const flx_unary_args *a);
-flx_status flx_cpu_binary(flx_ctx *ctx, const flx_binary_args *a);
-flx_status flx_cpu_where(flx_ctx *ctx, const flx_where_args *a);
-flx_status flx_cpu_copy(flx_ctx *ctx, const flx_copy_args *a);
-flx_status flx_cpu_reduce(flx_ctx *ctx, const flx_reduce_args *a);
-flx_status flx_cpu_matmul(flx_ctx *ctx, const flx_matmul_args *a);
-flx_status flx_cpu_index(flx_ctx *ctx, const flx_index_args *a);
-flx_status flx_cpu_conv(flx_ctx *ctx, const flx_conv_args *a);
-flx_status flx_cpu_lu(flx_ctx *ctx, const flx_lu_args *a);
-flx_status flx_cpu_softmax(flx_ctx *ctx, const flx_softmax_args *a);
-flx_status flx_cpu_optim(flx_ctx *ctx, const flx_optim_args *a);
-flx_status flx_cpu_eigh(flx_ctx *ctx, const flx_eigh_args *a);
-flx_status flx_cpu_fused(flx_ctx *ctx, const flx_fused_args *a);
+#define FLX_X_CPU_FAMILY(ID, name, ARGS) flx_status flx_cpu_##name(flx_ctx *ctx, const ARGS *a);
+FLX_KERNEL_FAMILIES(FLX_X_CPU_FAMILY)
+#undef FLX_X_CPU_FAMILY
 
 #endif

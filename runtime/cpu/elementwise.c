@@ -56,7 +56,7 @@ flx_status flx_cpu_unary(flx_ctx *ctx, const flx_unary_args *ar) {
     (void)a;
     (void)b;
     switch (ar->op) {
-#define FLX_X_CASE(NAME, EXPR)                                        \
+#define FLX_X_CASE(NAME, FN, KIND, EXPR, DERIV)                                        \
     case FLX_UNARY_##NAME:                                            \
         for (int64_t i = 0; i < ar->n; i++) {                         \
             T x = load(ar->dtype, ar->x, i);                          \

@@ -1,9 +1,9 @@
-/* cpu_fused.c — the CPU reference interpreter of fused elementwise programs (issue 6; the program
- * format is in kernels/flx_kernels.h, planning in runtime/fuse.c).
+/* fused.c — the CPU reference interpreter of fused elementwise programs (issue 6; the program
+ * format is in kernels/flx_kernels.h, planning in runtime/core/fuse.c).
  *
  * Elements are processed in blocks so each instruction is decoded once per block. Every value is
  * computed in double and rounded to the program's dtype after each instruction, exactly as the
- * unfused CPU kernels (runtime/backend_cpu.c) store each op's result: fused and unfused CPU
+ * unfused CPU kernels (runtime/cpu/backend.c) store each op's result: fused and unfused CPU
  * results are bit-identical, which the tests assert. */
 #include <math.h>
 #include <string.h>
@@ -62,7 +62,7 @@ static flx_status run_unary(int32_t op, double a, double b, const double *xs, do
     (void)a;
     (void)b;
     switch (op) {
-#define FLX_X_CASE(NAME, EXPR)                                      \
+#define FLX_X_CASE(NAME, FN, KIND, EXPR, DERIV)                                      \
     case FLX_UNARY_##NAME:                                          \
         for (int64_t e = 0; e < m; e++) {                           \
             T x = xs[e];                                            \

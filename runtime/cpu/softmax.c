@@ -1,4 +1,4 @@
-/* cpu_softmax.c — CPU reference kernels of the softmax family (flx_softmax_args in
+/* softmax.c — CPU reference kernels of the softmax family (flx_softmax_args in
  * kernels/flx_kernels.h): softmax, log_softmax, their Jacobian products and cross-entropy.
  * Plain loops over rows of (outer, n, inner) views, math in double, rows visited in ascending
  * order, so the result is the obvious formula rounded once to the output dtype. This is the

@@ -168,15 +168,15 @@ static void *scratch_try_alloc(void *actx, size_t nbytes) {
     return p;
 }
 
-static flx_cuda_env env_of(flx_ctx *ctx, void *(*alloc)(void *, size_t)) {
+static flx_cuda_lib_env env_of(flx_ctx *ctx, void *(*alloc)(void *, size_t)) {
     cuda_state *s = flx_cuda_st(ctx);
-    flx_cuda_env env = {(void *)s->stream, (void *)s->blas, (void *)s->cusolver, alloc,
+    flx_cuda_lib_env env = {(void *)s->stream, (void *)s->blas, (void *)s->cusolver, alloc,
                         scratch_free, (void *)ctx};
     return env;
 }
 
 static flx_status index_in(flx_ctx *ctx, const flx_index_args *a) {
-    flx_cuda_env env = env_of(ctx, scratch_try_alloc);
+    flx_cuda_lib_env env = env_of(ctx, scratch_try_alloc);
     return launched(flx_cuda_index(a, &env), "index", a->dtype);
 }
 FLX_CUDA_GUARDED(cuda_index, flx_index_args, index_in)
@@ -287,7 +287,7 @@ static const char *capture_note(flx_ctx *ctx) {
 
 static flx_status lu_in(flx_ctx *ctx, const flx_lu_args *a) {
     if (ensure_cusolver(flx_cuda_st(ctx)) != FLX_OK) return flx_last_status();
-    flx_cuda_env env = env_of(ctx, scratch_alloc);
+    flx_cuda_lib_env env = env_of(ctx, scratch_alloc);
     int rc = flx_cuda_lu(a, &env);
     if (rc == 0) return FLX_OK;
     if (rc == -1) return flx_last_status(); /* scratch allocation: error already set */
@@ -307,7 +307,7 @@ FLX_CUDA_GUARDED(cuda_lu, flx_lu_args, lu_in)
 /* ---- eigh: thin glue; cuSOLVER syevd / syevjBatched in kernels/eigh.cu ------------ */
 static flx_status eigh_in(flx_ctx *ctx, const flx_eigh_args *a) {
     if (ensure_cusolver(flx_cuda_st(ctx)) != FLX_OK) return flx_last_status();
-    flx_cuda_env env = env_of(ctx, scratch_alloc);
+    flx_cuda_lib_env env = env_of(ctx, scratch_alloc);
     int rc = flx_cuda_eigh(a, &env);
     if (rc == 0) return FLX_OK;
     if (rc == -1) return flx_last_status(); /* scratch allocation: error already set */
@@ -407,7 +407,6 @@ static flx_status cuda_graph_launch(flx_ctx *ctx, void *graph) {
     flx_status st = FLX_OK;
     cudaError_t e = cudaGraphLaunch((cudaGraphExec_t)graph, flx_cuda_st(ctx)->stream);
     if (e != cudaSuccess) st = flx_cuda_fail(e, "cudaGraphLaunch");
-    else ctx->stats.kernels++;
     flx_cuda_leave(&g);
     return st;
 }
@@ -442,21 +441,9 @@ const flx_backend flx_backend_cuda = {
     .download = flx_cuda_download,
     .copy_d2d = flx_cuda_copy_d2d,
     .synchronize = flx_cuda_synchronize,
-    .fill = cuda_fill,
-    .cast = cuda_cast,
-    .unary = cuda_unary,
-    .binary = cuda_binary,
-    .where = cuda_where,
-    .copy = cuda_copy,
-    .reduce = cuda_reduce,
-    .matmul = cuda_matmul,
-    .index = cuda_index,
-    .conv = cuda_conv,
-    .softmax = cuda_softmax,
-    .lu = cuda_lu,
-    .optim = cuda_optim,
-    .eigh = cuda_eigh,
-    .fused = cuda_fused,
+#define FLX_X_CUDA_SLOT(ID, name, ARGS) .name = cuda_##name,
+    FLX_KERNEL_FAMILIES(FLX_X_CUDA_SLOT)
+#undef FLX_X_CUDA_SLOT
     .range_push = cuda_range_push,
     .range_pop = cuda_range_pop,
     .capture_begin = cuda_capture_begin,

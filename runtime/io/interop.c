@@ -18,7 +18,7 @@
 #include "internal.h"
 
 #ifdef FLX_WITH_CUDA
-void *flx_cuda_ctx_stream(flx_ctx *ctx); /* backend_cuda.c */
+void *flx_cuda_ctx_stream(flx_ctx *ctx); /* runtime/cuda/backend.c */
 #endif
 
 /* ---- helpers ------------------------------------------------------------------------------ */
@@ -38,8 +38,7 @@ static void sync_keep_error(flx_ctx *ctx) {
 }
 
 static bool same_meta(const flx_tensor *a, const flx_tensor *b) {
-    return a->ctx == b->ctx && a->dtype == b->dtype && a->ndim == b->ndim &&
-           memcmp(a->shape, b->shape, sizeof(int64_t) * (size_t)a->ndim) == 0;
+    return a->ctx == b->ctx && flx_same_shape(a, b);
 }
 
 /* ---- data pointer and stream ---------------------------------------------------------------- */
@@ -235,9 +234,7 @@ static flx_status custom_record(int32_t n_in, flx_tensor *const *inputs, flx_cus
     }
     flx_tensor *n = NULL;
     if (s == FLX_OK) {
-        flx_attrs attrs;
-        memset(&attrs, 0, sizeof attrs);
-        attrs.u.custom.def = d;
+        flx_attrs attrs = {.u.custom.def = d};
         n = flx_node_new(r->ctx, FLX_OP_CUSTOM, r->dtype, r->ndim, r->shape, n_in, inputs, &attrs);
         if (!n) {
             s = flx_last_status();

@@ -1,6 +1,6 @@
 /* safetensors.c — checkpoints as safetensors files (issue 5): crash-safe saving and strict,
  * bounds-checked loading. Format and guarantees: fluxion.h, "checkpoints". The header is parsed
- * by runtime/json_min.c. The data region is little-endian: this file assumes a little-endian host
+ * by runtime/io/json_min.c. The data region is little-endian: this file assumes a little-endian host
  * (x86-64, AArch64), checked at run time. */
 #define _POSIX_C_SOURCE 200809L
 #include <errno.h>
@@ -460,22 +460,6 @@ static flx_status read_at(FILE *f, uint64_t off, void *dst, size_t n, const char
     return FLX_OK;
 }
 
-/* A CONST tensor holding host data, owned by the caller (not adopted by any scope). */
-static flx_tensor *make_owned(flx_ctx *ctx, const entry *e, const void *data) {
-    flx_tensor *t = flx_node_new(ctx, FLX_OP_CONST, e->dtype, e->ndim, e->shape, 0, NULL, NULL);
-    if (!t) return NULL;
-    size_t nb = (size_t)(e->end - e->begin);
-    t->buf = flx_buffer_new(ctx, nb);
-    flx_status s = t->buf ? FLX_OK : flx_last_status();
-    if (s == FLX_OK && nb) s = ctx->be->upload(ctx, t->buf->ptr, data, nb);
-    if (s != FLX_OK) {
-        flx_release(t);
-        return NULL;
-    }
-    t->keep = true;
-    return t;
-}
-
 flx_checkpoint *flx_load_safetensors(flx_ctx *ctx, const char *path) {
     static const char *fn = "flx_load_safetensors";
     if (!ctx) {
@@ -502,6 +486,7 @@ flx_checkpoint *flx_load_safetensors(flx_ctx *ctx, const char *path) {
     entry *ents = NULL;
     entry **order = NULL;
     void *host = NULL;
+    bool ok = false;
     struct stat sb;
     if (fstat(fileno(f), &sb) != 0 || !S_ISREG(sb.st_mode)) {
         flx_set_error(FLX_ERR_INVALID_ARGUMENT, "%s: %s is not a regular file", fn, path);
@@ -665,17 +650,11 @@ flx_checkpoint *flx_load_safetensors(flx_ctx *ctx, const char *path) {
             flx_set_error(FLX_ERR_OUT_OF_MEMORY, "%s: out of host memory", fn);
             goto fail;
         }
-        ck->tensors[k] = make_owned(ctx, e, host);
+        ck->tensors[k] = flx_const_new(ctx, e->dtype, e->ndim, e->shape, host);
         ck->n = (int32_t)k + 1;
         if (!ck->tensors[k]) goto fail;
     }
-    free(host);
-    free(order);
-    free(ents);
-    flx_json_free(&root);
-    free(header);
-    fclose(f);
-    return ck;
+    ok = true;
 fail:
     free(host);
     free(order);
@@ -683,6 +662,7 @@ fail:
     flx_json_free(&root);
     free(header);
     fclose(f);
+    if (ok) return ck;
     flx_checkpoint_destroy(ck);
     return NULL;
 }

@@ -1,4 +1,4 @@
-/* nn_init.c — parameter initialisers (Glorot/Xavier, He/Kaiming, U[±1/sqrt(n)]) drawn from the
+/* init.c — parameter initialisers (Glorot/Xavier, He/Kaiming, U[±1/sqrt(n)]) drawn from the
  * counter-based Philox fills (flx_uniform / flx_normal: the same values on every backend for a
  * seed), and the L1 / L2 regularisation terms. Formulas in include/fluxion/fluxion.h. */
 #include <math.h>
@@ -12,12 +12,7 @@ static bool fans(const char *op, int32_t ndim, const int64_t *shape, double *fan
         flx_set_error(FLX_ERR_SHAPE, "%s: needs a shape of rank 1..%d", op, FLX_MAX_DIMS);
         return false;
     }
-    for (int32_t d = 0; d < ndim; d++)
-        if (shape[d] < 0) {
-            flx_set_error(FLX_ERR_SHAPE, "%s: negative size in shape %s", op,
-                          flx_shape_str(ndim, shape));
-            return false;
-        }
+    if (!flx_check_shape(op, ndim, shape)) return false;
     if (ndim == 1) {
         *fan_in = *fan_out = (double)shape[0];
     } else {
@@ -72,24 +67,26 @@ static bool pick_fan(const char *op, flx_fan_mode mode, double fi, double fo, do
     return true;
 }
 
+/* The checks of a Kaiming initialiser and the fan it scales by. */
+static bool kaiming_fan(const char *op, flx_ctx *ctx, int32_t ndim, const int64_t *shape,
+                        flx_fan_mode mode, double gain, double *fan) {
+    double fi, fo;
+    return check_ctx(op, ctx) && check_gain(op, gain) && fans(op, ndim, shape, &fi, &fo) &&
+           pick_fan(op, mode, fi, fo, fan);
+}
+
 flx_tensor *flx_init_kaiming_uniform(flx_ctx *ctx, flx_dtype dt, int32_t ndim, const int64_t *shape,
                                      flx_fan_mode mode, double gain, uint64_t seed) {
-    static const char *op = "flx_init_kaiming_uniform";
-    double fi, fo, fan;
-    if (!check_ctx(op, ctx) || !check_gain(op, gain) || !fans(op, ndim, shape, &fi, &fo) ||
-        !pick_fan(op, mode, fi, fo, &fan))
-        return NULL;
+    double fan;
+    if (!kaiming_fan("flx_init_kaiming_uniform", ctx, ndim, shape, mode, gain, &fan)) return NULL;
     double a = gain * sqrt(3.0 / fan);
     return flx_uniform(ctx, dt, ndim, shape, -a, a, seed);
 }
 
 flx_tensor *flx_init_kaiming_normal(flx_ctx *ctx, flx_dtype dt, int32_t ndim, const int64_t *shape,
                                     flx_fan_mode mode, double gain, uint64_t seed) {
-    static const char *op = "flx_init_kaiming_normal";
-    double fi, fo, fan;
-    if (!check_ctx(op, ctx) || !check_gain(op, gain) || !fans(op, ndim, shape, &fi, &fo) ||
-        !pick_fan(op, mode, fi, fo, &fan))
-        return NULL;
+    double fan;
+    if (!kaiming_fan("flx_init_kaiming_normal", ctx, ndim, shape, mode, gain, &fan)) return NULL;
     return flx_normal(ctx, dt, ndim, shape, 0.0, gain / sqrt(fan), seed);
 }
 
@@ -132,10 +129,7 @@ static flx_tensor *penalty(const char *op, int32_t n, flx_tensor *const *params,
         flx_tensor *term = flx_sum_all(l2 ? flx_square(params[i]) : flx_abs(params[i]));
         acc = acc ? flx_add(acc, term) : term;
     }
-    flx_tensor *r = flx_mul_scalar(acc, l2 ? 0.5 * lambda : lambda);
-    flx_tensor *keep[1] = {r};
-    flx_scope_end(r ? 1 : 0, keep);
-    return r;
+    return flx_scope_return(flx_mul_scalar(acc, l2 ? 0.5 * lambda : lambda));
 }
 
 flx_tensor *flx_l2_penalty(int32_t n, flx_tensor *const *params, double lambda) {

@@ -8,13 +8,13 @@
  *   - A step gathers every parameter that has a .grad and updates them with one kernel-family
  *     call per FLX_OPTIM_MAX_TENSORS_PER_LAUNCH parameters (one launch for models of up to that
  *     many tensors), passing the pointers by value.
- *   - Buffer immutability (runtime/eval.c): computed buffers are shared (reshape, detach and
+ *   - Buffer immutability (runtime/core/eval.c): computed buffers are shared (reshape, detach and
  *     flx_assign alias them) and never written again. The optimiser writes a parameter's buffer
  *     in place only when the parameter is its sole holder (refs == 1, not external memory);
  *     otherwise it first gives the parameter a private copy. That check runs at create time and
  *     at every step, so a user's flx_assign, or a live alias of a parameter, is never written
  *     through. Each update bumps the parameter's version, as flx_assign does.
- *   - Plans (issue 6, runtime/plan.c) queue the same update inside their replay through
+ *   - Plans (issue 6, runtime/core/plan.c) queue the same update inside their replay through
  *     flx_optim_queue_update, the one function that fills and launches the chunks; since the
  *     hyperparameters and the step count live in device memory, a captured launch stays valid
  *     across flx_optim_set_hparam. A plan holds the optimiser (refs) until it is destroyed.
@@ -107,14 +107,8 @@ static bool check_hp(const char *fn, int32_t which, double v) {
 
 static flx_status fill_buffer(flx_ctx *ctx, flx_buffer *b, flx_dtype dt, int64_t n, double v) {
     if (n == 0) return FLX_OK;
-    flx_fill_args fa;
-    memset(&fa, 0, sizeof fa);
-    fa.kind = FLX_FILL_CONST;
-    fa.dtype = dt;
-    fa.n = n;
-    fa.a = v;
-    fa.out = b->ptr;
-    return ctx->be->fill(ctx, &fa);
+    flx_fill_args fa = {.kind = FLX_FILL_CONST, .dtype = dt, .n = n, .a = v, .out = b->ptr};
+    return flx_kernel_fill(ctx, &fa);
 }
 
 void flx_optim_destroy(flx_optim *o) {
@@ -146,24 +140,9 @@ flx_optim *flx_optim_create(flx_ctx *ctx, flx_optim_kind kind, int32_t n,
                       fn, (int)n, params ? "given" : "NULL");
         return NULL;
     }
+    if (!flx_check_source_list(fn, "parameter", FLX_ERR_STATE, ctx, n, params)) return NULL;
     for (int32_t i = 0; i < n; i++) {
         flx_tensor *p = params[i];
-        if (!p) {
-            flx_set_error_if_clear(FLX_ERR_INVALID_ARGUMENT, "%s: parameter %d is NULL", fn, (int)i);
-            return NULL;
-        }
-        if (p->ctx != ctx) {
-            flx_set_error(FLX_ERR_DEVICE, "%s: parameter %d %s belongs to another context", fn,
-                          (int)i, flx_describe(p));
-            return NULL;
-        }
-        if (p->op != FLX_OP_CONST) {
-            flx_set_error(FLX_ERR_STATE,
-                          "%s: parameter %d %s is an op result, not a leaf made from data (detach "
-                          "it or make it with flx_from_host)",
-                          fn, (int)i, flx_describe(p));
-            return NULL;
-        }
         if (p->dtype != FLX_F32 && p->dtype != FLX_F64) {
             flx_set_error(FLX_ERR_DTYPE, "%s: parameter %d %s is not f32 or f64", fn, (int)i,
                           flx_describe(p));
@@ -174,12 +153,6 @@ flx_optim *flx_optim_create(flx_ctx *ctx, flx_optim_kind kind, int32_t n,
                           fn, (int)i, flx_describe(p), flx_describe(params[0]));
             return NULL;
         }
-        for (int32_t k = 0; k < i; k++)
-            if (params[k] == p) {
-                flx_set_error(FLX_ERR_INVALID_ARGUMENT, "%s: parameter %d repeats parameter %d",
-                              fn, (int)i, (int)k);
-                return NULL;
-            }
     }
     flx_optim_config c = cfg ? *cfg : flx_optim_defaults(kind);
     double hpv[FLX_HP_COUNT] = {0};
@@ -299,14 +272,6 @@ static bool check_opt(const char *fn, const flx_optim *o) {
     return true;
 }
 
-static flx_status launch(flx_optim *o, flx_optim_args *a) {
-    if (!o->ctx->be->optim)
-        return flx_set_error(FLX_ERR_UNSUPPORTED, "flx_optim: the %s backend has no optimiser kernels",
-                             o->ctx->be->name);
-    flx_status s = o->ctx->be->optim(o->ctx, a);
-    if (s == FLX_OK) o->ctx->stats.kernels++;
-    return s;
-}
 
 static void base_args(const flx_optim *o, flx_optim_args *a) {
     memset(a, 0, sizeof *a);
@@ -323,7 +288,7 @@ static void base_args(const flx_optim *o, flx_optim_args *a) {
  * them) from the gradients at grad_ptrs[k]: one kernel-family call per
  * FLX_OPTIM_MAX_TENSORS_PER_LAUNCH parameters, the last of which advances the step count on the
  * device. Only queues: the parameters' buffers must already be private (the caller's job), and
- * no version is bumped. Shared by flx_optim_step and compiled plans (runtime/plan.c, issue 6),
+ * no version is bumped. Shared by flx_optim_step and compiled plans (runtime/core/plan.c, issue 6),
  * which call it while a CUDA graph is being captured: it allocates nothing on the device, copies
  * nothing and waits for nothing. m == 0 queues nothing (the step count does not advance). */
 flx_status flx_optim_queue_update(flx_optim *o, int32_t m, const int32_t *idx,
@@ -346,7 +311,7 @@ flx_status flx_optim_queue_update(flx_optim *o, int32_t m, const int32_t *idx,
             a.numel[k - k0] = o->params[i]->numel;
         }
         a.advance_step = k1 == m;
-        s = launch(o, &a);
+        s = flx_kernel_optim(o->ctx, &a);
     }
     return s;
 }
@@ -431,7 +396,7 @@ flx_status flx_optim_set_hparam(flx_optim *o, flx_optim_hparam which, double val
     a.mode = FLX_OPTIM_SET_HP;
     a.set_index = (int32_t)which;
     a.set_value = value;
-    return launch(o, &a);
+    return flx_kernel_optim(o->ctx, &a);
 }
 
 flx_status flx_optim_set_lr(flx_optim *o, double lr) {

@@ -1,4 +1,4 @@
-/* ops_binary.c — elementwise binary ops with NumPy broadcasting, comparisons and where.
+/* binary.c — elementwise binary ops with NumPy broadcasting, comparisons and where.
  * Rules reduce cotangents over broadcast axes (flx_sum_to_shape). */
 #include <string.h>
 
@@ -47,37 +47,28 @@ void flx_broadcast_strides(const flx_tensor *x, int32_t nd, const int64_t *oshap
     }
 }
 
-static flx_status exec_binary(flx_tensor *t) {
-    flx_binary_args a;
-    memset(&a, 0, sizeof a);
-    a.op = t->attrs.u.binary.op;
-    a.dtype = t->in[0]->dtype;
-    a.ndim = t->ndim;
+static flx_status exec_binary(const flx_tensor *t, void *out, const void *const *in) {
+    flx_binary_args a = {.op = t->attrs.u.binary.op, .dtype = t->in[0]->dtype, .ndim = t->ndim};
     memcpy(a.shape, t->shape, sizeof a.shape);
     flx_broadcast_strides(t->in[0], t->ndim, t->shape, a.sa);
     flx_broadcast_strides(t->in[1], t->ndim, t->shape, a.sb);
-    a.a = flx_data(t->in[0]);
-    a.b = flx_data(t->in[1]);
-    a.out = flx_data(t);
-    t->ctx->stats.kernels++;
-    return t->ctx->be->binary(t->ctx, &a);
+    a.a = in[0];
+    a.b = in[1];
+    a.out = out;
+    return flx_kernel_binary(t->ctx, &a);
 }
 
-static flx_status exec_where(flx_tensor *t) {
-    flx_where_args a;
-    memset(&a, 0, sizeof a);
-    a.dtype = t->dtype;
-    a.ndim = t->ndim;
+static flx_status exec_where(const flx_tensor *t, void *out, const void *const *in) {
+    flx_where_args a = {.dtype = t->dtype, .ndim = t->ndim};
     memcpy(a.shape, t->shape, sizeof a.shape);
     flx_broadcast_strides(t->in[0], t->ndim, t->shape, a.sc);
     flx_broadcast_strides(t->in[1], t->ndim, t->shape, a.sa);
     flx_broadcast_strides(t->in[2], t->ndim, t->shape, a.sb);
-    a.cond = (const uint8_t *)flx_data(t->in[0]);
-    a.a = flx_data(t->in[1]);
-    a.b = flx_data(t->in[2]);
-    a.out = flx_data(t);
-    t->ctx->stats.kernels++;
-    return t->ctx->be->where(t->ctx, &a);
+    a.cond = (const uint8_t *)in[0];
+    a.a = in[1];
+    a.b = in[2];
+    a.out = out;
+    return flx_kernel_where(t->ctx, &a);
 }
 
 static flx_tensor *make_binary(int32_t op, flx_tensor *a, flx_tensor *b) {
@@ -101,9 +92,7 @@ static flx_tensor *make_binary(int32_t op, flx_tensor *a, flx_tensor *b) {
     int32_t nd;
     int64_t shape[FLX_MAX_DIMS];
     if (!broadcast_shapes(name, 2, in, &nd, shape)) return NULL;
-    flx_attrs at;
-    memset(&at, 0, sizeof at);
-    at.u.binary.op = op;
+    flx_attrs at = {.u.binary.op = op};
     flx_dtype odt = FLX_BINARY_IS_COMPARE(op) ? FLX_BOOL : a->dtype;
     return flx_adopt(flx_node_new(a->ctx, FLX_OP_BINARY, odt, nd, shape, 2, in, &at));
 }
@@ -186,7 +175,7 @@ static flx_status jvp_binary(flx_tensor *y, flx_tensor *const *tin, flx_tensor *
         if (!acc) return flx_last_status();
     }
     /* A tangent that only broadcasts (e.g. t_b for add with a wider a) must take y's shape. */
-    if (acc && (acc->ndim != y->ndim || memcmp(acc->shape, y->shape, sizeof(int64_t) * (size_t)y->ndim)))
+    if (acc && !flx_shape_eq(acc->ndim, acc->shape, y->ndim, y->shape))
         acc = flx_broadcast_to(acc, y->ndim, y->shape);
     *tout = acc;
     return (acc || p[0].zero) ? FLX_OK : flx_last_status();
@@ -209,10 +198,10 @@ static flx_status jvp_where(flx_tensor *y, flx_tensor *const *tin, flx_tensor **
     if (!tin[1] && !tin[2]) return FLX_OK;
     flx_tensor *zero = flx_zeros(y->ctx, y->dtype, 0, NULL);
     flx_tensor *r = flx_where(y->in[0], tin[1] ? tin[1] : zero, tin[2] ? tin[2] : zero);
-    if (r && (r->ndim != y->ndim || memcmp(r->shape, y->shape, sizeof(int64_t) * (size_t)y->ndim)))
+    if (r && !flx_shape_eq(r->ndim, r->shape, y->ndim, y->shape))
         r = flx_broadcast_to(r, y->ndim, y->shape);
     *tout = r;
-    return r ? FLX_OK : flx_last_status();
+    return flx_rule_status(r);
 }
 
 void flx_ops_register_binary(flx_op_def *t) {

@@ -1,8 +1,8 @@
-/* ops_conv.c — sliding-window ops over NCHW planes (issue 5, nn layers): IM2COL and its transpose
+/* conv.c — sliding-window ops over NCHW planes (issue 5, nn layers): IM2COL and its transpose
  * COL2IM, MAXPOOL (values), MAXPOOL_ARGMAX (i64 flat indices of the maxima, no gradient) and
  * MAXPOOL_BACKWARD (the scatter of a cotangent through those indices), plus the public layers
  * built on them: flx_conv2d (im2col + matmul), flx_max_pool2d, flx_avg_pool2d, flx_im2col and
- * flx_col2im. Kernels: runtime/cpu_conv.c and kernels/conv.cu (flx_conv_args).
+ * flx_col2im. Kernels: runtime/cpu/conv.c and kernels/conv.cu (flx_conv_args).
  *
  * Rules. IM2COL and COL2IM are linear and each other's transpose: VJP of one is the other, JVP is
  * the op itself on the tangent. So conv2d's gradient is made of matmul, im2col and col2im, and
@@ -147,16 +147,7 @@ static flx_tensor *gather_flat(flx_tensor *t, flx_tensor *idx) {
 }
 
 /* ---- exec ------------------------------------------------------------------------------------ */
-static flx_status run_conv(flx_tensor *t, flx_conv_args *a) {
-    if (!t->ctx->be->conv)
-        return flx_set_error(FLX_ERR_UNSUPPORTED, "%s: the %s backend has no sliding-window kernels",
-                             flx_op_get(t->op)->name, t->ctx->be->name);
-    if (t->numel == 0) return FLX_OK;
-    t->ctx->stats.kernels++;
-    return t->ctx->be->conv(t->ctx, a);
-}
-
-static flx_status exec_conv(flx_tensor *t) {
+static flx_status exec_conv(const flx_tensor *t, void *out, const void *const *in) {
     flx_conv_args a;
     const flx_tensor *x = t->in[0];
     switch (t->op) {
@@ -168,89 +159,59 @@ static flx_status exec_conv(flx_tensor *t) {
                  : t->op == FLX_OP_MAXPOOL ? FLX_CONV_MAXPOOL
                                            : FLX_CONV_MAXPOOL_ARGMAX;
         a.dtype = x->dtype;
-        a.in = flx_data(x);
-        a.out = flx_data(t);
+        a.in = in[0];
+        a.out = out;
         break;
     case FLX_OP_COL2IM:
     case FLX_OP_MAXPOOL_BACKWARD:
         conv_args_from(&t->attrs, t->shape[0], t->shape[1], t->shape[2], t->shape[3], &a);
         a.mode = t->op == FLX_OP_COL2IM ? FLX_CONV_COL2IM : FLX_CONV_MAXPOOL_BACKWARD;
         a.dtype = t->dtype;
-        a.in = flx_data(x);
-        if (t->op == FLX_OP_MAXPOOL_BACKWARD) a.idx = (const int64_t *)flx_data(t->in[1]);
-        a.out = flx_data(t);
+        a.in = in[0];
+        if (t->op == FLX_OP_MAXPOOL_BACKWARD) a.idx = (const int64_t *)in[1];
+        a.out = out;
         break;
     default: return flx_set_error(FLX_ERR_STATE, "exec_conv: not a sliding-window op");
     }
-    return run_conv(t, &a);
+    return t->numel ? flx_kernel_conv(t->ctx, &a) : FLX_OK;
 }
 
 /* ---- rules ------------------------------------------------------------------------------------ */
-static flx_status done(flx_tensor *r) { return r ? FLX_OK : flx_last_status(); }
-
 static flx_status vjp_im2col(flx_tensor *t, flx_tensor *g, flx_tensor **gin) {
     gin[0] = col2im_node(g, &t->attrs);
-    return done(gin[0]);
-}
-static flx_status jvp_im2col(flx_tensor *t, flx_tensor *const *tin, flx_tensor **tout) {
-    *tout = tin[0] ? im2col_node(tin[0], &t->attrs) : NULL;
-    return tin[0] ? done(*tout) : FLX_OK;
+    return flx_rule_status(gin[0]);
 }
 static flx_status vjp_col2im(flx_tensor *t, flx_tensor *g, flx_tensor **gin) {
     gin[0] = im2col_node(g, &t->attrs);
-    return done(gin[0]);
+    return flx_rule_status(gin[0]);
 }
-static flx_status jvp_col2im(flx_tensor *t, flx_tensor *const *tin, flx_tensor **tout) {
-    *tout = tin[0] ? col2im_node(tin[0], &t->attrs) : NULL;
-    return tin[0] ? done(*tout) : FLX_OK;
-}
-
 static flx_status vjp_maxpool(flx_tensor *t, flx_tensor *g, flx_tensor **gin) {
     flx_tensor *idx = maxpool_node(FLX_OP_MAXPOOL_ARGMAX, t->in[0], &t->attrs);
     gin[0] = idx ? maxpool_backward_node(g, idx, &t->attrs) : NULL;
-    return done(gin[0]);
+    return flx_rule_status(gin[0]);
 }
 static flx_status jvp_maxpool(flx_tensor *t, flx_tensor *const *tin, flx_tensor **tout) {
     *tout = NULL;
     if (!tin[0]) return FLX_OK;
     flx_tensor *idx = maxpool_node(FLX_OP_MAXPOOL_ARGMAX, t->in[0], &t->attrs);
     *tout = idx ? gather_flat(tin[0], idx) : NULL;
-    return done(*tout);
+    return flx_rule_status(*tout);
 }
 static flx_status vjp_maxpool_backward(flx_tensor *t, flx_tensor *g, flx_tensor **gin) {
     gin[0] = gather_flat(g, t->in[1]);
-    return done(gin[0]);
+    return flx_rule_status(gin[0]);
 }
-static flx_status jvp_maxpool_backward(flx_tensor *t, flx_tensor *const *tin, flx_tensor **tout) {
-    *tout = tin[0] ? maxpool_backward_node(tin[0], t->in[1], &t->attrs) : NULL;
-    return tin[0] ? done(*tout) : FLX_OK;
-}
-
-/* Indices are piecewise constant: zero tangent. */
-static flx_status jvp_zero(flx_tensor *t, flx_tensor *const *tin, flx_tensor **tout) {
-    (void)t;
-    (void)tin;
-    *tout = NULL;
-    return FLX_OK;
-}
-
 void flx_ops_register_conv(flx_op_def *t) {
-    t[FLX_OP_IM2COL] = (flx_op_def){"im2col", exec_conv, vjp_im2col, jvp_im2col, 0};
-    t[FLX_OP_COL2IM] = (flx_op_def){"col2im", exec_conv, vjp_col2im, jvp_col2im, 0};
+    t[FLX_OP_IM2COL] = (flx_op_def){"im2col", exec_conv, vjp_im2col, flx_jvp_linear, 0};
+    t[FLX_OP_COL2IM] = (flx_op_def){"col2im", exec_conv, vjp_col2im, flx_jvp_linear, 0};
     t[FLX_OP_MAXPOOL] = (flx_op_def){"max_pool2d", exec_conv, vjp_maxpool, jvp_maxpool, 0};
     t[FLX_OP_MAXPOOL_ARGMAX] =
-        (flx_op_def){"max_pool2d_argmax", exec_conv, NULL, jvp_zero, FLX_OPF_NONDIFF};
+        (flx_op_def){"max_pool2d_argmax", exec_conv, NULL, flx_jvp_zero, FLX_OPF_NONDIFF};
     t[FLX_OP_MAXPOOL_BACKWARD] = (flx_op_def){"max_pool2d_backward", exec_conv,
-                                              vjp_maxpool_backward, jvp_maxpool_backward, 0};
+                                              vjp_maxpool_backward, flx_jvp_linear, 0};
 }
 
 /* ---- public ----------------------------------------------------------------------------------- */
-static flx_tensor *scope_return(flx_tensor *r) {
-    flx_tensor *keep[1] = {r};
-    flx_scope_end(r ? 1 : 0, keep);
-    return r;
-}
-
 flx_tensor *flx_im2col(flx_tensor *x, const int64_t *kernel, const int64_t *stride,
                        const int64_t *padding, const int64_t *dilation) {
     static const char *op = "flx_im2col";
@@ -336,7 +297,7 @@ flx_tensor *flx_conv2d(flx_tensor *x, flx_tensor *w, flx_tensor *b, const int64_
         int64_t bs[4] = {1, O, 1, 1};
         y = flx_add(y, flx_reshape(b, 4, bs));
     }
-    return scope_return(y);
+    return flx_scope_return(y);
 }
 
 /* Validates a max-pool call into attrs (false with the error set). */
@@ -414,5 +375,5 @@ flx_tensor *flx_avg_pool2d(flx_tensor *x, const int64_t *kernel, const int64_t *
     int32_t ax = 1;
     flx_tensor *m = flx_mean(cols, 1, &ax, false);     /* (N C, L) */
     int64_t s2[4] = {N, C, oh, ow};
-    return scope_return(flx_reshape(m, 4, s2));
+    return flx_scope_return(flx_reshape(m, 4, s2));
 }

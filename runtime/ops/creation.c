@@ -1,4 +1,4 @@
-/* ops_creation.c — sources and conversions: host data, fills (zeros ... normal), copies between
+/* creation.c — sources and conversions: host data, fills (zeros ... normal), copies between
  * contexts, dtype casts. */
 #include <math.h>
 #include <stdlib.h>
@@ -16,46 +16,33 @@ static bool check_ctx_shape(const char *op, flx_ctx *ctx, flx_dtype dt, int32_t 
         flx_set_error(FLX_ERR_DTYPE, "%s: unsupported dtype %s", op, flx_dtype_name(dt));
         return false;
     }
-    if (ndim < 0 || ndim > FLX_MAX_DIMS || (ndim > 0 && !shape)) {
-        flx_set_error(FLX_ERR_SHAPE, "%s: bad shape (rank %d%s)", op, (int)ndim,
-                      ndim > 0 && !shape ? ", shape NULL" : "");
-        return false;
-    }
-    for (int32_t i = 0; i < ndim; i++)
-        if (shape[i] < 0) {
-            flx_set_error(FLX_ERR_SHAPE, "%s: negative size in shape %s", op,
-                          flx_shape_str(ndim, shape));
-            return false;
-        }
-    return true;
+    return flx_check_shape(op, ndim, shape);
 }
 
 /* ---- exec ------------------------------------------------------------------------------- */
-static flx_status exec_fill(flx_tensor *t) {
+static flx_status exec_fill(const flx_tensor *t, void *out, const void *const *in) {
     flx_fill_args a = t->attrs.u.fill;
     a.dtype = t->dtype;
     a.n = t->numel;
-    a.out = flx_data(t);
-    t->ctx->stats.kernels++;
-    return t->ctx->be->fill(t->ctx, &a);
+    a.out = out;
+    return flx_kernel_fill(t->ctx, &a);
 }
 
-static flx_status exec_cast(flx_tensor *t) {
-    flx_cast_args a = {t->in[0]->dtype, t->dtype, t->numel, flx_data(t->in[0]), flx_data(t)};
-    t->ctx->stats.kernels++;
-    return t->ctx->be->cast(t->ctx, &a);
+static flx_status exec_cast(const flx_tensor *t, void *out, const void *const *in) {
+    flx_cast_args a = {t->in[0]->dtype, t->dtype, t->numel, in[0], out};
+    return flx_kernel_cast(t->ctx, &a);
 }
 
 /* Copy between contexts through host memory (the simple, always-correct path). */
-static flx_status exec_to_ctx(flx_tensor *t) {
-    flx_tensor *src = t->in[0];
+static flx_status exec_to_ctx(const flx_tensor *t, void *out, const void *const *in) {
+    const flx_tensor *src = t->in[0];
     size_t nbytes = (size_t)t->numel * flx_dtype_size(t->dtype);
     if (nbytes == 0) return FLX_OK;
-    if (src->ctx == t->ctx) return t->ctx->be->copy_d2d(t->ctx, flx_data(t), flx_data(src), nbytes);
+    if (src->ctx == t->ctx) return t->ctx->be->copy_d2d(t->ctx, out, in[0], nbytes);
     void *host = malloc(nbytes);
     if (!host) return flx_set_error(FLX_ERR_OUT_OF_MEMORY, "flx_to_ctx: out of host memory");
-    flx_status s = src->ctx->be->download(src->ctx, host, flx_data(src), nbytes);
-    if (s == FLX_OK) s = t->ctx->be->upload(t->ctx, flx_data(t), host, nbytes);
+    flx_status s = src->ctx->be->download(src->ctx, host, in[0], nbytes);
+    if (s == FLX_OK) s = t->ctx->be->upload(t->ctx, out, host, nbytes);
     /* upload may be asynchronous: wait before freeing the staging memory */
     if (s == FLX_OK) s = t->ctx->be->synchronize(t->ctx);
     free(host);
@@ -65,12 +52,12 @@ static flx_status exec_to_ctx(flx_tensor *t) {
 /* ---- rules ------------------------------------------------------------------------------ */
 static flx_status vjp_cast(flx_tensor *t, flx_tensor *g, flx_tensor **gin) {
     gin[0] = flx_cast(g, t->in[0]->dtype);
-    return gin[0] ? FLX_OK : flx_last_status();
+    return flx_rule_status(gin[0]);
 }
 
 static flx_status vjp_to_ctx(flx_tensor *t, flx_tensor *g, flx_tensor **gin) {
     gin[0] = flx_to_ctx(g, t->in[0]->ctx);
-    return gin[0] ? FLX_OK : flx_last_status();
+    return flx_rule_status(gin[0]);
 }
 
 static flx_status jvp_cast(flx_tensor *t, flx_tensor *const *tin, flx_tensor **tout) {
@@ -83,16 +70,9 @@ static flx_status jvp_to_ctx(flx_tensor *t, flx_tensor *const *tin, flx_tensor *
     return (!tin[0] || *tout) ? FLX_OK : flx_last_status();
 }
 
-static flx_status jvp_source(flx_tensor *t, flx_tensor *const *tin, flx_tensor **tout) {
-    (void)t;
-    (void)tin;
-    *tout = NULL;
-    return FLX_OK;
-}
-
 void flx_ops_register_creation(flx_op_def *t) {
-    t[FLX_OP_CONST] = (flx_op_def){"const", NULL, NULL, jvp_source, FLX_OPF_SOURCE};
-    t[FLX_OP_FILL] = (flx_op_def){"fill", exec_fill, NULL, jvp_source, FLX_OPF_NONDIFF};
+    t[FLX_OP_CONST] = (flx_op_def){"const", NULL, NULL, flx_jvp_zero, FLX_OPF_SOURCE};
+    t[FLX_OP_FILL] = (flx_op_def){"fill", exec_fill, NULL, flx_jvp_zero, FLX_OPF_NONDIFF};
     t[FLX_OP_TO_CTX] = (flx_op_def){"to_ctx", exec_to_ctx, vjp_to_ctx, jvp_to_ctx, 0};
     t[FLX_OP_CAST] = (flx_op_def){"cast", exec_cast, vjp_cast, jvp_cast, 0};
 }
@@ -102,13 +82,9 @@ static flx_tensor *make_fill(const char *op, flx_ctx *ctx, flx_dtype dt, int32_t
                              const int64_t *shape, flx_fill_kind kind, double a, double b,
                              int64_t cols, uint64_t seed) {
     if (!check_ctx_shape(op, ctx, dt, ndim, shape)) return NULL;
-    flx_attrs at;
-    memset(&at, 0, sizeof at);
-    at.u.fill.kind = kind;
-    at.u.fill.a = a;
-    at.u.fill.b = b;
-    at.u.fill.cols = cols;
-    at.u.fill.seed = seed;
+    flx_attrs at = {
+        .u.fill.kind = kind, .u.fill.a = a, .u.fill.b = b, .u.fill.cols = cols, .u.fill.seed = seed
+    };
     return flx_adopt(flx_node_new(ctx, FLX_OP_FILL, dt, ndim, shape, 0, NULL, &at));
 }
 
@@ -194,9 +170,14 @@ flx_tensor *flx_from_host(flx_ctx *ctx, flx_dtype dt, int32_t ndim, const int64_
                       flx_shape_str(ndim, shape));
         return NULL;
     }
+    return flx_adopt(flx_const_new(ctx, dt, ndim, shape, data));
+}
+
+flx_tensor *flx_const_new(flx_ctx *ctx, flx_dtype dt, int32_t ndim, const int64_t *shape,
+                          const void *data) {
     flx_tensor *t = flx_node_new(ctx, FLX_OP_CONST, dt, ndim, shape, 0, NULL, NULL);
     if (!t) return NULL;
-    size_t nbytes = (size_t)t->numel * flx_dtype_size(dt);
+    size_t nbytes = flx_nbytes(t);
     t->buf = flx_buffer_new(ctx, nbytes);
     flx_status s = t->buf ? FLX_OK : flx_last_status();
     if (s == FLX_OK && nbytes) s = ctx->be->upload(ctx, t->buf->ptr, data, nbytes);
@@ -205,7 +186,7 @@ flx_tensor *flx_from_host(flx_ctx *ctx, flx_dtype dt, int32_t ndim, const int64_
         return NULL;
     }
     t->keep = true;
-    return flx_adopt(t);
+    return t;
 }
 
 flx_tensor *flx_to_ctx(flx_tensor *x, flx_ctx *dst) {

@@ -1,8 +1,8 @@
-/* ops_eigh.c — symmetric eigendecomposition (issue 4): flx_eigh(A, &w, &V), batched, f32/f64.
+/* eigh.c — symmetric eigendecomposition (issue 4): flx_eigh(A, &w, &V), batched, f32/f64.
  *
  * flx_eigh builds S = (A + A^T)/2 with public ops (exactly A when A is symmetric) and one EIGH
  * node on S whose output packs [V | w] as (..., n, n+1); w and V are slices of it. The kernel
- * (CPU: cyclic Jacobi in double, runtime/cpu_eigh.c; CUDA: cuSOLVER, kernels/eigh.cu) returns
+ * (CPU: cyclic Jacobi in double, runtime/cpu/eigh.c; CUDA: cuSOLVER, kernels/eigh.cu) returns
  * ascending eigenvalues and eigenvectors whose largest-magnitude entry is positive.
  *
  * Convention for derivatives: the function differentiated is A -> eigh((A + A^T)/2), every entry
@@ -43,22 +43,15 @@ static flx_tensor *f_matrix(flx_tensor *w, int64_t n) {
 static int64_t n_of(flx_tensor *y) { return y->shape[y->ndim - 2]; }
 
 /* ---- exec --------------------------------------------------------------------------------------- */
-static flx_status exec_eigh(flx_tensor *t) {
+static flx_status exec_eigh(const flx_tensor *t, void *out, const void *const *in) {
     if (t->numel == 0) return FLX_OK;
-    if (!t->ctx->be->eigh)
-        return flx_set_error(FLX_ERR_UNSUPPORTED, "flx_eigh: the %s backend has no eigh kernel",
-                             t->ctx->be->name);
-    flx_tensor *A = t->in[0];
-    flx_eigh_args a;
-    memset(&a, 0, sizeof a);
-    a.dtype = t->dtype;
-    a.n = A->shape[A->ndim - 1];
-    a.batch = flx_shape_numel(A->ndim - 2, A->shape);
-    a.a = flx_data(A);
-    a.out = flx_data(t);
-    a.err = flx_kerr_site(t);
-    t->ctx->stats.kernels++;
-    return t->ctx->be->eigh(t->ctx, &a);
+    const flx_tensor *A = t->in[0];
+    flx_eigh_args a = {
+        .dtype = t->dtype, .n = A->shape[A->ndim - 1],
+        .batch = flx_shape_numel(A->ndim - 2, A->shape), .a = in[0], .out = out,
+        .err = flx_kerr_site(t)
+    };
+    return flx_kernel_eigh(t->ctx, &a);
 }
 
 /* ---- rules ---------------------------------------------------------------------------------------- */
@@ -70,7 +63,7 @@ static flx_status vjp_eigh(flx_tensor *y, flx_tensor *g, flx_tensor **gin) {
     flx_tensor *inner = flx_add(flx_mul(f_matrix(w, n), flx_matmul(mT(V), gV)),
                                 flx_mul(eye_of(y, n), mT(gw)));
     gin[0] = sym(flx_matmul(flx_matmul(V, inner), mT(V)));
-    return gin[0] ? FLX_OK : flx_last_status();
+    return flx_rule_status(gin[0]);
 }
 
 static flx_status jvp_eigh(flx_tensor *y, flx_tensor *const *tin, flx_tensor **tout) {
@@ -84,7 +77,7 @@ static flx_status jvp_eigh(flx_tensor *y, flx_tensor *const *tin, flx_tensor **t
     flx_tensor *dV = flx_matmul(V, flx_mul(f_matrix(w, n), K));
     flx_tensor *parts[2] = {dV, dw};
     *tout = flx_concat(2, parts, -1);
-    return *tout ? FLX_OK : flx_last_status();
+    return flx_rule_status(*tout);
 }
 
 void flx_ops_register_eigh(flx_op_def *t) {
@@ -98,13 +91,7 @@ flx_status flx_eigh(flx_tensor *a, flx_tensor **w, flx_tensor **v) {
     if (v) *v = NULL;
     if (!w && !v)
         return flx_set_error(FLX_ERR_INVALID_ARGUMENT, "%s: w and v are both NULL (nothing to return)", op);
-    if (!flx_check_inputs(op, 1, &a)) return flx_last_status();
-    if (!flx_check_float(op, a)) return flx_last_status();
-    if (a->ndim < 2)
-        return flx_set_error(FLX_ERR_SHAPE, "%s: needs a matrix or a batch of matrices (rank >= 2), got %s",
-                             op, flx_describe(a));
-    if (a->shape[a->ndim - 1] != a->shape[a->ndim - 2])
-        return flx_set_error(FLX_ERR_SHAPE, "%s: matrices must be square, got %s", op, flx_describe(a));
+    if (!flx_check_square(op, a)) return flx_last_status();
     int64_t n = a->shape[a->ndim - 1];
     if (flx_scope_begin() != FLX_OK) return flx_last_status();
     flx_tensor *S = sym(a), *P = NULL;

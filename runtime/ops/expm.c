@@ -1,4 +1,4 @@
-/* ops_expm.c — the matrix exponential (issue 4): flx_expm(A), batched over leading dims, f32/f64.
+/* expm.c — the matrix exponential (issue 4): flx_expm(A), batched over leading dims, f32/f64.
  *
  * Value: scaling and squaring with a diagonal Pade approximant r_m = q_m(A)^-1 p_m(A) (Higham,
  * "The scaling and squaring method for the matrix exponential revisited", SIMAX 2005), built from
@@ -34,12 +34,6 @@
 #include <string.h>
 
 #include "internal.h"
-
-static flx_tensor *scope_return(flx_tensor *r) {
-    flx_tensor *keep[1] = {r};
-    flx_scope_end(r ? 1 : 0, keep);
-    return r;
-}
 
 static flx_tensor *mT(flx_tensor *x) { return flx_transpose(x, -2, -1); }
 
@@ -140,12 +134,10 @@ static flx_tensor *expm_build(flx_tensor *A, double bound) {
     flx_tensor *r = NULL;
     if (Y) {
         flx_tensor *in[2] = {Y, A};
-        flx_attrs at;
-        memset(&at, 0, sizeof at);
-        at.u.expm.bound = bound;
+        flx_attrs at = {.u.expm.bound = bound};
         r = flx_adopt(flx_node_new(A->ctx, FLX_OP_EXPM, A->dtype, A->ndim, A->shape, 2, in, &at));
     }
-    return scope_return(r);
+    return flx_scope_return(r);
 }
 
 /* L(X, E) = upper-right block of expm([[X, E], [0, X]]), with max(||X||_1, ||X||_inf) <= bound. */
@@ -170,14 +162,14 @@ static flx_status vjp_expm(flx_tensor *y, flx_tensor *g, flx_tensor **gin) {
     flx_tensor *A = y->in[1];
     if (!A->requires_grad) return FLX_OK;
     gin[1] = frechet(mT(A), g, y->attrs.u.expm.bound);
-    return gin[1] ? FLX_OK : flx_last_status();
+    return flx_rule_status(gin[1]);
 }
 
 static flx_status jvp_expm(flx_tensor *y, flx_tensor *const *tin, flx_tensor **tout) {
     *tout = NULL;
     if (!tin[1]) return FLX_OK;
     *tout = frechet(y->in[1], tin[1], y->attrs.u.expm.bound);
-    return *tout ? FLX_OK : flx_last_status();
+    return flx_rule_status(*tout);
 }
 
 void flx_ops_register_expm(flx_op_def *t) {
@@ -203,17 +195,7 @@ static flx_status host_bound(flx_tensor *A, double *out) {
 
 flx_tensor *flx_expm(flx_tensor *a) {
     static const char *op = "flx_expm";
-    if (!flx_check_inputs(op, 1, &a)) return NULL;
-    if (!flx_check_float(op, a)) return NULL;
-    if (a->ndim < 2) {
-        flx_set_error(FLX_ERR_SHAPE, "%s: needs a matrix or a batch of matrices (rank >= 2), got %s",
-                      op, flx_describe(a));
-        return NULL;
-    }
-    if (a->shape[a->ndim - 1] != a->shape[a->ndim - 2]) {
-        flx_set_error(FLX_ERR_SHAPE, "%s: matrices must be square, got %s", op, flx_describe(a));
-        return NULL;
-    }
+    if (!flx_check_square(op, a)) return NULL;
     if (a->numel == 0) return flx_mul_scalar(a, 1.0); /* empty: nothing to compute */
     double b;
     if (host_bound(a, &b) != FLX_OK) return NULL;

@@ -1,4 +1,4 @@
-/* ops_linalg.c — linear algebra: matmul (NumPy semantics, batched, broadcast batch dims), dot,
+/* linalg.c — linear algebra: matmul (NumPy semantics, batched, broadcast batch dims), dot,
  * outer, trace, diag and diagonal.
  *
  * One MATMUL node computes C[b] = op(A[b]) op(B[b]) for operands of rank >= 2 whose batch dims
@@ -28,10 +28,6 @@ static bool check_rank(const char *op, const char *what, const flx_tensor *t, in
     return false;
 }
 
-static bool same_shape(const flx_tensor *t, int32_t ndim, const int64_t *shape) {
-    return t->ndim == ndim && memcmp(t->shape, shape, sizeof(int64_t) * (size_t)ndim) == 0;
-}
-
 /* Broadcast of the batch dims (all but the last two) of a and b; false with the error set. */
 static bool batch_broadcast(const char *op, const flx_tensor *a, const flx_tensor *b,
                             int32_t *nb, int64_t *shape) {
@@ -52,44 +48,27 @@ static bool batch_broadcast(const char *op, const flx_tensor *a, const flx_tenso
 }
 
 /* ---- matmul ------------------------------------------------------------------------------- */
-static flx_status fill_zeros(flx_tensor *t) {
-    flx_fill_args f;
-    memset(&f, 0, sizeof f);
-    f.kind = FLX_FILL_CONST;
-    f.dtype = t->dtype;
-    f.n = t->numel;
-    f.a = 0.0;
-    f.out = flx_data(t);
-    t->ctx->stats.kernels++;
-    return t->ctx->be->fill(t->ctx, &f);
+static flx_status fill_zeros(const flx_tensor *t, void *out) {
+    flx_fill_args f = {
+        .kind = FLX_FILL_CONST, .dtype = t->dtype, .n = t->numel, .a = 0.0, .out = out
+    };
+    return flx_kernel_fill(t->ctx, &f);
 }
 
-static flx_status exec_matmul(flx_tensor *t) {
+static flx_status exec_matmul(const flx_tensor *t, void *out, const void *const *in) {
     if (t->numel == 0) return FLX_OK;
     const flx_tensor *A = t->in[0], *B = t->in[1];
     int32_t ta = t->attrs.u.matmul.ta, tb = t->attrs.u.matmul.tb;
     int64_t m = t->shape[t->ndim - 2], n = t->shape[t->ndim - 1];
     int64_t k = ta ? A->shape[A->ndim - 2] : A->shape[A->ndim - 1];
-    if (k == 0) return fill_zeros(t);
-    flx_matmul_args a;
-    memset(&a, 0, sizeof a);
-    a.dtype = t->dtype;
-    a.batch = flx_shape_numel(t->ndim - 2, t->shape);
-    a.m = m;
-    a.n = n;
-    a.k = k;
-    a.ta = ta;
-    a.tb = tb;
-    a.alpha = 1.0;
-    a.beta = 0.0;
-    a.a = flx_data(A);
-    a.sa = flx_shape_numel(A->ndim - 2, A->shape) == 1 ? 0 : m * k;
-    a.b = flx_data(B);
-    a.sb = flx_shape_numel(B->ndim - 2, B->shape) == 1 ? 0 : k * n;
-    a.c = flx_data(t);
-    a.sc = m * n;
-    t->ctx->stats.kernels++;
-    return t->ctx->be->matmul(t->ctx, &a);
+    if (k == 0) return fill_zeros(t, out);
+    flx_matmul_args a = {
+        .dtype = t->dtype, .batch = flx_shape_numel(t->ndim - 2, t->shape), .m = m, .n = n, .k = k,
+        .ta = ta, .tb = tb, .alpha = 1.0, .beta = 0.0, .a = in[0],
+        .sa = flx_shape_numel(A->ndim - 2, A->shape) == 1 ? 0 : m * k, .b = in[1],
+        .sb = flx_shape_numel(B->ndim - 2, B->shape) == 1 ? 0 : k * n, .c = out, .sc = m * n
+    };
+    return flx_kernel_matmul(t->ctx, &a);
 }
 
 /* op(a) @ op(b) for operands of rank >= 2 (same dtype and context, checked by the caller).
@@ -132,10 +111,7 @@ static flx_tensor *mm_node(flx_tensor *a, flx_tensor *b, int32_t ta, int32_t tb)
     }
     shape[nb] = am;
     shape[nb + 1] = bn;
-    flx_attrs at;
-    memset(&at, 0, sizeof at);
-    at.u.matmul.ta = ta;
-    at.u.matmul.tb = tb;
+    flx_attrs at = {.u.matmul.ta = ta, .u.matmul.tb = tb};
     return flx_adopt(flx_node_new(a->ctx, FLX_OP_MATMUL, a->dtype, nb + 2, shape, 2, x, &at));
 }
 
@@ -173,9 +149,9 @@ static flx_status jvp_matmul(flx_tensor *y, flx_tensor *const *tin, flx_tensor *
         acc = acc ? flx_add(acc, term) : term;
         if (!acc) return flx_last_status();
     }
-    if (!same_shape(acc, y->ndim, y->shape)) acc = flx_broadcast_to(acc, y->ndim, y->shape);
+    if (!flx_shape_eq(acc->ndim, acc->shape, y->ndim, y->shape)) acc = flx_broadcast_to(acc, y->ndim, y->shape);
     *tout = acc;
-    return acc ? FLX_OK : flx_last_status();
+    return flx_rule_status(acc);
 }
 
 /* Common checks of the binary public ops: inputs, one dtype, f32/f64. */
@@ -187,12 +163,6 @@ static bool check_pair(const char *op, flx_tensor *a, flx_tensor *b) {
 }
 
 /* Result of a composite op built inside its own scope: moves r out (NULL-safe). */
-static flx_tensor *scope_return(flx_tensor *r) {
-    flx_tensor *keep[1] = {r};
-    flx_scope_end(r ? 1 : 0, keep);
-    return r;
-}
-
 flx_tensor *flx_matmul(flx_tensor *a, flx_tensor *b) {
     static const char *op = "flx_matmul";
     if (!check_pair(op, a, b)) return NULL;
@@ -233,7 +203,7 @@ flx_tensor *flx_matmul(flx_tensor *a, flx_tensor *b) {
         }
         r = flx_reshape(r, nd, s);
     }
-    return scope_return(r);
+    return flx_scope_return(r);
 }
 
 flx_tensor *flx_dot(flx_tensor *a, flx_tensor *b) {
@@ -256,43 +226,35 @@ flx_tensor *flx_outer(flx_tensor *a, flx_tensor *b) {
     int64_t sa[2] = {a->shape[0], 1}, sb[2] = {1, b->shape[0]};
     flx_tensor *a2 = flx_reshape(a, 2, sa), *b2 = flx_reshape(b, 2, sb);
     flx_tensor *r = (a2 && b2) ? mm_node(a2, b2, 0, 0) : NULL;
-    return scope_return(r);
+    return flx_scope_return(r);
 }
 
 /* ---- diag / diagonal ---------------------------------------------------------------------- */
-static flx_status exec_diag(flx_tensor *t) {
+static flx_status exec_diag(const flx_tensor *t, void *out, const void *const *in) {
     if (t->numel == 0) return FLX_OK;
-    flx_status s = fill_zeros(t);
+    flx_status s = fill_zeros(t, out);
     if (s != FLX_OK) return s;
     const flx_tensor *v = t->in[0];
     if (v->numel == 0) return FLX_OK;
-    flx_copy_args c;
-    memset(&c, 0, sizeof c);
-    c.elem_size = flx_dtype_size(t->dtype);
-    c.ndim = 1;
+    flx_copy_args c = {.elem_size = flx_dtype_size(t->dtype), .ndim = 1};
     c.shape[0] = v->shape[0];
     c.in_strides[0] = 1;
     c.out_strides[0] = t->shape[1] + 1;
-    c.in = flx_data(v);
-    c.out = flx_data(t);
-    t->ctx->stats.kernels++;
-    return t->ctx->be->copy(t->ctx, &c);
+    c.in = in[0];
+    c.out = out;
+    return flx_kernel_copy(t->ctx, &c);
 }
 
-static flx_status exec_diagonal(flx_tensor *t) {
+static flx_status exec_diagonal(const flx_tensor *t, void *out, const void *const *in) {
     if (t->numel == 0) return FLX_OK;
     const flx_tensor *a = t->in[0];
-    flx_copy_args c;
-    memset(&c, 0, sizeof c);
-    c.elem_size = flx_dtype_size(t->dtype);
-    c.ndim = 1;
+    flx_copy_args c = {.elem_size = flx_dtype_size(t->dtype), .ndim = 1};
     c.shape[0] = t->shape[0];
     c.in_strides[0] = a->shape[1] + 1;
     c.out_strides[0] = 1;
-    c.in = flx_data(a);
-    c.out = flx_data(t);
-    t->ctx->stats.kernels++;
-    return t->ctx->be->copy(t->ctx, &c);
+    c.in = in[0];
+    c.out = out;
+    return flx_kernel_copy(t->ctx, &c);
 }
 
 /* A zero (r, c) matrix with the 1-d v (length min(r, c)) on its main diagonal. */
@@ -331,37 +293,22 @@ flx_tensor *flx_trace(flx_tensor *a) {
     if (!check_rank(op, "a", a, 2)) return NULL;
     if (!flx_check_float(op, a)) return NULL;
     if (flx_scope_begin() != FLX_OK) return NULL;
-    return scope_return(flx_sum_all(flx_diagonal(a)));
+    return flx_scope_return(flx_sum_all(flx_diagonal(a)));
 }
 
 static flx_status vjp_diag(flx_tensor *y, flx_tensor *g, flx_tensor **gin) {
     gin[0] = flx_diagonal(g);
-    return gin[0] ? FLX_OK : flx_last_status();
-}
-
-static flx_status jvp_diag(flx_tensor *y, flx_tensor *const *tin, flx_tensor **tout) {
-    *tout = NULL;
-    if (!tin[0]) return FLX_OK;
-    *tout = diag_node("flx_diag", tin[0], y->shape[0], y->shape[1]);
-    return *tout ? FLX_OK : flx_last_status();
+    return flx_rule_status(gin[0]);
 }
 
 static flx_status vjp_diagonal(flx_tensor *y, flx_tensor *g, flx_tensor **gin) {
     const flx_tensor *a = y->in[0];
     gin[0] = diag_node("flx_diagonal", g, a->shape[0], a->shape[1]);
-    return gin[0] ? FLX_OK : flx_last_status();
-}
-
-static flx_status jvp_diagonal(flx_tensor *y, flx_tensor *const *tin, flx_tensor **tout) {
-    (void)y;
-    *tout = NULL;
-    if (!tin[0]) return FLX_OK;
-    *tout = flx_diagonal(tin[0]);
-    return *tout ? FLX_OK : flx_last_status();
+    return flx_rule_status(gin[0]);
 }
 
 void flx_ops_register_linalg(flx_op_def *t) {
     t[FLX_OP_MATMUL] = (flx_op_def){"matmul", exec_matmul, vjp_matmul, jvp_matmul, 0};
-    t[FLX_OP_DIAG] = (flx_op_def){"diag", exec_diag, vjp_diag, jvp_diag, 0};
-    t[FLX_OP_DIAGONAL] = (flx_op_def){"diagonal", exec_diagonal, vjp_diagonal, jvp_diagonal, 0};
+    t[FLX_OP_DIAG] = (flx_op_def){"diag", exec_diag, vjp_diag, flx_jvp_linear, 0};
+    t[FLX_OP_DIAGONAL] = (flx_op_def){"diagonal", exec_diagonal, vjp_diagonal, flx_jvp_linear, 0};
 }

@@ -1,4 +1,4 @@
-/* ops_lu.c — the LU family (issue 4): det, slogdet, logdet, inv, solve and their _ex variants,
+/* lu.c — the LU family (issue 4): det, slogdet, logdet, inv, solve and their _ex variants,
  * all batched over leading dimensions, with VJP and JVP rules.
  *
  * One LU_FACTOR node factorises A (partial pivoting, batched) into a packed row per matrix
@@ -24,38 +24,12 @@
 #include "internal.h"
 
 /* ---- helpers ------------------------------------------------------------------------------ */
-static flx_tensor *scope_return(flx_tensor *r) {
-    flx_tensor *keep[1] = {r};
-    flx_scope_end(r ? 1 : 0, keep);
-    return r;
-}
-
 static int64_t batch_of(const flx_tensor *A) { return flx_shape_numel(A->ndim - 2, A->shape); }
 static int64_t n_of(const flx_tensor *A) { return A->shape[A->ndim - 1]; }
 
-/* A float tensor of rank >= 2 with square last two dims. */
-static bool check_square(const char *op, flx_tensor *a) {
-    if (!flx_check_inputs(op, 1, &a)) return false;
-    if (!flx_check_float(op, a)) return false;
-    if (a->ndim < 2) {
-        flx_set_error(FLX_ERR_SHAPE, "%s: needs a matrix or a batch of matrices (rank >= 2), got %s",
-                      op, flx_describe(a));
-        return false;
-    }
-    if (a->shape[a->ndim - 1] != a->shape[a->ndim - 2]) {
-        flx_set_error(FLX_ERR_SHAPE, "%s: matrices must be square, got %s", op, flx_describe(a));
-        return false;
-    }
-    return true;
-}
-
 static flx_tensor *lu_node(flx_op op, flx_tensor *A, int32_t n_in, flx_tensor **in, int32_t ndim,
                            const int64_t *shape, int32_t mode, int32_t trans, int32_t check) {
-    flx_attrs at;
-    memset(&at, 0, sizeof at);
-    at.u.lu.mode = mode;
-    at.u.lu.trans = trans;
-    at.u.lu.check = check;
+    flx_attrs at = {.u.lu.mode = mode, .u.lu.trans = trans, .u.lu.check = check};
     return flx_adopt(flx_node_new(A->ctx, op, A->dtype, ndim, shape, n_in, in, &at));
 }
 
@@ -123,33 +97,24 @@ static flx_tensor *inv_t(flx_tensor *A, flx_tensor *LU) {
 }
 
 /* ---- exec ----------------------------------------------------------------------------------- */
-static flx_status exec_lu(flx_tensor *t) {
+static flx_status exec_lu(const flx_tensor *t, void *out, const void *const *in) {
     if (t->numel == 0) return FLX_OK;
-    flx_tensor *A = t->in[0];
-    if (!t->ctx->be->lu)
-        return flx_set_error(FLX_ERR_UNSUPPORTED, "%s: the %s backend has no LU kernels",
-                             flx_op_get(t->op)->name, t->ctx->be->name);
-    flx_lu_args a;
-    memset(&a, 0, sizeof a);
-    a.mode = t->attrs.u.lu.mode;
-    a.dtype = t->dtype;
-    a.batch = batch_of(A);
-    a.n = n_of(A);
-    a.trans = t->attrs.u.lu.trans;
-    a.check = t->attrs.u.lu.check;
-    a.err = flx_kerr_site(t);
-    a.out = flx_data(t);
+    const flx_tensor *A = t->in[0];
+    flx_lu_args a = {
+        .mode = t->attrs.u.lu.mode, .dtype = t->dtype, .batch = batch_of(A), .n = n_of(A),
+        .trans = t->attrs.u.lu.trans, .check = t->attrs.u.lu.check, .err = flx_kerr_site(t),
+        .out = out
+    };
     if (t->op == FLX_OP_LU_FACTOR) {
-        a.a = flx_data(A);
+        a.a = in[0];
     } else {
-        a.lu = flx_data(t->in[1]);
+        a.lu = in[1];
         if (t->op == FLX_OP_LU_SOLVE) {
-            a.b = flx_data(t->in[2]);
+            a.b = in[2];
             a.k = t->shape[t->ndim - 1];
         }
     }
-    t->ctx->stats.kernels++;
-    return t->ctx->be->lu(t->ctx, &a);
+    return flx_kernel_lu(t->ctx, &a);
 }
 
 /* ---- rules ------------------------------------------------------------------------------------ */
@@ -181,7 +146,7 @@ static flx_status jvp_solve(flx_tensor *y, flx_tensor *const *tin, flx_tensor **
     }
     if (!rhs) return flx_last_status();
     *tout = solve_node(A, lu_in(y), rhs, y->attrs.u.lu.trans, 0);
-    return *tout ? FLX_OK : flx_last_status();
+    return flx_rule_status(*tout);
 }
 
 /* The factor F with d out = <F, dA> per matrix: cof(A) for det, A^-T for log|det| / logdet. */
@@ -193,14 +158,14 @@ static flx_tensor *det_factor(flx_tensor *y) {
 static flx_status vjp_det(flx_tensor *y, flx_tensor *g, flx_tensor **gin) {
     if (y->attrs.u.lu.mode == FLX_LU_SIGN || !y->in[0]->requires_grad) return FLX_OK;
     gin[0] = flx_mul(per_matrix(g), det_factor(y));
-    return gin[0] ? FLX_OK : flx_last_status();
+    return flx_rule_status(gin[0]);
 }
 
 static flx_status jvp_det(flx_tensor *y, flx_tensor *const *tin, flx_tensor **tout) {
     *tout = NULL;
     if (y->attrs.u.lu.mode == FLX_LU_SIGN || !tin[0]) return FLX_OK;
     *tout = sum_mat(flx_mul(det_factor(y), tin[0]), false);
-    return *tout ? FLX_OK : flx_last_status();
+    return flx_rule_status(*tout);
 }
 
 /* C = cof(A): dC = tr(A^-1 dA) C - A^-T dA^T C;  gA = transpose(A^-1 (<G, C> I - G C^T)). */
@@ -211,7 +176,7 @@ static flx_status vjp_cofactor(flx_tensor *y, flx_tensor *g, flx_tensor **gin) {
     flx_tensor *M = flx_sub(flx_mul(s, eye_like(A)), flx_matmul(g, mT(y)));
     flx_tensor *X = M ? solve_node(A, lu_in(y), M, 0, 0) : NULL;
     gin[0] = X ? mT(X) : NULL;
-    return gin[0] ? FLX_OK : flx_last_status();
+    return flx_rule_status(gin[0]);
 }
 
 static flx_status jvp_cofactor(flx_tensor *y, flx_tensor *const *tin, flx_tensor **tout) {
@@ -222,19 +187,11 @@ static flx_status jvp_cofactor(flx_tensor *y, flx_tensor *const *tin, flx_tensor
     flx_tensor *R = flx_matmul(mT(tin[0]), y);
     flx_tensor *S = R ? solve_node(A, lu_in(y), R, 1, 0) : NULL;
     *tout = flx_sub(flx_mul(tr, y), S);
-    return *tout ? FLX_OK : flx_last_status();
-}
-
-/* The packed factors carry no tangent: consumers differentiate through A (their input 0). */
-static flx_status jvp_factor(flx_tensor *y, flx_tensor *const *tin, flx_tensor **tout) {
-    (void)y;
-    (void)tin;
-    *tout = NULL;
-    return FLX_OK;
+    return flx_rule_status(*tout);
 }
 
 void flx_ops_register_lu(flx_op_def *t) {
-    t[FLX_OP_LU_FACTOR] = (flx_op_def){"lu_factor", exec_lu, NULL, jvp_factor, FLX_OPF_NONDIFF};
+    t[FLX_OP_LU_FACTOR] = (flx_op_def){"lu_factor", exec_lu, NULL, flx_jvp_zero, FLX_OPF_NONDIFF};
     t[FLX_OP_LU_SOLVE] = (flx_op_def){"lu_solve", exec_lu, vjp_solve, jvp_solve, 0};
     t[FLX_OP_LU_DET] = (flx_op_def){"lu_det", exec_lu, vjp_det, jvp_det, 0};
     t[FLX_OP_LU_COFACTOR] = (flx_op_def){"lu_cofactor", exec_lu, vjp_cofactor, jvp_cofactor, 0};
@@ -242,10 +199,10 @@ void flx_ops_register_lu(flx_op_def *t) {
 
 /* ---- public ------------------------------------------------------------------------------------ */
 static flx_tensor *det_public(const char *op, flx_tensor *a, int32_t mode) {
-    if (!check_square(op, a)) return NULL;
+    if (!flx_check_square(op, a)) return NULL;
     if (flx_scope_begin() != FLX_OK) return NULL;
     flx_tensor *lu = factor_node(a);
-    return scope_return(lu ? det_node(a, lu, mode) : NULL);
+    return flx_scope_return(lu ? det_node(a, lu, mode) : NULL);
 }
 
 flx_tensor *flx_det(flx_tensor *a) { return det_public("flx_det", a, FLX_LU_DET); }
@@ -257,7 +214,7 @@ flx_status flx_slogdet(flx_tensor *a, flx_tensor **sign, flx_tensor **logabsdet)
     if (logabsdet) *logabsdet = NULL;
     if (!sign || !logabsdet)
         return flx_set_error(FLX_ERR_INVALID_ARGUMENT, "%s: sign and logabsdet must not be NULL", op);
-    if (!check_square(op, a)) return flx_last_status();
+    if (!flx_check_square(op, a)) return flx_last_status();
     if (flx_scope_begin() != FLX_OK) return flx_last_status();
     flx_tensor *lu = factor_node(a);
     flx_tensor *s = lu ? det_node(a, lu, FLX_LU_SIGN) : NULL;
@@ -282,7 +239,7 @@ static flx_tensor *info_of(flx_tensor *lu) {
 static flx_tensor *solve_public(const char *op, flx_tensor *a, flx_tensor *b, bool is_inv,
                                 flx_tensor **info) {
     if (info) *info = NULL;
-    if (!check_square(op, a)) return NULL;
+    if (!flx_check_square(op, a)) return NULL;
     bool vec = false;
     if (!is_inv) {
         flx_tensor *in[2] = {a, b};

@@ -1,4 +1,4 @@
-/* ops_nn.c — neural-network layers composed from public ops (issue 5): linear, batch norm,
+/* nn.c — neural-network layers composed from public ops (issue 5): linear, batch norm,
  * layer norm, dropout, embedding, the losses (mse, binary log-loss from logits, log-cosh, hinge)
  * and the recurrent cells (Elman, GRU). Each public function checks its arguments (naming the
  * function, shapes and dtypes), then builds its graph inside a private scope and keeps only the
@@ -10,12 +10,6 @@
 #include "internal.h"
 
 /* ---- helpers ------------------------------------------------------------------------------ */
-static flx_tensor *scope_return(flx_tensor *r) {
-    flx_tensor *keep[1] = {r};
-    flx_scope_end(r ? 1 : 0, keep);
-    return r;
-}
-
 static bool same_dtype_all(const char *op, int32_t n, flx_tensor *const *t, const char *const *names) {
     for (int32_t i = 1; i < n; i++) {
         if (!t[i] || t[i]->dtype == t[0]->dtype) continue;
@@ -60,7 +54,7 @@ flx_tensor *flx_linear(flx_tensor *x, flx_tensor *W, flx_tensor *b) {
     if (flx_scope_begin() != FLX_OK) return NULL;
     flx_tensor *y = flx_matmul(x, flx_transpose(W, 0, 1));
     if (b) y = flx_add(y, b);
-    return scope_return(y);
+    return flx_scope_return(y);
 }
 
 /* ---- normalisation -------------------------------------------------------------------------- */
@@ -191,7 +185,7 @@ flx_tensor *flx_layer_norm(flx_tensor *x, int32_t n_norm, flx_tensor *gamma, flx
     flx_tensor *y = flx_mul(flx_sub(x, mu), flx_rsqrt(flx_add_scalar(var, eps)));
     if (gamma) y = flx_mul(y, gamma);
     if (beta) y = flx_add(y, beta);
-    return scope_return(y);
+    return flx_scope_return(y);
 }
 
 /* ---- dropout -------------------------------------------------------------------------------- */
@@ -212,7 +206,7 @@ flx_tensor *flx_dropout_mask(flx_ctx *ctx, int32_t ndim, const int64_t *shape, d
     if (flx_scope_begin() != FLX_OK) return NULL;
     flx_tensor *u = flx_uniform(ctx, FLX_F64, ndim, shape, 0.0, 1.0, seed);
     flx_tensor *r = flx_ge(u, flx_scalar(ctx, FLX_F64, p));
-    return scope_return(r);
+    return flx_scope_return(r);
 }
 
 flx_tensor *flx_dropout(flx_tensor *x, double p, uint64_t seed, bool training) {
@@ -223,7 +217,7 @@ flx_tensor *flx_dropout(flx_tensor *x, double p, uint64_t seed, bool training) {
     if (flx_scope_begin() != FLX_OK) return NULL;
     flx_tensor *mask = flx_dropout_mask(x->ctx, x->ndim, x->shape, p, seed);
     flx_tensor *y = flx_where(mask, flx_mul_scalar(x, 1.0 / (1.0 - p)), flx_scalar(x->ctx, x->dtype, 0.0));
-    return scope_return(y);
+    return flx_scope_return(y);
 }
 
 /* ---- embedding ------------------------------------------------------------------------------ */
@@ -254,7 +248,7 @@ flx_tensor *flx_embedding(flx_tensor *weight, flx_tensor *indices) {
     int64_t s[FLX_MAX_DIMS];
     for (int32_t d = 0; d < indices->ndim; d++) s[d] = indices->shape[d];
     s[indices->ndim] = weight->shape[1];
-    return scope_return(flx_reshape(rows, indices->ndim + 1, s));
+    return flx_scope_return(flx_reshape(rows, indices->ndim + 1, s));
 }
 
 /* ---- losses --------------------------------------------------------------------------------- */
@@ -267,7 +261,7 @@ static bool loss_args(const char *op, flx_tensor *y, flx_tensor *t, flx_reductio
                       flx_describe(y), flx_describe(t));
         return false;
     }
-    if (y->ndim != t->ndim || memcmp(y->shape, t->shape, sizeof(int64_t) * (size_t)y->ndim) != 0) {
+    if (!flx_shape_eq(y->ndim, y->shape, t->ndim, t->shape)) {
         flx_set_error(FLX_ERR_SHAPE, "%s: prediction %s and target %s must have one shape", op,
                       flx_describe(y), flx_describe(t));
         return false;
@@ -283,7 +277,7 @@ static bool loss_args(const char *op, flx_tensor *y, flx_tensor *t, flx_reductio
 static flx_tensor *reduce_loss(flx_tensor *l, flx_reduction red) {
     if (red == FLX_REDUCTION_MEAN) l = flx_mean_all(l);
     else if (red == FLX_REDUCTION_SUM) l = flx_sum_all(l);
-    return scope_return(l);
+    return flx_scope_return(l);
 }
 
 flx_tensor *flx_mse_loss(flx_tensor *y, flx_tensor *t, flx_reduction red) {
@@ -337,7 +331,7 @@ static bool cell_args(const char *op, flx_tensor *x, flx_tensor *h, flx_tensor *
 flx_tensor *flx_rnn_cell(flx_tensor *x, flx_tensor *h, flx_tensor *W_ih, flx_tensor *W_hh,
                          flx_tensor *b_ih, flx_tensor *b_hh) {
     if (!cell_args("flx_rnn_cell", x, h, W_ih, W_hh, b_ih, b_hh, 1)) return NULL;
-    return scope_return(flx_tanh(flx_add(flx_linear(x, W_ih, b_ih), flx_linear(h, W_hh, b_hh))));
+    return flx_scope_return(flx_tanh(flx_add(flx_linear(x, W_ih, b_ih), flx_linear(h, W_hh, b_hh))));
 }
 
 flx_tensor *flx_gru_cell(flx_tensor *x, flx_tensor *h, flx_tensor *W_ih, flx_tensor *W_hh,
@@ -352,5 +346,5 @@ flx_tensor *flx_gru_cell(flx_tensor *x, flx_tensor *h, flx_tensor *W_ih, flx_ten
                                       flx_mul(r, flx_slice(gh, 1, 2 * H, 3 * H, 1))));
     /* h' = (1 - z) n + z h = n + z (h - n) */
     flx_tensor *hn = flx_add(nn, flx_mul(z, flx_sub(h, nn)));
-    return scope_return(hn);
+    return flx_scope_return(hn);
 }

@@ -1,4 +1,4 @@
-/* ops_norm.c — flx_norm (issue 4): entrywise vector p-norms over a set of axes (p = 1, 2, inf
+/* norm.c — flx_norm (issue 4): entrywise vector p-norms over a set of axes (p = 1, 2, inf
  * or any p >= 1; p = 2 over a matrix's two axes is the Frobenius norm). A composition of public
  * ops (Case B of docs/adding-an-op.md): it needs no row, kernel or rule of its own.
  *
@@ -48,7 +48,5 @@ flx_tensor *flx_norm(flx_tensor *x, double p, int32_t n_axes, const int32_t *axe
             r = flx_where(pos, root, zero);
         }
     }
-    flx_tensor *keep[1] = {r};
-    flx_scope_end(r ? 1 : 0, keep);
-    return r;
+    return flx_scope_return(r);
 }

@@ -1,4 +1,4 @@
-/* ops_reduce.c — reductions over a set of axes: sum, mean, max, min, logsumexp, var, argmax.
+/* reduce.c — reductions over a set of axes: sum, mean, max, min, logsumexp, var, argmax.
  * One row (REDUCE) serves them all; attrs.reduce holds the kernel op (flx_reduce_op), the
  * normalised reduced axes (ascending), keepdims and the kernel parameter (the scale of SUM, so
  * mean is SUM with 1/N; the correction of VAR). Rules are built from public ops. */
@@ -56,11 +56,7 @@ static int64_t reduced_count(const flx_tensor *node) {
 /* Records a REDUCE node over the axes in mask (no validation beyond shapes). */
 static flx_tensor *reduce_node(int32_t op, flx_tensor *x, const bool *mask, bool keepdims,
                                double param, flx_dtype odt) {
-    flx_attrs at;
-    memset(&at, 0, sizeof at);
-    at.u.reduce.op = op;
-    at.u.reduce.keepdims = keepdims;
-    at.u.reduce.param = param;
+    flx_attrs at = {.u.reduce.op = op, .u.reduce.keepdims = keepdims, .u.reduce.param = param};
     int64_t shape[FLX_MAX_DIMS];
     int32_t nd = 0;
     for (int32_t d = 0; d < x->ndim; d++) {
@@ -109,14 +105,12 @@ static flx_tensor *make_reduce(const char *name, int32_t op, bool mean, flx_tens
 }
 
 /* ---- exec ----------------------------------------------------------------------------------- */
-static flx_status exec_reduce(flx_tensor *t) {
+static flx_status exec_reduce(const flx_tensor *t, void *out, const void *const *in) {
     if (t->numel == 0) return FLX_OK;
-    flx_tensor *x = t->in[0];
-    flx_reduce_args a;
-    memset(&a, 0, sizeof a);
-    a.op = t->attrs.u.reduce.op;
-    a.dtype = x->dtype;
-    a.param = t->attrs.u.reduce.param;
+    const flx_tensor *x = t->in[0];
+    flx_reduce_args a = {
+        .op = t->attrs.u.reduce.op, .dtype = x->dtype, .param = t->attrs.u.reduce.param
+    };
     int64_t strides[FLX_MAX_DIMS];
     flx_contiguous_strides(x->ndim, x->shape, strides);
     bool mask[FLX_MAX_DIMS] = {false};
@@ -130,10 +124,9 @@ static flx_status exec_reduce(flx_tensor *t) {
             a.kstride[a.kdim++] = strides[d];
         }
     }
-    a.x = flx_data(x);
-    a.out = flx_data(t);
-    t->ctx->stats.kernels++;
-    return t->ctx->be->reduce(t->ctx, &a);
+    a.x = in[0];
+    a.out = out;
+    return flx_kernel_reduce(t->ctx, &a);
 }
 
 /* ---- rules ---------------------------------------------------------------------------------- */
@@ -197,7 +190,7 @@ static flx_status vjp_reduce(flx_tensor *node, flx_tensor *g, flx_tensor **gin) 
     flx_tensor *r = NULL;
     if (x->numel == 0) {
         gin[0] = flx_zeros(x->ctx, x->dtype, x->ndim, x->shape);
-        return gin[0] ? FLX_OK : flx_last_status();
+        return flx_rule_status(gin[0]);
     }
     flx_tensor *gk = to_keep(node, g);
     switch ((flx_reduce_op)node->attrs.u.reduce.op) {
@@ -211,7 +204,7 @@ static flx_status vjp_reduce(flx_tensor *node, flx_tensor *g, flx_tensor **gin) 
     case FLX_REDUCE_ARGMAX: return FLX_OK;
     }
     gin[0] = r;
-    return r ? FLX_OK : flx_last_status();
+    return flx_rule_status(r);
 }
 
 static flx_status jvp_reduce(flx_tensor *node, flx_tensor *const *tin, flx_tensor **tout) {
@@ -237,7 +230,7 @@ static flx_status jvp_reduce(flx_tensor *node, flx_tensor *const *tin, flx_tenso
     case FLX_REDUCE_ARGMAX: return FLX_OK;
     }
     *tout = r;
-    return r ? FLX_OK : flx_last_status();
+    return flx_rule_status(r);
 }
 
 void flx_ops_register_reduce(flx_op_def *t) {

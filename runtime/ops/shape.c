@@ -1,4 +1,4 @@
-/* ops_shape.c — shape and indexing ops: reshape (an alias of its input's buffer), permute,
+/* shape.c — shape and indexing ops: reshape (an alias of its input's buffer), permute,
  * broadcast, strided slice, pad, concat, index_select / index_add, and the compositions built on
  * them (transpose, stack, squeeze, unsqueeze, gather, one_hot). Most run on the strided copy
  * family. Every op is linear, so each JVP is the op itself applied to the tangent; VJPs are the
@@ -11,19 +11,12 @@
 
 #include "internal.h"
 
-static bool same_shape(int32_t nd, const int64_t *a, int32_t nb, const int64_t *b) {
-    return nd == nb && (nd == 0 || memcmp(a, b, sizeof(int64_t) * (size_t)nd) == 0);
-}
-
 /* Strided copy on the node's backend; skips empty copies. */
 static flx_status run_copy(flx_ctx *ctx, size_t es, int32_t ndim, const int64_t *shape,
                            int64_t in_off, const int64_t *in_strides, int64_t out_off,
                            const int64_t *out_strides, const void *in, void *out) {
     if (flx_shape_numel(ndim, shape) == 0) return FLX_OK;
-    flx_copy_args a;
-    memset(&a, 0, sizeof a);
-    a.elem_size = es;
-    a.ndim = ndim;
+    flx_copy_args a = {.elem_size = es, .ndim = ndim};
     for (int32_t d = 0; d < ndim; d++) {
         a.shape[d] = shape[d];
         a.in_strides[d] = in_strides[d];
@@ -33,8 +26,7 @@ static flx_status run_copy(flx_ctx *ctx, size_t es, int32_t ndim, const int64_t 
     a.out_off = out_off;
     a.in = in;
     a.out = out;
-    ctx->stats.kernels++;
-    return ctx->be->copy(ctx, &a);
+    return flx_kernel_copy(ctx, &a);
 }
 
 /* ---- internal builders (no argument checks beyond what the callers did) ------------------- */
@@ -81,9 +73,7 @@ static flx_tensor *pad_node(flx_tensor *x, const int64_t *lo, const int64_t *int
 /* out (shape of x with axis of size n_src) = sum of g's rows by index (the transpose of select). */
 static flx_tensor *index_add_node(flx_tensor *g, int32_t axis, flx_tensor *index, int64_t n_src) {
     if (!g || !index) return NULL;
-    flx_attrs at;
-    memset(&at, 0, sizeof at);
-    at.u.index.axis = axis;
+    flx_attrs at = {.u.index.axis = axis};
     int64_t shape[FLX_MAX_DIMS];
     for (int32_t d = 0; d < g->ndim; d++) shape[d] = g->shape[d];
     shape[axis] = n_src;
@@ -93,9 +83,7 @@ static flx_tensor *index_add_node(flx_tensor *g, int32_t axis, flx_tensor *index
 
 static flx_tensor *index_select_node(flx_tensor *x, int32_t axis, flx_tensor *index) {
     if (!x || !index) return NULL;
-    flx_attrs at;
-    memset(&at, 0, sizeof at);
-    at.u.index.axis = axis;
+    flx_attrs at = {.u.index.axis = axis};
     int64_t shape[FLX_MAX_DIMS];
     for (int32_t d = 0; d < x->ndim; d++) shape[d] = x->shape[d];
     shape[axis] = index->numel;
@@ -105,18 +93,18 @@ static flx_tensor *index_select_node(flx_tensor *x, int32_t axis, flx_tensor *in
 }
 
 /* ---- exec ----------------------------------------------------------------------------------- */
-static flx_status exec_permute(flx_tensor *t) {
-    flx_tensor *x = t->in[0];
+static flx_status exec_permute(const flx_tensor *t, void *out, const void *const *in) {
+    const flx_tensor *x = t->in[0];
     int64_t xs[FLX_MAX_DIMS], is[FLX_MAX_DIMS], os[FLX_MAX_DIMS];
     flx_contiguous_strides(x->ndim, x->shape, xs);
     flx_contiguous_strides(t->ndim, t->shape, os);
     for (int32_t i = 0; i < t->ndim; i++) is[i] = xs[t->attrs.u.permute.perm[i]];
     return run_copy(t->ctx, flx_dtype_size(t->dtype), t->ndim, t->shape, 0, is, 0, os,
-                    flx_data(x), flx_data(t));
+                    in[0], out);
 }
 
-static flx_status exec_broadcast(flx_tensor *t) {
-    flx_tensor *x = t->in[0];
+static flx_status exec_broadcast(const flx_tensor *t, void *out, const void *const *in) {
+    const flx_tensor *x = t->in[0];
     int64_t xs[FLX_MAX_DIMS], is[FLX_MAX_DIMS], os[FLX_MAX_DIMS];
     flx_contiguous_strides(x->ndim, x->shape, xs);
     flx_contiguous_strides(t->ndim, t->shape, os);
@@ -126,11 +114,11 @@ static flx_status exec_broadcast(flx_tensor *t) {
         is[i] = (j < 0 || x->shape[j] == 1) ? 0 : xs[j];
     }
     return run_copy(t->ctx, flx_dtype_size(t->dtype), t->ndim, t->shape, 0, is, 0, os,
-                    flx_data(x), flx_data(t));
+                    in[0], out);
 }
 
-static flx_status exec_slice(flx_tensor *t) {
-    flx_tensor *x = t->in[0];
+static flx_status exec_slice(const flx_tensor *t, void *out, const void *const *in) {
+    const flx_tensor *x = t->in[0];
     int64_t xs[FLX_MAX_DIMS], is[FLX_MAX_DIMS], os[FLX_MAX_DIMS];
     flx_contiguous_strides(x->ndim, x->shape, xs);
     flx_contiguous_strides(t->ndim, t->shape, os);
@@ -140,21 +128,17 @@ static flx_status exec_slice(flx_tensor *t) {
         is[d] = t->attrs.u.slice.step[d] * xs[d];
     }
     return run_copy(t->ctx, flx_dtype_size(t->dtype), t->ndim, t->shape, off, is, 0, os,
-                    flx_data(x), flx_data(t));
+                    in[0], out);
 }
 
-static flx_status exec_pad(flx_tensor *t) {
+static flx_status exec_pad(const flx_tensor *t, void *out, const void *const *in) {
     if (t->numel == 0) return FLX_OK;
-    flx_tensor *x = t->in[0];
-    flx_fill_args f;
-    memset(&f, 0, sizeof f);
-    f.kind = FLX_FILL_CONST;
-    f.dtype = t->dtype;
-    f.n = t->numel;
-    f.a = t->attrs.u.pad.value;
-    f.out = flx_data(t);
-    t->ctx->stats.kernels++;
-    flx_status s = t->ctx->be->fill(t->ctx, &f);
+    const flx_tensor *x = t->in[0];
+    flx_fill_args f = {
+        .kind = FLX_FILL_CONST, .dtype = t->dtype, .n = t->numel, .a = t->attrs.u.pad.value,
+        .out = out
+    };
+    flx_status s = flx_kernel_fill(t->ctx, &f);
     if (s != FLX_OK) return s;
     int64_t xs[FLX_MAX_DIMS], os[FLX_MAX_DIMS], ws[FLX_MAX_DIMS];
     flx_contiguous_strides(x->ndim, x->shape, xs);
@@ -165,21 +149,21 @@ static flx_status exec_pad(flx_tensor *t) {
         ws[d] = (t->attrs.u.pad.interior[d] + 1) * os[d];
     }
     return run_copy(t->ctx, flx_dtype_size(t->dtype), x->ndim, x->shape, 0, xs, off, ws,
-                    flx_data(x), flx_data(t));
+                    in[0], out);
 }
 
-static flx_status exec_concat(flx_tensor *t) {
+static flx_status exec_concat(const flx_tensor *t, void *out, const void *const *in) {
     int32_t axis = t->attrs.u.concat.axis;
     int64_t os[FLX_MAX_DIMS];
     flx_contiguous_strides(t->ndim, t->shape, os);
     size_t es = flx_dtype_size(t->dtype);
     int64_t pos = 0;
     for (int32_t i = 0; i < t->n_in; i++) {
-        flx_tensor *x = t->in[i];
+        const flx_tensor *x = t->in[i];
         int64_t xs[FLX_MAX_DIMS];
         flx_contiguous_strides(x->ndim, x->shape, xs);
         flx_status s = run_copy(t->ctx, es, x->ndim, x->shape, 0, xs, pos * os[axis], os,
-                                flx_data(x), flx_data(t));
+                                in[i], out);
         if (s != FLX_OK) return s;
         pos += x->shape[axis];
     }
@@ -193,86 +177,59 @@ static void index_dims(const flx_tensor *x, int32_t axis, int64_t *outer, int64_
     for (int32_t d = axis + 1; d < x->ndim; d++) *inner *= x->shape[d];
 }
 
-static flx_status exec_index(flx_tensor *t) {
+static flx_status exec_index(const flx_tensor *t, void *out, const void *const *in) {
     if (t->numel == 0) return FLX_OK;
     bool add = t->op == FLX_OP_INDEX_ADD;
-    flx_tensor *src = t->in[0], *idx = t->in[1];
+    const flx_tensor *src = t->in[0], *idx = t->in[1];
     int32_t axis = t->attrs.u.index.axis;
-    flx_index_args a;
-    memset(&a, 0, sizeof a);
-    a.mode = add ? FLX_INDEX_ADD : FLX_INDEX_SELECT;
-    a.dtype = t->dtype;
-    a.idx_dtype = idx->dtype;
+    flx_index_args a = {
+        .mode = add ? FLX_INDEX_ADD : FLX_INDEX_SELECT, .dtype = t->dtype, .idx_dtype = idx->dtype
+    };
     index_dims(t, axis, &a.outer, &a.inner);
     a.n_src = add ? t->shape[axis] : src->shape[axis];
     a.n_idx = idx->numel;
-    a.src = flx_data(src);
-    a.idx = flx_data(idx);
-    a.out = flx_data(t);
+    a.src = in[0];
+    a.idx = in[1];
+    a.out = out;
     a.err = flx_kerr_site(t);
-    t->ctx->stats.kernels++;
-    return t->ctx->be->index(t->ctx, &a);
+    return flx_kernel_index(t->ctx, &a);
 }
 
 /* ---- rules ---------------------------------------------------------------------------------- */
-static flx_status done(flx_tensor *r) { return r ? FLX_OK : flx_last_status(); }
-
 static flx_status vjp_reshape(flx_tensor *t, flx_tensor *g, flx_tensor **gin) {
     flx_tensor *x = t->in[0];
     gin[0] = reshape_node(g, x->ndim, x->shape);
-    return done(gin[0]);
+    return flx_rule_status(gin[0]);
 }
-static flx_status jvp_reshape(flx_tensor *t, flx_tensor *const *tin, flx_tensor **tout) {
-    *tout = tin[0] ? reshape_node(tin[0], t->ndim, t->shape) : NULL;
-    return tin[0] ? done(*tout) : FLX_OK;
-}
-
 static flx_status vjp_permute(flx_tensor *t, flx_tensor *g, flx_tensor **gin) {
     int32_t inv[FLX_MAX_DIMS];
     for (int32_t i = 0; i < t->ndim; i++) inv[t->attrs.u.permute.perm[i]] = i;
     gin[0] = permute_node(g, inv);
-    return done(gin[0]);
+    return flx_rule_status(gin[0]);
 }
-static flx_status jvp_permute(flx_tensor *t, flx_tensor *const *tin, flx_tensor **tout) {
-    *tout = tin[0] ? permute_node(tin[0], t->attrs.u.permute.perm) : NULL;
-    return tin[0] ? done(*tout) : FLX_OK;
-}
-
 static flx_status vjp_broadcast(flx_tensor *t, flx_tensor *g, flx_tensor **gin) {
     flx_tensor *x = t->in[0];
     gin[0] = flx_sum_to_shape(g, x->ndim, x->shape);
-    return done(gin[0]);
+    return flx_rule_status(gin[0]);
 }
-static flx_status jvp_broadcast(flx_tensor *t, flx_tensor *const *tin, flx_tensor **tout) {
-    *tout = tin[0] ? flx_broadcast_to(tin[0], t->ndim, t->shape) : NULL;
-    return tin[0] ? done(*tout) : FLX_OK;
-}
-
 static flx_status vjp_slice(flx_tensor *t, flx_tensor *g, flx_tensor **gin) {
     flx_tensor *x = t->in[0];
     int64_t interior[FLX_MAX_DIMS];
     for (int32_t d = 0; d < x->ndim; d++) interior[d] = t->attrs.u.slice.step[d] - 1;
     gin[0] = pad_node(g, t->attrs.u.slice.start, interior, x->shape, 0.0);
-    return done(gin[0]);
+    return flx_rule_status(gin[0]);
 }
-static flx_status jvp_slice(flx_tensor *t, flx_tensor *const *tin, flx_tensor **tout) {
-    *tout = tin[0] ? slice_node(tin[0], t->attrs.u.slice.start, t->attrs.u.slice.step, t->shape)
-                   : NULL;
-    return tin[0] ? done(*tout) : FLX_OK;
-}
-
 static flx_status vjp_pad(flx_tensor *t, flx_tensor *g, flx_tensor **gin) {
     flx_tensor *x = t->in[0];
     int64_t step[FLX_MAX_DIMS];
     for (int32_t d = 0; d < x->ndim; d++) step[d] = t->attrs.u.pad.interior[d] + 1;
     gin[0] = slice_node(g, t->attrs.u.pad.lo, step, x->shape);
-    return done(gin[0]);
+    return flx_rule_status(gin[0]);
 }
 static flx_status jvp_pad(flx_tensor *t, flx_tensor *const *tin, flx_tensor **tout) {
-    /* the padding value is a constant: its tangent is 0 */
-    *tout = tin[0] ? pad_node(tin[0], t->attrs.u.pad.lo, t->attrs.u.pad.interior, t->shape, 0.0)
-                   : NULL;
-    return tin[0] ? done(*tout) : FLX_OK;
+    flx_attrs at = t->attrs;
+    at.u.pad.value = 0.0; /* the padding value is a constant: its tangent is 0 */
+    return flx_jvp_linear_attrs(t, tin, &at, tout);
 }
 
 static flx_status vjp_concat(flx_tensor *t, flx_tensor *g, flx_tensor **gin) {
@@ -291,61 +248,27 @@ static flx_status vjp_concat(flx_tensor *t, flx_tensor *g, flx_tensor **gin) {
     }
     return FLX_OK;
 }
-static flx_status jvp_concat(flx_tensor *t, flx_tensor *const *tin, flx_tensor **tout) {
-    *tout = NULL;
-    bool any = false;
-    for (int32_t i = 0; i < t->n_in; i++) any = any || tin[i];
-    if (!any) return FLX_OK;
-    flx_tensor *local[8];
-    flx_tensor **ts = t->n_in <= 8 ? local : (flx_tensor **)calloc((size_t)t->n_in, sizeof *ts);
-    if (!ts) return flx_set_error(FLX_ERR_OUT_OF_MEMORY, "concat rule: out of host memory");
-    flx_status s = FLX_OK;
-    for (int32_t i = 0; i < t->n_in && s == FLX_OK; i++) {
-        flx_tensor *x = t->in[i];
-        ts[i] = tin[i] ? tin[i] : flx_zeros(x->ctx, t->dtype, x->ndim, x->shape);
-        if (!ts[i]) s = flx_last_status();
-    }
-    if (s == FLX_OK) {
-        *tout = flx_adopt(flx_node_new(t->ctx, FLX_OP_CONCAT, t->dtype, t->ndim, t->shape,
-                                       t->n_in, ts, &t->attrs));
-        s = done(*tout);
-    }
-    if (ts != local) free(ts);
-    return s;
-}
-
 static flx_status vjp_index_select(flx_tensor *t, flx_tensor *g, flx_tensor **gin) {
     flx_tensor *x = t->in[0];
     int32_t axis = t->attrs.u.index.axis;
     gin[0] = index_add_node(g, axis, t->in[1], x->shape[axis]);
-    return done(gin[0]);
+    return flx_rule_status(gin[0]);
 }
-static flx_status jvp_index_select(flx_tensor *t, flx_tensor *const *tin, flx_tensor **tout) {
-    *tout = tin[0] ? index_select_node(tin[0], t->attrs.u.index.axis, t->in[1]) : NULL;
-    return tin[0] ? done(*tout) : FLX_OK;
-}
-
 static flx_status vjp_index_add(flx_tensor *t, flx_tensor *g, flx_tensor **gin) {
     gin[0] = index_select_node(g, t->attrs.u.index.axis, t->in[1]);
-    return done(gin[0]);
+    return flx_rule_status(gin[0]);
 }
-static flx_status jvp_index_add(flx_tensor *t, flx_tensor *const *tin, flx_tensor **tout) {
-    int32_t axis = t->attrs.u.index.axis;
-    *tout = tin[0] ? index_add_node(tin[0], axis, t->in[1], t->shape[axis]) : NULL;
-    return tin[0] ? done(*tout) : FLX_OK;
-}
-
 void flx_ops_register_shape(flx_op_def *t) {
-    t[FLX_OP_RESHAPE] = (flx_op_def){"reshape", NULL, vjp_reshape, jvp_reshape, FLX_OPF_ALIAS};
-    t[FLX_OP_PERMUTE] = (flx_op_def){"permute", exec_permute, vjp_permute, jvp_permute, 0};
+    t[FLX_OP_RESHAPE] = (flx_op_def){"reshape", NULL, vjp_reshape, flx_jvp_linear, FLX_OPF_ALIAS};
+    t[FLX_OP_PERMUTE] = (flx_op_def){"permute", exec_permute, vjp_permute, flx_jvp_linear, 0};
     t[FLX_OP_BROADCAST] =
-        (flx_op_def){"broadcast", exec_broadcast, vjp_broadcast, jvp_broadcast, 0};
-    t[FLX_OP_SLICE] = (flx_op_def){"slice", exec_slice, vjp_slice, jvp_slice, 0};
+        (flx_op_def){"broadcast", exec_broadcast, vjp_broadcast, flx_jvp_linear, 0};
+    t[FLX_OP_SLICE] = (flx_op_def){"slice", exec_slice, vjp_slice, flx_jvp_linear, 0};
     t[FLX_OP_PAD] = (flx_op_def){"pad", exec_pad, vjp_pad, jvp_pad, 0};
-    t[FLX_OP_CONCAT] = (flx_op_def){"concat", exec_concat, vjp_concat, jvp_concat, 0};
+    t[FLX_OP_CONCAT] = (flx_op_def){"concat", exec_concat, vjp_concat, flx_jvp_linear, 0};
     t[FLX_OP_INDEX_SELECT] =
-        (flx_op_def){"index_select", exec_index, vjp_index_select, jvp_index_select, 0};
-    t[FLX_OP_INDEX_ADD] = (flx_op_def){"index_add", exec_index, vjp_index_add, jvp_index_add, 0};
+        (flx_op_def){"index_select", exec_index, vjp_index_select, flx_jvp_linear, 0};
+    t[FLX_OP_INDEX_ADD] = (flx_op_def){"index_add", exec_index, vjp_index_add, flx_jvp_linear, 0};
 }
 
 /* ---- public ops ----------------------------------------------------------------------------- */
@@ -353,10 +276,6 @@ void flx_ops_register_shape(flx_op_def *t) {
  * caller's scope (or the caller). */
 #define FLX_COMPOSE_BEGIN() \
     if (flx_scope_begin() != FLX_OK) return NULL
-static flx_tensor *compose_end(flx_tensor *r) {
-    flx_scope_end(r ? 1 : 0, r ? &r : NULL);
-    return r;
-}
 
 static bool check_shape_arg(const char *name, const flx_tensor *x, int32_t ndim,
                             const int64_t *shape, bool allow_infer) {
@@ -540,9 +459,7 @@ flx_tensor *flx_concat(int32_t n, flx_tensor *const *xs, int32_t axis) {
         }
         shape[a] += x->shape[a];
     }
-    flx_attrs at;
-    memset(&at, 0, sizeof at);
-    at.u.concat.axis = a;
+    flx_attrs at = {.u.concat.axis = a};
     return flx_adopt(flx_node_new(x0->ctx, FLX_OP_CONCAT, x0->dtype, x0->ndim, shape, n, xs, &at));
 }
 
@@ -585,7 +502,7 @@ flx_tensor *flx_stack(int32_t n, flx_tensor *const *xs, int32_t axis) {
                           (int)i, flx_describe(xs[i]), flx_describe(xs[0]));
             return NULL;
         }
-        if (!same_shape(xs[i]->ndim, xs[i]->shape, xs[0]->ndim, xs[0]->shape)) {
+        if (!flx_shape_eq(xs[i]->ndim, xs[i]->shape, xs[0]->ndim, xs[0]->shape)) {
             flx_set_error(FLX_ERR_SHAPE, "flx_stack: tensor %d %s differs in shape from tensor 0 %s",
                           (int)i, flx_describe(xs[i]), flx_describe(xs[0]));
             return NULL;
@@ -609,7 +526,7 @@ flx_tensor *flx_stack(int32_t n, flx_tensor *const *xs, int32_t axis) {
     }
     if (ok) r = flx_concat(n, us, a);
     if (us != local) free(us);
-    return compose_end(r);
+    return flx_scope_return(r);
 }
 
 flx_tensor *flx_squeeze(flx_tensor *x, int32_t axis) {
@@ -686,7 +603,7 @@ flx_tensor *flx_one_hot(flx_tensor *index, int64_t num_classes, flx_dtype dt) {
     FLX_COMPOSE_BEGIN();
     flx_tensor *classes = flx_arange(index->ctx, index->dtype, 0.0, (double)num_classes, 1.0);
     flx_tensor *r = flx_cast(flx_eq(unsqueeze_at(index, a), classes), dt);
-    return compose_end(r);
+    return flx_scope_return(r);
 }
 
 flx_tensor *flx_pad(flx_tensor *x, const int64_t *pads, double value) {

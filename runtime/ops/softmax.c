@@ -1,6 +1,6 @@
-/* ops_softmax.c — the softmax family: softmax and log_softmax along any axis (with a
+/* softmax.c — the softmax family: softmax and log_softmax along any axis (with a
  * temperature), their dedicated Jacobian-product op, and fused cross-entropy from logits with
- * integer labels. Kernels: runtime/cpu_softmax.c (reference) and kernels/softmax.cu.
+ * integer labels. Kernels: runtime/cpu/softmax.c (reference) and kernels/softmax.cu.
  *
  * Rows (ops and their rules):
  *   SOFTMAX (x)                 y = softmax(s x) or log_softmax(s x) along attrs.axis, s = 1/T.
@@ -35,11 +35,7 @@ static void row_view(const flx_tensor *x, int32_t axis, int64_t *outer, int64_t 
 }
 
 static flx_tensor *softmax_node(int32_t mode, flx_tensor *x, int32_t axis, double scale) {
-    flx_attrs at;
-    memset(&at, 0, sizeof at);
-    at.u.softmax.mode = mode;
-    at.u.softmax.axis = axis;
-    at.u.softmax.scale = scale;
+    flx_attrs at = {.u.softmax.mode = mode, .u.softmax.axis = axis, .u.softmax.scale = scale};
     return flx_adopt(flx_node_new(x->ctx, FLX_OP_SOFTMAX, x->dtype, x->ndim, x->shape, 1, &x, &at));
 }
 
@@ -54,23 +50,17 @@ static flx_tensor *softmax_bwd(int32_t mode, flx_tensor *y, flx_tensor *v, int32
                       flx_describe(y), flx_describe(v));
         return NULL;
     }
-    flx_attrs at;
-    memset(&at, 0, sizeof at);
-    at.u.softmax.mode = mode;
-    at.u.softmax.axis = axis;
-    at.u.softmax.scale = scale;
+    flx_attrs at = {.u.softmax.mode = mode, .u.softmax.axis = axis, .u.softmax.scale = scale};
     return flx_adopt(flx_node_new(y->ctx, FLX_OP_SOFTMAX_BWD, y->dtype, y->ndim, y->shape, 2, in, &at));
 }
 
 static flx_tensor *ce_bwd(flx_tensor *x, flx_tensor *labels, flx_tensor *g, int64_t ignore_index) {
     flx_tensor *in[3] = {x, labels, g};
     if (!flx_check_inputs("cross_entropy_bwd", 3, in)) return NULL;
-    flx_attrs at;
-    memset(&at, 0, sizeof at);
-    at.u.softmax.mode = FLX_SOFTMAX_CE_BWD;
-    at.u.softmax.axis = 1;
-    at.u.softmax.scale = 1.0;
-    at.u.softmax.ignore_index = ignore_index;
+    flx_attrs at = {
+        .u.softmax.mode = FLX_SOFTMAX_CE_BWD, .u.softmax.axis = 1, .u.softmax.scale = 1.0,
+        .u.softmax.ignore_index = ignore_index
+    };
     return flx_adopt(flx_node_new(x->ctx, FLX_OP_CROSS_ENTROPY_BWD, x->dtype, 2, x->shape, 3, in, &at));
 }
 
@@ -88,53 +78,31 @@ static flx_tensor *add_opt(flx_tensor *a, flx_tensor *b) {
 
 static flx_tensor *scaled(flx_tensor *v, double s) { return (v && s != 1.0) ? flx_mul_scalar(v, s) : v; }
 
-static flx_status rule_status(flx_tensor *r) {
-    if (r) return FLX_OK;
-    flx_status s = flx_last_status();
-    return s != FLX_OK ? s : flx_set_error(FLX_ERR_STATE, "softmax rule: no result");
-}
-
 /* ---- exec ----------------------------------------------------------------------------------- */
-static flx_status run_kernel(flx_tensor *t, flx_softmax_args *a) {
-    if (!t->ctx->be->softmax)
-        return flx_set_error(FLX_ERR_UNSUPPORTED, "%s: the %s backend has no softmax kernels",
-                             flx_op_get(t->op)->name, t->ctx->be->name);
+static flx_status run_kernel(const flx_tensor *t, flx_softmax_args *a) {
     a->err = flx_kerr_site(t);
-    t->ctx->stats.kernels++;
-    return t->ctx->be->softmax(t->ctx, a);
+    return flx_kernel_softmax(t->ctx, a);
 }
 
-static flx_status exec_softmax(flx_tensor *t) {
+static flx_status exec_softmax(const flx_tensor *t, void *out, const void *const *in) {
     if (t->numel == 0) return FLX_OK;
-    flx_softmax_args a;
-    memset(&a, 0, sizeof a);
-    a.mode = t->attrs.u.softmax.mode;
-    a.dtype = t->dtype;
+    flx_softmax_args a = {.mode = t->attrs.u.softmax.mode, .dtype = t->dtype};
     row_view(t, t->attrs.u.softmax.axis, &a.outer, &a.n, &a.inner);
     a.scale = t->attrs.u.softmax.scale;
-    a.x = flx_data(t->in[0]);
-    a.v = t->n_in > 1 ? flx_data(t->in[1]) : NULL;
-    a.out = flx_data(t);
+    a.x = in[0];
+    a.v = t->n_in > 1 ? in[1] : NULL;
+    a.out = out;
     return run_kernel(t, &a);
 }
 
-static flx_status exec_cross_entropy(flx_tensor *t) {
-    flx_tensor *x = t->in[0], *labels = t->in[1];
+static flx_status exec_cross_entropy(const flx_tensor *t, void *out, const void *const *in) {
+    const flx_tensor *x = t->in[0], *labels = t->in[1];
     if (t->numel == 0) return FLX_OK;
-    flx_softmax_args a;
-    memset(&a, 0, sizeof a);
-    a.mode = t->attrs.u.softmax.mode;
-    a.dtype = x->dtype;
-    a.outer = x->shape[0];
-    a.n = x->shape[1];
-    a.inner = 1;
-    a.scale = 1.0;
-    a.x = flx_data(x);
-    a.v = t->n_in > 2 ? flx_data(t->in[2]) : NULL;
-    a.labels = flx_data(labels);
-    a.label_dtype = labels->dtype;
-    a.ignore_index = t->attrs.u.softmax.ignore_index;
-    a.out = flx_data(t);
+    flx_softmax_args a = {
+        .mode = t->attrs.u.softmax.mode, .dtype = x->dtype, .outer = x->shape[0], .n = x->shape[1],
+        .inner = 1, .scale = 1.0, .x = in[0], .v = t->n_in > 2 ? in[2] : NULL, .labels = in[1],
+        .label_dtype = labels->dtype, .ignore_index = t->attrs.u.softmax.ignore_index, .out = out
+    };
     return run_kernel(t, &a);
 }
 
@@ -143,7 +111,7 @@ static flx_status vjp_softmax(flx_tensor *node, flx_tensor *g, flx_tensor **gin)
     bool lg = node->attrs.u.softmax.mode == FLX_SOFTMAX_LOG_FWD;
     gin[0] = softmax_bwd(lg ? FLX_SOFTMAX_LOG_VJP : FLX_SOFTMAX_BWD, node, g,
                          node->attrs.u.softmax.axis, node->attrs.u.softmax.scale);
-    return rule_status(gin[0]);
+    return flx_rule_status(gin[0]);
 }
 
 static flx_status jvp_softmax(flx_tensor *node, flx_tensor *const *tin, flx_tensor **tout) {
@@ -152,7 +120,7 @@ static flx_status jvp_softmax(flx_tensor *node, flx_tensor *const *tin, flx_tens
     bool lg = node->attrs.u.softmax.mode == FLX_SOFTMAX_LOG_FWD;
     *tout = softmax_bwd(lg ? FLX_SOFTMAX_LOG_JVP : FLX_SOFTMAX_BWD, node, tin[0],
                         node->attrs.u.softmax.axis, node->attrs.u.softmax.scale);
-    return rule_status(*tout);
+    return flx_rule_status(*tout);
 }
 
 /* ---- rules: SOFTMAX_BWD (y, v) -------------------------------------------------------------- */
@@ -195,11 +163,11 @@ static flx_status vjp_softmax_bwd(flx_tensor *node, flx_tensor *g, flx_tensor **
     double s = node->attrs.u.softmax.scale;
     if (node->in[1]->requires_grad) {
         gin[1] = softmax_bwd(transpose_mode(mode), node->in[0], g, ax, s);
-        if (!gin[1]) return rule_status(NULL);
+        if (!gin[1]) return flx_rule_status(NULL);
     }
     if (node->in[0]->requires_grad) {
         gin[0] = bwd_partial_y(node, g, true);
-        if (!gin[0]) return rule_status(NULL);
+        if (!gin[0]) return flx_rule_status(NULL);
     }
     return FLX_OK;
 }
@@ -210,15 +178,15 @@ static flx_status jvp_softmax_bwd(flx_tensor *node, flx_tensor *const *tin, flx_
     if (tin[1]) {
         r = softmax_bwd(node->attrs.u.softmax.mode, node->in[0], tin[1], node->attrs.u.softmax.axis,
                         node->attrs.u.softmax.scale);
-        if (!r) return rule_status(NULL);
+        if (!r) return flx_rule_status(NULL);
     }
     if (tin[0]) {
         flx_tensor *p = bwd_partial_y(node, tin[0], false);
-        if (!p) return rule_status(NULL);
+        if (!p) return flx_rule_status(NULL);
         r = add_opt(r, p);
     }
     *tout = r;
-    return (tin[0] || tin[1]) ? rule_status(r) : FLX_OK;
+    return (tin[0] || tin[1]) ? flx_rule_status(r) : FLX_OK;
 }
 
 /* ---- rules: cross-entropy ------------------------------------------------------------------- */
@@ -236,7 +204,7 @@ static flx_tensor *row_mask(flx_tensor *x, flx_tensor *labels, int64_t ignore_in
 
 static flx_status vjp_cross_entropy(flx_tensor *node, flx_tensor *g, flx_tensor **gin) {
     gin[0] = ce_bwd(node->in[0], node->in[1], g, node->attrs.u.softmax.ignore_index);
-    return rule_status(gin[0]);
+    return flx_rule_status(gin[0]);
 }
 
 static flx_status jvp_cross_entropy(flx_tensor *node, flx_tensor *const *tin, flx_tensor **tout) {
@@ -246,7 +214,7 @@ static flx_status jvp_cross_entropy(flx_tensor *node, flx_tensor *const *tin, fl
     int32_t ax = 1;
     flx_tensor *d = ce_bwd(x, node->in[1], ones_rows(x), node->attrs.u.softmax.ignore_index);
     *tout = d ? flx_sum(flx_mul(d, tin[0]), 1, &ax, false) : NULL;
-    return rule_status(*tout);
+    return flx_rule_status(*tout);
 }
 
 /* CROSS_ENTROPY_BWD (x, labels, g): out = m g (p - onehot), p = softmax(x), m the row mask.
@@ -259,14 +227,14 @@ static flx_status vjp_ce_bwd(flx_tensor *node, flx_tensor *h, flx_tensor **gin) 
     if (g->requires_grad) {
         flx_tensor *d = ce_bwd(x, labels, ones_rows(x), ig);
         gin[2] = d ? flx_sum(flx_mul(h, d), 1, &ax, false) : NULL;
-        if (!gin[2]) return rule_status(NULL);
+        if (!gin[2]) return flx_rule_status(NULL);
     }
     if (x->requires_grad) {
         int64_t shape[2] = {x->shape[0], 1};
         flx_tensor *gm = flx_mul(flx_reshape(g, 2, shape), row_mask(x, labels, ig));
         flx_tensor *p = softmax_node(FLX_SOFTMAX_FWD, x, 1, 1.0);
         gin[0] = p ? softmax_bwd(FLX_SOFTMAX_BWD, p, flx_mul(h, gm), 1, 1.0) : NULL;
-        if (!gin[0]) return rule_status(NULL);
+        if (!gin[0]) return flx_rule_status(NULL);
     }
     return FLX_OK;
 }
@@ -278,18 +246,18 @@ static flx_status jvp_ce_bwd(flx_tensor *node, flx_tensor *const *tin, flx_tenso
     flx_tensor *r = NULL;
     if (tin[2]) {
         r = ce_bwd(x, labels, tin[2], ig);
-        if (!r) return rule_status(NULL);
+        if (!r) return flx_rule_status(NULL);
     }
     if (tin[0]) {
         int64_t shape[2] = {x->shape[0], 1};
         flx_tensor *gm = flx_mul(flx_reshape(g, 2, shape), row_mask(x, labels, ig));
         flx_tensor *p = softmax_node(FLX_SOFTMAX_FWD, x, 1, 1.0);
         flx_tensor *q = p ? flx_mul(softmax_bwd(FLX_SOFTMAX_BWD, p, tin[0], 1, 1.0), gm) : NULL;
-        if (!q) return rule_status(NULL);
+        if (!q) return flx_rule_status(NULL);
         r = add_opt(r, q);
     }
     *tout = r;
-    return (tin[0] || tin[2]) ? rule_status(r) : FLX_OK;
+    return (tin[0] || tin[2]) ? flx_rule_status(r) : FLX_OK;
 }
 
 void flx_ops_register_softmax(flx_op_def *t) {
@@ -335,12 +303,10 @@ flx_tensor *flx_log_softmax(flx_tensor *x, int32_t axis, double temperature) {
 static flx_tensor *cross_entropy_2d(flx_tensor *x, flx_tensor *labels, flx_reduction red,
                                     int64_t ignore_index, int32_t nd_out, const int64_t *out_shape) {
     flx_tensor *in[2] = {x, labels};
-    flx_attrs at;
-    memset(&at, 0, sizeof at);
-    at.u.softmax.mode = FLX_SOFTMAX_CE_FWD;
-    at.u.softmax.axis = 1;
-    at.u.softmax.scale = 1.0;
-    at.u.softmax.ignore_index = ignore_index;
+    flx_attrs at = {
+        .u.softmax.mode = FLX_SOFTMAX_CE_FWD, .u.softmax.axis = 1, .u.softmax.scale = 1.0,
+        .u.softmax.ignore_index = ignore_index
+    };
     flx_tensor *rows =
         flx_adopt(flx_node_new(x->ctx, FLX_OP_CROSS_ENTROPY, x->dtype, 1, x->shape, 2, in, &at));
     if (!rows) return NULL;
@@ -404,6 +370,5 @@ flx_tensor *flx_cross_entropy(flx_tensor *logits, flx_tensor *labels, flx_reduct
     flx_tensor *r = x && lab ? cross_entropy_2d(x, lab, reduction, ignore_index, labels->ndim,
                                                  labels->shape)
                              : NULL;
-    flx_scope_end(r ? 1 : 0, &r);
-    return r;
+    return flx_scope_return(r);
 }

@@ -1,6 +1,7 @@
-/* ops_unary.c — elementwise unary ops. One row (UNARY) serves them all; the formula is chosen by
- * attrs.unary.op (kernels/flx_unary_ops.h). Each op's derivative f'(x) is built from public ops,
- * and the same factor serves the VJP (g * f'(x)) and the JVP (t * f'(x)). */
+/* unary.c — elementwise unary ops. One row (UNARY) serves them all; the formula is chosen by
+ * attrs.unary.op. Everything per op comes from one line of FLX_UNARY_OPS
+ * (kernels/flx_unary_ops.h): its name, its builder when it has no scalar attributes, and its
+ * derivative v * f'(x), built from public ops, which serves the VJP (v = g) and the JVP (v = t). */
 #include <math.h>
 #include <string.h>
 
@@ -8,91 +9,57 @@
 #include "flx_unary_ops.h"
 
 static const char *const unary_names[FLX_UNARY_COUNT] = {
-    "flx_neg", "flx_abs", "flx_sign", "flx_square", "flx_sqrt", "flx_rsqrt", "flx_reciprocal",
-    "flx_exp", "flx_log", "flx_log1p", "flx_sin", "flx_cos", "flx_tanh", "flx_cosh", "flx_sinh",
-    "flx_erf", "flx_sigmoid", "flx_relu", "flx_leaky_relu", "flx_elu", "flx_gelu", "flx_softplus",
-    "flx_pow_scalar", "flx_clamp", "flx_affine", "flx_unary_step", "flx_unary_inside"};
-_Static_assert(sizeof unary_names / sizeof unary_names[0] == FLX_UNARY_COUNT,
-               "one name per unary op, in the order of FLX_UNARY_OPS");
+#define FLX_X_NAME(NAME, FN, KIND, EXPR, DERIV) "flx_" #FN,
+    FLX_UNARY_OPS(FLX_X_NAME)
+#undef FLX_X_NAME
+};
 
-static flx_status exec_unary(flx_tensor *t) {
+static flx_status exec_unary(const flx_tensor *t, void *out, const void *const *in) {
     flx_unary_args a = {t->attrs.u.unary.op, t->dtype, t->numel, t->attrs.u.unary.a,
-                        t->attrs.u.unary.b, flx_data(t->in[0]), flx_data(t)};
-    t->ctx->stats.kernels++;
-    return t->ctx->be->unary(t->ctx, &a);
+                        t->attrs.u.unary.b, in[0], out};
+    return flx_kernel_unary(t->ctx, &a);
 }
 
 static flx_tensor *make_unary(int32_t op, flx_tensor *x, double a, double b) {
     if (!flx_check_inputs(unary_names[op], 1, &x)) return NULL;
     if (!flx_check_float(unary_names[op], x)) return NULL;
-    flx_attrs at;
-    memset(&at, 0, sizeof at);
-    at.u.unary.op = op;
-    at.u.unary.a = a;
-    at.u.unary.b = b;
+    flx_attrs at = {.u.unary.op = op, .u.unary.a = a, .u.unary.b = b};
     return flx_adopt(flx_node_new(x->ctx, FLX_OP_UNARY, x->dtype, x->ndim, x->shape, 1, &x, &at));
 }
 
 /* A rule's result: NULL from an op is a failure (a NULL that means "zero" never comes here), so
  * the status is the op's, never a stale error left on the thread by earlier code. */
 static flx_tensor *checked(flx_tensor *r, flx_status *st) {
-    if (!r) *st = flx_last_status() != FLX_OK ? flx_last_status()
-                                              : flx_set_error(FLX_ERR_STATE, "unary rule failed");
+    if (!r) *st = flx_rule_status(r);
     return r;
 }
 
-/* v * f'(x) for the node y = f(x); NULL result with FLX_OK status means zero. */
+/* v * d, or a failure when d could not be built. */
+static flx_tensor *times(flx_tensor *v, flx_tensor *d, flx_status *st) {
+    return checked(d ? flx_mul(v, d) : NULL, st);
+}
+
+/* v * f'(x) for the node y = f(x), from the derivative column of FLX_UNARY_OPS; NULL result
+ * with FLX_OK status means zero. */
 static flx_tensor *times_derivative(flx_tensor *node, flx_tensor *v, flx_status *st) {
     flx_tensor *x = node->in[0], *y = node;
     double a = node->attrs.u.unary.a, b = node->attrs.u.unary.b;
-    flx_tensor *d = NULL; /* the factor f'(x), when it is a tensor */
+    (void)x, (void)y, (void)a, (void)b;
     *st = FLX_OK;
+#define FLX_D_MUL(d) times(v, (d), st)
+#define FLX_D_EXPR(e) checked((e), st)
+#define FLX_D_ZERO ((flx_tensor *)NULL)
     switch ((flx_unary_op)node->attrs.u.unary.op) {
-    case FLX_UNARY_NEG: return checked(flx_neg(v), st);
-    case FLX_UNARY_AFFINE: return checked(flx_mul_scalar(v, a), st);
-    case FLX_UNARY_SIGN:
-    case FLX_UNARY_STEP:
-    case FLX_UNARY_INSIDE: return NULL;
-    case FLX_UNARY_ABS: d = flx_sign(x); break;
-    case FLX_UNARY_SQUARE: d = flx_mul_scalar(x, 2.0); break;
-    case FLX_UNARY_SQRT: return checked(flx_div(flx_mul_scalar(v, 0.5), y), st);
-    case FLX_UNARY_RSQRT: d = flx_mul_scalar(flx_pow_scalar(y, 3.0), -0.5); break;
-    case FLX_UNARY_RECIPROCAL: d = flx_neg(flx_square(y)); break;
-    case FLX_UNARY_EXP: d = y; break;
-    case FLX_UNARY_LOG: return checked(flx_div(v, x), st);
-    case FLX_UNARY_LOG1P: return checked(flx_div(v, flx_add_scalar(x, 1.0)), st);
-    case FLX_UNARY_SIN: d = flx_cos(x); break;
-    case FLX_UNARY_COS: d = flx_neg(flx_sin(x)); break;
-    case FLX_UNARY_TANH: d = flx_affine(flx_square(y), -1.0, 1.0); break;
-    case FLX_UNARY_COSH: d = flx_sinh(x); break;
-    case FLX_UNARY_SINH: d = flx_cosh(x); break;
-    case FLX_UNARY_ERF: /* 2/sqrt(pi) exp(-x^2) */
-        d = flx_mul_scalar(flx_exp(flx_mul_scalar(flx_square(x), -1.0)), 1.1283791670955125739);
-        break;
-    case FLX_UNARY_SIGMOID: d = flx_mul(y, flx_affine(y, -1.0, 1.0)); break;
-    case FLX_UNARY_RELU: d = flx_unary_step(x); break;
-    case FLX_UNARY_LEAKY_RELU: d = flx_affine(flx_unary_step(x), 1.0 - a, a); break;
-    case FLX_UNARY_ELU: /* step(x) (1 - (y + alpha)) + (y + alpha): 1 for x > 0, alpha e^x else */
-        d = flx_add(flx_mul(flx_unary_step(x), flx_affine(y, -1.0, 1.0 - a)), flx_affine(y, 1.0, a));
-        break;
-    case FLX_UNARY_GELU: { /* Phi(x) + x phi(x) */
-        flx_tensor *cdf = flx_affine(flx_erf(flx_mul_scalar(x, 0.70710678118654752440)), 0.5, 0.5);
-        flx_tensor *pdf = flx_mul_scalar(flx_exp(flx_mul_scalar(flx_square(x), -0.5)),
-                                         0.39894228040143267794);
-        d = flx_add(cdf, flx_mul(x, pdf));
-        break;
-    }
-    case FLX_UNARY_SOFTPLUS: d = flx_sigmoid(x); break;
-    case FLX_UNARY_POW:
-        if (a == 0.0) return NULL;
-        d = flx_mul_scalar(flx_pow_scalar(x, a - 1.0), a);
-        break;
-    case FLX_UNARY_CLAMP: d = flx_unary_inside(x, a, b); break;
+#define FLX_X_DERIV(NAME, FN, KIND, EXPR, DERIV) \
+    case FLX_UNARY_##NAME: return DERIV;
+        FLX_UNARY_OPS(FLX_X_DERIV)
+#undef FLX_X_DERIV
     case FLX_UNARY_COUNT: break;
     }
-    (void)b;
-    if (!d) return checked(NULL, st);
-    return checked(flx_mul(v, d), st);
+#undef FLX_D_MUL
+#undef FLX_D_EXPR
+#undef FLX_D_ZERO
+    return checked(NULL, st);
 }
 
 static flx_status vjp_unary(flx_tensor *node, flx_tensor *g, flx_tensor **gin) {
@@ -112,30 +79,15 @@ void flx_ops_register_unary(flx_op_def *t) {
 }
 
 /* ---- public ops ----------------------------------------------------------------------------- */
-#define FLX_UNARY_PLAIN(fn, OP) \
-    flx_tensor *fn(flx_tensor *x) { return make_unary(FLX_UNARY_##OP, x, 0, 0); }
-FLX_UNARY_PLAIN(flx_neg, NEG)
-FLX_UNARY_PLAIN(flx_abs, ABS)
-FLX_UNARY_PLAIN(flx_sign, SIGN)
-FLX_UNARY_PLAIN(flx_square, SQUARE)
-FLX_UNARY_PLAIN(flx_sqrt, SQRT)
-FLX_UNARY_PLAIN(flx_rsqrt, RSQRT)
-FLX_UNARY_PLAIN(flx_reciprocal, RECIPROCAL)
-FLX_UNARY_PLAIN(flx_exp, EXP)
-FLX_UNARY_PLAIN(flx_log, LOG)
-FLX_UNARY_PLAIN(flx_log1p, LOG1P)
-FLX_UNARY_PLAIN(flx_sin, SIN)
-FLX_UNARY_PLAIN(flx_cos, COS)
-FLX_UNARY_PLAIN(flx_tanh, TANH)
-FLX_UNARY_PLAIN(flx_cosh, COSH)
-FLX_UNARY_PLAIN(flx_sinh, SINH)
-FLX_UNARY_PLAIN(flx_erf, ERF)
-FLX_UNARY_PLAIN(flx_sigmoid, SIGMOID)
-FLX_UNARY_PLAIN(flx_relu, RELU)
-FLX_UNARY_PLAIN(flx_gelu, GELU)
-FLX_UNARY_PLAIN(flx_softplus, SOFTPLUS)
-FLX_UNARY_PLAIN(flx_unary_step, STEP)
-#undef FLX_UNARY_PLAIN
+/* Ops without scalar attributes: generated from the list. */
+#define FLX_UNARY_DEF_PLAIN(NAME, FN) \
+    flx_tensor *flx_##FN(flx_tensor *x) { return make_unary(FLX_UNARY_##NAME, x, 0, 0); }
+#define FLX_UNARY_DEF_PARAM(NAME, FN)
+#define FLX_X_DEF(NAME, FN, KIND, EXPR, DERIV) FLX_UNARY_DEF_##KIND(NAME, FN)
+FLX_UNARY_OPS(FLX_X_DEF)
+#undef FLX_X_DEF
+#undef FLX_UNARY_DEF_PLAIN
+#undef FLX_UNARY_DEF_PARAM
 
 flx_tensor *flx_unary_inside(flx_tensor *x, double lo, double hi) {
     return make_unary(FLX_UNARY_INSIDE, x, lo, hi);
