@@ -68,11 +68,14 @@ flx_status flx_kerr_report(const flx_kerr_record *r) {
                              "factorisation is exactly 0); flx_solve_ex/flx_inv_ex report "
                              "per-matrix info%s",
                              who, row, value - 1, value - 1, also);
-    case FLX_KERR_EIGH_NOCONV:
+    case FLX_KERR_EIGH_NOCONV: {
+        char info[48] = "";
+        if (value != 0) snprintf(info, sizeof info, "solver info %lld; ", value);
         return flx_set_error(FLX_ERR_NUMERIC,
                              "%s: the eigensolver did not converge on matrix %lld of the batch "
-                             "(solver info %lld; non-finite input?)%s",
-                             who, row, value, also);
+                             "(%snon-finite input?)%s",
+                             who, row, info, also);
+    }
     default:
         return flx_set_error(FLX_ERR_BACKEND, "%s: a kernel raised unknown device error kind %d%s",
                              who, (int)r->kind, also);

@@ -158,12 +158,22 @@ static flx_status copy_in(flx_ctx *ctx, const flx_copy_args *a) {
 }
 FLX_CUDA_GUARDED(cuda_copy, flx_copy_args, copy_in)
 
-/* Scratch for the kernel launchers that need some (LU, eigh, index_add), from the context's pool. */
-static void *scratch_alloc(void *actx, size_t nbytes) { return flx_cuda_alloc((flx_ctx *)actx, nbytes); }
-static void scratch_free(void *actx, void *ptr) { flx_cuda_free((flx_ctx *)actx, ptr); }
+/* Scratch for the kernel launchers that need some (LU, eigh, index_add), from the context's pool.
+ * Counted in allocs/frees; not in bytes_in_use (freed, stream-ordered, within the same call). */
+static void *scratch_alloc(void *actx, size_t nbytes) {
+    flx_ctx *ctx = (flx_ctx *)actx;
+    void *p = flx_cuda_alloc(ctx, nbytes);
+    if (p) ctx->stats.allocs++;
+    return p;
+}
+static void scratch_free(void *actx, void *ptr) {
+    flx_ctx *ctx = (flx_ctx *)actx;
+    if (ptr) ctx->stats.frees++;
+    flx_cuda_free(ctx, ptr);
+}
 /* For scratch that only speeds a kernel up (index_add's sort): failing is not an error. */
 static void *scratch_try_alloc(void *actx, size_t nbytes) {
-    void *p = flx_cuda_alloc((flx_ctx *)actx, nbytes);
+    void *p = scratch_alloc(actx, nbytes);
     if (!p) flx_clear_error();
     return p;
 }
