@@ -1,376 +1,390 @@
 #!/usr/bin/env python3
-"""bench_torch.py — the issue-6 comparison: runs the fluxion suite (flx_bench_suite) and the same
-workloads in PyTorch on the same GPU in the same job, and prints one markdown table:
-workload, fluxion, PyTorch, ratio (PyTorch time / fluxion time: > 1 means fluxion is faster;
-for memory-bound kernels the fractions of copy bandwidth are shown too).
+"""bench_torch.py — PyTorch's side of fluxion's benchmark suite: the workloads of
+flx_bench_suite (same names, shapes, dtypes and byte conventions) in PyTorch eager and, where
+PyTorch can do it, as a CUDA graph (torch.cuda.graphs: the whole training step for the train
+rows, the op or its forward+backward for the others), in one process on the same GPU.
+tools/gpu-check merges the result with the suite's into summary.json.
 
-Targets (issue 6): elementwise >= 0.93 of copy bandwidth; softmax >= 0.85; MLP step at batch
-128 >= 2x PyTorch eager and >= 1.0x torch.compile; batch 8192 >= 1.0x eager.
+Usage:
+  bench_torch.py --list                 the workload names covered (no torch needed)
+  bench_torch.py --json OUT [--quick] [--only SUBSTRING] [--compile]
+      measures and writes OUT: {"torch": version, "gpu": name, "partial": why or null,
+      "rows": {name: {"torch_us": eager us, "torch_graph_us": us or null, "note": text}}}.
+      Train-step rows are keyed by the step's base name ("mlp 784-1024-1024-10 b128 sgd"): they
+      stand beside the suite's eager, plan and plan+graph rows of that step. OUT is rewritten
+      after every row, so a run stopped by a time limit leaves what it measured (and SIGTERM
+      marks it partial). --compile adds torch.compile(mode="reduce-overhead") for the train steps
+      (cold compiles cost tens of seconds each: off by default).
 
-PyTorch timing: CUDA events around many back-to-back repetitions after warm-up, median of
-trials, strict f32 (TF32 off; cuDNN autotuning left at PyTorch's default, off). Workloads:
-  - copy, add, mul, gelu on 2^28 f32; softmax fwd/VJP/JVP; matmul 4096^3; det/inv/solve.
-  - fused bias-gelu-res: y = gelu(x + b) * s + r, x and r (2^14, 2^12), b and s (2^12): eager
-    (four kernels) and torch.compile (default mode; one generated kernel). Its VJP wrt x for a
-    cotangent g: eager = torch.autograd.grad on a retained graph (reads the saved x + b), compiled
-    = torch.compile of the VJP formula gelu_backward(g * s, x + b) (checked against autograd once).
-    Minimal traffic, as in bench_suite.c: 3N floats each (x, r in, y out / x, g in, gx out).
-  - train steps, each eager (zero_grad, forward, backward, optimiser step), with
-    torch.compile(mode="reduce-overhead") on the model, and as a whole-step CUDA graph:
-    MLP 784-1024-1024-10, SGD lr 1e-3, batch 128 and 8192; the Fashion-MNIST CNN of
-    examples/fashion_mnist.c (2 x [conv 3x3 pad 1 + BatchNorm2d + ReLU + MaxPool2d 2] with 32 and
-    64 channels, Linear 3136-128, ReLU, Linear 128-10), SGD momentum 0.9 lr 1e-2, batch 128 and
-    1024 (torch.compile at batch 128 only: each compile costs tens of seconds).
-
-Usage: bench_torch.py [--suite PATH] [--quick] [--only SUBSTRING] [--no-compile] [--out FILE.md]
-  --only runs only the workloads whose name contains SUBSTRING (on both sides; the copy reference
-  always runs); --no-compile skips every torch.compile variant.
-Skips cleanly (exit 0, with a message) without torch, without a GPU, or without the suite. On
-SIGTERM (a time limit) it prints, and writes, the table of what was measured so far, marked
-partial, and exits 1.
+Timing: CUDA events around back-to-back repetitions after warm-up, median of the trials
+(host-time rows: perf_counter around the queued calls). Strict f32 (TF32 off). Adam is the fused
+implementation (capturable for the graph). Fashion-MNIST time to accuracy is not measured here
+(its goals are absolute; PyTorch's figures are in the goals table).
+Exit status 0 (also when skipped: no torch, no GPU), 1 when stopped or a row failed.
 """
 import argparse
-import datetime
-import os
-import shutil
+import json
 import signal
 import statistics
-import subprocess
 import sys
 import time
 
-HEADER = ("targets: elementwise >= 0.93 of copy; softmax >= 0.85 of copy; MLP b128 plan+graph "
-          ">= 2x torch eager and >= 1x torch.compile; MLP b8192 >= 1.0x torch eager; fused "
-          "bias-gelu-res and CNN steps: no target (reported)")
-COPY = "copy d2d 2^28 f32"
-# the ratio columns compare a fluxion row with these PyTorch variants of the same workload
-VARIANTS = (" torch.compile", " torch cuda graph")
+ELEMENTWISE = ["copy 2^28 f32", "add 2^28 f32", "mul 2^28 f32", "tanh 2^28 f32", "gelu 2^28 f32",
+               "relu vjp 2^28 f32"]
+FUSED = ["fused bias-gelu-res fwd 2^26 f32", "fused bias-gelu-res vjp 2^26 f32"]
+SOFTMAX_SHAPES = [(32768, 1024, False), (4096, 32768, False), (64, 1 << 20, False), (262144, 128, True)]
+STEPS = [  # base name, batch, widths (None: the CNN), optimiser
+    ("mlp 784-1024-1024-10 b128 sgd", 128, (784, 1024, 1024, 10), "sgd"),
+    ("mlp 784-1024-1024-10 b128 adam", 128, (784, 1024, 1024, 10), "adam"),
+    ("mlp 784-1024-1024-10 b8192 sgd", 8192, (784, 1024, 1024, 10), "sgd"),
+    ("mlp 784-1024-1024-10 b8192 adam", 8192, (784, 1024, 1024, 10), "adam"),
+    ("mlp 784-256-128-10 b128 adam", 128, (784, 256, 128, 10), "adam"),
+    ("cnn b128 adam", 128, None, "adam"),
+]
+HOST = ["host record+dispatch per op cuda", "host plan replay cuda"]
+
+
+def softmax_names():
+    out = []
+    for rows, cols, fwd_only in SOFTMAX_SHAPES:
+        for m in ("fwd",) if fwd_only else ("fwd", "vjp", "jvp"):
+            out.append(f"softmax {m} {rows}x{cols} f32")
+    return out
+
+
+LU_BATCHED = [f"{op} 100000x8x8 f32" for op in ("det", "inv", "solve", "det fwd+bwd", "inv fwd+bwd")]
+LU_BIG = [f"{op} 4096^2 {dt}" for dt in ("f32", "f64") for op in ("det", "inv", "solve")]
+
+
+def all_names():
+    return (ELEMENTWISE + FUSED + softmax_names() + ["cross-entropy fwd+bwd 32768x1024 f32",
+            "matmul 4096^3 f32"] + LU_BATCHED + LU_BIG + [s[0] for s in STEPS] + HOST)
 
 
 class Stopped(Exception):
-    """Raised by the SIGTERM handler: print what was measured so far."""
+    pass
+
+
+def settle(torch):
+    """After a failed capture: wait for the device, ignoring a second error."""
+    try:
+        torch.cuda.synchronize()
+    except Exception:  # noqa: BLE001
+        pass
 
 
 def _on_term(signum, frame):  # noqa: ARG001
     raise Stopped(f"signal {signum}")
 
 
-def find_suite(explicit):
-    if explicit:
-        return explicit if os.path.exists(explicit) else None
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    for d in ("build-gpu-check", "build-cuda", "build"):
-        p = os.path.join(root, d, "benchmarks", "flx_bench_suite")
-        if os.path.exists(p):
-            return p
-    return shutil.which("flx_bench_suite")
-
-
-def run_suite(path, quick, only):
-    cmd = [path] + (["--quick"] if quick else []) + (["--only", only] if only else [])
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=420)
-    sys.stderr.write(out.stdout)
-    res = {}
-    for line in out.stdout.splitlines():
-        f = line.split("\t")
-        if f[0] == "SKIP":
-            return None, " ".join(f[1:])
-        if f[0] == "RESULT" and len(f) >= 4:
-            try:
-                us = float(f[2])
-            except ValueError:
-                us = float("nan")
-            res[f[1]] = (us, f[3])
-    return res, None
-
-
-def timer(torch, fn, reps, trials, rotate=1):
-    for i in range(3):
-        fn(i % rotate)
-    torch.cuda.synchronize()
-    samples = []
-    for _ in range(trials):
-        a = torch.cuda.Event(enable_timing=True)
-        b = torch.cuda.Event(enable_timing=True)
-        a.record()
-        for i in range(reps):
-            fn(i % rotate)
-        b.record()
-        b.synchronize()
-        samples.append(a.elapsed_time(b) * 1e3 / reps)  # us
-    return statistics.median(samples)
-
-
 class Bench:
-    """Runs the selected PyTorch workloads into self.res (name -> median us), logging each."""
+    def __init__(self, torch, args):
+        self.torch, self.args = torch, args
+        self.rows = {}
+        self.partial = None
+        self.failed = 0
+        self.reps, self.trials = (10, 3) if args.quick else (20, 5)
 
-    def __init__(self, torch, quick, only, compile_):
-        self.torch, self.quick, self.only, self.compile = torch, quick, only, compile_
-        self.res = {}
+    def want(self, name):
+        return self.args.only is None or self.args.only in name
 
-    def want(self, *names):
-        return any(self.only is None or self.only in n for n in names)
+    def save(self):
+        t = self.torch
+        doc = {"torch": t.__version__, "gpu": t.cuda.get_device_name(0), "partial": self.partial,
+               "rows": self.rows}
+        with open(self.args.json, "w") as f:
+            json.dump(doc, f, indent=1)
 
-    def run(self, name, fn, reps, trials, rotate=1):
+    def put(self, name, key, us, note=None):
+        row = self.rows.setdefault(name, {"torch_us": None, "torch_graph_us": None, "note": ""})
+        row[key] = us
+        if note:
+            row["note"] = (row["note"] + "; " if row["note"] else "") + note
+        print(f"torch: {name}: {key} = {us if us is None else round(us, 2)}", file=sys.stderr, flush=True)
+        self.save()
+
+    def event_time(self, fn, reps, rotate=1):
+        torch = self.torch
+        for i in range(3):
+            fn(i % rotate)
+        torch.cuda.synchronize()
+        samples = []
+        k = 0
+        for _ in range(self.trials):
+            a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            a.record()
+            for _ in range(reps):
+                fn(k % rotate)
+                k += 1
+            b.record()
+            b.synchronize()
+            samples.append(a.elapsed_time(b) * 1e3 / reps)
+        return statistics.median(samples)
+
+    def graphs_of(self, fn, rotate):
+        """One CUDA graph per input set (so L2-sized inputs rotate as on the eager side)."""
+        torch = self.torch
+        s = torch.cuda.Stream()
+        s.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(s):
+            for i in range(rotate):
+                fn(i)
+        torch.cuda.current_stream().wait_stream(s)
+        graphs = []
+        for i in range(rotate):
+            g = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(g):
+                fn(i)
+            graphs.append(g)
+        return graphs
+
+    def run(self, name, fn, reps=None, rotate=1, graph=True):
+        """Eager time of fn(i), and the replay time of fn captured as CUDA graphs."""
         if not self.want(name):
             return
-        us = timer(self.torch, fn, reps, trials, rotate)
-        self.res[name] = us
-        print(f"torch: {name}: {us:.1f} us", file=sys.stderr, flush=True)
-
-    def attempt(self, what, fn):
-        """Runs fn (a variant that may not work on every PyTorch), reporting a failure."""
+        reps = reps or self.reps
         try:
-            fn()
+            self.put(name, "torch_us", self.event_time(fn, reps, rotate))
         except Stopped:
             raise
         except Exception as e:  # noqa: BLE001 - report and go on
-            print(f"{what} failed: {type(e).__name__}: {e}", file=sys.stderr, flush=True)
+            self.failed += 1
+            self.put(name, "torch_us", None, f"eager failed: {type(e).__name__}: {e}"[:200])
+            return
+        if not graph:
+            return
+        try:
+            graphs = self.graphs_of(fn, rotate)
+            self.put(name, "torch_graph_us", self.event_time(lambda i: graphs[i].replay(), reps, rotate))
+        except Stopped:
+            raise
+        except Exception as e:  # noqa: BLE001 - PyTorch cannot capture every op (e.g. linalg checks)
+            settle(self.torch)
+            self.put(name, "torch_graph_us", None, f"no CUDA graph: {type(e).__name__}: {e}"[:200])
 
 
-def torch_results(bench):
-    torch, quick = bench.torch, bench.quick
-    torch.backends.cuda.matmul.allow_tf32 = False
-    torch.backends.cudnn.allow_tf32 = False
+def kernels(b):
+    torch = b.torch
+    F = torch.nn.functional
     dev = "cuda"
-    r, tr = (10, 3) if quick else (20, 5)
     n = 1 << 28
-    a = torch.randn(n, device=dev)
-    b = torch.randn(n, device=dev)
-    out = torch.empty_like(a)
-    bench.res[COPY] = timer(torch, lambda i: out.copy_(a), r, tr)  # the reference always runs
-    bench.run("add 2^28 f32", lambda i: torch.add(a, b), r, tr)
-    bench.run("mul 2^28 f32", lambda i: torch.mul(a, b), r, tr)
-    bench.run("gelu 2^28 f32", lambda i: torch.nn.functional.gelu(a), r, tr)
-    del a, b, out
-    fused_results(bench, 1 << 14, 1 << 12, r, tr)
-    for rows, cols in ((32768, 1024), (4096, 32768)):
+    x = torch.randn(n, device=dev)
+    y = torch.randn(n, device=dev)
+    xl = x.clone()
+    out = torch.empty_like(x)
+    ops = [lambda i: out.copy_(x), lambda i: torch.add(x, y), lambda i: torch.mul(x, y),
+           lambda i: torch.tanh(x), lambda i: F.gelu(x),
+           lambda i: torch.ops.aten.threshold_backward(y, xl, 0.0)]
+    for name, fn in zip(ELEMENTWISE, ops):
+        b.run(name, fn)
+    del x, y, xl, out
+    rows, cols = 1 << 14, 1 << 12
+    if b.want(FUSED[0]) or b.want(FUSED[1]):
+        x = torch.randn(rows, cols, device=dev)
+        bias = torch.randn(cols, device=dev)
+        s = 1 + 0.5 * torch.randn(cols, device=dev)
+        r = torch.randn(rows, cols, device=dev)
+        g = torch.randn(rows, cols, device=dev)
+        b.run(FUSED[0], lambda i: F.gelu(x + bias) * s + r)
+        # the VJP wrt x as autograd computes it from the saved x + b: gelu'(x + b) * s * g
+        b.run(FUSED[1], lambda i: torch.ops.aten.gelu_backward(g * s, x + bias))
+        del x, bias, s, r, g
+    for rows, cols, fwd_only in SOFTMAX_SHAPES:
         tag = f"{rows}x{cols}"
-        if not bench.want(*(f"softmax {m} {tag}" for m in ("fwd", "vjp", "jvp"))):
+        names = [f"softmax {m} {tag} f32" for m in ("fwd", "vjp", "jvp")]
+        if not any(b.want(nm) for nm in (names[:1] if fwd_only else names)):
             continue
         x = torch.randn(rows, cols, device=dev) * 3
         g = torch.randn(rows, cols, device=dev)
-        y = torch.softmax(x, -1)
-        bench.run(f"softmax fwd {tag}", lambda i: torch.softmax(x, -1), r, tr)
-        bench.run(f"softmax vjp {tag}",
-                  lambda i: torch._softmax_backward_data(g, y, -1, torch.float32), r, tr)
-        bench.run(f"softmax jvp {tag}",
-                  lambda i: torch.func.jvp(lambda z: torch.softmax(z, -1), (x,), (g,)), r, tr)
-        del x, g, y
-    if bench.want("matmul 4096^3 f32"):
+        yv = torch.softmax(x, -1)
+        b.run(names[0], lambda i: torch.softmax(x, -1))
+        if not fwd_only:
+            b.run(names[1], lambda i: torch._softmax_backward_data(g, yv, -1, torch.float32))
+            b.run(names[2], lambda i: torch.func.jvp(lambda z: torch.softmax(z, -1), (x,), (g,)))
+        del x, g, yv
+    ce = "cross-entropy fwd+bwd 32768x1024 f32"
+    if b.want(ce):
+        x = (torch.randn(32768, 1024, device=dev) * 3).requires_grad_(True)
+        lab = torch.randint(0, 1024, (32768,), device=dev)
+
+        def ce_fb(i):
+            loss = F.cross_entropy(x, lab)
+            return torch.autograd.grad(loss, x)
+        b.run(ce, ce_fb)
+        del x, lab
+    if b.want("matmul 4096^3 f32"):
         m = torch.randn(4096, 4096, device=dev)
-        bench.run("matmul 4096^3 f32", lambda i: m @ m, 5 if quick else 10, tr)
-        del m
+        m2 = torch.randn(4096, 4096, device=dev)
+        b.run("matmul 4096^3 f32", lambda i: m @ m2, reps=5 if b.args.quick else 10)
+        del m, m2
+
+
+def linalg(b):
+    torch = b.torch
     L = torch.linalg
-    lu_names = [f"{op} 100000x8x8" for op in ("det", "inv", "solve", "det fwd+bwd", "inv fwd+bwd")]
-    if bench.want(*lu_names):
+    dev = "cuda"
+    if any(b.want(n) for n in LU_BATCHED):
         eye = torch.eye(8, device=dev) * 8
         A = [torch.randn(100000, 8, 8, device=dev) + eye for _ in range(4)]
         B = [torch.randn(100000, 8, 1, device=dev) for _ in range(4)]
-        bench.run("det 100000x8x8", lambda i: L.det(A[i]), r, tr, 4)
-        bench.run("inv 100000x8x8", lambda i: L.inv(A[i]), r, tr, 4)
-        bench.run("solve 100000x8x8", lambda i: L.solve(A[i], B[i]), r, tr, 4)
         Ag = [t.clone().requires_grad_(True) for t in A]
-
-        def det_fb(i):
-            (gA,) = torch.autograd.grad(L.det(Ag[i]).sum(), Ag[i])
-            return gA
-
-        def inv_fb(i):
-            (gA,) = torch.autograd.grad(L.inv(Ag[i]).sum(), Ag[i])
-            return gA
-        bench.run("det fwd+bwd 100000x8x8", det_fb, r, tr, 4)
-        bench.run("inv fwd+bwd 100000x8x8", inv_fb, r, tr, 4)
+        fns = [lambda i: L.det(A[i]), lambda i: L.inv(A[i]), lambda i: L.solve(A[i], B[i]),
+               lambda i: torch.autograd.grad(L.det(Ag[i]).sum(), Ag[i]),
+               lambda i: torch.autograd.grad(L.inv(Ag[i]).sum(), Ag[i])]
+        # inv and solve check their info on the host (a sync that capture refuses): eager only
+        for name, fn in zip(LU_BATCHED, fns):
+            b.run(name, fn, rotate=4, graph=name.startswith("det"))
         del A, B, Ag
-    if bench.want("det 4096^2", "inv 4096^2", "solve 4096^2"):
-        big = torch.randn(4096, 4096, device=dev) + torch.eye(4096, device=dev) * 4096
-        rhs = torch.randn(4096, 1, device=dev)
-        bench.run("det 4096^2", lambda i: L.det(big), 2, 3)
-        bench.run("inv 4096^2", lambda i: L.inv(big), 2, 3)
-        bench.run("solve 4096^2", lambda i: L.solve(big, rhs), 2, 3)
+    for dt, dn in ((torch.float32, "f32"), (torch.float64, "f64")):
+        names = [f"{op} 4096^2 {dn}" for op in ("det", "inv", "solve")]
+        if not any(b.want(n) for n in names):
+            continue
+        big = torch.randn(4096, 4096, device=dev, dtype=dt) + torch.eye(4096, device=dev, dtype=dt) * 4096
+        rhs = torch.randn(4096, 1, device=dev, dtype=dt)
+        for name, fn in zip(names, (lambda i: L.det(big), lambda i: L.inv(big), lambda i: L.solve(big, rhs))):
+            b.run(name, fn, reps=2, graph=False)  # milliseconds each: a graph changes nothing
         del big, rhs
-    for batch in (128, 8192):
-        reps = (50 if quick else 100) if batch == 128 else (10 if quick else 20)
-        train_step_results(bench, "mlp", batch, mlp_model, 1e-3, 0.0, reps, tr, True)
-    for batch in (128, 1024):
-        reps = (50 if quick else 100) if batch == 128 else (10 if quick else 20)
-        train_step_results(bench, "cnn", batch, cnn_model, 1e-2, 0.9, reps, tr, batch == 128)
-    return bench.res
 
 
-def fused_results(bench, rows, cols, r, tr):
-    """y = gelu(x + b) * s + r and its VJP wrt x (names as in bench_suite.c)."""
-    torch = bench.torch
-    F = torch.nn.functional
-    dev = "cuda"
-    lg = (rows * cols).bit_length() - 1
-    fwd, vjp = f"fused bias-gelu-res fwd 2^{lg} f32", f"fused bias-gelu-res vjp 2^{lg} f32"
-    if not bench.want(fwd, vjp):
-        return
-    x = torch.randn(rows, cols, device=dev)
-    b = torch.randn(cols, device=dev)
-    s = 1 + 0.5 * torch.randn(cols, device=dev)
-    res = torch.randn(rows, cols, device=dev)
-    g = torch.randn(rows, cols, device=dev)
-
-    def chain(x):
-        return F.gelu(x + b) * s + res
-
-    def vjp_formula(x, g):  # d<g, chain(x)>/dx = gelu'(x + b) * s * g
-        return torch.ops.aten.gelu_backward(g * s, x + b)
-    bench.run(fwd, lambda i: chain(x), r, tr)
-    xl = x.clone().requires_grad_(True)
-    if bench.want(vjp):
-        y = chain(xl)
-        bench.run(vjp, lambda i: torch.autograd.grad(y, xl, g, retain_graph=True), r, tr)
-        del y
-    if not bench.compile:
-        return
-    if bench.want(fwd):
-        cchain = torch.compile(chain)
-        bench.attempt("torch.compile (fused fwd)",
-                      lambda: bench.run(fwd + " torch.compile", lambda i: cchain(x), r, tr))
-    if bench.want(vjp):
-        cvjp = torch.compile(vjp_formula)
-
-        def checked():
-            (ref,) = torch.autograd.grad(chain(xl), xl, g)
-            got = cvjp(x, g)
-            err = (ref - got).abs().max().item()
-            if not err <= 1e-4 * (1 + ref.abs().max().item()):
-                raise RuntimeError(f"compiled VJP formula differs from autograd by {err}")
-            del ref, got
-            bench.run(vjp + " torch.compile", lambda i: cvjp(x, g), r, tr)
-        bench.attempt("torch.compile (fused vjp)", checked)
+def model_of(nn, widths):
+    if widths is None:  # examples/fashion_mnist.c --model cnn; input (B, 784)
+        return nn.Sequential(nn.Unflatten(1, (1, 28, 28)),
+                             nn.Conv2d(1, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(), nn.MaxPool2d(2),
+                             nn.Conv2d(32, 64, 3, padding=1), nn.BatchNorm2d(64), nn.ReLU(), nn.MaxPool2d(2),
+                             nn.Flatten(), nn.Linear(64 * 7 * 7, 128), nn.ReLU(), nn.Linear(128, 10))
+    layers = []
+    for k in range(len(widths) - 1):
+        layers.append(nn.Linear(widths[k], widths[k + 1]))
+        if k + 2 < len(widths):
+            layers.append(nn.ReLU())
+    return nn.Sequential(*layers)
 
 
-def mlp_model(nn):
-    return nn.Sequential(nn.Linear(784, 1024), nn.ReLU(), nn.Linear(1024, 1024), nn.ReLU(),
-                         nn.Linear(1024, 10))
-
-
-def cnn_model(nn):
-    """examples/fashion_mnist.c --model cnn; input (B, 784) as there."""
-    return nn.Sequential(nn.Unflatten(1, (1, 28, 28)),
-                         nn.Conv2d(1, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(),
-                         nn.MaxPool2d(2),
-                         nn.Conv2d(32, 64, 3, padding=1), nn.BatchNorm2d(64), nn.ReLU(),
-                         nn.MaxPool2d(2),
-                         nn.Flatten(), nn.Linear(64 * 7 * 7, 128), nn.ReLU(), nn.Linear(128, 10))
-
-
-def train_step_results(bench, label, batch, build, lr, momentum, reps, trials, with_compile):
-    """A train step (build(nn) the model, SGD lr/momentum, cross-entropy) eager, with
-    torch.compile(mode="reduce-overhead") on the model, and as a whole-step CUDA graph, under
-    the names "<label> step b<batch> eager / torch.compile / torch cuda graph"."""
-    torch = bench.torch
+def make_step(torch, widths, opt_kind, batch, graphable):
     nn = torch.nn
-    dev = "cuda"
-    base = f"{label} step b{batch}"
-    names = [f"{base} eager"] + [base + v for v in VARIANTS]
-    if not bench.want(*names):
-        return
-    xs = [torch.randn(batch, 784, device=dev) for _ in range(4)]
-    ys = [torch.randint(0, 10, (batch,), device=dev) for _ in range(4)]
+    torch.manual_seed(0)
+    model = model_of(nn, widths).cuda().train()
+    if opt_kind == "sgd":
+        opt = torch.optim.SGD(model.parameters(), lr=1e-3)
+    else:
+        opt = torch.optim.Adam(model.parameters(), lr=1e-3, fused=True, capturable=graphable)
+    xs = [torch.randn(batch, 784, device="cuda") for _ in range(4)]
+    ys = [torch.randint(0, 10, (batch,), device="cuda") for _ in range(4)]
+    return model, opt, xs, ys
 
-    def make():
-        torch.manual_seed(0)
-        model = build(nn).to(dev).train()
-        return model, torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum)
 
-    model, opt = make()
-
-    def step(i):
-        opt.zero_grad(set_to_none=True)
-        loss = nn.functional.cross_entropy(model(xs[i]), ys[i])
-        loss.backward()
+def whole_step_graph(torch, model, opt, xs, ys):
+    """The whole step (forward, backward, optimiser) as one CUDA graph; returns replay(i)."""
+    F = torch.nn.functional
+    sx, sy = xs[0].clone(), ys[0].clone()
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):
+        for _ in range(3):
+            opt.zero_grad(set_to_none=True)
+            F.cross_entropy(model(sx), sy).backward()
+            opt.step()
+    torch.cuda.current_stream().wait_stream(s)
+    g = torch.cuda.CUDAGraph()
+    opt.zero_grad(set_to_none=True)
+    with torch.cuda.graph(g):
+        F.cross_entropy(model(sx), sy).backward()
         opt.step()
-    bench.run(names[0], step, reps, trials, 4)
-    if with_compile and bench.compile and bench.want(names[1]):
-        def compiled():
-            cmodel, copt = make()
-            cm = torch.compile(cmodel, mode="reduce-overhead")
 
-            def cstep(i):
-                copt.zero_grad(set_to_none=True)
-                loss = nn.functional.cross_entropy(cm(xs[i]), ys[i])
-                loss.backward()
-                copt.step()
-            bench.run(names[1], cstep, reps, trials, 4)
-        bench.attempt(f"torch.compile ({base})", compiled)
-    if bench.want(names[2]):
-        def graphed():
-            gmodel, gopt = make()
-            sx, sy = xs[0].clone(), ys[0].clone()
-            s = torch.cuda.Stream()
-            s.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(s):
-                for _ in range(3):
-                    gopt.zero_grad(set_to_none=True)
-                    nn.functional.cross_entropy(gmodel(sx), sy).backward()
-                    gopt.step()
-            torch.cuda.current_stream().wait_stream(s)
-            graph = torch.cuda.CUDAGraph()
-            gopt.zero_grad(set_to_none=True)
-            with torch.cuda.graph(graph):
-                nn.functional.cross_entropy(gmodel(sx), sy).backward()
-                gopt.step()
-
-            def gstep(i):
-                sx.copy_(xs[i])
-                sy.copy_(ys[i])
-                graph.replay()
-            bench.run(names[2], gstep, reps, trials, 4)
-        bench.attempt(f"torch CUDA graph step ({base})", graphed)
+    def replay(i):
+        sx.copy_(xs[i])
+        sy.copy_(ys[i])
+        g.replay()
+    return replay
 
 
-def build_rows(flx, pt):
-    """Table rows (workload, fluxion, PyTorch, ratio) from the two result dicts."""
-    copy_pt = pt.get(COPY)
-    copy_flx = flx.get(COPY, (float("nan"),))[0]
+def train_steps(b):
+    torch = b.torch
+    F = torch.nn.functional
+    for name, batch, widths, kind in STEPS:
+        if not b.want(name):
+            continue
+        reps = (50 if b.args.quick else 100) if batch <= 128 else (10 if b.args.quick else 20)
+        model, opt, xs, ys = make_step(torch, widths, kind, batch, False)
 
-    def pt_frac(frac, us, p):
-        # same bytes moved: the fraction scales with speed, relative to each one's copy time
-        if not copy_pt or frac == "-" or not p:
-            return ""
-        return f" ({float(frac) * (us / p) * (copy_pt / copy_flx):.3f} of copy)"
+        def step(i, model=model, opt=opt, xs=xs, ys=ys):
+            opt.zero_grad(set_to_none=True)
+            F.cross_entropy(model(xs[i]), ys[i]).backward()
+            opt.step()
+        try:
+            b.put(name, "torch_us", b.event_time(step, reps, 4))
+        except Stopped:
+            raise
+        except Exception as e:  # noqa: BLE001
+            b.failed += 1
+            b.put(name, "torch_us", None, f"eager failed: {type(e).__name__}: {e}"[:200])
+        try:
+            replay = whole_step_graph(torch, *make_step(torch, widths, kind, batch, True))
+            b.put(name, "torch_graph_us", b.event_time(replay, reps, 4))
+        except Stopped:
+            raise
+        except Exception as e:  # noqa: BLE001
+            settle(torch)
+            b.put(name, "torch_graph_us", None, f"no CUDA graph: {type(e).__name__}: {e}"[:200])
+        if b.args.compile:
+            try:
+                cmodel, copt, cx, cy = make_step(torch, widths, kind, batch, False)
+                cm = torch.compile(cmodel, mode="reduce-overhead")
 
-    def ratio(p, us):
-        return f"{p / us:.2f}x" if p and us == us and us > 0 else "-"
+                def cstep(i):
+                    copt.zero_grad(set_to_none=True)
+                    F.cross_entropy(cm(cx[i]), cy[i]).backward()
+                    copt.step()
+                b.put(name, "torch_compile_us", b.event_time(cstep, reps, 4))
+            except Stopped:
+                raise
+            except Exception as e:  # noqa: BLE001
+                b.put(name, "torch_compile_us", None, f"torch.compile failed: {type(e).__name__}"[:200])
 
-    rows = []
-    for name, (us, frac) in flx.items():
-        ref = name
-        if name.endswith(" plan") or name.endswith(" plan+graph"):
-            ref = name.rsplit(" ", 1)[0] + " eager"
-        p = pt.get(ref)
-        rows.append((name, f"{us:.1f} us" + (f" ({frac} of copy)" if frac != "-" else ""),
-                     (f"{p:.1f} us ({ref})" if p else "-") + (pt_frac(frac, us, p) if name in pt else ""),
-                     ratio(p, us)))
-    # the best fluxion variant against each faster PyTorch variant of the same workload
-    for key, p in pt.items():
-        for v in VARIANTS:
-            if not key.endswith(v):
-                continue
-            base = key[: -len(v)]
-            fname = base + " plan+graph" if base + " plan+graph" in flx else base
-            if fname not in flx:
-                continue
-            us, frac = flx[fname]
-            rows.append((f"{fname} vs{v}",
-                         f"{us:.1f} us" + (f" ({frac} of copy)" if frac != "-" else ""),
-                         f"{p:.1f} us" + pt_frac(frac, us, p), ratio(p, us)))
-    return rows
+
+def host_overhead(b):
+    """Host time per call, the GPU work queued but not waited for inside the timed loop."""
+    torch = b.torch
+
+    def host_time(fn, n):
+        samples = []
+        for t in range(-1, b.trials):
+            t0 = time.perf_counter()
+            for _ in range(n):
+                fn()
+            dt = time.perf_counter() - t0
+            torch.cuda.synchronize()
+            if t >= 0:
+                samples.append(dt / n * 1e6)
+        return statistics.median(samples)
+    if b.want(HOST[0]):
+        a = torch.ones(4, device="cuda")
+        c = torch.ones(4, device="cuda")
+        b.put(HOST[0], "torch_us", host_time(lambda: a + c, 500), "host time per tiny op, eager")
+    if b.want(HOST[1]):
+        try:
+            replay = whole_step_graph(torch, *make_step(torch, (784, 256, 128, 10), "adam", 128, True))
+            b.put(HOST[1], "torch_graph_us", host_time(lambda: replay(0), 100),
+                  "host time per whole-step graph replay (input copies included)")
+        except Stopped:
+            raise
+        except Exception as e:  # noqa: BLE001
+            b.put(HOST[1], "torch_graph_us", None, f"no CUDA graph: {type(e).__name__}: {e}"[:200])
 
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--suite", help="path of flx_bench_suite")
+    ap.add_argument("--list", action="store_true", help="print the workload names and exit")
+    ap.add_argument("--json", help="write the results here")
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--only", help="only the workloads whose name contains this substring")
-    ap.add_argument("--no-compile", action="store_true", help="skip every torch.compile variant")
-    ap.add_argument("--out", help="also write the table to this markdown file")
+    ap.add_argument("--compile", action="store_true", help="add torch.compile for the train steps")
     args = ap.parse_args()
+    if args.list:
+        print("\n".join(all_names()))
+        return 0
+    if not args.json:
+        ap.error("--json OUT is required (or --list)")
     try:
         import torch
     except ImportError:
@@ -379,41 +393,21 @@ def main():
     if not torch.cuda.is_available():
         print("bench_torch.py: skipped: PyTorch sees no CUDA GPU")
         return 0
-    suite = find_suite(args.suite)
-    if not suite:
-        print("bench_torch.py: skipped: flx_bench_suite not found (build with -DFLX_CUDA=ON, or "
-              "pass --suite)")
-        return 0
-    t0 = time.monotonic()
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
     signal.signal(signal.SIGTERM, _on_term)
-    bench = Bench(torch, args.quick, args.only, not args.no_compile)
-    flx, partial = {}, None
+    b = Bench(torch, args)
+    t0 = time.monotonic()
     try:
-        flx, why = run_suite(suite, args.quick, args.only)
-        if flx is None:
-            print(f"bench_torch.py: skipped: the fluxion suite skipped: {why}")
-            return 0
-        torch_results(bench)
+        for part in (kernels, linalg, train_steps, host_overhead):
+            part(b)
+            torch.cuda.empty_cache()
     except Stopped as e:
-        partial = f"stopped by {e} after {time.monotonic() - t0:.0f} s: later workloads are missing"
-        flx = flx or {}
-    rows = build_rows(flx, bench.res)
-    gpu = torch.cuda.get_device_name(0)
-    lines = [f"# fluxion vs PyTorch {torch.__version__} on {gpu}", "",
-             f"- date: {datetime.datetime.utcnow().isoformat(timespec='seconds')}Z",
-             f"- command: {' '.join(sys.argv)} (suite: {suite})",
-             f"- {HEADER}",
-             "- ratio = PyTorch time / fluxion time (> 1: fluxion faster); strict f32, TF32 off"]
-    if partial:
-        lines.append(f"- PARTIAL: {partial}")
-    lines += ["", "| workload | fluxion | PyTorch | ratio |", "|---|---|---|---|"]
-    lines += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in rows]
-    table = "\n".join(lines)
-    print(table)
-    if args.out:
-        with open(args.out, "w") as f:
-            f.write(table + "\n")
-    return 1 if partial else 0
+        b.partial = f"stopped by {e} after {time.monotonic() - t0:.0f} s"
+    b.save()
+    print(f"bench_torch.py: {len(b.rows)} rows in {time.monotonic() - t0:.0f} s"
+          + (f" (PARTIAL: {b.partial})" if b.partial else ""))
+    return 1 if b.partial or b.failed else 0
 
 
 if __name__ == "__main__":

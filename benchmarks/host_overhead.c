@@ -22,11 +22,6 @@
 
 #include "bench_util.h"
 
-static double median(double *v, int n) {
-    qsort(v, (size_t)n, sizeof *v, cmp_double);
-    return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
-}
-
 /* One timed loop; returns microseconds per iteration, or a negative value on an API error. */
 static double time_loop(flx_tensor *a, flx_tensor *b, long iters, int dispatch) {
     double t0 = now_s();
@@ -50,7 +45,7 @@ static int run(const char *label, flx_tensor *a, flx_tensor *b, long iters, int 
         samples[r] = time_loop(a, b, iters, dispatch);
         if (samples[r] < 0) goto fail;
     }
-    *out = median(samples, repeats);
+    *out = median_of(samples, repeats);
     printf("%-9s %8.3f us/op   target <= %.1f us   ratio %.2f   %s\n", label, *out, target,
            *out / target, *out <= target ? "(meets target)" : "(ABOVE target)");
     return 0;

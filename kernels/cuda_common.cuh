@@ -43,11 +43,36 @@ inline unsigned grid_for(int64_t work, int per_block = kBlock) {
     return (unsigned)want;
 }
 
+// Unsigned 32-bit division by a divisor fixed at launch, without a divide instruction:
+// n / d = (umulhi(n, m) + n) >> s with s = ceil(log2 d), m = floor(2^32 (2^s - d) / d) + 1
+// (Granlund & Montgomery), exact for n, d < 2^31 (the sum cannot wrap).
+struct FastDiv {
+    uint32_t m, s;
+};
+
+inline FastDiv fastdiv_make(uint32_t d) {
+    uint32_t s = 0;
+    while (s < 31 && ((uint32_t)1 << s) < d) s++;
+    FastDiv f;
+    f.m = (uint32_t)((((uint64_t)1 << 32) * (((uint64_t)1 << s) - d)) / d + 1);
+    f.s = s;
+    return f;
+}
+
+__device__ __forceinline__ uint32_t fastdiv(uint32_t n, const FastDiv &f) {
+    return (__umulhi(n, f.m) + n) >> f.s;
+}
+
 // Strided index space of up to FLX_MAX_DIMS dims and up to 3 operands (strides in elements).
+// small: the whole space has fewer than 2^31 elements, and fd holds each dim's divider, so
+// offsets() divides in 32 bits (a 64-bit division is a ~70-instruction software routine);
+// set by coalesce().
 struct Space {
     int32_t ndim;
     int64_t shape[FLX_MAX_DIMS];
     int64_t st[3][FLX_MAX_DIMS];
+    int32_t small = 0;
+    FastDiv fd[FLX_MAX_DIMS];
 };
 
 // Drops size-1 dims and merges adjacent dims whose strides are compatible for every operand
@@ -83,14 +108,39 @@ inline void coalesce(Space &s, int nops) {
     for (int k = nops; k < 3; k++)
         for (int d = 0; d < FLX_MAX_DIMS; d++) s.st[k][d] = 0;
     s.ndim = nd;
+    int64_t total = 1;
+    bool fits = true;
+    for (int d = 0; d < nd && fits; d++) {
+        if (s.shape[d] <= 0 || s.shape[d] >= ((int64_t)1 << 31)) fits = false;
+        else if ((total *= s.shape[d]) >= ((int64_t)1 << 31)) fits = false;
+    }
+    s.small = fits ? 1 : 0;
+    for (int d = 0; d < FLX_MAX_DIMS; d++) s.fd[d] = fastdiv_make(fits && d < nd ? (uint32_t)s.shape[d] : 1u);
 }
 
 // Offsets of linear index i (row-major over shape) for NOPS operands. Dim 0 needs no division,
-// so a coalesced 1-d space costs one multiply per operand.
+// so a coalesced 1-d space costs one multiply per operand; below 2^31 elements the divisions
+// are 32-bit multiply-shifts (FastDiv), else 64-bit divisions.
 template <int NOPS>
 __device__ __forceinline__ void offsets(const Space &s, int64_t i, int64_t *off) {
 #pragma unroll
     for (int k = 0; k < NOPS; k++) off[k] = 0;
+    if (s.small) {
+        uint32_t j = (uint32_t)i;
+#pragma unroll
+        for (int d = FLX_MAX_DIMS - 1; d >= 1; d--) {
+            if (d < s.ndim) {
+                uint32_t q = fastdiv(j, s.fd[d]);
+                uint32_t r = j - q * (uint32_t)s.shape[d];
+#pragma unroll
+                for (int k = 0; k < NOPS; k++) off[k] += (int64_t)r * s.st[k][d];
+                j = q;
+            }
+        }
+#pragma unroll
+        for (int k = 0; k < NOPS; k++) off[k] += (int64_t)j * s.st[k][0];
+        return;
+    }
 #pragma unroll
     for (int d = FLX_MAX_DIMS - 1; d >= 1; d--) {
         if (d < s.ndim) {

@@ -281,7 +281,7 @@ __global__ void where_kernel(Space s, const uint8_t *cond, const E *a, const E *
 // are indexed only with compile-time constants (the unrolled select loops below), so they stay
 // in registers instead of spilling to local memory. Each instruction applies the same per-op
 // formula (UnaryF / BinF) as the unfused kernels, so results match them bit for bit.
-constexpr int FV = 4;
+constexpr int FV = 1;
 
 template <typename T>
 __device__ __forceinline__ void slot_get(const T (&r)[FLX_FUSED_MAX_SLOTS][FV], int s, T (&x)[FV]) {
@@ -303,11 +303,31 @@ __device__ __forceinline__ void slot_put(T (&r)[FLX_FUSED_MAX_SLOTS][FV], int s,
         }
 }
 
+// The program and its index math: with small set (fewer than 2^31 elements), strided offsets
+// divide in 32 bits by each dim's precomputed FastDiv instead of a 64-bit division per dim.
+struct FusedLaunch {
+    flx_fused_args a;
+    int32_t small;
+    flxk::FastDiv fd[FLX_MAX_DIMS];
+};
+
 // Offset of element i in input k; *inner gets i's index along the innermost dimension.
-__device__ __forceinline__ int64_t fused_offset(const flx_fused_args &a, int k, int64_t i,
+__device__ __forceinline__ int64_t fused_offset(const FusedLaunch &L, int k, int64_t i,
                                                 int64_t *inner) {
+    const flx_fused_args &a = L.a;
     int64_t off = 0;
     *inner = i;
+    if (L.small) {
+        uint32_t j = (uint32_t)i;
+        for (int d = a.ndim - 1; d >= 1; d--) {
+            uint32_t q = flxk::fastdiv(j, L.fd[d]);
+            uint32_t r = j - q * (uint32_t)a.shape[d];
+            if (d == a.ndim - 1) *inner = r;
+            off += (int64_t)r * a.in_strides[k][d];
+            j = q;
+        }
+        return off + (int64_t)j * a.in_strides[k][0];
+    }
     for (int d = a.ndim - 1; d >= 1; d--) {
         int64_t q = i / a.shape[d];
         int64_t r = i - q * a.shape[d];
@@ -319,20 +339,21 @@ __device__ __forceinline__ int64_t fused_offset(const flx_fused_args &a, int k, 
 }
 
 template <typename T>
-__device__ __forceinline__ void fused_load(const flx_fused_args &a, int k, int64_t i0, int m,
+__device__ __forceinline__ void fused_load(const FusedLaunch &L, int k, int64_t i0, int m,
                                            T (&o)[FV]) {
+    const flx_fused_args &a = L.a;
     const void *p = a.in[k];
     // Offsets of the FV elements: one division chain for the first; the others step along the
     // innermost dimension unless they cross a row (then they divide again).
     int64_t off[FV];
     if (a.in_kind[k] == FLX_FUSED_IN_STRIDED) {
         int64_t r0;
-        off[0] = fused_offset(a, k, i0, &r0);
+        off[0] = fused_offset(L, k, i0, &r0);
         const int64_t inner = a.shape[a.ndim - 1], step = a.in_strides[k][a.ndim - 1];
 #pragma unroll
         for (int l = 1; l < FV; l++) {
             int64_t r;
-            off[l] = r0 + l < inner ? off[0] + l * step : fused_offset(a, k, i0 + l, &r);
+            off[l] = r0 + l < inner ? off[0] + l * step : fused_offset(L, k, i0 + l, &r);
         }
     }
     if (a.in_bool[k]) {
@@ -394,8 +415,18 @@ __device__ __forceinline__ void fused_binary(int op, T (&x)[FV], const T (&y)[FV
     }
 }
 
+// Registers bounded for occupancy: f32 at 64 (4 blocks of 256 threads per SM: 50 %), f64 at 80
+// (3 blocks: 37.5 %). Neither spills with FV = 1 (sm_90: f32 56, f64 70 registers); FV = 4 took
+// 102 / over 128 registers (25 % / 12.5 % occupancy) and FV = 2 spilled under these bounds. One
+// element per pass costs an instruction decode per element, well inside the ~100 instructions
+// per element a memory-bound f32 chain can spend at copy bandwidth.
+template <typename T> struct FusedMinBlocks { static constexpr int value = 4; };
+template <> struct FusedMinBlocks<double> { static constexpr int value = 3; };
+
 template <typename T>
-__global__ void fused_kernel(const __grid_constant__ flx_fused_args a) {
+__global__ void __launch_bounds__(kBlock, FusedMinBlocks<T>::value)
+    fused_kernel(const __grid_constant__ FusedLaunch L) {
+    const flx_fused_args &a = L.a;
     const int64_t nv = (a.n + FV - 1) / FV;
     const int64_t stride = (int64_t)gridDim.x * blockDim.x;
     const int out_slot = a.instr[a.n_instr - 1].dst;
@@ -411,7 +442,7 @@ __global__ void fused_kernel(const __grid_constant__ flx_fused_args a) {
             const flx_fused_instr &I = a.instr[pc];
             T x[FV], y[FV], z[FV];
             switch (I.kind) {
-            case FLX_FUSED_LOAD: fused_load<T>(a, I.op, i0, m, x); break;
+            case FLX_FUSED_LOAD: fused_load<T>(L, I.op, i0, m, x); break;
             case FLX_FUSED_UNARY:
                 slot_get(r, I.s0, x);
                 fused_unary<T>(I.op, I.a, I.b, x);
@@ -554,9 +585,17 @@ extern "C" int flx_cuda_fused(const flx_fused_args *a, void *stream) {
         return (int)cudaErrorInvalidValue;
     cudaStream_t st = (cudaStream_t)stream;
     unsigned grid = flxk::grid_for((a->n + FV - 1) / FV);
+    FusedLaunch L;
+    L.a = *a;
+    L.small = a->n < ((int64_t)1 << 31);
+    for (int d = 0; d < FLX_MAX_DIMS; d++) {
+        bool ok = L.small && d < a->ndim && a->shape[d] > 0 && a->shape[d] < ((int64_t)1 << 31);
+        if (d < a->ndim && !ok) L.small = 0;
+        L.fd[d] = flxk::fastdiv_make(ok ? (uint32_t)a->shape[d] : 1u);
+    }
     switch (a->dtype) {
-    case FLX_F32: fused_kernel<float><<<grid, kBlock, 0, st>>>(*a); break;
-    case FLX_F64: fused_kernel<double><<<grid, kBlock, 0, st>>>(*a); break;
+    case FLX_F32: fused_kernel<float><<<grid, kBlock, 0, st>>>(L); break;
+    case FLX_F64: fused_kernel<double><<<grid, kBlock, 0, st>>>(L); break;
     default: return (int)cudaErrorInvalidValue;
     }
     return flxk::launch_status();

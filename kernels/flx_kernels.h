@@ -98,7 +98,10 @@ typedef struct flx_copy_args {
  * k runs densely over the kept index space (kshape, strides kstride into x), r over the reduced
  * one (rshape, rstride). SUM writes param * sum; VAR writes sum((x - mean)^2) / (count - param);
  * ARGMAX writes the first r (i64) of the maximum (rdim must be 1). Reductions are deterministic:
- * a fixed order, no atomics. */
+ * a fixed order, no atomics. MAX, MIN, ARGMAX and LSE propagate NaN (ARGMAX: the first NaN).
+ * scratch (CUDA only; NULL elsewhere): device memory of flx_cuda_reduce_scratch_bytes(args)
+ * bytes for the partials of a reduction split over many blocks (stream-ordered: free after
+ * queueing); without it the kernel falls back to fewer blocks per output. */
 typedef enum flx_reduce_op {
     FLX_REDUCE_SUM, FLX_REDUCE_MAX, FLX_REDUCE_MIN, FLX_REDUCE_LSE, FLX_REDUCE_VAR,
     FLX_REDUCE_ARGMAX
@@ -113,6 +116,8 @@ typedef struct flx_reduce_args {
     double param;
     const void *x;
     void *out;
+    void *scratch;
+    size_t scratch_bytes;
 } flx_reduce_args;
 
 /* ---- matmul: C[b] = alpha * op(A[b]) op(B[b]) + beta * C[b], row-major ----------------------
@@ -377,6 +382,8 @@ int flx_cuda_binary(const flx_binary_args *args, void *stream);
 int flx_cuda_where(const flx_where_args *args, void *stream);
 int flx_cuda_copy(const flx_copy_args *args, void *stream);
 int flx_cuda_reduce(const flx_reduce_args *args, void *stream);
+/* Bytes of scratch flx_cuda_reduce wants for args (0: none); depends on the current device. */
+size_t flx_cuda_reduce_scratch_bytes(const flx_reduce_args *args);
 /* index_add's sorted path takes its workspace from env->alloc; where that fails (alloc returns
  * NULL, the backend's alloc then leaves no error) it falls back to the scan, which needs none. */
 int flx_cuda_index(const flx_index_args *args, const flx_cuda_lib_env *env);

@@ -16,7 +16,9 @@
 // Precision: every element is converted to double and all accumulation (sums, the mean and the
 // squared deviations of VAR, the exp-sums of LSE) is in double, for f32 as for f64, then rounded
 // once to the output dtype — the CPU reference does the same, so GPU and CPU differ only by the
-// summation order at double precision. Reductions are bandwidth bound, and FP64 runs at half the
+// summation order at double precision. Exception: LSE of f32 evaluates each exp in f32 (a
+// double exp per element would make it compute bound), within ~2e-7 absolute of the double
+// result before the final rounding (exp_shifted). Reductions are bandwidth bound, and FP64 runs at half the
 // FP32 rate on an H100, so the double accumulators are nearly free there.
 //
 // NaN: MAX, LSE and ARGMAX treat a NaN as the maximum that comes first (ARGMAX returns the index
@@ -127,6 +129,20 @@ __device__ __forceinline__ double ld(const T *x, int64_t off) {
     return (double)x[off];
 }
 
+// exp(x - shift) of one element for LSE: in f32 for f32 input (expf: <= 2 ulp; the f32
+// subtraction is exact up to 2^-24 |x - shift| in the exponent, which scales a term by at most
+// 1 + 6e-8 |x - shift| while the term itself is exp(-|x - shift|)), so the double sum of the
+// terms is within ~2e-7 relative and the result within ~2e-7 + its own f32 rounding of the
+// exact value; in double for everything else.
+template <typename T>
+__device__ __forceinline__ double exp_shifted(const T *x, int64_t off, double shift) {
+    return exp((double)x[off] - shift);
+}
+template <>
+__device__ __forceinline__ double exp_shifted<float>(const float *x, int64_t off, double shift) {
+    return (double)expf(x[off] - (float)shift);
+}
+
 __device__ __forceinline__ int64_t roff(const Space &rs, int64_t r) {
     if (rs.ndim == 1) return r * rs.st[0][0];
     int64_t o;
@@ -193,7 +209,7 @@ __global__ void __launch_bounds__(kBlock) reduce_kernel(RParams p, const T *x, v
             }
             double shift = isfinite(m) ? m : 0.0;
             double s = 0;
-            for (int64_t r = lane; r < nr; r += G) s += exp(ld(xk, roff(p.rs, r)) - shift);
+            for (int64_t r = lane; r < nr; r += G) s += exp_shifted(xk, roff(p.rs, r), shift);
             s = group_sum<G>(s, s_sum);
             double res = isnan(m) ? (double)NAN : (m == -INFINITY ? -INFINITY : shift + log(s));
             if (lane == 0) ((T *)out)[k] = to_out<T>(res);
@@ -204,8 +220,168 @@ __global__ void __launch_bounds__(kBlock) reduce_kernel(RParams p, const T *x, v
     }
 }
 
+// ---- split reductions: several blocks per output ------------------------------------------------
+// When the outputs are too few to fill the GPU (a full reduction; a bias gradient over a long
+// leading axis), the reduced range of every output is cut into S chunks of equal length. Stage 1:
+// one block per (tile of KT outputs, chunk); a thread (tk, tr) walks r = r0 + tr, r0 + tr + RT,
+// ... of output tile * KT + tk, and the RT partials of an output are combined in a fixed tree in
+// shared memory. KT = 32 when the kept index is innermost and contiguous (bias gradients): the
+// 32 outputs of a tile are adjacent in memory, so every warp load is one coalesced row segment;
+// KT = 1 otherwise. Stage 2: one warp per output combines its S partials (lane l takes chunks l,
+// l + 32, ... in order, then a butterfly). Chunking and trees depend on the shape and SM count
+// only, so results are deterministic run to run; no atomics. SUM, MAX, MIN and ARGMAX only (VAR
+// and LSE keep the one-pass-per-group kernel).
+struct SplitPlan {
+    int kt = 0;      // 0: no split; else outputs per tile (1 or 32)
+    int64_t S = 1;   // chunks per output
+    int64_t chunk = 0;
+};
+
+inline SplitPlan split_plan(const RParams &p) {
+    SplitPlan sp;
+    if (p.op != FLX_REDUCE_SUM && p.op != FLX_REDUCE_MAX && p.op != FLX_REDUCE_MIN &&
+        p.op != FLX_REDUCE_ARGMAX)
+        return sp;
+    if (p.nr <= 16 || p.nk * p.nr < ((int64_t)1 << 18)) return sp;
+    const int64_t sms = flxk::sm_count(), want_blocks = sms * 8; // a full wave of 256-thread blocks
+    const bool inner_contig = p.ks.st[0][p.ks.ndim - 1] == 1 && p.ks.shape[p.ks.ndim - 1] >= 32;
+    const int kt = inner_contig ? 32 : 1;
+    const int64_t tiles = (p.nk + kt - 1) / kt;
+    if (kt == 1 && p.nk >= sms * 2) return sp; // a block per output already fills the GPU
+    if (kt == 32 && tiles >= want_blocks && p.nk >= sms * 256) return sp; // thread per column coalesces
+    int64_t S = (want_blocks + tiles - 1) / tiles;
+    const int64_t rt = kBlock / kt, min_chunk = rt * 16; // at least 16 loads per thread
+    int64_t maxS = (p.nr + min_chunk - 1) / min_chunk;
+    if (S > maxS) S = maxS;
+    if (S > 1024) S = 1024;
+    if (S < 1) S = 1;
+    sp.kt = kt;
+    sp.S = S;
+    sp.chunk = (p.nr + S - 1) / S;
+    sp.S = (p.nr + sp.chunk - 1) / sp.chunk; // no empty chunk
+    return sp;
+}
+
+__device__ __forceinline__ Cand combine(const Cand &a, const Cand &b, int op) {
+    if (op == FLX_REDUCE_SUM) {
+        Cand c = a;
+        c.v = a.v + b.v;
+        return c;
+    }
+    return better(a, b, op != FLX_REDUCE_MIN);
+}
+
 template <typename T>
-int reduce_launch(const RParams &p, const void *x, void *out, cudaStream_t st) {
+__device__ __forceinline__ void store_final(const RParams &p, void *out, int64_t k, const Cand &c) {
+    if (p.op == FLX_REDUCE_SUM) ((T *)out)[k] = to_out<T>(p.param * c.v);
+    else if (p.op == FLX_REDUCE_ARGMAX) ((int64_t *)out)[k] = c.idx == INT64_MAX ? 0 : c.idx;
+    else ((T *)out)[k] = to_out<T>(c.nan ? (double)NAN : c.v);
+}
+
+__device__ __forceinline__ Cand cand_start(int op) {
+    if (op == FLX_REDUCE_SUM) {
+        Cand c;
+        c.v = 0.0;
+        c.idx = INT64_MAX;
+        c.nan = 0;
+        return c;
+    }
+    return cand_empty(op != FLX_REDUCE_MIN);
+}
+
+// Stage 1. With S == 1 the block's result is final and goes straight to out.
+template <typename T, int KT>
+__global__ void __launch_bounds__(kBlock, 4) split_stage1(RParams p, const T *__restrict__ x, Cand *part,
+                                                       void *out, int64_t S, int64_t chunk) {
+    constexpr int RT = kBlock / KT;
+    __shared__ Cand s[kBlock];
+    const int tk = (int)(threadIdx.x % KT), tr = (int)(threadIdx.x / KT);
+    const int64_t tile = blockIdx.x / S, j = blockIdx.x - tile * S;
+    const int64_t k = tile * KT + tk;
+    const int64_t r0 = j * chunk, r1 = r0 + chunk < p.nr ? r0 + chunk : p.nr;
+    Cand c = cand_start(p.op);
+    if (k < p.nk) {
+        int64_t base;
+        flxk::offsets<1>(p.ks, k, &base);
+        const T *xk = x + base;
+        if (p.op == FLX_REDUCE_SUM) {
+            double acc = 0.0;
+            for (int64_t r = r0 + tr; r < r1; r += RT) acc += ld(xk, roff(p.rs, r));
+            c.v = acc;
+        } else {
+            const bool mx = p.op != FLX_REDUCE_MIN;
+            for (int64_t r = r0 + tr; r < r1; r += RT) {
+                Cand d;
+                d.v = ld(xk, roff(p.rs, r));
+                d.idx = r;
+                d.nan = isnan(d.v) ? 1 : 0;
+                c = better(c, d, mx);
+            }
+        }
+    }
+    s[threadIdx.x] = c;
+    __syncthreads();
+#pragma unroll
+    for (int h = RT / 2; h >= 1; h >>= 1) {
+        if (tr < h) s[threadIdx.x] = combine(s[threadIdx.x], s[threadIdx.x + h * KT], p.op);
+        __syncthreads();
+    }
+    if (tr == 0 && k < p.nk) {
+        if (S == 1) store_final<T>(p, out, k, s[tk]);
+        else part[k * S + j] = s[tk];
+    }
+}
+
+// Stage 2: one warp per output over its S partials.
+template <typename T>
+__global__ void __launch_bounds__(kBlock) split_stage2(RParams p, const Cand *__restrict__ part, void *out,
+                                                       int64_t S) {
+    const int lane = threadIdx.x & 31;
+    const int64_t nw = ((int64_t)gridDim.x * kBlock) >> 5;
+    for (int64_t k = ((int64_t)blockIdx.x * kBlock + threadIdx.x) >> 5; k < p.nk; k += nw) {
+        Cand c = cand_start(p.op);
+        for (int64_t j = lane; j < S; j += 32) c = combine(c, part[k * S + j], p.op);
+#pragma unroll
+        for (int o = 16; o > 0; o >>= 1) {
+            Cand d;
+            d.v = __shfl_xor_sync(0xffffffffu, c.v, o);
+            d.idx = (int64_t)__shfl_xor_sync(0xffffffffu, (long long)c.idx, o);
+            d.nan = __shfl_xor_sync(0xffffffffu, c.nan, o);
+            // The lower lane's partial first, so the sum's order is the same in every lane.
+            c = (lane & o) ? combine(d, c, p.op) : combine(c, d, p.op);
+        }
+        if (lane == 0) store_final<T>(p, out, k, c);
+    }
+}
+
+template <typename T>
+int split_launch(const RParams &p, const SplitPlan &sp, const void *x, void *out, void *scratch,
+                 cudaStream_t st) {
+    const int64_t tiles = (p.nk + sp.kt - 1) / sp.kt;
+    const unsigned blocks = (unsigned)(tiles * sp.S);
+    Cand *part = (Cand *)scratch;
+    if (sp.kt == 32)
+        split_stage1<T, 32><<<blocks, kBlock, 0, st>>>(p, (const T *)x, part, out, sp.S, sp.chunk);
+    else
+        split_stage1<T, 1><<<blocks, kBlock, 0, st>>>(p, (const T *)x, part, out, sp.S, sp.chunk);
+    if (sp.S > 1) {
+        int rc = flxk::launch_status();
+        if (rc) return rc;
+        split_stage2<T><<<flxk::grid_for(p.nk * 32), kBlock, 0, st>>>(p, part, out, sp.S);
+    }
+    return flxk::launch_status();
+}
+
+inline size_t split_scratch_bytes(const RParams &p, const SplitPlan &sp) {
+    return sp.kt && sp.S > 1 ? sizeof(Cand) * (size_t)(p.nk * sp.S) : 0;
+}
+
+template <typename T>
+int reduce_launch(const RParams &p, const void *x, void *out, void *scratch, size_t scratch_bytes,
+                  cudaStream_t st) {
+    const SplitPlan sp = split_plan(p);
+    if (sp.kt && split_scratch_bytes(p, sp) <= scratch_bytes && (sp.S == 1 || scratch))
+        return split_launch<T>(p, sp, x, out, scratch, st);
     const int64_t sms = flxk::sm_count();
     int inner_contig = p.ks.st[0][p.ks.ndim - 1] == 1 && p.ks.shape[p.ks.ndim - 1] >= 32;
     int G;
@@ -226,13 +402,11 @@ int reduce_launch(const RParams &p, const void *x, void *out, cudaStream_t st) {
     return flxk::launch_status();
 }
 
-} // namespace
 
-extern "C" int flx_cuda_reduce(const flx_reduce_args *a, void *stream) {
-    if (a->kdim < 0 || a->kdim > FLX_MAX_DIMS || a->rdim < 0 || a->rdim > FLX_MAX_DIMS)
-        return (int)cudaErrorInvalidValue;
-    if (a->op < FLX_REDUCE_SUM || a->op > FLX_REDUCE_ARGMAX) return (int)cudaErrorInvalidValue;
-    RParams p;
+// Kept and reduced index spaces of a, coalesced. Returns false on malformed arguments.
+static bool make_params(const flx_reduce_args *a, RParams &p) {
+    if (a->kdim < 0 || a->kdim > FLX_MAX_DIMS || a->rdim < 0 || a->rdim > FLX_MAX_DIMS) return false;
+    if (a->op < FLX_REDUCE_SUM || a->op > FLX_REDUCE_ARGMAX) return false;
     p.nk = 1;
     p.nr = 1;
     p.ks.ndim = a->kdim;
@@ -247,8 +421,8 @@ extern "C" int flx_cuda_reduce(const flx_reduce_args *a, void *stream) {
         p.rs.st[0][d] = a->rstride[d];
         p.nr *= a->rshape[d];
     }
-    if (p.nk <= 0) return 0;
-    if (p.nr < 0) return (int)cudaErrorInvalidValue;
+    if (p.nr < 0) return false;
+    if (p.nk <= 0) return true;
     flxk::coalesce(p.ks, 1);
     if (p.nr > 0) flxk::coalesce(p.rs, 1);
     else {
@@ -258,13 +432,30 @@ extern "C" int flx_cuda_reduce(const flx_reduce_args *a, void *stream) {
     }
     p.op = a->op;
     p.param = a->param;
+    return true;
+}
+
+} // namespace
+
+extern "C" size_t flx_cuda_reduce_scratch_bytes(const flx_reduce_args *a) {
+    RParams p;
+    if (!make_params(a, p) || p.nk <= 0) return 0;
+    return split_scratch_bytes(p, split_plan(p));
+}
+
+extern "C" int flx_cuda_reduce(const flx_reduce_args *a, void *stream) {
+    RParams p;
+    if (!make_params(a, p)) return (int)cudaErrorInvalidValue;
+    if (p.nk <= 0) return 0;
     cudaStream_t st = (cudaStream_t)stream;
+    void *sc = a->scratch;
+    size_t sb = a->scratch_bytes;
     switch (a->dtype) {
-    case FLX_F32: return reduce_launch<float>(p, a->x, a->out, st);
-    case FLX_F64: return reduce_launch<double>(p, a->x, a->out, st);
-    case FLX_I32: return reduce_launch<int32_t>(p, a->x, a->out, st);
-    case FLX_I64: return reduce_launch<int64_t>(p, a->x, a->out, st);
-    case FLX_BOOL: return reduce_launch<uint8_t>(p, a->x, a->out, st);
+    case FLX_F32: return reduce_launch<float>(p, a->x, a->out, sc, sb, st);
+    case FLX_F64: return reduce_launch<double>(p, a->x, a->out, sc, sb, st);
+    case FLX_I32: return reduce_launch<int32_t>(p, a->x, a->out, sc, sb, st);
+    case FLX_I64: return reduce_launch<int64_t>(p, a->x, a->out, sc, sb, st);
+    case FLX_BOOL: return reduce_launch<uint8_t>(p, a->x, a->out, sc, sb, st);
     default: return (int)cudaErrorInvalidValue;
     }
 }

@@ -401,4 +401,35 @@ TEST(FusionCuda, LargeBroadcastChainUsesVectorPathsCorrectly) {
     flx_ctx_destroy(gpu);
 }
 
+// Strided and broadcast inputs of a fused chain over 3-d spaces with odd extents (each dim's
+// 32-bit fast division in the index math, extents past 2^16 so quotients use the high bits),
+// one input a permuted view (non-contiguous), f32 and f64, against the CPU.
+TEST(FusionCuda, StridedBroadcastIndexMathMatchesCpu) {
+    FLX_REQUIRE_CUDA(gpu);
+    flx_ctx *cpu = flx_ctx_create(flx_device_cpu());
+    ASSERT_NE(cpu, nullptr);
+    ASSERT_EQ(flx_scope_begin(), FLX_OK);
+    const std::vector<Shape> shapes = {{3, 37, 129}, {2, 70001, 3}, {5, 7, 65537}, {1, 1, 1}};
+    for (flx_dtype dt : {FLX_F32, FLX_F64}) {
+        double tol = dt == FLX_F32 ? 2e-5 : 1e-12;
+        for (const Shape &s : shapes) {
+            std::vector<flx_tensor *> out;
+            for (flx_ctx *c : {gpu, cpu}) {
+                flx_tensor *x = rand_tensor(c, dt, s, 1);
+                flx_tensor *b = rand_tensor(c, dt, {s[1], 1}, 2);         // broadcast over 0 and 2
+                flx_tensor *r = rand_tensor(c, dt, {s[2], s[1], s[0]}, 3); // permuted to s
+                int32_t perm[3] = {2, 1, 0};
+                flx_tensor *rp = flx_permute(r, perm);
+                out.push_back(flx_mul(flx_gelu(flx_add(x, b)), flx_add_scalar(rp, 0.25)));
+            }
+            ASSERT_TRUE(out[0] && out[1]) << flx_last_error();
+            EXPECT_TRUE(close(values(out[0]), values(out[1]), tol, tol))
+                << flx_dtype_name(dt) << " " << s[0] << "x" << s[1] << "x" << s[2];
+        }
+    }
+    ASSERT_EQ(flx_scope_end(0, nullptr), FLX_OK);
+    flx_ctx_destroy(cpu);
+    flx_ctx_destroy(gpu);
+}
+
 }  // namespace

@@ -416,3 +416,60 @@ TEST_F(ReduceTest, BadInputs) {
     flx_clear_error();
     EXPECT_TRUE(flxt::fails_with(flx_sum_all(nullptr), FLX_ERR_INVALID_ARGUMENT, "NULL"));
 }
+
+namespace {
+
+// GPU against the CPU at shapes that take the split (two-stage) CUDA paths: a full reduction of
+// 2^22 elements (one output over many blocks), leading-axis reductions with the kept axis
+// innermost (32-column tiles: 1000 and 5000 columns, a partial tile, one chunk or many), and
+// NaN / tie placement across chunk boundaries for max, min and argmax (first NaN, first max).
+TEST(ReduceCuda, SplitPathsMatchCpu) {
+    FLX_REQUIRE_CUDA(gpu);
+    flx_ctx *cpu = flx_ctx_create(flx_device_cpu());
+    ASSERT_NE(cpu, nullptr);
+    ASSERT_EQ(flx_scope_begin(), FLX_OK);
+    struct C {
+        Shape shape;
+        std::vector<int32_t> axes;
+    };
+    const C cases[] = {{{1 << 22}, {0}}, {{8192, 1000}, {0}}, {{100, 5000}, {0}},
+                       {{2, 1 << 20}, {1}}, {{64, 3, 4099}, {0, 2}}, {{4096, 4096}, {}}};
+    const R ops[] = {R::Sum, R::Mean, R::Max, R::Min, R::Argmax};
+    for (flx_dtype dt : {FLX_F64, FLX_F32}) {
+        double tol = dt == FLX_F64 ? 1e-12 : 1e-6;
+        for (const C &c : cases) {
+            size_t n = 1;
+            for (int64_t d : c.shape) n *= (size_t)d;
+            std::vector<double> v = flxt::rand_values(n, 41, -2, 2);
+            flx_tensor *xc = flxt::make(cpu, dt, c.shape, v), *xg = flx_to_ctx(xc, gpu);
+            ASSERT_TRUE(xc && xg) << flx_last_error();
+            for (R op : ops) {
+                if (op == R::Argmax && c.axes.size() != 1) continue;
+                SCOPED_TRACE(std::string(flx_dtype_name(dt)) + " " + rname(op) + " numel " + std::to_string(n));
+                flx_tensor *rc = apply(op, xc, c.axes, false), *rg = apply(op, xg, c.axes, false);
+                ASSERT_TRUE(rc && rg) << flx_last_error();
+                bool exact = op != R::Sum && op != R::Mean;
+                EXPECT_TRUE(flxt::close(flxt::values(rg), flxt::values(rc), exact ? 0 : tol, exact ? 0 : tol));
+            }
+        }
+    }
+    // NaN and ties across chunks of a 2^22 vector: the first NaN / first maximum wins.
+    const size_t n = (size_t)1 << 22;
+    for (flx_dtype dt : {FLX_F64, FLX_F32}) {
+        std::vector<double> v = flxt::rand_values(n, 43, -1, 1);
+        v[n / 2 + 1] = 5.0, v[n - 3] = 5.0;                  // tie for the maximum in two chunks
+        flx_tensor *x = flxt::make(gpu, dt, {(int64_t)n}, v);
+        EXPECT_EQ(flxt::values(flx_argmax(x, 0, false))[0], (double)(n / 2 + 1));
+        EXPECT_EQ(flxt::values(flx_max(x, 0, nullptr, false))[0], 5.0);
+        v[n - 7] = NAN, v[n / 3] = NAN;                      // two NaNs, the earlier one first
+        x = flxt::make(gpu, dt, {(int64_t)n}, v);
+        EXPECT_EQ(flxt::values(flx_argmax(x, 0, false))[0], (double)(n / 3));
+        EXPECT_TRUE(std::isnan(flxt::values(flx_max(x, 0, nullptr, false))[0]));
+        EXPECT_TRUE(std::isnan(flxt::values(flx_min(x, 0, nullptr, false))[0]));
+        EXPECT_TRUE(std::isnan(flxt::values(flx_sum_all(x))[0]));
+    }
+    ASSERT_EQ(flx_scope_end(0, nullptr), FLX_OK);
+    EXPECT_EQ(flx_ctx_destroy(cpu), FLX_OK);
+}
+
+}  // namespace

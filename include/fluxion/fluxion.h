@@ -989,6 +989,71 @@ FLX_API flx_status flx_set_fusion(flx_ctx *ctx, bool enabled);
 FLX_API flx_status flx_get_fusion(const flx_ctx *ctx, bool *enabled);
 /* ==== END issue 6: plans and math mode ===================================================== */
 
+/* ---------------------------------------------------------------------------------------------
+ * Distributed: communicators and collectives (runtime/dist/).
+ *
+ * A communicator joins the processes of one job, one context each: CPU contexts talk through
+ * MPI (the job started by mpirun/srun), CUDA contexts through NCCL (its unique id exchanged over
+ * MPI). Without a launcher (no MPI rank in the environment) flx_comm_create gives a world of one
+ * process, so the same program runs unchanged in one process.
+ *
+ * Collectives are graph ops like any other: flx_comm_all_reduce returns a lazy tensor, the work
+ * runs when something needs it (on CUDA, queued on the context's stream with no host sync, so a
+ * plan can capture it), and gradients and tangents flow through it (the VJP of a sum all-reduce
+ * is a sum all-reduce of the cotangent, all-gather and reduce-scatter are each other's VJP,
+ * broadcast's VJP sums the cotangents onto the root). Every rank must build and evaluate the same
+ * collectives in the same order (as in MPI and NCCL), gradients included: a collective that one
+ * rank evaluates and another never does waits forever.
+ *
+ * A communicator is identified by a handle that ops keep by value: evaluating a collective after
+ * its communicator was destroyed fails with FLX_ERR_STATE instead of touching freed memory.
+ * ------------------------------------------------------------------------------------------- */
+typedef struct flx_comm flx_comm;
+typedef enum flx_comm_op {
+    FLX_COMM_SUM = 0,
+    FLX_COMM_AVG = 1, /* the sum divided by the world size */
+    FLX_COMM_MAX = 2, /* no gradient */
+    FLX_COMM_MIN = 3, /* no gradient */
+} flx_comm_op;
+/* True when this build can talk through MPI (CPU contexts) / NCCL (CUDA contexts). */
+FLX_API bool flx_has_mpi(void);
+FLX_API bool flx_has_nccl(void);
+/* The world of the job this process was launched in, for ctx (every rank passes a context of
+ * the same kind; a CUDA context is usually cuda(local_rank)). The environment decides:
+ * OMPI_COMM_WORLD_SIZE / PMI_SIZE / PMIX_RANK (mpirun, srun) -> MPI is initialised if the
+ * application has not done so (and finalised at exit); otherwise a world of one process. A
+ * launcher world on a build without MPI is an FLX_ERR_UNSUPPORTED error, never a silent world of
+ * one. Returns NULL with the error set on failure. */
+FLX_API flx_comm *flx_comm_create(flx_ctx *ctx);
+/* Destroys the communicator. Collectives recorded on it and not yet run fail with
+ * FLX_ERR_STATE when evaluated. NULL is a no-op. */
+FLX_API flx_status flx_comm_destroy(flx_comm *comm);
+FLX_API int32_t flx_comm_rank(const flx_comm *comm); /* -1 for NULL */
+FLX_API int32_t flx_comm_size(const flx_comm *comm); /* -1 for NULL */
+/* x reduced elementwise over the ranks (same shape and dtype on every rank; f32, f64, and for
+ * SUM/MAX/MIN also i32, i64). */
+FLX_API flx_tensor *flx_comm_all_reduce(flx_comm *comm, flx_tensor *x, flx_comm_op op);
+/* root's x on every rank (0 <= root < size). */
+FLX_API flx_tensor *flx_comm_broadcast(flx_comm *comm, flx_tensor *x, int32_t root);
+/* The ranks' x (each of shape (n, ...)) concatenated along axis 0 in rank order: (size*n, ...). */
+FLX_API flx_tensor *flx_comm_all_gather(flx_comm *comm, flx_tensor *x);
+/* x (shape (size*n, ...), the same on every rank) reduced over the ranks, and rank r keeps rows
+ * [r*n, (r+1)*n): shape (n, ...). op SUM or AVG. */
+FLX_API flx_tensor *flx_comm_reduce_scatter(flx_comm *comm, flx_tensor *x, flx_comm_op op);
+
+/* Data-parallel training helpers. Each rank runs the same model on its share of the batch.
+ * flx_comm_broadcast_params assigns root's value to every parameter (call once at start, so
+ * every rank starts equal). flx_comm_average_grads replaces each parameter's .grad by its mean
+ * over the ranks: gradients are packed into buckets of about bucket_bytes (0: 25 MiB), taken in
+ * reverse parameter order (the order backward produces them), each bucket one all-reduce; the
+ * work is queued (evaluated, no host sync on CUDA). Every rank must pass the same parameters, and
+ * each must have a .grad on every rank or on none. With the mean loss over each rank's equal
+ * share of the batch, the result is the gradient of the mean loss over the whole batch. */
+FLX_API flx_status flx_comm_broadcast_params(flx_comm *comm, int32_t n, flx_tensor *const *params,
+                                             int32_t root);
+FLX_API flx_status flx_comm_average_grads(flx_comm *comm, int32_t n, flx_tensor *const *params,
+                                          size_t bucket_bytes);
+
 #ifdef __cplusplus
 }
 #endif

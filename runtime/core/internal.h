@@ -70,7 +70,9 @@
     X(CROSS_ENTROPY_BWD) /* inputs logits, labels, g (N): (softmax - onehot) g       */    \
     /* expm / eigh (issue 4; runtime/ops/expm.c, runtime/ops/eigh.c) */                   \
     X(EXPM) /* inputs: Y (expm value, no history), A; aliases Y; attrs.expm      */       \
-    X(EIGH) /* input: symmetric S (..., n, n) -> packed (..., n, n+1) = [V | w]   */
+    X(EIGH) /* input: symmetric S (..., n, n) -> packed (..., n, n+1) = [V | w]   */      \
+    /* distributed (runtime/dist/): attrs.coll */                                         \
+    X(COLLECTIVE) /* all-reduce, broadcast, all-gather, reduce-scatter over a comm */
 
 typedef enum flx_op {
 #define FLX_X_ENUM(NAME) FLX_OP_##NAME,
@@ -106,6 +108,9 @@ typedef struct flx_attrs {
         struct { int32_t mode; int32_t axis; double scale; int64_t ignore_index; } softmax;
         /* expm (issue 4): bound on max(||A||_1, ||A||_inf) over the batch, fixes the squarings */
         struct { double bound; } expm;
+        /* collectives (runtime/dist/): the communicator's registry id, flx_coll_kind,
+         * flx_reduce_op, broadcast root */
+        struct { uint64_t comm_id; int32_t kind, op, root; } coll;
     } u;
 } flx_attrs;
 
@@ -198,6 +203,7 @@ void flx_ops_register_softmax(flx_op_def *table);
 /* expm / eigh (issue 4): runtime/ops/expm.c, runtime/ops/eigh.c; CPU Jacobi in runtime/cpu/eigh.c */
 void flx_ops_register_expm(flx_op_def *table);
 void flx_ops_register_eigh(flx_op_def *table);
+void flx_ops_register_collective(flx_op_def *table);
 
 /* ---------------------------------------------------------------------------------------------
  * Backends
@@ -264,6 +270,10 @@ flx_status flx_step_exec(const flx_tensor *node, const struct flx_fused_group *g
 extern const flx_backend flx_backend_cpu;
 #ifdef FLX_WITH_CUDA
 extern const flx_backend flx_backend_cuda;
+/* The context's stream (a cudaStream_t) and device ordinal, for glue to CUDA libraries that live
+ * outside the backend file (runtime/cuda/nccl.c). */
+void *flx_cuda_ctx_stream(flx_ctx *ctx);
+int flx_cuda_ctx_device(flx_ctx *ctx);
 #endif
 
 struct flx_ctx {

@@ -141,7 +141,6 @@ FLX_CUDA_FAMILY(cast, flx_cast_args, a->src_dtype)
 FLX_CUDA_FAMILY(unary, flx_unary_args, a->dtype)
 FLX_CUDA_FAMILY(binary, flx_binary_args, a->dtype)
 FLX_CUDA_FAMILY(where, flx_where_args, a->dtype)
-FLX_CUDA_FAMILY(reduce, flx_reduce_args, a->dtype)
 FLX_CUDA_FAMILY(conv, flx_conv_args, a->dtype)       /* nn sliding windows: kernels/conv.cu */
 FLX_CUDA_FAMILY(softmax, flx_softmax_args, a->dtype) /* softmax family: kernels/softmax.cu */
 FLX_CUDA_FAMILY(optim, flx_optim_args, a->dtype)     /* fused optimisers: kernels/optim.cu */
@@ -190,6 +189,18 @@ static flx_status index_in(flx_ctx *ctx, const flx_index_args *a) {
     return launched(flx_cuda_index(a, &env), "index", a->dtype);
 }
 FLX_CUDA_GUARDED(cuda_index, flx_index_args, index_in)
+
+/* Reductions split over many blocks (kernels/reduce.cu) take their partials from the allocator. */
+static flx_status reduce_in(flx_ctx *ctx, const flx_reduce_args *a) {
+    flx_reduce_args b = *a;
+    b.scratch_bytes = flx_cuda_reduce_scratch_bytes(a);
+    b.scratch = b.scratch_bytes ? scratch_alloc(ctx, b.scratch_bytes) : NULL;
+    if (b.scratch_bytes && !b.scratch) return flx_last_status();
+    int rc = flx_cuda_reduce(&b, (void *)flx_cuda_st(ctx)->stream);
+    scratch_free(ctx, b.scratch);
+    return launched(rc, "reduce", a->dtype);
+}
+FLX_CUDA_GUARDED(cuda_reduce, flx_reduce_args, reduce_in)
 
 /* ---- matmul ----------------------------------------------------------------------------------- */
 /* C := beta * C for every batch when k == 0 (no products to add). */
@@ -468,3 +479,5 @@ void *flx_cuda_ctx_stream(flx_ctx *ctx) {
     cuda_state *s = ctx ? flx_cuda_st(ctx) : NULL;
     return s ? (void *)s->stream : NULL;
 }
+
+int flx_cuda_ctx_device(flx_ctx *ctx) { return flx_cuda_st(ctx)->device; }

@@ -17,10 +17,6 @@
 
 #include "internal.h"
 
-#ifdef FLX_WITH_CUDA
-void *flx_cuda_ctx_stream(flx_ctx *ctx); /* runtime/cuda/backend.c */
-#endif
-
 /* ---- helpers ------------------------------------------------------------------------------ */
 /* Waits for a context's queued work without losing an error already recorded on this thread
  * (used before external memory is handed back to its owner). A device error found here stays

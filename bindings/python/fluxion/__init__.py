@@ -35,7 +35,6 @@ from ._core import (
     cosh,
     cross_entropy,
     cuda_device_count,
-    custom_fn,
     detach,
     device,
     diag,
@@ -55,16 +54,11 @@ from ._core import (
     gather,
     ge,
     gelu,
-    grad,
-    grad_of,
     gt,
     has_cuda,
-    hvp,
     index_select,
     int32,
     int64,
-    is_grad_enabled,
-    jvp,
     le,
     leaky_relu,
     live_tensors,
@@ -83,7 +77,6 @@ from ._core import (
     mul,
     ne,
     neg,
-    no_grad,
     one_hot,
     ones,
     ones_like,
@@ -118,14 +111,40 @@ from ._core import (
     trace,
     transpose,
     unsqueeze,
-    value_and_grad,
     var,
-    vjp,
     where,
     zeros,
     zeros_like,
 )
 from ._interop import asarray, from_dlpack
+from ._autodiff import (
+    custom_fn,
+    grad,
+    grad_of,
+    hvp,
+    is_grad_enabled,
+    jvp,
+    no_grad,
+    value_and_grad,
+    vjp,
+)
+from . import distributed, linalg, nn, optim
+from ._checkpoint import load, load_tensor, save
+from ._compile import Compiled, compile
+from ._transforms import (
+    cuda_device_info,
+    get_fusion,
+    get_math_mode,
+    gradcheck,
+    hessian,
+    jacobian,
+    reset_stats,
+    set_fusion,
+    set_math_mode,
+    stats,
+    version,
+)
+from .nn.modules import manual_seed
 
 __version__ = "0.1.0"
 

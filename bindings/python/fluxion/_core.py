@@ -1,4 +1,5 @@
-"""Tensor, dtypes, devices, errors, ops and autodiff over the fluxion C API (ctypes).
+"""Tensor, dtypes, devices, errors and ops over the fluxion C API (ctypes, with the C extension
+fluxion._fast for the hot path when it is built; autodiff transforms are in _autodiff.py).
 
 Ownership: every :class:`Tensor` owns exactly one C reference and drops it in ``__del__``. Python
 never opens a C scope, so every pointer a C function returns is owned by the caller, i.e. by the
@@ -12,13 +13,22 @@ from __future__ import annotations
 import atexit
 import builtins as _b
 import ctypes
-import math
+import os
 import threading
 from ctypes import byref, c_double, c_int32, c_int64, c_void_p
-from typing import Any, Callable, Iterable, Iterator, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Iterator, Optional, Sequence, Tuple, Union
 
 from . import _lib
 from ._lib import lib as _L
+
+# The compiled hot path (src/_fast.c, abi3), when it was built; FLUXION_NO_EXTENSION=1 forces
+# the pure-ctypes path (the same results, slower calls).
+_fast: Any = None
+if os.environ.get("FLUXION_NO_EXTENSION", "") in ("", "0"):
+    try:
+        from . import _fast  # type: ignore[no-redef]
+    except ImportError:
+        _fast = None
 
 # ---- errors ---------------------------------------------------------------------------------------
 FLX_OK = 0
@@ -47,7 +57,8 @@ class _ShapeError(ValueError):
 
 
 def _exception_for(status: int, msg: str) -> BaseException:
-    name = _STATUS_NAMES.get(status, f"status {status}")
+    raw = _L.flx_status_string(status)
+    name = raw.decode() if raw else _STATUS_NAMES.get(status, f"status {status}")
     text = f"{msg} [{name}]" if msg else name
     if status in (1, 2, 3):
         e: BaseException = ValueError(text)
@@ -241,6 +252,8 @@ def _at_exit() -> None:
     # down interpreter must not run.
     global _alive
     _alive = False
+    if _fast is not None:
+        _fast.shutdown()
 
 
 atexit.register(_at_exit)
@@ -307,9 +320,12 @@ def _p(x: Any) -> int:
         raise TypeError(f"fluxion: expected a fluxion.Tensor, got {type(x).__name__}") from None
 
 
+_NO_AXES = _i32(())  # read-only: C never writes an axes list
+
+
 def _axes(axis: Union[None, int, Sequence[int]]):
     if axis is None:
-        return _i32(())
+        return _NO_AXES
     if isinstance(axis, int):
         return _i32((axis,))
     return _i32(tuple(int(a) for a in axis))
@@ -364,6 +380,11 @@ class Tensor:
     def device(self) -> device:
         """The device the tensor lives on."""
         return _device_of_ctx(_L.flx_ctx_of(self._ptr))
+
+    @property
+    def is_realized(self) -> bool:
+        """True when the tensor's data is present (computed and not freed)."""
+        return bool(_L.flx_is_realized(self._ptr))
 
     def numel(self) -> int:
         """Number of elements."""
@@ -536,7 +557,10 @@ class Tensor:
 
     def backward(self) -> None:
         """Adds d self / d leaf to ``.grad`` of every leaf that requires grad (self has one
-        element)."""
+        element). Inside :func:`fluxion.compile` it also names the step's loss."""
+        from ._compile import _record_backward
+
+        _record_backward(self)
         _call_cb(_L.flx_backward, self._ptr)
 
     def detach(self) -> "Tensor":
@@ -647,6 +671,55 @@ class Tensor:
         return _wrap(_L.flx_transpose(self._ptr, -2, -1))
 
 
+_FAST_SLOTS = ("__add__ __radd__ __sub__ __rsub__ __mul__ __rmul__ __truediv__ __rtruediv__ "
+               "__matmul__ __rmatmul__ __pow__ __rpow__ __neg__ __abs__ __pos__ __eq__ __ne__ "
+               "__lt__ __le__ __gt__ __ge__ __del__").split()
+
+if _fast is not None:
+    # The same class on the C handle type: its number and comparison slots (and dealloc) are C;
+    # the Python operator methods above serve as the fallbacks of the cases C hands back.
+    _PyTensor = Tensor
+    _ns = {k: v for k, v in _PyTensor.__dict__.items()
+           if k not in _FAST_SLOTS and k not in ("_ptr", "__weakref__", "__dict__", "__slots__")}
+    _ns["__slots__"] = ("__weakref__",)
+    Tensor = type("Tensor", (_fast.TensorBase,), _ns)  # type: ignore[misc]
+    Tensor.__module__ = "fluxion"
+    Tensor.__qualname__ = "Tensor"
+
+    def _fb(fwd: str, rev: str) -> Callable[[Any, Any], Any]:
+        f, r = getattr(_PyTensor, fwd), getattr(_PyTensor, rev)
+        return lambda a, b: f(a, b) if isinstance(a, Tensor) else r(b, a)
+
+    _FALLBACKS = {
+        "add": _fb("__add__", "__radd__"), "sub": _fb("__sub__", "__rsub__"),
+        "mul": _fb("__mul__", "__rmul__"), "div": _fb("__truediv__", "__rtruediv__"),
+        "matmul": _fb("__matmul__", "__rmatmul__"), "pow": _fb("__pow__", "__rpow__"),
+        "eq": _PyTensor.__eq__, "ne": _PyTensor.__ne__, "lt": _PyTensor.__lt__,
+        "le": _PyTensor.__le__, "gt": _PyTensor.__gt__, "ge": _PyTensor.__ge__,
+        "neg": _PyTensor.__neg__, "abs": _PyTensor.__abs__,
+    }
+
+    def _addr(name: str) -> int:
+        return ctypes.cast(getattr(_L, "flx_" + name), c_void_p).value
+
+    _fast.bind({**{n: _addr(n) for n in _FALLBACKS},
+                **{n: _addr(n) for n in ("add_scalar", "mul_scalar", "affine", "release",
+                                         "clear_error")}},
+               _FALLBACKS, _raise_last, Tensor)
+
+    _fast_wrap = _fast.wrap
+
+    def _wrap(p: Optional[int]) -> "Tensor":  # noqa: F811 - the C form of the function above
+        """Wraps a pointer returned by a C function (NULL raises the pending error)."""
+        if _cb_active and _tls.depth:
+            if not p:
+                _raise_last()
+            t = _new(Tensor)
+            t._ptr = _retain(p)  # a C scope owns p: take a reference of our own
+            return t
+        return _fast_wrap(p)
+
+
 def _as_operand(x: Any, like: Tensor) -> Tensor:
     if isinstance(x, Tensor):
         return x
@@ -736,622 +809,7 @@ def _call_cb(fn: Callable, *args: Any) -> None:
         raise exc
 
 
-# ---- creation --------------------------------------------------------------------------------------
-def _dt(dtype: Optional[DTypeLike], default: DType = float32) -> DType:
-    return default if dtype is None else as_dtype(dtype)
-
-
-def _finish(t: Tensor, requires_grad: bool) -> Tensor:
-    if requires_grad:
-        t.requires_grad = True
-    return t
-
-
-def zeros(*shape: Any, dtype: Optional[DTypeLike] = None, device: DeviceLike = None,
-          requires_grad: bool = False) -> Tensor:
-    """A tensor of zeros (default float32 on the CPU)."""
-    s, n = _i64(_shape_arg(shape))
-    return _finish(_wrap(_L.flx_zeros(_ctx(device), _dt(dtype).code, n, s)), requires_grad)
-
-
-def ones(*shape: Any, dtype: Optional[DTypeLike] = None, device: DeviceLike = None,
-         requires_grad: bool = False) -> Tensor:
-    """A tensor of ones."""
-    s, n = _i64(_shape_arg(shape))
-    return _finish(_wrap(_L.flx_ones(_ctx(device), _dt(dtype).code, n, s)), requires_grad)
-
-
-def full(shape: ShapeLike, value: Scalar, dtype: Optional[DTypeLike] = None,
-         device: DeviceLike = None, requires_grad: bool = False) -> Tensor:
-    """A tensor filled with value."""
-    s, n = _i64(_shape_arg((shape,) if isinstance(shape, int) else tuple(shape)))
-    return _finish(_wrap(_L.flx_full(_ctx(device), _dt(dtype).code, n, s, float(value))),
-                   requires_grad)
-
-
-def zeros_like(x: Tensor, dtype: Optional[DTypeLike] = None) -> Tensor:
-    s, n = _i64(x.shape)
-    return _wrap(_L.flx_zeros(_L.flx_ctx_of(x._ptr), _dt(dtype, x.dtype).code, n, s))
-
-
-def ones_like(x: Tensor, dtype: Optional[DTypeLike] = None) -> Tensor:
-    s, n = _i64(x.shape)
-    return _wrap(_L.flx_ones(_L.flx_ctx_of(x._ptr), _dt(dtype, x.dtype).code, n, s))
-
-
-def scalar(value: Scalar, dtype: Optional[DTypeLike] = None, device: DeviceLike = None) -> Tensor:
-    """A 0-d tensor."""
-    return _wrap(_L.flx_scalar(_ctx(device), _dt(dtype).code, float(value)))
-
-
-def eye(n: int, m: Optional[int] = None, dtype: Optional[DTypeLike] = None,
-        device: DeviceLike = None) -> Tensor:
-    """n x m identity."""
-    return _wrap(_L.flx_eye(_ctx(device), _dt(dtype).code, int(n), int(n if m is None else m)))
-
-
-def arange(start: float, stop: Optional[float] = None, step: float = 1,
-           dtype: Optional[DTypeLike] = None, device: DeviceLike = None) -> Tensor:
-    """[start, start+step, ...) below stop; dtype defaults to int64 for int arguments."""
-    if stop is None:
-        start, stop = 0, start
-    if dtype is None:
-        dtype = int64 if all(isinstance(v, int) for v in (start, stop, step)) else float32
-    return _wrap(_L.flx_arange(_ctx(device), as_dtype(dtype).code, float(start), float(stop),
-                               float(step)))
-
-
-def rand(*shape: Any, low: float = 0.0, high: float = 1.0, seed: int = 0,
-         dtype: Optional[DTypeLike] = None, device: DeviceLike = None,
-         requires_grad: bool = False) -> Tensor:
-    """Uniform [low, high) values from the counter-based generator (deterministic in seed)."""
-    s, n = _i64(_shape_arg(shape))
-    return _finish(_wrap(_L.flx_uniform(_ctx(device), _dt(dtype).code, n, s, low, high, seed)),
-                   requires_grad)
-
-
-def randn(*shape: Any, mean: float = 0.0, std: float = 1.0, seed: int = 0,
-          dtype: Optional[DTypeLike] = None, device: DeviceLike = None,
-          requires_grad: bool = False) -> Tensor:
-    """Normal values (deterministic in seed)."""
-    s, n = _i64(_shape_arg(shape))
-    return _finish(_wrap(_L.flx_normal(_ctx(device), _dt(dtype).code, n, s, mean, std, seed)),
-                   requires_grad)
-
-
-def tensor(data: Any, dtype: Optional[DTypeLike] = None, device: DeviceLike = None,
-           requires_grad: bool = False) -> Tensor:
-    """A new tensor holding a copy of data (nested lists, numbers, numpy arrays, tensors).
-
-    Python floats become float32 and ints int64 unless dtype is given; numpy arrays keep their
-    dtype. Use :func:`asarray` for a zero-copy view of a numpy array.
-    """
-    import numpy as np
-
-    if isinstance(data, Tensor):
-        t = data.detach().to(device if device is not None else data.device)
-        if dtype is not None:
-            t = t.astype(dtype)
-        # A fresh node (a copy in value semantics: buffers are immutable).
-        t = _wrap(_L.flx_detach(t._ptr))
-        return _finish(t, requires_grad)
-    if isinstance(data, np.ndarray):
-        arr = data
-    else:
-        arr = np.asarray(data)
-        if dtype is None and arr.dtype == np.float64 and not isinstance(data, np.generic):
-            arr = arr.astype(np.float32)
-    if dtype is not None:
-        dt = as_dtype(dtype)
-    else:
-        if arr.dtype == object:
-            raise TypeError(f"fluxion: cannot make a tensor from {type(data).__name__}")
-        dt = as_dtype(arr.dtype)
-    arr = np.asarray(arr, dtype=np.dtype(dt.numpy_str), order="C")
-    s, n = _i64(arr.shape)
-    t = _wrap(_L.flx_from_host(_ctx(device), dt.code, n, s, arr.ctypes.data))
-    return _finish(t, requires_grad)
-
-
-# ---- ops as functions -------------------------------------------------------------------------------
-def _unary(name: str, doc: str) -> Callable[[Tensor], Tensor]:
-    cfn = getattr(_L, "flx_" + name)
-
-    def f(x: Tensor) -> Tensor:
-        return _wrap(cfn(_p(x)))
-
-    f.__name__ = f.__qualname__ = name
-    f.__doc__ = doc
-    return f
-
-
-neg = _unary("neg", "-x")
-abs = _unary("abs", "|x| (derivative 0 at 0)")
-sign = _unary("sign", "-1, 0 or 1 (zero gradient)")
-square = _unary("square", "x * x")
-sqrt = _unary("sqrt", "square root")
-rsqrt = _unary("rsqrt", "1 / sqrt(x)")
-reciprocal = _unary("reciprocal", "1 / x")
-exp = _unary("exp", "e^x")
-log = _unary("log", "natural logarithm")
-log1p = _unary("log1p", "log(1 + x)")
-sin = _unary("sin", "sine")
-cos = _unary("cos", "cosine")
-tanh = _unary("tanh", "hyperbolic tangent")
-cosh = _unary("cosh", "hyperbolic cosine")
-sinh = _unary("sinh", "hyperbolic sine")
-erf = _unary("erf", "error function")
-sigmoid = _unary("sigmoid", "1 / (1 + e^-x)")
-relu = _unary("relu", "max(x, 0) (derivative 0 at 0)")
-gelu = _unary("gelu", "exact GELU: x * Phi(x)")
-softplus = _unary("softplus", "log(1 + e^x)")
-detach = _unary("detach", "same value, no gradient history")
-trace = _unary("trace", "sum of the main diagonal of a matrix")
-diag = _unary("diag", "square matrix with v on the diagonal")
-diagonal = _unary("diagonal", "main diagonal of a matrix")
-
-
-def _binfn(name: str, doc: str) -> Callable[[Any, Any], Tensor]:
-    cfn = getattr(_L, "flx_" + name)
-
-    def f(a: Any, b: Any) -> Tensor:
-        return _binary(cfn, a, b)
-
-    f.__name__ = f.__qualname__ = name
-    f.__doc__ = doc
-    return f
-
-
-add = _binfn("add", "a + b with broadcasting")
-sub = _binfn("sub", "a - b with broadcasting")
-mul = _binfn("mul", "a * b with broadcasting")
-div = _binfn("div", "a / b with broadcasting")
-maximum = _binfn("maximum", "elementwise max (gradient to a on ties)")
-minimum = _binfn("minimum", "elementwise min (gradient to a on ties)")
-eq = _binfn("eq", "a == b (bool)")
-ne = _binfn("ne", "a != b (bool)")
-lt = _binfn("lt", "a < b (bool)")
-le = _binfn("le", "a <= b (bool)")
-gt = _binfn("gt", "a > b (bool)")
-ge = _binfn("ge", "a >= b (bool)")
-dot = _binfn("dot", "1-d . 1-d -> 0-d")
-outer = _binfn("outer", "(n), (m) -> (n, m)")
-
-
-def matmul(a: Tensor, b: Tensor) -> Tensor:
-    """NumPy matmul semantics (batched, 1-d operands as vectors)."""
-    return _wrap(_L.flx_matmul(_p(a), _p(b)))
-
-
-def pow(x: Any, p: Any) -> Tensor:
-    """x ** p (p a number or a tensor)."""
-    if isinstance(x, Tensor):
-        return x.__pow__(p)
-    return _binary(_L.flx_pow, x, p)
-
-
-def where(cond: Tensor, a: Any, b: Any) -> Tensor:
-    """cond ? a : b with broadcasting (cond is bool)."""
-    like = a if isinstance(a, Tensor) else b if isinstance(b, Tensor) else None
-    if like is None:
-        raise TypeError("fluxion.where: a or b must be a Tensor")
-    a = _as_operand(a, like)
-    b = _as_operand(b, like)
-    return _wrap(_L.flx_where(_p(cond), a._ptr, b._ptr))
-
-
-def leaky_relu(x: Tensor, slope: float = 0.01) -> Tensor:
-    """x > 0 ? x : slope * x"""
-    return _wrap(_L.flx_leaky_relu(_p(x), float(slope)))
-
-
-def elu(x: Tensor, alpha: float = 1.0) -> Tensor:
-    """x > 0 ? x : alpha * (e^x - 1)"""
-    return _wrap(_L.flx_elu(_p(x), float(alpha)))
-
-
-def clamp(x: Tensor, lo: float, hi: float) -> Tensor:
-    """min(max(x, lo), hi) (derivative 1 strictly inside)."""
-    return _wrap(_L.flx_clamp(_p(x), float(lo), float(hi)))
-
-
-clip = clamp
-
-
-def affine(x: Tensor, a: float, b: float) -> Tensor:
-    """a * x + b in one op."""
-    return _wrap(_L.flx_affine(_p(x), float(a), float(b)))
-
-
-def _reducer(name: str, doc: str) -> Callable[..., Tensor]:
-    cfn = getattr(_L, "flx_" + name)
-
-    def f(x: Tensor, axis: Union[None, int, Sequence[int]] = None, keepdims: bool = False) -> Tensor:
-        a, n = _axes(axis)
-        return _wrap(cfn(_p(x), n, a, bool(keepdims)))
-
-    f.__name__ = f.__qualname__ = name
-    f.__doc__ = doc + " over axis (an int, a sequence, or None for all axes)"
-    return f
-
-
-sum = _reducer("sum", "sum")
-mean = _reducer("mean", "mean")
-max = _reducer("max", "maximum (gradient shared among ties)")
-min = _reducer("min", "minimum (gradient shared among ties)")
-logsumexp = _reducer("logsumexp", "log(sum(exp(x)))")
-
-
-def var(x: Tensor, axis: Union[None, int, Sequence[int]] = None, keepdims: bool = False,
-        correction: int = 0) -> Tensor:
-    """sum((x - mean)^2) / (N - correction)."""
-    a, n = _axes(axis)
-    return _wrap(_L.flx_var(_p(x), n, a, bool(keepdims), int(correction)))
-
-
-def std(x: Tensor, axis: Union[None, int, Sequence[int]] = None, keepdims: bool = False,
-        correction: int = 0) -> Tensor:
-    """sqrt(var)."""
-    return sqrt(var(x, axis, keepdims, correction))
-
-
-def argmax(x: Tensor, axis: int = -1, keepdims: bool = False) -> Tensor:
-    """Index (int64) of the first maximum along axis."""
-    return _wrap(_L.flx_argmax(_p(x), int(axis), bool(keepdims)))
-
-
-def reshape(x: Tensor, *shape: Any) -> Tensor:
-    """Same elements, new shape (one entry may be -1)."""
-    s, n = _i64(_shape_arg(shape))
-    return _wrap(_L.flx_reshape(_p(x), n, s))
-
-
-def permute(x: Tensor, *perm: Any) -> Tensor:
-    """out.shape[i] = x.shape[perm[i]]."""
-    p = _shape_arg(perm)
-    if len(p) != x.ndim:
-        raise ValueError(f"fluxion.permute: perm {p} does not have {x.ndim} entries")
-    a, _ = _i32(p)
-    return _wrap(_L.flx_permute(_p(x), a))
-
-
-def transpose(x: Tensor, axis0: int = -2, axis1: int = -1) -> Tensor:
-    """Swaps two axes."""
-    return _wrap(_L.flx_transpose(_p(x), int(axis0), int(axis1)))
-
-
-def broadcast_to(x: Tensor, *shape: Any) -> Tensor:
-    """NumPy broadcasting of x to shape."""
-    s, n = _i64(_shape_arg(shape))
-    return _wrap(_L.flx_broadcast_to(_p(x), n, s))
-
-
-def slice(x: Tensor, axis: int, start: int, stop: int, step: int = 1) -> Tensor:  # noqa: A001
-    """Elements start, start+step, ... before stop along axis."""
-    return _wrap(_L.flx_slice(_p(x), int(axis), int(start), int(stop), int(step)))
-
-
-def concat(xs: Sequence[Tensor], axis: int = 0) -> Tensor:
-    """Joins tensors along an existing axis."""
-    arr, n = _ptrs(list(xs))
-    return _wrap(_L.flx_concat(n, arr, int(axis)))
-
-
-concatenate = concat
-
-
-def stack(xs: Sequence[Tensor], axis: int = 0) -> Tensor:
-    """Joins tensors along a new axis."""
-    arr, n = _ptrs(list(xs))
-    return _wrap(_L.flx_stack(n, arr, int(axis)))
-
-
-def squeeze(x: Tensor, axis: int) -> Tensor:
-    """Removes a size-1 axis."""
-    return _wrap(_L.flx_squeeze(_p(x), int(axis)))
-
-
-def unsqueeze(x: Tensor, axis: int) -> Tensor:
-    """Inserts a size-1 axis at position axis of the result."""
-    return _wrap(_L.flx_unsqueeze(_p(x), int(axis)))
-
-
-expand_dims = unsqueeze
-
-
-def index_select(x: Tensor, axis: int, index: Tensor) -> Tensor:
-    """out[.., j, ..] = x[.., index[j], ..] (index: 1-d int32/int64)."""
-    return _wrap(_L.flx_index_select(_p(x), int(axis), _p(index)))
-
-
-def gather(x: Tensor, axis: int, index: Tensor) -> Tensor:
-    """Alias of index_select."""
-    return _wrap(_L.flx_gather(_p(x), int(axis), _p(index)))
-
-
-def one_hot(index: Tensor, num_classes: int, dtype: Optional[DTypeLike] = None) -> Tensor:
-    """out[..., c] = (index[...] == c)."""
-    return _wrap(_L.flx_one_hot(_p(index), int(num_classes), _dt(dtype).code))
-
-
-def pad(x: Tensor, pads: Sequence[int], value: float = 0.0) -> Tensor:
-    """Constant padding; pads = (before_0, after_0, before_1, after_1, ...)."""
-    p = tuple(int(v) for v in pads)
-    if len(p) != 2 * x.ndim:
-        raise ValueError(f"fluxion.pad: needs {2 * x.ndim} pad entries, got {len(p)}")
-    a, _ = _i64(p)
-    return _wrap(_L.flx_pad(_p(x), a, float(value)))
-
-
-def cast(x: Tensor, dtype: DTypeLike) -> Tensor:
-    """Converts elements to dtype."""
-    return _wrap(_L.flx_cast(_p(x), as_dtype(dtype).code))
-
-
-def _need(name: str) -> Callable:
-    if not _lib.has(name):
-        raise NotImplementedError(f"fluxion: the loaded library has no flx_{name}")
-    return getattr(_L, "flx_" + name)
-
-
-def softmax(x: Tensor, axis: int = -1, temperature: float = 1.0) -> Tensor:
-    """softmax(x / temperature) along axis (needs a library with the softmax family)."""
-    return _wrap(_need("softmax")(_p(x), int(axis), float(temperature)))
-
-
-def log_softmax(x: Tensor, axis: int = -1, temperature: float = 1.0) -> Tensor:
-    """log_softmax(x / temperature) along axis."""
-    return _wrap(_need("log_softmax")(_p(x), int(axis), float(temperature)))
-
-
-_REDUCTIONS = {"mean": 0, "sum": 1, "none": 2}
-
-
-def cross_entropy(logits: Tensor, labels: Tensor, reduction: str = "mean",
-                  ignore_index: int = -100) -> Tensor:
-    """Softmax cross entropy of (N, C) logits against int labels."""
-    return _wrap(_need("cross_entropy")(_p(logits), _p(labels), _REDUCTIONS[reduction],
-                                        int(ignore_index)))
-
-
-def mse_loss(y: Tensor, t: Tensor, reduction: str = "mean") -> Tensor:
-    """Mean squared error."""
-    if _lib.has("mse_loss"):
-        return _wrap(_L.flx_mse_loss(_p(y), _p(t), _REDUCTIONS[reduction]))
-    d = square(sub(y, t))
-    return {"mean": mean, "sum": sum}.get(reduction, lambda v: v)(d)
-
-
-def eval(*ts: Tensor) -> None:  # noqa: A001
-    """Computes several tensors in one evaluation (shared work runs once)."""
-    if len(ts) == 1 and isinstance(ts[0], (list, tuple)):
-        ts = tuple(ts[0])
-    arr, n = _ptrs(ts)
-    _check(_L.flx_eval(n, arr))
-
-
-# ---- methods --------------------------------------------------------------------------------------------
-for _name in (
-    "abs sign square sqrt rsqrt reciprocal exp log log1p sin cos tanh cosh sinh erf sigmoid relu "
-    "gelu softplus trace diag diagonal leaky_relu elu clamp clip affine sum mean max min "
-    "logsumexp var std argmax permute transpose broadcast_to squeeze unsqueeze index_select "
-    "gather pad cast maximum minimum matmul dot outer softmax log_softmax pow"
-).split():
-    setattr(Tensor, _name, globals()[_name])
-Tensor.reshape = reshape  # type: ignore[attr-defined]
-Tensor.view = reshape  # type: ignore[attr-defined]
-Tensor.neg = neg  # type: ignore[attr-defined]
-Tensor.add = add  # type: ignore[attr-defined]
-Tensor.sub = sub  # type: ignore[attr-defined]
-Tensor.mul = mul  # type: ignore[attr-defined]
-Tensor.div = div  # type: ignore[attr-defined]
-Tensor.flatten = lambda self: reshape(self, -1)  # type: ignore[attr-defined]
-
-
-# ---- grad mode ---------------------------------------------------------------------------------------
-class no_grad:
-    """Context manager (and decorator): ops inside record no gradient history."""
-
-    def __enter__(self) -> "no_grad":
-        _L.flx_no_grad_begin()
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        _L.flx_no_grad_end()
-
-    def __call__(self, fn: Callable) -> Callable:
-        import functools
-
-        @functools.wraps(fn)
-        def wrapper(*a: Any, **k: Any) -> Any:
-            with no_grad():
-                return fn(*a, **k)
-
-        return wrapper
-
-
-def is_grad_enabled() -> bool:
-    return bool(_L.flx_grad_enabled())
-
-
-# ---- functional autodiff --------------------------------------------------------------------------
-def grad_of(outputs: Union[Tensor, Sequence[Tensor]], inputs: Union[Tensor, Sequence[Tensor]],
-            grad_outputs: Union[None, Tensor, Sequence[Optional[Tensor]]] = None,
-            create_graph: bool = False) -> Tuple[Tensor, ...]:
-    """Vector-Jacobian products (like torch.autograd.grad): d<grad_outputs, outputs>/d inputs.
-
-    inputs must require grad; grad_outputs may be None for one-element outputs. Returns one
-    tensor per input (zeros where an output does not depend on it).
-    """
-    outs = [outputs] if isinstance(outputs, Tensor) else list(outputs)
-    ins = [inputs] if isinstance(inputs, Tensor) else list(inputs)
-    o, no = _ptrs(outs)
-    i, ni = _ptrs(ins)
-    c = None
-    if grad_outputs is not None:
-        gos = [grad_outputs] if isinstance(grad_outputs, Tensor) else list(grad_outputs)
-        if len(gos) != no:
-            raise ValueError(f"fluxion.grad_of: {len(gos)} grad_outputs for {no} outputs")
-        c = (c_void_p * no)(*[(_p(g) if g is not None else None) for g in gos])
-    res = (c_void_p * ni)()
-    _call_cb(_L.flx_grad_of, no, o, c, ni, i, bool(create_graph), res)
-    return tuple(_wrap(res[k]) for k in range(ni))
-
-
-def _leaf(x: Any) -> Tuple[Tensor, bool]:
-    """A tensor to differentiate with respect to: x itself when it already requires grad (so
-    nested transforms stay connected), else a fresh leaf holding x's value."""
-    if not isinstance(x, Tensor):
-        raise TypeError(f"fluxion: expected Tensor arguments, got {type(x).__name__}")
-    if x.requires_grad:
-        return x, True
-    t = _wrap(_L.flx_detach(x._ptr))
-    t.requires_grad = True
-    return t, False
-
-
-def _argnums(argnums: Union[int, Sequence[int]], n: int) -> Tuple[int, ...]:
-    nums = (argnums,) if isinstance(argnums, int) else tuple(argnums)
-    for a in nums:
-        if not -n <= a < n:
-            raise ValueError(f"fluxion.grad: argnum {a} is out of range for {n} arguments")
-    return tuple(a % n for a in nums)
-
-
-def value_and_grad(f: Callable[..., Tensor], argnums: Union[int, Sequence[int]] = 0,
-                   create_graph: Optional[bool] = None) -> Callable[..., Tuple[Tensor, Any]]:
-    """Like :func:`grad`, returning (f(*args), gradient)."""
-
-    def wrapped(*args: Any) -> Tuple[Tensor, Any]:
-        nums = _argnums(argnums, len(args))
-        args = list(args)
-        leaves = []
-        nested = False
-        for a in nums:
-            leaf, was = _leaf(args[a])
-            nested = nested or was
-            args[a] = leaf
-            leaves.append(leaf)
-        out = f(*args)
-        if not isinstance(out, Tensor):
-            raise TypeError(f"fluxion.grad: f must return a Tensor, got {type(out).__name__}")
-        if out.numel() != 1:
-            raise ValueError(f"fluxion.grad: f must return one element, got shape {out.shape}")
-        cg = (nested and is_grad_enabled()) if create_graph is None else create_graph
-        if not out.requires_grad:
-            gs = tuple(zeros_like(l) for l in leaves)
-        else:
-            gs = grad_of(out, leaves, create_graph=cg)
-        g = gs[0] if isinstance(argnums, int) else gs
-        return (out if nested else out.detach()), g
-
-    return wrapped
-
-
-def grad(f: Callable[..., Tensor], argnums: Union[int, Sequence[int]] = 0,
-         create_graph: Optional[bool] = None) -> Callable[..., Any]:
-    """The gradient of a scalar function (JAX style): ``grad(f)(x)`` is df/dx.
-
-    argnums picks the differentiated arguments (an int gives one gradient, a sequence a tuple).
-    Transforms nest (``grad(grad(f))``): an argument that already requires grad is used
-    directly and the result is then itself differentiable (create_graph defaults to that).
-    """
-    vg = value_and_grad(f, argnums, create_graph)
-
-    def wrapped(*args: Any) -> Any:
-        return vg(*args)[1]
-
-    wrapped.__doc__ = f"Gradient of {getattr(f, '__name__', 'f')}."
-    return wrapped
-
-
-def vjp(f: Callable[..., Any], *primals: Tensor) -> Tuple[Any, Callable[..., Tuple[Tensor, ...]]]:
-    """(f(*primals), vjp_fn) where vjp_fn(cotangent) gives one cotangent per primal."""
-    leaves = []
-    nested = False
-    for x in primals:
-        leaf, was = _leaf(x)
-        nested = nested or was
-        leaves.append(leaf)
-    out = f(*leaves)
-    outs = [out] if isinstance(out, Tensor) else list(out)
-
-    def vjp_fn(*cts: Any) -> Tuple[Tensor, ...]:
-        if len(cts) == 1 and isinstance(cts[0], (list, tuple)):
-            cts = tuple(cts[0])
-        if len(cts) != len(outs):
-            raise ValueError(f"fluxion.vjp: {len(cts)} cotangents for {len(outs)} outputs")
-        pairs = [(o, c) for o, c in zip(outs, cts) if o.requires_grad]
-        if not pairs:
-            return tuple(zeros_like(l) for l in leaves)
-        return grad_of([o for o, _ in pairs], leaves, [c for _, c in pairs],
-                       create_graph=nested and is_grad_enabled())
-
-    return out, vjp_fn
-
-
-def jvp(f: Callable[..., Any], primals: Sequence[Tensor],
-        tangents: Sequence[Optional[Tensor]]) -> Tuple[Any, Any]:
-    """Forward mode (JAX style): (f(*primals), directional derivative along tangents)."""
-    primals = tuple(primals)
-    tangents = tuple(tangents)
-    if len(primals) != len(tangents):
-        raise ValueError(f"fluxion.jvp: {len(tangents)} tangents for {len(primals)} primals")
-    # Leaves requiring grad, so a reverse-mode transform inside f stays connected to them
-    # (forward-over-reverse).
-    pairs = [_leaf(x) for x in primals]
-    leaves = [p[0] for p in pairs]
-    nested = any(p[1] for p in pairs)
-    out = f(*leaves)
-    outs = [out] if isinstance(out, Tensor) else list(out)
-    i, ni = _ptrs(leaves)
-    t = (c_void_p * ni)(*[(_p(v) if v is not None else None) for v in tangents])
-    o, no = _ptrs(outs)
-    res = (c_void_p * no)()
-    _call_cb(_L.flx_jvp, ni, i, t, no, o, res)
-    tout = tuple(_wrap(res[k]) for k in range(no))
-    if not nested:
-        outs = [o_.detach() for o_ in outs]
-        tout = tuple(v.detach() for v in tout)
-    if isinstance(out, Tensor):
-        return outs[0], tout[0]
-    return tuple(outs), tout
-
-
-def hvp(f: Callable[..., Tensor], primals: Union[Tensor, Sequence[Tensor]],
-        tangents: Union[Tensor, Sequence[Tensor]]) -> Tuple[Tensor, Any]:
-    """Hessian-vector product of a scalar function, forward over reverse:
-    returns (f(*primals), H v) with H v = d/de grad f(x + e v) at e = 0."""
-    single = isinstance(primals, Tensor)
-    ps = (primals,) if single else tuple(primals)
-    vs = (tangents,) if isinstance(tangents, Tensor) else tuple(tangents)
-    if len(ps) != len(vs):
-        raise ValueError(f"fluxion.hvp: {len(vs)} tangents for {len(ps)} primals")
-    pairs = [_leaf(x) for x in ps]
-    leaves = [p[0] for p in pairs]
-    nested = any(p[1] for p in pairs)
-    out = f(*leaves)
-    if not isinstance(out, Tensor) or out.numel() != 1:
-        raise ValueError("fluxion.hvp: f must return a one-element Tensor")
-    if not out.requires_grad:
-        hv = tuple(zeros_like(l) for l in leaves)
-    else:
-        gs = grad_of(out, leaves, create_graph=True)
-        i, ni = _ptrs(leaves)
-        t = (c_void_p * ni)(*[_p(v) for v in vs])
-        o, no = _ptrs(gs)
-        res = (c_void_p * no)()
-        _call_cb(_L.flx_jvp, ni, i, t, no, o, res)
-        hv = tuple(_wrap(res[k]) for k in range(no))
-    if not nested:
-        out = out.detach()
-        hv = tuple(v.detach() for v in hv)
-    return out, (hv[0] if single else hv)
-
-
-# ---- custom differentiable functions ------------------------------------------------------------
-_custom_registry: dict = {}
-_custom_next = [1]
+# ---- C callbacks into Python ---------------------------------------------------------------
 _ERR_CALLBACK = 1  # FLX_ERR_INVALID_ARGUMENT
 
 
@@ -1359,12 +817,16 @@ def _enter_cb() -> None:
     global _cb_active
     _cb_active += 1
     _tls.depth += 1
+    if _fast is not None:
+        _fast.enter_callback()  # the C fast path then defers to _wrap (which retains)
 
 
 def _leave_cb() -> None:
     global _cb_active
     _cb_active -= 1
     _tls.depth -= 1
+    if _fast is not None:
+        _fast.leave_callback()
 
 
 def _record_exc(e: BaseException) -> int:
@@ -1380,119 +842,7 @@ def _as_result(r: Any, what: str) -> int:
     return r._ptr
 
 
-def _fwd_tramp(n: int, inputs: Any, out: Any, user: int) -> int:
-    _enter_cb()
-    try:
-        fn = _custom_registry[user][0]
-        xs = [_borrow(inputs[k]) for k in range(n)]
-        out[0] = _as_result(fn(*xs), "forward")
-        return 0
-    except BaseException as e:  # noqa: BLE001 - reported to the caller after the C call
-        return _record_exc(e)
-    finally:
-        _leave_cb()
-
-
-def _vjp_tramp(n: int, inputs: Any, output: int, g: int, grads_out: Any, user: int) -> int:
-    _enter_cb()
-    try:
-        fn = _custom_registry[user][1]
-        xs = tuple(_borrow(inputs[k]) for k in range(n))
-        r = fn(xs, _borrow(output), _borrow(g))
-        rs = (r,) if (isinstance(r, Tensor) or r is None) and n == 1 else tuple(r)
-        if len(rs) != n:
-            raise ValueError(f"fluxion.custom_fn: vjp returned {len(rs)} gradients for {n} inputs")
-        for k, gk in enumerate(rs):
-            grads_out[k] = None if gk is None else _as_result(gk, "vjp")
-        return 0
-    except BaseException as e:  # noqa: BLE001
-        return _record_exc(e)
-    finally:
-        _leave_cb()
-
-
-def _jvp_tramp(n: int, inputs: Any, tangents: Any, output: int, tout: Any, user: int) -> int:
-    _enter_cb()
-    try:
-        fn = _custom_registry[user][2]
-        xs = tuple(_borrow(inputs[k]) for k in range(n))
-        ts = tuple(_borrow(tangents[k]) for k in range(n))
-        tout[0] = _as_result(fn(xs, ts, _borrow(output)), "jvp")
-        return 0
-    except BaseException as e:  # noqa: BLE001
-        return _record_exc(e)
-    finally:
-        _leave_cb()
-
-
-def _destroy_tramp(user: int) -> None:
-    try:
-        _custom_registry.pop(user, None)
-    except Exception:
-        pass
-
-
-# One set of C callbacks for the whole process (module globals: never collected while the
-# library can call them); the per-function Python callables live in _custom_registry until the
-# runtime calls destroy for the node.
-_FWD_CB = _lib.CUSTOM_FWD(_fwd_tramp)
-_VJP_CB = _lib.CUSTOM_VJP(_vjp_tramp)
-_JVP_CB = _lib.CUSTOM_JVP(_jvp_tramp)
-_DESTROY_CB = _lib.DESTROY(_destroy_tramp)
-_NULL_VJP = ctypes.cast(None, _lib.CUSTOM_VJP)
-_NULL_JVP = ctypes.cast(None, _lib.CUSTOM_JVP)
-
-
-class custom_fn:
-    """A differentiable function with user-defined derivatives.
-
-    ``forward(*inputs) -> Tensor`` computes the value with fluxion ops (it runs once per call,
-    on detached inputs, in no-grad mode). ``vjp(inputs, output, g)`` returns the cotangent of
-    each input (a tuple, or a Tensor for one input; None for no gradient). ``jvp(inputs,
-    tangents, output)`` returns the output's tangent. Build both from fluxion ops so they are
-    differentiable in turn (higher-order derivatives). Use as a decorator::
-
-        @fluxion.custom_fn
-        def cube(x):
-            return x * x * x
-
-        @cube.defvjp
-        def _(inputs, out, g):
-            (x,) = inputs
-            return g * 3 * x * x
-    """
-
-    def __init__(self, forward: Callable[..., Tensor], vjp: Optional[Callable] = None,
-                 jvp: Optional[Callable] = None) -> None:
-        self.forward = forward
-        self.vjp = vjp
-        self.jvp = jvp
-        self.__doc__ = getattr(forward, "__doc__", None)
-        self.__name__ = getattr(forward, "__name__", "custom_fn")
-
-    def defvjp(self, fn: Callable) -> Callable:
-        self.vjp = fn
-        return fn
-
-    def defjvp(self, fn: Callable) -> Callable:
-        self.jvp = fn
-        return fn
-
-    def __call__(self, *inputs: Tensor) -> Tensor:
-        if not inputs:
-            raise ValueError("fluxion.custom_fn: needs at least one input tensor")
-        arr, n = _ptrs(inputs)
-        key = _custom_next[0]
-        _custom_next[0] += 1
-        _custom_registry[key] = (self.forward, self.vjp, self.jvp)
-        out = (c_void_p * 1)()
-        _call_cb(_L.flx_custom_fn, n, arr, _FWD_CB,
-                 _VJP_CB if self.vjp is not None else _NULL_VJP,
-                 _JVP_CB if self.jvp is not None else _NULL_JVP,
-                 key, _DESTROY_CB, out)
-        return _wrap(out[0])
-
-
-def custom_vjp_count() -> int:
-    """Number of custom-function nodes alive (their Python callables are held until then)."""
-    return len(_custom_registry)
+# The op functions (creation, ops, reductions, shapes) live in _ops.py, which needs the Tensor
+# class above; they are re-exported here, where the Tensor methods and the other modules of the
+# package look them up.
+from ._ops import *  # noqa: E402,F401,F403

@@ -15,19 +15,7 @@ from __future__ import annotations
 
 import ctypes
 import os
-from ctypes import (
-    POINTER,
-    Structure,
-    c_bool,
-    c_char_p,
-    c_double,
-    c_int,
-    c_int32,
-    c_int64,
-    c_size_t,
-    c_uint64,
-    c_void_p,
-)
+from ctypes import POINTER, c_char_p, c_int, c_int32, c_int64, c_void_p
 from pathlib import Path
 
 __all__ = ["lib", "library_path", "Device", "CTX_STATS"]
@@ -55,27 +43,10 @@ library_path = _find_library()
 lib = ctypes.PyDLL(library_path)
 
 
-class Device(Structure):
-    _fields_ = [("type", c_int), ("index", c_int32)]
+from . import _capi
 
-
-class CTX_STATS(Structure):
-    _fields_ = [
-        (n, c_uint64)
-        for n in (
-            "h2d_copies",
-            "d2h_copies",
-            "syncs",
-            "kernels",
-            "allocs",
-            "frees",
-            "bytes_in_use",
-            "peak_bytes",
-            "nodes_executed",
-            "nodes_fused",
-        )
-    ]
-
+Device = _capi.flx_device
+CTX_STATS = _capi.flx_ctx_stats
 
 T = c_void_p  # flx_tensor*
 C = c_void_p  # flx_ctx*
@@ -83,120 +54,18 @@ P_T = POINTER(c_void_p)
 P_I64 = POINTER(c_int64)
 P_I32 = POINTER(c_int32)
 
-# Callback types of the interop API (include/fluxion/fluxion.h).
-BLOB_DELETER = ctypes.CFUNCTYPE(None, c_void_p, c_void_p)
-CUSTOM_FWD = ctypes.CFUNCTYPE(c_int, c_int32, P_T, P_T, c_void_p)
-CUSTOM_VJP = ctypes.CFUNCTYPE(c_int, c_int32, P_T, c_void_p, c_void_p, P_T, c_void_p)
-CUSTOM_JVP = ctypes.CFUNCTYPE(c_int, c_int32, P_T, P_T, c_void_p, P_T, c_void_p)
-DESTROY = ctypes.CFUNCTYPE(None, c_void_p)
+# Callback types of the C API (generated from include/fluxion/fluxion.h).
+BLOB_DELETER = _capi.flx_blob_deleter
+CUSTOM_FWD = _capi.flx_custom_fwd
+CUSTOM_VJP = _capi.flx_custom_vjp
+CUSTOM_JVP = _capi.flx_custom_jvp
+DESTROY = _capi.flx_custom_fn__destroy
+FN = _capi.flx_fn
 
-_UNARY = (
-    "neg abs sign square sqrt rsqrt reciprocal exp log log1p sin cos tanh cosh sinh erf sigmoid "
-    "relu gelu softplus detach sum_all mean_all trace diag diagonal"
-).split()
-_BINARY = "add sub mul div pow maximum minimum eq ne lt le gt ge matmul dot outer".split()
-
-# name: (restype, argtypes). Entries whose symbol is missing from an older library are skipped
-# (the Python function then raises NotImplementedError).
-_PROTOS = {
-    "flx_last_status": (c_int, []),
-    "flx_last_error": (c_char_p, []),
-    "flx_clear_error": (None, []),
-    "flx_status_string": (c_char_p, [c_int]),
-    "flx_dtype_size": (c_size_t, [c_int]),
-    "flx_dtype_name": (c_char_p, [c_int]),
-    "flx_has_cuda": (c_bool, []),
-    "flx_cuda_device_count": (c_int32, []),
-    "flx_version": (c_char_p, []),
-    "flx_ctx_create": (C, [Device]),
-    "flx_ctx_destroy": (c_int, [C]),
-    "flx_ctx_device": (Device, [C]),
-    "flx_ctx_synchronize": (c_int, [C]),
-    "flx_ctx_get_stats": (c_int, [C, POINTER(CTX_STATS)]),
-    "flx_ctx_reset_stats": (c_int, [C]),
-    "flx_retain": (T, [T]),
-    "flx_release": (None, [T]),
-    "flx_live_tensors": (c_int64, []),
-    "flx_ndim": (c_int32, [T]),
-    "flx_shape": (P_I64, [T]),
-    "flx_numel": (c_int64, [T]),
-    "flx_dtype_of": (c_int, [T]),
-    "flx_ctx_of": (C, [T]),
-    "flx_is_realized": (c_bool, [T]),
-    "flx_zeros": (T, [C, c_int, c_int32, P_I64]),
-    "flx_ones": (T, [C, c_int, c_int32, P_I64]),
-    "flx_full": (T, [C, c_int, c_int32, P_I64, c_double]),
-    "flx_scalar": (T, [C, c_int, c_double]),
-    "flx_eye": (T, [C, c_int, c_int64, c_int64]),
-    "flx_arange": (T, [C, c_int, c_double, c_double, c_double]),
-    "flx_uniform": (T, [C, c_int, c_int32, P_I64, c_double, c_double, c_uint64]),
-    "flx_normal": (T, [C, c_int, c_int32, P_I64, c_double, c_double, c_uint64]),
-    "flx_from_host": (T, [C, c_int, c_int32, P_I64, c_void_p]),
-    "flx_to_host": (c_int, [T, c_void_p, c_size_t]),
-    "flx_item": (c_int, [T, POINTER(c_double)]),
-    "flx_to_ctx": (T, [T, C]),
-    "flx_cast": (T, [T, c_int]),
-    "flx_eval": (c_int, [c_int32, P_T]),
-    "flx_assign": (c_int, [T, T]),
-    "flx_leaky_relu": (T, [T, c_double]),
-    "flx_elu": (T, [T, c_double]),
-    "flx_pow_scalar": (T, [T, c_double]),
-    "flx_clamp": (T, [T, c_double, c_double]),
-    "flx_affine": (T, [T, c_double, c_double]),
-    "flx_mul_scalar": (T, [T, c_double]),
-    "flx_add_scalar": (T, [T, c_double]),
-    "flx_where": (T, [T, T, T]),
-    "flx_sum": (T, [T, c_int32, P_I32, c_bool]),
-    "flx_mean": (T, [T, c_int32, P_I32, c_bool]),
-    "flx_max": (T, [T, c_int32, P_I32, c_bool]),
-    "flx_min": (T, [T, c_int32, P_I32, c_bool]),
-    "flx_logsumexp": (T, [T, c_int32, P_I32, c_bool]),
-    "flx_var": (T, [T, c_int32, P_I32, c_bool, c_int32]),
-    "flx_argmax": (T, [T, c_int32, c_bool]),
-    "flx_reshape": (T, [T, c_int32, P_I64]),
-    "flx_permute": (T, [T, P_I32]),
-    "flx_transpose": (T, [T, c_int32, c_int32]),
-    "flx_broadcast_to": (T, [T, c_int32, P_I64]),
-    "flx_slice": (T, [T, c_int32, c_int64, c_int64, c_int64]),
-    "flx_concat": (T, [c_int32, P_T, c_int32]),
-    "flx_stack": (T, [c_int32, P_T, c_int32]),
-    "flx_squeeze": (T, [T, c_int32]),
-    "flx_unsqueeze": (T, [T, c_int32]),
-    "flx_index_select": (T, [T, c_int32, T]),
-    "flx_gather": (T, [T, c_int32, T]),
-    "flx_one_hot": (T, [T, c_int64, c_int]),
-    "flx_pad": (T, [T, P_I64, c_double]),
-    "flx_set_requires_grad": (c_int, [T, c_bool]),
-    "flx_requires_grad": (c_bool, [T]),
-    "flx_grad": (T, [T]),
-    "flx_zero_grad": (c_int, [T]),
-    "flx_backward": (c_int, [T]),
-    "flx_grad_of": (c_int, [c_int32, P_T, P_T, c_int32, P_T, c_bool, P_T]),
-    "flx_jvp": (c_int, [c_int32, P_T, P_T, c_int32, P_T, P_T]),
-    "flx_no_grad_begin": (None, []),
-    "flx_no_grad_end": (None, []),
-    "flx_grad_enabled": (c_bool, []),
-    # interop
-    "flx_data_ptr": (c_int, [T, POINTER(c_void_p)]),
-    "flx_from_blob": (T, [C, c_int, c_int32, P_I64, c_void_p, BLOB_DELETER, c_void_p]),
-    "flx_ctx_stream": (c_void_p, [C]),
-    "flx_custom_fn": (
-        c_int,
-        [c_int32, P_T, CUSTOM_FWD, CUSTOM_VJP, CUSTOM_JVP, c_void_p, DESTROY, P_T],
-    ),
-    # optional families (present in newer libraries)
-    "flx_softmax": (T, [T, c_int32, c_double]),
-    "flx_log_softmax": (T, [T, c_int32, c_double]),
-    "flx_cross_entropy": (T, [T, T, c_int, c_int64]),
-    "flx_mse_loss": (T, [T, T, c_int]),
-}
-for _n in _UNARY:
-    _PROTOS["flx_" + _n] = (T, [T])
-for _n in _BINARY:
-    _PROTOS["flx_" + _n] = (T, [T, T])
-
+# Every prototype of the header (fluxion/_capi.py, generated by tools/gen_capi.py). A symbol missing
+# from an older library is skipped; the Python function that needs it raises NotImplementedError.
 missing: list[str] = []
-for _name, (_res, _args) in _PROTOS.items():
+for _name, (_res, _args) in _capi.PROTOTYPES.items():
     try:
         _f = getattr(lib, _name)
     except AttributeError:
@@ -217,7 +86,7 @@ for _name in _REQUIRED:
 
 def has(name: str) -> bool:
     """True when the loaded library exports flx_<name>."""
-    return ("flx_" + name) not in missing and ("flx_" + name) in _PROTOS
+    return ("flx_" + name) not in missing and ("flx_" + name) in _capi.PROTOTYPES
 
 
 # ---- Python C API used for DLPack capsules -----------------------------------------------------

@@ -161,7 +161,7 @@ def test_custom_function_two_inputs_decorator_and_lifetime(no_leaks):
 
     del a, b
     gc.collect()
-    assert fx._core.custom_vjp_count() == 0  # callables dropped with their nodes
+    assert fx._autodiff.custom_vjp_count() == 0  # callables dropped with their nodes
 
 
 def test_custom_function_errors(no_leaks):
@@ -190,7 +190,7 @@ def test_custom_function_errors(no_leaks):
     r = fx.custom_fn(lambda x: x * 2, vjp=raising_vjp)
     with pytest.raises(ZeroDivisionError):
         r(t64([1.0], requires_grad=True)).sum().backward()
-    assert fx._core.custom_vjp_count() >= 0
+    assert fx._autodiff.custom_vjp_count() >= 0
 
 
 def test_grad_errors():

@@ -1,0 +1,97 @@
+#!/usr/bin/env python3
+"""Per-op cost from Python on small tensors: fluxion (C extension, and the ctypes path in a
+child process with FLUXION_NO_EXTENSION=1) side by side with numpy and PyTorch CPU eager (when
+installed). fluxion ops are lazy: the time is that of recording a graph node (and releasing it),
+which is what a Python training loop pays per op.
+
+    python bindings/python/benchmarks/bench_ops.py [--n 16] [--number 100000]
+
+The fluxion columns include the C library's own work per op (building and freeing a graph
+node, about 1 to 1.5 us on a loaded 2-core machine for add): the C extension adds little on top
+of it, the ctypes path 2 to 4 us.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import timeit
+
+CASES = [("a + b", "add"), ("a * 2.0", "mul scalar"), ("exp(a)", "exp"), ("a @ m", "matmul")]
+
+
+def measure(lib: str, n: int, number: int) -> dict:
+    import numpy as np
+
+    x = np.random.default_rng(0).standard_normal(n).astype(np.float32)
+    mm = np.random.default_rng(1).standard_normal((n, n)).astype(np.float32)
+    if lib == "fluxion":
+        import fluxion as fx
+
+        a, b, m, exp = fx.tensor(x), fx.tensor(x), fx.tensor(mm), fx.exp
+        a.eval(), b.eval(), m.eval()
+    elif lib == "numpy":
+        a, b, m, exp = x, x.copy(), mm, np.exp
+    else:
+        import torch
+
+        torch.set_num_threads(1)
+        a, b, m, exp = torch.from_numpy(x), torch.from_numpy(x.copy()), torch.from_numpy(mm), torch.exp
+    g = {"a": a, "b": b, "m": m, "exp": exp}
+    out = {}
+    for stmt, name in CASES:
+        t = min(timeit.repeat(stmt, globals=g, number=number, repeat=5)) / number
+        out[name] = t * 1e6
+    if lib == "fluxion":
+        import fluxion as fx
+
+        out["_fast"] = fx._core._fast is not None
+    return out
+
+
+def child(lib: str, n: int, number: int, no_ext: bool = False) -> dict:
+    env = dict(os.environ)
+    if no_ext:
+        env["FLUXION_NO_EXTENSION"] = "1"
+    r = subprocess.run([sys.executable, __file__, "--child", lib, "--n", str(n), "--number",
+                        str(number)], env=env, capture_output=True, text=True)
+    if r.returncode != 0:
+        return {"error": r.stderr.strip().splitlines()[-1] if r.stderr.strip() else "failed"}
+    return json.loads(r.stdout)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--n", type=int, default=16, help="elements per vector (matrices n x n)")
+    ap.add_argument("--number", type=int, default=100000)
+    ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    a = ap.parse_args()
+    if a.child:
+        print(json.dumps(measure(a.child, a.n, a.number)))
+        return
+    cols = [("fluxion (C ext)", child("fluxion", a.n, a.number)),
+            ("fluxion (ctypes)", child("fluxion", a.n, a.number, no_ext=True)),
+            ("numpy", child("numpy", a.n, a.number))]
+    try:
+        import torch  # noqa: F401
+
+        cols.append(("torch CPU", child("torch", a.n, a.number)))
+    except ImportError:
+        cols.append(("torch CPU", {"error": "not installed"}))
+    print(f"per-op time in microseconds, float32, n = {a.n} (best of 5 x {a.number})")
+    print(f"{'op':<12}" + "".join(f"{name:>18}" for name, _ in cols))
+    for _, op in CASES:
+        row = f"{op:<12}"
+        for _, res in cols:
+            v = res.get(op)
+            row += f"{v:>18.3f}" if isinstance(v, float) else f"{res.get('error', '-')[:17]:>18}"
+        print(row)
+    if not cols[0][1].get("_fast", False):
+        print("note: fluxion._fast is not built here; both fluxion columns use ctypes")
+
+
+if __name__ == "__main__":
+    main()

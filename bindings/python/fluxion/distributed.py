@@ -1,0 +1,97 @@
+"""fluxion.distributed: communicators and collectives over the C API (MPI between CPU
+contexts, NCCL between GPUs; a world of one process without a launcher). Collectives are lazy,
+differentiable ops like any other. See docs/distributed.md.
+
+    comm = fluxion.distributed.Communicator("cpu")      # under mpirun -np N: N ranks
+    y = comm.all_reduce(x, "avg")
+    comm.broadcast_parameters(model.parameters())       # every rank starts equal
+    loss.backward(); comm.average_gradients(model.parameters()); opt.step()
+"""
+from __future__ import annotations
+
+from typing import Any, Iterable, Optional
+
+from . import _core
+from ._core import Tensor, _check, _ctx, _p, _ptrs, _raise_last, _wrap
+from ._lib import lib as _L
+
+_OPS = {"sum": 0, "avg": 1, "mean": 1, "max": 2, "min": 3}
+
+
+def _op(op: str) -> int:
+    try:
+        return _OPS[op.lower()]
+    except (KeyError, AttributeError):
+        raise ValueError(f"fluxion.distributed: op must be one of {sorted(_OPS)}, got {op!r}") from None
+
+
+def has_mpi() -> bool:
+    """True when this build talks MPI (CPU contexts)."""
+    return bool(_L.flx_has_mpi())
+
+
+def has_nccl() -> bool:
+    """True when this build talks NCCL (CUDA contexts)."""
+    return bool(_L.flx_has_nccl())
+
+
+class Communicator:
+    """The job's world for one device (the default device when None)."""
+
+    def __init__(self, device: Any = None) -> None:
+        self._h = _L.flx_comm_create(_ctx(device))
+        if not self._h:
+            _raise_last()
+
+    @property
+    def rank(self) -> int:
+        return int(_L.flx_comm_rank(self._h))
+
+    @property
+    def size(self) -> int:
+        return int(_L.flx_comm_size(self._h))
+
+    def _live(self) -> int:
+        if not self._h:
+            raise RuntimeError("fluxion.distributed: the communicator is closed")
+        return self._h
+
+    def all_reduce(self, x: Tensor, op: str = "sum") -> Tensor:
+        return _wrap(_L.flx_comm_all_reduce(self._live(), _p(x), _op(op)))
+
+    def broadcast(self, x: Tensor, root: int = 0) -> Tensor:
+        return _wrap(_L.flx_comm_broadcast(self._live(), _p(x), int(root)))
+
+    def all_gather(self, x: Tensor) -> Tensor:
+        return _wrap(_L.flx_comm_all_gather(self._live(), _p(x)))
+
+    def reduce_scatter(self, x: Tensor, op: str = "sum") -> Tensor:
+        return _wrap(_L.flx_comm_reduce_scatter(self._live(), _p(x), _op(op)))
+
+    def broadcast_parameters(self, params: Iterable[Tensor], root: int = 0) -> None:
+        arr, n = _ptrs(list(params))
+        _check(_L.flx_comm_broadcast_params(self._live(), n, arr, int(root)))
+
+    def average_gradients(self, params: Iterable[Tensor], bucket_bytes: int = 0) -> None:
+        arr, n = _ptrs(list(params))
+        _check(_L.flx_comm_average_grads(self._live(), n, arr, int(bucket_bytes)))
+
+    def close(self) -> None:
+        if self._h:
+            _L.flx_comm_destroy(self._h)
+            self._h = None
+
+    def __enter__(self) -> "Communicator":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:
+            pass
+
+
+__all__ = ["Communicator", "has_mpi", "has_nccl"]

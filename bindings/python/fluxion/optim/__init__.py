@@ -1,0 +1,203 @@
+"""fluxion.optim: the C API's seven fused optimisers (SGD, SGD with momentum, Nesterov, Adagrad,
+RMSprop, Adam, AdamW) with PyTorch's arguments, and learning-rate schedules
+(:mod:`fluxion.optim.lr_scheduler`).
+
+The state and the hyperparameters live in device memory: ``step()`` is one fused kernel launch
+per group of parameters and setting ``lr`` queues a tiny device write, so a compiled step
+(:func:`fluxion.compile`) keeps working while a schedule changes the rate.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from ctypes import byref, c_double
+from typing import Any, Dict, Iterable, List, Tuple
+
+from .. import _capi, _core
+from .._core import Tensor, _check, _L, _ptrs, _wrap
+from . import lr_scheduler
+
+__all__ = ["Optimizer", "SGD", "Momentum", "Nesterov", "Adagrad", "RMSprop", "Adam", "AdamW",
+           "lr_scheduler"]
+
+# hyperparameter name -> flx_optim_hparam
+_HP = OrderedDict([
+    ("lr", _capi.FLX_HP_LR), ("momentum", _capi.FLX_HP_MOMENTUM),
+    ("dampening", _capi.FLX_HP_DAMPENING), ("weight_decay", _capi.FLX_HP_WEIGHT_DECAY),
+    ("beta1", _capi.FLX_HP_BETA1), ("beta2", _capi.FLX_HP_BETA2), ("eps", _capi.FLX_HP_EPS),
+    ("alpha", _capi.FLX_HP_ALPHA), ("lr_decay", _capi.FLX_HP_LR_DECAY), ("step", _capi.FLX_HP_STEP),
+])
+
+
+class Optimizer:
+    """An flx_optim over a list of parameters (leaves requiring grad, one dtype and device)."""
+
+    kind: int = _capi.FLX_OPTIM_SGD
+
+    def __init__(self, params: Iterable[Tensor], **hp: Any) -> None:
+        self._opt = None
+        self.params: List[Tensor] = list(params)
+        if not self.params:
+            raise ValueError(f"fluxion.optim.{type(self).__name__}: got an empty parameter list")
+        for p in self.params:
+            if not isinstance(p, Tensor):
+                raise TypeError(f"fluxion.optim: parameters must be Tensors, got {type(p).__name__}")
+        cfg = _L.flx_optim_defaults(self.kind)
+        for k, v in hp.items():
+            if v is None:
+                continue
+            if not hasattr(cfg, k):
+                raise TypeError(f"fluxion.optim.{type(self).__name__}: unknown argument {k!r}")
+            setattr(cfg, k, v)
+        arr, n = _ptrs(self.params)
+        ctx = _L.flx_ctx_of(self.params[0]._ptr)
+        opt = _L.flx_optim_create(ctx, self.kind, n, arr, byref(cfg))
+        if not opt:
+            _core._raise_last()
+        self._opt = opt
+        self.defaults = {k: getattr(cfg, k) for k, _ in cfg._fields_}
+
+    def __del__(self, _destroy=_L.flx_optim_destroy) -> None:
+        if getattr(self, "_opt", None) and _core._alive:
+            _destroy(self._opt)
+            self._opt = None
+
+    def step(self) -> None:
+        """One update of every parameter from its .grad. Inside :func:`fluxion.compile` the
+        update is recorded into the compiled step instead."""
+        from .._compile import _record_step
+
+        if _record_step(self):
+            return
+        _check(_L.flx_optim_step(self._opt))
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        """Forgets every parameter's .grad."""
+        _check(_L.flx_optim_zero_grad(self._opt))
+
+    # -- hyperparameters --
+    def get_hparam(self, name: str) -> float:
+        v = c_double()
+        _check(_L.flx_optim_get_hparam(self._opt, _HP[name], byref(v)))
+        return v.value
+
+    def set_hparam(self, name: str, value: float) -> None:
+        if name == "lr":
+            _check(_L.flx_optim_set_lr(self._opt, float(value)))
+        else:
+            _check(_L.flx_optim_set_hparam(self._opt, _HP[name], float(value)))
+
+    @property
+    def lr(self) -> float:
+        """The learning rate (read from device memory; setting it needs no recompile)."""
+        return self.get_hparam("lr")
+
+    @lr.setter
+    def lr(self, value: float) -> None:
+        self.set_hparam("lr", value)
+
+    @property
+    def step_count(self) -> int:
+        return int(self.get_hparam("step"))
+
+    # -- checkpoints --
+    def state_dict(self) -> "OrderedDict[str, Tensor]":
+        """Every state slot ('state.<param>.<slot>') and hyperparameter (0-d float64 tensors,
+        the step count included): a flat dict of tensors that :func:`fluxion.save` writes."""
+        sd: "OrderedDict[str, Tensor]" = OrderedDict()
+        dev = self.params[0].device
+        for name in _HP:
+            sd[f"hparam.{name}"] = _core.scalar(self.get_hparam(name), _core.float64, dev)
+        slots = _L.flx_optim_state_count(self._opt)
+        for i in range(len(self.params)):
+            for s in range(slots):
+                sd[f"state.{i}.{s}"] = _wrap(_L.flx_optim_get_state(self._opt, i, s))
+        return sd
+
+    def load_state_dict(self, sd: Dict[str, Any]) -> None:
+        """Restores what :meth:`state_dict` gave (tensors or arrays)."""
+        for name in _HP:
+            k = f"hparam.{name}"
+            if k in sd:
+                v = sd[k]
+                self.set_hparam(name, float(v.item() if isinstance(v, Tensor) else v))
+        slots = _L.flx_optim_state_count(self._opt)
+        for i, p in enumerate(self.params):
+            for s in range(slots):
+                k = f"state.{i}.{s}"
+                if k not in sd:
+                    raise KeyError(f"fluxion.optim.load_state_dict: missing {k}")
+                v = sd[k]
+                if not isinstance(v, Tensor):
+                    v = _core.tensor(v, dtype=p.dtype, device=p.device)
+                _check(_L.flx_optim_set_state(self._opt, i, s, v._ptr))
+
+
+class SGD(Optimizer):
+    """SGD with optional momentum, dampening, Nesterov and weight decay (torch.optim.SGD)."""
+
+    kind = _capi.FLX_OPTIM_SGD
+
+    def __init__(self, params: Iterable[Tensor], lr: float = 1e-2, momentum: float = 0.0,
+                 dampening: float = 0.0, weight_decay: float = 0.0, nesterov: bool = False) -> None:
+        super().__init__(params, lr=lr, momentum=momentum, dampening=dampening,
+                         weight_decay=weight_decay, nesterov=nesterov)
+
+
+class Momentum(SGD):
+    """SGD with momentum 0.9 (FLX_OPTIM_MOMENTUM)."""
+
+    kind = _capi.FLX_OPTIM_MOMENTUM
+
+    def __init__(self, params: Iterable[Tensor], lr: float = 1e-2, momentum: float = 0.9,
+                 dampening: float = 0.0, weight_decay: float = 0.0) -> None:
+        super().__init__(params, lr, momentum, dampening, weight_decay, False)
+
+
+class Nesterov(SGD):
+    """SGD with Nesterov momentum 0.9 (FLX_OPTIM_NESTEROV)."""
+
+    kind = _capi.FLX_OPTIM_NESTEROV
+
+    def __init__(self, params: Iterable[Tensor], lr: float = 1e-2, momentum: float = 0.9,
+                 weight_decay: float = 0.0) -> None:
+        super().__init__(params, lr, momentum, 0.0, weight_decay, True)
+
+
+class Adagrad(Optimizer):
+    kind = _capi.FLX_OPTIM_ADAGRAD
+
+    def __init__(self, params: Iterable[Tensor], lr: float = 1e-2, lr_decay: float = 0.0,
+                 weight_decay: float = 0.0, initial_accumulator_value: float = 0.0,
+                 eps: float = 1e-10) -> None:
+        super().__init__(params, lr=lr, lr_decay=lr_decay, weight_decay=weight_decay,
+                         initial_accumulator=initial_accumulator_value, eps=eps)
+
+
+class RMSprop(Optimizer):
+    kind = _capi.FLX_OPTIM_RMSPROP
+
+    def __init__(self, params: Iterable[Tensor], lr: float = 1e-2, alpha: float = 0.99,
+                 eps: float = 1e-8, weight_decay: float = 0.0, momentum: float = 0.0,
+                 centered: bool = False) -> None:
+        super().__init__(params, lr=lr, alpha=alpha, eps=eps, weight_decay=weight_decay,
+                         momentum=momentum, centered=centered)
+
+
+class Adam(Optimizer):
+    kind = _capi.FLX_OPTIM_ADAM
+
+    def __init__(self, params: Iterable[Tensor], lr: float = 1e-3,
+                 betas: Tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
+                 weight_decay: float = 0.0) -> None:
+        super().__init__(params, lr=lr, beta1=betas[0], beta2=betas[1], eps=eps,
+                         weight_decay=weight_decay)
+
+
+class AdamW(Adam):
+    kind = _capi.FLX_OPTIM_ADAMW
+
+    def __init__(self, params: Iterable[Tensor], lr: float = 1e-3,
+                 betas: Tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
+                 weight_decay: float = 1e-2) -> None:
+        super().__init__(params, lr, betas, eps, weight_decay)

@@ -1,0 +1,45 @@
+"""fluxion.distributed in one process (a world of one): every collective is the identity, its
+gradient passes through, the data-parallel helpers keep one rank's gradients, bad input raises.
+The two-rank checks run in C (tests/dist_mpi_test.cc under mpirun)."""
+import numpy as np
+import pytest
+
+import fluxion as fx
+from fluxion import distributed as dist
+
+
+def test_world_of_one_collectives_are_the_identity():
+    x = fx.tensor(np.arange(6.0).reshape(3, 2))
+    with dist.Communicator("cpu") as comm:
+        assert (comm.rank, comm.size) == (0, 1)
+        for op in ("sum", "avg", "max", "min"):
+            np.testing.assert_array_equal(np.asarray(comm.all_reduce(x, op)), np.asarray(x))
+        np.testing.assert_array_equal(np.asarray(comm.broadcast(x, 0)), np.asarray(x))
+        np.testing.assert_array_equal(np.asarray(comm.all_gather(x)), np.asarray(x))
+        np.testing.assert_array_equal(np.asarray(comm.reduce_scatter(x, "avg")), np.asarray(x))
+
+
+def test_gradient_passes_through_an_all_reduce():
+    x = fx.tensor(np.array([0.5, -1.0, 2.0]), requires_grad=True)
+    with dist.Communicator("cpu") as comm:
+        y = fx.sum(fx.sin(comm.all_reduce(x, "sum")))
+        y.backward()
+        np.testing.assert_allclose(np.asarray(x.grad), np.cos([0.5, -1.0, 2.0]), rtol=1e-15)
+        comm.average_gradients([x])
+        np.testing.assert_allclose(np.asarray(x.grad), np.cos([0.5, -1.0, 2.0]), rtol=1e-15)
+        comm.broadcast_parameters([x])
+
+
+def test_bad_input_raises():
+    comm = dist.Communicator("cpu")
+    x = fx.tensor(np.ones(4))
+    with pytest.raises(ValueError):
+        comm.all_reduce(x, "product")
+    with pytest.raises(Exception, match="root"):
+        comm.broadcast(x, 3)
+    with pytest.raises(Exception, match="SUM or"):
+        comm.reduce_scatter(x, "max")
+    comm.close()
+    with pytest.raises(RuntimeError, match="closed"):
+        comm.all_reduce(x)
+    assert isinstance(dist.has_mpi(), bool) and isinstance(dist.has_nccl(), bool)

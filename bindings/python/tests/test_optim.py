@@ -1,0 +1,190 @@
+"""fluxion.optim: each optimiser's updates against a float64 numpy implementation of PyTorch's
+rules; hyperparameters, schedules, state_dict round trips."""
+import math
+
+import numpy as np
+import pytest
+
+import fluxion as fx
+from fluxion import optim
+
+rng = np.random.default_rng(5)
+TARGET = rng.standard_normal((3, 2))
+
+
+def grad_of_loss(p):
+    # loss = sum((p - T)^2 * w) with fixed weights: gradient 2 w (p - T)
+    return 2 * np.arange(1, 7).reshape(3, 2) * (p - TARGET)
+
+
+def run_fluxion(make, steps=4, p0=None):
+    p = fx.tensor(p0.copy(), dtype=fx.float64, requires_grad=True)
+    opt = make([p])
+    w = fx.tensor(np.arange(1, 7, dtype=np.float64).reshape(3, 2))
+    t = fx.tensor(TARGET)
+    for _ in range(steps):
+        opt.zero_grad()
+        (((p - t) ** 2) * w).sum().backward()
+        opt.step()
+    return p.numpy(), opt
+
+
+def ref_sgd(p, steps, lr, momentum=0.0, dampening=0.0, wd=0.0, nesterov=False):
+    b = None
+    for _ in range(steps):
+        g = grad_of_loss(p) + wd * p
+        if momentum:
+            b = g.copy() if b is None else momentum * b + (1 - dampening) * g
+            g = g + momentum * b if nesterov else b
+        p = p - lr * g
+    return p
+
+
+def ref_adagrad(p, steps, lr, lr_decay=0.0, wd=0.0, init=0.0, eps=1e-10):
+    s = np.full_like(p, init)
+    for t in range(1, steps + 1):
+        g = grad_of_loss(p) + wd * p
+        clr = lr / (1 + (t - 1) * lr_decay)
+        s = s + g * g
+        p = p - clr * g / (np.sqrt(s) + eps)
+    return p
+
+
+def ref_rmsprop(p, steps, lr, alpha=0.99, eps=1e-8, wd=0.0, momentum=0.0, centered=False):
+    v = np.zeros_like(p)
+    a = np.zeros_like(p)
+    b = np.zeros_like(p)
+    for _ in range(steps):
+        g = grad_of_loss(p) + wd * p
+        v = alpha * v + (1 - alpha) * g * g
+        if centered:
+            a = alpha * a + (1 - alpha) * g
+            d = np.sqrt(v - a * a) + eps
+        else:
+            d = np.sqrt(v) + eps
+        if momentum > 0:
+            b = momentum * b + g / d
+            p = p - lr * b
+        else:
+            p = p - lr * g / d
+    return p
+
+
+def ref_adam(p, steps, lr, b1=0.9, b2=0.999, eps=1e-8, wd=0.0, decoupled=False):
+    m = np.zeros_like(p)
+    v = np.zeros_like(p)
+    for t in range(1, steps + 1):
+        g = grad_of_loss(p)  # the gradient at the parameters before the step
+        if decoupled:
+            p = p * (1 - lr * wd)
+        else:
+            g = g + wd * p
+        m = b1 * m + (1 - b1) * g
+        v = b2 * v + (1 - b2) * g * g
+        p = p - (lr / (1 - b1 ** t)) * m / (np.sqrt(v) / math.sqrt(1 - b2 ** t) + eps)
+    return p
+
+
+CASES = [
+    ("sgd", lambda ps: optim.SGD(ps, lr=0.01), lambda p: ref_sgd(p, 4, 0.01)),
+    ("sgd_momentum_wd", lambda ps: optim.SGD(ps, lr=0.01, momentum=0.8, dampening=0.1, weight_decay=0.1),
+     lambda p: ref_sgd(p, 4, 0.01, 0.8, 0.1, 0.1)),
+    ("momentum", lambda ps: optim.Momentum(ps, lr=0.01), lambda p: ref_sgd(p, 4, 0.01, 0.9)),
+    ("nesterov", lambda ps: optim.Nesterov(ps, lr=0.01), lambda p: ref_sgd(p, 4, 0.01, 0.9, nesterov=True)),
+    ("adagrad", lambda ps: optim.Adagrad(ps, lr=0.1, lr_decay=0.01, weight_decay=0.05,
+                                         initial_accumulator_value=0.1),
+     lambda p: ref_adagrad(p, 4, 0.1, 0.01, 0.05, 0.1)),
+    ("rmsprop", lambda ps: optim.RMSprop(ps, lr=0.01), lambda p: ref_rmsprop(p, 4, 0.01)),
+    ("rmsprop_centered_momentum", lambda ps: optim.RMSprop(ps, lr=0.01, momentum=0.5, centered=True),
+     lambda p: ref_rmsprop(p, 4, 0.01, momentum=0.5, centered=True)),
+    ("adam", lambda ps: optim.Adam(ps, lr=0.05, weight_decay=0.01),
+     lambda p: ref_adam(p, 4, 0.05, wd=0.01)),
+    ("adamw", lambda ps: optim.AdamW(ps, lr=0.05, betas=(0.8, 0.99)),
+     lambda p: ref_adam(p, 4, 0.05, 0.8, 0.99, wd=1e-2, decoupled=True)),
+]
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
+def test_optimiser_matches_reference(case, no_leaks):
+    _, make, ref = case
+    p0 = rng.standard_normal((3, 2))
+    got, _ = run_fluxion(make, 4, p0)
+    np.testing.assert_allclose(got, ref(p0), rtol=1e-12, atol=1e-14)
+
+
+def test_hyperparameters_and_bad_arguments():
+    p = fx.tensor(np.zeros(3), requires_grad=True)
+    opt = optim.Adam([p], lr=0.01, betas=(0.8, 0.9))
+    assert opt.lr == pytest.approx(0.01)
+    assert opt.get_hparam("beta1") == pytest.approx(0.8)
+    opt.lr = 0.5
+    assert opt.lr == pytest.approx(0.5)
+    assert opt.step_count == 0
+    with pytest.raises(ValueError):
+        optim.SGD([p], lr=-1.0)
+    with pytest.raises(ValueError):
+        optim.SGD([], lr=0.1)
+    with pytest.raises(TypeError):
+        optim.SGD([np.zeros(3)])
+    with pytest.raises(ValueError):
+        optim.Adam([p], betas=(1.5, 0.9))
+
+
+def test_schedules():
+    p = fx.tensor(np.zeros(2), requires_grad=True)
+    opt = optim.SGD([p], lr=1.0)
+    s = optim.lr_scheduler.StepLR(opt, 2, 0.5)
+    lrs = []
+    for _ in range(5):
+        lrs.append(opt.lr)
+        s.step()
+    assert lrs == pytest.approx([1, 1, 0.5, 0.5, 0.25])
+    opt2 = optim.SGD([p], lr=2.0)
+    c = optim.lr_scheduler.CosineAnnealingLR(opt2, T_max=4, eta_min=0.0)
+    got = []
+    for _ in range(5):
+        got.append(opt2.lr)
+        c.step()
+    assert got == pytest.approx([2 * (1 + math.cos(math.pi * t / 4)) / 2 for t in range(5)])
+    opt3 = optim.SGD([p], lr=1.0)
+    e = optim.lr_scheduler.ExponentialLR(opt3, 0.9)
+    e.step()
+    e.step()
+    assert opt3.lr == pytest.approx(0.81)
+    opt4 = optim.SGD([p], lr=1.0)
+    m = optim.lr_scheduler.MultiStepLR(opt4, [1, 3], 0.1)
+    vals = []
+    for _ in range(4):
+        vals.append(opt4.lr)
+        m.step()
+    assert vals == pytest.approx([1, 0.1, 0.1, 0.01])
+    opt5 = optim.SGD([p], lr=1.0)
+    w = optim.lr_scheduler.LinearWarmup(opt5, 4, 0.2)
+    assert opt5.lr == pytest.approx(0.2)
+    for _ in range(6):
+        w.step()
+    assert opt5.lr == pytest.approx(1.0)
+    opt6 = optim.SGD([p], lr=1.0)
+    optim.lr_scheduler.LambdaLR(opt6, lambda ep: 1 / (ep + 1)).step()
+    assert opt6.lr == pytest.approx(0.5)
+
+
+def test_state_dict_resume_is_exact(tmp_path):
+    p0 = rng.standard_normal((3, 2))
+    straight, _ = run_fluxion(lambda ps: optim.Adam(ps, lr=0.05), 6, p0)
+    half, opt = run_fluxion(lambda ps: optim.Adam(ps, lr=0.05), 3, p0)
+    path = tmp_path / "ck.safetensors"
+    fx.save(path, {"p": fx.tensor(half), **{"optim." + k: v for k, v in opt.state_dict().items()}})
+    loaded = fx.load(path)
+    p = loaded["p"].astype(fx.float64)
+    p = fx.tensor(p.numpy(), requires_grad=True)
+    opt2 = optim.Adam([p], lr=0.01)
+    opt2.load_state_dict({k[6:]: v for k, v in loaded.items() if k.startswith("optim.")})
+    assert opt2.lr == pytest.approx(0.05) and opt2.step_count == 3
+    w = fx.tensor(np.arange(1, 7, dtype=np.float64).reshape(3, 2))
+    t = fx.tensor(TARGET)
+    for _ in range(3):
+        opt2.zero_grad()
+        (((p - t) ** 2) * w).sum().backward()
+        opt2.step()
+    np.testing.assert_array_equal(p.numpy(), straight)

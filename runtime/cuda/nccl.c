@@ -1,0 +1,80 @@
+/* nccl.c — the NCCL transport of communicators for CUDA contexts: one ncclComm per
+ * communicator, its unique id sent from rank 0 over MPI, collectives queued on the context's
+ * stream (no host sync; capturable into a plan's CUDA graph). */
+#ifdef FLX_WITH_NCCL
+#include <stdlib.h>
+
+#include <cuda_runtime.h>
+#include <nccl.h>
+
+#include "../dist/dist.h"
+
+static flx_status nccl_fail(ncclResult_t r, const char *what) {
+    return flx_set_error(FLX_ERR_BACKEND, "nccl: %s failed: %s", what, ncclGetErrorString(r));
+}
+
+static ncclDataType_t nccl_dtype(flx_dtype dt) {
+    switch (dt) {
+    case FLX_F32: return ncclFloat32;
+    case FLX_F64: return ncclFloat64;
+    case FLX_I32: return ncclInt32;
+    default: return ncclInt64;
+    }
+}
+
+static ncclRedOp_t nccl_op(flx_comm_op op) {
+    switch (op) {
+    case FLX_COMM_AVG: return ncclAvg;
+    case FLX_COMM_MAX: return ncclMax;
+    case FLX_COMM_MIN: return ncclMin;
+    default: return ncclSum;
+    }
+}
+
+static flx_status nccl_run(flx_comm *c, const flx_coll_args *a) {
+    ncclComm_t nc = (ncclComm_t)c->state;
+    cudaStream_t s = (cudaStream_t)flx_cuda_ctx_stream(c->ctx);
+    size_t n = (size_t)a->count;
+    ncclDataType_t dt = nccl_dtype(a->dtype);
+    ncclResult_t r = ncclSuccess;
+    switch (a->kind) {
+    case FLX_COLL_ALL_REDUCE: r = ncclAllReduce(a->send, a->recv, n, dt, nccl_op(a->op), nc, s); break;
+    case FLX_COLL_BROADCAST: r = ncclBroadcast(a->send, a->recv, n, dt, a->root, nc, s); break;
+    case FLX_COLL_ALL_GATHER: r = ncclAllGather(a->send, a->recv, n, dt, nc, s); break;
+    case FLX_COLL_REDUCE_SCATTER: r = ncclReduceScatter(a->send, a->recv, n, dt, nccl_op(a->op), nc, s); break;
+    }
+    if (r != ncclSuccess) return nccl_fail(r, "collective");
+    /* a peer that failed or a network error surfaces here on every rank instead of a silent hang */
+    ncclResult_t ar = ncclSuccess;
+    if (ncclCommGetAsyncError(nc, &ar) == ncclSuccess && ar != ncclSuccess && ar != ncclInProgress)
+        return nccl_fail(ar, "communicator (asynchronous error)");
+    return FLX_OK;
+}
+
+static void nccl_destroy(flx_comm *c) {
+    if (c->state) ncclCommDestroy((ncclComm_t)c->state);
+    c->state = NULL;
+}
+
+static const flx_comm_impl nccl_impl = {"nccl", nccl_run, nccl_destroy};
+
+flx_status flx_nccl_init(flx_comm *c) {
+    ncclUniqueId id;
+    if (c->rank == 0) {
+        ncclResult_t r = ncclGetUniqueId(&id);
+        if (r != ncclSuccess) return nccl_fail(r, "ncclGetUniqueId");
+    }
+    flx_status s = flx_mpi_bcast_bytes(&id, (int32_t)sizeof id, 0);
+    if (s != FLX_OK) return s;
+    int prev = 0;
+    cudaGetDevice(&prev); /* NCCL binds the communicator to the current device: restore it after */
+    cudaSetDevice(flx_cuda_ctx_device(c->ctx));
+    ncclComm_t nc = NULL;
+    ncclResult_t r = ncclCommInitRank(&nc, c->size, id, c->rank);
+    cudaSetDevice(prev);
+    if (r != ncclSuccess) return nccl_fail(r, "ncclCommInitRank");
+    c->state = nc;
+    c->impl = &nccl_impl;
+    return FLX_OK;
+}
+#endif

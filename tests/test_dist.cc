@@ -1,0 +1,154 @@
+// test_dist.cc — communicators and collectives in one process (a world of one): values, VJP
+// and JVP of every collective, the data-parallel helpers, and bad input. The two-rank checks
+// over MPI are in dist_mpi_test.cc (run by ctest through mpirun).
+#include <cstdlib>
+
+#include "testing.h"
+
+using namespace flxt;
+
+namespace {
+
+class DistTest : public CpuTest {
+  protected:
+    void SetUp() override {
+        CpuTest::SetUp();
+        comm = flx_comm_create(ctx);
+        ASSERT_NE(comm, nullptr) << flx_last_error();
+    }
+    void TearDown() override {
+        flx_comm_destroy(comm);
+        CpuTest::TearDown();
+    }
+    flx_comm *comm = nullptr;
+};
+
+TEST_F(DistTest, WorldOfOneWithoutALauncher) {
+    EXPECT_EQ(flx_comm_rank(comm), 0);
+    EXPECT_EQ(flx_comm_size(comm), 1);
+    EXPECT_EQ(flx_comm_rank(nullptr), -1);
+    EXPECT_EQ(flx_comm_size(nullptr), -1);
+}
+
+TEST_F(DistTest, CollectivesOfOneRankAreTheIdentity) {
+    std::vector<double> v = rand_values(12, 3);
+    flx_tensor *x = make(ctx, FLX_F64, {4, 3}, v);
+    for (flx_comm_op op : {FLX_COMM_SUM, FLX_COMM_AVG, FLX_COMM_MAX, FLX_COMM_MIN})
+        EXPECT_TRUE(close(values(flx_comm_all_reduce(comm, x, op)), v)) << op;
+    EXPECT_TRUE(close(values(flx_comm_broadcast(comm, x, 0)), v));
+    flx_tensor *g = flx_comm_all_gather(comm, x);
+    EXPECT_EQ(shape_of(g), (Shape{4, 3}));
+    EXPECT_TRUE(close(values(g), v));
+    EXPECT_TRUE(close(values(flx_comm_reduce_scatter(comm, x, FLX_COMM_AVG)), v));
+    flx_tensor *xi = make(ctx, FLX_I64, {3}, {1, -2, 7});
+    EXPECT_TRUE(close(values(flx_comm_all_reduce(comm, xi, FLX_COMM_MAX)), {1, -2, 7}));
+}
+
+TEST_F(DistTest, DerivativesOfLinearCollectives) {
+    flx_tensor *x = rand_tensor(ctx, FLX_F64, {2, 3}, 5);
+    std::vector<Fn> fns = {
+        [&](const std::vector<flx_tensor *> &in) { return flx_sin(flx_comm_all_reduce(comm, in[0], FLX_COMM_SUM)); },
+        [&](const std::vector<flx_tensor *> &in) { return flx_square(flx_comm_all_reduce(comm, in[0], FLX_COMM_AVG)); },
+        [&](const std::vector<flx_tensor *> &in) { return flx_tanh(flx_comm_broadcast(comm, in[0], 0)); },
+        [&](const std::vector<flx_tensor *> &in) { return flx_exp(flx_comm_all_gather(comm, in[0])); },
+        [&](const std::vector<flx_tensor *> &in) { return flx_cos(flx_comm_reduce_scatter(comm, in[0], FLX_COMM_AVG)); },
+    };
+    for (size_t i = 0; i < fns.size(); i++) {
+        EXPECT_EQ(gradcheck(fns[i], {x}), FLX_OK) << "collective " << i << ": " << flx_last_error();
+        EXPECT_TRUE(jvp_check(fns[i], {x})) << "collective " << i;
+    }
+}
+
+TEST_F(DistTest, MaxAllReduceHasNoGradient) {
+    flx_tensor *x = rand_tensor(ctx, FLX_F64, {3}, 2);
+    flx_set_requires_grad(x, true);
+    flx_tensor *y = flx_sum_all(flx_comm_all_reduce(comm, x, FLX_COMM_MAX));
+    EXPECT_EQ(flx_backward(y), FLX_ERR_NOT_DIFFERENTIABLE);
+    EXPECT_NE(std::string(flx_last_error()).find("max/min"), std::string::npos) << flx_last_error();
+    flx_clear_error();
+}
+
+TEST_F(DistTest, CollectiveAfterDestroyIsAStateError) {
+    flx_tensor *x = rand_tensor(ctx, FLX_F64, {3}, 2);
+    flx_tensor *y = flx_comm_all_reduce(comm, x, FLX_COMM_SUM);
+    ASSERT_NE(y, nullptr);
+    flx_comm_destroy(comm);
+    comm = nullptr;
+    EXPECT_EQ(flx_eval(1, &y), FLX_ERR_STATE);
+    EXPECT_NE(std::string(flx_last_error()).find("destroyed"), std::string::npos) << flx_last_error();
+    flx_clear_error();
+}
+
+TEST_F(DistTest, AverageGradsKeepsTheGradientsOfOneRank) {
+    flx_tensor *w = rand_tensor(ctx, FLX_F64, {3, 2}, 1), *b = rand_tensor(ctx, FLX_F32, {2}, 2);
+    flx_tensor *unused = rand_tensor(ctx, FLX_F64, {5}, 3);
+    for (flx_tensor *t : {w, b, unused}) flx_set_requires_grad(t, true);
+    flx_tensor *x = rand_tensor(ctx, FLX_F64, {4, 3}, 4);
+    flx_tensor *loss = flx_add(flx_sum_all(flx_square(flx_matmul(x, w))),
+                               flx_sum_all(flx_cast(flx_exp(b), FLX_F64)));
+    ASSERT_EQ(flx_backward(loss), FLX_OK) << flx_last_error();
+    std::vector<double> gw = values(flx_grad(w)), gb = values(flx_grad(b));
+    flx_tensor *params[] = {w, b, unused};
+    // a bucket of 8 bytes forces one bucket per gradient, and the f32/f64 mix splits them too
+    for (size_t bucket : {(size_t)0, (size_t)8}) {
+        ASSERT_EQ(flx_comm_average_grads(comm, 3, params, bucket), FLX_OK) << flx_last_error();
+        EXPECT_TRUE(close(values(flx_grad(w)), gw));
+        EXPECT_TRUE(close(values(flx_grad(b)), gb));
+        EXPECT_EQ(flx_grad(unused), nullptr);
+    }
+    ASSERT_EQ(flx_comm_broadcast_params(comm, 3, params, 0), FLX_OK) << flx_last_error();
+}
+
+TEST_F(DistTest, BadInputIsRejected) {
+    flx_tensor *x = rand_tensor(ctx, FLX_F64, {4, 3}, 1);
+    EXPECT_TRUE(fails_with(flx_comm_all_reduce(nullptr, x, FLX_COMM_SUM), FLX_ERR_INVALID_ARGUMENT, "comm is NULL"));
+    flx_clear_error();
+    EXPECT_TRUE(fails_with(flx_comm_all_reduce(comm, nullptr, FLX_COMM_SUM), FLX_ERR_INVALID_ARGUMENT, "flx_comm_all_reduce"));
+    flx_clear_error();
+    EXPECT_TRUE(fails_with(flx_comm_all_reduce(comm, x, (flx_comm_op)9), FLX_ERR_INVALID_ARGUMENT, "reduce op"));
+    EXPECT_TRUE(fails_with(flx_comm_broadcast(comm, x, 1), FLX_ERR_INVALID_ARGUMENT, "root 1"));
+    EXPECT_TRUE(fails_with(flx_comm_broadcast(comm, x, -1), FLX_ERR_INVALID_ARGUMENT, "root -1"));
+    EXPECT_TRUE(fails_with(flx_comm_reduce_scatter(comm, x, FLX_COMM_MAX), FLX_ERR_INVALID_ARGUMENT, "SUM or"));
+    EXPECT_TRUE(fails_with(flx_comm_all_gather(comm, flx_scalar(ctx, FLX_F64, 1.0)), FLX_ERR_SHAPE, "axis"));
+    flx_tensor *bits = flx_gt(x, flx_scalar(ctx, FLX_F64, 0.0));
+    EXPECT_TRUE(fails_with(flx_comm_all_reduce(comm, bits, FLX_COMM_SUM), FLX_ERR_DTYPE, "f32, f64"));
+    flx_tensor *xi = make(ctx, FLX_I32, {2}, {1, 2});
+    EXPECT_TRUE(fails_with(flx_comm_all_reduce(comm, xi, FLX_COMM_AVG), FLX_ERR_DTYPE, "without AVG"));
+    flx_ctx *other = flx_ctx_create(flx_device_cpu());
+    ASSERT_NE(other, nullptr);
+    flx_scope_begin();  // y dies with this scope, before its context
+    flx_tensor *y = flx_zeros(other, FLX_F64, 1, (const int64_t[]){2});
+    EXPECT_TRUE(fails_with(flx_comm_all_reduce(comm, y, FLX_COMM_SUM), FLX_ERR_DEVICE, "another context"));
+    flx_tensor *params[] = {y};
+    EXPECT_EQ(flx_comm_average_grads(comm, 1, params, 0), FLX_ERR_DEVICE);
+    flx_scope_end(0, nullptr);
+    flx_ctx_destroy(other);
+    flx_tensor *pi[] = {xi};
+    EXPECT_EQ(flx_comm_average_grads(comm, 1, pi, 0), FLX_ERR_DTYPE);
+    EXPECT_EQ(flx_comm_average_grads(nullptr, 1, pi, 0), FLX_ERR_INVALID_ARGUMENT);
+    EXPECT_EQ(flx_comm_average_grads(comm, 1, nullptr, 0), FLX_ERR_INVALID_ARGUMENT);
+    EXPECT_EQ(flx_comm_average_grads(comm, -1, pi, 0), FLX_ERR_INVALID_ARGUMENT);
+    flx_tensor *pn[] = {nullptr};
+    EXPECT_EQ(flx_comm_broadcast_params(comm, 1, pn, 0), FLX_ERR_INVALID_ARGUMENT);
+    flx_tensor *px[] = {x};
+    EXPECT_EQ(flx_comm_broadcast_params(comm, 1, px, 3), FLX_ERR_INVALID_ARGUMENT);
+    EXPECT_EQ(flx_comm_create(nullptr), nullptr);
+    EXPECT_EQ(flx_comm_destroy(nullptr), FLX_OK);
+    flx_clear_error();
+}
+
+TEST(DistLauncher, LauncherWorldNeedsMpi) {
+    // started "by mpirun" with MPI compiled in, a one-process job is a world of one over MPI;
+    // without MPI compiled in, it must refuse rather than silently run alone
+    if (flx_has_mpi()) GTEST_SKIP() << "MPI is compiled in: dist_mpi_test covers launcher worlds";
+    setenv("OMPI_COMM_WORLD_SIZE", "2", 1);
+    flx_ctx *ctx = flx_ctx_create(flx_device_cpu());
+    flx_comm *c = flx_comm_create(ctx);
+    unsetenv("OMPI_COMM_WORLD_SIZE");
+    EXPECT_EQ(c, nullptr);
+    EXPECT_EQ(flx_last_status(), FLX_ERR_UNSUPPORTED);
+    flx_clear_error();
+    flx_ctx_destroy(ctx);
+}
+
+}  // namespace
