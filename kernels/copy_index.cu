@@ -5,8 +5,8 @@
 // then one contiguous run on both sides is a cudaMemcpyAsync, anything else a grid-stride kernel
 // templated on the element size (1, 2, 4, 8 bytes).
 //
-// index: out-of-range indices are found by a small check kernel that stores FLX_KERR_INDEX_RANGE
-// in the error word (only when outer > 0, as on the CPU, whose loops then never look at the
+// index: out-of-range indices are found by a small check kernel that raises FLX_KERR_INDEX_RANGE
+// in the error record (only when outer > 0, as on the CPU, whose loops then never look at the
 // index); SELECT writes 0 for them, ADD skips them. ADD is deterministic without atomics: each
 // output element sums its source rows with j ascending. For short index vectors each output
 // element scans the index directly; for long ones the (index, j) pairs are first sorted by a

@@ -335,7 +335,7 @@ template <typename T>
 __global__ void __launch_bounds__(kLuThreads) k_solve_block(const T *__restrict__ lu, const T *__restrict__ bm,
                                                             T *__restrict__ out, int64_t batch, int n,
                                                             int64_t k, int kc, int trans, int check,
-                                                            int32_t *err) {
+                                                            flx_kerr err) {
     extern __shared__ __align__(16) unsigned char s_raw[];
     T *sm = reinterpret_cast<T *>(s_raw);
     const int ld = n + 1, nn = n * n;
@@ -351,7 +351,8 @@ __global__ void __launch_bounds__(kLuThreads) k_solve_block(const T *__restrict_
             L_(i, j) = f[t];
         }
         for (int t = tid; t < n; t += kLuThreads) s_piv[t] = (int)f[nn + t];
-        if (check && tid == 0 && f[nn + n] != T(0) && err) *err = FLX_KERR_SINGULAR;
+        if (check && tid == 0 && f[nn + n] != T(0))
+            flx_kerr_raise(err, FLX_KERR_SINGULAR, (int64_t)f[nn + n], 0, 0, b);
         for (int64_t c0 = 0; c0 < k; c0 += kc) {
             const int w = (int)(k - c0 < kc ? k - c0 : kc), tot = n * w;
             const T *bb = bm + b * n * k + c0;
