@@ -148,13 +148,13 @@ int unary_launch(const flx_unary_args *a, cudaStream_t st) {
 // Float formulas from the X-macro in T; integer formulas in int64 as on the CPU (div/pow guarded
 // so a zero divisor cannot trap: the public API takes neither for integers).
 template <typename T, int OP> struct BinF;
-#define FLX_X_BIN(NAME, EXPR)                                                      \
+#define FLX_X_BIN(NAME, FN, EXPR)                                                      \
     template <typename T> struct BinF<T, FLX_BINARY_##NAME> {                      \
         __device__ __forceinline__ static T f(T a, T b) { return (T)(EXPR); }      \
     };
 FLX_BINARY_ARITH_OPS(FLX_X_BIN)
 #undef FLX_X_BIN
-#define FLX_X_CMP(NAME, EXPR)                                                      \
+#define FLX_X_CMP(NAME, FN, EXPR)                                                      \
     template <typename T> struct BinF<T, FLX_BINARY_##NAME> {                      \
         __device__ __forceinline__ static uint8_t f(T a, T b) { return (uint8_t)(EXPR); } \
     };
@@ -184,7 +184,7 @@ template <int OP> struct IntF {
 
 // Result type of op OP on inputs T: uint8 for compares, T otherwise.
 template <typename T, int OP> struct BinOut { typedef T type; };
-#define FLX_X_OUT(NAME, EXPR) \
+#define FLX_X_OUT(NAME, FN, EXPR) \
     template <typename T> struct BinOut<T, FLX_BINARY_##NAME> { typedef uint8_t type; };
 FLX_BINARY_COMPARE_OPS(FLX_X_OUT)
 #undef FLX_X_OUT
@@ -254,7 +254,7 @@ int binary_launch_op(const Space &s, const flx_binary_args *ar, int64_t n, cudaS
 template <typename T>
 int binary_launch(const Space &s, const flx_binary_args *ar, int64_t n, cudaStream_t st) {
     switch (ar->op) {
-#define FLX_X_CASE(NAME, EXPR) \
+#define FLX_X_CASE(NAME, FN, EXPR) \
     case FLX_BINARY_##NAME: return binary_launch_op<T, FLX_BINARY_##NAME>(s, ar, n, st);
         FLX_BINARY_ARITH_OPS(FLX_X_CASE)
         FLX_BINARY_COMPARE_OPS(FLX_X_CASE)
@@ -405,7 +405,7 @@ __device__ __forceinline__ void fused_unary(int op, double fa, double fb, T (&x)
 template <typename T>
 __device__ __forceinline__ void fused_binary(int op, T (&x)[FV], const T (&y)[FV]) {
     switch (op) {
-#define FLX_X_CASE(NAME, EXPR)                                                     \
+#define FLX_X_CASE(NAME, FN, EXPR)                                                     \
     case FLX_BINARY_##NAME:                                                        \
         _Pragma("unroll") for (int l = 0; l < FV; l++) x[l] = BinF<T, FLX_BINARY_##NAME>::f(x[l], y[l]); \
         break;

@@ -254,8 +254,10 @@ int flx_cuda_optim(const flx_optim_args *args, void *stream);
  * SOLVE:    lu packed, b (batch, n, k) -> out (batch, n, k) = A^-1 b (A^-T b when trans); with
  *           check, a matrix whose info != 0 raises FLX_KERR_SINGULAR (value = info, row = the
  *           matrix; values then inf/NaN).
+ *           b == NULL: b is the identity (k == n), generated in the kernel (inverses).
  * DET, LOGABS, SIGN, LOGDET: lu packed -> out (batch): det, log|det|, sign(det) (0 if singular),
- *           log det (NaN when det < 0, -inf when det == 0).
+ *           log det (NaN when det < 0, -inf when det == 0). lu == NULL: a (as for FACTOR) is
+ *           factorised on the fly and no packed LU is written (forward-only det).
  * COFACTOR: lu packed -> out (batch, n, n) row-major = adj(A)^T, computed without any division
  *           (finite and exact in form at singular A): adj(A) = sign(P) adj(U) L^-1 P^T with adj(U)
  *           from products of U's diagonal. */

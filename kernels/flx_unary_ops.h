@@ -81,26 +81,28 @@ typedef enum flx_unary_op {
     FLX_UNARY_COUNT
 } flx_unary_op;
 
-/* Binary formulas: a, b of type T. Compare ops produce 0/1 (stored as bool). */
+/* Binary formulas: X(NAME, fn, formula) over a, b of type T; flx_<fn>(a, b) is the public op
+ * (generated in runtime/ops/binary.c, where the partial derivatives live). Compare ops produce
+ * 0/1 (stored as bool) and stay last (FLX_BINARY_IS_COMPARE). */
 #define FLX_BINARY_ARITH_OPS(X)                                                  \
-    X(ADD, a + b)                                                                \
-    X(SUB, a - b)                                                                \
-    X(MUL, a * b)                                                                \
-    X(DIV, a / b)                                                                \
-    X(POW, pow(a, b))                                                            \
-    X(MAXIMUM, a >= b ? a : b)                                                   \
-    X(MINIMUM, a <= b ? a : b)
+    X(ADD, add, a + b)                                                           \
+    X(SUB, sub, a - b)                                                           \
+    X(MUL, mul, a * b)                                                           \
+    X(DIV, div, a / b)                                                           \
+    X(POW, pow, pow(a, b))                                                       \
+    X(MAXIMUM, maximum, a >= b ? a : b)                                          \
+    X(MINIMUM, minimum, a <= b ? a : b)
 
 #define FLX_BINARY_COMPARE_OPS(X)                                                \
-    X(EQ, a == b)                                                                \
-    X(NE, a != b)                                                                \
-    X(LT, a < b)                                                                 \
-    X(LE, a <= b)                                                                \
-    X(GT, a > b)                                                                 \
-    X(GE, a >= b)
+    X(EQ, eq, a == b)                                                            \
+    X(NE, ne, a != b)                                                            \
+    X(LT, lt, a < b)                                                             \
+    X(LE, le, a <= b)                                                            \
+    X(GT, gt, a > b)                                                             \
+    X(GE, ge, a >= b)
 
 typedef enum flx_binary_op {
-#define FLX_X_ENUM(NAME, EXPR) FLX_BINARY_##NAME,
+#define FLX_X_ENUM(NAME, FN, EXPR) FLX_BINARY_##NAME,
     FLX_BINARY_ARITH_OPS(FLX_X_ENUM)
     FLX_BINARY_COMPARE_OPS(FLX_X_ENUM)
 #undef FLX_X_ENUM

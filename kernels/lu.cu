@@ -48,6 +48,18 @@ struct Scratch {
     }
 };
 
+// det / log|det| / sign / log det from the diagonal's product, log-sum, sign parity, zero and
+// NaN flags (shared by the warp kernel on packed factors and the register kernel).
+__device__ __forceinline__ double det_value(int mode, double prod, double logabs, int neg, int zero,
+                                            int nanf) {
+    double v;
+    if (mode == FLX_LU_DET) v = zero ? 0.0 : (neg ? -fabs(prod) : fabs(prod));
+    else if (mode == FLX_LU_LOGABS) v = zero ? -INFINITY : logabs;
+    else if (mode == FLX_LU_SIGN) v = zero ? 0.0 : (neg ? -1.0 : 1.0);
+    else v = zero ? -INFINITY : (neg ? NAN : logabs);
+    return nanf ? NAN : v; // a NaN on U's diagonal wins over a zero pivot
+}
+
 // ---- small register LU --------------------------------------------------------------------------
 // One thread per matrix. A block's matrices are one contiguous slab of global memory: it is
 // staged through shared memory (one matrix per thread at an odd stride, so the per-thread
@@ -56,9 +68,10 @@ struct Scratch {
 template <typename T> struct SmallTpb { static constexpr int value = 128; };
 template <> struct SmallTpb<double> { static constexpr int value = 64; }; // 37 KB of staging
 
-template <typename T, int N>
+// DET: write det_value(mode) per matrix instead of the packed LU (forward-only det).
+template <typename T, int N, bool DET>
 __global__ void __launch_bounds__(SmallTpb<T>::value) k_factor_small(const T *__restrict__ a, T *__restrict__ out,
-                                                                     int64_t batch) {
+                                                                     int64_t batch, int mode) {
     constexpr int TPB = SmallTpb<T>::value, NN = N * N, P = NN + N + 1, LD = P | 1;
     __shared__ T st[TPB * LD];
     for (int64_t b0 = (int64_t)blockIdx.x * TPB; b0 < batch; b0 += (int64_t)gridDim.x * TPB) {
@@ -114,15 +127,31 @@ __global__ void __launch_bounds__(SmallTpb<T>::value) k_factor_small(const T *__
                     for (int j = k + 1; j < N; j++) m[i][j] -= m[i][k] * m[k][j];
                 }
             }
+            if (DET) {
+                double prod = 1.0, logabs = 0.0;
+                int neg = 0, zero = 0, nanf = 0;
 #pragma unroll
-            for (int j = 0; j < N; j++)
+                for (int i = 0; i < N; i++) {
+                    double d = (double)m[i][i];
+                    neg ^= (piv[i] != i) ^ (d < 0);
+                    zero |= d == 0;
+                    nanf |= isnan(d);
+                    prod *= d;
+                    logabs += log(fabs(d));
+                }
+                out[b0 + threadIdx.x] = (T)det_value(mode, prod, logabs, neg, zero, nanf);
+            } else {
 #pragma unroll
-                for (int i = 0; i < N; i++) sm[j * N + i] = m[i][j];
+                for (int j = 0; j < N; j++)
 #pragma unroll
-            for (int i = 0; i < N; i++) sm[NN + i] = (T)piv[i];
-            sm[NN + N] = (T)info;
+                    for (int i = 0; i < N; i++) sm[j * N + i] = m[i][j];
+#pragma unroll
+                for (int i = 0; i < N; i++) sm[NN + i] = (T)piv[i];
+                sm[NN + N] = (T)info;
+            }
         }
         __syncthreads();
+        if (DET) continue; // uniform: a template constant; st is free again after the barrier
         T *dst = out + b0 * P;
         for (int e = threadIdx.x; e < cnt * P; e += TPB) {
             int t = e / P;
@@ -145,7 +174,7 @@ __global__ void k_solve_small(const T *__restrict__ lu, const T *__restrict__ bm
             flx_kerr_raise(err, FLX_KERR_SINGULAR, (int64_t)f[N * N + N], 0, 0, b);
         T x[N];
 #pragma unroll
-        for (int i = 0; i < N; i++) x[i] = bm[(b * N + i) * k + c];
+        for (int i = 0; i < N; i++) x[i] = bm ? bm[(b * N + i) * k + c] : T(i == c);
         int piv[N];
 #pragma unroll
         for (int i = 0; i < N; i++) piv[i] = (int)f[N * N + i];
@@ -355,12 +384,12 @@ __global__ void __launch_bounds__(kLuThreads) k_solve_block(const T *__restrict_
             flx_kerr_raise(err, FLX_KERR_SINGULAR, (int64_t)f[nn + n], 0, 0, b);
         for (int64_t c0 = 0; c0 < k; c0 += kc) {
             const int w = (int)(k - c0 < kc ? k - c0 : kc), tot = n * w;
-            const T *bb = bm + b * n * k + c0;
+            const T *bb = bm ? bm + b * n * k + c0 : nullptr; // NULL: the identity
             T *ob = out + b * n * k + c0;
             __syncthreads(); // LU staged; previous chunk stored
             for (int t = tid; t < tot; t += kLuThreads) {
                 int i = t / w, c = t - i * w;
-                x[i * kc + c] = bb[(int64_t)i * k + c];
+                x[i * kc + c] = bm ? bb[(int64_t)i * k + c] : T(i == c0 + c);
             }
             __syncthreads();
             if (!trans) {
@@ -464,6 +493,17 @@ __global__ void k_load_piv(const T *lu, int *piv, int64_t batch, int64_t n, int 
     }
 }
 
+// (batch, n, n) identity matrices.
+template <typename T>
+__global__ void k_eye(T *out, int64_t batch, int64_t n) {
+    int64_t total = batch * n * n;
+    for (int64_t t = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; t < total;
+         t += (int64_t)gridDim.x * blockDim.x) {
+        int64_t r = t % (n * n);
+        out[t] = T(r / n == r % n);
+    }
+}
+
 // Row-major (batch, n, k) <-> column-major per matrix.
 template <typename T>
 __global__ void k_to_colmajor(const T *in, T *out, int64_t batch, int64_t n, int64_t k, int back) {
@@ -504,15 +544,7 @@ __global__ void k_det(const T *__restrict__ lu, T *__restrict__ out, int64_t bat
             zero |= __shfl_xor_sync(0xffffffffu, zero, o);
             nanf |= __shfl_xor_sync(0xffffffffu, nanf, o);
         }
-        if (lane == 0) {
-            double v;
-            if (mode == FLX_LU_DET) v = zero ? 0.0 : (neg ? -fabs(prod) : fabs(prod));
-            else if (mode == FLX_LU_LOGABS) v = zero ? -INFINITY : logabs;
-            else if (mode == FLX_LU_SIGN) v = zero ? 0.0 : (neg ? -1.0 : 1.0);
-            else v = zero ? -INFINITY : (neg ? NAN : logabs);
-            if (nanf) v = NAN; // a NaN on U's diagonal wins over a zero pivot
-            out[b] = (T)v;
-        }
+        if (lane == 0) out[b] = (T)det_value(mode, prod, logabs, neg, zero, nanf);
     }
 }
 
@@ -605,7 +637,12 @@ inline cusolverStatus_t getrs(cusolverDnHandle_t h, cublasOperation_t op, int n,
 template <typename T, int N>
 int launch_factor_small(const flx_lu_args *a, cudaStream_t s) {
     constexpr int TPB = SmallTpb<T>::value;
-    k_factor_small<T, N><<<grid_for(a->batch, TPB), TPB, 0, s>>>((const T *)a->a, (T *)a->out, a->batch);
+    if (a->mode == FLX_LU_FACTOR)
+        k_factor_small<T, N, false><<<grid_for(a->batch, TPB), TPB, 0, s>>>((const T *)a->a, (T *)a->out,
+                                                                          a->batch, a->mode);
+    else
+        k_factor_small<T, N, true><<<grid_for(a->batch, TPB), TPB, 0, s>>>((const T *)a->a, (T *)a->out,
+                                                                         a->batch, a->mode);
     return flxk::launch_status();
 }
 
@@ -707,7 +744,10 @@ int solve(const flx_lu_args *a, const flx_cuda_lib_env *env) {
     if (rc) return rc;
     const T *bsrc = (const T *)a->b;
     T *xcm = X;
-    if (k > 1) {
+    if (!bsrc) { // the identity: the same in row- and column-major order
+        k_eye<T><<<grid_for(B * n * k), kBlock, 0, s>>>(X, B, n);
+        if ((rc = flxk::launch_status())) return rc;
+    } else if (k > 1) {
         k_to_colmajor<T><<<grid_for(B * n * k), kBlock, 0, s>>>(bsrc, X, B, n, k, 0);
         if ((rc = flxk::launch_status())) return rc;
     } else { // one column: row-major and column-major coincide
@@ -725,6 +765,20 @@ int solve(const flx_lu_args *a, const flx_cuda_lib_env *env) {
         return flxk::launch_status();
     }
     return (int)cudaMemcpyAsync(a->out, X, sizeof(T) * (size_t)(B * n), cudaMemcpyDeviceToDevice, s);
+}
+
+// det of 0x0 matrices: 1 (log|det| 0, sign 1, log det 0), as k_det gives for n == 0.
+template <typename T>
+__global__ void k_det_empty(T *out, int64_t batch, int mode) {
+    for (int64_t b = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; b < batch;
+         b += (int64_t)gridDim.x * blockDim.x)
+        out[b] = (T)det_value(mode, 1.0, 0.0, 0, 0, 0);
+}
+
+template <typename T>
+int det_of_empty(const flx_lu_args *a, cudaStream_t s) {
+    k_det_empty<T><<<grid_for(a->batch), kBlock, 0, s>>>((T *)a->out, a->batch, a->mode);
+    return flxk::launch_status();
 }
 
 template <typename T>
@@ -746,10 +800,23 @@ int run(const flx_lu_args *a, const flx_cuda_lib_env *env) {
                                                                    a->batch, a->n);
         return flxk::launch_status();
     }
-    default:
-        k_det<T><<<grid_for(a->batch * 32), kBlock, 0, s>>>((const T *)a->lu, (T *)a->out, a->batch,
-                                                            a->n, a->mode);
+    default: {
+        const T *lu = (const T *)a->lu;
+        if (!lu && a->n == 0) return det_of_empty<T>(a, s);
+        if (!lu && a->n <= kSmallN) return small_dispatch<T>(a, s, true); // straight from A
+        Scratch sc(env);
+        if (!lu) { // forward-only det of n > 8: the factors live in scratch only
+            flx_lu_args f = *a;
+            f.mode = FLX_LU_FACTOR;
+            f.out = sc.get(sizeof(T) * (size_t)(a->batch * (a->n * a->n + a->n + 1)));
+            if (!f.out) return -1;
+            int rc = factor<T>(&f, env);
+            if (rc) return rc;
+            lu = (const T *)f.out;
+        }
+        k_det<T><<<grid_for(a->batch * 32), kBlock, 0, s>>>(lu, (T *)a->out, a->batch, a->n, a->mode);
         return flxk::launch_status();
+    }
     }
 }
 

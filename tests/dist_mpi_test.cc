@@ -188,42 +188,4 @@ TEST_F(MpiTest, DataParallelMatchesTheCombinedBatch) {
     flx_optim_destroy(o_ref);
 }
 
-// NCCL on a CUDA context, one rank per GPU (ctest runs this with mpirun -np 1; on a machine
-// with several GPUs, -np N with FLX_NCCL_TEST_DEVICES=N uses device rank): every collective
-// through NCCL against the CPU's closed forms.
-TEST(NcclTest, CollectivesMatchTheCpu) {
-    FLX_REQUIRE_CUDA(cuda);
-    flx_comm *c = flx_comm_create(cuda);
-    ASSERT_NE(c, nullptr) << flx_last_error();
-    EXPECT_TRUE(flx_has_nccl());
-    int size = flx_comm_size(c), rank = flx_comm_rank(c);
-    flx_scope_begin();
-    for (flx_dtype dt : {FLX_F32, FLX_F64}) {
-        flx_tensor *x = make(cuda, dt, {4, 3}, rank_values(rank, 12));
-        std::vector<double> sum(12, 0.0), mx(12, -1e300);
-        for (int r = 0; r < size; r++) {
-            std::vector<double> v = rank_values(r, 12);
-            for (int i = 0; i < 12; i++) {
-                double vi = dt == FLX_F32 ? (double)(float)v[i] : v[i];
-                sum[i] += vi;
-                mx[i] = std::max(mx[i], vi);
-            }
-        }
-        double tol = dt == FLX_F32 ? 1e-6 : 1e-14;
-        EXPECT_TRUE(close(values(flx_comm_all_reduce(c, x, FLX_COMM_SUM)), sum, tol, tol));
-        EXPECT_TRUE(close(values(flx_comm_all_reduce(c, x, FLX_COMM_MAX)), mx, 0, 0));
-        EXPECT_TRUE(close(values(flx_comm_broadcast(c, x, 0)), rank_values(0, 12), tol, tol));
-        EXPECT_EQ(shape_of(flx_comm_all_gather(c, x)), (Shape{4 * size, 3}));
-    }
-    flx_tensor *x = make(cuda, FLX_F64, {2 * size, 3}, rank_values(rank, (size_t)(6 * size)));
-    flx_set_requires_grad(x, true);
-    flx_tensor *y = flx_comm_reduce_scatter(c, x, FLX_COMM_SUM);
-    ASSERT_EQ(flx_backward(flx_sum_all(y)), FLX_OK) << flx_last_error();
-    // d/dx of sum_r sum(y_r): every element of every rank's x counts once
-    EXPECT_TRUE(close(values(flx_grad(x)), std::vector<double>((size_t)(6 * size), 1.0)));
-    flx_scope_end(0, nullptr);
-    flx_comm_destroy(c);
-    flx_ctx_destroy(cuda);
-}
-
 }  // namespace

@@ -1,6 +1,8 @@
 // test_dist.cc — communicators and collectives in one process (a world of one): values, VJP
 // and JVP of every collective, the data-parallel helpers, and bad input. The two-rank checks
 // over MPI are in dist_mpi_test.cc (run by ctest through mpirun).
+#include <algorithm>
+#include <cmath>
 #include <cstdlib>
 
 #include "testing.h"
@@ -149,6 +151,74 @@ TEST(DistLauncher, LauncherWorldNeedsMpi) {
     EXPECT_EQ(flx_last_status(), FLX_ERR_UNSUPPORTED);
     flx_clear_error();
     flx_ctx_destroy(ctx);
+}
+
+// torchrun-style environments: CPU contexts need mpirun, malformed values are named, a job of one
+// is a world of one.
+TEST(DistLauncher, TorchrunStyleEnvironment) {
+    if (std::getenv("OMPI_COMM_WORLD_SIZE") || std::getenv("PMI_SIZE") || std::getenv("PMIX_RANK"))
+        GTEST_SKIP() << "running under an MPI launcher";
+    flx_ctx *ctx = flx_ctx_create(flx_device_cpu());
+    ASSERT_NE(ctx, nullptr);
+    struct Case { const char *rank, *size; flx_status want; } cases[] = {
+        {"0", "2", FLX_ERR_UNSUPPORTED}, {"1", "2", FLX_ERR_UNSUPPORTED}, {"2", "2", FLX_ERR_INVALID_ARGUMENT},
+        {"x", "2", FLX_ERR_INVALID_ARGUMENT}, {"0", "0", FLX_ERR_INVALID_ARGUMENT}, {"0", "1", FLX_OK}};
+    for (const Case &c : cases) {
+        setenv("RANK", c.rank, 1);
+        setenv("WORLD_SIZE", c.size, 1);
+        flx_comm *comm = flx_comm_create(ctx);
+        EXPECT_EQ(comm ? FLX_OK : flx_last_status(), c.want) << "RANK=" << c.rank << " WORLD_SIZE=" << c.size
+                                                             << ": " << flx_last_error();
+        if (comm) EXPECT_EQ(flx_comm_size(comm), 1);
+        flx_comm_destroy(comm);
+        flx_clear_error();
+    }
+    unsetenv("RANK");
+    unsetenv("WORLD_SIZE");
+    flx_ctx_destroy(ctx);
+}
+
+std::vector<double> vals(int r, size_t n) {
+    std::vector<double> v(n);
+    for (size_t i = 0; i < n; i++) v[i] = std::sin(1.0 + 0.7 * (double)i + 1.3 * r);
+    return v;
+}
+
+// NCCL on a CUDA context: without a launcher a CUDA communicator is a world of one over NCCL,
+// so one GPU exercises the real transport: every collective against the closed forms.
+TEST(NcclTest, CollectivesMatchTheCpu) {
+    FLX_REQUIRE_CUDA(cuda);
+    flx_comm *c = flx_comm_create(cuda);
+    ASSERT_NE(c, nullptr) << flx_last_error();
+    EXPECT_TRUE(flx_has_nccl());
+    int size = flx_comm_size(c), rank = flx_comm_rank(c);
+    flx_scope_begin();
+    for (flx_dtype dt : {FLX_F32, FLX_F64}) {
+        flx_tensor *x = make(cuda, dt, {4, 3}, vals(rank, 12));
+        std::vector<double> sum(12, 0.0), mx(12, -1e300);
+        for (int r = 0; r < size; r++) {
+            std::vector<double> v = vals(r, 12);
+            for (int i = 0; i < 12; i++) {
+                double vi = dt == FLX_F32 ? (double)(float)v[i] : v[i];
+                sum[i] += vi;
+                mx[i] = std::max(mx[i], vi);
+            }
+        }
+        double tol = dt == FLX_F32 ? 1e-6 : 1e-14;
+        EXPECT_TRUE(close(values(flx_comm_all_reduce(c, x, FLX_COMM_SUM)), sum, tol, tol));
+        EXPECT_TRUE(close(values(flx_comm_all_reduce(c, x, FLX_COMM_MAX)), mx, 0, 0));
+        EXPECT_TRUE(close(values(flx_comm_broadcast(c, x, 0)), vals(0, 12), tol, tol));
+        EXPECT_EQ(shape_of(flx_comm_all_gather(c, x)), (Shape{4 * size, 3}));
+    }
+    flx_tensor *x = make(cuda, FLX_F64, {2 * size, 3}, vals(rank, (size_t)(6 * size)));
+    flx_set_requires_grad(x, true);
+    flx_tensor *y = flx_comm_reduce_scatter(c, x, FLX_COMM_SUM);
+    ASSERT_EQ(flx_backward(flx_sum_all(y)), FLX_OK) << flx_last_error();
+    // d/dx of sum_r sum(y_r): every element of every rank's x counts once
+    EXPECT_TRUE(close(values(flx_grad(x)), std::vector<double>((size_t)(6 * size), 1.0)));
+    flx_scope_end(0, nullptr);
+    flx_comm_destroy(c);
+    flx_ctx_destroy(cuda);
 }
 
 }  // namespace

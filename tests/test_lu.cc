@@ -427,6 +427,72 @@ TEST_F(LuTest, BadInputRejectedAtBuildTime) {
     EXPECT_EQ(flx_ctx_destroy(other), FLX_OK);
 }
 
+// An inverse is one factor and one identity solve: no identity tensor is filled, broadcast or
+// read (the solve kernels generate it), on its own and inside the logdet gradient (A^-T).
+TEST_F(LuTest, InverseBuildsNoIdentityTensor) {
+    const int64_t B = 3, n = 5;
+    Mat a = wellcond(B, n, 21);
+    flx_tensor *A = make(ctx, FLX_F64, {B, n, n}, a);
+    ASSERT_EQ(flx_eval(1, &A), FLX_OK);
+    ASSERT_EQ(flx_ctx_reset_stats(ctx), FLX_OK);
+    flx_tensor *X = flx_inv(A);
+    ASSERT_NE(X, nullptr) << flx_last_error();
+    ASSERT_EQ(flx_eval(1, &X), FLX_OK);
+    flx_ctx_stats st;
+    ASSERT_EQ(flx_ctx_get_stats(ctx, &st), FLX_OK);
+    EXPECT_EQ(st.kernels, 2u);
+    std::vector<double> got = values(X);
+    for (int64_t b = 0; b < B; b++) {
+        Mat inv;
+        ref_det_inv(sub(a, (size_t)(b * n * n), (size_t)(n * n)), n, &inv);
+        EXPECT_TRUE(close(sub(got, (size_t)(b * n * n), (size_t)(n * n)), inv, 1e-12, 1e-10));
+    }
+    // d logdet / dA = A^-T from the identity solve with trans.
+    flx_set_requires_grad(A, true);
+    flx_tensor *ld = flx_sum_all(flx_logdet(flx_mul_scalar(A, 1.0))), *g = nullptr;
+    ASSERT_EQ(flx_grad_of(1, &ld, nullptr, 1, &A, false, &g), FLX_OK) << flx_last_error();
+    std::vector<double> gv = values(g);
+    for (int64_t b = 0; b < B; b++) {
+        Mat inv;
+        ref_det_inv(sub(a, (size_t)(b * n * n), (size_t)(n * n)), n, &inv);
+        EXPECT_TRUE(close(sub(gv, (size_t)(b * n * n), (size_t)(n * n)), transpose(inv, n), 1e-12, 1e-10));
+    }
+}
+
+// det / logdet of an A no gradient flows to: one kernel, no packed factors; a JVP asked later
+// still gets <cof(A), dA> (the factors are built then).
+TEST_F(LuTest, ForwardOnlyDetIsOneKernel) {
+    for (int64_t n : {3, 9}) {
+        const int64_t B = 4;
+        Mat a = wellcond(B, n, 23);
+        flx_tensor *A = make(ctx, FLX_F64, {B, n, n}, a);
+        ASSERT_EQ(flx_eval(1, &A), FLX_OK);
+        ASSERT_EQ(flx_ctx_reset_stats(ctx), FLX_OK);
+        flx_tensor *d = flx_det(A);
+        ASSERT_NE(d, nullptr) << flx_last_error();
+        ASSERT_EQ(flx_eval(1, &d), FLX_OK);
+        flx_ctx_stats st;
+        ASSERT_EQ(flx_ctx_get_stats(ctx, &st), FLX_OK);
+        EXPECT_EQ(st.kernels, 1u) << "n " << n;
+        std::vector<double> dv = values(d), ldv = values(flx_logdet(A));
+        Mat V = rand_values((size_t)(B * n * n), 29);
+        flx_tensor *Vt = make(ctx, FLX_F64, {B, n, n}, V), *t = nullptr;
+        ASSERT_EQ(flx_jvp(1, &A, &Vt, 1, &d, &t), FLX_OK) << flx_last_error();
+        std::vector<double> tv = values(t);
+        for (int64_t b = 0; b < B; b++) {
+            Mat m = sub(a, (size_t)(b * n * n), (size_t)(n * n));
+            double e = ref_det_inv(m, n, nullptr);
+            EXPECT_NEAR(dv[(size_t)b], e, 1e-12 * std::fabs(e) + 1e-14);
+            EXPECT_TRUE(std::isnan(ldv[(size_t)b]) == (e < 0)) << b;
+            if (e > 0) EXPECT_NEAR(ldv[(size_t)b], std::log(e), 1e-12);
+            Mat c = ref_cofactor(m, n);
+            double et = 0;
+            for (int64_t q = 0; q < n * n; q++) et += c[(size_t)q] * V[(size_t)(b * n * n + q)];
+            EXPECT_NEAR(tv[(size_t)b], et, 1e-10 * (1 + std::fabs(et)));
+        }
+    }
+}
+
 // ---- GPU against CPU --------------------------------------------------------------------------------
 TEST(LuCuda, MatchesCpu) {
     FLX_REQUIRE_CUDA(gpu);
@@ -518,8 +584,10 @@ TEST(LuCuda, BlockPathsMatchCpu) {
                     ASSERT_TRUE(rc && rg) << flx_last_error();
                     EXPECT_TRUE(close(values(rg), values(rc), tol, tol));
                 };
+                // det / logdet of an A without grad: straight from A, no packed factors.
                 both("det", [](flx_tensor *A, flx_tensor *, flx_tensor *) { return flx_det(A); });
-                both("logdet", [](flx_tensor *A, flx_tensor *, flx_tensor *) {
+                both("logdet", [](flx_tensor *A, flx_tensor *, flx_tensor *) { return flx_logdet(A); });
+                both("slogdet", [](flx_tensor *A, flx_tensor *, flx_tensor *) {
                     flx_tensor *sg = nullptr, *la = nullptr;
                     return flx_slogdet(A, &sg, &la) == FLX_OK ? flx_mul(sg, la) : nullptr;
                 });

@@ -1021,8 +1021,12 @@ FLX_API bool flx_has_nccl(void);
 /* The world of the job this process was launched in, for ctx (every rank passes a context of
  * the same kind; a CUDA context is usually cuda(local_rank)). The environment decides:
  * OMPI_COMM_WORLD_SIZE / PMI_SIZE / PMIX_RANK (mpirun, srun) -> MPI is initialised if the
- * application has not done so (and finalised at exit); otherwise a world of one process. A
- * launcher world on a build without MPI is an FLX_ERR_UNSUPPORTED error, never a silent world of
+ * application has not done so (and finalised at exit); CPU contexts talk MPI, CUDA contexts NCCL
+ * with its id sent over MPI. RANK and WORLD_SIZE (torchrun style) -> NCCL for CUDA contexts, its
+ * id handed over TCP by rank 0 listening on MASTER_PORT at MASTER_ADDR (defaults 29500,
+ * 127.0.0.1; FLX_COMM_TIMEOUT_S bounds the wait, default 300 s). Otherwise a world of one (over
+ * NCCL on a CUDA context when NCCL is built). A launcher world this build cannot serve (no MPI, no
+ * NCCL, CPU contexts under torchrun) is an FLX_ERR_UNSUPPORTED error, never a silent world of
  * one. Returns NULL with the error set on failure. */
 FLX_API flx_comm *flx_comm_create(flx_ctx *ctx);
 /* Destroys the communicator. Collectives recorded on it and not yet run fail with

@@ -60,7 +60,7 @@
     X(MAXPOOL_BACKWARD) /* inputs: g, indices */ \
     /* LU family (issue 4, runtime/ops/lu.c): attrs.lu */                                \
     X(LU_FACTOR) /* packed (..., n*n + n + 1): LU, pivots, info; no gradient */           \
-    X(LU_SOLVE)  /* inputs: A, LU, B */                                                   \
+    X(LU_SOLVE)  /* inputs: A, LU, B (without B: B = I, an inverse) */                     \
     X(LU_DET)    /* inputs: A, LU; det / log|det| / sign / logdet */                      \
     X(LU_COFACTOR) /* inputs: A, LU; cofactor matrix adj(A)^T, division-free */                                         \
     /* softmax family (runtime/ops/softmax.c): attrs.softmax */                           \

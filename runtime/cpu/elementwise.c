@@ -112,7 +112,7 @@ static void binary_float_fast(const flx_binary_args *ar, int64_t n) {
             po[j] = (TO)(double)(EXPR);                                         \
         }                                                                       \
     } while (0)
-#define FLX_X_CASE(NAME, EXPR)                                                  \
+#define FLX_X_CASE(NAME, FN, EXPR)                                                  \
     case FLX_BINARY_##NAME:                                                     \
         if (cmp) {                                                              \
             if (f32) FLX_BIN_RUN(float, uint8_t, EXPR);                         \
@@ -145,7 +145,7 @@ flx_status flx_cpu_binary(flx_ctx *ctx, const flx_binary_args *ar) {
             int64_t a = load_i(ar->dtype, ar->a, o.off[0]), b = load_i(ar->dtype, ar->b, o.off[1]);
             int64_t r = 0;
             switch (ar->op) {
-#define FLX_X_CASE(NAME, EXPR) case FLX_BINARY_##NAME: r = (int64_t)(EXPR); break;
+#define FLX_X_CASE(NAME, FN, EXPR) case FLX_BINARY_##NAME: r = (int64_t)(EXPR); break;
                 FLX_BINARY_ARITH_OPS(FLX_X_CASE)
                 FLX_BINARY_COMPARE_OPS(FLX_X_CASE)
 #undef FLX_X_CASE
@@ -157,7 +157,7 @@ flx_status flx_cpu_binary(flx_ctx *ctx, const flx_binary_args *ar) {
             double a = load(ar->dtype, ar->a, o.off[0]), b = load(ar->dtype, ar->b, o.off[1]);
             double r = 0;
             switch (ar->op) {
-#define FLX_X_CASE(NAME, EXPR) case FLX_BINARY_##NAME: r = (double)(EXPR); break;
+#define FLX_X_CASE(NAME, FN, EXPR) case FLX_BINARY_##NAME: r = (double)(EXPR); break;
                 FLX_BINARY_ARITH_OPS(FLX_X_CASE)
                 FLX_BINARY_COMPARE_OPS(FLX_X_CASE)
 #undef FLX_X_CASE

@@ -79,7 +79,7 @@ static flx_status run_unary(int32_t op, double a, double b, const double *xs, do
 static flx_status run_binary(int32_t op, const double *xa, const double *xb, double *y, int64_t m,
                              flx_dtype dt) {
     switch (op) {
-#define FLX_X_CASE(NAME, EXPR)                                      \
+#define FLX_X_CASE(NAME, FN, EXPR)                                      \
     case FLX_BINARY_##NAME:                                         \
         for (int64_t e = 0; e < m; e++) {                           \
             double a = xa[e], b = xb[e];                            \

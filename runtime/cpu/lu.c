@@ -100,17 +100,27 @@ static void solve(const flx_lu_args *a, double *m, int64_t *piv, double *x) {
         int64_t info = unpack(a, b, m, piv);
         if (info != 0 && a->check) flx_kerr_raise(a->err, FLX_KERR_SINGULAR, info, 0, 0, b);
         for (int64_t c = 0; c < k; c++) {
-            for (int64_t i = 0; i < n; i++) x[i] = ldf(a->dtype, a->b, b * n * k + i * k + c);
+            for (int64_t i = 0; i < n; i++)
+                x[i] = a->b ? ldf(a->dtype, a->b, b * n * k + i * k + c) : (double)(i == c);
             solve_vec(m, piv, n, a->trans, x);
             for (int64_t i = 0; i < n; i++) stf(a->dtype, a->out, b * n * k + i * k + c, x[i]);
         }
     }
 }
 
+/* Matrix b of a (row-major) factorised into m (column-major) and piv. */
+static void factor_one(const flx_lu_args *a, int64_t b, double *m, int64_t *piv) {
+    int64_t n = a->n;
+    for (int64_t i = 0; i < n; i++)
+        for (int64_t j = 0; j < n; j++) m[j * n + i] = ldf(a->dtype, a->a, b * n * n + i * n + j);
+    (void)lu_inplace(m, n, piv);
+}
+
 static void det(const flx_lu_args *a, double *m, int64_t *piv) {
     int64_t n = a->n;
     for (int64_t b = 0; b < a->batch; b++) {
-        (void)unpack(a, b, m, piv);
+        if (a->lu) (void)unpack(a, b, m, piv);
+        else factor_one(a, b, m, piv); /* forward-only det: no packed factors */
         int neg = 0;
         double logabs = 0.0, prod = 1.0;
         bool zero = false;

@@ -1,13 +1,16 @@
 /* nccl.c — the NCCL transport of communicators for CUDA contexts: one ncclComm per
- * communicator, its unique id sent from rank 0 over MPI, collectives queued on the context's
- * stream (no host sync; capturable into a plan's CUDA graph). */
+ * communicator, its unique id sent from rank 0 over MPI or a TCP rendezvous (a world of one needs
+ * none), collectives queued on the context's stream (no host sync; capturable into a plan's CUDA
+ * graph). */
 #ifdef FLX_WITH_NCCL
 #include <stdlib.h>
+#include <string.h>
 
 #include <cuda_runtime.h>
 #include <nccl.h>
 
 #include "../dist/dist.h"
+#include "../dist/rendezvous.h"
 
 static flx_status nccl_fail(ncclResult_t r, const char *what) {
     return flx_set_error(FLX_ERR_BACKEND, "nccl: %s failed: %s", what, ncclGetErrorString(r));
@@ -58,13 +61,38 @@ static void nccl_destroy(flx_comm *c) {
 
 static const flx_comm_impl nccl_impl = {"nccl", nccl_run, nccl_destroy};
 
-flx_status flx_nccl_init(flx_comm *c) {
+/* Seconds a rank waits for the others at the TCP rendezvous (FLX_COMM_TIMEOUT_S, default 300). */
+static double rendezvous_timeout(void) {
+    const char *t = getenv("FLX_COMM_TIMEOUT_S");
+    double v = t ? atof(t) : 0.0;
+    return v > 0 ? v : 300.0;
+}
+
+static flx_status exchange_id(flx_comm *c, flx_id_exchange how, ncclUniqueId *id) {
+    if (c->size == 1 || how == FLX_ID_LOCAL) return FLX_OK;
+    if (how == FLX_ID_OVER_MPI) {
+#ifdef FLX_WITH_MPI
+        return flx_mpi_bcast_bytes(id, (int32_t)sizeof *id, 0);
+#else
+        return flx_set_error(FLX_ERR_UNSUPPORTED, "flx_comm_create: no MPI in this build");
+#endif
+    }
+    const char *addr = getenv("MASTER_ADDR"), *port = getenv("MASTER_PORT");
+    char err[256];
+    if (flx_rendezvous_bytes(id, sizeof *id, c->rank, c->size, addr ? addr : "127.0.0.1",
+                             port ? port : "29500", rendezvous_timeout(), err, sizeof err) != 0)
+        return flx_set_error(FLX_ERR_BACKEND, "flx_comm_create: rendezvous for NCCL's id failed: %s", err);
+    return FLX_OK;
+}
+
+flx_status flx_nccl_init(flx_comm *c, flx_id_exchange how) {
     ncclUniqueId id;
+    memset(&id, 0, sizeof id);
     if (c->rank == 0) {
         ncclResult_t r = ncclGetUniqueId(&id);
         if (r != ncclSuccess) return nccl_fail(r, "ncclGetUniqueId");
     }
-    flx_status s = flx_mpi_bcast_bytes(&id, (int32_t)sizeof id, 0);
+    flx_status s = exchange_id(c, how, &id);
     if (s != FLX_OK) return s;
     int prev = 0;
     cudaGetDevice(&prev); /* NCCL binds the communicator to the current device: restore it after */

@@ -1,6 +1,7 @@
 /* comm.c — communicators: the registry that lets collective nodes outlive a destroyed
  * communicator safely, the world of one process, and the MPI transport for CPU contexts. */
 #include <limits.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -191,6 +192,70 @@ static bool launched_by_mpi(void) {
     return false;
 }
 
+/* A torchrun-style job: RANK and WORLD_SIZE (MASTER_ADDR/MASTER_PORT for the rendezvous). */
+static bool launched_torchrun_style(int32_t *rank, int32_t *size) {
+    const char *r = getenv("RANK"), *w = getenv("WORLD_SIZE");
+    if (!r || !w) return false;
+    char *e1 = NULL, *e2 = NULL;
+    long rv = strtol(r, &e1, 10), wv = strtol(w, &e2, 10);
+    if (*e1 || *e2 || wv < 1 || wv > INT32_MAX || rv < 0 || rv >= wv) {
+        *rank = -1; /* malformed: the caller reports it */
+        return true;
+    }
+    *rank = (int32_t)rv;
+    *size = (int32_t)wv;
+    return true;
+}
+
+/* Picks the transport: an MPI launcher -> MPI (CPU) or NCCL with the id over MPI (CUDA); a
+ * torchrun-style environment -> NCCL with the id over TCP (CUDA only); otherwise a world of one,
+ * through NCCL on a CUDA context when NCCL is built (so one GPU exercises the real transport). */
+static flx_status pick_transport(flx_comm *c) {
+    bool cuda = c->ctx->device.type == FLX_DEVICE_CUDA;
+    int32_t trank = 0, tsize = 1;
+    if (launched_by_mpi()) {
+#ifdef FLX_WITH_MPI
+        flx_status s = flx_mpi_world(c);
+        if (s != FLX_OK) return s;
+        if (!cuda) {
+            c->impl = &mpi_impl;
+            return FLX_OK;
+        }
+#ifdef FLX_WITH_NCCL
+        return flx_nccl_init(c, FLX_ID_OVER_MPI);
+#else
+        return flx_set_error(FLX_ERR_UNSUPPORTED, "flx_comm_create: a CUDA context in an MPI job needs "
+                             "NCCL, and this build has none");
+#endif
+#else
+        return flx_set_error(FLX_ERR_UNSUPPORTED, "flx_comm_create: this process was started by an MPI "
+                             "launcher, but fluxion was built without MPI (install libopenmpi-dev and "
+                             "rebuild); refusing to run as a world of one process");
+#endif
+    }
+    if (launched_torchrun_style(&trank, &tsize)) {
+        if (trank < 0)
+            return flx_set_error(FLX_ERR_INVALID_ARGUMENT, "flx_comm_create: RANK=%s and WORLD_SIZE=%s do "
+                                 "not describe a rank of a job", getenv("RANK"), getenv("WORLD_SIZE"));
+        c->rank = trank;
+        c->size = tsize;
+        if (tsize > 1 && !cuda)
+            return flx_set_error(FLX_ERR_UNSUPPORTED, "flx_comm_create: CPU contexts talk through MPI: "
+                                 "start the job with mpirun (RANK/WORLD_SIZE serve CUDA contexts only)");
+#ifdef FLX_WITH_NCCL
+        if (cuda) return flx_nccl_init(c, FLX_ID_OVER_TCP);
+#endif
+        if (tsize > 1)
+            return flx_set_error(FLX_ERR_UNSUPPORTED, "flx_comm_create: a job of %d ranks on CUDA "
+                                 "contexts needs NCCL, and this build has none", (int)tsize);
+        return FLX_OK;
+    }
+#ifdef FLX_WITH_NCCL
+    if (cuda) return flx_nccl_init(c, FLX_ID_LOCAL);
+#endif
+    return FLX_OK;
+}
+
 flx_comm *flx_comm_create(flx_ctx *ctx) {
     if (!ctx) {
         flx_set_error(FLX_ERR_INVALID_ARGUMENT, "flx_comm_create: ctx is NULL");
@@ -205,34 +270,11 @@ flx_comm *flx_comm_create(flx_ctx *ctx) {
     c->rank = 0;
     c->size = 1;
     c->impl = &self_impl;
-    flx_status s = FLX_OK;
-    if (launched_by_mpi()) {
-#ifdef FLX_WITH_MPI
-        s = flx_mpi_world(c);
-        /* a launched job always talks through MPI/NCCL, even with one rank (so a one-rank job
-         * exercises the transport) */
-        if (s == FLX_OK) {
-            if (ctx->device.type == FLX_DEVICE_CPU) {
-                c->impl = &mpi_impl;
-            } else {
-#ifdef FLX_WITH_NCCL
-                s = flx_nccl_init(c);
-#else
-                s = flx_set_error(FLX_ERR_UNSUPPORTED, "flx_comm_create: a CUDA context in a job of %d "
-                                  "ranks needs NCCL, and this build has none", (int)c->size);
-#endif
-            }
-        }
-#else
-        s = flx_set_error(FLX_ERR_UNSUPPORTED, "flx_comm_create: this process was started by an MPI "
-                          "launcher, but fluxion was built without MPI (install libopenmpi-dev and "
-                          "rebuild); refusing to run as a world of one process");
-#endif
-    }
+    flx_status s = pick_transport(c);
     if (s == FLX_OK && !registry_add(c))
         s = flx_set_error(FLX_ERR_STATE, "flx_comm_create: more than %d communicators alive", FLX_MAX_COMMS);
     if (s != FLX_OK) {
-        if (c->impl) c->impl->destroy(c);
+        c->impl->destroy(c);
         free(c);
         return NULL;
     }

@@ -50,8 +50,10 @@ flx_status flx_mpi_world(flx_comm *c);
 flx_status flx_mpi_bcast_bytes(void *buf, int32_t nbytes, int32_t root);
 #endif
 #ifdef FLX_WITH_NCCL
-/* An NCCL communicator over the MPI world for a CUDA context (runtime/cuda/nccl.c). */
-flx_status flx_nccl_init(flx_comm *c);
+/* How rank 0's NCCL unique id reaches the other ranks. */
+typedef enum { FLX_ID_LOCAL, FLX_ID_OVER_MPI, FLX_ID_OVER_TCP } flx_id_exchange;
+/* An NCCL communicator for a CUDA context of rank c->rank of c->size (runtime/cuda/nccl.c). */
+flx_status flx_nccl_init(flx_comm *c, flx_id_exchange how);
 #endif
 
 #endif

@@ -6,8 +6,11 @@
 #include "flx_unary_ops.h"
 
 static const char *const binary_names[FLX_BINARY_COUNT] = {
-    "flx_add", "flx_sub", "flx_mul", "flx_div", "flx_pow", "flx_maximum", "flx_minimum",
-    "flx_eq",  "flx_ne",  "flx_lt",  "flx_le",  "flx_gt",  "flx_ge"};
+#define FLX_X_NAME(NAME, FN, EXPR) "flx_" #FN,
+    FLX_BINARY_ARITH_OPS(FLX_X_NAME)
+    FLX_BINARY_COMPARE_OPS(FLX_X_NAME)
+#undef FLX_X_NAME
+};
 
 /* NumPy broadcast of n shapes; false with the error set if they do not fit. */
 static bool broadcast_shapes(const char *op, int32_t n, flx_tensor *const *xs, int32_t *ndim,
@@ -210,19 +213,11 @@ void flx_ops_register_binary(flx_op_def *t) {
 }
 
 /* ---- public ops ----------------------------------------------------------------------------- */
-flx_tensor *flx_add(flx_tensor *a, flx_tensor *b) { return make_binary(FLX_BINARY_ADD, a, b); }
-flx_tensor *flx_sub(flx_tensor *a, flx_tensor *b) { return make_binary(FLX_BINARY_SUB, a, b); }
-flx_tensor *flx_mul(flx_tensor *a, flx_tensor *b) { return make_binary(FLX_BINARY_MUL, a, b); }
-flx_tensor *flx_div(flx_tensor *a, flx_tensor *b) { return make_binary(FLX_BINARY_DIV, a, b); }
-flx_tensor *flx_pow(flx_tensor *a, flx_tensor *b) { return make_binary(FLX_BINARY_POW, a, b); }
-flx_tensor *flx_maximum(flx_tensor *a, flx_tensor *b) { return make_binary(FLX_BINARY_MAXIMUM, a, b); }
-flx_tensor *flx_minimum(flx_tensor *a, flx_tensor *b) { return make_binary(FLX_BINARY_MINIMUM, a, b); }
-flx_tensor *flx_eq(flx_tensor *a, flx_tensor *b) { return make_binary(FLX_BINARY_EQ, a, b); }
-flx_tensor *flx_ne(flx_tensor *a, flx_tensor *b) { return make_binary(FLX_BINARY_NE, a, b); }
-flx_tensor *flx_lt(flx_tensor *a, flx_tensor *b) { return make_binary(FLX_BINARY_LT, a, b); }
-flx_tensor *flx_le(flx_tensor *a, flx_tensor *b) { return make_binary(FLX_BINARY_LE, a, b); }
-flx_tensor *flx_gt(flx_tensor *a, flx_tensor *b) { return make_binary(FLX_BINARY_GT, a, b); }
-flx_tensor *flx_ge(flx_tensor *a, flx_tensor *b) { return make_binary(FLX_BINARY_GE, a, b); }
+#define FLX_X_DEF(NAME, FN, EXPR) \
+    flx_tensor *flx_##FN(flx_tensor *a, flx_tensor *b) { return make_binary(FLX_BINARY_##NAME, a, b); }
+FLX_BINARY_ARITH_OPS(FLX_X_DEF)
+FLX_BINARY_COMPARE_OPS(FLX_X_DEF)
+#undef FLX_X_DEF
 
 flx_tensor *flx_where(flx_tensor *cond, flx_tensor *a, flx_tensor *b) {
     flx_tensor *in[3] = {cond, a, b};

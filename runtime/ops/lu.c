@@ -49,10 +49,27 @@ static flx_tensor *solve_node(flx_tensor *A, flx_tensor *LU, flx_tensor *B, int3
     return lu_node(FLX_OP_LU_SOLVE, A, 3, in, B->ndim, B->shape, FLX_LU_SOLVE, trans, check);
 }
 
+/* A^-1 (A^-T when trans): a solve node without B, whose kernels generate the identity (no
+ * identity tensor is built, broadcast or read). */
+static flx_tensor *inverse_node(flx_tensor *A, flx_tensor *LU, int32_t trans, int32_t check) {
+    flx_tensor *in[2] = {A, LU};
+    if (!flx_check_inputs("flx_inv", 2, in)) return NULL;
+    return lu_node(FLX_OP_LU_SOLVE, A, 2, in, A->ndim, A->shape, FLX_LU_SOLVE, trans, check);
+}
+
+/* The right-hand side of a solve node: NULL for an inverse (the identity). */
+static flx_tensor *solve_rhs(flx_tensor *y) { return y->n_in > 2 ? y->in[2] : NULL; }
+
 static flx_tensor *det_node(flx_tensor *A, flx_tensor *LU, int32_t mode) {
     flx_tensor *in[2] = {A, LU};
     if (!flx_check_inputs("flx_det", 2, in)) return NULL;
     return lu_node(FLX_OP_LU_DET, A, 2, in, A->ndim - 2, A->shape, mode, 0, 0);
+}
+
+/* det / logdet straight from A: one kernel that writes no packed factors, for an A no gradient
+ * flows to (the factors are rebuilt if a JVP asks later). */
+static flx_tensor *det_direct_node(flx_tensor *A, int32_t mode) {
+    return lu_node(FLX_OP_LU_DET, A, 1, &A, A->ndim - 2, A->shape, mode, 0, 0);
 }
 
 static flx_tensor *cofactor_node(flx_tensor *A, flx_tensor *LU) {
@@ -61,8 +78,9 @@ static flx_tensor *cofactor_node(flx_tensor *A, flx_tensor *LU) {
     return lu_node(FLX_OP_LU_COFACTOR, A, 2, in, A->ndim, A->shape, FLX_LU_COFACTOR, 0, 0);
 }
 
-/* The LU input of a consumer node. */
-static flx_tensor *lu_in(flx_tensor *y) { return y->in[1]; }
+/* The LU input of a consumer node; a forward-only det node (input A alone) gets its factors
+ * here, when a derivative first asks for them. */
+static flx_tensor *lu_in(flx_tensor *y) { return y->n_in > 1 ? y->in[1] : factor_node(y->in[0]); }
 
 /* Batched matrix transpose (last two axes). */
 static flx_tensor *mT(flx_tensor *x) { return flx_transpose(x, -2, -1); }
@@ -92,9 +110,7 @@ static flx_tensor *eye_like(flx_tensor *A) {
 }
 
 /* A^-T from the saved factors (the value the logdet rules need). */
-static flx_tensor *inv_t(flx_tensor *A, flx_tensor *LU) {
-    return solve_node(A, LU, eye_like(A), 1, 0);
-}
+static flx_tensor *inv_t(flx_tensor *A, flx_tensor *LU) { return inverse_node(A, LU, 1, 0); }
 
 /* ---- exec ----------------------------------------------------------------------------------- */
 static flx_status exec_lu(const flx_tensor *t, void *out, const void *const *in) {
@@ -105,12 +121,12 @@ static flx_status exec_lu(const flx_tensor *t, void *out, const void *const *in)
         .trans = t->attrs.u.lu.trans, .check = t->attrs.u.lu.check, .err = flx_kerr_site(t),
         .out = out
     };
-    if (t->op == FLX_OP_LU_FACTOR) {
+    if (t->op == FLX_OP_LU_FACTOR || t->n_in == 1) { /* factor, or det straight from A */
         a.a = in[0];
     } else {
         a.lu = in[1];
         if (t->op == FLX_OP_LU_SOLVE) {
-            a.b = in[2];
+            a.b = t->n_in > 2 ? in[2] : NULL; /* NULL: the identity */
             a.k = t->shape[t->ndim - 1];
         }
     }
@@ -120,12 +136,13 @@ static flx_status exec_lu(const flx_tensor *t, void *out, const void *const *in)
 /* ---- rules ------------------------------------------------------------------------------------ */
 /* X = A^-1 B: gB = A^-T g, gA = -gB X^T.   X = A^-T B: gB = A^-1 g, gA = -X gB^T. */
 static flx_status vjp_solve(flx_tensor *y, flx_tensor *g, flx_tensor **gin) {
-    flx_tensor *A = y->in[0], *B = y->in[2];
+    flx_tensor *A = y->in[0], *B = solve_rhs(y);
     int32_t tr = y->attrs.u.lu.trans;
-    if (!A->requires_grad && !B->requires_grad) return FLX_OK;
+    bool gradB = B && B->requires_grad;
+    if (!A->requires_grad && !gradB) return FLX_OK;
     flx_tensor *gB = solve_node(A, lu_in(y), g, !tr, 0);
     if (!gB) return flx_last_status();
-    if (B->requires_grad) gin[2] = gB;
+    if (gradB) gin[2] = gB;
     if (A->requires_grad) {
         flx_tensor *p = tr ? flx_matmul(y, mT(gB)) : flx_matmul(gB, mT(y));
         gin[0] = flx_neg(p);
@@ -137,8 +154,8 @@ static flx_status vjp_solve(flx_tensor *y, flx_tensor *g, flx_tensor **gin) {
 static flx_status jvp_solve(flx_tensor *y, flx_tensor *const *tin, flx_tensor **tout) {
     *tout = NULL;
     flx_tensor *A = y->in[0];
-    if (!tin[0] && !tin[2]) return FLX_OK;
-    flx_tensor *rhs = tin[2];
+    flx_tensor *rhs = y->n_in > 2 ? tin[2] : NULL;
+    if (!tin[0] && !rhs) return FLX_OK;
     if (tin[0]) {
         flx_tensor *dA = y->attrs.u.lu.trans ? mT(tin[0]) : tin[0];
         flx_tensor *p = flx_matmul(dA, y);
@@ -200,6 +217,7 @@ void flx_ops_register_lu(flx_op_def *t) {
 /* ---- public ------------------------------------------------------------------------------------ */
 static flx_tensor *det_public(const char *op, flx_tensor *a, int32_t mode) {
     if (!flx_check_square(op, a)) return NULL;
+    if (!a->requires_grad || !flx_grad_enabled()) return det_direct_node(a, mode);
     if (flx_scope_begin() != FLX_OK) return NULL;
     flx_tensor *lu = factor_node(a);
     return flx_scope_return(lu ? det_node(a, lu, mode) : NULL);
@@ -265,8 +283,10 @@ static flx_tensor *solve_public(const char *op, flx_tensor *a, flx_tensor *b, bo
     }
     if (flx_scope_begin() != FLX_OK) return NULL;
     flx_tensor *lu = factor_node(a);
-    flx_tensor *B = is_inv ? eye_like(a) : (vec ? flx_unsqueeze(b, -1) : b);
-    flx_tensor *x = (lu && B) ? solve_node(a, lu, B, 0, info ? 0 : 1) : NULL;
+    flx_tensor *B = is_inv ? NULL : (vec ? flx_unsqueeze(b, -1) : b);
+    flx_tensor *x = !lu ? NULL
+                  : is_inv ? inverse_node(a, lu, 0, info ? 0 : 1)
+                  : B ? solve_node(a, lu, B, 0, info ? 0 : 1) : NULL;
     if (x && vec) x = flx_squeeze(x, -1);
     flx_tensor *inf = (x && info) ? info_of(lu) : NULL;
     flx_tensor *keep[2] = {x, inf};
