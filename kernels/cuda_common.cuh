@@ -12,25 +12,28 @@ namespace flxk {
 
 constexpr int kBlock = 256; // threads per block for every grid-stride kernel
 
-// Number of SMs of the current device, cached per ordinal (benign race: the same value is
-// written). Falls back to 132 (an H100 SXM) if the query fails.
-inline int sm_count() {
+// Attribute A of the current device, cached per ordinal (benign race: the same value is
+// written); `fallback` when the query fails or gives a value <= 0.
+template <cudaDeviceAttr A> inline int device_attr(int fallback) {
     static int cache[64];
     int dev = 0;
     if (cudaGetDevice(&dev) != cudaSuccess || dev < 0 || dev >= 64) {
         (void)cudaGetLastError();
-        return 132;
+        return fallback;
     }
     if (cache[dev] == 0) {
         int n = 0;
-        if (cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess || n <= 0) {
+        if (cudaDeviceGetAttribute(&n, A, dev) != cudaSuccess || n <= 0) {
             (void)cudaGetLastError();
-            n = 132;
+            n = fallback;
         }
         cache[dev] = n;
     }
     return cache[dev];
 }
+
+// Number of SMs of the current device. Falls back to 132 (an H100 SXM) if the query fails.
+inline int sm_count() { return device_attr<cudaDevAttrMultiProcessorCount>(132); }
 
 // Blocks for a grid-stride loop over `work` items: enough to cover it, at most a few waves of
 // fully resident blocks (2048 threads per SM / kBlock = 8 blocks per SM, times 4).

@@ -179,27 +179,37 @@ typedef struct flx_conv_args {
 } flx_conv_args;
 int flx_cuda_conv(const flx_conv_args *args, void *stream);
 
-/* ---- softmax family (issue 3; runtime/ops/softmax.c, runtime/cpu/softmax.c, kernels/softmax.cu)
+/* ---- softmax family (runtime/ops/softmax.c, runtime/cpu/softmax.c, kernels/softmax.cu)
  * Rows: x is viewed as (outer, n, inner) and every (o, i) pair is one row of n elements with
  * stride inner (inner == 1: contiguous rows). s = scale (1 / temperature), z = s x.
- * FWD:      out = softmax(z) along the row.        LOG_FWD: out = z - logsumexp(z).
+ * FWD:      out = softmax(z) along the row.
+ * LOG_FWD:  out = (z - max) - log(sum(exp(z - max)))   (never z - (max + log sum): that rounding
+ *           costs |max| * eps, all of the result for |z| ~ 1e16).
  * BWD:      x = y (a softmax output), v: out = s * y (v - <y, v>)   (softmax VJP and JVP).
  * LOG_VJP:  x = y (a log_softmax output): out = s * (v - exp(y) sum(v)).
  * LOG_JVP:  x = y (a log_softmax output): out = s * (v - <exp(y), v>).
- * CE_FWD:   x = logits (outer = N, n = C, inner = 1), labels (N): out (N) = logsumexp(x_r) -
- *           x_r[label_r], 0 where label_r == ignore_index (s is not applied).
+ * CE_FWD:   cross-entropy forward, and with grad != NULL its backward in the same pass:
+ *           x = logits (outer = N, n = C, inner = 1), labels (N). out (N + 1): out[r] =
+ *           log(sum(exp(x_r - max_r))) - (x_r[label_r] - max_r), 0 where label_r ==
+ *           ignore_index; out[N] = the number of labels != ignore_index (as T). grad (N, C), when
+ *           given: (softmax(x_r) - onehot(label_r)) * scale, divided by out[N] when reduction is
+ *           FLX_REDUCTION_MEAN; rows with label_r == ignore_index are 0. s is not applied to x.
  * CE_BWD:   as CE_FWD, v = g (N): out (N, C) = (softmax(x_r) - onehot(label_r)) g_r, rows with
  *           label_r == ignore_index are 0.
- * A label outside [0, C) other than ignore_index is treated as ignored and raises
- * FLX_KERR_INDEX_RANGE (value = the label, [0, C), row = r). A row whose z are all -inf gives
- * NaN (0 / 0); +inf gives NaN. */
+ * CE_FINISH: x = a CE_FWD out (N + 1) (outer = N): out = sum(x[0..N)) (reduction SUM), that sum
+ *           / x[N] (MEAN, 0/0 = NaN when every row is ignored), x[N] (reduction -1: the count),
+ *           or x[0..N) copied (NONE). Summed in a fixed order (deterministic).
+ * A label outside [0, C) other than ignore_index is treated as ignored (counted, loss and
+ * gradient 0) and raises FLX_KERR_INDEX_RANGE (value = the label, [0, C), row = r). A row whose z are all -inf gives NaN
+ * (0 / 0); +inf gives NaN. */
 typedef enum flx_softmax_mode {
     FLX_SOFTMAX_FWD, FLX_SOFTMAX_LOG_FWD, FLX_SOFTMAX_BWD, FLX_SOFTMAX_LOG_VJP,
-    FLX_SOFTMAX_LOG_JVP, FLX_SOFTMAX_CE_FWD, FLX_SOFTMAX_CE_BWD
+    FLX_SOFTMAX_LOG_JVP, FLX_SOFTMAX_CE_FWD, FLX_SOFTMAX_CE_BWD, FLX_SOFTMAX_CE_FINISH
 } flx_softmax_mode;
+enum { FLX_SOFTMAX_CE_COUNT = -1 }; /* CE_FINISH reduction: read the count */
 typedef struct flx_softmax_args {
     int32_t mode;
-    flx_dtype dtype;        /* of x, v and out (f32, f64) */
+    flx_dtype dtype;        /* of x, v, out and grad (f32, f64) */
     int64_t outer, n, inner;
     double scale;
     const void *x;
@@ -207,7 +217,10 @@ typedef struct flx_softmax_args {
     const void *labels;     /* CE modes */
     flx_dtype label_dtype;  /* i32 or i64 */
     int64_t ignore_index;
+    int32_t reduction;      /* CE_FWD (gradient scale) and CE_FINISH: flx_reduction or
+                               FLX_SOFTMAX_CE_COUNT */
     void *out;
+    void *grad;             /* CE_FWD: the fused gradient (N, C), or NULL */
     flx_kerr err;
 } flx_softmax_args;
 int flx_cuda_softmax(const flx_softmax_args *args, void *stream);

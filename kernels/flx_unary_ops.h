@@ -5,7 +5,9 @@
  * FLX_UNARY_OPS: X(NAME, fn, KIND, formula, derivative), one line per op.
  *   fn          the public function (flx_<fn>), also the name in messages.
  *   KIND        PLAIN: flx_<fn>(x) is generated (runtime/ops/unary.c); PARAM: the op takes scalar
- *               attributes a, b and its builder, which validates them, is written by hand there.
+ *               attributes a, b and its builder, which validates them, is written by hand there;
+ *               INT: the builder is written by hand there because it takes integer dtypes too
+ *               (exact integer arithmetic instead of the formula).
  *   formula     over x, the input value of type T, and a, b, the op's scalar attributes (double).
  *               The CPU reference expands it with T = double (every float dtype is computed in
  *               double there, then rounded); the CUDA kernels with T = float or double, so f32
@@ -31,7 +33,10 @@
 #define FLX_HD
 #endif
 
-/* Stable forms: sigmoid and softplus never overflow exp. */
+/* Stable forms: sigmoid and softplus never overflow exp.
+ * NaN: every formula gives NaN for a NaN operand (numpy semantics), written as x != x because
+ * a comparison with NaN is false and would otherwise pick a branch (relu, sign, maximum); the
+ * derivative helpers STEP and INSIDE give NaN too, so a NaN reaches the gradient as well. */
 #define FLX_SIGMOID_EXPR(x) ((x) >= (T)0 ? (T)1 / ((T)1 + exp(-(x))) : exp(x) / ((T)1 + exp(x)))
 #define FLX_SOFTPLUS_EXPR(x) ((x) > (T)0 ? (x) + log1p(exp(-(x))) : log1p(exp(x)))
 /* gelu'(x) = Phi(x) + x phi(x) (a derivative column: tensors, public ops). */
@@ -41,9 +46,9 @@
                                       0.39894228040143267794)))
 
 #define FLX_UNARY_OPS(X)                                                                          \
-    X(NEG, neg, PLAIN, -x, FLX_D_EXPR(flx_neg(v)))                                                \
-    X(ABS, abs, PLAIN, fabs(x), FLX_D_MUL(flx_sign(x)))                                           \
-    X(SIGN, sign, PLAIN, (T)((x > (T)0) - (x < (T)0)), FLX_D_ZERO)                                \
+    X(NEG, neg, INT, -x, FLX_D_EXPR(flx_neg(v)))                                                \
+    X(ABS, abs, INT, fabs(x), FLX_D_MUL(flx_sign(x)))                                           \
+    X(SIGN, sign, PLAIN, x != x ? x : (T)((x > (T)0) - (x < (T)0)), FLX_D_ZERO)                   \
     X(SQUARE, square, PLAIN, x * x, FLX_D_MUL(flx_mul_scalar(x, 2.0)))                            \
     X(SQRT, sqrt, PLAIN, sqrt(x), FLX_D_EXPR(flx_div(flx_mul_scalar(v, 0.5), y)))                 \
     X(RSQRT, rsqrt, PLAIN, (T)1 / sqrt(x), FLX_D_MUL(flx_mul_scalar(flx_pow_scalar(y, 3.0), -0.5))) \
@@ -59,7 +64,7 @@
     X(ERF, erf, PLAIN, erf(x), /* 2/sqrt(pi) exp(-x^2) */                                         \
       FLX_D_MUL(flx_mul_scalar(flx_exp(flx_mul_scalar(flx_square(x), -1.0)), 1.1283791670955125739))) \
     X(SIGMOID, sigmoid, PLAIN, FLX_SIGMOID_EXPR(x), FLX_D_MUL(flx_mul(y, flx_affine(y, -1.0, 1.0)))) \
-    X(RELU, relu, PLAIN, x > (T)0 ? x : (T)0, FLX_D_MUL(flx_unary_step(x)))                       \
+    X(RELU, relu, PLAIN, (x > (T)0 || x != x) ? x : (T)0, FLX_D_MUL(flx_unary_step(x)))           \
     X(LEAKY_RELU, leaky_relu, PARAM, x > (T)0 ? x : (T)a * x,                                     \
       FLX_D_MUL(flx_affine(flx_unary_step(x), 1.0 - a, a)))                                       \
     X(ELU, elu, PARAM, x > (T)0 ? x : (T)a * expm1(x), /* 1 for x > 0, alpha e^x else */          \
@@ -71,8 +76,8 @@
       a == 0.0 ? FLX_D_ZERO : FLX_D_MUL(flx_mul_scalar(flx_pow_scalar(x, a - 1.0), a)))           \
     X(CLAMP, clamp, PARAM, x < (T)a ? (T)a : (x > (T)b ? (T)b : x), FLX_D_MUL(flx_unary_inside(x, a, b))) \
     X(AFFINE, affine, PARAM, (T)a * x + (T)b, FLX_D_EXPR(flx_mul_scalar(v, a)))                   \
-    X(STEP, unary_step, PLAIN, x > (T)0 ? (T)1 : (T)0, FLX_D_ZERO)                                \
-    X(INSIDE, unary_inside, PARAM, (x > (T)a && x < (T)b) ? (T)1 : (T)0, FLX_D_ZERO)
+    X(STEP, unary_step, PLAIN, x > (T)0 ? (T)1 : (x != x ? x : (T)0), FLX_D_ZERO)                 \
+    X(INSIDE, unary_inside, PARAM, (x > (T)a && x < (T)b) ? (T)1 : (x != x ? x : (T)0), FLX_D_ZERO)
 
 typedef enum flx_unary_op {
 #define FLX_X_ENUM(NAME, FN, KIND, EXPR, DERIV) FLX_UNARY_##NAME,
@@ -90,8 +95,8 @@ typedef enum flx_unary_op {
     X(MUL, mul, a * b)                                                           \
     X(DIV, div, a / b)                                                           \
     X(POW, pow, pow(a, b))                                                       \
-    X(MAXIMUM, maximum, a >= b ? a : b)                                          \
-    X(MINIMUM, minimum, a <= b ? a : b)
+    X(MAXIMUM, maximum, (a >= b || a != a) ? a : b)                              \
+    X(MINIMUM, minimum, (a <= b || a != a) ? a : b)
 
 #define FLX_BINARY_COMPARE_OPS(X)                                                \
     X(EQ, eq, a == b)                                                            \

@@ -357,6 +357,20 @@ __global__ void __launch_bounds__(kLuThreads, 8) k_refactor_singular(const T *__
     }
 }
 
+// Column c of x (row stride kc): the row swaps of the pivots, in order (P^T x) or in reverse
+// (P x).
+template <typename T>
+__device__ __forceinline__ void swap_rows(T *x, int kc, int c, const int *piv, int n, bool reverse) {
+    for (int q = 0; q < n; q++) {
+        int i = reverse ? n - 1 - q : q, p = piv[i];
+        if (p != i) {
+            T u = x[i * kc + c];
+            x[i * kc + c] = x[p * kc + c];
+            x[p * kc + c] = u;
+        }
+    }
+}
+
 // Solve with the packed factors of 9 <= n <= 64: one block per matrix, the LU and a chunk of kc
 // right-hand-side columns staged in shared memory; substitution column by column, every thread
 // on one (row, rhs column) element of the chunk.
@@ -393,15 +407,7 @@ __global__ void __launch_bounds__(kLuThreads) k_solve_block(const T *__restrict_
             }
             __syncthreads();
             if (!trans) {
-                if (tid < w)
-                    for (int i = 0; i < n; i++) {
-                        int p = s_piv[i];
-                        if (p != i) {
-                            T u = x[i * kc + tid];
-                            x[i * kc + tid] = x[p * kc + tid];
-                            x[p * kc + tid] = u;
-                        }
-                    }
+                if (tid < w) swap_rows(x, kc, tid, s_piv, n, false);
                 __syncthreads();
                 for (int j = 0; j < n - 1; j++) { // L y = x, unit lower
                     for (int t = tid; t < (n - 1 - j) * w; t += kLuThreads) {
@@ -436,15 +442,7 @@ __global__ void __launch_bounds__(kLuThreads) k_solve_block(const T *__restrict_
                     }
                     __syncthreads();
                 }
-                if (tid < w)
-                    for (int i = n - 1; i >= 0; i--) {
-                        int p = s_piv[i];
-                        if (p != i) {
-                            T u = x[i * kc + tid];
-                            x[i * kc + tid] = x[p * kc + tid];
-                            x[p * kc + tid] = u;
-                        }
-                    }
+                if (tid < w) swap_rows(x, kc, tid, s_piv, n, true);
                 __syncthreads();
             }
             for (int t = tid; t < tot; t += kLuThreads) {

@@ -89,6 +89,15 @@ __device__ __forceinline__ double group_sum(double v, double *smem) {
     }
 }
 
+// The candidate of lane (this lane ^ o), warp-wide.
+__device__ __forceinline__ Cand shfl_xor(const Cand &c, int o) {
+    Cand d;
+    d.v = __shfl_xor_sync(0xffffffffu, c.v, o);
+    d.idx = (int64_t)__shfl_xor_sync(0xffffffffu, (long long)c.idx, o);
+    d.nan = __shfl_xor_sync(0xffffffffu, c.nan, o);
+    return d;
+}
+
 template <int G>
 __device__ __forceinline__ Cand group_best(Cand c, bool mx, Cand *smem) {
     if constexpr (G == 1) {
@@ -96,11 +105,7 @@ __device__ __forceinline__ Cand group_best(Cand c, bool mx, Cand *smem) {
     } else {
 #pragma unroll
         for (int o = 16; o > 0; o >>= 1) {
-            Cand d;
-            d.v = __shfl_xor_sync(0xffffffffu, c.v, o);
-            d.idx = (int64_t)__shfl_xor_sync(0xffffffffu, (long long)c.idx, o);
-            d.nan = __shfl_xor_sync(0xffffffffu, c.nan, o);
-            c = better(c, d, mx);
+            c = better(c, shfl_xor(c, o), mx);
         }
         if constexpr (G == 32) {
             return c;
@@ -343,10 +348,7 @@ __global__ void __launch_bounds__(kBlock) split_stage2(RParams p, const Cand *__
         for (int64_t j = lane; j < S; j += 32) c = combine(c, part[k * S + j], p.op);
 #pragma unroll
         for (int o = 16; o > 0; o >>= 1) {
-            Cand d;
-            d.v = __shfl_xor_sync(0xffffffffu, c.v, o);
-            d.idx = (int64_t)__shfl_xor_sync(0xffffffffu, (long long)c.idx, o);
-            d.nan = __shfl_xor_sync(0xffffffffu, c.nan, o);
+            Cand d = shfl_xor(c, o);
             // The lower lane's partial first, so the sum's order is the same in every lane.
             c = (lane & o) ? combine(d, c, p.op) : combine(c, d, p.op);
         }

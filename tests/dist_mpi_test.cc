@@ -140,7 +140,14 @@ TEST_F(MpiTest, GradientThroughAllReduce) {
 // averages gradients over the ranks; each rank also trains a reference copy on the whole batch in
 // one process. Both start from rank 0's initial parameters (the data-parallel copy gets them by
 // flx_comm_broadcast_params from its own rank's random start).
-TEST_F(MpiTest, DataParallelMatchesTheCombinedBatch) {
+void data_parallel_case(flx_ctx *ctx, flx_comm *comm, int rank, int size, bool sharded);
+
+TEST_F(MpiTest, DataParallelMatchesTheCombinedBatch) { data_parallel_case(ctx, comm, rank, size, false); }
+
+// ZeRO-1: the same training with the optimiser state sharded over the ranks.
+TEST_F(MpiTest, ShardedOptimiserMatchesTheCombinedBatch) { data_parallel_case(ctx, comm, rank, size, true); }
+
+void data_parallel_case(flx_ctx *ctx, flx_comm *comm, int rank, int size, bool sharded) {
     const int64_t local = 3, global = local * size, steps = 5;
     auto init = [&](uint64_t seed, std::vector<flx_tensor *> &p) {
         p = {rand_tensor(ctx, FLX_F64, {5, 8}, seed + 1, -0.5, 0.5), rand_tensor(ctx, FLX_F64, {8}, seed + 2),
@@ -161,20 +168,25 @@ TEST_F(MpiTest, DataParallelMatchesTheCombinedBatch) {
         start.push_back(values(ref[i]));
         EXPECT_TRUE(close(values(dp[i]), start[i], 0, 0)) << "broadcast " << i;
     }
-    flx_optim *o_dp = flx_optim_create(ctx, FLX_OPTIM_ADAM, 4, dp.data(), nullptr);
+    flx_optim *o_dp = sharded ? nullptr : flx_optim_create(ctx, FLX_OPTIM_ADAM, 4, dp.data(), nullptr);
+    flx_sharded_optim *z_dp = sharded ? flx_sharded_optim_create(comm, FLX_OPTIM_ADAM, 4, dp.data(), nullptr) : nullptr;
     flx_optim *o_ref = flx_optim_create(ctx, FLX_OPTIM_ADAM, 4, ref.data(), nullptr);
-    ASSERT_TRUE(o_dp && o_ref) << flx_last_error();
+    ASSERT_TRUE((o_dp || z_dp) && o_ref) << flx_last_error();
     for (int64_t s = 0; s < steps; s++) {
         flx_scope_begin();
         flx_tensor *xg = rand_tensor(ctx, FLX_F64, {global, 5}, 50 + (uint64_t)s);
         flx_tensor *tg = rand_tensor(ctx, FLX_F64, {global, 3}, 80 + (uint64_t)s);
         flx_tensor *xl = flx_slice(xg, 0, rank * local, (rank + 1) * local, 1);
         flx_tensor *tl = flx_slice(tg, 0, rank * local, (rank + 1) * local, 1);
-        ASSERT_EQ(flx_optim_zero_grad(o_dp), FLX_OK);
+        ASSERT_EQ(sharded ? flx_sharded_optim_zero_grad(z_dp) : flx_optim_zero_grad(o_dp), FLX_OK);
         ASSERT_EQ(flx_optim_zero_grad(o_ref), FLX_OK);
         ASSERT_EQ(flx_backward(loss_of(dp, xl, tl)), FLX_OK) << flx_last_error();
-        ASSERT_EQ(flx_comm_average_grads(comm, 4, dp.data(), 64), FLX_OK) << flx_last_error();
-        ASSERT_EQ(flx_optim_step(o_dp), FLX_OK) << flx_last_error();
+        if (sharded) {
+            ASSERT_EQ(flx_sharded_optim_step(z_dp), FLX_OK) << flx_last_error();
+        } else {
+            ASSERT_EQ(flx_comm_average_grads(comm, 4, dp.data(), 64), FLX_OK) << flx_last_error();
+            ASSERT_EQ(flx_optim_step(o_dp), FLX_OK) << flx_last_error();
+        }
         ASSERT_EQ(flx_backward(loss_of(ref, xg, tg)), FLX_OK) << flx_last_error();
         ASSERT_EQ(flx_optim_step(o_ref), FLX_OK) << flx_last_error();
         flx_scope_end(0, nullptr);
@@ -185,6 +197,7 @@ TEST_F(MpiTest, DataParallelMatchesTheCombinedBatch) {
         EXPECT_FALSE(close(b, start[(size_t)i], 1e-6, 0)) << "parameter " << i << " did not move";
     }
     flx_optim_destroy(o_dp);
+    flx_sharded_optim_destroy(z_dp);
     flx_optim_destroy(o_ref);
 }
 

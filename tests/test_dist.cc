@@ -101,6 +101,40 @@ TEST_F(DistTest, AverageGradsKeepsTheGradientsOfOneRank) {
     ASSERT_EQ(flx_comm_broadcast_params(comm, 3, params, 0), FLX_OK) << flx_last_error();
 }
 
+// In a world of one, the sharded optimiser's shard is everything: its steps must equal a plain
+// optimiser's on the same gradients, bit for bit (the update is the same elementwise formula).
+TEST_F(DistTest, ShardedOptimiserOfOneRankEqualsThePlainOne) {
+    std::vector<flx_tensor *> a, b;
+    for (int k = 0; k < 2; k++) {
+        std::vector<flx_tensor *> &p = k ? b : a;
+        p = {rand_tensor(ctx, FLX_F64, {3, 2}, 1), rand_tensor(ctx, FLX_F64, {5}, 2), rand_tensor(ctx, FLX_F64, {1}, 3)};
+        for (flx_tensor *t : p) flx_set_requires_grad(t, true);
+    }
+    flx_sharded_optim *z = flx_sharded_optim_create(comm, FLX_OPTIM_ADAMW, 3, a.data(), nullptr);
+    flx_optim *o = flx_optim_create(ctx, FLX_OPTIM_ADAMW, 3, b.data(), nullptr);
+    ASSERT_TRUE(z && o) << flx_last_error();
+    EXPECT_NE(flx_sharded_optim_shard(z), nullptr);
+    for (int step = 0; step < 3; step++) {
+        flx_tensor *x = rand_tensor(ctx, FLX_F64, {4, 3}, 10 + (uint64_t)step);
+        for (int k = 0; k < 2; k++) {
+            std::vector<flx_tensor *> &p = k ? b : a;
+            flx_tensor *h = flx_tanh(flx_matmul(x, p[0]));
+            // a's third parameter gets no gradient, which the sharded step treats as zeros; b's gets
+            // an explicit zero gradient (flx_optim_step would skip a NULL one)
+            flx_tensor *loss = flx_add(flx_sum_all(flx_square(h)), flx_sum_all(flx_sin(p[1])));
+            if (k) loss = flx_add(loss, flx_mul_scalar(flx_sum_all(p[2]), 0.0));
+            ASSERT_EQ(flx_backward(loss), FLX_OK) << flx_last_error();
+        }
+        ASSERT_EQ(flx_sharded_optim_step(z), FLX_OK) << flx_last_error();
+        ASSERT_EQ(flx_optim_step(o), FLX_OK) << flx_last_error();
+        ASSERT_EQ(flx_sharded_optim_zero_grad(z), FLX_OK);
+        ASSERT_EQ(flx_optim_zero_grad(o), FLX_OK);
+    }
+    for (int i = 0; i < 3; i++) EXPECT_TRUE(close(values(a[(size_t)i]), values(b[(size_t)i]), 0, 0)) << i;
+    flx_sharded_optim_destroy(z);
+    flx_optim_destroy(o);
+}
+
 TEST_F(DistTest, BadInputIsRejected) {
     flx_tensor *x = rand_tensor(ctx, FLX_F64, {4, 3}, 1);
     EXPECT_TRUE(fails_with(flx_comm_all_reduce(nullptr, x, FLX_COMM_SUM), FLX_ERR_INVALID_ARGUMENT, "comm is NULL"));
@@ -134,6 +168,18 @@ TEST_F(DistTest, BadInputIsRejected) {
     EXPECT_EQ(flx_comm_broadcast_params(comm, 1, pn, 0), FLX_ERR_INVALID_ARGUMENT);
     flx_tensor *px[] = {x};
     EXPECT_EQ(flx_comm_broadcast_params(comm, 1, px, 3), FLX_ERR_INVALID_ARGUMENT);
+    flx_tensor *f32 = rand_tensor(ctx, FLX_F32, {2}, 1), *f64 = rand_tensor(ctx, FLX_F64, {2}, 1);
+    flx_tensor *mixed[] = {f64, f32}, *derived[] = {flx_exp(f64)};
+    EXPECT_EQ(flx_sharded_optim_create(nullptr, FLX_OPTIM_SGD, 1, mixed, nullptr), nullptr);
+    EXPECT_EQ(flx_sharded_optim_create(comm, FLX_OPTIM_SGD, 0, mixed, nullptr), nullptr);
+    EXPECT_EQ(flx_sharded_optim_create(comm, FLX_OPTIM_SGD, 2, mixed, nullptr), nullptr);
+    EXPECT_EQ(flx_last_status(), FLX_ERR_DTYPE);
+    EXPECT_EQ(flx_sharded_optim_create(comm, FLX_OPTIM_SGD, 1, derived, nullptr), nullptr);
+    EXPECT_EQ(flx_last_status(), FLX_ERR_STATE);
+    EXPECT_EQ(flx_sharded_optim_step(nullptr), FLX_ERR_INVALID_ARGUMENT);
+    EXPECT_EQ(flx_sharded_optim_zero_grad(nullptr), FLX_ERR_INVALID_ARGUMENT);
+    EXPECT_EQ(flx_sharded_optim_shard(nullptr), nullptr);
+    flx_sharded_optim_destroy(nullptr);
     EXPECT_EQ(flx_comm_create(nullptr), nullptr);
     EXPECT_EQ(flx_comm_destroy(nullptr), FLX_OK);
     flx_clear_error();

@@ -508,10 +508,12 @@ TrainResult eager_train(flx_ctx *ctx, flx_dtype dt, flx_optim_kind kind, const B
     return r;
 }
 
-// The same training as one plan: the step graph recorded once, one flx_backward to give the
-// parameters a .grad (it selects them; no step is taken), then one plan run per batch.
+// The same training as one plan: the step graph recorded once (optionally one flx_backward,
+// which changes nothing: no step is taken and runs do not read .grad), then one plan run per
+// batch.
 TrainResult plan_train(flx_ctx *ctx, flx_dtype dt, flx_optim_kind kind, const Batches &data,
-                       int steps, const LrSchedule &lr, int capture, bool expect_captured) {
+                       int steps, const LrSchedule &lr, int capture, bool expect_captured,
+                       bool backward_first = true) {
     TrainResult r;
     Mlp m = make_mlp(ctx, dt);
     flx_optim *opt = make_optim(ctx, m, kind);
@@ -519,7 +521,7 @@ TrainResult plan_train(flx_ctx *ctx, flx_dtype dt, flx_optim_kind kind, const Ba
     const int64_t ls[1] = {12};
     flx_tensor *yin = flx_from_host(ctx, FLX_I64, 1, ls, std::vector<int64_t>(12, 1).data());
     flx_tensor *loss = mlp_loss(m, xin, yin);
-    EXPECT_EQ(flx_backward(loss), FLX_OK) << flx_last_error();
+    if (backward_first) EXPECT_EQ(flx_backward(loss), FLX_OK) << flx_last_error();
     flx_plan_options o = flx_plan_default_options();
     o.capture = capture;
     o.n_optim = 1;
@@ -587,6 +589,21 @@ void optim_plan_cases(flx_ctx *ctx, int steps, const LrSchedule &lr, int capture
 
 TEST_F(PlanTest, OptimiserInPlanEqualsEagerSteps) {
     optim_plan_cases(ctx, 50, nullptr, FLX_PLAN_CAPTURE_DEFAULT, false);
+}
+
+TEST_F(PlanTest, OptimiserPlanNeedsNoBackwardFirst) {
+    // The plan builds the gradients itself: compiled straight from the recorded loss, it trains
+    // exactly as the eager loop does.
+    for (flx_optim_kind kind : {FLX_OPTIM_MOMENTUM, FLX_OPTIM_ADAM}) {
+        ASSERT_EQ(flx_scope_begin(), FLX_OK);
+        Batches data = make_batches(ctx, FLX_F64, 4);
+        TrainResult e = eager_train(ctx, FLX_F64, kind, data, 12, nullptr);
+        TrainResult p = plan_train(ctx, FLX_F64, kind, data, 12, nullptr,
+                                   FLX_PLAN_CAPTURE_DEFAULT, false, /*backward_first*/ false);
+        expect_same_training(p, e, kind == FLX_OPTIM_ADAM ? "adam, no backward" : "momentum, no backward");
+        EXPECT_EQ(p.step, 12.0);
+        ASSERT_EQ(flx_scope_end(0, nullptr), FLX_OK);
+    }
 }
 
 TEST_F(PlanTest, OptimiserLearningRateChangesBetweenRunsTakeEffect) {
@@ -711,8 +728,11 @@ TEST_F(PlanTest, OptimiserBadInputsGiveClearErrors) {
     auto compile = [&](int32_t n_out, flx_tensor *const *outs, int32_t n_in, flx_tensor *const *in) {
         return compile_status_no_leak(ctx, n_out, outs, n_in, in, &o);
     };
-    // No parameter has a .grad yet: nothing says which to update.
-    EXPECT_TRUE(fails(compile(1, &loss, 2, ins), FLX_ERR_STATE, "flx_backward(loss) once"));
+    // A loss that depends on none of the optimiser's parameters.
+    flx_tensor *other = make(ctx, FLX_F32, {3}, {1, 2, 3});
+    ASSERT_EQ(flx_set_requires_grad(other, true), FLX_OK);
+    flx_tensor *unrelated = flx_sum_all(flx_square(other));
+    EXPECT_TRUE(fails(compile(1, &unrelated, 2, ins), FLX_ERR_STATE, "depends on none of the 4 parameters"));
     ASSERT_EQ(flx_backward(loss), FLX_OK) << flx_last_error();
     o.optims = nullptr;
     EXPECT_TRUE(fails(compile(1, &loss, 2, ins), FLX_ERR_INVALID_ARGUMENT, "optimiser list"));

@@ -151,6 +151,176 @@ TEST_F(Softmax, NegativeInfinityEntriesAndAllInfRows) {
     }
 }
 
+// log_softmax and cross-entropy form (x - max) - log sum exp(x - max): the rounding of
+// max + log sum at |x| ~ 1e16 would lose the whole result, at 1e8 about 1e-8 of it.
+TEST_F(Softmax, LogSoftmaxAndCrossEntropyKeepPrecisionForHugeLogits) {
+    const double ln2 = std::log(2.0);
+    for (flx_dtype dt : {FLX_F32, FLX_F64}) {
+        flx_tensor *x = make(ctx, dt, Shape{1, 2}, {1e16, 1e16});
+        std::vector<double> y = values(flx_log_softmax(x, 1, 1.0));
+        ASSERT_EQ(y.size(), 2u);
+        double tol = dt == FLX_F32 ? 1e-7 : 1e-15;
+        EXPECT_NEAR(y[0], -ln2, tol) << flx_dtype_name(dt);
+        EXPECT_NEAR(y[1], -ln2, tol) << flx_dtype_name(dt);
+        flx_tensor *L = make(ctx, FLX_I64, Shape{1}, {1});
+        std::vector<double> ce = values(flx_cross_entropy(x, L, FLX_REDUCTION_NONE, -100));
+        ASSERT_EQ(ce.size(), 1u);
+        EXPECT_NEAR(ce[0], ln2, tol) << flx_dtype_name(dt);
+    }
+    // |x| ~ 1e8 in f64 against a long double reference: relative error below 1e-15
+    const int64_t N = 4, C = 9;
+    std::vector<double> xv = rand_values((size_t)(N * C), 77, -3, 3);
+    for (size_t k = 0; k < xv.size(); k++) xv[k] += k < (size_t)(2 * C) ? 1e8 : -1e8;
+    std::vector<double> lab{0, 3, 8, 5};
+    flx_tensor *x = make(ctx, FLX_F64, Shape{N, C}, xv);
+    std::vector<double> y = values(flx_log_softmax(x, 1, 1.0));
+    std::vector<double> ce =
+        values(flx_cross_entropy(x, make(ctx, FLX_I64, Shape{N}, lab), FLX_REDUCTION_NONE, -100));
+    ASSERT_EQ(y.size(), xv.size());
+    ASSERT_EQ(ce.size(), (size_t)N);
+    for (int64_t r = 0; r < N; r++) {
+        long double m = -INFINITY, s = 0;
+        for (int64_t c = 0; c < C; c++) m = std::max(m, (long double)xv[(size_t)(r * C + c)]);
+        for (int64_t c = 0; c < C; c++) s += std::exp((long double)xv[(size_t)(r * C + c)] - m);
+        for (int64_t c = 0; c < C; c++) {
+            long double ref = ((long double)xv[(size_t)(r * C + c)] - m) - std::log(s);
+            double got = y[(size_t)(r * C + c)];
+            EXPECT_LE(std::fabs((double)((got - ref) / ref)), 1e-15) << "row " << r << " col " << c;
+        }
+        long double cref = std::log(s) - ((long double)xv[(size_t)(r * C + (int64_t)lab[(size_t)r])] - m);
+        EXPECT_LE(std::fabs((double)((ce[(size_t)r] - cref) / cref)), 1e-15) << "row " << r;
+    }
+}
+
+// Loss and gradient of cross-entropy take one pass over the logits: a plan of both holds the
+// fused node, the loss read from it and the gradient aliasing it (2 kernels, no chain).
+TEST_F(Softmax, CrossEntropyLossAndGradientArePlannedAsOnePass) {
+    const int64_t N = 7, C = 5;
+    std::vector<double> xv = rand_values((size_t)(N * C), 91, -2, 2);
+    std::vector<double> lab{1, -100, 4, 0, 2, -100, 3};
+    for (flx_reduction red : {FLX_REDUCTION_MEAN, FLX_REDUCTION_SUM}) {
+        ASSERT_EQ(flx_scope_begin(), FLX_OK);
+        flx_tensor *x = make(ctx, FLX_F64, Shape{N, C}, xv);
+        flx_tensor *L = make(ctx, FLX_I64, Shape{N}, lab);
+        flx_eval(1, &L);
+        flx_set_requires_grad(x, true);
+        flx_tensor *loss = nullptr, *g = nullptr;
+        {
+            flxt::GradOn on;
+            loss = flx_cross_entropy(x, L, red, -100);
+            ASSERT_EQ(flx_grad_of(1, &loss, nullptr, 1, &x, false, &g), FLX_OK) << flx_last_error();
+        }
+        flx_tensor *outs[2] = {loss, g};
+        flx_plan *plan = flx_plan_compile(2, outs, 0, nullptr, nullptr);
+        ASSERT_NE(plan, nullptr) << flx_last_error();
+        flx_plan_info info;
+        ASSERT_EQ(flx_plan_get_info(plan, &info), FLX_OK);
+        EXPECT_EQ(info.n_nodes, 3) << "reduction " << red;
+        flx_ctx_stats a, b;
+        ASSERT_EQ(flx_ctx_get_stats(ctx, &a), FLX_OK);
+        ASSERT_EQ(flx_plan_run(plan, 0, nullptr), FLX_OK) << flx_last_error();
+        ASSERT_EQ(flx_ctx_get_stats(ctx, &b), FLX_OK);
+        EXPECT_EQ(b.kernels - a.kernels, 2u) << "reduction " << red;
+        // values: the loss and (softmax - onehot) (/ 4 rows that count for the mean)
+        std::vector<double> rows = ref_ce_rows(xv, N, C, lab, -100);
+        double total = 0;
+        for (double r : rows) total += r;
+        double cnt = red == FLX_REDUCTION_MEAN ? 5 : 1;
+        EXPECT_NEAR(values(flx_plan_output(plan, 0))[0], total / cnt, 1e-13);
+        std::vector<double> gv = values(flx_plan_output(plan, 1));
+        std::vector<double> p = ref_softmax(xv, Shape{N, C}, 1, 1.0, false);
+        ASSERT_EQ(gv.size(), (size_t)(N * C));
+        for (int64_t r = 0; r < N; r++)
+            for (int64_t c = 0; c < C; c++) {
+                double e = lab[(size_t)r] == -100 ? 0 : (p[(size_t)(r * C + c)] - (c == lab[(size_t)r])) / cnt;
+                EXPECT_NEAR(gv[(size_t)(r * C + c)], e, 1e-15) << r << " " << c;
+            }
+        flx_plan_destroy(plan);
+        ASSERT_EQ(flx_scope_end(0, nullptr), FLX_OK);
+    }
+}
+
+// In the plan of an MLP training step, cross-entropy adds exactly its one pass: the step's plan
+// has 3 nodes (packed pass, loss, gradient alias) and 2 kernels more than the plan of the same
+// network's logits and parameter gradients for a gradient of the logits given as an input.
+TEST_F(Softmax, MlpStepPlanHasOneCrossEntropyPass) {
+    ASSERT_EQ(flx_scope_begin(), FLX_OK);
+    flx_tensor *x = flxt::rand_tensor(ctx, FLX_F32, Shape{12, 8}, 3);
+    flx_tensor *L = make(ctx, FLX_I64, Shape{12}, {0, 1, 2, 1, 0, 2, 2, 1, -100, 0, 1, 2});
+    flx_tensor *p[4] = {flxt::rand_tensor(ctx, FLX_F32, Shape{8, 16}, 4, -0.5, 0.5),
+                        flxt::rand_tensor(ctx, FLX_F32, Shape{16}, 5, -0.1, 0.1),
+                        flxt::rand_tensor(ctx, FLX_F32, Shape{16, 3}, 6, -0.5, 0.5),
+                        flxt::rand_tensor(ctx, FLX_F32, Shape{3}, 7, -0.1, 0.1)};
+    flx_eval(1, &x);
+    flx_eval(1, &L);
+    for (flx_tensor *t : p) ASSERT_EQ(flx_set_requires_grad(t, true), FLX_OK);
+    flxt::GradOn on;
+    auto logits_of = [&]() {
+        flx_tensor *h = flx_relu(flx_add(flx_matmul(x, p[0]), p[1]));
+        return flx_add(flx_matmul(h, p[2]), p[3]);
+    };
+    auto plan_cost = [&](int32_t n_out, flx_tensor **outs, int32_t n_in, flx_tensor **ins,
+                         int32_t *nodes, uint64_t *kernels) {
+        flx_plan *plan = flx_plan_compile(n_out, outs, n_in, ins, nullptr);
+        ASSERT_NE(plan, nullptr) << flx_last_error();
+        flx_plan_info info;
+        ASSERT_EQ(flx_plan_get_info(plan, &info), FLX_OK);
+        *nodes = info.n_nodes;
+        flx_ctx_stats a, b;
+        ASSERT_EQ(flx_ctx_get_stats(ctx, &a), FLX_OK);
+        ASSERT_EQ(flx_plan_run(plan, 0, nullptr), FLX_OK) << flx_last_error();
+        ASSERT_EQ(flx_ctx_get_stats(ctx, &b), FLX_OK);
+        *kernels = b.kernels - a.kernels;
+        flx_plan_destroy(plan);
+    };
+    // the training step: loss and the four gradients
+    flx_tensor *step[5] = {flx_cross_entropy(logits_of(), L, FLX_REDUCTION_MEAN, -100)};
+    ASSERT_EQ(flx_grad_of(1, step, nullptr, 4, p, false, step + 1), FLX_OK) << flx_last_error();
+    // the same network with the logits' gradient as a plan input
+    flx_tensor *G = flxt::rand_tensor(ctx, FLX_F32, Shape{12, 3}, 8);
+    flx_eval(1, &G);
+    flx_tensor *net[5] = {logits_of()};
+    ASSERT_EQ(flx_grad_of(1, net, &G, 4, p, false, net + 1), FLX_OK) << flx_last_error();
+    int32_t n_step = 0, n_net = 0;
+    uint64_t k_step = 0, k_net = 0;
+    plan_cost(5, step, 0, nullptr, &n_step, &k_step);
+    plan_cost(5, net, 1, &G, &n_net, &k_net);
+    EXPECT_EQ(n_step, n_net + 3);
+    EXPECT_EQ(k_step, k_net + 2);
+    ASSERT_EQ(flx_scope_end(0, nullptr), FLX_OK);
+}
+
+// A cotangent other than a graph constant takes the general backward kernel; a constant other
+// than 1 scales the fused gradient. Both agree with the formula.
+TEST_F(Softmax, CrossEntropyGradientWithGivenCotangents) {
+    const int64_t N = 5, C = 4;
+    std::vector<double> xv = rand_values((size_t)(N * C), 93, -2, 2);
+    std::vector<double> lab{3, 0, -100, 1, 1};
+    std::vector<double> p = ref_softmax(xv, Shape{N, C}, 1, 1.0, false);
+    std::vector<double> gr = rand_values((size_t)N, 94, -1, 1);
+    for (int kind = 0; kind < 3; kind++) {
+        ASSERT_EQ(flx_scope_begin(), FLX_OK);
+        flx_tensor *x = make(ctx, FLX_F64, Shape{N, C}, xv);
+        flx_set_requires_grad(x, true);
+        flx_tensor *L = make(ctx, FLX_I32, Shape{N}, lab);
+        flxt::GradOn on;
+        flx_tensor *loss = flx_cross_entropy(x, L, kind == 2 ? FLX_REDUCTION_NONE : FLX_REDUCTION_MEAN, -100);
+        flx_tensor *ct = kind == 0 ? flx_scalar(ctx, FLX_F64, 2.5)
+                       : kind == 1 ? make(ctx, FLX_F64, Shape{}, {-1.5})
+                                   : make(ctx, FLX_F64, Shape{N}, gr);
+        flx_tensor *g = nullptr;
+        ASSERT_EQ(flx_grad_of(1, &loss, &ct, 1, &x, false, &g), FLX_OK) << flx_last_error();
+        std::vector<double> gv = values(g);
+        for (int64_t r = 0; r < N; r++)
+            for (int64_t c = 0; c < C; c++) {
+                double w = kind == 0 ? 2.5 / 4 : kind == 1 ? -1.5 / 4 : gr[(size_t)r];
+                double e = lab[(size_t)r] == -100 ? 0 : (p[(size_t)(r * C + c)] - (c == lab[(size_t)r])) * w;
+                EXPECT_NEAR(gv[(size_t)(r * C + c)], e, 1e-15) << "kind " << kind << " " << r << " " << c;
+            }
+        ASSERT_EQ(flx_scope_end(0, nullptr), FLX_OK);
+    }
+}
+
 // ---- derivatives -------------------------------------------------------------------------------
 TEST_F(Softmax, GradcheckAndJvpCheck) {
     flx_tensor *x = flxt::rand_tensor(ctx, FLX_F64, Shape{3, 4, 5}, 21, -2, 2);
@@ -359,15 +529,27 @@ TEST(SoftmaxCuda, MatchesCpuAtManyShapesAxesAndModes) {
     FLX_REQUIRE_CUDA(gpu);
     flx_ctx *cpu = flx_ctx_create(flx_device_cpu());
     ASSERT_NE(cpu, nullptr);
-    const std::vector<Shape> shapes{{7, 1},     {5, 2},    {9, 31},    {9, 32},     {3, 33},
-                                    {4, 1023},  {3, 1025}, {2, 65537}, {1, 1 << 20}, {40, 17},
-                                    {3, 5, 7},  {2, 3000, 3}, {0, 5},  {6, 4096},  {2, 20000}};
+    // Row lengths at the edges of every path (elements per thread at most 16 f32 / 8 f64, half
+    // for the modes that read v): lane groups (<= 32), a warp (<= 32 V), a block of 64..1024
+    // threads (<= 1024 V), clusters of 2..16 blocks with partial and uneven slices, the shared
+    // memory stash (2^20) and, for f64, the streamed remainder past it; strided axes with one
+    // thread per column and split over the GPU (few columns), and empty tensors.
+    const std::vector<Shape> shapes{{7, 1},      {5, 2},       {9, 31},       {9, 32},      {3, 33},
+                                    {4, 129},    {4, 257},     {4, 513},      {4, 1023},    {3, 1025},
+                                    {3, 2049},   {3, 4097},    {2, 8192},     {2, 8193},    {2, 16384},
+                                    {2, 16385},  {2, 32768},   {2, 50001},    {2, 65537},   {1, 1 << 20},
+                                    {1, 4500001}, {40, 17},    {3, 5, 7},     {2, 3000, 3}, {0, 5},
+                                    {6, 4096},   {2, 20000},   {5000, 70},    {64, 3000},   {1 << 20, 8},
+                                    {20, 200000}};
     for (const Shape &sh : shapes) {
         std::vector<double> xv = rand_values(count(sh), 7 + count(sh), -8, 8);
         std::vector<double> vv = rand_values(count(sh), 8 + count(sh), -1, 1);
         for (flx_dtype dt : {FLX_F32, FLX_F64}) {
             for (int axis = 0; axis < (int)sh.size(); axis++) {
-                if (count(sh) > 70000 && axis != (int)sh.size() - 1) continue;
+                // big tensors: only the axis they are here for (the strided ones: axis 0)
+                const bool strided_big = sh == Shape{5000, 70} || sh == Shape{64, 3000} ||
+                                         sh == Shape{1 << 20, 8} || sh == Shape{20, 200000};
+                if (count(sh) > 70000 && (strided_big ? axis != 0 : axis != (int)sh.size() - 1)) continue;
                 double at = dt == FLX_F32 ? 2e-6 : 1e-13, rt = dt == FLX_F32 ? 2e-5 : 1e-11;
                 for (int mode = 0; mode < 5; mode++) {
                     Build b = [&](flx_ctx *c) -> flx_tensor * {
@@ -422,7 +604,7 @@ TEST(SoftmaxCuda, ExtremesAndCrossEntropyMatchCpu) {
                              1e-2, 1e-5)) << n;
         }
     }
-    for (int64_t C : {1, 5, 32, 1000, 1025, 40000}) {
+    for (int64_t C : {1, 5, 32, 1000, 1025, 8192, 8193, 16385, 40000, 1 << 20}) {
         int64_t N = C > 5000 ? 3 : 37;
         std::vector<double> xv = rand_values((size_t)(N * C), 9, -5, 5);
         std::vector<double> lab((size_t)N);
@@ -439,11 +621,53 @@ TEST(SoftmaxCuda, ExtremesAndCrossEntropyMatchCpu) {
                     flx_grad_of(1, &l, nullptr, 1, &x, false, &g);
                     return g;
                 };
+                // a cotangent the graph does not fix: the separate backward kernel
+                Build bwd_given = [&](flx_ctx *c) -> flx_tensor * {
+                    flx_tensor *x = make(c, dt, {N, C}, xv), *g = nullptr;
+                    flx_set_requires_grad(x, true);
+                    flx_tensor *l = flx_cross_entropy(x, make(c, FLX_I32, {N}, lab), red, -100);
+                    flx_tensor *ct = red == FLX_REDUCTION_NONE ? make(c, dt, {N}, rand_values((size_t)N, 5, -1, 1))
+                                                               : make(c, dt, Shape{}, {0.75});
+                    flx_grad_of(1, &l, &ct, 1, &x, false, &g);
+                    return g;
+                };
+                // the loss and gradient from the one fused pass, read together
+                Build both = [&](flx_ctx *c) -> flx_tensor * {
+                    flx_tensor *x = make(c, dt, {N, C}, xv), *g = nullptr;
+                    flx_set_requires_grad(x, true);
+                    flx_tensor *l = flx_sum_all(flx_cross_entropy(x, make(c, FLX_I64, {N}, lab), red, -100));
+                    flx_grad_of(1, &l, nullptr, 1, &x, false, &g);
+                    int64_t flat[1] = {-1};
+                    flx_tensor *parts[2] = {flx_reshape(l, 1, flat), flx_reshape(g, 1, flat)};
+                    return flx_concat(2, parts, 0);
+                };
                 double tol = dt == FLX_F32 ? 1e-5 : 1e-12;
                 EXPECT_TRUE(same(gpu, cpu, fwd, tol, tol)) << "C " << C;
                 EXPECT_TRUE(same(gpu, cpu, bwd, tol, tol)) << "C " << C;
+                EXPECT_TRUE(same(gpu, cpu, bwd_given, tol, tol)) << "C " << C;
+                EXPECT_TRUE(same(gpu, cpu, both, tol, tol)) << "C " << C;
             }
         }
+    }
+    // no rows: the count is 0, the mean 0/0 = NaN, the sum 0
+    for (flx_reduction red : {FLX_REDUCTION_MEAN, FLX_REDUCTION_SUM}) {
+        flx_scope_begin();
+        flx_tensor *l = flx_cross_entropy(make(gpu, FLX_F32, Shape{0, 4}, {}), make(gpu, FLX_I64, Shape{0}, {}), red, -100);
+        std::vector<double> v = values(l);
+        ASSERT_EQ(v.size(), 1u);
+        if (red == FLX_REDUCTION_MEAN) EXPECT_TRUE(std::isnan(v[0]));
+        else EXPECT_EQ(v[0], 0.0);
+        flx_scope_end(0, nullptr);
+    }
+    // an out-of-range label is reported by the fused kernel too
+    {
+        flx_scope_begin();
+        flx_tensor *x = make(gpu, FLX_F64, {2, 3}, rand_values(6, 3));
+        flx_tensor *l = flx_cross_entropy(x, make(gpu, FLX_I64, {2}, {1, 7}), FLX_REDUCTION_NONE, -100);
+        std::vector<double> buf(2);
+        EXPECT_EQ(flx_to_host(l, buf.data(), sizeof(double) * 2), FLX_ERR_INVALID_ARGUMENT);
+        flx_clear_error();
+        flx_scope_end(0, nullptr);
     }
     // the backward of the loss is device work only: no host copies or waits
     flx_scope_begin();

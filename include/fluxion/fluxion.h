@@ -131,7 +131,8 @@ FLX_API flx_status flx_cuda_device_info(int32_t index, flx_cuda_device_props *ou
 typedef struct flx_ctx flx_ctx;
 typedef struct flx_tensor flx_tensor;
 
-/* Creates a context on a device; NULL with FLX_ERR_DEVICE if the device does not exist. */
+/* Creates a context on a device; NULL with FLX_ERR_DEVICE if the device does not exist (the CPU
+ * is device 0 only). */
 FLX_API flx_ctx *flx_ctx_create(flx_device dev);
 /* Destroys a context. Every tensor of it must have been released first; otherwise the context
  * is not destroyed, FLX_ERR_STATE is returned and the count of live tensors is in the message. */
@@ -164,7 +165,13 @@ FLX_API flx_status flx_ctx_reset_stats(flx_ctx *ctx);
  * ------------------------------------------------------------------------------------------- */
 /* Adds a reference (returns t; NULL-safe). */
 FLX_API flx_tensor *flx_retain(flx_tensor *t);
-/* Drops a reference (NULL-safe). */
+/* Drops a reference (NULL-safe).
+ * Misuse is reported, never undefined: releasing a tensor an open scope owns (without a reference
+ * of the caller's own from flx_retain or a keep list), releasing twice, and using a handle after
+ * its last release set FLX_ERR_STATE and do nothing (the scope still releases its tensor at
+ * flx_scope_end). Every function taking a tensor checks the handle the same way (ops return
+ * NULL). A destroyed tensor's memory is held back for the next few thousand destructions so the
+ * check reads valid memory; a handle older than that cannot be told from freed memory. */
 FLX_API void flx_release(flx_tensor *t);
 /* Number of tensor objects alive in the process (handles and graph nodes), for leak checks. */
 FLX_API int64_t flx_live_tensors(void);
@@ -183,6 +190,10 @@ FLX_API bool flx_is_realized(const flx_tensor *t);
  * outermost level, to the caller, who must release them). Scopes nest, per thread. */
 FLX_API flx_status flx_scope_begin(void);
 FLX_API flx_status flx_scope_end(int32_t n_keep, flx_tensor *const *keep);
+/* Number of scopes open on this thread (0 outside any scope): whether a tensor returned now is
+ * owned by a scope. Wrappers that keep their own reference (fluxion.hpp) flx_retain a result
+ * when this is > 0, and then never release the scope's reference. */
+FLX_API int32_t flx_scope_depth(void);
 
 /* ---------------------------------------------------------------------------------------------
  * Creation and transfer
@@ -215,6 +226,18 @@ FLX_API flx_tensor *flx_from_host(flx_ctx *ctx, flx_dtype dt, int32_t ndim, cons
 FLX_API flx_status flx_to_host(flx_tensor *t, void *dst, size_t nbytes);
 /* The single element of a tensor with numel 1, converted to double. */
 FLX_API flx_status flx_item(flx_tensor *t, double *out);
+/* Dtype conversion on the way in and out, with flx_cast's rules (float -> int truncates toward
+ * zero and saturates, NaN -> 0; to bool: x != 0; int -> float rounds to nearest), done on the host
+ * (no device memory, no graph node).
+ * flx_to_host_as: like flx_to_host, but writes the elements as host_dt (dst holds nbytes >=
+ *   numel * flx_dtype_size(host_dt)); host_dt == the tensor's dtype is flx_to_host.
+ * flx_from_host_as: a tensor of dtype dt (a CONST leaf, like flx_from_host) from numel elements of
+ *   type host_dt at data; host_dt == dt is flx_from_host.
+ * Errors: FLX_ERR_DTYPE for an invalid or reserved dtype (f16/bf16), FLX_ERR_INVALID_ARGUMENT for
+ * NULL pointers or a too small dst, as flx_to_host / flx_from_host otherwise. */
+FLX_API flx_status flx_to_host_as(flx_tensor *t, flx_dtype host_dt, void *dst, size_t nbytes);
+FLX_API flx_tensor *flx_from_host_as(flx_ctx *ctx, flx_dtype dt, int32_t ndim,
+                                     const int64_t *shape, flx_dtype host_dt, const void *data);
 /* A copy of t on another context (any pair of devices), lazy like every op: the copy runs when
  * the result is evaluated, and that evaluation reads t (and computes it if needed) on t's
  * context. So while the result is unevaluated it ties the two contexts together: when they are
@@ -230,16 +253,20 @@ FLX_API flx_tensor *flx_cast(flx_tensor *t, flx_dtype dt);
 FLX_API flx_status flx_eval(int32_t n, flx_tensor *const *ts);
 /* In-place update of a leaf: dst takes the value of src (same shape, dtype and context). src is
  * computed first. Graph nodes that read dst's old value and have not run yet, or must be
- * recomputed, fail with FLX_ERR_STATE. dst keeps requires_grad. */
+ * recomputed, fail with FLX_ERR_STATE naming the call that changed dst (flx_assign,
+ * flx_optim_step, flx_plan_run). A dtype mismatch is FLX_ERR_DTYPE, a shape mismatch
+ * FLX_ERR_SHAPE. dst keeps requires_grad. */
 FLX_API flx_status flx_assign(flx_tensor *dst, flx_tensor *src);
 
 /* ---------------------------------------------------------------------------------------------
- * Elementwise unary ops (f32, f64). Derivative conventions at kinks: abs'(0) = 0, relu'(0) = 0,
- * clamp' = 1 strictly inside (lo, hi) and 0 elsewhere.
+ * Elementwise unary ops (f32, f64; neg and abs also i32, i64, exact in integer arithmetic).
+ * Derivative conventions at kinks: abs'(0) = 0, relu'(0) = 0, clamp' = 1 strictly inside
+ * (lo, hi) and 0 elsewhere. NaN propagates as in numpy: relu, sign, clamp, leaky_relu, elu of
+ * NaN are NaN, and so are the derivatives of relu, leaky_relu, elu, abs and clamp at NaN.
  * ------------------------------------------------------------------------------------------- */
 FLX_API flx_tensor *flx_neg(flx_tensor *x);
 FLX_API flx_tensor *flx_abs(flx_tensor *x);
-FLX_API flx_tensor *flx_sign(flx_tensor *x);       /* -1, 0, 1; zero gradient */
+FLX_API flx_tensor *flx_sign(flx_tensor *x);       /* -1, 0, 1 (NaN for NaN); zero gradient */
 FLX_API flx_tensor *flx_square(flx_tensor *x);
 FLX_API flx_tensor *flx_sqrt(flx_tensor *x);
 FLX_API flx_tensor *flx_rsqrt(flx_tensor *x);      /* 1/sqrt(x) */
@@ -267,10 +294,14 @@ FLX_API flx_tensor *flx_mul_scalar(flx_tensor *x, double a);
 FLX_API flx_tensor *flx_add_scalar(flx_tensor *x, double b);
 
 /* ---------------------------------------------------------------------------------------------
- * Elementwise binary ops with NumPy broadcasting. Both inputs have one dtype and one context.
- * Arithmetic: f32, f64 (add, sub, mul, maximum, minimum also i32, i64). Comparisons take every
- * dtype but bool and return FLX_BOOL; they have no gradient. maximum/minimum send the gradient
- * to a on ties.
+ * Elementwise binary ops with NumPy broadcasting. Both inputs have one context.
+ * Dtype promotion (PyTorch's rule for two tensors): inputs of different dtypes are computed in
+ * the higher of bool < i32 < i64 < f32 < f64, the other input cast to it first (so i64 * f32 is
+ * f32, f32 + f64 is f64, bool * f64 is f64); the gradient flows back through that cast to the
+ * input's own dtype. Arithmetic: f32, f64 (add, sub, mul, maximum, minimum also i32, i64).
+ * Comparisons take every dtype but bool and return FLX_BOOL; they have no gradient.
+ * maximum/minimum propagate NaN from either side (numpy) and send the gradient to the input the
+ * value came from: a on ties and where a is NaN, b where only b is NaN.
  * ------------------------------------------------------------------------------------------- */
 FLX_API flx_tensor *flx_add(flx_tensor *a, flx_tensor *b);
 FLX_API flx_tensor *flx_sub(flx_tensor *a, flx_tensor *b);
@@ -292,6 +323,8 @@ FLX_API flx_tensor *flx_where(flx_tensor *cond, flx_tensor *a, flx_tensor *b);
  * Reductions over a set of axes. (n_axes, axes) lists distinct axes, negative ones counting from
  * the end; n_axes == 0 reduces over every axis. keepdims keeps reduced axes with size 1.
  * Reducing an empty set of elements: sum -> 0, mean/var -> NaN, max/min/logsumexp/argmax -> error.
+ * A NaN among the values makes max/min NaN, and argmax the index of the first NaN (numpy).
+ * The sum of a bool tensor counts its true values as an i64.
  * ------------------------------------------------------------------------------------------- */
 FLX_API flx_tensor *flx_sum(flx_tensor *x, int32_t n_axes, const int32_t *axes, bool keepdims);
 FLX_API flx_tensor *flx_mean(flx_tensor *x, int32_t n_axes, const int32_t *axes, bool keepdims);
@@ -362,8 +395,11 @@ FLX_API flx_tensor *flx_diagonal(flx_tensor *a);
  * CUDA; plain LU in double on the CPU) serves each op's value and its derivatives (solves with
  * the saved factors). Non-square A, rank < 2 or mismatched batch dims fail when the op is built.
  * Derivatives treat every entry of A as free (d ln det X = X^-T, not the symmetric form).
- *   det:    (...) determinant; 0 for a singular matrix, whose gradient is still the cofactor
- *           matrix adj(A)^T (computed without dividing by det: finite and exact at rank n-1).
+ *   det:    (...) determinant, the product of the LU pivots: exactly 0 when a pivot is exactly
+ *           0 (e.g. [[1, 2, 3], [2, 4, 6], [1, 1, 1]]); a matrix singular only in exact arithmetic
+ *           usually gets a tiny value from rounding ([[1, 2, 3], [4, 5, 6], [7, 8, 9]]: 6.7e-16,
+ *           as in LAPACK and NumPy). The gradient is the cofactor matrix adj(A)^T (computed
+ *           without dividing by det: finite and exact at rank n-1).
  *           Second derivatives of det are valid only at nonsingular A.
  *   logdet: log det A: NaN where det < 0, -inf where det == 0. Gradient A^-T.
  *   slogdet: *sign = sign(det) (-1, 0, 1; no gradient), *logabsdet = log|det| (gradient A^-T).
@@ -387,13 +423,13 @@ FLX_API flx_tensor *flx_norm(flx_tensor *x, double p, int32_t n_axes, const int3
                              bool keepdims);
 /* ---- expm / eigh (issue 4; runtime/ops_expm.c, runtime/ops_eigh.c) ----------------------------
  * expm(A): matrix exponential of (..., n, n), f32/f64, batched. Scaling and squaring with a
- * diagonal Pade approximant [m/m] (Higham 2005): f64 picks m in {3, 5, 7, 9, 13} from the theta
- * thresholds, f32 m in {3, 5, 7} (single-precision thetas), with s = ceil(log2(b / theta_m))
- * squarings for b = max(||A||_1, ||A||_inf) (the max over the batch: one s for every matrix).
+ * diagonal Pade approximant [m/m] (Higham 2005): m = 13 for f64, m = 7 for f32, with
+ * s = ceil(log2(b / theta_m)) squarings for b = max(||A||_1, ||A||_inf) of each matrix.
  * Backward stable in exact-arithmetic terms (Higham's bound); tested against a float64 Taylor
- * reference to 1e-12 (f64) and 2e-5 (f32) relative to max|exp(A)|. b is read on the host when
- * expm is BUILT: a device->host read of two scalars (a wait for A's work) per call on CUDA; the
- * VJP/JVP rules never read (they reuse the forward's bound), so backward stays device-only.
+ * reference to 1e-12 (f64) and 2e-5 (f32) relative to max|exp(A)|. Nothing is read on the host:
+ * s is chosen on the device (a fixed loop of predicated squarings), so a graph or plan built
+ * with expm is right for every input it runs on, and building never waits for the device. The
+ * loop covers b up to ~5.9e12 (f64) and ~6.6e7 (f32); a matrix beyond that gives NaN.
  * Derivatives are exact (Frechet derivative, Mathias' block form): VJP = upper-right block of
  * expm([[A^T, G], [0, A^T]]), JVP = upper-right block of expm([[A, E], [0, A]]), built with
  * concat/slice and expm itself, so they differentiate again (to any order).
@@ -666,17 +702,21 @@ FLX_API flx_tensor *flx_log_cosh_loss(flx_tensor *y, flx_tensor *t, flx_reductio
 /* Hinge loss for labels t in {-1, +1}: l = max(0, 1 - y t) (gradient 0 at the kink). */
 FLX_API flx_tensor *flx_hinge_loss(flx_tensor *y, flx_tensor *t, flx_reduction red);
 /* (Cross-entropy with integer labels is flx_cross_entropy, in the softmax block.) */
-/* -- softmax family (issue 3; runtime/ops_softmax.c): fused cross-entropy --
+/* -- softmax family (runtime/ops/softmax.c): fused cross-entropy --
  * Cross-entropy from logits with integer class labels, fused: per row r,
- * loss_r = logsumexp(logits_r) - logits_r[labels_r], and 0 where labels_r == ignore_index.
+ * loss_r = log sum exp(logits_r - max_r) - (logits_r[labels_r] - max_r) (the precise form of
+ * logsumexp(logits_r) - logits_r[labels_r]), and 0 where labels_r == ignore_index.
  * logits (N, C) f32/f64 with labels (N), or logits (N, C, d1, ...) with labels (N, d1, ...) (the
  * class axis is 1); labels i32 or i64 in [0, C) or equal to ignore_index (e.g. -100). A label out
  * of range is reported at the next synchronisation point (FLX_ERR_INVALID_ARGUMENT) and its row
  * counts as ignored meanwhile. MEAN divides by the number of non-ignored rows (NaN when that is
  * 0); MEAN/SUM give a 0-d result, NONE the per-row losses (shape of labels). The gradient wrt
- * logits is (softmax - onehot) g / count, computed by one kernel that recomputes the softmax from
- * the logits (the forward pass stores only per-row losses); it has rules of its own (second
- * order works). No gradient flows to labels. */
+ * logits is (softmax - onehot) g / count. When the logits require grad (in grad mode), the
+ * forward kernel also writes that gradient for a unit cotangent, so loss + gradient (the seed of
+ * flx_backward / flx_grad_of, or any cotangent the graph fixes as a constant) read the logits
+ * once; the price is an (N, C) buffer written even when no gradient is asked for. Any other
+ * cotangent goes through a backward kernel that recomputes the softmax from the logits. The
+ * gradient has rules of its own (second order works). No gradient flows to labels. */
 FLX_API flx_tensor *flx_cross_entropy(flx_tensor *logits, flx_tensor *labels,
                                       flx_reduction reduction, int64_t ignore_index);
 
@@ -814,6 +854,18 @@ FLX_API int32_t flx_optim_state_count(const flx_optim *opt);
 FLX_API flx_tensor *flx_optim_get_state(flx_optim *opt, int32_t i, int32_t slot);
 /* Overwrites a state slot with value (same shape and dtype), e.g. when resuming. */
 FLX_API flx_status flx_optim_set_state(flx_optim *opt, int32_t i, int32_t slot, flx_tensor *value);
+/* The optimiser's whole state in one safetensors file (crash-safe, as flx_save_safetensors):
+ * every state slot of every parameter ("state.<i>.<slot>"), the hyperparameters and the step
+ * count ("hparams", f64), and metadata naming the kind and the counts. The parameters themselves
+ * are not in it (save them with flx_save_safetensors). flx_optim_load restores such a file into
+ * an optimiser of the same kind over parameters of the same shapes and dtype, in the same order:
+ * after it the next flx_optim_step continues exactly as the saved optimiser would have. The file
+ * is checked completely before anything is written (a mismatch leaves the optimiser unchanged):
+ * FLX_ERR_STATE for another kind or momentum where this one has none, FLX_ERR_SHAPE for other
+ * parameter counts or shapes, FLX_ERR_INVALID_ARGUMENT for a NULL argument or an unreadable or
+ * malformed file (or hyperparameters out of range). */
+FLX_API flx_status flx_optim_save(flx_optim *opt, const char *path);
+FLX_API flx_status flx_optim_load(flx_optim *opt, const char *path);
 /* Releases the optimiser (NULL-safe); the parameters keep their current values. A plan that
  * updates it (flx_plan_options.optims) keeps it alive until the plan is destroyed. */
 FLX_API void flx_optim_destroy(flx_optim *opt);
@@ -883,14 +935,14 @@ FLX_API void flx_checkpoint_destroy(flx_checkpoint *ck);                 /* NULL
  * Optimisers (options n_optim, optims): a run also performs one flx_optim_step of each, fused
  * into the replay (on CUDA inside the captured graph: forward, backward and update are one
  * launch). Output 0 is the loss: one element, depending on the parameters through tensors that
- * require grad. At compile time the parameters that have a .grad (e.g. from a first
- * flx_backward(loss)) are the ones updated, as flx_optim_step skips those without; the plan builds
- * d loss / d parameter as part of its graph and every run computes it afresh from that run's
- * data (the .grad itself is neither read nor changed by runs: it only selects the parameters).
+ * require grad. The parameters updated are those the loss depends on (through tensors that
+ * require grad); no flx_backward is needed first. The plan builds d loss / d parameter as part of
+ * its graph and every run computes it afresh from that run's data (.grad is neither read nor
+ * changed by runs).
  * Errors at compile: FLX_ERR_INVALID_ARGUMENT for a NULL optimiser, one listed twice, or a
  * parameter that is also a plan input or an assignment destination; FLX_ERR_DEVICE for one of
- * another context; FLX_ERR_STATE for an optimiser none of whose parameters has a .grad, or a
- * parameter with a .grad that the loss does not depend on; FLX_ERR_SHAPE for a loss of more than
+ * another context; FLX_ERR_STATE for an optimiser none of whose parameters the loss depends on,
+ * or a parameter with a (stale) .grad that the loss does not depend on; FLX_ERR_SHAPE for a loss of more than
  * one element; FLX_ERR_NOT_DIFFERENTIABLE for a loss that depends on nothing requiring grad.
  * Each updated parameter gets a private buffer at compile time and the run updates it in place
  * (the buffer the plan's forward reads next run); a run fails with FLX_ERR_STATE (compile the
@@ -1057,6 +1109,26 @@ FLX_API flx_status flx_comm_broadcast_params(flx_comm *comm, int32_t n, flx_tens
                                              int32_t root);
 FLX_API flx_status flx_comm_average_grads(flx_comm *comm, int32_t n, flx_tensor *const *params,
                                           size_t bucket_bytes);
+
+/* Sharded optimiser state (ZeRO stage 1). Each rank keeps the optimiser state of 1/size of the
+ * parameters (packed in order into one flat vector, padded to a multiple of the world size, split
+ * into contiguous shards). flx_sharded_optim_step reduce-scatters the packed gradients (mean over
+ * the ranks; a parameter without .grad counts as zeros, where flx_optim_step would skip it: the
+ * shard is one tensor), runs one fused update of this rank's
+ * shard, and all-gathers the updated shards back into every parameter (flx_assign). The update
+ * rules are elementwise, so the parameters equal those of an unsharded optimiser stepping on
+ * averaged gradients (flx_comm_average_grads + flx_optim_step), with 1/size of its state memory.
+ * Parameters: distinct leaves made from data, one float dtype, the communicator's context. Every
+ * rank creates it with the same parameter list and steps it together. flx_sharded_optim_shard
+ * gives the optimiser of the shard (flx_optim_set_lr, flx_optim_get_state on the shard). */
+typedef struct flx_sharded_optim flx_sharded_optim;
+FLX_API flx_sharded_optim *flx_sharded_optim_create(flx_comm *comm, flx_optim_kind kind, int32_t n,
+                                                    flx_tensor *const *params,
+                                                    const flx_optim_config *cfg);
+FLX_API flx_status flx_sharded_optim_step(flx_sharded_optim *opt);
+FLX_API flx_status flx_sharded_optim_zero_grad(flx_sharded_optim *opt);
+FLX_API flx_optim *flx_sharded_optim_shard(flx_sharded_optim *opt);
+FLX_API void flx_sharded_optim_destroy(flx_sharded_optim *opt);
 
 #ifdef __cplusplus
 }

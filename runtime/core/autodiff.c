@@ -41,6 +41,7 @@ flx_status flx_set_requires_grad(flx_tensor *t, bool requires_grad) {
     if (!t)
         return flx_set_error_if_clear(FLX_ERR_INVALID_ARGUMENT,
                                       "flx_set_requires_grad: tensor is NULL");
+    if (!flx_check_handle("flx_set_requires_grad", t)) return flx_last_status();
     if (!requires_grad) {
         t->requires_grad = false;
         t->is_leaf = false;
@@ -70,11 +71,13 @@ flx_tensor *flx_grad(flx_tensor *t) {
         flx_set_error_if_clear(FLX_ERR_INVALID_ARGUMENT, "flx_grad: tensor is NULL");
         return NULL;
     }
+    if (!flx_check_handle("flx_grad", t)) return NULL;
     return t->grad ? flx_adopt(flx_retain(t->grad)) : NULL;
 }
 
 flx_status flx_zero_grad(flx_tensor *t) {
     if (!t) return flx_set_error_if_clear(FLX_ERR_INVALID_ARGUMENT, "flx_zero_grad: tensor is NULL");
+    if (!flx_check_handle("flx_zero_grad", t)) return flx_last_status();
     flx_release(t->grad);
     t->grad = NULL;
     return FLX_OK;
@@ -324,8 +327,13 @@ static flx_status check_grad_args(const char *fn, int32_t n_out, flx_tensor *con
     for (int32_t i = 0; i < n_out; i++) {
         if (!outputs[i])
             return flx_set_error_if_clear(FLX_ERR_INVALID_ARGUMENT, "%s: output %d is NULL", fn, (int)i);
+        if (!flx_check_handle(fn, outputs[i])) return flx_last_status();
         if (cotangents && cotangents[i]) {
             flx_tensor *y = outputs[i], *c = cotangents[i];
+            if (c->dtype != y->dtype && c->ctx == y->ctx)
+                return flx_set_error(FLX_ERR_DTYPE,
+                                     "%s: cotangent %d %s differs in dtype from output %s", fn,
+                                     (int)i, flx_describe(c), flx_describe(y));
             if (c->ctx != y->ctx || c->dtype != y->dtype || c->ndim != y->ndim ||
                 memcmp(c->shape, y->shape, sizeof(int64_t) * (size_t)y->ndim) != 0)
                 return flx_set_error(FLX_ERR_SHAPE,
@@ -336,6 +344,7 @@ static flx_status check_grad_args(const char *fn, int32_t n_out, flx_tensor *con
     for (int32_t j = 0; j < n_in; j++) {
         if (!inputs[j])
             return flx_set_error_if_clear(FLX_ERR_INVALID_ARGUMENT, "%s: input %d is NULL", fn, (int)j);
+        if (!flx_check_handle(fn, inputs[j])) return flx_last_status();
         if (!inputs[j]->requires_grad)
             return flx_set_error(FLX_ERR_NOT_DIFFERENTIABLE,
                                  "%s: input %d %s does not require grad (flx_set_requires_grad)",
@@ -439,10 +448,21 @@ flx_status flx_jvp(int32_t n_in, flx_tensor *const *inputs, flx_tensor *const *t
         return flx_set_error(FLX_ERR_INVALID_ARGUMENT, "flx_jvp: needs at least one output");
     for (int32_t k = 0; k < n_out; k++)
         if (!outputs[k]) return flx_set_error_if_clear(FLX_ERR_INVALID_ARGUMENT, "flx_jvp: output %d is NULL", (int)k);
+        else if (!flx_check_handle("flx_jvp", outputs[k])) return flx_last_status();
     for (int32_t j = 0; j < n_in; j++) {
         flx_tensor *x = inputs[j], *t = tangents[j];
         if (!x) return flx_set_error_if_clear(FLX_ERR_INVALID_ARGUMENT, "flx_jvp: input %d is NULL", (int)j);
-        if (t && (t->ctx != x->ctx || t->dtype != x->dtype || t->ndim != x->ndim ||
+        if (!flx_check_handle("flx_jvp", x) || (t && !flx_check_handle("flx_jvp", t)))
+            return flx_last_status();
+        if (t && t->ctx != x->ctx)
+            return flx_set_error(FLX_ERR_DEVICE,
+                                 "flx_jvp: tangent %d %s belongs to another context than input %s",
+                                 (int)j, flx_describe(t), flx_describe(x));
+        if (t && t->dtype != x->dtype)
+            return flx_set_error(FLX_ERR_DTYPE,
+                                 "flx_jvp: tangent %d %s differs in dtype from input %s", (int)j,
+                                 flx_describe(t), flx_describe(x));
+        if (t && (t->ndim != x->ndim ||
                   memcmp(t->shape, x->shape, sizeof(int64_t) * (size_t)x->ndim) != 0))
             return flx_set_error(FLX_ERR_SHAPE, "flx_jvp: tangent %d %s does not match input %s",
                                  (int)j, flx_describe(t), flx_describe(x));
@@ -470,6 +490,7 @@ static flx_status collect_leaves(flx_tensor *loss, walk *leaves) {
 
 flx_status flx_backward(flx_tensor *loss) {
     if (!loss) return flx_set_error_if_clear(FLX_ERR_INVALID_ARGUMENT, "flx_backward: loss is NULL");
+    if (!flx_check_handle("flx_backward", loss)) return flx_last_status();
     if (loss->numel != 1)
         return flx_set_error(FLX_ERR_SHAPE, "flx_backward: loss must have one element, got %s",
                              flx_describe(loss));

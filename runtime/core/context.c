@@ -82,6 +82,13 @@ flx_status flx_cuda_device_info(int32_t index, flx_cuda_device_props *out) {
 flx_ctx *flx_ctx_create(flx_device dev) {
     const flx_backend *be = NULL;
     if (dev.type == FLX_DEVICE_CPU) {
+        if (dev.index != 0) {
+            /* One CPU device: any other index is a caller's mistake, not a second device. */
+            flx_set_error(FLX_ERR_DEVICE,
+                          "flx_ctx_create: CPU device %d does not exist (the CPU is device 0)",
+                          (int)dev.index);
+            return NULL;
+        }
         be = &flx_backend_cpu;
     } else if (dev.type == FLX_DEVICE_CUDA) {
 #ifdef FLX_WITH_CUDA
@@ -90,12 +97,14 @@ flx_ctx *flx_ctx_create(flx_device dev) {
             flx_set_error(FLX_ERR_DEVICE,
                           "flx_ctx_create: CUDA device %d does not exist (%d usable CUDA devices)",
                           dev.index, n);
+            flx_log_msg(FLX_LOG_ERROR, "%s", flx_last_error());
             return NULL;
         }
         be = &flx_backend_cuda;
 #else
         flx_set_error(FLX_ERR_UNSUPPORTED,
                       "flx_ctx_create: this fluxion was built without the CUDA backend");
+        flx_log_msg(FLX_LOG_ERROR, "%s", flx_last_error());
         return NULL;
 #endif
     } else {

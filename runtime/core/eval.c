@@ -17,9 +17,10 @@ static flx_status check_inputs_ready(const flx_tensor *x, const flx_fused_group 
         const flx_tensor *in = x->in[i];
         if (in->version != x->in_version[i])
             return flx_set_error(FLX_ERR_STATE,
-                                 "%s: input %d %s was changed in place by flx_assign after this "
-                                 "op was recorded; record the op again",
-                                 name, (int)i, flx_describe(in));
+                                 "%s: input %d %s was changed in place by %s after this op was "
+                                 "recorded; record the op again",
+                                 name, (int)i, flx_describe(in),
+                                 in->changed_by ? in->changed_by : "flx_assign");
         bool member = false;
         for (int32_t m = 0; g && m < g->n_members && !member; m++) member = g->members[m] == in;
         if (!member && !in->buf)
@@ -125,6 +126,8 @@ flx_status flx_eval(int32_t n, flx_tensor *const *ts) {
         if (!ts[i])
             return flx_set_error_if_clear(FLX_ERR_INVALID_ARGUMENT, "flx_eval: tensor %d is NULL",
                                           (int)i);
+        else if (!flx_check_handle("flx_eval", ts[i]))
+            return flx_last_status();
     return flx_eval_nodes(n, ts);
 }
 
@@ -143,6 +146,7 @@ void flx_freeze(flx_tensor *t) {
 
 flx_status flx_to_host(flx_tensor *t, void *dst, size_t nbytes) {
     if (!t) return flx_set_error_if_clear(FLX_ERR_INVALID_ARGUMENT, "flx_to_host: tensor is NULL");
+    if (!flx_check_handle("flx_to_host", t)) return flx_last_status();
     if (!dst) return flx_set_error(FLX_ERR_INVALID_ARGUMENT, "flx_to_host: dst is NULL");
     size_t need = (size_t)t->numel * flx_dtype_size(t->dtype);
     if (nbytes < need)
@@ -155,8 +159,34 @@ flx_status flx_to_host(flx_tensor *t, void *dst, size_t nbytes) {
     return t->ctx->be->download(t->ctx, dst, t->buf->ptr, need);
 }
 
+/* Conversions between dtypes run on the host with the CPU backend's cast (the rules of flx_cast),
+ * so no device memory or graph node is spent on them. */
+flx_status flx_to_host_as(flx_tensor *t, flx_dtype dt, void *dst, size_t nbytes) {
+    static const char *fn = "flx_to_host_as";
+    if (!t) return flx_set_error_if_clear(FLX_ERR_INVALID_ARGUMENT, "%s: tensor is NULL", fn);
+    if (!flx_dtype_valid(dt))
+        return flx_set_error(FLX_ERR_DTYPE, "%s: unsupported host dtype %s", fn, flx_dtype_name(dt));
+    if (!dst) return flx_set_error(FLX_ERR_INVALID_ARGUMENT, "%s: dst is NULL", fn);
+    size_t need = (size_t)t->numel * flx_dtype_size(dt);
+    if (nbytes < need)
+        return flx_set_error(FLX_ERR_INVALID_ARGUMENT, "%s: dst holds %zu bytes but %s as %s needs %zu",
+                             fn, nbytes, flx_describe(t), flx_dtype_name(dt), need);
+    if (dt == t->dtype) return flx_to_host(t, dst, nbytes);
+    size_t src_bytes = (size_t)t->numel * flx_dtype_size(t->dtype);
+    void *tmp = malloc(src_bytes ? src_bytes : 1);
+    if (!tmp) return flx_set_error(FLX_ERR_OUT_OF_MEMORY, "%s: out of host memory (%zu bytes)", fn, src_bytes);
+    flx_status s = flx_to_host(t, tmp, src_bytes);
+    if (s == FLX_OK) {
+        flx_cast_args a = {t->dtype, dt, t->numel, tmp, dst};
+        s = flx_backend_cpu.cast(NULL, &a);
+    }
+    free(tmp);
+    return s;
+}
+
 flx_status flx_item(flx_tensor *t, double *out) {
     if (!t) return flx_set_error_if_clear(FLX_ERR_INVALID_ARGUMENT, "flx_item: tensor is NULL");
+    if (!flx_check_handle("flx_item", t)) return flx_last_status();
     if (!out) return flx_set_error(FLX_ERR_INVALID_ARGUMENT, "flx_item: out is NULL");
     if (t->numel != 1)
         return flx_set_error(FLX_ERR_SHAPE, "flx_item: expects one element, got %s",
@@ -184,8 +214,11 @@ flx_status flx_assign(flx_tensor *dst, flx_tensor *src) {
                              "flx_assign: dst %s is an op result, not a leaf; only tensors made "
                              "from data (or detached) can be assigned",
                              flx_describe(dst));
-    if (!flx_same_shape(dst, src))
-        return flx_set_error(FLX_ERR_SHAPE, "flx_assign: dst %s and src %s differ",
+    if (dst->dtype != src->dtype)
+        return flx_set_error(FLX_ERR_DTYPE, "flx_assign: dst %s and src %s differ in dtype",
+                             flx_describe(dst), flx_describe(src));
+    if (!flx_shape_eq(dst->ndim, dst->shape, src->ndim, src->shape))
+        return flx_set_error(FLX_ERR_SHAPE, "flx_assign: dst %s and src %s differ in shape",
                              flx_describe(dst), flx_describe(src));
     if (dst == src) return FLX_OK;
     flx_status s = flx_eval_nodes(1, &src);
@@ -196,5 +229,6 @@ flx_status flx_assign(flx_tensor *dst, flx_tensor *src) {
     dst->buf->refs++;
     flx_buffer_release(old);
     dst->version++;
+    dst->changed_by = "flx_assign";
     return FLX_OK;
 }

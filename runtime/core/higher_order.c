@@ -21,6 +21,7 @@ static flx_status make_leaves(const char *fn, int32_t n, flx_tensor *const *inpu
     for (int32_t j = 0; j < n; j++) {
         flx_tensor *x = inputs[j];
         if (!x) return flx_set_error_if_clear(FLX_ERR_INVALID_ARGUMENT, "%s: input %d is NULL", fn, (int)j);
+        if (!flx_check_handle(fn, x)) return flx_last_status();
         if (!flx_dtype_is_float(x->dtype))
             return flx_set_error(FLX_ERR_DTYPE, "%s: input %d %s must be f32 or f64", fn, (int)j,
                                  flx_describe(x));
@@ -224,6 +225,7 @@ flx_status flx_jacobian(flx_fn f, void *user, flx_tensor *x, flx_tensor **jac_ou
     *jac_out = NULL;
     if (!f) return flx_set_error(FLX_ERR_INVALID_ARGUMENT, "%s: f is NULL", fn);
     if (!x) return flx_set_error_if_clear(FLX_ERR_INVALID_ARGUMENT, "%s: x is NULL", fn);
+    if (!flx_check_handle(fn, x)) return flx_last_status();
     flx_status s = flx_scope_begin();
     if (s != FLX_OK) return s;
     flx_tensor *xl = NULL, *y = NULL;
@@ -244,6 +246,7 @@ flx_status flx_hessian(flx_fn f, void *user, flx_tensor *x, flx_tensor **hess_ou
     *hess_out = NULL;
     if (!f) return flx_set_error(FLX_ERR_INVALID_ARGUMENT, "%s: f is NULL", fn);
     if (!x) return flx_set_error_if_clear(FLX_ERR_INVALID_ARGUMENT, "%s: x is NULL", fn);
+    if (!flx_check_handle(fn, x)) return flx_last_status();
     flx_status s = flx_scope_begin();
     if (s != FLX_OK) return s;
     flx_tensor *xl = NULL, *y = NULL, *g = NULL;

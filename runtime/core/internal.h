@@ -66,10 +66,12 @@
     /* softmax family (runtime/ops/softmax.c): attrs.softmax */                           \
     X(SOFTMAX)        /* softmax / log_softmax of x along an axis                   */    \
     X(SOFTMAX_BWD)    /* inputs y, v: the rows' Jacobian products (BWD, LOG_VJP/JVP) */    \
-    X(CROSS_ENTROPY)  /* inputs logits (N, C), labels (N): per-row losses (N)        */    \
+    X(CROSS_ENTROPY)  /* logits (N, C), labels (N): packed [gradient | losses | count] */  \
+    X(CROSS_ENTROPY_LOSS) /* packed, logits, labels: the reduced loss (or packed: count) */  \
+    X(CROSS_ENTROPY_GRAD) /* packed, logits, labels: the fused gradient (aliases packed) */  \
     X(CROSS_ENTROPY_BWD) /* inputs logits, labels, g (N): (softmax - onehot) g       */    \
     /* expm / eigh (issue 4; runtime/ops/expm.c, runtime/ops/eigh.c) */                   \
-    X(EXPM) /* inputs: Y (expm value, no history), A; aliases Y; attrs.expm      */       \
+    X(EXPM) /* inputs: Y (expm value, no history), A; aliases Y                  */       \
     X(EIGH) /* input: symmetric S (..., n, n) -> packed (..., n, n+1) = [V | w]   */      \
     /* distributed (runtime/dist/): attrs.coll */                                         \
     X(COLLECTIVE) /* all-reduce, broadcast, all-gather, reduce-scatter over a comm */
@@ -104,12 +106,12 @@ typedef struct flx_attrs {
         /* LU family (issue 4): flx_lu_mode, solve with A^T, report singular input */
         struct { int32_t mode; int32_t trans; int32_t check; } lu;
         /* softmax family (runtime/ops/softmax.c): kernel mode (flx_softmax_mode), axis,
-         * scale = 1 / temperature, ignore_index of cross-entropy */
-        struct { int32_t mode; int32_t axis; double scale; int64_t ignore_index; } softmax;
-        /* expm (issue 4): bound on max(||A||_1, ||A||_inf) over the batch, fixes the squarings */
-        struct { double bound; } expm;
+         * scale = 1 / temperature; cross-entropy: ignore_index, reduction, whether the forward
+         * node also computes the gradient, rows N and classes C of the logits */
+        struct { int32_t mode; int32_t axis; double scale; int64_t ignore_index;
+                 int32_t reduction; bool fused_grad; int64_t rows, classes; } softmax;
         /* collectives (runtime/dist/): the communicator's registry id, flx_coll_kind,
-         * flx_reduce_op, broadcast root */
+         * flx_comm_op, broadcast root */
         struct { uint64_t comm_id; int32_t kind, op, root; } coll;
     } u;
 } flx_attrs;
@@ -131,7 +133,9 @@ typedef struct flx_buffer {
 /* A tensor is a graph node. Its buffer is NULL until computed, and again after the evaluator
  * frees it (it is then recomputed from its inputs when needed). */
 struct flx_tensor {
+    uint32_t magic;      /* FLX_TENSOR_LIVE while the node exists (handle validation)   */
     int32_t refs;        /* handles held by callers and scopes                          */
+    int32_t scope_refs;  /* of refs, those held by open scopes (the caller cannot drop) */
     int32_t uses;        /* edges from live consumer nodes, and internal holders        */
     flx_ctx *ctx;
     flx_dtype dtype;
@@ -144,7 +148,8 @@ struct flx_tensor {
     uint32_t *in_version;        /* inputs' versions when this node was recorded        */
     flx_attrs attrs;
     flx_buffer *buf;
-    uint32_t version;            /* bumped by flx_assign                                */
+    uint32_t version;            /* bumped by flx_assign, optimiser steps and plan runs  */
+    const char *changed_by;      /* the public call that last bumped version (messages)  */
     bool requires_grad;          /* a leaf that collects .grad, or a node on a grad path */
     bool is_leaf;                /* requires_grad set by the user (collects .grad)       */
     bool keep;                   /* data requested: keep the buffer while handles exist  */
@@ -334,6 +339,10 @@ bool flx_dtype_valid(flx_dtype dt);
 /* Checks for an op: every input non-NULL (else propagates NULL), same context. Returns false
  * with the error set. */
 bool flx_check_inputs(const char *op, int32_t n, flx_tensor *const *in);
+/* Checks that a non-NULL t is a live tensor handle (not destroyed, not foreign memory); false
+ * with FLX_ERR_STATE set. Destroyed nodes stay in a quarantine for a while so that this check
+ * reads valid memory for a recently released handle. */
+bool flx_check_handle(const char *op, const flx_tensor *t);
 /* Checks a list of n tensors an API binds as leaves (what names one in messages: "input",
  * "parameter"): each non-NULL, of ctx, a CONST holding data (else the status not_source) and
  * listed once. Returns false with the error set. */
@@ -349,6 +358,8 @@ bool flx_check_float(const char *op, const flx_tensor *t);
 bool flx_norm_axis(const char *op, int32_t axis, int32_t ndim, int32_t *out);
 /* Row-major contiguous strides of a shape (elements). */
 void flx_contiguous_strides(int32_t ndim, const int64_t *shape, int64_t *strides);
+/* Product of the sizes; 0 when any size is 0, -1 when a size is negative or the product
+ * overflows int64 (checked before each multiplication). */
 int64_t flx_shape_numel(int32_t ndim, const int64_t *shape);
 /* A shape an API is given: rank 0..FLX_MAX_DIMS, shape non-NULL when the rank is not 0, no
  * negative size. False with the error set. */

@@ -165,6 +165,7 @@ flx_status flx_plan_set_input(flx_plan *p, int32_t k, flx_tensor *t) {
     static const char *fn = "flx_plan_set_input";
     if (!check_plan_input(fn, p, k)) return flx_last_status();
     if (!t) return flx_set_error_if_clear(FLX_ERR_INVALID_ARGUMENT, "%s: tensor is NULL", fn);
+    if (!flx_check_handle(fn, t)) return flx_last_status();
     return bind(p, k, t, fn);
 }
 
@@ -288,9 +289,18 @@ flx_status flx_plan_run(flx_plan *p, int32_t n_in, flx_tensor *const *inputs) {
         s = flx_plan_queue_body(p);
     }
     if (s != FLX_OK) return s;
-    for (int32_t k = 0; k < p->n_out; k++) p->out[k].handle->version++;
-    for (int32_t k = 0; k < p->n_assign; k++) p->as[k].version = ++p->as[k].dst->version;
-    for (int32_t j = 0; j < p->n_param; j++) p->param[j].t->version++;
+    for (int32_t k = 0; k < p->n_out; k++) {
+        p->out[k].handle->version++;
+        p->out[k].handle->changed_by = "flx_plan_run";
+    }
+    for (int32_t k = 0; k < p->n_assign; k++) {
+        p->as[k].version = ++p->as[k].dst->version;
+        p->as[k].dst->changed_by = "flx_plan_run";
+    }
+    for (int32_t j = 0; j < p->n_param; j++) {
+        p->param[j].t->version++;
+        p->param[j].t->changed_by = "flx_plan_run (optimiser step)";
+    }
     p->ctx->stats.nodes_executed += (uint64_t)p->n_steps;
     p->ctx->stats.nodes_fused += p->n_fused;
     p->runs++;

@@ -54,6 +54,8 @@ static bool check_lists(int32_t n_out, flx_tensor *const *outputs, int32_t n_in,
         if (!outputs[k]) {
             flx_set_error_if_clear(FLX_ERR_INVALID_ARGUMENT, "%s: output %d is NULL", fn, (int)k);
             return false;
+        } else if (!flx_check_handle(fn, outputs[k])) {
+            return false;
         }
     flx_ctx *ctx = outputs[0]->ctx;
     for (int32_t k = 0; k < n_out; k++)
@@ -262,9 +264,9 @@ static flx_status check_step(flx_plan *p, compile_state *cs, const flx_tensor *t
         flx_tensor *x = t->in[j];
         if (x->version != t->in_version[j])
             return flx_set_error(FLX_ERR_STATE, "%s: %s reads input %d %s, which was changed in "
-                                 "place (flx_assign or an optimiser step) after the op was "
-                                 "recorded; record the graph again", fn, name, (int)j,
-                                 flx_describe(x));
+                                 "place by %s after the op was recorded; record the graph again",
+                                 fn, name, (int)j, flx_describe(x),
+                                 x->changed_by ? x->changed_by : "flx_assign");
         if (x->mark == p->sched.epoch || x->mark == cs->input_epoch) continue;
         if (flx_recomputable(x)) /* cannot happen: the walk enters every recomputable node */
             return flx_set_error(FLX_ERR_STATE, "%s: internal error: node %s not planned", fn,
@@ -640,7 +642,10 @@ flx_plan *flx_plan_compile(int32_t n_out, flx_tensor *const *outputs, int32_t n_
     }
     if (s != FLX_OK) return fail_plan(p);
     /* Graphs recorded from the leaves' values before now must not run after a write-back. */
-    for (int32_t k = 0; k < p->n_assign; k++) p->as[k].version = ++p->as[k].dst->version;
+    for (int32_t k = 0; k < p->n_assign; k++) {
+        p->as[k].version = ++p->as[k].dst->version;
+        p->as[k].dst->changed_by = "flx_plan_compile";
+    }
     if (capture(p, o.capture) != FLX_OK) return fail_plan(p);
     return p;
 }

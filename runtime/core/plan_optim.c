@@ -8,6 +8,17 @@
 
 static bool enter_requires_grad(const flx_tensor *t) { return t->requires_grad; }
 
+/* Marks (with a new epoch, returned in *ep) every tensor that the loss depends on through tensors
+ * that require grad: the parameters a plan updates. */
+static flx_status mark_loss_reach(flx_tensor *loss, uint64_t *ep) {
+    *ep = flx_next_epoch();
+    flx_tensor **order = NULL;
+    size_t n_order = 0;
+    flx_status s = flx_graph_postorder(1, &loss, *ep, enter_requires_grad, &order, &n_order);
+    free(order);
+    return s;
+}
+
 /* Argument checks of options.optims, before anything is allocated; the loss is outputs[0]. */
 bool flx_plan_check_optims(const char *fn, flx_ctx *ctx, flx_tensor *loss, int32_t n_in,
                            flx_tensor *const *inputs, const flx_plan_options *o) {
@@ -35,7 +46,6 @@ bool flx_plan_check_optims(const char *fn, flx_ctx *ctx, flx_tensor *loss, int32
                           fn, (int)k);
             return false;
         }
-        int32_t with_grad = 0;
         for (int32_t i = 0; i < np; i++) {
             flx_tensor *t = prm[i];
             for (int32_t j = 0; j < n_in; j++)
@@ -54,14 +64,6 @@ bool flx_plan_check_optims(const char *fn, flx_ctx *ctx, flx_tensor *loss, int32
                                   "not both", fn, (int)i, flx_describe(t), (int)k, (int)j);
                     return false;
                 }
-            if (t->grad) with_grad++;
-        }
-        if (with_grad == 0) {
-            flx_set_error(FLX_ERR_STATE,
-                          "%s: optimiser %d: none of its %d parameters has a gradient (.grad); call "
-                          "flx_backward(loss) once before compiling (the parameters that have one "
-                          "are those the plan updates)", fn, (int)k, (int)np);
-            return false;
         }
     }
     if (o->n_optim == 0) return true;
@@ -77,15 +79,19 @@ bool flx_plan_check_optims(const char *fn, flx_ctx *ctx, flx_tensor *loss, int32
     }
     /* A parameter with a .grad that the loss does not reach would get a zero gradient every run,
      * where an eager flx_backward(loss) would give it none: refuse instead of guessing. */
-    uint64_t ep = flx_next_epoch();
-    flx_tensor **order = NULL;
-    size_t n_order = 0;
-    if (flx_graph_postorder(1, &loss, ep, enter_requires_grad, &order, &n_order) != FLX_OK)
-        return false;
-    free(order);
+    uint64_t ep;
+    if (mark_loss_reach(loss, &ep) != FLX_OK) return false;
     for (int32_t k = 0; k < o->n_optim; k++) {
         flx_tensor *const *prm;
-        int32_t np = flx_optim_params(o->optims[k], &prm);
+        int32_t np = flx_optim_params(o->optims[k], &prm), reached = 0;
+        for (int32_t i = 0; i < np; i++) reached += prm[i]->mark == ep;
+        if (reached == 0) {
+            flx_set_error(FLX_ERR_STATE,
+                          "%s: output 0 (the loss) depends on none of the %d parameters of "
+                          "optimiser %d (through tensors that require grad)",
+                          fn, (int)np, (int)k);
+            return false;
+        }
         for (int32_t i = 0; i < np; i++)
             if (prm[i]->grad && prm[i]->mark != ep) {
                 flx_set_error(FLX_ERR_STATE,
@@ -113,6 +119,11 @@ flx_status flx_plan_setup_optims(flx_plan *p, const flx_plan_options *o, flx_ten
     if (!p->optim || !p->param)
         return flx_set_error(FLX_ERR_OUT_OF_MEMORY, "%s: out of host memory", fn);
     p->n_optim = o->n_optim;
+    /* The parameters updated are those the loss reaches (a .grad is not needed: the plan builds
+     * the gradients itself); others are skipped, as flx_optim_step skips those without a .grad. */
+    uint64_t ep;
+    flx_status rs = mark_loss_reach(loss, &ep);
+    if (rs != FLX_OK) return rs;
     for (int32_t k = 0; k < o->n_optim; k++) {
         plan_optim *po = &p->optim[k];
         po->opt = o->optims[k];
@@ -125,7 +136,7 @@ flx_status flx_plan_setup_optims(flx_plan *p, const flx_plan_options *o, flx_ten
             return flx_set_error(FLX_ERR_OUT_OF_MEMORY, "%s: out of host memory", fn);
         for (int32_t i = 0; i < np; i++) {
             flx_tensor *t = prm[i];
-            if (!t->grad) continue; /* skipped, as flx_optim_step does */
+            if (t->mark != ep) continue;
             int32_t j = 0;
             while (j < p->n_param && p->param[j].t != t) j++;
             if (j == p->n_param) p->param[p->n_param++].t = flx_retain(t);

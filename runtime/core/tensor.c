@@ -7,6 +7,41 @@
 
 static _Atomic int64_t g_live_tensors;
 
+/* Handle validation. A node carries FLX_TENSOR_LIVE while it exists; a destroyed node is marked
+ * FLX_TENSOR_DEAD, cleared, and kept in a process-wide quarantine of the most recently destroyed
+ * nodes before its memory goes back to malloc, so that a stale handle (double release, use
+ * after release) reads valid memory and is reported as FLX_ERR_STATE instead of corrupting the
+ * heap. A handle older than the quarantine's capacity cannot be told apart from freed memory. */
+#define FLX_TENSOR_LIVE 0x544c5846u /* "FLXT" */
+#define FLX_TENSOR_DEAD 0x44414544u /* "DEAD" */
+#define FLX_QUARANTINE 4096
+
+static flx_tensor *g_quarantine[FLX_QUARANTINE];
+static size_t g_quarantine_next;
+static atomic_flag g_quarantine_lock = ATOMIC_FLAG_INIT;
+
+static void quarantine_put(flx_tensor *t) {
+    while (atomic_flag_test_and_set_explicit(&g_quarantine_lock, memory_order_acquire)) {
+    }
+    flx_tensor *old = g_quarantine[g_quarantine_next];
+    g_quarantine[g_quarantine_next] = t;
+    g_quarantine_next = (g_quarantine_next + 1) % FLX_QUARANTINE;
+    atomic_flag_clear_explicit(&g_quarantine_lock, memory_order_release);
+    free(old);
+}
+
+bool flx_check_handle(const char *op, const flx_tensor *t) {
+    if (t->magic == FLX_TENSOR_LIVE) return true;
+    if (t->magic == FLX_TENSOR_DEAD)
+        flx_set_error(FLX_ERR_STATE,
+                      "%s: tensor handle %p was released and no longer exists (use after "
+                      "release, or a double release)",
+                      op, (const void *)t);
+    else
+        flx_set_error(FLX_ERR_STATE, "%s: %p is not a fluxion tensor handle", op, (const void *)t);
+    return false;
+}
+
 int64_t flx_live_tensors(void) { return atomic_load(&g_live_tensors); }
 
 /* ---- buffers ---------------------------------------------------------------------------- */
@@ -51,6 +86,7 @@ bool flx_check_source_list(const char *fn, const char *what, flx_status not_sour
             flx_set_error_if_clear(FLX_ERR_INVALID_ARGUMENT, "%s: %s %d is NULL", fn, what, (int)k);
             return false;
         }
+        if (!flx_check_handle(fn, t)) return false;
         if (t->ctx != ctx) {
             flx_set_error(FLX_ERR_DEVICE, "%s: %s %d %s belongs to another context", fn, what,
                           (int)k, flx_describe(t));
@@ -112,8 +148,13 @@ bool flx_same_shape(const flx_tensor *a, const flx_tensor *b) {
 }
 
 int64_t flx_shape_numel(int32_t ndim, const int64_t *shape) {
+    for (int32_t i = 0; i < ndim; i++)
+        if (shape[i] == 0) return 0; /* an empty axis makes the product 0 whatever the others */
     int64_t n = 1;
-    for (int32_t i = 0; i < ndim; i++) n *= shape[i];
+    for (int32_t i = 0; i < ndim; i++) {
+        if (shape[i] < 0 || n > INT64_MAX / shape[i]) return -1;
+        n *= shape[i];
+    }
     return n;
 }
 
@@ -168,6 +209,7 @@ flx_tensor *flx_node_new(flx_ctx *ctx, flx_op op, flx_dtype dt, int32_t ndim,
             return NULL;
         }
     }
+    t->magic = FLX_TENSOR_LIVE;
     t->refs = 1;
     t->ctx = ctx;
     t->dtype = dt;
@@ -223,19 +265,23 @@ static void destroy_chain(flx_tensor *t) {
         atomic_fetch_sub(&g_live_tensors, 1);
         free(x->in);
         free(x->in_version);
-        free(x);
+        memset(x, 0, sizeof *x);
+        x->magic = FLX_TENSOR_DEAD;
+        quarantine_put(x);
         if (g) flx_release(g);
     }
     if (stack != local) free(stack);
 }
 
 flx_tensor *flx_retain(flx_tensor *t) {
-    if (t) t->refs++;
+    if (!t) return NULL;
+    if (!flx_check_handle("flx_retain", t)) return NULL;
+    t->refs++;
     return t;
 }
 
-void flx_release(flx_tensor *t) {
-    if (!t) return;
+/* Drops one reference, whoever holds it (the caller or a scope). */
+static void drop_ref(flx_tensor *t) {
     if (--t->refs > 0) return;
     if (t->uses == 0) {
         destroy_chain(t);
@@ -245,6 +291,27 @@ void flx_release(flx_tensor *t) {
         flx_buffer_release(t->buf);
         t->buf = NULL;
     }
+}
+
+void flx_release(flx_tensor *t) {
+    if (!t) return;
+    if (!flx_check_handle("flx_release", t)) return;
+    if (t->refs <= 0) {
+        flx_set_error(FLX_ERR_STATE,
+                      "flx_release: tensor %s has no reference left to drop (released twice)",
+                      flx_describe(t));
+        return;
+    }
+    if (t->refs <= t->scope_refs) {
+        /* The scope's reference is the scope's: dropping it here would free a tensor the scope
+         * still lists and releases again at flx_scope_end. */
+        flx_set_error(FLX_ERR_STATE,
+                      "flx_release: tensor %s is owned by an open scope and is released by "
+                      "flx_scope_end; flx_retain it first to hold a reference of your own",
+                      flx_describe(t));
+        return;
+    }
+    drop_ref(t);
 }
 
 void flx_use(flx_tensor *t) { t->uses++; }
@@ -316,7 +383,10 @@ static void scope_push(scope *s, flx_tensor *t) {
         s->cap = nc;
     }
     s->items[s->n++] = t;
+    t->scope_refs++;
 }
+
+int32_t flx_scope_depth(void) { return tl_depth; }
 
 flx_tensor *flx_adopt(flx_tensor *t) {
     if (t && tl_depth > 0) scope_push(&tl_scopes[tl_depth - 1], t);
@@ -334,7 +404,10 @@ flx_status flx_scope_end(int32_t n_keep, flx_tensor *const *keep) {
     /* Kept tensors get a reference owned by the enclosing scope (or the caller). */
     for (int32_t i = 0; i < n_keep; i++)
         if (keep[i]) flx_adopt(flx_retain(keep[i]));
-    for (size_t i = 0; i < s->n; i++) flx_release(s->items[i]);
+    for (size_t i = 0; i < s->n; i++) {
+        s->items[i]->scope_refs--;
+        drop_ref(s->items[i]);
+    }
     s->n = 0;
     if (tl_depth == 0) {
         for (int32_t i = 0; i < tl_scope_cap; i++) free(tl_scopes[i].items);
@@ -352,18 +425,23 @@ flx_tensor *flx_scope_return(flx_tensor *r) {
 }
 
 /* ---- accessors -------------------------------------------------------------------------- */
-int32_t flx_ndim(const flx_tensor *t) { return t ? t->ndim : -1; }
-const int64_t *flx_shape(const flx_tensor *t) { return t ? t->shape : NULL; }
-int64_t flx_numel(const flx_tensor *t) { return t ? t->numel : -1; }
-flx_dtype flx_dtype_of(const flx_tensor *t) { return t ? t->dtype : FLX_DTYPE_COUNT; }
-flx_ctx *flx_ctx_of(const flx_tensor *t) { return t ? t->ctx : NULL; }
-bool flx_is_realized(const flx_tensor *t) { return t && t->buf; }
+/* A stale handle reads as NULL (with FLX_ERR_STATE set), never as the fields of a dead node. */
+static bool usable(const char *fn, const flx_tensor *t) { return t && flx_check_handle(fn, t); }
+int32_t flx_ndim(const flx_tensor *t) { return usable("flx_ndim", t) ? t->ndim : -1; }
+const int64_t *flx_shape(const flx_tensor *t) { return usable("flx_shape", t) ? t->shape : NULL; }
+int64_t flx_numel(const flx_tensor *t) { return usable("flx_numel", t) ? t->numel : -1; }
+flx_dtype flx_dtype_of(const flx_tensor *t) {
+    return usable("flx_dtype_of", t) ? t->dtype : FLX_DTYPE_COUNT;
+}
+flx_ctx *flx_ctx_of(const flx_tensor *t) { return usable("flx_ctx_of", t) ? t->ctx : NULL; }
+bool flx_is_realized(const flx_tensor *t) { return usable("flx_is_realized", t) && t->buf; }
 
 int64_t flx_dim(const flx_tensor *t, int32_t axis) {
     if (!t) {
         flx_set_error_if_clear(FLX_ERR_INVALID_ARGUMENT, "flx_dim: tensor is NULL");
         return -1;
     }
+    if (!flx_check_handle("flx_dim", t)) return -1;
     int32_t a;
     if (!flx_norm_axis("flx_dim", axis, t->ndim, &a)) return -1;
     return t->shape[a];
@@ -376,6 +454,7 @@ bool flx_check_inputs(const char *op, int32_t n, flx_tensor *const *in) {
             flx_set_error_if_clear(FLX_ERR_INVALID_ARGUMENT, "%s: input %d is NULL", op, (int)i);
             return false;
         }
+        if (!flx_check_handle(op, in[i])) return false;
     }
     for (int32_t i = 1; i < n; i++) {
         if (in[i]->ctx != in[0]->ctx) {

@@ -14,9 +14,12 @@ static int64_t lu_inplace(double *m, int64_t n, int64_t *piv) {
     int64_t info = 0;
     for (int64_t k = 0; k < n; k++) {
         int64_t p = k;
+        /* The first NaN candidate wins the pivot (a NaN compares false with everything and
+         * would otherwise be skipped), so a NaN in A reaches det, inv and solve. */
         double best = fabs(m[k * n + k]);
-        for (int64_t i = k + 1; i < n; i++)
-            if (fabs(m[k * n + i]) > best) best = fabs(m[k * n + (p = i)]);
+        for (int64_t i = k + 1; i < n && best == best; i++)
+            if (fabs(m[k * n + i]) > best || m[k * n + i] != m[k * n + i])
+                best = fabs(m[k * n + (p = i)]);
         piv[k] = p;
         if (p != k)
             for (int64_t j = 0; j < n; j++) {

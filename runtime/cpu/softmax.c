@@ -33,37 +33,69 @@ static void row_stats(flx_dtype dt, const void *x, int64_t base, int64_t n, int6
     *sum = nan ? NAN : acc;
 }
 
-static flx_status cpu_cross_entropy(flx_ctx *ctx, const flx_softmax_args *a) {
+/* Label of row r, or -1 when the row is ignored (an out-of-range label also raises
+ * FLX_KERR_INDEX_RANGE). */
+static int64_t row_label(const flx_softmax_args *a, int64_t r) {
+    int64_t lab = ld_label(a->label_dtype, a->labels, r);
+    if (lab == a->ignore_index) return -1;
+    if (lab < 0 || lab >= a->n) {
+        flx_kerr_raise(a->err, FLX_KERR_INDEX_RANGE, lab, 0, a->n, r);
+        return -1;
+    }
+    return lab;
+}
+
+static flx_status cpu_cross_entropy(const flx_softmax_args *a) {
     const int64_t N = a->outer, C = a->n;
+    const flx_dtype dt = a->dtype;
+    double scale = a->scale;
+    if (a->mode == FLX_SOFTMAX_CE_FWD) {
+        int64_t count = 0;
+        for (int64_t r = 0; r < N; r++) count += ld_label(a->label_dtype, a->labels, r) != a->ignore_index;
+        stf(dt, a->out, N, (double)count);
+        /* the mean's gradient scale divides by the count as stored (rounded to T), as on the GPU */
+        if (a->reduction == FLX_REDUCTION_MEAN) scale = scale / ldf(dt, a->out, N);
+    }
     for (int64_t r = 0; r < N; r++) {
-        int64_t lab = ld_label(a->label_dtype, a->labels, r);
-        bool ignored = lab == a->ignore_index;
-        if (!ignored && (lab < 0 || lab >= C)) {
-            flx_kerr_raise(a->err, FLX_KERR_INDEX_RANGE, lab, 0, C, r);
-            ignored = true;
+        const int64_t lab = row_label(a, r), base = r * C;
+        void *g = a->mode == FLX_SOFTMAX_CE_FWD ? a->grad : a->out;
+        if (lab < 0) {
+            if (a->mode == FLX_SOFTMAX_CE_FWD) stf(dt, a->out, r, 0.0);
+            if (g)
+                for (int64_t c = 0; c < C; c++) stf(dt, g, base + c, 0.0);
+            continue;
         }
-        int64_t base = r * C;
-        if (a->mode == FLX_SOFTMAX_CE_FWD) {
-            if (ignored) {
-                stf(a->dtype, a->out, r, 0.0);
-                continue;
-            }
-            double m, sum;
-            row_stats(a->dtype, a->x, base, C, 1, 1.0, &m, &sum);
-            stf(a->dtype, a->out, r, m + log(sum) - ldf(a->dtype, a->x, base + lab));
-        } else {
-            if (ignored) {
-                for (int64_t c = 0; c < C; c++) stf(a->dtype, a->out, base + c, 0.0);
-                continue;
-            }
-            double m, sum, g = ldf(a->dtype, a->v, r);
-            row_stats(a->dtype, a->x, base, C, 1, 1.0, &m, &sum);
-            for (int64_t c = 0; c < C; c++) {
-                double p = exp(ldf(a->dtype, a->x, base + c) - m) / sum;
-                stf(a->dtype, a->out, base + c, (p - (c == lab ? 1.0 : 0.0)) * g);
-            }
+        double m, sum;
+        row_stats(dt, a->x, base, C, 1, 1.0, &m, &sum);
+        /* log(sum) - (x_lab - m), never (m + log(sum)) - x_lab: the rounding of m + log(sum)
+         * would cost |m| * eps of absolute error (all of it for |x| ~ 1e16). */
+        if (a->mode == FLX_SOFTMAX_CE_FWD) stf(dt, a->out, r, log(sum) - (ldf(dt, a->x, base + lab) - m));
+        if (!g) continue;
+        const double gs = a->mode == FLX_SOFTMAX_CE_FWD ? scale : ldf(dt, a->v, r);
+        for (int64_t c = 0; c < C; c++) {
+            double p = exp(ldf(dt, a->x, base + c) - m) / sum;
+            stf(dt, g, base + c, (p - (c == lab ? 1.0 : 0.0)) * gs);
         }
     }
+    return FLX_OK;
+}
+
+/* Reduction of a CE_FWD result (N + 1): the loss of the graph's cross-entropy node. */
+static flx_status cpu_ce_finish(const flx_softmax_args *a) {
+    const int64_t N = a->outer;
+    const flx_dtype dt = a->dtype;
+    if (a->reduction == FLX_REDUCTION_NONE) {
+        for (int64_t r = 0; r < N; r++) stf(dt, a->out, r, ldf(dt, a->x, r));
+        return FLX_OK;
+    }
+    const double count = ldf(dt, a->x, N);
+    if (a->reduction == FLX_SOFTMAX_CE_COUNT) {
+        stf(dt, a->out, 0, count);
+        return FLX_OK;
+    }
+    double total = 0;
+    for (int64_t r = 0; r < N; r++) total += ldf(dt, a->x, r);
+    stf(dt, a->out, 0, a->reduction == FLX_REDUCTION_MEAN ? total / count : total);
     return FLX_OK;
 }
 
@@ -71,7 +103,9 @@ flx_status flx_cpu_softmax(flx_ctx *ctx, const flx_softmax_args *a) {
     if (a->dtype != FLX_F32 && a->dtype != FLX_F64)
         return flx_set_error(FLX_ERR_DTYPE, "cpu softmax: dtype %s is not supported (f32, f64)",
                              flx_dtype_name(a->dtype));
-    if (a->mode == FLX_SOFTMAX_CE_FWD || a->mode == FLX_SOFTMAX_CE_BWD) return cpu_cross_entropy(ctx, a);
+    (void)ctx;
+    if (a->mode == FLX_SOFTMAX_CE_FWD || a->mode == FLX_SOFTMAX_CE_BWD) return cpu_cross_entropy(a);
+    if (a->mode == FLX_SOFTMAX_CE_FINISH) return cpu_ce_finish(a);
     const int64_t n = a->n, inner = a->inner;
     const double s = a->scale;
     const flx_dtype dt = a->dtype;
@@ -83,11 +117,11 @@ flx_status flx_cpu_softmax(flx_ctx *ctx, const flx_softmax_args *a) {
             case FLX_SOFTMAX_LOG_FWD: {
                 double m, sum;
                 row_stats(dt, a->x, base, n, inner, s, &m, &sum);
-                double lse = m + log(sum);
+                double ls = log(sum);
                 for (int64_t j = 0; j < n; j++) {
                     int64_t k = base + j * inner;
                     double z = s * ldf(dt, a->x, k);
-                    stf(dt, a->out, k, a->mode == FLX_SOFTMAX_FWD ? exp(z - m) / sum : z - lse);
+                    stf(dt, a->out, k, a->mode == FLX_SOFTMAX_FWD ? exp(z - m) / sum : (z - m) - ls);
                 }
                 break;
             }

@@ -42,6 +42,7 @@ flx_status flx_data_ptr(flx_tensor *t, void **ptr) {
     if (!ptr) return flx_set_error(FLX_ERR_INVALID_ARGUMENT, "flx_data_ptr: ptr is NULL");
     *ptr = NULL;
     if (!t) return flx_set_error_if_clear(FLX_ERR_INVALID_ARGUMENT, "flx_data_ptr: tensor is NULL");
+    if (!flx_check_handle("flx_data_ptr", t)) return flx_last_status();
     flx_status s = flx_eval_nodes(1, &t);
     if (s != FLX_OK) return s;
     t->keep = true;

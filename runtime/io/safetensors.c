@@ -183,6 +183,7 @@ flx_status flx_save_safetensors(const char *path, int32_t n, const char *const *
     for (int32_t i = 0; i < n; i++) {
         if (!tensors[i])
             return flx_set_error_if_clear(FLX_ERR_INVALID_ARGUMENT, "%s: tensor %d is NULL", fn, (int)i);
+        if (!flx_check_handle(fn, tensors[i])) return flx_last_status();
         if (!good_text(names[i]))
             return flx_set_error(FLX_ERR_INVALID_ARGUMENT,
                                  "%s: name %d is NULL, empty, not UTF-8 or has control characters",

@@ -74,15 +74,41 @@ static flx_status exec_where(const flx_tensor *t, void *out, const void *const *
     return flx_kernel_where(t->ctx, &a);
 }
 
+/* Rank of a dtype in the promotion order bool < i32 < i64 < f32 < f64 (PyTorch's rule for two
+ * tensors: a float beats any integer, and within a kind the wider type wins). */
+static int promotion_rank(flx_dtype dt) {
+    switch (dt) {
+    case FLX_BOOL: return 0;
+    case FLX_I32: return 1;
+    case FLX_I64: return 2;
+    case FLX_F32: return 3;
+    case FLX_F64: return 4;
+    default: return -1;
+    }
+}
+
+static flx_tensor *make_binary(int32_t op, flx_tensor *a, flx_tensor *b);
+
+/* a op b after casting the lower-ranked operand to the other's dtype. The cast is an op, so the
+ * gradient flows back through it to the operand's own dtype. A private scope owns the cast; only
+ * the result leaves it. */
+static flx_tensor *promoted_binary(int32_t op, flx_tensor *a, flx_tensor *b) {
+    int ra = promotion_rank(a->dtype), rb = promotion_rank(b->dtype);
+    if (ra < 0 || rb < 0) {
+        flx_set_error(FLX_ERR_DTYPE, "%s: unsupported dtypes %s and %s", binary_names[op],
+                      flx_describe(a), flx_describe(b));
+        return NULL;
+    }
+    if (flx_scope_begin() != FLX_OK) return NULL;
+    return flx_scope_return(ra < rb ? make_binary(op, flx_cast(a, b->dtype), b)
+                                    : make_binary(op, a, flx_cast(b, a->dtype)));
+}
+
 static flx_tensor *make_binary(int32_t op, flx_tensor *a, flx_tensor *b) {
     const char *name = binary_names[op];
     flx_tensor *in[2] = {a, b};
     if (!flx_check_inputs(name, 2, in)) return NULL;
-    if (a->dtype != b->dtype) {
-        flx_set_error(FLX_ERR_DTYPE, "%s: dtypes differ: %s and %s (cast one with flx_cast)", name,
-                      flx_describe(a), flx_describe(b));
-        return NULL;
-    }
+    if (a->dtype != b->dtype) return promoted_binary(op, a, b);
     bool is_float = flx_dtype_is_float(a->dtype);
     bool int_ok = a->dtype == FLX_I32 || a->dtype == FLX_I64;
     bool ok = FLX_BINARY_IS_COMPARE(op) ? a->dtype != FLX_BOOL
@@ -133,13 +159,16 @@ static flx_status binary_partials(flx_tensor *y, partial *pa, partial *pb) {
         break;
     }
     case FLX_BINARY_MAXIMUM:
-        pa->t = flx_cast(flx_ge(a, b), y->dtype);
-        pb->t = flx_cast(flx_lt(a, b), y->dtype);
+    case FLX_BINARY_MINIMUM: {
+        /* The gradient goes to the operand the value came from: a on ties and where a is NaN,
+         * b where b alone is NaN (the formula's NaN rule), so the two masks sum to one. */
+        bool mx = y->attrs.u.binary.op == FLX_BINARY_MAXIMUM;
+        flx_tensor *pick_a = flx_add(flx_cast(mx ? flx_ge(a, b) : flx_le(a, b), y->dtype),
+                                     flx_cast(flx_ne(a, a), y->dtype));
+        pa->t = pick_a;
+        pb->t = flx_affine(pick_a, -1.0, 1.0);
         break;
-    case FLX_BINARY_MINIMUM:
-        pa->t = flx_cast(flx_le(a, b), y->dtype);
-        pb->t = flx_cast(flx_gt(a, b), y->dtype);
-        break;
+    }
     default: pa->zero = pb->zero = true; return FLX_OK;
     }
     bool need = y->attrs.u.binary.op >= FLX_BINARY_DIV;

@@ -189,6 +189,34 @@ flx_tensor *flx_const_new(flx_ctx *ctx, flx_dtype dt, int32_t ndim, const int64_
     return t;
 }
 
+flx_tensor *flx_from_host_as(flx_ctx *ctx, flx_dtype dt, int32_t ndim, const int64_t *shape,
+                             flx_dtype host_dt, const void *data) {
+    static const char *fn = "flx_from_host_as";
+    if (!flx_dtype_valid(host_dt)) {
+        flx_set_error(FLX_ERR_DTYPE, "%s: unsupported host dtype %s", fn, flx_dtype_name(host_dt));
+        return NULL;
+    }
+    if (host_dt == dt) return flx_from_host(ctx, dt, ndim, shape, data);
+    if (!check_ctx_shape(fn, ctx, dt, ndim, shape)) return NULL;
+    int64_t n = flx_shape_numel(ndim, shape);
+    if (!data && n > 0) {
+        flx_set_error(FLX_ERR_INVALID_ARGUMENT, "%s: data is NULL for shape %s", fn,
+                      flx_shape_str(ndim, shape));
+        return NULL;
+    }
+    /* Converted on the host with the CPU backend's cast (flx_cast's rules), then uploaded. */
+    size_t nbytes = (size_t)n * flx_dtype_size(dt);
+    void *tmp = malloc(nbytes ? nbytes : 1);
+    if (!tmp) {
+        flx_set_error(FLX_ERR_OUT_OF_MEMORY, "%s: out of host memory (%zu bytes)", fn, nbytes);
+        return NULL;
+    }
+    flx_cast_args a = {host_dt, dt, n, data, tmp};
+    flx_tensor *t = flx_backend_cpu.cast(NULL, &a) == FLX_OK ? flx_from_host(ctx, dt, ndim, shape, tmp) : NULL;
+    free(tmp);
+    return t;
+}
+
 flx_tensor *flx_to_ctx(flx_tensor *x, flx_ctx *dst) {
     if (!flx_check_inputs("flx_to_ctx", 1, &x)) return NULL;
     if (!dst) {

@@ -238,7 +238,20 @@ void flx_ops_register_reduce(flx_op_def *t) {
 }
 
 /* ---- public ops ----------------------------------------------------------------------------- */
+/* The sum of bools counts the true values, as an i64 (numpy's rule). */
+static flx_tensor *sum_of_bool(const char *name, flx_tensor *x, int32_t n_axes,
+                               const int32_t *axes, bool keepdims) {
+    if (flx_scope_begin() != FLX_OK) return NULL;
+    return flx_scope_return(make_reduce(name, FLX_REDUCE_SUM, false, flx_cast(x, FLX_I64), n_axes,
+                                        axes, keepdims, 1.0));
+}
+
+static bool is_bool(const char *name, flx_tensor *x) {
+    return x && flx_check_handle(name, x) && x->dtype == FLX_BOOL;
+}
+
 flx_tensor *flx_sum(flx_tensor *x, int32_t n_axes, const int32_t *axes, bool keepdims) {
+    if (is_bool("flx_sum", x)) return sum_of_bool("flx_sum", x, n_axes, axes, keepdims);
     return make_reduce("flx_sum", FLX_REDUCE_SUM, false, x, n_axes, axes, keepdims, 1.0);
 }
 flx_tensor *flx_mean(flx_tensor *x, int32_t n_axes, const int32_t *axes, bool keepdims) {
@@ -273,6 +286,7 @@ flx_tensor *flx_argmax(flx_tensor *x, int32_t axis, bool keepdims) {
     return make_reduce("flx_argmax", FLX_REDUCE_ARGMAX, false, x, 1, &axis, keepdims, 0.0);
 }
 flx_tensor *flx_sum_all(flx_tensor *x) {
+    if (is_bool("flx_sum_all", x)) return sum_of_bool("flx_sum_all", x, 0, NULL, false);
     return make_reduce("flx_sum_all", FLX_REDUCE_SUM, false, x, 0, NULL, false, 1.0);
 }
 flx_tensor *flx_mean_all(flx_tensor *x) {

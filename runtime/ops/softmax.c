@@ -9,15 +9,28 @@
  *                                                                   s (diag(y) - y y^T) is symmetric
  *                               LOG_VJP: s (v - e^y sum(v))        log_softmax VJP (y = its output)
  *                               LOG_JVP: s (v - <e^y, v>)          log_softmax JVP
- *   CROSS_ENTROPY (x, labels)   per-row loss lse(x_r) - x_r[label_r] (0 at ignore_index), (N)
+ *   CROSS_ENTROPY (x, labels)   packed 1-D [gradient (N C, when fused) | losses (N) | count]:
+ *                               one kernel reads the logits once and writes the per-row losses
+ *                               lse(x_r) - x_r[label_r] (0 at ignore_index), the number of rows
+ *                               that count and, when x requires grad, the gradient of the
+ *                               reduced loss for a unit cotangent: (softmax - onehot) (/ count
+ *                               for the mean). No gradient flows through this node itself.
+ *   CROSS_ENTROPY_LOSS (P, x, labels)  the reduced loss read from P (mean / sum / rows); with P
+ *                               alone, the count (a node of the rules, not differentiable).
+ *   CROSS_ENTROPY_GRAD (P, x, labels)  the fused gradient: aliases P's leading N C elements (no
+ *                               copy). The loss's VJP returns it when its cotangent is a known
+ *                               constant (the seed of flx_backward), so the graph of loss +
+ *                               gradient holds one pass over the logits; any other cotangent
+ *                               goes through CROSS_ENTROPY_BWD. Its own rules are those of
+ *                               CROSS_ENTROPY_BWD with g = 1 (or 1 / count).
  *   CROSS_ENTROPY_BWD (x, labels, g)   (softmax(x_r) - onehot(label_r)) g_r, one kernel that
- *                               recomputes the row's softmax from the logits (so the
- *                               probabilities are never stored by the forward pass).
+ *                               recomputes the row's softmax from the logits.
  * SOFTMAX_BWD and CROSS_ENTROPY_BWD have VJP and JVP rules of their own, built from public ops
  * and from SOFTMAX_BWD itself (the three modes map onto each other: LOG_VJP and LOG_JVP are each
  * other's transpose in v, BWD is its own), so derivatives of any order never reach a dead end.
- * Reductions of cross-entropy (mean/sum) are public ops over the per-row losses: mean divides by
- * the number of rows whose label is not ignore_index (0/0 = NaN when every row is ignored). */
+ * The mean divides by the number of rows whose label is not ignore_index (0/0 = NaN when every
+ * row is ignored). A forward pass in grad mode on logits that require grad writes the gradient
+ * even if it is never asked for (N C stores): the price of one pass when it is. */
 #include <math.h>
 #include <string.h>
 
@@ -59,7 +72,8 @@ static flx_tensor *ce_bwd(flx_tensor *x, flx_tensor *labels, flx_tensor *g, int6
     if (!flx_check_inputs("cross_entropy_bwd", 3, in)) return NULL;
     flx_attrs at = {
         .u.softmax.mode = FLX_SOFTMAX_CE_BWD, .u.softmax.axis = 1, .u.softmax.scale = 1.0,
-        .u.softmax.ignore_index = ignore_index
+        .u.softmax.ignore_index = ignore_index, .u.softmax.rows = x->shape[0],
+        .u.softmax.classes = x->shape[1]
     };
     return flx_adopt(flx_node_new(x->ctx, FLX_OP_CROSS_ENTROPY_BWD, x->dtype, 2, x->shape, 3, in, &at));
 }
@@ -95,14 +109,47 @@ static flx_status exec_softmax(const flx_tensor *t, void *out, const void *const
     return run_kernel(t, &a);
 }
 
-static flx_status exec_cross_entropy(const flx_tensor *t, void *out, const void *const *in) {
-    const flx_tensor *x = t->in[0], *labels = t->in[1];
-    if (t->numel == 0) return FLX_OK;
-    flx_softmax_args a = {
-        .mode = t->attrs.u.softmax.mode, .dtype = x->dtype, .outer = x->shape[0], .n = x->shape[1],
-        .inner = 1, .scale = 1.0, .x = in[0], .v = t->n_in > 2 ? in[2] : NULL, .labels = in[1],
-        .label_dtype = labels->dtype, .ignore_index = t->attrs.u.softmax.ignore_index, .out = out
+/* Elements of the packed CROSS_ENTROPY buffer before the losses. */
+static int64_t ce_grad_len(const flx_tensor *packed) {
+    const int64_t n = packed->attrs.u.softmax.rows * packed->attrs.u.softmax.classes;
+    return packed->attrs.u.softmax.fused_grad ? n : 0;
+}
+
+/* The cross-entropy kernel arguments of a node with the attributes of a packed node (or of
+ * CROSS_ENTROPY_BWD). */
+static flx_softmax_args ce_args(const flx_tensor *t, int32_t mode) {
+    return (flx_softmax_args){
+        .mode = mode, .dtype = t->dtype, .outer = t->attrs.u.softmax.rows,
+        .n = t->attrs.u.softmax.classes, .inner = 1, .scale = 1.0,
+        .ignore_index = t->attrs.u.softmax.ignore_index, .reduction = t->attrs.u.softmax.reduction
     };
+}
+
+/* CROSS_ENTROPY (packed out) and CROSS_ENTROPY_BWD. */
+static flx_status exec_cross_entropy(const flx_tensor *t, void *out, const void *const *in) {
+    flx_softmax_args a = ce_args(t, t->attrs.u.softmax.mode);
+    a.x = in[0];
+    a.labels = in[1];
+    a.label_dtype = t->in[1]->dtype;
+    if (a.mode == FLX_SOFTMAX_CE_FWD) {
+        a.grad = t->attrs.u.softmax.fused_grad ? out : NULL;
+        a.out = (char *)out + (size_t)ce_grad_len(t) * flx_dtype_size(t->dtype);
+    } else { /* CE_BWD */
+        if (t->numel == 0) return FLX_OK;
+        a.v = in[2];
+        a.out = out;
+    }
+    return run_kernel(t, &a);
+}
+
+/* CROSS_ENTROPY_LOSS: the loss (or the count) read from the packed node in[0]. */
+static flx_status exec_ce_loss(const flx_tensor *t, void *out, const void *const *in) {
+    const flx_tensor *packed = t->in[0];
+    if (t->numel == 0) return FLX_OK;
+    flx_softmax_args a = ce_args(packed, FLX_SOFTMAX_CE_FINISH);
+    a.reduction = t->attrs.u.softmax.reduction;
+    a.x = (const char *)in[0] + (size_t)ce_grad_len(packed) * flx_dtype_size(t->dtype);
+    a.out = out;
     return run_kernel(t, &a);
 }
 
@@ -202,24 +249,99 @@ static flx_tensor *row_mask(flx_tensor *x, flx_tensor *labels, int64_t ignore_in
     return m ? flx_reshape(m, 2, shape) : NULL;
 }
 
-static flx_status vjp_cross_entropy(flx_tensor *node, flx_tensor *g, flx_tensor **gin) {
-    gin[0] = ce_bwd(node->in[0], node->in[1], g, node->attrs.u.softmax.ignore_index);
-    return flx_rule_status(gin[0]);
+/* The derivative of ce_bwd(x, labels, g) in x applied to w: m g times the softmax Jacobian
+ * (symmetric, so the same expression serves VJP and JVP): softmax_bwd(p, w m g), p = softmax(x). */
+static flx_tensor *ce_bwd_dx(flx_tensor *x, flx_tensor *labels, flx_tensor *g, int64_t ig, flx_tensor *w) {
+    int64_t shape[2] = {x->shape[0], 1};
+    flx_tensor *gm = flx_mul(flx_reshape(g, 2, shape), row_mask(x, labels, ig));
+    flx_tensor *p = softmax_node(FLX_SOFTMAX_FWD, x, 1, 1.0);
+    return p ? softmax_bwd(FLX_SOFTMAX_BWD, p, flx_mul(w, gm), 1, 1.0) : NULL;
 }
 
-static flx_status jvp_cross_entropy(flx_tensor *node, flx_tensor *const *tin, flx_tensor **tout) {
+/* The rows that count, read from the packed node (no gradient). */
+static flx_tensor *ce_count(flx_tensor *packed) {
+    flx_attrs at = packed->attrs;
+    at.u.softmax.mode = FLX_SOFTMAX_CE_FINISH;
+    at.u.softmax.reduction = FLX_SOFTMAX_CE_COUNT;
+    return flx_adopt(flx_node_new(packed->ctx, FLX_OP_CROSS_ENTROPY_LOSS, packed->dtype, 0, NULL, 1,
+                                  &packed, &at));
+}
+
+/* The per-row cotangent g_r of the losses for a cotangent g of the loss node. */
+static flx_tensor *ce_rows_cotangent(flx_tensor *loss, flx_tensor *g) {
+    flx_tensor *packed = loss->in[0], *x = loss->in[1];
+    int32_t red = loss->attrs.u.softmax.reduction;
+    if (red == FLX_REDUCTION_NONE) return g;
+    if (red == FLX_REDUCTION_MEAN) g = flx_div(g, ce_count(packed));
+    return g ? flx_broadcast_to(g, 1, x->shape) : NULL;
+}
+
+/* The value of g when the graph fixes it: a constant fill, possibly reshaped or broadcast. */
+static bool known_constant(const flx_tensor *g, double *value) {
+    while (g->op == FLX_OP_RESHAPE || g->op == FLX_OP_BROADCAST) g = g->in[0];
+    if (g->op != FLX_OP_FILL || g->attrs.u.fill.kind != FLX_FILL_CONST) return false;
+    *value = g->attrs.u.fill.a;
+    return true;
+}
+
+static flx_tensor *ce_fused_grad(flx_tensor *loss) {
+    flx_tensor *packed = loss->in[0];
+    flx_tensor *in[3] = {packed, loss->in[1], loss->in[2]};
+    flx_attrs at = packed->attrs;
+    return flx_adopt(flx_node_new(packed->ctx, FLX_OP_CROSS_ENTROPY_GRAD, packed->dtype, 2,
+                                  loss->in[1]->shape, 3, in, &at));
+}
+
+static flx_status vjp_ce_loss(flx_tensor *node, flx_tensor *g, flx_tensor **gin) {
+    if (node->n_in < 3 || !node->in[1]->requires_grad) return FLX_OK;
+    flx_tensor *packed = node->in[0], *x = node->in[1], *labels = node->in[2];
+    double c;
+    if (packed->attrs.u.softmax.fused_grad && known_constant(g, &c)) {
+        flx_tensor *d = ce_fused_grad(node);
+        gin[1] = c == 1.0 ? d : (d ? flx_mul_scalar(d, c) : NULL);
+    } else {
+        gin[1] = ce_bwd(x, labels, ce_rows_cotangent(node, g), packed->attrs.u.softmax.ignore_index);
+    }
+    return flx_rule_status(gin[1]);
+}
+
+static flx_status jvp_ce_loss(flx_tensor *node, flx_tensor *const *tin, flx_tensor **tout) {
     *tout = NULL;
-    if (!tin[0]) return FLX_OK;
-    flx_tensor *x = node->in[0];
-    int32_t ax = 1;
-    flx_tensor *d = ce_bwd(x, node->in[1], ones_rows(x), node->attrs.u.softmax.ignore_index);
-    *tout = d ? flx_sum(flx_mul(d, tin[0]), 1, &ax, false) : NULL;
+    if (node->n_in < 3 || !tin[1]) return FLX_OK;
+    flx_tensor *packed = node->in[0], *x = node->in[1];
+    int32_t ax = 1, red = node->attrs.u.softmax.reduction;
+    flx_tensor *d = ce_bwd(x, node->in[2], ones_rows(x), packed->attrs.u.softmax.ignore_index);
+    flx_tensor *rows = d ? flx_sum(flx_mul(d, tin[1]), 1, &ax, false) : NULL;
+    if (red == FLX_REDUCTION_NONE) *tout = rows;
+    else if (red == FLX_REDUCTION_SUM) *tout = flx_sum_all(rows);
+    else *tout = flx_div(flx_sum_all(rows), ce_count(packed));
+    return flx_rule_status(*tout);
+}
+
+/* CROSS_ENTROPY_GRAD is ce_bwd(x, labels, g) with g = 1 per row (1 / count for the mean). */
+static flx_tensor *ce_grad_rows(flx_tensor *node) {
+    flx_tensor *packed = node->in[0], *x = node->in[1];
+    flx_tensor *one = ones_rows(x);
+    return node->attrs.u.softmax.reduction == FLX_REDUCTION_MEAN ? flx_div(one, ce_count(packed)) : one;
+}
+
+static flx_status vjp_ce_grad(flx_tensor *node, flx_tensor *h, flx_tensor **gin) {
+    if (!node->in[1]->requires_grad) return FLX_OK;
+    gin[1] = ce_bwd_dx(node->in[1], node->in[2], ce_grad_rows(node), node->attrs.u.softmax.ignore_index, h);
+    return flx_rule_status(gin[1]);
+}
+
+static flx_status jvp_ce_grad(flx_tensor *node, flx_tensor *const *tin, flx_tensor **tout) {
+    *tout = NULL;
+    if (!tin[1]) return FLX_OK;
+    *tout = ce_bwd_dx(node->in[1], node->in[2], ce_grad_rows(node), node->attrs.u.softmax.ignore_index,
+                      tin[1]);
     return flx_rule_status(*tout);
 }
 
 /* CROSS_ENTROPY_BWD (x, labels, g): out = m g (p - onehot), p = softmax(x), m the row mask.
  * In g it is linear: J_g dg = ce_bwd(x, labels, dg); J_g^T h = sum(h ce_bwd(x, labels, 1), 1).
- * In x it is m g times the softmax Jacobian, which is symmetric: softmax_bwd(p, w) m g. */
+ * In x it is m g times the softmax Jacobian (ce_bwd_dx). */
 static flx_status vjp_ce_bwd(flx_tensor *node, flx_tensor *h, flx_tensor **gin) {
     flx_tensor *x = node->in[0], *labels = node->in[1], *g = node->in[2];
     int64_t ig = node->attrs.u.softmax.ignore_index;
@@ -230,10 +352,7 @@ static flx_status vjp_ce_bwd(flx_tensor *node, flx_tensor *h, flx_tensor **gin) 
         if (!gin[2]) return flx_rule_status(NULL);
     }
     if (x->requires_grad) {
-        int64_t shape[2] = {x->shape[0], 1};
-        flx_tensor *gm = flx_mul(flx_reshape(g, 2, shape), row_mask(x, labels, ig));
-        flx_tensor *p = softmax_node(FLX_SOFTMAX_FWD, x, 1, 1.0);
-        gin[0] = p ? softmax_bwd(FLX_SOFTMAX_BWD, p, flx_mul(h, gm), 1, 1.0) : NULL;
+        gin[0] = ce_bwd_dx(x, labels, g, ig, h);
         if (!gin[0]) return flx_rule_status(NULL);
     }
     return FLX_OK;
@@ -249,10 +368,7 @@ static flx_status jvp_ce_bwd(flx_tensor *node, flx_tensor *const *tin, flx_tenso
         if (!r) return flx_rule_status(NULL);
     }
     if (tin[0]) {
-        int64_t shape[2] = {x->shape[0], 1};
-        flx_tensor *gm = flx_mul(flx_reshape(g, 2, shape), row_mask(x, labels, ig));
-        flx_tensor *p = softmax_node(FLX_SOFTMAX_FWD, x, 1, 1.0);
-        flx_tensor *q = p ? flx_mul(softmax_bwd(FLX_SOFTMAX_BWD, p, tin[0], 1, 1.0), gm) : NULL;
+        flx_tensor *q = ce_bwd_dx(x, labels, g, ig, tin[0]);
         if (!q) return flx_rule_status(NULL);
         r = add_opt(r, q);
     }
@@ -265,7 +381,11 @@ void flx_ops_register_softmax(flx_op_def *t) {
     t[FLX_OP_SOFTMAX_BWD] =
         (flx_op_def){"softmax_bwd", exec_softmax, vjp_softmax_bwd, jvp_softmax_bwd, 0};
     t[FLX_OP_CROSS_ENTROPY] =
-        (flx_op_def){"cross_entropy", exec_cross_entropy, vjp_cross_entropy, jvp_cross_entropy, 0};
+        (flx_op_def){"cross_entropy", exec_cross_entropy, NULL, flx_jvp_zero, FLX_OPF_NONDIFF};
+    t[FLX_OP_CROSS_ENTROPY_LOSS] =
+        (flx_op_def){"cross_entropy_loss", exec_ce_loss, vjp_ce_loss, jvp_ce_loss, 0};
+    t[FLX_OP_CROSS_ENTROPY_GRAD] =
+        (flx_op_def){"cross_entropy_grad", NULL, vjp_ce_grad, jvp_ce_grad, FLX_OPF_ALIAS};
     t[FLX_OP_CROSS_ENTROPY_BWD] =
         (flx_op_def){"cross_entropy_bwd", exec_cross_entropy, vjp_ce_bwd, jvp_ce_bwd, 0};
 }
@@ -302,25 +422,24 @@ flx_tensor *flx_log_softmax(flx_tensor *x, int32_t axis, double temperature) {
 /* Validated (N, C) logits and (N) labels -> the reduced loss. Runs inside a scope. */
 static flx_tensor *cross_entropy_2d(flx_tensor *x, flx_tensor *labels, flx_reduction red,
                                     int64_t ignore_index, int32_t nd_out, const int64_t *out_shape) {
-    flx_tensor *in[2] = {x, labels};
+    const bool fused = x->requires_grad && flx_no_grad_depth() == 0;
     flx_attrs at = {
         .u.softmax.mode = FLX_SOFTMAX_CE_FWD, .u.softmax.axis = 1, .u.softmax.scale = 1.0,
-        .u.softmax.ignore_index = ignore_index
+        .u.softmax.ignore_index = ignore_index, .u.softmax.reduction = (int32_t)red,
+        .u.softmax.fused_grad = fused, .u.softmax.rows = x->shape[0], .u.softmax.classes = x->shape[1]
     };
-    flx_tensor *rows =
-        flx_adopt(flx_node_new(x->ctx, FLX_OP_CROSS_ENTROPY, x->dtype, 1, x->shape, 2, in, &at));
-    if (!rows) return NULL;
-    if (red == FLX_REDUCTION_NONE) return flx_reshape(rows, nd_out, out_shape);
-    flx_tensor *total = flx_sum_all(rows);
-    if (red == FLX_REDUCTION_SUM) return total;
-    /* mean over the rows that count: an ignore_index no label can hold counts every row */
-    bool representable = labels->dtype == FLX_I64 ||
-                         (ignore_index >= INT32_MIN && ignore_index <= INT32_MAX);
-    flx_tensor *count = representable
-        ? flx_sum_all(flx_cast(flx_ne(labels, flx_scalar(labels->ctx, labels->dtype,
-                                                          (double)ignore_index)), x->dtype))
-        : flx_scalar(x->ctx, x->dtype, (double)x->shape[0]);
-    return flx_div(total, count);
+    int64_t packed_len = (fused ? x->shape[0] * x->shape[1] : 0) + x->shape[0] + 1;
+    flx_tensor *in[3] = {x, labels, NULL};
+    flx_tensor *packed =
+        flx_adopt(flx_node_new(x->ctx, FLX_OP_CROSS_ENTROPY, x->dtype, 1, &packed_len, 2, in, &at));
+    if (!packed) return NULL;
+    in[0] = packed;
+    in[1] = x;
+    in[2] = labels;
+    at.u.softmax.mode = FLX_SOFTMAX_CE_FINISH;
+    flx_tensor *loss = flx_adopt(flx_node_new(x->ctx, FLX_OP_CROSS_ENTROPY_LOSS, x->dtype,
+                                              red == FLX_REDUCTION_NONE ? 1 : 0, x->shape, 3, in, &at));
+    return red == FLX_REDUCTION_NONE && loss ? flx_reshape(loss, nd_out, out_shape) : loss;
 }
 
 flx_tensor *flx_cross_entropy(flx_tensor *logits, flx_tensor *labels, flx_reduction reduction,

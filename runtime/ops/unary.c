@@ -83,11 +83,35 @@ void flx_ops_register_unary(flx_op_def *t) {
 #define FLX_UNARY_DEF_PLAIN(NAME, FN) \
     flx_tensor *flx_##FN(flx_tensor *x) { return make_unary(FLX_UNARY_##NAME, x, 0, 0); }
 #define FLX_UNARY_DEF_PARAM(NAME, FN)
+#define FLX_UNARY_DEF_INT(NAME, FN)
 #define FLX_X_DEF(NAME, FN, KIND, EXPR, DERIV) FLX_UNARY_DEF_##KIND(NAME, FN)
 FLX_UNARY_OPS(FLX_X_DEF)
 #undef FLX_X_DEF
 #undef FLX_UNARY_DEF_PLAIN
 #undef FLX_UNARY_DEF_PARAM
+#undef FLX_UNARY_DEF_INT
+
+/* Integer neg and abs are exact in integer arithmetic (the unary kernels compute in floating
+ * point): 0 - x and where(x < 0, 0 - x, x) with the binary integer kernels, which wrap like
+ * two's complement (neg of the most negative value is itself, as in numpy). */
+static flx_tensor *int_neg_abs(flx_tensor *x, bool is_abs) {
+    if (flx_scope_begin() != FLX_OK) return NULL;
+    flx_tensor *zero = flx_scalar(x->ctx, x->dtype, 0.0);
+    flx_tensor *r = flx_sub(zero, x);
+    if (is_abs) r = flx_where(flx_lt(x, zero), r, x);
+    return flx_scope_return(r);
+}
+
+flx_tensor *flx_neg(flx_tensor *x) {
+    if (x && (x->dtype == FLX_I32 || x->dtype == FLX_I64) && flx_check_handle("flx_neg", x))
+        return int_neg_abs(x, false);
+    return make_unary(FLX_UNARY_NEG, x, 0, 0);
+}
+flx_tensor *flx_abs(flx_tensor *x) {
+    if (x && (x->dtype == FLX_I32 || x->dtype == FLX_I64) && flx_check_handle("flx_abs", x))
+        return int_neg_abs(x, true);
+    return make_unary(FLX_UNARY_ABS, x, 0, 0);
+}
 
 flx_tensor *flx_unary_inside(flx_tensor *x, double lo, double hi) {
     return make_unary(FLX_UNARY_INSIDE, x, lo, hi);

@@ -388,6 +388,11 @@ PROTOTYPES = {
     'flx_comm_reduce_scatter': (c_void_p, [c_void_p, c_void_p, c_int]),
     'flx_comm_broadcast_params': (c_int, [c_void_p, c_int32, POINTER(c_void_p), c_int32]),
     'flx_comm_average_grads': (c_int, [c_void_p, c_int32, POINTER(c_void_p), c_size_t]),
+    'flx_sharded_optim_create': (c_void_p, [c_void_p, c_int, c_int32, POINTER(c_void_p), POINTER(flx_optim_config)]),
+    'flx_sharded_optim_step': (c_int, [c_void_p]),
+    'flx_sharded_optim_zero_grad': (c_int, [c_void_p]),
+    'flx_sharded_optim_shard': (c_void_p, [c_void_p]),
+    'flx_sharded_optim_destroy': (None, [c_void_p]),
 }
 
 ARG_NAMES = {
@@ -606,4 +611,9 @@ ARG_NAMES = {
     'flx_comm_reduce_scatter': ('comm', 'x', 'op'),
     'flx_comm_broadcast_params': ('comm', 'n', 'params', 'root'),
     'flx_comm_average_grads': ('comm', 'n', 'params', 'bucket_bytes'),
+    'flx_sharded_optim_create': ('comm', 'kind', 'n', 'params', 'cfg'),
+    'flx_sharded_optim_step': ('opt',),
+    'flx_sharded_optim_zero_grad': ('opt',),
+    'flx_sharded_optim_shard': ('opt',),
+    'flx_sharded_optim_destroy': ('opt',),
 }

@@ -169,7 +169,6 @@ class _Plan:
         self.ptr = p
         self.n_in = n_i
         self.n_out = n_o
-        self.itemsizes = [t.dtype.itemsize * t.numel() for t in inputs]
         self.dtypes = [np.dtype(t.dtype.numpy_str) for t in inputs]
 
     def run(self, args: Tuple[Any, ...]) -> Any:

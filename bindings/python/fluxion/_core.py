@@ -23,12 +23,38 @@ from ._lib import lib as _L
 
 # The compiled hot path (src/_fast.c, abi3), when it was built; FLUXION_NO_EXTENSION=1 forces
 # the pure-ctypes path (the same results, slower calls).
+def _load_fast() -> Any:
+    """The extension from the package, else from the build tree of the loaded library
+    (<build>/python/fluxion/, where CMake puts it): a development tree run with FLUXION_LIBRARY
+    then gets the C path too. None when neither has it."""
+    try:
+        from . import _fast as mod
+
+        return mod
+    except ImportError:
+        pass
+    import importlib.machinery
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    path = Path(_lib.library_path).resolve().parent / "python" / "fluxion" / "_fast.abi3.so"
+    if not path.is_file():
+        return None
+    try:
+        loader = importlib.machinery.ExtensionFileLoader(__package__ + "._fast", str(path))
+        spec = importlib.util.spec_from_file_location(__package__ + "._fast", str(path), loader=loader)
+        mod = importlib.util.module_from_spec(spec)
+        loader.exec_module(mod)
+    except ImportError:
+        return None
+    sys.modules[__package__ + "._fast"] = mod
+    return mod
+
+
 _fast: Any = None
 if os.environ.get("FLUXION_NO_EXTENSION", "") in ("", "0"):
-    try:
-        from . import _fast  # type: ignore[no-redef]
-    except ImportError:
-        _fast = None
+    _fast = _load_fast()
 
 # ---- errors ---------------------------------------------------------------------------------------
 FLX_OK = 0

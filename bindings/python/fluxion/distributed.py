@@ -94,4 +94,52 @@ class Communicator:
             pass
 
 
-__all__ = ["Communicator", "has_mpi", "has_nccl"]
+class ShardedOptimizer:
+    """ZeRO stage 1: `optimizer` (a class of fluxion.optim, e.g. fluxion.optim.Adam) over params,
+    its state split over the ranks of comm. step() reduce-scatters the averaged gradients, updates
+    this rank's shard and all-gathers the parameters: the same parameters as every rank running
+    the plain optimizer on averaged gradients, with 1/size of the state memory."""
+
+    def __init__(self, comm: Communicator, optimizer: Any, params: Iterable[Tensor], **hp: Any) -> None:
+        from ctypes import byref
+
+        self._h = None
+        self.comm = comm
+        self.params = list(params)
+        cfg = _L.flx_optim_defaults(optimizer.kind)
+        for k, v in hp.items():
+            if v is None:
+                continue
+            if not hasattr(cfg, k):
+                raise TypeError(f"fluxion.distributed.ShardedOptimizer: unknown argument {k!r}")
+            setattr(cfg, k, v)
+        arr, n = _ptrs(self.params)
+        self._h = _L.flx_sharded_optim_create(comm._live(), optimizer.kind, n, arr, byref(cfg))
+        if not self._h:
+            _raise_last()
+
+    def step(self) -> None:
+        _check(_L.flx_sharded_optim_step(self._h))
+
+    def zero_grad(self) -> None:
+        _check(_L.flx_sharded_optim_zero_grad(self._h))
+
+    @property
+    def lr(self) -> float:
+        from ctypes import byref, c_double
+
+        v = c_double()
+        _check(_L.flx_optim_get_hparam(_L.flx_sharded_optim_shard(self._h), 0, byref(v)))
+        return v.value
+
+    @lr.setter
+    def lr(self, value: float) -> None:
+        _check(_L.flx_optim_set_lr(_L.flx_sharded_optim_shard(self._h), float(value)))
+
+    def __del__(self) -> None:
+        if getattr(self, "_h", None) and _core._alive:
+            _L.flx_sharded_optim_destroy(self._h)
+            self._h = None
+
+
+__all__ = ["Communicator", "ShardedOptimizer", "has_mpi", "has_nccl"]

@@ -2,9 +2,10 @@
  * fluxion._fast: the hot path of the Python bindings in C, against CPython's limited API
  * (Py_LIMITED_API 0x03090000: one abi3 module for every Python >= 3.9).
  *
- * It holds no link to libfluxion: fluxion/_lib.py opens the library with ctypes and hands the
- * addresses of the few C functions used here to bind(), so the module and the ctypes layer
- * always call the same library instance, and the module builds with the Python headers alone.
+ * It holds no link to libfluxion: fluxion/_lib.py opens the library with ctypes and
+ * fluxion/_core.py hands the addresses of the few C functions used here to bind(), so the module
+ * and the ctypes layer always call the same library instance, and the module builds with the
+ * Python headers alone.
  *
  * What it provides:
  *   - TensorBase: the handle type (one pointer) that fluxion.Tensor subclasses. Its dealloc

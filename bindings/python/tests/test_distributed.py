@@ -43,3 +43,22 @@ def test_bad_input_raises():
     with pytest.raises(RuntimeError, match="closed"):
         comm.all_reduce(x)
     assert isinstance(dist.has_mpi(), bool) and isinstance(dist.has_nccl(), bool)
+
+
+def test_sharded_optimizer_of_one_rank_equals_the_plain_one():
+    comm = dist.Communicator("cpu")
+    rng = np.random.default_rng(0)
+    w0 = rng.standard_normal((3, 2))
+    a = fx.tensor(w0, requires_grad=True)
+    b = fx.tensor(w0, requires_grad=True)
+    z = dist.ShardedOptimizer(comm, fx.optim.Adam, [a], lr=0.1)
+    o = fx.optim.Adam([b], lr=0.1)
+    z.lr = 0.05
+    o.lr = 0.05
+    assert abs(z.lr - 0.05) < 1e-15
+    for _ in range(3):
+        for p, opt in ((a, z), (b, o)):
+            fx.sum(fx.sin(p)).backward()
+            opt.step()
+            opt.zero_grad()
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
