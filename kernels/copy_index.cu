@@ -5,8 +5,8 @@
 // then one contiguous run on both sides is a cudaMemcpyAsync, anything else a grid-stride kernel
 // templated on the element size (1, 2, 4, 8 bytes).
 //
-// index: out-of-range indices are found by a small check kernel that stores FLX_KERR_INDEX_RANGE
-// in the error word (only when outer > 0, as on the CPU, whose loops then never look at the
+// index: out-of-range indices are found by a small check kernel that raises FLX_KERR_INDEX_RANGE
+// in the error record (only when outer > 0, as on the CPU, whose loops then never look at the
 // index); SELECT writes 0 for them, ADD skips them. ADD is deterministic without atomics: each
 // output element sums its source rows with j ascending. For short index vectors each output
 // element scans the index directly; for long ones the (index, j) pairs are first sorted by a
@@ -39,11 +39,11 @@ __global__ void copy_kernel(Space s, const E *in, int64_t in_off, E *out, int64_
 
 // ---- index ------------------------------------------------------------------------------------
 template <typename I>
-__global__ void index_check_kernel(const I *idx, int64_t n_idx, int64_t n_src, int32_t *err) {
+__global__ void index_check_kernel(const I *idx, int64_t n_idx, int64_t n_src, flx_kerr err) {
     int64_t stride = (int64_t)gridDim.x * blockDim.x;
     for (int64_t j = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; j < n_idx; j += stride) {
         int64_t t = (int64_t)idx[j];
-        if (t < 0 || t >= n_src) *(volatile int32_t *)err = FLX_KERR_INDEX_RANGE;
+        if (t < 0 || t >= n_src) flx_kerr_raise(err, FLX_KERR_INDEX_RANGE, t, 0, n_src, j);
     }
 }
 
@@ -141,7 +141,8 @@ int index_add_scan(const flx_index_args *a, int64_t total, cudaStream_t st) {
 }
 
 template <typename T, typename I>
-int index_add_sorted(const flx_index_args *a, int64_t total, cudaStream_t st) {
+int index_add_sorted(const flx_index_args *a, int64_t total, const flx_cuda_lib_env *env) {
+    cudaStream_t st = (cudaStream_t)env->stream;
     const I *idx = (const I *)a->idx;
     int n = (int)a->n_idx;
     int end_bit = 1;
@@ -154,13 +155,8 @@ int index_add_sorted(const flx_index_args *a, int64_t total, cudaStream_t st) {
     size_t vec = align256((size_t)n * sizeof(uint32_t));
     size_t segb = align256((size_t)(a->n_src + 1) * sizeof(uint32_t));
     size_t bytes = 4 * vec + segb + align256(temp_bytes);
-    char *ws = nullptr;
-    e = cudaMallocAsync((void **)&ws, bytes, st);
-    if (e != cudaSuccess) {
-        /* No room for the workspace: the scan needs none (slower, same result). */
-        (void)cudaGetLastError();
-        return index_add_scan<T, I>(a, total, st);
-    }
+    char *ws = (char *)env->alloc(env->actx, bytes);
+    if (!ws) return index_add_scan<T, I>(a, total, st); /* the scan needs no workspace */
     uint32_t *keys_in = (uint32_t *)ws, *keys_out = (uint32_t *)(ws + vec);
     uint32_t *vals_in = (uint32_t *)(ws + 2 * vec), *vals_out = (uint32_t *)(ws + 3 * vec);
     uint32_t *seg = (uint32_t *)(ws + 4 * vec);
@@ -183,21 +179,21 @@ int index_add_sorted(const flx_index_args *a, int64_t total, cudaStream_t st) {
             (const T *)a->src, vals_out, seg, (T *)a->out, a->n_src, a->n_idx, a->inner, total);
         rc = flxk::launch_status();
     }
-    cudaError_t fe = cudaFreeAsync(ws, st); /* stream-ordered: after the kernels above */
-    if (rc == 0 && fe != cudaSuccess) rc = (int)fe;
+    env->free(env->actx, ws); /* stream-ordered: after the kernels above */
     return rc;
 }
 
 template <typename T, typename I>
-int index_add(const flx_index_args *a, int64_t total, cudaStream_t st) {
+int index_add(const flx_index_args *a, int64_t total, const flx_cuda_lib_env *env) {
     /* A scan costs n_idx per output element; sorting pays off beyond a few dozen indices. */
     bool sort = a->n_idx > 32 && a->n_idx <= (int64_t)INT32_MAX && a->n_src < (int64_t)UINT32_MAX - 1;
-    if (sort) return index_add_sorted<T, I>(a, total, st);
-    return index_add_scan<T, I>(a, total, st);
+    if (sort) return index_add_sorted<T, I>(a, total, env);
+    return index_add_scan<T, I>(a, total, (cudaStream_t)env->stream);
 }
 
 template <typename I>
-int index_launch(const flx_index_args *a, cudaStream_t st) {
+int index_launch(const flx_index_args *a, const flx_cuda_lib_env *env) {
+    cudaStream_t st = (cudaStream_t)env->stream;
     const I *idx = (const I *)a->idx;
     if (a->outer > 0 && a->n_idx > 0) {
         index_check_kernel<I><<<flxk::grid_for(a->n_idx), kBlock, 0, st>>>(idx, a->n_idx, a->n_src,
@@ -230,11 +226,11 @@ int index_launch(const flx_index_args *a, cudaStream_t st) {
     int64_t total = a->outer * a->n_src * a->inner;
     if (total <= 0) return 0;
     switch (a->dtype) {
-    case FLX_F32: return index_add<float, I>(a, total, st);
-    case FLX_F64: return index_add<double, I>(a, total, st);
-    case FLX_I32: return index_add<int32_t, I>(a, total, st);
-    case FLX_I64: return index_add<int64_t, I>(a, total, st);
-    case FLX_BOOL: return index_add<uint8_t, I>(a, total, st);
+    case FLX_F32: return index_add<float, I>(a, total, env);
+    case FLX_F64: return index_add<double, I>(a, total, env);
+    case FLX_I32: return index_add<int32_t, I>(a, total, env);
+    case FLX_I64: return index_add<int64_t, I>(a, total, env);
+    case FLX_BOOL: return index_add<uint8_t, I>(a, total, env);
     default: return (int)cudaErrorInvalidValue;
     }
 }
@@ -284,12 +280,11 @@ extern "C" int flx_cuda_copy(const flx_copy_args *a, void *stream) {
     return flxk::launch_status();
 }
 
-extern "C" int flx_cuda_index(const flx_index_args *a, void *stream) {
+extern "C" int flx_cuda_index(const flx_index_args *a, const flx_cuda_lib_env *env) {
     if (a->outer < 0 || a->n_src < 0 || a->n_idx < 0 || a->inner < 0) return (int)cudaErrorInvalidValue;
-    cudaStream_t st = (cudaStream_t)stream;
     switch (a->idx_dtype) {
-    case FLX_I32: return index_launch<int32_t>(a, st);
-    case FLX_I64: return index_launch<int64_t>(a, st);
+    case FLX_I32: return index_launch<int32_t>(a, env);
+    case FLX_I64: return index_launch<int64_t>(a, env);
     default: return (int)cudaErrorInvalidValue;
     }
 }

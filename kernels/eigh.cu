@@ -8,8 +8,8 @@
 //   otherwise:              cuSOLVER syevd per matrix (divide and conquer, ascending).
 // The input is symmetric (the builder symmetrises), so its row-major copy is also its
 // column-major form; the solver reads the lower triangle. A matrix whose info > 0 (no
-// convergence), or that holds a NaN or infinity (then its outputs are NaN, as on the CPU), stores
-// FLX_KERR_EIGH_NOCONV in the error word. Workspace comes from the context's
+// convergence), or that holds a NaN or infinity (then its outputs are NaN, as on the CPU), raises
+// FLX_KERR_EIGH_NOCONV in the error record. Workspace comes from the context's
 // stream-ordered allocator (freed after queueing, which is safe on the stream).
 #include <climits>
 #include <cmath>
@@ -96,7 +96,7 @@ __global__ void k_check(const T *__restrict__ A, int *__restrict__ info, int64_t
 // V column-major in work (column j of matrix b at work[b*n*n + j*n ...]), w[b*n + j].
 template <typename T>
 __global__ void k_pack(const T *__restrict__ V, const T *__restrict__ w, const int *__restrict__ info,
-                       T *__restrict__ out, int64_t batch, int64_t n, int32_t *err) {
+                       T *__restrict__ out, int64_t batch, int64_t n, flx_kerr err) {
     const int64_t total = batch * n;
     for (int64_t t = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; t < total;
          t += (int64_t)gridDim.x * blockDim.x) {
@@ -117,7 +117,7 @@ __global__ void k_pack(const T *__restrict__ V, const T *__restrict__ w, const i
         T *o = out + b * n * (n + 1);
         for (int64_t i = 0; i < n; i++) o[i * (n + 1) + j] = nonfinite ? nan : sg * col[i];
         o[j * (n + 1) + n] = nonfinite ? nan : w[b * n + j];
-        if (j == 0 && info[b] != 0 && err) *err = FLX_KERR_EIGH_NOCONV;
+        if (j == 0 && info[b] != 0) flx_kerr_raise(err, FLX_KERR_EIGH_NOCONV, info[b], 0, 0, b);
     }
 }
 

@@ -6,9 +6,9 @@
  * Conventions
  *   - Strides and offsets are in elements, not bytes. Outputs are written densely (row-major over
  *     the index space) unless a family says otherwise.
- *   - err (where present) points at the context's device-side error word: a kernel that meets a
- *     bad value (an index out of range) stores a FLX_KERR_* code there and carries on; the runtime
- *     reads the word at the next synchronisation point.
+ *   - err (where present) is the raise site of the context's error record (kernels/flx_kerr.h): a
+ *     kernel that meets a bad value (an index out of range) calls flx_kerr_raise and carries on;
+ *     the runtime reads the record at the next synchronisation point.
  *   - CUDA launch functions queue work on stream (a cudaStream_t passed as void*) and return 0 or
  *     a cudaError_t value; they never synchronise.
  */
@@ -19,17 +19,11 @@
 #include <stddef.h>
 
 #include "fluxion/fluxion.h"
+#include "flx_kerr.h"
 
 #ifdef __cplusplus
 extern "C" {
 #endif
-
-/* Device-side error codes stored in the error word. */
-enum { FLX_KERR_NONE = 0, FLX_KERR_INDEX_RANGE = 1 };
-/* LU family (issue 4): inv/solve met an exactly singular matrix (a zero pivot in its LU). */
-enum { FLX_KERR_SINGULAR = 16 };
-/* eigh (issue 4): the eigensolver did not converge (cuSOLVER info > 0, or Jacobi sweeps ran out). */
-enum { FLX_KERR_EIGH_NOCONV = 17 };
 
 /* ---- fill: creation of values ---------------------------------------------------------------
  * CONST: a. IOTA: a + i*b. EYE: 1 where (i / cols) == (i % cols), else 0.
@@ -146,7 +140,8 @@ typedef struct flx_matmul_args {
  * SELECT: out(outer, n_idx, inner)[o, j, i] = src(outer, n_src, inner)[o, idx[j], i].
  * ADD:    out(outer, n_src, inner)[o, t, i] = sum over j with idx[j] == t of
  *         src(outer, n_idx, inner)[o, j, i]  (deterministic: j ascending; the transpose of SELECT).
- * An index outside [0, n_src) reads 0 / is skipped and stores FLX_KERR_INDEX_RANGE in err. */
+ * An index outside [0, n_src) reads 0 / is skipped and raises FLX_KERR_INDEX_RANGE (value = the
+ * index, [0, n_src), row = its position j). */
 typedef enum flx_index_mode { FLX_INDEX_SELECT, FLX_INDEX_ADD } flx_index_mode;
 typedef struct flx_index_args {
     int32_t mode;
@@ -155,7 +150,7 @@ typedef struct flx_index_args {
     const void *src;
     const void *idx;
     void *out;
-    int32_t *err;
+    flx_kerr err;
 } flx_index_args;
 
 /* ---- conv: sliding-window family over NCHW planes (issue 5, nn layers) -----------------------
@@ -205,7 +200,7 @@ int flx_cuda_conv(const flx_conv_args *args, void *stream);
  *           / x[N] (MEAN, 0/0 = NaN when every row is ignored), x[N] (reduction -1: the count),
  *           or x[0..N) copied (NONE). Summed in a fixed order (deterministic).
  * A label outside [0, C) other than ignore_index is treated as ignored (counted, loss and
- * gradient 0) and stores FLX_KERR_INDEX_RANGE in err. A row whose z are all -inf gives NaN
+ * gradient 0) and raises FLX_KERR_INDEX_RANGE (value = the label, [0, C), row = r). A row whose z are all -inf gives NaN
  * (0 / 0); +inf gives NaN. */
 typedef enum flx_softmax_mode {
     FLX_SOFTMAX_FWD, FLX_SOFTMAX_LOG_FWD, FLX_SOFTMAX_BWD, FLX_SOFTMAX_LOG_VJP,
@@ -226,7 +221,7 @@ typedef struct flx_softmax_args {
                                FLX_SOFTMAX_CE_COUNT */
     void *out;
     void *grad;             /* CE_FWD: the fused gradient (N, C), or NULL */
-    int32_t *err;
+    flx_kerr err;
 } flx_softmax_args;
 int flx_cuda_softmax(const flx_softmax_args *args, void *stream);
 
@@ -270,7 +265,8 @@ int flx_cuda_optim(const flx_optim_args *args, void *stream);
  * A zero pivot column is left uneliminated (its multipliers are 0), so A = P L U stays exact.
  * FACTOR:   a (batch, n, n) row-major -> out packed (batch, P).
  * SOLVE:    lu packed, b (batch, n, k) -> out (batch, n, k) = A^-1 b (A^-T b when trans); with
- *           check, a matrix whose info != 0 stores FLX_KERR_SINGULAR in err (values then inf/NaN).
+ *           check, a matrix whose info != 0 raises FLX_KERR_SINGULAR (value = info, row = the
+ *           matrix; values then inf/NaN).
  *           b == NULL: b is the identity (k == n), generated in the kernel (inverses).
  * DET, LOGABS, SIGN, LOGDET: lu packed -> out (batch): det, log|det|, sign(det) (0 if singular),
  *           log det (NaN when det < 0, -inf when det == 0). lu == NULL: a (as for FACTOR) is
@@ -291,11 +287,12 @@ typedef struct flx_lu_args {
     const void *lu;
     const void *b;
     void *out;
-    int32_t *err;
+    flx_kerr err;
 } flx_lu_args;
-/* What the CUDA paths built on the vendor libraries (LU, eigh) need from the backend: the
- * stream, library handles (cublasHandle_t, cusolverDnHandle_t as void*) and the context's
- * stream-ordered allocator for scratch. */
+/* What the CUDA launchers that need more than a stream get from the backend (LU and eigh on
+ * the vendor libraries, index_add's sort): the stream, library handles (cublasHandle_t,
+ * cusolverDnHandle_t as void*) and the context's stream-ordered allocator for scratch (OOM
+ * retry, statistics, capture-safe). alloc returns NULL on failure with the thread's error set. */
 typedef struct flx_cuda_lib_env {
     void *stream;
     void *cublas;
@@ -313,14 +310,14 @@ int flx_cuda_lu(const flx_lu_args *args, const flx_cuda_lib_env *env);
  * reads both triangles' average -- the builder passes exactly symmetric input). out: (batch, n,
  * n + 1) row-major = [V | w]: columns 0..n-1 the orthonormal eigenvectors (column j for w[j]),
  * column n the eigenvalues, ascending. Sign convention: each eigenvector's entry of largest
- * magnitude (the first such) is positive. A matrix that does not converge stores
- * FLX_KERR_EIGH_NOCONV in err (its values are then unspecified). */
+ * magnitude (the first such) is positive. A matrix that does not converge raises
+ * FLX_KERR_EIGH_NOCONV (row = the matrix; its values are then unspecified). */
 typedef struct flx_eigh_args {
     flx_dtype dtype; /* f32, f64 */
     int64_t batch, n;
     const void *a;
     void *out;
-    int32_t *err;
+    flx_kerr err;
 } flx_eigh_args;
 /* Same return convention and environment as flx_cuda_lu. */
 int flx_cuda_eigh(const flx_eigh_args *args, const flx_cuda_lib_env *env);
@@ -391,7 +388,8 @@ int flx_cuda_fused(const flx_fused_args *args, void *stream);
     X(OPTIM, optim, flx_optim_args)
 
 /* ---- CUDA launch functions (defined only in builds with the CUDA backend) ------------------
- * matmul has none (the backend calls cuBLAS); lu and eigh take the library environment above. */
+ * matmul has none (the backend calls cuBLAS); lu, eigh and index take the library environment
+ * above. */
 int flx_cuda_fill(const flx_fill_args *args, void *stream);
 int flx_cuda_cast(const flx_cast_args *args, void *stream);
 int flx_cuda_unary(const flx_unary_args *args, void *stream);
@@ -401,7 +399,9 @@ int flx_cuda_copy(const flx_copy_args *args, void *stream);
 int flx_cuda_reduce(const flx_reduce_args *args, void *stream);
 /* Bytes of scratch flx_cuda_reduce wants for args (0: none); depends on the current device. */
 size_t flx_cuda_reduce_scratch_bytes(const flx_reduce_args *args);
-int flx_cuda_index(const flx_index_args *args, void *stream);
+/* index_add's sorted path takes its workspace from env->alloc; where that fails (alloc returns
+ * NULL, the backend's alloc then leaves no error) it falls back to the scan, which needs none. */
+int flx_cuda_index(const flx_index_args *args, const flx_cuda_lib_env *env);
 
 #ifdef __cplusplus
 }

@@ -163,14 +163,15 @@ __global__ void __launch_bounds__(SmallTpb<T>::value) k_factor_small(const T *__
 
 template <typename T, int N>
 __global__ void k_solve_small(const T *__restrict__ lu, const T *__restrict__ bm, T *__restrict__ out,
-                              int64_t batch, int64_t k, int trans, int check, int32_t *err) {
+                              int64_t batch, int64_t k, int trans, int check, flx_kerr err) {
     constexpr int64_t P = (int64_t)N * N + N + 1;
     int64_t total = batch * k;
     for (int64_t t = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; t < total;
          t += (int64_t)gridDim.x * blockDim.x) {
         int64_t b = t / k, c = t - b * k;
         const T *f = lu + b * P;
-        if (check && c == 0 && f[N * N + N] != T(0) && err) *err = FLX_KERR_SINGULAR;
+        if (check && c == 0 && f[N * N + N] != T(0))
+            flx_kerr_raise(err, FLX_KERR_SINGULAR, (int64_t)f[N * N + N], 0, 0, b);
         T x[N];
 #pragma unroll
         for (int i = 0; i < N; i++) x[i] = bm ? bm[(b * N + i) * k + c] : T(i == c);
@@ -377,7 +378,7 @@ template <typename T>
 __global__ void __launch_bounds__(kLuThreads) k_solve_block(const T *__restrict__ lu, const T *__restrict__ bm,
                                                             T *__restrict__ out, int64_t batch, int n,
                                                             int64_t k, int kc, int trans, int check,
-                                                            int32_t *err) {
+                                                            flx_kerr err) {
     extern __shared__ __align__(16) unsigned char s_raw[];
     T *sm = reinterpret_cast<T *>(s_raw);
     const int ld = n + 1, nn = n * n;
@@ -393,7 +394,8 @@ __global__ void __launch_bounds__(kLuThreads) k_solve_block(const T *__restrict_
             L_(i, j) = f[t];
         }
         for (int t = tid; t < n; t += kLuThreads) s_piv[t] = (int)f[nn + t];
-        if (check && tid == 0 && f[nn + n] != T(0) && err) *err = FLX_KERR_SINGULAR;
+        if (check && tid == 0 && f[nn + n] != T(0))
+            flx_kerr_raise(err, FLX_KERR_SINGULAR, (int64_t)f[nn + n], 0, 0, b);
         for (int64_t c0 = 0; c0 < k; c0 += kc) {
             const int w = (int)(k - c0 < kc ? k - c0 : kc), tot = n * w;
             const T *bb = bm ? bm + b * n * k + c0 : nullptr; // NULL: the identity
@@ -476,16 +478,16 @@ __global__ void k_store_piv(const int *piv, const int *info, T *out, int64_t bat
     }
 }
 
-// Packed pivots -> 1-based int pivots; with check, a nonzero info stores FLX_KERR_SINGULAR.
+// Packed pivots -> 1-based int pivots; with check, a nonzero info raises FLX_KERR_SINGULAR.
 template <typename T>
-__global__ void k_load_piv(const T *lu, int *piv, int64_t batch, int64_t n, int check, int32_t *err) {
+__global__ void k_load_piv(const T *lu, int *piv, int64_t batch, int64_t n, int check, flx_kerr err) {
     int64_t P = n * n + n + 1, total = batch * (n + 1);
     for (int64_t t = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; t < total;
          t += (int64_t)gridDim.x * blockDim.x) {
         int64_t b = t / (n + 1), i = t - b * (n + 1);
         T v = lu[b * P + n * n + i];
         if (i < n) piv[b * n + i] = (int)v + 1;
-        else if (check && v != T(0) && err) *err = FLX_KERR_SINGULAR;
+        else if (check && v != T(0)) flx_kerr_raise(err, FLX_KERR_SINGULAR, (int64_t)v, 0, 0, b);
     }
 }
 

@@ -67,7 +67,7 @@ template <typename T> struct KArgs {
     int red;
     T *out;
     T *grad;
-    int32_t *err;
+    flx_kerr err;
 };
 
 __device__ __forceinline__ float ex(float v) { return expf(v); }
@@ -159,7 +159,7 @@ template <int G, typename T> __device__ __forceinline__ void g_ms(T &m, T &s, T 
 }
 
 // Label of a row for the CE modes; -1 means the row is ignored (an out-of-range label also
-// stores FLX_KERR_INDEX_RANGE when report is set: once per row).
+// raises FLX_KERR_INDEX_RANGE when report is set: once per row).
 template <typename T> __device__ __forceinline__ int64_t ce_raw(const KArgs<T> &a, int64_t row) {
     return a.lab64 ? ((const int64_t *)a.labels)[row] : (int64_t)((const int32_t *)a.labels)[row];
 }
@@ -168,7 +168,7 @@ __device__ __forceinline__ int64_t ce_label(const KArgs<T> &a, int64_t row, bool
     int64_t lab = ce_raw(a, row);
     if (lab == a.ignore) return -1;
     if (lab < 0 || lab >= a.n) {
-        if (report && a.err) *a.err = FLX_KERR_INDEX_RANGE;
+        if (report) flx_kerr_raise(a.err, FLX_KERR_INDEX_RANGE, lab, 0, a.n, row);
         return -1;
     }
     return lab;

@@ -988,8 +988,9 @@ FLX_API flx_plan *flx_plan_compile(int32_t n_out, flx_tensor *const *outputs, in
 /* Copies t's data (same shape, dtype and context as compiled input k; computed first if lazy)
  * into the plan's input buffer k (queued, no host wait). */
 FLX_API flx_status flx_plan_set_input(flx_plan *plan, int32_t k, flx_tensor *t);
-/* Copies nbytes (exactly numel * dtype size) of host memory into input buffer k (waits for the
- * copy, so data may be freed on return). */
+/* Copies nbytes (exactly numel * dtype size) of host memory into input buffer k. data may be
+ * freed or reused on return (on CUDA it is first copied into pinned staging memory); the device
+ * copy is queued behind the work already queued, without waiting for a previous run. */
 FLX_API flx_status flx_plan_set_input_host(flx_plan *plan, int32_t k, const void *data,
                                            size_t nbytes);
 /* Binds inputs (n_in == the plan's input count with inputs[k] NULL = keep input k, or n_in == 0
@@ -1005,7 +1006,17 @@ typedef struct flx_plan_info {
     uint64_t unplanned_bytes;  /* the sum of every planned buffer, as without reuse          */
     uint64_t runs;             /* completed runs                                            */
     int32_t n_optim;           /* optimisers updated by each run                           */
+    int32_t capture_state;     /* flx_plan_capture_state: captured, or why not              */
+    char capture_reason[256];  /* "" when captured; else why not, in words (for a failed
+                                  capture: the error of the call that could not be captured,
+                                  e.g. a cuSOLVER path)                                      */
 } flx_plan_info;
+typedef enum flx_plan_capture_state {
+    FLX_PLAN_CAPTURED = 0,                 /* replayed as one CUDA graph launch              */
+    FLX_PLAN_NOT_CAPTURED_DISABLED = 1,    /* compiled with FLX_PLAN_CAPTURE_OFF             */
+    FLX_PLAN_NOT_CAPTURED_UNSUPPORTED = 2, /* the backend has no graphs (CPU)               */
+    FLX_PLAN_NOT_CAPTURED_FAILED = 3       /* capture was tried and failed (default mode)     */
+} flx_plan_capture_state;
 FLX_API flx_status flx_plan_get_info(const flx_plan *plan, flx_plan_info *out);
 /* Releases the plan (NULL-safe). Output tensors still referenced keep their last data. */
 FLX_API void flx_plan_destroy(flx_plan *plan);

@@ -231,7 +231,7 @@ typedef struct flx_backend {
     flx_status (*upload)(flx_ctx *ctx, void *dst, const void *src, size_t nbytes);
     flx_status (*download)(flx_ctx *ctx, void *dst, const void *src, size_t nbytes);
     flx_status (*copy_d2d)(flx_ctx *ctx, void *dst, const void *src, size_t nbytes);
-    flx_status (*synchronize)(flx_ctx *ctx); /* also reads and clears the error word */
+    flx_status (*synchronize)(flx_ctx *ctx); /* also reads, reports and clears the error record */
     /* Kernel families, one slot each, in list order. A NULL slot is a family the backend does
      * not implement: callers go through the dispatcher (flx_kernel_<name>), which refuses it. */
 #define FLX_X_FAMILY_SLOT(ID, name, ARGS) flx_status (*name)(flx_ctx *ctx, const ARGS *a);
@@ -286,7 +286,8 @@ struct flx_ctx {
     const flx_backend *be;
     flx_ctx_stats stats;
     int64_t live_tensors;   /* tensors of this context alive now                    */
-    int32_t *err_word;      /* device-side error word (device memory on CUDA)        */
+    uint64_t epoch;         /* evaluator marks                                       */
+    flx_kerr_record *kerr;  /* kernels' error record (device memory on CUDA): flx_kerr.h */
     void *backend_state;    /* stream, handles, pools (backend-private)              */
     int32_t math_mode;      /* flx_math_mode bits (issue 6; runtime/core/math_mode.c)       */
     bool fusion;            /* fuse elementwise chains (issue 6; runtime/core/fuse.c)       */
@@ -372,6 +373,14 @@ void flx_buffer_release(flx_buffer *b);
 /* Gives t a buffer no other tensor shares (copy-on-write for in-place writers). */
 flx_status flx_tensor_make_private(flx_tensor *t);
 static inline void *flx_data(const flx_tensor *t) { return t->buf ? t->buf->ptr : NULL; }
+/* The raise site for the kernels that compute node t (kernels/flx_kerr.h). */
+static inline flx_kerr flx_kerr_site(const flx_tensor *t) {
+    flx_kerr k = {t->ctx->kerr, (int32_t)t->op};
+    return k;
+}
+/* Turns a snapshot of an error record into a status and message (FLX_OK when nothing was
+ * raised): the one mapping both backends use at their synchronisation points (runtime/core/kerr.c). */
+flx_status flx_kerr_report(const flx_kerr_record *r);
 /* Bytes of t's data (numel * dtype size). */
 static inline size_t flx_nbytes(const flx_tensor *t) {
     return (size_t)t->numel * flx_dtype_size(t->dtype);

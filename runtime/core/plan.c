@@ -6,6 +6,7 @@
  * were fixed at compile (plan->step_out, plan->step_in), and the step executor
  * (flx_step_exec) runs each op's kernel on them. Nothing here aborts: every failure sets the
  * thread's error and returns a status or NULL. */
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -329,5 +330,7 @@ flx_status flx_plan_get_info(const flx_plan *p, flx_plan_info *out) {
     out->unplanned_bytes = p->unplanned_bytes;
     out->runs = p->runs;
     out->n_optim = p->n_optim;
+    out->capture_state = p->capture_state;
+    snprintf(out->capture_reason, sizeof out->capture_reason, "%s", p->capture_reason);
     return FLX_OK;
 }

@@ -20,6 +20,7 @@
  *   capture    with capture (CUDA), one replay's queuing is recorded as a graph.
  * Nothing here aborts: every failure sets the thread's error and returns NULL.
  */
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -581,8 +582,18 @@ static flx_status bind_addresses(flx_plan *p, compile_state *cs) {
 static flx_status capture(flx_plan *p, int32_t mode) {
     flx_ctx *ctx = p->ctx;
     const flx_backend *be = ctx->be;
-    if (mode == FLX_PLAN_CAPTURE_OFF || !be->capture_begin || !be->capture_end || !be->graph_launch)
+    if (mode == FLX_PLAN_CAPTURE_OFF) {
+        p->capture_state = FLX_PLAN_NOT_CAPTURED_DISABLED;
+        snprintf(p->capture_reason, sizeof p->capture_reason,
+                 "capture disabled (compiled with FLX_PLAN_CAPTURE_OFF)");
         return FLX_OK;
+    }
+    if (!be->capture_begin || !be->capture_end || !be->graph_launch) {
+        p->capture_state = FLX_PLAN_NOT_CAPTURED_UNSUPPORTED;
+        snprintf(p->capture_reason, sizeof p->capture_reason,
+                 "the %s backend has no graph capture: kernels are queued one by one", be->name);
+        return FLX_OK;
+    }
     flx_status s = be->capture_begin(ctx);
     if (s != FLX_OK) return s;
     flx_status qs = flx_plan_queue_body(p);
@@ -593,10 +604,14 @@ static flx_status capture(flx_plan *p, int32_t mode) {
         if (mode == FLX_PLAN_CAPTURE_ON) return qs != FLX_OK ? qs : s;
         flx_log_msg(FLX_LOG_WARN, "flx_plan_compile: capture failed (%s); the plan replays "
                     "without a CUDA graph", flx_last_error());
+        p->capture_state = FLX_PLAN_NOT_CAPTURED_FAILED;
+        snprintf(p->capture_reason, sizeof p->capture_reason, "capture failed: %s",
+                 flx_last_error());
         flx_clear_error();
         g = NULL;
     }
     p->graph = g;
+    if (g) p->capture_state = FLX_PLAN_CAPTURED;
     return FLX_OK;
 }
 

@@ -85,6 +85,8 @@ struct flx_plan {
     flx_buffer *records;      /* n_records non-owning records (steps' roots and inputs)        */
     int32_t n_records;
     void *graph;              /* instantiated CUDA graph, or NULL                              */
+    int32_t capture_state;    /* flx_plan_capture_state                                        */
+    char capture_reason[256]; /* why not captured ("" when captured)                           */
     uint64_t arena_bytes, unplanned_bytes, runs;
 };
 

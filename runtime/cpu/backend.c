@@ -10,12 +10,15 @@
 
 /* ---- memory ------------------------------------------------------------------------------ */
 static flx_status cpu_init(flx_ctx *ctx) {
-    ctx->err_word = (int32_t *)calloc(1, sizeof(int32_t));
-    if (!ctx->err_word) return flx_set_error(FLX_ERR_OUT_OF_MEMORY, "flx_ctx_create: out of host memory");
+    ctx->kerr = (flx_kerr_record *)calloc(1, sizeof *ctx->kerr);
+    if (!ctx->kerr) return flx_set_error(FLX_ERR_OUT_OF_MEMORY, "flx_ctx_create: out of host memory");
     return FLX_OK;
 }
 
-static void cpu_shutdown(flx_ctx *ctx) { free(ctx->err_word); }
+static void cpu_shutdown(flx_ctx *ctx) {
+    free(ctx->kerr);
+    ctx->kerr = NULL;
+}
 
 static void *cpu_alloc(flx_ctx *ctx, size_t nbytes) {
     (void)ctx;
@@ -38,18 +41,9 @@ static flx_status cpu_memcpy(flx_ctx *ctx, void *dst, const void *src, size_t n)
 }
 
 static flx_status cpu_synchronize(flx_ctx *ctx) {
-    int32_t e = *ctx->err_word;
-    *ctx->err_word = FLX_KERR_NONE;
-    if (e == FLX_KERR_INDEX_RANGE)
-        return flx_set_error(FLX_ERR_INVALID_ARGUMENT,
-                             "an index op met an index out of range (read as 0)");
-    if (e == FLX_KERR_SINGULAR) /* LU family (issue 4) */
-        return flx_set_error(FLX_ERR_NUMERIC, "flx_inv/flx_solve: the matrix is singular (a zero "
-                             "pivot in its LU factorisation); use the _ex variant for per-matrix info");
-    if (e == FLX_KERR_EIGH_NOCONV) /* eigh (issue 4) */
-        return flx_set_error(FLX_ERR_NUMERIC, "flx_eigh: the eigensolver did not converge (non-finite "
-                             "input?)");
-    return FLX_OK;
+    flx_kerr_record r = *ctx->kerr;
+    memset(ctx->kerr, 0, sizeof *ctx->kerr);
+    return flx_kerr_report(&r);
 }
 
 static flx_status cpu_download(flx_ctx *ctx, void *dst, const void *src, size_t n) {

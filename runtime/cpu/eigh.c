@@ -2,7 +2,7 @@
  * of each matrix, eigenvalues sorted ascending, each eigenvector's first largest-magnitude entry
  * made positive. Layout: flx_eigh_args in kernels/flx_kernels.h (out = [V | w], (n, n+1)
  * row-major per matrix). Non-finite input, or no convergence within the sweep limit, stores
- * FLX_KERR_EIGH_NOCONV in the error word and writes NaN. */
+ * FLX_KERR_EIGH_NOCONV in the error record and writes NaN. */
 #include <float.h>
 #include <math.h>
 #include <stdlib.h>
@@ -70,7 +70,7 @@ flx_status flx_cpu_eigh(flx_ctx *ctx, const flx_eigh_args *a) {
             for (int64_t j = 0; j < n; j++)
                 m[i * n + j] = 0.5 * (ldf(a->dtype, a->a, in + i * n + j) + ldf(a->dtype, a->a, in + j * n + i));
         if (!jacobi(m, v, n)) {
-            if (a->err) *a->err = FLX_KERR_EIGH_NOCONV;
+            flx_kerr_raise(a->err, FLX_KERR_EIGH_NOCONV, 0, 0, 0, b);
             for (int64_t i = 0; i < P; i++) stf(a->dtype, a->out, out + i, NAN);
             continue;
         }

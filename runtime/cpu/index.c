@@ -17,7 +17,7 @@ flx_status flx_cpu_index(flx_ctx *ctx, const flx_index_args *ar) {
                 int64_t t = load_i(ar->idx_dtype, ar->idx, j);
                 char *dst = out + (size_t)((o * ar->n_idx + j) * ar->inner) * es;
                 if (t < 0 || t >= ar->n_src) {
-                    *ar->err = FLX_KERR_INDEX_RANGE;
+                    flx_kerr_raise(ar->err, FLX_KERR_INDEX_RANGE, t, 0, ar->n_src, j);
                     memset(dst, 0, (size_t)ar->inner * es);
                     continue;
                 }
@@ -32,7 +32,7 @@ flx_status flx_cpu_index(flx_ctx *ctx, const flx_index_args *ar) {
         for (int64_t j = 0; j < ar->n_idx; j++) {
             int64_t t = load_i(ar->idx_dtype, ar->idx, j);
             if (t < 0 || t >= ar->n_src) {
-                *ar->err = FLX_KERR_INDEX_RANGE;
+                flx_kerr_raise(ar->err, FLX_KERR_INDEX_RANGE, t, 0, ar->n_src, j);
                 continue;
             }
             for (int64_t i = 0; i < ar->inner; i++) {

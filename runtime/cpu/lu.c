@@ -101,7 +101,7 @@ static void solve(const flx_lu_args *a, double *m, int64_t *piv, double *x) {
     int64_t n = a->n, k = a->k;
     for (int64_t b = 0; b < a->batch; b++) {
         int64_t info = unpack(a, b, m, piv);
-        if (info != 0 && a->check && a->err) *a->err = FLX_KERR_SINGULAR;
+        if (info != 0 && a->check) flx_kerr_raise(a->err, FLX_KERR_SINGULAR, info, 0, 0, b);
         for (int64_t c = 0; c < k; c++) {
             for (int64_t i = 0; i < n; i++)
                 x[i] = a->b ? ldf(a->dtype, a->b, b * n * k + i * k + c) : (double)(i == c);

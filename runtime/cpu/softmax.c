@@ -33,13 +33,13 @@ static void row_stats(flx_dtype dt, const void *x, int64_t base, int64_t n, int6
     *sum = nan ? NAN : acc;
 }
 
-/* Label of row r, or -1 when the row is ignored (an out-of-range label also stores
+/* Label of row r, or -1 when the row is ignored (an out-of-range label also raises
  * FLX_KERR_INDEX_RANGE). */
 static int64_t row_label(const flx_softmax_args *a, int64_t r) {
     int64_t lab = ld_label(a->label_dtype, a->labels, r);
     if (lab == a->ignore_index) return -1;
     if (lab < 0 || lab >= a->n) {
-        if (a->err) *a->err = FLX_KERR_INDEX_RANGE;
+        flx_kerr_raise(a->err, FLX_KERR_INDEX_RANGE, lab, 0, a->n, r);
         return -1;
     }
     return lab;

@@ -49,7 +49,7 @@ static flx_status exec_eigh(const flx_tensor *t, void *out, const void *const *i
     flx_eigh_args a = {
         .dtype = t->dtype, .n = A->shape[A->ndim - 1],
         .batch = flx_shape_numel(A->ndim - 2, A->shape), .a = in[0], .out = out,
-        .err = t->ctx->err_word
+        .err = flx_kerr_site(t)
     };
     return flx_kernel_eigh(t->ctx, &a);
 }

@@ -6,7 +6,7 @@
  * no gradient. Every consumer takes A itself as input 0 (so derivatives flow to A) and the packed
  * factors as input 1, which it only reads:
  *   LU_SOLVE(A, LU, B)  X = A^-1 B (A^-T B with attrs.lu.trans); attrs.lu.check reports a
- *                       singular matrix through the device error word (FLX_KERR_SINGULAR).
+ *                       singular matrix through the kernels' error record (FLX_KERR_SINGULAR).
  *   LU_DET(A, LU)       det / log|det| / sign / log det (attrs.lu.mode).
  *   LU_COFACTOR(A, LU)  adj(A)^T, computed without dividing by anything: the gradient of det,
  *                       finite and correct at singular A.
@@ -118,7 +118,7 @@ static flx_status exec_lu(const flx_tensor *t, void *out, const void *const *in)
     const flx_tensor *A = t->in[0];
     flx_lu_args a = {
         .mode = t->attrs.u.lu.mode, .dtype = t->dtype, .batch = batch_of(A), .n = n_of(A),
-        .trans = t->attrs.u.lu.trans, .check = t->attrs.u.lu.check, .err = t->ctx->err_word,
+        .trans = t->attrs.u.lu.trans, .check = t->attrs.u.lu.check, .err = flx_kerr_site(t),
         .out = out
     };
     if (t->op == FLX_OP_LU_FACTOR || t->n_in == 1) { /* factor, or det straight from A */

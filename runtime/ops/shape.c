@@ -191,7 +191,7 @@ static flx_status exec_index(const flx_tensor *t, void *out, const void *const *
     a.src = in[0];
     a.idx = in[1];
     a.out = out;
-    a.err = t->ctx->err_word;
+    a.err = flx_kerr_site(t);
     return flx_kernel_index(t->ctx, &a);
 }
 

@@ -94,7 +94,7 @@ static flx_tensor *scaled(flx_tensor *v, double s) { return (v && s != 1.0) ? fl
 
 /* ---- exec ----------------------------------------------------------------------------------- */
 static flx_status run_kernel(const flx_tensor *t, flx_softmax_args *a) {
-    a->err = t->ctx->err_word;
+    a->err = flx_kerr_site(t);
     return flx_kernel_softmax(t->ctx, a);
 }
 

@@ -64,6 +64,10 @@ FLX_HP_COUNT = 10
 FLX_PLAN_CAPTURE_DEFAULT = 0
 FLX_PLAN_CAPTURE_OFF = 1
 FLX_PLAN_CAPTURE_ON = 2
+FLX_PLAN_CAPTURED = 0
+FLX_PLAN_NOT_CAPTURED_DISABLED = 1
+FLX_PLAN_NOT_CAPTURED_UNSUPPORTED = 2
+FLX_PLAN_NOT_CAPTURED_FAILED = 3
 FLX_MATH_STRICT = 0
 FLX_MATH_TF32 = 1
 FLX_COMM_SUM = 0
@@ -154,6 +158,8 @@ class flx_plan_info(Structure):
         ('unplanned_bytes', c_uint64),
         ('runs', c_uint64),
         ('n_optim', c_int32),
+        ('capture_state', c_int32),
+        ('capture_reason', (c_char * 256)),
     ]
 
 

@@ -59,6 +59,10 @@ FLX_HP_COUNT: int
 FLX_PLAN_CAPTURE_DEFAULT: int
 FLX_PLAN_CAPTURE_OFF: int
 FLX_PLAN_CAPTURE_ON: int
+FLX_PLAN_CAPTURED: int
+FLX_PLAN_NOT_CAPTURED_DISABLED: int
+FLX_PLAN_NOT_CAPTURED_UNSUPPORTED: int
+FLX_PLAN_NOT_CAPTURED_FAILED: int
 FLX_MATH_STRICT: int
 FLX_MATH_TF32: int
 FLX_COMM_SUM: int
@@ -127,6 +131,8 @@ class flx_plan_info(Structure):
     unplanned_bytes: int
     runs: int
     n_optim: int
+    capture_state: int
+    capture_reason: Any
 
 flx_fn: Any
 flx_blob_deleter: Any

@@ -196,7 +196,9 @@ class _Plan:
     def info(self) -> Dict[str, Any]:
         inf = _capi.flx_plan_info()
         _check(_L.flx_plan_get_info(self.ptr, byref(inf)))
-        return {k: getattr(inf, k) for k, _ in inf._fields_}
+        out = {k: getattr(inf, k) for k, _ in inf._fields_}
+        out["capture_reason"] = out["capture_reason"].decode("utf-8", "replace")
+        return out
 
     def __del__(self, _destroy=_L.flx_plan_destroy) -> None:
         if getattr(self, "ptr", None) and _core._alive:

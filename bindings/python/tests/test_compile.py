@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 import fluxion as fx
-from fluxion import nn, optim
+from fluxion import _capi, nn, optim
 from fluxion.nn import functional as F
 
 rng = np.random.default_rng(11)
@@ -52,6 +52,10 @@ def test_compiled_training_matches_eager(opt_cls, kw):
         got.append(step(*args).item())
     assert step.compiles == 1
     assert step.info()["runs"] == 5 and step.info()["n_optim"] == 1
+    info = step.info()
+    if not info["captured"]:  # says why, in words
+        assert isinstance(info["capture_reason"], str) and info["capture_reason"]
+        assert info["capture_state"] != _capi.FLX_PLAN_CAPTURED
     np.testing.assert_allclose(got, eager, rtol=1e-12)
     for a, b in zip(m1.parameters(), m2.parameters()):
         np.testing.assert_allclose(b.numpy(), a.numpy(), rtol=1e-12, atol=1e-14)
