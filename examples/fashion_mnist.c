@@ -1,5 +1,5 @@
 /*
- * fashion_mnist.c — fluxion's main job: train a classifier on Fashion-MNIST (issue 5).
+ * fashion_mnist.c — fluxion's main job: train a classifier on Fashion-MNIST.
  *
  * Data: Debian's dataset-fashion-mnist package (gzipped IDX files under
  * /usr/share/datasets/fashion-mnist; tools/run installs it), read by fashion_mnist_data.c. The

@@ -1,4 +1,4 @@
-// eigh.cu — symmetric eigendecomposition on CUDA (issue 4), on the context's stream with no host
+// eigh.cu — symmetric eigendecomposition on CUDA, on the context's stream with no host
 // waits. Layout and conventions: flx_eigh_args in flx_kernels.h (out = [V | w] per matrix,
 // (n, n+1) row-major, eigenvalues ascending, each eigenvector's largest-magnitude entry positive).
 //

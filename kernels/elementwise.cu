@@ -1,6 +1,6 @@
 // elementwise.cu — CUDA kernels of the fill, cast, unary, binary, where and fused-program families.
 //
-// Semantics follow the CPU reference (runtime/backend_cpu.c) exactly:
+// Semantics follow the CPU reference (runtime/cpu/backend.c) exactly:
 //   - fill computes each value in double (Philox stream of kernels/philox.h) and converts it to
 //     the output dtype like the CPU's store(): float cast, truncation to integers saturated to
 //     their range with NaN -> 0 (flx_f2i32/flx_f2i64 of flx_unary_ops.h), != 0 to bool;
@@ -275,7 +275,7 @@ __global__ void where_kernel(Space s, const uint8_t *cond, const E *a, const E *
     }
 }
 
-// ---- fused programs (issue 6; format in flx_kernels.h, planning in runtime/fuse.c) -----------
+// ---- fused programs (format in flx_kernels.h, planning in runtime/core/fuse.c) -----------
 // Each thread runs the program over FV consecutive elements at once, so an instruction is
 // decoded once per FV elements and contiguous inputs are read with one vector load. The slots
 // are indexed only with compile-time constants (the unrolled select loops below), so they stay

@@ -153,7 +153,7 @@ typedef struct flx_index_args {
     flx_kerr err;
 } flx_index_args;
 
-/* ---- conv: sliding-window family over NCHW planes (issue 5, nn layers) -----------------------
+/* ---- conv: sliding-window family over NCHW planes (nn layers) -----------------------
  * Geometry: input planes (N, C, H, W); window KH x KW with stride SH, SW, zero padding PH, PW
  * and dilation DH, DW; output planes OH x OW, where OH = (H + 2 PH - DH (KH - 1) - 1) / SH + 1.
  * Window (oh, ow) tap (ki, kj) reads input row h = oh SH - PH + ki DH, column w = ow SW - PW + kj DW.
@@ -225,7 +225,7 @@ typedef struct flx_softmax_args {
 } flx_softmax_args;
 int flx_cuda_softmax(const flx_softmax_args *args, void *stream);
 
-/* ---- optim: fused multi-tensor optimiser updates (issue 5; runtime/nn/optim.c, runtime/cpu/optim.c,
+/* ---- optim: fused multi-tensor optimiser updates (runtime/nn/optim.c, runtime/cpu/optim.c,
  * kernels/optim.cu). Update rules: fluxion.h, "optimisers".
  * UPDATE: for each j < n: p[j] (numel[j] elements, dtype) is updated from g[j] and the state
  *   slots s0/s1/s2[j] (NULL where the rule does not use them) with hyperparameters read from the
@@ -256,7 +256,7 @@ typedef struct flx_optim_args {
 } flx_optim_args;
 int flx_cuda_optim(const flx_optim_args *args, void *stream);
 
-/* ---- LU family (issue 4; runtime/ops/lu.c, runtime/cpu/lu.c, kernels/lu.cu) -------------------
+/* ---- LU family (runtime/ops/lu.c, runtime/cpu/lu.c, kernels/lu.cu) -------------------
  * Packed factorisation: one row of P = n*n + n + 1 elements (dtype of A) per matrix:
  *   [0, n*n)       the LU of A = P L U (partial pivoting), column-major: (i, j) at j*n + i;
  *                  L unit lower (below the diagonal), U upper (on and above it);
@@ -305,7 +305,7 @@ typedef struct flx_cuda_lib_env {
  * -(1000 + cublasStatus_t) or -(2000 + cusolverStatus_t). */
 int flx_cuda_lu(const flx_lu_args *args, const flx_cuda_lib_env *env);
 
-/* ---- eigh (issue 4; runtime/ops/eigh.c, runtime/cpu/eigh.c, kernels/eigh.cu) ------------------
+/* ---- eigh (runtime/ops/eigh.c, runtime/cpu/eigh.c, kernels/eigh.cu) ------------------
  * a: (batch, n, n) row-major symmetric matrices (only the lower triangle is read on CUDA; the CPU
  * reads both triangles' average -- the builder passes exactly symmetric input). out: (batch, n,
  * n + 1) row-major = [V | w]: columns 0..n-1 the orthonormal eigenvectors (column j for w[j]),
@@ -322,7 +322,7 @@ typedef struct flx_eigh_args {
 /* Same return convention and environment as flx_cuda_lu. */
 int flx_cuda_eigh(const flx_eigh_args *args, const flx_cuda_lib_env *env);
 
-/* ---- fused: a chain of float elementwise ops run as one kernel (issue 6; runtime/core/fuse.c,
+/* ---- fused: a chain of float elementwise ops run as one kernel (runtime/core/fuse.c,
  * runtime/cpu/fused.c, kernels/elementwise.cu) ------------------------------------------------------
  * A tiny register program, interpreted per element over the dense output index space `shape`
  * (already coalesced: ndim >= 1, no size-1 dims). Values live in FLX_FUSED_MAX_SLOTS slots:

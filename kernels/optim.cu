@@ -1,4 +1,4 @@
-// optim.cu — fused multi-tensor optimiser updates (kernel family "optim", issue 5).
+// optim.cu — fused multi-tensor optimiser updates (kernel family "optim").
 //
 // One launch updates up to FLX_OPTIM_MAX_TENSORS_PER_LAUNCH tensors: the tensor pointers travel
 // by value in the kernel's parameters (flx_optim_args, about 1.3 KB, under the 4 KB limit), so
@@ -8,7 +8,7 @@
 // change. The step count hp[FLX_HP_STEP] is advanced by the last block to finish (a counter in
 // device memory, reset by that block): every block has read the old count before it arrives at
 // the counter, so all elements of one step see the same t. Math in float64, as the CPU reference
-// (runtime/cpu_optim.c), so both agree up to the final rounding.
+// (runtime/cpu/optim.c), so both agree up to the final rounding.
 #include <cuda_runtime.h>
 #include <stdint.h>
 

@@ -1,7 +1,7 @@
 #!/bin/sh
 # check_exports.sh LIB — fails unless every dynamic symbol LIB defines is part of the public API
 # (prefixed flx_), the public API is there at all (flx_version, flx_ctx_create) and the SONAME
-# carries the major version (libfluxion.so.<major>). Run by CTest (tests/CMakeLists.txt, issue 9).
+# carries the major version (libfluxion.so.<major>). Run by CTest (tests/CMakeLists.txt).
 set -u
 lib=${1:?usage: check_exports.sh path/to/libfluxion.so [major]}
 major=${2:-}

@@ -1,5 +1,4 @@
-/* header_c11.c — fluxion.h must compile as C11 with -Wall -Wextra -Wpedantic -Werror (issue 9;
- * compiled by the header.c11 CTest). Uses a few declarations so that they are checked too. */
+/* header_c11.c — fluxion.h must compile as C11 with -Wall -Wextra -Wpedantic -Werror (* compiled by the header.c11 CTest). Uses a few declarations so that they are checked too. */
 #include "fluxion/fluxion.h"
 
 #if !defined(FLX_VERSION_MAJOR) || !defined(FLX_VERSION_MINOR) || !defined(FLX_VERSION_PATCH)

@@ -1,5 +1,5 @@
 // header_cxx17.cc — fluxion.h must compile as C++17 with -Wall -Wextra -Wpedantic -Werror
-// (issue 9; compiled by the header.cxx17 CTest), with C linkage for its functions.
+// (compiled by the header.cxx17 CTest), with C linkage for its functions.
 #include "fluxion/fluxion.h"
 
 #include <type_traits>

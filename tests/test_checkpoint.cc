@@ -1,4 +1,4 @@
-// test_checkpoint.cc — safetensors checkpoints (issue 5): round trips of every dtype, the exact
+// test_checkpoint.cc — safetensors checkpoints: round trips of every dtype, the exact
 // byte layout, interoperability with the Python `safetensors` package (when installed), crash-safe
 // saving, every kind of corrupted or hostile file, and a fuzz loop of random byte flips and
 // truncations that must never crash or read out of bounds (run under ASan in tools/test).

@@ -1,4 +1,4 @@
-// test_conv.cc — sliding-window layers (issue 5): conv2d, im2col/col2im, max_pool2d (values,
+// test_conv.cc — sliding-window layers: conv2d, im2col/col2im, max_pool2d (values,
 // indices, argmax-routed gradient), avg_pool2d. Values against independent float64 loops at odd
 // sizes with stride/padding/dilation, VJPs by gradcheck, JVPs by jvp_check, second derivatives,
 // bad inputs, and GPU against CPU (skipped with the reason when no GPU is present).

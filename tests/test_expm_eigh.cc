@@ -1,4 +1,4 @@
-// test_expm_eigh.cc — flx_expm and flx_eigh (issue 4) on the CPU backend against float64
+// test_expm_eigh.cc — flx_expm and flx_eigh on the CPU backend against float64
 // references written here: expm by a scaled Taylor series with squaring and by closed forms
 // (diagonal, nilpotent, rotation generators, the rank-one xx^T); eigh on matrices built as
 // Q diag(d) Q^T with Householder Q (known spectrum) and by the identities S V = V diag(w),

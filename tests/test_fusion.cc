@@ -1,4 +1,4 @@
-// test_fusion.cc — elementwise fusion (issue 6, runtime/fuse.c): chains of float elementwise ops
+// test_fusion.cc — elementwise fusion (runtime/core/fuse.c): chains of float elementwise ops
 // run as one kernel. Values are checked against float64/float32 formulas computed here, fused
 // results against the same graphs evaluated with fusion off (bit for bit on one backend), and
 // the kernel/allocation counts show that intermediates were never materialised. A random-DAG
@@ -301,7 +301,7 @@ TEST_F(FusionTest, RandomDagsMatchUnfusedBitForBit) {
     EXPECT_LT(fused_kernels, plain_kernels);  // the sweep did exercise fusion
 }
 
-// Plans fuse the same way (runtime/plan.c calls the same planner): a plan's outputs equal the
+// Plans fuse the same way (runtime/core/plan.c calls the same planner): a plan's outputs equal the
 // unfused eager values bit for bit, run after run, and fused members take no arena space.
 TEST_F(FusionTest, PlansOfRandomDagsMatchUnfusedEager) {
     uint64_t fused_nodes = 0;

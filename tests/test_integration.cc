@@ -1,4 +1,4 @@
-// test_integration.cc — version and run-time feature queries of fluxion.h (issue 9).
+// test_integration.cc — version and run-time feature queries of fluxion.h.
 #include <cstdio>
 #include <cstring>
 #include <string>

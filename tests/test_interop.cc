@@ -1,4 +1,4 @@
-// test_interop.cc — the interop C API (runtime/interop.c): flx_data_ptr, flx_from_blob
+// test_interop.cc — the interop C API (runtime/io/interop.c): flx_data_ptr, flx_from_blob
 // (zero-copy, deleter), flx_ctx_stream and custom differentiable functions (flx_custom_fn).
 #include <cstring>
 #include <vector>

@@ -1,4 +1,4 @@
-// test_lu.cc — the LU family (issue 4): det, slogdet, logdet, inv, solve and the _ex forms on
+// test_lu.cc — the LU family: det, slogdet, logdet, inv, solve and the _ex forms on
 // the CPU backend against float64 references written here (Gauss-Jordan with full pivoting and
 // cofactor expansion, independent of the runtime's partial-pivoting LU); VJP by gradcheck, JVP
 // and the dot-product test; second derivatives of logdet against the closed form; singular,

@@ -1,4 +1,4 @@
-// test_nn.cc — neural-network blocks (issue 5): linear, batch norm (training statistics, running
+// test_nn.cc — neural-network blocks: linear, batch norm (training statistics, running
 // statistics, eval), layer norm, dropout (mask reproducible and mean-preserving), embedding, the
 // losses with their reductions, initialisers, L1/L2 penalties, and the recurrent cells unrolled
 // over time (backprop through time against finite differences). Values against independent

@@ -1,4 +1,4 @@
-// test_optim.cc — the fused optimisers (issue 5): first steps on a 1-d quadratic against values
+// test_optim.cc — the fused optimisers: first steps on a 1-d quadratic against values
 // worked out by hand from each formula; several steps on a random multi-tensor model against a
 // plain reference implementation written here; chunking past one launch; device-side
 // hyperparameters; state export/import; buffer immutability; bad input; GPU against CPU.

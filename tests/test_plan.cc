@@ -1,4 +1,4 @@
-// test_plan.cc — compiled plans (issue 6): a plan's outputs equal the eager evaluator's bit for
+// test_plan.cc — compiled plans: a plan's outputs equal the eager evaluator's bit for
 // bit; 1,000 replays of an SGD step with assignments give the same parameters as 1,000 eager
 // steps; capture on and off agree; the memory plan reuses space and a run allocates nothing;
 // bad input gives clear errors. GPU variants (CudaPlan.*) skip without a GPU. Also the math
@@ -450,7 +450,7 @@ TEST_F(PlanTest, BadInputsGiveClearErrors) {
     EXPECT_EQ(flx_ctx_destroy(other), FLX_OK) << flx_last_error();
 }
 
-// ---- optimisers inside the plan (issue 6): forward, backward and update in one replay ----------
+// ---- optimisers inside the plan: forward, backward and update in one replay ----------
 // The reference is always the eager loop: record the graph, flx_backward, flx_optim_step,
 // flx_optim_zero_grad, one step per batch, with a second, identical model and optimiser.
 using LrSchedule = std::function<double(int)>;  // empty: the optimiser's own LR throughout

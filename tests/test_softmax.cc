@@ -1,4 +1,4 @@
-// test_softmax.cc — the softmax family (issue 3): softmax / log_softmax values against float64
+// test_softmax.cc — the softmax family: softmax / log_softmax values against float64
 // formulas at many row lengths, axes, dtypes and extreme inputs; VJP (gradcheck) and JVP
 // (jvp_check: central differences + dot-product test) of softmax, log_softmax and
 // cross-entropy; second order through the dedicated backward ops; bad inputs; and the CUDA

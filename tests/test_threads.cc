@@ -1,4 +1,4 @@
-// test_threads.cc — thread-safety rules of fluxion.h (issue 9): distinct contexts may be used
+// test_threads.cc — thread-safety rules of fluxion.h: distinct contexts may be used
 // from distinct threads at once, and each gets exactly (bit for bit) the result it gets alone;
 // error state, scopes and no-grad mode are per thread.
 #include <cmath>

@@ -1,4 +1,4 @@
-/* consumer.c — a tiny C11 program using an installed fluxion (issue 9; built by tools/test
+/* consumer.c — a tiny C11 program using an installed fluxion (built by tools/test
  * against a temporary install prefix, through CMake and through pkg-config).
  *
  * Computes the gradient of f(x) = sum(x^3 + sin x) at x = (0.5, -1, 2, 3) with flx_backward and

@@ -112,7 +112,7 @@ FLX_API int32_t flx_cuda_device_count(void);
 /* Library version as "MAJOR.MINOR.PATCH". */
 FLX_API const char *flx_version(void);
 
-/* ---- device feature query (issue 9) ---- */
+/* ---- device feature query ---- */
 typedef struct flx_cuda_device_props {
     char name[256];              /* e.g. "NVIDIA H100 80GB HBM3" (NUL-terminated)        */
     int32_t major, minor;        /* compute capability, e.g. 9 and 0                     */
@@ -390,7 +390,7 @@ FLX_API flx_tensor *flx_diag(flx_tensor *v);
 /* 2-d (n, m) -> 1-d main diagonal of length min(n, m). */
 FLX_API flx_tensor *flx_diagonal(flx_tensor *a);
 
-/* ---- LU family (issue 4): batched over leading dims, f32/f64, A (..., n, n) square -------------
+/* ---- LU family: batched over leading dims, f32/f64, A (..., n, n) square -------------
  * One LU factorisation with partial pivoting (cuSOLVER/cuBLAS or a register kernel for n <= 8 on
  * CUDA; plain LU in double on the CPU) serves each op's value and its derivatives (solves with
  * the saved factors). Non-square A, rank < 2 or mismatched batch dims fail when the op is built.
@@ -418,10 +418,10 @@ FLX_API flx_tensor *flx_inv_ex(flx_tensor *a, flx_tensor **info);
 FLX_API flx_tensor *flx_solve_ex(flx_tensor *a, flx_tensor *b, flx_tensor **info);
 /* Entrywise p-norm over axes (n_axes == 0: every axis), f32/f64: p = 1 (sum |x|), 2 (Euclidean;
  * over a matrix's two axes the Frobenius norm), INFINITY (max |x|) or any p >= 1. Gradient at a
- * zero norm: the subgradient 0 (never NaN). The norm of an empty set is 0. (issue 4) */
+ * zero norm: the subgradient 0 (never NaN). The norm of an empty set is 0. */
 FLX_API flx_tensor *flx_norm(flx_tensor *x, double p, int32_t n_axes, const int32_t *axes,
                              bool keepdims);
-/* ---- expm / eigh (issue 4; runtime/ops_expm.c, runtime/ops_eigh.c) ----------------------------
+/* ---- expm / eigh (runtime/ops/expm.c, runtime/ops/eigh.c) ----------------------------
  * expm(A): matrix exponential of (..., n, n), f32/f64, batched. Scaling and squaring with a
  * diagonal Pade approximant [m/m] (Higham 2005): m = 13 for f64, m = 7 for f32, with
  * s = ceil(log2(b / theta_m)) squarings for b = max(||A||_1, ||A||_inf) of each matrix.
@@ -449,7 +449,7 @@ FLX_API flx_tensor *flx_expm(flx_tensor *a);
  * infinite; results are inf/NaN). w or v may be NULL when not wanted (not both). */
 FLX_API flx_status flx_eigh(flx_tensor *a, flx_tensor **w, flx_tensor **v);
 
-/* ---- softmax family (issue 3; runtime/ops_softmax.c, kernels/softmax.cu) ---------------------
+/* ---- softmax family (runtime/ops/softmax.c, kernels/softmax.cu) ---------------------
  * softmax(x / T) and log_softmax(x / T) along one axis (negative counts from the end) of an f32
  * or f64 tensor with at least one axis; temperature T is a plain scale of the logits, finite and
  * > 0. Numerically stable (max-subtracted, so logits of +-1e4 do not overflow in f32).
@@ -521,7 +521,7 @@ FLX_API flx_status flx_gradcheck(flx_fn fn, void *user, int32_t n_in, flx_tensor
                                  double eps, double atol, double rtol, uint64_t seed,
                                  flx_gradcheck_report *report);
 
-/* ---- higher-order helpers (issue 3; runtime/higher_order.c) ----------------------------------
+/* ---- higher-order helpers (runtime/core/higher_order.c) ----------------------------------
  * f is called once (it builds the graph); it must return a tensor (a single element for
  * flx_hvp and flx_hessian) of the inputs' context and a float dtype. Results are lazy tensors
  * (new references, see Ownership) that stay differentiable with respect to inputs that require
@@ -548,7 +548,7 @@ FLX_API flx_status flx_hessian(flx_fn f, void *user, flx_tensor *x, flx_tensor *
 
 /* ---------------------------------------------------------------------------------------------
  * Interop: raw data access, zero-copy wrapping of external memory, streams and custom
- * differentiable functions (for language bindings and DLPack; runtime/interop.c).
+ * differentiable functions (for language bindings and DLPack; runtime/io/interop.c).
  * ------------------------------------------------------------------------------------------- */
 /* Computes t if needed, marks it kept and sets *ptr to its buffer (row-major, contiguous; a
  * device pointer on a CUDA context, valid on the context's stream). The pointer is valid while t
@@ -604,8 +604,8 @@ FLX_API flx_status flx_custom_fn(int32_t n_in, flx_tensor *const *inputs, flx_cu
                                  flx_custom_vjp vjp, flx_custom_jvp jvp, void *user,
                                  void (*destroy)(void *user), flx_tensor **out);
 
-/* ==== BEGIN issue 5: neural-network layers (runtime/ops_conv.c, runtime/ops_nn.c,
- * runtime/nn_init.c; kernels: runtime/cpu_conv.c, kernels/conv.cu) ==========================
+/* ==== neural-network layers (runtime/ops/conv.c, runtime/ops/nn.c,
+ * runtime/nn/init.c; kernels: runtime/cpu/conv.c, kernels/conv.cu) ==========================
  * Building blocks for training. Every layer is differentiable in every float input (VJP and JVP,
  * any order) and takes f32 or f64 (all float inputs of one call share a dtype and a context).
  * Images are NCHW: x is (N, C, H, W). Window arguments are 2-arrays (h, w); NULL picks the
@@ -762,9 +762,8 @@ FLX_API flx_tensor *flx_rnn_cell(flx_tensor *x, flx_tensor *h, flx_tensor *W_ih,
  *   h' = (1 - z) * n + z * h */
 FLX_API flx_tensor *flx_gru_cell(flx_tensor *x, flx_tensor *h, flx_tensor *W_ih,
                                  flx_tensor *W_hh, flx_tensor *b_ih, flx_tensor *b_hh);
-/* ==== END issue 5: neural-network layers ================================================== */
 
-/* ==== BEGIN issue 5: optimisers (runtime/optim.c; kernels: runtime/cpu_optim.c, kernels/optim.cu)
+/* ==== optimisers (runtime/nn/optim.c; kernels: runtime/cpu/optim.c, kernels/optim.cu)
  * Fused, device-side optimisers. One flx_optim_step updates every parameter with one kernel
  * launch (up to FLX_OPTIM_MAX_TENSORS_PER_LAUNCH parameters per launch; more are chunked). The
  * state (moments, accumulators) and the hyperparameters, step count included, live in device
@@ -869,9 +868,8 @@ FLX_API flx_status flx_optim_load(flx_optim *opt, const char *path);
 /* Releases the optimiser (NULL-safe); the parameters keep their current values. A plan that
  * updates it (flx_plan_options.optims) keeps it alive until the plan is destroyed. */
 FLX_API void flx_optim_destroy(flx_optim *opt);
-/* ==== END issue 5: optimisers ============================================================== */
 
-/* ==== BEGIN issue 5: checkpoints (runtime/safetensors.c) ======================================
+/* ==== checkpoints (runtime/io/safetensors.c) ======================================
  * safetensors files: 8-byte little-endian header length N, N bytes of JSON
  *   {"name": {"dtype": "F32", "shape": [2, 3], "data_offsets": [begin, end]}, ...,
  *    "__metadata__": {"key": "value", ...}}
@@ -902,9 +900,8 @@ FLX_API flx_tensor *flx_checkpoint_find(flx_checkpoint *ck, const char *name);
 /* Metadata value of key (NULL if absent). Valid until destroy. */
 FLX_API const char *flx_checkpoint_metadata(const flx_checkpoint *ck, const char *key);
 FLX_API void flx_checkpoint_destroy(flx_checkpoint *ck);                 /* NULL-safe */
-/* ==== END issue 5: checkpoints ============================================================= */
 
-/* ==== BEGIN issue 6: plans (runtime/plan.c) and math mode (runtime/math_mode.c) =============
+/* ==== plans (runtime/core/plan.c) and math mode (runtime/core/math_mode.c) =============
  * A plan freezes the graph that computes `outputs` from `inputs` and replays it with new input
  * data: node order, a static memory plan (every intermediate gets a fixed place in one arena
  * allocated at compile time, places reused by last use), and on CUDA one CUDA graph captured at
@@ -1039,7 +1036,6 @@ FLX_API flx_status flx_get_math_mode(const flx_ctx *ctx, int32_t *mode);
  * A plan keeps the setting it was compiled with. */
 FLX_API flx_status flx_set_fusion(flx_ctx *ctx, bool enabled);
 FLX_API flx_status flx_get_fusion(const flx_ctx *ctx, bool *enabled);
-/* ==== END issue 6: plans and math mode ===================================================== */
 
 /* ---------------------------------------------------------------------------------------------
  * Distributed: communicators and collectives (runtime/dist/).

@@ -53,7 +53,7 @@ bool flx_has_cuda(void) { return false; }
 int32_t flx_cuda_device_count(void) { return 0; }
 #endif
 
-/* ---- device feature query (issue 9) ---- */
+/* ---- device feature query ---- */
 #ifdef FLX_WITH_CUDA
 flx_status flx_cuda_backend_device_info(int32_t index, flx_cuda_device_props *out); /* runtime/cuda/backend.c */
 #endif
@@ -119,7 +119,7 @@ flx_ctx *flx_ctx_create(flx_device dev) {
     }
     ctx->device = dev;
     ctx->be = be;
-    ctx->fusion = flx_env_fusion();               /* issue 6: FLX_FUSION=0 turns it off */
+    ctx->fusion = flx_env_fusion();               /* FLX_FUSION=0 turns it off */
     if (be->init(ctx) != FLX_OK) {
         flx_log_msg(FLX_LOG_ERROR, "flx_ctx_create(%s:%d) failed: %s", be->name,
                     (int)dev.index, flx_last_error());

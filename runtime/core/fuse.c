@@ -1,4 +1,4 @@
-/* fuse.c — elementwise fusion (issue 6), shared by the evaluator (runtime/core/eval.c) and plans
+/* fuse.c — elementwise fusion, shared by the evaluator (runtime/core/eval.c) and plans
  * (runtime/core/plan.c).
  *
  * Why: a training step is full of short elementwise chains (bias + activation, the activation's

@@ -58,7 +58,7 @@
     X(MAXPOOL)                                                                            \
     X(MAXPOOL_ARGMAX) /* i64 indices, no gradient */                                      \
     X(MAXPOOL_BACKWARD) /* inputs: g, indices */ \
-    /* LU family (issue 4, runtime/ops/lu.c): attrs.lu */                                \
+    /* LU family (runtime/ops/lu.c): attrs.lu */                                \
     X(LU_FACTOR) /* packed (..., n*n + n + 1): LU, pivots, info; no gradient */           \
     X(LU_SOLVE)  /* inputs: A, LU, B (without B: B = I, an inverse) */                     \
     X(LU_DET)    /* inputs: A, LU; det / log|det| / sign / logdet */                      \
@@ -70,7 +70,7 @@
     X(CROSS_ENTROPY_LOSS) /* packed, logits, labels: the reduced loss (or packed: count) */  \
     X(CROSS_ENTROPY_GRAD) /* packed, logits, labels: the fused gradient (aliases packed) */  \
     X(CROSS_ENTROPY_BWD) /* inputs logits, labels, g (N): (softmax - onehot) g       */    \
-    /* expm / eigh (issue 4; runtime/ops/expm.c, runtime/ops/eigh.c) */                   \
+    /* expm / eigh (runtime/ops/expm.c, runtime/ops/eigh.c) */                   \
     X(EXPM) /* inputs: Y (expm value, no history), A; aliases Y                  */       \
     X(EIGH) /* input: symmetric S (..., n, n) -> packed (..., n, n+1) = [V | w]   */      \
     /* distributed (runtime/dist/): attrs.coll */                                         \
@@ -103,7 +103,7 @@ typedef struct flx_attrs {
         /* nn sliding windows (runtime/ops/conv.c): kernel, stride, padding, dilation (h, w) and
          * the input plane size (h, w) for ops whose output is the input geometry */
         struct { int64_t k[2], s[2], p[2], d[2], in_hw[2]; } conv;
-        /* LU family (issue 4): flx_lu_mode, solve with A^T, report singular input */
+        /* LU family: flx_lu_mode, solve with A^T, report singular input */
         struct { int32_t mode; int32_t trans; int32_t check; } lu;
         /* softmax family (runtime/ops/softmax.c): kernel mode (flx_softmax_mode), axis,
          * scale = 1 / temperature; cross-entropy: ignore_index, reduction, whether the forward
@@ -199,13 +199,13 @@ void flx_ops_register_shape(flx_op_def *table);
 void flx_ops_register_linalg(flx_op_def *table);
 void flx_ops_register_autodiff(flx_op_def *table);
 void flx_ops_register_interop(flx_op_def *table);
-/* nn layers (issue 5): sliding-window ops (runtime/ops/conv.c); CPU kernels in runtime/cpu/conv.c */
+/* nn layers: sliding-window ops (runtime/ops/conv.c); CPU kernels in runtime/cpu/conv.c */
 void flx_ops_register_conv(flx_op_def *table);
-/* LU family (issue 4): runtime/ops/lu.c; CPU reference kernels in runtime/cpu/lu.c */
+/* LU family: runtime/ops/lu.c; CPU reference kernels in runtime/cpu/lu.c */
 void flx_ops_register_lu(flx_op_def *table);
-/* softmax family (issue 3): runtime/ops/softmax.c; CPU kernels in runtime/cpu/softmax.c */
+/* softmax family: runtime/ops/softmax.c; CPU kernels in runtime/cpu/softmax.c */
 void flx_ops_register_softmax(flx_op_def *table);
-/* expm / eigh (issue 4): runtime/ops/expm.c, runtime/ops/eigh.c; CPU Jacobi in runtime/cpu/eigh.c */
+/* expm / eigh: runtime/ops/expm.c, runtime/ops/eigh.c; CPU Jacobi in runtime/cpu/eigh.c */
 void flx_ops_register_expm(flx_op_def *table);
 void flx_ops_register_eigh(flx_op_def *table);
 void flx_ops_register_collective(flx_op_def *table);
@@ -289,17 +289,17 @@ struct flx_ctx {
     uint64_t epoch;         /* evaluator marks                                       */
     flx_kerr_record *kerr;  /* kernels' error record (device memory on CUDA): flx_kerr.h */
     void *backend_state;    /* stream, handles, pools (backend-private)              */
-    int32_t math_mode;      /* flx_math_mode bits (issue 6; runtime/core/math_mode.c)       */
-    bool fusion;            /* fuse elementwise chains (issue 6; runtime/core/fuse.c)       */
+    int32_t math_mode;      /* flx_math_mode bits (runtime/core/math_mode.c)       */
+    bool fusion;            /* fuse elementwise chains (runtime/core/fuse.c)       */
 };
 
-/* ---- logging and environment switches (issue 9, runtime/core/log.c) ---- */
+/* ---- logging and environment switches (runtime/core/log.c) ---- */
 enum { FLX_LOG_OFF = 0, FLX_LOG_ERROR = 1, FLX_LOG_WARN = 2, FLX_LOG_INFO = 3, FLX_LOG_DEBUG = 4 };
 /* The level from FLX_LOG_LEVEL (error|warn|info|debug; unset or unknown: off), read once. */
 int flx_log_level(void);
 /* flx_log_msg: prints "fluxion[level]: message" to stderr when level <= flx_log_level(); one write per call. */
 void flx_log_msg(int level, const char *fmt, ...) FLX_PRINTF(2, 3);
-/* False when FLX_FUSION=0 (issue 6: contexts start with fusion off). */
+/* False when FLX_FUSION=0 (contexts start with fusion off). */
 bool flx_env_fusion(void);
 /* ---- end logging ---- */
 
@@ -397,7 +397,7 @@ flx_status flx_eval_nodes(int32_t n, flx_tensor *const *ts);
 void flx_freeze(flx_tensor *t);
 
 /* ---------------------------------------------------------------------------------------------
- * Elementwise fusion (issue 6, runtime/core/fuse.c), shared by the evaluator and plans.
+ * Elementwise fusion (runtime/core/fuse.c), shared by the evaluator and plans.
  * Given a post-order list of nodes to run (each marked with epoch), groups chains of float
  * elementwise nodes (unary, binary arithmetic, where) of one shape and dtype into programs of
  * one kernel each (flx_fused_args). A node joins its consumers' group only when every consumer
@@ -494,7 +494,7 @@ flx_tensor *flx_unary_inside(flx_tensor *x, double lo, double hi);
 /* Thread-local grad mode depth (0 = enabled). */
 int flx_no_grad_depth(void);
 
-/* Optimisers inside plans (runtime/nn/optim.c, issue 6): the fused update of parameters idx[0..m)
+/* Optimisers inside plans (runtime/nn/optim.c): the fused update of parameters idx[0..m)
  * from gradients at grad_ptrs, queued only (shared by flx_optim_step and plan replays); the
  * parameter list; a hold released by flx_optim_destroy. */
 flx_status flx_optim_queue_update(flx_optim *o, int32_t m, const int32_t *idx,

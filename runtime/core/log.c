@@ -1,10 +1,10 @@
-/* log.c — the library's logger and environment switches (issue 9).
+/* log.c — the library's logger and environment switches.
  *
  *   FLX_LOG_LEVEL = error | warn | info | debug   what fluxion prints to stderr (default: nothing;
  *                                                 errors are reported to the caller through the
  *                                                 returned status and flx_last_error, not printed)
  *   FLX_FUSION = 0                                new contexts start with elementwise fusion off
- *                                                 (issue 6; flx_set_fusion changes it per context)
+ *                                                 (flx_set_fusion changes it per context)
  *
  * All are read once per process (call_once), so the logger is thread-safe and costs one load
  * and compare when a message is below the level. Each message is formatted into a local buffer
@@ -17,7 +17,7 @@
 #include "internal.h"
 
 static int g_level;
-static bool g_no_fusion; /* FLX_FUSION=0 (issue 6) */
+static bool g_no_fusion; /* FLX_FUSION=0 */
 static once_flag g_env_once = ONCE_FLAG_INIT;
 
 /* ASCII case-insensitive equality (strcasecmp is POSIX, not C11). */

@@ -1,4 +1,4 @@
-/* math_mode.c — per-context math settings (issue 6): the elementwise-fusion switch, and the
+/* math_mode.c — per-context math settings: the elementwise-fusion switch, and the
  * math mode, FLX_MATH_STRICT (default) or FLX_MATH_TF32, an explicit opt-in that lets cuBLAS use TF32 tensor cores for f32 GEMMs. The CPU backend has no
  * set_math_mode entry: the mode is recorded and has no effect there. */
 #include "internal.h"

@@ -17,11 +17,11 @@ static void table_init(void) {
     flx_ops_register_linalg(g_table);
     flx_ops_register_autodiff(g_table);
     flx_ops_register_interop(g_table);
-    flx_ops_register_conv(g_table); /* nn sliding windows (issue 5) */
-    flx_ops_register_lu(g_table); /* LU family: det, solve, inv (issue 4) */
-    flx_ops_register_softmax(g_table); /* softmax family (issue 3) */
-    flx_ops_register_expm(g_table); /* expm (issue 4) */
-    flx_ops_register_eigh(g_table); /* eigh (issue 4) */
+    flx_ops_register_conv(g_table); /* nn sliding windows */
+    flx_ops_register_lu(g_table); /* LU family: det, solve, inv */
+    flx_ops_register_softmax(g_table); /* softmax family */
+    flx_ops_register_expm(g_table); /* expm */
+    flx_ops_register_eigh(g_table); /* eigh */
     flx_ops_register_collective(g_table);
     for (int i = 0; i < FLX_OP_COUNT; i++)
         if (!g_table[i].name) g_table[i].name = "unregistered-op";

@@ -1,4 +1,4 @@
-/* eigh.c — CPU reference of eigh (issue 4): cyclic Jacobi in double on the symmetric part
+/* eigh.c — CPU reference of eigh: cyclic Jacobi in double on the symmetric part
  * of each matrix, eigenvalues sorted ascending, each eigenvector's first largest-magnitude entry
  * made positive. Layout: flx_eigh_args in kernels/flx_kernels.h (out = [V | w], (n, n+1)
  * row-major per matrix). Non-finite input, or no convergence within the sweep limit, stores

@@ -71,7 +71,7 @@ flx_status flx_cpu_unary(flx_ctx *ctx, const flx_unary_args *ar) {
 }
 
 /* ---- binary, where -------------------------------------------------------------------------- */
-/* Float fast path (issue 5: CPU training speed). Dimensions along which both inputs are
+/* Float fast path (CPU training speed). Dimensions along which both inputs are
  * contiguous (and size-1 dimensions) are merged, then the innermost dimension runs as one loop
  * per op and dtype with the op chosen once per call. Every element is computed by the same double
  * formula and rounded the same way as in the general loop below, so the results are the same

@@ -1,4 +1,4 @@
-/* fused.c — the CPU reference interpreter of fused elementwise programs (issue 6; the program
+/* fused.c — the CPU reference interpreter of fused elementwise programs (the program
  * format is in kernels/flx_kernels.h, planning in runtime/core/fuse.c).
  *
  * Elements are processed in blocks so each instruction is decoded once per block. Every value is

@@ -1,4 +1,4 @@
-/* lu.c — CPU reference kernels of the LU family (issue 4): plain partial-pivoting LU in
+/* lu.c — CPU reference kernels of the LU family: plain partial-pivoting LU in
  * double, solves with the packed factors, det / log|det| / sign from the diagonal and the pivot
  * parity, and the division-free cofactor matrix. Layout of the packed factorisation: see
  * flx_lu_args in kernels/flx_kernels.h (column-major LU, 0-based pivots, info). */

@@ -13,7 +13,7 @@
 /* ---- matmul ----------------------------------------------------------------------------------
  * Two implementations with one contract (flx_matmul_args, computed in double, rounded on store):
  *   - matmul_loop: the reference loop, always compiled; deterministic fixed order.
- *   - matmul_blas (issue 5, built with FLX_WITH_BLAS when CMake found a CBLAS): cblas_dgemm per
+ *   - matmul_blas (built with FLX_WITH_BLAS when CMake found a CBLAS): cblas_dgemm per
  *     batch on double operands (f64 buffers are passed as they are, f32 ones are widened into
  *     scratch). It is used only when the result is the IEEE one: every input is finite (an
  *     optimised BLAS may skip or reorder products with zeros, and alpha == 0 skips A B, so

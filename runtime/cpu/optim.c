@@ -1,4 +1,4 @@
-/* optim.c — CPU reference kernels of the fused optimisers (kernel family "optim", issue 5).
+/* optim.c — CPU reference kernels of the fused optimisers (kernel family "optim").
  * Plain loops in float64, one per rule, written straight from the formulas in fluxion.h; the
  * CUDA kernels (kernels/optim.cu) are checked against these. */
 #include <math.h>

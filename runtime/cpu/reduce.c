@@ -7,7 +7,7 @@
 #include "cpu_common.h"
 
 /* ---- reduce ---------------------------------------------------------------------------------- */
-/* Float fast path of SUM and VAR (issue 5: CPU training speed). The reduced dimensions are merged
+/* Float fast path of SUM and VAR (CPU training speed). The reduced dimensions are merged
  * where contiguous (and size-1 ones dropped) and the innermost one runs as a plain loop; the
  * values are visited in the same row-major order and accumulated in double exactly as in the
  * general loop below, so the results are the same bits. */

@@ -1,4 +1,4 @@
-/* json_min.h — a small strict JSON parser (RFC 8259) for the safetensors header (issue 5).
+/* json_min.h — a small strict JSON parser (RFC 8259) for the safetensors header.
  * Private to the runtime. Parses a whole buffer into a tree; every read is bounds-checked, the
  * nesting depth is limited, numbers must be integers in [-2^63, 2^63) (fractions and exponents
  * are rejected: the safetensors header never needs them), strings are decoded to UTF-8 (escapes,

@@ -1,4 +1,4 @@
-/* safetensors.c — checkpoints as safetensors files (issue 5): crash-safe saving and strict,
+/* safetensors.c — checkpoints as safetensors files: crash-safe saving and strict,
  * bounds-checked loading. Format and guarantees: fluxion.h, "checkpoints". The header is parsed
  * by runtime/io/json_min.c. The data region is little-endian: this file assumes a little-endian host
  * (x86-64, AArch64), checked at run time. */

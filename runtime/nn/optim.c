@@ -1,4 +1,4 @@
-/* optim.c — fused optimisers (issue 5): SGD (plain, momentum, Nesterov), Adagrad, RMSprop, Adam
+/* optim.c — fused optimisers: SGD (plain, momentum, Nesterov), Adagrad, RMSprop, Adam
  * and AdamW. Update rules and conventions: fluxion.h, "optimisers".
  *
  * Design
@@ -14,7 +14,7 @@
  *     otherwise it first gives the parameter a private copy. That check runs at create time and
  *     at every step, so a user's flx_assign, or a live alias of a parameter, is never written
  *     through. Each update bumps the parameter's version, as flx_assign does.
- *   - Plans (issue 6, runtime/core/plan.c) queue the same update inside their replay through
+ *   - Plans (runtime/core/plan.c) queue the same update inside their replay through
  *     flx_optim_queue_update, the one function that fills and launches the chunks; since the
  *     hyperparameters and the step count live in device memory, a captured launch stays valid
  *     across flx_optim_set_hparam. A plan holds the optimiser (refs) until it is destroyed.
@@ -40,7 +40,7 @@ struct flx_optim {
     int32_t n_slots;        /* slots in use                                           */
     int32_t slot_phys[MAX_SLOTS];
     flx_buffer *hp;         /* FLX_HP_COUNT doubles + a uint32 counter (device memory) */
-    int32_t refs;           /* the creator's, plus one per plan that updates it (issue 6)   */
+    int32_t refs;           /* the creator's, plus one per plan that updates it   */
 };
 
 static const char *kind_name(flx_optim_kind k) {
@@ -114,7 +114,7 @@ static flx_status fill_buffer(flx_ctx *ctx, flx_buffer *b, flx_dtype dt, int64_t
 
 void flx_optim_destroy(flx_optim *o) {
     if (!o) return;
-    if (--o->refs > 0) return; /* a plan that updates it still holds it (issue 6) */
+    if (--o->refs > 0) return; /* a plan that updates it still holds it */
     if (o->state)
         for (int32_t i = 0; i < o->n * MAX_SLOTS; i++) flx_buffer_release(o->state[i]);
     if (o->params)
@@ -289,7 +289,7 @@ static void base_args(const flx_optim *o, flx_optim_args *a) {
  * them) from the gradients at grad_ptrs[k]: one kernel-family call per
  * FLX_OPTIM_MAX_TENSORS_PER_LAUNCH parameters, the last of which advances the step count on the
  * device. Only queues: the parameters' buffers must already be private (the caller's job), and
- * no version is bumped. Shared by flx_optim_step and compiled plans (runtime/core/plan.c, issue 6),
+ * no version is bumped. Shared by flx_optim_step and compiled plans (runtime/core/plan.c),
  * which call it while a CUDA graph is being captured: it allocates nothing on the device, copies
  * nothing and waits for nothing. m == 0 queues nothing (the step count does not advance). */
 flx_status flx_optim_queue_update(flx_optim *o, int32_t m, const int32_t *idx,
@@ -317,7 +317,7 @@ flx_status flx_optim_queue_update(flx_optim *o, int32_t m, const int32_t *idx,
     return s;
 }
 
-/* For plans (issue 6): the parameter list, and a hold that flx_optim_destroy releases. */
+/* For plans: the parameter list, and a hold that flx_optim_destroy releases. */
 int32_t flx_optim_params(const flx_optim *o, flx_tensor *const **params) {
     *params = o->params;
     return o->n;

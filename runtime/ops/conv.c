@@ -1,4 +1,4 @@
-/* conv.c — sliding-window ops over NCHW planes (issue 5, nn layers): IM2COL and its transpose
+/* conv.c — sliding-window ops over NCHW planes (nn layers): IM2COL and its transpose
  * COL2IM, MAXPOOL (values), MAXPOOL_ARGMAX (i64 flat indices of the maxima, no gradient) and
  * MAXPOOL_BACKWARD (the scatter of a cotangent through those indices), plus the public layers
  * built on them: flx_conv2d (im2col + matmul), flx_max_pool2d, flx_avg_pool2d, flx_im2col and

@@ -1,4 +1,4 @@
-/* eigh.c — symmetric eigendecomposition (issue 4): flx_eigh(A, &w, &V), batched, f32/f64.
+/* eigh.c — symmetric eigendecomposition: flx_eigh(A, &w, &V), batched, f32/f64.
  *
  * flx_eigh builds S = (A + A^T)/2 with public ops (exactly A when A is symmetric) and one EIGH
  * node on S whose output packs [V | w] as (..., n, n+1); w and V are slices of it. The kernel

@@ -1,4 +1,4 @@
-/* lu.c — the LU family (issue 4): det, slogdet, logdet, inv, solve and their _ex variants,
+/* lu.c — the LU family: det, slogdet, logdet, inv, solve and their _ex variants,
  * all batched over leading dimensions, with VJP and JVP rules.
  *
  * One LU_FACTOR node factorises A (partial pivoting, batched) into a packed row per matrix

@@ -1,4 +1,4 @@
-/* nn.c — neural-network layers composed from public ops (issue 5): linear, batch norm,
+/* nn.c — neural-network layers composed from public ops: linear, batch norm,
  * layer norm, dropout, embedding, the losses (mse, binary log-loss from logits, log-cosh, hinge)
  * and the recurrent cells (Elman, GRU). Each public function checks its arguments (naming the
  * function, shapes and dtypes), then builds its graph inside a private scope and keeps only the

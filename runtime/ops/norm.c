@@ -1,4 +1,4 @@
-/* norm.c — flx_norm (issue 4): entrywise vector p-norms over a set of axes (p = 1, 2, inf
+/* norm.c — flx_norm: entrywise vector p-norms over a set of axes (p = 1, 2, inf
  * or any p >= 1; p = 2 over a matrix's two axes is the Frobenius norm). A composition of public
  * ops (Case B of docs/adding-an-op.md): it needs no row, kernel or rule of its own.
  *
