@@ -155,7 +155,7 @@ void flx_ops_register_collective(flx_op_def *table) {
 }
 
 /* ---- data parallelism ---- */
-static bool check_params(const char *name, flx_comm *comm, int32_t n, flx_tensor *const *params) {
+bool flx_comm_check_params(const char *name, flx_comm *comm, int32_t n, flx_tensor *const *params) {
     if (!comm) {
         flx_set_error(FLX_ERR_INVALID_ARGUMENT, "%s: comm is NULL", name);
         return false;
@@ -186,7 +186,7 @@ static bool check_params(const char *name, flx_comm *comm, int32_t n, flx_tensor
 
 flx_status flx_comm_broadcast_params(flx_comm *comm, int32_t n, flx_tensor *const *params, int32_t root) {
     static const char *name = "flx_comm_broadcast_params";
-    if (!check_params(name, comm, n, params)) return flx_last_status();
+    if (!flx_comm_check_params(name, comm, n, params)) return flx_last_status();
     if (root < 0 || root >= comm->size)
         return flx_set_error(FLX_ERR_INVALID_ARGUMENT, "%s: root %d is outside [0, %d)", name, (int)root,
                              (int)comm->size);
@@ -208,7 +208,7 @@ flx_status flx_comm_broadcast_params(flx_comm *comm, int32_t n, flx_tensor *cons
 
 flx_status flx_comm_average_grads(flx_comm *comm, int32_t n, flx_tensor *const *params, size_t bucket_bytes) {
     static const char *name = "flx_comm_average_grads";
-    if (!check_params(name, comm, n, params)) return flx_last_status();
+    if (!flx_comm_check_params(name, comm, n, params)) return flx_last_status();
     if (bucket_bytes == 0) bucket_bytes = (size_t)25 << 20;
     if (n == 0) return FLX_OK;
     flx_status s = flx_scope_begin();

@@ -40,6 +40,10 @@ struct flx_comm {
     void *state;           /* the transport's (an MPI_Comm, an ncclComm_t)                  */
 };
 
+/* Checks a parameter list for a communicator: comm and every tensor non-NULL, n >= 0, each
+ * tensor of comm's context and a float dtype. False with the error set (messages name fn). */
+bool flx_comm_check_params(const char *fn, flx_comm *comm, int32_t n, flx_tensor *const *params);
+
 /* The live communicator with this id, or NULL (destroyed). */
 flx_comm *flx_comm_lookup(uint64_t id);
 

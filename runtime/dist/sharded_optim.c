@@ -39,27 +39,14 @@ static flx_tensor *pack(flx_ctx *ctx, flx_dtype dt, int32_t n, flx_tensor *const
 flx_sharded_optim *flx_sharded_optim_create(flx_comm *comm, flx_optim_kind kind, int32_t n,
                                             flx_tensor *const *params, const flx_optim_config *cfg) {
     static const char *fn = "flx_sharded_optim_create";
-    if (!comm) {
-        flx_set_error(FLX_ERR_INVALID_ARGUMENT, "%s: comm is NULL", fn);
-        return NULL;
-    }
-    if (n < 1 || !params) {
-        flx_set_error(FLX_ERR_INVALID_ARGUMENT, "%s: needs at least one parameter (n %d, params %p)", fn,
-                      (int)n, (const void *)params);
+    if (!flx_comm_check_params(fn, comm, n, params)) return NULL;
+    if (n < 1) {
+        flx_set_error(FLX_ERR_INVALID_ARGUMENT, "%s: needs at least one parameter", fn);
         return NULL;
     }
     int64_t total = 0;
     for (int32_t i = 0; i < n; i++) {
-        if (!params[i]) {
-            flx_set_error(FLX_ERR_INVALID_ARGUMENT, "%s: params[%d] is NULL", fn, (int)i);
-            return NULL;
-        }
-        if (params[i]->ctx != comm->ctx) {
-            flx_set_error(FLX_ERR_DEVICE, "%s: params[%d] %s belongs to another context than the "
-                          "communicator", fn, (int)i, flx_describe(params[i]));
-            return NULL;
-        }
-        if (!flx_dtype_is_float(params[i]->dtype) || params[i]->dtype != params[0]->dtype) {
+        if (params[i]->dtype != params[0]->dtype) {
             flx_set_error(FLX_ERR_DTYPE, "%s: params[%d] is %s; parameters share one float dtype (%s)",
                           fn, (int)i, flx_describe(params[i]), flx_dtype_name(params[0]->dtype));
             return NULL;

@@ -106,13 +106,9 @@ class ShardedOptimizer:
         self._h = None
         self.comm = comm
         self.params = list(params)
-        cfg = _L.flx_optim_defaults(optimizer.kind)
-        for k, v in hp.items():
-            if v is None:
-                continue
-            if not hasattr(cfg, k):
-                raise TypeError(f"fluxion.distributed.ShardedOptimizer: unknown argument {k!r}")
-            setattr(cfg, k, v)
+        from .optim import _config
+
+        cfg = _config(optimizer.kind, hp, "fluxion.distributed.ShardedOptimizer")
         arr, n = _ptrs(self.params)
         self._h = _L.flx_sharded_optim_create(comm._live(), optimizer.kind, n, arr, byref(cfg))
         if not self._h:

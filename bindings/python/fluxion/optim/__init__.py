@@ -29,6 +29,18 @@ _HP = OrderedDict([
 ])
 
 
+def _config(kind: int, hp: Dict[str, Any], who: str) -> Any:
+    """flx_optim_defaults(kind) with the given hyperparameters set (None keeps the default)."""
+    cfg = _L.flx_optim_defaults(kind)
+    for k, v in hp.items():
+        if v is None:
+            continue
+        if not hasattr(cfg, k):
+            raise TypeError(f"{who}: unknown argument {k!r}")
+        setattr(cfg, k, v)
+    return cfg
+
+
 class Optimizer:
     """An flx_optim over a list of parameters (leaves requiring grad, one dtype and device)."""
 
@@ -42,13 +54,7 @@ class Optimizer:
         for p in self.params:
             if not isinstance(p, Tensor):
                 raise TypeError(f"fluxion.optim: parameters must be Tensors, got {type(p).__name__}")
-        cfg = _L.flx_optim_defaults(self.kind)
-        for k, v in hp.items():
-            if v is None:
-                continue
-            if not hasattr(cfg, k):
-                raise TypeError(f"fluxion.optim.{type(self).__name__}: unknown argument {k!r}")
-            setattr(cfg, k, v)
+        cfg = _config(self.kind, hp, f"fluxion.optim.{type(self).__name__}")
         arr, n = _ptrs(self.params)
         ctx = _L.flx_ctx_of(self.params[0]._ptr)
         opt = _L.flx_optim_create(ctx, self.kind, n, arr, byref(cfg))
