@@ -275,10 +275,8 @@ flx_status flx_step_exec(const flx_tensor *node, const struct flx_fused_group *g
 extern const flx_backend flx_backend_cpu;
 #ifdef FLX_WITH_CUDA
 extern const flx_backend flx_backend_cuda;
-/* The context's stream (a cudaStream_t) and device ordinal, for glue to CUDA libraries that live
- * outside the backend file (runtime/cuda/nccl.c). */
+/* The context's stream (a cudaStream_t): DLPack interop and NCCL glue. */
 void *flx_cuda_ctx_stream(flx_ctx *ctx);
-int flx_cuda_ctx_device(flx_ctx *ctx);
 #endif
 
 struct flx_ctx {

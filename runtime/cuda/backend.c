@@ -480,4 +480,3 @@ void *flx_cuda_ctx_stream(flx_ctx *ctx) {
     return s ? (void *)s->stream : NULL;
 }
 
-int flx_cuda_ctx_device(flx_ctx *ctx) { return flx_cuda_st(ctx)->device; }

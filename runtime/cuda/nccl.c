@@ -9,6 +9,7 @@
 #include <cuda_runtime.h>
 #include <nccl.h>
 
+#include "cuda_internal.h"
 #include "../dist/dist.h"
 #include "../dist/rendezvous.h"
 
@@ -37,6 +38,9 @@ static ncclRedOp_t nccl_op(flx_comm_op op) {
 static flx_status nccl_run(flx_comm *c, const flx_coll_args *a) {
     ncclComm_t nc = (ncclComm_t)c->state;
     cudaStream_t s = (cudaStream_t)flx_cuda_ctx_stream(c->ctx);
+    flx_cuda_guard g; /* NCCL launches on the current device: make it the context's, then restore */
+    flx_status gs = flx_cuda_enter(c->ctx, &g);
+    if (gs != FLX_OK) return gs;
     size_t n = (size_t)a->count;
     ncclDataType_t dt = nccl_dtype(a->dtype);
     ncclResult_t r = ncclSuccess;
@@ -46,6 +50,7 @@ static flx_status nccl_run(flx_comm *c, const flx_coll_args *a) {
     case FLX_COLL_ALL_GATHER: r = ncclAllGather(a->send, a->recv, n, dt, nc, s); break;
     case FLX_COLL_REDUCE_SCATTER: r = ncclReduceScatter(a->send, a->recv, n, dt, nccl_op(a->op), nc, s); break;
     }
+    flx_cuda_leave(&g);
     if (r != ncclSuccess) return nccl_fail(r, "collective");
     /* a peer that failed or a network error surfaces here on every rank instead of a silent hang */
     ncclResult_t ar = ncclSuccess;
@@ -94,12 +99,12 @@ flx_status flx_nccl_init(flx_comm *c, flx_id_exchange how) {
     }
     flx_status s = exchange_id(c, how, &id);
     if (s != FLX_OK) return s;
-    int prev = 0;
-    cudaGetDevice(&prev); /* NCCL binds the communicator to the current device: restore it after */
-    cudaSetDevice(flx_cuda_ctx_device(c->ctx));
+    flx_cuda_guard g; /* NCCL binds the communicator to the current device: restore it after */
+    s = flx_cuda_enter(c->ctx, &g);
+    if (s != FLX_OK) return s;
     ncclComm_t nc = NULL;
     ncclResult_t r = ncclCommInitRank(&nc, c->size, id, c->rank);
-    cudaSetDevice(prev);
+    flx_cuda_leave(&g);
     if (r != ncclSuccess) return nccl_fail(r, "ncclCommInitRank");
     c->state = nc;
     c->impl = &nccl_impl;
