@@ -164,6 +164,13 @@ TEST_F(DistTest, BadInputIsRejected) {
     EXPECT_EQ(flx_comm_average_grads(nullptr, 1, pi, 0), FLX_ERR_INVALID_ARGUMENT);
     EXPECT_EQ(flx_comm_average_grads(comm, 1, nullptr, 0), FLX_ERR_INVALID_ARGUMENT);
     EXPECT_EQ(flx_comm_average_grads(comm, -1, pi, 0), FLX_ERR_INVALID_ARGUMENT);
+    flx_scope_begin();
+    flx_tensor *gone = rand_tensor(ctx, FLX_F64, {2}, 9);
+    flx_scope_end(0, nullptr);  // gone is a dead handle now
+    flx_tensor *pg[] = {gone};
+    EXPECT_EQ(flx_comm_average_grads(comm, 1, pg, 0), FLX_ERR_STATE);
+    EXPECT_EQ(flx_comm_broadcast_params(comm, 1, pg, 0), FLX_ERR_STATE);
+    flx_clear_error();
     flx_tensor *pn[] = {nullptr};
     EXPECT_EQ(flx_comm_broadcast_params(comm, 1, pn, 0), FLX_ERR_INVALID_ARGUMENT);
     flx_tensor *px[] = {x};

@@ -170,6 +170,7 @@ bool flx_comm_check_params(const char *name, flx_comm *comm, int32_t n, flx_tens
             flx_set_error(FLX_ERR_INVALID_ARGUMENT, "%s: params[%d] is NULL", name, (int)i);
             return false;
         }
+        if (!flx_check_handle(name, params[i])) return false;
         if (params[i]->ctx != comm->ctx) {
             flx_set_error(FLX_ERR_DEVICE, "%s: params[%d] %s belongs to another context than the "
                           "communicator", name, (int)i, flx_describe(params[i]));
