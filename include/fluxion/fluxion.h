@@ -112,7 +112,7 @@ FLX_API int32_t flx_cuda_device_count(void);
 /* Library version as "MAJOR.MINOR.PATCH". */
 FLX_API const char *flx_version(void);
 
-/* ---- device feature query ---- */
+/* Device feature query */
 typedef struct flx_cuda_device_props {
     char name[256];              /* e.g. "NVIDIA H100 80GB HBM3" (NUL-terminated)        */
     int32_t major, minor;        /* compute capability, e.g. 9 and 0                     */
@@ -123,7 +123,6 @@ typedef struct flx_cuda_device_props {
  * FLX_ERR_DEVICE when no such device is usable (no GPU, no driver, index out of range),
  * FLX_ERR_INVALID_ARGUMENT for a NULL out. *out is zeroed on every error. */
 FLX_API flx_status flx_cuda_device_info(int32_t index, flx_cuda_device_props *out);
-/* ---- end device feature query ---- */
 
 /* ---------------------------------------------------------------------------------------------
  * Contexts
@@ -604,8 +603,9 @@ FLX_API flx_status flx_custom_fn(int32_t n_in, flx_tensor *const *inputs, flx_cu
                                  flx_custom_vjp vjp, flx_custom_jvp jvp, void *user,
                                  void (*destroy)(void *user), flx_tensor **out);
 
-/* ==== neural-network layers (runtime/ops/conv.c, runtime/ops/nn.c,
- * runtime/nn/init.c; kernels: runtime/cpu/conv.c, kernels/conv.cu) ==========================
+/* ---------------------------------------------------------------------------------------------
+ * Neural-network layers (runtime/ops/conv.c, runtime/ops/nn.c, runtime/nn/init.c)
+ *
  * Building blocks for training. Every layer is differentiable in every float input (VJP and JVP,
  * any order) and takes f32 or f64 (all float inputs of one call share a dtype and a context).
  * Images are NCHW: x is (N, C, H, W). Window arguments are 2-arrays (h, w); NULL picks the
@@ -763,7 +763,9 @@ FLX_API flx_tensor *flx_rnn_cell(flx_tensor *x, flx_tensor *h, flx_tensor *W_ih,
 FLX_API flx_tensor *flx_gru_cell(flx_tensor *x, flx_tensor *h, flx_tensor *W_ih,
                                  flx_tensor *W_hh, flx_tensor *b_ih, flx_tensor *b_hh);
 
-/* ==== optimisers (runtime/nn/optim.c; kernels: runtime/cpu/optim.c, kernels/optim.cu)
+/* ---------------------------------------------------------------------------------------------
+ * Optimisers (runtime/nn/optim.c)
+ *
  * Fused, device-side optimisers. One flx_optim_step updates every parameter with one kernel
  * launch (up to FLX_OPTIM_MAX_TENSORS_PER_LAUNCH parameters per launch; more are chunked). The
  * state (moments, accumulators) and the hyperparameters, step count included, live in device
@@ -869,7 +871,9 @@ FLX_API flx_status flx_optim_load(flx_optim *opt, const char *path);
  * updates it (flx_plan_options.optims) keeps it alive until the plan is destroyed. */
 FLX_API void flx_optim_destroy(flx_optim *opt);
 
-/* ==== checkpoints (runtime/io/safetensors.c) ======================================
+/* ---------------------------------------------------------------------------------------------
+ * Checkpoints (runtime/io/safetensors.c)
+ *
  * safetensors files: 8-byte little-endian header length N, N bytes of JSON
  *   {"name": {"dtype": "F32", "shape": [2, 3], "data_offsets": [begin, end]}, ...,
  *    "__metadata__": {"key": "value", ...}}
@@ -901,7 +905,9 @@ FLX_API flx_tensor *flx_checkpoint_find(flx_checkpoint *ck, const char *name);
 FLX_API const char *flx_checkpoint_metadata(const flx_checkpoint *ck, const char *key);
 FLX_API void flx_checkpoint_destroy(flx_checkpoint *ck);                 /* NULL-safe */
 
-/* ==== plans (runtime/core/plan.c) and math mode (runtime/core/math_mode.c) =============
+/* ---------------------------------------------------------------------------------------------
+ * Plans (runtime/core/plan*.c) and math mode (runtime/core/math_mode.c)
+ *
  * A plan freezes the graph that computes `outputs` from `inputs` and replays it with new input
  * data: node order, a static memory plan (every intermediate gets a fixed place in one arena
  * allocated at compile time, places reused by last use), and on CUDA one CUDA graph captured at
