@@ -191,12 +191,13 @@ int flx_cuda_conv(const flx_conv_args *args, void *stream);
  * CE_FWD:   cross-entropy forward, and with grad != NULL its backward in the same pass:
  *           x = logits (outer = N, n = C, inner = 1), labels (N). out (N + 1): out[r] =
  *           log(sum(exp(x_r - max_r))) - (x_r[label_r] - max_r), 0 where label_r ==
- *           ignore_index; out[N] = the number of labels != ignore_index (as T). grad (N, C), when
+ *           ignore_index; out[N] = the number of labels != ignore_index; out is stat_dtype
+ *           (f32 for the halves), rounded once from the double/f32 value. grad (N, C), when
  *           given: (softmax(x_r) - onehot(label_r)) * scale, divided by out[N] when reduction is
  *           FLX_REDUCTION_MEAN; rows with label_r == ignore_index are 0. s is not applied to x.
  * CE_BWD:   as CE_FWD, v = g (N): out (N, C) = (softmax(x_r) - onehot(label_r)) g_r, rows with
  *           label_r == ignore_index are 0.
- * CE_FINISH: x = a CE_FWD out (N + 1) (outer = N): out = sum(x[0..N)) (reduction SUM), that sum
+ * CE_FINISH: x = a CE_FWD out (N + 1, stat_dtype) (outer = N): out (dtype) = sum(x[0..N)) (SUM), that sum
  *           / x[N] (MEAN, 0/0 = NaN when every row is ignored), x[N] (reduction -1: the count),
  *           or x[0..N) copied (NONE). Summed in a fixed order (deterministic).
  * A label outside [0, C) other than ignore_index is treated as ignored (counted, loss and
@@ -209,7 +210,10 @@ typedef enum flx_softmax_mode {
 enum { FLX_SOFTMAX_CE_COUNT = -1 }; /* CE_FINISH reduction: read the count */
 typedef struct flx_softmax_args {
     int32_t mode;
-    flx_dtype dtype;        /* of x, v, out and grad (f32, f64) */
+    flx_dtype dtype;        /* of x, v, out and grad (f32, f64, f16, bf16) */
+    flx_dtype stat_dtype;   /* CE_FWD out and CE_FINISH x (the per-row losses and the count):
+                               f32 for f16/bf16 logits (a count or a loss in 8 or 11 bits is not
+                               exact), else dtype */
     int64_t outer, n, inner;
     double scale;
     const void *x;
@@ -331,7 +335,7 @@ int flx_cuda_eigh(const flx_eigh_args *args, const flx_cuda_lib_env *env);
  *   BINARY slot[dst] = binary arithmetic formula op of slot[s0], slot[s1]
  *   WHERE  slot[dst] = slot[s0] != 0 ? slot[s1] : slot[s2]
  * Every operand is read before dst is written (dst may reuse an operand's slot). The last
- * instruction's slot is stored to out. Every value has the output dtype (f32 or f64) except
+ * instruction's slot is stored to out. Every value has the output dtype (a float dtype) except
  * LOADs of bool inputs; the CPU computes each instruction in double and rounds to the dtype, as
  * the unfused kernels do, so fused and unfused results are bit-identical on each backend.
  * Input layout (in_kind): CONTIG = strides of the dense shape (read at the linear index);
@@ -350,7 +354,7 @@ typedef struct flx_fused_instr {
     double a, b;
 } flx_fused_instr;
 typedef struct flx_fused_args {
-    flx_dtype dtype; /* of every value and of out: f32 or f64 */
+    flx_dtype dtype; /* of every value and of out: f32, f64, f16 or bf16 */
     int32_t ndim;
     int64_t shape[FLX_MAX_DIMS];
     int64_t n;

@@ -86,10 +86,21 @@ typedef enum flx_dtype {
     FLX_I32 = 2,
     FLX_I64 = 3,
     FLX_BOOL = 4, /* one byte per element, 0 or 1: masks and comparison results */
-    FLX_F16 = 5,  /* reserved: not yet supported by any op                      */
-    FLX_BF16 = 6, /* reserved: not yet supported by any op                      */
+    FLX_F16 = 5,  /* IEEE binary16: 11 significant bits, max 65504              */
+    FLX_BF16 = 6, /* bfloat16: f32's range, 8 significant bits                   */
     FLX_DTYPE_COUNT
 } flx_dtype;
+/* Half precision (f16, bf16) is a storage format: every op on halves computes in at least f32
+ * (the CPU backend in double) and rounds once to the output dtype, to nearest with ties to even
+ * (overflow gives +-inf, NaN stays NaN). Reductions, softmax, log-softmax, cross-entropy, matmul
+ * and convolution accumulate in f32 or wider (the CPU in double); layer norm and batch norm
+ * compute in f32 and round their result once; cross-entropy keeps its per-row losses and row
+ * count in f32. Ops built from several ops (losses, layers) round each intermediate result.
+ * Gradients and tangents have their input's dtype. Casts convert between every pair of dtypes
+ * (to a half: rounded to nearest even; from a half to an integer: truncation toward zero,
+ * saturated, NaN -> 0, as from any float). Promotion: see the binary ops (f16 with bf16 is f32).
+ * The linear-algebra ops (det, logdet, slogdet, inv, solve, eigh, expm) take f32 and f64 only
+ * and refuse halves with FLX_ERR_DTYPE: an LU or an eigensolver in 8 or 11 bits gives noise. */
 
 /* Bytes per element (0 for an invalid dtype). */
 FLX_API size_t flx_dtype_size(flx_dtype dt);
@@ -226,13 +237,14 @@ FLX_API flx_status flx_to_host(flx_tensor *t, void *dst, size_t nbytes);
 /* The single element of a tensor with numel 1, converted to double. */
 FLX_API flx_status flx_item(flx_tensor *t, double *out);
 /* Dtype conversion on the way in and out, with flx_cast's rules (float -> int truncates toward
- * zero and saturates, NaN -> 0; to bool: x != 0; int -> float rounds to nearest), done on the host
+ * zero and saturates, NaN -> 0; to bool: x != 0; int -> float and to f16/bf16 round to nearest
+ * even), done on the host
  * (no device memory, no graph node).
  * flx_to_host_as: like flx_to_host, but writes the elements as host_dt (dst holds nbytes >=
  *   numel * flx_dtype_size(host_dt)); host_dt == the tensor's dtype is flx_to_host.
  * flx_from_host_as: a tensor of dtype dt (a CONST leaf, like flx_from_host) from numel elements of
  *   type host_dt at data; host_dt == dt is flx_from_host.
- * Errors: FLX_ERR_DTYPE for an invalid or reserved dtype (f16/bf16), FLX_ERR_INVALID_ARGUMENT for
+ * Errors: FLX_ERR_DTYPE for an invalid dtype, FLX_ERR_INVALID_ARGUMENT for
  * NULL pointers or a too small dst, as flx_to_host / flx_from_host otherwise. */
 FLX_API flx_status flx_to_host_as(flx_tensor *t, flx_dtype host_dt, void *dst, size_t nbytes);
 FLX_API flx_tensor *flx_from_host_as(flx_ctx *ctx, flx_dtype dt, int32_t ndim,
@@ -245,7 +257,8 @@ FLX_API flx_tensor *flx_from_host_as(flx_ctx *ctx, flx_dtype dt, int32_t ndim,
  * copy (to t's context). */
 FLX_API flx_tensor *flx_to_ctx(flx_tensor *t, flx_ctx *dst);
 /* Converts elements to another dtype (float -> int truncates toward zero and saturates to the
- * integer's range, NaN -> 0, the same on every backend; to bool: x != 0). */
+ * integer's range, NaN -> 0, the same on every backend; to bool: x != 0; to f16/bf16: rounded to
+ * nearest even, beyond the range: +-inf). */
 FLX_API flx_tensor *flx_cast(flx_tensor *t, flx_dtype dt);
 
 /* Computes every tensor in ts (one evaluation, so shared work runs once) and keeps their data. */
@@ -258,7 +271,8 @@ FLX_API flx_status flx_eval(int32_t n, flx_tensor *const *ts);
 FLX_API flx_status flx_assign(flx_tensor *dst, flx_tensor *src);
 
 /* ---------------------------------------------------------------------------------------------
- * Elementwise unary ops (f32, f64; neg and abs also i32, i64, exact in integer arithmetic).
+ * Elementwise unary ops (f32, f64, f16, bf16; neg and abs also i32, i64, exact in integer
+ * arithmetic).
  * Derivative conventions at kinks: abs'(0) = 0, relu'(0) = 0, clamp' = 1 strictly inside
  * (lo, hi) and 0 elsewhere. NaN propagates as in numpy: relu, sign, clamp, leaky_relu, elu of
  * NaN are NaN, and so are the derivatives of relu, leaky_relu, elu, abs and clamp at NaN.
@@ -295,9 +309,11 @@ FLX_API flx_tensor *flx_add_scalar(flx_tensor *x, double b);
 /* ---------------------------------------------------------------------------------------------
  * Elementwise binary ops with NumPy broadcasting. Both inputs have one context.
  * Dtype promotion (PyTorch's rule for two tensors): inputs of different dtypes are computed in
- * the higher of bool < i32 < i64 < f32 < f64, the other input cast to it first (so i64 * f32 is
- * f32, f32 + f64 is f64, bool * f64 is f64); the gradient flows back through that cast to the
- * input's own dtype. Arithmetic: f32, f64 (add, sub, mul, maximum, minimum also i32, i64).
+ * the higher of bool < i32 < i64 < f16, bf16 < f32 < f64, the other input cast to it first (so
+ * i64 * f32 is f32, f32 + f64 is f64, bool * f64 is f64, bf16 * f32 is f32, i64 * bf16 is bf16);
+ * f16 with bf16 is computed in f32 (neither holds the other). The gradient flows back through
+ * that cast to the input's own dtype. Arithmetic: f32, f64, f16, bf16 (add, sub, mul, maximum,
+ * minimum also i32, i64).
  * Comparisons take every dtype but bool and return FLX_BOOL; they have no gradient.
  * maximum/minimum propagate NaN from either side (numpy) and send the gradient to the input the
  * value came from: a on ties and where a is NaN, b where only b is NaN.
@@ -368,7 +384,7 @@ FLX_API flx_tensor *flx_unsqueeze(flx_tensor *x, int32_t axis);
 FLX_API flx_tensor *flx_index_select(flx_tensor *x, int32_t axis, flx_tensor *index);
 /* Alias of flx_index_select (gather along one axis with a 1-d index). */
 FLX_API flx_tensor *flx_gather(flx_tensor *x, int32_t axis, flx_tensor *index);
-/* out[..., c] = (index[...] == c) as dt (f32/f64/i32/i64), num_classes > 0. */
+/* out[..., c] = (index[...] == c) as dt (f32/f64/f16/bf16/i32/i64), num_classes > 0. */
 FLX_API flx_tensor *flx_one_hot(flx_tensor *index, int64_t num_classes, flx_dtype dt);
 /* Constant padding: pads holds 2*ndim entries (before_0, after_0, before_1, after_1, ...), each
  * >= 0. */
@@ -379,7 +395,8 @@ FLX_API flx_tensor *flx_pad(flx_tensor *x, const int64_t *pads, double value);
  * ------------------------------------------------------------------------------------------- */
 /* NumPy matmul: (..., m, k) @ (..., k, n) with broadcast batch dims; a 1-d left operand is a
  * row vector, a 1-d right operand a column vector (that axis is removed from the result). f32,
- * f64. cuBLAS on CUDA (strict f32, no TF32 unless asked for). */
+ * f64, f16, bf16 (halves accumulate in f32 or wider, rounded once). cuBLAS on CUDA (strict f32,
+ * no TF32 unless asked for). */
 FLX_API flx_tensor *flx_matmul(flx_tensor *a, flx_tensor *b);
 FLX_API flx_tensor *flx_dot(flx_tensor *a, flx_tensor *b);    /* 1-d . 1-d -> 0-d  */
 FLX_API flx_tensor *flx_outer(flx_tensor *a, flx_tensor *b);  /* (n), (m) -> (n, m) */
@@ -449,8 +466,8 @@ FLX_API flx_tensor *flx_expm(flx_tensor *a);
 FLX_API flx_status flx_eigh(flx_tensor *a, flx_tensor **w, flx_tensor **v);
 
 /* ---- softmax family (runtime/ops/softmax.c, kernels/softmax.cu) ---------------------
- * softmax(x / T) and log_softmax(x / T) along one axis (negative counts from the end) of an f32
- * or f64 tensor with at least one axis; temperature T is a plain scale of the logits, finite and
+ * softmax(x / T) and log_softmax(x / T) along one axis (negative counts from the end) of a float
+ * tensor (f32, f64, f16, bf16; halves computed in f32 or wider) with at least one axis; temperature T is a plain scale of the logits, finite and
  * > 0. Numerically stable (max-subtracted, so logits of +-1e4 do not overflow in f32).
  * Non-finite inputs: -inf entries get probability 0 (log-probability -inf) as long as the row
  * has a finite entry; a row whose entries are ALL -inf gives NaN in every entry (0/0); a +inf or
@@ -467,7 +484,7 @@ FLX_API flx_tensor *flx_log_softmax(flx_tensor *x, int32_t axis, double temperat
 /* ---------------------------------------------------------------------------------------------
  * Autodiff
  * ------------------------------------------------------------------------------------------- */
-/* Marks a tensor as a leaf that collects gradients (f32/f64 only). Making an op result require
+/* Marks a tensor as a leaf that collects gradients (float dtypes only). Making an op result require
  * grad computes and detaches it first: it becomes a leaf holding its value. */
 FLX_API flx_status flx_set_requires_grad(flx_tensor *t, bool requires_grad);
 FLX_API bool flx_requires_grad(const flx_tensor *t);
@@ -607,7 +624,8 @@ FLX_API flx_status flx_custom_fn(int32_t n_in, flx_tensor *const *inputs, flx_cu
  * Neural-network layers (runtime/ops/conv.c, runtime/ops/nn.c, runtime/nn/init.c)
  *
  * Building blocks for training. Every layer is differentiable in every float input (VJP and JVP,
- * any order) and takes f32 or f64 (all float inputs of one call share a dtype and a context).
+ * any order) and takes f32, f64, f16 or bf16 (all float inputs of one call share a dtype and a
+ * context).
  * Images are NCHW: x is (N, C, H, W). Window arguments are 2-arrays (h, w); NULL picks the
  * default named per function. Output size along an axis of length L with kernel k, stride s,
  * padding p, dilation d: O = floor((L + 2p - d (k - 1) - 1) / s) + 1 (no ceil mode).
@@ -706,7 +724,7 @@ FLX_API flx_tensor *flx_hinge_loss(flx_tensor *y, flx_tensor *t, flx_reduction r
  * Cross-entropy from logits with integer class labels, fused: per row r,
  * loss_r = log sum exp(logits_r - max_r) - (logits_r[labels_r] - max_r) (the precise form of
  * logsumexp(logits_r) - logits_r[labels_r]), and 0 where labels_r == ignore_index.
- * logits (N, C) f32/f64 with labels (N), or logits (N, C, d1, ...) with labels (N, d1, ...) (the
+ * logits (N, C) f32/f64/f16/bf16 with labels (N), or logits (N, C, d1, ...) with labels (N, d1, ...) (the
  * class axis is 1); labels i32 or i64 in [0, C) or equal to ignore_index (e.g. -100). A label out
  * of range is reported at the next synchronisation point (FLX_ERR_INVALID_ARGUMENT) and its row
  * counts as ignored meanwhile. MEAN divides by the number of non-ignored rows (NaN when that is
@@ -720,7 +738,7 @@ FLX_API flx_tensor *flx_hinge_loss(flx_tensor *y, flx_tensor *t, flx_reduction r
 FLX_API flx_tensor *flx_cross_entropy(flx_tensor *logits, flx_tensor *labels,
                                       flx_reduction reduction, int64_t ignore_index);
 
-/* ---- Initialisers: new tensors (f32/f64) from the counter-based Philox generator (same values
+/* ---- Initialisers: new tensors (float dtypes) from the counter-based Philox generator (same values
  * on every backend for a seed). Fans of a shape: 2-d (out, in): fan_in = in, fan_out = out;
  * rank r > 2 (out, in, k...): fan_in = in prod(k), fan_out = out prod(k); 1-d (n): both n.
  * gain: 1 for linear/sigmoid, sqrt(2) (FLX_GAIN_RELU) for ReLU, 5/3 for tanh. ---- */
@@ -878,7 +896,7 @@ FLX_API void flx_optim_destroy(flx_optim *opt);
  *   {"name": {"dtype": "F32", "shape": [2, 3], "data_offsets": [begin, end]}, ...,
  *    "__metadata__": {"key": "value", ...}}
  * then the data region, which the tensors' [begin, end) ranges tile exactly (in file order of
- * offsets), little-endian, row-major. dtypes: F32, F64, I32, I64, BOOL. Readable by the Python
+ * offsets), little-endian, row-major. dtypes: F32, F64, F16, BF16, I32, I64, BOOL. Readable by the Python
  * `safetensors` package and PyTorch.
  * Saving is crash-safe: the file is written to a temporary file in the same directory, fsynced,
  * renamed over path and the directory fsynced; a failed save leaves any previous file intact.

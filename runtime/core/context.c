@@ -31,8 +31,7 @@ const char *flx_dtype_name(flx_dtype dt) {
     return names[dt];
 }
 
-/* f16/bf16 are reserved in the enum; no op takes them yet. */
-bool flx_dtype_valid(flx_dtype dt) { return (int)dt >= 0 && dt <= FLX_BOOL; }
+bool flx_dtype_valid(flx_dtype dt) { return (int)dt >= 0 && dt < FLX_DTYPE_COUNT; }
 bool flx_dtype_is_float(flx_dtype dt) { return dt == FLX_F32 || dt == FLX_F64; }
 
 flx_device flx_device_cpu(void) {

@@ -334,6 +334,12 @@ void flx_unuse(flx_tensor *t);
 void flx_use(flx_tensor *t);
 bool flx_dtype_is_float(flx_dtype dt);
 bool flx_dtype_valid(flx_dtype dt);
+/* f16 and bf16: stored in 16 bits, computed in at least f32 (the CPU backend: double). */
+static inline bool flx_dtype_is_half(flx_dtype dt) { return dt == FLX_F16 || dt == FLX_BF16; }
+/* The dtype that composite ops (norms) compute in for inputs of dtype dt: f32 for the halves, whose
+ * 8 (bf16) or 11 (f16) significant bits would lose a mean or a variance to cancellation; dt
+ * itself otherwise. */
+static inline flx_dtype flx_dtype_compute(flx_dtype dt) { return flx_dtype_is_half(dt) ? FLX_F32 : dt; }
 /* Checks for an op: every input non-NULL (else propagates NULL), same context. Returns false
  * with the error set. */
 bool flx_check_inputs(const char *op, int32_t n, flx_tensor *const *in);
