@@ -247,7 +247,8 @@ TEST_F(Half, CastsBetweenEveryPair) {
         switch (dt) {
         case FLX_F32: return (double)(float)v;
         case FLX_F64: return v;
-        case FLX_I32: case FLX_I64: return std::isnan(v) ? 0.0 : std::trunc(v);
+        case FLX_I32: return std::isnan(v) ? 0.0 : std::trunc(std::min(std::max(v, -2147483648.0), 2147483647.0));
+        case FLX_I64: return std::isnan(v) ? 0.0 : std::trunc(std::min(std::max(v, -0x1p63), 0x1p63));
         case FLX_BOOL: return v != 0;
         default: return round_ref(fmt_of(dt), v);
         }
@@ -437,6 +438,26 @@ TEST_F(Half, RepeatedIndicesAccumulateOnce) {
         EXPECT_EQ(flx_dtype_of(g), dt);
         EXPECT_TRUE(close(values(g), {0, round_ref(fmt_of(dt), 1 + 300 * std::ldexp(1.0, -9))}, 0, 0))
             << flx_dtype_name(dt);
+    }
+}
+
+// The mean divides by the number of rows that count, which 8 or 11 bits cannot hold (257 is
+// not a bf16 value, 70001 overflows f16): the count and the losses are kept in f32.
+TEST_F(Half, CrossEntropyMeanCountsRowsExactly) {
+    for (flx_dtype dt : kHalves) {
+        const int64_t N = dt == FLX_F16 ? 70001 : 257, C = 2;
+        std::vector<double> lab((size_t)N, 1.0);
+        flx_tensor *x = flx_zeros(ctx, dt, 2, std::vector<int64_t>{N, C}.data());
+        flx_set_requires_grad(x, true);
+        flx_tensor *L = flx_cross_entropy(x, make(ctx, FLX_I64, {N}, lab), FLX_REDUCTION_MEAN, -100);
+        double v = 0;
+        ASSERT_EQ(flx_item(L, &v), FLX_OK) << flx_last_error();
+        EXPECT_EQ(v, round_ref(fmt_of(dt), std::log(2.0))) << flx_dtype_name(dt);
+        flx_tensor *g = nullptr;
+        ASSERT_EQ(flx_grad_of(1, &L, nullptr, 1, &x, false, &g), FLX_OK) << flx_last_error();
+        std::vector<double> gv = values(g);
+        EXPECT_EQ(gv[0], round_ref(fmt_of(dt), 0.5 / (double)N)) << flx_dtype_name(dt);
+        EXPECT_EQ(gv[1], round_ref(fmt_of(dt), -0.5 / (double)N)) << flx_dtype_name(dt);
     }
 }
 

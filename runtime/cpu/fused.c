@@ -15,10 +15,9 @@
 
 static inline double rnd(flx_dtype dt, double v) {
     if (dt == FLX_F32) return (double)(float)v;
-    if (dt == FLX_F64) return v;
-    uint64_t h = 0; /* f16, bf16: the rounding of store, read back (8 bytes: any dtype fits) */
-    store(dt, &h, 0, v);
-    return load(dt, &h, 0);
+    if (dt == FLX_F16) return flx_f16_to_double(flx_f16_from_double(v));
+    if (dt == FLX_BF16) return flx_bf16_to_double(flx_bf16_from_double(v));
+    return v;
 }
 
 /* Input k at elements base .. base + m - 1, one loop per layout and element type: contiguous
