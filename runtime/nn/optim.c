@@ -347,6 +347,8 @@ flx_optim *flx_optim_create(flx_ctx *ctx, flx_optim_kind kind, int32_t n,
             if (s != MASTER_SLOT) st = fill_buffer(ctx, b, o->sdtype, p->numel, init[s]);
         }
     }
+    /* before the masters: every launch of this optimiser passes the scaler */
+    if (st == FLX_OK && o->scaling) st = create_scaler(o, c.init_scale);
     if (st == FLX_OK && o->has_master) {
         int32_t *all = (int32_t *)malloc((size_t)n * sizeof *all);
         if (!all) st = flx_set_error(FLX_ERR_OUT_OF_MEMORY, "%s: out of host memory", fn);
@@ -354,7 +356,6 @@ flx_optim *flx_optim_create(flx_ctx *ctx, flx_optim_kind kind, int32_t n,
         if (st == FLX_OK) st = seed_masters(o, n, all);
         free(all);
     }
-    if (st == FLX_OK && o->scaling) st = create_scaler(o, c.init_scale);
     if (st != FLX_OK) {
         flx_optim_destroy(o);
         return NULL;
