@@ -230,7 +230,7 @@ def test_loss_scaling_skips_inf_steps_and_moves_the_scale():
     assert opt.skipped_steps == 1 and opt.step_count == 3
     with pytest.raises(TypeError):
         optim.Adam([p], loss_scale=True)  # misspelt option
-    with pytest.raises(fx.FluxionError):
+    with pytest.raises(ValueError, match="backoff_factor"):
         optim.Adam([p], loss_scaling=True, backoff_factor=2.0)
 
 
