@@ -231,13 +231,26 @@ int flx_cuda_softmax(const flx_softmax_args *args, void *stream);
 
 /* ---- optim: fused multi-tensor optimiser updates (runtime/nn/optim.c, runtime/cpu/optim.c,
  * kernels/optim.cu). Update rules: fluxion.h, "optimisers".
- * UPDATE: for each j < n: p[j] (numel[j] elements, dtype) is updated from g[j] and the state
- *   slots s0/s1/s2[j] (NULL where the rule does not use them) with hyperparameters read from the
- *   device array hp (FLX_HP_COUNT doubles; t = hp[FLX_HP_STEP] + 1). When advance_step is set,
- *   hp[FLX_HP_STEP] is incremented after every element has been updated (on CUDA: by the last
- *   block to finish, counted in *counter, which it resets to 0). Math in float64.
+ * UPDATE: for each j < n: p[j] (numel[j] elements, dtype) is updated from g[j] (dtype too) and
+ *   the state slots s0/s1/s2[j] (NULL where the rule does not use them; sdtype) with
+ *   hyperparameters read from the device array hp (FLX_HP_COUNT doubles; t = hp[FLX_HP_STEP] + 1).
+ *   master[j] (f32, or NULL): the master copy of an f16/bf16 parameter; the rule reads and
+ *   writes it instead of p[j], and p[j] is then written as master[j] rounded to nearest even.
+ *   When advance_step is set, the step's bookkeeping runs after every element has been updated
+ *   (on CUDA: by the last block to finish, counted in *counter, which it resets to 0): the step
+ *   count advances and, with loss scaling, the scale and the growth tracker are updated and
+ *   *found_inf is cleared. Math in float64.
+ *   Loss scaling (scale != NULL): the gradients are read as g * (1 / *scale); if *found_inf is
+ *   set (by FIND_INF over every gradient of the step, queued before the first UPDATE), nothing
+ *   is written except the bookkeeping: scale *= backoff, tracker = 0, skipped += 1, step count
+ *   unchanged. Otherwise tracker += 1 and at growth_interval: scale *= growth (if finite),
+ *   tracker = 0. scaler: [0] growth tracker, [1] skipped steps (doubles).
+ * FIND_INF: sets *found_inf to 1 if any g[j] holds an inf or NaN (never clears it).
+ * INIT_MASTER: master[j] = p[j] for each j < n (exact: f16/bf16 values are f32 values).
  * SET_HP: hp[set_index] = set_value (one device write, queued). */
-typedef enum flx_optim_mode { FLX_OPTIM_UPDATE, FLX_OPTIM_SET_HP } flx_optim_mode;
+typedef enum flx_optim_mode {
+    FLX_OPTIM_UPDATE, FLX_OPTIM_SET_HP, FLX_OPTIM_FIND_INF, FLX_OPTIM_INIT_MASTER
+} flx_optim_mode;
 typedef enum flx_optim_rule {
     FLX_OPTIM_RULE_SGD, FLX_OPTIM_RULE_ADAGRAD, FLX_OPTIM_RULE_RMSPROP, FLX_OPTIM_RULE_ADAM,
     FLX_OPTIM_RULE_ADAMW
@@ -245,16 +258,23 @@ typedef enum flx_optim_rule {
 typedef struct flx_optim_args {
     int32_t mode, rule;
     int32_t nesterov, centered, use_momentum; /* structural flags fixed at create time */
-    flx_dtype dtype;                           /* f32 or f64                            */
+    flx_dtype dtype;                           /* parameters and gradients: f32, f64, f16, bf16 */
+    flx_dtype sdtype;                          /* state slots: dtype, or f32 for f16/bf16      */
     int32_t n;                                 /* <= FLX_OPTIM_MAX_TENSORS_PER_LAUNCH    */
     void *p[FLX_OPTIM_MAX_TENSORS_PER_LAUNCH];
     const void *g[FLX_OPTIM_MAX_TENSORS_PER_LAUNCH];
     void *s0[FLX_OPTIM_MAX_TENSORS_PER_LAUNCH], *s1[FLX_OPTIM_MAX_TENSORS_PER_LAUNCH],
         *s2[FLX_OPTIM_MAX_TENSORS_PER_LAUNCH];
+    float *master[FLX_OPTIM_MAX_TENSORS_PER_LAUNCH];
     int64_t numel[FLX_OPTIM_MAX_TENSORS_PER_LAUNCH];
     int32_t advance_step;
     double *hp;        /* device memory */
     uint32_t *counter; /* device memory (CUDA only) */
+    double *scale;     /* device memory: the loss scale (one double), or NULL */
+    double *scaler;    /* device memory: growth tracker, skipped steps */
+    uint32_t *found_inf; /* device memory */
+    double growth_factor, backoff_factor;
+    double growth_interval;
     int32_t set_index;
     double set_value;
 } flx_optim_args;

@@ -810,8 +810,45 @@ FLX_API flx_tensor *flx_gru_cell(flx_tensor *x, flx_tensor *h, flx_tensor *W_ih,
  *   AdamW:     p = p * (1 - lr * weight_decay)  (decoupled), then Adam with weight_decay 0.
  * The step count is one per optimiser (not per parameter); parameters whose .grad is NULL at a
  * step are skipped (their state is not touched), as in PyTorch. Math runs in float64 and the
- * result is rounded to the parameter's dtype (f32 or f64; all parameters of one optimiser share
- * one dtype and context).
+ * result is rounded to the parameter's dtype (all parameters of one optimiser share one dtype,
+ * f32, f64, f16 or bf16, and one context; a gradient has its parameter's dtype).
+ *
+ * f16/bf16 parameters (mixed precision): the optimiser keeps an f32 master copy of each one and
+ * f32 state slots. The rule above runs on the master (p is the master, g the half gradient read
+ * exactly), in float64, inside the same fused step: the new master is rounded to f32, and the
+ * parameter is written as the master rounded to nearest even. So small updates accumulate in
+ * the master even where they are below the half's resolution. The master starts as the exact
+ * value of the parameter (at create), and is reseeded from the parameter at the next step (or
+ * plan compile) if the parameter was changed by anything but the optimiser (flx_assign, a
+ * loaded checkpoint): the value the user set wins. It is the last state slot
+ * (flx_optim_state_count counts it; flx_optim_get_state, set_state, save and load include it;
+ * setting it by hand makes it the truth for the parameter's current value).
+ *
+ * Dynamic loss scaling (cfg.loss_scaling; PyTorch's GradScaler, fused into the step). f16's
+ * range (6e-8 .. 65504) loses small gradients to underflow; the loss is multiplied by a large
+ * scale S before backward (flx_optim_scale_loss) and the step divides the gradients by S again:
+ *   - each step first scans every gradient it updates for inf/NaN (one pass setting a device
+ *     flag), then the update reads g * (1/S). With an inf/NaN the step is skipped: parameters,
+ *     masters, state slots and the step count stay as they were; S = S * backoff_factor, the
+ *     growth tracker returns to 0 and the skipped-step count grows by one.
+ *   - otherwise the update runs and the tracker counts the step; after growth_interval clean
+ *     steps in a row S = S * growth_factor (kept if finite in f32) and the tracker returns to 0.
+ * All of it happens on the device with no host wait (and inside a plan's CUDA graph); reading S
+ * or the skipped count (flx_optim_loss_scale, flx_optim_skipped_steps) waits for the device.
+ * Checkpoints (flx_optim_save) include S, the tracker and the skipped count. Loss scaling works
+ * with every dtype (it is harmless, and rarely needed, for bf16, f32 and f64).
+ *
+ * Recipe (mixed-precision training):
+ *   bf16 (Ampere and later; no loss scaling needed, bf16 has f32's range):
+ *       parameters are bf16 tensors (flx_cast an f32 initialisation, then flx_set_requires_grad);
+ *       opt = flx_optim_create(ctx, FLX_OPTIM_ADAMW, n, params, &cfg);   // f32 masters inside
+ *       per step: loss in bf16 or f32 -> flx_backward(loss) -> flx_optim_step(opt)
+ *   f16 (needs the scaler):
+ *       cfg.loss_scaling = true (init_scale 65536, growth 2, backoff 0.5, interval 2000);
+ *       per step: flx_backward(flx_optim_scale_loss(opt, loss)) -> flx_optim_step(opt)
+ *       (in a plan: output 0 is flx_optim_scale_loss(opt, loss); the plan's update unscales).
+ *   Save the parameters and flx_optim_save together: the masters carry the bits below the
+ *   parameters' precision.
  *
  * Parameters are updated in place. At create time (and again at a step, if something else has
  * come to share a parameter's buffer, e.g. flx_assign to it or a reshape/detach of it that is
@@ -849,12 +886,19 @@ typedef struct flx_optim_config {
     double initial_accumulator; /* Adagrad: >= 0                                             */
     bool nesterov;              /* SGD: needs momentum > 0 and dampening 0                   */
     bool centered;              /* RMSprop                                                   */
+    bool loss_scaling;          /* dynamic loss scaling (see above); off by default          */
+    double init_scale;          /* loss scaling: > 0, finite in f32 (65536)                  */
+    double growth_factor;       /* loss scaling: > 1 (2)                                     */
+    double backoff_factor;      /* loss scaling: in (0, 1) (0.5)                             */
+    int32_t growth_interval;    /* loss scaling: clean steps before growth, >= 1 (2000)      */
 } flx_optim_config;
 
 /* PyTorch's default arguments for a kind. */
 FLX_API flx_optim_config flx_optim_defaults(flx_optim_kind kind);
-/* An optimiser over n parameters (distinct leaves made from data, f32 or f64, one dtype, ctx's
- * context, 1 <= n). cfg NULL uses flx_optim_defaults(kind). NULL with the error set on bad input. */
+/* An optimiser over n parameters (distinct leaves made from data, f32, f64, f16 or bf16, one
+ * dtype, ctx's context, 1 <= n). cfg NULL uses flx_optim_defaults(kind). NULL with the error set
+ * on bad input (FLX_ERR_INVALID_ARGUMENT for a hyperparameter or loss-scaling field out of
+ * range, FLX_ERR_DTYPE for another dtype). */
 FLX_API flx_optim *flx_optim_create(flx_ctx *ctx, flx_optim_kind kind, int32_t n,
                                     flx_tensor *const *params, const flx_optim_config *cfg);
 /* One update of every parameter from its .grad (which is computed first if lazy). */
@@ -866,12 +910,16 @@ FLX_API flx_status flx_optim_set_hparam(flx_optim *opt, flx_optim_hparam which, 
 FLX_API flx_status flx_optim_set_lr(flx_optim *opt, double lr);
 /* Reads a hyperparameter (waits for the device). */
 FLX_API flx_status flx_optim_get_hparam(flx_optim *opt, flx_optim_hparam which, double *out);
-/* State slots per parameter: SGD 1 (momentum buffer, unused without momentum), Adagrad 1 (sum),
- * RMSprop 3 (square average, momentum buffer, grad average), Adam(W) 2 (m, v). */
+/* State slots per parameter, in this order, those the configuration uses only: SGD: momentum
+ * buffer (with momentum); Adagrad: sum; RMSprop: square average, momentum buffer (with
+ * momentum), grad average (centered); Adam(W): m, v; then, for f16/bf16 parameters, the f32
+ * master copy. -1 for NULL. */
 FLX_API int32_t flx_optim_state_count(const flx_optim *opt);
-/* A copy of state slot `slot` of parameter i (the parameter's shape and dtype), for checkpoints. */
+/* A copy of state slot `slot` of parameter i, for checkpoints: the parameter's shape, and its
+ * dtype (f32 for the slots of f16/bf16 parameters). */
 FLX_API flx_tensor *flx_optim_get_state(flx_optim *opt, int32_t i, int32_t slot);
-/* Overwrites a state slot with value (same shape and dtype), e.g. when resuming. */
+/* Overwrites a state slot with value (same shape and dtype as flx_optim_get_state gives: a
+ * different shape is FLX_ERR_SHAPE, dtype FLX_ERR_DTYPE), e.g. when resuming. */
 FLX_API flx_status flx_optim_set_state(flx_optim *opt, int32_t i, int32_t slot, flx_tensor *value);
 /* The optimiser's whole state in one safetensors file (crash-safe, as flx_save_safetensors):
  * every state slot of every parameter ("state.<i>.<slot>"), the hyperparameters and the step
@@ -880,11 +928,25 @@ FLX_API flx_status flx_optim_set_state(flx_optim *opt, int32_t i, int32_t slot, 
  * an optimiser of the same kind over parameters of the same shapes and dtype, in the same order:
  * after it the next flx_optim_step continues exactly as the saved optimiser would have. The file
  * is checked completely before anything is written (a mismatch leaves the optimiser unchanged):
- * FLX_ERR_STATE for another kind or momentum where this one has none, FLX_ERR_SHAPE for other
- * parameter counts or shapes, FLX_ERR_INVALID_ARGUMENT for a NULL argument or an unreadable or
- * malformed file (or hyperparameters out of range). */
+ * FLX_ERR_STATE for another kind, momentum where this one has none, another number of state
+ * slots (master copies: f16/bf16 against f32/f64 parameters), or loss scaling on one side only;
+ * FLX_ERR_SHAPE for other parameter counts, shapes or state dtypes; FLX_ERR_INVALID_ARGUMENT for
+ * a NULL argument or an unreadable or malformed file (or hyperparameters, the loss scale or its
+ * counts out of range). */
 FLX_API flx_status flx_optim_save(flx_optim *opt, const char *path);
 FLX_API flx_status flx_optim_load(flx_optim *opt, const char *path);
+/* loss * S as a new lazy tensor, S being the current loss scale read on the device when the
+ * graph runs (so a plan whose output 0 this is scales by the current S every run). The product
+ * is f32 (f64 for an f64 loss): a scaled f16 loss would overflow. Without loss scaling it is the
+ * loss itself (a new reference), so one training loop serves both. NULL with the error set for
+ * a NULL or non-float loss (FLX_ERR_DTYPE) or one of another context (FLX_ERR_DEVICE). Record it
+ * after the previous flx_optim_step: a step updates S in place, like a parameter. */
+FLX_API flx_tensor *flx_optim_scale_loss(flx_optim *opt, flx_tensor *loss);
+/* The current loss scale S (1 without loss scaling). Waits for the device. */
+FLX_API flx_status flx_optim_loss_scale(flx_optim *opt, double *scale);
+/* The number of steps skipped for an inf/NaN gradient so far (0 without loss scaling). Waits for
+ * the device. */
+FLX_API flx_status flx_optim_skipped_steps(flx_optim *opt, int64_t *count);
 /* Releases the optimiser (NULL-safe); the parameters keep their current values. A plan that
  * updates it (flx_plan_options.optims) keeps it alive until the plan is destroyed. */
 FLX_API void flx_optim_destroy(flx_optim *opt);
@@ -1138,7 +1200,9 @@ FLX_API flx_status flx_comm_average_grads(flx_comm *comm, int32_t n, flx_tensor 
  * shard, and all-gathers the updated shards back into every parameter (flx_assign). The update
  * rules are elementwise, so the parameters equal those of an unsharded optimiser stepping on
  * averaged gradients (flx_comm_average_grads + flx_optim_step), with 1/size of its state memory.
- * Parameters: distinct leaves made from data, one float dtype, the communicator's context. Every
+ * Parameters: distinct leaves made from data, one dtype (f32 or f64: f16/bf16 parameters are
+ * FLX_ERR_DTYPE, and cfg->loss_scaling is FLX_ERR_INVALID_ARGUMENT; for mixed precision over
+ * ranks use flx_comm_average_grads + flx_optim_step), the communicator's context. Every
  * rank creates it with the same parameter list and steps it together. flx_sharded_optim_shard
  * gives the optimiser of the shard (flx_optim_set_lr, flx_optim_get_state on the shard). */
 typedef struct flx_sharded_optim flx_sharded_optim;

@@ -505,6 +505,12 @@ flx_status flx_optim_queue_update(flx_optim *o, int32_t m, const int32_t *idx,
                                   void *const *grad_ptrs);
 int32_t flx_optim_params(const flx_optim *o, flx_tensor *const **params);
 void flx_optim_retain(flx_optim *o);
+/* After the update of parameters idx[0..m) was queued: bumps their versions (changed_by = by)
+ * and the loss scale's, and records them as in step with the f16/bf16 master copies. */
+void flx_optim_mark_updated(flx_optim *o, int32_t m, const int32_t *idx, const char *by);
+/* Reseeds the master copy of every f16/bf16 parameter changed since the optimiser last wrote it
+ * (queued; plans call it at compile, flx_optim_step before each update). */
+flx_status flx_optim_sync_masters(flx_optim *o);
 
 /* Context bookkeeping for stats (runtime/core/context.c) */
 void flx_stats_alloc(flx_ctx *ctx, size_t nbytes);

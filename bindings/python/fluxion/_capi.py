@@ -133,6 +133,11 @@ class flx_optim_config(Structure):
         ('initial_accumulator', c_double),
         ('nesterov', c_bool),
         ('centered', c_bool),
+        ('loss_scaling', c_bool),
+        ('init_scale', c_double),
+        ('growth_factor', c_double),
+        ('backoff_factor', c_double),
+        ('growth_interval', c_int32),
     ]
 
 
@@ -360,6 +365,9 @@ PROTOTYPES = {
     'flx_optim_set_state': (c_int, [c_void_p, c_int32, c_int32, c_void_p]),
     'flx_optim_save': (c_int, [c_void_p, c_char_p]),
     'flx_optim_load': (c_int, [c_void_p, c_char_p]),
+    'flx_optim_scale_loss': (c_void_p, [c_void_p, c_void_p]),
+    'flx_optim_loss_scale': (c_int, [c_void_p, POINTER(c_double)]),
+    'flx_optim_skipped_steps': (c_int, [c_void_p, POINTER(c_int64)]),
     'flx_optim_destroy': (None, [c_void_p]),
     'flx_save_safetensors': (c_int, [c_char_p, c_int32, POINTER(c_char_p), POINTER(c_void_p), c_int32, POINTER(c_char_p), POINTER(c_char_p)]),
     'flx_load_safetensors': (c_void_p, [c_void_p, c_char_p]),
@@ -588,6 +596,9 @@ ARG_NAMES = {
     'flx_optim_set_state': ('opt', 'i', 'slot', 'value'),
     'flx_optim_save': ('opt', 'path'),
     'flx_optim_load': ('opt', 'path'),
+    'flx_optim_scale_loss': ('opt', 'loss'),
+    'flx_optim_loss_scale': ('opt', 'scale'),
+    'flx_optim_skipped_steps': ('opt', 'count'),
     'flx_optim_destroy': ('opt',),
     'flx_save_safetensors': ('path', 'n', 'names', 'tensors', 'n_meta', 'meta_keys', 'meta_values'),
     'flx_load_safetensors': ('ctx', 'path'),
