@@ -183,6 +183,51 @@ TEST_F(Attention, LargeScoresAreStable) {
     }
 }
 
+// f16 and bf16 on the CPU: inputs are exact halves, the kernel computes in double, so the output
+// is the float64 result rounded once (|err| <= u |o|, u = 2^-11 for f16, 2^-8 for bf16). The
+// gradients come from the rounded output and the f32 logsumexp, so they carry a few more
+// roundings: bounded by 8 u relative to the largest reference entry.
+TEST_F(Attention, HalfPrecisionRoundsOnce) {
+    for (flx_dtype dt : {FLX_F16, FLX_BF16}) {
+        const double u = dt == FLX_F16 ? std::ldexp(1.0, -11) : std::ldexp(1.0, -8);
+        for (const Cfg &c : configs()) {
+            Inputs in = inputs(ctx, dt, c, 150);
+            std::vector<double> qv = values(in.q), kv = values(in.k), vv = values(in.v); // exact halves
+            std::vector<double> want = ref_attention(c, qv, kv, vv);
+            for (bool grad : {false, true}) {
+                if (grad) flxt::need_grad({in.q, in.k, in.v});
+                flx_tensor *o = flx_attention(in.q, in.k, in.v, c.causal, c.scale);
+                ASSERT_NE(o, nullptr) << flx_last_error();
+                EXPECT_EQ(flx_dtype_of(o), dt);
+                std::vector<double> got = values(o);
+                for (size_t i = 0; i < got.size(); i++)
+                    EXPECT_LE(std::fabs(got[i] - want[i]), u * std::fabs(want[i]) + 1e-300)
+                        << name(c) << " " << flx_dtype_name(dt) << " entry " << i;
+            }
+            // gradients of <w, o> against float64 ones at the same (exact) inputs
+            flx_tensor *X[3] = {in.q, in.k, in.v}, *g[3], *gr[3];
+            std::vector<double> wv = rand_values((size_t)(c.B * c.H * c.S * c.Dv), 17);
+            flx_tensor *o = flx_attention(in.q, in.k, in.v, c.causal, c.scale);
+            flx_tensor *w = make(ctx, dt, {c.B, c.H, c.S, c.Dv}, wv);
+            ASSERT_EQ(flx_grad_of(1, &o, &w, 3, X, false, g), FLX_OK) << flx_last_error();
+            flx_tensor *X64[3] = {make(ctx, FLX_F64, flxt::shape_of(in.q), qv),
+                                  make(ctx, FLX_F64, flxt::shape_of(in.k), kv),
+                                  make(ctx, FLX_F64, flxt::shape_of(in.v), vv)};
+            flxt::need_grad({X64[0], X64[1], X64[2]});
+            flx_tensor *o64 = flx_attention(X64[0], X64[1], X64[2], c.causal, c.scale);
+            flx_tensor *w64 = make(ctx, FLX_F64, {c.B, c.H, c.S, c.Dv}, values(w));
+            ASSERT_EQ(flx_grad_of(1, &o64, &w64, 3, X64, false, gr), FLX_OK) << flx_last_error();
+            for (int i = 0; i < 3; i++) {
+                EXPECT_EQ(flx_dtype_of(g[i]), dt);
+                std::vector<double> ref = values(gr[i]);
+                double mx = 0;
+                for (double x : ref) mx = std::max(mx, std::fabs(x));
+                EXPECT_TRUE(close(values(g[i]), ref, 8 * u * mx, 0)) << name(c) << " " << flx_dtype_name(dt) << " input " << i;
+            }
+        }
+    }
+}
+
 // ---- first derivatives --------------------------------------------------------------------------
 flxt::Fn attn_fn(const Cfg &c) {
     return [c](const std::vector<flx_tensor *> &x) { return flx_attention(x[0], x[1], x[2], c.causal, c.scale); };
