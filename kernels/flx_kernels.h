@@ -346,6 +346,75 @@ typedef struct flx_eigh_args {
 /* Same return convention and environment as flx_cuda_lu. */
 int flx_cuda_eigh(const flx_eigh_args *args, const flx_cuda_lib_env *env);
 
+/* ---- attention (runtime/ops/attention.c, runtime/cpu/attention.c, kernels/attention.cu) ------
+ * Scaled dot-product attention for every (batch b, head h) pair, flash style: no mode ever
+ * stores an S x T matrix.
+ *   q (B, H, S, D)   k (B, H, T, D)   v (B, H, T, Dv)   o, dout, tout (B, H, S, Dv)
+ *   dq, tq like q    dk, tk like k    dv, tv like v
+ * Every tensor X above is addressed as X[b sX.b + h sX.h + i sX.r + d] (strides in elements; the
+ * last axis is contiguous, stride 1). Strides may be anything, so q, k, v can be views of one
+ * fused projection; outputs may be written strided too.
+ * lse, delta: (B, H, S) contiguous, index (b H + h) S + i, in the stats dtype: f64 for f64 data,
+ * f32 for f32, f16 and bf16 data.
+ * Math, per (b, h), with s = scale (> 0) and rows i < S, keys j < T:
+ *   valid(i, j) = !causal || j <= i + (T - S)       (bottom-right aligned, as FlashAttention 2)
+ *   z_ij = s <q_i, k_j>; a row with no valid j (causal with i < S - T, or T == 0) is dead.
+ *   live row:  lse_i = log sum_{valid j} exp(z_ij)  (= m_i + log sum exp(z_ij - m_i));
+ *              p_ij = exp(z_ij - lse_i) for valid j, 0 otherwise.
+ *   dead row:  lse_i = -inf; p_ij = 0 for every j (so o_i = 0 and its derivatives are 0).
+ * FWD: o_i = sum_j p_ij v_j. lse == NULL: not wanted (inference); else written.
+ * BWD: reads q, k, v, o, lse (as FWD wrote them) and dout (the cotangent of o):
+ *        delta_i = <dout_i, o_i>   (o as stored: rounded like FWD wrote it)
+ *        dv_j = sum_i p_ij dout_i
+ *        ds_ij = p_ij (<dout_i, v_j> - delta_i)
+ *        dq_i = s sum_j ds_ij k_j          dk_j = s sum_i ds_ij q_i
+ *      delta: (B, H, S) stats scratch owned by the caller; the kernel may write and read it
+ *      (contents afterwards unspecified). dq == NULL: dq is not wanted; dk and dv are both NULL
+ *      (not wanted) or both given. When S == 0, dk and dv are zeros; when T == 0, dq is zero.
+ * JVP: the tangent of o for tangents tq, tk, tv (each NULL = zero):
+ *        ts_ij = s (<tq_i, k_j> + <q_i, tk_j>)    c_i = sum_j p_ij ts_ij
+ *        tout_i = sum_j p_ij ((ts_ij - c_i) v_j + tv_j)
+ *      (the softmax JVP dp = p o (ts - rowsum(p o ts)) folded into o = p v; one online pass:
+ *      no lse input, the kernel carries the running max and sums itself.)
+ * Every element of every output given is written, whatever the sizes (D == 0 makes z = 0).
+ * Accumulation: in f64 for f64 data, f32 (or better) for f32, f16, bf16; each stored value is
+ * rounded once. Deterministic: a fixed summation order per element, no float atomics.
+ * dtype is one of f32, f64, f16, bf16; every data tensor has it (lse and delta: the stats dtype). */
+typedef enum flx_attention_mode {
+    FLX_ATTENTION_FWD, FLX_ATTENTION_BWD, FLX_ATTENTION_JVP
+} flx_attention_mode;
+/* Strides of one (B, H, rows, cols) operand, in elements: batch, head, row. */
+typedef struct flx_attention_strides {
+    int64_t b, h, r;
+} flx_attention_strides;
+typedef struct flx_attention_args {
+    int32_t mode;   /* flx_attention_mode */
+    flx_dtype dtype;
+    int64_t B, H, S, T, D, Dv;
+    int32_t causal; /* 0 or 1 */
+    double scale;   /* s > 0, finite */
+    const void *q, *k, *v;                 /* every mode */
+    flx_attention_strides sq, sk, sv;
+    void *o;                               /* FWD: written; BWD: read */
+    flx_attention_strides so;
+    void *lse;                             /* FWD: written (or NULL); BWD: read */
+    const void *dout;                      /* BWD */
+    flx_attention_strides sdout;
+    void *dq, *dk, *dv;                    /* BWD: written (see NULL rules above) */
+    flx_attention_strides sdq, sdk, sdv;
+    void *delta;                           /* BWD: scratch */
+    const void *tq, *tk, *tv;              /* JVP: tangents, NULL = zero */
+    flx_attention_strides stq, stk, stv;
+    void *tout;                            /* JVP: written */
+    flx_attention_strides stout;
+} flx_attention_args;
+/* The stats dtype of lse and delta for data of dtype dt. */
+static inline flx_dtype flx_attention_stats_dtype(flx_dtype dt) {
+    return dt == FLX_F64 ? FLX_F64 : FLX_F32;
+}
+/* Same return convention and environment as flx_cuda_lu (scratch through env->alloc, if wanted). */
+int flx_cuda_attention(const flx_attention_args *args, const flx_cuda_lib_env *env);
+
 /* ---- fused: a chain of float elementwise ops run as one kernel (runtime/core/fuse.c,
  * runtime/cpu/fused.c, kernels/elementwise.cu) ------------------------------------------------------
  * A tiny register program, interpreted per element over the dense output index space `shape`
@@ -408,6 +477,7 @@ int flx_cuda_fused(const flx_fused_args *args, void *stream);
     X(MATMUL, matmul, flx_matmul_args)                                                            \
     X(LU, lu, flx_lu_args)                                                                        \
     X(EIGH, eigh, flx_eigh_args)                                                                  \
+    X(ATTENTION, attention, flx_attention_args)                                                   \
     X(CONV, conv, flx_conv_args)                                                                  \
     X(OPTIM, optim, flx_optim_args)
 

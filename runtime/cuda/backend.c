@@ -360,6 +360,15 @@ static flx_status eigh_in(flx_ctx *ctx, const flx_eigh_args *a) {
 }
 FLX_CUDA_GUARDED(cuda_eigh, flx_eigh_args, eigh_in)
 
+/* ---- attention: fused forward, backward and JVP in kernels/attention.cu ----------------- */
+static flx_status attention_in(flx_ctx *ctx, const flx_attention_args *a) {
+    flx_cuda_lib_env env = env_of(ctx, scratch_alloc);
+    int rc = flx_cuda_attention(a, &env);
+    if (rc == -1) return flx_last_status(); /* scratch allocation: error already set */
+    return launched(rc, "attention", a->dtype);
+}
+FLX_CUDA_GUARDED(cuda_attention, flx_attention_args, attention_in)
+
 /* ---- profiler ranges ---------------------------------------------------------------
  * NVTX3 is header-only: without a tool attached (Nsight Systems / Compute) each call is one
  * check of a function pointer, so the ranges stay compiled in. Ranges are per thread (host-side
