@@ -384,6 +384,10 @@ typedef struct flx_attention_args {
     void *tout;                            /* JVP: written */
     flx_attention_strides stout;
 } flx_attention_args;
+/* The stats dtype of lse and delta for data of dtype dt. */
+static inline flx_dtype flx_attention_stats_dtype(flx_dtype dt) {
+    return dt == FLX_F64 ? FLX_F64 : FLX_F32;
+}
 /* Same return convention and environment as flx_cuda_lu (scratch through env->alloc, if wanted). */
 int flx_cuda_attention(const flx_attention_args *args, const flx_cuda_lib_env *env);
 

@@ -464,6 +464,23 @@ FLX_API flx_tensor *flx_log_softmax(flx_tensor *x, int32_t axis, double temperat
 /* (flx_cross_entropy, the fused loss of this family, is declared after flx_reduction in the
  * "Losses" block below.) */
 
+/* ---- attention (runtime/ops/attention.c, kernels/attention.cu) -----------------------------
+ * Scaled dot-product attention: o = softmax(scale q k^T + mask) v per (batch, head), for
+ * q (B, H, S, D), k (B, H, T, D), v (B, H, T, Dv) of one float dtype (f32, f64, f16, bf16) and
+ * context; o is (B, H, S, Dv). scale: finite and > 0, or 0 meaning 1/sqrt(D) (1 when D == 0).
+ * causal: query i sees keys j <= i + (T - S) (bottom-right aligned, as FlashAttention 2; S == T is
+ * the usual lower triangle). A row that sees no key (causal with i < S - T, or T == 0) outputs 0,
+ * and its gradient and tangent are 0. One fused kernel per pass, never storing the S x T scores:
+ * the forward keeps the rows' logsumexp (f32; f64 for f64 data) when a gradient may follow; the
+ * VJP recomputes the probabilities from it (deterministic, no atomics), and the JVP is one
+ * fused pass of its own (the softmax JVP inside the online softmax), so flx_jvp and
+ * forward-over-reverse HVPs run fused. Second and higher derivatives are compositions of
+ * matmul and softmax that do store S x T per (batch, head). Errors: FLX_ERR_DTYPE (non-float or
+ * mixed dtypes), FLX_ERR_SHAPE (not rank 4, sizes that do not fit), FLX_ERR_DEVICE (two contexts),
+ * FLX_ERR_INVALID_ARGUMENT (scale negative or not finite). */
+FLX_API flx_tensor *flx_attention(flx_tensor *q, flx_tensor *k, flx_tensor *v, bool causal,
+                                  double scale);
+
 /* ---------------------------------------------------------------------------------------------
  * Autodiff
  * ------------------------------------------------------------------------------------------- */

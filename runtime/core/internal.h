@@ -73,6 +73,14 @@
     /* expm / eigh (runtime/ops/expm.c, runtime/ops/eigh.c) */                   \
     X(EXPM) /* inputs: Y (expm value, no history), A; aliases Y                  */       \
     X(EIGH) /* input: symmetric S (..., n, n) -> packed (..., n, n+1) = [V | w]   */      \
+    /* attention (runtime/ops/attention.c): attrs.attention */                            \
+    X(ATTENTION)      /* q, k, v -> o; forward only (no logsumexp kept)              */    \
+    X(ATTENTION_FWD)  /* q, k, v -> packed [o | lse]; no gradient                     */    \
+    X(ATTENTION_OUT)  /* packed, q, k, v -> o (aliases packed's leading elements)     */    \
+    X(ATTENTION_BWD)  /* q, k, v, packed, g -> packed [dq | dk | dv | delta]; no gradient */ \
+    X(ATTENTION_DQ)   /* bwd, q, k, v, g -> dq (aliases bwd's leading elements)       */    \
+    X(ATTENTION_GRAD) /* bwd, q, k, v, g -> dk or dv (attrs.attention.part): a copy   */    \
+    X(ATTENTION_JVP)  /* q, k, v, then the tangents present (attrs.attention.tmask)   */    \
     /* distributed (runtime/dist/): attrs.coll */                                         \
     X(COLLECTIVE) /* all-reduce, broadcast, all-gather, reduce-scatter over a comm */
 
@@ -110,6 +118,10 @@ typedef struct flx_attrs {
          * node also computes the gradient, rows N and classes C of the logits */
         struct { int32_t mode; int32_t axis; double scale; int64_t ignore_index;
                  int32_t reduction; bool fused_grad; int64_t rows, classes; } softmax;
+        /* attention (runtime/ops/attention.c): causal mask, scale (> 0), the gradient part
+         * of a BWD read-out node (0 dq, 1 dk, 2 dv), which tangents a JVP node has (bit i: of
+         * q, k, v), which gradients a BWD node computes (bit 0: dq, bit 1: dk and dv) */
+        struct { int32_t causal; double scale; int32_t part, tmask, want; } attention;
         /* collectives (runtime/dist/): the communicator's registry id, flx_coll_kind,
          * flx_comm_op, broadcast root */
         struct { uint64_t comm_id; int32_t kind, op, root; } coll;
@@ -208,6 +220,8 @@ void flx_ops_register_softmax(flx_op_def *table);
 /* expm / eigh: runtime/ops/expm.c, runtime/ops/eigh.c; CPU Jacobi in runtime/cpu/eigh.c */
 void flx_ops_register_expm(flx_op_def *table);
 void flx_ops_register_eigh(flx_op_def *table);
+/* attention: runtime/ops/attention.c; CPU reference kernels in runtime/cpu/attention.c */
+void flx_ops_register_attention(flx_op_def *table);
 void flx_ops_register_collective(flx_op_def *table);
 
 /* ---------------------------------------------------------------------------------------------
