@@ -67,14 +67,6 @@ static flx_status pattern_batch(flx_ctx *ctx, const gpt2_config *c, int64_t batc
     return *tokens && *targets ? FLX_OK : flx_last_status();
 }
 
-/* The bf16 dense tensor-core peak of this GPU (H100/H200 SXM: 989.4 TFLOP/s at 132 SMs), 0 when
- * unknown (not sm_90). */
-static double peak_bf16(void) {
-    flx_cuda_device_props pr;
-    if (flx_cuda_device_info(0, &pr) != FLX_OK || pr.major != 9) return 0;
-    return 989.4e12 * pr.multiprocessors / 132.0;
-}
-
 int main(int argc, char **argv) {
     bool small = false, eager = false, random_tokens = false, dtype_set = false;
     int want = -1; /* -1: the model's default device, 0 cpu, 1 cuda */
@@ -167,7 +159,7 @@ int main(int argc, char **argv) {
         double tok_s = (double)(batch * seq) / per_step;
         printf("gpt2: loss %.4f -> %.4f; %.4f s per step after the first, %.0f tokens/s", first, last,
                per_step, tok_s);
-        double peak = want ? peak_bf16() : 0;
+        double peak = want ? gpt2_peak_bf16_flops() : 0;
         if (peak > 0 && steps > 1)
             printf(", MFU %.3f (model flops %.4g per token, peak %.1f TFLOP/s bf16 dense)",
                    gpt2_flops_per_token(&cfg, seq) * tok_s / peak, gpt2_flops_per_token(&cfg, seq), peak / 1e12);

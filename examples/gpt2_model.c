@@ -89,6 +89,15 @@ double gpt2_flops_per_token(const gpt2_config *c, int64_t seq) {
     return 6.0 * (double)gpt2_n_weights(c) + 12.0 * c->n_layer * (double)seq * (double)c->channels;
 }
 
+double gpt2_peak_bf16_flops(void) {
+    flx_cuda_device_props pr;
+    if (flx_cuda_device_info(0, &pr) != FLX_OK || pr.major != 9 || pr.multiprocessors < 1) {
+        flx_clear_error();
+        return 0;
+    }
+    return 989.4e12 * pr.multiprocessors / 132.0;
+}
+
 gpt2_adamw gpt2_adamw_defaults(void) {
     gpt2_adamw h = {6e-4, 0.9, 0.95, 1e-8, 0.1};
     return h;

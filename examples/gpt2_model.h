@@ -79,6 +79,12 @@ int64_t gpt2_n_weights(const gpt2_config *cfg);
  * 6 N + 12 n_layer T C (forward + backward; the attention term counts the full T x T scores). */
 double gpt2_flops_per_token(const gpt2_config *cfg, int64_t seq);
 
+/* The dense bf16 tensor-core peak of CUDA device 0 in flop/s, the denominator of the model flops
+ * utilisation (MFU): 989.4e12 for an H100/H200 SXM (sm_90 with 132 SMs; NVIDIA's datasheet figure
+ * without sparsity), scaled by the SM count for other sm_90 parts; 0 when unknown (no GPU, or
+ * not sm_90). */
+double gpt2_peak_bf16_flops(void);
+
 typedef struct gpt2_adamw {
     double lr, beta1, beta2, eps, weight_decay;
 } gpt2_adamw;
