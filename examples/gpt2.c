@@ -3,7 +3,7 @@
  * step (forward, backward, both optimiser updates) compiled once as a plan and replayed (on CUDA
  * as one CUDA graph launch per step).
  *
- * Usage: flx_example_gpt2 [--small] [--cpu | --cuda] [--dtype f32|f64|bf16|f16] [--batch B]
+ * Usage: flx_example_gpt2 [--small] [--cpu | --cuda] [--dtype f32|f64|bf16] [--batch B]
  *                         [--seq T] [--steps N] [--every N] [--lr X] [--eager] [--random]
  *   default      the tiny model (vocab 64, 16 positions, 2 layers, 2 heads, 32 channels) on the
  *                CPU in f32, batch 8 x 16, on a repeating token pattern it can learn: the loss
@@ -34,7 +34,7 @@ static double now_s(void) {
 
 static int usage(const char *prog) {
     fprintf(stderr,
-            "usage: %s [--small] [--cpu | --cuda] [--dtype f32|f64|bf16|f16] [--batch B] [--seq T]\n"
+            "usage: %s [--small] [--cpu | --cuda] [--dtype f32|f64|bf16] [--batch B] [--seq T]\n"
             "          [--steps N] [--every N] [--lr X] [--eager] [--random]\n",
             prog);
     return 2;
@@ -42,7 +42,7 @@ static int usage(const char *prog) {
 
 static int parse_dtype(const char *s, flx_dtype *dt) {
     static const struct { const char *name; flx_dtype dt; } k[] = {
-        {"f32", FLX_F32}, {"f64", FLX_F64}, {"bf16", FLX_BF16}, {"f16", FLX_F16}};
+        {"f32", FLX_F32}, {"f64", FLX_F64}, {"bf16", FLX_BF16}};
     for (size_t i = 0; i < sizeof k / sizeof k[0]; i++)
         if (!strcmp(s, k[i].name)) return *dt = k[i].dt, 0;
     return -1;

@@ -24,7 +24,7 @@
  *
  * Training: AdamW (PyTorch's rule) in two optimisers: the 2-d weights (embeddings and linear
  * weights) with weight decay, the 1-d parameters (biases, layer-norm gains) without, as GPT-2 /
- * llm.c do. Parameters of a half dtype rely on the optimiser's f32 master weights.
+ * llm.c do. bf16 parameters rely on the optimisers' f32 master weights (and moments).
  *
  * Every function returns FLX_OK / a tensor, or an error status / NULL; gpt2_error() then says why
  * (a check of this file, or fluxion's flx_last_error of the call that failed). None aborts. */
@@ -47,7 +47,8 @@ typedef struct gpt2_config {
     int32_t n_layer;
     int32_t n_head;
     int64_t channels;     /* C, a multiple of n_head                                     */
-    flx_dtype dtype;      /* parameters and activations: f32, f64, bf16 or f16          */
+    flx_dtype dtype;      /* parameters and activations: f32, f64 or bf16 (f16 would need
+                             loss scaling, which this model does not wire)               */
 } gpt2_config;
 
 /* GPT-2 small (124M): vocab 50257 padded to 50304, 1024 positions, 12 layers, 12 heads, 768. */

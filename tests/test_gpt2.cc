@@ -294,6 +294,8 @@ TEST_F(Gpt2Test, RejectsBadInput) {
     bad = c;
     bad.dtype = FLX_I32;
     EXPECT_EQ(gpt2_config_check(&bad), FLX_ERR_DTYPE);
+    bad.dtype = FLX_F16; // would need loss scaling
+    EXPECT_EQ(gpt2_config_check(&bad), FLX_ERR_DTYPE);
     EXPECT_EQ(gpt2_config_check(nullptr), FLX_ERR_INVALID_ARGUMENT);
     gpt2_model m;
     EXPECT_EQ(gpt2_init(&m, nullptr, &c, 1, nullptr), FLX_ERR_INVALID_ARGUMENT);
