@@ -224,22 +224,24 @@ static flx_tensor *attention(flx_tensor *q, flx_tensor *k, flx_tensor *v, bool c
     return flx_matmul(flx_softmax(s, -1, 1.0), v);
 }
 
-/* (B, T, C) slice [c0, c0 + C) of the last axis as heads (B, H, T, D). */
+/* Columns [c0, c0 + H D) of qkv (B T, 3C) as heads (B, H, T, D). */
 static flx_tensor *heads(flx_tensor *qkv, int64_t c0, int64_t B, int64_t T, int64_t H, int64_t D) {
     const int64_t s4[4] = {B, T, H, D};
     const int32_t perm[4] = {0, 2, 1, 3};
-    return flx_permute(flx_reshape(flx_slice(qkv, 2, c0, c0 + H * D, 1), 4, s4), perm);
+    return flx_permute(flx_reshape(flx_slice(qkv, 1, c0, c0 + H * D, 1), 4, s4), perm);
 }
 
+/* One pre-LN block on the residual stream x (B T, C). Rows stay flattened so that every linear
+ * layer is one GEMM over B T rows (its weight gradient one GEMM too, with no batch to reduce). */
 static flx_tensor *block(const gpt2_config *c, flx_tensor *const *p, flx_tensor *x, int64_t B, int64_t T) {
     const int64_t C = c->channels, H = c->n_head, D = C / H;
-    const int64_t s3[3] = {B, T, C};
+    const int64_t s2[2] = {B * T, C};
     const int32_t perm[4] = {0, 2, 1, 3};
     flx_tensor *a = flx_layer_norm(x, 1, p[GPT2_LN1_W], p[GPT2_LN1_B], 1e-5);
     flx_tensor *qkv = flx_linear(a, p[GPT2_QKV_W], p[GPT2_QKV_B]);
     flx_tensor *y = attention(heads(qkv, 0, B, T, H, D), heads(qkv, C, B, T, H, D),
                               heads(qkv, 2 * C, B, T, H, D), true, 0.0);
-    y = flx_reshape(flx_permute(y, perm), 3, s3);
+    y = flx_reshape(flx_permute(y, perm), 2, s2);
     x = flx_add(x, flx_linear(y, p[GPT2_PROJ_W], p[GPT2_PROJ_B]));
     flx_tensor *m = flx_layer_norm(x, 1, p[GPT2_LN2_W], p[GPT2_LN2_B], 1e-5);
     m = flx_gelu(flx_linear(m, p[GPT2_FC_W], p[GPT2_FC_B]));
@@ -271,17 +273,19 @@ static flx_status check_inputs(const char *fn, const gpt2_config *c, flx_tensor 
     return FLX_OK;
 }
 
+/* The logits (B T, padded_vocab) of tokens (B, T), rows in token order. */
 static flx_tensor *logits_unchecked(const gpt2_config *c, flx_tensor *const *p, flx_tensor *tokens) {
     const int64_t B = flx_dim(tokens, 0), T = flx_dim(tokens, 1);
+    const int64_t s2[2] = {B * T, c->channels};
     flx_tensor *pos = flx_arange(flx_ctx_of(tokens), FLX_I64, 0, (double)T, 1);
-    flx_tensor *x = flx_add(flx_embedding(p[0], tokens), flx_embedding(p[1], pos));
+    flx_tensor *x = flx_reshape(flx_add(flx_embedding(p[0], tokens), flx_embedding(p[1], pos)), 2, s2);
     for (int32_t l = 0; l < c->n_layer; l++) x = block(c, p + gpt2_param_index(l, 0), x, B, T);
     int32_t n = gpt2_n_tensors(c);
     x = flx_layer_norm(x, 1, p[n - 2], p[n - 1], 1e-5);
     return flx_linear(x, p[0], NULL); /* tied: logits = x wte^T */
 }
 
-/* Runs make inside a scope and hands its result to the caller's scope (or the caller). */
+/* Ends the scope the caller opened, handing r to the enclosing scope (or the caller). */
 static flx_tensor *scoped_result(flx_tensor *r, const char *fn) {
     if (!r) fail_flx(fn);
     flx_scope_end(r ? 1 : 0, &r);
@@ -291,7 +295,8 @@ static flx_tensor *scoped_result(flx_tensor *r, const char *fn) {
 flx_tensor *gpt2_logits(const gpt2_config *c, flx_tensor *const *params, flx_tensor *tokens) {
     if (check_inputs("gpt2_logits", c, params, tokens) != FLX_OK) return NULL;
     flx_scope_begin();
-    return scoped_result(logits_unchecked(c, params, tokens), "gpt2_logits");
+    const int64_t s3[3] = {flx_dim(tokens, 0), flx_dim(tokens, 1), c->padded_vocab};
+    return scoped_result(flx_reshape(logits_unchecked(c, params, tokens), 3, s3), "gpt2_logits");
 }
 
 flx_tensor *gpt2_loss(const gpt2_config *c, flx_tensor *const *params, flx_tensor *tokens,
@@ -303,9 +308,9 @@ flx_tensor *gpt2_loss(const gpt2_config *c, flx_tensor *const *params, flx_tenso
         return NULL;
     }
     flx_scope_begin();
-    const int64_t rows[2] = {-1, c->padded_vocab}, flat[1] = {-1};
-    flx_tensor *lg = flx_reshape(logits_unchecked(c, params, tokens), 2, rows);
-    flx_tensor *loss = flx_cross_entropy(lg, flx_reshape(targets, 1, flat), FLX_REDUCTION_MEAN, -100);
+    const int64_t flat[1] = {-1};
+    flx_tensor *loss = flx_cross_entropy(logits_unchecked(c, params, tokens), flx_reshape(targets, 1, flat),
+                                         FLX_REDUCTION_MEAN, -100);
     return scoped_result(loss, "gpt2_loss");
 }
 
