@@ -111,7 +111,8 @@ static flx_tensor *as_source(flx_ctx *ctx, flx_tensor *t) {
     size_t nb = (size_t)flx_numel(t) * flx_dtype_size(flx_dtype_of(t));
     void *h = malloc(nb ? nb : 1);
     flx_tensor *r = NULL;
-    if (h && flx_to_host(t, h, nb) == FLX_OK) r = flx_from_host(ctx, flx_dtype_of(t), flx_ndim(t), flx_shape(t), h);
+    if (h && flx_to_host(t, h, nb) == FLX_OK)
+        r = flx_from_host(ctx, flx_dtype_of(t), flx_ndim(t), flx_shape(t), h);
     free(h);
     return r;
 }
@@ -171,7 +172,8 @@ flx_status gpt2_init(gpt2_model *m, flx_ctx *ctx, const gpt2_config *cfg, uint64
     m->n_params = n;
     /* The parameters are made outside any scope (the model owns them); the initial values and
      * host round trips inside one, so they vanish at its end. */
-    flx_tensor **decay = (flx_tensor **)calloc((size_t)n, sizeof *decay), **plain = (flx_tensor **)calloc((size_t)n, sizeof *plain);
+    flx_tensor **decay = (flx_tensor **)calloc((size_t)n, sizeof *decay);
+    flx_tensor **plain = (flx_tensor **)calloc((size_t)n, sizeof *plain);
     int32_t nd = 0, np = 0;
     st = decay && plain ? FLX_OK : fail(FLX_ERR_OUT_OF_MEMORY, "gpt2_init: out of host memory");
     for (int32_t i = 0; i < n && st == FLX_OK; i++) {
@@ -258,7 +260,8 @@ static flx_status check_inputs(const char *fn, const gpt2_config *c, flx_tensor 
         int64_t s[2];
         int32_t nd = gpt2_param_shape(c, i, s);
         if (!params[i]) return fail(FLX_ERR_INVALID_ARGUMENT, "%s: parameter %d is NULL", fn, (int)i);
-        if (flx_ndim(params[i]) != nd || flx_dim(params[i], 0) != s[0] || (nd == 2 && flx_dim(params[i], 1) != s[1]))
+        if (flx_ndim(params[i]) != nd || flx_dim(params[i], 0) != s[0] ||
+            (nd == 2 && flx_dim(params[i], 1) != s[1]))
             return fail(FLX_ERR_SHAPE, "%s: parameter %d does not have the configured shape", fn, (int)i);
         if (flx_dtype_of(params[i]) != c->dtype)
             return fail(FLX_ERR_DTYPE, "%s: parameter %d is %s, the config says %s", fn, (int)i,
@@ -266,7 +269,8 @@ static flx_status check_inputs(const char *fn, const gpt2_config *c, flx_tensor 
     }
     if (!tokens) return fail(FLX_ERR_INVALID_ARGUMENT, "%s: NULL tokens", fn);
     if (flx_dtype_of(tokens) != FLX_I64 && flx_dtype_of(tokens) != FLX_I32)
-        return fail(FLX_ERR_DTYPE, "%s: tokens must be i32 or i64 (got %s)", fn, flx_dtype_name(flx_dtype_of(tokens)));
+        return fail(FLX_ERR_DTYPE, "%s: tokens must be i32 or i64 (got %s)", fn,
+                    flx_dtype_name(flx_dtype_of(tokens)));
     if (flx_ndim(tokens) != 2 || flx_dim(tokens, 1) < 1 || flx_dim(tokens, 1) > c->max_seq)
         return fail(FLX_ERR_SHAPE, "%s: tokens must be (B, T) with 1 <= T <= max_seq = %lld", fn,
                     (long long)c->max_seq);
@@ -367,7 +371,8 @@ flx_status gpt2_synthetic_batch(flx_ctx *ctx, const gpt2_config *c, int64_t batc
     if (!ctx || batch < 1 || seq < 1 || seq > c->max_seq)
         return fail(FLX_ERR_INVALID_ARGUMENT, "gpt2_synthetic_batch: needs a context, batch >= 1 and "
                     "1 <= seq <= max_seq (got %lld, %lld)", (long long)batch, (long long)seq);
-    int64_t *x = (int64_t *)malloc((size_t)(batch * seq) * sizeof *x), *y = (int64_t *)malloc((size_t)(batch * seq) * sizeof *y);
+    int64_t *x = (int64_t *)malloc((size_t)(batch * seq) * sizeof *x);
+    int64_t *y = (int64_t *)malloc((size_t)(batch * seq) * sizeof *y);
     if (!x || !y) {
         free(x);
         free(y);

@@ -57,7 +57,8 @@ Vec layer_norm(const Vec &x, int64_t n, int64_t C, const Vec &g, const Vec &b) {
         for (int64_t c = 0; c < C; c++) var += (x[(size_t)(r * C + c)] - mu) * (x[(size_t)(r * C + c)] - mu);
         var /= (double)C;
         for (int64_t c = 0; c < C; c++)
-            y[(size_t)(r * C + c)] = g[(size_t)c] * (x[(size_t)(r * C + c)] - mu) / std::sqrt(var + 1e-5) + b[(size_t)c];
+            y[(size_t)(r * C + c)] =
+                g[(size_t)c] * (x[(size_t)(r * C + c)] - mu) / std::sqrt(var + 1e-5) + b[(size_t)c];
     }
     return y;
 }
@@ -89,8 +90,8 @@ double reference_loss(const gpt2_config &c, const std::vector<Vec> &P, const Bat
                     for (int64_t j = 0; j <= i; j++) z += std::exp(s[(size_t)j] - mx);
                     for (int64_t j = 0; j <= i; j++)
                         for (int64_t e = 0; e < D; e++)
-                            y[(size_t)((b * T + i) * C + h * D + e)] += std::exp(s[(size_t)j] - mx) / z *
-                                                                        qkv[(size_t)((b * T + j) * 3 * C + 2 * C + h * D + e)];
+                            y[(size_t)((b * T + i) * C + h * D + e)] +=
+                                std::exp(s[(size_t)j] - mx) / z * qkv[(size_t)((b * T + j) * 3 * C + 2 * C + h * D + e)];
                 }
         Vec o = linear(y, N, C, p[GPT2_PROJ_W], &p[GPT2_PROJ_B], C);
         for (size_t k = 0; k < x.size(); k++) x[k] += o[k];
@@ -148,7 +149,8 @@ TEST_F(Gpt2Test, LossMatchesFloat64HostReference) {
     for (int32_t i = 0; i < m.n_params; i++) {
         int64_t s[2];
         int32_t nd = gpt2_param_shape(&c, i, s);
-        flx_tensor *r = flx_add(m.params[i], flxt::rand_tensor(ctx, FLX_F64, flxt::Shape(s, s + nd), 100 + i, -0.3, 0.3));
+        flx_tensor *noise = flxt::rand_tensor(ctx, FLX_F64, flxt::Shape(s, s + nd), 100 + i, -0.3, 0.3);
+        flx_tensor *r = flx_add(m.params[i], noise);
         ASSERT_EQ(flx_assign(m.params[i], r), FLX_OK) << flx_last_error();
     }
     const int64_t B = 2, T = 11; // T < max_seq: positions are a prefix of wpe
