@@ -69,6 +69,7 @@ _STATUS_NAMES = {
     8: "FLX_ERR_UNSUPPORTED",
     9: "FLX_ERR_STATE",
     10: "FLX_ERR_NUMERIC",
+    11: "FLX_ERR_TIMEOUT",
 }
 
 
@@ -90,6 +91,8 @@ def _exception_for(status: int, msg: str) -> BaseException:
         e: BaseException = ValueError(text)
     elif status == 5:
         e = MemoryError(text)
+    elif status == 11:
+        e = TimeoutError(text)
     else:
         e = FluxionError(text)
     try:
