@@ -61,8 +61,9 @@ static flx_tensor *collective(flx_comm *comm, flx_tensor *x, flx_coll_kind kind,
         flx_set_error(FLX_ERR_INVALID_ARGUMENT, "%s: unknown reduce op %d", name, (int)op);
         return NULL;
     }
+    /* MPI has no half-precision types: f16/bf16 values travel as f32 (flx_cast) */
     bool is_int = x->dtype == FLX_I32 || x->dtype == FLX_I64;
-    if (!flx_dtype_is_float(x->dtype) && !(is_int && op != FLX_COMM_AVG)) {
+    if (x->dtype != FLX_F32 && x->dtype != FLX_F64 && !(is_int && op != FLX_COMM_AVG)) {
         flx_set_error(FLX_ERR_DTYPE, "%s: %s: collectives take f32, f64 (and i32, i64 without AVG)",
                       name, flx_describe(x));
         return NULL;
@@ -196,7 +197,7 @@ bool flx_comm_check_params(const char *name, flx_comm *comm, int32_t n, flx_tens
                           "communicator", name, (int)i, flx_describe(params[i]));
             return false;
         }
-        if (!flx_dtype_is_float(params[i]->dtype)) {
+        if (params[i]->dtype != FLX_F32 && params[i]->dtype != FLX_F64) {
             flx_set_error(FLX_ERR_DTYPE, "%s: params[%d] is %s; parameters are f32 or f64", name,
                           (int)i, flx_describe(params[i]));
             return false;
