@@ -60,6 +60,7 @@ using flxk::to_c;
 template <typename T>
 __global__ void fill_kernel(flx_fill_args a, int is64) {
     T *out = (T *)a.out;
+    const uint64_t stream = a.run ? (uint64_t)*a.run : 0;
     int64_t stride = (int64_t)gridDim.x * blockDim.x;
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < a.n; i += stride) {
         double v = 0;
@@ -69,12 +70,12 @@ __global__ void fill_kernel(flx_fill_args a, int is64) {
         case FLX_FILL_IOTA: v = __dadd_rn(a.a, __dmul_rn((double)i, a.b)); break;
         case FLX_FILL_EYE: v = a.cols > 0 && (i / a.cols) == (i % a.cols); break;
         case FLX_FILL_UNIFORM: {
-            double u = flx_philox_uniform((uint64_t)i, a.seed, is64);
+            double u = flx_philox_uniform((uint64_t)i, stream, a.seed, is64);
             v = __dadd_rn(a.a, __dmul_rn(a.b - a.a, u));
             if (v >= a.b && a.b > a.a) v = a.a; /* rounding must not reach hi (as on the CPU) */
             break;
         }
-        case FLX_FILL_NORMAL: v = __dadd_rn(a.a, __dmul_rn(a.b, flx_philox_normal((uint64_t)i, a.seed))); break;
+        case FLX_FILL_NORMAL: v = __dadd_rn(a.a, __dmul_rn(a.b, flx_philox_normal((uint64_t)i, stream, a.seed))); break;
         }
         out[i] = from_double<T>(v);
     }

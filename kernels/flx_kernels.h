@@ -28,7 +28,9 @@ extern "C" {
 /* ---- fill: creation of values ---------------------------------------------------------------
  * CONST: a. IOTA: a + i*b. EYE: 1 where (i / cols) == (i % cols), else 0.
  * UNIFORM: a + (b - a) * u, u in [0, 1). NORMAL: a + b * z, z standard normal.
- * Random values come from Philox4x32-10 with key = seed and counter = i / 4 (kernels/philox.h). */
+ * Random values come from Philox4x32-10 with key = seed and counter = (i / 4, stream)
+ * (kernels/philox.h): stream is *run when run is non-NULL (a plan's replay counter, in device
+ * memory, advanced on the device by each replay), else 0. */
 typedef enum flx_fill_kind {
     FLX_FILL_CONST, FLX_FILL_IOTA, FLX_FILL_EYE, FLX_FILL_UNIFORM, FLX_FILL_NORMAL
 } flx_fill_kind;
@@ -39,6 +41,7 @@ typedef struct flx_fill_args {
     double a, b;
     int64_t cols;
     uint64_t seed;
+    const int64_t *run;
     void *out;
 } flx_fill_args;
 

@@ -65,7 +65,8 @@ typedef enum flx_status {
     FLX_ERR_NOT_DIFFERENTIABLE = 7, /* backward through an op without a rule, or no path */
     FLX_ERR_UNSUPPORTED = 8,      /* valid request that this build cannot serve          */
     FLX_ERR_STATE = 9,            /* misuse of state: unbalanced scopes, in-place change */
-    FLX_ERR_NUMERIC = 10          /* a check on values failed (gradcheck, singular input) */
+    FLX_ERR_NUMERIC = 10,         /* a check on values failed (gradcheck, singular input) */
+    FLX_ERR_TIMEOUT = 11          /* other processes did not join a collective in time    */
 } flx_status;
 
 /* Status of the last failing call on this thread (FLX_OK if none since flx_clear_error). */
@@ -1059,6 +1060,11 @@ FLX_API void flx_checkpoint_destroy(flx_checkpoint *ck);                 /* NULL
  * the update, like the eager sequence "evaluate, flx_optim_step, flx_assign".
  * Values that change between runs (a learning rate, a step count) should be plan inputs (or, for
  * optimisers, flx_optim_set_hparam).
+ * Random numbers (flx_uniform, flx_normal, flx_randn, dropout masks) are drawn anew by every run,
+ * as eager code drawing with a new seed per step would: run k draws Philox stream k of the seed
+ * (counted on the device, so captured replays advance too); run 0 draws the values eager
+ * evaluation of the same graph gives. Within one run every reader of a random tensor (a dropout
+ * mask in forward and backward) sees the same values.
  * The plan holds its graph alive until flx_plan_destroy; run a plan from one thread at a time
  * and not while another thread uses the tensors of its graph. Math mode and other cuBLAS
  * settings are those at capture (compile) time. */
@@ -1154,7 +1160,8 @@ FLX_API flx_status flx_get_fusion(const flx_ctx *ctx, bool *enabled);
  * is a sum all-reduce of the cotangent, all-gather and reduce-scatter are each other's VJP,
  * broadcast's VJP sums the cotangents onto the root). Every rank must build and evaluate the same
  * collectives in the same order (as in MPI and NCCL), gradients included: a collective that one
- * rank evaluates and another never does waits forever.
+ * rank evaluates and another never does fails on the waiting ranks with FLX_ERR_TIMEOUT after the
+ * communicator's timeout (flx_comm_set_timeout).
  *
  * A communicator is identified by a handle that ops keep by value: evaluating a collective after
  * its communicator was destroyed fails with FLX_ERR_STATE instead of touching freed memory.
@@ -1175,14 +1182,25 @@ FLX_API bool flx_has_nccl(void);
  * application has not done so (and finalised at exit); CPU contexts talk MPI, CUDA contexts NCCL
  * with its id sent over MPI. RANK and WORLD_SIZE (torchrun style) -> NCCL for CUDA contexts, its
  * id handed over TCP by rank 0 listening on MASTER_PORT at MASTER_ADDR (defaults 29500,
- * 127.0.0.1; FLX_COMM_TIMEOUT_S bounds the wait, default 300 s). Otherwise a world of one (over
+ * 127.0.0.1; FLX_COMM_TIMEOUT_S bounds the wait, default 600 s: FLX_ERR_TIMEOUT). Otherwise a world of one (over
  * NCCL on a CUDA context when NCCL is built). A launcher world this build cannot serve (no MPI, no
  * NCCL, CPU contexts under torchrun) is an FLX_ERR_UNSUPPORTED error, never a silent world of
- * one. Returns NULL with the error set on failure. */
+ * one. Every rank of a job creates its communicators together, in the same order (each MPI one
+ * is a duplicate of MPI_COMM_WORLD, so a failed communicator leaves the others in step). Returns
+ * NULL with the error set on failure. */
 FLX_API flx_comm *flx_comm_create(flx_ctx *ctx);
 /* Destroys the communicator. Collectives recorded on it and not yet run fail with
  * FLX_ERR_STATE when evaluated. NULL is a no-op. */
 FLX_API flx_status flx_comm_destroy(flx_comm *comm);
+/* How long a rank waits for the others in one collective (and NCCL's set-up) before giving up
+ * with FLX_ERR_TIMEOUT: seconds > 0 and finite; the default is FLX_COMM_TIMEOUT_S from the
+ * environment, else 600. The message of a timeout names the collective, its sequence number on
+ * the communicator (collectives counted from 1 in the order this rank ran them) and the rank.
+ * After a timeout the communicator is failed: every later collective on it fails at once with
+ * FLX_ERR_STATE, and every rank should destroy it (the ranks disagree on which collective comes
+ * next; a new communicator starts them in step again). */
+FLX_API flx_status flx_comm_set_timeout(flx_comm *comm, double seconds);
+FLX_API flx_status flx_comm_get_timeout(const flx_comm *comm, double *seconds);
 FLX_API int32_t flx_comm_rank(const flx_comm *comm); /* -1 for NULL */
 FLX_API int32_t flx_comm_size(const flx_comm *comm); /* -1 for NULL */
 /* x reduced elementwise over the ranks (same shape and dtype on every rank; f32, f64, and for
@@ -1208,6 +1226,32 @@ FLX_API flx_status flx_comm_broadcast_params(flx_comm *comm, int32_t n, flx_tens
                                              int32_t root);
 FLX_API flx_status flx_comm_average_grads(flx_comm *comm, int32_t n, flx_tensor *const *params,
                                           size_t bucket_bytes);
+
+/* flx_backward(loss) and flx_comm_average_grads(comm, n, params, bucket_bytes) in one evaluation,
+ * with the gradient communication overlapping the rest of backward: each bucket's all-reduce
+ * starts as soon as the backward steps that make its gradients have run (buckets are filled in
+ * reverse parameter order, so the last layers' go first), and the evaluation waits for it only
+ * after the rest of backward. MPI: nonblocking collectives, waited for at the end. NCCL: the
+ * all-reduces run on a communication stream of their own, ordered against the context's stream
+ * by events (no host wait). Every parameter gets a .grad, the mean over the ranks of (its .grad
+ * + d loss / d parameter): zeros where the loss does not depend on it, so that every rank
+ * reduces the same buckets. Leaves not in params get no .grad. loss: one element, of the
+ * communicator's context; params: as flx_comm_average_grads, each requiring grad. If the
+ * evaluation fails midway, the collectives already started are completed (results discarded),
+ * so the ranks stay in step. */
+FLX_API flx_status flx_comm_backward(flx_comm *comm, flx_tensor *loss, int32_t n, flx_tensor *const *params,
+                                     size_t bucket_bytes);
+
+/* Counters of a communicator (this rank's view), for tests and tuning. */
+typedef struct flx_comm_stats {
+    uint64_t collectives;   /* collectives run or started on this communicator            */
+    uint64_t bytes;         /* bytes of their inputs on this rank                         */
+    uint64_t overlapped;    /* of those, started by flx_comm_backward and waited for later */
+    uint64_t started_early; /* overlapped ones after whose start the context queued other
+                               kernels before the next one started: buckets whose
+                               communication overlaps the rest of backward                */
+} flx_comm_stats;
+FLX_API flx_status flx_comm_get_stats(const flx_comm *comm, flx_comm_stats *out);
 
 /* Sharded optimiser state (ZeRO stage 1). Each rank keeps the optimiser state of 1/size of the
  * parameters (packed in order into one flat vector, padded to a multiple of the world size, split

@@ -123,8 +123,9 @@ typedef struct flx_attrs {
          * q, k, v), which gradients a BWD node computes (bit 0: dq, bit 1: dk and dv) */
         struct { int32_t causal; double scale; int32_t part, tmask, want; } attention;
         /* collectives (runtime/dist/): the communicator's registry id, flx_coll_kind,
-         * flx_comm_op, broadcast root */
-        struct { uint64_t comm_id; int32_t kind, op, root; } coll;
+         * flx_comm_op, broadcast root, flx_coll_phase (whole, or the start/wait halves of an
+         * overlapped one) */
+        struct { uint64_t comm_id; int32_t kind, op, root, phase; } coll;
     } u;
 } flx_attrs;
 
@@ -388,6 +389,10 @@ bool flx_shape_eq(int32_t na, const int64_t *a, int32_t nb, const int64_t *b);
 /* Buffers */
 flx_buffer *flx_buffer_new(flx_ctx *ctx, size_t nbytes);
 void flx_buffer_release(flx_buffer *b);
+/* While a plan queues its replay on this thread: the device address of its run counter, which
+ * random fills use as their Philox stream (so every replay draws new numbers); NULL otherwise
+ * (runtime/core/plan.c). */
+const int64_t *flx_plan_rng_stream(void);
 /* Gives t a buffer no other tensor shares (copy-on-write for in-place writers). */
 flx_status flx_tensor_make_private(flx_tensor *t);
 static inline void *flx_data(const flx_tensor *t) { return t->buf ? t->buf->ptr : NULL; }

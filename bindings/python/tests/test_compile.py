@@ -219,3 +219,23 @@ def test_readme_training_loop_runs(tmp_path):
     exec(compile(code, str(readme), "exec"), ns)
     assert ns["train_step"].compiles == 1 and np.isfinite(ns["loss"].item())
     assert "0.weight" in fx.load(tmp_path / "m.safetensors")
+
+
+def test_dropout_draws_a_new_mask_every_call():
+    """A compiled step replays its graph, but not its random numbers: each call draws a new
+    dropout mask, as eager calls do (the plan advances the Philox stream on the device)."""
+    drop = nn.Dropout(0.5)
+    drop.train()
+
+    @fx.compile
+    def step(x):
+        return drop(x)
+
+    x = np.ones((4, 64))
+    outs = [step(x).numpy() for _ in range(4)]
+    assert step.compiles == 1
+    for y in outs:
+        assert set(np.unique(y)) <= {0.0, 2.0}
+        assert 0.35 < (y != 0).mean() < 0.65
+    for a, b in zip(outs, outs[1:]):
+        assert ((a != 0) != (b != 0)).mean() > 0.25, "a compiled replay repeated the dropout mask"
