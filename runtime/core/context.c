@@ -31,9 +31,10 @@ const char *flx_dtype_name(flx_dtype dt) {
     return names[dt];
 }
 
-/* f16/bf16 are reserved in the enum; no op takes them yet. */
-bool flx_dtype_valid(flx_dtype dt) { return (int)dt >= 0 && dt <= FLX_BOOL; }
-bool flx_dtype_is_float(flx_dtype dt) { return dt == FLX_F32 || dt == FLX_F64; }
+bool flx_dtype_valid(flx_dtype dt) { return (int)dt >= 0 && dt < FLX_DTYPE_COUNT; }
+bool flx_dtype_is_float(flx_dtype dt) {
+    return dt == FLX_F32 || dt == FLX_F64 || dt == FLX_F16 || dt == FLX_BF16;
+}
 
 flx_device flx_device_cpu(void) {
     flx_device d = {FLX_DEVICE_CPU, 0};

@@ -11,6 +11,7 @@
 
 #include "internal.h"
 #include "flx_unary_ops.h"
+#include "flx_half.h"
 
 /* ---- typed element access ------------------------------------------------------------------ */
 static inline double load(flx_dtype dt, const void *p, int64_t i) {
@@ -20,10 +21,13 @@ static inline double load(flx_dtype dt, const void *p, int64_t i) {
     case FLX_I32: return ((const int32_t *)p)[i];
     case FLX_I64: return (double)((const int64_t *)p)[i];
     case FLX_BOOL: return ((const uint8_t *)p)[i];
+    case FLX_F16: return flx_f16_to_double(((const uint16_t *)p)[i]);
+    case FLX_BF16: return flx_bf16_to_double(((const uint16_t *)p)[i]);
     default: return 0;
     }
 }
 
+/* Halves are rounded once from the double value (RNE), never through f32. */
 static inline void store(flx_dtype dt, void *p, int64_t i, double v) {
     switch (dt) {
     case FLX_F32: ((float *)p)[i] = (float)v; break;
@@ -31,6 +35,8 @@ static inline void store(flx_dtype dt, void *p, int64_t i, double v) {
     case FLX_I32: ((int32_t *)p)[i] = flx_f2i32(v); break; /* saturating, NaN -> 0 */
     case FLX_I64: ((int64_t *)p)[i] = flx_f2i64(v); break;
     case FLX_BOOL: ((uint8_t *)p)[i] = v != 0; break;
+    case FLX_F16: ((uint16_t *)p)[i] = flx_f16_from_double(v); break;
+    case FLX_BF16: ((uint16_t *)p)[i] = flx_bf16_from_double(v); break;
     default: break;
     }
 }
@@ -77,16 +83,20 @@ static inline void odo_next(odo *o) {
     }
 }
 
-/* Float-only access (f32 or f64), for kernels whose dtype is checked to be a float. */
+/* Float-only access (f32, f64, f16, bf16), for kernels whose dtype is checked to be a float. */
 static inline double ldf(flx_dtype dt, const void *p, int64_t i) {
-    return dt == FLX_F32 ? (double)((const float *)p)[i] : ((const double *)p)[i];
+    if (dt == FLX_F32) return (double)((const float *)p)[i];
+    if (dt == FLX_F64) return ((const double *)p)[i];
+    return load(dt, p, i);
 }
 
 static inline void stf(flx_dtype dt, void *p, int64_t i, double v) {
     if (dt == FLX_F32)
         ((float *)p)[i] = (float)v;
-    else
+    else if (dt == FLX_F64)
         ((double *)p)[i] = v;
+    else
+        store(dt, p, i, v);
 }
 
 /* Class labels and indices are I32 or I64. */
