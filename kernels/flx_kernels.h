@@ -283,7 +283,7 @@ typedef struct flx_optim_args {
 } flx_optim_args;
 int flx_cuda_optim(const flx_optim_args *args, void *stream);
 
-/* ---- LU family (runtime/ops/lu.c, runtime/cpu/lu.c, kernels/lu.cu) -------------------
+/* ---- LU family (runtime/ops/lu.c, runtime/cpu/lu.c, kernels/lu.cu, kernels/lu_small.cu) -
  * Packed factorisation: one row of P = n*n + n + 1 elements (dtype of A) per matrix:
  *   [0, n*n)       the LU of A = P L U (partial pivoting), column-major: (i, j) at j*n + i;
  *                  L unit lower (below the diagonal), U upper (on and above it);
@@ -328,8 +328,11 @@ typedef struct flx_cuda_lib_env {
     void (*free)(void *actx, void *ptr);
     void *actx;
 } flx_cuda_lib_env;
-/* Returns 0, a cudaError_t (> 0), -1 (scratch allocation failed; error already set by alloc),
- * -(1000 + cublasStatus_t) or -(2000 + cusolverStatus_t). */
+/* What the launchers on a flx_cuda_lib_env return besides 0 and a cudaError_t (> 0): scratch
+ * allocation failed (the error already set by alloc), FLX_LIB_RC_CUBLAS - cublasStatus_t or
+ * FLX_LIB_RC_CUSOLVER - cusolverStatus_t. */
+enum { FLX_LIB_RC_SCRATCH = -1, FLX_LIB_RC_CUBLAS = -1000, FLX_LIB_RC_CUSOLVER = -2000 };
+/* Returns 0, a cudaError_t or an FLX_LIB_RC_* code. */
 int flx_cuda_lu(const flx_lu_args *args, const flx_cuda_lib_env *env);
 
 /* ---- eigh (runtime/ops/eigh.c, runtime/cpu/eigh.c, kernels/eigh.cu) ------------------

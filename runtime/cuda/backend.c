@@ -13,6 +13,7 @@
  * launch. Nothing here aborts: every failure sets the thread's error and returns a status.
  */
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -301,7 +302,7 @@ static flx_status matmul_in(flx_ctx *ctx, const flx_matmul_args *a) {
 
 FLX_CUDA_GUARDED(cuda_matmul, flx_matmul_args, matmul_in)
 
-/* ---- LU family: thin glue; the paths live in kernels/lu.cu -------------------------------- */
+/* ---- LU family: thin glue; the paths live in kernels/lu.cu and kernels/lu_small.cu --------- */
 
 /* The cuSOLVER handle (LU, eigh), created on first use and bound to the context stream. Also
  * created before a graph capture begins: creating it allocates, which a capture forbids. */
@@ -326,22 +327,30 @@ static const char *capture_note(flx_ctx *ctx) {
                                                     "path is not capture-safe)";
 }
 
+/* The result rc of a launcher on the vendor libraries (FLX_LIB_RC_* in flx_kernels.h) as a
+ * status; `what` names the call in messages, e.g. "cuda lu (mode 0, f32, batch 2, n 70)". */
+static flx_status library_launched(flx_ctx *ctx, int rc, const char *what, const char *family,
+                                   flx_dtype dt) {
+    if (rc == 0) return FLX_OK;
+    if (rc == FLX_LIB_RC_SCRATCH) return flx_last_status(); /* set by the allocator */
+    if (rc <= FLX_LIB_RC_CUSOLVER)
+        return flx_set_error(FLX_ERR_BACKEND, "%s: cuSOLVER failed with status %d%s", what,
+                             FLX_LIB_RC_CUSOLVER - rc, capture_note(ctx));
+    if (rc <= FLX_LIB_RC_CUBLAS)
+        return flx_set_error(FLX_ERR_BACKEND, "%s: cuBLAS failed: %s", what,
+                             flx_cuda_cublas_status_name((cublasStatus_t)(FLX_LIB_RC_CUBLAS - rc)));
+    return launched(rc, family, dt);
+}
+
 static flx_status lu_in(flx_ctx *ctx, const flx_lu_args *a) {
     if (ensure_cusolver(flx_cuda_st(ctx)) != FLX_OK) return flx_last_status();
     flx_cuda_lib_env env = env_of(ctx, scratch_alloc);
     int rc = flx_cuda_lu(a, &env);
     if (rc == 0) return FLX_OK;
-    if (rc == -1) return flx_last_status(); /* scratch allocation: error already set */
-    if (rc <= -2000)
-        return flx_set_error(FLX_ERR_BACKEND, "cuda lu (mode %d, %s, batch %lld, n %lld): cuSOLVER "
-                             "failed with status %d%s", (int)a->mode, flx_dtype_name(a->dtype),
-                             (long long)a->batch, (long long)a->n, -rc - 2000, capture_note(ctx));
-    if (rc <= -1000)
-        return flx_set_error(FLX_ERR_BACKEND, "cuda lu (mode %d, %s, batch %lld, n %lld): cuBLAS "
-                             "failed: %s", (int)a->mode, flx_dtype_name(a->dtype),
-                             (long long)a->batch, (long long)a->n,
-                             flx_cuda_cublas_status_name((cublasStatus_t)(-rc - 1000)));
-    return launched(rc, "lu", a->dtype);
+    char what[128];
+    snprintf(what, sizeof what, "cuda lu (mode %d, %s, batch %lld, n %lld)", (int)a->mode,
+             flx_dtype_name(a->dtype), (long long)a->batch, (long long)a->n);
+    return library_launched(ctx, rc, what, "lu", a->dtype);
 }
 FLX_CUDA_GUARDED(cuda_lu, flx_lu_args, lu_in)
 
@@ -351,12 +360,10 @@ static flx_status eigh_in(flx_ctx *ctx, const flx_eigh_args *a) {
     flx_cuda_lib_env env = env_of(ctx, scratch_alloc);
     int rc = flx_cuda_eigh(a, &env);
     if (rc == 0) return FLX_OK;
-    if (rc == -1) return flx_last_status(); /* scratch allocation: error already set */
-    if (rc <= -2000)
-        return flx_set_error(FLX_ERR_BACKEND, "cuda eigh (%s, batch %lld, n %lld): cuSOLVER failed "
-                             "with status %d%s", flx_dtype_name(a->dtype), (long long)a->batch,
-                             (long long)a->n, -rc - 2000, capture_note(ctx));
-    return launched(rc, "eigh", a->dtype);
+    char what[128];
+    snprintf(what, sizeof what, "cuda eigh (%s, batch %lld, n %lld)", flx_dtype_name(a->dtype),
+             (long long)a->batch, (long long)a->n);
+    return library_launched(ctx, rc, what, "eigh", a->dtype);
 }
 FLX_CUDA_GUARDED(cuda_eigh, flx_eigh_args, eigh_in)
 
