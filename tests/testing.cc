@@ -206,6 +206,21 @@ flx_ctx *cuda_ctx_or_null(std::string *why) {
     return ctx;
 }
 
+void check_derivatives(const std::vector<FnCase> &cases, double eps, double atol, double rtol) {
+    for (const FnCase &c : cases) {
+        SCOPED_TRACE(c.name);
+        EXPECT_EQ(gradcheck(c.f, c.in, eps, atol, rtol), FLX_OK) << flx_last_error();
+        EXPECT_TRUE(jvp_check(c.f, c.in, eps, atol, rtol));
+    }
+}
+
+void on_cuda(const std::function<void(flx_ctx *)> &body) {
+    FLX_REQUIRE_CUDA(g);
+    ASSERT_EQ(flx_scope_begin(), FLX_OK);
+    body(g);
+    flx_scope_end(0, nullptr);
+}
+
 void CpuTest::SetUp() {
     flx_clear_error();
     live_before = flx_live_tensors();
@@ -218,6 +233,19 @@ void CpuTest::TearDown() {
     EXPECT_EQ(flx_scope_end(0, nullptr), FLX_OK);
     EXPECT_EQ(flx_live_tensors(), live_before) << "tensors leaked by this test";
     if (flx_live_tensors() == live_before) EXPECT_EQ(flx_ctx_destroy(ctx), FLX_OK) << flx_last_error();
+}
+
+void CommTest::SetUp() {
+    CpuTest::SetUp();
+    comm = flx_comm_create(ctx);
+    ASSERT_NE(comm, nullptr) << flx_last_error();
+    rank = flx_comm_rank(comm);
+    size = flx_comm_size(comm);
+}
+
+void CommTest::TearDown() {
+    flx_comm_destroy(comm);
+    CpuTest::TearDown();
 }
 
 }  // namespace flxt

@@ -24,6 +24,7 @@ static void store_below_hi(flx_dtype dt, void *out, int64_t i, double v, double 
 flx_status flx_cpu_fill(flx_ctx *ctx, const flx_fill_args *a) {
     (void)ctx;
     int is64 = a->dtype == FLX_F64;
+    uint64_t stream = a->run ? (uint64_t)*a->run : 0;
     for (int64_t i = 0; i < a->n; i++) {
         double v = 0;
         switch (a->kind) {
@@ -31,7 +32,7 @@ flx_status flx_cpu_fill(flx_ctx *ctx, const flx_fill_args *a) {
         case FLX_FILL_IOTA: v = a->a + (double)i * a->b; break;
         case FLX_FILL_EYE: v = (i / a->cols) == (i % a->cols); break;
         case FLX_FILL_UNIFORM: {
-            double u = flx_philox_uniform((uint64_t)i, a->seed, is64);
+            double u = flx_philox_uniform((uint64_t)i, stream, a->seed, is64);
             v = a->a + (a->b - a->a) * u;
             if (v >= a->b && a->b > a->a) v = a->a; /* rounding must not reach hi */
             if (flx_dtype_is_half(a->dtype)) {
@@ -40,7 +41,7 @@ flx_status flx_cpu_fill(flx_ctx *ctx, const flx_fill_args *a) {
             }
             break;
         }
-        case FLX_FILL_NORMAL: v = a->a + a->b * flx_philox_normal((uint64_t)i, a->seed); break;
+        case FLX_FILL_NORMAL: v = a->a + a->b * flx_philox_normal((uint64_t)i, stream, a->seed); break;
         }
         store(a->dtype, a->out, i, v);
     }
