@@ -264,6 +264,15 @@ def cmd_write(a):
     return 0
 
 
+def report(cmd, errs, summary=None):
+    """Prints each problem to stderr and the summary line (with the problem count); the exit code."""
+    for e in errs:
+        print(f"{cmd}: {e}", file=sys.stderr)
+    if summary is not None:
+        print(f"{cmd}: {summary}, {len(errs)} problems")
+    return 1 if errs else 0
+
+
 def cmd_check_goals(a):
     names = [r[0] for r in read_list(a.list)]
     goals = json.load(open(a.goals))["goals"]
@@ -292,10 +301,7 @@ def cmd_check_goals(a):
         for t in open(a.torch_list).read().split("\n"):
             if t and t not in bases:
                 errs.append(f"bench_torch.py workload not in the suite: {t}")
-    for e in errs:
-        print(f"check-goals: {e}", file=sys.stderr)
-    print(f"check-goals: {len(names)} workloads, {len(goals)} goals, {len(errs)} problems")
-    return 1 if errs else 0
+    return report("check-goals", errs, f"{len(names)} workloads, {len(goals)} goals")
 
 
 def cmd_fake(a):
@@ -372,18 +378,13 @@ def cmd_selftest(a):
         errs.append("train-step rows do not carry their base row's PyTorch times")
     if out["bench_missing"] != ["gone"] or not out["ok"] or out["copy_gb_per_s"] != 2000.0:
         errs.append(f"missing {out['bench_missing']}, ok {out['ok']}, copy {out['copy_gb_per_s']}")
-    for e in errs:
-        print(f"selftest: {e}", file=sys.stderr)
-    print(f"selftest: {len(expect)} rows checked, {len(errs)} problems")
-    return 1 if errs else 0
+    return report("selftest", errs, f"{len(expect)} rows checked")
 
 
 def cmd_validate(a):
     doc = json.load(open(a.file))
     errs = validate(doc)
-    for e in errs:
-        print(f"validate: {e}", file=sys.stderr)
-    return 1 if errs else 0
+    return report("validate", errs)
 
 
 def main():
