@@ -14,26 +14,16 @@ using namespace flxt;
 
 namespace {
 
-class MpiTest : public CpuTest {
+class MpiTest : public CommTest {
   protected:
     void SetUp() override {
-        CpuTest::SetUp();
-        comm = flx_comm_create(ctx);
-        ASSERT_NE(comm, nullptr) << flx_last_error();
-        rank = flx_comm_rank(comm);
-        size = flx_comm_size(comm);
+        CommTest::SetUp();
         ASSERT_GE(size, 2) << "run under mpirun -np 2 (or more)";
-    }
-    void TearDown() override {
-        flx_comm_destroy(comm);
-        CpuTest::TearDown();
     }
     // Sum of a scalar over the ranks (the all-reduce itself is checked by AllReduceValues).
     double global_sum(double v) {
         return values(flx_comm_all_reduce(comm, flx_scalar(ctx, FLX_F64, v), FLX_COMM_SUM))[0];
     }
-    flx_comm *comm = nullptr;
-    int rank = 0, size = 0;
 };
 
 std::vector<double> rank_values(int r, size_t n) {

@@ -11,19 +11,7 @@ using namespace flxt;
 
 namespace {
 
-class DistTest : public CpuTest {
-  protected:
-    void SetUp() override {
-        CpuTest::SetUp();
-        comm = flx_comm_create(ctx);
-        ASSERT_NE(comm, nullptr) << flx_last_error();
-    }
-    void TearDown() override {
-        flx_comm_destroy(comm);
-        CpuTest::TearDown();
-    }
-    flx_comm *comm = nullptr;
-};
+using DistTest = CommTest;
 
 TEST_F(DistTest, WorldOfOneWithoutALauncher) {
     EXPECT_EQ(flx_comm_rank(comm), 0);

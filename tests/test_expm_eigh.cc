@@ -187,23 +187,14 @@ TEST_F(ExpmTest, Gradients) {
     flx_tensor *Ab = make(ctx, FLX_F64, {2, 4, 4}, randm(32, 3, 0.6));
     flx_tensor *A1 = make(ctx, FLX_F64, {1, 1}, {0.7});
     flx_tensor *C = make(ctx, FLX_F64, {3, 3}, randm(9, 4, 1.0));
-    struct Case {
-        const char *name;
-        Fn f;
-        std::vector<flx_tensor *> in;
-    };
-    std::vector<Case> cases = {
+    std::vector<FnCase> cases = {
         {"expm", [](auto in) { return flx_expm(in[0]); }, {A}},
         {"expm large norm", [](auto in) { return flx_expm(in[0]); }, {Abig}},
         {"expm batched", [](auto in) { return flx_expm(in[0]); }, {Ab}},
         {"expm 1x1", [](auto in) { return flx_expm(in[0]); }, {A1}},
         {"sin(expm(A) C)", [](auto in) { return flx_sin(flx_matmul(flx_expm(in[0]), in[1])); }, {A, C}},
     };
-    for (auto &c : cases) {
-        SCOPED_TRACE(c.name);
-        EXPECT_EQ(gradcheck(c.f, c.in, 1e-6, 1e-6, 1e-5), FLX_OK) << flx_last_error();
-        EXPECT_TRUE(jvp_check(c.f, c.in, 1e-6, 1e-6, 1e-5));
-    }
+    check_derivatives(cases, 1e-6, 1e-6, 1e-5);
 }
 
 TEST_F(ExpmTest, SecondDerivativesThroughRules) {
@@ -398,12 +389,7 @@ TEST_F(EighTest, Gradients) {
     flx_tensor *A = make(ctx, FLX_F64, {4, 4}, randm(16, 21, 1.0));
     flx_tensor *Ab = make(ctx, FLX_F64, {3, 3, 3}, randm(27, 22, 1.0));
     flx_tensor *C = make(ctx, FLX_F64, {4, 4}, randm(16, 23, 1.0));
-    struct Case {
-        const char *name;
-        Fn f;
-        std::vector<flx_tensor *> in;
-    };
-    std::vector<Case> cases = {
+    std::vector<FnCase> cases = {
         {"sum w^2", [](auto in) { return flx_sum_all(flx_square(eig_w(in[0]))); }, {A}},
         {"w", [](auto in) { return eig_w(in[0]); }, {A}},
         {"w batched", [](auto in) { return eig_w(in[0]); }, {Ab}},
@@ -413,11 +399,7 @@ TEST_F(EighTest, Gradients) {
         {"<V o V, C>", [](auto in) { flx_tensor *v = eig_v(in[0]); return flx_sum_all(flx_mul(flx_mul(v, v), in[1])); }, {A, C}},
         {"V (sign convention)", [](auto in) { return eig_v(in[0]); }, {A}},
     };
-    for (auto &c : cases) {
-        SCOPED_TRACE(c.name);
-        EXPECT_EQ(gradcheck(c.f, c.in, 1e-6, 1e-6, 1e-5), FLX_OK) << flx_last_error();
-        EXPECT_TRUE(jvp_check(c.f, c.in, 1e-6, 1e-6, 1e-5));
-    }
+    check_derivatives(cases, 1e-6, 1e-6, 1e-5);
 }
 
 TEST_F(EighTest, GradientClosedFormAndSecondOrder) {

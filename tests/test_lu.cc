@@ -196,12 +196,7 @@ TEST_F(LuTest, GradcheckAndJvp) {
     flx_tensor *Ab = make(ctx, FLX_F64, {2, 4, 4}, ab);
     flx_tensor *B = rand_tensor(ctx, FLX_F64, {3, 2}, 23);
     flx_tensor *Bb = rand_tensor(ctx, FLX_F64, {2, 4}, 24);
-    struct C {
-        const char *name;
-        Fn f;
-        std::vector<flx_tensor *> in;
-    };
-    std::vector<C> cases = {
+    std::vector<FnCase> cases = {
         {"det", [](auto in) { return flx_det(in[0]); }, {A}},
         {"det batched", [](auto in) { return flx_det(in[0]); }, {Ab}},
         {"logdet", [](auto in) { return flx_logdet(in[0]); }, {A}},
@@ -216,11 +211,7 @@ TEST_F(LuTest, GradcheckAndJvp) {
         {"solve matrix", [](auto in) { return flx_solve(in[0], in[1]); }, {A, B}},
         {"solve vector batched", [](auto in) { return flx_solve(in[0], in[1]); }, {Ab, Bb}},
     };
-    for (auto &c : cases) {
-        SCOPED_TRACE(c.name);
-        EXPECT_EQ(gradcheck(c.f, c.in), FLX_OK) << flx_last_error();
-        EXPECT_TRUE(jvp_check(c.f, c.in));
-    }
+    check_derivatives(cases);
 }
 
 TEST_F(LuTest, SecondDerivativesThroughRules) {

@@ -6,6 +6,7 @@
 #include <cstring>
 #include <vector>
 
+#include "optim_reference.h"
 #include "testing.h"
 
 using namespace flxt;
@@ -171,84 +172,6 @@ TEST_F(OptimTest, QuadraticFirstStepsMatchHandComputation) {
     }
 }
 
-// ---- plain reference implementation -------------------------------------------------------
-struct Ref {
-    flx_optim_kind kind;
-    flx_optim_config c;
-    std::vector<std::vector<double>> s0, s1, s2;
-    int t = 0;
-    void init(const std::vector<std::vector<double>> &w) {
-        for (auto &x : w) {
-            double a0 = kind == FLX_OPTIM_ADAGRAD ? c.initial_accumulator : 0.0;
-            s0.push_back(std::vector<double>(x.size(), a0));
-            s1.push_back(std::vector<double>(x.size(), 0.0));
-            s2.push_back(std::vector<double>(x.size(), 0.0));
-        }
-    }
-    void step(std::vector<std::vector<double>> &w, const std::vector<std::vector<double>> &grads) {
-        t++;
-        for (size_t j = 0; j < w.size(); j++)
-            for (size_t i = 0; i < w[j].size(); i++) {
-                double &p = w[j][i];
-                double g = grads[j][i];
-                switch (kind) {
-                case FLX_OPTIM_SGD:
-                case FLX_OPTIM_MOMENTUM:
-                case FLX_OPTIM_NESTEROV: {
-                    g += c.weight_decay * p;
-                    if (c.momentum != 0) {
-                        double &b = s0[j][i];
-                        b = t == 1 ? g : c.momentum * b + (1 - c.dampening) * g;
-                        g = c.nesterov ? g + c.momentum * b : b;
-                    }
-                    p -= c.lr * g;
-                    break;
-                }
-                case FLX_OPTIM_ADAGRAD: {
-                    g += c.weight_decay * p;
-                    double clr = c.lr / (1 + (t - 1) * c.lr_decay);
-                    s0[j][i] += g * g;
-                    p -= clr * g / (std::sqrt(s0[j][i]) + c.eps);
-                    break;
-                }
-                case FLX_OPTIM_RMSPROP: {
-                    g += c.weight_decay * p;
-                    double &v = s0[j][i];
-                    v = c.alpha * v + (1 - c.alpha) * g * g;
-                    double avg;
-                    if (c.centered) {
-                        double &a = s2[j][i];
-                        a = c.alpha * a + (1 - c.alpha) * g;
-                        avg = std::sqrt(v - a * a) + c.eps;
-                    } else {
-                        avg = std::sqrt(v) + c.eps;
-                    }
-                    if (c.momentum > 0) {
-                        double &b = s1[j][i];
-                        b = c.momentum * b + g / avg;
-                        p -= c.lr * b;
-                    } else {
-                        p -= c.lr * g / avg;
-                    }
-                    break;
-                }
-                case FLX_OPTIM_ADAM:
-                case FLX_OPTIM_ADAMW: {
-                    if (kind == FLX_OPTIM_ADAMW) p *= 1 - c.lr * c.weight_decay;
-                    else g += c.weight_decay * p;
-                    double &m = s0[j][i], &v = s1[j][i];
-                    m = c.beta1 * m + (1 - c.beta1) * g;
-                    v = c.beta2 * v + (1 - c.beta2) * g * g;
-                    double mh = m / (1 - std::pow(c.beta1, t)), vh = v / (1 - std::pow(c.beta2, t));
-                    p -= c.lr * mh / (std::sqrt(vh) + c.eps);
-                    break;
-                }
-                default: break;
-                }
-            }
-    }
-};
-
 // Model: params w_j with loss sum_j sum(c_j * w_j + 0.5 * d_j * w_j^2): gradient c_j + d_j w_j.
 struct Model {
     std::vector<Shape> shapes;
@@ -275,41 +198,57 @@ Model make_model(int n_tensors, uint64_t seed) {
     return m;
 }
 
-// Runs `steps` steps of the optimiser on ctx; returns the final parameters. lr_at (optional)
-// sets the learning rate before each step.
-std::vector<std::vector<double>> run_fluxion(flx_ctx *ctx, flx_dtype dt, const Model &m,
-                                             flx_optim_kind kind, const flx_optim_config &cfg,
-                                             int steps, const std::vector<double> &lr_at = {}) {
+// The model's tensors on ctx: parameters p_j (requiring grad) and the coefficients of the loss
+// sum_j sum(c_j p_j + d_j p_j^2 / 2).
+struct Quadratic {
     std::vector<flx_tensor *> ps, cs, ds;
-    EXPECT_EQ(flx_scope_begin(), FLX_OK);
-    for (size_t j = 0; j < m.w.size(); j++) {
-        ps.push_back(make(ctx, dt, m.shapes[j], m.w[j]));
-        cs.push_back(make(ctx, dt, m.shapes[j], m.c[j]));
-        ds.push_back(make(ctx, dt, m.shapes[j], m.d[j]));
-        EXPECT_EQ(flx_set_requires_grad(ps.back(), true), FLX_OK);
+    Quadratic(flx_ctx *ctx, flx_dtype dt, const Model &m) {
+        for (size_t j = 0; j < m.w.size(); j++) {
+            ps.push_back(make(ctx, dt, m.shapes[j], m.w[j]));
+            cs.push_back(make(ctx, dt, m.shapes[j], m.c[j]));
+            ds.push_back(make(ctx, dt, m.shapes[j], m.d[j]));
+            EXPECT_EQ(flx_set_requires_grad(ps.back(), true), FLX_OK);
+        }
     }
-    flx_optim *opt = flx_optim_create(ctx, kind, (int32_t)ps.size(), ps.data(), &cfg);
-    EXPECT_NE(opt, nullptr) << flx_last_error();
-    std::vector<std::vector<double>> out;
-    if (!opt) {
-        flx_scope_end(0, nullptr);
-        return out;
-    }
-    for (int s = 0; s < steps; s++) {
-        if (!lr_at.empty()) EXPECT_EQ(flx_optim_set_lr(opt, lr_at[s]), FLX_OK) << flx_last_error();
-        flx_scope_begin();
+    flx_tensor *loss() const {
         flx_tensor *loss = nullptr;
         for (size_t j = 0; j < ps.size(); j++) {
             flx_tensor *term = flx_sum_all(flx_add(
                 flx_mul(cs[j], ps[j]), flx_mul_scalar(flx_mul(ds[j], flx_square(ps[j])), 0.5)));
             loss = loss ? flx_add(loss, term) : term;
         }
-        EXPECT_EQ(flx_backward(loss), FLX_OK) << flx_last_error();
+        return loss;
+    }
+};
+
+// `steps` steps of opt on q's loss; lr_at (optional) sets the learning rate before each step.
+void train(flx_optim *opt, const Quadratic &q, int steps, const std::vector<double> &lr_at = {}) {
+    for (int s = 0; s < steps; s++) {
+        if (!lr_at.empty()) EXPECT_EQ(flx_optim_set_lr(opt, lr_at[s]), FLX_OK) << flx_last_error();
+        flx_scope_begin();
+        EXPECT_EQ(flx_backward(q.loss()), FLX_OK) << flx_last_error();
         EXPECT_EQ(flx_optim_step(opt), FLX_OK) << flx_last_error();
         EXPECT_EQ(flx_optim_zero_grad(opt), FLX_OK);
         flx_scope_end(0, nullptr);
     }
-    for (auto p : ps) out.push_back(values(p));
+}
+
+// Runs `steps` steps of the optimiser on ctx; returns the final parameters. lr_at (optional)
+// sets the learning rate before each step.
+std::vector<std::vector<double>> run_fluxion(flx_ctx *ctx, flx_dtype dt, const Model &m,
+                                             flx_optim_kind kind, const flx_optim_config &cfg,
+                                             int steps, const std::vector<double> &lr_at = {}) {
+    EXPECT_EQ(flx_scope_begin(), FLX_OK);
+    Quadratic q(ctx, dt, m);
+    flx_optim *opt = flx_optim_create(ctx, kind, (int32_t)q.ps.size(), q.ps.data(), &cfg);
+    EXPECT_NE(opt, nullptr) << flx_last_error();
+    std::vector<std::vector<double>> out;
+    if (!opt) {
+        flx_scope_end(0, nullptr);
+        return out;
+    }
+    train(opt, q, steps, lr_at);
+    for (auto p : q.ps) out.push_back(values(p));
     flx_optim_destroy(opt);
     EXPECT_EQ(flx_scope_end(0, nullptr), FLX_OK);
     return out;
@@ -331,33 +270,6 @@ std::vector<std::vector<double>> run_reference(const Model &m, flx_optim_kind ki
     return w;
 }
 
-struct Variant {
-    const char *name;
-    flx_optim_kind kind;
-    flx_optim_config cfg;
-};
-
-std::vector<Variant> variants() {
-    std::vector<Variant> v;
-    auto add = [&](const char *name, flx_optim_kind k, void (*tweak)(flx_optim_config &)) {
-        flx_optim_config c = flx_optim_defaults(k);
-        if (tweak) tweak(c);
-        v.push_back({name, k, c});
-    };
-    add("sgd", FLX_OPTIM_SGD, [](flx_optim_config &c) { c.lr = 0.05; c.weight_decay = 0.1; });
-    add("momentum", FLX_OPTIM_MOMENTUM, [](flx_optim_config &c) { c.lr = 0.05; c.dampening = 0.2; });
-    add("nesterov", FLX_OPTIM_NESTEROV, [](flx_optim_config &c) { c.lr = 0.05; c.weight_decay = 0.01; });
-    add("adagrad", FLX_OPTIM_ADAGRAD,
-        [](flx_optim_config &c) { c.lr = 0.1; c.lr_decay = 0.1; c.initial_accumulator = 0.5; c.weight_decay = 0.1; });
-    add("rmsprop", FLX_OPTIM_RMSPROP, nullptr);
-    add("rmsprop-centered-momentum", FLX_OPTIM_RMSPROP,
-        [](flx_optim_config &c) { c.centered = true; c.momentum = 0.8; c.weight_decay = 0.05; });
-    add("adam", FLX_OPTIM_ADAM, [](flx_optim_config &c) { c.lr = 0.01; });
-    add("adam-l2", FLX_OPTIM_ADAM, [](flx_optim_config &c) { c.lr = 0.01; c.weight_decay = 0.1; });
-    add("adamw", FLX_OPTIM_ADAMW, [](flx_optim_config &c) { c.lr = 0.01; c.weight_decay = 0.1; });
-    return v;
-}
-
 ::testing::AssertionResult all_close(const std::vector<std::vector<double>> &a,
                                      const std::vector<std::vector<double>> &b, double atol,
                                      double rtol) {
@@ -369,24 +281,24 @@ std::vector<Variant> variants() {
     return ::testing::AssertionSuccess();
 }
 
-TEST_F(OptimTest, RandomModelMatchesReferenceF64) {
-    Model m = make_model(4, 100);
+// Every optimiser variant, `steps` steps on a random model in dt, against the float64 reference.
+void expect_variants_match_reference(flx_ctx *ctx, flx_dtype dt, uint64_t seed, int steps, double atol,
+                                     double rtol) {
+    Model m = make_model(4, seed);
     for (const Variant &v : variants()) {
         SCOPED_TRACE(v.name);
-        auto got = run_fluxion(ctx, FLX_F64, m, v.kind, v.cfg, 6);
-        auto want = run_reference(m, v.kind, v.cfg, 6);
-        EXPECT_TRUE(all_close(got, want, 1e-12, 1e-10));
+        auto got = run_fluxion(ctx, dt, m, v.kind, v.cfg, steps);
+        auto want = run_reference(m, v.kind, v.cfg, steps);
+        EXPECT_TRUE(all_close(got, want, atol, rtol));
     }
 }
 
+TEST_F(OptimTest, RandomModelMatchesReferenceF64) {
+    expect_variants_match_reference(ctx, FLX_F64, 100, 6, 1e-12, 1e-10);
+}
+
 TEST_F(OptimTest, RandomModelMatchesReferenceF32) {
-    Model m = make_model(4, 200);
-    for (const Variant &v : variants()) {
-        SCOPED_TRACE(v.name);
-        auto got = run_fluxion(ctx, FLX_F32, m, v.kind, v.cfg, 4);
-        auto want = run_reference(m, v.kind, v.cfg, 4);
-        EXPECT_TRUE(all_close(got, want, 2e-5, 1e-4));
-    }
+    expect_variants_match_reference(ctx, FLX_F32, 200, 4, 2e-5, 1e-4);
 }
 
 // More tensors than one launch holds: every chunk sees the same step count.
@@ -523,31 +435,11 @@ TEST_F(OptimTest, StateRoundTripResumesExactly) {
     c.lr = 0.05;
     auto want = run_fluxion(ctx, FLX_F64, m, FLX_OPTIM_ADAM, c, 5);
     // 3 steps, export, 2 more steps in a new optimiser.
-    std::vector<flx_tensor *> ps, cs, ds;
-    for (size_t j = 0; j < m.w.size(); j++) {
-        ps.push_back(make(ctx, FLX_F64, m.shapes[j], m.w[j]));
-        cs.push_back(make(ctx, FLX_F64, m.shapes[j], m.c[j]));
-        ds.push_back(make(ctx, FLX_F64, m.shapes[j], m.d[j]));
-        ASSERT_EQ(flx_set_requires_grad(ps.back(), true), FLX_OK);
-    }
-    auto train = [&](flx_optim *opt, int steps) {
-        for (int s = 0; s < steps; s++) {
-            flx_scope_begin();
-            flx_tensor *loss = nullptr;
-            for (size_t j = 0; j < ps.size(); j++) {
-                flx_tensor *term = flx_sum_all(flx_add(
-                    flx_mul(cs[j], ps[j]), flx_mul_scalar(flx_mul(ds[j], flx_square(ps[j])), 0.5)));
-                loss = loss ? flx_add(loss, term) : term;
-            }
-            ASSERT_EQ(flx_backward(loss), FLX_OK);
-            ASSERT_EQ(flx_optim_step(opt), FLX_OK);
-            ASSERT_EQ(flx_optim_zero_grad(opt), FLX_OK);
-            flx_scope_end(0, nullptr);
-        }
-    };
+    Quadratic q(ctx, FLX_F64, m);
+    std::vector<flx_tensor *> &ps = q.ps;
     flx_optim *a = flx_optim_create(ctx, FLX_OPTIM_ADAM, 3, ps.data(), &c);
     ASSERT_NE(a, nullptr);
-    train(a, 3);
+    train(a, q, 3);
     std::vector<flx_tensor *> saved;
     for (int j = 0; j < 3; j++)
         for (int s = 0; s < flx_optim_state_count(a); s++) saved.push_back(flx_optim_get_state(a, j, s));
@@ -563,7 +455,7 @@ TEST_F(OptimTest, StateRoundTripResumesExactly) {
             ASSERT_EQ(flx_optim_set_state(b, j, s, saved[k++]), FLX_OK) << flx_last_error();
     ASSERT_EQ(flx_optim_set_hparam(b, FLX_HP_STEP, step), FLX_OK);
     EXPECT_EQ(flx_optim_set_state(b, 0, 0, ps[1]), FLX_ERR_SHAPE);
-    train(b, 2);
+    train(b, q, 2);
     std::vector<std::vector<double>> got;
     for (auto p : ps) got.push_back(values(p));
     EXPECT_TRUE(all_close(got, want, 0, 0));

@@ -12,13 +12,9 @@
 #include <string>
 #include <vector>
 
-namespace {
+using namespace flxt;
 
-using flxt::close;
-using flxt::make;
-using flxt::rand_values;
-using flxt::Shape;
-using flxt::values;
+namespace {
 
 class Softmax : public flxt::CpuTest {};
 

@@ -320,10 +320,9 @@ flx_status flx_plan_run(flx_plan *p, int32_t n_in, flx_tensor *const *inputs) {
         p->as[k].version = ++p->as[k].dst->version;
         p->as[k].dst->changed_by = "flx_plan_run";
     }
-    for (int32_t j = 0; j < p->n_param; j++) {
-        p->param[j].t->version++;
-        p->param[j].t->changed_by = "flx_plan_run (optimiser step)";
-    }
+    for (int32_t k = 0; k < p->n_optim; k++)
+        flx_optim_mark_updated(p->optim[k].opt, p->optim[k].m, p->optim[k].idx,
+                               "flx_plan_run (optimiser step)");
     p->ctx->stats.nodes_executed += (uint64_t)p->n_steps;
     p->ctx->stats.nodes_fused += p->n_fused;
     p->runs++;

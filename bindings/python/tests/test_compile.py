@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 
 import fluxion as fx
+from conftest import train_step
 from fluxion import _capi, nn, optim
-from fluxion.nn import functional as F
 
 rng = np.random.default_rng(11)
 
@@ -29,21 +29,10 @@ def test_compiled_training_matches_eager(opt_cls, kw):
     m1, o1 = make(1, opt_cls, **kw)
     eager = []
     for x, y in batches:
-        o1.zero_grad()
-        loss = F.cross_entropy(m1(fx.tensor(x)), fx.tensor(y))
-        loss.backward()
-        o1.step()
-        eager.append(loss.item())
+        eager.append(train_step(m1, o1, fx.tensor(x), fx.tensor(y)).item())
 
     m2, o2 = make(1, opt_cls, **kw)
-
-    @fx.compile
-    def step(x, y):
-        o2.zero_grad()
-        loss = F.cross_entropy(m2(x), y)
-        loss.backward()
-        o2.step()
-        return loss
+    step = fx.compile(lambda x, y: train_step(m2, o2, x, y))
 
     got = []
     for i, (x, y) in enumerate(batches):
@@ -57,6 +46,36 @@ def test_compiled_training_matches_eager(opt_cls, kw):
         assert isinstance(info["capture_reason"], str) and info["capture_reason"]
         assert info["capture_state"] != _capi.FLX_PLAN_CAPTURED
     np.testing.assert_allclose(got, eager, rtol=1e-12)
+    for a, b in zip(m1.parameters(), m2.parameters()):
+        np.testing.assert_allclose(b.numpy(), a.numpy(), rtol=1e-12, atol=1e-14)
+
+
+def test_compiled_step_with_loss_scaling_matches_eager():
+    # A batch with an inf input skips the step in both (the scale backs off on the device).
+    batches = [data() for _ in range(4)]
+    batches[1][0][3, 2] = np.inf
+    kw = dict(lr=0.01, loss_scaling=True, init_scale=1024.0, growth_interval=2)
+    m1, o1 = make(2, optim.Adam, **kw)
+    for x, y in batches:
+        o1.zero_grad()
+        o1.scale_loss(F.cross_entropy(m1(fx.tensor(x)), fx.tensor(y))).backward()
+        o1.step()
+    m2, o2 = make(2, optim.Adam, **kw)
+
+    @fx.compile
+    def step(x, y):
+        o2.zero_grad()
+        loss = F.cross_entropy(m2(x), y)
+        o2.scale_loss(loss).backward()
+        o2.step()
+        return loss
+
+    for x, y in batches:
+        step(x, y)
+    assert step.compiles == 1
+    assert o1.skipped_steps == o2.skipped_steps == 1
+    assert o1.loss_scale == o2.loss_scale == 1024.0  # halved once, then grown after 2 clean steps
+    assert o1.step_count == o2.step_count == 3
     for a, b in zip(m1.parameters(), m2.parameters()):
         np.testing.assert_allclose(b.numpy(), a.numpy(), rtol=1e-12, atol=1e-14)
 
@@ -84,11 +103,7 @@ def test_shape_change_recompiles_or_raises():
     m, o = make(3, lr=0.05)
 
     def body(x, y):
-        o.zero_grad()
-        loss = F.cross_entropy(m(x), y)
-        loss.backward()
-        o.step()
-        return loss
+        return train_step(m, o, x, y)
 
     step = fx.compile(body)
     x, y = data(16)
@@ -118,14 +133,7 @@ def test_compiled_batch_norm_updates_running_stats_like_eager():
 
 def test_load_state_dict_between_runs_recompiles():
     m, o = make(4, lr=0.1)
-
-    @fx.compile
-    def step(x, y):
-        o.zero_grad()
-        loss = F.cross_entropy(m(x), y)
-        loss.backward()
-        o.step()
-        return loss
+    step = fx.compile(lambda x, y: train_step(m, o, x, y))
 
     x, y = data()
     step(x, y)
