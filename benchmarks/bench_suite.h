@@ -95,6 +95,10 @@ void bench_train_step(train_step *m, int reps, int trials);
 /* The train-step workloads of the suite (full sizes, or tiny ones in --smoke). */
 void bench_train_all(int trials);
 
+/* ---- GPT-2 small training step (bench_gpt2.c) ------------------------------------------------------ */
+/* The GPT-2 rows of the suite: bf16 eager and plan+graph, f32 plan+graph (tiny model in --smoke). */
+void bench_gpt2_all(int trials);
+
 /* ---- Fashion-MNIST time to accuracy (bench_fmnist.c) ---------------------------------------------- */
 void bench_fmnist(void);
 

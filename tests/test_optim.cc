@@ -6,6 +6,7 @@
 #include <cstring>
 #include <vector>
 
+#include "optim_reference.h"
 #include "testing.h"
 
 using namespace flxt;
@@ -171,84 +172,6 @@ TEST_F(OptimTest, QuadraticFirstStepsMatchHandComputation) {
     }
 }
 
-// ---- plain reference implementation -------------------------------------------------------
-struct Ref {
-    flx_optim_kind kind;
-    flx_optim_config c;
-    std::vector<std::vector<double>> s0, s1, s2;
-    int t = 0;
-    void init(const std::vector<std::vector<double>> &w) {
-        for (auto &x : w) {
-            double a0 = kind == FLX_OPTIM_ADAGRAD ? c.initial_accumulator : 0.0;
-            s0.push_back(std::vector<double>(x.size(), a0));
-            s1.push_back(std::vector<double>(x.size(), 0.0));
-            s2.push_back(std::vector<double>(x.size(), 0.0));
-        }
-    }
-    void step(std::vector<std::vector<double>> &w, const std::vector<std::vector<double>> &grads) {
-        t++;
-        for (size_t j = 0; j < w.size(); j++)
-            for (size_t i = 0; i < w[j].size(); i++) {
-                double &p = w[j][i];
-                double g = grads[j][i];
-                switch (kind) {
-                case FLX_OPTIM_SGD:
-                case FLX_OPTIM_MOMENTUM:
-                case FLX_OPTIM_NESTEROV: {
-                    g += c.weight_decay * p;
-                    if (c.momentum != 0) {
-                        double &b = s0[j][i];
-                        b = t == 1 ? g : c.momentum * b + (1 - c.dampening) * g;
-                        g = c.nesterov ? g + c.momentum * b : b;
-                    }
-                    p -= c.lr * g;
-                    break;
-                }
-                case FLX_OPTIM_ADAGRAD: {
-                    g += c.weight_decay * p;
-                    double clr = c.lr / (1 + (t - 1) * c.lr_decay);
-                    s0[j][i] += g * g;
-                    p -= clr * g / (std::sqrt(s0[j][i]) + c.eps);
-                    break;
-                }
-                case FLX_OPTIM_RMSPROP: {
-                    g += c.weight_decay * p;
-                    double &v = s0[j][i];
-                    v = c.alpha * v + (1 - c.alpha) * g * g;
-                    double avg;
-                    if (c.centered) {
-                        double &a = s2[j][i];
-                        a = c.alpha * a + (1 - c.alpha) * g;
-                        avg = std::sqrt(v - a * a) + c.eps;
-                    } else {
-                        avg = std::sqrt(v) + c.eps;
-                    }
-                    if (c.momentum > 0) {
-                        double &b = s1[j][i];
-                        b = c.momentum * b + g / avg;
-                        p -= c.lr * b;
-                    } else {
-                        p -= c.lr * g / avg;
-                    }
-                    break;
-                }
-                case FLX_OPTIM_ADAM:
-                case FLX_OPTIM_ADAMW: {
-                    if (kind == FLX_OPTIM_ADAMW) p *= 1 - c.lr * c.weight_decay;
-                    else g += c.weight_decay * p;
-                    double &m = s0[j][i], &v = s1[j][i];
-                    m = c.beta1 * m + (1 - c.beta1) * g;
-                    v = c.beta2 * v + (1 - c.beta2) * g * g;
-                    double mh = m / (1 - std::pow(c.beta1, t)), vh = v / (1 - std::pow(c.beta2, t));
-                    p -= c.lr * mh / (std::sqrt(vh) + c.eps);
-                    break;
-                }
-                default: break;
-                }
-            }
-    }
-};
-
 // Model: params w_j with loss sum_j sum(c_j * w_j + 0.5 * d_j * w_j^2): gradient c_j + d_j w_j.
 struct Model {
     std::vector<Shape> shapes;
@@ -345,33 +268,6 @@ std::vector<std::vector<double>> run_reference(const Model &m, flx_optim_kind ki
         r.step(w, g);
     }
     return w;
-}
-
-struct Variant {
-    const char *name;
-    flx_optim_kind kind;
-    flx_optim_config cfg;
-};
-
-std::vector<Variant> variants() {
-    std::vector<Variant> v;
-    auto add = [&](const char *name, flx_optim_kind k, void (*tweak)(flx_optim_config &)) {
-        flx_optim_config c = flx_optim_defaults(k);
-        if (tweak) tweak(c);
-        v.push_back({name, k, c});
-    };
-    add("sgd", FLX_OPTIM_SGD, [](flx_optim_config &c) { c.lr = 0.05; c.weight_decay = 0.1; });
-    add("momentum", FLX_OPTIM_MOMENTUM, [](flx_optim_config &c) { c.lr = 0.05; c.dampening = 0.2; });
-    add("nesterov", FLX_OPTIM_NESTEROV, [](flx_optim_config &c) { c.lr = 0.05; c.weight_decay = 0.01; });
-    add("adagrad", FLX_OPTIM_ADAGRAD,
-        [](flx_optim_config &c) { c.lr = 0.1; c.lr_decay = 0.1; c.initial_accumulator = 0.5; c.weight_decay = 0.1; });
-    add("rmsprop", FLX_OPTIM_RMSPROP, nullptr);
-    add("rmsprop-centered-momentum", FLX_OPTIM_RMSPROP,
-        [](flx_optim_config &c) { c.centered = true; c.momentum = 0.8; c.weight_decay = 0.05; });
-    add("adam", FLX_OPTIM_ADAM, [](flx_optim_config &c) { c.lr = 0.01; });
-    add("adam-l2", FLX_OPTIM_ADAM, [](flx_optim_config &c) { c.lr = 0.01; c.weight_decay = 0.1; });
-    add("adamw", FLX_OPTIM_ADAMW, [](flx_optim_config &c) { c.lr = 0.01; c.weight_decay = 0.1; });
-    return v;
 }
 
 ::testing::AssertionResult all_close(const std::vector<std::vector<double>> &a,

@@ -9,6 +9,8 @@ flx_tensor *make(flx_ctx *ctx, flx_dtype dt, const Shape &shape, const std::vect
     size_t n = 1;
     for (int64_t s : shape) n *= (size_t)s;
     EXPECT_EQ(n, v.size()) << "make: value count does not match the shape";
+    if (dt == FLX_F16 || dt == FLX_BF16) /* rounded to nearest even by the library's cast */
+        return flx_from_host_as(ctx, dt, (int32_t)shape.size(), shape.data(), FLX_F64, v.data());
     std::vector<unsigned char> buf(n * flx_dtype_size(dt) + 1);
     for (size_t i = 0; i < n; i++) {
         switch (dt) {
@@ -50,6 +52,14 @@ std::vector<double> values(flx_tensor *t) {
     }
     int64_t n = flx_numel(t);
     flx_dtype dt = flx_dtype_of(t);
+    if (dt == FLX_F16 || dt == FLX_BF16) { /* exact in double */
+        std::vector<double> v((size_t)n);
+        if (flx_to_host_as(t, FLX_F64, v.data(), v.size() * sizeof(double)) != FLX_OK) {
+            ADD_FAILURE() << "flx_to_host_as failed: " << flx_last_error();
+            return {};
+        }
+        return v;
+    }
     std::vector<unsigned char> buf((size_t)n * flx_dtype_size(dt) + 8);
     flx_status s = flx_to_host(t, buf.data(), buf.size());
     if (s != FLX_OK) {

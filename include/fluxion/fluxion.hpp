@@ -509,7 +509,23 @@ public:
         return v;
     }
     double lr() const { return hparam(FLX_HP_LR); }
-    // The whole state (moments, step count, hyperparameters) in one safetensors file.
+    // Dynamic loss scaling (cfg.loss_scaling): loss * the current scale, for backward; the scale
+    // and the count of skipped steps (both wait for the device).
+    tensor scale_loss(const tensor &loss) const {
+        return tensor::wrap(flx_optim_scale_loss(o_, loss.get()), "flx_optim_scale_loss");
+    }
+    double loss_scale() const {
+        double v = 0;
+        detail::check(flx_optim_loss_scale(o_, &v), "flx_optim_loss_scale");
+        return v;
+    }
+    int64_t skipped_steps() const {
+        int64_t v = 0;
+        detail::check(flx_optim_skipped_steps(o_, &v), "flx_optim_skipped_steps");
+        return v;
+    }
+    // The whole state (moments, master copies, step count, hyperparameters, loss scaler) in one
+    // safetensors file.
     void save(const std::string &path) const {
         detail::check(flx_optim_save(o_, path.c_str()), "flx_optim_save");
     }

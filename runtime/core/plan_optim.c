@@ -128,6 +128,8 @@ flx_status flx_plan_setup_optims(flx_plan *p, const flx_plan_options *o, flx_ten
         plan_optim *po = &p->optim[k];
         po->opt = o->optims[k];
         flx_optim_retain(po->opt);
+        flx_status ms = flx_optim_sync_masters(po->opt);
+        if (ms != FLX_OK) return ms;
         int32_t np = flx_optim_params(po->opt, &prm);
         po->idx = (int32_t *)malloc((size_t)np * sizeof *po->idx);
         po->pk = (int32_t *)malloc((size_t)np * sizeof *po->pk);

@@ -44,6 +44,19 @@ flx_sharded_optim *flx_sharded_optim_create(flx_comm *comm, flx_optim_kind kind,
         flx_set_error(FLX_ERR_INVALID_ARGUMENT, "%s: needs at least one parameter", fn);
         return NULL;
     }
+    /* Mixed precision is not sharded: the packed gradients would be averaged in half precision,
+     * and a found-inf flag would have to be agreed by every rank before any of them updates. */
+    if (params[0]->dtype == FLX_F16 || params[0]->dtype == FLX_BF16) {
+        flx_set_error(FLX_ERR_DTYPE, "%s: params[0] is %s; the sharded optimiser takes f32 or f64 "
+                      "parameters (for f16/bf16 use flx_comm_average_grads and flx_optim_step)",
+                      fn, flx_describe(params[0]));
+        return NULL;
+    }
+    if (cfg && cfg->loss_scaling) {
+        flx_set_error(FLX_ERR_INVALID_ARGUMENT, "%s: loss scaling is not supported by the sharded "
+                      "optimiser (ranks would skip steps independently)", fn);
+        return NULL;
+    }
     int64_t total = 0;
     for (int32_t i = 0; i < n; i++) {
         if (params[i]->dtype != params[0]->dtype) {

@@ -55,12 +55,14 @@ static const char *st_dtype_name(flx_dtype dt) {
     case FLX_I32: return "I32";
     case FLX_I64: return "I64";
     case FLX_BOOL: return "BOOL";
+    case FLX_F16: return "F16";
+    case FLX_BF16: return "BF16";
     default: return NULL;
     }
 }
 
 static bool st_dtype_parse(const char *s, flx_dtype *out) {
-    static const flx_dtype all[] = {FLX_F32, FLX_F64, FLX_I32, FLX_I64, FLX_BOOL};
+    static const flx_dtype all[] = {FLX_F32, FLX_F64, FLX_I32, FLX_I64, FLX_BOOL, FLX_F16, FLX_BF16};
     for (size_t k = 0; k < sizeof all / sizeof all[0]; k++)
         if (strcmp(s, st_dtype_name(all[k])) == 0) {
             *out = all[k];
@@ -397,8 +399,8 @@ static bool parse_entry(const char *path, const char *name, const flx_json *v, e
     e->name = name;
     if (dt->type != FLX_JSON_STRING || !st_dtype_parse(dt->s, &e->dtype)) {
         flx_set_error(FLX_ERR_INVALID_ARGUMENT,
-                      "%s: %s: entry '%s' has unsupported dtype %s%s%s (F32, F64, I32, I64, BOOL)", fn,
-                      path, name, dt->type == FLX_JSON_STRING ? "'" : "",
+                      "%s: %s: entry '%s' has unsupported dtype %s%s%s (F32, F64, F16, BF16, I32, "
+                      "I64, BOOL)", fn, path, name, dt->type == FLX_JSON_STRING ? "'" : "",
                       dt->type == FLX_JSON_STRING ? dt->s : "(not a string)",
                       dt->type == FLX_JSON_STRING ? "'" : "");
         return false;

@@ -18,32 +18,25 @@
  *     flx_optim_queue_update, the one function that fills and launches the chunks; since the
  *     hyperparameters and the step count live in device memory, a captured launch stays valid
  *     across flx_optim_set_hparam. A plan holds the optimiser (refs) until it is destroyed.
+ *   - f16/bf16 parameters: the state slots are f32, and one more slot (the last) holds the f32
+ *     master copy, which the kernel updates and rounds into the parameter. The master is seeded
+ *     from the parameter at create time, and again at a step when the parameter's version is not
+ *     the one the optimiser last left (flx_assign, a load): the parameter as the user set it wins.
+ *   - Loss scaling: the scale is a 0-d f64 leaf (scale_t) that flx_optim_scale_loss multiplies
+ *     into the loss graph and the update kernel rewrites in place, so a plan's forward reads the
+ *     current scale from the same buffer every run. Found-inf detection is two-phase: FIND_INF
+ *     launches over every gradient of the step set a device flag, then the UPDATE launches read
+ *     it; the last one does the scaler's bookkeeping and clears the flag. No host branch, so it
+ *     is captured into a plan's CUDA graph unchanged.
  */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include "internal.h"
+#include "optim_internal.h"
 
-#define MAX_SLOTS 3
-
-struct flx_optim {
-    flx_ctx *ctx;
-    flx_optim_kind kind;
-    int32_t rule;
-    bool use_momentum, nesterov, centered;
-    flx_dtype dtype;
-    int32_t n;
-    flx_tensor **params;    /* each retained                                           */
-    flx_buffer **state;     /* n * MAX_SLOTS, NULL where a slot is unused              */
-    int32_t n_slots;        /* slots in use                                           */
-    int32_t slot_phys[MAX_SLOTS];
-    flx_buffer *hp;         /* FLX_HP_COUNT doubles + a uint32 counter (device memory) */
-    int32_t refs;           /* the creator's, plus one per plan that updates it   */
-};
-
-static const char *kind_name(flx_optim_kind k) {
+const char *flx_optim_kind_name(flx_optim_kind k) {
     switch (k) {
     case FLX_OPTIM_SGD: return "sgd";
     case FLX_OPTIM_MOMENTUM: return "momentum";
@@ -71,6 +64,10 @@ flx_optim_config flx_optim_defaults(flx_optim_kind kind) {
     c.beta2 = 0.999;
     c.eps = 1e-8;
     c.alpha = 0.99;
+    c.init_scale = 65536.0;
+    c.growth_factor = 2.0;
+    c.backoff_factor = 0.5;
+    c.growth_interval = 2000;
     switch (kind) {
     case FLX_OPTIM_MOMENTUM: c.momentum = 0.9; break;
     case FLX_OPTIM_NESTEROV: c.momentum = 0.9; c.nesterov = true; break;
@@ -83,7 +80,7 @@ flx_optim_config flx_optim_defaults(flx_optim_kind kind) {
 }
 
 /* Checks one hyperparameter value; false with the error set. */
-static bool check_hp(const char *fn, int32_t which, double v) {
+bool flx_optim_check_hp(const char *fn, int32_t which, double v) {
     bool ok = isfinite(v) && v >= 0;
     switch (which) {
     case FLX_HP_BETA1:
@@ -112,6 +109,86 @@ static flx_status fill_buffer(flx_ctx *ctx, flx_buffer *b, flx_dtype dt, int64_t
     return flx_kernel_fill(ctx, &fa);
 }
 
+/* Checks the loss-scaling fields of a config; false with the error set. */
+static bool check_scaling(const char *fn, const flx_optim_config *c) {
+    const char *what = NULL;
+    double v = 0;
+    if (!isfinite(c->init_scale) || c->init_scale <= 0 || !isfinite((float)c->init_scale))
+        what = "init_scale", v = c->init_scale;
+    else if (!isfinite(c->growth_factor) || c->growth_factor <= 1)
+        what = "growth_factor", v = c->growth_factor;
+    else if (!(c->backoff_factor > 0 && c->backoff_factor < 1))
+        what = "backoff_factor", v = c->backoff_factor;
+    else if (c->growth_interval < 1)
+        what = "growth_interval", v = c->growth_interval;
+    if (!what) return true;
+    flx_set_error(FLX_ERR_INVALID_ARGUMENT,
+                  "%s: loss scaling %s = %g, expected init_scale > 0 (finite in f32), "
+                  "growth_factor > 1, backoff_factor in (0, 1), growth_interval >= 1",
+                  fn, what, v);
+    return false;
+}
+
+static void base_args(const flx_optim *o, flx_optim_args *a) {
+    memset(a, 0, sizeof *a);
+    a->rule = o->rule;
+    a->nesterov = o->nesterov;
+    a->centered = o->centered;
+    a->use_momentum = o->use_momentum;
+    a->dtype = o->dtype;
+    a->sdtype = o->sdtype;
+    a->hp = (double *)o->hp->ptr;
+    a->counter = (uint32_t *)((char *)o->hp->ptr + FLX_HP_COUNT * sizeof(double));
+    if (o->scaling) {
+        a->scale = (double *)o->scale_t->buf->ptr;
+        a->scaler = (double *)o->scaler->ptr;
+        a->found_inf = (uint32_t *)((char *)o->scaler->ptr + 2 * sizeof(double));
+        a->growth_factor = o->growth;
+        a->backoff_factor = o->backoff;
+        a->growth_interval = o->interval;
+    }
+}
+
+/* master := parameter for parameters idx[0..m) (queued; exact, a half is an f32 value), and the
+ * versions recorded as in step with their masters. */
+static flx_status seed_masters(flx_optim *o, int32_t m, const int32_t *idx) {
+    flx_status s = FLX_OK;
+    for (int32_t k0 = 0; k0 < m && s == FLX_OK; k0 += FLX_OPTIM_MAX_TENSORS_PER_LAUNCH) {
+        flx_optim_args a;
+        base_args(o, &a);
+        a.mode = FLX_OPTIM_INIT_MASTER;
+        int32_t k1 = k0 + FLX_OPTIM_MAX_TENSORS_PER_LAUNCH;
+        if (k1 > m) k1 = m;
+        a.n = k1 - k0;
+        for (int32_t k = k0; k < k1; k++) {
+            int32_t i = idx[k];
+            a.p[k - k0] = o->params[i]->buf->ptr;
+            a.master[k - k0] = (float *)o->state[i * MAX_SLOTS + MASTER_SLOT]->ptr;
+            a.numel[k - k0] = o->params[i]->numel;
+            o->seen[i] = o->params[i]->version;
+        }
+        s = flx_kernel_optim(o->ctx, &a);
+    }
+    return s;
+}
+
+/* The scale leaf (held by the optimiser, outside any scope) and the zeroed scaler words. */
+static flx_status create_scaler(flx_optim *o, double init_scale) {
+    flx_status s = flx_scope_begin();
+    if (s != FLX_OK) return s;
+    flx_tensor *t = flx_from_host(o->ctx, FLX_F64, 0, NULL, &init_scale);
+    if (t) o->scale_t = flx_retain(t);
+    else s = flx_last_status();
+    flx_scope_end(0, NULL);
+    if (s == FLX_OK) {
+        o->scaler = flx_buffer_new(o->ctx, SCALER_BYTES);
+        if (!o->scaler) return flx_last_status();
+        double zero[3] = {0, 0, 0}; /* all-zero bits: found-inf flag clear */
+        s = o->ctx->be->upload(o->ctx, o->scaler->ptr, zero, SCALER_BYTES);
+    }
+    return s;
+}
+
 void flx_optim_destroy(flx_optim *o) {
     if (!o) return;
     if (--o->refs > 0) return; /* a plan that updates it still holds it */
@@ -120,6 +197,9 @@ void flx_optim_destroy(flx_optim *o) {
     if (o->params)
         for (int32_t i = 0; i < o->n; i++) flx_release(o->params[i]);
     flx_buffer_release(o->hp);
+    flx_buffer_release(o->scaler);
+    flx_release(o->scale_t);
+    free(o->seen);
     free(o->state);
     free(o->params);
     free(o);
@@ -144,9 +224,10 @@ flx_optim *flx_optim_create(flx_ctx *ctx, flx_optim_kind kind, int32_t n,
     if (!flx_check_source_list(fn, "parameter", FLX_ERR_STATE, ctx, n, params)) return NULL;
     for (int32_t i = 0; i < n; i++) {
         flx_tensor *p = params[i];
-        if (p->dtype != FLX_F32 && p->dtype != FLX_F64) {
-            flx_set_error(FLX_ERR_DTYPE, "%s: parameter %d %s is not f32 or f64", fn, (int)i,
-                          flx_describe(p));
+        if (p->dtype != FLX_F32 && p->dtype != FLX_F64 && p->dtype != FLX_F16 &&
+            p->dtype != FLX_BF16) {
+            flx_set_error(FLX_ERR_DTYPE, "%s: parameter %d %s is not f32, f64, f16 or bf16", fn,
+                          (int)i, flx_describe(p));
             return NULL;
         }
         if (p->dtype != params[0]->dtype) {
@@ -168,18 +249,19 @@ flx_optim *flx_optim_create(flx_ctx *ctx, flx_optim_kind kind, int32_t n,
     hpv[FLX_HP_LR_DECAY] = c.lr_decay;
     hpv[FLX_HP_STEP] = 0;
     for (int32_t h = 0; h < FLX_HP_COUNT; h++)
-        if (!check_hp(fn, h, hpv[h])) return NULL;
+        if (!flx_optim_check_hp(fn, h, hpv[h])) return NULL;
     if (!isfinite(c.initial_accumulator) || c.initial_accumulator < 0) {
         flx_set_error(FLX_ERR_INVALID_ARGUMENT, "%s: initial_accumulator = %g, expected >= 0", fn,
                       c.initial_accumulator);
         return NULL;
     }
+    if (c.loss_scaling && !check_scaling(fn, &c)) return NULL;
     bool is_sgd = kind == FLX_OPTIM_SGD || kind == FLX_OPTIM_MOMENTUM || kind == FLX_OPTIM_NESTEROV;
     if (c.nesterov && (!is_sgd || c.momentum <= 0 || c.dampening != 0)) {
         flx_set_error(FLX_ERR_INVALID_ARGUMENT,
                       "%s: nesterov needs an SGD kind with momentum > 0 and dampening 0 (kind %s, "
                       "momentum %g, dampening %g)",
-                      fn, kind_name(kind), c.momentum, c.dampening);
+                      fn, flx_optim_kind_name(kind), c.momentum, c.dampening);
         return NULL;
     }
 
@@ -192,11 +274,17 @@ flx_optim *flx_optim_create(flx_ctx *ctx, flx_optim_kind kind, int32_t n,
     o->refs = 1;
     o->kind = kind;
     o->dtype = params[0]->dtype;
+    o->has_master = o->dtype == FLX_F16 || o->dtype == FLX_BF16;
+    o->sdtype = o->has_master ? FLX_F32 : o->dtype;
+    o->scaling = c.loss_scaling;
+    o->growth = c.growth_factor;
+    o->backoff = c.backoff_factor;
+    o->interval = c.growth_interval;
     o->nesterov = c.nesterov;
     o->centered = c.centered && kind == FLX_OPTIM_RMSPROP;
     o->use_momentum = c.momentum != 0 && (is_sgd || kind == FLX_OPTIM_RMSPROP);
-    bool used[MAX_SLOTS] = {false, false, false};
-    double init[MAX_SLOTS] = {0, 0, 0};
+    bool used[MAX_SLOTS] = {false, false, false, o->has_master};
+    double init[MAX_SLOTS] = {0, 0, 0, 0};
     switch (kind) {
     case FLX_OPTIM_ADAGRAD:
         o->rule = FLX_OPTIM_RULE_ADAGRAD;
@@ -224,7 +312,8 @@ flx_optim *flx_optim_create(flx_ctx *ctx, flx_optim_kind kind, int32_t n,
 
     o->params = (flx_tensor **)calloc((size_t)n, sizeof *o->params);
     o->state = (flx_buffer **)calloc((size_t)n * MAX_SLOTS, sizeof *o->state);
-    if (!o->params || !o->state) {
+    o->seen = (uint32_t *)calloc((size_t)n, sizeof *o->seen);
+    if (!o->params || !o->state || !o->seen) {
         flx_optim_destroy(o);
         flx_set_error(FLX_ERR_OUT_OF_MEMORY, "%s: out of host memory", fn);
         return NULL;
@@ -249,14 +338,23 @@ flx_optim *flx_optim_create(flx_ctx *ctx, flx_optim_kind kind, int32_t n,
         st = flx_tensor_make_private(p);
         for (int32_t s = 0; s < MAX_SLOTS && st == FLX_OK; s++) {
             if (!used[s]) continue;
-            flx_buffer *b = flx_buffer_new(ctx, (size_t)p->numel * flx_dtype_size(p->dtype));
+            flx_buffer *b = flx_buffer_new(ctx, (size_t)p->numel * flx_dtype_size(o->sdtype));
             if (!b) {
                 st = flx_last_status();
                 break;
             }
             o->state[i * MAX_SLOTS + s] = b;
-            st = fill_buffer(ctx, b, p->dtype, p->numel, init[s]);
+            if (s != MASTER_SLOT) st = fill_buffer(ctx, b, o->sdtype, p->numel, init[s]);
         }
+    }
+    /* before the masters: every launch of this optimiser passes the scaler */
+    if (st == FLX_OK && o->scaling) st = create_scaler(o, c.init_scale);
+    if (st == FLX_OK && o->has_master) {
+        int32_t *all = (int32_t *)malloc((size_t)n * sizeof *all);
+        if (!all) st = flx_set_error(FLX_ERR_OUT_OF_MEMORY, "%s: out of host memory", fn);
+        for (int32_t i = 0; all && i < n; i++) all[i] = i;
+        if (st == FLX_OK) st = seed_masters(o, n, all);
+        free(all);
     }
     if (st != FLX_OK) {
         flx_optim_destroy(o);
@@ -265,7 +363,7 @@ flx_optim *flx_optim_create(flx_ctx *ctx, flx_optim_kind kind, int32_t n,
     return o;
 }
 
-static bool check_opt(const char *fn, const flx_optim *o) {
+bool flx_optim_check(const char *fn, const flx_optim *o) {
     if (!o) {
         flx_set_error(FLX_ERR_INVALID_ARGUMENT, "%s: optimiser is NULL", fn);
         return false;
@@ -274,47 +372,82 @@ static bool check_opt(const char *fn, const flx_optim *o) {
 }
 
 
-static void base_args(const flx_optim *o, flx_optim_args *a) {
-    memset(a, 0, sizeof *a);
-    a->rule = o->rule;
-    a->nesterov = o->nesterov;
-    a->centered = o->centered;
-    a->use_momentum = o->use_momentum;
-    a->dtype = o->dtype;
-    a->hp = (double *)o->hp->ptr;
-    a->counter = (uint32_t *)((char *)o->hp->ptr + FLX_HP_COUNT * sizeof(double));
+
+/* Fills one launch's tensor lists with parameters idx[k0..k1). */
+static void fill_chunk(const flx_optim *o, flx_optim_args *a, int32_t k0, int32_t k1,
+                       const int32_t *idx, void *const *grad_ptrs) {
+    a->n = k1 - k0;
+    for (int32_t k = k0; k < k1; k++) {
+        int32_t i = idx[k];
+        flx_buffer *const *st = &o->state[i * MAX_SLOTS];
+        a->p[k - k0] = o->params[i]->buf->ptr;
+        a->g[k - k0] = grad_ptrs[k];
+        a->s0[k - k0] = st[0] ? st[0]->ptr : NULL;
+        a->s1[k - k0] = st[1] ? st[1]->ptr : NULL;
+        a->s2[k - k0] = st[2] ? st[2]->ptr : NULL;
+        a->master[k - k0] = st[MASTER_SLOT] ? (float *)st[MASTER_SLOT]->ptr : NULL;
+        a->numel[k - k0] = o->params[i]->numel;
+    }
 }
 
 /* The fused update of parameters idx[0..m) (indices into o->params, ascending as step gathers
  * them) from the gradients at grad_ptrs[k]: one kernel-family call per
- * FLX_OPTIM_MAX_TENSORS_PER_LAUNCH parameters, the last of which advances the step count on the
- * device. Only queues: the parameters' buffers must already be private (the caller's job), and
- * no version is bumped. Shared by flx_optim_step and compiled plans (runtime/core/plan.c),
- * which call it while a CUDA graph is being captured: it allocates nothing on the device, copies
- * nothing and waits for nothing. m == 0 queues nothing (the step count does not advance). */
+ * FLX_OPTIM_MAX_TENSORS_PER_LAUNCH parameters, the last of which does the step's bookkeeping
+ * on the device (step count; with loss scaling the scale, preceded by one found-inf pass over
+ * every gradient). Only queues: the parameters' buffers must already be private (the caller's
+ * job), and no version is bumped. Shared by flx_optim_step and compiled plans
+ * (runtime/core/plan.c), which call it while a CUDA graph is being captured: it allocates
+ * nothing on the device, copies nothing and waits for nothing. m == 0 queues nothing (the step
+ * count does not advance). */
 flx_status flx_optim_queue_update(flx_optim *o, int32_t m, const int32_t *idx,
                                   void *const *grad_ptrs) {
     flx_status s = FLX_OK;
-    for (int32_t k0 = 0; k0 < m && s == FLX_OK; k0 += FLX_OPTIM_MAX_TENSORS_PER_LAUNCH) {
+    const int32_t per = FLX_OPTIM_MAX_TENSORS_PER_LAUNCH;
+    for (int32_t k0 = 0; o->scaling && k0 < m && s == FLX_OK; k0 += per) {
+        flx_optim_args a;
+        base_args(o, &a);
+        a.mode = FLX_OPTIM_FIND_INF;
+        fill_chunk(o, &a, k0, k0 + per < m ? k0 + per : m, idx, grad_ptrs);
+        s = flx_kernel_optim(o->ctx, &a);
+    }
+    for (int32_t k0 = 0; k0 < m && s == FLX_OK; k0 += per) {
         flx_optim_args a;
         base_args(o, &a);
         a.mode = FLX_OPTIM_UPDATE;
-        int32_t k1 = k0 + FLX_OPTIM_MAX_TENSORS_PER_LAUNCH;
-        if (k1 > m) k1 = m;
-        a.n = k1 - k0;
-        for (int32_t k = k0; k < k1; k++) {
-            int32_t i = idx[k];
-            a.p[k - k0] = o->params[i]->buf->ptr;
-            a.g[k - k0] = grad_ptrs[k];
-            a.s0[k - k0] = o->state[i * MAX_SLOTS] ? o->state[i * MAX_SLOTS]->ptr : NULL;
-            a.s1[k - k0] = o->state[i * MAX_SLOTS + 1] ? o->state[i * MAX_SLOTS + 1]->ptr : NULL;
-            a.s2[k - k0] = o->state[i * MAX_SLOTS + 2] ? o->state[i * MAX_SLOTS + 2]->ptr : NULL;
-            a.numel[k - k0] = o->params[i]->numel;
-        }
+        int32_t k1 = k0 + per < m ? k0 + per : m;
+        fill_chunk(o, &a, k0, k1, idx, grad_ptrs);
         a.advance_step = k1 == m;
         s = flx_kernel_optim(o->ctx, &a);
     }
     return s;
+}
+
+/* A parameter changed since the optimiser last wrote it (flx_assign, a checkpoint load) gets its
+ * master reseeded: the value the user gave wins over the stale master. Queued only. */
+flx_status flx_optim_sync_masters(flx_optim *o) {
+    if (!o->has_master) return FLX_OK;
+    int32_t *stale = (int32_t *)malloc((size_t)o->n * sizeof *stale), m = 0;
+    if (!stale) return flx_set_error(FLX_ERR_OUT_OF_MEMORY, "flx_optim: out of host memory");
+    for (int32_t i = 0; i < o->n; i++)
+        if (o->params[i]->version != o->seen[i]) stale[m++] = i;
+    flx_status s = m > 0 ? seed_masters(o, m, stale) : FLX_OK;
+    free(stale);
+    return s;
+}
+
+/* After an update of parameters idx[0..m) was queued (flx_optim_step, a plan run): their
+ * versions move on (as flx_assign's do), and so does the scale's, which the update rewrote. */
+void flx_optim_mark_updated(flx_optim *o, int32_t m, const int32_t *idx, const char *by) {
+    for (int32_t k = 0; k < m; k++) {
+        flx_tensor *p = o->params[idx[k]];
+        p->version++;
+        p->changed_by = by;
+        o->seen[idx[k]] = p->version;
+    }
+    if (o->scaling && m > 0) {
+        o->scale_t->version++;
+        o->scale_t->changed_by = by;
+    }
 }
 
 /* For plans: the parameter list, and a hold that flx_optim_destroy releases. */
@@ -327,7 +460,7 @@ void flx_optim_retain(flx_optim *o) { o->refs++; }
 
 flx_status flx_optim_step(flx_optim *o) {
     static const char *fn = "flx_optim_step";
-    if (!check_opt(fn, o)) return flx_last_status();
+    if (!flx_optim_check(fn, o)) return flx_last_status();
     /* Gradients: compute the lazy ones in one evaluation. */
     flx_tensor **gs = (flx_tensor **)malloc((size_t)o->n * sizeof *gs);
     int32_t *idx = (int32_t *)malloc((size_t)o->n * sizeof *idx);
@@ -358,15 +491,13 @@ flx_status flx_optim_step(flx_optim *o) {
         else
             s = flx_tensor_make_private(p);
     }
+    if (s == FLX_OK && o->scaling) s = flx_tensor_make_private(o->scale_t);
+    if (s == FLX_OK) s = flx_optim_sync_masters(o);
     if (s == FLX_OK) {
         for (int32_t k = 0; k < m; k++) gp[k] = gs[k]->buf->ptr;
         s = flx_optim_queue_update(o, m, idx, gp);
     }
-    if (s == FLX_OK)
-        for (int32_t k = 0; k < m; k++) {
-            o->params[idx[k]]->version++;
-            o->params[idx[k]]->changed_by = "flx_optim_step";
-        }
+    if (s == FLX_OK) flx_optim_mark_updated(o, m, idx, "flx_optim_step");
     free(gs);
     free(idx);
     free(gp);
@@ -374,7 +505,7 @@ flx_status flx_optim_step(flx_optim *o) {
 }
 
 flx_status flx_optim_zero_grad(flx_optim *o) {
-    if (!check_opt("flx_optim_zero_grad", o)) return flx_last_status();
+    if (!flx_optim_check("flx_optim_zero_grad", o)) return flx_last_status();
     for (int32_t i = 0; i < o->n; i++) {
         flx_status s = flx_zero_grad(o->params[i]);
         if (s != FLX_OK) return s;
@@ -384,15 +515,15 @@ flx_status flx_optim_zero_grad(flx_optim *o) {
 
 flx_status flx_optim_set_hparam(flx_optim *o, flx_optim_hparam which, double value) {
     static const char *fn = "flx_optim_set_hparam";
-    if (!check_opt(fn, o)) return flx_last_status();
+    if (!flx_optim_check(fn, o)) return flx_last_status();
     if ((int)which < 0 || which >= FLX_HP_COUNT)
         return flx_set_error(FLX_ERR_INVALID_ARGUMENT, "%s: unknown hyperparameter %d", fn, (int)which);
-    if (!check_hp(fn, which, value)) return flx_last_status();
+    if (!flx_optim_check_hp(fn, which, value)) return flx_last_status();
     if (which == FLX_HP_MOMENTUM && !o->use_momentum && value != 0)
         return flx_set_error(FLX_ERR_STATE,
                              "%s: this %s optimiser was created without momentum; whether momentum "
                              "is used is fixed at create time",
-                             fn, kind_name(o->kind));
+                             fn, flx_optim_kind_name(o->kind));
     if (which == FLX_HP_MOMENTUM && o->use_momentum && value == 0 && o->nesterov)
         return flx_set_error(FLX_ERR_INVALID_ARGUMENT, "%s: nesterov needs momentum > 0", fn);
     flx_optim_args a;
@@ -409,7 +540,7 @@ flx_status flx_optim_set_lr(flx_optim *o, double lr) {
 
 flx_status flx_optim_get_hparam(flx_optim *o, flx_optim_hparam which, double *out) {
     static const char *fn = "flx_optim_get_hparam";
-    if (!check_opt(fn, o)) return flx_last_status();
+    if (!flx_optim_check(fn, o)) return flx_last_status();
     if ((int)which < 0 || which >= FLX_HP_COUNT)
         return flx_set_error(FLX_ERR_INVALID_ARGUMENT, "%s: unknown hyperparameter %d", fn, (int)which);
     if (!out) return flx_set_error(FLX_ERR_INVALID_ARGUMENT, "%s: out is NULL", fn);
@@ -422,7 +553,7 @@ flx_status flx_optim_get_hparam(flx_optim *o, flx_optim_hparam which, double *ou
 int32_t flx_optim_state_count(const flx_optim *o) { return o ? o->n_slots : -1; }
 
 static flx_buffer *state_of(const char *fn, flx_optim *o, int32_t i, int32_t slot) {
-    if (!check_opt(fn, o)) return NULL;
+    if (!flx_optim_check(fn, o)) return NULL;
     if (i < 0 || i >= o->n) {
         flx_set_error(FLX_ERR_INVALID_ARGUMENT, "%s: parameter index %d outside [0, %d)", fn, (int)i,
                       (int)o->n);
@@ -430,7 +561,7 @@ static flx_buffer *state_of(const char *fn, flx_optim *o, int32_t i, int32_t slo
     }
     if (slot < 0 || slot >= o->n_slots) {
         flx_set_error(FLX_ERR_INVALID_ARGUMENT, "%s: state slot %d outside [0, %d) for a %s optimiser",
-                      fn, (int)slot, (int)o->n_slots, kind_name(o->kind));
+                      fn, (int)slot, (int)o->n_slots, flx_optim_kind_name(o->kind));
         return NULL;
     }
     return o->state[i * MAX_SLOTS + o->slot_phys[slot]];
@@ -440,9 +571,9 @@ flx_tensor *flx_optim_get_state(flx_optim *o, int32_t i, int32_t slot) {
     flx_buffer *b = state_of("flx_optim_get_state", o, i, slot);
     if (!b) return NULL;
     flx_tensor *p = o->params[i];
-    flx_tensor *t = flx_node_new(o->ctx, FLX_OP_CONST, p->dtype, p->ndim, p->shape, 0, NULL, NULL);
+    flx_tensor *t = flx_node_new(o->ctx, FLX_OP_CONST, o->sdtype, p->ndim, p->shape, 0, NULL, NULL);
     if (!t) return NULL;
-    size_t nbytes = (size_t)p->numel * flx_dtype_size(p->dtype);
+    size_t nbytes = (size_t)p->numel * flx_dtype_size(o->sdtype);
     t->buf = flx_buffer_new(o->ctx, nbytes);
     flx_status s = t->buf ? FLX_OK : flx_last_status();
     if (s == FLX_OK && nbytes) s = o->ctx->be->copy_d2d(o->ctx, t->buf->ptr, b->ptr, nbytes);
@@ -464,132 +595,70 @@ flx_status flx_optim_set_state(flx_optim *o, int32_t i, int32_t slot, flx_tensor
     if (value->ctx != o->ctx)
         return flx_set_error(FLX_ERR_DEVICE, "%s: value %s belongs to another context", fn,
                              flx_describe(value));
-    if (value->dtype != p->dtype || value->ndim != p->ndim ||
+    if (value->ndim != p->ndim ||
         memcmp(value->shape, p->shape, sizeof(int64_t) * (size_t)p->ndim) != 0)
         return flx_set_error(FLX_ERR_SHAPE, "%s: value %s does not match parameter %d %s", fn,
                              flx_describe(value), (int)i, flx_describe(p));
+    if (value->dtype != o->sdtype)
+        return flx_set_error(FLX_ERR_DTYPE, "%s: value %s is not %s, the state dtype of parameter "
+                             "%d %s", fn, flx_describe(value), flx_dtype_name(o->sdtype), (int)i,
+                             flx_describe(p));
     flx_status s = flx_eval_nodes(1, &value);
     if (s != FLX_OK) return s;
-    size_t nbytes = (size_t)p->numel * flx_dtype_size(p->dtype);
-    return nbytes ? o->ctx->be->copy_d2d(o->ctx, b->ptr, value->buf->ptr, nbytes) : FLX_OK;
-}
-
-/* ---- saving and loading the whole state ------------------------------------------------------ */
-/* One safetensors file: "state.<i>.<slot>" for every parameter i and state slot, "hparams" (f64,
- * FLX_HP_COUNT values in flx_optim_hparam order, the step count included), and metadata naming
- * the kind and the counts, so that a file is loaded only into an optimiser of the same layout. */
-#define OPTIM_META_KIND "fluxion.optimizer"
-#define OPTIM_META_PARAMS "fluxion.optimizer.params"
-#define OPTIM_META_SLOTS "fluxion.optimizer.slots"
-
-flx_status flx_optim_save(flx_optim *o, const char *path) {
-    static const char *fn = "flx_optim_save";
-    if (!check_opt(fn, o)) return flx_last_status();
-    if (!path) return flx_set_error(FLX_ERR_INVALID_ARGUMENT, "%s: path is NULL", fn);
-    int32_t n_t = o->n * o->n_slots + 1;
-    flx_scope_begin(); /* owns the copies made below */
-    flx_tensor **ts = (flx_tensor **)calloc((size_t)n_t, sizeof *ts);
-    char **names = (char **)calloc((size_t)n_t, sizeof *names);
-    flx_status s = ts && names ? FLX_OK : flx_set_error(FLX_ERR_OUT_OF_MEMORY, "%s: out of host memory", fn);
-    double hp[FLX_HP_COUNT];
-    if (s == FLX_OK) s = o->ctx->be->download(o->ctx, hp, o->hp->ptr, sizeof hp);
-    int32_t k = 0;
-    for (int32_t i = 0; s == FLX_OK && i < o->n; i++)
-        for (int32_t j = 0; s == FLX_OK && j < o->n_slots; j++, k++) {
-            names[k] = (char *)malloc(32);
-            ts[k] = flx_optim_get_state(o, i, j);
-            if (!names[k]) s = flx_set_error(FLX_ERR_OUT_OF_MEMORY, "%s: out of host memory", fn);
-            else if (!ts[k]) s = flx_last_status();
-            else snprintf(names[k], 32, "state.%d.%d", (int)i, (int)j);
-        }
-    if (s == FLX_OK) {
-        int64_t shape = FLX_HP_COUNT;
-        names[k] = (char *)malloc(32);
-        ts[k] = flx_from_host(o->ctx, FLX_F64, 1, &shape, hp);
-        if (!names[k]) s = flx_set_error(FLX_ERR_OUT_OF_MEMORY, "%s: out of host memory", fn);
-        else if (!ts[k]) s = flx_last_status();
-        else snprintf(names[k], 32, "hparams");
-    }
-    if (s == FLX_OK) {
-        char np[24], ns[24];
-        snprintf(np, sizeof np, "%d", (int)o->n);
-        snprintf(ns, sizeof ns, "%d", (int)o->n_slots);
-        const char *keys[3] = {OPTIM_META_KIND, OPTIM_META_PARAMS, OPTIM_META_SLOTS};
-        const char *vals[3] = {kind_name(o->kind), np, ns};
-        s = flx_save_safetensors(path, n_t, (const char *const *)names, ts, 3, keys, vals);
-    }
-    flx_scope_end(0, NULL);
-    for (int32_t i = 0; names && i < n_t; i++) free(names[i]);
-    free(ts);
-    free(names);
+    size_t nbytes = (size_t)p->numel * flx_dtype_size(o->sdtype);
+    if (nbytes) s = o->ctx->be->copy_d2d(o->ctx, b->ptr, value->buf->ptr, nbytes);
+    /* A master set by hand is the truth for the parameter as it is now (not reseeded). */
+    if (s == FLX_OK && o->slot_phys[slot] == MASTER_SLOT) o->seen[i] = p->version;
     return s;
 }
 
-static flx_status load_check(const char *fn, flx_optim *o, flx_checkpoint *ck, const char *path,
-                             double *hp) {
-    char want[24];
-    const char *kind = flx_checkpoint_metadata(ck, OPTIM_META_KIND);
-    if (!kind || strcmp(kind, kind_name(o->kind)) != 0)
-        return flx_set_error(FLX_ERR_STATE, "%s: %s holds %s optimiser state, not %s", fn, path,
-                             kind ? kind : "no", kind_name(o->kind));
-    snprintf(want, sizeof want, "%d", (int)o->n);
-    const char *np = flx_checkpoint_metadata(ck, OPTIM_META_PARAMS);
-    if (!np || strcmp(np, want) != 0)
-        return flx_set_error(FLX_ERR_SHAPE, "%s: %s holds state for %s parameters, this optimiser has %d",
-                             fn, path, np ? np : "an unknown number of", (int)o->n);
-    snprintf(want, sizeof want, "%d", (int)o->n_slots);
-    const char *ns = flx_checkpoint_metadata(ck, OPTIM_META_SLOTS);
-    if (!ns || strcmp(ns, want) != 0)
-        return flx_set_error(FLX_ERR_STATE, "%s: %s holds %s state slots per parameter, this %s optimiser has %d",
-                             fn, path, ns ? ns : "an unknown number of", kind_name(o->kind), (int)o->n_slots);
-    for (int32_t i = 0; i < o->n; i++)
-        for (int32_t j = 0; j < o->n_slots; j++) {
-            char name[32];
-            snprintf(name, sizeof name, "state.%d.%d", (int)i, (int)j);
-            flx_tensor *t = flx_checkpoint_find(ck, name), *p = o->params[i];
-            if (!t) return flx_last_status();
-            bool same = t->dtype == p->dtype && t->ndim == p->ndim &&
-                        memcmp(t->shape, p->shape, sizeof(int64_t) * (size_t)p->ndim) == 0;
-            if (!same)
-                return flx_set_error(FLX_ERR_SHAPE, "%s: %s: %s is %s, parameter %d is %s", fn, path,
-                                     name, flx_describe(t), (int)i, flx_describe(p));
-        }
-    flx_tensor *h = flx_checkpoint_find(ck, "hparams");
-    if (!h) return flx_last_status();
-    flx_status s = h->dtype == FLX_F64 && h->ndim == 1 && h->numel == FLX_HP_COUNT
-                       ? flx_to_host(h, hp, FLX_HP_COUNT * sizeof(double))
-                       : flx_set_error(FLX_ERR_SHAPE, "%s: %s: hparams is %s, expected (%d) f64", fn,
-                                       path, flx_describe(h), (int)FLX_HP_COUNT);
-    if (s != FLX_OK) return s;
-    for (int32_t w = 0; w < FLX_HP_COUNT; w++)
-        if (!check_hp(fn, w, hp[w])) return flx_last_status();
-    if (!o->use_momentum && hp[FLX_HP_MOMENTUM] != 0)
-        return flx_set_error(FLX_ERR_STATE, "%s: %s was saved with momentum %g; this %s optimiser "
-                             "was created without momentum", fn, path, hp[FLX_HP_MOMENTUM],
-                             kind_name(o->kind));
-    if (o->nesterov && hp[FLX_HP_MOMENTUM] == 0)
-        return flx_set_error(FLX_ERR_INVALID_ARGUMENT, "%s: %s has momentum 0; nesterov needs momentum > 0",
-                             fn, path);
-    return FLX_OK;
+/* ---- dynamic loss scaling -------------------------------------------------------------------- */
+flx_tensor *flx_optim_scale_loss(flx_optim *o, flx_tensor *loss) {
+    static const char *fn = "flx_optim_scale_loss";
+    if (!flx_optim_check(fn, o)) return NULL;
+    if (!flx_check_inputs(fn, 1, &loss)) return NULL;
+    if (loss->ctx != o->ctx) {
+        flx_set_error(FLX_ERR_DEVICE, "%s: loss %s belongs to another context than the optimiser",
+                      fn, flx_describe(loss));
+        return NULL;
+    }
+    if (!flx_dtype_is_float(loss->dtype)) {
+        flx_set_error(FLX_ERR_DTYPE, "%s: loss %s is not a float tensor", fn, flx_describe(loss));
+        return NULL;
+    }
+    if (!o->scaling) return flx_adopt(flx_retain(loss));
+    /* f16 cannot hold the scaled loss (65536 * loss overflows it): the product is f32 at least.
+     * The scale is a power of two in practice, so the product is exact. */
+    flx_dtype dt = loss->dtype == FLX_F64 ? FLX_F64 : FLX_F32;
+    if (flx_scope_begin() != FLX_OK) return NULL;
+    return flx_scope_return(flx_mul(flx_cast(loss, dt), flx_cast(o->scale_t, dt)));
 }
 
-flx_status flx_optim_load(flx_optim *o, const char *path) {
-    static const char *fn = "flx_optim_load";
-    if (!check_opt(fn, o)) return flx_last_status();
-    if (!path) return flx_set_error(FLX_ERR_INVALID_ARGUMENT, "%s: path is NULL", fn);
-    flx_scope_begin(); /* owns the tensors taken from the file */
-    flx_checkpoint *ck = flx_load_safetensors(o->ctx, path);
-    double hp[FLX_HP_COUNT];
-    /* Everything is checked before anything is written: a bad file leaves the optimiser as it was. */
-    flx_status s = ck ? load_check(fn, o, ck, path, hp) : flx_last_status();
-    for (int32_t i = 0; s == FLX_OK && i < o->n; i++)
-        for (int32_t j = 0; s == FLX_OK && j < o->n_slots; j++) {
-            char name[32];
-            snprintf(name, sizeof name, "state.%d.%d", (int)i, (int)j);
-            s = flx_optim_set_state(o, i, j, flx_checkpoint_find(ck, name));
-        }
-    if (s == FLX_OK) s = o->ctx->be->upload(o->ctx, o->hp->ptr, hp, sizeof hp);
-    flx_scope_end(0, NULL);
-    flx_checkpoint_destroy(ck);
+/* Reads the scaler's words (waits for the device). */
+flx_status flx_optim_read_scaler(const char *fn, flx_optim *o, double *scale, double *words) {
+    if (!flx_optim_check(fn, o)) return flx_last_status();
+    if (!o->scaling) {
+        *scale = 1.0;
+        words[0] = words[1] = 0;
+        return FLX_OK;
+    }
+    flx_status s = o->ctx->be->download(o->ctx, scale, o->scale_t->buf->ptr, sizeof *scale);
+    if (s == FLX_OK) s = o->ctx->be->download(o->ctx, words, o->scaler->ptr, 2 * sizeof *words);
+    return s;
+}
+
+flx_status flx_optim_loss_scale(flx_optim *o, double *scale) {
+    static const char *fn = "flx_optim_loss_scale";
+    if (o && !scale) return flx_set_error(FLX_ERR_INVALID_ARGUMENT, "%s: scale is NULL", fn);
+    double words[2];
+    return flx_optim_read_scaler(fn, o, scale, words);
+}
+
+flx_status flx_optim_skipped_steps(flx_optim *o, int64_t *count) {
+    static const char *fn = "flx_optim_skipped_steps";
+    if (o && !count) return flx_set_error(FLX_ERR_INVALID_ARGUMENT, "%s: count is NULL", fn);
+    double scale, words[2];
+    flx_status s = flx_optim_read_scaler(fn, o, &scale, words);
+    if (s == FLX_OK) *count = (int64_t)words[1];
     return s;
 }

@@ -25,6 +25,7 @@ static flx_status exec_fill(const flx_tensor *t, void *out, const void *const *i
     a.dtype = t->dtype;
     a.n = t->numel;
     a.out = out;
+    if (a.kind == FLX_FILL_UNIFORM || a.kind == FLX_FILL_NORMAL) a.run = flx_plan_rng_stream();
     return flx_kernel_fill(t->ctx, &a);
 }
 

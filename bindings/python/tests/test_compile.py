@@ -50,6 +50,36 @@ def test_compiled_training_matches_eager(opt_cls, kw):
         np.testing.assert_allclose(b.numpy(), a.numpy(), rtol=1e-12, atol=1e-14)
 
 
+def test_compiled_step_with_loss_scaling_matches_eager():
+    # A batch with an inf input skips the step in both (the scale backs off on the device).
+    batches = [data() for _ in range(4)]
+    batches[1][0][3, 2] = np.inf
+    kw = dict(lr=0.01, loss_scaling=True, init_scale=1024.0, growth_interval=2)
+    m1, o1 = make(2, optim.Adam, **kw)
+    for x, y in batches:
+        o1.zero_grad()
+        o1.scale_loss(F.cross_entropy(m1(fx.tensor(x)), fx.tensor(y))).backward()
+        o1.step()
+    m2, o2 = make(2, optim.Adam, **kw)
+
+    @fx.compile
+    def step(x, y):
+        o2.zero_grad()
+        loss = F.cross_entropy(m2(x), y)
+        o2.scale_loss(loss).backward()
+        o2.step()
+        return loss
+
+    for x, y in batches:
+        step(x, y)
+    assert step.compiles == 1
+    assert o1.skipped_steps == o2.skipped_steps == 1
+    assert o1.loss_scale == o2.loss_scale == 1024.0  # halved once, then grown after 2 clean steps
+    assert o1.step_count == o2.step_count == 3
+    for a, b in zip(m1.parameters(), m2.parameters()):
+        np.testing.assert_allclose(b.numpy(), a.numpy(), rtol=1e-12, atol=1e-14)
+
+
 def test_outputs_keep_their_values_across_runs():
     m, _ = make(2)
 
@@ -167,3 +197,23 @@ def test_readme_training_loop_runs(tmp_path):
     exec(compile(code, str(readme), "exec"), ns)
     assert ns["train_step"].compiles == 1 and np.isfinite(ns["loss"].item())
     assert "0.weight" in fx.load(tmp_path / "m.safetensors")
+
+
+def test_dropout_draws_a_new_mask_every_call():
+    """A compiled step replays its graph, but not its random numbers: each call draws a new
+    dropout mask, as eager calls do (the plan advances the Philox stream on the device)."""
+    drop = nn.Dropout(0.5)
+    drop.train()
+
+    @fx.compile
+    def step(x):
+        return drop(x)
+
+    x = np.ones((4, 64))
+    outs = [step(x).numpy() for _ in range(4)]
+    assert step.compiles == 1
+    for y in outs:
+        assert set(np.unique(y)) <= {0.0, 2.0}
+        assert 0.35 < (y != 0).mean() < 0.65
+    for a, b in zip(outs, outs[1:]):
+        assert ((a != 0) != (b != 0)).mean() > 0.25, "a compiled replay repeated the dropout mask"

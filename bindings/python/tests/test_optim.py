@@ -207,3 +207,35 @@ def test_optimiser_save_and_load_files(tmp_path):
     np.testing.assert_array_equal(p.numpy(), straight)
     with pytest.raises(fx.FluxionError):
         optim.Adam([fx.tensor(half, requires_grad=True)]).load(tmp_path / "opt.safetensors")
+
+
+def test_loss_scaling_skips_inf_steps_and_moves_the_scale():
+    # SGD lr 0.5 on loss sum(p * x): a clean step moves p by -0.5 x; an inf in x skips the step,
+    # halves the scale and counts it; growth_interval clean steps double the scale.
+    p = fx.tensor(np.array([1.0, 2.0], dtype=np.float32), requires_grad=True)
+    opt = optim.SGD([p], lr=0.5, loss_scaling=True, init_scale=16.0, growth_interval=2)
+    assert opt.loss_scale == 16.0 and opt.skipped_steps == 0
+    xs = [[1.0, 2.0], [np.inf, 1.0], [0.5, 0.25], [1.0, 1.0]]
+    want_scale = [16.0, 8.0, 8.0, 16.0]
+    want_p = np.array([1.0, 2.0])
+    for x, ws in zip(xs, want_scale):
+        opt.zero_grad()
+        loss = (p * fx.tensor(np.array(x, dtype=np.float32))).sum()
+        opt.scale_loss(loss).backward()
+        opt.step()
+        if np.all(np.isfinite(x)):
+            want_p = want_p - 0.5 * np.array(x)
+        assert opt.loss_scale == ws
+        np.testing.assert_array_equal(p.numpy(), want_p.astype(np.float32))
+    assert opt.skipped_steps == 1 and opt.step_count == 3
+    with pytest.raises(TypeError):
+        optim.Adam([p], loss_scale=True)  # misspelt option
+    with pytest.raises(ValueError, match="backoff_factor"):
+        optim.Adam([p], loss_scaling=True, backoff_factor=2.0)
+
+
+def test_without_loss_scaling_scale_loss_is_the_loss():
+    p = fx.tensor(np.array([1.0, 2.0]), requires_grad=True)
+    opt = optim.Adam([p])
+    loss = p.sum()
+    assert opt.scale_loss(loss).item() == 3.0 and opt.loss_scale == 1.0 and opt.skipped_steps == 0

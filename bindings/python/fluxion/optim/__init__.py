@@ -5,12 +5,19 @@ RMSprop, Adam, AdamW) with PyTorch's arguments, and learning-rate schedules
 The state and the hyperparameters live in device memory: ``step()`` is one fused kernel launch
 per group of parameters and setting ``lr`` queues a tiny device write, so a compiled step
 (:func:`fluxion.compile`) keeps working while a schedule changes the rate.
+
+Mixed precision: float16/bfloat16 parameters are updated through float32 master copies kept
+by the optimiser (the last state slot). Every optimiser also takes dynamic loss scaling
+(PyTorch's GradScaler, fused into the step) as keyword arguments: ``loss_scaling=True`` and
+optionally ``init_scale`` (65536), ``growth_factor`` (2), ``backoff_factor`` (0.5) and
+``growth_interval`` (2000); then ``opt.scale_loss(loss).backward()`` and ``opt.step()``, which
+skips the update when a gradient is inf/NaN and adjusts the scale, all on the device.
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
-from ctypes import byref, c_double
+from ctypes import byref, c_double, c_int64
 from typing import Any, Dict, Iterable, List, Tuple
 
 from .. import _capi, _core
@@ -106,10 +113,32 @@ class Optimizer:
     def step_count(self) -> int:
         return int(self.get_hparam("step"))
 
+    # -- dynamic loss scaling --
+    def scale_loss(self, loss: Tensor) -> Tensor:
+        """loss times the current loss scale (float32 at least; the loss itself without loss
+        scaling): call backward() on this, then step(), which unscales the gradients."""
+        return _wrap(_L.flx_optim_scale_loss(self._opt, loss._ptr))
+
+    @property
+    def loss_scale(self) -> float:
+        """The current loss scale (1.0 without loss scaling); waits for the device."""
+        v = c_double()
+        _check(_L.flx_optim_loss_scale(self._opt, byref(v)))
+        return v.value
+
+    @property
+    def skipped_steps(self) -> int:
+        """Steps skipped so far for an inf/NaN gradient; waits for the device."""
+        v = c_int64()
+        _check(_L.flx_optim_skipped_steps(self._opt, byref(v)))
+        return v.value
+
     # -- checkpoints --
     def state_dict(self) -> "OrderedDict[str, Tensor]":
-        """Every state slot ('state.<param>.<slot>') and hyperparameter (0-d float64 tensors,
-        the step count included): a flat dict of tensors that :func:`fluxion.save` writes."""
+        """Every state slot ('state.<param>.<slot>', float32 for half parameters, whose last
+        slot is the master copy) and hyperparameter (0-d float64 tensors, the step count
+        included): a flat dict of tensors that :func:`fluxion.save` writes. The loss scaler's
+        state is in :meth:`save` files only."""
         sd: "OrderedDict[str, Tensor]" = OrderedDict()
         dev = self.params[0].device
         for name in _HP:
@@ -149,7 +178,8 @@ class Optimizer:
                     raise KeyError(f"fluxion.optim.load_state_dict: missing {k}")
                 v = sd[k]
                 if not isinstance(v, Tensor):
-                    v = _core.tensor(v, dtype=p.dtype, device=p.device)
+                    half = p.dtype.name in ("float16", "bfloat16")
+                    v = _core.tensor(v, dtype=_core.float32 if half else p.dtype, device=p.device)
                 _check(_L.flx_optim_set_state(self._opt, i, s, v._ptr))
 
 
@@ -159,9 +189,10 @@ class SGD(Optimizer):
     kind = _capi.FLX_OPTIM_SGD
 
     def __init__(self, params: Iterable[Tensor], lr: float = 1e-2, momentum: float = 0.0,
-                 dampening: float = 0.0, weight_decay: float = 0.0, nesterov: bool = False) -> None:
+                 dampening: float = 0.0, weight_decay: float = 0.0, nesterov: bool = False,
+                 **scaling: Any) -> None:
         super().__init__(params, lr=lr, momentum=momentum, dampening=dampening,
-                         weight_decay=weight_decay, nesterov=nesterov)
+                         weight_decay=weight_decay, nesterov=nesterov, **scaling)
 
 
 class Momentum(SGD):
@@ -170,8 +201,8 @@ class Momentum(SGD):
     kind = _capi.FLX_OPTIM_MOMENTUM
 
     def __init__(self, params: Iterable[Tensor], lr: float = 1e-2, momentum: float = 0.9,
-                 dampening: float = 0.0, weight_decay: float = 0.0) -> None:
-        super().__init__(params, lr, momentum, dampening, weight_decay, False)
+                 dampening: float = 0.0, weight_decay: float = 0.0, **scaling: Any) -> None:
+        super().__init__(params, lr, momentum, dampening, weight_decay, False, **scaling)
 
 
 class Nesterov(SGD):
@@ -180,8 +211,8 @@ class Nesterov(SGD):
     kind = _capi.FLX_OPTIM_NESTEROV
 
     def __init__(self, params: Iterable[Tensor], lr: float = 1e-2, momentum: float = 0.9,
-                 weight_decay: float = 0.0) -> None:
-        super().__init__(params, lr, momentum, 0.0, weight_decay, True)
+                 weight_decay: float = 0.0, **scaling: Any) -> None:
+        super().__init__(params, lr, momentum, 0.0, weight_decay, True, **scaling)
 
 
 class Adagrad(Optimizer):
@@ -189,9 +220,9 @@ class Adagrad(Optimizer):
 
     def __init__(self, params: Iterable[Tensor], lr: float = 1e-2, lr_decay: float = 0.0,
                  weight_decay: float = 0.0, initial_accumulator_value: float = 0.0,
-                 eps: float = 1e-10) -> None:
+                 eps: float = 1e-10, **scaling: Any) -> None:
         super().__init__(params, lr=lr, lr_decay=lr_decay, weight_decay=weight_decay,
-                         initial_accumulator=initial_accumulator_value, eps=eps)
+                         initial_accumulator=initial_accumulator_value, eps=eps, **scaling)
 
 
 class RMSprop(Optimizer):
@@ -199,9 +230,9 @@ class RMSprop(Optimizer):
 
     def __init__(self, params: Iterable[Tensor], lr: float = 1e-2, alpha: float = 0.99,
                  eps: float = 1e-8, weight_decay: float = 0.0, momentum: float = 0.0,
-                 centered: bool = False) -> None:
+                 centered: bool = False, **scaling: Any) -> None:
         super().__init__(params, lr=lr, alpha=alpha, eps=eps, weight_decay=weight_decay,
-                         momentum=momentum, centered=centered)
+                         momentum=momentum, centered=centered, **scaling)
 
 
 class Adam(Optimizer):
@@ -209,9 +240,9 @@ class Adam(Optimizer):
 
     def __init__(self, params: Iterable[Tensor], lr: float = 1e-3,
                  betas: Tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
-                 weight_decay: float = 0.0) -> None:
+                 weight_decay: float = 0.0, **scaling: Any) -> None:
         super().__init__(params, lr=lr, beta1=betas[0], beta2=betas[1], eps=eps,
-                         weight_decay=weight_decay)
+                         weight_decay=weight_decay, **scaling)
 
 
 class AdamW(Adam):
@@ -219,5 +250,5 @@ class AdamW(Adam):
 
     def __init__(self, params: Iterable[Tensor], lr: float = 1e-3,
                  betas: Tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
-                 weight_decay: float = 1e-2) -> None:
-        super().__init__(params, lr, betas, eps, weight_decay)
+                 weight_decay: float = 1e-2, **scaling: Any) -> None:
+        super().__init__(params, lr, betas, eps, weight_decay, **scaling)
