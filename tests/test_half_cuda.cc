@@ -1,8 +1,8 @@
 // test_half_cuda.cc — the CUDA backend's f16 and bf16 kernels checked against the CPU backend.
 //
-// Every test starts with FLX_REQUIRE_CUDA(g) (skipped without a GPU, a failure under
-// FLX_REQUIRE_GPU=1) and runs each computation in bf16 and in f16 on the GPU and on the CPU from
-// the same input bits (flx_from_host_as from doubles: the host rounds them, neither backend does).
+// Every test is a CudaCpuTest (skipped without a GPU, a failure under FLX_REQUIRE_GPU=1) and runs
+// each computation in bf16 and in f16 on the GPU and on the CPU from the same input bits
+// (flx_from_host_as from doubles: the host rounds them, neither backend does).
 //
 // Bounds, and why they hold:
 //   - The CPU computes every 16-bit op in double and rounds once; the GPU loads into f32, computes
@@ -177,30 +177,15 @@ std::vector<uint16_t> bits(flx_tensor *t) {
     return ::testing::AssertionSuccess();
 }
 
-class HalfCudaTest : public ::testing::Test {
-  protected:
-    void SetUp() override {
-        flx_clear_error();
-        live_before = flx_live_tensors();
-        cpu = flx_ctx_create(flx_device_cpu());
-        ASSERT_NE(cpu, nullptr) << flx_last_error();
-        ASSERT_EQ(flx_scope_begin(), FLX_OK);
-    }
-    void TearDown() override {
-        EXPECT_EQ(flx_scope_end(0, nullptr), FLX_OK);
-        EXPECT_EQ(flx_live_tensors(), live_before) << "tensors leaked by this test";
-        if (flx_live_tensors() == live_before) EXPECT_EQ(flx_ctx_destroy(cpu), FLX_OK) << flx_last_error();
-    }
-    flx_ctx *cpu = nullptr;
-    int64_t live_before = 0;
-};
+// The shared GPU-vs-CPU fixture (skips without a GPU; gpu, cpu, one scope per test).
+class HalfCudaTest : public flxt::CudaCpuTest {};
 
 // Sizes that take the vectorised path (multiples of 8 halves), its tail, and the scalar path.
 const int64_t kLens[] = {1, 7, 8, 1000, 4099, 65536 + 5};
 
 // ---- creation and conversion ------------------------------------------------------------------
 TEST_F(HalfCudaTest, FillAndCast) {
-    FLX_REQUIRE_CUDA(g);
+    flx_ctx *g = gpu;
     const Shape s = {37, 29};
     for (flx_dtype dt : kHalves) {
         SCOPED_TRACE(flx_dtype_name(dt));
@@ -231,7 +216,7 @@ TEST_F(HalfCudaTest, FillAndCast) {
 
 // ---- elementwise ------------------------------------------------------------------------------
 TEST_F(HalfCudaTest, Unary) {
-    FLX_REQUIRE_CUDA(g);
+    flx_ctx *g = gpu;
     typedef flx_tensor *(*U)(flx_tensor *);
     struct Case {
         const char *name;
@@ -276,7 +261,7 @@ TEST_F(HalfCudaTest, Unary) {
 }
 
 TEST_F(HalfCudaTest, BinaryAndWhere) {
-    FLX_REQUIRE_CUDA(g);
+    flx_ctx *g = gpu;
     typedef flx_tensor *(*B)(flx_tensor *, flx_tensor *);
     const B exact[] = {flx_add, flx_sub, flx_mul, flx_div, flx_maximum, flx_minimum,
                        flx_eq, flx_ne, flx_lt, flx_le, flx_gt, flx_ge};
@@ -315,7 +300,7 @@ TEST_F(HalfCudaTest, BinaryAndWhere) {
 // Fused chains round after every instruction, as the unfused kernels do: on the GPU the fused
 // and unfused results are the same bits; against the CPU, 1 ulp per transcendental step (gelu).
 TEST_F(HalfCudaTest, FusedEqualsUnfused) {
-    FLX_REQUIRE_CUDA(g);
+    flx_ctx *g = gpu;
     bool was = true;
     ASSERT_EQ(flx_get_fusion(g, &was), FLX_OK);
     for (flx_dtype dt : kHalves) {
@@ -343,7 +328,7 @@ TEST_F(HalfCudaTest, FusedEqualsUnfused) {
 
 // ---- data movement ----------------------------------------------------------------------------
 TEST_F(HalfCudaTest, CopiesAndEmbedding) {
-    FLX_REQUIRE_CUDA(g);
+    flx_ctx *g = gpu;
     for (flx_dtype dt : kHalves) {
         SCOPED_TRACE(flx_dtype_name(dt));
         const int32_t perm[] = {2, 0, 1};
@@ -376,7 +361,7 @@ TEST_F(HalfCudaTest, CopiesAndEmbedding) {
 
 // ---- reductions -------------------------------------------------------------------------------
 TEST_F(HalfCudaTest, Reductions) {
-    FLX_REQUIRE_CUDA(g);
+    flx_ctx *g = gpu;
     for (flx_dtype dt : kHalves) {
         // rows and columns, short and long extents (warp, block and split-over-blocks paths)
         for (const Shape &s : std::vector<Shape>{{1000}, {3, 100000}, {5000, 7}, {64, 33, 9}}) {
@@ -396,7 +381,7 @@ TEST_F(HalfCudaTest, Reductions) {
 
 // ---- softmax family ---------------------------------------------------------------------------
 TEST_F(HalfCudaTest, SoftmaxForwardAndDerivatives) {
-    FLX_REQUIRE_CUDA(g);
+    flx_ctx *g = gpu;
     // row lengths for every mapping: lane groups, a warp, a block, a cluster (> 16384), strided
     const std::vector<std::pair<Shape, int32_t>> cases = {
         {{300, 5}, 1}, {{200, 100}, 1}, {{64, 1000}, 1}, {{8, 6000}, 1}, {{2, 40000}, 1},
@@ -436,7 +421,7 @@ TEST_F(HalfCudaTest, SoftmaxForwardAndDerivatives) {
 }
 
 TEST_F(HalfCudaTest, CrossEntropy) {
-    FLX_REQUIRE_CUDA(g);
+    flx_ctx *g = gpu;
     for (flx_dtype dt : kHalves) {
         for (int64_t C : {10, 1000, 20000}) {
             const int64_t N = 300;
@@ -464,7 +449,7 @@ TEST_F(HalfCudaTest, CrossEntropy) {
 
 // ---- composites: layer norm, batch norm -------------------------------------------------------
 TEST_F(HalfCudaTest, Norms) {
-    FLX_REQUIRE_CUDA(g);
+    flx_ctx *g = gpu;
     for (flx_dtype dt : kHalves) {
         SCOPED_TRACE(flx_dtype_name(dt));
         const double u = unit(dt);
@@ -485,7 +470,7 @@ TEST_F(HalfCudaTest, Norms) {
 // |gpu - cpu| <= 2u |c| + 2 K 2^-24 (|A||B|)_ij (f32 accumulation against double, both rounded
 // once); |c| <= (|A||B|)_ij, so the bound is taken as (2u + 2K 2^-24) (|A||B|)_ij.
 TEST_F(HalfCudaTest, Matmul) {
-    FLX_REQUIRE_CUDA(g);
+    flx_ctx *g = gpu;
     struct Case {
         int64_t batch, m, k, n;
         bool ta, tb;
@@ -541,7 +526,7 @@ TEST_F(HalfCudaTest, Matmul) {
 
 // ---- convolution and pooling ------------------------------------------------------------------
 TEST_F(HalfCudaTest, ConvAndPool) {
-    FLX_REQUIRE_CUDA(g);
+    flx_ctx *g = gpu;
     const int64_t st[] = {2, 1}, pad[] = {1, 2}, dil[] = {1, 2}, ker[] = {3, 3};
     for (flx_dtype dt : kHalves) {
         SCOPED_TRACE(flx_dtype_name(dt));
