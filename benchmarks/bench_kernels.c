@@ -38,14 +38,11 @@ static int ew_rep(void *p, int rep) {
     case EW_TANH: r = flx_tanh(s->a); break;
     case EW_GELU: r = flx_gelu(s->a); break;
     default: {
-        flx_tensor *y = flx_relu(s->al);
-        st = y ? flx_grad_of(1, &y, &s->b, 1, &s->al, false, &r) : FLX_ERR_INVALID_ARGUMENT;
+        st = bench_vjp(flx_relu(s->al), s->b, s->al, &r);
         break;
     }
     }
-    if (st == FLX_OK) st = r ? flx_eval(1, &r) : FLX_ERR_INVALID_ARGUMENT;
-    flx_scope_end(0, NULL);
-    return st == FLX_OK ? 0 : -1;
+    return bench_rep_end(st, 1, &r);
 }
 
 void bench_elementwise(int64_t n, int reps, int trials) {
@@ -90,12 +87,9 @@ static int fz_rep(void *p, int rep) {
     if (!f->vjp) {
         r = fz_chain(f, f->x);
     } else {
-        flx_tensor *y = fz_chain(f, f->xl);
-        st = y ? flx_grad_of(1, &y, &f->g, 1, &f->xl, false, &r) : FLX_ERR_INVALID_ARGUMENT;
+        st = bench_vjp(fz_chain(f, f->xl), f->g, f->xl, &r);
     }
-    if (st == FLX_OK) st = r ? flx_eval(1, &r) : FLX_ERR_INVALID_ARGUMENT;
-    flx_scope_end(0, NULL);
-    return st == FLX_OK ? 0 : -1;
+    return bench_rep_end(st, 1, &r);
 }
 
 void bench_fused(int64_t rows, int64_t cols, int reps, int trials) {
@@ -134,16 +128,14 @@ static int smx_rep(void *p, int rep) {
     int n = 1;
     flx_status st = FLX_OK;
     if (s->mode == 0) r[0] = flx_softmax(s->x, -1, 1.0);
-    else if (s->mode == 1) st = flx_grad_of(1, &s->y, &s->g, 1, &s->xl, false, &r[0]);
+    else if (s->mode == 1) st = bench_vjp(s->y, s->g, s->xl, &r[0]);
     else if (s->mode == 2) st = flx_jvp(1, &s->xl, &s->g, 1, &s->y, &r[0]);
     else {
         r[0] = flx_cross_entropy(s->xl, s->labels, FLX_REDUCTION_MEAN, -100);
-        st = r[0] ? flx_grad_of(1, &r[0], NULL, 1, &s->xl, false, &r[1]) : FLX_ERR_INVALID_ARGUMENT;
+        st = bench_vjp(r[0], NULL, s->xl, &r[1]);
         n = 2;
     }
-    if (st == FLX_OK) st = r[0] ? flx_eval(n, r) : FLX_ERR_INVALID_ARGUMENT;
-    flx_scope_end(0, NULL);
-    return st == FLX_OK ? 0 : -1;
+    return bench_rep_end(st, n, r);
 }
 
 /* Inputs for a softmax-family workload; false on error. */
@@ -211,9 +203,7 @@ static int mm_rep(void *p, int rep) {
     mm *s = (mm *)p;
     flx_scope_begin();
     flx_tensor *r = flx_matmul(s->a, s->b);
-    flx_status st = r ? flx_eval(1, &r) : FLX_ERR_INVALID_ARGUMENT;
-    flx_scope_end(0, NULL);
-    return st == FLX_OK ? 0 : -1;
+    return bench_rep_end(FLX_OK, 1, &r);
 }
 
 void bench_matmul(int64_t n, int reps, int trials) {
@@ -243,19 +233,15 @@ static int lu_rep(void *p, int rep) {
     case 1: r = flx_inv(a); break;
     case 2: r = flx_solve(a, b); break;
     case 3: {
-        flx_tensor *d = flx_det(a);
-        st = d ? flx_grad_of(1, &d, &s->gd, 1, &a, false, &r) : FLX_ERR_INVALID_ARGUMENT;
+        st = bench_vjp(flx_det(a), s->gd, a, &r);
         break;
     }
     default: {
-        flx_tensor *v = flx_inv(a);
-        st = v ? flx_grad_of(1, &v, &s->gi, 1, &a, false, &r) : FLX_ERR_INVALID_ARGUMENT;
+        st = bench_vjp(flx_inv(a), s->gi, a, &r);
         break;
     }
     }
-    if (st == FLX_OK) st = r ? flx_eval(1, &r) : FLX_ERR_INVALID_ARGUMENT;
-    flx_scope_end(0, NULL);
-    return st == FLX_OK ? 0 : -1;
+    return bench_rep_end(st, 1, &r);
 }
 
 void bench_lu(const char *tag, int64_t batch, int64_t n, flx_dtype dt, int reps, int trials) {

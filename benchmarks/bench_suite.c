@@ -22,7 +22,8 @@
  * Timing: host clocks around flx_ctx_synchronize after back-to-back repetitions and a warm-up
  * (the public API has no events; with many repetitions per trial the difference is one host wait
  * per trial), median of the trials. Families: bench_kernels.c (elementwise, fused chain, softmax,
- * cross-entropy, matmul, LU), bench_train.c (train steps), bench_fmnist.c (time to accuracy);
+ * cross-entropy, matmul, LU), bench_train.c (train steps), bench_gpt2.c (the GPT-2 small training
+ * step), bench_fmnist.c (time to accuracy);
  * the host overhead on the CUDA context is here.
  */
 #define _POSIX_C_SOURCE 200809L
@@ -83,6 +84,9 @@ static const workload k_list[] = {
     STEP3("mlp 784-1024-1024-10 b8192 adam", "8192x784"),
     STEP3("mlp 784-256-128-10 b128 adam", "128x784"),
     STEP3("cnn b128 adam", "128x1x28x28"),
+    {"gpt2-small train step 8x1024 bf16 eager", "8x1024", "bf16"},
+    {"gpt2-small train step 8x1024 bf16 plan+graph", "8x1024", "bf16"},
+    {"gpt2-small train step 8x1024 f32 plan+graph", "8x1024", "f32"},
     {"host record+dispatch per op cuda", "4", "f32"},
     {"host plan replay cuda", "128x784", "f32"},
     {"fashion-mnist mlp time to 0.88", "60000x784", "f32"},
@@ -295,6 +299,7 @@ int main(int argc, char **argv) {
     bench_lu("4096^2", 1, g_smoke ? 32 : 4096, FLX_F32, 2, 3);
     bench_lu("4096^2", 1, g_smoke ? 32 : 4096, FLX_F64, 2, 3);
     bench_train_all(tr);
+    bench_gpt2_all(tr);
     bench_host_overhead(g_smoke ? 1 : 5);
     bench_fmnist();
     int listed = 0, reported = 0;

@@ -34,6 +34,18 @@ void bench_report_missing(const char *name, const char *shape, const char *why);
  * optimisers take them as parameters. NULL on error. */
 flx_tensor *bench_as_source(flx_tensor *t);
 
+/* The VJP of y at x for the cotangent g (NULL: ones) into *out; a NULL y (a failed build) fails. */
+static inline flx_status bench_vjp(flx_tensor *y, flx_tensor *g, flx_tensor *x, flx_tensor **out) {
+    return y ? flx_grad_of(1, &y, g ? &g : NULL, 1, &x, false, out) : FLX_ERR_INVALID_ARGUMENT;
+}
+/* Ends a repetition that opened a scope: queues r[0..n) unless st already failed (a NULL r[0] is
+ * a failed build), closes the scope; 0 or -1, as a rep_fn returns. */
+static inline int bench_rep_end(flx_status st, int n, flx_tensor **r) {
+    if (st == FLX_OK) st = r[0] ? flx_eval(n, r) : FLX_ERR_INVALID_ARGUMENT;
+    flx_scope_end(0, NULL);
+    return st == FLX_OK ? 0 : -1;
+}
+
 /* ---- kernel families (bench_kernels.c) ----------------------------------------------------------- */
 void bench_elementwise(int64_t n, int reps, int trials);
 void bench_fused(int64_t rows, int64_t cols, int reps, int trials);
@@ -82,6 +94,10 @@ flx_plan *ts_compile(train_step *m, flx_tensor *x, flx_tensor *y, bool capture);
 void bench_train_step(train_step *m, int reps, int trials);
 /* The train-step workloads of the suite (full sizes, or tiny ones in --smoke). */
 void bench_train_all(int trials);
+
+/* ---- GPT-2 small training step (bench_gpt2.c) ------------------------------------------------------ */
+/* The GPT-2 rows of the suite: bf16 eager and plan+graph, f32 plan+graph (tiny model in --smoke). */
+void bench_gpt2_all(int trials);
 
 /* ---- Fashion-MNIST time to accuracy (bench_fmnist.c) ---------------------------------------------- */
 void bench_fmnist(void);

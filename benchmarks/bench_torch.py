@@ -17,7 +17,9 @@ Usage:
       (cold compiles cost tens of seconds each: off by default).
 
 Timing: CUDA events around back-to-back repetitions after warm-up, median of the trials
-(host-time rows: perf_counter around the queued calls). Strict f32 (TF32 off). Adam is the fused
+(host-time rows: perf_counter around the queued calls). Strict f32 (TF32 off); the bf16 GPT-2 row
+is PyTorch's mixed precision (f32 parameters and fused AdamW, autocast to bf16, flash attention),
+on the same token ids as the suite. Adam is the fused
 implementation (capturable for the graph). Fashion-MNIST time to accuracy is not measured here
 (its goals are absolute; PyTorch's figures are in the goals table).
 Exit status 0 (also when skipped: no torch, no GPU), 1 when stopped or a row failed.
@@ -42,6 +44,11 @@ STEPS = [  # base name, batch, widths (None: the CNN), optimiser
     ("cnn b128 adam", 128, None, "adam"),
 ]
 HOST = ["host record+dispatch per op cuda", "host plan replay cuda"]
+GPT2 = [  # base name (the suite's rows add " eager" / " plan+graph"), dtype, batch, sequence
+    # (the suite's f32 row has no goal and no peer here: strict f32 steps would cost the torch
+    # step's time budget seconds)
+    ("gpt2-small train step 8x1024 bf16", "bf16", 8, 1024),
+]
 
 
 def softmax_names():
@@ -58,7 +65,7 @@ LU_BIG = [f"{op} 4096^2 {dt}" for dt in ("f32", "f64") for op in ("det", "inv", 
 
 def all_names():
     return (ELEMENTWISE + FUSED + softmax_names() + ["cross-entropy fwd+bwd 32768x1024 f32",
-            "matmul 4096^3 f32"] + LU_BATCHED + LU_BIG + [s[0] for s in STEPS] + HOST)
+            "matmul 4096^3 f32"] + LU_BATCHED + LU_BIG + [s[0] for s in STEPS] + [g[0] for g in GPT2] + HOST)
 
 
 class Stopped(Exception):
@@ -342,6 +349,130 @@ def train_steps(b):
                 b.put(name, "torch_compile_us", None, f"torch.compile failed: {type(e).__name__}"[:200])
 
 
+def splitmix64_ids(n, vocab, seed):
+    """Token ids as examples/gpt2_model.c's gpt2_synthetic_batch draws them: output i of
+    splitmix64(seed), modulo vocab."""
+    mask = (1 << 64) - 1
+    s, out = seed, []
+    for _ in range(n):
+        s = (s + 0x9E3779B97F4A7C15) & mask
+        z = s
+        z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & mask
+        z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & mask
+        out.append((z ^ (z >> 31)) % vocab)
+    return out
+
+
+def gpt2_model(torch, vocab=50304, seq=1024, layers=12, heads=12, C=768):
+    """GPT-2 small as examples/gpt2_model.h builds it: pre-LN blocks, exact GELU, tied output
+    layer, vocabulary padded to 50304, GPT-2's initialisation; flash SDPA for attention."""
+    nn, F = torch.nn, torch.nn.functional
+
+    class Block(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.ln_1, self.ln_2 = nn.LayerNorm(C), nn.LayerNorm(C)
+            self.qkv, self.proj = nn.Linear(C, 3 * C), nn.Linear(C, C)
+            self.fc, self.fcproj = nn.Linear(C, 4 * C), nn.Linear(4 * C, C)
+
+        def forward(self, x):
+            B, T, _ = x.shape
+            q, k, v = (t.view(B, T, heads, C // heads).transpose(1, 2) for t in self.qkv(self.ln_1(x)).split(C, 2))
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+            x = x + self.proj(y.transpose(1, 2).reshape(B, T, C))
+            return x + self.fcproj(F.gelu(self.fc(self.ln_2(x))))
+
+    class GPT2(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.wte, self.wpe = nn.Embedding(vocab, C), nn.Embedding(seq, C)
+            self.blocks = nn.ModuleList(Block() for _ in range(layers))
+            self.ln_f = nn.LayerNorm(C)
+            for name, p in self.named_parameters():
+                if p.dim() == 2:
+                    std = 0.02 / (2 * layers) ** 0.5 if name.endswith(("proj.weight",)) else 0.02
+                    nn.init.normal_(p, 0.0, std)
+                elif "ln" not in name:
+                    nn.init.zeros_(p)
+
+        def forward(self, idx, targets):
+            x = self.wte(idx) + self.wpe(torch.arange(idx.shape[1], device=idx.device))
+            for blk in self.blocks:
+                x = blk(x)
+            logits = F.linear(self.ln_f(x), self.wte.weight)
+            return F.cross_entropy(logits.view(-1, logits.shape[-1]), targets.view(-1))
+    return GPT2()
+
+
+def gpt2_steps(b):
+    """GPT-2 small training steps (AdamW, weight decay on 2-d weights) on the suite's token ids:
+    bf16 as PyTorch's mixed precision (f32 parameters, autocast to bf16), f32 strict. Eager, the
+    whole step as one CUDA graph, and (--compile) torch.compile of the model."""
+    torch = b.torch
+    for name, dt, batch, seq in GPT2:
+        if not b.want(name):
+            continue
+        ids = torch.tensor(splitmix64_ids(batch * (seq + 1), 50257, 1), device="cuda").view(batch, seq + 1)
+        x, y = ids[:, :-1].contiguous(), ids[:, 1:].contiguous()
+        reps = (7 if b.args.quick else 10) if dt == "bf16" else (2 if b.args.quick else 5)
+        amp = dt == "bf16"
+
+        def build(capturable, compiled=False):
+            torch.manual_seed(0)
+            model = gpt2_model(torch).cuda().train()
+            decay = [p for p in model.parameters() if p.dim() >= 2]
+            plain = [p for p in model.parameters() if p.dim() < 2]
+            opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1}, {"params": plain, "weight_decay": 0.0}],
+                                    lr=6e-4, betas=(0.9, 0.95), eps=1e-8, fused=True, capturable=capturable)
+            fwd = torch.compile(model) if compiled else model
+
+            def step(i=0, zero=True):
+                if zero:
+                    opt.zero_grad(set_to_none=True)
+                with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp, cache_enabled=not capturable):
+                    loss = fwd(x, y)
+                loss.backward()
+                opt.step()
+            step.opt = opt
+            return step
+        try:
+            b.put(name, "torch_us", b.event_time(build(False), reps), "eager" + (" autocast bf16" if amp else " f32"))
+        except Stopped:
+            raise
+        except Exception as e:  # noqa: BLE001
+            b.failed += 1
+            b.put(name, "torch_us", None, f"eager failed: {type(e).__name__}: {e}"[:200])
+        torch.cuda.empty_cache()
+        try:
+            step = build(True)
+            s = torch.cuda.Stream()
+            s.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(s):
+                for _ in range(3):
+                    step()
+            torch.cuda.current_stream().wait_stream(s)
+            g = torch.cuda.CUDAGraph()
+            step.opt.zero_grad(set_to_none=True)  # backward inside the capture writes fresh grads
+            with torch.cuda.graph(g):
+                step(zero=False)
+            b.put(name, "torch_graph_us", b.event_time(lambda i: g.replay(), reps))
+            del g
+        except Stopped:
+            raise
+        except Exception as e:  # noqa: BLE001
+            settle(torch)
+            b.put(name, "torch_graph_us", None, f"no CUDA graph: {type(e).__name__}: {e}"[:200])
+        torch.cuda.empty_cache()
+        if b.args.compile:
+            try:
+                b.put(name, "torch_compile_us", b.event_time(build(False, True), reps))
+            except Stopped:
+                raise
+            except Exception as e:  # noqa: BLE001
+                b.put(name, "torch_compile_us", None, f"torch.compile failed: {type(e).__name__}"[:200])
+            torch.cuda.empty_cache()
+
+
 def host_overhead(b):
     """Host time per call, the GPU work queued but not waited for inside the timed loop."""
     torch = b.torch
@@ -399,7 +530,7 @@ def main():
     b = Bench(torch, args)
     t0 = time.monotonic()
     try:
-        for part in (kernels, linalg, train_steps, host_overhead):
+        for part in (kernels, linalg, train_steps, gpt2_steps, host_overhead):
             part(b)
             torch.cuda.empty_cache()
     except Stopped as e:

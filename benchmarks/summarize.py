@@ -26,9 +26,12 @@ import argparse
 import json
 import math
 import os
+import re
 import sys
 
 STEP_MODES = (" eager", " plan", " plan+graph")
+GOAL_KINDS = ("none", "reference", "min_copy_fraction", "max_us", "min_speedup", "min_mfu", "max_s_reached", "all")
+PEERS = ("torch_us", "torch_graph_us", "torch_compile_us", "best_compiled")
 ROW_KEYS = ("name", "shape", "dtype", "fluxion_us", "torch_us", "torch_graph_us", "ratio_to_copy",
             "goal", "met")
 
@@ -84,11 +87,29 @@ def torch_row(torch_rows, name):
     return {}
 
 
+def peer_us(trow, peer):
+    """The peer's time: a column of the PyTorch row, or best_compiled (the faster of its whole-step
+    CUDA graph and torch.compile); None when PyTorch did not measure it."""
+    if peer == "best_compiled":
+        ts = [trow[k] for k in ("torch_graph_us", "torch_compile_us") if trow.get(k) is not None]
+        return min(ts) if ts else None
+    return trow.get(peer)
+
+
+def note_mfu(note):
+    """The model flops utilisation the suite wrote into a row's note ("MFU 0.473"), or None."""
+    m = re.search(r"\bMFU ([0-9]*\.?[0-9]+)", note or "")
+    return float(m.group(1)) if m else None
+
+
 def judge(goal, us, ratio, trow, note):
-    """met: True/False, or None when the row has no goal."""
+    """met: True/False, or None when the row has no goal (or a speedup's peer was not measured)."""
     kind = goal.get("kind", "none")
     if kind in ("none", "reference"):
         return None
+    if kind == "all":
+        mets = [judge(g, us, ratio, trow, note) for g in goal["goals"]]
+        return False if False in mets else (None if None in mets else True)
     if us is None:
         return False
     v = goal["value"]
@@ -97,8 +118,11 @@ def judge(goal, us, ratio, trow, note):
     if kind == "max_us":
         return us <= v
     if kind == "min_speedup":
-        peer = trow.get(goal.get("peer", "torch_us"))
+        peer = peer_us(trow, goal.get("peer", "torch_us"))
         return None if peer is None else peer / us >= v
+    if kind == "min_mfu":
+        mfu = note_mfu(note)
+        return mfu is not None and mfu >= v
     if kind == "max_s_reached":
         return note.startswith("reached") and us / 1e6 <= v
     raise ValueError(f"unknown goal kind {kind!r}")
@@ -240,16 +264,36 @@ def cmd_write(a):
     return 0
 
 
+def report(cmd, errs, summary=None):
+    """Prints each problem to stderr and the summary line (with the problem count); the exit code."""
+    for e in errs:
+        print(f"{cmd}: {e}", file=sys.stderr)
+    if summary is not None:
+        print(f"{cmd}: {summary}, {len(errs)} problems")
+    return 1 if errs else 0
+
+
 def cmd_check_goals(a):
     names = [r[0] for r in read_list(a.list)]
     goals = json.load(open(a.goals))["goals"]
     errs = [f"workload without a goal: {n}" for n in names if n not in goals]
     errs += [f"goal without a workload: {n}" for n in goals if n not in names]
+    def goal_errors(n, g, nested):
+        kind = g.get("kind")
+        if kind not in GOAL_KINDS or (nested and kind in ("all", "none", "reference")):
+            return [f"{n}: unknown goal kind {kind!r}" + (" inside 'all'" if nested else "")]
+        if kind == "all":
+            subs = g.get("goals")
+            if not isinstance(subs, list) or not subs:
+                return [f"{n}: 'all' without a list of goals"]
+            return [e for sub in subs for e in goal_errors(n, sub, True)]
+        if kind not in ("none", "reference") and not isinstance(g.get("value"), (int, float)):
+            return [f"{n}: goal without a numeric value"]
+        if kind == "min_speedup" and g.get("peer", "torch_us") not in PEERS:
+            return [f"{n}: unknown peer {g.get('peer')!r}"]
+        return []
     for n, g in goals.items():
-        if g.get("kind") not in ("none", "reference", "min_copy_fraction", "max_us", "min_speedup", "max_s_reached"):
-            errs.append(f"{n}: unknown goal kind {g.get('kind')!r}")
-        elif g["kind"] not in ("none", "reference") and not isinstance(g.get("value"), (int, float)):
-            errs.append(f"{n}: goal without a numeric value")
+        errs += goal_errors(n, g, False)
     if sum(g.get("kind") == "reference" for g in goals.values()) != 1:
         errs.append("exactly one reference (copy) row expected")
     if a.torch_list:
@@ -257,10 +301,7 @@ def cmd_check_goals(a):
         for t in open(a.torch_list).read().split("\n"):
             if t and t not in bases:
                 errs.append(f"bench_torch.py workload not in the suite: {t}")
-    for e in errs:
-        print(f"check-goals: {e}", file=sys.stderr)
-    print(f"check-goals: {len(names)} workloads, {len(goals)} goals, {len(errs)} problems")
-    return 1 if errs else 0
+    return report("check-goals", errs, f"{len(names)} workloads, {len(goals)} goals")
 
 
 def cmd_fake(a):
@@ -294,26 +335,41 @@ def cmd_selftest(a):
     del a
     listed = [("copy", "n", "f32"), ("add", "n", "f32"), ("sm", "n", "f32"), ("lu", "n", "f64"),
               ("step eager", "b", "f32"), ("step plan+graph", "b", "f32"), ("fm", "n", "f32"),
-              ("fm2", "n", "f32"), ("gone", "n", "f32")]
+              ("fm2", "n", "f32"), ("gone", "n", "f32"), ("gpt plan+graph", "t", "bf16"),
+              ("gpt2 plan+graph", "t", "bf16"), ("gpt3 plan+graph", "t", "bf16")]
+    flagship = {"kind": "all", "goals": [{"kind": "min_speedup", "peer": "torch_us", "value": 1.2},
+                                         {"kind": "min_speedup", "peer": "best_compiled", "value": 1.0},
+                                         {"kind": "min_mfu", "value": 0.45}]}
     goals = {"copy": {"kind": "reference"}, "add": {"kind": "min_copy_fraction", "value": 0.97},
              "sm": {"kind": "min_copy_fraction", "value": 0.9},
              "lu": {"kind": "min_speedup", "peer": "torch_us", "value": 1.0},
              "step eager": {"kind": "none"}, "step plan+graph": {"kind": "max_us", "value": 100},
              "fm": {"kind": "max_s_reached", "value": 1.0}, "fm2": {"kind": "max_s_reached", "value": 1.0},
-             "gone": {"kind": "max_us", "value": 1}}
+             "gone": {"kind": "max_us", "value": 1}, "gpt plan+graph": flagship, "gpt2 plan+graph": flagship,
+             "gpt3 plan+graph": flagship}
     # copy: 2 GB in 1000 us = 2 GB/ms; add: 3 GB in 1530 us -> 0.980 of copy; sm: 2 GB in 2500 us -> 0.4
     suite = {"copy": ("n", "f32", 1000.0, 2e9, ""), "add": ("n", "f32", 1530.0, 3e9, ""),
              "sm": ("n", "f32", 2500.0, 2e9, ""), "lu": ("n", "f64", 50.0, 0.0, ""),
              "step eager": ("b", "f32", 900.0, 0.0, ""), "step plan+graph": ("b", "f32", 120.0, 0.0, ""),
              "fm": ("n", "f32", 0.8e6, 0.0, "reached 0.881 after 3 epochs"),
-             "fm2": ("n", "f32", 0.5e6, 0.0, "not reached: best 0.87")}
-    torch_doc = {"rows": {"lu": {"torch_us": 40.0}, "step": {"torch_us": 1100.0, "torch_graph_us": 160.0}}}
+             "fm2": ("n", "f32", 0.5e6, 0.0, "not reached: best 0.87"),
+             # 1.25x eager, 1.05x the faster compiled form (compile 21 < graph 22), MFU 0.46: met
+             "gpt plan+graph": ("t", "bf16", 20.0, 0.0, "409600 tokens/s; MFU 0.460 of 989.4 TFLOP/s"),
+             # MFU 0.44 < 0.45: missed though both speedups hold
+             "gpt2 plan+graph": ("t", "bf16", 20.0, 0.0, "409600 tokens/s; MFU 0.440 of 989.4 TFLOP/s"),
+             # slower than the graph peer (19 < 20): missed
+             "gpt3 plan+graph": ("t", "bf16", 20.0, 0.0, "MFU 0.5")}
+    torch_doc = {"rows": {"lu": {"torch_us": 40.0}, "step": {"torch_us": 1100.0, "torch_graph_us": 160.0},
+                          "gpt": {"torch_us": 25.0, "torch_graph_us": 22.0, "torch_compile_us": 21.0},
+                          "gpt2": {"torch_us": 25.0, "torch_graph_us": 22.0},
+                          "gpt3": {"torch_us": 25.0, "torch_graph_us": 19.0}}}
     meta = {"steps": [{"name": "bench", "status": "passed", "seconds": 1, "limit": 2, "note": ""}]}
     out = build(meta, listed, suite, torch_doc, goals)
     rows = {r["name"]: r for r in out["bench"]}
     expect = {"copy": (1.0, None), "add": (round(1.5 / 1.53 / 1.0 * 1.0, 3), True), "sm": (0.4, False),
               "lu": (None, False), "step eager": (None, None), "step plan+graph": (None, False),
-              "fm": (None, True), "fm2": (None, False), "gone": (None, False)}
+              "fm": (None, True), "fm2": (None, False), "gone": (None, False), "gpt plan+graph": (None, True),
+              "gpt2 plan+graph": (None, False), "gpt3 plan+graph": (None, False)}
     errs = []
     for n, (ratio, met) in expect.items():
         if rows[n]["ratio_to_copy"] != ratio or rows[n]["met"] is not met:
@@ -322,18 +378,13 @@ def cmd_selftest(a):
         errs.append("train-step rows do not carry their base row's PyTorch times")
     if out["bench_missing"] != ["gone"] or not out["ok"] or out["copy_gb_per_s"] != 2000.0:
         errs.append(f"missing {out['bench_missing']}, ok {out['ok']}, copy {out['copy_gb_per_s']}")
-    for e in errs:
-        print(f"selftest: {e}", file=sys.stderr)
-    print(f"selftest: {len(expect)} rows checked, {len(errs)} problems")
-    return 1 if errs else 0
+    return report("selftest", errs, f"{len(expect)} rows checked")
 
 
 def cmd_validate(a):
     doc = json.load(open(a.file))
     errs = validate(doc)
-    for e in errs:
-        print(f"validate: {e}", file=sys.stderr)
-    return 1 if errs else 0
+    return report("validate", errs)
 
 
 def main():

@@ -2,14 +2,18 @@
 // kernels/flx_kernels.h): im2col, its transpose col2im, max-pool values / argmax indices and the
 // max-pool backward. One thread per output element, grid-stride loops, 64-bit indices. col2im
 // and the max-pool backward are gathers (each input position sums the few window entries that
-// read it, taps ascending), so they are deterministic and need no atomics. Float math in T.
+// read it, taps ascending), so they are deterministic and need no atomics. Float math in the
+// compute type of the element type S (f32 for f16/bf16: the sums are rounded once on store).
 #include <cuda_runtime.h>
 #include <stdint.h>
 
 #include "cuda_common.cuh"
 #include "flx_kernels.h"
 
+using flxk::compute_t;
+using flxk::from_c;
 using flxk::kBlock;
+using flxk::to_c;
 
 namespace {
 
@@ -36,6 +40,7 @@ __device__ __forceinline__ int64_t win_of(int64_t p, int64_t k, int64_t S, int64
 // out (N, C KH KW, OH OW); i runs densely over it.
 template <typename T>
 __global__ void im2col_kernel(Geo g, const T *x, T *out, int64_t total) {
+    const T zero = from_c<T>((compute_t<T>)0);
     int64_t stride = (int64_t)gridDim.x * blockDim.x;
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < total; i += stride) {
         int64_t ow = i % g.OW;
@@ -48,7 +53,7 @@ __global__ void im2col_kernel(Geo g, const T *x, T *out, int64_t total) {
         int64_t nc = r / g.KH;
         int64_t h = oh * g.SH - g.PH + ki * g.DH;
         int64_t w = ow * g.SW - g.PW + kj * g.DW;
-        T v = 0;
+        T v = zero;
         if (h >= 0 && h < g.H && w >= 0 && w < g.W) v = x[(nc * g.H + h) * g.W + w];
         out[i] = v;
     }
@@ -64,17 +69,17 @@ __global__ void col2im_kernel(Geo g, const T *cols, T *out, int64_t total) {
         int64_t r = i / g.W;
         int64_t h = r % g.H;
         int64_t nc = r / g.H;
-        T acc = 0;
+        compute_t<T> acc = 0;
         for (int64_t ki = 0; ki < g.KH; ki++) {
             int64_t oh = win_of(h, ki, g.SH, g.PH, g.DH, g.OH);
             if (oh < 0) continue;
             for (int64_t kj = 0; kj < g.KW; kj++) {
                 int64_t ow = win_of(w, kj, g.SW, g.PW, g.DW, g.OW);
                 if (ow < 0) continue;
-                acc += cols[(nc * K + ki * g.KW + kj) * L + oh * g.OW + ow];
+                acc += to_c<T>(cols[(nc * K + ki * g.KW + kj) * L + oh * g.OW + ow]);
             }
         }
-        out[i] = acc;
+        out[i] = from_c<T>(acc);
     }
 }
 
@@ -87,7 +92,7 @@ __global__ void maxpool_kernel(Geo g, const T *x, void *out, int64_t total) {
         int64_t r = i / g.OW;
         int64_t oh = r % g.OH;
         int64_t nc = r / g.OH;
-        T best = 0;
+        compute_t<T> best = 0;
         int64_t arg = -1;
         bool best_nan = false;
         for (int64_t ki = 0; ki < g.KH; ki++) {
@@ -97,7 +102,7 @@ __global__ void maxpool_kernel(Geo g, const T *x, void *out, int64_t total) {
                 int64_t w = ow * g.SW - g.PW + kj * g.DW;
                 if (w < 0 || w >= g.W) continue;
                 int64_t p = (nc * g.H + h) * g.W + w;
-                T v = x[p];
+                compute_t<T> v = to_c<T>(x[p]);
                 bool vnan = v != v;
                 if (arg < 0 || (!best_nan && (v > best || vnan))) {
                     best = v;
@@ -109,7 +114,7 @@ __global__ void maxpool_kernel(Geo g, const T *x, void *out, int64_t total) {
         if (INDEX)
             ((int64_t *)out)[i] = arg;
         else
-            ((T *)out)[i] = arg < 0 ? (T)(-INFINITY) : best;
+            ((T *)out)[i] = from_c<T>(arg < 0 ? (compute_t<T>)(-INFINITY) : best);
     }
 }
 
@@ -123,7 +128,7 @@ __global__ void maxpool_backward_kernel(Geo g, const T *gy, const int64_t *idx, 
         int64_t r = i / g.W;
         int64_t h = r % g.H;
         int64_t nc = r / g.H;
-        T acc = 0;
+        compute_t<T> acc = 0;
         for (int64_t ki = 0; ki < g.KH; ki++) {
             int64_t oh = win_of(h, ki, g.SH, g.PH, g.DH, g.OH);
             if (oh < 0) continue;
@@ -131,10 +136,10 @@ __global__ void maxpool_backward_kernel(Geo g, const T *gy, const int64_t *idx, 
                 int64_t ow = win_of(w, kj, g.SW, g.PW, g.DW, g.OW);
                 if (ow < 0) continue;
                 int64_t o = (nc * g.OH + oh) * g.OW + ow;
-                if (idx[o] == i) acc += gy[o];
+                if (idx[o] == i) acc += to_c<T>(gy[o]);
             }
         }
-        out[i] = acc;
+        out[i] = from_c<T>(acc);
     }
 }
 
@@ -180,5 +185,7 @@ extern "C" int flx_cuda_conv(const flx_conv_args *a, void *stream) {
     cudaStream_t s = (cudaStream_t)stream;
     if (a->dtype == FLX_F32) return launch<float>(a, s);
     if (a->dtype == FLX_F64) return launch<double>(a, s);
+    if (a->dtype == FLX_F16) return launch<__half>(a, s);
+    if (a->dtype == FLX_BF16) return launch<__nv_bfloat16>(a, s);
     return (int)cudaErrorInvalidValue;
 }

@@ -11,7 +11,9 @@
 // output element sums its source rows with j ascending. For short index vectors each output
 // element scans the index directly; for long ones the (index, j) pairs are first sorted by a
 // stable radix sort (CUB), so each output element walks only its own rows, still in ascending j.
-// Accumulation in ADD is in the element type, rounding after every add exactly like the CPU.
+// Accumulation in ADD is in the element type, rounding after every add exactly like the CPU,
+// except for f16 and bf16: they accumulate in f32 and round once at the end (the CPU accumulates
+// them in double; summing in 8 or 11 bits would lose small rows against large partial sums).
 #include <cuda_runtime.h>
 #include <stdint.h>
 
@@ -63,7 +65,11 @@ __global__ void index_select_kernel(const E *src, const I *idx, E *out, int64_t 
     }
 }
 
-template <typename T> __device__ __forceinline__ T add_elem(T a, T b) { return a + b; }
+// The running sum of ADD (compute_t<T>: f32 for the halves, else T itself).
+template <typename T>
+__device__ __forceinline__ flxk::compute_t<T> add_elem(flxk::compute_t<T> acc, T v) {
+    return acc + flxk::to_c<T>(v);
+}
 template <> __device__ __forceinline__ uint8_t add_elem<uint8_t>(uint8_t a, uint8_t b) {
     return (uint8_t)((a + b) != 0); /* bool: the CPU stores (a + b) != 0 */
 }
@@ -78,11 +84,11 @@ __global__ void index_add_scan_kernel(const T *src, const I *idx, T *out, int64_
         int64_t rest = i / inner;
         int64_t t = rest % n_src;
         int64_t o = rest / n_src;
-        T acc = 0;
+        flxk::compute_t<T> acc = 0;
         const T *base = src + o * n_idx * inner + in;
         for (int64_t j = 0; j < n_idx; j++)
             if ((int64_t)idx[j] == t) acc = add_elem<T>(acc, base[j * inner]);
-        out[i] = acc;
+        out[i] = flxk::from_c<T>(acc);
     }
 }
 
@@ -123,11 +129,11 @@ __global__ void index_add_sorted_kernel(const T *src, const uint32_t *rows, cons
         int64_t rest = i / inner;
         int64_t t = rest % n_src;
         int64_t o = rest / n_src;
-        T acc = 0;
+        flxk::compute_t<T> acc = 0;
         const T *base = src + o * n_idx * inner + in;
         uint32_t p1 = seg[t + 1];
         for (uint32_t p = seg[t]; p < p1; p++) acc = add_elem<T>(acc, base[(int64_t)rows[p] * inner]);
-        out[i] = acc;
+        out[i] = flxk::from_c<T>(acc);
     }
 }
 
@@ -210,6 +216,10 @@ int index_launch(const flx_index_args *a, const flx_cuda_lib_env *env) {
             index_select_kernel<uint8_t, I><<<grid, kBlock, 0, st>>>(
                 (const uint8_t *)a->src, idx, (uint8_t *)a->out, a->n_src, a->n_idx, a->inner, total);
             break;
+        case 2:
+            index_select_kernel<uint16_t, I><<<grid, kBlock, 0, st>>>(
+                (const uint16_t *)a->src, idx, (uint16_t *)a->out, a->n_src, a->n_idx, a->inner, total);
+            break;
         case 4:
             index_select_kernel<uint32_t, I><<<grid, kBlock, 0, st>>>(
                 (const uint32_t *)a->src, idx, (uint32_t *)a->out, a->n_src, a->n_idx, a->inner, total);
@@ -231,6 +241,8 @@ int index_launch(const flx_index_args *a, const flx_cuda_lib_env *env) {
     case FLX_I32: return index_add<int32_t, I>(a, total, env);
     case FLX_I64: return index_add<int64_t, I>(a, total, env);
     case FLX_BOOL: return index_add<uint8_t, I>(a, total, env);
+    case FLX_F16: return index_add<__half, I>(a, total, env);
+    case FLX_BF16: return index_add<__nv_bfloat16, I>(a, total, env);
     default: return (int)cudaErrorInvalidValue;
     }
 }

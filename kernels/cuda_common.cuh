@@ -1,8 +1,11 @@
 // cuda_common.cuh — helpers shared by the CUDA kernel files (kernels/*.cu): launch geometry sized
-// to the device, dimension coalescing for strided index spaces, and offset computation.
+// to the device, dimension coalescing for strided index spaces, offset computation, and the
+// 16-bit float storage types (load to f32, round once on store).
 // Private to the kernels; host code never includes it.
 #pragma once
 
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
 #include <cuda_runtime.h>
 #include <stdint.h>
 
@@ -157,6 +160,45 @@ __device__ __forceinline__ void offsets(const Space &s, int64_t i, int64_t *off)
 #pragma unroll
     for (int k = 0; k < NOPS; k++) off[k] += i * s.st[k][0];
 }
+
+// ---- 16-bit floats: FLX_F16 is __half, FLX_BF16 is __nv_bfloat16 --------------------------------
+// Storage only: every kernel loads them into f32 (exact: both formats are subsets of f32), computes
+// in f32 and rounds once, to nearest even, when it stores. Other element types compute in their own
+// type (compute_t<S> is S), so the helpers below are identities for them and one template body
+// serves every dtype. Conversions are the explicit intrinsics, never the classes' implicit
+// operators (those make mixed expressions ambiguous and hide where rounding happens).
+template <typename S> struct Compute { typedef S type; };
+template <> struct Compute<__half> { typedef float type; };
+template <> struct Compute<__nv_bfloat16> { typedef float type; };
+template <typename S> using compute_t = typename Compute<S>::type;
+
+template <typename S> struct is_half16 { static constexpr bool value = false; };
+template <> struct is_half16<__half> { static constexpr bool value = true; };
+template <> struct is_half16<__nv_bfloat16> { static constexpr bool value = true; };
+
+// A stored value as the compute type (exact).
+template <typename S> __device__ __forceinline__ compute_t<S> to_c(S v) { return v; }
+template <> __device__ __forceinline__ float to_c<__half>(__half v) { return __half2float(v); }
+template <> __device__ __forceinline__ float to_c<__nv_bfloat16>(__nv_bfloat16 v) { return __bfloat162float(v); }
+
+// A compute-type value stored as S: f32 -> 16-bit rounds to nearest even.
+template <typename S> __device__ __forceinline__ S from_c(compute_t<S> v) { return v; }
+template <> __device__ __forceinline__ __half from_c<__half>(float v) { return __float2half_rn(v); }
+template <> __device__ __forceinline__ __nv_bfloat16 from_c<__nv_bfloat16>(float v) { return __float2bfloat16_rn(v); }
+
+// The value a compute-type result has once stored as S (rounded to S and back; identity for
+// f32/f64), for chains that must round after every step as the unfused kernels do.
+template <typename S> __device__ __forceinline__ compute_t<S> round_c(compute_t<S> v) {
+    if constexpr (is_half16<S>::value) return to_c<S>(from_c<S>(v));
+    else return v;
+}
+
+// A double stored as a float type S with one rounding (double -> f32 -> 16-bit would round
+// twice, which can differ from the CPU's single rounding by an ulp at ties).
+template <typename S> __device__ __forceinline__ S from_d(double v) { return (S)v; }
+template <> __device__ __forceinline__ __half from_d<__half>(double v) { return __double2half(v); }
+template <> __device__ __forceinline__ __nv_bfloat16 from_d<__nv_bfloat16>(double v) { return __double2bfloat16(v); }
+template <typename S> __device__ __forceinline__ double to_d(S v) { return (double)to_c<S>(v); }
 
 // Launch check that never synchronises: the launch error (bad configuration), if any.
 inline int launch_status() { return (int)cudaGetLastError(); }

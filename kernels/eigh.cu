@@ -14,32 +14,14 @@
 #include <climits>
 #include <cmath>
 
-#include <cusolverDn.h>
-
-#include "cuda_common.cuh"
+#include "solver_common.cuh"
 
 namespace {
 
 using flxk::grid_for;
 using flxk::kBlock;
-
-struct Scratch {
-    const flx_cuda_lib_env *env;
-    void *p[4] = {nullptr, nullptr, nullptr, nullptr};
-    int n = 0;
-    explicit Scratch(const flx_cuda_lib_env *e) : env(e) {}
-    void *get(size_t bytes) {
-        if (n >= 4) return nullptr;
-        void *q = env->alloc(env->actx, bytes ? bytes : 16);
-        if (q) p[n++] = q;
-        return q;
-    }
-    ~Scratch() {
-        for (int i = 0; i < n; i++) env->free(env->actx, p[i]);
-    }
-};
-
-inline int solver_rc(cusolverStatus_t s) { return s == CUSOLVER_STATUS_SUCCESS ? 0 : -(2000 + (int)s); }
+using flxk::Scratch;
+using flxk::solver_rc;
 
 // ---- library wrappers by dtype ----------------------------------------------------------------
 const cusolverEigMode_t kJob = CUSOLVER_EIG_MODE_VECTOR;
@@ -131,7 +113,7 @@ int run(const flx_eigh_args *a, const flx_cuda_lib_env *env) {
     T *V = (T *)sc.get(sizeof(T) * (size_t)(B * n * n));
     T *w = (T *)sc.get(sizeof(T) * (size_t)(B * n));
     int *info = (int *)sc.get(sizeof(int) * (size_t)B);
-    if (!V || !w || !info) return -1;
+    if (!V || !w || !info) return FLX_LIB_RC_SCRATCH;
     int rc = (int)cudaMemcpyAsync(V, a->a, sizeof(T) * (size_t)(B * n * n), cudaMemcpyDeviceToDevice, s);
     if (rc) return rc;
     rc = (int)cudaMemsetAsync(info, 0, sizeof(int) * (size_t)B, s);
@@ -144,7 +126,7 @@ int run(const flx_eigh_args *a, const flx_cuda_lib_env *env) {
         if (rc) return rc;
         rc = solver_rc(syevjB_ws(h, (int)n, V, w, &lw, p, (int)B));
         T *work = rc ? nullptr : (T *)sc.get(sizeof(T) * (size_t)(lw > 0 ? lw : 1));
-        if (!rc && !work) rc = -1;
+        if (!rc && !work) rc = FLX_LIB_RC_SCRATCH;
         if (!rc) rc = solver_rc(syevjB(h, (int)n, V, w, work, lw, info, p, (int)B));
         cusolverDnDestroySyevjInfo(p);
         if (rc) return rc;
@@ -152,7 +134,7 @@ int run(const flx_eigh_args *a, const flx_cuda_lib_env *env) {
         rc = solver_rc(syevd_ws(h, (int)n, V, w, &lw));
         if (rc) return rc;
         T *work = (T *)sc.get(sizeof(T) * (size_t)(lw > 0 ? lw : 1));
-        if (!work) return -1;
+        if (!work) return FLX_LIB_RC_SCRATCH;
         for (int64_t b = 0; b < B; b++) {
             rc = solver_rc(syevd(h, (int)n, V + b * n * n, w + b * n, work, lw, info + b));
             if (rc) return rc;

@@ -9,7 +9,14 @@
 //     f32 on the GPU; results may differ from the CPU's double-then-round in the last ulp) and
 //     T = double for f64;
 //   - binary computes float dtypes in their own precision (+ - * / max min and compares are then
-//     bit-identical to the CPU) and integers in int64 (wrapping like the CPU's int64 then cast).
+//     bit-identical to the CPU) and integers in int64 (wrapping like the CPU's int64 then cast);
+//   - f16 and bf16 are loaded into f32, computed in f32 and rounded once (to nearest even) on
+//     store (flxk::to_c / from_c). f32 carries 24 significand bits >= 2p + 2 for both formats
+//     (p = 11 and 8), so + - * / computed in f32 and rounded again are exactly the correctly
+//     rounded results the CPU gets from double; the transcendental formulas are within a few f32
+//     ulps (~2^-22 relative) of exact before the rounding to 2^-11 / 2^-8, so they can differ
+//     from the CPU by at most one ulp of the 16-bit format (only when the exact value lies within
+//     that distance of a rounding boundary). fill and cast round from double once.
 // All kernels use 64-bit indices and grid-stride loops; contiguous operands take a flat
 // (vectorised where 16-byte aligned) path. n == 0 launches nothing.
 #include <cuda_runtime.h>
@@ -31,6 +38,10 @@ template <typename D> __device__ __forceinline__ D from_double(double v) { retur
 template <> __device__ __forceinline__ uint8_t from_double<uint8_t>(double v) { return v != 0; }
 template <> __device__ __forceinline__ int32_t from_double<int32_t>(double v) { return flx_f2i32(v); }
 template <> __device__ __forceinline__ int64_t from_double<int64_t>(double v) { return flx_f2i64(v); }
+template <> __device__ __forceinline__ __half from_double<__half>(double v) { return flxk::from_d<__half>(v); }
+template <> __device__ __forceinline__ __nv_bfloat16 from_double<__nv_bfloat16>(double v) {
+    return flxk::from_d<__nv_bfloat16>(v);
+}
 
 template <typename D> __device__ __forceinline__ D from_int64(int64_t v) { return (D)v; }
 template <> __device__ __forceinline__ uint8_t from_int64<uint8_t>(int64_t v) { return v != 0; }
@@ -38,11 +49,18 @@ template <> __device__ __forceinline__ uint8_t from_int64<uint8_t>(int64_t v) { 
 template <typename T> struct is_float_t { static constexpr bool value = false; };
 template <> struct is_float_t<float> { static constexpr bool value = true; };
 template <> struct is_float_t<double> { static constexpr bool value = true; };
+template <> struct is_float_t<__half> { static constexpr bool value = true; };
+template <> struct is_float_t<__nv_bfloat16> { static constexpr bool value = true; };
+
+using flxk::compute_t;
+using flxk::from_c;
+using flxk::to_c;
 
 // ---- fill -------------------------------------------------------------------------------------
 template <typename T>
 __global__ void fill_kernel(flx_fill_args a, int is64) {
     T *out = (T *)a.out;
+    const uint64_t stream = a.run ? (uint64_t)*a.run : 0;
     int64_t stride = (int64_t)gridDim.x * blockDim.x;
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < a.n; i += stride) {
         double v = 0;
@@ -52,12 +70,12 @@ __global__ void fill_kernel(flx_fill_args a, int is64) {
         case FLX_FILL_IOTA: v = __dadd_rn(a.a, __dmul_rn((double)i, a.b)); break;
         case FLX_FILL_EYE: v = a.cols > 0 && (i / a.cols) == (i % a.cols); break;
         case FLX_FILL_UNIFORM: {
-            double u = flx_philox_uniform((uint64_t)i, a.seed, is64);
+            double u = flx_philox_uniform((uint64_t)i, stream, a.seed, is64);
             v = __dadd_rn(a.a, __dmul_rn(a.b - a.a, u));
             if (v >= a.b && a.b > a.a) v = a.a; /* rounding must not reach hi (as on the CPU) */
             break;
         }
-        case FLX_FILL_NORMAL: v = __dadd_rn(a.a, __dmul_rn(a.b, flx_philox_normal((uint64_t)i, a.seed))); break;
+        case FLX_FILL_NORMAL: v = __dadd_rn(a.a, __dmul_rn(a.b, flx_philox_normal((uint64_t)i, stream, a.seed))); break;
         }
         out[i] = from_double<T>(v);
     }
@@ -71,7 +89,7 @@ __global__ void cast_kernel(const S *src, D *dst, int64_t n) {
         if constexpr (!is_float_t<S>::value && !is_float_t<D>::value)
             dst[i] = from_int64<D>((int64_t)src[i]);
         else
-            dst[i] = from_double<D>((double)src[i]);
+            dst[i] = from_double<D>(flxk::to_d<S>(src[i]));
     }
 }
 
@@ -84,6 +102,10 @@ int cast_from(const flx_cast_args *a, cudaStream_t st, unsigned grid) {
     case FLX_I32: cast_kernel<S, int32_t><<<grid, kBlock, 0, st>>>(src, (int32_t *)a->dst, a->n); break;
     case FLX_I64: cast_kernel<S, int64_t><<<grid, kBlock, 0, st>>>(src, (int64_t *)a->dst, a->n); break;
     case FLX_BOOL: cast_kernel<S, uint8_t><<<grid, kBlock, 0, st>>>(src, (uint8_t *)a->dst, a->n); break;
+    case FLX_F16: cast_kernel<S, __half><<<grid, kBlock, 0, st>>>(src, (__half *)a->dst, a->n); break;
+    case FLX_BF16:
+        cast_kernel<S, __nv_bfloat16><<<grid, kBlock, 0, st>>>(src, (__nv_bfloat16 *)a->dst, a->n);
+        break;
     default: return (int)cudaErrorInvalidValue;
     }
     return flxk::launch_status();
@@ -102,6 +124,12 @@ template <typename T, int OP> struct UnaryF;
 FLX_UNARY_OPS(FLX_X_UNARY)
 #undef FLX_X_UNARY
 
+// f(x) for a stored element: computed in compute_t<T> (f32 for the 16-bit types), rounded once.
+template <typename T, int OP>
+__device__ __forceinline__ T unary_apply(T x, double a, double b) {
+    return from_c<T>(UnaryF<compute_t<T>, OP>::f(to_c<T>(x), a, b));
+}
+
 template <typename T, int N> struct alignas(sizeof(T) * N) Vec { T v[N]; };
 
 template <typename T, int OP>
@@ -117,12 +145,12 @@ __global__ void unary_kernel(const T *x, T *y, int64_t n, double a, double b, in
         for (int64_t i = tid; i < nv; i += stride) {
             Vec<T, N> v = xv[i];
 #pragma unroll
-            for (int k = 0; k < N; k++) v.v[k] = UnaryF<T, OP>::f(v.v[k], a, b);
+            for (int k = 0; k < N; k++) v.v[k] = unary_apply<T, OP>(v.v[k], a, b);
             yv[i] = v;
         }
         start = nv * N;
     }
-    for (int64_t i = start + tid; i < n; i += stride) y[i] = UnaryF<T, OP>::f(x[i], a, b);
+    for (int64_t i = start + tid; i < n; i += stride) y[i] = unary_apply<T, OP>(x[i], a, b);
 }
 
 template <typename T>
@@ -191,7 +219,10 @@ FLX_BINARY_COMPARE_OPS(FLX_X_OUT)
 
 template <typename T, int OP>
 __device__ __forceinline__ typename BinOut<T, OP>::type bin_apply(T a, T b) {
-    if constexpr (is_float_t<T>::value) {
+    if constexpr (flxk::is_half16<T>::value) {
+        if constexpr (FLX_BINARY_IS_COMPARE(OP)) return BinF<float, OP>::f(to_c<T>(a), to_c<T>(b));
+        else return from_c<T>(BinF<float, OP>::f(to_c<T>(a), to_c<T>(b)));
+    } else if constexpr (is_float_t<T>::value) {
         return BinF<T, OP>::f(a, b);
     } else {
         return (typename BinOut<T, OP>::type)IntF<OP>::f((int64_t)a, (int64_t)b);
@@ -338,9 +369,11 @@ __device__ __forceinline__ int64_t fused_offset(const FusedLaunch &L, int k, int
     return off + i * a.in_strides[k][0];
 }
 
-template <typename T>
+// Input k's elements i0 .. i0 + m - 1, stored as S, as compute values (exact).
+template <typename S>
 __device__ __forceinline__ void fused_load(const FusedLaunch &L, int k, int64_t i0, int m,
-                                           T (&o)[FV]) {
+                                           compute_t<S> (&o)[FV]) {
+    typedef compute_t<S> T;
     const flx_fused_args &a = L.a;
     const void *p = a.in[k];
     // Offsets of the FV elements: one division chain for the first; the others step along the
@@ -365,27 +398,27 @@ __device__ __forceinline__ void fused_load(const FusedLaunch &L, int k, int64_t 
         }
         return;
     }
-    const T *x = (const T *)p;
+    const S *x = (const S *)p;
     switch (a.in_kind[k]) {
     case FLX_FUSED_IN_CONTIG:
-        if (m == FV && (uintptr_t)(x + i0) % sizeof(Vec<T, FV>) == 0) {
-            Vec<T, FV> v = *(const Vec<T, FV> *)(x + i0);
+        if (m == FV && (uintptr_t)(x + i0) % sizeof(Vec<S, FV>) == 0) {
+            Vec<S, FV> v = *(const Vec<S, FV> *)(x + i0);
 #pragma unroll
-            for (int l = 0; l < FV; l++) o[l] = v.v[l];
+            for (int l = 0; l < FV; l++) o[l] = to_c<S>(v.v[l]);
         } else {
 #pragma unroll
-            for (int l = 0; l < FV; l++) o[l] = l < m ? x[i0 + l] : (T)0;
+            for (int l = 0; l < FV; l++) o[l] = l < m ? to_c<S>(x[i0 + l]) : (T)0;
         }
         break;
     case FLX_FUSED_IN_SCALAR: {
-        T v = x[0];
+        T v = to_c<S>(x[0]);
 #pragma unroll
         for (int l = 0; l < FV; l++) o[l] = v;
         break;
     }
     default:
 #pragma unroll
-        for (int l = 0; l < FV; l++) o[l] = l < m ? x[off[l]] : (T)0;
+        for (int l = 0; l < FV; l++) o[l] = l < m ? to_c<S>(x[off[l]]) : (T)0;
     }
 }
 
@@ -420,12 +453,16 @@ __device__ __forceinline__ void fused_binary(int op, T (&x)[FV], const T (&y)[FV
 // 102 / over 128 registers (25 % / 12.5 % occupancy) and FV = 2 spilled under these bounds. One
 // element per pass costs an instruction decode per element, well inside the ~100 instructions
 // per element a memory-bound f32 chain can spend at copy bandwidth.
+// f16/bf16 programs compute in f32 (the f32 bound) and round each instruction's result to the
+// storage type (flxk::round_c), so a fused chain gives the same bits as the unfused kernels, which
+// round on every store.
 template <typename T> struct FusedMinBlocks { static constexpr int value = 4; };
 template <> struct FusedMinBlocks<double> { static constexpr int value = 3; };
 
-template <typename T>
-__global__ void __launch_bounds__(kBlock, FusedMinBlocks<T>::value)
+template <typename S>
+__global__ void __launch_bounds__(kBlock, FusedMinBlocks<compute_t<S>>::value)
     fused_kernel(const __grid_constant__ FusedLaunch L) {
+    typedef compute_t<S> T;
     const flx_fused_args &a = L.a;
     const int64_t nv = (a.n + FV - 1) / FV;
     const int64_t stride = (int64_t)gridDim.x * blockDim.x;
@@ -442,15 +479,19 @@ __global__ void __launch_bounds__(kBlock, FusedMinBlocks<T>::value)
             const flx_fused_instr &I = a.instr[pc];
             T x[FV], y[FV], z[FV];
             switch (I.kind) {
-            case FLX_FUSED_LOAD: fused_load<T>(L, I.op, i0, m, x); break;
+            case FLX_FUSED_LOAD: fused_load<S>(L, I.op, i0, m, x); break;
             case FLX_FUSED_UNARY:
                 slot_get(r, I.s0, x);
                 fused_unary<T>(I.op, I.a, I.b, x);
+#pragma unroll
+                for (int l = 0; l < FV; l++) x[l] = flxk::round_c<S>(x[l]);
                 break;
             case FLX_FUSED_BINARY:
                 slot_get(r, I.s0, x);
                 slot_get(r, I.s1, y);
                 fused_binary<T>(I.op, x, y);
+#pragma unroll
+                for (int l = 0; l < FV; l++) x[l] = flxk::round_c<S>(x[l]);
                 break;
             default: /* WHERE */
                 slot_get(r, I.s0, z);
@@ -463,14 +504,14 @@ __global__ void __launch_bounds__(kBlock, FusedMinBlocks<T>::value)
         }
         T o[FV];
         slot_get(r, out_slot, o);
-        T *out = (T *)a.out;
-        if (m == FV && (uintptr_t)(out + i0) % sizeof(Vec<T, FV>) == 0) {
-            Vec<T, FV> w;
+        S *out = (S *)a.out;
+        if (m == FV && (uintptr_t)(out + i0) % sizeof(Vec<S, FV>) == 0) {
+            Vec<S, FV> w;
 #pragma unroll
-            for (int l = 0; l < FV; l++) w.v[l] = o[l];
-            *(Vec<T, FV> *)(out + i0) = w;
+            for (int l = 0; l < FV; l++) w.v[l] = from_c<S>(o[l]);
+            *(Vec<S, FV> *)(out + i0) = w;
         } else {
-            for (int l = 0; l < m; l++) out[i0 + l] = o[l];
+            for (int l = 0; l < m; l++) out[i0 + l] = from_c<S>(o[l]);
         }
     }
 }
@@ -489,6 +530,8 @@ extern "C" int flx_cuda_fill(const flx_fill_args *a, void *stream) {
     case FLX_I32: fill_kernel<int32_t><<<grid, kBlock, 0, st>>>(*a, is64); break;
     case FLX_I64: fill_kernel<int64_t><<<grid, kBlock, 0, st>>>(*a, is64); break;
     case FLX_BOOL: fill_kernel<uint8_t><<<grid, kBlock, 0, st>>>(*a, is64); break;
+    case FLX_F16: fill_kernel<__half><<<grid, kBlock, 0, st>>>(*a, is64); break;
+    case FLX_BF16: fill_kernel<__nv_bfloat16><<<grid, kBlock, 0, st>>>(*a, is64); break;
     default: return (int)cudaErrorInvalidValue;
     }
     return flxk::launch_status();
@@ -504,6 +547,8 @@ extern "C" int flx_cuda_cast(const flx_cast_args *a, void *stream) {
     case FLX_I32: return cast_from<int32_t>(a, st, grid);
     case FLX_I64: return cast_from<int64_t>(a, st, grid);
     case FLX_BOOL: return cast_from<uint8_t>(a, st, grid);
+    case FLX_F16: return cast_from<__half>(a, st, grid);
+    case FLX_BF16: return cast_from<__nv_bfloat16>(a, st, grid);
     default: return (int)cudaErrorInvalidValue;
     }
 }
@@ -514,6 +559,8 @@ extern "C" int flx_cuda_unary(const flx_unary_args *a, void *stream) {
     switch (a->dtype) {
     case FLX_F32: return unary_launch<float>(a, st);
     case FLX_F64: return unary_launch<double>(a, st);
+    case FLX_F16: return unary_launch<__half>(a, st);
+    case FLX_BF16: return unary_launch<__nv_bfloat16>(a, st);
     default: return (int)cudaErrorInvalidValue;
     }
 }
@@ -537,6 +584,8 @@ extern "C" int flx_cuda_binary(const flx_binary_args *ar, void *stream) {
     case FLX_F64: return binary_launch<double>(s, ar, n, st);
     case FLX_I32: return binary_launch<int32_t>(s, ar, n, st);
     case FLX_I64: return binary_launch<int64_t>(s, ar, n, st);
+    case FLX_F16: return binary_launch<__half>(s, ar, n, st);
+    case FLX_BF16: return binary_launch<__nv_bfloat16>(s, ar, n, st);
     default: return (int)cudaErrorInvalidValue;
     }
 }
@@ -596,6 +645,8 @@ extern "C" int flx_cuda_fused(const flx_fused_args *a, void *stream) {
     switch (a->dtype) {
     case FLX_F32: fused_kernel<float><<<grid, kBlock, 0, st>>>(L); break;
     case FLX_F64: fused_kernel<double><<<grid, kBlock, 0, st>>>(L); break;
+    case FLX_F16: fused_kernel<__half><<<grid, kBlock, 0, st>>>(L); break;
+    case FLX_BF16: fused_kernel<__nv_bfloat16><<<grid, kBlock, 0, st>>>(L); break;
     default: return (int)cudaErrorInvalidValue;
     }
     return flxk::launch_status();

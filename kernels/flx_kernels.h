@@ -28,7 +28,9 @@ extern "C" {
 /* ---- fill: creation of values ---------------------------------------------------------------
  * CONST: a. IOTA: a + i*b. EYE: 1 where (i / cols) == (i % cols), else 0.
  * UNIFORM: a + (b - a) * u, u in [0, 1). NORMAL: a + b * z, z standard normal.
- * Random values come from Philox4x32-10 with key = seed and counter = i / 4 (kernels/philox.h). */
+ * Random values come from Philox4x32-10 with key = seed and counter = (i / 4, stream)
+ * (kernels/philox.h): stream is *run when run is non-NULL (a plan's replay counter, in device
+ * memory, advanced on the device by each replay), else 0. */
 typedef enum flx_fill_kind {
     FLX_FILL_CONST, FLX_FILL_IOTA, FLX_FILL_EYE, FLX_FILL_UNIFORM, FLX_FILL_NORMAL
 } flx_fill_kind;
@@ -39,6 +41,7 @@ typedef struct flx_fill_args {
     double a, b;
     int64_t cols;
     uint64_t seed;
+    const int64_t *run;
     void *out;
 } flx_fill_args;
 
@@ -191,12 +194,13 @@ int flx_cuda_conv(const flx_conv_args *args, void *stream);
  * CE_FWD:   cross-entropy forward, and with grad != NULL its backward in the same pass:
  *           x = logits (outer = N, n = C, inner = 1), labels (N). out (N + 1): out[r] =
  *           log(sum(exp(x_r - max_r))) - (x_r[label_r] - max_r), 0 where label_r ==
- *           ignore_index; out[N] = the number of labels != ignore_index (as T). grad (N, C), when
+ *           ignore_index; out[N] = the number of labels != ignore_index; out is stat_dtype
+ *           (f32 for the halves), rounded once from the double/f32 value. grad (N, C), when
  *           given: (softmax(x_r) - onehot(label_r)) * scale, divided by out[N] when reduction is
  *           FLX_REDUCTION_MEAN; rows with label_r == ignore_index are 0. s is not applied to x.
  * CE_BWD:   as CE_FWD, v = g (N): out (N, C) = (softmax(x_r) - onehot(label_r)) g_r, rows with
  *           label_r == ignore_index are 0.
- * CE_FINISH: x = a CE_FWD out (N + 1) (outer = N): out = sum(x[0..N)) (reduction SUM), that sum
+ * CE_FINISH: x = a CE_FWD out (N + 1, stat_dtype) (outer = N): out (dtype) = sum(x[0..N)) (SUM), that sum
  *           / x[N] (MEAN, 0/0 = NaN when every row is ignored), x[N] (reduction -1: the count),
  *           or x[0..N) copied (NONE). Summed in a fixed order (deterministic).
  * A label outside [0, C) other than ignore_index is treated as ignored (counted, loss and
@@ -209,7 +213,10 @@ typedef enum flx_softmax_mode {
 enum { FLX_SOFTMAX_CE_COUNT = -1 }; /* CE_FINISH reduction: read the count */
 typedef struct flx_softmax_args {
     int32_t mode;
-    flx_dtype dtype;        /* of x, v, out and grad (f32, f64) */
+    flx_dtype dtype;        /* of x, v, out and grad (f32, f64, f16, bf16) */
+    flx_dtype stat_dtype;   /* CE_FWD out and CE_FINISH x (the per-row losses and the count):
+                               f32 for f16/bf16 logits (a count or a loss in 8 or 11 bits is not
+                               exact), else dtype */
     int64_t outer, n, inner;
     double scale;
     const void *x;
@@ -276,7 +283,7 @@ typedef struct flx_optim_args {
 } flx_optim_args;
 int flx_cuda_optim(const flx_optim_args *args, void *stream);
 
-/* ---- LU family (runtime/ops/lu.c, runtime/cpu/lu.c, kernels/lu.cu) -------------------
+/* ---- LU family (runtime/ops/lu.c, runtime/cpu/lu.c, kernels/lu.cu, kernels/lu_small.cu) -
  * Packed factorisation: one row of P = n*n + n + 1 elements (dtype of A) per matrix:
  *   [0, n*n)       the LU of A = P L U (partial pivoting), column-major: (i, j) at j*n + i;
  *                  L unit lower (below the diagonal), U upper (on and above it);
@@ -321,8 +328,11 @@ typedef struct flx_cuda_lib_env {
     void (*free)(void *actx, void *ptr);
     void *actx;
 } flx_cuda_lib_env;
-/* Returns 0, a cudaError_t (> 0), -1 (scratch allocation failed; error already set by alloc),
- * -(1000 + cublasStatus_t) or -(2000 + cusolverStatus_t). */
+/* What the launchers on a flx_cuda_lib_env return besides 0 and a cudaError_t (> 0): scratch
+ * allocation failed (the error already set by alloc), FLX_LIB_RC_CUBLAS - cublasStatus_t or
+ * FLX_LIB_RC_CUSOLVER - cusolverStatus_t. */
+enum { FLX_LIB_RC_SCRATCH = -1, FLX_LIB_RC_CUBLAS = -1000, FLX_LIB_RC_CUSOLVER = -2000 };
+/* Returns 0, a cudaError_t or an FLX_LIB_RC_* code. */
 int flx_cuda_lu(const flx_lu_args *args, const flx_cuda_lib_env *env);
 
 /* ---- eigh (runtime/ops/eigh.c, runtime/cpu/eigh.c, kernels/eigh.cu) ------------------
@@ -342,6 +352,75 @@ typedef struct flx_eigh_args {
 /* Same return convention and environment as flx_cuda_lu. */
 int flx_cuda_eigh(const flx_eigh_args *args, const flx_cuda_lib_env *env);
 
+/* ---- attention (runtime/ops/attention.c, runtime/cpu/attention.c, kernels/attention.cu) ------
+ * Scaled dot-product attention for every (batch b, head h) pair, flash style: no mode ever
+ * stores an S x T matrix.
+ *   q (B, H, S, D)   k (B, H, T, D)   v (B, H, T, Dv)   o, dout, tout (B, H, S, Dv)
+ *   dq, tq like q    dk, tk like k    dv, tv like v
+ * Every tensor X above is addressed as X[b sX.b + h sX.h + i sX.r + d] (strides in elements; the
+ * last axis is contiguous, stride 1). Strides may be anything, so q, k, v can be views of one
+ * fused projection; outputs may be written strided too.
+ * lse, delta: (B, H, S) contiguous, index (b H + h) S + i, in the stats dtype: f64 for f64 data,
+ * f32 for f32, f16 and bf16 data.
+ * Math, per (b, h), with s = scale (> 0) and rows i < S, keys j < T:
+ *   valid(i, j) = !causal || j <= i + (T - S)       (bottom-right aligned, as FlashAttention 2)
+ *   z_ij = s <q_i, k_j>; a row with no valid j (causal with i < S - T, or T == 0) is dead.
+ *   live row:  lse_i = log sum_{valid j} exp(z_ij)  (= m_i + log sum exp(z_ij - m_i));
+ *              p_ij = exp(z_ij - lse_i) for valid j, 0 otherwise.
+ *   dead row:  lse_i = -inf; p_ij = 0 for every j (so o_i = 0 and its derivatives are 0).
+ * FWD: o_i = sum_j p_ij v_j. lse == NULL: not wanted (inference); else written.
+ * BWD: reads q, k, v, o, lse (as FWD wrote them) and dout (the cotangent of o):
+ *        delta_i = <dout_i, o_i>   (o as stored: rounded like FWD wrote it)
+ *        dv_j = sum_i p_ij dout_i
+ *        ds_ij = p_ij (<dout_i, v_j> - delta_i)
+ *        dq_i = s sum_j ds_ij k_j          dk_j = s sum_i ds_ij q_i
+ *      delta: (B, H, S) stats scratch owned by the caller; the kernel may write and read it
+ *      (contents afterwards unspecified). dq == NULL: dq is not wanted; dk and dv are both NULL
+ *      (not wanted) or both given. When S == 0, dk and dv are zeros; when T == 0, dq is zero.
+ * JVP: the tangent of o for tangents tq, tk, tv (each NULL = zero):
+ *        ts_ij = s (<tq_i, k_j> + <q_i, tk_j>)    c_i = sum_j p_ij ts_ij
+ *        tout_i = sum_j p_ij ((ts_ij - c_i) v_j + tv_j)
+ *      (the softmax JVP dp = p o (ts - rowsum(p o ts)) folded into o = p v; one online pass:
+ *      no lse input, the kernel carries the running max and sums itself.)
+ * Every element of every output given is written, whatever the sizes (D == 0 makes z = 0).
+ * Accumulation: in f64 for f64 data, f32 (or better) for f32, f16, bf16; each stored value is
+ * rounded once. Deterministic: a fixed summation order per element, no float atomics.
+ * dtype is one of f32, f64, f16, bf16; every data tensor has it (lse and delta: the stats dtype). */
+typedef enum flx_attention_mode {
+    FLX_ATTENTION_FWD, FLX_ATTENTION_BWD, FLX_ATTENTION_JVP
+} flx_attention_mode;
+/* Strides of one (B, H, rows, cols) operand, in elements: batch, head, row. */
+typedef struct flx_attention_strides {
+    int64_t b, h, r;
+} flx_attention_strides;
+typedef struct flx_attention_args {
+    int32_t mode;   /* flx_attention_mode */
+    flx_dtype dtype;
+    int64_t B, H, S, T, D, Dv;
+    int32_t causal; /* 0 or 1 */
+    double scale;   /* s > 0, finite */
+    const void *q, *k, *v;                 /* every mode */
+    flx_attention_strides sq, sk, sv;
+    void *o;                               /* FWD: written; BWD: read */
+    flx_attention_strides so;
+    void *lse;                             /* FWD: written (or NULL); BWD: read */
+    const void *dout;                      /* BWD */
+    flx_attention_strides sdout;
+    void *dq, *dk, *dv;                    /* BWD: written (see NULL rules above) */
+    flx_attention_strides sdq, sdk, sdv;
+    void *delta;                           /* BWD: scratch */
+    const void *tq, *tk, *tv;              /* JVP: tangents, NULL = zero */
+    flx_attention_strides stq, stk, stv;
+    void *tout;                            /* JVP: written */
+    flx_attention_strides stout;
+} flx_attention_args;
+/* The stats dtype of lse and delta for data of dtype dt. */
+static inline flx_dtype flx_attention_stats_dtype(flx_dtype dt) {
+    return dt == FLX_F64 ? FLX_F64 : FLX_F32;
+}
+/* Same return convention and environment as flx_cuda_lu (scratch through env->alloc, if wanted). */
+int flx_cuda_attention(const flx_attention_args *args, const flx_cuda_lib_env *env);
+
 /* ---- fused: a chain of float elementwise ops run as one kernel (runtime/core/fuse.c,
  * runtime/cpu/fused.c, kernels/elementwise.cu) ------------------------------------------------------
  * A tiny register program, interpreted per element over the dense output index space `shape`
@@ -351,7 +430,7 @@ int flx_cuda_eigh(const flx_eigh_args *args, const flx_cuda_lib_env *env);
  *   BINARY slot[dst] = binary arithmetic formula op of slot[s0], slot[s1]
  *   WHERE  slot[dst] = slot[s0] != 0 ? slot[s1] : slot[s2]
  * Every operand is read before dst is written (dst may reuse an operand's slot). The last
- * instruction's slot is stored to out. Every value has the output dtype (f32 or f64) except
+ * instruction's slot is stored to out. Every value has the output dtype (a float dtype) except
  * LOADs of bool inputs; the CPU computes each instruction in double and rounds to the dtype, as
  * the unfused kernels do, so fused and unfused results are bit-identical on each backend.
  * Input layout (in_kind): CONTIG = strides of the dense shape (read at the linear index);
@@ -370,7 +449,7 @@ typedef struct flx_fused_instr {
     double a, b;
 } flx_fused_instr;
 typedef struct flx_fused_args {
-    flx_dtype dtype; /* of every value and of out: f32 or f64 */
+    flx_dtype dtype; /* of every value and of out: f32, f64, f16 or bf16 */
     int32_t ndim;
     int64_t shape[FLX_MAX_DIMS];
     int64_t n;
@@ -404,6 +483,7 @@ int flx_cuda_fused(const flx_fused_args *args, void *stream);
     X(MATMUL, matmul, flx_matmul_args)                                                            \
     X(LU, lu, flx_lu_args)                                                                        \
     X(EIGH, eigh, flx_eigh_args)                                                                  \
+    X(ATTENTION, attention, flx_attention_args)                                                   \
     X(CONV, conv, flx_conv_args)                                                                  \
     X(OPTIM, optim, flx_optim_args)
 

@@ -2,8 +2,9 @@
  * philox.h — Philox4x32-10 (Salmon et al., "Parallel random numbers: as easy as 1, 2, 3", SC11),
  * shared by the CPU reference and the CUDA kernels so that a seed gives the same stream on both.
  *
- * Element i of a random tensor uses counter (i / 4, 0, 0, 0) and key (seed lo, seed hi), and takes
- * word i % 4 of the block. Uniform floats take the top 24 (f32) or 53 (f64, two words) bits, so
+ * Element i of a random tensor uses counter (i / 4, stream) and key (seed lo, seed hi), and takes
+ * word i % 4 of the block. The stream is 0 for values drawn eagerly; a plan's replays of a random
+ * fill use the run number (so each replay draws new values, and run 0 those of eager evaluation). Uniform floats take the top 24 (f32) or 53 (f64, two words) bits, so
  * they lie in [0, 1). Normals are Box-Muller on the pair of uniforms of words (2j, 2j+1) of the
  * same block (the cosine for even elements, the sine for odd ones).
  */
@@ -25,8 +26,9 @@ static FLX_HD inline uint32_t flx_mulhilo32(uint32_t a, uint32_t b, uint32_t *hi
     return (uint32_t)p;
 }
 
-static FLX_HD inline flx_philox4 flx_philox4x32_10(uint64_t counter, uint64_t seed) {
-    uint32_t c0 = (uint32_t)counter, c1 = (uint32_t)(counter >> 32), c2 = 0, c3 = 0;
+static FLX_HD inline flx_philox4 flx_philox4x32_10(uint64_t counter, uint64_t stream, uint64_t seed) {
+    uint32_t c0 = (uint32_t)counter, c1 = (uint32_t)(counter >> 32);
+    uint32_t c2 = (uint32_t)stream, c3 = (uint32_t)(stream >> 32);
     uint32_t k0 = (uint32_t)seed, k1 = (uint32_t)(seed >> 32);
     for (int r = 0; r < 10; r++) {
         uint32_t hi0, hi1;
@@ -52,16 +54,16 @@ static FLX_HD inline float flx_u01_f32(uint32_t w) { return (float)(w >> 8) * (1
 
 /* Uniform in [0, 1) for element i, in double precision (f64) or single (f32 rounding of the
  * 24-bit value, exact in both). */
-static FLX_HD inline double flx_philox_uniform(uint64_t i, uint64_t seed, int f64) {
-    flx_philox4 r = flx_philox4x32_10(i >> 2, seed);
+static FLX_HD inline double flx_philox_uniform(uint64_t i, uint64_t stream, uint64_t seed, int f64) {
+    flx_philox4 r = flx_philox4x32_10(i >> 2, stream, seed);
     uint32_t w = r.v[i & 3];
     if (f64) return flx_u01_f64(w, r.v[(i + 1) & 3]);
     return (double)flx_u01_f32(w);
 }
 
 /* Standard normal for element i (Box-Muller in double on both backends). */
-static FLX_HD inline double flx_philox_normal(uint64_t i, uint64_t seed) {
-    flx_philox4 r = flx_philox4x32_10(i >> 2, seed);
+static FLX_HD inline double flx_philox_normal(uint64_t i, uint64_t stream, uint64_t seed) {
+    flx_philox4 r = flx_philox4x32_10(i >> 2, stream, seed);
     int pair = (int)(i & 2);
     double u1 = flx_u01_f64(r.v[pair], r.v[pair + 1]);
     double u2 = flx_u01_f64(r.v[pair + 1], r.v[pair]);

@@ -16,9 +16,12 @@
 // Precision: every element is converted to double and all accumulation (sums, the mean and the
 // squared deviations of VAR, the exp-sums of LSE) is in double, for f32 as for f64, then rounded
 // once to the output dtype — the CPU reference does the same, so GPU and CPU differ only by the
-// summation order at double precision. Exception: LSE of f32 evaluates each exp in f32 (a
-// double exp per element would make it compute bound), within ~2e-7 absolute of the double
-// result before the final rounding (exp_shifted). Reductions are bandwidth bound, and FP64 runs at half the
+// summation order at double precision. f16 and bf16 are read exactly into double too and the
+// result rounded once from double (flxk::from_d), so they differ from the CPU by at most one ulp
+// of the 16-bit format (only where the double results straddle a rounding boundary). Exception:
+// LSE of f32, f16 and bf16 evaluates each exp in f32 (a double exp per element would make it
+// compute bound), within ~2e-7 absolute of the double result before the final rounding
+// (exp_shifted). Reductions are bandwidth bound, and FP64 runs at half the
 // FP32 rate on an H100, so the double accumulators are nearly free there.
 //
 // NaN: MAX, LSE and ARGMAX treat a NaN as the maximum that comes first (ARGMAX returns the index
@@ -41,6 +44,10 @@ constexpr int kWarps = kBlock / 32;
 
 template <typename T> __device__ __forceinline__ T to_out(double v) { return (T)v; }
 template <> __device__ __forceinline__ uint8_t to_out<uint8_t>(double v) { return v != 0; }
+template <> __device__ __forceinline__ __half to_out<__half>(double v) { return flxk::from_d<__half>(v); }
+template <> __device__ __forceinline__ __nv_bfloat16 to_out<__nv_bfloat16>(double v) {
+    return flxk::from_d<__nv_bfloat16>(v);
+}
 
 // A candidate for max/min/argmax: value, index, NaN flag. idx == INT64_MAX marks "none yet".
 struct Cand {
@@ -131,7 +138,7 @@ struct RParams {
 
 template <typename T>
 __device__ __forceinline__ double ld(const T *x, int64_t off) {
-    return (double)x[off];
+    return flxk::to_d<T>(x[off]);
 }
 
 // exp(x - shift) of one element for LSE: in f32 for f32 input (expf: <= 2 ulp; the f32
@@ -146,6 +153,15 @@ __device__ __forceinline__ double exp_shifted(const T *x, int64_t off, double sh
 template <>
 __device__ __forceinline__ double exp_shifted<float>(const float *x, int64_t off, double shift) {
     return (double)expf(x[off] - (float)shift);
+}
+template <>
+__device__ __forceinline__ double exp_shifted<__half>(const __half *x, int64_t off, double shift) {
+    return (double)expf(__half2float(x[off]) - (float)shift);
+}
+template <>
+__device__ __forceinline__ double exp_shifted<__nv_bfloat16>(const __nv_bfloat16 *x, int64_t off,
+                                                             double shift) {
+    return (double)expf(__bfloat162float(x[off]) - (float)shift);
 }
 
 __device__ __forceinline__ int64_t roff(const Space &rs, int64_t r) {
@@ -458,6 +474,8 @@ extern "C" int flx_cuda_reduce(const flx_reduce_args *a, void *stream) {
     case FLX_I32: return reduce_launch<int32_t>(p, a->x, a->out, sc, sb, st);
     case FLX_I64: return reduce_launch<int64_t>(p, a->x, a->out, sc, sb, st);
     case FLX_BOOL: return reduce_launch<uint8_t>(p, a->x, a->out, sc, sb, st);
+    case FLX_F16: return reduce_launch<__half>(p, a->x, a->out, sc, sb, st);
+    case FLX_BF16: return reduce_launch<__nv_bfloat16>(p, a->x, a->out, sc, sb, st);
     default: return (int)cudaErrorInvalidValue;
     }
 }

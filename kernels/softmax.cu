@@ -37,7 +37,13 @@
 //
 // Reductions: within a warp by xor-shuffle butterflies, across warps through shared memory and
 // across a cluster's blocks in rank order — a fixed order, no atomics, so results are
-// deterministic. Accumulation is in the element type, exp/log are the accurate expf/logf.
+// deterministic. Accumulation is in the compute type, exp/log are the accurate expf/logf.
+//
+// Element types: f32 and f64 compute in their own type; f16 and bf16 (storage S) are loaded into
+// f32 registers (flxk::to_c, exact), every reduction, exp and log is in f32, and each result is
+// rounded once to S when stored (flxk::from_c, to nearest even). Kernels are templated on the
+// storage type S; T = compute_t<S> is the type of every register, shared-memory and scratch value
+// (so the register budget VMAX is counted in f32 values for the 16-bit types).
 //
 // Non-finite values: the max ignores -inf and the (max, sum) merge never forms -inf - -inf
 // unless a whole row is -inf, which then gives 0/0 = NaN (as documented in fluxion.h); a +inf
@@ -54,19 +60,28 @@ namespace cg = cooperative_groups;
 
 namespace {
 
+using flxk::compute_t;
+using flxk::from_c;
+using flxk::to_c;
+
 constexpr int kRedMean = 0, kRedSum = 1, kRedNone = 2; // flx_reduction
 
-template <typename T> struct KArgs {
+// x, v, out, grad are stored as S; scale is a compute value. The cross-entropy statistics (the
+// per-row losses and the count: CE_FWD's out, CE_FINISH's x) are in the compute type, which is
+// the args' stat_dtype (f32 for the halves: a count above 256 is not exact in bf16).
+template <typename S> struct KArgs {
     int64_t rows, n, inner;
-    T scale;
-    const T *x;
-    const T *v;
+    compute_t<S> scale;
+    const S *x;
+    const S *v;
     const void *labels;
     int lab64;
     int64_t ignore;
     int red;
-    T *out;
-    T *grad;
+    S *out;
+    S *grad;
+    compute_t<S> *stat;         // CE_FWD: out (rows + 1)
+    const compute_t<S> *stat_x; // CE_FINISH: x (rows + 1)
     flx_kerr err;
 };
 
@@ -176,8 +191,9 @@ __device__ __forceinline__ int64_t ce_label(const KArgs<T> &a, int64_t row, bool
 
 // Scale of the fused cross-entropy gradient: 1 / count for the mean (count written by
 // k_ce_count before the main kernel), else 1.
-template <typename T> __device__ __forceinline__ T ce_gscale(const KArgs<T> &a) {
-    return a.red == kRedMean ? (T)1 / a.out[a.rows] : (T)1;
+template <typename S> __device__ __forceinline__ compute_t<S> ce_gscale(const KArgs<S> &a) {
+    typedef compute_t<S> T;
+    return a.red == kRedMean ? (T)1 / a.stat[a.rows] : (T)1;
 }
 
 // Per-row reduced quantity for the dot modes.
@@ -195,8 +211,8 @@ template <typename T> struct Row {
 };
 
 // One output element (of out, or of grad for CE_FWD) given the row's reductions.
-template <int MODE, typename T>
-__device__ __forceinline__ T out_elem(const KArgs<T> &a, T xv, T vv, const Row<T> &r, int64_t col) {
+template <int MODE, typename S, typename T = compute_t<S>>
+__device__ __forceinline__ T out_elem(const KArgs<S> &a, T xv, T vv, const Row<T> &r, int64_t col) {
     if constexpr (MODE == FLX_SOFTMAX_FWD) return ex(a.scale * xv - r.m) / r.s;
     else if constexpr (MODE == FLX_SOFTMAX_LOG_FWD) return (a.scale * xv - r.m) - r.ls;
     else if constexpr (MODE == FLX_SOFTMAX_BWD) return a.scale * xv * (vv - r.s);
@@ -215,13 +231,14 @@ template <int MODE, typename T> __device__ __forceinline__ T *out_row(const KArg
 }
 
 // The row's loss (CE_FWD), written once per row: log s - (x[lab] - m).
-template <int MODE, typename T>
-__device__ __forceinline__ void ce_loss(const KArgs<T> &a, int64_t row, const Row<T> &r) {
-    if constexpr (MODE == FLX_SOFTMAX_CE_FWD) a.out[row] = r.lab < 0 ? (T)0 : r.ls - (a.x[row * a.n + r.lab] - r.m);
+template <int MODE, typename S, typename T = compute_t<S>>
+__device__ __forceinline__ void ce_loss(const KArgs<S> &a, int64_t row, const Row<T> &r) {
+    if constexpr (MODE == FLX_SOFTMAX_CE_FWD)
+        a.stat[row] = r.lab < 0 ? (T)0 : r.ls - (to_c<S>(a.x[row * a.n + r.lab]) - r.m);
 }
 
-template <int MODE, typename T>
-__device__ __forceinline__ void row_init(const KArgs<T> &a, int64_t row, bool live, bool report, Row<T> &r) {
+template <int MODE, typename S, typename T = compute_t<S>>
+__device__ __forceinline__ void row_init(const KArgs<S> &a, int64_t row, bool live, bool report, Row<T> &r) {
     r.m = ninf<T>();
     r.s = 0;
     r.ls = 0;
@@ -229,29 +246,30 @@ __device__ __forceinline__ void row_init(const KArgs<T> &a, int64_t row, bool li
     r.lab = -1;
     if constexpr (is_ce(MODE)) {
         if (live) r.lab = ce_label(a, row, report);
-        if constexpr (MODE == FLX_SOFTMAX_CE_BWD) r.g = live ? a.v[row] : (T)0;
+        if constexpr (MODE == FLX_SOFTMAX_CE_BWD) r.g = live ? to_c<S>(a.v[row]) : (T)0;
         else r.g = ce_gscale(a);
     }
 }
 
 // ---- rows held in registers: a group of G lanes per row, V elements per lane --------------------
-template <typename T, int MODE, int G, int V>
-__global__ void __launch_bounds__(G > 32 ? G : 128) k_rows_reg(KArgs<T> a) {
+template <typename S, int MODE, int G, int V>
+__global__ void __launch_bounds__(G > 32 ? G : 128) k_rows_reg(KArgs<S> a) {
+    typedef compute_t<S> T;
     constexpr int RPB = G > 32 ? 1 : 128 / G;
     __shared__ T sm[64];
     const int lane = threadIdx.x % G;
     const int64_t row = (int64_t)blockIdx.x * RPB + threadIdx.x / G;
     const bool live = row < a.rows;
     const int64_t n = a.n;
-    const T *xr = a.x + (live ? row * n : 0);
-    const T *vr = reads_v(MODE) ? a.v + (live ? row * n : 0) : nullptr;
+    const S *xr = a.x + (live ? row * n : 0);
+    const S *vr = reads_v(MODE) ? a.v + (live ? row * n : 0) : nullptr;
     T xv[V], vv[V];
 #pragma unroll
     for (int k = 0; k < V; k++) {
         const int64_t c = lane + (int64_t)k * G;
         const bool ok = live && c < n;
-        xv[k] = ok ? xr[c] : (T)0;
-        if constexpr (reads_v(MODE)) vv[k] = ok ? vr[c] : (T)0;
+        xv[k] = ok ? to_c<S>(xr[c]) : (T)0;
+        if constexpr (reads_v(MODE)) vv[k] = ok ? to_c<S>(vr[c]) : (T)0;
         else vv[k] = (T)0;
     }
     Row<T> r;
@@ -274,12 +292,12 @@ __global__ void __launch_bounds__(G > 32 ? G : 128) k_rows_reg(KArgs<T> a) {
     }
     if (!live) return;
     if (lane == 0) ce_loss<MODE>(a, row, r);
-    T *orow = out_row<MODE>(a, row);
+    S *orow = out_row<MODE>(a, row);
     if (!orow) return;
 #pragma unroll
     for (int k = 0; k < V; k++) {
         const int64_t c = lane + (int64_t)k * G;
-        if (c < n) orow[c] = out_elem<MODE>(a, xv[k], vv[k], r, c);
+        if (c < n) orow[c] = from_c<S>(out_elem<MODE>(a, xv[k], vv[k], r, c));
     }
 }
 
@@ -291,9 +309,10 @@ constexpr int kLong = 1024;
 // and any rest (f64 rows past ~4M elements) streamed twice, the second time mostly from L2.
 // Blocks of B threads: 512 (two blocks per SM, so one block's loads overlap another's stores)
 // when the row fits in the cluster's registers, else 1024 with the stash (one block per SM).
-template <typename T, int MODE, int V, int B>
-__global__ void __launch_bounds__(B, 1024 / B) k_rows_cluster(KArgs<T> a, int64_t chunk, int stash) {
+template <typename S, int MODE, int V, int B>
+__global__ void __launch_bounds__(B, 1024 / B) k_rows_cluster(KArgs<S> a, int64_t chunk, int stash) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    typedef compute_t<S> T;
     extern __shared__ __align__(16) unsigned char dyn[];
     T *sx = reinterpret_cast<T *>(dyn);
     T *sv = sx + stash; // v's stash (modes that read v)
@@ -303,16 +322,16 @@ __global__ void __launch_bounds__(B, 1024 / B) k_rows_cluster(KArgs<T> a, int64_
     const int cs = (int)cl.num_blocks(), rank = (int)cl.block_rank();
     const int64_t row = (int64_t)blockIdx.x / cs, n = a.n;
     const int64_t lo = (int64_t)rank * chunk, hi = lo + chunk < n ? lo + chunk : n;
-    const T *xr = a.x + row * n;
-    const T *vr = reads_v(MODE) ? a.v + row * n : nullptr;
+    const S *xr = a.x + row * n;
+    const S *vr = reads_v(MODE) ? a.v + row * n : nullptr;
     const int t = threadIdx.x;
     T xv[V], vv[V];
 #pragma unroll
     for (int k = 0; k < V; k++) {
         const int64_t c = lo + t + (int64_t)k * B;
         const bool ok = c < hi;
-        xv[k] = ok ? xr[c] : (T)0;
-        if constexpr (reads_v(MODE)) vv[k] = ok ? vr[c] : (T)0;
+        xv[k] = ok ? to_c<S>(xr[c]) : (T)0;
+        if constexpr (reads_v(MODE)) vv[k] = ok ? to_c<S>(vr[c]) : (T)0;
         else vv[k] = (T)0;
     }
     const int64_t tail = lo + (int64_t)B * V;   // first column past the registers
@@ -320,8 +339,8 @@ __global__ void __launch_bounds__(B, 1024 / B) k_rows_cluster(KArgs<T> a, int64_
     // The stash: each thread reads back only what it stored itself, so no barrier is needed.
 #pragma unroll 1
     for (int64_t c = tail + t; c < hi && c < spill; c += B) {
-        sx[c - tail] = xr[c];
-        if constexpr (reads_v(MODE)) sv[c - tail] = vr[c];
+        sx[c - tail] = to_c<S>(xr[c]);
+        if constexpr (reads_v(MODE)) sv[c - tail] = to_c<S>(vr[c]);
     }
     const int64_t shi = hi < spill ? hi : spill;
     Row<T> r;
@@ -339,7 +358,7 @@ __global__ void __launch_bounds__(B, 1024 / B) k_rows_cluster(KArgs<T> a, int64_
 #pragma unroll 1
         for (int64_t c = tail + t; c < shi; c += B) r.s += ex(sc * sx[c - tail] - r.m);
 #pragma unroll 1
-        for (int64_t c = spill + t; c < hi; c += B) ms_add(r.m, r.s, sc * xr[c]);
+        for (int64_t c = spill + t; c < hi; c += B) ms_add(r.m, r.s, sc * to_c<S>(xr[c]));
         g_ms<B>(r.m, r.s, sm);
         if (t == 0) {
             part[0] = r.m;
@@ -351,7 +370,7 @@ __global__ void __launch_bounds__(B, 1024 / B) k_rows_cluster(KArgs<T> a, int64_
 #pragma unroll 1
         for (int64_t c = tail + t; c < shi; c += B) r.s += dot_term<MODE>(sx[c - tail], sv[c - tail]);
 #pragma unroll 1
-        for (int64_t c = spill + t; c < hi; c += B) r.s += dot_term<MODE>(xr[c], vr[c]);
+        for (int64_t c = spill + t; c < hi; c += B) r.s += dot_term<MODE>(to_c<S>(xr[c]), to_c<S>(vr[c]));
         r.s = g_sum<B>(r.s, sm);
         if (t == 0) part[0] = r.s;
     }
@@ -370,19 +389,19 @@ __global__ void __launch_bounds__(B, 1024 / B) k_rows_cluster(KArgs<T> a, int64_
     }
     cl.sync(); // no block leaves (freeing its shared memory) while another still reads it
     if (rank == 0 && t == 0) ce_loss<MODE>(a, row, r);
-    T *orow = out_row<MODE>(a, row);
+    S *orow = out_row<MODE>(a, row);
     if (!orow) return;
 #pragma unroll
     for (int k = 0; k < V; k++) {
         const int64_t c = lo + t + (int64_t)k * B;
-        if (c < hi) orow[c] = out_elem<MODE>(a, xv[k], vv[k], r, c);
+        if (c < hi) orow[c] = from_c<S>(out_elem<MODE>(a, xv[k], vv[k], r, c));
     }
 #pragma unroll 1
     for (int64_t c = tail + t; c < shi; c += B)
-        orow[c] = out_elem<MODE>(a, sx[c - tail], reads_v(MODE) ? sv[c - tail] : (T)0, r, c);
+        orow[c] = from_c<S>(out_elem<MODE>(a, sx[c - tail], reads_v(MODE) ? sv[c - tail] : (T)0, r, c));
 #pragma unroll 1
     for (int64_t c = spill + t; c < hi; c += B)
-        orow[c] = out_elem<MODE>(a, xr[c], reads_v(MODE) ? vr[c] : (T)0, r, c);
+        orow[c] = from_c<S>(out_elem<MODE>(a, to_c<S>(xr[c]), reads_v(MODE) ? to_c<S>(vr[c]) : (T)0, r, c));
 #else
     __trap(); // launched only on sm_90 and newer (checked on the host)
 #endif
@@ -390,37 +409,40 @@ __global__ void __launch_bounds__(B, 1024 / B) k_rows_cluster(KArgs<T> a, int64_
 
 // ---- long rows without clusters: one block per row, several passes -----------------------------
 // (Its loops stay rolled: unrolled, ptxas spills the f64 Jacobian-product variants.)
-template <typename T, int MODE> __global__ void __launch_bounds__(kLong) k_rows_long(KArgs<T> a) {
+template <typename S, int MODE> __global__ void __launch_bounds__(kLong) k_rows_long(KArgs<S> a) {
+    typedef compute_t<S> T;
     __shared__ T sm[64];
     const int64_t n = a.n;
     for (int64_t row = blockIdx.x; row < a.rows; row += gridDim.x) {
-        const T *xr = a.x + row * n;
-        const T *vr = reads_v(MODE) ? a.v + row * n : nullptr;
+        const S *xr = a.x + row * n;
+        const S *vr = reads_v(MODE) ? a.v + row * n : nullptr;
         Row<T> r;
         row_init<MODE>(a, row, true, threadIdx.x == 0, r);
         if constexpr (is_stats(MODE)) {
             const T sc = is_ce(MODE) ? (T)1 : a.scale;
 #pragma unroll 1
-            for (int64_t c = threadIdx.x; c < n; c += kLong) ms_add(r.m, r.s, sc * xr[c]);
+            for (int64_t c = threadIdx.x; c < n; c += kLong) ms_add(r.m, r.s, sc * to_c<S>(xr[c]));
             g_ms<kLong>(r.m, r.s, sm);
             r.ls = lg(r.s);
         } else {
 #pragma unroll 1
-            for (int64_t c = threadIdx.x; c < n; c += kLong) r.s += dot_term<MODE>(xr[c], vr[c]);
+            for (int64_t c = threadIdx.x; c < n; c += kLong)
+                r.s += dot_term<MODE>(to_c<S>(xr[c]), to_c<S>(vr[c]));
             r.s = g_sum<kLong>(r.s, sm);
         }
         if (threadIdx.x == 0) ce_loss<MODE>(a, row, r);
-        T *orow = out_row<MODE>(a, row);
+        S *orow = out_row<MODE>(a, row);
         if (!orow) continue;
 #pragma unroll 1
         for (int64_t c = threadIdx.x; c < n; c += kLong)
-            orow[c] = out_elem<MODE>(a, xr[c], reads_v(MODE) ? vr[c] : (T)0, r, c);
+            orow[c] = from_c<S>(out_elem<MODE>(a, to_c<S>(xr[c]), reads_v(MODE) ? to_c<S>(vr[c]) : (T)0, r, c));
     }
 }
 
 // ---- strided rows (inner > 1) -------------------------------------------------------------------
 // Many columns: one thread per (outer, inner) column, no transpose, two passes over its row.
-template <typename T, int MODE> __global__ void k_rows_strided(KArgs<T> a) {
+template <typename S, int MODE> __global__ void k_rows_strided(KArgs<S> a) {
+    typedef compute_t<S> T;
     const int64_t n = a.n, inner = a.inner, cols = a.rows * inner;
     for (int64_t idx = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; idx < cols;
          idx += (int64_t)gridDim.x * blockDim.x) {
@@ -429,15 +451,16 @@ template <typename T, int MODE> __global__ void k_rows_strided(KArgs<T> a) {
         Row<T> r;
         row_init<MODE>(a, 0, false, false, r);
         if constexpr (is_stats(MODE)) {
-            for (int64_t j = 0; j < n; j++) ms_add(r.m, r.s, a.scale * a.x[base + j * inner]);
+            for (int64_t j = 0; j < n; j++) ms_add(r.m, r.s, a.scale * to_c<S>(a.x[base + j * inner]));
             r.ls = lg(r.s);
         } else {
             for (int64_t j = 0; j < n; j++)
-                r.s += dot_term<MODE>(a.x[base + j * inner], reads_v(MODE) ? a.v[base + j * inner] : (T)0);
+                r.s += dot_term<MODE>(to_c<S>(a.x[base + j * inner]),
+                                      reads_v(MODE) ? to_c<S>(a.v[base + j * inner]) : (T)0);
         }
         for (int64_t j = 0; j < n; j++) {
             const int64_t k = base + j * inner;
-            a.out[k] = out_elem<MODE>(a, a.x[k], reads_v(MODE) ? a.v[k] : (T)0, r, j);
+            a.out[k] = from_c<S>(out_elem<MODE>(a, to_c<S>(a.x[k]), reads_v(MODE) ? to_c<S>(a.v[k]) : (T)0, r, j));
         }
     }
 }
@@ -465,10 +488,10 @@ template <typename T> __device__ __forceinline__ Strided<T> strided_at(const KAr
     return q;
 }
 
-template <typename T, int MODE>
-__global__ void __launch_bounds__(kSB) k_strided_partial(KArgs<T> a, int64_t chunk, int tx, T *ws) {
+template <typename S, int MODE, typename T = compute_t<S>>
+__global__ void __launch_bounds__(kSB) k_strided_partial(KArgs<S> a, int64_t chunk, int tx, T *ws) {
     __shared__ T sm[2][kSB];
-    const Strided<T> q = strided_at(a, tx);
+    const auto q = strided_at(a, tx);
     const int64_t cols = a.rows * a.inner, P = gridDim.y, inner = a.inner;
     const int64_t j0 = (int64_t)blockIdx.y * chunk, j1 = j0 + chunk < a.n ? j0 + chunk : a.n;
     T m = ninf<T>(), s = 0;
@@ -476,8 +499,8 @@ __global__ void __launch_bounds__(kSB) k_strided_partial(KArgs<T> a, int64_t chu
 #pragma unroll 1 // unrolled, the f64 LOG_JVP loop spills
         for (int64_t j = j0 + q.y; j < j1; j += q.ty) {
             const int64_t k = q.base + j * inner;
-            if constexpr (is_stats(MODE)) ms_add(m, s, a.scale * a.x[k]);
-            else s += dot_term<MODE>(a.x[k], reads_v(MODE) ? a.v[k] : (T)0);
+            if constexpr (is_stats(MODE)) ms_add(m, s, a.scale * to_c<S>(a.x[k]));
+            else s += dot_term<MODE>(to_c<S>(a.x[k]), reads_v(MODE) ? to_c<S>(a.v[k]) : (T)0);
         }
     }
     sm[0][threadIdx.x] = m;
@@ -493,10 +516,10 @@ __global__ void __launch_bounds__(kSB) k_strided_partial(KArgs<T> a, int64_t chu
     }
 }
 
-template <typename T, int MODE>
-__global__ void __launch_bounds__(kSB) k_strided_write(KArgs<T> a, int64_t chunk, int tx, const T *ws) {
+template <typename S, int MODE, typename T = compute_t<S>>
+__global__ void __launch_bounds__(kSB) k_strided_write(KArgs<S> a, int64_t chunk, int tx, const T *ws) {
     __shared__ T sm[2][kSB];
-    const Strided<T> q = strided_at(a, tx);
+    const auto q = strided_at(a, tx);
     const int64_t cols = a.rows * a.inner, P = gridDim.y, inner = a.inner;
     // combine the column's P partials: slice y takes p = y, y + ty, ..., then the slices in order
     T m = ninf<T>(), s = 0;
@@ -522,7 +545,7 @@ __global__ void __launch_bounds__(kSB) k_strided_write(KArgs<T> a, int64_t chunk
 #pragma unroll 1
     for (int64_t j = j0 + q.y; j < j1; j += q.ty) {
         const int64_t k = q.base + j * inner;
-        a.out[k] = out_elem<MODE>(a, a.x[k], reads_v(MODE) ? a.v[k] : (T)0, r, j);
+        a.out[k] = from_c<S>(out_elem<MODE>(a, to_c<S>(a.x[k]), reads_v(MODE) ? to_c<S>(a.v[k]) : (T)0, r, j));
     }
 }
 
@@ -541,26 +564,27 @@ template <typename T> __global__ void __launch_bounds__(kFin) k_ce_count(KArgs<T
     if (threadIdx.x == 0) {
         int64_t t = 0;
         for (int w = 0; w < kFin / 32; w++) t += sm[w];
-        a.out[a.rows] = (T)t;
+        a.stat[a.rows] = (compute_t<T>)t;
     }
 }
 
 // CE_FINISH: the loss from the per-row losses x[0..rows) and the count x[rows].
-template <typename T> __global__ void __launch_bounds__(kFin) k_ce_finish(KArgs<T> a) {
+template <typename S> __global__ void __launch_bounds__(kFin) k_ce_finish(KArgs<S> a) {
+    typedef compute_t<S> T;
     __shared__ T sm[64];
     if (a.red == kRedNone) {
         for (int64_t r = (int64_t)blockIdx.x * kFin + threadIdx.x; r < a.rows; r += (int64_t)gridDim.x * kFin)
-            a.out[r] = a.x[r];
+            a.out[r] = from_c<S>(a.stat_x[r]);
         return;
     }
     if (a.red != kRedMean && a.red != kRedSum) { // the count
-        if (threadIdx.x == 0) a.out[0] = a.x[a.rows];
+        if (threadIdx.x == 0) a.out[0] = from_c<S>(a.stat_x[a.rows]);
         return;
     }
     T s = 0;
-    for (int64_t r = threadIdx.x; r < a.rows; r += kFin) s += a.x[r];
+    for (int64_t r = threadIdx.x; r < a.rows; r += kFin) s += a.stat_x[r];
     s = g_sum<kFin>(s, sm);
-    if (threadIdx.x == 0) a.out[0] = a.red == kRedMean ? s / a.x[a.rows] : s;
+    if (threadIdx.x == 0) a.out[0] = from_c<S>(a.red == kRedMean ? s / a.stat_x[a.rows] : s);
 }
 
 // ---- host dispatch ------------------------------------------------------------------------------
@@ -586,7 +610,8 @@ inline int stash_bytes() {
 // whose GPCs cannot hold 16 blocks gets 8). Returns -2 when no cluster fits, so the caller can
 // fall back.
 template <typename T, int MODE, int B> int launch_cluster(const KArgs<T> &k, cudaStream_t st, int cs) {
-    constexpr int V = vmax<T, MODE>();
+    typedef compute_t<T> C; // registers and the stash hold compute values
+    constexpr int V = vmax<C, MODE>();
     constexpr int ops = reads_v(MODE) ? 2 : 1;
     auto kern = k_rows_cluster<T, MODE, V, B>;
     // The kernel's code must be sm_90 too (a build for older GPUs JIT-run on a newer one has only
@@ -615,9 +640,9 @@ template <typename T, int MODE, int B> int launch_cluster(const KArgs<T> &k, cud
         if (blocks > INT32_MAX) return (int)cudaErrorInvalidConfiguration;
         chunk = (k.n + cs - 1) / cs;
         const int64_t rest = chunk - (int64_t)B * V; // past the registers
-        const int64_t cap = (int64_t)stash_bytes() / (int64_t)(sizeof(T) * ops);
+        const int64_t cap = (int64_t)stash_bytes() / (int64_t)(sizeof(C) * ops);
         stash = (int)(rest <= 0 ? 0 : rest < cap ? rest : cap);
-        const size_t dyn = sizeof(T) * ops * (size_t)stash;
+        const size_t dyn = sizeof(C) * ops * (size_t)stash;
         if (cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)dyn) != cudaSuccess) {
             (void)cudaGetLastError();
             return -2;
@@ -650,7 +675,8 @@ template <typename T, int MODE, int B> int launch_cluster(const KArgs<T> &k, cud
 
 template <typename T, int MODE> int launch_long(const KArgs<T> &k, cudaStream_t st) {
     if (has_clusters()) {
-        constexpr int64_t half = 512 * (int64_t)vmax<T, MODE>(), full = (int64_t)kLong * vmax<T, MODE>();
+        constexpr int64_t half = 512 * (int64_t)vmax<compute_t<T>, MODE>(),
+                          full = (int64_t)kLong * vmax<compute_t<T>, MODE>();
         int rc = -2;
         if (k.n <= 16 * half) {
             const int64_t cs = (k.n + half - 1) / half;
@@ -687,8 +713,8 @@ template <typename T, int MODE> int launch_strided(const KArgs<T> &k, cudaStream
     if (P < 1) P = 1;
     const int64_t chunk = (k.n + P - 1) / P;
     P = (k.n + chunk - 1) / chunk;
-    T *ws = nullptr;
-    cudaError_t e = cudaMallocAsync((void **)&ws, sizeof(T) * 2 * (size_t)P * (size_t)cols, st);
+    compute_t<T> *ws = nullptr; // partials in the compute type
+    cudaError_t e = cudaMallocAsync((void **)&ws, sizeof(*ws) * 2 * (size_t)P * (size_t)cols, st);
     if (e != cudaSuccess) { // no room for the partials: the one-thread-per-column kernel
         (void)cudaGetLastError();
         k_rows_strided<T, MODE><<<flxk::grid_for(cols), flxk::kBlock, 0, st>>>(k);
@@ -708,7 +734,7 @@ template <typename T, int MODE> int launch_mode(const KArgs<T> &k, cudaStream_t 
         if constexpr (is_ce(MODE)) return (int)cudaErrorInvalidValue; // CE rows are contiguous
         else return launch_strided<T, MODE>(k, st);
     }
-    constexpr int VM = vmax<T, MODE>();
+    constexpr int VM = vmax<compute_t<T>, MODE>();
     if (n <= 4) return launch_reg<T, MODE, 4, 1>(k, st);
     if (n <= 8) return launch_reg<T, MODE, 8, 1>(k, st);
     if (n <= 16) return launch_reg<T, MODE, 16, 1>(k, st);
@@ -737,7 +763,7 @@ template <typename T> int launch_typed(const flx_softmax_args *a, cudaStream_t s
     k.rows = a->outer;
     k.n = a->n;
     k.inner = a->inner;
-    k.scale = (T)a->scale;
+    k.scale = (compute_t<T>)a->scale;
     k.x = (const T *)a->x;
     k.v = (const T *)a->v;
     k.labels = a->labels;
@@ -746,6 +772,8 @@ template <typename T> int launch_typed(const flx_softmax_args *a, cudaStream_t s
     k.red = a->reduction;
     k.out = (T *)a->out;
     k.grad = (T *)a->grad;
+    k.stat = a->mode == FLX_SOFTMAX_CE_FWD ? (compute_t<T> *)a->out : nullptr;
+    k.stat_x = a->mode == FLX_SOFTMAX_CE_FINISH ? (const compute_t<T> *)a->x : nullptr;
     k.err = a->err;
     switch (a->mode) {
     case FLX_SOFTMAX_FWD: return launch_mode<T, FLX_SOFTMAX_FWD>(k, st);
@@ -771,7 +799,12 @@ extern "C" int flx_cuda_softmax(const flx_softmax_args *a, void *stream) {
     const bool ce_fwd = a->mode == FLX_SOFTMAX_CE_FWD || a->mode == FLX_SOFTMAX_CE_FINISH;
     // nothing to compute, except that cross-entropy over 0 rows still has a count and a loss
     if (!ce_fwd && (a->outer <= 0 || a->n <= 0 || a->inner <= 0)) return 0;
+    // The cross-entropy statistics are kept in the compute type (KArgs::stat): f32 for the halves.
+    const flx_dtype stat = (a->dtype == FLX_F16 || a->dtype == FLX_BF16) ? FLX_F32 : a->dtype;
+    if (ce_fwd && a->stat_dtype != stat) return (int)cudaErrorInvalidValue;
     if (a->dtype == FLX_F32) return launch_typed<float>(a, st);
     if (a->dtype == FLX_F64) return launch_typed<double>(a, st);
+    if (a->dtype == FLX_F16) return launch_typed<__half>(a, st);
+    if (a->dtype == FLX_BF16) return launch_typed<__nv_bfloat16>(a, st);
     return (int)cudaErrorInvalidValue;
 }

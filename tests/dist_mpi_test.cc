@@ -4,7 +4,9 @@
 // all-reduce, and data-parallel training that must reach the parameters of one process training
 // on the combined batch.
 #include <algorithm>
+#include <chrono>
 #include <cmath>
+#include <string>
 
 #include "testing.h"
 
@@ -12,26 +14,16 @@ using namespace flxt;
 
 namespace {
 
-class MpiTest : public CpuTest {
+class MpiTest : public CommTest {
   protected:
     void SetUp() override {
-        CpuTest::SetUp();
-        comm = flx_comm_create(ctx);
-        ASSERT_NE(comm, nullptr) << flx_last_error();
-        rank = flx_comm_rank(comm);
-        size = flx_comm_size(comm);
+        CommTest::SetUp();
         ASSERT_GE(size, 2) << "run under mpirun -np 2 (or more)";
-    }
-    void TearDown() override {
-        flx_comm_destroy(comm);
-        CpuTest::TearDown();
     }
     // Sum of a scalar over the ranks (the all-reduce itself is checked by AllReduceValues).
     double global_sum(double v) {
         return values(flx_comm_all_reduce(comm, flx_scalar(ctx, FLX_F64, v), FLX_COMM_SUM))[0];
     }
-    flx_comm *comm = nullptr;
-    int rank = 0, size = 0;
 };
 
 std::vector<double> rank_values(int r, size_t n) {
@@ -136,18 +128,89 @@ TEST_F(MpiTest, GradientThroughAllReduce) {
     EXPECT_TRUE(close(values(flx_grad(x)), want, 1e-14, 1e-14));
 }
 
+// Rank 1 skips a collective: rank 0 gets FLX_ERR_TIMEOUT after its timeout (naming the
+// collective, its sequence number and the rank), later collectives on that communicator fail at
+// once, and a new communicator created on every rank works: nobody hangs or aborts.
+TEST_F(MpiTest, MissedCollectiveTimesOutOnTheWaitingRank) {
+    ASSERT_EQ(flx_comm_set_timeout(comm, 1.0), FLX_OK);
+    flx_tensor *x = make(ctx, FLX_F64, {3}, rank_values(rank, 3));
+    // collective #1 is joined by everyone
+    EXPECT_EQ(values(flx_comm_all_reduce(comm, x, FLX_COMM_MAX)).size(), 3u);
+    if (rank == 0) {
+        flx_tensor *y = flx_comm_all_reduce(comm, x, FLX_COMM_SUM);  // #2: rank 1 never comes
+        auto t0 = std::chrono::steady_clock::now();
+        EXPECT_EQ(flx_eval(1, &y), FLX_ERR_TIMEOUT);
+        double waited = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+        std::string msg = flx_last_error();
+        EXPECT_NE(msg.find("flx_comm_all_reduce"), std::string::npos) << msg;
+        EXPECT_NE(msg.find("#2"), std::string::npos) << msg;
+        EXPECT_NE(msg.find("rank 0 of"), std::string::npos) << msg;
+        EXPECT_GE(waited, 0.9);
+        EXPECT_LT(waited, 30.0);
+        flx_clear_error();
+        flx_tensor *z = flx_comm_broadcast(comm, x, 0);
+        EXPECT_EQ(flx_eval(1, &z), FLX_ERR_STATE);
+        EXPECT_NE(std::string(flx_last_error()).find("failed earlier"), std::string::npos) << flx_last_error();
+        flx_clear_error();
+    }
+    flx_comm_destroy(comm);
+    comm = flx_comm_create(ctx);  // every rank, rank 1 waiting here for rank 0
+    ASSERT_NE(comm, nullptr) << flx_last_error();
+    double s = 0;
+    for (int r = 0; r < size; r++) s += r;
+    EXPECT_TRUE(close(values(flx_comm_all_reduce(comm, flx_scalar(ctx, FLX_F64, rank), FLX_COMM_SUM)), {s}, 0, 0));
+}
+
+// flx_comm_backward over two ranks: the gradients of flx_backward + flx_comm_average_grads, and
+// every bucket but the last started before the rest of backward.
+TEST_F(MpiTest, OverlappedBackwardEqualsBackwardThenAverage) {
+    std::vector<flx_tensor *> a, b;
+    for (int k = 0; k < 2; k++) {
+        std::vector<flx_tensor *> &p = k ? b : a;
+        p = {rand_tensor(ctx, FLX_F64, {5, 8}, 1), rand_tensor(ctx, FLX_F64, {8}, 2),
+             rand_tensor(ctx, FLX_F64, {8, 3}, 3), rand_tensor(ctx, FLX_F64, {3}, 4)};
+        for (flx_tensor *t : p) flx_set_requires_grad(t, true);
+    }
+    flx_tensor *x = rand_tensor(ctx, FLX_F64, {6, 5}, 10 + (uint64_t)rank);
+    auto loss = [&](const std::vector<flx_tensor *> &p) {
+        flx_tensor *h = flx_tanh(flx_add(flx_matmul(x, p[0]), p[1]));
+        return flx_mean_all(flx_square(flx_add(flx_matmul(h, p[2]), p[3])));
+    };
+    ASSERT_EQ(flx_backward(loss(a)), FLX_OK) << flx_last_error();
+    ASSERT_EQ(flx_comm_average_grads(comm, 4, a.data(), 1), FLX_OK) << flx_last_error();
+    flx_comm_stats before{}, after{};
+    ASSERT_EQ(flx_comm_get_stats(comm, &before), FLX_OK);
+    ASSERT_EQ(flx_comm_backward(comm, loss(b), 4, b.data(), 1), FLX_OK) << flx_last_error();
+    ASSERT_EQ(flx_comm_get_stats(comm, &after), FLX_OK);
+    EXPECT_EQ(after.overlapped - before.overlapped, 4u);
+    EXPECT_EQ(after.started_early - before.started_early, 3u);
+    for (int i = 0; i < 4; i++) {
+        std::vector<double> ga = values(flx_grad(a[(size_t)i]));
+        EXPECT_TRUE(close(values(flx_grad(b[(size_t)i])), ga, 1e-15, 1e-15)) << "parameter " << i;
+        // the two ranks' data differ, so a local gradient would differ from the mean
+        EXPECT_TRUE(close(values(flx_comm_broadcast(comm, flx_grad(b[(size_t)i]), 0)), ga, 0, 0)) << i;
+    }
+}
+
 // A 5-8-3 tanh MLP trained with Adam: each rank takes its share of every global batch and
 // averages gradients over the ranks; each rank also trains a reference copy on the whole batch in
 // one process. Both start from rank 0's initial parameters (the data-parallel copy gets them by
 // flx_comm_broadcast_params from its own rank's random start).
-void data_parallel_case(flx_ctx *ctx, flx_comm *comm, int rank, int size, bool sharded);
+enum class Dp { Plain, Sharded, Overlapped };
+void data_parallel_case(flx_ctx *ctx, flx_comm *comm, int rank, int size, Dp mode);
 
-TEST_F(MpiTest, DataParallelMatchesTheCombinedBatch) { data_parallel_case(ctx, comm, rank, size, false); }
+TEST_F(MpiTest, DataParallelMatchesTheCombinedBatch) { data_parallel_case(ctx, comm, rank, size, Dp::Plain); }
 
 // ZeRO-1: the same training with the optimiser state sharded over the ranks.
-TEST_F(MpiTest, ShardedOptimiserMatchesTheCombinedBatch) { data_parallel_case(ctx, comm, rank, size, true); }
+TEST_F(MpiTest, ShardedOptimiserMatchesTheCombinedBatch) { data_parallel_case(ctx, comm, rank, size, Dp::Sharded); }
 
-void data_parallel_case(flx_ctx *ctx, flx_comm *comm, int rank, int size, bool sharded) {
+// The gradient all-reduce overlapped with backward (flx_comm_backward, one bucket per gradient).
+TEST_F(MpiTest, OverlappedBackwardMatchesTheCombinedBatch) {
+    data_parallel_case(ctx, comm, rank, size, Dp::Overlapped);
+}
+
+void data_parallel_case(flx_ctx *ctx, flx_comm *comm, int rank, int size, Dp mode) {
+    const bool sharded = mode == Dp::Sharded;
     const int64_t local = 3, global = local * size, steps = 5;
     auto init = [&](uint64_t seed, std::vector<flx_tensor *> &p) {
         p = {rand_tensor(ctx, FLX_F64, {5, 8}, seed + 1, -0.5, 0.5), rand_tensor(ctx, FLX_F64, {8}, seed + 2),
@@ -180,10 +243,14 @@ void data_parallel_case(flx_ctx *ctx, flx_comm *comm, int rank, int size, bool s
         flx_tensor *tl = flx_slice(tg, 0, rank * local, (rank + 1) * local, 1);
         ASSERT_EQ(sharded ? flx_sharded_optim_zero_grad(z_dp) : flx_optim_zero_grad(o_dp), FLX_OK);
         ASSERT_EQ(flx_optim_zero_grad(o_ref), FLX_OK);
-        ASSERT_EQ(flx_backward(loss_of(dp, xl, tl)), FLX_OK) << flx_last_error();
-        if (sharded) {
+        if (mode == Dp::Overlapped) {
+            ASSERT_EQ(flx_comm_backward(comm, loss_of(dp, xl, tl), 4, dp.data(), 1), FLX_OK) << flx_last_error();
+            ASSERT_EQ(flx_optim_step(o_dp), FLX_OK) << flx_last_error();
+        } else if (sharded) {
+            ASSERT_EQ(flx_backward(loss_of(dp, xl, tl)), FLX_OK) << flx_last_error();
             ASSERT_EQ(flx_sharded_optim_step(z_dp), FLX_OK) << flx_last_error();
         } else {
+            ASSERT_EQ(flx_backward(loss_of(dp, xl, tl)), FLX_OK) << flx_last_error();
             ASSERT_EQ(flx_comm_average_grads(comm, 4, dp.data(), 64), FLX_OK) << flx_last_error();
             ASSERT_EQ(flx_optim_step(o_dp), FLX_OK) << flx_last_error();
         }

@@ -249,6 +249,7 @@ TEST_F(CheckpointTest, BadArgumentsAreRejected) {
     EXPECT_EQ(flx_load_safetensors(ctx, p.c_str()), nullptr);  // missing file
     EXPECT_NE(std::string(flx_last_error()).find("cannot open"), std::string::npos);
     EXPECT_EQ(flx_load_safetensors(ctx, dir.c_str()), nullptr);  // a directory
+    EXPECT_NE(std::string(flx_last_error()).find("not a regular file"), std::string::npos) << flx_last_error();
     EXPECT_EQ(flx_checkpoint_count(nullptr), -1);
     EXPECT_EQ(flx_checkpoint_tensor(nullptr, 0), nullptr);
     EXPECT_EQ(flx_checkpoint_find(nullptr, "a"), nullptr);
@@ -272,12 +273,14 @@ std::vector<BadFile> bad_files() {
         {"header length beyond the file", make_file("{}", "").substr(0, 8) + "{", "bad header length"},
         {"huge header length", std::string("\xff\xff\xff\xff\xff\xff\xff\x7f", 8) + "{}", "bad header length"},
         {"zero header length", std::string(8, '\0'), "bad header length"},
+        {"header length 1", make_file("{", ""), "bad header length"},
+        {"header not an object", make_file("\"abc\"", ""), "not a JSON object"},
         {"not JSON", make_file("hello!!!", ""), "not valid JSON"},
         {"truncated JSON", make_file("{\"t\":{\"dtype\"", ""), "not valid JSON"},
         {"JSON array", make_file("[1,2]   ", ""), "not a JSON object"},
         {"trailing garbage", make_file("{} x", ""), "not valid JSON"},
-        {"unknown dtype", make_file(one("{\"dtype\":\"F16\",\"shape\":[4],\"data_offsets\":[0,8]}"), d8),
-         "unsupported dtype 'F16'"},
+        {"unknown dtype", make_file(one("{\"dtype\":\"F8_E4M3\",\"shape\":[8],\"data_offsets\":[0,8]}"), d8),
+         "unsupported dtype 'F8_E4M3'"},
         {"dtype not a string", make_file(one("{\"dtype\":3,\"shape\":[2],\"data_offsets\":[0,8]}"), d8),
          "unsupported dtype"},
         {"shape/size mismatch", make_file(one("{\"dtype\":\"F32\",\"shape\":[3],\"data_offsets\":[0,8]}"), d8),
@@ -334,6 +337,25 @@ std::vector<BadFile> bad_files() {
         {"shape not an array", make_file(one("{\"dtype\":\"F32\",\"shape\":2,\"data_offsets\":[0,8]}"), d8),
          "bad shape"},
         {"missing field", make_file(one("{\"dtype\":\"F32\",\"shape\":[2]}"), d8), "exactly the fields"},
+        {"field given twice, one missing",
+         make_file(one("{\"dtype\":\"F32\",\"shape\":[2],\"shape\":[2]}"), d8), "lacks dtype, shape or data_offsets"},
+        {"offsets not integers", make_file(one("{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[\"0\",\"8\"]}"), d8),
+         "bad data_offsets"},
+        {"data region truncated", make_file(one("{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,8]}"), "abcd"),
+         "beyond the 4-byte data region"},
+        {"identical ranges",
+         make_file("{\"a\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,8]},"
+                   "\"b\":{\"dtype\":\"I32\",\"shape\":[2],\"data_offsets\":[0,8]}}",
+                   d8),
+         "start at 0 where 8 was expected (overlap)"},
+        {"range inside another",
+         make_file("{\"a\":{\"dtype\":\"F64\",\"shape\":[2],\"data_offsets\":[0,16]},"
+                   "\"b\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[4,8]}}",
+                   d8 + d8),
+         "overlap"},
+        {"dtype size mismatch", make_file(one("{\"dtype\":\"F64\",\"shape\":[2],\"data_offsets\":[0,8]}"), d8),
+         "needs 16 bytes but data_offsets [0, 8] hold 8"},
+        {"data without tensors", make_file("{\"__metadata__\":{\"k\":\"v\"}}", d8), "cover 0 bytes"},
         {"unknown field",
          make_file(one("{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,8],\"x\":1}"), d8),
          "unknown field"},

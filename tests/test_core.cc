@@ -130,7 +130,6 @@ TEST_F(Core, CreationRejectsBadInput) {
     EXPECT_TRUE(fails_with(flx_zeros(ctx, FLX_F32, 2, nullptr), FLX_ERR_SHAPE, nullptr));
     EXPECT_TRUE(fails_with(flx_zeros(ctx, FLX_F32, 9, s.data()), FLX_ERR_SHAPE, "rank"));
     EXPECT_TRUE(fails_with(flx_zeros(ctx, (flx_dtype)99, 1, s.data()), FLX_ERR_DTYPE, "dtype"));
-    EXPECT_TRUE(fails_with(flx_zeros(ctx, FLX_F16, 1, s.data()), FLX_ERR_DTYPE, "f16"));
     EXPECT_TRUE(fails_with(flx_arange(ctx, FLX_F32, 0, 1, 0), FLX_ERR_INVALID_ARGUMENT, "step"));
     EXPECT_TRUE(fails_with(flx_uniform(ctx, FLX_F32, 1, s.data(), 2, 1, 0), FLX_ERR_INVALID_ARGUMENT, "lo"));
     EXPECT_TRUE(fails_with(flx_randn(ctx, FLX_I32, 1, s.data(), 0), FLX_ERR_DTYPE, "f32"));
@@ -152,7 +151,7 @@ TEST_F(Core, CastConverts) {
     EXPECT_TRUE(close(values(flx_cast(flx_cast(x, FLX_F32), FLX_F64)), {-1.7, -0.2, 0, 0.5, 2.9}, 1e-6, 1e-6));
     flx_tensor *big = make(ctx, FLX_I64, {1}, {(double)(1ll << 40)});
     EXPECT_TRUE(close(values(flx_cast(big, FLX_F64)), {(double)(1ll << 40)}));
-    EXPECT_TRUE(fails_with(flx_cast(x, FLX_BF16), FLX_ERR_DTYPE, "bf16"));
+    EXPECT_TRUE(fails_with(flx_cast(x, FLX_DTYPE_COUNT), FLX_ERR_DTYPE, "invalid"));
     EXPECT_TRUE(gradcheck([](auto in) { return flx_cast(flx_cast(in[0], FLX_F32), FLX_F64); },
                           {make(ctx, FLX_F64, {3}, {0.5, 1, 2})}, 1e-3, 1e-4, 1e-3) == FLX_OK)
         << flx_last_error();

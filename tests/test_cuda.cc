@@ -21,13 +21,9 @@
 #include <string>
 #include <vector>
 
-namespace {
+using namespace flxt;
 
-using flxt::close;
-using flxt::make;
-using flxt::rand_values;
-using flxt::Shape;
-using flxt::values;
+namespace {
 
 using Build = std::function<flx_tensor *(flx_ctx *)>;
 

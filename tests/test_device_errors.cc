@@ -56,10 +56,7 @@ static void label_message(flx_ctx *ctx) {
 TEST_F(DeviceErrorsTest, OutOfRangeLabelNamesOpLabelRowAndBound) { label_message(ctx); }
 
 TEST(DeviceErrorsCuda, OutOfRangeLabelNamesOpLabelRowAndBound) {
-    FLX_REQUIRE_CUDA(g);
-    ASSERT_EQ(flx_scope_begin(), FLX_OK);
-    label_message(g);
-    flx_scope_end(0, nullptr);
+    on_cuda(label_message);
 }
 
 TEST_F(DeviceErrorsTest, GradientOfOutOfRangeLabelIsReportedToo) {
@@ -144,10 +141,7 @@ TEST_F(DeviceErrorsTest, TwoErrorsInOneWindowReportTheFirstAndListTheOther) {
 }
 
 TEST(DeviceErrorsCuda, TwoErrorsInOneWindowReportTheFirstAndListTheOther) {
-    FLX_REQUIRE_CUDA(g);
-    ASSERT_EQ(flx_scope_begin(), FLX_OK);
-    two_errors_in_one_window(g);
-    flx_scope_end(0, nullptr);
+    on_cuda(two_errors_in_one_window);
 }
 
 // Two raises of one kind: the first (lowest row on the CPU) carries the payload.

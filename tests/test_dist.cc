@@ -11,19 +11,7 @@ using namespace flxt;
 
 namespace {
 
-class DistTest : public CpuTest {
-  protected:
-    void SetUp() override {
-        CpuTest::SetUp();
-        comm = flx_comm_create(ctx);
-        ASSERT_NE(comm, nullptr) << flx_last_error();
-    }
-    void TearDown() override {
-        flx_comm_destroy(comm);
-        CpuTest::TearDown();
-    }
-    flx_comm *comm = nullptr;
-};
+using DistTest = CommTest;
 
 TEST_F(DistTest, WorldOfOneWithoutALauncher) {
     EXPECT_EQ(flx_comm_rank(comm), 0);
@@ -101,6 +89,119 @@ TEST_F(DistTest, AverageGradsKeepsTheGradientsOfOneRank) {
     ASSERT_EQ(flx_comm_broadcast_params(comm, 3, params, 0), FLX_OK) << flx_last_error();
 }
 
+// A 3-layer tanh MLP of six parameters (w1 b1 w2 b2 w3 b3) and its mean squared loss on x.
+std::vector<flx_tensor *> mlp_params(flx_ctx *ctx, uint64_t seed) {
+    std::vector<flx_tensor *> p = {
+        rand_tensor(ctx, FLX_F64, {4, 6}, seed + 1, -0.5, 0.5), rand_tensor(ctx, FLX_F64, {6}, seed + 2),
+        rand_tensor(ctx, FLX_F64, {6, 5}, seed + 3, -0.5, 0.5), rand_tensor(ctx, FLX_F64, {5}, seed + 4),
+        rand_tensor(ctx, FLX_F64, {5, 2}, seed + 5, -0.5, 0.5), rand_tensor(ctx, FLX_F64, {2}, seed + 6)};
+    for (flx_tensor *t : p) flx_set_requires_grad(t, true);
+    return p;
+}
+
+flx_tensor *mlp_loss(const std::vector<flx_tensor *> &p, flx_tensor *x) {
+    flx_tensor *h = x;
+    for (size_t l = 0; l < 3; l++) {
+        h = flx_add(flx_matmul(h, p[2 * l]), p[2 * l + 1]);
+        if (l < 2) h = flx_tanh(h);
+    }
+    return flx_mean_all(flx_square(h));
+}
+
+// flx_comm_backward is flx_backward + flx_comm_average_grads in one evaluation: the same
+// gradients (accumulating onto existing ones), and with one gradient per bucket every bucket but
+// the last starts before the backward kernels of the layers below it.
+TEST_F(DistTest, OverlappedBackwardEqualsBackwardThenAverage) {
+    std::vector<flx_tensor *> a = mlp_params(ctx, 10), b = mlp_params(ctx, 10);
+    flx_tensor *unused_a = rand_tensor(ctx, FLX_F64, {3}, 7), *unused_b = rand_tensor(ctx, FLX_F64, {3}, 7);
+    flx_set_requires_grad(unused_a, true);
+    flx_set_requires_grad(unused_b, true);
+    a.push_back(unused_a);
+    b.push_back(unused_b);
+    for (int round = 0; round < 2; round++) {  // the second round accumulates onto the first's
+        flx_tensor *x = rand_tensor(ctx, FLX_F64, {8, 4}, 20 + (uint64_t)round);
+        flx_tensor *la = mlp_loss(a, x), *lb = mlp_loss(b, x);
+        ASSERT_EQ(flx_backward(la), FLX_OK) << flx_last_error();
+        ASSERT_EQ(flx_comm_average_grads(comm, 7, a.data(), 1), FLX_OK) << flx_last_error();
+        flx_comm_stats before{}, after{};
+        ASSERT_EQ(flx_comm_get_stats(comm, &before), FLX_OK);
+        ASSERT_EQ(flx_comm_backward(comm, lb, 7, b.data(), 1), FLX_OK) << flx_last_error();
+        ASSERT_EQ(flx_comm_get_stats(comm, &after), FLX_OK);
+        EXPECT_EQ(after.overlapped - before.overlapped, 7u);
+        EXPECT_EQ(after.started_early - before.started_early, 6u) << "a bucket started after all of backward";
+        EXPECT_TRUE(close(values(lb), values(la), 0, 0));
+        for (size_t i = 0; i < 6; i++)
+            EXPECT_TRUE(close(values(flx_grad(b[i])), values(flx_grad(a[i])), 1e-15, 1e-15)) << "round " << round << " parameter " << i;
+        // a parameter the loss does not reach gets zeros, so every rank reduces the same buckets
+        EXPECT_EQ(flx_grad(unused_a), nullptr);
+        EXPECT_TRUE(close(values(flx_grad(unused_b)), {0, 0, 0}, 0, 0));
+    }
+    // one bucket for everything: it can only start once backward is done
+    flx_comm_stats before{}, after{};
+    ASSERT_EQ(flx_comm_get_stats(comm, &before), FLX_OK);
+    ASSERT_EQ(flx_comm_backward(comm, mlp_loss(b, rand_tensor(ctx, FLX_F64, {8, 4}, 30)), 7, b.data(), 0), FLX_OK)
+        << flx_last_error();
+    ASSERT_EQ(flx_comm_get_stats(comm, &after), FLX_OK);
+    EXPECT_EQ(after.overlapped - before.overlapped, 1u);
+    EXPECT_EQ(after.started_early - before.started_early, 0u);
+    EXPECT_EQ(after.collectives - before.collectives, 1u);
+    EXPECT_EQ(after.bytes - before.bytes, (uint64_t)(24 + 6 + 30 + 5 + 10 + 2 + 3) * 8);
+}
+
+TEST_F(DistTest, TimeoutSettingsAndBadInput) {
+    double t = 0;
+    ASSERT_EQ(flx_comm_get_timeout(comm, &t), FLX_OK);
+    if (!std::getenv("FLX_COMM_TIMEOUT_S")) EXPECT_EQ(t, 600.0);
+    EXPECT_EQ(flx_comm_set_timeout(comm, 2.5), FLX_OK);
+    ASSERT_EQ(flx_comm_get_timeout(comm, &t), FLX_OK);
+    EXPECT_EQ(t, 2.5);
+    for (double bad : {0.0, -1.0, (double)NAN, (double)INFINITY}) {
+        EXPECT_EQ(flx_comm_set_timeout(comm, bad), FLX_ERR_INVALID_ARGUMENT) << bad;
+        EXPECT_NE(std::string(flx_last_error()).find("seconds"), std::string::npos) << flx_last_error();
+    }
+    EXPECT_EQ(flx_comm_set_timeout(nullptr, 1.0), FLX_ERR_INVALID_ARGUMENT);
+    EXPECT_EQ(flx_comm_get_timeout(nullptr, &t), FLX_ERR_INVALID_ARGUMENT);
+    EXPECT_EQ(flx_comm_get_timeout(comm, nullptr), FLX_ERR_INVALID_ARGUMENT);
+    flx_comm_stats st;
+    EXPECT_EQ(flx_comm_get_stats(nullptr, &st), FLX_ERR_INVALID_ARGUMENT);
+    EXPECT_EQ(flx_comm_get_stats(comm, nullptr), FLX_ERR_INVALID_ARGUMENT);
+    EXPECT_STREQ(flx_status_string(FLX_ERR_TIMEOUT), "FLX_ERR_TIMEOUT");
+    // the environment sets the default of new communicators; junk is ignored
+    const char *saved = std::getenv("FLX_COMM_TIMEOUT_S");
+    std::string keep = saved ? saved : "";
+    for (auto c : {std::make_pair("7.5", 7.5), std::make_pair("junk", 600.0), std::make_pair("-3", 600.0)}) {
+        setenv("FLX_COMM_TIMEOUT_S", c.first, 1);
+        flx_comm *other = flx_comm_create(ctx);
+        ASSERT_NE(other, nullptr) << flx_last_error();
+        ASSERT_EQ(flx_comm_get_timeout(other, &t), FLX_OK);
+        EXPECT_EQ(t, c.second) << c.first;
+        flx_comm_destroy(other);
+    }
+    if (saved) setenv("FLX_COMM_TIMEOUT_S", keep.c_str(), 1);
+    else unsetenv("FLX_COMM_TIMEOUT_S");
+    // flx_comm_backward's arguments
+    std::vector<flx_tensor *> p = mlp_params(ctx, 1);
+    flx_tensor *x = rand_tensor(ctx, FLX_F64, {3, 4}, 2), *loss = mlp_loss(p, x);
+    EXPECT_EQ(flx_comm_backward(nullptr, loss, 6, p.data(), 0), FLX_ERR_INVALID_ARGUMENT);
+    EXPECT_EQ(flx_comm_backward(comm, nullptr, 6, p.data(), 0), FLX_ERR_INVALID_ARGUMENT);
+    flx_clear_error();
+    EXPECT_EQ(flx_comm_backward(comm, loss, 6, nullptr, 0), FLX_ERR_INVALID_ARGUMENT);
+    EXPECT_EQ(flx_comm_backward(comm, loss, -1, p.data(), 0), FLX_ERR_INVALID_ARGUMENT);
+    EXPECT_EQ(flx_comm_backward(comm, flx_square(x), 6, p.data(), 0), FLX_ERR_SHAPE);
+    flx_tensor *plain = rand_tensor(ctx, FLX_F64, {4, 6}, 3);  // does not require grad
+    flx_tensor *q[] = {plain};
+    EXPECT_EQ(flx_comm_backward(comm, loss, 1, q, 0), FLX_ERR_NOT_DIFFERENTIABLE);
+    flx_ctx *other = flx_ctx_create(flx_device_cpu());
+    ASSERT_NE(other, nullptr);
+    flx_scope_begin();
+    flx_tensor *far = flx_sum_all(flx_zeros(other, FLX_F64, 1, (const int64_t[]){2}));
+    EXPECT_EQ(flx_comm_backward(comm, far, 6, p.data(), 0), FLX_ERR_DEVICE);
+    flx_scope_end(0, nullptr);
+    flx_ctx_destroy(other);
+    for (flx_tensor *t2 : p) EXPECT_EQ(flx_grad(t2), nullptr) << "a refused call left a gradient";
+    flx_clear_error();
+}
+
 // In a world of one, the sharded optimiser's shard is everything: its steps must equal a plain
 // optimiser's on the same gradients, bit for bit (the update is the same elementwise formula).
 TEST_F(DistTest, ShardedOptimiserOfOneRankEqualsThePlainOne) {
@@ -150,6 +251,14 @@ TEST_F(DistTest, BadInputIsRejected) {
     EXPECT_TRUE(fails_with(flx_comm_all_reduce(comm, bits, FLX_COMM_SUM), FLX_ERR_DTYPE, "f32, f64"));
     flx_tensor *xi = make(ctx, FLX_I32, {2}, {1, 2});
     EXPECT_TRUE(fails_with(flx_comm_all_reduce(comm, xi, FLX_COMM_AVG), FLX_ERR_DTYPE, "without AVG"));
+    // half precision has no MPI type: refused, not sent as garbage
+    flx_tensor *half = flx_cast(x, FLX_F16);
+    if (half) {
+        EXPECT_TRUE(fails_with(flx_comm_all_reduce(comm, half, FLX_COMM_SUM), FLX_ERR_DTYPE, "f32, f64"));
+        flx_tensor *ph[] = {half};
+        EXPECT_EQ(flx_comm_average_grads(comm, 1, ph, 0), FLX_ERR_DTYPE);
+    }
+    flx_clear_error();
     flx_ctx *other = flx_ctx_create(flx_device_cpu());
     ASSERT_NE(other, nullptr);
     flx_scope_begin();  // y dies with this scope, before its context
@@ -271,6 +380,32 @@ TEST(NcclTest, CollectivesMatchTheCpu) {
     EXPECT_TRUE(close(values(flx_grad(x)), std::vector<double>((size_t)(6 * size), 1.0)));
     flx_scope_end(0, nullptr);
     flx_comm_destroy(c);
+    flx_ctx_destroy(cuda);
+}
+
+// The overlapped backward on NCCL: the bucket all-reduces run on the communicator's own stream,
+// ordered by events against the context's stream; the gradients must equal the CPU's.
+TEST(NcclTest, OverlappedBackwardMatchesTheCpu) {
+    FLX_REQUIRE_CUDA(cuda);
+    flx_ctx *cpu = flx_ctx_create(flx_device_cpu());
+    ASSERT_NE(cpu, nullptr);
+    flx_comm *cc = flx_comm_create(cuda), *hc = flx_comm_create(cpu);
+    ASSERT_TRUE(cc && hc) << flx_last_error();
+    flx_scope_begin();
+    std::vector<flx_tensor *> g = mlp_params(cuda, 40), h = mlp_params(cpu, 40);
+    flx_tensor *xg = rand_tensor(cuda, FLX_F64, {8, 4}, 41), *xh = rand_tensor(cpu, FLX_F64, {8, 4}, 41);
+    ASSERT_EQ(flx_comm_backward(cc, mlp_loss(g, xg), 6, g.data(), 1), FLX_OK) << flx_last_error();
+    ASSERT_EQ(flx_comm_backward(hc, mlp_loss(h, xh), 6, h.data(), 1), FLX_OK) << flx_last_error();
+    for (size_t i = 0; i < 6; i++)
+        EXPECT_TRUE(close(values(flx_grad(g[i])), values(flx_grad(h[i])), 1e-12, 1e-10)) << "parameter " << i;
+    flx_comm_stats st{};
+    ASSERT_EQ(flx_comm_get_stats(cc, &st), FLX_OK);
+    EXPECT_EQ(st.overlapped, 6u);
+    EXPECT_EQ(st.started_early, 5u);
+    flx_scope_end(0, nullptr);
+    flx_comm_destroy(cc);
+    flx_comm_destroy(hc);
+    flx_ctx_destroy(cpu);
     flx_ctx_destroy(cuda);
 }
 

@@ -8,13 +8,9 @@
 #include <string>
 #include <vector>
 
-namespace {
+using namespace flxt;
 
-using flxt::close;
-using flxt::make;
-using flxt::rand_values;
-using flxt::Shape;
-using flxt::values;
+namespace {
 
 class HigherOrder : public flxt::CpuTest {};
 

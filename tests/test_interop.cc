@@ -141,7 +141,7 @@ TEST_F(InteropTest, FromBlobBadInputsStillCallTheDeleter) {
                            FLX_ERR_INVALID_ARGUMENT, "ctx"));
     EXPECT_EQ(c.deleted, 1);
     flx_clear_error();
-    EXPECT_TRUE(fails_with(flx_from_blob(ctx, FLX_F16, 1, std::vector<int64_t>{4}.data(), host, count_delete, &c),
+    EXPECT_TRUE(fails_with(flx_from_blob(ctx, FLX_DTYPE_COUNT, 1, std::vector<int64_t>{4}.data(), host, count_delete, &c),
                            FLX_ERR_DTYPE, "dtype"));
     EXPECT_EQ(c.deleted, 2);
     flx_clear_error();

@@ -13,12 +13,6 @@ namespace {
 
 using LinalgTest = CpuTest;
 
-int64_t numel_of(const Shape &s) {
-    int64_t n = 1;
-    for (int64_t v : s) n *= v;
-    return n;
-}
-
 // NumPy matmul in float64 loops. Returns the values; *out gets the result shape.
 std::vector<double> ref_matmul(const std::vector<double> &a, Shape as, const std::vector<double> &b,
                                Shape bs, Shape *out) {
@@ -268,12 +262,7 @@ TEST_F(LinalgTest, OtherOpsGradcheck) {
     flx_tensor *sq = rand_tensor(ctx, FLX_F64, {3, 3}, 44);
     flx_tensor *wide = rand_tensor(ctx, FLX_F64, {2, 5}, 45);
     flx_tensor *tall = rand_tensor(ctx, FLX_F64, {5, 2}, 46);
-    struct Case {
-        const char *name;
-        Fn f;
-        std::vector<flx_tensor *> in;
-    };
-    std::vector<Case> cases = {
+    std::vector<FnCase> cases = {
         {"dot", [](auto in) { return flx_dot(in[0], in[1]); }, {u, v}},
         {"outer", [](auto in) { return flx_outer(in[0], in[1]); }, {u, w}},
         {"trace square", [](auto in) { return flx_trace(in[0]); }, {sq}},
@@ -290,11 +279,7 @@ TEST_F(LinalgTest, OtherOpsGradcheck) {
          },
          {v, rand_tensor(ctx, FLX_F64, {2, 4, 4}, 47)}},
     };
-    for (const Case &c : cases) {
-        SCOPED_TRACE(c.name);
-        EXPECT_EQ(gradcheck(c.f, c.in), FLX_OK) << flx_last_error();
-        EXPECT_TRUE(jvp_check(c.f, c.in));
-    }
+    check_derivatives(cases);
     // Second order through diag/diagonal.
     Fn h = [](auto in) -> flx_tensor * {
         flx_tensor *x = in[0];

@@ -14,12 +14,6 @@ namespace {
 
 using NnTest = CpuTest;
 
-int64_t numel_of(const Shape &s) {
-    int64_t n = 1;
-    for (int64_t v : s) n *= v;
-    return n;
-}
-
 // ---- linear ---------------------------------------------------------------------------------------
 TEST_F(NnTest, LinearValuesAndDerivatives) {
     const Shape xshapes[] = {{5, 3}, {2, 4, 3}, {3}};
@@ -80,6 +74,21 @@ void ref_stats(const std::vector<double> &x, const Shape &s, std::vector<double>
     }
 }
 
+// gamma (x - mu) / sqrt(var + eps) + beta per channel (axis 1).
+std::vector<double> ref_normalise(const std::vector<double> &x, const Shape &s, const std::vector<double> &mu,
+                                  const std::vector<double> &var, const std::vector<double> &gamma,
+                                  const std::vector<double> &beta, double eps) {
+    int64_t N = s[0], C = s[1], R = numel_of(s) / (N * C);
+    std::vector<double> y(x.size());
+    for (int64_t n = 0; n < N; n++)
+        for (int64_t c = 0; c < C; c++)
+            for (int64_t r = 0; r < R; r++) {
+                size_t i = (size_t)((n * C + c) * R + r);
+                y[i] = gamma[(size_t)c] * (x[i] - mu[(size_t)c]) / std::sqrt(var[(size_t)c] + eps) + beta[(size_t)c];
+            }
+    return y;
+}
+
 TEST_F(NnTest, BatchNormTrainingStatsAndRunningUpdate) {
     const Shape shapes[] = {{4, 3}, {3, 2, 5, 3}, {2, 3, 7}};
     for (const Shape &s : shapes) {
@@ -98,15 +107,7 @@ TEST_F(NnTest, BatchNormTrainingStatsAndRunningUpdate) {
         ASSERT_NE(nrv, nullptr);
         std::vector<double> mu, var;
         ref_stats(xv, s, &mu, &var);
-        std::vector<double> ref(xv.size());
-        for (int64_t n = 0; n < N; n++)
-            for (int64_t c = 0; c < C; c++)
-                for (int64_t r = 0; r < R; r++) {
-                    size_t i = (size_t)((n * C + c) * R + r);
-                    ref[i] = gv[(size_t)c] * (xv[i] - mu[(size_t)c]) / std::sqrt(var[(size_t)c] + eps) +
-                             bv[(size_t)c];
-                }
-        EXPECT_TRUE(close(values(y), ref, 1e-12, 1e-12));
+        EXPECT_TRUE(close(values(y), ref_normalise(xv, s, mu, var, gv, bv, eps), 1e-12, 1e-12));
         std::vector<double> erm, erv;
         double cnt = (double)(N * R);
         for (int64_t c = 0; c < C; c++) {
@@ -125,14 +126,7 @@ TEST_F(NnTest, BatchNormTrainingStatsAndRunningUpdate) {
         flx_tensor *ye = flx_batch_norm(x, gm, bt, rm, rv, false, mom, eps, &nrm, &nrv);
         ASSERT_NE(ye, nullptr) << flx_last_error();
         EXPECT_EQ(nrm, nullptr);
-        for (int64_t n = 0; n < N; n++)
-            for (int64_t c = 0; c < C; c++)
-                for (int64_t r = 0; r < R; r++) {
-                    size_t i = (size_t)((n * C + c) * R + r);
-                    ref[i] = gv[(size_t)c] * (xv[i] - erm[(size_t)c]) / std::sqrt(erv[(size_t)c] + eps) +
-                             bv[(size_t)c];
-                }
-        EXPECT_TRUE(close(values(ye), ref, 1e-12, 1e-12));
+        EXPECT_TRUE(close(values(ye), ref_normalise(xv, s, erm, erv, gv, bv, eps), 1e-12, 1e-12));
     }
 }
 
@@ -467,10 +461,10 @@ TEST_F(NnTest, RecurrentBackpropThroughTime) {
 }
 
 // ---- GPU against CPU ------------------------------------------------------------------------------
-TEST(NnCuda, MatchesCpu) {
-    FLX_REQUIRE_CUDA(g);
-    flx_ctx *cpu = flx_ctx_create(flx_device_cpu());
-    ASSERT_EQ(flx_scope_begin(), FLX_OK);
+using NnCuda = CudaCpuTest;
+
+TEST_F(NnCuda, MatchesCpu) {
+    flx_ctx *g = gpu;
     for (flx_dtype dt : {FLX_F32, FLX_F64}) {
         double tol = dt == FLX_F32 ? 3e-5 : 1e-11;
         Shape xs = {5, 3, 9, 7};
@@ -498,8 +492,6 @@ TEST(NnCuda, MatchesCpu) {
                           values(flx_log_cosh_loss(xc, tc, FLX_REDUCTION_MEAN)), tol, tol));
     }
     EXPECT_EQ(flx_scope_end(0, nullptr), FLX_OK);
-    flx_ctx_destroy(cpu);
-    flx_ctx_destroy(g);
 }
 
 }  // namespace

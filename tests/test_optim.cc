@@ -198,41 +198,57 @@ Model make_model(int n_tensors, uint64_t seed) {
     return m;
 }
 
-// Runs `steps` steps of the optimiser on ctx; returns the final parameters. lr_at (optional)
-// sets the learning rate before each step.
-std::vector<std::vector<double>> run_fluxion(flx_ctx *ctx, flx_dtype dt, const Model &m,
-                                             flx_optim_kind kind, const flx_optim_config &cfg,
-                                             int steps, const std::vector<double> &lr_at = {}) {
+// The model's tensors on ctx: parameters p_j (requiring grad) and the coefficients of the loss
+// sum_j sum(c_j p_j + d_j p_j^2 / 2).
+struct Quadratic {
     std::vector<flx_tensor *> ps, cs, ds;
-    EXPECT_EQ(flx_scope_begin(), FLX_OK);
-    for (size_t j = 0; j < m.w.size(); j++) {
-        ps.push_back(make(ctx, dt, m.shapes[j], m.w[j]));
-        cs.push_back(make(ctx, dt, m.shapes[j], m.c[j]));
-        ds.push_back(make(ctx, dt, m.shapes[j], m.d[j]));
-        EXPECT_EQ(flx_set_requires_grad(ps.back(), true), FLX_OK);
+    Quadratic(flx_ctx *ctx, flx_dtype dt, const Model &m) {
+        for (size_t j = 0; j < m.w.size(); j++) {
+            ps.push_back(make(ctx, dt, m.shapes[j], m.w[j]));
+            cs.push_back(make(ctx, dt, m.shapes[j], m.c[j]));
+            ds.push_back(make(ctx, dt, m.shapes[j], m.d[j]));
+            EXPECT_EQ(flx_set_requires_grad(ps.back(), true), FLX_OK);
+        }
     }
-    flx_optim *opt = flx_optim_create(ctx, kind, (int32_t)ps.size(), ps.data(), &cfg);
-    EXPECT_NE(opt, nullptr) << flx_last_error();
-    std::vector<std::vector<double>> out;
-    if (!opt) {
-        flx_scope_end(0, nullptr);
-        return out;
-    }
-    for (int s = 0; s < steps; s++) {
-        if (!lr_at.empty()) EXPECT_EQ(flx_optim_set_lr(opt, lr_at[s]), FLX_OK) << flx_last_error();
-        flx_scope_begin();
+    flx_tensor *loss() const {
         flx_tensor *loss = nullptr;
         for (size_t j = 0; j < ps.size(); j++) {
             flx_tensor *term = flx_sum_all(flx_add(
                 flx_mul(cs[j], ps[j]), flx_mul_scalar(flx_mul(ds[j], flx_square(ps[j])), 0.5)));
             loss = loss ? flx_add(loss, term) : term;
         }
-        EXPECT_EQ(flx_backward(loss), FLX_OK) << flx_last_error();
+        return loss;
+    }
+};
+
+// `steps` steps of opt on q's loss; lr_at (optional) sets the learning rate before each step.
+void train(flx_optim *opt, const Quadratic &q, int steps, const std::vector<double> &lr_at = {}) {
+    for (int s = 0; s < steps; s++) {
+        if (!lr_at.empty()) EXPECT_EQ(flx_optim_set_lr(opt, lr_at[s]), FLX_OK) << flx_last_error();
+        flx_scope_begin();
+        EXPECT_EQ(flx_backward(q.loss()), FLX_OK) << flx_last_error();
         EXPECT_EQ(flx_optim_step(opt), FLX_OK) << flx_last_error();
         EXPECT_EQ(flx_optim_zero_grad(opt), FLX_OK);
         flx_scope_end(0, nullptr);
     }
-    for (auto p : ps) out.push_back(values(p));
+}
+
+// Runs `steps` steps of the optimiser on ctx; returns the final parameters. lr_at (optional)
+// sets the learning rate before each step.
+std::vector<std::vector<double>> run_fluxion(flx_ctx *ctx, flx_dtype dt, const Model &m,
+                                             flx_optim_kind kind, const flx_optim_config &cfg,
+                                             int steps, const std::vector<double> &lr_at = {}) {
+    EXPECT_EQ(flx_scope_begin(), FLX_OK);
+    Quadratic q(ctx, dt, m);
+    flx_optim *opt = flx_optim_create(ctx, kind, (int32_t)q.ps.size(), q.ps.data(), &cfg);
+    EXPECT_NE(opt, nullptr) << flx_last_error();
+    std::vector<std::vector<double>> out;
+    if (!opt) {
+        flx_scope_end(0, nullptr);
+        return out;
+    }
+    train(opt, q, steps, lr_at);
+    for (auto p : q.ps) out.push_back(values(p));
     flx_optim_destroy(opt);
     EXPECT_EQ(flx_scope_end(0, nullptr), FLX_OK);
     return out;
@@ -265,24 +281,24 @@ std::vector<std::vector<double>> run_reference(const Model &m, flx_optim_kind ki
     return ::testing::AssertionSuccess();
 }
 
-TEST_F(OptimTest, RandomModelMatchesReferenceF64) {
-    Model m = make_model(4, 100);
+// Every optimiser variant, `steps` steps on a random model in dt, against the float64 reference.
+void expect_variants_match_reference(flx_ctx *ctx, flx_dtype dt, uint64_t seed, int steps, double atol,
+                                     double rtol) {
+    Model m = make_model(4, seed);
     for (const Variant &v : variants()) {
         SCOPED_TRACE(v.name);
-        auto got = run_fluxion(ctx, FLX_F64, m, v.kind, v.cfg, 6);
-        auto want = run_reference(m, v.kind, v.cfg, 6);
-        EXPECT_TRUE(all_close(got, want, 1e-12, 1e-10));
+        auto got = run_fluxion(ctx, dt, m, v.kind, v.cfg, steps);
+        auto want = run_reference(m, v.kind, v.cfg, steps);
+        EXPECT_TRUE(all_close(got, want, atol, rtol));
     }
 }
 
+TEST_F(OptimTest, RandomModelMatchesReferenceF64) {
+    expect_variants_match_reference(ctx, FLX_F64, 100, 6, 1e-12, 1e-10);
+}
+
 TEST_F(OptimTest, RandomModelMatchesReferenceF32) {
-    Model m = make_model(4, 200);
-    for (const Variant &v : variants()) {
-        SCOPED_TRACE(v.name);
-        auto got = run_fluxion(ctx, FLX_F32, m, v.kind, v.cfg, 4);
-        auto want = run_reference(m, v.kind, v.cfg, 4);
-        EXPECT_TRUE(all_close(got, want, 2e-5, 1e-4));
-    }
+    expect_variants_match_reference(ctx, FLX_F32, 200, 4, 2e-5, 1e-4);
 }
 
 // More tensors than one launch holds: every chunk sees the same step count.
@@ -419,31 +435,11 @@ TEST_F(OptimTest, StateRoundTripResumesExactly) {
     c.lr = 0.05;
     auto want = run_fluxion(ctx, FLX_F64, m, FLX_OPTIM_ADAM, c, 5);
     // 3 steps, export, 2 more steps in a new optimiser.
-    std::vector<flx_tensor *> ps, cs, ds;
-    for (size_t j = 0; j < m.w.size(); j++) {
-        ps.push_back(make(ctx, FLX_F64, m.shapes[j], m.w[j]));
-        cs.push_back(make(ctx, FLX_F64, m.shapes[j], m.c[j]));
-        ds.push_back(make(ctx, FLX_F64, m.shapes[j], m.d[j]));
-        ASSERT_EQ(flx_set_requires_grad(ps.back(), true), FLX_OK);
-    }
-    auto train = [&](flx_optim *opt, int steps) {
-        for (int s = 0; s < steps; s++) {
-            flx_scope_begin();
-            flx_tensor *loss = nullptr;
-            for (size_t j = 0; j < ps.size(); j++) {
-                flx_tensor *term = flx_sum_all(flx_add(
-                    flx_mul(cs[j], ps[j]), flx_mul_scalar(flx_mul(ds[j], flx_square(ps[j])), 0.5)));
-                loss = loss ? flx_add(loss, term) : term;
-            }
-            ASSERT_EQ(flx_backward(loss), FLX_OK);
-            ASSERT_EQ(flx_optim_step(opt), FLX_OK);
-            ASSERT_EQ(flx_optim_zero_grad(opt), FLX_OK);
-            flx_scope_end(0, nullptr);
-        }
-    };
+    Quadratic q(ctx, FLX_F64, m);
+    std::vector<flx_tensor *> &ps = q.ps;
     flx_optim *a = flx_optim_create(ctx, FLX_OPTIM_ADAM, 3, ps.data(), &c);
     ASSERT_NE(a, nullptr);
-    train(a, 3);
+    train(a, q, 3);
     std::vector<flx_tensor *> saved;
     for (int j = 0; j < 3; j++)
         for (int s = 0; s < flx_optim_state_count(a); s++) saved.push_back(flx_optim_get_state(a, j, s));
@@ -459,7 +455,7 @@ TEST_F(OptimTest, StateRoundTripResumesExactly) {
             ASSERT_EQ(flx_optim_set_state(b, j, s, saved[k++]), FLX_OK) << flx_last_error();
     ASSERT_EQ(flx_optim_set_hparam(b, FLX_HP_STEP, step), FLX_OK);
     EXPECT_EQ(flx_optim_set_state(b, 0, 0, ps[1]), FLX_ERR_SHAPE);
-    train(b, 2);
+    train(b, q, 2);
     std::vector<std::vector<double>> got;
     for (auto p : ps) got.push_back(values(p));
     EXPECT_TRUE(all_close(got, want, 0, 0));

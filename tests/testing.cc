@@ -9,6 +9,8 @@ flx_tensor *make(flx_ctx *ctx, flx_dtype dt, const Shape &shape, const std::vect
     size_t n = 1;
     for (int64_t s : shape) n *= (size_t)s;
     EXPECT_EQ(n, v.size()) << "make: value count does not match the shape";
+    if (dt == FLX_F16 || dt == FLX_BF16) /* rounded to nearest even by the library's cast */
+        return flx_from_host_as(ctx, dt, (int32_t)shape.size(), shape.data(), FLX_F64, v.data());
     std::vector<unsigned char> buf(n * flx_dtype_size(dt) + 1);
     for (size_t i = 0; i < n; i++) {
         switch (dt) {
@@ -50,6 +52,14 @@ std::vector<double> values(flx_tensor *t) {
     }
     int64_t n = flx_numel(t);
     flx_dtype dt = flx_dtype_of(t);
+    if (dt == FLX_F16 || dt == FLX_BF16) { /* exact in double */
+        std::vector<double> v((size_t)n);
+        if (flx_to_host_as(t, FLX_F64, v.data(), v.size() * sizeof(double)) != FLX_OK) {
+            ADD_FAILURE() << "flx_to_host_as failed: " << flx_last_error();
+            return {};
+        }
+        return v;
+    }
     std::vector<unsigned char> buf((size_t)n * flx_dtype_size(dt) + 8);
     flx_status s = flx_to_host(t, buf.data(), buf.size());
     if (s != FLX_OK) {
@@ -196,6 +206,21 @@ flx_ctx *cuda_ctx_or_null(std::string *why) {
     return ctx;
 }
 
+void check_derivatives(const std::vector<FnCase> &cases, double eps, double atol, double rtol) {
+    for (const FnCase &c : cases) {
+        SCOPED_TRACE(c.name);
+        EXPECT_EQ(gradcheck(c.f, c.in, eps, atol, rtol), FLX_OK) << flx_last_error();
+        EXPECT_TRUE(jvp_check(c.f, c.in, eps, atol, rtol));
+    }
+}
+
+void on_cuda(const std::function<void(flx_ctx *)> &body) {
+    FLX_REQUIRE_CUDA(g);
+    ASSERT_EQ(flx_scope_begin(), FLX_OK);
+    body(g);
+    flx_scope_end(0, nullptr);
+}
+
 void CpuTest::SetUp() {
     flx_clear_error();
     live_before = flx_live_tensors();
@@ -208,6 +233,33 @@ void CpuTest::TearDown() {
     EXPECT_EQ(flx_scope_end(0, nullptr), FLX_OK);
     EXPECT_EQ(flx_live_tensors(), live_before) << "tensors leaked by this test";
     if (flx_live_tensors() == live_before) EXPECT_EQ(flx_ctx_destroy(ctx), FLX_OK) << flx_last_error();
+}
+
+void CudaCpuTest::SetUp() {
+    FLX_REQUIRE_CUDA(g);
+    gpu = g;
+    cpu = flx_ctx_create(flx_device_cpu());
+    ASSERT_NE(cpu, nullptr) << flx_last_error();
+    ASSERT_EQ(flx_scope_begin(), FLX_OK);
+    scoped_ = true;
+}
+
+void CudaCpuTest::TearDown() {
+    if (scoped_) EXPECT_EQ(flx_scope_end(0, nullptr), FLX_OK);
+    if (cpu) EXPECT_EQ(flx_ctx_destroy(cpu), FLX_OK) << flx_last_error();
+}
+
+void CommTest::SetUp() {
+    CpuTest::SetUp();
+    comm = flx_comm_create(ctx);
+    ASSERT_NE(comm, nullptr) << flx_last_error();
+    rank = flx_comm_rank(comm);
+    size = flx_comm_size(comm);
+}
+
+void CommTest::TearDown() {
+    flx_comm_destroy(comm);
+    CpuTest::TearDown();
 }
 
 }  // namespace flxt

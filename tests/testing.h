@@ -16,6 +16,12 @@ namespace flxt {
 using Shape = std::vector<int64_t>;
 using Fn = std::function<flx_tensor *(const std::vector<flx_tensor *> &)>;
 
+// Number of elements of a shape (1 for a scalar).
+inline int64_t numel_of(const Shape &s) {
+    int64_t n = 1;
+    for (int64_t v : s) n *= v;
+    return n;
+}
 // Tensor from host values (converted to dt).
 flx_tensor *make(flx_ctx *ctx, flx_dtype dt, const Shape &shape, const std::vector<double> &v);
 // Deterministic pseudo-random values in [lo, hi).
@@ -38,6 +44,15 @@ flx_status gradcheck(const Fn &fn, const std::vector<flx_tensor *> &inputs, doub
 ::testing::AssertionResult jvp_check(const Fn &fn, const std::vector<flx_tensor *> &inputs,
                                      double eps = 1e-6, double atol = 1e-7, double rtol = 1e-6,
                                      uint64_t seed = 11);
+// One row of a derivative table: a named function of tensors and the (f64) inputs to check it at.
+struct FnCase {
+    const char *name;
+    Fn f;
+    std::vector<flx_tensor *> in;
+};
+// gradcheck and jvp_check, with the same tolerances, at every row (each traced by its name).
+void check_derivatives(const std::vector<FnCase> &cases, double eps = 1e-6, double atol = 1e-7,
+                       double rtol = 1e-6);
 // Grad mode on for the lifetime of the object, whatever the caller's mode (gradcheck and
 // jvp_check evaluate their finite-difference points in no-grad mode; functions that take
 // gradients inside, for second-order checks, need it back on).
@@ -65,6 +80,10 @@ inline void need_grad(const std::vector<flx_tensor *> &in) {
 // A CUDA context on device 0, or nullptr when no GPU is usable (the caller skips).
 flx_ctx *cuda_ctx_or_null(std::string *why);
 
+// Runs body on a CUDA context inside a tensor scope; without a GPU the test is skipped (or fails
+// under FLX_REQUIRE_GPU=1) as with FLX_REQUIRE_CUDA.
+void on_cuda(const std::function<void(flx_ctx *)> &body);
+
 // Fixture: a CPU context, a scope around each test, and a leak check at the end.
 class CpuTest : public ::testing::Test {
   protected:
@@ -72,6 +91,28 @@ class CpuTest : public ::testing::Test {
     void TearDown() override;
     flx_ctx *ctx = nullptr;
     int64_t live_before = 0;
+};
+
+// Fixture of the GPU tests checked against the CPU reference: skipped without a GPU (a failure
+// under FLX_REQUIRE_GPU=1, as FLX_REQUIRE_CUDA); gpu is the shared CUDA context, cpu a CPU context
+// of the test's own, and the test body runs inside one tensor scope.
+class CudaCpuTest : public ::testing::Test {
+  protected:
+    void SetUp() override;
+    void TearDown() override;
+    flx_ctx *gpu = nullptr, *cpu = nullptr;
+
+  private:
+    bool scoped_ = false;
+};
+
+// CpuTest plus a communicator over the process's world (one rank without a launcher).
+class CommTest : public CpuTest {
+  protected:
+    void SetUp() override;
+    void TearDown() override;
+    flx_comm *comm = nullptr;
+    int rank = 0, size = 0;
 };
 
 }  // namespace flxt

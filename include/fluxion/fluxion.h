@@ -65,7 +65,8 @@ typedef enum flx_status {
     FLX_ERR_NOT_DIFFERENTIABLE = 7, /* backward through an op without a rule, or no path */
     FLX_ERR_UNSUPPORTED = 8,      /* valid request that this build cannot serve          */
     FLX_ERR_STATE = 9,            /* misuse of state: unbalanced scopes, in-place change */
-    FLX_ERR_NUMERIC = 10          /* a check on values failed (gradcheck, singular input) */
+    FLX_ERR_NUMERIC = 10,         /* a check on values failed (gradcheck, singular input) */
+    FLX_ERR_TIMEOUT = 11          /* other processes did not join a collective in time    */
 } flx_status;
 
 /* Status of the last failing call on this thread (FLX_OK if none since flx_clear_error). */
@@ -86,10 +87,21 @@ typedef enum flx_dtype {
     FLX_I32 = 2,
     FLX_I64 = 3,
     FLX_BOOL = 4, /* one byte per element, 0 or 1: masks and comparison results */
-    FLX_F16 = 5,  /* reserved: not yet supported by any op                      */
-    FLX_BF16 = 6, /* reserved: not yet supported by any op                      */
+    FLX_F16 = 5,  /* IEEE binary16: 11 significant bits, max 65504              */
+    FLX_BF16 = 6, /* bfloat16: f32's range, 8 significant bits                   */
     FLX_DTYPE_COUNT
 } flx_dtype;
+/* Half precision (f16, bf16) is a storage format: every op on halves computes in at least f32
+ * (the CPU backend in double) and rounds once to the output dtype, to nearest with ties to even
+ * (overflow gives +-inf, NaN stays NaN). Reductions, softmax, log-softmax, cross-entropy, matmul
+ * and convolution accumulate in f32 or wider (the CPU in double); layer norm and batch norm
+ * compute in f32 and round their result once; cross-entropy keeps its per-row losses and row
+ * count in f32. Ops built from several ops (losses, layers) round each intermediate result.
+ * Gradients and tangents have their input's dtype. Casts convert between every pair of dtypes
+ * (to a half: rounded to nearest even; from a half to an integer: truncation toward zero,
+ * saturated, NaN -> 0, as from any float). Promotion: see the binary ops (f16 with bf16 is f32).
+ * The linear-algebra ops (det, logdet, slogdet, inv, solve, eigh, expm) take f32 and f64 only
+ * and refuse halves with FLX_ERR_DTYPE: an LU or an eigensolver in 8 or 11 bits gives noise. */
 
 /* Bytes per element (0 for an invalid dtype). */
 FLX_API size_t flx_dtype_size(flx_dtype dt);
@@ -226,13 +238,14 @@ FLX_API flx_status flx_to_host(flx_tensor *t, void *dst, size_t nbytes);
 /* The single element of a tensor with numel 1, converted to double. */
 FLX_API flx_status flx_item(flx_tensor *t, double *out);
 /* Dtype conversion on the way in and out, with flx_cast's rules (float -> int truncates toward
- * zero and saturates, NaN -> 0; to bool: x != 0; int -> float rounds to nearest), done on the host
+ * zero and saturates, NaN -> 0; to bool: x != 0; int -> float and to f16/bf16 round to nearest
+ * even), done on the host
  * (no device memory, no graph node).
  * flx_to_host_as: like flx_to_host, but writes the elements as host_dt (dst holds nbytes >=
  *   numel * flx_dtype_size(host_dt)); host_dt == the tensor's dtype is flx_to_host.
  * flx_from_host_as: a tensor of dtype dt (a CONST leaf, like flx_from_host) from numel elements of
  *   type host_dt at data; host_dt == dt is flx_from_host.
- * Errors: FLX_ERR_DTYPE for an invalid or reserved dtype (f16/bf16), FLX_ERR_INVALID_ARGUMENT for
+ * Errors: FLX_ERR_DTYPE for an invalid dtype, FLX_ERR_INVALID_ARGUMENT for
  * NULL pointers or a too small dst, as flx_to_host / flx_from_host otherwise. */
 FLX_API flx_status flx_to_host_as(flx_tensor *t, flx_dtype host_dt, void *dst, size_t nbytes);
 FLX_API flx_tensor *flx_from_host_as(flx_ctx *ctx, flx_dtype dt, int32_t ndim,
@@ -245,7 +258,8 @@ FLX_API flx_tensor *flx_from_host_as(flx_ctx *ctx, flx_dtype dt, int32_t ndim,
  * copy (to t's context). */
 FLX_API flx_tensor *flx_to_ctx(flx_tensor *t, flx_ctx *dst);
 /* Converts elements to another dtype (float -> int truncates toward zero and saturates to the
- * integer's range, NaN -> 0, the same on every backend; to bool: x != 0). */
+ * integer's range, NaN -> 0, the same on every backend; to bool: x != 0; to f16/bf16: rounded to
+ * nearest even, beyond the range: +-inf). */
 FLX_API flx_tensor *flx_cast(flx_tensor *t, flx_dtype dt);
 
 /* Computes every tensor in ts (one evaluation, so shared work runs once) and keeps their data. */
@@ -258,7 +272,8 @@ FLX_API flx_status flx_eval(int32_t n, flx_tensor *const *ts);
 FLX_API flx_status flx_assign(flx_tensor *dst, flx_tensor *src);
 
 /* ---------------------------------------------------------------------------------------------
- * Elementwise unary ops (f32, f64; neg and abs also i32, i64, exact in integer arithmetic).
+ * Elementwise unary ops (f32, f64, f16, bf16; neg and abs also i32, i64, exact in integer
+ * arithmetic).
  * Derivative conventions at kinks: abs'(0) = 0, relu'(0) = 0, clamp' = 1 strictly inside
  * (lo, hi) and 0 elsewhere. NaN propagates as in numpy: relu, sign, clamp, leaky_relu, elu of
  * NaN are NaN, and so are the derivatives of relu, leaky_relu, elu, abs and clamp at NaN.
@@ -295,9 +310,11 @@ FLX_API flx_tensor *flx_add_scalar(flx_tensor *x, double b);
 /* ---------------------------------------------------------------------------------------------
  * Elementwise binary ops with NumPy broadcasting. Both inputs have one context.
  * Dtype promotion (PyTorch's rule for two tensors): inputs of different dtypes are computed in
- * the higher of bool < i32 < i64 < f32 < f64, the other input cast to it first (so i64 * f32 is
- * f32, f32 + f64 is f64, bool * f64 is f64); the gradient flows back through that cast to the
- * input's own dtype. Arithmetic: f32, f64 (add, sub, mul, maximum, minimum also i32, i64).
+ * the higher of bool < i32 < i64 < f16, bf16 < f32 < f64, the other input cast to it first (so
+ * i64 * f32 is f32, f32 + f64 is f64, bool * f64 is f64, bf16 * f32 is f32, i64 * bf16 is bf16);
+ * f16 with bf16 is computed in f32 (neither holds the other). The gradient flows back through
+ * that cast to the input's own dtype. Arithmetic: f32, f64, f16, bf16 (add, sub, mul, maximum,
+ * minimum also i32, i64).
  * Comparisons take every dtype but bool and return FLX_BOOL; they have no gradient.
  * maximum/minimum propagate NaN from either side (numpy) and send the gradient to the input the
  * value came from: a on ties and where a is NaN, b where only b is NaN.
@@ -368,7 +385,7 @@ FLX_API flx_tensor *flx_unsqueeze(flx_tensor *x, int32_t axis);
 FLX_API flx_tensor *flx_index_select(flx_tensor *x, int32_t axis, flx_tensor *index);
 /* Alias of flx_index_select (gather along one axis with a 1-d index). */
 FLX_API flx_tensor *flx_gather(flx_tensor *x, int32_t axis, flx_tensor *index);
-/* out[..., c] = (index[...] == c) as dt (f32/f64/i32/i64), num_classes > 0. */
+/* out[..., c] = (index[...] == c) as dt (f32/f64/f16/bf16/i32/i64), num_classes > 0. */
 FLX_API flx_tensor *flx_one_hot(flx_tensor *index, int64_t num_classes, flx_dtype dt);
 /* Constant padding: pads holds 2*ndim entries (before_0, after_0, before_1, after_1, ...), each
  * >= 0. */
@@ -379,7 +396,8 @@ FLX_API flx_tensor *flx_pad(flx_tensor *x, const int64_t *pads, double value);
  * ------------------------------------------------------------------------------------------- */
 /* NumPy matmul: (..., m, k) @ (..., k, n) with broadcast batch dims; a 1-d left operand is a
  * row vector, a 1-d right operand a column vector (that axis is removed from the result). f32,
- * f64. cuBLAS on CUDA (strict f32, no TF32 unless asked for). */
+ * f64, f16, bf16 (halves accumulate in f32 or wider, rounded once). cuBLAS on CUDA (strict f32,
+ * no TF32 unless asked for). */
 FLX_API flx_tensor *flx_matmul(flx_tensor *a, flx_tensor *b);
 FLX_API flx_tensor *flx_dot(flx_tensor *a, flx_tensor *b);    /* 1-d . 1-d -> 0-d  */
 FLX_API flx_tensor *flx_outer(flx_tensor *a, flx_tensor *b);  /* (n), (m) -> (n, m) */
@@ -449,8 +467,8 @@ FLX_API flx_tensor *flx_expm(flx_tensor *a);
 FLX_API flx_status flx_eigh(flx_tensor *a, flx_tensor **w, flx_tensor **v);
 
 /* ---- softmax family (runtime/ops/softmax.c, kernels/softmax.cu) ---------------------
- * softmax(x / T) and log_softmax(x / T) along one axis (negative counts from the end) of an f32
- * or f64 tensor with at least one axis; temperature T is a plain scale of the logits, finite and
+ * softmax(x / T) and log_softmax(x / T) along one axis (negative counts from the end) of a float
+ * tensor (f32, f64, f16, bf16; halves computed in f32 or wider) with at least one axis; temperature T is a plain scale of the logits, finite and
  * > 0. Numerically stable (max-subtracted, so logits of +-1e4 do not overflow in f32).
  * Non-finite inputs: -inf entries get probability 0 (log-probability -inf) as long as the row
  * has a finite entry; a row whose entries are ALL -inf gives NaN in every entry (0/0); a +inf or
@@ -464,10 +482,27 @@ FLX_API flx_tensor *flx_log_softmax(flx_tensor *x, int32_t axis, double temperat
 /* (flx_cross_entropy, the fused loss of this family, is declared after flx_reduction in the
  * "Losses" block below.) */
 
+/* ---- attention (runtime/ops/attention.c, kernels/attention.cu) -----------------------------
+ * Scaled dot-product attention: o = softmax(scale q k^T + mask) v per (batch, head), for
+ * q (B, H, S, D), k (B, H, T, D), v (B, H, T, Dv) of one float dtype (f32, f64, f16, bf16) and
+ * context; o is (B, H, S, Dv). scale: finite and > 0, or 0 meaning 1/sqrt(D) (1 when D == 0).
+ * causal: query i sees keys j <= i + (T - S) (bottom-right aligned, as FlashAttention 2; S == T is
+ * the usual lower triangle). A row that sees no key (causal with i < S - T, or T == 0) outputs 0,
+ * and its gradient and tangent are 0. One fused kernel per pass, never storing the S x T scores:
+ * the forward keeps the rows' logsumexp (f32; f64 for f64 data) when a gradient may follow; the
+ * VJP recomputes the probabilities from it (deterministic, no atomics), and the JVP is one
+ * fused pass of its own (the softmax JVP inside the online softmax), so flx_jvp and
+ * forward-over-reverse HVPs run fused. Second and higher derivatives are compositions of
+ * matmul and softmax that do store S x T per (batch, head). Errors: FLX_ERR_DTYPE (non-float or
+ * mixed dtypes), FLX_ERR_SHAPE (not rank 4, sizes that do not fit), FLX_ERR_DEVICE (two contexts),
+ * FLX_ERR_INVALID_ARGUMENT (scale negative or not finite). */
+FLX_API flx_tensor *flx_attention(flx_tensor *q, flx_tensor *k, flx_tensor *v, bool causal,
+                                  double scale);
+
 /* ---------------------------------------------------------------------------------------------
  * Autodiff
  * ------------------------------------------------------------------------------------------- */
-/* Marks a tensor as a leaf that collects gradients (f32/f64 only). Making an op result require
+/* Marks a tensor as a leaf that collects gradients (float dtypes only). Making an op result require
  * grad computes and detaches it first: it becomes a leaf holding its value. */
 FLX_API flx_status flx_set_requires_grad(flx_tensor *t, bool requires_grad);
 FLX_API bool flx_requires_grad(const flx_tensor *t);
@@ -607,7 +642,8 @@ FLX_API flx_status flx_custom_fn(int32_t n_in, flx_tensor *const *inputs, flx_cu
  * Neural-network layers (runtime/ops/conv.c, runtime/ops/nn.c, runtime/nn/init.c)
  *
  * Building blocks for training. Every layer is differentiable in every float input (VJP and JVP,
- * any order) and takes f32 or f64 (all float inputs of one call share a dtype and a context).
+ * any order) and takes f32, f64, f16 or bf16 (all float inputs of one call share a dtype and a
+ * context).
  * Images are NCHW: x is (N, C, H, W). Window arguments are 2-arrays (h, w); NULL picks the
  * default named per function. Output size along an axis of length L with kernel k, stride s,
  * padding p, dilation d: O = floor((L + 2p - d (k - 1) - 1) / s) + 1 (no ceil mode).
@@ -706,7 +742,7 @@ FLX_API flx_tensor *flx_hinge_loss(flx_tensor *y, flx_tensor *t, flx_reduction r
  * Cross-entropy from logits with integer class labels, fused: per row r,
  * loss_r = log sum exp(logits_r - max_r) - (logits_r[labels_r] - max_r) (the precise form of
  * logsumexp(logits_r) - logits_r[labels_r]), and 0 where labels_r == ignore_index.
- * logits (N, C) f32/f64 with labels (N), or logits (N, C, d1, ...) with labels (N, d1, ...) (the
+ * logits (N, C) f32/f64/f16/bf16 with labels (N), or logits (N, C, d1, ...) with labels (N, d1, ...) (the
  * class axis is 1); labels i32 or i64 in [0, C) or equal to ignore_index (e.g. -100). A label out
  * of range is reported at the next synchronisation point (FLX_ERR_INVALID_ARGUMENT) and its row
  * counts as ignored meanwhile. MEAN divides by the number of non-ignored rows (NaN when that is
@@ -720,7 +756,7 @@ FLX_API flx_tensor *flx_hinge_loss(flx_tensor *y, flx_tensor *t, flx_reduction r
 FLX_API flx_tensor *flx_cross_entropy(flx_tensor *logits, flx_tensor *labels,
                                       flx_reduction reduction, int64_t ignore_index);
 
-/* ---- Initialisers: new tensors (f32/f64) from the counter-based Philox generator (same values
+/* ---- Initialisers: new tensors (float dtypes) from the counter-based Philox generator (same values
  * on every backend for a seed). Fans of a shape: 2-d (out, in): fan_in = in, fan_out = out;
  * rank r > 2 (out, in, k...): fan_in = in prod(k), fan_out = out prod(k); 1-d (n): both n.
  * gain: 1 for linear/sigmoid, sqrt(2) (FLX_GAIN_RELU) for ReLU, 5/3 for tanh. ---- */
@@ -941,7 +977,7 @@ FLX_API void flx_optim_destroy(flx_optim *opt);
  *   {"name": {"dtype": "F32", "shape": [2, 3], "data_offsets": [begin, end]}, ...,
  *    "__metadata__": {"key": "value", ...}}
  * then the data region, which the tensors' [begin, end) ranges tile exactly (in file order of
- * offsets), little-endian, row-major. dtypes: F32, F64, I32, I64, BOOL. Readable by the Python
+ * offsets), little-endian, row-major. dtypes: F32, F64, F16, BF16, I32, I64, BOOL. Readable by the Python
  * `safetensors` package and PyTorch.
  * Saving is crash-safe: the file is written to a temporary file in the same directory, fsynced,
  * renamed over path and the directory fsynced; a failed save leaves any previous file intact.
@@ -1025,6 +1061,11 @@ FLX_API void flx_checkpoint_destroy(flx_checkpoint *ck);                 /* NULL
  * the update, like the eager sequence "evaluate, flx_optim_step, flx_assign".
  * Values that change between runs (a learning rate, a step count) should be plan inputs (or, for
  * optimisers, flx_optim_set_hparam).
+ * Random numbers (flx_uniform, flx_normal, flx_randn, dropout masks) are drawn anew by every run,
+ * as eager code drawing with a new seed per step would: run k draws Philox stream k of the seed
+ * (counted on the device, so captured replays advance too); run 0 draws the values eager
+ * evaluation of the same graph gives. Within one run every reader of a random tensor (a dropout
+ * mask in forward and backward) sees the same values.
  * The plan holds its graph alive until flx_plan_destroy; run a plan from one thread at a time
  * and not while another thread uses the tensors of its graph. Math mode and other cuBLAS
  * settings are those at capture (compile) time. */
@@ -1120,7 +1161,8 @@ FLX_API flx_status flx_get_fusion(const flx_ctx *ctx, bool *enabled);
  * is a sum all-reduce of the cotangent, all-gather and reduce-scatter are each other's VJP,
  * broadcast's VJP sums the cotangents onto the root). Every rank must build and evaluate the same
  * collectives in the same order (as in MPI and NCCL), gradients included: a collective that one
- * rank evaluates and another never does waits forever.
+ * rank evaluates and another never does fails on the waiting ranks with FLX_ERR_TIMEOUT after the
+ * communicator's timeout (flx_comm_set_timeout).
  *
  * A communicator is identified by a handle that ops keep by value: evaluating a collective after
  * its communicator was destroyed fails with FLX_ERR_STATE instead of touching freed memory.
@@ -1141,14 +1183,25 @@ FLX_API bool flx_has_nccl(void);
  * application has not done so (and finalised at exit); CPU contexts talk MPI, CUDA contexts NCCL
  * with its id sent over MPI. RANK and WORLD_SIZE (torchrun style) -> NCCL for CUDA contexts, its
  * id handed over TCP by rank 0 listening on MASTER_PORT at MASTER_ADDR (defaults 29500,
- * 127.0.0.1; FLX_COMM_TIMEOUT_S bounds the wait, default 300 s). Otherwise a world of one (over
+ * 127.0.0.1; FLX_COMM_TIMEOUT_S bounds the wait, default 600 s: FLX_ERR_TIMEOUT). Otherwise a world of one (over
  * NCCL on a CUDA context when NCCL is built). A launcher world this build cannot serve (no MPI, no
  * NCCL, CPU contexts under torchrun) is an FLX_ERR_UNSUPPORTED error, never a silent world of
- * one. Returns NULL with the error set on failure. */
+ * one. Every rank of a job creates its communicators together, in the same order (each MPI one
+ * is a duplicate of MPI_COMM_WORLD, so a failed communicator leaves the others in step). Returns
+ * NULL with the error set on failure. */
 FLX_API flx_comm *flx_comm_create(flx_ctx *ctx);
 /* Destroys the communicator. Collectives recorded on it and not yet run fail with
  * FLX_ERR_STATE when evaluated. NULL is a no-op. */
 FLX_API flx_status flx_comm_destroy(flx_comm *comm);
+/* How long a rank waits for the others in one collective (and NCCL's set-up) before giving up
+ * with FLX_ERR_TIMEOUT: seconds > 0 and finite; the default is FLX_COMM_TIMEOUT_S from the
+ * environment, else 600. The message of a timeout names the collective, its sequence number on
+ * the communicator (collectives counted from 1 in the order this rank ran them) and the rank.
+ * After a timeout the communicator is failed: every later collective on it fails at once with
+ * FLX_ERR_STATE, and every rank should destroy it (the ranks disagree on which collective comes
+ * next; a new communicator starts them in step again). */
+FLX_API flx_status flx_comm_set_timeout(flx_comm *comm, double seconds);
+FLX_API flx_status flx_comm_get_timeout(const flx_comm *comm, double *seconds);
 FLX_API int32_t flx_comm_rank(const flx_comm *comm); /* -1 for NULL */
 FLX_API int32_t flx_comm_size(const flx_comm *comm); /* -1 for NULL */
 /* x reduced elementwise over the ranks (same shape and dtype on every rank; f32, f64, and for
@@ -1174,6 +1227,32 @@ FLX_API flx_status flx_comm_broadcast_params(flx_comm *comm, int32_t n, flx_tens
                                              int32_t root);
 FLX_API flx_status flx_comm_average_grads(flx_comm *comm, int32_t n, flx_tensor *const *params,
                                           size_t bucket_bytes);
+
+/* flx_backward(loss) and flx_comm_average_grads(comm, n, params, bucket_bytes) in one evaluation,
+ * with the gradient communication overlapping the rest of backward: each bucket's all-reduce
+ * starts as soon as the backward steps that make its gradients have run (buckets are filled in
+ * reverse parameter order, so the last layers' go first), and the evaluation waits for it only
+ * after the rest of backward. MPI: nonblocking collectives, waited for at the end. NCCL: the
+ * all-reduces run on a communication stream of their own, ordered against the context's stream
+ * by events (no host wait). Every parameter gets a .grad, the mean over the ranks of (its .grad
+ * + d loss / d parameter): zeros where the loss does not depend on it, so that every rank
+ * reduces the same buckets. Leaves not in params get no .grad. loss: one element, of the
+ * communicator's context; params: as flx_comm_average_grads, each requiring grad. If the
+ * evaluation fails midway, the collectives already started are completed (results discarded),
+ * so the ranks stay in step. */
+FLX_API flx_status flx_comm_backward(flx_comm *comm, flx_tensor *loss, int32_t n, flx_tensor *const *params,
+                                     size_t bucket_bytes);
+
+/* Counters of a communicator (this rank's view), for tests and tuning. */
+typedef struct flx_comm_stats {
+    uint64_t collectives;   /* collectives run or started on this communicator            */
+    uint64_t bytes;         /* bytes of their inputs on this rank                         */
+    uint64_t overlapped;    /* of those, started by flx_comm_backward and waited for later */
+    uint64_t started_early; /* overlapped ones after whose start the context queued other
+                               kernels before the next one started: buckets whose
+                               communication overlaps the rest of backward                */
+} flx_comm_stats;
+FLX_API flx_status flx_comm_get_stats(const flx_comm *comm, flx_comm_stats *out);
 
 /* Sharded optimiser state (ZeRO stage 1). Each rank keeps the optimiser state of 1/size of the
  * parameters (packed in order into one flat vector, padded to a multiple of the world size, split

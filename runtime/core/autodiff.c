@@ -51,7 +51,7 @@ flx_status flx_set_requires_grad(flx_tensor *t, bool requires_grad) {
     }
     if (!flx_dtype_is_float(t->dtype))
         return flx_set_error(FLX_ERR_DTYPE,
-                             "flx_set_requires_grad: only f32/f64 tensors can require grad, got %s",
+                             "flx_set_requires_grad: only float tensors can require grad, got %s",
                              flx_describe(t));
     if (t->op != FLX_OP_CONST) {
         flx_status s = flx_eval_nodes(1, &t);
@@ -224,43 +224,82 @@ static void index_free(walk_index *ix) {
     free(ix->vals);
 }
 
+/* One driver's view of the graph below its roots: the walk, its index, and per walked node (by
+ * position in the walk) a tensor and a flag whose meaning the driver gives them. */
+typedef struct pass {
+    walk w;
+    walk_index ix;
+    flx_tensor **val;
+    bool *flag;
+} pass;
+
+static void pass_end(pass *p) {
+    free(p->val);
+    free(p->flag);
+    index_free(&p->ix);
+    free(p->w.order);
+}
+
+/* Walks from roots (every node if all, else those requiring grad) and allocates the per-node
+ * arrays, zeroed; who names the caller in an out-of-memory message. On success the caller ends
+ * the pass with pass_end; on failure nothing is left to release. */
+static flx_status pass_begin(pass *p, int32_t n_roots, flx_tensor *const *roots, bool all,
+                             const char *who) {
+    memset(p, 0, sizeof *p);
+    flx_status s = walk_any(n_roots, roots, flx_next_epoch(), &p->w, all);
+    if (s == FLX_OK) s = index_build(&p->ix, &p->w);
+    if (s == FLX_OK) {
+        size_t n = p->w.n ? p->w.n : 1;
+        p->val = (flx_tensor **)calloc(n, sizeof *p->val);
+        p->flag = (bool *)calloc(n, sizeof *p->flag);
+        if (!p->val || !p->flag) s = flx_set_error(FLX_ERR_OUT_OF_MEMORY, "%s: out of host memory", who);
+    }
+    if (s != FLX_OK) pass_end(p);
+    return s;
+}
+
+/* Ends the pass, first (if s is FLX_OK) setting out[j] to its value at ts[j], or zeros shaped
+ * like ts[j] where it has none (not reached). Returns s or the first failure. */
+static flx_status pass_collect(pass *p, flx_status s, int32_t n, flx_tensor *const *ts,
+                               flx_tensor **out) {
+    for (int32_t j = 0; j < n && s == FLX_OK; j++) {
+        flx_tensor *x = ts[j];
+        int32_t k = index_of(&p->ix, x);
+        flx_tensor *v = k >= 0 ? p->val[k] : NULL;
+        if (!v) v = flx_zeros(x->ctx, x->dtype, x->ndim, x->shape);
+        if (!v) s = flx_last_status();
+        out[j] = v;
+    }
+    pass_end(p);
+    return s;
+}
+
 /* Core of flx_grad_of: must be called inside a scope, which owns everything it makes.
  * grads_out[j] are borrowed from that scope. */
 static flx_status grad_core(int32_t n_out, flx_tensor *const *outputs,
                             flx_tensor *const *cotangents, int32_t n_in,
                             flx_tensor *const *inputs, flx_tensor **grads_out) {
-    uint64_t epoch = flx_next_epoch();
-    walk w = {0};
-    walk_index ix = {0};
-    flx_status s = walk_graph(n_out, outputs, epoch, &w);
-    if (s == FLX_OK) s = index_build(&ix, &w);
     /* Cotangent of each visited node and whether an input is reachable from it (rules run only
-     * where they matter), both indexed by position in the walk. */
-    flx_tensor **cot = s == FLX_OK ? (flx_tensor **)calloc(w.n ? w.n : 1, sizeof *cot) : NULL;
-    bool *reach = s == FLX_OK ? (bool *)calloc(w.n ? w.n : 1, sizeof *reach) : NULL;
-    if (s == FLX_OK && (!cot || !reach))
-        s = flx_set_error(FLX_ERR_OUT_OF_MEMORY, "autodiff: out of host memory");
-    if (s != FLX_OK) {
-        free(cot);
-        free(reach);
-        index_free(&ix);
-        free(w.order);
-        return s;
-    }
+     * where they matter). */
+    pass p;
+    flx_status s = pass_begin(&p, n_out, outputs, false, "autodiff");
+    if (s != FLX_OK) return s;
+    flx_tensor **cot = p.val;
+    bool *reach = p.flag;
     for (int32_t j = 0; j < n_in; j++) {
-        int32_t k = index_of(&ix, inputs[j]);
+        int32_t k = index_of(&p.ix, inputs[j]);
         if (k >= 0) reach[k] = true;
     }
-    for (size_t i = 0; i < w.n; i++) {
-        flx_tensor *t = w.order[i];
+    for (size_t i = 0; i < p.w.n; i++) {
+        flx_tensor *t = p.w.order[i];
         for (int32_t k = 0; k < t->n_in && !reach[i]; k++) {
-            int32_t pk = index_of(&ix, t->in[k]);
+            int32_t pk = index_of(&p.ix, t->in[k]);
             if (pk >= 0 && reach[pk]) reach[i] = true;
         }
     }
     for (int32_t o = 0; o < n_out && s == FLX_OK; o++) {
         flx_tensor *y = outputs[o];
-        int32_t k = index_of(&ix, y);
+        int32_t k = index_of(&p.ix, y);
         if (k < 0 || !reach[k]) continue;
         flx_tensor *c = cotangents ? cotangents[o] : NULL;
         if (!c) {
@@ -276,8 +315,8 @@ static flx_status grad_core(int32_t n_out, flx_tensor *const *outputs,
         cot[k] = cot[k] ? flx_add(cot[k], c) : c;
         if (!cot[k]) s = flx_last_status();
     }
-    for (size_t i = w.n; i-- > 0 && s == FLX_OK;) {
-        flx_tensor *t = w.order[i];
+    for (size_t i = p.w.n; i-- > 0 && s == FLX_OK;) {
+        flx_tensor *t = p.w.order[i];
         flx_tensor *g = cot[i];
         if (!g || t->n_in == 0 || !reach[i]) continue;
         const flx_op_def *def = flx_op_get(t->op);
@@ -295,26 +334,14 @@ static flx_status grad_core(int32_t n_out, flx_tensor *const *outputs,
         for (int32_t k = 0; k < t->n_in; k++) gin[k] = NULL;
         s = def->vjp(t, g, gin);
         for (int32_t k = 0; k < t->n_in && s == FLX_OK; k++) {
-            int32_t pk = gin[k] ? index_of(&ix, t->in[k]) : -1;
+            int32_t pk = gin[k] ? index_of(&p.ix, t->in[k]) : -1;
             if (pk < 0 || !reach[pk]) continue;
             cot[pk] = cot[pk] ? flx_add(cot[pk], gin[k]) : gin[k];
             if (!cot[pk]) s = flx_last_status();
         }
         if (gin != gin_local) free(gin);
     }
-    for (int32_t j = 0; j < n_in && s == FLX_OK; j++) {
-        flx_tensor *x = inputs[j];
-        int32_t k = index_of(&ix, x);
-        flx_tensor *g = k >= 0 ? cot[k] : NULL;
-        if (!g) g = flx_zeros(x->ctx, x->dtype, x->ndim, x->shape);
-        if (!g) s = flx_last_status();
-        grads_out[j] = g;
-    }
-    free(reach);
-    index_free(&ix);
-    free(cot);
-    free(w.order);
-    return s;
+    return pass_collect(&p, s, n_in, inputs, grads_out);
 }
 
 static flx_status check_grad_args(const char *fn, int32_t n_out, flx_tensor *const *outputs,
@@ -376,32 +403,22 @@ flx_status flx_grad_of(int32_t n_out, flx_tensor *const *outputs, flx_tensor *co
 /* ---- forward mode ------------------------------------------------------------------------- */
 static flx_status jvp_core(int32_t n_in, flx_tensor *const *inputs, flx_tensor *const *tangents,
                            int32_t n_out, flx_tensor *const *outputs, flx_tensor **tout) {
-    uint64_t epoch = flx_next_epoch();
-    walk w = {0};
-    walk_index ix = {0};
-    flx_status s = walk_any(n_out, outputs, epoch, &w, true);
-    if (s == FLX_OK) s = index_build(&ix, &w);
-    flx_tensor **tan = s == FLX_OK ? (flx_tensor **)calloc(w.n ? w.n : 1, sizeof *tan) : NULL;
-    bool *seeded = s == FLX_OK ? (bool *)calloc(w.n ? w.n : 1, sizeof *seeded) : NULL;
-    if (s == FLX_OK && (!tan || !seeded))
-        s = flx_set_error(FLX_ERR_OUT_OF_MEMORY, "flx_jvp: out of host memory");
-    if (s != FLX_OK) {
-        free(tan);
-        free(seeded);
-        index_free(&ix);
-        free(w.order);
-        return s;
-    }
+    /* Tangent of each visited node and whether it was seeded by an input's tangent. */
+    pass p;
+    flx_status s = pass_begin(&p, n_out, outputs, true, "flx_jvp");
+    if (s != FLX_OK) return s;
+    flx_tensor **tan = p.val;
+    bool *seeded = p.flag;
     for (int32_t j = 0; j < n_in && s == FLX_OK; j++) {
-        int32_t k = index_of(&ix, inputs[j]);
+        int32_t k = index_of(&p.ix, inputs[j]);
         if (k < 0 || !tangents[j]) continue;
         tan[k] = tan[k] ? flx_add(tan[k], tangents[j]) : tangents[j];
         if (!tan[k]) s = flx_last_status();
         seeded[k] = true; /* its own rule is not applied */
     }
     flx_tensor *tin_local[8];
-    for (size_t i = 0; i < w.n && s == FLX_OK; i++) {
-        flx_tensor *t = w.order[i];
+    for (size_t i = 0; i < p.w.n && s == FLX_OK; i++) {
+        flx_tensor *t = p.w.order[i];
         if (seeded[i] || t->n_in == 0) continue;
         flx_tensor **tin = t->n_in <= 8 ? tin_local : (flx_tensor **)calloc((size_t)t->n_in, sizeof *tin);
         if (!tin) {
@@ -410,7 +427,7 @@ static flx_status jvp_core(int32_t n_in, flx_tensor *const *inputs, flx_tensor *
         }
         bool any = false;
         for (int32_t k = 0; k < t->n_in; k++) {
-            int32_t pk = index_of(&ix, t->in[k]);
+            int32_t pk = index_of(&p.ix, t->in[k]);
             tin[k] = pk >= 0 ? tan[pk] : NULL;
             any = any || tin[k];
         }
@@ -423,19 +440,7 @@ static flx_status jvp_core(int32_t n_in, flx_tensor *const *inputs, flx_tensor *
         }
         if (tin != tin_local) free(tin);
     }
-    for (int32_t k = 0; k < n_out && s == FLX_OK; k++) {
-        flx_tensor *y = outputs[k];
-        int32_t yk = index_of(&ix, y);
-        flx_tensor *r = yk >= 0 ? tan[yk] : NULL;
-        if (!r) r = flx_zeros(y->ctx, y->dtype, y->ndim, y->shape);
-        if (!r) s = flx_last_status();
-        tout[k] = r;
-    }
-    free(tan);
-    free(seeded);
-    index_free(&ix);
-    free(w.order);
-    return s;
+    return pass_collect(&p, s, n_out, outputs, tout);
 }
 
 flx_status flx_jvp(int32_t n_in, flx_tensor *const *inputs, flx_tensor *const *tangents,

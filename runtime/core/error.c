@@ -50,6 +50,7 @@ const char *flx_status_string(flx_status s) {
     case FLX_ERR_UNSUPPORTED: return "FLX_ERR_UNSUPPORTED";
     case FLX_ERR_STATE: return "FLX_ERR_STATE";
     case FLX_ERR_NUMERIC: return "FLX_ERR_NUMERIC";
+    case FLX_ERR_TIMEOUT: return "FLX_ERR_TIMEOUT";
     }
     return "FLX_ERR_UNKNOWN";
 }

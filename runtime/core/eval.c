@@ -191,6 +191,7 @@ flx_status flx_item(flx_tensor *t, double *out) {
     if (t->numel != 1)
         return flx_set_error(FLX_ERR_SHAPE, "flx_item: expects one element, got %s",
                              flx_describe(t));
+    if (flx_dtype_is_half(t->dtype)) return flx_to_host_as(t, FLX_F64, out, sizeof *out); /* exact */
     union { float f; double d; int32_t i; int64_t l; uint8_t b; } v;
     flx_status s = flx_to_host(t, &v, sizeof v);
     if (s != FLX_OK) return s;

@@ -40,7 +40,7 @@ _Static_assert(FLX_FUSE_MAX_MEMBERS + FLX_FUSED_MAX_IN <= FLX_FUSED_MAX_INSTR,
 enum { CG_UNSEEN = -1, CG_CONFLICT = -2 };
 
 static bool fusable(const flx_tensor *t) {
-    if (t->dtype != FLX_F32 && t->dtype != FLX_F64) return false;
+    if (!flx_dtype_is_float(t->dtype)) return false;
     switch (t->op) {
     case FLX_OP_UNARY: return t->in[0]->dtype == t->dtype;
     case FLX_OP_BINARY:

@@ -23,7 +23,7 @@ static flx_status make_leaves(const char *fn, int32_t n, flx_tensor *const *inpu
         if (!x) return flx_set_error_if_clear(FLX_ERR_INVALID_ARGUMENT, "%s: input %d is NULL", fn, (int)j);
         if (!flx_check_handle(fn, x)) return flx_last_status();
         if (!flx_dtype_is_float(x->dtype))
-            return flx_set_error(FLX_ERR_DTYPE, "%s: input %d %s must be f32 or f64", fn, (int)j,
+            return flx_set_error(FLX_ERR_DTYPE, "%s: input %d %s must have a float dtype", fn, (int)j,
                                  flx_describe(x));
         if (j > 0 && x->ctx != inputs[0]->ctx)
             return flx_set_error(FLX_ERR_DEVICE, "%s: input %d %s is on another context than input 0",
@@ -219,21 +219,32 @@ static flx_status jacobian_of(const char *fn, flx_tensor *x, flx_tensor *y, bool
     return s;
 }
 
-flx_status flx_jacobian(flx_fn f, void *user, flx_tensor *x, flx_tensor **jac_out) {
-    const char *fn = "flx_jacobian";
-    if (!jac_out) return flx_set_error(FLX_ERR_INVALID_ARGUMENT, "%s: jac_out is NULL", fn);
-    *jac_out = NULL;
+/* The start of flx_jacobian and flx_hessian: checks out (named out_name, cleared first), f and
+ * x, then opens the scope the caller ends (only when this returns FLX_OK). */
+static flx_status begin_single(const char *fn, flx_fn f, flx_tensor *x, flx_tensor **out,
+                               const char *out_name) {
+    if (!out) return flx_set_error(FLX_ERR_INVALID_ARGUMENT, "%s: %s is NULL", fn, out_name);
+    *out = NULL;
     if (!f) return flx_set_error(FLX_ERR_INVALID_ARGUMENT, "%s: f is NULL", fn);
     if (!x) return flx_set_error_if_clear(FLX_ERR_INVALID_ARGUMENT, "%s: x is NULL", fn);
     if (!flx_check_handle(fn, x)) return flx_last_status();
-    flx_status s = flx_scope_begin();
+    return flx_scope_begin();
+}
+
+/* x's leaf copy *xl and *y = f(*xl) (scalar: y must be a scalar). */
+static flx_status leaf_and_call(const char *fn, flx_fn f, void *user, flx_tensor *x, bool scalar,
+                                flx_tensor **xl, flx_tensor **y) {
+    flx_status s = make_leaves(fn, 1, &x, xl);
+    if (s == FLX_OK && !(*y = call_f(fn, f, user, 1, xl, scalar))) s = flx_last_status();
+    return s;
+}
+
+flx_status flx_jacobian(flx_fn f, void *user, flx_tensor *x, flx_tensor **jac_out) {
+    const char *fn = "flx_jacobian";
+    flx_status s = begin_single(fn, f, x, jac_out, "jac_out");
     if (s != FLX_OK) return s;
     flx_tensor *xl = NULL, *y = NULL;
-    s = make_leaves(fn, 1, &x, &xl);
-    if (s == FLX_OK) {
-        y = call_f(fn, f, user, 1, &xl, false);
-        if (!y) s = flx_last_status();
-    }
+    s = leaf_and_call(fn, f, user, x, false, &xl, &y);
     if (s == FLX_OK) s = jacobian_of(fn, xl, y, true, jac_out);
     flx_scope_end(s == FLX_OK ? 1 : 0, jac_out);
     if (s != FLX_OK) *jac_out = NULL;
@@ -242,19 +253,10 @@ flx_status flx_jacobian(flx_fn f, void *user, flx_tensor *x, flx_tensor **jac_ou
 
 flx_status flx_hessian(flx_fn f, void *user, flx_tensor *x, flx_tensor **hess_out) {
     const char *fn = "flx_hessian";
-    if (!hess_out) return flx_set_error(FLX_ERR_INVALID_ARGUMENT, "%s: hess_out is NULL", fn);
-    *hess_out = NULL;
-    if (!f) return flx_set_error(FLX_ERR_INVALID_ARGUMENT, "%s: f is NULL", fn);
-    if (!x) return flx_set_error_if_clear(FLX_ERR_INVALID_ARGUMENT, "%s: x is NULL", fn);
-    if (!flx_check_handle(fn, x)) return flx_last_status();
-    flx_status s = flx_scope_begin();
+    flx_status s = begin_single(fn, f, x, hess_out, "hess_out");
     if (s != FLX_OK) return s;
     flx_tensor *xl = NULL, *y = NULL, *g = NULL;
-    s = make_leaves(fn, 1, &x, &xl);
-    if (s == FLX_OK) {
-        y = call_f(fn, f, user, 1, &xl, true);
-        if (!y) s = flx_last_status();
-    }
+    s = leaf_and_call(fn, f, user, x, true, &xl, &y);
     if (s == FLX_OK && !y->requires_grad) {
         int64_t shape[FLX_MAX_DIMS];
         int32_t nd;

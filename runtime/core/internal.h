@@ -73,6 +73,14 @@
     /* expm / eigh (runtime/ops/expm.c, runtime/ops/eigh.c) */                   \
     X(EXPM) /* inputs: Y (expm value, no history), A; aliases Y                  */       \
     X(EIGH) /* input: symmetric S (..., n, n) -> packed (..., n, n+1) = [V | w]   */      \
+    /* attention (runtime/ops/attention.c): attrs.attention */                            \
+    X(ATTENTION)      /* q, k, v -> o; forward only (no logsumexp kept)              */    \
+    X(ATTENTION_FWD)  /* q, k, v -> packed [o | lse]; no gradient                     */    \
+    X(ATTENTION_OUT)  /* packed, q, k, v -> o (aliases packed's leading elements)     */    \
+    X(ATTENTION_BWD)  /* q, k, v, packed, g -> packed [dq | dk | dv | delta]; no gradient */ \
+    X(ATTENTION_DQ)   /* bwd, q, k, v, g -> dq (aliases bwd's leading elements)       */    \
+    X(ATTENTION_GRAD) /* bwd, q, k, v, g -> dk or dv (attrs.attention.part): a copy   */    \
+    X(ATTENTION_JVP)  /* q, k, v, then the tangents present (attrs.attention.tmask)   */    \
     /* distributed (runtime/dist/): attrs.coll */                                         \
     X(COLLECTIVE) /* all-reduce, broadcast, all-gather, reduce-scatter over a comm */
 
@@ -110,9 +118,14 @@ typedef struct flx_attrs {
          * node also computes the gradient, rows N and classes C of the logits */
         struct { int32_t mode; int32_t axis; double scale; int64_t ignore_index;
                  int32_t reduction; bool fused_grad; int64_t rows, classes; } softmax;
+        /* attention (runtime/ops/attention.c): causal mask, scale (> 0), the gradient part
+         * of a BWD read-out node (0 dq, 1 dk, 2 dv), which tangents a JVP node has (bit i: of
+         * q, k, v), which gradients a BWD node computes (bit 0: dq, bit 1: dk and dv) */
+        struct { int32_t causal; double scale; int32_t part, tmask, want; } attention;
         /* collectives (runtime/dist/): the communicator's registry id, flx_coll_kind,
-         * flx_comm_op, broadcast root */
-        struct { uint64_t comm_id; int32_t kind, op, root; } coll;
+         * flx_comm_op, broadcast root, flx_coll_phase (whole, or the start/wait halves of an
+         * overlapped one) */
+        struct { uint64_t comm_id; int32_t kind, op, root, phase; } coll;
     } u;
 } flx_attrs;
 
@@ -208,6 +221,8 @@ void flx_ops_register_softmax(flx_op_def *table);
 /* expm / eigh: runtime/ops/expm.c, runtime/ops/eigh.c; CPU Jacobi in runtime/cpu/eigh.c */
 void flx_ops_register_expm(flx_op_def *table);
 void flx_ops_register_eigh(flx_op_def *table);
+/* attention: runtime/ops/attention.c; CPU reference kernels in runtime/cpu/attention.c */
+void flx_ops_register_attention(flx_op_def *table);
 void flx_ops_register_collective(flx_op_def *table);
 
 /* ---------------------------------------------------------------------------------------------
@@ -334,6 +349,12 @@ void flx_unuse(flx_tensor *t);
 void flx_use(flx_tensor *t);
 bool flx_dtype_is_float(flx_dtype dt);
 bool flx_dtype_valid(flx_dtype dt);
+/* f16 and bf16: stored in 16 bits, computed in at least f32 (the CPU backend: double). */
+static inline bool flx_dtype_is_half(flx_dtype dt) { return dt == FLX_F16 || dt == FLX_BF16; }
+/* The dtype that composite ops (norms) compute in for inputs of dtype dt: f32 for the halves, whose
+ * 8 (bf16) or 11 (f16) significant bits would lose a mean or a variance to cancellation; dt
+ * itself otherwise. */
+static inline flx_dtype flx_dtype_compute(flx_dtype dt) { return flx_dtype_is_half(dt) ? FLX_F32 : dt; }
 /* Checks for an op: every input non-NULL (else propagates NULL), same context. Returns false
  * with the error set. */
 bool flx_check_inputs(const char *op, int32_t n, flx_tensor *const *in);
@@ -346,10 +367,10 @@ bool flx_check_handle(const char *op, const flx_tensor *t);
  * listed once. Returns false with the error set. */
 bool flx_check_source_list(const char *fn, const char *what, flx_status not_source, flx_ctx *ctx,
                            int32_t n, flx_tensor *const *ts);
-/* Checks a float (f32/f64) matrix or batch of matrices with square last two dims (rank >= 2),
+/* Checks an f32/f64 matrix or batch of matrices with square last two dims (rank >= 2),
  * after flx_check_inputs. */
 bool flx_check_square(const char *op, flx_tensor *a);
-/* Checks float dtype (f32/f64) for an op. */
+/* Checks a float dtype (f32, f64, f16, bf16) for an op. */
 bool flx_check_float(const char *op, const flx_tensor *t);
 /* Normalises an axis for ndim (negative counts from the end); false with the error set if out
  * of range. */
@@ -368,6 +389,10 @@ bool flx_shape_eq(int32_t na, const int64_t *a, int32_t nb, const int64_t *b);
 /* Buffers */
 flx_buffer *flx_buffer_new(flx_ctx *ctx, size_t nbytes);
 void flx_buffer_release(flx_buffer *b);
+/* While a plan queues its replay on this thread: the device address of its run counter, which
+ * random fills use as their Philox stream (so every replay draws new numbers); NULL otherwise
+ * (runtime/core/plan.c). */
+const int64_t *flx_plan_rng_stream(void);
 /* Gives t a buffer no other tensor shares (copy-on-write for in-place writers). */
 flx_status flx_tensor_make_private(flx_tensor *t);
 static inline void *flx_data(const flx_tensor *t) { return t->buf ? t->buf->ptr : NULL; }

@@ -22,6 +22,7 @@ static void table_init(void) {
     flx_ops_register_softmax(g_table); /* softmax family */
     flx_ops_register_expm(g_table); /* expm */
     flx_ops_register_eigh(g_table); /* eigh */
+    flx_ops_register_attention(g_table); /* attention */
     flx_ops_register_collective(g_table);
     for (int i = 0; i < FLX_OP_COUNT; i++)
         if (!g_table[i].name) g_table[i].name = "unregistered-op";

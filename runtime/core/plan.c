@@ -10,6 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "flx_unary_ops.h" /* FLX_BINARY_ADD: the run counter's increment */
 #include "plan_internal.h"
 
 /* ---- destroy -------------------------------------------------------------------------------- */
@@ -58,6 +59,7 @@ void flx_plan_destroy(flx_plan *p) {
         for (int32_t i = 0; i < p->n_steps; i++) flx_unuse(p->steps[i]);
     flx_schedule_free(&p->sched);
     flx_buffer_release(p->arena);
+    flx_buffer_release(p->rng);
     free(p->records);
     free(p->op);
     free(p->step_out);
@@ -78,14 +80,35 @@ flx_plan_options flx_plan_default_options(void) {
 }
 
 /* ---- replay body ------------------------------------------------------------------------------ */
+static _Thread_local const int64_t *tl_rng_stream;
+
+const int64_t *flx_plan_rng_stream(void) { return tl_rng_stream; }
+
+/* The run counter += 1, on the device: a captured replay advances it too. */
+static flx_status advance_rng(flx_plan *p) {
+    int64_t *c = (int64_t *)p->rng->ptr;
+    flx_binary_args a = {.op = FLX_BINARY_ADD, .dtype = FLX_I64, .ndim = 1, .shape = {1}, .sa = {1},
+                         .sb = {1}, .a = c, .b = c + 1, .out = c};
+    return flx_kernel_binary(p->ctx, &a);
+}
+
 flx_status flx_plan_queue_body(flx_plan *p) {
     flx_ctx *ctx = p->ctx;
     const flx_backend *be = ctx->be;
+    tl_rng_stream = p->rng ? (const int64_t *)p->rng->ptr : NULL;
     for (int32_t i = 0; i < p->n_steps; i++) {
         if (!p->step_out[i]) continue; /* alias or fused interior: nothing to queue */
         int32_t role = flx_schedule_role(&p->sched, (size_t)i);
         flx_status s = flx_step_exec(p->steps[i], role >= 0 ? &p->sched.fusion.groups[role] : NULL,
                                      p->step_out[i], p->step_in + p->in_at[i]);
+        if (s != FLX_OK) {
+            tl_rng_stream = NULL;
+            return s;
+        }
+    }
+    tl_rng_stream = NULL;
+    if (p->rng) {
+        flx_status s = advance_rng(p);
         if (s != FLX_OK) return s;
     }
     for (int32_t k = 0; k < p->n_out; k++) {

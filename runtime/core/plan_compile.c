@@ -615,6 +615,25 @@ static flx_status capture(flx_plan *p, int32_t mode) {
     return FLX_OK;
 }
 
+/* ---- random numbers ------------------------------------------------------------------------- */
+/* A replay draws new random numbers, as eager code drawing with a new seed each step does (a
+ * dropout mask that repeated every step would be no dropout): random fills take their Philox
+ * stream from a run counter that each replay advances on the device, so a captured graph
+ * advances it too. Run 0 draws what eager evaluation of the same graph draws. */
+static flx_status setup_rng(flx_plan *p) {
+    bool any = false;
+    for (int32_t i = 0; i < p->n_steps && !any; i++) {
+        const flx_tensor *t = p->steps[i];
+        any = t->op == FLX_OP_FILL &&
+              (t->attrs.u.fill.kind == FLX_FILL_UNIFORM || t->attrs.u.fill.kind == FLX_FILL_NORMAL);
+    }
+    if (!any) return FLX_OK;
+    p->rng = flx_buffer_new(p->ctx, 2 * sizeof(int64_t));
+    if (!p->rng) return flx_last_status();
+    const int64_t init[2] = {0, 1};
+    return p->ctx->be->upload(p->ctx, p->rng->ptr, init, sizeof init);
+}
+
 /* ---- compile -------------------------------------------------------------------------------- */
 flx_plan *flx_plan_compile(int32_t n_out, flx_tensor *const *outputs, int32_t n_in,
                            flx_tensor *const *inputs, const flx_plan_options *opt) {
@@ -634,6 +653,7 @@ flx_plan *flx_plan_compile(int32_t n_out, flx_tensor *const *outputs, int32_t n_
     if (s == FLX_OK) s = place_arena(p, &cs);
     if (s == FLX_OK) s = bind_outputs(p, &cs);
     if (s == FLX_OK) s = bind_addresses(p, &cs);
+    if (s == FLX_OK) s = setup_rng(p);
     compile_state_free(&cs);
     /* The inputs' initial data. */
     for (int32_t k = 0; k < n_in && s == FLX_OK; k++) {

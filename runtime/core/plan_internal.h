@@ -88,6 +88,7 @@ struct flx_plan {
     int32_t capture_state;    /* flx_plan_capture_state                                        */
     char capture_reason[256]; /* why not captured ("" when captured)                           */
     uint64_t arena_bytes, unplanned_bytes, runs;
+    flx_buffer *rng;          /* {run, 1} (int64) when the plan draws random numbers, else NULL */
 };
 
 /* Queues every kernel of one replay (plan.c): steps, output copies, staging, optimiser updates,

@@ -127,6 +127,13 @@ bool flx_check_shape(const char *op, int32_t ndim, const int64_t *shape) {
 bool flx_check_square(const char *op, flx_tensor *a) {
     if (!flx_check_inputs(op, 1, &a)) return false;
     if (!flx_check_float(op, a)) return false;
+    /* LU, eigensolvers and the Pade series with 8 or 11 significant bits would return noise
+     * (a pivot loses all its digits after a few eliminations); the caller casts to f32. */
+    if (flx_dtype_is_half(a->dtype)) {
+        flx_set_error(FLX_ERR_DTYPE, "%s: linear algebra takes f32 or f64, got %s (cast with flx_cast)",
+                      op, flx_describe(a));
+        return false;
+    }
     if (a->ndim < 2) {
         flx_set_error(FLX_ERR_SHAPE, "%s: needs a matrix or a batch of matrices (rank >= 2), got %s",
                       op, flx_describe(a));
@@ -471,7 +478,8 @@ bool flx_check_inputs(const char *op, int32_t n, flx_tensor *const *in) {
 
 bool flx_check_float(const char *op, const flx_tensor *t) {
     if (flx_dtype_is_float(t->dtype)) return true;
-    flx_set_error(FLX_ERR_DTYPE, "%s: expects f32 or f64, got %s", op, flx_describe(t));
+    flx_set_error(FLX_ERR_DTYPE, "%s: expects a float dtype (f32, f64, f16, bf16), got %s", op,
+                  flx_describe(t));
     return false;
 }
 

@@ -109,8 +109,8 @@ static void cpu_maxpool_backward(const flx_conv_args *a) {
 
 flx_status flx_cpu_conv(flx_ctx *ctx, const flx_conv_args *a) {
     (void)ctx;
-    if (a->dtype != FLX_F32 && a->dtype != FLX_F64)
-        return flx_set_error(FLX_ERR_DTYPE, "cpu conv kernel: dtype %s is not f32/f64",
+    if (!flx_dtype_is_float(a->dtype))
+        return flx_set_error(FLX_ERR_DTYPE, "cpu conv kernel: dtype %s is not a float dtype",
                              flx_dtype_name(a->dtype));
     switch (a->mode) {
     case FLX_CONV_IM2COL: cpu_im2col(a); return FLX_OK;

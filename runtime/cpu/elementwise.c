@@ -8,9 +8,23 @@
 #include "philox.h"
 
 /* ---- fill, cast ------------------------------------------------------------------------------ */
+/* Uniform draws for the halves: u < hi in double can still round up to hi in 8 or 11 bits (for
+ * [0, 1) in bf16, one draw in 512), so a stored value >= hi steps down to the dtype's next value
+ * below it (f16 and bf16 are sign-magnitude: one step of the bit pattern toward -inf). */
+static void store_below_hi(flx_dtype dt, void *out, int64_t i, double v, double lo, double hi) {
+    store(dt, out, i, v);
+    if (!(load(dt, out, i) >= hi) || !(hi > lo)) return;
+    uint16_t *h = (uint16_t *)out + i;
+    if (*h == 0x0000 || *h == 0x8000) *h = 0x8001;
+    else if (*h & 0x8000) *h = (uint16_t)(*h + 1);
+    else *h = (uint16_t)(*h - 1);
+    if (load(dt, out, i) < lo) store(dt, out, i, lo);
+}
+
 flx_status flx_cpu_fill(flx_ctx *ctx, const flx_fill_args *a) {
     (void)ctx;
     int is64 = a->dtype == FLX_F64;
+    uint64_t stream = a->run ? (uint64_t)*a->run : 0;
     for (int64_t i = 0; i < a->n; i++) {
         double v = 0;
         switch (a->kind) {
@@ -18,12 +32,16 @@ flx_status flx_cpu_fill(flx_ctx *ctx, const flx_fill_args *a) {
         case FLX_FILL_IOTA: v = a->a + (double)i * a->b; break;
         case FLX_FILL_EYE: v = (i / a->cols) == (i % a->cols); break;
         case FLX_FILL_UNIFORM: {
-            double u = flx_philox_uniform((uint64_t)i, a->seed, is64);
+            double u = flx_philox_uniform((uint64_t)i, stream, a->seed, is64);
             v = a->a + (a->b - a->a) * u;
             if (v >= a->b && a->b > a->a) v = a->a; /* rounding must not reach hi */
+            if (flx_dtype_is_half(a->dtype)) {
+                store_below_hi(a->dtype, a->out, i, v, a->a, a->b);
+                continue;
+            }
             break;
         }
-        case FLX_FILL_NORMAL: v = a->a + a->b * flx_philox_normal((uint64_t)i, a->seed); break;
+        case FLX_FILL_NORMAL: v = a->a + a->b * flx_philox_normal((uint64_t)i, stream, a->seed); break;
         }
         store(a->dtype, a->out, i, v);
     }

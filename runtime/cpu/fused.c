@@ -13,21 +13,26 @@
 
 #define BLOCK 512
 
-static inline double rnd(flx_dtype dt, double v) { return dt == FLX_F32 ? (double)(float)v : v; }
+static inline double rnd(flx_dtype dt, double v) {
+    if (dt == FLX_F32) return (double)(float)v;
+    if (dt == FLX_F16) return flx_f16_to_double(flx_f16_from_double(v));
+    if (dt == FLX_BF16) return flx_bf16_to_double(flx_bf16_from_double(v));
+    return v;
+}
 
 /* Input k at elements base .. base + m - 1, one loop per layout and element type: contiguous
  * inputs read straight through, broadcast (strided) ones step an odometer from the offset of the
  * first element (a bias broadcast over rows reads at i mod cols without a division per element). */
-#define FLX_LOAD_LOOPS(TYPE)                                                                   \
+#define FLX_LOAD_LOOPS(TYPE, GET)                                                              \
     do {                                                                                        \
         const TYPE *src = (const TYPE *)a->in[k];                                               \
         if (a->in_kind[k] == FLX_FUSED_IN_CONTIG) {                                             \
-            for (int64_t e = 0; e < m; e++) dst[e] = src[base + e];                             \
+            for (int64_t e = 0; e < m; e++) dst[e] = GET(base + e);                             \
         } else if (a->in_kind[k] == FLX_FUSED_IN_SCALAR) {                                      \
-            for (int64_t e = 0; e < m; e++) dst[e] = src[0];                                    \
+            for (int64_t e = 0; e < m; e++) dst[e] = GET(0);                                    \
         } else {                                                                                \
             for (int64_t e = 0; e < m; e++) {                                                   \
-                dst[e] = src[off];                                                              \
+                dst[e] = GET(off);                                                              \
                 for (int32_t d = nd - 1; d >= 0; d--) {                                         \
                     off += st[d];                                                               \
                     if (++idx[d] < a->shape[d]) break;                                          \
@@ -50,9 +55,14 @@ static void load_block(const flx_fused_args *a, int32_t k, int64_t base, int64_t
             off += idx[d] * st[d];
         }
     }
-    if (a->in_bool[k]) FLX_LOAD_LOOPS(uint8_t);
-    else if (a->dtype == FLX_F32) FLX_LOAD_LOOPS(float);
-    else FLX_LOAD_LOOPS(double);
+#define FLX_GET_PLAIN(i) src[i]
+#define FLX_GET_HALF(i) load(a->dtype, src, i)
+    if (a->in_bool[k]) FLX_LOAD_LOOPS(uint8_t, FLX_GET_PLAIN);
+    else if (a->dtype == FLX_F32) FLX_LOAD_LOOPS(float, FLX_GET_PLAIN);
+    else if (a->dtype == FLX_F64) FLX_LOAD_LOOPS(double, FLX_GET_PLAIN);
+    else FLX_LOAD_LOOPS(uint16_t, FLX_GET_HALF);
+#undef FLX_GET_PLAIN
+#undef FLX_GET_HALF
 }
 #undef FLX_LOAD_LOOPS
 
@@ -96,7 +106,7 @@ static flx_status run_binary(int32_t op, const double *xa, const double *xb, dou
 flx_status flx_cpu_fused(flx_ctx *ctx, const flx_fused_args *a) {
     (void)ctx;
     if (a->n_instr < 1 || a->n_instr > FLX_FUSED_MAX_INSTR || a->n_in > FLX_FUSED_MAX_IN ||
-        (a->dtype != FLX_F32 && a->dtype != FLX_F64))
+        !flx_dtype_is_float(a->dtype))
         return flx_set_error(FLX_ERR_STATE, "cpu fused: malformed program (internal error)");
     double slot[FLX_FUSED_MAX_SLOTS][BLOCK];
     int32_t out_slot = a->instr[a->n_instr - 1].dst;
@@ -121,8 +131,10 @@ flx_status flx_cpu_fused(flx_ctx *ctx, const flx_fused_args *a) {
         }
         if (a->dtype == FLX_F32)
             for (int64_t e = 0; e < m; e++) ((float *)a->out)[base + e] = (float)slot[out_slot][e];
-        else
+        else if (a->dtype == FLX_F64)
             memcpy((double *)a->out + base, slot[out_slot], (size_t)m * sizeof(double));
+        else /* the slot holds values already rounded to the dtype: store is exact */
+            for (int64_t e = 0; e < m; e++) store(a->dtype, a->out, base + e, slot[out_slot][e]);
     }
     return FLX_OK;
 }

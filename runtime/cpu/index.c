@@ -25,9 +25,17 @@ flx_status flx_cpu_index(flx_ctx *ctx, const flx_index_args *ar) {
             }
         return FLX_OK;
     }
-    /* ADD: out (outer, n_src, inner) = sum of src (outer, n_idx, inner) rows by index. */
+    /* ADD: out (outer, n_src, inner) = sum of src (outer, n_idx, inner) rows by index. The halves
+     * accumulate in double scratch and round once at the end (summing in 8 or 11 bits would lose
+     * small rows against large partial sums); f32 and f64 accumulate in place. */
     int64_t total = ar->outer * ar->n_src * ar->inner;
-    for (int64_t i = 0; i < total; i++) store(ar->dtype, ar->out, i, 0);
+    double *acc = NULL;
+    if (flx_dtype_is_half(ar->dtype)) {
+        acc = (double *)calloc((size_t)(total ? total : 1), sizeof *acc);
+        if (!acc) return flx_set_error(FLX_ERR_OUT_OF_MEMORY, "cpu index_add: out of host memory");
+    } else {
+        for (int64_t i = 0; i < total; i++) store(ar->dtype, ar->out, i, 0);
+    }
     for (int64_t o = 0; o < ar->outer; o++)
         for (int64_t j = 0; j < ar->n_idx; j++) {
             int64_t t = load_i(ar->idx_dtype, ar->idx, j);
@@ -37,10 +45,15 @@ flx_status flx_cpu_index(flx_ctx *ctx, const flx_index_args *ar) {
             }
             for (int64_t i = 0; i < ar->inner; i++) {
                 int64_t d = (o * ar->n_src + t) * ar->inner + i;
-                store(ar->dtype, ar->out, d,
-                      load(ar->dtype, ar->out, d) + load(ar->dtype, ar->src, (o * ar->n_idx + j) * ar->inner + i));
+                double v = load(ar->dtype, ar->src, (o * ar->n_idx + j) * ar->inner + i);
+                if (acc) acc[d] += v;
+                else store(ar->dtype, ar->out, d, load(ar->dtype, ar->out, d) + v);
             }
         }
+    if (acc) {
+        for (int64_t i = 0; i < total; i++) store(ar->dtype, ar->out, i, acc[i]);
+        free(acc);
+    }
     return FLX_OK;
 }
 

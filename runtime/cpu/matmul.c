@@ -14,8 +14,8 @@
  * Two implementations with one contract (flx_matmul_args, computed in double, rounded on store):
  *   - matmul_loop: the reference loop, always compiled; deterministic fixed order.
  *   - matmul_blas (built with FLX_WITH_BLAS when CMake found a CBLAS): cblas_dgemm per
- *     batch on double operands (f64 buffers are passed as they are, f32 ones are widened into
- *     scratch). It is used only when the result is the IEEE one: every input is finite (an
+ *     batch on double operands (f64 buffers are passed as they are, f32, f16 and bf16 ones are
+ *     widened into scratch, exactly). It is used only when the result is the IEEE one: every input is finite (an
  *     optimised BLAS may skip or reorder products with zeros, and alpha == 0 skips A B, so
  *     0 * inf or 0 * NaN would not give NaN) and the sizes fit the BLAS integer; anything else
  *     goes to the loop. A BLAS with a fixed thread count gives the same bits run to run.
@@ -36,9 +36,11 @@ static flx_status matmul_loop(const flx_matmul_args *ar) {
                 } else if (ar->dtype == FLX_F32) {
                     const float *bp = (const float *)ar->b + ob + p * n;
                     for (int64_t j = 0; j < n; j++) row[j] += av * (double)bp[j];
-                } else {
+                } else if (ar->dtype == FLX_F64) {
                     const double *bp = (const double *)ar->b + ob + p * n;
                     for (int64_t j = 0; j < n; j++) row[j] += av * bp[j];
+                } else {
+                    for (int64_t j = 0; j < n; j++) row[j] += av * load(ar->dtype, ar->b, ob + p * n + j);
                 }
             }
             for (int64_t j = 0; j < n; j++) {
@@ -53,15 +55,17 @@ static flx_status matmul_loop(const flx_matmul_args *ar) {
 }
 
 #ifdef FLX_WITH_BLAS
-/* True when the n values of p (f32 or f64) starting at element off are all finite. */
+/* True when the n values of p (a float dtype) starting at element off are all finite. */
 static bool all_finite(flx_dtype dt, const void *p, int64_t off, int64_t n) {
     int bad = 0; /* accumulate instead of branching, so the loop vectorises */
     if (dt == FLX_F32) {
         const float *q = (const float *)p + off;
         for (int64_t i = 0; i < n; i++) bad |= !isfinite(q[i]);
-    } else {
+    } else if (dt == FLX_F64) {
         const double *q = (const double *)p + off;
         for (int64_t i = 0; i < n; i++) bad |= !isfinite(q[i]);
+    } else {
+        for (int64_t i = 0; i < n; i++) bad |= !isfinite(load(dt, p, off + i));
     }
     return !bad;
 }
@@ -74,14 +78,20 @@ static bool operand_finite(const flx_matmul_args *ar, const void *p, int64_t str
     return true;
 }
 
-static void widen(const float *src, double *dst, int64_t n) {
-    for (int64_t i = 0; i < n; i++) dst[i] = src[i];
+/* n elements of p (f32, f16 or bf16) from element off, as double (exact). */
+static void widen(flx_dtype dt, const void *p, int64_t off, double *dst, int64_t n) {
+    if (dt == FLX_F32) {
+        const float *src = (const float *)p + off;
+        for (int64_t i = 0; i < n; i++) dst[i] = src[i];
+    } else {
+        for (int64_t i = 0; i < n; i++) dst[i] = load(dt, p, off + i);
+    }
 }
 
 /* Returns 1 when done, 0 when the loop must do it (nothing written), -1 on out of memory. */
 static int matmul_blas(const flx_matmul_args *ar) {
     const int64_t m = ar->m, n = ar->n, k = ar->k;
-    if (ar->dtype != FLX_F32 && ar->dtype != FLX_F64) return 0;
+    if (!flx_dtype_is_float(ar->dtype)) return 0;
     if (m <= 0 || n <= 0 || k <= 0 || m > INT_MAX || n > INT_MAX || k > INT_MAX) return 0;
     if (!isfinite(ar->alpha) || ar->alpha == 0 || !isfinite(ar->beta)) return 0;
     if (!operand_finite(ar, ar->a, ar->sa, m * k) || !operand_finite(ar, ar->b, ar->sb, k * n)) return 0;
@@ -95,21 +105,25 @@ static int matmul_blas(const flx_matmul_args *ar) {
                         ldb, ar->beta, (double *)ar->c + bt * ar->sc, (int)n);
         return 1;
     }
-    /* f32: widen A and B (once when broadcast) into scratch, compute C in double, round. */
+    /* f32 and the halves: widen A and B (once when broadcast) into scratch, compute C in double,
+     * round once on store. */
+    const flx_dtype dt = ar->dtype;
     const size_t na = (size_t)(m * k), nbm = (size_t)(k * n), nc = (size_t)(m * n);
     double *da = (double *)malloc((na + nbm + nc) * sizeof(double));
     if (!da) return -1;
     double *db = da + na, *dc = db + nbm;
-    const float *a = (const float *)ar->a, *b = (const float *)ar->b;
-    float *c = (float *)ar->c;
     for (int64_t bt = 0; bt < ar->batch; bt++) {
-        if (bt == 0 || ar->sa != 0) widen(a + bt * ar->sa, da, (int64_t)na);
-        if (bt == 0 || ar->sb != 0) widen(b + bt * ar->sb, db, (int64_t)nbm);
-        float *cb = c + bt * ar->sc;
-        if (ar->beta != 0) widen(cb, dc, (int64_t)nc);
+        if (bt == 0 || ar->sa != 0) widen(dt, ar->a, bt * ar->sa, da, (int64_t)na);
+        if (bt == 0 || ar->sb != 0) widen(dt, ar->b, bt * ar->sb, db, (int64_t)nbm);
+        if (ar->beta != 0) widen(dt, ar->c, bt * ar->sc, dc, (int64_t)nc);
         cblas_dgemm(CblasRowMajor, ta, tb, (int)m, (int)n, (int)k, ar->alpha, da, lda, db, ldb, ar->beta,
                     dc, (int)n);
-        for (size_t i = 0; i < nc; i++) cb[i] = (float)dc[i];
+        if (dt == FLX_F32) {
+            float *cb = (float *)ar->c + bt * ar->sc;
+            for (size_t i = 0; i < nc; i++) cb[i] = (float)dc[i];
+        } else {
+            for (size_t i = 0; i < nc; i++) store(dt, ar->c, bt * ar->sc + (int64_t)i, dc[i]);
+        }
     }
     free(da);
     return 1;

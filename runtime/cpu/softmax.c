@@ -47,20 +47,20 @@ static int64_t row_label(const flx_softmax_args *a, int64_t r) {
 
 static flx_status cpu_cross_entropy(const flx_softmax_args *a) {
     const int64_t N = a->outer, C = a->n;
-    const flx_dtype dt = a->dtype;
+    const flx_dtype dt = a->dtype, st = a->stat_dtype;
     double scale = a->scale;
     if (a->mode == FLX_SOFTMAX_CE_FWD) {
         int64_t count = 0;
         for (int64_t r = 0; r < N; r++) count += ld_label(a->label_dtype, a->labels, r) != a->ignore_index;
-        stf(dt, a->out, N, (double)count);
-        /* the mean's gradient scale divides by the count as stored (rounded to T), as on the GPU */
-        if (a->reduction == FLX_REDUCTION_MEAN) scale = scale / ldf(dt, a->out, N);
+        stf(st, a->out, N, (double)count);
+        /* the mean's gradient scale divides by the count as stored, as on the GPU */
+        if (a->reduction == FLX_REDUCTION_MEAN) scale = scale / ldf(st, a->out, N);
     }
     for (int64_t r = 0; r < N; r++) {
         const int64_t lab = row_label(a, r), base = r * C;
         void *g = a->mode == FLX_SOFTMAX_CE_FWD ? a->grad : a->out;
         if (lab < 0) {
-            if (a->mode == FLX_SOFTMAX_CE_FWD) stf(dt, a->out, r, 0.0);
+            if (a->mode == FLX_SOFTMAX_CE_FWD) stf(st, a->out, r, 0.0);
             if (g)
                 for (int64_t c = 0; c < C; c++) stf(dt, g, base + c, 0.0);
             continue;
@@ -69,7 +69,7 @@ static flx_status cpu_cross_entropy(const flx_softmax_args *a) {
         row_stats(dt, a->x, base, C, 1, 1.0, &m, &sum);
         /* log(sum) - (x_lab - m), never (m + log(sum)) - x_lab: the rounding of m + log(sum)
          * would cost |m| * eps of absolute error (all of it for |x| ~ 1e16). */
-        if (a->mode == FLX_SOFTMAX_CE_FWD) stf(dt, a->out, r, log(sum) - (ldf(dt, a->x, base + lab) - m));
+        if (a->mode == FLX_SOFTMAX_CE_FWD) stf(st, a->out, r, log(sum) - (ldf(dt, a->x, base + lab) - m));
         if (!g) continue;
         const double gs = a->mode == FLX_SOFTMAX_CE_FWD ? scale : ldf(dt, a->v, r);
         for (int64_t c = 0; c < C; c++) {
@@ -83,25 +83,25 @@ static flx_status cpu_cross_entropy(const flx_softmax_args *a) {
 /* Reduction of a CE_FWD result (N + 1): the loss of the graph's cross-entropy node. */
 static flx_status cpu_ce_finish(const flx_softmax_args *a) {
     const int64_t N = a->outer;
-    const flx_dtype dt = a->dtype;
+    const flx_dtype dt = a->dtype, st = a->stat_dtype;
     if (a->reduction == FLX_REDUCTION_NONE) {
-        for (int64_t r = 0; r < N; r++) stf(dt, a->out, r, ldf(dt, a->x, r));
+        for (int64_t r = 0; r < N; r++) stf(dt, a->out, r, ldf(st, a->x, r));
         return FLX_OK;
     }
-    const double count = ldf(dt, a->x, N);
+    const double count = ldf(st, a->x, N);
     if (a->reduction == FLX_SOFTMAX_CE_COUNT) {
         stf(dt, a->out, 0, count);
         return FLX_OK;
     }
     double total = 0;
-    for (int64_t r = 0; r < N; r++) total += ldf(dt, a->x, r);
+    for (int64_t r = 0; r < N; r++) total += ldf(st, a->x, r);
     stf(dt, a->out, 0, a->reduction == FLX_REDUCTION_MEAN ? total / count : total);
     return FLX_OK;
 }
 
 flx_status flx_cpu_softmax(flx_ctx *ctx, const flx_softmax_args *a) {
-    if (a->dtype != FLX_F32 && a->dtype != FLX_F64)
-        return flx_set_error(FLX_ERR_DTYPE, "cpu softmax: dtype %s is not supported (f32, f64)",
+    if (!flx_dtype_is_float(a->dtype))
+        return flx_set_error(FLX_ERR_DTYPE, "cpu softmax: dtype %s is not a float dtype",
                              flx_dtype_name(a->dtype));
     (void)ctx;
     if (a->mode == FLX_SOFTMAX_CE_FWD || a->mode == FLX_SOFTMAX_CE_BWD) return cpu_cross_entropy(a);

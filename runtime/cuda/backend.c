@@ -13,6 +13,7 @@
  * launch. Nothing here aborts: every failure sets the thread's error and returns a status.
  */
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -20,6 +21,14 @@
 
 #include "cuda_internal.h"
 #include "flx_unary_ops.h"
+
+/* cuBLAS math mode for fluxion's FLX_MATH_* flags. TF32 only when opted in. Reduced-precision
+ * reductions are always disallowed: by default cuBLAS may keep split-K partial sums of a f16/bf16
+ * GEMM in the 16-bit output type, which would break the promise of f32 accumulation. */
+static cublasMath_t math_mode_of(int32_t flx_mode) {
+    const int base = (flx_mode & FLX_MATH_TF32) ? CUBLAS_TF32_TENSOR_OP_MATH : CUBLAS_DEFAULT_MATH;
+    return (cublasMath_t)(base | CUBLAS_MATH_DISALLOW_REDUCED_PRECISION_REDUCTION);
+}
 
 /* ---- lifetime ------------------------------------------------------------------------------ */
 static void release_state(cuda_state *s, flx_kerr_record *kerr) {
@@ -63,8 +72,8 @@ static flx_status init_in(flx_ctx *ctx, cuda_state *s, flx_kerr_record **kerr) {
                              flx_cuda_cublas_status_name(bs));
     }
     bs = cublasSetStream(s->blas, s->stream);
-    /* Strict precision: no TF32 for f32 GEMMs. */
-    if (bs == CUBLAS_STATUS_SUCCESS) bs = cublasSetMathMode(s->blas, CUBLAS_DEFAULT_MATH);
+    /* Strict precision: no TF32 for f32 GEMMs; f32 accumulation for f16/bf16 (math_mode_of). */
+    if (bs == CUBLAS_STATUS_SUCCESS) bs = cublasSetMathMode(s->blas, math_mode_of(0));
     if (bs == CUBLAS_STATUS_SUCCESS) bs = cublasSetPointerMode(s->blas, CUBLAS_POINTER_MODE_HOST);
     if (bs != CUBLAS_STATUS_SUCCESS)
         return flx_set_error(FLX_ERR_BACKEND, "flx_ctx_create: configuring cuBLAS failed: %s",
@@ -235,8 +244,9 @@ static flx_status matmul_scale_c(flx_ctx *ctx, const flx_matmul_args *a) {
 }
 
 static flx_status matmul_in(flx_ctx *ctx, const flx_matmul_args *a) {
-    if (a->dtype != FLX_F32 && a->dtype != FLX_F64)
-        return flx_set_error(FLX_ERR_DTYPE, "cuda matmul: dtype %s is not supported (f32, f64)",
+    if (a->dtype != FLX_F32 && a->dtype != FLX_F64 && a->dtype != FLX_F16 && a->dtype != FLX_BF16)
+        return flx_set_error(FLX_ERR_DTYPE,
+                             "cuda matmul: dtype %s is not supported (f32, f64, f16, bf16)",
                              flx_dtype_name(a->dtype));
     if (a->batch <= 0 || a->m <= 0 || a->n <= 0) return FLX_OK; /* empty result */
     if (a->k <= 0) return matmul_scale_c(ctx, a);
@@ -257,7 +267,18 @@ static flx_status matmul_in(flx_ctx *ctx, const flx_matmul_args *a) {
     int ldc = n;
     long long sa = a->sa, sb = a->sb, sc = a->sc;
     cublasStatus_t bs;
-    if (a->dtype == FLX_F32) {
+    const char *fn = a->dtype == FLX_F32 ? "SgemmStridedBatched"
+                     : a->dtype == FLX_F64 ? "DgemmStridedBatched" : "GemmStridedBatchedEx";
+    if (a->dtype == FLX_F16 || a->dtype == FLX_BF16) {
+        /* 16-bit A, B and C on tensor cores, products accumulated in f32 (CUBLAS_COMPUTE_32F with
+         * reduced-precision reductions disallowed, see math_mode_of), C rounded once to its
+         * dtype; alpha and beta are f32, the scale type of CUBLAS_COMPUTE_32F. */
+        cudaDataType_t t = a->dtype == FLX_F16 ? CUDA_R_16F : CUDA_R_16BF;
+        float alpha = (float)a->alpha, beta = (float)a->beta;
+        bs = cublasGemmStridedBatchedEx(s->blas, opB, opA, n, m, k, &alpha, a->b, t, ldb, sb, a->a, t,
+                                        lda, sa, &beta, a->c, t, ldc, sc, batch, CUBLAS_COMPUTE_32F,
+                                        CUBLAS_GEMM_DEFAULT);
+    } else if (a->dtype == FLX_F32) {
         float alpha = (float)a->alpha, beta = (float)a->beta;
         bs = cublasSgemmStridedBatched(s->blas, opB, opA, n, m, k, &alpha, (const float *)a->b, ldb,
                                        sb, (const float *)a->a, lda, sa, &beta, (float *)a->c, ldc,
@@ -271,9 +292,9 @@ static flx_status matmul_in(flx_ctx *ctx, const flx_matmul_args *a) {
     if (bs != CUBLAS_STATUS_SUCCESS) {
         (void)cudaGetLastError();
         return flx_set_error(FLX_ERR_BACKEND,
-                             "cuda matmul: cuBLAS %cgemmStridedBatched (batch %d, m %d, n %d, k %d, "
-                             "ta %d, tb %d) failed: %s",
-                             a->dtype == FLX_F32 ? 'S' : 'D', batch, m, n, k, (int)a->ta, (int)a->tb,
+                             "cuda matmul: cuBLAS %s (%s, batch %d, m %d, n %d, k %d, ta %d, tb %d) "
+                             "failed: %s",
+                             fn, flx_dtype_name(a->dtype), batch, m, n, k, (int)a->ta, (int)a->tb,
                              flx_cuda_cublas_status_name(bs));
     }
     return FLX_OK;
@@ -281,7 +302,7 @@ static flx_status matmul_in(flx_ctx *ctx, const flx_matmul_args *a) {
 
 FLX_CUDA_GUARDED(cuda_matmul, flx_matmul_args, matmul_in)
 
-/* ---- LU family: thin glue; the paths live in kernels/lu.cu -------------------------------- */
+/* ---- LU family: thin glue; the paths live in kernels/lu.cu and kernels/lu_small.cu --------- */
 
 /* The cuSOLVER handle (LU, eigh), created on first use and bound to the context stream. Also
  * created before a graph capture begins: creating it allocates, which a capture forbids. */
@@ -306,22 +327,30 @@ static const char *capture_note(flx_ctx *ctx) {
                                                     "path is not capture-safe)";
 }
 
+/* The result rc of a launcher on the vendor libraries (FLX_LIB_RC_* in flx_kernels.h) as a
+ * status; `what` names the call in messages, e.g. "cuda lu (mode 0, f32, batch 2, n 70)". */
+static flx_status library_launched(flx_ctx *ctx, int rc, const char *what, const char *family,
+                                   flx_dtype dt) {
+    if (rc == 0) return FLX_OK;
+    if (rc == FLX_LIB_RC_SCRATCH) return flx_last_status(); /* set by the allocator */
+    if (rc <= FLX_LIB_RC_CUSOLVER)
+        return flx_set_error(FLX_ERR_BACKEND, "%s: cuSOLVER failed with status %d%s", what,
+                             FLX_LIB_RC_CUSOLVER - rc, capture_note(ctx));
+    if (rc <= FLX_LIB_RC_CUBLAS)
+        return flx_set_error(FLX_ERR_BACKEND, "%s: cuBLAS failed: %s", what,
+                             flx_cuda_cublas_status_name((cublasStatus_t)(FLX_LIB_RC_CUBLAS - rc)));
+    return launched(rc, family, dt);
+}
+
 static flx_status lu_in(flx_ctx *ctx, const flx_lu_args *a) {
     if (ensure_cusolver(flx_cuda_st(ctx)) != FLX_OK) return flx_last_status();
     flx_cuda_lib_env env = env_of(ctx, scratch_alloc);
     int rc = flx_cuda_lu(a, &env);
     if (rc == 0) return FLX_OK;
-    if (rc == -1) return flx_last_status(); /* scratch allocation: error already set */
-    if (rc <= -2000)
-        return flx_set_error(FLX_ERR_BACKEND, "cuda lu (mode %d, %s, batch %lld, n %lld): cuSOLVER "
-                             "failed with status %d%s", (int)a->mode, flx_dtype_name(a->dtype),
-                             (long long)a->batch, (long long)a->n, -rc - 2000, capture_note(ctx));
-    if (rc <= -1000)
-        return flx_set_error(FLX_ERR_BACKEND, "cuda lu (mode %d, %s, batch %lld, n %lld): cuBLAS "
-                             "failed: %s", (int)a->mode, flx_dtype_name(a->dtype),
-                             (long long)a->batch, (long long)a->n,
-                             flx_cuda_cublas_status_name((cublasStatus_t)(-rc - 1000)));
-    return launched(rc, "lu", a->dtype);
+    char what[128];
+    snprintf(what, sizeof what, "cuda lu (mode %d, %s, batch %lld, n %lld)", (int)a->mode,
+             flx_dtype_name(a->dtype), (long long)a->batch, (long long)a->n);
+    return library_launched(ctx, rc, what, "lu", a->dtype);
 }
 FLX_CUDA_GUARDED(cuda_lu, flx_lu_args, lu_in)
 
@@ -331,14 +360,21 @@ static flx_status eigh_in(flx_ctx *ctx, const flx_eigh_args *a) {
     flx_cuda_lib_env env = env_of(ctx, scratch_alloc);
     int rc = flx_cuda_eigh(a, &env);
     if (rc == 0) return FLX_OK;
-    if (rc == -1) return flx_last_status(); /* scratch allocation: error already set */
-    if (rc <= -2000)
-        return flx_set_error(FLX_ERR_BACKEND, "cuda eigh (%s, batch %lld, n %lld): cuSOLVER failed "
-                             "with status %d%s", flx_dtype_name(a->dtype), (long long)a->batch,
-                             (long long)a->n, -rc - 2000, capture_note(ctx));
-    return launched(rc, "eigh", a->dtype);
+    char what[128];
+    snprintf(what, sizeof what, "cuda eigh (%s, batch %lld, n %lld)", flx_dtype_name(a->dtype),
+             (long long)a->batch, (long long)a->n);
+    return library_launched(ctx, rc, what, "eigh", a->dtype);
 }
 FLX_CUDA_GUARDED(cuda_eigh, flx_eigh_args, eigh_in)
+
+/* ---- attention: fused forward, backward and JVP in kernels/attention.cu ----------------- */
+static flx_status attention_in(flx_ctx *ctx, const flx_attention_args *a) {
+    flx_cuda_lib_env env = env_of(ctx, scratch_alloc);
+    int rc = flx_cuda_attention(a, &env);
+    if (rc == -1) return flx_last_status(); /* scratch allocation: error already set */
+    return launched(rc, "attention", a->dtype);
+}
+FLX_CUDA_GUARDED(cuda_attention, flx_attention_args, attention_in)
 
 /* ---- profiler ranges ---------------------------------------------------------------
  * NVTX3 is header-only: without a tool attached (Nsight Systems / Compute) each call is one
@@ -443,9 +479,7 @@ static void cuda_graph_destroy(flx_ctx *ctx, void *graph) {
 
 static flx_status cuda_set_math_mode(flx_ctx *ctx, int32_t mode) {
     /* A handle setting: no device work, so no guard is needed. */
-    cublasStatus_t bs = cublasSetMathMode(flx_cuda_st(ctx)->blas, (mode & FLX_MATH_TF32)
-                                                                      ? CUBLAS_TF32_TENSOR_OP_MATH
-                                                                      : CUBLAS_DEFAULT_MATH);
+    cublasStatus_t bs = cublasSetMathMode(flx_cuda_st(ctx)->blas, math_mode_of(mode));
     if (bs != CUBLAS_STATUS_SUCCESS)
         return flx_set_error(FLX_ERR_BACKEND, "flx_set_math_mode: cublasSetMathMode failed: %s",
                              flx_cuda_cublas_status_name(bs));

@@ -1,11 +1,15 @@
 /* comm.c — communicators: the registry that lets collective nodes outlive a destroyed
- * communicator safely, the world of one process, and the MPI transport for CPU contexts. */
+ * communicator safely, timeouts, the world of one process, and the MPI transport for CPU
+ * contexts. */
+#define _POSIX_C_SOURCE 200809L
 #include <limits.h>
+#include <math.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <threads.h>
+#include <time.h>
 
 #include "dist.h"
 
@@ -54,16 +58,100 @@ static void registry_remove(flx_comm *c) {
     mtx_unlock(&g_lock);
 }
 
+/* ---- timeouts ---- */
+double flx_comm_now(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+double flx_comm_default_timeout(void) {
+    const char *t = getenv("FLX_COMM_TIMEOUT_S");
+    char *end = NULL;
+    double v = t ? strtod(t, &end) : 0.0;
+    return t && end != t && *end == '\0' && v > 0 && isfinite(v) ? v : 600.0;
+}
+
+flx_status flx_comm_timed_out(flx_comm *c, const flx_coll_args *a, const char *detail) {
+    c->failed = true;
+    snprintf(c->failure, sizeof c->failure, "%s #%llu timed out on rank %d after %g s",
+             flx_coll_name(a->kind), (unsigned long long)a->seq, (int)c->rank, c->timeout_s);
+    return flx_set_error(FLX_ERR_TIMEOUT, "%s: collective #%llu of this communicator (%s, %lld elements) "
+                         "waited %g s on rank %d of %d without the other ranks (%s): a rank skipped "
+                         "this collective, is stuck before it, or failed. The communicator is failed "
+                         "now: destroy it on every rank", flx_coll_name(a->kind),
+                         (unsigned long long)a->seq, flx_dtype_name(a->dtype), (long long)a->count,
+                         c->timeout_s, (int)c->rank, (int)c->size, detail);
+}
+
+flx_status flx_comm_set_timeout(flx_comm *comm, double seconds) {
+    if (!comm) return flx_set_error(FLX_ERR_INVALID_ARGUMENT, "flx_comm_set_timeout: comm is NULL");
+    if (!(seconds > 0) || !isfinite(seconds))
+        return flx_set_error(FLX_ERR_INVALID_ARGUMENT, "flx_comm_set_timeout: seconds must be finite "
+                             "and > 0, got %g", seconds);
+    comm->timeout_s = seconds;
+    return FLX_OK;
+}
+
+flx_status flx_comm_get_timeout(const flx_comm *comm, double *seconds) {
+    if (!comm || !seconds)
+        return flx_set_error(FLX_ERR_INVALID_ARGUMENT, "flx_comm_get_timeout: %s is NULL",
+                             comm ? "seconds" : "comm");
+    *seconds = comm->timeout_s;
+    return FLX_OK;
+}
+
+flx_status flx_comm_get_stats(const flx_comm *comm, flx_comm_stats *out) {
+    if (!comm || !out)
+        return flx_set_error(FLX_ERR_INVALID_ARGUMENT, "flx_comm_get_stats: %s is NULL",
+                             comm ? "out" : "comm");
+    *out = comm->stats;
+    return FLX_OK;
+}
+
 /* ---- the world of one process: every collective is a copy ---- */
+static size_t coll_bytes(const flx_coll_args *a) { return (size_t)a->count * flx_dtype_size(a->dtype); }
+
 static flx_status self_run(flx_comm *c, const flx_coll_args *a) {
-    size_t nbytes = (size_t)a->count * flx_dtype_size(a->dtype);
+    size_t nbytes = coll_bytes(a);
     if (nbytes == 0 || a->recv == a->send) return FLX_OK;
     return c->ctx->be->copy_d2d(c->ctx, a->recv, a->send, nbytes);
 }
 
+/* A started collective of one rank: the value, copied (the sender's buffer may go at once). */
+typedef struct self_op {
+    void *copy;
+    size_t nbytes;
+} self_op;
+
+static flx_status self_start(flx_comm *c, const flx_coll_args *a, void **op) {
+    self_op *o = (self_op *)calloc(1, sizeof *o);
+    if (!o) return flx_set_error(FLX_ERR_OUT_OF_MEMORY, "%s: out of host memory", flx_coll_name(a->kind));
+    o->nbytes = coll_bytes(a);
+    if (o->nbytes) {
+        o->copy = c->ctx->be->alloc(c->ctx, o->nbytes);
+        flx_status s = o->copy ? c->ctx->be->copy_d2d(c->ctx, o->copy, a->send, o->nbytes) : flx_last_status();
+        if (s != FLX_OK) {
+            if (o->copy) c->ctx->be->free(c->ctx, o->copy);
+            free(o);
+            return s;
+        }
+    }
+    *op = o;
+    return FLX_OK;
+}
+
+static flx_status self_wait(flx_comm *c, void *op, void *recv) {
+    self_op *o = (self_op *)op;
+    flx_status s = o->nbytes && recv ? c->ctx->be->copy_d2d(c->ctx, recv, o->copy, o->nbytes) : FLX_OK;
+    if (o->copy) c->ctx->be->free(c->ctx, o->copy);
+    free(o);
+    return s;
+}
+
 static void self_destroy(flx_comm *c) { (void)c; }
 
-static const flx_comm_impl self_impl = {"self", self_run, self_destroy};
+static const flx_comm_impl self_impl = {"self", self_run, self_start, self_wait, self_destroy};
 
 /* ---- MPI (CPU contexts) ---- */
 #ifdef FLX_WITH_MPI
@@ -134,38 +222,134 @@ static void divide(flx_dtype dt, void *p, int64_t n, int32_t size) {
         for (int64_t i = 0; i < n; i++) ((double *)p)[i] /= size;
 }
 
-static flx_status mpi_run(flx_comm *c, const flx_coll_args *a) {
-    if (a->count > INT_MAX)
-        return flx_set_error(FLX_ERR_UNSUPPORTED, "mpi: a collective of %lld elements exceeds MPI's "
-                             "int count", (long long)a->count);
+/* A collective in flight. It works in place in its own staging buffer, never in the runtime's
+ * buffers: after a timeout the request can be neither cancelled nor completed (collectives have
+ * no MPI_Cancel), so the staging buffer is abandoned to it and a rank that arrives late writes
+ * into memory nobody else uses. */
+typedef struct mpi_op_rec {
+    MPI_Request req;
+    flx_coll_args a;  /* send and recv unused */
+    void *stage;      /* count * size elements for all-gather and reduce-scatter, else count */
+    size_t out_off;   /* where the result starts in stage, in bytes */
+    size_t out_bytes; /* the result's size */
+} mpi_op_rec;
+
+static MPI_Comm mpi_comm_of(const flx_comm *c) { return *(const MPI_Comm *)c->state; }
+
+static flx_status mpi_start(flx_comm *c, const flx_coll_args *a, void **op) {
+    const char *name = flx_coll_name(a->kind);
+    int64_t total = a->kind == FLX_COLL_ALL_GATHER || a->kind == FLX_COLL_REDUCE_SCATTER
+                        ? a->count * c->size : a->count;
+    if (total > INT_MAX)
+        return flx_set_error(FLX_ERR_UNSUPPORTED, "mpi: %s of %lld elements exceeds MPI's int count",
+                             name, (long long)total);
+    size_t es = flx_dtype_size(a->dtype);
+    mpi_op_rec *o = (mpi_op_rec *)calloc(1, sizeof *o);
+    if (o) o->stage = malloc(total ? (size_t)total * es : 1);
+    if (!o || !o->stage) {
+        if (o) free(o);
+        return flx_set_error(FLX_ERR_OUT_OF_MEMORY, "%s: out of host memory", name);
+    }
+    o->a = *a;
+    o->a.send = o->a.recv = NULL;
     int n = (int)a->count, rc = MPI_SUCCESS;
     MPI_Datatype dt = mpi_dtype(a->dtype);
-    size_t es = flx_dtype_size(a->dtype);
+    MPI_Comm mc = mpi_comm_of(c);
+    o->out_bytes = (size_t)(a->kind == FLX_COLL_ALL_GATHER ? total : a->count) * es;
     switch (a->kind) {
     case FLX_COLL_ALL_REDUCE:
-        rc = MPI_Allreduce(a->send, a->recv, n, dt, mpi_op(a->op), MPI_COMM_WORLD);
-        if (rc != MPI_SUCCESS) return mpi_error(rc, "MPI_Allreduce");
-        if (a->op == FLX_COMM_AVG) divide(a->dtype, a->recv, a->count, c->size);
-        return FLX_OK;
+        if (n) memcpy(o->stage, a->send, (size_t)n * es);
+        rc = MPI_Iallreduce(MPI_IN_PLACE, o->stage, n, dt, mpi_op(a->op), mc, &o->req);
+        break;
     case FLX_COLL_BROADCAST:
-        if (c->rank == a->root && n) memcpy(a->recv, a->send, (size_t)n * es);
-        rc = MPI_Bcast(a->recv, n, dt, a->root, MPI_COMM_WORLD);
-        return rc == MPI_SUCCESS ? FLX_OK : mpi_error(rc, "MPI_Bcast");
-    case FLX_COLL_ALL_GATHER:
-        rc = MPI_Allgather(a->send, n, dt, a->recv, n, dt, MPI_COMM_WORLD);
-        return rc == MPI_SUCCESS ? FLX_OK : mpi_error(rc, "MPI_Allgather");
-    case FLX_COLL_REDUCE_SCATTER:
-        rc = MPI_Reduce_scatter_block(a->send, a->recv, n, dt, mpi_op(a->op), MPI_COMM_WORLD);
-        if (rc != MPI_SUCCESS) return mpi_error(rc, "MPI_Reduce_scatter_block");
-        if (a->op == FLX_COMM_AVG) divide(a->dtype, a->recv, a->count, c->size);
-        return FLX_OK;
+        if (c->rank == a->root && n) memcpy(o->stage, a->send, (size_t)n * es);
+        rc = MPI_Ibcast(o->stage, n, dt, a->root, mc, &o->req);
+        break;
+    case FLX_COLL_ALL_GATHER: /* in place: this rank's block already at its position */
+        if (n) memcpy((char *)o->stage + (size_t)c->rank * (size_t)n * es, a->send, (size_t)n * es);
+        rc = MPI_Iallgather(MPI_IN_PLACE, 0, MPI_DATATYPE_NULL, o->stage, n, dt, mc, &o->req);
+        break;
+    case FLX_COLL_REDUCE_SCATTER: /* in place: the result is the leading block */
+        if (total) memcpy(o->stage, a->send, (size_t)total * es);
+        rc = MPI_Ireduce_scatter_block(MPI_IN_PLACE, o->stage, n, dt, mpi_op(a->op), mc, &o->req);
+        break;
     }
-    return flx_set_error(FLX_ERR_INVALID_ARGUMENT, "mpi: unknown collective %d", (int)a->kind);
+    if (rc != MPI_SUCCESS) {
+        free(o->stage);
+        free(o);
+        return mpi_error(rc, name);
+    }
+    *op = o;
+    return FLX_OK;
 }
 
-static void mpi_destroy(flx_comm *c) { (void)c; /* MPI_COMM_WORLD is not ours to free */ }
+/* Tests the request until it completes or the communicator's timeout runs out: spinning for the
+ * first few microseconds (a collective whose peers are there completes fast), then sleeping in
+ * growing steps up to a millisecond so that a long wait does not burn a core. */
+static flx_status mpi_wait(flx_comm *c, void *op, void *recv) {
+    mpi_op_rec *o = (mpi_op_rec *)op;
+    double deadline = flx_comm_now() + c->timeout_s;
+    long pause_ns = 0;
+    for (int spins = 0;; spins++) {
+        int done = 0;
+        int rc = MPI_Test(&o->req, &done, MPI_STATUS_IGNORE);
+        if (rc != MPI_SUCCESS) {
+            flx_status s = mpi_error(rc, flx_coll_name(o->a.kind));
+            c->failed = true;
+            snprintf(c->failure, sizeof c->failure, "%s", flx_last_error());
+            return s; /* the request is abandoned with its staging buffer */
+        }
+        if (done) break;
+        if (flx_comm_now() > deadline) {
+            flx_status s = flx_comm_timed_out(c, &o->a, "MPI request still pending");
+            free(o); /* o->stage stays with the abandoned request */
+            return s;
+        }
+        if (spins > 200) {
+            pause_ns = pause_ns ? (pause_ns * 2 > 1000000 ? 1000000 : pause_ns * 2) : 2000;
+            struct timespec ts = {0, pause_ns};
+            nanosleep(&ts, NULL);
+        }
+    }
+    if (o->out_bytes && recv) memcpy(recv, (char *)o->stage + o->out_off, o->out_bytes);
+    if (o->a.op == FLX_COMM_AVG && recv) divide(o->a.dtype, recv, (int64_t)(o->out_bytes / flx_dtype_size(o->a.dtype)), c->size);
+    free(o->stage);
+    free(o);
+    return FLX_OK;
+}
 
-static const flx_comm_impl mpi_impl = {"mpi", mpi_run, mpi_destroy};
+static flx_status mpi_run(flx_comm *c, const flx_coll_args *a) {
+    void *op = NULL;
+    flx_status s = mpi_start(c, a, &op);
+    return s == FLX_OK ? mpi_wait(c, op, a->recv) : s;
+}
+
+/* Each communicator is its own duplicate of MPI_COMM_WORLD: a collective abandoned on a failed
+ * one cannot match a later collective of a new one. A failed communicator is not freed (its
+ * abandoned request still refers to it). */
+static void mpi_destroy(flx_comm *c) {
+    if (!c->state) return;
+    int fin = 0;
+    MPI_Finalized(&fin);
+    if (!fin && !c->failed) MPI_Comm_free((MPI_Comm *)c->state);
+    if (!c->failed) free(c->state);
+    c->state = NULL;
+}
+
+static flx_status mpi_comm_init(flx_comm *c) {
+    MPI_Comm *mc = (MPI_Comm *)malloc(sizeof *mc);
+    if (!mc) return flx_set_error(FLX_ERR_OUT_OF_MEMORY, "flx_comm_create: out of host memory");
+    int rc = MPI_Comm_dup(MPI_COMM_WORLD, mc);
+    if (rc != MPI_SUCCESS) {
+        free(mc);
+        return mpi_error(rc, "MPI_Comm_dup");
+    }
+    MPI_Comm_set_errhandler(*mc, MPI_ERRORS_RETURN);
+    c->state = mc;
+    return FLX_OK;
+}
+
+static const flx_comm_impl mpi_impl = {"mpi", mpi_run, mpi_start, mpi_wait, mpi_destroy};
 #endif
 
 bool flx_has_mpi(void) {
@@ -218,8 +402,9 @@ static flx_status pick_transport(flx_comm *c) {
         flx_status s = flx_mpi_world(c);
         if (s != FLX_OK) return s;
         if (!cuda) {
-            c->impl = &mpi_impl;
-            return FLX_OK;
+            s = mpi_comm_init(c);
+            if (s == FLX_OK) c->impl = &mpi_impl;
+            return s;
         }
 #ifdef FLX_WITH_NCCL
         return flx_nccl_init(c, FLX_ID_OVER_MPI);
@@ -270,6 +455,7 @@ flx_comm *flx_comm_create(flx_ctx *ctx) {
     c->rank = 0;
     c->size = 1;
     c->impl = &self_impl;
+    c->timeout_s = flx_comm_default_timeout();
     flx_status s = pick_transport(c);
     if (s == FLX_OK && !registry_add(c))
         s = flx_set_error(FLX_ERR_STATE, "flx_comm_create: more than %d communicators alive", FLX_MAX_COMMS);
@@ -284,7 +470,11 @@ flx_comm *flx_comm_create(flx_ctx *ctx) {
 flx_status flx_comm_destroy(flx_comm *comm) {
     if (!comm) return FLX_OK;
     registry_remove(comm);
+    /* collectives started and never waited for (an evaluation that failed midway) keep their
+     * transport state: the communicator is left to them, as after a timeout */
+    if (comm->n_inflight > 0) comm->failed = true;
     comm->impl->destroy(comm);
+    free(comm->inflight);
     free(comm);
     return FLX_OK;
 }

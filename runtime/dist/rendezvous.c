@@ -69,9 +69,13 @@ int flx_rendezvous_bytes(void *buf, size_t n, int rank, int size, const char *ad
                 if (io_all(fd, buf, n, false, deadline) == 0) served++;
                 close(fd);
             }
-            if (served == size - 1) rc = 0;
-            else snprintf(err, err_len, "only %d of %d ranks connected to rank 0 within %.0f s", served + 1,
-                          size, timeout_s);
+            if (served == size - 1) {
+                rc = 0;
+            } else {
+                rc = FLX_RENDEZVOUS_TIMEOUT;
+                snprintf(err, err_len, "only %d of %d ranks connected to rank 0 within %.0f s", served + 1,
+                         size, timeout_s);
+            }
         }
         if (ls >= 0) close(ls);
     } else {
@@ -85,8 +89,11 @@ int flx_rendezvous_bytes(void *buf, size_t n, int rank, int size, const char *ad
             }
             if (fd >= 0) close(fd);
         }
-        if (rc != 0) snprintf(err, err_len, "rank %d could not get the id from %s:%s within %.0f s", rank,
-                              addr, port, timeout_s);
+        if (rc != 0) {
+            rc = FLX_RENDEZVOUS_TIMEOUT;
+            snprintf(err, err_len, "rank %d could not get the id from %s:%s within %.0f s", rank,
+                     addr, port, timeout_s);
+        }
     }
     freeaddrinfo(res);
     return rc;

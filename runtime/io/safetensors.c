@@ -18,25 +18,25 @@ static int cmp_str_ptr(const void *a, const void *b) {
     return strcmp(*(const char *const *)a, *(const char *const *)b);
 }
 
-/* A string that appears twice among names[0..n), or NULL. Sorts a copy of the pointers
- * (n log n), so a hostile header with millions of keys stays cheap. *oom is set when the copy
- * cannot be allocated. */
-static const char *find_duplicate(const char *const *names, size_t n, bool *oom) {
-    *oom = false;
-    if (n < 2) return NULL;
+/* FLX_OK when names[0..n) are distinct; else the error "fn: [path: ]what 'name' appears twice".
+ * Sorts a copy of the pointers (n log n), so a hostile header with millions of keys stays cheap. */
+static flx_status check_unique(const char *const *names, size_t n, const char *fn, const char *path,
+                               const char *what) {
+    if (n < 2) return FLX_OK;
     const char **v = (const char **)malloc(n * sizeof *v);
-    if (!v) {
-        *oom = true;
-        return NULL;
-    }
+    if (!v) return flx_set_error(FLX_ERR_OUT_OF_MEMORY, "%s: out of host memory", fn);
     memcpy(v, names, n * sizeof *v);
     qsort(v, n, sizeof *v, cmp_str_ptr);
     const char *dup = NULL;
     for (size_t i = 1; i < n && !dup; i++)
         if (strcmp(v[i - 1], v[i]) == 0) dup = v[i];
     free(v);
-    return dup;
+    if (!dup) return FLX_OK;
+    return flx_set_error(FLX_ERR_INVALID_ARGUMENT, "%s: %s%s%s '%s' appears twice", fn, path ? path : "",
+                         path ? ": " : "", what, dup);
 }
+
+static const char LOAD_FN[] = "flx_load_safetensors";
 
 /* The Python safetensors package refuses headers above 100 MB; so do we. */
 #define MAX_HEADER_BYTES (100u * 1000u * 1000u)
@@ -55,12 +55,14 @@ static const char *st_dtype_name(flx_dtype dt) {
     case FLX_I32: return "I32";
     case FLX_I64: return "I64";
     case FLX_BOOL: return "BOOL";
+    case FLX_F16: return "F16";
+    case FLX_BF16: return "BF16";
     default: return NULL;
     }
 }
 
 static bool st_dtype_parse(const char *s, flx_dtype *out) {
-    static const flx_dtype all[] = {FLX_F32, FLX_F64, FLX_I32, FLX_I64, FLX_BOOL};
+    static const flx_dtype all[] = {FLX_F32, FLX_F64, FLX_I32, FLX_I64, FLX_BOOL, FLX_F16, FLX_BF16};
     for (size_t k = 0; k < sizeof all / sizeof all[0]; k++)
         if (strcmp(s, st_dtype_name(all[k])) == 0) {
             *out = all[k];
@@ -192,13 +194,11 @@ flx_status flx_save_safetensors(const char *path, int32_t n, const char *const *
             return flx_set_error(FLX_ERR_INVALID_ARGUMENT, "%s: \"__metadata__\" is reserved", fn);
         if (!st_dtype_name(tensors[i]->dtype))
             return flx_set_error(FLX_ERR_DTYPE, "%s: tensor '%s' %s has a dtype safetensors files do "
-                                 "not hold here (f32, f64, i32, i64, bool)",
+                                 "not hold here (f32, f64, f16, bf16, i32, i64, bool)",
                                  fn, names[i], flx_describe(tensors[i]));
     }
-    bool oom;
-    const char *dup = find_duplicate(names, (size_t)n, &oom);
-    if (oom) return flx_set_error(FLX_ERR_OUT_OF_MEMORY, "%s: out of host memory", fn);
-    if (dup) return flx_set_error(FLX_ERR_INVALID_ARGUMENT, "%s: name '%s' appears twice", fn, dup);
+    flx_status st = check_unique(names, (size_t)n, fn, NULL, "name");
+    if (st != FLX_OK) return st;
     for (int32_t i = 0; i < n_meta; i++) {
         if (!good_text(meta_keys[i]) || !meta_values[i] ||
             (*meta_values[i] && !good_text(meta_values[i])))
@@ -207,10 +207,8 @@ flx_status flx_save_safetensors(const char *path, int32_t n, const char *const *
                                  "characters",
                                  fn, (int)i);
     }
-    dup = find_duplicate(meta_keys, (size_t)(n_meta > 0 ? n_meta : 0), &oom);
-    if (oom) return flx_set_error(FLX_ERR_OUT_OF_MEMORY, "%s: out of host memory", fn);
-    if (dup)
-        return flx_set_error(FLX_ERR_INVALID_ARGUMENT, "%s: metadata key '%s' appears twice", fn, dup);
+    st = check_unique(meta_keys, (size_t)(n_meta > 0 ? n_meta : 0), fn, NULL, "metadata key");
+    if (st != FLX_OK) return st;
     /* Values first (nothing is written until every tensor is computed and on the host). */
     if (n > 0) {
         flx_status s = flx_eval(n, tensors);
@@ -373,7 +371,7 @@ static char *dup_str(const char *s) {
 
 /* Checks one tensor entry of the header; false with the error set. */
 static bool parse_entry(const char *path, const char *name, const flx_json *v, entry *e) {
-    static const char *fn = "flx_load_safetensors";
+    const char *fn = LOAD_FN;
     if (v->type != FLX_JSON_OBJECT) {
         flx_set_error(FLX_ERR_INVALID_ARGUMENT, "%s: %s: entry '%s' is not a JSON object", fn, path, name);
         return false;
@@ -401,8 +399,8 @@ static bool parse_entry(const char *path, const char *name, const flx_json *v, e
     e->name = name;
     if (dt->type != FLX_JSON_STRING || !st_dtype_parse(dt->s, &e->dtype)) {
         flx_set_error(FLX_ERR_INVALID_ARGUMENT,
-                      "%s: %s: entry '%s' has unsupported dtype %s%s%s (F32, F64, I32, I64, BOOL)", fn,
-                      path, name, dt->type == FLX_JSON_STRING ? "'" : "",
+                      "%s: %s: entry '%s' has unsupported dtype %s%s%s (F32, F64, F16, BF16, I32, "
+                      "I64, BOOL)", fn, path, name, dt->type == FLX_JSON_STRING ? "'" : "",
                       dt->type == FLX_JSON_STRING ? dt->s : "(not a string)",
                       dt->type == FLX_JSON_STRING ? "'" : "");
         return false;
@@ -461,208 +459,241 @@ static flx_status read_at(FILE *f, uint64_t off, void *dst, size_t n, const char
     return FLX_OK;
 }
 
-flx_checkpoint *flx_load_safetensors(flx_ctx *ctx, const char *path) {
-    static const char *fn = "flx_load_safetensors";
-    if (!ctx) {
-        flx_set_error(FLX_ERR_INVALID_ARGUMENT, "%s: ctx is NULL", fn);
-        return NULL;
-    }
-    if (!path || !*path) {
-        flx_set_error(FLX_ERR_INVALID_ARGUMENT, "%s: path is NULL or empty", fn);
-        return NULL;
-    }
-    if (!host_is_little_endian()) {
-        flx_set_error(FLX_ERR_UNSUPPORTED, "%s: needs a little-endian host", fn);
-        return NULL;
-    }
-    FILE *f = fopen(path, "rb");
-    if (!f) {
-        flx_set_error(FLX_ERR_INVALID_ARGUMENT, "%s: cannot open %s: %s", fn, path, strerror(errno));
-        return NULL;
-    }
-    flx_checkpoint *ck = NULL;
-    char *header = NULL;
+/* One load in progress: what each step reads and leaves for the next. load_release frees it
+ * whichever step failed. */
+typedef struct loader {
+    const char *path;
+    FILE *f;
+    uint64_t fsize, hl; /* file size; header length (the data region starts at 8 + hl) */
+    char *header;
     flx_json root;
-    memset(&root, 0, sizeof root);
-    entry *ents = NULL;
-    entry **order = NULL;
-    void *host = NULL;
-    bool ok = false;
+    entry *ents; /* tensor entries in header order */
+    size_t ne;
+    const flx_json *meta; /* the __metadata__ object, or NULL */
+} loader;
+
+static void load_release(loader *L) {
+    free(L->ents);
+    flx_json_free(&L->root);
+    free(L->header);
+    if (L->f) fclose(L->f);
+}
+
+static bool oom_fail(void) {
+    flx_set_error(FLX_ERR_OUT_OF_MEMORY, "%s: out of host memory", LOAD_FN);
+    return false;
+}
+
+/* The 8-byte length, the header bytes and their JSON: an object whose names are unique. */
+static bool read_header(loader *L) {
+    const char *path = L->path;
     struct stat sb;
-    if (fstat(fileno(f), &sb) != 0 || !S_ISREG(sb.st_mode)) {
-        flx_set_error(FLX_ERR_INVALID_ARGUMENT, "%s: %s is not a regular file", fn, path);
-        goto fail;
+    if (fstat(fileno(L->f), &sb) != 0 || !S_ISREG(sb.st_mode)) {
+        flx_set_error(FLX_ERR_INVALID_ARGUMENT, "%s: %s is not a regular file", LOAD_FN, path);
+        return false;
     }
-    uint64_t fsize = (uint64_t)sb.st_size;
-    if (fsize < 8) {
+    L->fsize = (uint64_t)sb.st_size;
+    if (L->fsize < 8) {
         flx_set_error(FLX_ERR_INVALID_ARGUMENT, "%s: %s is %llu bytes, too short for a safetensors "
                       "file (8-byte header length missing)",
-                      fn, path, (unsigned long long)fsize);
-        goto fail;
+                      LOAD_FN, path, (unsigned long long)L->fsize);
+        return false;
     }
     uint8_t len8[8];
-    if (read_at(f, 0, len8, 8, path) != FLX_OK) goto fail;
+    if (read_at(L->f, 0, len8, 8, path) != FLX_OK) return false;
     uint64_t hl = 0;
     for (int k = 7; k >= 0; k--) hl = (hl << 8) | len8[k];
-    if (hl < 2 || hl > MAX_HEADER_BYTES || hl > fsize - 8) {
+    if (hl < 2 || hl > MAX_HEADER_BYTES || hl > L->fsize - 8) {
         flx_set_error(FLX_ERR_INVALID_ARGUMENT,
                       "%s: %s: bad header length %llu (file has %llu bytes after the length; at "
                       "most %u allowed)",
-                      fn, path, (unsigned long long)hl, (unsigned long long)(fsize - 8),
+                      LOAD_FN, path, (unsigned long long)hl, (unsigned long long)(L->fsize - 8),
                       MAX_HEADER_BYTES);
-        goto fail;
+        return false;
     }
-    header = (char *)malloc((size_t)hl);
-    if (!header) {
-        flx_set_error(FLX_ERR_OUT_OF_MEMORY, "%s: out of host memory for a %llu-byte header", fn,
+    L->hl = hl;
+    L->header = (char *)malloc((size_t)hl);
+    if (!L->header) {
+        flx_set_error(FLX_ERR_OUT_OF_MEMORY, "%s: out of host memory for a %llu-byte header", LOAD_FN,
                       (unsigned long long)hl);
-        goto fail;
+        return false;
     }
-    if (read_at(f, 8, header, (size_t)hl, path) != FLX_OK) goto fail;
+    if (read_at(L->f, 8, L->header, (size_t)hl, path) != FLX_OK) return false;
     char jmsg[256];
-    if (flx_json_parse(header, (size_t)hl, &root, jmsg, sizeof jmsg) != 0) {
-        flx_set_error(FLX_ERR_INVALID_ARGUMENT, "%s: %s: the header is not valid JSON: %s", fn, path,
-                      jmsg);
-        goto fail;
+    if (flx_json_parse(L->header, (size_t)hl, &L->root, jmsg, sizeof jmsg) != 0) {
+        flx_set_error(FLX_ERR_INVALID_ARGUMENT, "%s: %s: the header is not valid JSON: %s", LOAD_FN,
+                      path, jmsg);
+        return false;
     }
-    if (root.type != FLX_JSON_OBJECT) {
-        flx_set_error(FLX_ERR_INVALID_ARGUMENT, "%s: %s: the header is not a JSON object", fn, path);
-        goto fail;
+    if (L->root.type != FLX_JSON_OBJECT) {
+        flx_set_error(FLX_ERR_INVALID_ARGUMENT, "%s: %s: the header is not a JSON object", LOAD_FN,
+                      path);
+        return false;
     }
-    {
-        bool oom;
-        const char *dup = find_duplicate((const char *const *)root.keys, root.n, &oom);
-        if (oom || dup) {
-            if (oom) flx_set_error(FLX_ERR_OUT_OF_MEMORY, "%s: out of host memory", fn);
-            else flx_set_error(FLX_ERR_INVALID_ARGUMENT, "%s: %s: the name '%s' appears twice", fn,
-                               path, dup);
-            goto fail;
-        }
+    if (check_unique((const char *const *)L->root.keys, L->root.n, LOAD_FN, path, "the name") !=
+        FLX_OK)
+        return false;
+    if (L->root.n > (size_t)INT32_MAX / 2) {
+        flx_set_error(FLX_ERR_INVALID_ARGUMENT, "%s: %s: too many entries", LOAD_FN, path);
+        return false;
     }
-    if (root.n > (size_t)INT32_MAX / 2) {
-        flx_set_error(FLX_ERR_INVALID_ARGUMENT, "%s: %s: too many entries", fn, path);
-        goto fail;
-    }
-    ck = (flx_checkpoint *)calloc(1, sizeof *ck);
-    ents = (entry *)calloc(root.n + 1, sizeof *ents);
-    order = (entry **)calloc(root.n + 1, sizeof *order);
-    if (!ck || !ents || !order) {
-        flx_set_error(FLX_ERR_OUT_OF_MEMORY, "%s: out of host memory", fn);
-        goto fail;
-    }
-    size_t ne = 0;
-    const flx_json *meta = NULL;
-    for (size_t k = 0; k < root.n; k++) {
-        if (strcmp(root.keys[k], "__metadata__") == 0) {
-            meta = &root.items[k];
+    return true;
+}
+
+/* Every tensor entry of the header checked into L->ents; __metadata__ set aside. */
+static bool parse_entries(loader *L) {
+    L->ents = (entry *)calloc(L->root.n + 1, sizeof *L->ents);
+    if (!L->ents) return oom_fail();
+    for (size_t k = 0; k < L->root.n; k++) {
+        if (strcmp(L->root.keys[k], "__metadata__") == 0) {
+            L->meta = &L->root.items[k];
             continue;
         }
-        if (!parse_entry(path, root.keys[k], &root.items[k], &ents[ne])) goto fail;
-        order[ne] = &ents[ne];
-        ne++;
+        if (!parse_entry(L->path, L->root.keys[k], &L->root.items[k], &L->ents[L->ne])) return false;
+        L->ne++;
     }
-    if (meta) {
-        if (meta->type != FLX_JSON_OBJECT) {
-            flx_set_error(FLX_ERR_INVALID_ARGUMENT, "%s: %s: __metadata__ is not an object", fn, path);
-            goto fail;
-        }
-        ck->meta_keys = (char **)calloc(meta->n + 1, sizeof(char *));
-        ck->meta_values = (char **)calloc(meta->n + 1, sizeof(char *));
-        if (!ck->meta_keys || !ck->meta_values) {
-            flx_set_error(FLX_ERR_OUT_OF_MEMORY, "%s: out of host memory", fn);
-            goto fail;
-        }
-        bool meta_oom;
-        const char *meta_dup = find_duplicate((const char *const *)meta->keys, meta->n, &meta_oom);
-        if (meta_oom || meta_dup) {
-            if (meta_oom) flx_set_error(FLX_ERR_OUT_OF_MEMORY, "%s: out of host memory", fn);
-            else flx_set_error(FLX_ERR_INVALID_ARGUMENT, "%s: %s: __metadata__ key '%s' appears "
-                               "twice", fn, path, meta_dup);
-            goto fail;
-        }
-        for (size_t k = 0; k < meta->n; k++) {
-            if (meta->items[k].type != FLX_JSON_STRING) {
-                flx_set_error(FLX_ERR_INVALID_ARGUMENT, "%s: %s: __metadata__ value of '%s' is not a "
-                              "string", fn, path, meta->keys[k]);
-                goto fail;
-            }
-            ck->meta_keys[k] = dup_str(meta->keys[k]);
-            ck->meta_values[k] = dup_str(meta->items[k].s);
-            ck->n_meta = (int32_t)k + 1;
-            if (!ck->meta_keys[k] || !ck->meta_values[k]) {
-                flx_set_error(FLX_ERR_OUT_OF_MEMORY, "%s: out of host memory", fn);
-                goto fail;
-            }
-        }
+    return true;
+}
+
+/* __metadata__: an object of unique keys with string values, copied into ck. */
+static bool read_metadata(const loader *L, flx_checkpoint *ck) {
+    const flx_json *meta = L->meta;
+    if (!meta) return true;
+    if (meta->type != FLX_JSON_OBJECT) {
+        flx_set_error(FLX_ERR_INVALID_ARGUMENT, "%s: %s: __metadata__ is not an object", LOAD_FN,
+                      L->path);
+        return false;
     }
-    /* The byte ranges must tile [0, data size) exactly: sorted, no gap, no overlap. */
-    uint64_t data_size = fsize - 8 - hl;
-    qsort(order, ne, sizeof *order, cmp_entry);
+    ck->meta_keys = (char **)calloc(meta->n + 1, sizeof(char *));
+    ck->meta_values = (char **)calloc(meta->n + 1, sizeof(char *));
+    if (!ck->meta_keys || !ck->meta_values) return oom_fail();
+    if (check_unique((const char *const *)meta->keys, meta->n, LOAD_FN, L->path,
+                     "__metadata__ key") != FLX_OK)
+        return false;
+    for (size_t k = 0; k < meta->n; k++) {
+        if (meta->items[k].type != FLX_JSON_STRING) {
+            flx_set_error(FLX_ERR_INVALID_ARGUMENT, "%s: %s: __metadata__ value of '%s' is not a "
+                          "string", LOAD_FN, L->path, meta->keys[k]);
+            return false;
+        }
+        ck->meta_keys[k] = dup_str(meta->keys[k]);
+        ck->meta_values[k] = dup_str(meta->items[k].s);
+        ck->n_meta = (int32_t)k + 1;
+        if (!ck->meta_keys[k] || !ck->meta_values[k]) return oom_fail();
+    }
+    return true;
+}
+
+/* The byte ranges must tile [0, data size) exactly: sorted, no gap, no overlap. */
+static bool check_tiling(const loader *L) {
+    const char *path = L->path;
+    uint64_t data_size = L->fsize - 8 - L->hl;
+    entry **order = (entry **)calloc(L->ne + 1, sizeof *order);
+    if (!order) return oom_fail();
+    for (size_t k = 0; k < L->ne; k++) order[k] = &L->ents[k];
+    qsort(order, L->ne, sizeof *order, cmp_entry);
     uint64_t at = 0;
-    for (size_t k = 0; k < ne; k++) {
+    bool ok = true;
+    for (size_t k = 0; k < L->ne && ok; k++) {
         if (order[k]->begin != at) {
             flx_set_error(FLX_ERR_INVALID_ARGUMENT,
-                          "%s: %s: data_offsets of '%s' start at %llu where %llu was expected (%s)", fn,
-                          path, order[k]->name, (unsigned long long)order[k]->begin,
+                          "%s: %s: data_offsets of '%s' start at %llu where %llu was expected (%s)",
+                          LOAD_FN, path, order[k]->name, (unsigned long long)order[k]->begin,
                           (unsigned long long)at, order[k]->begin < at ? "overlap" : "gap");
-            goto fail;
+            ok = false;
+            break;
         }
         at = order[k]->end;
         if (at > data_size) {
             flx_set_error(FLX_ERR_INVALID_ARGUMENT,
                           "%s: %s: data_offsets of '%s' end at %llu, beyond the %llu-byte data region",
-                          fn, path, order[k]->name, (unsigned long long)at,
+                          LOAD_FN, path, order[k]->name, (unsigned long long)at,
                           (unsigned long long)data_size);
-            goto fail;
+            ok = false;
         }
     }
-    if (at != data_size) {
+    free(order);
+    if (ok && at != data_size) {
         flx_set_error(FLX_ERR_INVALID_ARGUMENT,
-                      "%s: %s: the tensors cover %llu bytes but the data region holds %llu", fn, path,
-                      (unsigned long long)at, (unsigned long long)data_size);
-        goto fail;
+                      "%s: %s: the tensors cover %llu bytes but the data region holds %llu", LOAD_FN,
+                      path, (unsigned long long)at, (unsigned long long)data_size);
+        ok = false;
     }
-    /* Read the tensors, in header order. */
-    ck->names = (char **)calloc(ne + 1, sizeof(char *));
-    ck->tensors = (flx_tensor **)calloc(ne + 1, sizeof(flx_tensor *));
-    if (!ck->names || !ck->tensors) {
-        flx_set_error(FLX_ERR_OUT_OF_MEMORY, "%s: out of host memory", fn);
-        goto fail;
-    }
-    for (size_t k = 0; k < ne; k++) {
-        const entry *e = &ents[k];
+    return ok;
+}
+
+/* The tensors' bytes, in header order, into constants of ctx (BOOL bytes must be 0 or 1). */
+static bool read_tensors(flx_ctx *ctx, const loader *L, flx_checkpoint *ck) {
+    ck->names = (char **)calloc(L->ne + 1, sizeof(char *));
+    ck->tensors = (flx_tensor **)calloc(L->ne + 1, sizeof(flx_tensor *));
+    if (!ck->names || !ck->tensors) return oom_fail();
+    void *host = NULL;
+    bool ok = true;
+    for (size_t k = 0; k < L->ne && ok; k++) {
+        const entry *e = &L->ents[k];
         size_t nb = (size_t)(e->end - e->begin);
         free(host);
         host = malloc(nb ? nb : 1);
         if (!host) {
-            flx_set_error(FLX_ERR_OUT_OF_MEMORY, "%s: out of host memory (%zu bytes)", fn, nb);
-            goto fail;
+            flx_set_error(FLX_ERR_OUT_OF_MEMORY, "%s: out of host memory (%zu bytes)", LOAD_FN, nb);
+            ok = false;
+            break;
         }
-        if (nb && read_at(f, 8 + hl + e->begin, host, nb, path) != FLX_OK) goto fail;
+        if (nb && read_at(L->f, 8 + L->hl + e->begin, host, nb, L->path) != FLX_OK) {
+            ok = false;
+            break;
+        }
         if (e->dtype == FLX_BOOL)
-            for (size_t j = 0; j < nb; j++)
+            for (size_t j = 0; j < nb && ok; j++)
                 if (((uint8_t *)host)[j] > 1) {
                     flx_set_error(FLX_ERR_INVALID_ARGUMENT, "%s: %s: BOOL tensor '%s' holds a byte "
-                                  "other than 0 or 1", fn, path, e->name);
-                    goto fail;
+                                  "other than 0 or 1", LOAD_FN, L->path, e->name);
+                    ok = false;
                 }
+        if (!ok) break;
         ck->names[k] = dup_str(e->name);
         if (!ck->names[k]) {
-            flx_set_error(FLX_ERR_OUT_OF_MEMORY, "%s: out of host memory", fn);
-            goto fail;
+            ok = oom_fail();
+            break;
         }
         ck->tensors[k] = flx_const_new(ctx, e->dtype, e->ndim, e->shape, host);
         ck->n = (int32_t)k + 1;
-        if (!ck->tensors[k]) goto fail;
+        ok = ck->tensors[k] != NULL;
     }
-    ok = true;
-fail:
     free(host);
-    free(order);
-    free(ents);
-    flx_json_free(&root);
-    free(header);
-    fclose(f);
+    return ok;
+}
+
+flx_checkpoint *flx_load_safetensors(flx_ctx *ctx, const char *path) {
+    if (!ctx) {
+        flx_set_error(FLX_ERR_INVALID_ARGUMENT, "%s: ctx is NULL", LOAD_FN);
+        return NULL;
+    }
+    if (!path || !*path) {
+        flx_set_error(FLX_ERR_INVALID_ARGUMENT, "%s: path is NULL or empty", LOAD_FN);
+        return NULL;
+    }
+    if (!host_is_little_endian()) {
+        flx_set_error(FLX_ERR_UNSUPPORTED, "%s: needs a little-endian host", LOAD_FN);
+        return NULL;
+    }
+    loader L;
+    memset(&L, 0, sizeof L);
+    L.path = path;
+    L.f = fopen(path, "rb");
+    if (!L.f) {
+        flx_set_error(FLX_ERR_INVALID_ARGUMENT, "%s: cannot open %s: %s", LOAD_FN, path, strerror(errno));
+        return NULL;
+    }
+    flx_checkpoint *ck = NULL;
+    bool ok = read_header(&L);
+    if (ok) {
+        ck = (flx_checkpoint *)calloc(1, sizeof *ck);
+        ok = ck ? true : oom_fail();
+    }
+    ok = ok && parse_entries(&L) && read_metadata(&L, ck) && check_tiling(&L) &&
+         read_tensors(ctx, &L, ck);
+    load_release(&L);
     if (ok) return ck;
     flx_checkpoint_destroy(ck);
     return NULL;

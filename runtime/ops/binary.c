@@ -74,24 +74,28 @@ static flx_status exec_where(const flx_tensor *t, void *out, const void *const *
     return flx_kernel_where(t->ctx, &a);
 }
 
-/* Rank of a dtype in the promotion order bool < i32 < i64 < f32 < f64 (PyTorch's rule for two
- * tensors: a float beats any integer, and within a kind the wider type wins). */
+/* Rank of a dtype in the promotion order bool < i32 < i64 < f16, bf16 < f32 < f64 (PyTorch's rule
+ * for two tensors: a float beats any integer, and within a kind the wider type wins). f16 and
+ * bf16 share a rank: neither holds the other (f16 has the bits, bf16 the range), so a mix of the
+ * two is computed in f32, which holds both exactly. */
 static int promotion_rank(flx_dtype dt) {
     switch (dt) {
     case FLX_BOOL: return 0;
     case FLX_I32: return 1;
     case FLX_I64: return 2;
-    case FLX_F32: return 3;
-    case FLX_F64: return 4;
+    case FLX_F16:
+    case FLX_BF16: return 3;
+    case FLX_F32: return 4;
+    case FLX_F64: return 5;
     default: return -1;
     }
 }
 
 static flx_tensor *make_binary(int32_t op, flx_tensor *a, flx_tensor *b);
 
-/* a op b after casting the lower-ranked operand to the other's dtype. The cast is an op, so the
- * gradient flows back through it to the operand's own dtype. A private scope owns the cast; only
- * the result leaves it. */
+/* a op b after casting the lower-ranked operand to the other's dtype (both to f32 for f16 with
+ * bf16). The cast is an op, so the gradient flows back through it to the operand's own dtype. A
+ * private scope owns the cast; only the result leaves it. */
 static flx_tensor *promoted_binary(int32_t op, flx_tensor *a, flx_tensor *b) {
     int ra = promotion_rank(a->dtype), rb = promotion_rank(b->dtype);
     if (ra < 0 || rb < 0) {
@@ -100,8 +104,8 @@ static flx_tensor *promoted_binary(int32_t op, flx_tensor *a, flx_tensor *b) {
         return NULL;
     }
     if (flx_scope_begin() != FLX_OK) return NULL;
-    return flx_scope_return(ra < rb ? make_binary(op, flx_cast(a, b->dtype), b)
-                                    : make_binary(op, a, flx_cast(b, a->dtype)));
+    flx_dtype dt = ra == rb ? FLX_F32 : ra < rb ? b->dtype : a->dtype;
+    return flx_scope_return(make_binary(op, flx_cast(a, dt), flx_cast(b, dt)));
 }
 
 static flx_tensor *make_binary(int32_t op, flx_tensor *a, flx_tensor *b) {

@@ -58,6 +58,11 @@ flx_tensor *flx_linear(flx_tensor *x, flx_tensor *W, flx_tensor *b) {
 }
 
 /* ---- normalisation -------------------------------------------------------------------------- */
+/* v in the compute dtype of the norms (f32 for f16/bf16 inputs: a mean and a variance in 8 bits
+ * lose the small deviations to cancellation); NULL stays NULL. The cast is an op, so gradients
+ * return to each tensor's own dtype. */
+static flx_tensor *in_compute(flx_tensor *v) { return v ? flx_cast(v, flx_dtype_compute(v->dtype)) : NULL; }
+
 /* (1, C, 1, ..., 1) view of a (C) vector for broadcasting against rank nd. */
 static flx_tensor *chan_view(flx_tensor *v, int32_t nd) {
     int64_t s[FLX_MAX_DIMS];
@@ -108,17 +113,20 @@ flx_tensor *flx_batch_norm(flx_tensor *x, flx_tensor *gamma, flx_tensor *beta,
     int32_t nd = x->ndim, axes[FLX_MAX_DIMS], na = 0;
     for (int32_t d = 0; d < nd; d++)
         if (d != 1) axes[na++] = d;
+    const flx_dtype dt = x->dtype;
+    flx_tensor *xc = in_compute(x), *rm = in_compute(running_mean), *rv = in_compute(running_var);
     flx_tensor *mu, *var;
     if (training) {
-        mu = flx_mean(x, na, axes, true);
-        var = flx_var(x, na, axes, true, 0);
+        mu = flx_mean(xc, na, axes, true);
+        var = flx_var(xc, na, axes, true, 0);
     } else {
-        mu = chan_view(running_mean, nd);
-        var = chan_view(running_var, nd);
+        mu = chan_view(rm, nd);
+        var = chan_view(rv, nd);
     }
-    flx_tensor *y = flx_mul(flx_sub(x, mu), flx_rsqrt(flx_add_scalar(var, eps)));
-    if (gamma) y = flx_mul(y, chan_view(gamma, nd));
-    if (beta) y = flx_add(y, chan_view(beta, nd));
+    flx_tensor *y = flx_mul(flx_sub(xc, mu), flx_rsqrt(flx_add_scalar(var, eps)));
+    if (gamma) y = flx_mul(y, chan_view(in_compute(gamma), nd));
+    if (beta) y = flx_add(y, chan_view(in_compute(beta), nd));
+    y = flx_cast(y, dt);
     flx_tensor *keep[3] = {y, NULL, NULL};
     int32_t nk = 1;
     if (y && want_stats) {
@@ -126,11 +134,11 @@ flx_tensor *flx_batch_norm(flx_tensor *x, flx_tensor *gamma, flx_tensor *beta,
         flx_tensor *m1 = flx_reshape(flx_detach(mu), 1, cs);
         flx_tensor *v1 = flx_reshape(flx_detach(var), 1, cs);
         v1 = flx_mul_scalar(v1, (double)count / (double)(count - 1));
-        flx_tensor *nm = flx_add(flx_mul_scalar(running_mean, 1.0 - momentum), flx_mul_scalar(m1, momentum));
-        flx_tensor *nv = flx_add(flx_mul_scalar(running_var, 1.0 - momentum), flx_mul_scalar(v1, momentum));
+        flx_tensor *nm = flx_add(flx_mul_scalar(rm, 1.0 - momentum), flx_mul_scalar(m1, momentum));
+        flx_tensor *nv = flx_add(flx_mul_scalar(rv, 1.0 - momentum), flx_mul_scalar(v1, momentum));
         /* Stats are state, not part of any gradient path. */
-        nm = flx_detach(nm);
-        nv = flx_detach(nv);
+        nm = flx_detach(flx_cast(nm, dt));
+        nv = flx_detach(flx_cast(nv, dt));
         if (!nm || !nv) y = NULL;
         if (y) {
             if (new_running_mean) keep[nk++] = nm;
@@ -180,12 +188,13 @@ flx_tensor *flx_layer_norm(flx_tensor *x, int32_t n_norm, flx_tensor *gamma, flx
     if (flx_scope_begin() != FLX_OK) return NULL;
     int32_t axes[FLX_MAX_DIMS];
     for (int32_t i = 0; i < n_norm; i++) axes[i] = x->ndim - n_norm + i;
-    flx_tensor *mu = flx_mean(x, n_norm, axes, true);
-    flx_tensor *var = flx_var(x, n_norm, axes, true, 0);
-    flx_tensor *y = flx_mul(flx_sub(x, mu), flx_rsqrt(flx_add_scalar(var, eps)));
-    if (gamma) y = flx_mul(y, gamma);
-    if (beta) y = flx_add(y, beta);
-    return flx_scope_return(y);
+    flx_tensor *xc = in_compute(x);
+    flx_tensor *mu = flx_mean(xc, n_norm, axes, true);
+    flx_tensor *var = flx_var(xc, n_norm, axes, true, 0);
+    flx_tensor *y = flx_mul(flx_sub(xc, mu), flx_rsqrt(flx_add_scalar(var, eps)));
+    if (gamma) y = flx_mul(y, in_compute(gamma));
+    if (beta) y = flx_add(y, in_compute(beta));
+    return flx_scope_return(flx_cast(y, x->dtype));
 }
 
 /* ---- dropout -------------------------------------------------------------------------------- */

@@ -593,8 +593,8 @@ flx_tensor *flx_one_hot(flx_tensor *index, int64_t num_classes, flx_dtype dt) {
                       (long long)num_classes, flx_describe(index));
         return NULL;
     }
-    if (dt != FLX_F32 && dt != FLX_F64 && dt != FLX_I32 && dt != FLX_I64) {
-        flx_set_error(FLX_ERR_DTYPE, "flx_one_hot: result dtype must be f32, f64, i32 or i64, got %s",
+    if (!flx_dtype_is_float(dt) && dt != FLX_I32 && dt != FLX_I64) {
+        flx_set_error(FLX_ERR_DTYPE, "flx_one_hot: result dtype must be a float dtype, i32 or i64, got %s",
                       flx_dtype_name(dt));
         return NULL;
     }

@@ -9,7 +9,9 @@
  *                                                                   s (diag(y) - y y^T) is symmetric
  *                               LOG_VJP: s (v - e^y sum(v))        log_softmax VJP (y = its output)
  *                               LOG_JVP: s (v - <e^y, v>)          log_softmax JVP
- *   CROSS_ENTROPY (x, labels)   packed 1-D [gradient (N C, when fused) | losses (N) | count]:
+ *   CROSS_ENTROPY (x, labels)   packed 1-D [gradient (N C, when fused) | losses (N) | count],
+ *                               the losses and count in f32 for f16/bf16 logits (the gradient
+ *                               part padded to an even length, for alignment):
  *                               one kernel reads the logits once and writes the per-row losses
  *                               lse(x_r) - x_r[label_r] (0 at ignore_index), the number of rows
  *                               that count and, when x requires grad, the gradient of the
@@ -109,17 +111,28 @@ static flx_status exec_softmax(const flx_tensor *t, void *out, const void *const
     return run_kernel(t, &a);
 }
 
-/* Elements of the packed CROSS_ENTROPY buffer before the losses. */
+/* The dtype of the losses and the count in the packed buffer: f32 for f16/bf16 logits (a count
+ * above 256 is not exact in bf16, 65536 overflows f16), else the logits' dtype. */
+static flx_dtype ce_stat_dtype(flx_dtype dt) { return flx_dtype_compute(dt); }
+
+/* Elements (of dtype dt) of a packed CROSS_ENTROPY buffer before the losses; for the halves an
+ * even count, so the f32 losses that follow are 4-byte aligned. */
+static int64_t ce_grad_elems(flx_dtype dt, bool fused, int64_t rows, int64_t classes) {
+    int64_t n = fused ? rows * classes : 0;
+    return ce_stat_dtype(dt) != dt ? n + (n & 1) : n;
+}
+
 static int64_t ce_grad_len(const flx_tensor *packed) {
-    const int64_t n = packed->attrs.u.softmax.rows * packed->attrs.u.softmax.classes;
-    return packed->attrs.u.softmax.fused_grad ? n : 0;
+    const flx_attrs *at = &packed->attrs;
+    return ce_grad_elems(packed->dtype, at->u.softmax.fused_grad, at->u.softmax.rows, at->u.softmax.classes);
 }
 
 /* The cross-entropy kernel arguments of a node with the attributes of a packed node (or of
  * CROSS_ENTROPY_BWD). */
 static flx_softmax_args ce_args(const flx_tensor *t, int32_t mode) {
     return (flx_softmax_args){
-        .mode = mode, .dtype = t->dtype, .outer = t->attrs.u.softmax.rows,
+        .mode = mode, .dtype = t->dtype, .stat_dtype = ce_stat_dtype(t->dtype),
+        .outer = t->attrs.u.softmax.rows,
         .n = t->attrs.u.softmax.classes, .inner = 1, .scale = 1.0,
         .ignore_index = t->attrs.u.softmax.ignore_index, .reduction = t->attrs.u.softmax.reduction
     };
@@ -428,7 +441,9 @@ static flx_tensor *cross_entropy_2d(flx_tensor *x, flx_tensor *labels, flx_reduc
         .u.softmax.ignore_index = ignore_index, .u.softmax.reduction = (int32_t)red,
         .u.softmax.fused_grad = fused, .u.softmax.rows = x->shape[0], .u.softmax.classes = x->shape[1]
     };
-    int64_t packed_len = (fused ? x->shape[0] * x->shape[1] : 0) + x->shape[0] + 1;
+    const int64_t stat_elems = (int64_t)(flx_dtype_size(ce_stat_dtype(x->dtype)) / flx_dtype_size(x->dtype));
+    int64_t packed_len = ce_grad_elems(x->dtype, fused, x->shape[0], x->shape[1]) +
+                         (x->shape[0] + 1) * stat_elems;
     flx_tensor *in[3] = {x, labels, NULL};
     flx_tensor *packed =
         flx_adopt(flx_node_new(x->ctx, FLX_OP_CROSS_ENTROPY, x->dtype, 1, &packed_len, 2, in, &at));

@@ -25,6 +25,7 @@ FLX_ERR_NOT_DIFFERENTIABLE = 7
 FLX_ERR_UNSUPPORTED = 8
 FLX_ERR_STATE = 9
 FLX_ERR_NUMERIC = 10
+FLX_ERR_TIMEOUT = 11
 FLX_F32 = 0
 FLX_F64 = 1
 FLX_I32 = 2
@@ -168,6 +169,15 @@ class flx_plan_info(Structure):
     ]
 
 
+class flx_comm_stats(Structure):
+    _fields_ = [
+        ('collectives', c_uint64),
+        ('bytes', c_uint64),
+        ('overlapped', c_uint64),
+        ('started_early', c_uint64),
+    ]
+
+
 # ---- callback types ----
 flx_fn = CFUNCTYPE(c_void_p, c_int32, POINTER(c_void_p), c_void_p)
 flx_blob_deleter = CFUNCTYPE(None, c_void_p, c_void_p)
@@ -308,6 +318,7 @@ PROTOTYPES = {
     'flx_eigh': (c_int, [c_void_p, POINTER(c_void_p), POINTER(c_void_p)]),
     'flx_softmax': (c_void_p, [c_void_p, c_int32, c_double]),
     'flx_log_softmax': (c_void_p, [c_void_p, c_int32, c_double]),
+    'flx_attention': (c_void_p, [c_void_p, c_void_p, c_void_p, c_bool, c_double]),
     'flx_set_requires_grad': (c_int, [c_void_p, c_bool]),
     'flx_requires_grad': (c_bool, [c_void_p]),
     'flx_grad': (c_void_p, [c_void_p]),
@@ -393,6 +404,8 @@ PROTOTYPES = {
     'flx_has_nccl': (c_bool, []),
     'flx_comm_create': (c_void_p, [c_void_p]),
     'flx_comm_destroy': (c_int, [c_void_p]),
+    'flx_comm_set_timeout': (c_int, [c_void_p, c_double]),
+    'flx_comm_get_timeout': (c_int, [c_void_p, POINTER(c_double)]),
     'flx_comm_rank': (c_int32, [c_void_p]),
     'flx_comm_size': (c_int32, [c_void_p]),
     'flx_comm_all_reduce': (c_void_p, [c_void_p, c_void_p, c_int]),
@@ -401,6 +414,8 @@ PROTOTYPES = {
     'flx_comm_reduce_scatter': (c_void_p, [c_void_p, c_void_p, c_int]),
     'flx_comm_broadcast_params': (c_int, [c_void_p, c_int32, POINTER(c_void_p), c_int32]),
     'flx_comm_average_grads': (c_int, [c_void_p, c_int32, POINTER(c_void_p), c_size_t]),
+    'flx_comm_backward': (c_int, [c_void_p, c_void_p, c_int32, POINTER(c_void_p), c_size_t]),
+    'flx_comm_get_stats': (c_int, [c_void_p, POINTER(flx_comm_stats)]),
     'flx_sharded_optim_create': (c_void_p, [c_void_p, c_int, c_int32, POINTER(c_void_p), POINTER(flx_optim_config)]),
     'flx_sharded_optim_step': (c_int, [c_void_p]),
     'flx_sharded_optim_zero_grad': (c_int, [c_void_p]),
@@ -539,6 +554,7 @@ ARG_NAMES = {
     'flx_eigh': ('a', 'w', 'v'),
     'flx_softmax': ('x', 'axis', 'temperature'),
     'flx_log_softmax': ('x', 'axis', 'temperature'),
+    'flx_attention': ('q', 'k', 'v', 'causal', 'scale'),
     'flx_set_requires_grad': ('t', 'requires_grad'),
     'flx_requires_grad': ('t',),
     'flx_grad': ('t',),
@@ -624,6 +640,8 @@ ARG_NAMES = {
     'flx_has_nccl': (),
     'flx_comm_create': ('ctx',),
     'flx_comm_destroy': ('comm',),
+    'flx_comm_set_timeout': ('comm', 'seconds'),
+    'flx_comm_get_timeout': ('comm', 'seconds'),
     'flx_comm_rank': ('comm',),
     'flx_comm_size': ('comm',),
     'flx_comm_all_reduce': ('comm', 'x', 'op'),
@@ -632,6 +650,8 @@ ARG_NAMES = {
     'flx_comm_reduce_scatter': ('comm', 'x', 'op'),
     'flx_comm_broadcast_params': ('comm', 'n', 'params', 'root'),
     'flx_comm_average_grads': ('comm', 'n', 'params', 'bucket_bytes'),
+    'flx_comm_backward': ('comm', 'loss', 'n', 'params', 'bucket_bytes'),
+    'flx_comm_get_stats': ('comm', 'out'),
     'flx_sharded_optim_create': ('comm', 'kind', 'n', 'params', 'cfg'),
     'flx_sharded_optim_step': ('opt',),
     'flx_sharded_optim_zero_grad': ('opt',),

@@ -1,5 +1,7 @@
-"""Tensor, dtypes, devices, errors and ops over the fluxion C API (ctypes, with the C extension
-fluxion._fast for the hot path when it is built; autodiff transforms are in _autodiff.py).
+"""Tensor, dtypes and devices over the fluxion C API (ctypes, with the C extension fluxion._fast
+for the hot path when it is built). Errors are in _errors.py, indexing in _indexing.py, the op
+functions in _ops.py and the autodiff transforms in _autodiff.py; this module re-exports the
+first three, so the package's modules find everything here.
 
 Ownership: every :class:`Tensor` owns exactly one C reference and drops it in ``__del__``. Python
 never opens a C scope, so every pointer a C function returns is owned by the caller, i.e. by the
@@ -14,7 +16,6 @@ import atexit
 import builtins as _b
 import ctypes
 import os
-import threading
 from ctypes import byref, c_double, c_int32, c_int64, c_void_p
 from typing import Any, Callable, Iterator, Optional, Sequence, Tuple, Union
 
@@ -56,86 +57,26 @@ _fast: Any = None
 if os.environ.get("FLUXION_NO_EXTENSION", "") in ("", "0"):
     _fast = _load_fast()
 
-# ---- errors ---------------------------------------------------------------------------------------
-FLX_OK = 0
-_STATUS_NAMES = {
-    1: "FLX_ERR_INVALID_ARGUMENT",
-    2: "FLX_ERR_SHAPE",
-    3: "FLX_ERR_DTYPE",
-    4: "FLX_ERR_DEVICE",
-    5: "FLX_ERR_OUT_OF_MEMORY",
-    6: "FLX_ERR_BACKEND",
-    7: "FLX_ERR_NOT_DIFFERENTIABLE",
-    8: "FLX_ERR_UNSUPPORTED",
-    9: "FLX_ERR_STATE",
-    10: "FLX_ERR_NUMERIC",
-}
+# ---- errors (fluxion/_errors.py) ---------------------------------------------------------------
+from ._errors import (FLX_OK, _ERR_CALLBACK, _STATUS_NAMES, FluxionError, _ShapeError,  # noqa: E402,F401
+                      _TLS, _call_cb, _check, _exception_for, _raise_last, _record_exc, _tls)
 
-
-class FluxionError(RuntimeError):
-    """A fluxion error that is neither a shape/dtype/argument error nor out-of-memory."""
-
-    status: int = 0
-
-
-class _ShapeError(ValueError):
-    status: int = 0
-
-
-def _exception_for(status: int, msg: str) -> BaseException:
-    raw = _L.flx_status_string(status)
-    name = raw.decode() if raw else _STATUS_NAMES.get(status, f"status {status}")
-    text = f"{msg} [{name}]" if msg else name
-    if status in (1, 2, 3):
-        e: BaseException = ValueError(text)
-    elif status == 5:
-        e = MemoryError(text)
-    else:
-        e = FluxionError(text)
-    try:
-        e.status = status  # type: ignore[attr-defined]
-    except Exception:
-        pass
-    return e
-
-
-class _TLS(threading.local):
-    def __init__(self) -> None:
-        self.depth = 0  # nesting of C callbacks running on this thread
-        self.exc: Optional[BaseException] = None  # first exception raised in a callback
-        self.keep: list = []  # tensors handed back to C by callbacks, kept until the call returns
-
-
-_tls = _TLS()
 _cb_active = 0  # callbacks running on any thread (fast path: 0)
-
-
-def _raise_last(default_status: int = 1) -> None:
-    """Raises the pending C error (and clears it), or a callback's exception."""
-    status = _L.flx_last_status()
-    raw = _L.flx_last_error()
-    msg = raw.decode("utf-8", "replace") if raw else ""
-    _L.flx_clear_error()
-    exc = _tls.exc
-    if exc is not None and _tls.depth == 0:
-        _tls.exc = None
-        raise exc
-    raise _exception_for(status or default_status, msg)
-
-
-def _check(status: int) -> None:
-    if status != FLX_OK:
-        _raise_last(status)
 
 
 # ---- dtypes ----------------------------------------------------------------------------------------
 class DType:
-    """A fluxion element type (``fluxion.float32``, ``float64``, ``int32``, ``int64``, ``bool_``)."""
+    """A fluxion element type (``fluxion.float32``, ``float64``, ``float16``, ``bfloat16``,
+    ``int32``, ``int64``, ``bool_``).
 
-    __slots__ = ("code", "name", "itemsize", "numpy_str", "dl_code", "dl_bits", "is_float")
+    numpy_str is the numpy type of the element's bytes; ``host`` the dtype numpy arrays hold its
+    values in: the dtype itself, except bfloat16 (numpy has none), whose values travel as float32
+    (exact both ways: every bfloat16 is a float32), converted by the library."""
+
+    __slots__ = ("code", "name", "itemsize", "numpy_str", "dl_code", "dl_bits", "is_float", "host")
 
     def __init__(self, code: int, name: str, itemsize: int, numpy_str: str, dl_code: int,
-                 is_float: bool) -> None:
+                 is_float: bool, host: Optional["DType"] = None) -> None:
         self.code = code
         self.name = name
         self.itemsize = itemsize
@@ -143,6 +84,7 @@ class DType:
         self.dl_code = dl_code
         self.dl_bits = itemsize * 8
         self.is_float = is_float
+        self.host = self if host is None else host
 
     def __repr__(self) -> str:
         return f"fluxion.{self.name}"
@@ -156,10 +98,14 @@ float64 = DType(1, "float64", 8, "<f8", 2, True)
 int32 = DType(2, "int32", 4, "<i4", 0, False)
 int64 = DType(3, "int64", 8, "<i8", 0, False)
 bool_ = DType(4, "bool_", 1, "|b1", 6, False)
-_DTYPES = {d.code: d for d in (float32, float64, int32, int64, bool_)}
+float16 = DType(5, "float16", 2, "<f2", 2, True)
+bfloat16 = DType(6, "bfloat16", 2, "<u2", 4, True, host=float32)  # bytes: the raw bit patterns
+_DTYPES = {d.code: d for d in (float32, float64, int32, int64, bool_, float16, bfloat16)}
 _DTYPE_NAMES = {
     "float32": float32, "f32": float32, "float": float32,
     "float64": float64, "f64": float64, "double": float64,
+    "float16": float16, "f16": float16, "half": float16,
+    "bfloat16": bfloat16, "bf16": bfloat16,
     "int32": int32, "i32": int32,
     "int64": int64, "i64": int64, "int": int64, "long": int64,
     "bool": bool_, "bool_": bool_,
@@ -188,7 +134,8 @@ def as_dtype(dt: DTypeLike) -> DType:
             name = None
     if isinstance(name, str) and name in _DTYPE_NAMES:
         return _DTYPE_NAMES[name]
-    raise ValueError(f"fluxion: unsupported dtype {dt!r} (float32, float64, int32, int64, bool)")
+    raise ValueError(f"fluxion: unsupported dtype {dt!r} (float32, float64, float16, bfloat16, "
+                     "int32, int64, bool)")
 
 
 # ---- devices and contexts -----------------------------------------------------------------------
@@ -455,10 +402,10 @@ class Tensor:
 
     def numpy(self, dtype: Optional[DTypeLike] = None) -> Any:
         """A numpy copy of the values (any device), converted to dtype on the way out when given
-        (flx_cast's rules, on the host)."""
+        (flx_cast's rules, on the host). bfloat16 values come as float32 (exact)."""
         import numpy as np
 
-        dt = self.dtype if dtype is None else as_dtype(dtype)
+        dt = (self.dtype if dtype is None else as_dtype(dtype)).host
         out = np.empty(self.shape, dtype=np.dtype(dt.numpy_str))
         if dt is self.dtype:
             _check(_L.flx_to_host(self._ptr, out.ctypes.data, out.nbytes))
@@ -773,77 +720,7 @@ def _binary(fn: Callable, a: Any, b: Any) -> Tensor:
     return _wrap(fn(a._ptr, b._ptr))
 
 
-def _getitem(x: Tensor, key: Any) -> Tensor:
-    if isinstance(key, Tensor):
-        if key.dtype in (int32, int64) and key.ndim == 1:
-            return _wrap(_L.flx_index_select(x._ptr, 0, key._ptr))
-        raise TypeError("fluxion: tensor indices must be 1-d int32/int64 tensors")
-    if not isinstance(key, tuple):
-        key = (key,)
-    if any(k is Ellipsis for k in key):
-        if _b.sum(1 for k in key if k is Ellipsis) > 1:
-            raise IndexError("fluxion: an index can only have one ellipsis")
-        i = next(j for j, k in enumerate(key) if k is Ellipsis)
-        fill = x.ndim - (len(key) - 1 - _b.sum(1 for k in key if k is None))
-        key = key[:i] + (_b.slice(None),) * _b.max(fill, 0) + key[i + 1:]
-    n_axes = _b.sum(1 for k in key if k is not None)
-    if n_axes > x.ndim:
-        raise IndexError(f"fluxion: too many indices ({n_axes}) for a tensor of rank {x.ndim}")
-    t = x
-    axis = 0
-    squeeze = []
-    for k in key:
-        if k is None:
-            t = _wrap(_L.flx_unsqueeze(t._ptr, axis))
-            axis += 1
-            continue
-        if isinstance(k, bool) or not isinstance(k, (int, _b.slice)) and not hasattr(k, "__index__"):
-            raise TypeError(
-                f"fluxion: unsupported index {k!r} (ints, slices, None, ... and 1-d int tensors)")
-        dim = t.shape[axis]
-        if isinstance(k, _b.slice):
-            start, stop, step = k.start, k.stop, k.step
-            step = 1 if step is None else int(step)
-            if step <= 0:
-                raise ValueError("fluxion: slice step must be positive")
-            start = 0 if start is None else int(start)
-            stop = dim if stop is None else int(stop)
-            if (start, stop, step) != (0, dim, 1):
-                t = _wrap(_L.flx_slice(t._ptr, axis, start, stop, step))
-        else:
-            i = int(k.__index__())
-            if i < -dim or i >= dim:
-                raise IndexError(f"fluxion: index {i} is out of range for axis {axis} of size {dim}")
-            if i < 0:
-                i += dim
-            t = _wrap(_L.flx_slice(t._ptr, axis, i, i + 1, 1))
-            squeeze.append(axis)
-        axis += 1
-    for a in reversed(squeeze):
-        t = _wrap(_L.flx_squeeze(t._ptr, a))
-    return t
-
-
-# ---- callbacks into C ------------------------------------------------------------------------------
-def _call_cb(fn: Callable, *args: Any) -> None:
-    """Calls a C function that may run Python callbacks; raises their exception or the C error."""
-    outer = _tls.depth == 0
-    try:
-        status = fn(*args)
-    finally:
-        if outer:
-            _tls.keep.clear()
-    if status != FLX_OK:
-        _raise_last(status)
-    elif outer and _tls.exc is not None:
-        exc, _tls.exc = _tls.exc, None
-        raise exc
-
-
 # ---- C callbacks into Python ---------------------------------------------------------------
-_ERR_CALLBACK = 1  # FLX_ERR_INVALID_ARGUMENT
-
-
 def _enter_cb() -> None:
     global _cb_active
     _cb_active += 1
@@ -860,12 +737,6 @@ def _leave_cb() -> None:
         _fast.leave_callback()
 
 
-def _record_exc(e: BaseException) -> int:
-    if _tls.exc is None:
-        _tls.exc = e
-    return _ERR_CALLBACK
-
-
 def _as_result(r: Any, what: str) -> int:
     if not isinstance(r, Tensor):
         raise TypeError(f"fluxion.custom_fn: {what} must return a Tensor, got {type(r).__name__}")
@@ -873,7 +744,8 @@ def _as_result(r: Any, what: str) -> int:
     return r._ptr
 
 
-# The op functions (creation, ops, reductions, shapes) live in _ops.py, which needs the Tensor
-# class above; they are re-exported here, where the Tensor methods and the other modules of the
-# package look them up.
+# Indexing (_indexing.py) and the op functions (creation, ops, reductions, shapes: _ops.py) need
+# the Tensor class above; they are imported here, where the Tensor methods and the other modules
+# of the package look them up.
+from ._indexing import _getitem  # noqa: E402,F401
 from ._ops import *  # noqa: E402,F401,F403

@@ -6,12 +6,18 @@ differentiable ops like any other. See docs/distributed.md.
     y = comm.all_reduce(x, "avg")
     comm.broadcast_parameters(model.parameters())       # every rank starts equal
     loss.backward(); comm.average_gradients(model.parameters()); opt.step()
+    comm.backward(loss, model.parameters()); opt.step()   # the same, communication overlapped
+
+A collective that another rank never joins raises TimeoutError (fluxion's FLX_ERR_TIMEOUT) after
+comm.timeout seconds (FLX_COMM_TIMEOUT_S, default 600); the communicator is then failed and every
+rank should close it and create a new one.
 """
 from __future__ import annotations
 
+from ctypes import byref, c_double
 from typing import Any, Iterable
 
-from . import _core
+from . import _capi, _core
 from ._core import Tensor, _check, _ctx, _p, _ptrs, _raise_last, _wrap
 from ._lib import lib as _L
 
@@ -75,6 +81,30 @@ class Communicator:
     def average_gradients(self, params: Iterable[Tensor], bucket_bytes: int = 0) -> None:
         arr, n = _ptrs(list(params))
         _check(_L.flx_comm_average_grads(self._live(), n, arr, int(bucket_bytes)))
+
+    def backward(self, loss: Tensor, params: Iterable[Tensor], bucket_bytes: int = 0) -> None:
+        """loss.backward() and average_gradients(params) in one evaluation, each bucket's
+        all-reduce starting as soon as its gradients exist (overlapping the rest of backward).
+        Every parameter gets a .grad (zeros where the loss does not reach it)."""
+        arr, n = _ptrs(list(params))
+        _check(_L.flx_comm_backward(self._live(), _p(loss), n, arr, int(bucket_bytes)))
+
+    @property
+    def timeout(self) -> float:
+        """Seconds one collective waits for the other ranks before raising TimeoutError."""
+        v = c_double()
+        _check(_L.flx_comm_get_timeout(self._live(), byref(v)))
+        return v.value
+
+    @timeout.setter
+    def timeout(self, seconds: float) -> None:
+        _check(_L.flx_comm_set_timeout(self._live(), float(seconds)))
+
+    def stats(self) -> dict:
+        """This rank's counters: collectives, bytes, overlapped, started_early."""
+        st = _capi.flx_comm_stats()
+        _check(_L.flx_comm_get_stats(self._live(), byref(st)))
+        return {name: int(getattr(st, name)) for name, _ in st._fields_}
 
     def close(self) -> None:
         if self._h:

@@ -24,6 +24,17 @@ requires_cuda = pytest.mark.skipif(
 )
 
 
+def train_step(model, opt, x, y):
+    """One classifier training step, the body the compile tests run eagerly and trace: the loss."""
+    from fluxion.nn import functional as F
+
+    opt.zero_grad()
+    loss = F.cross_entropy(model(x), y)
+    loss.backward()
+    opt.step()
+    return loss
+
+
 @pytest.fixture
 def no_leaks():
     """Fails the test if it leaves C tensors alive."""

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 
 import fluxion as fx
+from conftest import train_step
 from fluxion import _capi, nn, optim
-from fluxion.nn import functional as F
 
 rng = np.random.default_rng(11)
 
@@ -29,21 +29,10 @@ def test_compiled_training_matches_eager(opt_cls, kw):
     m1, o1 = make(1, opt_cls, **kw)
     eager = []
     for x, y in batches:
-        o1.zero_grad()
-        loss = F.cross_entropy(m1(fx.tensor(x)), fx.tensor(y))
-        loss.backward()
-        o1.step()
-        eager.append(loss.item())
+        eager.append(train_step(m1, o1, fx.tensor(x), fx.tensor(y)).item())
 
     m2, o2 = make(1, opt_cls, **kw)
-
-    @fx.compile
-    def step(x, y):
-        o2.zero_grad()
-        loss = F.cross_entropy(m2(x), y)
-        loss.backward()
-        o2.step()
-        return loss
+    step = fx.compile(lambda x, y: train_step(m2, o2, x, y))
 
     got = []
     for i, (x, y) in enumerate(batches):
@@ -114,11 +103,7 @@ def test_shape_change_recompiles_or_raises():
     m, o = make(3, lr=0.05)
 
     def body(x, y):
-        o.zero_grad()
-        loss = F.cross_entropy(m(x), y)
-        loss.backward()
-        o.step()
-        return loss
+        return train_step(m, o, x, y)
 
     step = fx.compile(body)
     x, y = data(16)
@@ -148,14 +133,7 @@ def test_compiled_batch_norm_updates_running_stats_like_eager():
 
 def test_load_state_dict_between_runs_recompiles():
     m, o = make(4, lr=0.1)
-
-    @fx.compile
-    def step(x, y):
-        o.zero_grad()
-        loss = F.cross_entropy(m(x), y)
-        loss.backward()
-        o.step()
-        return loss
+    step = fx.compile(lambda x, y: train_step(m, o, x, y))
 
     x, y = data()
     step(x, y)
@@ -219,3 +197,23 @@ def test_readme_training_loop_runs(tmp_path):
     exec(compile(code, str(readme), "exec"), ns)
     assert ns["train_step"].compiles == 1 and np.isfinite(ns["loss"].item())
     assert "0.weight" in fx.load(tmp_path / "m.safetensors")
+
+
+def test_dropout_draws_a_new_mask_every_call():
+    """A compiled step replays its graph, but not its random numbers: each call draws a new
+    dropout mask, as eager calls do (the plan advances the Philox stream on the device)."""
+    drop = nn.Dropout(0.5)
+    drop.train()
+
+    @fx.compile
+    def step(x):
+        return drop(x)
+
+    x = np.ones((4, 64))
+    outs = [step(x).numpy() for _ in range(4)]
+    assert step.compiles == 1
+    for y in outs:
+        assert set(np.unique(y)) <= {0.0, 2.0}
+        assert 0.35 < (y != 0).mean() < 0.65
+    for a, b in zip(outs, outs[1:]):
+        assert ((a != 0) != (b != 0)).mean() > 0.25, "a compiled replay repeated the dropout mask"

@@ -62,3 +62,41 @@ def test_sharded_optimizer_of_one_rank_equals_the_plain_one():
             opt.step()
             opt.zero_grad()
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_overlapped_backward_equals_backward_then_average():
+    rng = np.random.default_rng(1)
+    w0, b0, x0 = rng.standard_normal((4, 3)), rng.standard_normal(3), rng.standard_normal((5, 4))
+    with dist.Communicator("cpu") as comm:
+        ref = [fx.tensor(w0, requires_grad=True), fx.tensor(b0, requires_grad=True)]
+        ovl = [fx.tensor(w0, requires_grad=True), fx.tensor(b0, requires_grad=True)]
+
+        def loss(p):
+            return fx.mean(fx.square(fx.tanh(fx.matmul(fx.tensor(x0), p[0]) + p[1])))
+
+        loss(ref).backward()
+        comm.average_gradients(ref)
+        before = comm.stats()
+        comm.backward(loss(ovl), ovl, bucket_bytes=1)
+        after = comm.stats()
+        assert after["overlapped"] - before["overlapped"] == 2
+        assert after["started_early"] - before["started_early"] == 1
+        for a, b in zip(ref, ovl):
+            np.testing.assert_allclose(np.asarray(b.grad), np.asarray(a.grad), rtol=1e-15, atol=1e-15)
+        # an independent reference: the gradient of the mean loss written out in numpy
+        h = np.tanh(x0 @ w0 + b0)
+        d = 2 * h * (1 - h * h) / h.size
+        np.testing.assert_allclose(np.asarray(ovl[0].grad), x0.T @ d, rtol=1e-12)
+        np.testing.assert_allclose(np.asarray(ovl[1].grad), d.sum(0), rtol=1e-12)
+
+
+def test_timeout_setting():
+    with dist.Communicator("cpu") as comm:
+        comm.timeout = 2.5
+        assert comm.timeout == 2.5
+        for bad in (0.0, -1.0, float("nan"), float("inf")):
+            with pytest.raises(ValueError, match="seconds"):
+                comm.timeout = bad
+        with pytest.raises(Exception, match="one element"):
+            comm.backward(fx.tensor(np.ones(3), requires_grad=True), [])
+    assert fx._core._exception_for(11, "late").__class__ is TimeoutError

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 import fluxion as fx
-from conftest import requires_cuda
+from conftest import requires_cuda, train_step
 
 pytestmark = requires_cuda
 
@@ -106,7 +106,6 @@ def test_linalg_on_cuda_matches_cpu():
 
 def test_compiled_training_step_on_cuda_matches_cpu():
     from fluxion import nn, optim
-    from fluxion.nn import functional as F
 
     rng = np.random.default_rng(5)
     x = rng.standard_normal((32, 1, 8, 8)).astype(np.float32)
@@ -119,14 +118,7 @@ def test_compiled_training_step_on_cuda_matches_cpu():
         # SGD: its update is linear in the gradient, so f32 rounding differences stay small
         # (Adam's normalisation would magnify them where a gradient is near 0)
         opt = optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
-
-        @fx.compile(device=dev)
-        def step(xb, yb):
-            opt.zero_grad()
-            loss = F.cross_entropy(model(xb), yb)
-            loss.backward()
-            opt.step()
-            return loss
+        step = fx.compile(device=dev)(lambda xb, yb: train_step(model, opt, xb, yb))
 
         losses = [step(x, y).item() for _ in range(4)]
         if dev == "cuda":

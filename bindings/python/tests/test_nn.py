@@ -144,6 +144,34 @@ def test_penalties_and_cells():
     np.testing.assert_allclose(g(t64(x), t64(h)).numpy(), (1 - z) * nn_ + z * h, rtol=1e-12)
 
 
+def sdpa_ref(q, k, v, causal, scale):
+    s, t = q.shape[2], k.shape[2]
+    z = scale * q @ np.swapaxes(k, 2, 3)
+    if causal:
+        keep = np.arange(t)[None, :] <= np.arange(s)[:, None] + (t - s)
+        z = np.where(keep, z, -np.inf)
+    m = z.max(axis=3, keepdims=True)
+    e = np.exp(z - np.where(np.isfinite(m), m, 0))
+    den = e.sum(axis=3, keepdims=True)
+    p = np.divide(e, den, out=np.zeros_like(e), where=den > 0)  # rows that see no key: 0
+    return p @ v
+
+
+@pytest.mark.parametrize("s,t,causal,scale", [(5, 5, False, None), (5, 5, True, None),
+                                              (3, 6, True, 0.7), (6, 3, True, None)])
+def test_scaled_dot_product_attention(s, t, causal, scale):
+    q, k, v = (rng.standard_normal(sh) for sh in [(2, 3, s, 4), (2, 3, t, 4), (2, 3, t, 5)])
+    got = F.scaled_dot_product_attention(t64(q), t64(k), t64(v), is_causal=causal, scale=scale)
+    want = sdpa_ref(q, k, v, causal, 0.5 if scale is None else scale)
+    np.testing.assert_allclose(got.numpy(), want, rtol=1e-12, atol=1e-14)
+    assert fx.gradcheck(lambda a, b, c: F.scaled_dot_product_attention(a, b, c, causal, scale),
+                        [q, k, v], atol=1e-6, rtol=1e-5)
+    with pytest.raises(ValueError):
+        F.scaled_dot_product_attention(t64(q), t64(k[:, :, :, :3]), t64(v))
+    with pytest.raises(ValueError):
+        F.scaled_dot_product_attention(t64(q), t64(k), t64(v), scale=-1.0)
+
+
 @pytest.mark.parametrize("fn,shapes", [
     (lambda x, w, b: F.conv2d(x, w, b, stride=2, padding=1), [(1, 2, 5, 5), (3, 2, 3, 3), (3,)]),
     (lambda x: F.max_pool2d(x, 2), [(1, 2, 4, 4)]),

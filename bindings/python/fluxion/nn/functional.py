@@ -16,6 +16,7 @@ __all__ = [
     "cross_entropy", "binary_cross_entropy_with_logits", "log_cosh_loss", "hinge_loss",
     "l1_penalty", "l2_penalty", "rnn_cell", "gru_cell", "relu", "gelu", "sigmoid", "tanh",
     "softplus", "leaky_relu", "elu", "softmax", "log_softmax", "one_hot",
+    "scaled_dot_product_attention",
 ]
 
 IntPair = Union[int, Sequence[int]]
@@ -142,6 +143,14 @@ def dropout_mask(shape: Sequence[int], p: float, seed: int = 0, device=None) -> 
     """The keep mask (bool) flx_dropout uses for (p, seed)."""
     s, n = _i64(tuple(int(v) for v in shape))
     return _wrap(_L.flx_dropout_mask(_core._ctx(device), n, s, float(p), int(seed)))
+
+
+def scaled_dot_product_attention(query: Tensor, key: Tensor, value: Tensor,
+                                 is_causal: bool = False, scale: Optional[float] = None) -> Tensor:
+    """softmax(scale q k^T + mask) v over (batch, heads, seq, dim) (PyTorch's names); scale None
+    is 1/sqrt(dim); is_causal masks bottom-right aligned (query i sees keys j <= i + T - S)."""
+    return _wrap(_L.flx_attention(_p(query), _p(key), _p(value), bool(is_causal),
+                                  0.0 if scale is None else float(scale)))
 
 
 def embedding(indices: Tensor, weight: Tensor) -> Tensor:

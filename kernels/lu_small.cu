@@ -1,0 +1,505 @@
+// lu_small.cu — fluxion's own LU kernels for n <= 64, the paths plans can capture into CUDA
+// graphs (lu.cu has the overview and the n > 64 cuSOLVER path):
+//   n <= 8:       one thread per matrix (factor) or per (matrix, rhs column) (solve), partial
+//                 pivoting held in registers, templated on N (PERFORMANCE.md: cuBLAS's batched LU
+//                 is 2x slower there).
+//   9 <= n <= 64: one block per matrix staged in shared memory (block_lu, k_solve_block).
+// block_lu also runs in global memory for the library path's singular fix-up
+// (k_refactor_singular). Packed layout: flx_lu_args in flx_kernels.h.
+#include <limits.h>
+
+#include "lu_internal.cuh"
+
+namespace {
+
+using flxk::grid_for;
+using flxk::lu::det_value;
+using flxk::lu::kSmallN;
+
+// ---- small register LU --------------------------------------------------------------------------
+// One thread per matrix. A block's matrices are one contiguous slab of global memory: it is
+// staged through shared memory (one matrix per thread at an odd stride, so the per-thread
+// accesses are free of bank conflicts) so that every global load and store is coalesced
+// instead of each thread touching its own 256-byte row (32 cache lines per warp instruction).
+template <typename T> struct SmallTpb { static constexpr int value = 128; };
+template <> struct SmallTpb<double> { static constexpr int value = 64; }; // 37 KB of staging
+
+// DET: write det_value(mode) per matrix instead of the packed LU (forward-only det).
+template <typename T, int N, bool DET>
+__global__ void __launch_bounds__(SmallTpb<T>::value) k_factor_small(const T *__restrict__ a, T *__restrict__ out,
+                                                                     int64_t batch, int mode) {
+    constexpr int TPB = SmallTpb<T>::value, NN = N * N, P = NN + N + 1, LD = P | 1;
+    __shared__ T st[TPB * LD];
+    for (int64_t b0 = (int64_t)blockIdx.x * TPB; b0 < batch; b0 += (int64_t)gridDim.x * TPB) {
+        const int cnt = batch - b0 < TPB ? (int)(batch - b0) : TPB;
+        const T *src = a + b0 * NN;
+        for (int e = threadIdx.x; e < cnt * NN; e += TPB) {
+            int t = e / NN;
+            st[t * LD + (e - t * NN)] = src[e];
+        }
+        __syncthreads();
+        T *sm = st + threadIdx.x * LD;
+        if ((int)threadIdx.x < cnt) {
+            T m[N][N];
+#pragma unroll
+            for (int i = 0; i < N; i++)
+#pragma unroll
+                for (int j = 0; j < N; j++) m[i][j] = sm[i * N + j];
+            int piv[N];
+            int info = 0;
+#pragma unroll
+            for (int k = 0; k < N; k++) {
+                int p = k;
+                T best = fabs(m[k][k]);
+                bool bnan = isnan(best);
+#pragma unroll
+                for (int i = k + 1; i < N; i++) {
+                    T v = fabs(m[i][k]);
+                    if (!bnan && (v > best || isnan(v))) { // the first NaN wins and stays
+                        best = v;
+                        p = i;
+                        bnan = isnan(v);
+                    }
+                }
+                piv[k] = p;
+                // Swap rows k and p with selects only (indices stay compile-time: registers).
+#pragma unroll
+                for (int i = k + 1; i < N; i++) {
+                    bool s = (i == p);
+#pragma unroll
+                    for (int j = 0; j < N; j++) {
+                        T x = m[k][j], y = m[i][j];
+                        m[k][j] = s ? y : x;
+                        m[i][j] = s ? x : y;
+                    }
+                }
+                T d = m[k][k];
+                if (d == T(0) && info == 0) info = k + 1;
+                T r = d != T(0) ? T(1) / d : T(0); // zero pivot: its column is all zero; skip it
+#pragma unroll
+                for (int i = k + 1; i < N; i++) {
+                    m[i][k] *= r;
+#pragma unroll
+                    for (int j = k + 1; j < N; j++) m[i][j] -= m[i][k] * m[k][j];
+                }
+            }
+            if (DET) {
+                double prod = 1.0, logabs = 0.0;
+                int neg = 0, zero = 0, nanf = 0;
+#pragma unroll
+                for (int i = 0; i < N; i++) {
+                    double d = (double)m[i][i];
+                    neg ^= (piv[i] != i) ^ (d < 0);
+                    zero |= d == 0;
+                    nanf |= isnan(d);
+                    prod *= d;
+                    logabs += log(fabs(d));
+                }
+                out[b0 + threadIdx.x] = (T)det_value(mode, prod, logabs, neg, zero, nanf);
+            } else {
+#pragma unroll
+                for (int j = 0; j < N; j++)
+#pragma unroll
+                    for (int i = 0; i < N; i++) sm[j * N + i] = m[i][j];
+#pragma unroll
+                for (int i = 0; i < N; i++) sm[NN + i] = (T)piv[i];
+                sm[NN + N] = (T)info;
+            }
+        }
+        __syncthreads();
+        if (DET) continue; // uniform: a template constant; st is free again after the barrier
+        T *dst = out + b0 * P;
+        for (int e = threadIdx.x; e < cnt * P; e += TPB) {
+            int t = e / P;
+            dst[e] = st[t * LD + (e - t * P)];
+        }
+        __syncthreads();
+    }
+}
+
+// x[i] <-> x[piv[i]] (piv[i] >= i) by selects over the later rows: a dynamic index would put x
+// in local memory instead of registers.
+template <typename T, int N>
+__device__ __forceinline__ void swap_with_pivot(T (&x)[N], const int (&piv)[N], int i) {
+#pragma unroll
+    for (int q = i + 1; q < N; q++) {
+        bool s = (q == piv[i]);
+        T u = x[i], v = x[q];
+        x[i] = s ? v : u;
+        x[q] = s ? u : v;
+    }
+}
+
+template <typename T, int N>
+__global__ void k_solve_small(const T *__restrict__ lu, const T *__restrict__ bm, T *__restrict__ out,
+                              int64_t batch, int64_t k, int trans, int check, flx_kerr err) {
+    constexpr int64_t P = (int64_t)N * N + N + 1;
+    int64_t total = batch * k;
+    for (int64_t t = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; t < total;
+         t += (int64_t)gridDim.x * blockDim.x) {
+        int64_t b = t / k, c = t - b * k;
+        const T *f = lu + b * P;
+        if (check && c == 0 && f[N * N + N] != T(0))
+            flx_kerr_raise(err, FLX_KERR_SINGULAR, (int64_t)f[N * N + N], 0, 0, b);
+        T x[N];
+#pragma unroll
+        for (int i = 0; i < N; i++) x[i] = bm ? bm[(b * N + i) * k + c] : T(i == c);
+        int piv[N];
+#pragma unroll
+        for (int i = 0; i < N; i++) piv[i] = (int)f[N * N + i];
+        if (!trans) {
+#pragma unroll
+            for (int i = 0; i < N; i++) swap_with_pivot<T, N>(x, piv, i);
+#pragma unroll
+            for (int i = 0; i < N; i++)
+#pragma unroll
+                for (int j = 0; j < i; j++) x[i] -= f[j * N + i] * x[j];
+#pragma unroll
+            for (int i = N - 1; i >= 0; i--) {
+#pragma unroll
+                for (int j = i + 1; j < N; j++) x[i] -= f[j * N + i] * x[j];
+                x[i] /= f[i * N + i];
+            }
+        } else {
+#pragma unroll
+            for (int i = 0; i < N; i++) {
+#pragma unroll
+                for (int j = 0; j < i; j++) x[i] -= f[i * N + j] * x[j];
+                x[i] /= f[i * N + i];
+            }
+#pragma unroll
+            for (int i = N - 1; i >= 0; i--)
+#pragma unroll
+                for (int j = i + 1; j < N; j++) x[i] -= f[i * N + j] * x[j];
+#pragma unroll
+            for (int i = N - 1; i >= 0; i--) swap_with_pivot<T, N>(x, piv, i);
+        }
+#pragma unroll
+        for (int i = 0; i < N; i++) out[(b * N + i) * k + c] = x[i];
+    }
+}
+
+// ---- block LU: one thread block per matrix (9 <= n <= 64 in shared memory; the singular fix-up
+// of the library path in global memory) -------------------------------------------------------
+// Pivot candidate order (shared with the register kernel and the CPU reference): the first NaN
+// wins, so a NaN in the column reaches the factors and every result; otherwise the largest
+// |value|, ties to the lowest row.
+template <typename T>
+__device__ __forceinline__ bool piv_better(T v, int i, bool vnan, T w, int j, bool wnan) {
+    if (vnan != wnan) return vnan;
+    if (vnan) return i < j;
+    if (v != w) return v > w;
+    return i < j;
+}
+
+constexpr int kLuThreads = 128;
+
+// In-place LU with partial pivoting of the column-major n x n matrix m (leading dimension ld),
+// by the whole block (blockDim.x == kLuThreads). Pivot k is handed to put_piv(k, p) by thread 0.
+// A zero pivot column keeps multipliers 0 (exact form A = P L U, the cofactor kernels rely on
+// it). Returns info (0 or 1-based first zero pivot), valid in thread 0. Ends with a barrier.
+template <typename T, typename PutPiv>
+__device__ int block_lu(T *m, int64_t ld, int n, PutPiv put_piv) {
+    __shared__ int s_p;
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+    constexpr int nwarps = kLuThreads / 32;
+    int info = 0;
+    for (int k = 0; k < n; k++) {
+        T *ck = m + (int64_t)k * ld;
+        if (warp == 0) {
+            T best = T(-1);
+            int p = INT_MAX;
+            bool bnan = false;
+            for (int i = k + lane; i < n; i += 32) {
+                T v = fabs(ck[i]);
+                bool vn = isnan(v);
+                if (p == INT_MAX || piv_better(v, i, vn, best, p, bnan)) best = v, p = i, bnan = vn;
+            }
+#pragma unroll
+            for (int o = 16; o > 0; o >>= 1) {
+                T w = __shfl_xor_sync(0xffffffffu, best, o);
+                int q = __shfl_xor_sync(0xffffffffu, p, o);
+                bool wn = __shfl_xor_sync(0xffffffffu, (int)bnan, o) != 0;
+                if (q != INT_MAX && (p == INT_MAX || piv_better(w, q, wn, best, p, bnan)))
+                    best = w, p = q, bnan = wn;
+            }
+            if (lane == 0) {
+                s_p = p;
+                put_piv(k, p);
+            }
+        }
+        __syncthreads();
+        const int p = s_p;
+        if (p != k)
+            for (int j = tid; j < n; j += kLuThreads) {
+                T x = m[(int64_t)j * ld + k];
+                m[(int64_t)j * ld + k] = m[(int64_t)j * ld + p];
+                m[(int64_t)j * ld + p] = x;
+            }
+        __syncthreads();
+        const T d = ck[k];
+        if (d == T(0)) {
+            // Exactly zero pivot: the column below is zero too (it was the largest |value|);
+            // store exact zeros and skip the (no-op) update.
+            if (tid == 0 && info == 0) info = k + 1;
+            for (int i = k + 1 + tid; i < n; i += kLuThreads) ck[i] = T(0);
+            __syncthreads();
+            continue;
+        }
+        for (int i = k + 1 + tid; i < n; i += kLuThreads) ck[i] /= d;
+        __syncthreads();
+        // Trailing update, a warp per column: consecutive lanes touch consecutive rows.
+        for (int j = k + 1 + warp; j < n; j += nwarps) {
+            T *cj = m + (int64_t)j * ld;
+            const T u = cj[k];
+            if (u == T(0)) continue;
+            for (int i = k + 1 + lane; i < n; i += 32) cj[i] -= ck[i] * u;
+        }
+        __syncthreads();
+    }
+    return info;
+}
+
+// 9 <= n <= 64: each block stages one matrix at a time in shared memory (ld = n + 1 keeps the row
+// swaps free of bank conflicts), loading and storing it coalesced.
+template <typename T>
+__global__ void __launch_bounds__(kLuThreads) k_factor_block(const T *__restrict__ a, T *__restrict__ out,
+                                                             int64_t batch, int n) {
+    extern __shared__ __align__(16) unsigned char s_raw[];
+    T *sm = reinterpret_cast<T *>(s_raw);
+    const int ld = n + 1, nn = n * n;
+    const int64_t P = (int64_t)nn + n + 1;
+    for (int64_t b = blockIdx.x; b < batch; b += gridDim.x) {
+        const T *ab = a + b * nn;
+        T *o = out + b * P;
+        for (int t = threadIdx.x; t < nn; t += kLuThreads) {
+            int i = t / n, j = t - i * n;
+            sm[j * ld + i] = ab[t];
+        }
+        __syncthreads();
+        int info = block_lu(sm, ld, n, [=](int k, int p) { o[nn + k] = (T)p; });
+        for (int t = threadIdx.x; t < nn; t += kLuThreads) {
+            int j = t / n, i = t - j * n;
+            o[t] = sm[j * ld + i];
+        }
+        if (threadIdx.x == 0) o[nn + n] = (T)info;
+        __syncthreads(); // sm is reused by the next matrix
+    }
+}
+
+// Library path (n > 64): a matrix whose library factorisation met a zero pivot (info != 0) is
+// factorised again from A by block_lu in global memory, so its zero-pivot columns hold exact
+// zero multipliers instead of whatever the library left there (0 * inf = NaN). Decided on the
+// device: no host wait, and nonsingular matrices cost one load of info.
+template <typename T>
+__global__ void __launch_bounds__(kLuThreads, 8) k_refactor_singular(const T *__restrict__ a, T *__restrict__ out,
+                                                                  int *piv, int *info, int64_t batch, int n) {
+    const int64_t nn = (int64_t)n * n, P = nn + n + 1;
+    for (int64_t b = blockIdx.x; b < batch; b += gridDim.x) {
+        if (info[b] == 0) continue; // uniform over the block
+        T *m = out + b * P;
+        for (int64_t t = threadIdx.x; t < nn; t += kLuThreads) {
+            int64_t i = t / n, j = t - i * n;
+            m[j * n + i] = a[b * nn + t];
+        }
+        __syncthreads();
+        int *pb = piv + b * n;
+        int inf = block_lu(m, n, n, [=](int k, int p) { pb[k] = p + 1; });
+        if (threadIdx.x == 0) info[b] = inf;
+        __syncthreads();
+    }
+}
+
+// Column c of x (row stride kc): the row swaps of the pivots, in order (P^T x) or in reverse
+// (P x).
+template <typename T>
+__device__ __forceinline__ void swap_rows(T *x, int kc, int c, const int *piv, int n, bool reverse) {
+    for (int q = 0; q < n; q++) {
+        int i = reverse ? n - 1 - q : q, p = piv[i];
+        if (p != i) {
+            T u = x[i * kc + c];
+            x[i * kc + c] = x[p * kc + c];
+            x[p * kc + c] = u;
+        }
+    }
+}
+
+// Solve with the packed factors of 9 <= n <= 64: one block per matrix, the LU and a chunk of kc
+// right-hand-side columns staged in shared memory; substitution column by column, every thread
+// on one (row, rhs column) element of the chunk.
+template <typename T>
+__global__ void __launch_bounds__(kLuThreads) k_solve_block(const T *__restrict__ lu, const T *__restrict__ bm,
+                                                            T *__restrict__ out, int64_t batch, int n,
+                                                            int64_t k, int kc, int trans, int check,
+                                                            flx_kerr err) {
+    extern __shared__ __align__(16) unsigned char s_raw[];
+    T *sm = reinterpret_cast<T *>(s_raw);
+    const int ld = n + 1, nn = n * n;
+    T *x = sm + n * ld; // (n, kc) row-major
+    __shared__ int s_piv[64];
+    const int64_t P = (int64_t)nn + n + 1;
+    const int tid = threadIdx.x;
+#define L_(i, j) sm[(j) * ld + (i)]
+    for (int64_t b = blockIdx.x; b < batch; b += gridDim.x) {
+        const T *f = lu + b * P;
+        for (int t = tid; t < nn; t += kLuThreads) {
+            int j = t / n, i = t - j * n;
+            L_(i, j) = f[t];
+        }
+        for (int t = tid; t < n; t += kLuThreads) s_piv[t] = (int)f[nn + t];
+        if (check && tid == 0 && f[nn + n] != T(0))
+            flx_kerr_raise(err, FLX_KERR_SINGULAR, (int64_t)f[nn + n], 0, 0, b);
+        for (int64_t c0 = 0; c0 < k; c0 += kc) {
+            const int w = (int)(k - c0 < kc ? k - c0 : kc), tot = n * w;
+            const T *bb = bm ? bm + b * n * k + c0 : nullptr; // NULL: the identity
+            T *ob = out + b * n * k + c0;
+            __syncthreads(); // LU staged; previous chunk stored
+            for (int t = tid; t < tot; t += kLuThreads) {
+                int i = t / w, c = t - i * w;
+                x[i * kc + c] = bm ? bb[(int64_t)i * k + c] : T(i == c0 + c);
+            }
+            __syncthreads();
+            if (!trans) {
+                if (tid < w) swap_rows(x, kc, tid, s_piv, n, false);
+                __syncthreads();
+                for (int j = 0; j < n - 1; j++) { // L y = x, unit lower
+                    for (int t = tid; t < (n - 1 - j) * w; t += kLuThreads) {
+                        int i = j + 1 + t / w, c = t % w;
+                        x[i * kc + c] -= L_(i, j) * x[j * kc + c];
+                    }
+                    __syncthreads();
+                }
+                for (int j = n - 1; j >= 0; j--) { // U z = y
+                    if (tid < w) x[j * kc + tid] /= L_(j, j);
+                    __syncthreads();
+                    for (int t = tid; t < j * w; t += kLuThreads) {
+                        int i = t / w, c = t % w;
+                        x[i * kc + c] -= L_(i, j) * x[j * kc + c];
+                    }
+                    __syncthreads();
+                }
+            } else {
+                for (int j = 0; j < n; j++) { // U^T z = x, lower
+                    if (tid < w) x[j * kc + tid] /= L_(j, j);
+                    __syncthreads();
+                    for (int t = tid; t < (n - 1 - j) * w; t += kLuThreads) {
+                        int i = j + 1 + t / w, c = t % w;
+                        x[i * kc + c] -= L_(j, i) * x[j * kc + c];
+                    }
+                    __syncthreads();
+                }
+                for (int j = n - 1; j > 0; j--) { // L^T w = z, unit upper
+                    for (int t = tid; t < j * w; t += kLuThreads) {
+                        int i = t / w, c = t % w;
+                        x[i * kc + c] -= L_(j, i) * x[j * kc + c];
+                    }
+                    __syncthreads();
+                }
+                if (tid < w) swap_rows(x, kc, tid, s_piv, n, true);
+                __syncthreads();
+            }
+            for (int t = tid; t < tot; t += kLuThreads) {
+                int i = t / w, c = t - i * w;
+                ob[(int64_t)i * k + c] = x[i * kc + c];
+            }
+        }
+        __syncthreads(); // sm is reused by the next matrix
+    }
+#undef L_
+}
+
+template <typename T, int N>
+int launch_factor_small(const flx_lu_args *a, cudaStream_t s) {
+    constexpr int TPB = SmallTpb<T>::value;
+    if (a->mode == FLX_LU_FACTOR)
+        k_factor_small<T, N, false><<<grid_for(a->batch, TPB), TPB, 0, s>>>((const T *)a->a, (T *)a->out,
+                                                                          a->batch, a->mode);
+    else
+        k_factor_small<T, N, true><<<grid_for(a->batch, TPB), TPB, 0, s>>>((const T *)a->a, (T *)a->out,
+                                                                         a->batch, a->mode);
+    return flxk::launch_status();
+}
+
+template <typename T, int N>
+int launch_solve_small(const flx_lu_args *a, cudaStream_t s) {
+    k_solve_small<T, N><<<grid_for(a->batch * a->k, 128), 128, 0, s>>>(
+        (const T *)a->lu, (const T *)a->b, (T *)a->out, a->batch, a->k, a->trans, a->check, a->err);
+    return flxk::launch_status();
+}
+
+template <typename T>
+int small_dispatch(const flx_lu_args *a, cudaStream_t s, bool factor) {
+    switch (a->n) {
+#define FLX_LU_CASE(NN) \
+    case NN: return factor ? launch_factor_small<T, NN>(a, s) : launch_solve_small<T, NN>(a, s);
+        FLX_LU_CASE(1) FLX_LU_CASE(2) FLX_LU_CASE(3) FLX_LU_CASE(4)
+        FLX_LU_CASE(5) FLX_LU_CASE(6) FLX_LU_CASE(7) FLX_LU_CASE(8)
+#undef FLX_LU_CASE
+    default: return (int)cudaErrorInvalidValue;
+    }
+}
+
+// Blocks for one-matrix-per-block kernels: every matrix its own block up to a few resident waves.
+inline unsigned grid_blocks(int64_t batch) {
+    int64_t cap = (int64_t)flxk::sm_count() * 64;
+    return (unsigned)(batch < 1 ? 1 : (batch < cap ? batch : cap));
+}
+
+// Right-hand-side columns per shared-memory chunk of k_solve_block: the LU (n x (n + 1)) and
+// the chunk stay within the 48 KB of static + dynamic shared memory a block gets by default.
+template <typename T>
+inline int solve_chunk(int64_t n, int64_t k) {
+    int64_t room = (40 * 1024) / (int64_t)sizeof(T) - n * (n + 1);
+    int64_t kc = room / n;
+    if (kc > kLuThreads) kc = kLuThreads;
+    if (kc > k) kc = k;
+    return (int)(kc < 1 ? 1 : kc);
+}
+
+template <typename T>
+int factor_t(const flx_lu_args *a, cudaStream_t s) {
+    if (a->n <= kSmallN) return small_dispatch<T>(a, s, true);
+    size_t shm = sizeof(T) * (size_t)(a->n * (a->n + 1));
+    k_factor_block<T><<<grid_blocks(a->batch), kLuThreads, shm, s>>>((const T *)a->a, (T *)a->out, a->batch,
+                                                                     (int)a->n);
+    return flxk::launch_status();
+}
+
+template <typename T>
+int solve_t(const flx_lu_args *a, cudaStream_t s) {
+    if (a->n <= kSmallN) return small_dispatch<T>(a, s, false);
+    int64_t n = a->n, k = a->k;
+    int kc = solve_chunk<T>(n, k);
+    size_t shm = sizeof(T) * (size_t)(n * (n + 1) + n * kc);
+    k_solve_block<T><<<grid_blocks(a->batch), kLuThreads, shm, s>>>((const T *)a->lu, (const T *)a->b,
+                                                                    (T *)a->out, a->batch, (int)n, k, kc,
+                                                                    a->trans, a->check, a->err);
+    return flxk::launch_status();
+}
+
+template <typename T>
+int refactor_t(const flx_lu_args *a, int *piv, int *info, cudaStream_t s) {
+    k_refactor_singular<T><<<grid_blocks(a->batch), kLuThreads, 0, s>>>((const T *)a->a, (T *)a->out, piv, info,
+                                                                        a->batch, (int)a->n);
+    return flxk::launch_status();
+}
+
+} // namespace
+
+int flxk::lu::factor_small(const flx_lu_args *a, cudaStream_t s) {
+    if (a->dtype == FLX_F32) return factor_t<float>(a, s);
+    if (a->dtype == FLX_F64) return factor_t<double>(a, s);
+    return (int)cudaErrorInvalidValue;
+}
+
+int flxk::lu::solve_small(const flx_lu_args *a, cudaStream_t s) {
+    if (a->dtype == FLX_F32) return solve_t<float>(a, s);
+    if (a->dtype == FLX_F64) return solve_t<double>(a, s);
+    return (int)cudaErrorInvalidValue;
+}
+
+int flxk::lu::refactor_singular(const flx_lu_args *a, int *piv, int *info, cudaStream_t s) {
+    if (a->dtype == FLX_F32) return refactor_t<float>(a, piv, info, s);
+    if (a->dtype == FLX_F64) return refactor_t<double>(a, piv, info, s);
+    return (int)cudaErrorInvalidValue;
+}
