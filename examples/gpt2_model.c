@@ -210,23 +210,6 @@ flx_status gpt2_init(gpt2_model *m, flx_ctx *ctx, const gpt2_config *cfg, uint64
 }
 
 /* ---- forward ---------------------------------------------------------------------------------- */
-/* Causal scaled dot-product attention composed from primitives: q (B, H, S, D), k (B, H, T, D),
- * v (B, H, T, Dv); query i sees keys j <= i + (T - S); scale 0 means 1/sqrt(D). */
-static flx_tensor *attention(flx_tensor *q, flx_tensor *k, flx_tensor *v, bool causal, double scale) {
-    int64_t S = flx_dim(q, 2), T = flx_dim(k, 2), D = flx_dim(q, 3);
-    if (scale == 0) scale = 1.0 / sqrt((double)D);
-    flx_tensor *s = flx_mul_scalar(flx_matmul(q, flx_transpose(k, 2, 3)), scale);
-    if (causal) {
-        flx_ctx *ctx = flx_ctx_of(q);
-        const int64_t col[2] = {S, 1}, row[2] = {1, T};
-        flx_tensor *i = flx_reshape(flx_arange(ctx, FLX_F64, (double)(T - S), (double)T, 1), 2, col);
-        flx_tensor *j = flx_reshape(flx_arange(ctx, FLX_F64, 0, (double)T, 1), 2, row);
-        flx_tensor *ninf = flx_scalar(ctx, flx_dtype_of(q), -INFINITY);
-        s = flx_where(flx_le(j, i), s, ninf);
-    }
-    return flx_matmul(flx_softmax(s, -1, 1.0), v);
-}
-
 /* Columns [c0, c0 + H D) of qkv (B T, 3C) as heads (B, H, T, D). */
 static flx_tensor *heads(flx_tensor *qkv, int64_t c0, int64_t B, int64_t T, int64_t H, int64_t D) {
     const int64_t s4[4] = {B, T, H, D};
@@ -242,8 +225,8 @@ static flx_tensor *block(const gpt2_config *c, flx_tensor *const *p, flx_tensor 
     const int32_t perm[4] = {0, 2, 1, 3};
     flx_tensor *a = flx_layer_norm(x, 1, p[GPT2_LN1_W], p[GPT2_LN1_B], 1e-5);
     flx_tensor *qkv = flx_linear(a, p[GPT2_QKV_W], p[GPT2_QKV_B]);
-    flx_tensor *y = attention(heads(qkv, 0, B, T, H, D), heads(qkv, C, B, T, H, D),
-                              heads(qkv, 2 * C, B, T, H, D), true, 0.0);
+    flx_tensor *y = flx_attention(heads(qkv, 0, B, T, H, D), heads(qkv, C, B, T, H, D),
+                                  heads(qkv, 2 * C, B, T, H, D), true, 0.0); /* scale 1/sqrt(D) */
     y = flx_reshape(flx_permute(y, perm), 2, s2);
     x = flx_add(x, flx_linear(y, p[GPT2_PROJ_W], p[GPT2_PROJ_B]));
     flx_tensor *m = flx_layer_norm(x, 1, p[GPT2_LN2_W], p[GPT2_LN2_B], 1e-5);
