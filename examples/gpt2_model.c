@@ -105,18 +105,6 @@ gpt2_adamw gpt2_adamw_defaults(void) {
 }
 
 /* ---- parameters ------------------------------------------------------------------------------ */
-/* A source tensor (made from data) holding t's value: optimisers take only such leaves. */
-static flx_tensor *as_source(flx_ctx *ctx, flx_tensor *t) {
-    if (!t) return NULL;
-    size_t nb = (size_t)flx_numel(t) * flx_dtype_size(flx_dtype_of(t));
-    void *h = malloc(nb ? nb : 1);
-    flx_tensor *r = NULL;
-    if (h && flx_to_host(t, h, nb) == FLX_OK)
-        r = flx_from_host(ctx, flx_dtype_of(t), flx_ndim(t), flx_shape(t), h);
-    free(h);
-    return r;
-}
-
 /* Initial value of parameter i (see the header); generated in f32 (f64 for an f64 model) and
  * rounded once to bf16 for a bf16 model. */
 static flx_tensor *init_value(flx_ctx *ctx, const gpt2_config *c, int32_t i, uint64_t seed) {
@@ -170,7 +158,7 @@ flx_status gpt2_init(gpt2_model *m, flx_ctx *ctx, const gpt2_config *cfg, uint64
     m->params = (flx_tensor **)calloc((size_t)n, sizeof *m->params);
     if (!m->params) return fail(FLX_ERR_OUT_OF_MEMORY, "gpt2_init: out of host memory");
     m->n_params = n;
-    /* Each parameter is made in a scope of its own, so the initial value and its host round trip
+    /* Each parameter is made in a scope of its own, so the intermediates of its initial value
      * vanish at once; the parameter moves out (to the caller, or retained by the model inside a
      * caller's scope: gpt2_destroy releases the model's reference either way). */
     flx_tensor **decay = (flx_tensor **)calloc((size_t)n, sizeof *decay);
@@ -179,7 +167,8 @@ flx_status gpt2_init(gpt2_model *m, flx_ctx *ctx, const gpt2_config *cfg, uint64
     st = decay && plain ? FLX_OK : fail(FLX_ERR_OUT_OF_MEMORY, "gpt2_init: out of host memory");
     for (int32_t i = 0; i < n && st == FLX_OK; i++) {
         flx_scope_begin();
-        flx_tensor *p = as_source(ctx, init_value(ctx, cfg, i, seed));
+        /* requires_grad computes the initial value and makes it a leaf holding it */
+        flx_tensor *p = init_value(ctx, cfg, i, seed);
         if (p && flx_set_requires_grad(p, true) != FLX_OK) p = NULL;
         flx_scope_end(p ? 1 : 0, &p);
         /* outside a scope p is ours now; inside the caller's scope it is that scope's: retain */
