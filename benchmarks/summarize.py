@@ -11,6 +11,8 @@ and summary.md, and checks the pieces that run needs (tools/gpu-check --dry-run)
       LIST: flx_bench_suite --list; SUITE: its run's output (RESULT lines); TORCH:
       bench_torch.py --json. Every listed workload gets a row (a missing one with
       fluxion_us null and met false); ratio_to_copy uses the copy row of the same run.
+      A row whose goal is a list ("all": the GPT-2 step) also gets speedup_vs_torch_eager,
+      speedup_vs_torch_compiled and mfu.
   summarize.py check-goals --list LIST.txt --goals goals.json [--torch-list NAMES.txt]
       every listed workload has a goal, every goal a workload, and every PyTorch workload a
       suite row (a train step's base name stands for its three modes).
