@@ -192,9 +192,7 @@ int main(int argc, char **argv) {
         fprintf(stderr, "fashion_mnist_dp: no dataset at %s (apt-get install dataset-fashion-mnist)\n", data);
         return skip_missing ? 77 : 1;
     }
-    flx_device dev = flx_device_cpu();
-    if (want_cuda && flx_device_cuda(local_rank(), &dev) != FLX_OK) return fail_flx("flx_device_cuda");
-    flx_ctx *ctx = flx_ctx_create(dev);
+    flx_ctx *ctx = flx_ctx_create(want_cuda ? flx_device_cuda(local_rank()) : flx_device_cpu());
     if (!ctx) return fail_flx("flx_ctx_create");
     flx_comm *comm = flx_comm_create(ctx); /* the launcher's world, or a world of one */
     if (!comm) return fail_flx("flx_comm_create");
@@ -218,7 +216,9 @@ int main(int argc, char **argv) {
     if (!Xtr || !Ytr || !Xte || !Yte) return fail_flx("uploading the data");
     /* Every rank draws its own start; broadcasting rank 0's makes them equal (as a real job
      * whose ranks seed differently must). */
-    model dp = {{0}}, ref = {{0}};
+    model dp, ref;
+    memset(&dp, 0, sizeof dp);
+    memset(&ref, 0, sizeof ref);
     if (build_model(ctx, &dp, seed * 1000 + (uint64_t)rank, lr)) return 1;
     if (flx_comm_broadcast_params(comm, N_PARAMS, dp.p, 0) != FLX_OK) return fail_flx("flx_comm_broadcast_params");
     if (verify && build_model(ctx, &ref, seed * 1000, lr)) return 1;

@@ -251,6 +251,14 @@ TEST_F(DistTest, BadInputIsRejected) {
     EXPECT_TRUE(fails_with(flx_comm_all_reduce(comm, bits, FLX_COMM_SUM), FLX_ERR_DTYPE, "f32, f64"));
     flx_tensor *xi = make(ctx, FLX_I32, {2}, {1, 2});
     EXPECT_TRUE(fails_with(flx_comm_all_reduce(comm, xi, FLX_COMM_AVG), FLX_ERR_DTYPE, "without AVG"));
+    // half precision has no MPI type: refused, not sent as garbage
+    flx_tensor *half = flx_cast(x, FLX_F16);
+    if (half) {
+        EXPECT_TRUE(fails_with(flx_comm_all_reduce(comm, half, FLX_COMM_SUM), FLX_ERR_DTYPE, "f32, f64"));
+        flx_tensor *ph[] = {half};
+        EXPECT_EQ(flx_comm_average_grads(comm, 1, ph, 0), FLX_ERR_DTYPE);
+    }
+    flx_clear_error();
     flx_ctx *other = flx_ctx_create(flx_device_cpu());
     ASSERT_NE(other, nullptr);
     flx_scope_begin();  // y dies with this scope, before its context
@@ -372,6 +380,32 @@ TEST(NcclTest, CollectivesMatchTheCpu) {
     EXPECT_TRUE(close(values(flx_grad(x)), std::vector<double>((size_t)(6 * size), 1.0)));
     flx_scope_end(0, nullptr);
     flx_comm_destroy(c);
+    flx_ctx_destroy(cuda);
+}
+
+// The overlapped backward on NCCL: the bucket all-reduces run on the communicator's own stream,
+// ordered by events against the context's stream; the gradients must equal the CPU's.
+TEST(NcclTest, OverlappedBackwardMatchesTheCpu) {
+    FLX_REQUIRE_CUDA(cuda);
+    flx_ctx *cpu = flx_ctx_create(flx_device_cpu());
+    ASSERT_NE(cpu, nullptr);
+    flx_comm *cc = flx_comm_create(cuda), *hc = flx_comm_create(cpu);
+    ASSERT_TRUE(cc && hc) << flx_last_error();
+    flx_scope_begin();
+    std::vector<flx_tensor *> g = mlp_params(cuda, 40), h = mlp_params(cpu, 40);
+    flx_tensor *xg = rand_tensor(cuda, FLX_F64, {8, 4}, 41), *xh = rand_tensor(cpu, FLX_F64, {8, 4}, 41);
+    ASSERT_EQ(flx_comm_backward(cc, mlp_loss(g, xg), 6, g.data(), 1), FLX_OK) << flx_last_error();
+    ASSERT_EQ(flx_comm_backward(hc, mlp_loss(h, xh), 6, h.data(), 1), FLX_OK) << flx_last_error();
+    for (size_t i = 0; i < 6; i++)
+        EXPECT_TRUE(close(values(flx_grad(g[i])), values(flx_grad(h[i])), 1e-12, 1e-10)) << "parameter " << i;
+    flx_comm_stats st{};
+    ASSERT_EQ(flx_comm_get_stats(cc, &st), FLX_OK);
+    EXPECT_EQ(st.overlapped, 6u);
+    EXPECT_EQ(st.started_early, 5u);
+    flx_scope_end(0, nullptr);
+    flx_comm_destroy(cc);
+    flx_comm_destroy(hc);
+    flx_ctx_destroy(cpu);
     flx_ctx_destroy(cuda);
 }
 

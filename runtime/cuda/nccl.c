@@ -258,16 +258,20 @@ static flx_status nccl_start(flx_comm *c, const flx_coll_args *a, void **op) {
         if (e == cudaSuccess) e = cudaStreamWaitEvent(st->side, o->ready, 0);
         if (e != cudaSuccess) s = flx_cuda_fail(e, "flx_comm_backward: ordering the communication stream");
     }
-    if (s == FLX_OK) s = issue(c, a, o->stage, o->stage, st->side);
+    bool issued = false;
+    if (s == FLX_OK) {
+        s = issue(c, a, o->stage, o->stage, st->side);
+        issued = s == FLX_OK;
+    }
     if (s == FLX_OK) {
         e = cudaEventRecord(o->done, st->side);
         if (e != cudaSuccess) s = flx_cuda_fail(e, "flx_comm_backward: cudaEventRecord");
     }
     flx_cuda_leave(&g);
     if (s != FLX_OK) {
-        /* the stage is freed on the context's stream; anything queued on the side stream read it
-         * only if issue succeeded, in which case s is an event failure and the stage leaks */
-        if (o->stage && !c->failed) c->ctx->be->free(c->ctx, o->stage);
+        /* the stage is freed on the context's stream, unless the side stream may still use it
+         * (the collective was queued, or its enqueue timed out): then it is left to leak */
+        if (o->stage && !issued && !c->failed) c->ctx->be->free(c->ctx, o->stage);
         if (o->ready) cudaEventDestroy(o->ready);
         if (o->done) cudaEventDestroy(o->done);
         free(o);
