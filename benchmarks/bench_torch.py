@@ -45,8 +45,9 @@ STEPS = [  # base name, batch, widths (None: the CNN), optimiser
 ]
 HOST = ["host record+dispatch per op cuda", "host plan replay cuda"]
 GPT2 = [  # base name (the suite's rows add " eager" / " plan+graph"), dtype, batch, sequence
+    # (the suite's f32 row has no goal and no peer here: strict f32 steps would cost the torch
+    # step's time budget seconds)
     ("gpt2-small train step 8x1024 bf16", "bf16", 8, 1024),
-    ("gpt2-small train step 8x1024 f32", "f32", 8, 1024),
 ]
 
 

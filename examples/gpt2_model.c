@@ -118,7 +118,7 @@ static flx_tensor *as_source(flx_ctx *ctx, flx_tensor *t) {
 }
 
 /* Initial value of parameter i (see the header); generated in f32 (f64 for an f64 model) and
- * rounded once to a half dtype. */
+ * rounded once to bf16 for a bf16 model. */
 static flx_tensor *init_value(flx_ctx *ctx, const gpt2_config *c, int32_t i, uint64_t seed) {
     int64_t s[2];
     int32_t nd = gpt2_param_shape(c, i, s);
@@ -170,8 +170,9 @@ flx_status gpt2_init(gpt2_model *m, flx_ctx *ctx, const gpt2_config *cfg, uint64
     m->params = (flx_tensor **)calloc((size_t)n, sizeof *m->params);
     if (!m->params) return fail(FLX_ERR_OUT_OF_MEMORY, "gpt2_init: out of host memory");
     m->n_params = n;
-    /* The parameters are made outside any scope (the model owns them); the initial values and
-     * host round trips inside one, so they vanish at its end. */
+    /* Each parameter is made in a scope of its own, so the initial value and its host round trip
+     * vanish at once; the parameter moves out (to the caller, or retained by the model inside a
+     * caller's scope: gpt2_destroy releases the model's reference either way). */
     flx_tensor **decay = (flx_tensor **)calloc((size_t)n, sizeof *decay);
     flx_tensor **plain = (flx_tensor **)calloc((size_t)n, sizeof *plain);
     int32_t nd = 0, np = 0;

@@ -799,6 +799,9 @@ extern "C" int flx_cuda_softmax(const flx_softmax_args *a, void *stream) {
     const bool ce_fwd = a->mode == FLX_SOFTMAX_CE_FWD || a->mode == FLX_SOFTMAX_CE_FINISH;
     // nothing to compute, except that cross-entropy over 0 rows still has a count and a loss
     if (!ce_fwd && (a->outer <= 0 || a->n <= 0 || a->inner <= 0)) return 0;
+    // The cross-entropy statistics are kept in the compute type (KArgs::stat): f32 for the halves.
+    const flx_dtype stat = (a->dtype == FLX_F16 || a->dtype == FLX_BF16) ? FLX_F32 : a->dtype;
+    if (ce_fwd && a->stat_dtype != stat) return (int)cudaErrorInvalidValue;
     if (a->dtype == FLX_F32) return launch_typed<float>(a, st);
     if (a->dtype == FLX_F64) return launch_typed<double>(a, st);
     if (a->dtype == FLX_F16) return launch_typed<__half>(a, st);

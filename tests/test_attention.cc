@@ -186,7 +186,8 @@ TEST_F(Attention, LargeScoresAreStable) {
 // f16 and bf16 on the CPU: inputs are exact halves, the kernel computes in double, so the output
 // is the float64 result rounded once (|err| <= u |o|, u = 2^-11 for f16, 2^-8 for bf16). The
 // gradients come from the rounded output and the f32 logsumexp, so they carry a few more
-// roundings: bounded by 8 u relative to the largest reference entry.
+// roundings: bounded by 8 u relative to the largest reference entry. The JVP is computed in
+// double from exact inputs and rounded once.
 TEST_F(Attention, HalfPrecisionRoundsOnce) {
     for (flx_dtype dt : {FLX_F16, FLX_BF16}) {
         const double u = dt == FLX_F16 ? std::ldexp(1.0, -11) : std::ldexp(1.0, -8);
@@ -224,6 +225,17 @@ TEST_F(Attention, HalfPrecisionRoundsOnce) {
                 for (double x : ref) mx = std::max(mx, std::fabs(x));
                 EXPECT_TRUE(close(values(g[i]), ref, 8 * u * mx, 0)) << name(c) << " " << flx_dtype_name(dt) << " input " << i;
             }
+            // the JVP along exact half tangents against the float64 one
+            Inputs t = inputs(ctx, dt, c, 160);
+            flx_tensor *T[3] = {t.q, t.k, t.v}, *T64[3], *to = nullptr, *to64 = nullptr;
+            for (int i = 0; i < 3; i++) T64[i] = make(ctx, FLX_F64, flxt::shape_of(T[i]), values(T[i]));
+            ASSERT_EQ(flx_jvp(3, X, T, 1, &o, &to), FLX_OK) << flx_last_error();
+            ASSERT_EQ(flx_jvp(3, X64, T64, 1, &o64, &to64), FLX_OK) << flx_last_error();
+            EXPECT_EQ(flx_dtype_of(to), dt);
+            std::vector<double> ref = values(to64);
+            double mx = 0;
+            for (double x : ref) mx = std::max(mx, std::fabs(x));
+            EXPECT_TRUE(close(values(to), ref, u * mx, u)) << name(c) << " " << flx_dtype_name(dt) << " jvp";
         }
     }
 }

@@ -317,10 +317,10 @@ TEST_F(ConvTest, BadInputs) {
 }
 
 // ---- GPU against CPU ----------------------------------------------------------------------------
-TEST(ConvCuda, MatchesCpu) {
-    FLX_REQUIRE_CUDA(g);
-    flx_ctx *cpu = flx_ctx_create(flx_device_cpu());
-    ASSERT_EQ(flx_scope_begin(), FLX_OK);
+using ConvCuda = CudaCpuTest;
+
+TEST_F(ConvCuda, MatchesCpu) {
+    flx_ctx *g = gpu;
     for (flx_dtype dt : {FLX_F32, FLX_F64}) {
         double tol = dt == FLX_F32 ? 2e-5 : 1e-12;
         for (const Win &w : windows()) {
@@ -363,8 +363,6 @@ TEST(ConvCuda, MatchesCpu) {
         }
     }
     EXPECT_EQ(flx_scope_end(0, nullptr), FLX_OK);
-    flx_ctx_destroy(cpu);
-    flx_ctx_destroy(g);
 }
 
 }  // namespace

@@ -424,12 +424,24 @@ TEST_F(EighTest, GradientClosedFormAndSecondOrder) {
     EXPECT_TRUE(jvp_check(f, {A}, 1e-6, 1e-6, 1e-5));
 }
 
+// The evaluated gradient of sum(sin(f(X))) at X, a copy of A on ctx; *backward_syncs (if given):
+// the host waits of the backward pass alone. NULL on error.
+flx_tensor *grad_sum_sin(flx_ctx *ctx, flx_tensor *A, flx_tensor *(*f)(flx_tensor *), uint64_t *backward_syncs) {
+    flx_tensor *X = flx_to_ctx(A, ctx), *g = nullptr;
+    if (!X || flx_set_requires_grad(X, true) != FLX_OK) return nullptr;
+    flx_tensor *l = flx_sum_all(flx_sin(f(X)));
+    flx_ctx_stats st0{}, st1{};
+    if (!l || flx_eval(1, &l) != FLX_OK || flx_ctx_get_stats(ctx, &st0) != FLX_OK) return nullptr;
+    if (flx_grad_of(1, &l, nullptr, 1, &X, false, &g) != FLX_OK || flx_eval(1, &g) != FLX_OK) return nullptr;
+    if (flx_ctx_get_stats(ctx, &st1) != FLX_OK) return nullptr;
+    if (backward_syncs) *backward_syncs = st1.syncs - st0.syncs;
+    return g;
+}
+
 // ---- GPU against CPU ----------------------------------------------------------------------------
-TEST(ExpmEighCuda, MatchesCpu) {
-    FLX_REQUIRE_CUDA(gpu);
-    flx_ctx *cpu = flx_ctx_create(flx_device_cpu());
-    ASSERT_NE(cpu, nullptr);
-    ASSERT_EQ(flx_scope_begin(), FLX_OK);
+using ExpmEighCuda = CudaCpuTest;
+
+TEST_F(ExpmEighCuda, MatchesCpu) {
     const Shape shapes[] = {{1, 1}, {2, 2}, {3, 3}, {7, 7}, {32, 32}, {33, 33}, {100, 100},
                             {1000, 4, 4}, {5, 40, 40}, {0, 3, 3}};
     for (flx_dtype dt : {FLX_F64, FLX_F32}) {
@@ -448,48 +460,23 @@ TEST(ExpmEighCuda, MatchesCpu) {
             EXPECT_TRUE(close(values(fg), values(fc), tol, tol));
             flx_tensor *wc = eig_w(Ac), *wg = eig_w(Ag);
             EXPECT_TRUE(close(values(wg), values(wc), tol, tol));
-            // gradients on the device: no host syncs in the backward of eigh
-            flx_tensor *Ag2 = flx_to_ctx(Ac, gpu);
-            flx_set_requires_grad(Ag2, true);
-            flx_tensor *l = flx_sum_all(flx_sin(eig_fun(Ag2))), *gg = nullptr;
-            ASSERT_EQ(flx_eval(1, &l), FLX_OK);
-            flx_ctx_stats st0, st1;
-            flx_ctx_get_stats(gpu, &st0);
-            ASSERT_EQ(flx_grad_of(1, &l, nullptr, 1, &Ag2, false, &gg), FLX_OK);
-            ASSERT_EQ(flx_eval(1, &gg), FLX_OK);
-            flx_ctx_get_stats(gpu, &st1);
-            EXPECT_EQ(st1.syncs, st0.syncs);
-            // expm backward: the rules reuse the forward's bound, no host reads
-            flx_tensor *Ag3 = flx_to_ctx(Ac, gpu);
-            flx_set_requires_grad(Ag3, true);
-            flx_tensor *le = flx_sum_all(flx_sin(flx_expm(Ag3))), *ge = nullptr;
-            ASSERT_EQ(flx_eval(1, &le), FLX_OK);
-            flx_ctx_get_stats(gpu, &st0);
-            ASSERT_EQ(flx_grad_of(1, &le, nullptr, 1, &Ag3, false, &ge), FLX_OK);
-            ASSERT_EQ(flx_eval(1, &ge), FLX_OK);
-            flx_ctx_get_stats(gpu, &st1);
-            EXPECT_EQ(st1.syncs, st0.syncs);
-            flx_tensor *Ac3 = flx_to_ctx(Ac, cpu);
-            flx_set_requires_grad(Ac3, true);
-            flx_tensor *lec = flx_sum_all(flx_sin(flx_expm(Ac3))), *gec = nullptr;
-            ASSERT_EQ(flx_grad_of(1, &lec, nullptr, 1, &Ac3, false, &gec), FLX_OK);
-            EXPECT_TRUE(close(values(ge), values(gec), tol * 10, tol * 10));
-            flx_tensor *Ac2 = flx_to_ctx(Ac, cpu);
-            flx_set_requires_grad(Ac2, true);
-            flx_tensor *lc = flx_sum_all(flx_sin(eig_fun(Ac2))), *gc = nullptr;
-            ASSERT_EQ(flx_grad_of(1, &lc, nullptr, 1, &Ac2, false, &gc), FLX_OK);
-            EXPECT_TRUE(close(values(gg), values(gc), tol * 10, tol * 10));
+            // gradients on the device, against the CPU's; the rules of eigh and expm reuse the
+            // forward's results, so the backward pass makes no host read
+            flx_tensor *(*const fns[])(flx_tensor *) = {eig_fun, flx_expm};
+            for (auto f : fns) {
+                uint64_t syncs = 1;
+                flx_tensor *gg = grad_sum_sin(gpu, Ac, f, &syncs), *gc = grad_sum_sin(cpu, Ac, f, nullptr);
+                ASSERT_TRUE(gg && gc) << flx_last_error();
+                EXPECT_EQ(syncs, 0u);
+                EXPECT_TRUE(close(values(gg), values(gc), tol * 10, tol * 10));
+            }
         }
     }
-    flx_scope_end(0, nullptr);
-    flx_ctx_destroy(cpu);
 }
 
 // The GPU path flags non-finite input like the CPU reference: NaN outputs and FLX_ERR_NUMERIC at
 // the next synchronisation point (both solver paths: batched Jacobi and per-matrix syevd).
-TEST(ExpmEighCuda, NonFiniteInputIsReported) {
-    FLX_REQUIRE_CUDA(gpu);
-    ASSERT_EQ(flx_scope_begin(), FLX_OK);
+TEST_F(ExpmEighCuda, NonFiniteInputIsReported) {
     for (int64_t batch : {1, 3}) {
         std::vector<double> a(batch * 4, 0.0);
         for (int64_t b = 0; b < batch; b++) a[b * 4] = a[b * 4 + 3] = 1.0;
@@ -503,6 +490,4 @@ TEST(ExpmEighCuda, NonFiniteInputIsReported) {
         EXPECT_TRUE(std::isnan(wv[(batch - 1) * 2]) && std::isnan(wv[(batch - 1) * 2 + 1]));
         if (batch > 1) EXPECT_TRUE(close({wv[0], wv[1]}, {1.0, 1.0}, 1e-12, 1e-12));
     }
-    ASSERT_EQ(flx_scope_end(0, nullptr), FLX_OK);
-    flx_ctx_destroy(gpu);
 }

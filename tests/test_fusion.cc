@@ -354,12 +354,10 @@ TEST_F(FusionTest, FusedPlanNeedsLessMemoryAndFewerKernels) {
 }
 
 // ---- CUDA ----------------------------------------------------------------------------------------
+using FusionCuda = CudaCpuTest;
 // The GPU's fused kernels against the CPU reference (f64: 1e-12 relative; f32: a few ulps of
 // the transcendental functions) and against the GPU's own unfused kernels (bit for bit).
-TEST(FusionCuda, RandomDagsMatchCpuAndUnfusedGpu) {
-    FLX_REQUIRE_CUDA(gpu);
-    flx_ctx *cpu = flx_ctx_create(flx_device_cpu());
-    ASSERT_NE(cpu, nullptr);
+TEST_F(FusionCuda, RandomDagsMatchCpuAndUnfusedGpu) {
     uint64_t fused_kernels = 0, plain_kernels = 0;
     for (uint64_t seed = 1; seed <= 100 && !::testing::Test::HasFailure(); seed++) {
         flx_dtype dt = seed % 2 ? FLX_F32 : FLX_F64;
@@ -376,15 +374,9 @@ TEST(FusionCuda, RandomDagsMatchCpuAndUnfusedGpu) {
         ASSERT_EQ(flx_scope_end(0, nullptr), FLX_OK);
     }
     EXPECT_LT(fused_kernels, plain_kernels);
-    flx_ctx_destroy(cpu);
-    flx_ctx_destroy(gpu);
 }
 
-TEST(FusionCuda, LargeBroadcastChainUsesVectorPathsCorrectly) {
-    FLX_REQUIRE_CUDA(gpu);
-    flx_ctx *cpu = flx_ctx_create(flx_device_cpu());
-    ASSERT_NE(cpu, nullptr);
-    ASSERT_EQ(flx_scope_begin(), FLX_OK);
+TEST_F(FusionCuda, LargeBroadcastChainUsesVectorPathsCorrectly) {
     // odd sizes: a tail that is not a multiple of the 4-element vector, and an offset view
     for (int64_t cols : {1024, 1027}) {
         std::vector<flx_tensor *> out;
@@ -396,19 +388,12 @@ TEST(FusionCuda, LargeBroadcastChainUsesVectorPathsCorrectly) {
         }
         EXPECT_TRUE(close(values(out[0]), values(out[1]), 2e-6, 2e-6)) << cols;
     }
-    ASSERT_EQ(flx_scope_end(0, nullptr), FLX_OK);
-    flx_ctx_destroy(cpu);
-    flx_ctx_destroy(gpu);
 }
 
 // Strided and broadcast inputs of a fused chain over 3-d spaces with odd extents (each dim's
 // 32-bit fast division in the index math, extents past 2^16 so quotients use the high bits),
 // one input a permuted view (non-contiguous), f32 and f64, against the CPU.
-TEST(FusionCuda, StridedBroadcastIndexMathMatchesCpu) {
-    FLX_REQUIRE_CUDA(gpu);
-    flx_ctx *cpu = flx_ctx_create(flx_device_cpu());
-    ASSERT_NE(cpu, nullptr);
-    ASSERT_EQ(flx_scope_begin(), FLX_OK);
+TEST_F(FusionCuda, StridedBroadcastIndexMathMatchesCpu) {
     const std::vector<Shape> shapes = {{3, 37, 129}, {2, 70001, 3}, {5, 7, 65537}, {1, 1, 1}};
     for (flx_dtype dt : {FLX_F32, FLX_F64}) {
         double tol = dt == FLX_F32 ? 2e-5 : 1e-12;
@@ -427,9 +412,6 @@ TEST(FusionCuda, StridedBroadcastIndexMathMatchesCpu) {
                 << flx_dtype_name(dt) << " " << s[0] << "x" << s[1] << "x" << s[2];
         }
     }
-    ASSERT_EQ(flx_scope_end(0, nullptr), FLX_OK);
-    flx_ctx_destroy(cpu);
-    flx_ctx_destroy(gpu);
 }
 
 }  // namespace

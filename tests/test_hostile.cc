@@ -493,11 +493,10 @@ TEST_F(CpuTest, HostileIntegerNegAbsAndBoolSum) {
 
 // ---- the GPU propagates NaN like the CPU reference -----------------------------------------------
 
-TEST(HostileCuda, NaNPropagationMatchesCpu) {
-    FLX_REQUIRE_CUDA(g);
-    flx_ctx *cpu = flx_ctx_create(flx_device_cpu());
-    ASSERT_NE(cpu, nullptr);
-    ASSERT_EQ(flx_scope_begin(), FLX_OK);
+using HostileCuda = flxt::CudaCpuTest;
+
+TEST_F(HostileCuda, NaNPropagationMatchesCpu) {
+    flx_ctx *g = gpu;
     const std::vector<double> xa = {kNaN, 0.0, 2.0, -1.0, kNaN, 3.0, -2.0, 0.5};
     const std::vector<double> xb = {0.0, kNaN, 1.0, -3.0, kNaN, 0.0, 4.0, kNaN};
     for (flx_dtype dt : {FLX_F32, FLX_F64}) {
@@ -520,7 +519,4 @@ TEST(HostileCuda, NaNPropagationMatchesCpu) {
         for (size_t i = 0; i < rg.size(); i++)
             EXPECT_TRUE(close(rg[i], rc[i], 1e-6, 1e-6)) << "case " << i << " " << flx_dtype_name(dt);
     }
-    ASSERT_EQ(flx_scope_end(0, nullptr), FLX_OK);
-    EXPECT_EQ(flx_ctx_destroy(cpu), FLX_OK) << flx_last_error();
-    EXPECT_EQ(flx_ctx_destroy(g), FLX_OK) << flx_last_error();
 }

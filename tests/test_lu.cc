@@ -418,6 +418,19 @@ TEST_F(LuTest, BadInputRejectedAtBuildTime) {
     EXPECT_EQ(flx_ctx_destroy(other), FLX_OK);
 }
 
+// Kernels queued to evaluate t, whose inputs are computed already (0 with a failure if t is NULL).
+uint64_t kernels_to_eval(flx_ctx *ctx, flx_tensor *t) {
+    EXPECT_NE(t, nullptr) << flx_last_error();
+    EXPECT_EQ(flx_ctx_reset_stats(ctx), FLX_OK);
+    if (!t || flx_eval(1, &t) != FLX_OK) {
+        ADD_FAILURE() << flx_last_error();
+        return 0;
+    }
+    flx_ctx_stats st{};
+    EXPECT_EQ(flx_ctx_get_stats(ctx, &st), FLX_OK);
+    return st.kernels;
+}
+
 // An inverse is one factor and one identity solve: no identity tensor is filled, broadcast or
 // read (the solve kernels generate it), on its own and inside the logdet gradient (A^-T).
 TEST_F(LuTest, InverseBuildsNoIdentityTensor) {
@@ -425,13 +438,8 @@ TEST_F(LuTest, InverseBuildsNoIdentityTensor) {
     Mat a = wellcond(B, n, 21);
     flx_tensor *A = make(ctx, FLX_F64, {B, n, n}, a);
     ASSERT_EQ(flx_eval(1, &A), FLX_OK);
-    ASSERT_EQ(flx_ctx_reset_stats(ctx), FLX_OK);
     flx_tensor *X = flx_inv(A);
-    ASSERT_NE(X, nullptr) << flx_last_error();
-    ASSERT_EQ(flx_eval(1, &X), FLX_OK);
-    flx_ctx_stats st;
-    ASSERT_EQ(flx_ctx_get_stats(ctx, &st), FLX_OK);
-    EXPECT_EQ(st.kernels, 2u);
+    EXPECT_EQ(kernels_to_eval(ctx, X), 2u);
     std::vector<double> got = values(X);
     for (int64_t b = 0; b < B; b++) {
         Mat inv;
@@ -458,13 +466,8 @@ TEST_F(LuTest, ForwardOnlyDetIsOneKernel) {
         Mat a = wellcond(B, n, 23);
         flx_tensor *A = make(ctx, FLX_F64, {B, n, n}, a);
         ASSERT_EQ(flx_eval(1, &A), FLX_OK);
-        ASSERT_EQ(flx_ctx_reset_stats(ctx), FLX_OK);
         flx_tensor *d = flx_det(A);
-        ASSERT_NE(d, nullptr) << flx_last_error();
-        ASSERT_EQ(flx_eval(1, &d), FLX_OK);
-        flx_ctx_stats st;
-        ASSERT_EQ(flx_ctx_get_stats(ctx, &st), FLX_OK);
-        EXPECT_EQ(st.kernels, 1u) << "n " << n;
+        EXPECT_EQ(kernels_to_eval(ctx, d), 1u) << "n " << n;
         std::vector<double> dv = values(d), ldv = values(flx_logdet(A));
         Mat V = rand_values((size_t)(B * n * n), 29);
         flx_tensor *Vt = make(ctx, FLX_F64, {B, n, n}, V), *t = nullptr;
@@ -485,11 +488,9 @@ TEST_F(LuTest, ForwardOnlyDetIsOneKernel) {
 }
 
 // ---- GPU against CPU --------------------------------------------------------------------------------
-TEST(LuCuda, MatchesCpu) {
-    FLX_REQUIRE_CUDA(gpu);
-    flx_ctx *cpu = flx_ctx_create(flx_device_cpu());
-    ASSERT_NE(cpu, nullptr);
-    ASSERT_EQ(flx_scope_begin(), FLX_OK);
+using LuCuda = CudaCpuTest;
+
+TEST_F(LuCuda, MatchesCpu) {
     const Case cases[] = {{1, 1}, {1, 2}, {1, 3}, {1, 7}, {1, 8}, {1, 9}, {1, 32}, {1, 100},
                           {1000, 4}, {37, 8}, {50, 13}, {3, 300}, {0, 4}};
     for (flx_dtype dt : {FLX_F64, FLX_F32}) {
@@ -540,19 +541,13 @@ TEST(LuCuda, MatchesCpu) {
     flx_tensor *info = nullptr;
     ASSERT_NE(flx_inv_ex(Sg, &info), nullptr);
     EXPECT_GT(values(info)[0], 0);
-    ASSERT_EQ(flx_scope_end(0, nullptr), FLX_OK);
-    EXPECT_EQ(flx_ctx_destroy(cpu), FLX_OK);
 }
 
 // Every GPU path of the family beside the CPU reference: the register kernels (n <= 8), the
 // shared-memory block kernels (9 <= n <= 64, batches that do not fill a wave, solves with more
 // right-hand sides than one shared-memory chunk holds) and cuSOLVER (n = 65); values, VJP
 // (cofactor, transposed and plain solves) and JVP, on contiguous and transposed input.
-TEST(LuCuda, BlockPathsMatchCpu) {
-    FLX_REQUIRE_CUDA(gpu);
-    flx_ctx *cpu = flx_ctx_create(flx_device_cpu());
-    ASSERT_NE(cpu, nullptr);
-    ASSERT_EQ(flx_scope_begin(), FLX_OK);
+TEST_F(LuCuda, BlockPathsMatchCpu) {
     const Case cases[] = {{129, 8}, {3, 9}, {1, 9}, {37, 33}, {2, 64}, {129, 64}, {3, 65}};
     for (flx_dtype dt : {FLX_F64, FLX_F32}) {
         double tol = dt == FLX_F64 ? 1e-9 : 2e-3;
@@ -612,19 +607,13 @@ TEST(LuCuda, BlockPathsMatchCpu) {
             }
         }
     }
-    ASSERT_EQ(flx_scope_end(0, nullptr), FLX_OK);
-    EXPECT_EQ(flx_ctx_destroy(cpu), FLX_OK);
 }
 
 // Exactly singular matrices (a zero column: an exact zero pivot at that step) on the block path
 // (9x9, batched 33x33) and cuSOLVER's (100x100, batched 65x65): det is 0, the division-free
 // cofactor gradient is finite and matches the CPU's (no 0 * inf = NaN left in the factors), and
 // info names the same pivot.
-TEST(LuCuda, SingularMatricesKeepTheFactorContract) {
-    FLX_REQUIRE_CUDA(gpu);
-    flx_ctx *cpu = flx_ctx_create(flx_device_cpu());
-    ASSERT_NE(cpu, nullptr);
-    ASSERT_EQ(flx_scope_begin(), FLX_OK);
+TEST_F(LuCuda, SingularMatricesKeepTheFactorContract) {
     const Case cases[] = {{1, 9}, {5, 33}, {1, 100}, {3, 65}};
     for (flx_dtype dt : {FLX_F64, FLX_F32}) {
         double tol = dt == FLX_F64 ? 1e-9 : 2e-3;
@@ -660,16 +649,12 @@ TEST(LuCuda, SingularMatricesKeepTheFactorContract) {
             EXPECT_TRUE(close(vg, vc, tol, tol));
         }
     }
-    ASSERT_EQ(flx_scope_end(0, nullptr), FLX_OK);
-    EXPECT_EQ(flx_ctx_destroy(cpu), FLX_OK);
 }
 
 // The pivot search takes the first NaN of a column as pivot, so a NaN reaches det even where a
 // NaN-blind search would meet an exact zero pivot and drop the column (column 0 is zero except
 // one NaN): register (n = 4), block (n = 9, 33) paths.
-TEST(LuCuda, NanPivotReachesDet) {
-    FLX_REQUIRE_CUDA(gpu);
-    ASSERT_EQ(flx_scope_begin(), FLX_OK);
+TEST_F(LuCuda, NanPivotReachesDet) {
     for (flx_dtype dt : {FLX_F64, FLX_F32})
         for (int64_t n : {4, 9, 33}) {
             SCOPED_TRACE(std::string(flx_dtype_name(dt)) + " n " + std::to_string(n));
@@ -681,7 +666,6 @@ TEST(LuCuda, NanPivotReachesDet) {
             ASSERT_EQ(d.size(), 1u);
             EXPECT_TRUE(std::isnan(d[0])) << d[0];
         }
-    ASSERT_EQ(flx_scope_end(0, nullptr), FLX_OK);
 }
 
 }  // namespace

@@ -461,10 +461,10 @@ TEST_F(NnTest, RecurrentBackpropThroughTime) {
 }
 
 // ---- GPU against CPU ------------------------------------------------------------------------------
-TEST(NnCuda, MatchesCpu) {
-    FLX_REQUIRE_CUDA(g);
-    flx_ctx *cpu = flx_ctx_create(flx_device_cpu());
-    ASSERT_EQ(flx_scope_begin(), FLX_OK);
+using NnCuda = CudaCpuTest;
+
+TEST_F(NnCuda, MatchesCpu) {
+    flx_ctx *g = gpu;
     for (flx_dtype dt : {FLX_F32, FLX_F64}) {
         double tol = dt == FLX_F32 ? 3e-5 : 1e-11;
         Shape xs = {5, 3, 9, 7};
@@ -492,8 +492,6 @@ TEST(NnCuda, MatchesCpu) {
                           values(flx_log_cosh_loss(xc, tc, FLX_REDUCTION_MEAN)), tol, tol));
     }
     EXPECT_EQ(flx_scope_end(0, nullptr), FLX_OK);
-    flx_ctx_destroy(cpu);
-    flx_ctx_destroy(g);
 }
 
 }  // namespace

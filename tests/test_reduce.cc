@@ -126,12 +126,6 @@ const std::vector<Case> kCases = {
     {{3, 2, 2, 2}, {1, 3}},
 };
 
-size_t numel(const Shape &s) {
-    size_t n = 1;
-    for (int64_t d : s) n *= (size_t)d;
-    return n;
-}
-
 class ReduceTest : public flxt::CpuTest {};
 
 }  // namespace
@@ -142,7 +136,7 @@ TEST_F(ReduceTest, ValuesMatchReferenceF64) {
     for (R op : ops)
         for (const Case &c : kCases)
             for (bool keep : {false, true}) {
-                std::vector<double> xv = flxt::rand_values(numel(c.shape), seed++, -2, 2);
+                std::vector<double> xv = flxt::rand_values((size_t)flxt::numel_of(c.shape), seed++, -2, 2);
                 flx_tensor *x = flxt::make(ctx, FLX_F64, c.shape, xv);
                 flx_tensor *y = apply(op, x, c.axes, keep);
                 ASSERT_NE(y, nullptr) << rname(op) << ": " << flx_last_error();
@@ -419,15 +413,13 @@ TEST_F(ReduceTest, BadInputs) {
 
 namespace {
 
+using ReduceCuda = flxt::CudaCpuTest;
+
 // GPU against the CPU at shapes that take the split (two-stage) CUDA paths: a full reduction of
 // 2^22 elements (one output over many blocks), leading-axis reductions with the kept axis
 // innermost (32-column tiles: 1000 and 5000 columns, a partial tile, one chunk or many), and
 // NaN / tie placement across chunk boundaries for max, min and argmax (first NaN, first max).
-TEST(ReduceCuda, SplitPathsMatchCpu) {
-    FLX_REQUIRE_CUDA(gpu);
-    flx_ctx *cpu = flx_ctx_create(flx_device_cpu());
-    ASSERT_NE(cpu, nullptr);
-    ASSERT_EQ(flx_scope_begin(), FLX_OK);
+TEST_F(ReduceCuda, SplitPathsMatchCpu) {
     struct C {
         Shape shape;
         std::vector<int32_t> axes;
@@ -468,8 +460,6 @@ TEST(ReduceCuda, SplitPathsMatchCpu) {
         EXPECT_TRUE(std::isnan(flxt::values(flx_min(x, 0, nullptr, false))[0]));
         EXPECT_TRUE(std::isnan(flxt::values(flx_sum_all(x))[0]));
     }
-    ASSERT_EQ(flx_scope_end(0, nullptr), FLX_OK);
-    EXPECT_EQ(flx_ctx_destroy(cpu), FLX_OK);
 }
 
 }  // namespace

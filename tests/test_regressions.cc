@@ -118,11 +118,9 @@ TEST_F(Regression, FloatToIntegerCastsSaturate) {
                       {0, i32max, i32min, i32max, i32min, i32max, i32min, 2, -2, 0}, 0, 0));
 }
 
-TEST(RegressionCuda, FloatToIntegerCastsMatchCpu) {
-    FLX_REQUIRE_CUDA(gpu);
-    flx_ctx *cpu = flx_ctx_create(flx_device_cpu());
-    ASSERT_NE(cpu, nullptr);
-    ASSERT_EQ(flx_scope_begin(), FLX_OK);
+using RegressionCuda = CudaCpuTest;
+
+TEST_F(RegressionCuda, FloatToIntegerCastsMatchCpu) {
     const double inf = std::numeric_limits<double>::infinity(), nan = std::nan("");
     std::vector<double> v = {nan, inf, -inf, 1e300, -1e300, 3e9, -3e9, 2.9, -2.9, 0.0};
     for (flx_dtype src : {FLX_F32, FLX_F64})
@@ -131,9 +129,6 @@ TEST(RegressionCuda, FloatToIntegerCastsMatchCpu) {
             flx_tensor *c = flx_cast(make(cpu, src, {(int64_t)v.size()}, v), dst);
             EXPECT_TRUE(close(values(g), values(c), 0, 0)) << src << " -> " << dst;
         }
-    ASSERT_EQ(flx_scope_end(0, nullptr), FLX_OK);
-    flx_ctx_destroy(cpu);
-    flx_ctx_destroy(gpu);
 }
 
 // The CPU matmul takes CBLAS dgemm when one was found; some BLAS skip multiplications by zero,

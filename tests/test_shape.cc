@@ -9,12 +9,6 @@ using flxt::Shape;
 
 namespace {
 
-size_t numel(const Shape &s) {
-    size_t n = 1;
-    for (int64_t d : s) n *= (size_t)d;
-    return n;
-}
-
 std::vector<int64_t> strides_of(const Shape &s) {
     std::vector<int64_t> st(s.size());
     int64_t k = 1;
@@ -226,7 +220,7 @@ TEST_F(ShapeTest, BroadcastTo) {
                             {{1}, {}} /* invalid: rank drops */};
     uint64_t seed = 10;
     for (const C &c : cases) {
-        std::vector<double> xv = flxt::rand_values(numel(c.from), seed++);
+        std::vector<double> xv = flxt::rand_values((size_t)flxt::numel_of(c.from), seed++);
         flx_tensor *x = flxt::make(ctx, FLX_F64, c.from, xv);
         flx_tensor *y = flx_broadcast_to(x, (int32_t)c.to.size(), c.to.data());
         if (c.to.size() < c.from.size()) {
@@ -235,7 +229,7 @@ TEST_F(ShapeTest, BroadcastTo) {
         }
         ASSERT_NE(y, nullptr) << flx_last_error();
         EXPECT_EQ(flxt::shape_of(y), c.to);
-        std::vector<double> want(numel(c.to));
+        std::vector<double> want((size_t)flxt::numel_of(c.to));
         auto xst = strides_of(c.from);
         size_t lead = c.to.size() - c.from.size();
         for (size_t i = 0; i < want.size(); i++) {
@@ -294,7 +288,7 @@ TEST_F(ShapeTest, SliceValues) {
         ys[a] = (int64_t)sel.size();
         EXPECT_EQ(flxt::shape_of(y), ys) << c.start << ":" << c.stop << ":" << c.step;
         std::vector<double> want;
-        for (size_t i = 0; i < numel(ys); i++) {
+        for (size_t i = 0; i < (size_t)flxt::numel_of(ys); i++) {
             auto idx = unravel(i, ys);
             idx[a] = sel[idx[a]];
             want.push_back(xv[idx[0] * 7 + idx[1]]);

@@ -521,10 +521,9 @@ using Build = std::function<flx_tensor *(flx_ctx *)>;
     return r;
 }
 
-TEST(SoftmaxCuda, MatchesCpuAtManyShapesAxesAndModes) {
-    FLX_REQUIRE_CUDA(gpu);
-    flx_ctx *cpu = flx_ctx_create(flx_device_cpu());
-    ASSERT_NE(cpu, nullptr);
+using SoftmaxCuda = CudaCpuTest;
+
+TEST_F(SoftmaxCuda, MatchesCpuAtManyShapesAxesAndModes) {
     // Row lengths at the edges of every path (elements per thread at most 16 f32 / 8 f64, half
     // for the modes that read v): lane groups (<= 32), a warp (<= 32 V), a block of 64..1024
     // threads (<= 1024 V), clusters of 2..16 blocks with partial and uneven slices, the shared
@@ -581,13 +580,9 @@ TEST(SoftmaxCuda, MatchesCpuAtManyShapesAxesAndModes) {
             }
         }
     }
-    EXPECT_EQ(flx_ctx_destroy(cpu), FLX_OK);
 }
 
-TEST(SoftmaxCuda, ExtremesAndCrossEntropyMatchCpu) {
-    FLX_REQUIRE_CUDA(gpu);
-    flx_ctx *cpu = flx_ctx_create(flx_device_cpu());
-    ASSERT_NE(cpu, nullptr);
+TEST_F(SoftmaxCuda, ExtremesAndCrossEntropyMatchCpu) {
     const double ninf = -std::numeric_limits<double>::infinity();
     for (int64_t n : {3, 40, 2000, 70000}) {
         std::vector<double> xv = rand_values((size_t)(2 * n), 3, -1e4, 1e4);
@@ -681,8 +676,6 @@ TEST(SoftmaxCuda, ExtremesAndCrossEntropyMatchCpu) {
     EXPECT_EQ(st.h2d_copies, 0u);
     EXPECT_EQ(st.d2h_copies, 0u);
     EXPECT_EQ(st.syncs, 0u);
-    flx_scope_end(0, nullptr);
-    EXPECT_EQ(flx_ctx_destroy(cpu), FLX_OK);
 }
 
 }  // namespace

@@ -235,6 +235,20 @@ void CpuTest::TearDown() {
     if (flx_live_tensors() == live_before) EXPECT_EQ(flx_ctx_destroy(ctx), FLX_OK) << flx_last_error();
 }
 
+void CudaCpuTest::SetUp() {
+    FLX_REQUIRE_CUDA(g);
+    gpu = g;
+    cpu = flx_ctx_create(flx_device_cpu());
+    ASSERT_NE(cpu, nullptr) << flx_last_error();
+    ASSERT_EQ(flx_scope_begin(), FLX_OK);
+    scoped_ = true;
+}
+
+void CudaCpuTest::TearDown() {
+    if (scoped_) EXPECT_EQ(flx_scope_end(0, nullptr), FLX_OK);
+    if (cpu) EXPECT_EQ(flx_ctx_destroy(cpu), FLX_OK) << flx_last_error();
+}
+
 void CommTest::SetUp() {
     CpuTest::SetUp();
     comm = flx_comm_create(ctx);

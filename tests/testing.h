@@ -93,6 +93,19 @@ class CpuTest : public ::testing::Test {
     int64_t live_before = 0;
 };
 
+// Fixture of the GPU tests checked against the CPU reference: skipped without a GPU (a failure
+// under FLX_REQUIRE_GPU=1, as FLX_REQUIRE_CUDA); gpu is the shared CUDA context, cpu a CPU context
+// of the test's own, and the test body runs inside one tensor scope.
+class CudaCpuTest : public ::testing::Test {
+  protected:
+    void SetUp() override;
+    void TearDown() override;
+    flx_ctx *gpu = nullptr, *cpu = nullptr;
+
+  private:
+    bool scoped_ = false;
+};
+
 // CpuTest plus a communicator over the process's world (one rank without a launcher).
 class CommTest : public CpuTest {
   protected:

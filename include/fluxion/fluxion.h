@@ -866,7 +866,8 @@ FLX_API flx_tensor *flx_gru_cell(flx_tensor *x, flx_tensor *h, flx_tensor *W_ih,
  *       per step: flx_backward(flx_optim_scale_loss(opt, loss)) -> flx_optim_step(opt)
  *       (in a plan: output 0 is flx_optim_scale_loss(opt, loss); the plan's update unscales).
  *   Save the parameters and flx_optim_save together: the masters carry the bits below the
- *   parameters' precision.
+ *   parameters' precision. To resume, restore the parameters first (flx_assign), then
+ *   flx_optim_load: the loaded masters are then the truth for those values.
  *
  * Parameters are updated in place. At create time (and again at a step, if something else has
  * come to share a parameter's buffer, e.g. flx_assign to it or a reshape/detach of it that is

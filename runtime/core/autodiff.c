@@ -51,7 +51,7 @@ flx_status flx_set_requires_grad(flx_tensor *t, bool requires_grad) {
     }
     if (!flx_dtype_is_float(t->dtype))
         return flx_set_error(FLX_ERR_DTYPE,
-                             "flx_set_requires_grad: only f32/f64 tensors can require grad, got %s",
+                             "flx_set_requires_grad: only float tensors can require grad, got %s",
                              flx_describe(t));
     if (t->op != FLX_OP_CONST) {
         flx_status s = flx_eval_nodes(1, &t);

@@ -23,7 +23,7 @@ static flx_status make_leaves(const char *fn, int32_t n, flx_tensor *const *inpu
         if (!x) return flx_set_error_if_clear(FLX_ERR_INVALID_ARGUMENT, "%s: input %d is NULL", fn, (int)j);
         if (!flx_check_handle(fn, x)) return flx_last_status();
         if (!flx_dtype_is_float(x->dtype))
-            return flx_set_error(FLX_ERR_DTYPE, "%s: input %d %s must be f32 or f64", fn, (int)j,
+            return flx_set_error(FLX_ERR_DTYPE, "%s: input %d %s must have a float dtype", fn, (int)j,
                                  flx_describe(x));
         if (j > 0 && x->ctx != inputs[0]->ctx)
             return flx_set_error(FLX_ERR_DEVICE, "%s: input %d %s is on another context than input 0",

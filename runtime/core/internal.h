@@ -367,10 +367,10 @@ bool flx_check_handle(const char *op, const flx_tensor *t);
  * listed once. Returns false with the error set. */
 bool flx_check_source_list(const char *fn, const char *what, flx_status not_source, flx_ctx *ctx,
                            int32_t n, flx_tensor *const *ts);
-/* Checks a float (f32/f64) matrix or batch of matrices with square last two dims (rank >= 2),
+/* Checks an f32/f64 matrix or batch of matrices with square last two dims (rank >= 2),
  * after flx_check_inputs. */
 bool flx_check_square(const char *op, flx_tensor *a);
-/* Checks float dtype (f32/f64) for an op. */
+/* Checks a float dtype (f32, f64, f16, bf16) for an op. */
 bool flx_check_float(const char *op, const flx_tensor *t);
 /* Normalises an axis for ndim (negative counts from the end); false with the error set if out
  * of range. */

@@ -194,7 +194,7 @@ flx_status flx_save_safetensors(const char *path, int32_t n, const char *const *
             return flx_set_error(FLX_ERR_INVALID_ARGUMENT, "%s: \"__metadata__\" is reserved", fn);
         if (!st_dtype_name(tensors[i]->dtype))
             return flx_set_error(FLX_ERR_DTYPE, "%s: tensor '%s' %s has a dtype safetensors files do "
-                                 "not hold here (f32, f64, i32, i64, bool)",
+                                 "not hold here (f32, f64, f16, bf16, i32, i64, bool)",
                                  fn, names[i], flx_describe(tensors[i]));
     }
     flx_status st = check_unique(names, (size_t)n, fn, NULL, "name");

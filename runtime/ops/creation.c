@@ -132,7 +132,7 @@ flx_tensor *flx_arange(flx_ctx *ctx, flx_dtype dt, double start, double stop, do
 
 static bool float_only(const char *op, flx_dtype dt) {
     if (flx_dtype_is_float(dt)) return true;
-    flx_set_error(FLX_ERR_DTYPE, "%s: random tensors are f32 or f64, got %s", op, flx_dtype_name(dt));
+    flx_set_error(FLX_ERR_DTYPE, "%s: random tensors have a float dtype (f32, f64, f16, bf16), got %s", op, flx_dtype_name(dt));
     return false;
 }
 

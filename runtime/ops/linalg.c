@@ -154,7 +154,7 @@ static flx_status jvp_matmul(flx_tensor *y, flx_tensor *const *tin, flx_tensor *
     return flx_rule_status(acc);
 }
 
-/* Common checks of the binary public ops: inputs, one dtype, f32/f64. */
+/* Common checks of the binary public ops: inputs, one dtype, a float dtype. */
 static bool check_pair(const char *op, flx_tensor *a, flx_tensor *b) {
     flx_tensor *in[2] = {a, b};
     if (!flx_check_inputs(op, 2, in)) return false;

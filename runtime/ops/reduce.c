@@ -79,7 +79,7 @@ static flx_tensor *make_reduce(const char *name, int32_t op, bool mean, flx_tens
     bool dt_ok = is_float || (is_int && !mean && (op == FLX_REDUCE_SUM || op == FLX_REDUCE_MAX ||
                                                   op == FLX_REDUCE_MIN || op == FLX_REDUCE_ARGMAX));
     if (!dt_ok) {
-        flx_set_error(FLX_ERR_DTYPE, "%s: unsupported dtype for %s (expects f32 or f64%s)", name,
+        flx_set_error(FLX_ERR_DTYPE, "%s: unsupported dtype for %s (expects a float dtype%s)", name,
                       flx_describe(x),
                       (op == FLX_REDUCE_LSE || op == FLX_REDUCE_VAR || mean) ? "" : ", i32 or i64");
         return NULL;

@@ -48,6 +48,8 @@ from ._core import (
     exp,
     expand_dims,
     eye,
+    bfloat16,
+    float16,
     float32,
     float64,
     full,

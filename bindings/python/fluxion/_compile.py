@@ -20,7 +20,7 @@ import threading
 from ctypes import byref, c_void_p
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
-from . import _capi, _core
+from . import _capi, _core, _ops
 from ._core import Tensor, _check, _L, _ptrs, _wrap
 
 __all__ = ["compile", "Compiled"]
@@ -169,18 +169,22 @@ class _Plan:
         self.ptr = p
         self.n_in = n_i
         self.n_out = n_o
-        self.dtypes = [np.dtype(t.dtype.numpy_str) for t in inputs]
+        self.dtypes = [t.dtype for t in inputs]
 
     def run(self, args: Tuple[Any, ...]) -> Any:
         import numpy as np
 
         arr = (c_void_p * max(self.n_in, 1))()
+        staged = []  # tensors made from host data, alive until the run has read them
         for k, i in enumerate(self.slots):
             a = args[i]
             if isinstance(a, Tensor):
                 arr[k] = a._ptr
+            elif self.dtypes[k].host is not self.dtypes[k]:  # bfloat16: converted by the library
+                staged.append(_ops.tensor(a, dtype=self.dtypes[k]))
+                arr[k] = staged[-1]._ptr
             else:
-                a = np.ascontiguousarray(a, dtype=self.dtypes[k])
+                a = np.ascontiguousarray(a, dtype=np.dtype(self.dtypes[k].numpy_str))
                 _check(_L.flx_plan_set_input_host(self.ptr, k, a.ctypes.data, a.nbytes))
         _check(_L.flx_plan_run(self.ptr, self.n_in, arr))
         res = []

@@ -66,12 +66,17 @@ _cb_active = 0  # callbacks running on any thread (fast path: 0)
 
 # ---- dtypes ----------------------------------------------------------------------------------------
 class DType:
-    """A fluxion element type (``fluxion.float32``, ``float64``, ``int32``, ``int64``, ``bool_``)."""
+    """A fluxion element type (``fluxion.float32``, ``float64``, ``float16``, ``bfloat16``,
+    ``int32``, ``int64``, ``bool_``).
 
-    __slots__ = ("code", "name", "itemsize", "numpy_str", "dl_code", "dl_bits", "is_float")
+    numpy_str is the numpy type of the element's bytes; ``host`` the dtype numpy arrays hold its
+    values in: the dtype itself, except bfloat16 (numpy has none), whose values travel as float32
+    (exact both ways: every bfloat16 is a float32), converted by the library."""
+
+    __slots__ = ("code", "name", "itemsize", "numpy_str", "dl_code", "dl_bits", "is_float", "host")
 
     def __init__(self, code: int, name: str, itemsize: int, numpy_str: str, dl_code: int,
-                 is_float: bool) -> None:
+                 is_float: bool, host: Optional["DType"] = None) -> None:
         self.code = code
         self.name = name
         self.itemsize = itemsize
@@ -79,6 +84,7 @@ class DType:
         self.dl_code = dl_code
         self.dl_bits = itemsize * 8
         self.is_float = is_float
+        self.host = self if host is None else host
 
     def __repr__(self) -> str:
         return f"fluxion.{self.name}"
@@ -92,10 +98,14 @@ float64 = DType(1, "float64", 8, "<f8", 2, True)
 int32 = DType(2, "int32", 4, "<i4", 0, False)
 int64 = DType(3, "int64", 8, "<i8", 0, False)
 bool_ = DType(4, "bool_", 1, "|b1", 6, False)
-_DTYPES = {d.code: d for d in (float32, float64, int32, int64, bool_)}
+float16 = DType(5, "float16", 2, "<f2", 2, True)
+bfloat16 = DType(6, "bfloat16", 2, "<u2", 4, True, host=float32)  # bytes: the raw bit patterns
+_DTYPES = {d.code: d for d in (float32, float64, int32, int64, bool_, float16, bfloat16)}
 _DTYPE_NAMES = {
     "float32": float32, "f32": float32, "float": float32,
     "float64": float64, "f64": float64, "double": float64,
+    "float16": float16, "f16": float16, "half": float16,
+    "bfloat16": bfloat16, "bf16": bfloat16,
     "int32": int32, "i32": int32,
     "int64": int64, "i64": int64, "int": int64, "long": int64,
     "bool": bool_, "bool_": bool_,
@@ -124,7 +134,8 @@ def as_dtype(dt: DTypeLike) -> DType:
             name = None
     if isinstance(name, str) and name in _DTYPE_NAMES:
         return _DTYPE_NAMES[name]
-    raise ValueError(f"fluxion: unsupported dtype {dt!r} (float32, float64, int32, int64, bool)")
+    raise ValueError(f"fluxion: unsupported dtype {dt!r} (float32, float64, float16, bfloat16, "
+                     "int32, int64, bool)")
 
 
 # ---- devices and contexts -----------------------------------------------------------------------
@@ -391,10 +402,10 @@ class Tensor:
 
     def numpy(self, dtype: Optional[DTypeLike] = None) -> Any:
         """A numpy copy of the values (any device), converted to dtype on the way out when given
-        (flx_cast's rules, on the host)."""
+        (flx_cast's rules, on the host). bfloat16 values come as float32 (exact)."""
         import numpy as np
 
-        dt = self.dtype if dtype is None else as_dtype(dtype)
+        dt = (self.dtype if dtype is None else as_dtype(dtype)).host
         out = np.empty(self.shape, dtype=np.dtype(dt.numpy_str))
         if dt is self.dtype:
             _check(_L.flx_to_host(self._ptr, out.ctypes.data, out.nbytes))

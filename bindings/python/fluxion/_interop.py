@@ -221,6 +221,8 @@ def _dtype_from_dl(code: int, bits: int, lanes: int):
         (kDLInt, 32): _core.int32,
         (kDLInt, 64): _core.int64,
         (kDLBool, 8): _core.bool_,
+        (kDLFloat, 16): _core.float16,
+        (kDLBfloat, 16): _core.bfloat16,
     }
     dt = table.get((code, bits))
     if dt is None:
@@ -228,7 +230,7 @@ def _dtype_from_dl(code: int, bits: int, lanes: int):
                  kDLBool: "bool"}
         raise ValueError(
             f"fluxion.from_dlpack: unsupported dtype {names.get(code, f'code {code}')}{bits} "
-            "(fluxion takes float32, float64, int32, int64, bool)")
+            "(fluxion takes float32, float64, float16, bfloat16, int32, int64, bool)")
     return dt
 
 
@@ -449,6 +451,9 @@ def cuda_array_interface(t: Tensor) -> dict:
         raise AttributeError("__cuda_array_interface__ is only defined for CUDA tensors")
     ptr = t.data_ptr()
     s = _L.flx_ctx_stream(_L.flx_ctx_of(t._ptr))
+    if t.dtype.host is not t.dtype:
+        raise AttributeError(f"__cuda_array_interface__ has no type string for {t.dtype.name}; "
+                             "use DLPack")
     return {
         "shape": t.shape,
         "typestr": t.dtype.numpy_str,

@@ -156,7 +156,7 @@ def full_data(shape: ShapeLike, value: Scalar, dtype: Optional[DTypeLike] = None
     import numpy as np
 
     dt = _dt(dtype)
-    return tensor(np.full(shape, value, dtype=np.dtype(dt.numpy_str)), dtype=dt, device=device)
+    return tensor(np.full(shape, value, dtype=np.dtype(dt.host.numpy_str)), dtype=dt, device=device)
 
 
 def zeros_like(x: Tensor, dtype: Optional[DTypeLike] = None) -> Tensor:
@@ -238,9 +238,9 @@ def tensor(data: Any, dtype: Optional[DTypeLike] = None, device: DeviceLike = No
             raise TypeError(f"fluxion: cannot make a tensor from {type(data).__name__}")
         dt = as_dtype(arr.dtype)
     try:
-        host_dt = as_dtype(arr.dtype)  # converted on the way in by the library, no numpy copy
+        host_dt = as_dtype(arr.dtype).host  # converted on the way in by the library, no numpy copy
     except ValueError:
-        host_dt = dt
+        host_dt = dt.host
     arr = np.asarray(arr, dtype=np.dtype(host_dt.numpy_str), order="C")
     s, n = _i64(arr.shape)
     t = _wrap(_L.flx_from_host_as(_ctx(device), dt.code, n, s, host_dt.code, arr.ctypes.data))
