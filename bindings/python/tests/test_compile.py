@@ -6,6 +6,7 @@ import pytest
 import fluxion as fx
 from conftest import train_step
 from fluxion import _capi, nn, optim
+from fluxion.nn import functional as F
 
 rng = np.random.default_rng(11)
 
