@@ -11,6 +11,8 @@ and summary.md, and checks the pieces that run needs (tools/gpu-check --dry-run)
       LIST: flx_bench_suite --list; SUITE: its run's output (RESULT lines); TORCH:
       bench_torch.py --json. Every listed workload gets a row (a missing one with
       fluxion_us null and met false); ratio_to_copy uses the copy row of the same run.
+      A row whose goal is a list ("all": the GPT-2 step) also gets speedup_vs_torch_eager,
+      speedup_vs_torch_compiled and mfu.
   summarize.py check-goals --list LIST.txt --goals goals.json [--torch-list NAMES.txt]
       every listed workload has a goal, every goal a workload, and every PyTorch workload a
       suite row (a train step's base name stands for its three modes).
@@ -155,6 +157,11 @@ def build(meta, listed, suite, torch_doc, goals):
                "goal": g.get("text", ""), "met": judge(g, us, ratio, tr, note), "note": note}
         if tr.get("torch_compile_us") is not None:
             row["torch_compile_us"] = r3(tr["torch_compile_us"])
+        if g.get("kind") == "all" and us:  # the flagship's figures, beside its verdict
+            eager, best = peer_us(tr, "torch_us"), peer_us(tr, "best_compiled")
+            row["speedup_vs_torch_eager"] = r3(eager / us) if eager else None
+            row["speedup_vs_torch_compiled"] = r3(best / us) if best else None
+            row["mfu"] = note_mfu(note)
         if tr.get("note"):
             row["torch_note"] = tr["note"]
         bench.append(row)
@@ -209,6 +216,10 @@ def markdown(s):
         met = {True: "yes", False: "**no**", None: "-"}[r["met"]]
         L.append(f"| {r['name']} | {r['shape']} | {r['dtype']} | {fmt(r['fluxion_us'])} | {fmt(r['torch_us'])} | "
                  f"{fmt(r['torch_graph_us'])} | {fmt(r['ratio_to_copy'], 3)} | {r['goal']} | {met} |")
+    for r in s["bench"]:
+        if "mfu" in r:
+            L.append(f"\n{r['name']}: {fmt(r['speedup_vs_torch_eager'], 2)}x PyTorch eager, "
+                     f"{fmt(r['speedup_vs_torch_compiled'], 2)}x its best compiled step, MFU {fmt(r['mfu'], 3)}")
     notes = [r for r in s["bench"] if r["note"]]
     if notes:
         L += ["", "Notes:", ""] + [f"- {r['name']}: {r['note']}" for r in notes]
@@ -374,6 +385,10 @@ def cmd_selftest(a):
     for n, (ratio, met) in expect.items():
         if rows[n]["ratio_to_copy"] != ratio or rows[n]["met"] is not met:
             errs.append(f"{n}: ratio {rows[n]['ratio_to_copy']} met {rows[n]['met']}, expected {ratio} {met}")
+    g = rows["gpt plan+graph"]
+    if (g.get("speedup_vs_torch_eager"), g.get("speedup_vs_torch_compiled"), g.get("mfu")) != (1.25, 1.05, 0.46):
+        errs.append(f"flagship figures {g.get('speedup_vs_torch_eager')} {g.get('speedup_vs_torch_compiled')} "
+                    f"{g.get('mfu')}, expected 1.25 1.05 0.46")
     if rows["step plan+graph"]["torch_graph_us"] != 160.0 or rows["step eager"]["torch_us"] != 1100.0:
         errs.append("train-step rows do not carry their base row's PyTorch times")
     if out["bench_missing"] != ["gone"] or not out["ok"] or out["copy_gb_per_s"] != 2000.0:

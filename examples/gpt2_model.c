@@ -105,18 +105,6 @@ gpt2_adamw gpt2_adamw_defaults(void) {
 }
 
 /* ---- parameters ------------------------------------------------------------------------------ */
-/* A source tensor (made from data) holding t's value: optimisers take only such leaves. */
-static flx_tensor *as_source(flx_ctx *ctx, flx_tensor *t) {
-    if (!t) return NULL;
-    size_t nb = (size_t)flx_numel(t) * flx_dtype_size(flx_dtype_of(t));
-    void *h = malloc(nb ? nb : 1);
-    flx_tensor *r = NULL;
-    if (h && flx_to_host(t, h, nb) == FLX_OK)
-        r = flx_from_host(ctx, flx_dtype_of(t), flx_ndim(t), flx_shape(t), h);
-    free(h);
-    return r;
-}
-
 /* Initial value of parameter i (see the header); generated in f32 (f64 for an f64 model) and
  * rounded once to bf16 for a bf16 model. */
 static flx_tensor *init_value(flx_ctx *ctx, const gpt2_config *c, int32_t i, uint64_t seed) {
@@ -170,7 +158,7 @@ flx_status gpt2_init(gpt2_model *m, flx_ctx *ctx, const gpt2_config *cfg, uint64
     m->params = (flx_tensor **)calloc((size_t)n, sizeof *m->params);
     if (!m->params) return fail(FLX_ERR_OUT_OF_MEMORY, "gpt2_init: out of host memory");
     m->n_params = n;
-    /* Each parameter is made in a scope of its own, so the initial value and its host round trip
+    /* Each parameter is made in a scope of its own, so the intermediates of its initial value
      * vanish at once; the parameter moves out (to the caller, or retained by the model inside a
      * caller's scope: gpt2_destroy releases the model's reference either way). */
     flx_tensor **decay = (flx_tensor **)calloc((size_t)n, sizeof *decay);
@@ -179,7 +167,8 @@ flx_status gpt2_init(gpt2_model *m, flx_ctx *ctx, const gpt2_config *cfg, uint64
     st = decay && plain ? FLX_OK : fail(FLX_ERR_OUT_OF_MEMORY, "gpt2_init: out of host memory");
     for (int32_t i = 0; i < n && st == FLX_OK; i++) {
         flx_scope_begin();
-        flx_tensor *p = as_source(ctx, init_value(ctx, cfg, i, seed));
+        /* requires_grad computes the initial value and makes it a leaf holding it */
+        flx_tensor *p = init_value(ctx, cfg, i, seed);
         if (p && flx_set_requires_grad(p, true) != FLX_OK) p = NULL;
         flx_scope_end(p ? 1 : 0, &p);
         /* outside a scope p is ours now; inside the caller's scope it is that scope's: retain */
@@ -210,23 +199,6 @@ flx_status gpt2_init(gpt2_model *m, flx_ctx *ctx, const gpt2_config *cfg, uint64
 }
 
 /* ---- forward ---------------------------------------------------------------------------------- */
-/* Causal scaled dot-product attention composed from primitives: q (B, H, S, D), k (B, H, T, D),
- * v (B, H, T, Dv); query i sees keys j <= i + (T - S); scale 0 means 1/sqrt(D). */
-static flx_tensor *attention(flx_tensor *q, flx_tensor *k, flx_tensor *v, bool causal, double scale) {
-    int64_t S = flx_dim(q, 2), T = flx_dim(k, 2), D = flx_dim(q, 3);
-    if (scale == 0) scale = 1.0 / sqrt((double)D);
-    flx_tensor *s = flx_mul_scalar(flx_matmul(q, flx_transpose(k, 2, 3)), scale);
-    if (causal) {
-        flx_ctx *ctx = flx_ctx_of(q);
-        const int64_t col[2] = {S, 1}, row[2] = {1, T};
-        flx_tensor *i = flx_reshape(flx_arange(ctx, FLX_F64, (double)(T - S), (double)T, 1), 2, col);
-        flx_tensor *j = flx_reshape(flx_arange(ctx, FLX_F64, 0, (double)T, 1), 2, row);
-        flx_tensor *ninf = flx_scalar(ctx, flx_dtype_of(q), -INFINITY);
-        s = flx_where(flx_le(j, i), s, ninf);
-    }
-    return flx_matmul(flx_softmax(s, -1, 1.0), v);
-}
-
 /* Columns [c0, c0 + H D) of qkv (B T, 3C) as heads (B, H, T, D). */
 static flx_tensor *heads(flx_tensor *qkv, int64_t c0, int64_t B, int64_t T, int64_t H, int64_t D) {
     const int64_t s4[4] = {B, T, H, D};
@@ -242,8 +214,8 @@ static flx_tensor *block(const gpt2_config *c, flx_tensor *const *p, flx_tensor 
     const int32_t perm[4] = {0, 2, 1, 3};
     flx_tensor *a = flx_layer_norm(x, 1, p[GPT2_LN1_W], p[GPT2_LN1_B], 1e-5);
     flx_tensor *qkv = flx_linear(a, p[GPT2_QKV_W], p[GPT2_QKV_B]);
-    flx_tensor *y = attention(heads(qkv, 0, B, T, H, D), heads(qkv, C, B, T, H, D),
-                              heads(qkv, 2 * C, B, T, H, D), true, 0.0);
+    flx_tensor *y = flx_attention(heads(qkv, 0, B, T, H, D), heads(qkv, C, B, T, H, D),
+                                  heads(qkv, 2 * C, B, T, H, D), true, 0.0); /* scale 1/sqrt(D) */
     y = flx_reshape(flx_permute(y, perm), 2, s2);
     x = flx_add(x, flx_linear(y, p[GPT2_PROJ_W], p[GPT2_PROJ_B]));
     flx_tensor *m = flx_layer_norm(x, 1, p[GPT2_LN2_W], p[GPT2_LN2_B], 1e-5);

@@ -6,7 +6,7 @@
  * The network, for tokens (B, T) with T <= max_seq, C channels, H heads of D = C / H:
  *   x = wte[tokens] + wpe[0..T)                                   (B, T, C)
  *   per layer:  a = ln_1(x);  qkv = a qkv_w^T + qkv_b              (B, T, 3C), q | k | v
- *               x = x + attention_causal(q, k, v) proj_w^T + proj_b   (heads split as (B, H, T, D))
+ *               x = x + flx_attention(q, k, v, causal) proj_w^T + proj_b   (heads (B, H, T, D))
  *               m = ln_2(x);  x = x + gelu(m fc_w^T + fc_b) fcproj_w^T + fcproj_b   (fc: 4C)
  *   logits = ln_f(x) wte^T                                         (B, T, padded_vocab), tied
  *   loss = mean cross-entropy(logits, targets)                     (fused flx_cross_entropy)

@@ -63,13 +63,13 @@ template <typename A> __device__ __forceinline__ A warp_max(A v) {
 // Copies n elements of a row into the warp's shared slice (as A).
 template <typename T, typename A>
 __device__ __forceinline__ void row_to_smem(A *dst, const T *src, int n, int lane) {
-    for (int c = lane; c < n; c += 32) dst[c] = (A)to_f(src[c]);
+    for (int c = lane; c < n; c += 32) dst[c] = (A)to_c(src[c]);
 }
 
 template <typename T, typename A>
 __device__ __forceinline__ A dot(const A *x, const T *y, int n) {
     A s = 0;
-    for (int c = 0; c < n; c++) s += x[c] * (A)to_f(y[c]);
+    for (int c = 0; c < n; c++) s += x[c] * (A)to_c(y[c]);
     return s;
 }
 
@@ -144,10 +144,10 @@ template <typename T, bool JVP> __global__ void __launch_bounds__(kWarps * 32) k
             A a = acc[c] * corr, t = 0;
             if constexpr (JVP) t = tacc[c] * corr;
             for (int jj = 0; jj < n; jj++) {
-                const A vv = (A)to_f(at<T>(p.v, b, h, j0 + jj)[c]);
+                const A vv = (A)to_c(at<T>(p.v, b, h, j0 + jj)[c]);
                 a += sp[jj] * vv;
                 if constexpr (JVP) {
-                    const A tv = has_tv ? (A)to_f(at<T>(p.dv, b, h, j0 + jj)[c]) : (A)0;
+                    const A tv = has_tv ? (A)to_c(at<T>(p.dv, b, h, j0 + jj)[c]) : (A)0;
                     t += sp[jj] * (sds[jj] * vv + tv);
                 }
             }
@@ -163,8 +163,8 @@ template <typename T, bool JVP> __global__ void __launch_bounds__(kWarps * 32) k
     T *to = JVP ? at_w<T>(p.dout, b, h, i) : nullptr;
     for (int c = lane; c < Dv; c += 32) {
         const A oc = acc[c] * inv;
-        if (o) o[c] = from_f<T>(oc);
-        if constexpr (JVP) to[c] = from_f<T>(tacc[c] * inv - rr * oc);
+        if (o) o[c] = from_c<T>(oc);
+        if constexpr (JVP) to[c] = from_c<T>(tacc[c] * inv - rr * oc);
     }
     if (lane == 0 && p.stats) ((A *)p.stats)[row] = l > 0 ? m + lg(l) : -(A)INFINITY;
 }
@@ -191,7 +191,7 @@ template <typename T> __global__ void __launch_bounds__(kWarps * 32) k_bwd_rows(
     __syncwarp();
     A delta = 0;
     const T *o = at<T>(p.o, b, h, i);
-    for (int c = lane; c < Dv; c += 32) delta += sdo[c] * (A)to_f(o[c]);
+    for (int c = lane; c < Dv; c += 32) delta += sdo[c] * (A)to_c(o[c]);
     delta = warp_sum(delta);
     if (lane == 0) ((A *)p.delta)[row] = delta;
 
@@ -209,13 +209,13 @@ template <typename T> __global__ void __launch_bounds__(kWarps * 32) k_bwd_rows(
         __syncwarp();
         for (int c = lane; c < D; c += 32) {
             A a = dq[c];
-            for (int jj = 0; jj < n; jj++) a += sds[jj] * (A)to_f(at<T>(p.k, b, h, j0 + jj)[c]);
+            for (int jj = 0; jj < n; jj++) a += sds[jj] * (A)to_c(at<T>(p.k, b, h, j0 + jj)[c]);
             dq[c] = a;
         }
         __syncwarp();
     }
     T *g = at_w<T>(p.dq, b, h, i);
-    for (int c = lane; c < D; c += 32) g[c] = from_f<T>(scale * dq[c]);
+    for (int c = lane; c < D; c += 32) g[c] = from_c<T>(scale * dq[c]);
 }
 
 // ---- backward, pass 2: one warp per key row: dK_j and dV_j -------------------------------------
@@ -260,19 +260,19 @@ template <typename T> __global__ void __launch_bounds__(kWarps * 32) k_bwd_cols(
         __syncwarp();
         for (int c = lane; c < Dv; c += 32) {
             A a = dv[c];
-            for (int ii = 0; ii < n; ii++) a += sp[ii] * (A)to_f(at<T>(p.dout, b, h, i0 + ii)[c]);
+            for (int ii = 0; ii < n; ii++) a += sp[ii] * (A)to_c(at<T>(p.dout, b, h, i0 + ii)[c]);
             dv[c] = a;
         }
         for (int c = lane; c < D; c += 32) {
             A a = dk[c];
-            for (int ii = 0; ii < n; ii++) a += sds[ii] * (A)to_f(at<T>(p.q, b, h, i0 + ii)[c]);
+            for (int ii = 0; ii < n; ii++) a += sds[ii] * (A)to_c(at<T>(p.q, b, h, i0 + ii)[c]);
             dk[c] = a;
         }
         __syncwarp();
     }
     T *gk = at_w<T>(p.dk, b, h, j), *gv = at_w<T>(p.dv, b, h, j);
-    for (int c = lane; c < D; c += 32) gk[c] = from_f<T>(scale * dk[c]);
-    for (int c = lane; c < Dv; c += 32) gv[c] = from_f<T>(dv[c]);
+    for (int c = lane; c < D; c += 32) gk[c] = from_c<T>(scale * dk[c]);
+    for (int c = lane; c < Dv; c += 32) gv[c] = from_c<T>(dv[c]);
 }
 
 // Launches kern over `rows` rows (kWarps a block) with `slice` accumulators a warp.

@@ -14,6 +14,8 @@
 #include <math.h>
 #include <stdint.h>
 
+#include "cuda_common.cuh"
+
 namespace flxk {
 namespace attn {
 
@@ -40,24 +42,9 @@ struct Params {
     void *delta;    // BWD scratch: rowsum(dout * o)
 };
 
-// Accumulation type: f32 for f32 and the halves, f64 for f64.
-template <typename T> struct AccOf { using type = float; };
-template <> struct AccOf<double> { using type = double; };
-template <typename T> using acc_t = typename AccOf<T>::type;
-
-__device__ __forceinline__ float to_f(float x) { return x; }
-__device__ __forceinline__ double to_f(double x) { return x; }
-__device__ __forceinline__ float to_f(__nv_bfloat16 x) { return __bfloat162float(x); }
-__device__ __forceinline__ float to_f(__half x) { return __half2float(x); }
-
-// Rounds once (RNE) to the storage type.
-template <typename T> __device__ __forceinline__ T from_f(float x);
-template <> __device__ __forceinline__ float from_f<float>(float x) { return x; }
-template <> __device__ __forceinline__ __nv_bfloat16 from_f<__nv_bfloat16>(float x) {
-    return __float2bfloat16_rn(x);
-}
-template <> __device__ __forceinline__ __half from_f<__half>(float x) { return __float2half_rn(x); }
-template <typename T> __device__ __forceinline__ T from_f(double x) { return (T)x; }
+// Accumulation (compute) type: f32 for f32 and the halves, f64 for f64; conversions are
+// cuda_common.cuh's to_c / from_c (exact loads, one RNE rounding on store).
+template <typename T> using acc_t = compute_t<T>;
 
 template <typename T>
 __device__ __forceinline__ const T *at(const Ten &t, int b, int h, int64_t r) {

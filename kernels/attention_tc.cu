@@ -338,7 +338,7 @@ template <typename T> __global__ void __launch_bounds__(kThreads) k_delta(const 
     const int b = (int)(bh / p.H), h = (int)(bh % p.H);
     const T *o = at<T>(p.o, b, h, i), *d = at<T>(p.dout, b, h, i);
     float s = 0.f;
-    for (int c = lane; c < p.Dv; c += 32) s += to_f(o[c]) * to_f(d[c]);
+    for (int c = lane; c < p.Dv; c += 32) s += to_c(o[c]) * to_c(d[c]);
 #pragma unroll
     for (int x = 16; x > 0; x >>= 1) s += __shfl_xor_sync(0xffffffffu, s, x);
     if (lane == 0) ((float *)p.delta)[row] = s;
@@ -503,7 +503,7 @@ template <typename K> int launch(K kern, dim3 grid, size_t smem, const Params &p
 constexpr size_t tile_bytes(int rows, int D) { return (size_t)rows * (D + 8) * 2; }
 
 template <typename T, int D, bool JVP> int fwd_typed(const Params &p, cudaStream_t st) {
-    constexpr int BC = (JVP && D > 64) ? 32 : 64; // registers: JVP holds two output tiles
+    constexpr int BC = (JVP && D > 64) ? 16 : 64; // registers: JVP holds two output tiles
     const size_t smem = tile_bytes((JVP ? 2 : 1) * 64 + 2 * (JVP ? 4 : 2) * BC, D);
     const dim3 grid((unsigned)((p.S + 63) / 64), (unsigned)(p.B * p.H));
     return launch(k_fwd_tc<T, D, BC, JVP>, grid, smem, p, st);

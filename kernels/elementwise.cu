@@ -24,6 +24,7 @@
 #include <stdint.h>
 
 #include "cuda_common.cuh"
+#include "flx_half.h"
 #include "flx_kernels.h"
 #include "flx_unary_ops.h"
 #include "philox.h"
@@ -78,6 +79,17 @@ __global__ void fill_kernel(flx_fill_args a, int is64) {
         case FLX_FILL_NORMAL: v = __dadd_rn(a.a, __dmul_rn(a.b, flx_philox_normal((uint64_t)i, stream, a.seed))); break;
         }
         out[i] = from_double<T>(v);
+        if constexpr (flxk::is_half16<T>::value) {
+            /* a uniform draw that rounded up to hi steps one value down, as on the CPU */
+            if (a.kind == FLX_FILL_UNIFORM && a.b > a.a && flxk::to_d<T>(out[i]) >= a.b) {
+                uint16_t bits;
+                memcpy(&bits, &out[i], sizeof bits);
+                bits = flx_half_next_down(bits);
+                T h;
+                memcpy(&h, &bits, sizeof h);
+                out[i] = flxk::to_d<T>(h) < a.a ? from_double<T>(a.a) : h;
+            }
+        }
     }
 }
 

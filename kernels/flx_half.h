@@ -81,5 +81,13 @@ FLX_HALF_FN double flx_bf16_to_double(uint16_t h) {
     return flx_half_to_double(h, FLX_BF16_EBITS, FLX_BF16_MBITS);
 }
 
+/* The pattern one step toward -inf from bits, in either format (both are sign-magnitude); +-0
+ * steps to the smallest negative subnormal. Uniform fills use it, on every backend, for a draw
+ * below hi that rounded up to hi (for [0, 1) in bf16, one draw in 512). */
+FLX_HALF_FN uint16_t flx_half_next_down(uint16_t bits) {
+    if ((bits & 0x7fffu) == 0) return 0x8001u;
+    return (bits & 0x8000u) ? (uint16_t)(bits + 1u) : (uint16_t)(bits - 1u);
+}
+
 #undef FLX_HALF_FN
 #endif

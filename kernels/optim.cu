@@ -1,7 +1,7 @@
 // optim.cu — fused multi-tensor optimiser updates (kernel family "optim").
 //
 // One launch updates up to FLX_OPTIM_MAX_TENSORS_PER_LAUNCH tensors: the tensor pointers travel
-// by value in the kernel's parameters (flx_optim_args, about 1.6 KB, under the 4 KB limit), so
+// by value in the kernel's parameters (flx_optim_args, about 1.5 KB, under the 4 KB limit), so
 // nothing is copied to the device per step. The grid is the concatenation of each tensor's
 // chunks of kChunk elements; a block finds its tensor in a small prefix table (also by value).
 // Hyperparameters are read from device memory (hp), so a captured graph stays valid when they
@@ -36,6 +36,8 @@ constexpr int kMax = FLX_OPTIM_MAX_TENSORS_PER_LAUNCH;
 struct BlockMap {
     int64_t start[kMax + 1]; // first block of each tensor; start[n] = total blocks
 };
+static_assert(sizeof(flx_optim_args) + sizeof(BlockMap) <= 4096,
+              "the kernel's parameters must stay within the classic 4 KB limit");
 
 template <typename T> constexpr bool kHalf =
     std::is_same<T, __half>::value || std::is_same<T, __nv_bfloat16>::value;

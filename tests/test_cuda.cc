@@ -94,24 +94,7 @@ std::vector<double> data(size_t n, uint64_t seed, double lo, double hi, bool spe
     return v;
 }
 
-// Fixture: a CPU reference context, a scope around each test, and a leak check.
-class CudaTest : public ::testing::Test {
-  protected:
-    void SetUp() override {
-        flx_clear_error();
-        live_before = flx_live_tensors();
-        cpu = flx_ctx_create(flx_device_cpu());
-        ASSERT_NE(cpu, nullptr) << flx_last_error();
-        ASSERT_EQ(flx_scope_begin(), FLX_OK);
-    }
-    void TearDown() override {
-        EXPECT_EQ(flx_scope_end(0, nullptr), FLX_OK);
-        EXPECT_EQ(flx_live_tensors(), live_before) << "tensors leaked by this test";
-        if (flx_live_tensors() == live_before) EXPECT_EQ(flx_ctx_destroy(cpu), FLX_OK) << flx_last_error();
-    }
-    flx_ctx *cpu = nullptr;
-    int64_t live_before = 0;
-};
+using CudaTest = CudaCpuTest;
 
 // ---- contexts, transfers, stats -------------------------------------------------------------
 TEST_F(CudaTest, ContextAndDevice) {

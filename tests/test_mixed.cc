@@ -94,6 +94,17 @@ size_t numel_of(const Shape &s) {
     return n;
 }
 
+// kind's defaults with learning rate lr and loss scaling from init_scale, growing after
+// `interval` clean steps.
+flx_optim_config scaling_config(flx_optim_kind kind, double lr, double init_scale, int32_t interval) {
+    flx_optim_config c = flx_optim_defaults(kind);
+    c.lr = lr;
+    c.loss_scaling = true;
+    c.init_scale = init_scale;
+    c.growth_interval = interval;
+    return c;
+}
+
 // ---- a mixed-precision run and its reference ------------------------------------------------
 // Parameters w0 (half values) and per-step gradients G[step][tensor] (half values, so f32 and
 // the half hold them exactly). The loss sum_j sum(f32(p_j) * G_j) gives p_j the gradient G_j,
@@ -269,11 +280,7 @@ TEST_F(MixedTest, AssignedParameterReseedsMaster) {
 TEST_F(MixedTest, MasterAndScalerSurviveCheckpoint) {
     const flx_dtype dt = FLX_BF16;
     Problem pr = make_problem(dt, 4, 30);
-    flx_optim_config c = flx_optim_defaults(FLX_OPTIM_ADAMW);
-    c.lr = 0.01;
-    c.loss_scaling = true;
-    c.init_scale = 256;
-    c.growth_interval = 2;
+    flx_optim_config c = scaling_config(FLX_OPTIM_ADAMW, 0.01, 256, 2);
     std::vector<flx_tensor *> pa, pb;
     for (size_t j = 0; j < pr.shapes.size(); j++) {
         pa.push_back(make_half(ctx, dt, pr.shapes[j], pr.w0[j]));
@@ -335,10 +342,7 @@ TEST_F(MixedTest, ScalerSkipsInfAndNanSteps) {
     std::vector<double> w0 = rand_values(6, 41);
     flx_tensor *p = make(ctx, FLX_F32, {6}, w0);
     ASSERT_EQ(flx_set_requires_grad(p, true), FLX_OK);
-    flx_optim_config c = flx_optim_defaults(FLX_OPTIM_ADAM);
-    c.lr = 0.01;
-    c.loss_scaling = true;
-    c.init_scale = 1024;
+    flx_optim_config c = scaling_config(FLX_OPTIM_ADAM, 0.01, 1024, 2000);
     flx_optim *opt = flx_optim_create(ctx, FLX_OPTIM_ADAM, 1, &p, &c);
     ASSERT_NE(opt, nullptr) << flx_last_error();
     const double inf = INFINITY, nan = NAN;
@@ -382,11 +386,7 @@ TEST_F(MixedTest, ScalerSkipsInfAndNanSteps) {
 TEST_F(MixedTest, ScalerGrowsAfterCleanSteps) {
     flx_tensor *p = make(ctx, FLX_F32, {2}, {0.5, -0.5});
     ASSERT_EQ(flx_set_requires_grad(p, true), FLX_OK);
-    flx_optim_config c = flx_optim_defaults(FLX_OPTIM_SGD);
-    c.lr = 0.125;
-    c.loss_scaling = true;
-    c.init_scale = 8;
-    c.growth_interval = 3;
+    flx_optim_config c = scaling_config(FLX_OPTIM_SGD, 0.125, 8, 3);
     flx_optim *opt = flx_optim_create(ctx, FLX_OPTIM_SGD, 1, &p, &c);
     ASSERT_NE(opt, nullptr) << flx_last_error();
     const bool bad[9] = {false, false, false, false, false, true, false, false, false};
@@ -416,9 +416,7 @@ TEST_F(MixedTest, ScalerBacksOffWhenF16GradientsOverflow) {
         std::vector<double> w0 = {0.5, -0.75, 0.25, 1.5};
         flx_tensor *p = make_half(ctx, dt, {4}, w0);
         ASSERT_EQ(flx_set_requires_grad(p, true), FLX_OK);
-        flx_optim_config c = flx_optim_defaults(FLX_OPTIM_SGD);
-        c.lr = 0.01;
-        c.loss_scaling = true;
+        flx_optim_config c = scaling_config(FLX_OPTIM_SGD, 0.01, 65536, 2000);
         flx_optim *opt = flx_optim_create(ctx, FLX_OPTIM_SGD, 1, &p, &c);
         ASSERT_NE(opt, nullptr) << flx_last_error();
         const std::vector<double> g = {1.0, 0.5, -0.25, 0.125};
@@ -449,11 +447,7 @@ TEST_F(MixedTest, ScalerInsidePlanReplay) {
     for (double &e : w0) e = (double)(float)e;
     flx_tensor *p = make(ctx, FLX_F32, {5}, w0);
     ASSERT_EQ(flx_set_requires_grad(p, true), FLX_OK);
-    flx_optim_config c = flx_optim_defaults(FLX_OPTIM_MOMENTUM);
-    c.lr = 0.05;
-    c.loss_scaling = true;
-    c.init_scale = 64;
-    c.growth_interval = 2;
+    flx_optim_config c = scaling_config(FLX_OPTIM_MOMENTUM, 0.05, 64, 2);
     flx_optim *opt = flx_optim_create(ctx, FLX_OPTIM_MOMENTUM, 1, &p, &c);
     ASSERT_NE(opt, nullptr) << flx_last_error();
     flx_tensor *x = make(ctx, FLX_F32, {5}, std::vector<double>(5, 1.0));
@@ -628,9 +622,7 @@ TEST(MixedCuda, ScalerInCapturedPlanMatchesCpu) {
         ASSERT_EQ(flx_scope_begin(), FLX_OK);
         flx_tensor *p = make_half(ctxs[k], FLX_BF16, {3000}, half_rand(FLX_BF16, 3000, 80, -1, 1));
         ASSERT_EQ(flx_set_requires_grad(p, true), FLX_OK);
-        flx_optim_config c = flx_optim_defaults(FLX_OPTIM_ADAMW);
-        c.loss_scaling = true;
-        c.growth_interval = 2;
+        flx_optim_config c = scaling_config(FLX_OPTIM_ADAMW, 1e-3, 65536, 2);
         flx_optim *opt = flx_optim_create(ctxs[k], FLX_OPTIM_ADAMW, 1, &p, &c);
         ASSERT_NE(opt, nullptr) << flx_last_error();
         flx_tensor *x = make(ctxs[k], FLX_F32, {3000}, std::vector<double>(3000, 0.5));

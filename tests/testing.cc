@@ -238,6 +238,8 @@ void CpuTest::TearDown() {
 void CudaCpuTest::SetUp() {
     FLX_REQUIRE_CUDA(g);
     gpu = g;
+    flx_clear_error();
+    live_before = flx_live_tensors();
     cpu = flx_ctx_create(flx_device_cpu());
     ASSERT_NE(cpu, nullptr) << flx_last_error();
     ASSERT_EQ(flx_scope_begin(), FLX_OK);
@@ -245,8 +247,10 @@ void CudaCpuTest::SetUp() {
 }
 
 void CudaCpuTest::TearDown() {
-    if (scoped_) EXPECT_EQ(flx_scope_end(0, nullptr), FLX_OK);
-    if (cpu) EXPECT_EQ(flx_ctx_destroy(cpu), FLX_OK) << flx_last_error();
+    if (!scoped_) return;
+    EXPECT_EQ(flx_scope_end(0, nullptr), FLX_OK);
+    EXPECT_EQ(flx_live_tensors(), live_before) << "tensors leaked by this test";
+    if (flx_live_tensors() == live_before) EXPECT_EQ(flx_ctx_destroy(cpu), FLX_OK) << flx_last_error();
 }
 
 void CommTest::SetUp() {

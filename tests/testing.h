@@ -95,12 +95,13 @@ class CpuTest : public ::testing::Test {
 
 // Fixture of the GPU tests checked against the CPU reference: skipped without a GPU (a failure
 // under FLX_REQUIRE_GPU=1, as FLX_REQUIRE_CUDA); gpu is the shared CUDA context, cpu a CPU context
-// of the test's own, and the test body runs inside one tensor scope.
+// of the test's own, the test body runs inside one tensor scope, and a leak fails the test.
 class CudaCpuTest : public ::testing::Test {
   protected:
     void SetUp() override;
     void TearDown() override;
     flx_ctx *gpu = nullptr, *cpu = nullptr;
+    int64_t live_before = 0;
 
   private:
     bool scoped_ = false;

@@ -8,16 +8,13 @@
 #include "philox.h"
 
 /* ---- fill, cast ------------------------------------------------------------------------------ */
-/* Uniform draws for the halves: u < hi in double can still round up to hi in 8 or 11 bits (for
- * [0, 1) in bf16, one draw in 512), so a stored value >= hi steps down to the dtype's next value
- * below it (f16 and bf16 are sign-magnitude: one step of the bit pattern toward -inf). */
+/* Uniform draws for the halves: u < hi in double can still round up to hi in 8 or 11 bits, so a
+ * stored value >= hi steps down to the dtype's next value below it (as kernels/elementwise.cu). */
 static void store_below_hi(flx_dtype dt, void *out, int64_t i, double v, double lo, double hi) {
     store(dt, out, i, v);
     if (!(load(dt, out, i) >= hi) || !(hi > lo)) return;
     uint16_t *h = (uint16_t *)out + i;
-    if (*h == 0x0000 || *h == 0x8000) *h = 0x8001;
-    else if (*h & 0x8000) *h = (uint16_t)(*h + 1);
-    else *h = (uint16_t)(*h - 1);
+    *h = flx_half_next_down(*h);
     if (load(dt, out, i) < lo) store(dt, out, i, lo);
 }
 

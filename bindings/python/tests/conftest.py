@@ -25,12 +25,13 @@ requires_cuda = pytest.mark.skipif(
 
 
 def train_step(model, opt, x, y):
-    """One classifier training step, the body the compile tests run eagerly and trace: the loss."""
+    """One classifier training step, the body the compile tests run eagerly and trace: the loss.
+    The backward runs on opt.scale_loss(loss), which is the loss itself without loss scaling."""
     from fluxion.nn import functional as F
 
     opt.zero_grad()
     loss = F.cross_entropy(model(x), y)
-    loss.backward()
+    opt.scale_loss(loss).backward()
     opt.step()
     return loss
 

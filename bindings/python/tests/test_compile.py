@@ -6,6 +6,7 @@ import pytest
 import fluxion as fx
 from conftest import train_step
 from fluxion import _capi, nn, optim
+from fluxion.nn import functional as F
 
 rng = np.random.default_rng(11)
 
@@ -57,19 +58,9 @@ def test_compiled_step_with_loss_scaling_matches_eager():
     kw = dict(lr=0.01, loss_scaling=True, init_scale=1024.0, growth_interval=2)
     m1, o1 = make(2, optim.Adam, **kw)
     for x, y in batches:
-        o1.zero_grad()
-        o1.scale_loss(F.cross_entropy(m1(fx.tensor(x)), fx.tensor(y))).backward()
-        o1.step()
+        train_step(m1, o1, fx.tensor(x), fx.tensor(y))
     m2, o2 = make(2, optim.Adam, **kw)
-
-    @fx.compile
-    def step(x, y):
-        o2.zero_grad()
-        loss = F.cross_entropy(m2(x), y)
-        o2.scale_loss(loss).backward()
-        o2.step()
-        return loss
-
+    step = fx.compile(lambda x, y: train_step(m2, o2, x, y))
     for x, y in batches:
         step(x, y)
     assert step.compiles == 1
