@@ -132,6 +132,11 @@ TEST_F(InteropTest, FromBlobWithoutDeleterAndEmpty) {
     EXPECT_EQ(flx_numel(e), 0);
     EXPECT_TRUE(close(values(flx_sum_all(e)), {0}));
     EXPECT_EQ(c.deleted, 0);
+    // Leave the fixture's scope while c is alive: the deleter runs once, with the NULL given.
+    ASSERT_EQ(flx_scope_end(0, nullptr), FLX_OK);
+    EXPECT_EQ(c.deleted, 1);
+    EXPECT_EQ(c.last, nullptr);
+    ASSERT_EQ(flx_scope_begin(), FLX_OK);
 }
 
 TEST_F(InteropTest, FromBlobBadInputsStillCallTheDeleter) {
