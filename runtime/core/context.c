@@ -113,11 +113,8 @@ flx_ctx *flx_ctx_create(flx_device dev) {
                       (int)dev.type);
         return NULL;
     }
-    flx_ctx *ctx = (flx_ctx *)calloc(1, sizeof *ctx);
-    if (!ctx) {
-        flx_set_error(FLX_ERR_OUT_OF_MEMORY, "flx_ctx_create: out of host memory");
-        return NULL;
-    }
+    flx_ctx *ctx = (flx_ctx *)flx_host_calloc(1, sizeof *ctx, "flx_ctx_create");
+    if (!ctx) return NULL;
     ctx->device = dev;
     ctx->be = be;
     ctx->fusion = flx_env_fusion();               /* FLX_FUSION=0 turns it off */

@@ -1,5 +1,7 @@
-/* error.c — per-thread status and message; never aborts. */
+/* error.c — per-thread status and message; never aborts. Also host allocation that reports its
+ * failure as a status, so callers need no message of their own. */
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "internal.h"
@@ -35,6 +37,16 @@ flx_status flx_set_error_if_clear(flx_status s, const char *fmt, ...) {
     set_error_v(s, fmt, ap);
     va_end(ap);
     return s;
+}
+
+void *flx_host_calloc(size_t n, size_t size, const char *who) {
+    void *p = calloc(n, size);
+    if (!p) flx_set_error(FLX_ERR_OUT_OF_MEMORY, "%s: out of host memory", who);
+    return p;
+}
+
+void flx_free_each(void *const *ptrs, size_t n) {
+    for (size_t i = 0; i < n; i++) free(ptrs[i]);
 }
 
 const char *flx_status_string(flx_status s) {

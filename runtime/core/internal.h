@@ -267,6 +267,14 @@ typedef struct flx_backend {
     flx_status (*set_math_mode)(flx_ctx *ctx, int32_t mode);
 } flx_backend;
 
+/* A backend table's name, lifetime and memory slots, filled by naming convention so no table can
+ * skip or cross-wire one: LP##init, LP##shutdown, then MP##alloc, MP##free, MP##upload,
+ * MP##download, MP##copy_d2d, MP##synchronize. */
+#define FLX_BACKEND_BASE_SLOTS(NAME, LP, MP)                                                     \
+    .name = NAME, .init = LP##init, .shutdown = LP##shutdown, .alloc = MP##alloc,               \
+    .free = MP##free, .upload = MP##upload, .download = MP##download, .copy_d2d = MP##copy_d2d, \
+    .synchronize = MP##synchronize,
+
 /* The dispatcher (runtime/core/dispatch.c): the one way to queue a kernel. Each
  * flx_kernel_<name>(ctx, args) refuses a family the context's backend does not implement
  * (FLX_ERR_UNSUPPORTED, naming family and backend), counts the launch in ctx->stats.kernels and
@@ -326,6 +334,12 @@ flx_status flx_set_error_if_clear(flx_status s, const char *fmt, ...) FLX_PRINTF
 /* "(2, 3) f32" style description of a tensor for messages; uses a small rotating buffer. */
 const char *flx_describe(const flx_tensor *t);
 const char *flx_shape_str(int32_t ndim, const int64_t *shape);
+/* calloc(n, size), or NULL with FLX_ERR_OUT_OF_MEMORY "<who>: out of host memory" set. */
+void *flx_host_calloc(size_t n, size_t size, const char *who);
+/* free() of each of n pointers (NULL ones included); FLX_FREE_ALL(a, b, c) lists them inline. */
+void flx_free_each(void *const *ptrs, size_t n);
+#define FLX_FREE_ALL(...)                                                                          \
+    flx_free_each((void *const[]){__VA_ARGS__}, sizeof((void *[]){__VA_ARGS__}) / sizeof(void *))
 
 /* ---------------------------------------------------------------------------------------------
  * Tensors and graph building (runtime/core/tensor.c)

@@ -1,6 +1,7 @@
 /* math_mode.c — per-context math settings: the elementwise-fusion switch, and the
- * math mode, FLX_MATH_STRICT (default) or FLX_MATH_TF32, an explicit opt-in that lets cuBLAS use TF32 tensor cores for f32 GEMMs. The CPU backend has no
- * set_math_mode entry: the mode is recorded and has no effect there. */
+ * math mode, FLX_MATH_STRICT (default) or FLX_MATH_TF32, an explicit opt-in that lets cuBLAS use
+ * TF32 tensor cores for f32 GEMMs. The CPU backend has no set_math_mode entry: the mode is
+ * recorded and has no effect there. */
 #include "internal.h"
 
 #define FLX_MATH_KNOWN_BITS ((int32_t)FLX_MATH_TF32)
@@ -20,11 +21,18 @@ flx_status flx_set_math_mode(flx_ctx *ctx, int32_t mode) {
     return FLX_OK;
 }
 
-flx_status flx_get_math_mode(const flx_ctx *ctx, int32_t *mode) {
-    if (!ctx) return flx_set_error(FLX_ERR_INVALID_ARGUMENT, "flx_get_math_mode: ctx is NULL");
-    if (!mode) return flx_set_error(FLX_ERR_INVALID_ARGUMENT, "flx_get_math_mode: mode is NULL");
-    *mode = ctx->math_mode;
+/* A getter's arguments: the context and where the value goes (named out_name in messages). */
+static flx_status check_getter(const char *fn, const flx_ctx *ctx, const void *out,
+                               const char *out_name) {
+    if (!ctx) return flx_set_error(FLX_ERR_INVALID_ARGUMENT, "%s: ctx is NULL", fn);
+    if (!out) return flx_set_error(FLX_ERR_INVALID_ARGUMENT, "%s: %s is NULL", fn, out_name);
     return FLX_OK;
+}
+
+flx_status flx_get_math_mode(const flx_ctx *ctx, int32_t *mode) {
+    flx_status s = check_getter("flx_get_math_mode", ctx, mode, "mode");
+    if (s == FLX_OK) *mode = ctx->math_mode;
+    return s;
 }
 
 /* Elementwise fusion switch (runtime/core/fuse.c reads ctx->fusion when planning an evaluation). */
@@ -35,8 +43,7 @@ flx_status flx_set_fusion(flx_ctx *ctx, bool enabled) {
 }
 
 flx_status flx_get_fusion(const flx_ctx *ctx, bool *enabled) {
-    if (!ctx) return flx_set_error(FLX_ERR_INVALID_ARGUMENT, "flx_get_fusion: ctx is NULL");
-    if (!enabled) return flx_set_error(FLX_ERR_INVALID_ARGUMENT, "flx_get_fusion: enabled is NULL");
-    *enabled = ctx->fusion;
-    return FLX_OK;
+    flx_status s = check_getter("flx_get_fusion", ctx, enabled, "enabled");
+    if (s == FLX_OK) *enabled = ctx->fusion;
+    return s;
 }

@@ -60,17 +60,8 @@ void flx_plan_destroy(flx_plan *p) {
     flx_schedule_free(&p->sched);
     flx_buffer_release(p->arena);
     flx_buffer_release(p->rng);
-    free(p->records);
-    free(p->op);
-    free(p->step_out);
-    free(p->step_in);
-    free(p->in_at);
-    free(p->in);
-    free(p->in_rec);
-    free(p->ext);
-    free(p->out);
-    free(p->as);
-    free(p);
+    FLX_FREE_ALL(p->records, p->op, p->step_out, p->step_in, p->in_at, p->in, p->in_rec, p->ext,
+                 p->out, p->as, p);
 }
 
 flx_plan_options flx_plan_default_options(void) {

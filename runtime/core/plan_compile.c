@@ -163,12 +163,7 @@ typedef struct compile_state {
 } compile_state;
 
 static void compile_state_free(compile_state *cs) {
-    free(cs->root_of);
-    free(cs->in_of_step);
-    free(cs->ext_of_step);
-    free(cs->step_rec);
-    free(cs->pr);
-    free(cs->stage_root);
+    FLX_FREE_ALL(cs->root_of, cs->in_of_step, cs->ext_of_step, cs->step_rec, cs->pr, cs->stage_root);
 }
 
 static flx_status oom(void) { return flx_set_error(FLX_ERR_OUT_OF_MEMORY, "%s: out of host memory", fn); }

@@ -34,10 +34,15 @@ static void cpu_free(flx_ctx *ctx, void *p) {
     free(p);
 }
 
-static flx_status cpu_memcpy(flx_ctx *ctx, void *dst, const void *src, size_t n) {
+static flx_status cpu_upload(flx_ctx *ctx, void *dst, const void *src, size_t n) {
     (void)ctx;
     memcpy(dst, src, n);
     return FLX_OK;
+}
+
+/* Host memory on both sides: a device-to-device copy is the same memcpy. */
+static flx_status cpu_copy_d2d(flx_ctx *ctx, void *dst, const void *src, size_t n) {
+    return cpu_upload(ctx, dst, src, n);
 }
 
 static flx_status cpu_synchronize(flx_ctx *ctx) {
@@ -52,15 +57,7 @@ static flx_status cpu_download(flx_ctx *ctx, void *dst, const void *src, size_t 
 }
 
 const flx_backend flx_backend_cpu = {
-    .name = "cpu",
-    .init = cpu_init,
-    .shutdown = cpu_shutdown,
-    .alloc = cpu_alloc,
-    .free = cpu_free,
-    .upload = cpu_memcpy,
-    .download = cpu_download,
-    .copy_d2d = cpu_memcpy,
-    .synchronize = cpu_synchronize,
+    FLX_BACKEND_BASE_SLOTS("cpu", cpu_, cpu_)
 #define FLX_X_CPU_SLOT(ID, name, ARGS) .name = flx_cpu_##name,
     FLX_KERNEL_FAMILIES(FLX_X_CPU_SLOT)
 #undef FLX_X_CPU_SLOT

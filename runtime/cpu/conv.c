@@ -37,25 +37,33 @@ static inline int64_t win_of(int64_t p, int64_t k, int64_t S, int64_t P, int64_t
     return q < O ? q : -1;
 }
 
-static void cpu_col2im(const flx_conv_args *a) {
+/* The transposes of a window read (col2im, the max-pool backward): each input position sums, taps
+ * ascending, what every window tap that read it holds. col2im adds that tap's column entry;
+ * the max-pool backward adds the window's gradient where the window's argmax is this position. */
+static void cpu_window_gather(const flx_conv_args *a, bool pool) {
     int64_t K = a->KH * a->KW, L = a->OH * a->OW;
-    for (int64_t n = 0; n < a->N; n++)
-        for (int64_t c = 0; c < a->C; c++)
-            for (int64_t h = 0; h < a->H; h++)
-                for (int64_t w = 0; w < a->W; w++) {
-                    double acc = 0;
-                    for (int64_t ki = 0; ki < a->KH; ki++) {
-                        int64_t oh = win_of(h, ki, a->SH, a->PH, a->DH, a->OH);
-                        if (oh < 0) continue;
-                        for (int64_t kj = 0; kj < a->KW; kj++) {
-                            int64_t ow = win_of(w, kj, a->SW, a->PW, a->DW, a->OW);
-                            if (ow < 0) continue;
-                            int64_t row = (n * a->C + c) * K + ki * a->KW + kj;
+    for (int64_t nc = 0; nc < a->N * a->C; nc++)
+        for (int64_t h = 0; h < a->H; h++)
+            for (int64_t w = 0; w < a->W; w++) {
+                int64_t p = (nc * a->H + h) * a->W + w;
+                double acc = 0;
+                for (int64_t ki = 0; ki < a->KH; ki++) {
+                    int64_t oh = win_of(h, ki, a->SH, a->PH, a->DH, a->OH);
+                    if (oh < 0) continue;
+                    for (int64_t kj = 0; kj < a->KW; kj++) {
+                        int64_t ow = win_of(w, kj, a->SW, a->PW, a->DW, a->OW);
+                        if (ow < 0) continue;
+                        if (pool) {
+                            int64_t o = (nc * a->OH + oh) * a->OW + ow;
+                            if (a->idx[o] == p) acc += ldf(a->dtype, a->in, o);
+                        } else {
+                            int64_t row = nc * K + ki * a->KW + kj;
                             acc += ldf(a->dtype, a->in, row * L + oh * a->OW + ow);
                         }
                     }
-                    stf(a->dtype, a->out, ((n * a->C + c) * a->H + h) * a->W + w, acc);
                 }
+                stf(a->dtype, a->out, p, acc);
+            }
 }
 
 static void cpu_maxpool(const flx_conv_args *a, bool want_index) {
@@ -87,26 +95,6 @@ static void cpu_maxpool(const flx_conv_args *a, bool want_index) {
             }
 }
 
-static void cpu_maxpool_backward(const flx_conv_args *a) {
-    for (int64_t nc = 0; nc < a->N * a->C; nc++)
-        for (int64_t h = 0; h < a->H; h++)
-            for (int64_t w = 0; w < a->W; w++) {
-                int64_t p = (nc * a->H + h) * a->W + w;
-                double acc = 0;
-                for (int64_t ki = 0; ki < a->KH; ki++) {
-                    int64_t oh = win_of(h, ki, a->SH, a->PH, a->DH, a->OH);
-                    if (oh < 0) continue;
-                    for (int64_t kj = 0; kj < a->KW; kj++) {
-                        int64_t ow = win_of(w, kj, a->SW, a->PW, a->DW, a->OW);
-                        if (ow < 0) continue;
-                        int64_t o = (nc * a->OH + oh) * a->OW + ow;
-                        if (a->idx[o] == p) acc += ldf(a->dtype, a->in, o);
-                    }
-                }
-                stf(a->dtype, a->out, p, acc);
-            }
-}
-
 flx_status flx_cpu_conv(flx_ctx *ctx, const flx_conv_args *a) {
     (void)ctx;
     if (!flx_dtype_is_float(a->dtype))
@@ -114,10 +102,10 @@ flx_status flx_cpu_conv(flx_ctx *ctx, const flx_conv_args *a) {
                              flx_dtype_name(a->dtype));
     switch (a->mode) {
     case FLX_CONV_IM2COL: cpu_im2col(a); return FLX_OK;
-    case FLX_CONV_COL2IM: cpu_col2im(a); return FLX_OK;
+    case FLX_CONV_COL2IM: cpu_window_gather(a, false); return FLX_OK;
     case FLX_CONV_MAXPOOL: cpu_maxpool(a, false); return FLX_OK;
     case FLX_CONV_MAXPOOL_ARGMAX: cpu_maxpool(a, true); return FLX_OK;
-    case FLX_CONV_MAXPOOL_BACKWARD: cpu_maxpool_backward(a); return FLX_OK;
+    case FLX_CONV_MAXPOOL_BACKWARD: cpu_window_gather(a, true); return FLX_OK;
     default: return flx_set_error(FLX_ERR_INVALID_ARGUMENT, "cpu conv kernel: bad mode %d", (int)a->mode);
     }
 }

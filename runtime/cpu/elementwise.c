@@ -144,6 +144,22 @@ static void binary_float_fast(const flx_binary_args *ar, int64_t n) {
     }
 }
 
+/* One element of the general loop: integer dtypes compute in int64_t, float ones in double, from
+ * the same formula list (returning converts the formula's value to T, as a cast would). */
+#define FLX_X_CASE(NAME, FN, EXPR) case FLX_BINARY_##NAME: return (EXPR);
+#define FLX_DEFINE_BINARY_ELEMENT(NAME, T)                                                        \
+    static inline T NAME(int32_t op, T a, T b) {                                                  \
+        switch (op) {                                                                             \
+            FLX_BINARY_ARITH_OPS(FLX_X_CASE)                                                      \
+            FLX_BINARY_COMPARE_OPS(FLX_X_CASE)                                                    \
+        }                                                                                         \
+        return 0;                                                                                 \
+    }
+FLX_DEFINE_BINARY_ELEMENT(binary_int, int64_t)
+FLX_DEFINE_BINARY_ELEMENT(binary_float, double)
+#undef FLX_DEFINE_BINARY_ELEMENT
+#undef FLX_X_CASE
+
 flx_status flx_cpu_binary(flx_ctx *ctx, const flx_binary_args *ar) {
     (void)ctx;
     int64_t n = flx_shape_numel(ar->ndim, ar->shape);
@@ -154,30 +170,18 @@ flx_status flx_cpu_binary(flx_ctx *ctx, const flx_binary_args *ar) {
     }
     odo o;
     odo_init(&o, ar->ndim, ar->shape, 2, ar->sa, ar->sb, NULL);
-    bool is_int = !flx_dtype_is_float(ar->dtype);
+    bool is_int = !flx_dtype_is_float(ar->dtype), cmp = FLX_BINARY_IS_COMPARE(ar->op);
     for (int64_t i = 0; i < n; i++, odo_next(&o)) {
         if (is_int) {
-            int64_t a = load_i(ar->dtype, ar->a, o.off[0]), b = load_i(ar->dtype, ar->b, o.off[1]);
-            int64_t r = 0;
-            switch (ar->op) {
-#define FLX_X_CASE(NAME, FN, EXPR) case FLX_BINARY_##NAME: r = (int64_t)(EXPR); break;
-                FLX_BINARY_ARITH_OPS(FLX_X_CASE)
-                FLX_BINARY_COMPARE_OPS(FLX_X_CASE)
-#undef FLX_X_CASE
-            }
-            if (FLX_BINARY_IS_COMPARE(ar->op)) ((uint8_t *)ar->out)[i] = (uint8_t)r;
+            int64_t r = binary_int(ar->op, load_i(ar->dtype, ar->a, o.off[0]),
+                                   load_i(ar->dtype, ar->b, o.off[1]));
+            if (cmp) ((uint8_t *)ar->out)[i] = (uint8_t)r;
             else if (ar->dtype == FLX_I32) ((int32_t *)ar->out)[i] = (int32_t)r;
             else ((int64_t *)ar->out)[i] = r;
         } else {
-            double a = load(ar->dtype, ar->a, o.off[0]), b = load(ar->dtype, ar->b, o.off[1]);
-            double r = 0;
-            switch (ar->op) {
-#define FLX_X_CASE(NAME, FN, EXPR) case FLX_BINARY_##NAME: r = (double)(EXPR); break;
-                FLX_BINARY_ARITH_OPS(FLX_X_CASE)
-                FLX_BINARY_COMPARE_OPS(FLX_X_CASE)
-#undef FLX_X_CASE
-            }
-            if (FLX_BINARY_IS_COMPARE(ar->op)) ((uint8_t *)ar->out)[i] = (uint8_t)r;
+            double r = binary_float(ar->op, load(ar->dtype, ar->a, o.off[0]),
+                                    load(ar->dtype, ar->b, o.off[1]));
+            if (cmp) ((uint8_t *)ar->out)[i] = (uint8_t)r;
             else store(ar->dtype, ar->out, i, r);
         }
     }

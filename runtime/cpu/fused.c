@@ -66,19 +66,23 @@ static void load_block(const flx_fused_args *a, int32_t k, int64_t base, int64_t
 }
 #undef FLX_LOAD_LOOPS
 
+/* One case of an instruction's block loop: y[e] = EXPR for each element e of the block, rounded
+ * to the dtype; BIND declares the operands EXPR reads at element e. */
+#define FLX_BLOCK_CASE(LABEL, BIND, EXPR)                                                     \
+    case LABEL:                                                                               \
+        for (int64_t e = 0; e < m; e++) {                                                     \
+            BIND;                                                                             \
+            y[e] = rnd(dt, (double)(EXPR));                                                   \
+        }                                                                                     \
+        break;
+
 static flx_status run_unary(int32_t op, double a, double b, const double *xs, double *y, int64_t m,
                             flx_dtype dt) {
     typedef double T;
     (void)a;
     (void)b;
     switch (op) {
-#define FLX_X_CASE(NAME, FN, KIND, EXPR, DERIV)                                      \
-    case FLX_UNARY_##NAME:                                          \
-        for (int64_t e = 0; e < m; e++) {                           \
-            T x = xs[e];                                            \
-            y[e] = rnd(dt, (EXPR));                                 \
-        }                                                           \
-        break;
+#define FLX_X_CASE(NAME, FN, KIND, EXPR, DERIV) FLX_BLOCK_CASE(FLX_UNARY_##NAME, T x = xs[e], EXPR)
         FLX_UNARY_OPS(FLX_X_CASE)
 #undef FLX_X_CASE
     default: return flx_set_error(FLX_ERR_UNSUPPORTED, "cpu fused: unknown unary op %d", (int)op);
@@ -89,19 +93,14 @@ static flx_status run_unary(int32_t op, double a, double b, const double *xs, do
 static flx_status run_binary(int32_t op, const double *xa, const double *xb, double *y, int64_t m,
                              flx_dtype dt) {
     switch (op) {
-#define FLX_X_CASE(NAME, FN, EXPR)                                      \
-    case FLX_BINARY_##NAME:                                         \
-        for (int64_t e = 0; e < m; e++) {                           \
-            double a = xa[e], b = xb[e];                            \
-            y[e] = rnd(dt, (double)(EXPR));                         \
-        }                                                           \
-        break;
+#define FLX_X_CASE(NAME, FN, EXPR) FLX_BLOCK_CASE(FLX_BINARY_##NAME, double a = xa[e]; double b = xb[e], EXPR)
         FLX_BINARY_ARITH_OPS(FLX_X_CASE)
 #undef FLX_X_CASE
     default: return flx_set_error(FLX_ERR_UNSUPPORTED, "cpu fused: binary op %d", (int)op);
     }
     return FLX_OK;
 }
+#undef FLX_BLOCK_CASE
 
 flx_status flx_cpu_fused(flx_ctx *ctx, const flx_fused_args *a) {
     (void)ctx;

@@ -12,6 +12,7 @@
  * current context back before returning. Every kernel family only queues work and checks the
  * launch. Nothing here aborts: every failure sets the thread's error and returns a status.
  */
+#include <stdarg.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -328,11 +329,19 @@ static const char *capture_note(flx_ctx *ctx) {
 }
 
 /* The result rc of a launcher on the vendor libraries (FLX_LIB_RC_* in flx_kernels.h) as a
- * status; `what` names the call in messages, e.g. "cuda lu (mode 0, f32, batch 2, n 70)". */
-static flx_status library_launched(flx_ctx *ctx, int rc, const char *what, const char *family,
-                                   flx_dtype dt) {
+ * status; the printf-style `fmt, ...` names the call in messages, e.g.
+ * "cuda lu (mode 0, f32, batch 2, n 70)" (formatted only on failure). */
+static flx_status library_launched(flx_ctx *ctx, int rc, const char *family, flx_dtype dt,
+                                   const char *fmt, ...) FLX_PRINTF(5, 6);
+static flx_status library_launched(flx_ctx *ctx, int rc, const char *family, flx_dtype dt,
+                                   const char *fmt, ...) {
     if (rc == 0) return FLX_OK;
     if (rc == FLX_LIB_RC_SCRATCH) return flx_last_status(); /* set by the allocator */
+    char what[128];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(what, sizeof what, fmt, ap);
+    va_end(ap);
     if (rc <= FLX_LIB_RC_CUSOLVER)
         return flx_set_error(FLX_ERR_BACKEND, "%s: cuSOLVER failed with status %d%s", what,
                              FLX_LIB_RC_CUSOLVER - rc, capture_note(ctx));
@@ -345,12 +354,9 @@ static flx_status library_launched(flx_ctx *ctx, int rc, const char *what, const
 static flx_status lu_in(flx_ctx *ctx, const flx_lu_args *a) {
     if (ensure_cusolver(flx_cuda_st(ctx)) != FLX_OK) return flx_last_status();
     flx_cuda_lib_env env = env_of(ctx, scratch_alloc);
-    int rc = flx_cuda_lu(a, &env);
-    if (rc == 0) return FLX_OK;
-    char what[128];
-    snprintf(what, sizeof what, "cuda lu (mode %d, %s, batch %lld, n %lld)", (int)a->mode,
-             flx_dtype_name(a->dtype), (long long)a->batch, (long long)a->n);
-    return library_launched(ctx, rc, what, "lu", a->dtype);
+    return library_launched(ctx, flx_cuda_lu(a, &env), "lu", a->dtype,
+                            "cuda lu (mode %d, %s, batch %lld, n %lld)", (int)a->mode,
+                            flx_dtype_name(a->dtype), (long long)a->batch, (long long)a->n);
 }
 FLX_CUDA_GUARDED(cuda_lu, flx_lu_args, lu_in)
 
@@ -358,12 +364,9 @@ FLX_CUDA_GUARDED(cuda_lu, flx_lu_args, lu_in)
 static flx_status eigh_in(flx_ctx *ctx, const flx_eigh_args *a) {
     if (ensure_cusolver(flx_cuda_st(ctx)) != FLX_OK) return flx_last_status();
     flx_cuda_lib_env env = env_of(ctx, scratch_alloc);
-    int rc = flx_cuda_eigh(a, &env);
-    if (rc == 0) return FLX_OK;
-    char what[128];
-    snprintf(what, sizeof what, "cuda eigh (%s, batch %lld, n %lld)", flx_dtype_name(a->dtype),
-             (long long)a->batch, (long long)a->n);
-    return library_launched(ctx, rc, what, "eigh", a->dtype);
+    return library_launched(ctx, flx_cuda_eigh(a, &env), "eigh", a->dtype,
+                            "cuda eigh (%s, batch %lld, n %lld)", flx_dtype_name(a->dtype),
+                            (long long)a->batch, (long long)a->n);
 }
 FLX_CUDA_GUARDED(cuda_eigh, flx_eigh_args, eigh_in)
 
@@ -487,15 +490,7 @@ static flx_status cuda_set_math_mode(flx_ctx *ctx, int32_t mode) {
 }
 
 const flx_backend flx_backend_cuda = {
-    .name = "cuda",
-    .init = cuda_init,
-    .shutdown = cuda_shutdown,
-    .alloc = flx_cuda_alloc,
-    .free = flx_cuda_free,
-    .upload = flx_cuda_upload,
-    .download = flx_cuda_download,
-    .copy_d2d = flx_cuda_copy_d2d,
-    .synchronize = flx_cuda_synchronize,
+    FLX_BACKEND_BASE_SLOTS("cuda", cuda_, flx_cuda_)
 #define FLX_X_CUDA_SLOT(ID, name, ARGS) .name = cuda_##name,
     FLX_KERNEL_FAMILIES(FLX_X_CUDA_SLOT)
 #undef FLX_X_CUDA_SLOT

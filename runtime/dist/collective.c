@@ -241,8 +241,9 @@ static flx_tensor *split_all_reduce(flx_comm *comm, flx_tensor *x, flx_comm_op o
 
 flx_status flx_comm_bucket_means(flx_comm *comm, int32_t m, flx_tensor *const *grads, size_t bucket_bytes,
                                  flx_tensor **avg, flx_tensor **starts, int32_t *n_starts) {
-    flx_tensor **flat = (flx_tensor **)calloc(m > 0 ? (size_t)m : 1, sizeof *flat);
-    if (!flat) return flx_set_error(FLX_ERR_OUT_OF_MEMORY, "flx_comm_average_grads: out of host memory");
+    flx_tensor **flat = (flx_tensor **)flx_host_calloc(m > 0 ? (size_t)m : 1, sizeof *flat,
+                                                       "flx_comm_average_grads");
+    if (!flat) return flx_last_status();
     flx_status s = FLX_OK;
     for (int32_t b0 = 0; s == FLX_OK && b0 < m;) {
         /* one bucket: consecutive gradients of one dtype up to bucket_bytes (at least one) */

@@ -125,8 +125,8 @@ typedef struct self_op {
 } self_op;
 
 static flx_status self_start(flx_comm *c, const flx_coll_args *a, void **op) {
-    self_op *o = (self_op *)calloc(1, sizeof *o);
-    if (!o) return flx_set_error(FLX_ERR_OUT_OF_MEMORY, "%s: out of host memory", flx_coll_name(a->kind));
+    self_op *o = (self_op *)flx_host_calloc(1, sizeof *o, flx_coll_name(a->kind));
+    if (!o) return flx_last_status();
     o->nbytes = coll_bytes(a);
     if (o->nbytes) {
         o->copy = c->ctx->be->alloc(c->ctx, o->nbytes);
@@ -446,11 +446,8 @@ flx_comm *flx_comm_create(flx_ctx *ctx) {
         flx_set_error(FLX_ERR_INVALID_ARGUMENT, "flx_comm_create: ctx is NULL");
         return NULL;
     }
-    flx_comm *c = (flx_comm *)calloc(1, sizeof *c);
-    if (!c) {
-        flx_set_error(FLX_ERR_OUT_OF_MEMORY, "flx_comm_create: out of host memory");
-        return NULL;
-    }
+    flx_comm *c = (flx_comm *)flx_host_calloc(1, sizeof *c, "flx_comm_create");
+    if (!c) return NULL;
     c->ctx = ctx;
     c->rank = 0;
     c->size = 1;

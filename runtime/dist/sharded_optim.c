@@ -22,11 +22,9 @@ struct flx_sharded_optim {
 /* Packed values of the tensors ts (each flattened, in order) and zeros up to padded elements. */
 static flx_tensor *pack(flx_ctx *ctx, flx_dtype dt, int32_t n, flx_tensor *const *ts, int64_t total,
                         int64_t padded) {
-    flx_tensor **flat = (flx_tensor **)calloc((size_t)n + 1, sizeof *flat);
-    if (!flat) {
-        flx_set_error(FLX_ERR_OUT_OF_MEMORY, "flx_sharded_optim: out of host memory");
-        return NULL;
-    }
+    flx_tensor **flat =
+        (flx_tensor **)flx_host_calloc((size_t)n + 1, sizeof *flat, "flx_sharded_optim");
+    if (!flat) return NULL;
     for (int32_t i = 0; i < n; i++) flat[i] = flx_reshape(ts[i], 1, &ts[i]->numel);
     int32_t k = n;
     int64_t pad = padded - total;

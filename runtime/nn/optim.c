@@ -199,10 +199,7 @@ void flx_optim_destroy(flx_optim *o) {
     flx_buffer_release(o->hp);
     flx_buffer_release(o->scaler);
     flx_release(o->scale_t);
-    free(o->seen);
-    free(o->state);
-    free(o->params);
-    free(o);
+    FLX_FREE_ALL(o->seen, o->state, o->params, o);
 }
 
 flx_optim *flx_optim_create(flx_ctx *ctx, flx_optim_kind kind, int32_t n,
@@ -265,11 +262,8 @@ flx_optim *flx_optim_create(flx_ctx *ctx, flx_optim_kind kind, int32_t n,
         return NULL;
     }
 
-    flx_optim *o = (flx_optim *)calloc(1, sizeof *o);
-    if (!o) {
-        flx_set_error(FLX_ERR_OUT_OF_MEMORY, "%s: out of host memory", fn);
-        return NULL;
-    }
+    flx_optim *o = (flx_optim *)flx_host_calloc(1, sizeof *o, fn);
+    if (!o) return NULL;
     o->ctx = ctx;
     o->refs = 1;
     o->kind = kind;

@@ -80,12 +80,15 @@ static int64_t bwd_layout(const dims *d, flx_dtype dt, int32_t want, size_t off[
     return elems_for(at, dt);
 }
 
-static flx_attention_args base_args(const flx_tensor *q, const flx_tensor *k, const flx_tensor *v,
-                                    const flx_tensor *node, int32_t mode, dims *d) {
-    *d = dims_of(q, k, v);
+/* The arguments every mode shares, for node t whose inputs 0..2 are q, k, v (data in[0..2]). */
+static flx_attention_args base_args(const flx_tensor *t, const void *const *in, int32_t mode,
+                                    dims *d) {
+    const flx_tensor *q = t->in[0];
+    *d = dims_of(q, t->in[1], t->in[2]);
     return (flx_attention_args){
         .mode = mode, .dtype = q->dtype, .B = d->B, .H = d->H, .S = d->S, .T = d->T, .D = d->D,
-        .Dv = d->Dv, .causal = node->attrs.u.attention.causal, .scale = node->attrs.u.attention.scale,
+        .Dv = d->Dv, .causal = t->attrs.u.attention.causal, .scale = t->attrs.u.attention.scale,
+        .q = in[0], .k = in[1], .v = in[2],
         .sq = contig(d, d->S, d->D), .sk = contig(d, d->T, d->D), .sv = contig(d, d->T, d->Dv),
     };
 }
@@ -95,10 +98,7 @@ static flx_attention_args base_args(const flx_tensor *q, const flx_tensor *k, co
 static flx_status exec_fwd(const flx_tensor *t, void *out, const void *const *in) {
     if (t->numel == 0) return FLX_OK;
     dims d;
-    flx_attention_args a = base_args(t->in[0], t->in[1], t->in[2], t, FLX_ATTENTION_FWD, &d);
-    a.q = in[0];
-    a.k = in[1];
-    a.v = in[2];
+    flx_attention_args a = base_args(t, in, FLX_ATTENTION_FWD, &d);
     a.o = out;
     a.so = contig(&d, d.S, d.Dv);
     if (t->op == FLX_OP_ATTENTION_FWD) {
@@ -112,14 +112,11 @@ static flx_status exec_fwd(const flx_tensor *t, void *out, const void *const *in
 static flx_status exec_bwd(const flx_tensor *t, void *out, const void *const *in) {
     if (t->numel == 0) return FLX_OK;
     dims d;
-    flx_attention_args a = base_args(t->in[0], t->in[1], t->in[2], t, FLX_ATTENTION_BWD, &d);
+    flx_attention_args a = base_args(t, in, FLX_ATTENTION_BWD, &d);
     size_t lse_off, off[4];
     fwd_layout(&d, t->dtype, &lse_off);
     int32_t want = t->attrs.u.attention.want;
     bwd_layout(&d, t->dtype, want, off);
-    a.q = in[0];
-    a.k = in[1];
-    a.v = in[2];
     a.o = (void *)in[3]; /* read only in BWD */
     a.so = contig(&d, d.S, d.Dv);
     a.lse = (char *)in[3] + lse_off;
@@ -155,10 +152,7 @@ static flx_status exec_grad(const flx_tensor *t, void *out, const void *const *i
 static flx_status exec_jvp(const flx_tensor *t, void *out, const void *const *in) {
     if (t->numel == 0) return FLX_OK;
     dims d;
-    flx_attention_args a = base_args(t->in[0], t->in[1], t->in[2], t, FLX_ATTENTION_JVP, &d);
-    a.q = in[0];
-    a.k = in[1];
-    a.v = in[2];
+    flx_attention_args a = base_args(t, in, FLX_ATTENTION_JVP, &d);
     const void *tan[3] = {NULL, NULL, NULL};
     for (int32_t i = 0, pos = 3; i < 3; i++)
         if (t->attrs.u.attention.tmask & (1 << i)) tan[i] = in[pos++];

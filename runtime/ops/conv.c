@@ -103,6 +103,31 @@ static bool window_fits(const char *op, const flx_tensor *x, const flx_attrs *at
     return true;
 }
 
+/* The window over x's (H, W) planes: parse_window, then window_fits. A pooling window (pool:
+ * stride defaults to the kernel) must also have padding at most half the kernel. */
+static bool window_over(const char *op, const flx_tensor *x, const int64_t *kernel,
+                        const int64_t *stride, const int64_t *padding, const int64_t *dilation,
+                        bool pool, flx_attrs *at, int64_t *oh, int64_t *ow) {
+    if (!parse_window(op, kernel, stride, padding, dilation, pool, at)) return false;
+    for (int i = 0; pool && i < 2; i++)
+        if (2 * at->u.conv.p[i] > at->u.conv.k[i]) {
+            flx_set_error(FLX_ERR_INVALID_ARGUMENT,
+                          "%s: padding (%lld, %lld) must be at most half the kernel (%lld, %lld)",
+                          op, (long long)at->u.conv.p[0], (long long)at->u.conv.p[1],
+                          (long long)at->u.conv.k[0], (long long)at->u.conv.k[1]);
+            return false;
+        }
+    return window_fits(op, x, at, oh, ow);
+}
+
+/* The arguments of a one-input window op (im2col, pooling): x a float NCHW tensor, the window. */
+static bool window_input(const char *op, flx_tensor *x, const int64_t *kernel,
+                         const int64_t *stride, const int64_t *padding, const int64_t *dilation,
+                         bool pool, flx_attrs *at, int64_t *oh, int64_t *ow) {
+    return flx_check_inputs(op, 1, &x) && check_nchw(op, "x", x) &&
+           window_over(op, x, kernel, stride, padding, dilation, pool, at, oh, ow);
+}
+
 /* ---- internal builders (arguments already checked) ---------------------------------------- */
 static flx_tensor *im2col_node(flx_tensor *x, const flx_attrs *at0) {
     flx_attrs at = *at0;
@@ -214,13 +239,10 @@ void flx_ops_register_conv(flx_op_def *t) {
 /* ---- public ----------------------------------------------------------------------------------- */
 flx_tensor *flx_im2col(flx_tensor *x, const int64_t *kernel, const int64_t *stride,
                        const int64_t *padding, const int64_t *dilation) {
-    static const char *op = "flx_im2col";
-    if (!flx_check_inputs(op, 1, &x)) return NULL;
-    if (!check_nchw(op, "x", x)) return NULL;
     flx_attrs at;
     int64_t oh, ow;
-    if (!parse_window(op, kernel, stride, padding, dilation, false, &at)) return NULL;
-    if (!window_fits(op, x, &at, &oh, &ow)) return NULL;
+    if (!window_input("flx_im2col", x, kernel, stride, padding, dilation, false, &at, &oh, &ow))
+        return NULL;
     return im2col_node(x, &at);
 }
 
@@ -283,8 +305,7 @@ flx_tensor *flx_conv2d(flx_tensor *x, flx_tensor *w, flx_tensor *b, const int64_
     int64_t kernel[2] = {w->shape[2], w->shape[3]};
     flx_attrs at;
     int64_t oh, ow;
-    if (!parse_window(op, kernel, stride, padding, dilation, false, &at)) return NULL;
-    if (!window_fits(op, x, &at, &oh, &ow)) return NULL;
+    if (!window_over(op, x, kernel, stride, padding, dilation, false, &at, &oh, &ow)) return NULL;
     if (flx_scope_begin() != FLX_OK) return NULL;
     int64_t N = x->shape[0];
     flx_tensor *cols = im2col_node(x, &at);                     /* (N, C K, L) */
@@ -303,19 +324,8 @@ flx_tensor *flx_conv2d(flx_tensor *x, flx_tensor *w, flx_tensor *b, const int64_
 /* Validates a max-pool call into attrs (false with the error set). */
 static bool maxpool_attrs(const char *op, flx_tensor *x, const int64_t *kernel, const int64_t *stride,
                           const int64_t *padding, const int64_t *dilation, flx_attrs *at) {
-    if (!flx_check_inputs(op, 1, &x)) return false;
-    if (!check_nchw(op, "x", x)) return false;
     int64_t oh, ow;
-    if (!parse_window(op, kernel, stride, padding, dilation, true, at)) return false;
-    for (int i = 0; i < 2; i++)
-        if (2 * at->u.conv.p[i] > at->u.conv.k[i]) {
-            flx_set_error(FLX_ERR_INVALID_ARGUMENT,
-                          "%s: padding (%lld, %lld) must be at most half the kernel (%lld, %lld)",
-                          op, (long long)at->u.conv.p[0], (long long)at->u.conv.p[1],
-                          (long long)at->u.conv.k[0], (long long)at->u.conv.k[1]);
-            return false;
-        }
-    if (!window_fits(op, x, at, &oh, &ow)) return false;
+    if (!window_input(op, x, kernel, stride, padding, dilation, true, at, &oh, &ow)) return false;
     /* Every window must hold at least one input position (else it has no maximum). */
     for (int ax = 0; ax < 2; ax++) {
         int64_t n_out = ax == 0 ? oh : ow, len = x->shape[2 + ax];
@@ -352,21 +362,10 @@ flx_tensor *flx_max_pool2d_indices(flx_tensor *x, const int64_t *kernel, const i
 
 flx_tensor *flx_avg_pool2d(flx_tensor *x, const int64_t *kernel, const int64_t *stride,
                            const int64_t *padding) {
-    static const char *op = "flx_avg_pool2d";
-    if (!flx_check_inputs(op, 1, &x)) return NULL;
-    if (!check_nchw(op, "x", x)) return NULL;
     flx_attrs at;
     int64_t oh, ow;
-    if (!parse_window(op, kernel, stride, padding, NULL, true, &at)) return NULL;
-    for (int i = 0; i < 2; i++)
-        if (2 * at.u.conv.p[i] > at.u.conv.k[i]) {
-            flx_set_error(FLX_ERR_INVALID_ARGUMENT,
-                          "%s: padding (%lld, %lld) must be at most half the kernel (%lld, %lld)",
-                          op, (long long)at.u.conv.p[0], (long long)at.u.conv.p[1],
-                          (long long)at.u.conv.k[0], (long long)at.u.conv.k[1]);
-            return NULL;
-        }
-    if (!window_fits(op, x, &at, &oh, &ow)) return NULL;
+    if (!window_input("flx_avg_pool2d", x, kernel, stride, padding, NULL, true, &at, &oh, &ow))
+        return NULL;
     if (flx_scope_begin() != FLX_OK) return NULL;
     int64_t N = x->shape[0], C = x->shape[1];
     int64_t s1[4] = {N * C, 1, x->shape[2], x->shape[3]};

@@ -93,39 +93,24 @@ static flx_tensor *index_select_node(flx_tensor *x, int32_t axis, flx_tensor *in
 }
 
 /* ---- exec ----------------------------------------------------------------------------------- */
-static flx_status exec_permute(const flx_tensor *t, void *out, const void *const *in) {
+/* permute, broadcast and slice: the output's elements, written contiguously, are read from the
+ * input's contiguous layout at offset off with per-axis strides is (the op's view of it). */
+static flx_status exec_view(const flx_tensor *t, void *out, const void *const *in) {
     const flx_tensor *x = t->in[0];
-    int64_t xs[FLX_MAX_DIMS], is[FLX_MAX_DIMS], os[FLX_MAX_DIMS];
+    int64_t xs[FLX_MAX_DIMS], is[FLX_MAX_DIMS], os[FLX_MAX_DIMS], off = 0;
     flx_contiguous_strides(x->ndim, x->shape, xs);
     flx_contiguous_strides(t->ndim, t->shape, os);
-    for (int32_t i = 0; i < t->ndim; i++) is[i] = xs[t->attrs.u.permute.perm[i]];
-    return run_copy(t->ctx, flx_dtype_size(t->dtype), t->ndim, t->shape, 0, is, 0, os,
-                    in[0], out);
-}
-
-static flx_status exec_broadcast(const flx_tensor *t, void *out, const void *const *in) {
-    const flx_tensor *x = t->in[0];
-    int64_t xs[FLX_MAX_DIMS], is[FLX_MAX_DIMS], os[FLX_MAX_DIMS];
-    flx_contiguous_strides(x->ndim, x->shape, xs);
-    flx_contiguous_strides(t->ndim, t->shape, os);
-    int32_t lead = t->ndim - x->ndim;
-    for (int32_t i = 0; i < t->ndim; i++) {
-        int32_t j = i - lead;
-        is[i] = (j < 0 || x->shape[j] == 1) ? 0 : xs[j];
-    }
-    return run_copy(t->ctx, flx_dtype_size(t->dtype), t->ndim, t->shape, 0, is, 0, os,
-                    in[0], out);
-}
-
-static flx_status exec_slice(const flx_tensor *t, void *out, const void *const *in) {
-    const flx_tensor *x = t->in[0];
-    int64_t xs[FLX_MAX_DIMS], is[FLX_MAX_DIMS], os[FLX_MAX_DIMS];
-    flx_contiguous_strides(x->ndim, x->shape, xs);
-    flx_contiguous_strides(t->ndim, t->shape, os);
-    int64_t off = 0;
+    int32_t lead = t->ndim - x->ndim; /* broadcast: new leading axes */
     for (int32_t d = 0; d < t->ndim; d++) {
-        off += t->attrs.u.slice.start[d] * xs[d];
-        is[d] = t->attrs.u.slice.step[d] * xs[d];
+        switch (t->op) {
+        case FLX_OP_PERMUTE: is[d] = xs[t->attrs.u.permute.perm[d]]; break;
+        case FLX_OP_BROADCAST:
+            is[d] = (d < lead || x->shape[d - lead] == 1) ? 0 : xs[d - lead];
+            break;
+        default: /* FLX_OP_SLICE */
+            off += t->attrs.u.slice.start[d] * xs[d];
+            is[d] = t->attrs.u.slice.step[d] * xs[d];
+        }
     }
     return run_copy(t->ctx, flx_dtype_size(t->dtype), t->ndim, t->shape, off, is, 0, os,
                     in[0], out);
@@ -260,10 +245,10 @@ static flx_status vjp_index_add(flx_tensor *t, flx_tensor *g, flx_tensor **gin) 
 }
 void flx_ops_register_shape(flx_op_def *t) {
     t[FLX_OP_RESHAPE] = (flx_op_def){"reshape", NULL, vjp_reshape, flx_jvp_linear, FLX_OPF_ALIAS};
-    t[FLX_OP_PERMUTE] = (flx_op_def){"permute", exec_permute, vjp_permute, flx_jvp_linear, 0};
+    t[FLX_OP_PERMUTE] = (flx_op_def){"permute", exec_view, vjp_permute, flx_jvp_linear, 0};
     t[FLX_OP_BROADCAST] =
-        (flx_op_def){"broadcast", exec_broadcast, vjp_broadcast, flx_jvp_linear, 0};
-    t[FLX_OP_SLICE] = (flx_op_def){"slice", exec_slice, vjp_slice, flx_jvp_linear, 0};
+        (flx_op_def){"broadcast", exec_view, vjp_broadcast, flx_jvp_linear, 0};
+    t[FLX_OP_SLICE] = (flx_op_def){"slice", exec_view, vjp_slice, flx_jvp_linear, 0};
     t[FLX_OP_PAD] = (flx_op_def){"pad", exec_pad, vjp_pad, jvp_pad, 0};
     t[FLX_OP_CONCAT] = (flx_op_def){"concat", exec_concat, vjp_concat, flx_jvp_linear, 0};
     t[FLX_OP_INDEX_SELECT] =
@@ -428,13 +413,25 @@ flx_tensor *flx_slice(flx_tensor *x, int32_t axis, int64_t start, int64_t stop, 
     return slice_node(x, st, sp, shape);
 }
 
-flx_tensor *flx_concat(int32_t n, flx_tensor *const *xs, int32_t axis) {
+/* concat, stack: at least one tensor, each valid and of tensor 0's dtype. */
+static bool check_joined(const char *name, int32_t n, flx_tensor *const *xs) {
     if (n <= 0 || !xs) {
-        flx_set_error(FLX_ERR_INVALID_ARGUMENT, "flx_concat: needs at least one tensor (n %d%s)",
+        flx_set_error(FLX_ERR_INVALID_ARGUMENT, "%s: needs at least one tensor (n %d%s)", name,
                       (int)n, xs ? "" : ", xs NULL");
-        return NULL;
+        return false;
     }
-    if (!flx_check_inputs("flx_concat", n, xs)) return NULL;
+    if (!flx_check_inputs(name, n, xs)) return false;
+    for (int32_t i = 1; i < n; i++)
+        if (xs[i]->dtype != xs[0]->dtype) {
+            flx_set_error(FLX_ERR_DTYPE, "%s: tensor %d %s differs in dtype from tensor 0 %s", name,
+                          (int)i, flx_describe(xs[i]), flx_describe(xs[0]));
+            return false;
+        }
+    return true;
+}
+
+flx_tensor *flx_concat(int32_t n, flx_tensor *const *xs, int32_t axis) {
+    if (!check_joined("flx_concat", n, xs)) return NULL;
     flx_tensor *x0 = xs[0];
     int32_t a;
     if (!flx_norm_axis("flx_concat", axis, x0->ndim, &a)) return NULL;
@@ -443,11 +440,6 @@ flx_tensor *flx_concat(int32_t n, flx_tensor *const *xs, int32_t axis) {
     shape[a] = 0;
     for (int32_t i = 0; i < n; i++) {
         flx_tensor *x = xs[i];
-        if (x->dtype != x0->dtype) {
-            flx_set_error(FLX_ERR_DTYPE, "flx_concat: tensor %d %s differs in dtype from tensor 0 %s",
-                          (int)i, flx_describe(x), flx_describe(x0));
-            return NULL;
-        }
         bool ok = x->ndim == x0->ndim;
         for (int32_t d = 0; ok && d < x->ndim; d++)
             if (d != a && x->shape[d] != x0->shape[d]) ok = false;
@@ -488,20 +480,10 @@ static flx_tensor *unsqueeze_at(flx_tensor *x, int32_t a) {
 }
 
 flx_tensor *flx_stack(int32_t n, flx_tensor *const *xs, int32_t axis) {
-    if (n <= 0 || !xs) {
-        flx_set_error(FLX_ERR_INVALID_ARGUMENT, "flx_stack: needs at least one tensor (n %d%s)",
-                      (int)n, xs ? "" : ", xs NULL");
-        return NULL;
-    }
-    if (!flx_check_inputs("flx_stack", n, xs)) return NULL;
+    if (!check_joined("flx_stack", n, xs)) return NULL;
     int32_t a;
     if (!insert_axis("flx_stack", xs[0], axis, &a)) return NULL;
     for (int32_t i = 1; i < n; i++) {
-        if (xs[i]->dtype != xs[0]->dtype) {
-            flx_set_error(FLX_ERR_DTYPE, "flx_stack: tensor %d %s differs in dtype from tensor 0 %s",
-                          (int)i, flx_describe(xs[i]), flx_describe(xs[0]));
-            return NULL;
-        }
         if (!flx_shape_eq(xs[i]->ndim, xs[i]->shape, xs[0]->ndim, xs[0]->shape)) {
             flx_set_error(FLX_ERR_SHAPE, "flx_stack: tensor %d %s differs in shape from tensor 0 %s",
                           (int)i, flx_describe(xs[i]), flx_describe(xs[0]));
@@ -509,11 +491,9 @@ flx_tensor *flx_stack(int32_t n, flx_tensor *const *xs, int32_t axis) {
         }
     }
     flx_tensor *local[16];
-    flx_tensor **us = n <= 16 ? local : (flx_tensor **)calloc((size_t)n, sizeof *us);
-    if (!us) {
-        flx_set_error(FLX_ERR_OUT_OF_MEMORY, "flx_stack: out of host memory");
-        return NULL;
-    }
+    flx_tensor **us =
+        n <= 16 ? local : (flx_tensor **)flx_host_calloc((size_t)n, sizeof *us, "flx_stack");
+    if (!us) return NULL;
     if (flx_scope_begin() != FLX_OK) {
         if (us != local) free(us);
         return NULL;
