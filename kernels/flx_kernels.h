@@ -150,8 +150,7 @@ typedef struct flx_index_args {
     int32_t mode;
     flx_dtype dtype, idx_dtype;
     int64_t outer, n_src, n_idx, inner;
-    const void *src;
-    const void *idx;
+    const void *src, *idx;
     void *out;
     flx_kerr err;
 } flx_index_args;
@@ -310,9 +309,7 @@ typedef struct flx_lu_args {
     flx_dtype dtype; /* f32, f64 */
     int64_t batch, n, k;
     int32_t trans, check;
-    const void *a;
-    const void *lu;
-    const void *b;
+    const void *a, *lu, *b;
     void *out;
     flx_kerr err;
 } flx_lu_args;

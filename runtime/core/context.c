@@ -33,7 +33,7 @@ const char *flx_dtype_name(flx_dtype dt) {
 
 bool flx_dtype_valid(flx_dtype dt) { return (int)dt >= 0 && dt < FLX_DTYPE_COUNT; }
 bool flx_dtype_is_float(flx_dtype dt) {
-    return dt == FLX_F32 || dt == FLX_F64 || dt == FLX_F16 || dt == FLX_BF16;
+    return dt == FLX_F32 || dt == FLX_F64 || flx_dtype_is_half(dt);
 }
 
 flx_device flx_device_cpu(void) {

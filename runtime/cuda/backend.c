@@ -245,7 +245,7 @@ static flx_status matmul_scale_c(flx_ctx *ctx, const flx_matmul_args *a) {
 }
 
 static flx_status matmul_in(flx_ctx *ctx, const flx_matmul_args *a) {
-    if (a->dtype != FLX_F32 && a->dtype != FLX_F64 && a->dtype != FLX_F16 && a->dtype != FLX_BF16)
+    if (!flx_dtype_is_float(a->dtype))
         return flx_set_error(FLX_ERR_DTYPE,
                              "cuda matmul: dtype %s is not supported (f32, f64, f16, bf16)",
                              flx_dtype_name(a->dtype));
@@ -270,7 +270,7 @@ static flx_status matmul_in(flx_ctx *ctx, const flx_matmul_args *a) {
     cublasStatus_t bs;
     const char *fn = a->dtype == FLX_F32 ? "SgemmStridedBatched"
                      : a->dtype == FLX_F64 ? "DgemmStridedBatched" : "GemmStridedBatchedEx";
-    if (a->dtype == FLX_F16 || a->dtype == FLX_BF16) {
+    if (flx_dtype_is_half(a->dtype)) {
         /* 16-bit A, B and C on tensor cores, products accumulated in f32 (CUBLAS_COMPUTE_32F with
          * reduced-precision reductions disallowed, see math_mode_of), C rounded once to its
          * dtype; alpha and beta are f32, the scale type of CUBLAS_COMPUTE_32F. */

@@ -44,7 +44,7 @@ flx_sharded_optim *flx_sharded_optim_create(flx_comm *comm, flx_optim_kind kind,
     }
     /* Mixed precision is not sharded: the packed gradients would be averaged in half precision,
      * and a found-inf flag would have to be agreed by every rank before any of them updates. */
-    if (params[0]->dtype == FLX_F16 || params[0]->dtype == FLX_BF16) {
+    if (flx_dtype_is_half(params[0]->dtype)) {
         flx_set_error(FLX_ERR_DTYPE, "%s: params[0] is %s; the sharded optimiser takes f32 or f64 "
                       "parameters (for f16/bf16 use flx_comm_average_grads and flx_optim_step)",
                       fn, flx_describe(params[0]));

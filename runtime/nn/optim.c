@@ -221,8 +221,7 @@ flx_optim *flx_optim_create(flx_ctx *ctx, flx_optim_kind kind, int32_t n,
     if (!flx_check_source_list(fn, "parameter", FLX_ERR_STATE, ctx, n, params)) return NULL;
     for (int32_t i = 0; i < n; i++) {
         flx_tensor *p = params[i];
-        if (p->dtype != FLX_F32 && p->dtype != FLX_F64 && p->dtype != FLX_F16 &&
-            p->dtype != FLX_BF16) {
+        if (!flx_dtype_is_float(p->dtype)) {
             flx_set_error(FLX_ERR_DTYPE, "%s: parameter %d %s is not f32, f64, f16 or bf16", fn,
                           (int)i, flx_describe(p));
             return NULL;
@@ -268,7 +267,7 @@ flx_optim *flx_optim_create(flx_ctx *ctx, flx_optim_kind kind, int32_t n,
     o->refs = 1;
     o->kind = kind;
     o->dtype = params[0]->dtype;
-    o->has_master = o->dtype == FLX_F16 || o->dtype == FLX_BF16;
+    o->has_master = flx_dtype_is_half(o->dtype);
     o->sdtype = o->has_master ? FLX_F32 : o->dtype;
     o->scaling = c.loss_scaling;
     o->growth = c.growth_factor;
