@@ -389,6 +389,9 @@ bool flx_check_float(const char *op, const flx_tensor *t);
 /* Normalises an axis for ndim (negative counts from the end); false with the error set if out
  * of range. */
 bool flx_norm_axis(const char *op, int32_t axis, int32_t ndim, int32_t *out);
+/* An index k into n things (what names them in messages: "input index"): false with
+ * FLX_ERR_INVALID_ARGUMENT "<fn>: <what> k outside [0, n)" set when k is out of range. */
+bool flx_check_index(const char *fn, const char *what, int32_t k, int32_t n);
 /* Row-major contiguous strides of a shape (elements). */
 void flx_contiguous_strides(int32_t ndim, const int64_t *shape, int64_t *strides);
 /* Product of the sizes; 0 when any size is 0, -1 when a size is negative or the product

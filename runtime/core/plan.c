@@ -166,13 +166,7 @@ static flx_status bind(flx_plan *p, int32_t k, flx_tensor *t, const char *fn) {
 
 /* A plan and an input index in range; false with the error set. */
 static bool check_plan_input(const char *fn, const flx_plan *p, int32_t k) {
-    if (!check_plan(fn, p)) return false;
-    if (k < 0 || k >= p->n_in) {
-        flx_set_error(FLX_ERR_INVALID_ARGUMENT, "%s: input index %d outside [0, %d)", fn, (int)k,
-                      (int)p->n_in);
-        return false;
-    }
-    return true;
+    return check_plan(fn, p) && flx_check_index(fn, "input index", k, p->n_in);
 }
 
 flx_status flx_plan_set_input(flx_plan *p, int32_t k, flx_tensor *t) {
@@ -322,11 +316,7 @@ flx_status flx_plan_run(flx_plan *p, int32_t n_in, flx_tensor *const *inputs) {
 
 flx_tensor *flx_plan_output(flx_plan *p, int32_t k) {
     if (!check_plan("flx_plan_output", p)) return NULL;
-    if (k < 0 || k >= p->n_out) {
-        flx_set_error(FLX_ERR_INVALID_ARGUMENT, "flx_plan_output: output index %d outside [0, %d)",
-                      (int)k, (int)p->n_out);
-        return NULL;
-    }
+    if (!flx_check_index("flx_plan_output", "output index", k, p->n_out)) return NULL;
     return flx_adopt(flx_retain(p->out[k].handle));
 }
 

@@ -483,6 +483,12 @@ bool flx_check_float(const char *op, const flx_tensor *t) {
     return false;
 }
 
+bool flx_check_index(const char *fn, const char *what, int32_t k, int32_t n) {
+    if (k >= 0 && k < n) return true;
+    flx_set_error(FLX_ERR_INVALID_ARGUMENT, "%s: %s %d outside [0, %d)", fn, what, (int)k, (int)n);
+    return false;
+}
+
 bool flx_norm_axis(const char *op, int32_t axis, int32_t ndim, int32_t *out) {
     int32_t a = axis < 0 ? axis + ndim : axis;
     if (a < 0 || a >= ndim) {

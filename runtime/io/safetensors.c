@@ -711,11 +711,7 @@ flx_tensor *flx_checkpoint_tensor(flx_checkpoint *ck, int32_t i) {
         flx_set_error(FLX_ERR_INVALID_ARGUMENT, "flx_checkpoint_tensor: checkpoint is NULL");
         return NULL;
     }
-    if (i < 0 || i >= ck->n) {
-        flx_set_error(FLX_ERR_INVALID_ARGUMENT, "flx_checkpoint_tensor: index %d outside [0, %d)",
-                      (int)i, (int)ck->n);
-        return NULL;
-    }
+    if (!flx_check_index("flx_checkpoint_tensor", "index", i, ck->n)) return NULL;
     return flx_adopt(flx_retain(ck->tensors[i]));
 }
 

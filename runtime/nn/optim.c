@@ -546,12 +546,7 @@ flx_status flx_optim_get_hparam(flx_optim *o, flx_optim_hparam which, double *ou
 int32_t flx_optim_state_count(const flx_optim *o) { return o ? o->n_slots : -1; }
 
 static flx_buffer *state_of(const char *fn, flx_optim *o, int32_t i, int32_t slot) {
-    if (!flx_optim_check(fn, o)) return NULL;
-    if (i < 0 || i >= o->n) {
-        flx_set_error(FLX_ERR_INVALID_ARGUMENT, "%s: parameter index %d outside [0, %d)", fn, (int)i,
-                      (int)o->n);
-        return NULL;
-    }
+    if (!flx_optim_check(fn, o) || !flx_check_index(fn, "parameter index", i, o->n)) return NULL;
     if (slot < 0 || slot >= o->n_slots) {
         flx_set_error(FLX_ERR_INVALID_ARGUMENT, "%s: state slot %d outside [0, %d) for a %s optimiser",
                       fn, (int)slot, (int)o->n_slots, flx_optim_kind_name(o->kind));
