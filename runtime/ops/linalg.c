@@ -28,6 +28,16 @@ static bool check_rank(const char *op, const char *what, const flx_tensor *t, in
     return false;
 }
 
+/* The inner dimension of a product: a's ak columns against b's bk rows. */
+static bool inner_match(const char *op, const flx_tensor *a, int64_t ak, const flx_tensor *b,
+                        int64_t bk) {
+    if (ak == bk) return true;
+    flx_set_error(FLX_ERR_SHAPE,
+                  "%s: inner dimensions differ: a %s has %lld columns but b %s has %lld rows", op,
+                  flx_describe(a), (long long)ak, flx_describe(b), (long long)bk);
+    return false;
+}
+
 /* Broadcast of the batch dims (all but the last two) of a and b; false with the error set. */
 static bool batch_broadcast(const char *op, const flx_tensor *a, const flx_tensor *b,
                             int32_t *nb, int64_t *shape) {
@@ -87,12 +97,7 @@ static flx_tensor *mm_node(flx_tensor *a, flx_tensor *b, int32_t ta, int32_t tb)
     int64_t ak = ta ? a->shape[a->ndim - 2] : a->shape[a->ndim - 1];
     int64_t bk = tb ? b->shape[b->ndim - 1] : b->shape[b->ndim - 2];
     int64_t bn = tb ? b->shape[b->ndim - 2] : b->shape[b->ndim - 1];
-    if (ak != bk) {
-        flx_set_error(FLX_ERR_SHAPE,
-                      "%s: inner dimensions differ: a %s has %lld columns but b %s has %lld rows",
-                      op, flx_describe(a), (long long)ak, flx_describe(b), (long long)bk);
-        return NULL;
-    }
+    if (!inner_match(op, a, ak, b, bk)) return NULL;
     int32_t nb;
     int64_t shape[FLX_MAX_DIMS];
     if (!batch_broadcast(op, a, b, &nb, shape)) return NULL;
@@ -174,12 +179,7 @@ flx_tensor *flx_matmul(flx_tensor *a, flx_tensor *b) {
     }
     int64_t ka = a->shape[a->ndim - 1];
     int64_t kb = b->ndim == 1 ? b->shape[0] : b->shape[b->ndim - 2];
-    if (ka != kb) {
-        flx_set_error(FLX_ERR_SHAPE,
-                      "%s: inner dimensions differ: a %s has %lld columns but b %s has %lld rows",
-                      op, flx_describe(a), (long long)ka, flx_describe(b), (long long)kb);
-        return NULL;
-    }
+    if (!inner_match(op, a, ka, b, kb)) return NULL;
     bool va = a->ndim == 1, vb = b->ndim == 1;
     if (flx_scope_begin() != FLX_OK) return NULL;
     flx_tensor *a2 = a, *b2 = b;

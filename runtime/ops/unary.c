@@ -116,26 +116,23 @@ flx_tensor *flx_abs(flx_tensor *x) {
 flx_tensor *flx_unary_inside(flx_tensor *x, double lo, double hi) {
     return make_unary(FLX_UNARY_INSIDE, x, lo, hi);
 }
-flx_tensor *flx_leaky_relu(flx_tensor *x, double slope) {
-    if (!isfinite(slope)) {
-        flx_set_error(FLX_ERR_INVALID_ARGUMENT, "flx_leaky_relu: slope must be finite (got %g)", slope);
+/* A unary op with one parameter v that must be finite (named what in the message). */
+static flx_tensor *unary_finite(const char *fn, const char *what, int32_t op, flx_tensor *x,
+                                double v) {
+    if (!isfinite(v)) {
+        flx_set_error(FLX_ERR_INVALID_ARGUMENT, "%s: %s must be finite (got %g)", fn, what, v);
         return NULL;
     }
-    return make_unary(FLX_UNARY_LEAKY_RELU, x, slope, 0);
+    return make_unary(op, x, v, 0);
+}
+flx_tensor *flx_leaky_relu(flx_tensor *x, double slope) {
+    return unary_finite("flx_leaky_relu", "slope", FLX_UNARY_LEAKY_RELU, x, slope);
 }
 flx_tensor *flx_elu(flx_tensor *x, double alpha) {
-    if (!isfinite(alpha)) {
-        flx_set_error(FLX_ERR_INVALID_ARGUMENT, "flx_elu: alpha must be finite (got %g)", alpha);
-        return NULL;
-    }
-    return make_unary(FLX_UNARY_ELU, x, alpha, 0);
+    return unary_finite("flx_elu", "alpha", FLX_UNARY_ELU, x, alpha);
 }
 flx_tensor *flx_pow_scalar(flx_tensor *x, double p) {
-    if (!isfinite(p)) {
-        flx_set_error(FLX_ERR_INVALID_ARGUMENT, "flx_pow_scalar: exponent must be finite (got %g)", p);
-        return NULL;
-    }
-    return make_unary(FLX_UNARY_POW, x, p, 0);
+    return unary_finite("flx_pow_scalar", "exponent", FLX_UNARY_POW, x, p);
 }
 flx_tensor *flx_clamp(flx_tensor *x, double lo, double hi) {
     if (!(lo <= hi)) {
