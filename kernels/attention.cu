@@ -80,6 +80,12 @@ __device__ __forceinline__ int key_end(const Params &p, int i) {
     return e < 0 ? 0 : (e > p.T ? p.T : (int)e);
 }
 
+// Each warp's accumulators: a slice of the block's dynamic shared memory (double-aligned).
+extern __shared__ double smem_d[];
+template <typename A> __device__ __forceinline__ A *warp_slice(int warp, int slice) {
+    return (A *)smem_d + (int64_t)warp * slice;
+}
+
 // Shared floats per warp of each generic kernel.
 template <bool JVP> __host__ __device__ constexpr int fwd_slice(int D, int Dv) {
     return JVP ? 2 * D + 2 * Dv + 64 : D + Dv + 32;
@@ -90,15 +96,10 @@ __host__ __device__ constexpr int bwd_slice(int D, int Dv) { return 2 * D + 2 * 
 // Shared slice (JVP adds the bracketed parts): q[D] [dq[D]] acc[Dv] [tacc[Dv]] p[32] [ds[32]].
 template <typename T, bool JVP> __global__ void __launch_bounds__(kWarps * 32) k_rows_fwd(const Params p) {
     using A = acc_t<T>;
-    extern __shared__ double smem_d[];
-    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-    const int64_t row = (int64_t)blockIdx.x * kWarps + warp;
-    if (row >= (int64_t)p.B * p.H * p.S) return; // whole warps only: no block barrier below
-    const int i = (int)(row % p.S);
-    const int64_t bh = row / p.S;
-    const int b = (int)(bh / p.H), h = (int)(bh % p.H);
-    const int D = p.D, Dv = p.Dv;
-    A *sq = (A *)smem_d + (int64_t)warp * fwd_slice<JVP>(D, Dv);
+    WarpRow w;
+    if (!warp_row<kWarps>(p, p.S, w)) return;
+    const int warp = w.warp, lane = w.lane, i = w.r, b = w.b, h = w.h, D = p.D, Dv = p.Dv;
+    A *sq = warp_slice<A>(warp, fwd_slice<JVP>(D, Dv));
     A *sdq = sq + D;                      // JVP only
     A *acc = JVP ? sdq + D : sq + D;
     A *tacc = acc + Dv;                   // JVP only
@@ -166,23 +167,17 @@ template <typename T, bool JVP> __global__ void __launch_bounds__(kWarps * 32) k
         if (o) o[c] = from_c<T>(oc);
         if constexpr (JVP) to[c] = from_c<T>(tacc[c] * inv - rr * oc);
     }
-    if (lane == 0 && p.stats) ((A *)p.stats)[row] = l > 0 ? m + lg(l) : -(A)INFINITY;
+    if (lane == 0 && p.stats) ((A *)p.stats)[w.row] = l > 0 ? m + lg(l) : -(A)INFINITY;
 }
 
 // ---- backward, pass 1: one warp per query row: Delta_i and dQ_i --------------------------------
 // Shared slice: q[D] dO[Dv] dq[D] ds[32] (the rest of bwd_slice unused).
 template <typename T> __global__ void __launch_bounds__(kWarps * 32) k_bwd_rows(const Params p) {
     using A = acc_t<T>;
-    extern __shared__ double smem_d[];
-    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-    const int64_t row = (int64_t)blockIdx.x * kWarps + warp;
-    if (row >= (int64_t)p.B * p.H * p.S) return;
-    const int i = (int)(row % p.S);
-    const int64_t bh = row / p.S;
-    const int b = (int)(bh / p.H), h = (int)(bh % p.H);
-    const int D = p.D, Dv = p.Dv;
-    A *sq = (A *)smem_d + (int64_t)warp * bwd_slice(D, Dv);
-    A *sdo = sq + D, *dq = sdo + Dv, *sds = dq + D;
+    WarpRow w;
+    if (!warp_row<kWarps>(p, p.S, w)) return;
+    const int warp = w.warp, lane = w.lane, i = w.r, b = w.b, h = w.h, D = p.D, Dv = p.Dv;
+    A *sq = warp_slice<A>(warp, bwd_slice(D, Dv)), *sdo = sq + D, *dq = sdo + Dv, *sds = dq + D;
     const A scale = (A)p.scale;
 
     row_to_smem<T, A>(sq, at<T>(p.q, b, h, i), D, lane);
@@ -193,10 +188,10 @@ template <typename T> __global__ void __launch_bounds__(kWarps * 32) k_bwd_rows(
     const T *o = at<T>(p.o, b, h, i);
     for (int c = lane; c < Dv; c += 32) delta += sdo[c] * (A)to_c(o[c]);
     delta = warp_sum(delta);
-    if (lane == 0) ((A *)p.delta)[row] = delta;
+    if (lane == 0) ((A *)p.delta)[w.row] = delta;
 
     if (!p.dq.p) return; // only Delta wanted
-    const A L = ((const A *)p.stats)[row];
+    const A L = ((const A *)p.stats)[w.row];
     const int kend = L == -(A)INFINITY ? 0 : key_end(p, i);
     for (int j0 = 0; j0 < kend; j0 += 32) {
         const int j = j0 + lane, n = min(32, kend - j0);
@@ -222,16 +217,11 @@ template <typename T> __global__ void __launch_bounds__(kWarps * 32) k_bwd_rows(
 // Shared slice: k[D] v[Dv] dk[D] dv[Dv] p[32] ds[32].
 template <typename T> __global__ void __launch_bounds__(kWarps * 32) k_bwd_cols(const Params p) {
     using A = acc_t<T>;
-    extern __shared__ double smem_d[];
-    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-    const int64_t row = (int64_t)blockIdx.x * kWarps + warp;
-    if (row >= (int64_t)p.B * p.H * p.T) return;
-    const int j = (int)(row % p.T);
-    const int64_t bh = row / p.T;
-    const int b = (int)(bh / p.H), h = (int)(bh % p.H);
-    const int D = p.D, Dv = p.Dv;
-    A *sk = (A *)smem_d + (int64_t)warp * bwd_slice(D, Dv);
-    A *sv = sk + D, *dk = sv + Dv, *dv = dk + D, *sp = dv + Dv, *sds = sp + 32;
+    WarpRow w;
+    if (!warp_row<kWarps>(p, p.T, w)) return;
+    const int warp = w.warp, lane = w.lane, j = w.r, b = w.b, h = w.h, D = p.D, Dv = p.Dv;
+    A *sk = warp_slice<A>(warp, bwd_slice(D, Dv)), *sv = sk + D, *dk = sv + Dv, *dv = dk + D;
+    A *sp = dv + Dv, *sds = sp + 32;
     const A scale = (A)p.scale;
 
     row_to_smem<T, A>(sk, at<T>(p.k, b, h, j), D, lane);
@@ -242,8 +232,8 @@ template <typename T> __global__ void __launch_bounds__(kWarps * 32) k_bwd_cols(
     // Queries that see key j: i >= j - off when causal.
     int64_t i_lo = p.causal ? (int64_t)j - (p.T - p.S) : 0;
     if (i_lo < 0) i_lo = 0;
-    const A *Ls = (const A *)p.stats + bh * p.S;
-    const A *Dl = (const A *)p.delta + bh * p.S;
+    const A *Ls = (const A *)p.stats + w.bh * p.S;
+    const A *Dl = (const A *)p.delta + w.bh * p.S;
     for (int64_t i0 = i_lo; i0 < p.S; i0 += 32) {
         const int64_t i = i0 + lane;
         const int n = (int)min((int64_t)32, p.S - i0);
@@ -316,13 +306,7 @@ int run(int mode, int dt, const Params &p, cudaStream_t st) {
         if (mode == kJvp) return tc_jvp(p, dt, st);
         return tc_backward(p, dt, st);
     }
-    switch (dt) {
-    case FLX_F32: return generic<float>(mode, p, st);
-    case FLX_F64: return generic<double>(mode, p, st);
-    case FLX_BF16: return generic<__nv_bfloat16>(mode, p, st);
-    case FLX_F16: return generic<__half>(mode, p, st);
-    default: return (int)cudaErrorInvalidValue;
-    }
+    return with_dtype<kFloat>(dt, [&](auto t) { return generic<typename decltype(t)::type>(mode, p, st); });
 }
 
 } // namespace attn

@@ -54,6 +54,25 @@ template <typename T> __device__ __forceinline__ T *at_w(const Ten &t, int b, in
     return (T *)at<T>(t, b, h, r);
 }
 
+// The row of a (B, H, n) row space that warp threadIdx.x / 32 of a block of W warps owns: the
+// flat row, its index r within its (b, h) and bh = b H + h. False for a warp past the last row
+// (whole warps leave, so the kernels that use it must have no block barrier).
+struct WarpRow {
+    int warp, lane, r, b, h;
+    int64_t row, bh;
+};
+template <int W> __device__ __forceinline__ bool warp_row(const Params &p, int n, WarpRow &w) {
+    w.warp = threadIdx.x >> 5;
+    w.lane = threadIdx.x & 31;
+    w.row = (int64_t)blockIdx.x * W + w.warp;
+    if (w.row >= (int64_t)p.B * p.H * n) return false;
+    w.r = (int)(w.row % n);
+    w.bh = w.row / n;
+    w.b = (int)(w.bh / p.H);
+    w.h = (int)(w.bh % p.H);
+    return true;
+}
+
 enum Mode { kFwd, kBwd, kJvp };
 
 // One mode: on the tensor-core path when it takes the problem, else on the generic one

@@ -29,6 +29,8 @@
 #include <math.h>
 #include <stdint.h>
 
+#include <type_traits>
+
 #include "attention.cuh"
 #include "cuda_common.cuh"
 #include "flx_kernels.h"
@@ -44,32 +46,32 @@ constexpr float kLn2 = 0.6931471805599453f;
 extern __shared__ __align__(16) unsigned char smem_tc[];
 
 // ---- tensor-core and memory primitives --------------------------------------------------------
-template <typename T> struct Mma;
-template <> struct Mma<__nv_bfloat16> {
+// m16n8k16 with f32 accumulators for the two input types (T = __nv_bfloat16 or __half): run
+// does c += a b; pack rounds two values to T (to nearest even) as one register, the first in the
+// low half (the lower column of a fragment).
+#define FLX_MMA_16816(TY)                                                                          \
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32." TY "." TY ".f32 {%0,%1,%2,%3}, "         \
+                 "{%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"                                        \
+                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])                                  \
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1))
+template <typename T> struct Mma {
+    static constexpr bool kHalf = std::is_same<T, __half>::value;
+    static_assert(kHalf || std::is_same<T, __nv_bfloat16>::value, "tensor-core inputs are bf16 or f16");
     static __device__ __forceinline__ void run(float c[4], const uint32_t a[4], uint32_t b0, uint32_t b1) {
-        asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, "
-                     "{%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
-                     : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-                     : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-    }
-    // Two values as one register, the first in the low half (the lower column of a fragment).
-    static __device__ __forceinline__ uint32_t pack(float lo, float hi) {
-        __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
-        return *reinterpret_cast<uint32_t *>(&v);
-    }
-};
-template <> struct Mma<__half> {
-    static __device__ __forceinline__ void run(float c[4], const uint32_t a[4], uint32_t b0, uint32_t b1) {
-        asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, "
-                     "{%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
-                     : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-                     : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+        if constexpr (kHalf) FLX_MMA_16816("f16");
+        else FLX_MMA_16816("bf16");
     }
     static __device__ __forceinline__ uint32_t pack(float lo, float hi) {
-        __half2 v = __floats2half2_rn(lo, hi);
-        return *reinterpret_cast<uint32_t *>(&v);
+        if constexpr (kHalf) {
+            __half2 v = __floats2half2_rn(lo, hi);
+            return *reinterpret_cast<uint32_t *>(&v);
+        } else {
+            __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
+            return *reinterpret_cast<uint32_t *>(&v);
+        }
     }
 };
+#undef FLX_MMA_16816
 
 template <typename T> __device__ __forceinline__ uint32_t lds32(const T *p) {
     return *reinterpret_cast<const uint32_t *>(p);
@@ -330,18 +332,14 @@ __global__ void __launch_bounds__(kThreads) k_fwd_tc(const Params p) {
 // ---- backward -----------------------------------------------------------------------------------
 // Delta_i = dO_i . O_i (f32), one warp a row.
 template <typename T> __global__ void __launch_bounds__(kThreads) k_delta(const Params p) {
-    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-    const int64_t row = (int64_t)blockIdx.x * (kThreads / 32) + warp;
-    if (row >= (int64_t)p.B * p.H * p.S) return;
-    const int i = (int)(row % p.S);
-    const int64_t bh = row / p.S;
-    const int b = (int)(bh / p.H), h = (int)(bh % p.H);
-    const T *o = at<T>(p.o, b, h, i), *d = at<T>(p.dout, b, h, i);
+    WarpRow w;
+    if (!warp_row<kThreads / 32>(p, p.S, w)) return;
+    const T *o = at<T>(p.o, w.b, w.h, w.r), *d = at<T>(p.dout, w.b, w.h, w.r);
     float s = 0.f;
-    for (int c = lane; c < p.Dv; c += 32) s += to_c(o[c]) * to_c(d[c]);
+    for (int c = w.lane; c < p.Dv; c += 32) s += to_c(o[c]) * to_c(d[c]);
 #pragma unroll
     for (int x = 16; x > 0; x >>= 1) s += __shfl_xor_sync(0xffffffffu, s, x);
-    if (lane == 0) ((float *)p.delta)[row] = s;
+    if (w.lane == 0) ((float *)p.delta)[w.row] = s;
 }
 
 // dQ: grid (query tiles, B H); a block walks the key tiles its rows see.

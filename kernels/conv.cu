@@ -59,16 +59,17 @@ __global__ void im2col_kernel(Geo g, const T *x, T *out, int64_t total) {
     }
 }
 
-// out (N, C, H, W) from cols (N, C KH KW, OH OW).
-template <typename T>
-__global__ void col2im_kernel(Geo g, const T *cols, T *out, int64_t total) {
+// The two gathers onto the input (N, C, H, W): each position sums, taps ascending, the entries
+// of the windows that read it. COL2IM: out = col2im(src), src = cols (N, C KH KW, OH OW).
+// MAXPOOL_BACKWARD: out = the sum of src = gy (N, C, OH, OW) over the windows whose argmax idx
+// is this position.
+template <typename T, bool POOL>
+__global__ void gather_kernel(Geo g, const T *src, const int64_t *idx, T *out, int64_t total) {
     int64_t stride = (int64_t)gridDim.x * blockDim.x;
     int64_t K = g.KH * g.KW, L = g.OH * g.OW;
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < total; i += stride) {
-        int64_t w = i % g.W;
-        int64_t r = i / g.W;
-        int64_t h = r % g.H;
-        int64_t nc = r / g.H;
+        const flxk::Ori q = flxk::ori_of(i, g.H, g.W); // (N C, H, W)
+        const int64_t nc = q.o, h = q.r, w = q.in;
         compute_t<T> acc = 0;
         for (int64_t ki = 0; ki < g.KH; ki++) {
             int64_t oh = win_of(h, ki, g.SH, g.PH, g.DH, g.OH);
@@ -76,7 +77,12 @@ __global__ void col2im_kernel(Geo g, const T *cols, T *out, int64_t total) {
             for (int64_t kj = 0; kj < g.KW; kj++) {
                 int64_t ow = win_of(w, kj, g.SW, g.PW, g.DW, g.OW);
                 if (ow < 0) continue;
-                acc += to_c<T>(cols[(nc * K + ki * g.KW + kj) * L + oh * g.OW + ow]);
+                if constexpr (POOL) {
+                    int64_t o = (nc * g.OH + oh) * g.OW + ow;
+                    if (idx[o] == i) acc += to_c<T>(src[o]);
+                } else {
+                    acc += to_c<T>(src[(nc * K + ki * g.KW + kj) * L + oh * g.OW + ow]);
+                }
             }
         }
         out[i] = from_c<T>(acc);
@@ -88,10 +94,8 @@ template <typename T, bool INDEX>
 __global__ void maxpool_kernel(Geo g, const T *x, void *out, int64_t total) {
     int64_t stride = (int64_t)gridDim.x * blockDim.x;
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < total; i += stride) {
-        int64_t ow = i % g.OW;
-        int64_t r = i / g.OW;
-        int64_t oh = r % g.OH;
-        int64_t nc = r / g.OH;
+        const flxk::Ori q = flxk::ori_of(i, g.OH, g.OW); // (N C, OH, OW)
+        const int64_t nc = q.o, oh = q.r, ow = q.in;
         compute_t<T> best = 0;
         int64_t arg = -1;
         bool best_nan = false;
@@ -118,63 +122,30 @@ __global__ void maxpool_kernel(Geo g, const T *x, void *out, int64_t total) {
     }
 }
 
-// out (N, C, H, W) = sum of g over the windows whose argmax is this position.
-template <typename T>
-__global__ void maxpool_backward_kernel(Geo g, const T *gy, const int64_t *idx, T *out,
-                                        int64_t total) {
-    int64_t stride = (int64_t)gridDim.x * blockDim.x;
-    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < total; i += stride) {
-        int64_t w = i % g.W;
-        int64_t r = i / g.W;
-        int64_t h = r % g.H;
-        int64_t nc = r / g.H;
-        compute_t<T> acc = 0;
-        for (int64_t ki = 0; ki < g.KH; ki++) {
-            int64_t oh = win_of(h, ki, g.SH, g.PH, g.DH, g.OH);
-            if (oh < 0) continue;
-            for (int64_t kj = 0; kj < g.KW; kj++) {
-                int64_t ow = win_of(w, kj, g.SW, g.PW, g.DW, g.OW);
-                if (ow < 0) continue;
-                int64_t o = (nc * g.OH + oh) * g.OW + ow;
-                if (idx[o] == i) acc += to_c<T>(gy[o]);
-            }
-        }
-        out[i] = from_c<T>(acc);
-    }
-}
-
 template <typename T>
 int launch(const flx_conv_args *a, cudaStream_t s) {
-    Geo g = geo_of(a);
-    int64_t total;
+    const Geo g = geo_of(a);
+    int64_t total; // elements of the output
     switch (a->mode) {
-    case FLX_CONV_IM2COL:
-        total = g.N * g.C * g.KH * g.KW * g.OH * g.OW;
-        if (total == 0) return 0;
-        im2col_kernel<T><<<flxk::grid_for(total), kBlock, 0, s>>>(g, (const T *)a->in, (T *)a->out, total);
-        break;
+    case FLX_CONV_IM2COL: total = g.N * g.C * g.KH * g.KW * g.OH * g.OW; break;
     case FLX_CONV_COL2IM:
-        total = g.N * g.C * g.H * g.W;
-        if (total == 0) return 0;
-        col2im_kernel<T><<<flxk::grid_for(total), kBlock, 0, s>>>(g, (const T *)a->in, (T *)a->out, total);
-        break;
+    case FLX_CONV_MAXPOOL_BACKWARD: total = g.N * g.C * g.H * g.W; break;
     case FLX_CONV_MAXPOOL:
-        total = g.N * g.C * g.OH * g.OW;
-        if (total == 0) return 0;
-        maxpool_kernel<T, false><<<flxk::grid_for(total), kBlock, 0, s>>>(g, (const T *)a->in, a->out, total);
-        break;
-    case FLX_CONV_MAXPOOL_ARGMAX:
-        total = g.N * g.C * g.OH * g.OW;
-        if (total == 0) return 0;
-        maxpool_kernel<T, true><<<flxk::grid_for(total), kBlock, 0, s>>>(g, (const T *)a->in, a->out, total);
-        break;
-    case FLX_CONV_MAXPOOL_BACKWARD:
-        total = g.N * g.C * g.H * g.W;
-        if (total == 0) return 0;
-        maxpool_backward_kernel<T><<<flxk::grid_for(total), kBlock, 0, s>>>(
-            g, (const T *)a->in, a->idx, (T *)a->out, total);
-        break;
+    case FLX_CONV_MAXPOOL_ARGMAX: total = g.N * g.C * g.OH * g.OW; break;
     default: return (int)cudaErrorInvalidValue;
+    }
+    if (total == 0) return 0;
+    const unsigned grid = flxk::grid_for(total);
+    const T *in = (const T *)a->in;
+    T *out = (T *)a->out;
+    switch (a->mode) {
+    case FLX_CONV_IM2COL: im2col_kernel<T><<<grid, kBlock, 0, s>>>(g, in, out, total); break;
+    case FLX_CONV_COL2IM: gather_kernel<T, false><<<grid, kBlock, 0, s>>>(g, in, nullptr, out, total); break;
+    case FLX_CONV_MAXPOOL_BACKWARD:
+        gather_kernel<T, true><<<grid, kBlock, 0, s>>>(g, in, a->idx, out, total);
+        break;
+    case FLX_CONV_MAXPOOL: maxpool_kernel<T, false><<<grid, kBlock, 0, s>>>(g, in, a->out, total); break;
+    default: maxpool_kernel<T, true><<<grid, kBlock, 0, s>>>(g, in, a->out, total); break; // ARGMAX
     }
     return flxk::launch_status();
 }
@@ -183,9 +154,6 @@ int launch(const flx_conv_args *a, cudaStream_t s) {
 
 extern "C" int flx_cuda_conv(const flx_conv_args *a, void *stream) {
     cudaStream_t s = (cudaStream_t)stream;
-    if (a->dtype == FLX_F32) return launch<float>(a, s);
-    if (a->dtype == FLX_F64) return launch<double>(a, s);
-    if (a->dtype == FLX_F16) return launch<__half>(a, s);
-    if (a->dtype == FLX_BF16) return launch<__nv_bfloat16>(a, s);
-    return (int)cudaErrorInvalidValue;
+    return flxk::with_dtype<flxk::kFloat>(a->dtype,
+                                          [&](auto t) { return launch<typename decltype(t)::type>(a, s); });
 }

@@ -54,13 +54,10 @@ __global__ void index_select_kernel(const E *src, const I *idx, E *out, int64_t 
                                     int64_t n_idx, int64_t inner, int64_t total) {
     int64_t stride = (int64_t)gridDim.x * blockDim.x;
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < total; i += stride) {
-        int64_t in = i % inner;
-        int64_t rest = i / inner;
-        int64_t j = rest % n_idx;
-        int64_t o = rest / n_idx;
-        int64_t t = (int64_t)idx[j];
+        const flxk::Ori e = flxk::ori_of(i, n_idx, inner);
+        int64_t t = (int64_t)idx[e.r];
         E v = 0;
-        if (t >= 0 && t < n_src) v = src[(o * n_src + t) * inner + in];
+        if (t >= 0 && t < n_src) v = src[(e.o * n_src + t) * inner + e.in];
         out[i] = v;
     }
 }
@@ -80,14 +77,11 @@ __global__ void index_add_scan_kernel(const T *src, const I *idx, T *out, int64_
                                       int64_t n_idx, int64_t inner, int64_t total) {
     int64_t stride = (int64_t)gridDim.x * blockDim.x;
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < total; i += stride) {
-        int64_t in = i % inner;
-        int64_t rest = i / inner;
-        int64_t t = rest % n_src;
-        int64_t o = rest / n_src;
+        const flxk::Ori e = flxk::ori_of(i, n_src, inner);
         flxk::compute_t<T> acc = 0;
-        const T *base = src + o * n_idx * inner + in;
+        const T *base = src + e.o * n_idx * inner + e.in;
         for (int64_t j = 0; j < n_idx; j++)
-            if ((int64_t)idx[j] == t) acc = add_elem<T>(acc, base[j * inner]);
+            if ((int64_t)idx[j] == e.r) acc = add_elem<T>(acc, base[j * inner]);
         out[i] = flxk::from_c<T>(acc);
     }
 }
@@ -125,14 +119,11 @@ __global__ void index_add_sorted_kernel(const T *src, const uint32_t *rows, cons
                                         int64_t total) {
     int64_t stride = (int64_t)gridDim.x * blockDim.x;
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < total; i += stride) {
-        int64_t in = i % inner;
-        int64_t rest = i / inner;
-        int64_t t = rest % n_src;
-        int64_t o = rest / n_src;
+        const flxk::Ori e = flxk::ori_of(i, n_src, inner);
         flxk::compute_t<T> acc = 0;
-        const T *base = src + o * n_idx * inner + in;
-        uint32_t p1 = seg[t + 1];
-        for (uint32_t p = seg[t]; p < p1; p++) acc = add_elem<T>(acc, base[(int64_t)rows[p] * inner]);
+        const T *base = src + e.o * n_idx * inner + e.in;
+        uint32_t p1 = seg[e.r + 1];
+        for (uint32_t p = seg[e.r]; p < p1; p++) acc = add_elem<T>(acc, base[(int64_t)rows[p] * inner]);
         out[i] = flxk::from_c<T>(acc);
     }
 }
@@ -210,58 +201,27 @@ int index_launch(const flx_index_args *a, const flx_cuda_lib_env *env) {
     if (a->mode == FLX_INDEX_SELECT) {
         int64_t total = a->outer * a->n_idx * a->inner;
         if (total <= 0) return 0;
-        unsigned grid = flxk::grid_for(total);
-        switch (flx_dtype_size(a->dtype)) {
-        case 1:
-            index_select_kernel<uint8_t, I><<<grid, kBlock, 0, st>>>(
-                (const uint8_t *)a->src, idx, (uint8_t *)a->out, a->n_src, a->n_idx, a->inner, total);
-            break;
-        case 2:
-            index_select_kernel<uint16_t, I><<<grid, kBlock, 0, st>>>(
-                (const uint16_t *)a->src, idx, (uint16_t *)a->out, a->n_src, a->n_idx, a->inner, total);
-            break;
-        case 4:
-            index_select_kernel<uint32_t, I><<<grid, kBlock, 0, st>>>(
-                (const uint32_t *)a->src, idx, (uint32_t *)a->out, a->n_src, a->n_idx, a->inner, total);
-            break;
-        case 8:
-            index_select_kernel<uint64_t, I><<<grid, kBlock, 0, st>>>(
-                (const uint64_t *)a->src, idx, (uint64_t *)a->out, a->n_src, a->n_idx, a->inner, total);
-            break;
-        default: return (int)cudaErrorInvalidValue;
-        }
-        return flxk::launch_status();
+        return flxk::with_size(flx_dtype_size(a->dtype), [&](auto t) {
+            using E = typename decltype(t)::type;
+            index_select_kernel<E, I><<<flxk::grid_for(total), kBlock, 0, st>>>(
+                (const E *)a->src, idx, (E *)a->out, a->n_src, a->n_idx, a->inner, total);
+            return flxk::launch_status();
+        });
     }
     if (a->mode != FLX_INDEX_ADD) return (int)cudaErrorInvalidValue;
     int64_t total = a->outer * a->n_src * a->inner;
     if (total <= 0) return 0;
-    switch (a->dtype) {
-    case FLX_F32: return index_add<float, I>(a, total, env);
-    case FLX_F64: return index_add<double, I>(a, total, env);
-    case FLX_I32: return index_add<int32_t, I>(a, total, env);
-    case FLX_I64: return index_add<int64_t, I>(a, total, env);
-    case FLX_BOOL: return index_add<uint8_t, I>(a, total, env);
-    case FLX_F16: return index_add<__half, I>(a, total, env);
-    case FLX_BF16: return index_add<__nv_bfloat16, I>(a, total, env);
-    default: return (int)cudaErrorInvalidValue;
-    }
+    return flxk::with_dtype<flxk::kAny>(a->dtype, [&](auto t) {
+        return index_add<typename decltype(t)::type, I>(a, total, env);
+    });
 }
 
 } // namespace
 
 extern "C" int flx_cuda_copy(const flx_copy_args *a, void *stream) {
-    if (a->ndim < 0 || a->ndim > FLX_MAX_DIMS) return (int)cudaErrorInvalidValue;
-    int64_t n = 1;
-    for (int d = 0; d < a->ndim; d++) n *= a->shape[d];
-    if (n <= 0) return 0;
     Space s;
-    s.ndim = a->ndim;
-    for (int d = 0; d < a->ndim; d++) {
-        s.shape[d] = a->shape[d];
-        s.st[0][d] = a->in_strides[d];
-        s.st[1][d] = a->out_strides[d];
-    }
-    flxk::coalesce(s, 2);
+    const int64_t n = flxk::space_of(s, a->ndim, a->shape, {a->in_strides, a->out_strides});
+    if (n <= 0) return n < 0 ? (int)cudaErrorInvalidValue : 0;
     cudaStream_t st = (cudaStream_t)stream;
     size_t es = a->elem_size;
     if (s.ndim == 1 && (s.shape[0] == 1 || (s.st[0][0] == 1 && s.st[1][0] == 1))) {
@@ -269,27 +229,12 @@ extern "C" int flx_cuda_copy(const flx_copy_args *a, void *stream) {
         char *dst = (char *)a->out + (size_t)a->out_off * es;
         return (int)cudaMemcpyAsync(dst, src, (size_t)n * es, cudaMemcpyDeviceToDevice, st);
     }
-    unsigned grid = flxk::grid_for(n);
-    switch (es) {
-    case 1:
-        copy_kernel<uint8_t><<<grid, kBlock, 0, st>>>(s, (const uint8_t *)a->in, a->in_off,
-                                                      (uint8_t *)a->out, a->out_off, n);
-        break;
-    case 2:
-        copy_kernel<uint16_t><<<grid, kBlock, 0, st>>>(s, (const uint16_t *)a->in, a->in_off,
-                                                       (uint16_t *)a->out, a->out_off, n);
-        break;
-    case 4:
-        copy_kernel<uint32_t><<<grid, kBlock, 0, st>>>(s, (const uint32_t *)a->in, a->in_off,
-                                                       (uint32_t *)a->out, a->out_off, n);
-        break;
-    case 8:
-        copy_kernel<uint64_t><<<grid, kBlock, 0, st>>>(s, (const uint64_t *)a->in, a->in_off,
-                                                       (uint64_t *)a->out, a->out_off, n);
-        break;
-    default: return (int)cudaErrorInvalidValue;
-    }
-    return flxk::launch_status();
+    return flxk::with_size(es, [&](auto t) {
+        using E = typename decltype(t)::type;
+        copy_kernel<E><<<flxk::grid_for(n), kBlock, 0, st>>>(s, (const E *)a->in, a->in_off, (E *)a->out,
+                                                             a->out_off, n);
+        return flxk::launch_status();
+    });
 }
 
 extern "C" int flx_cuda_index(const flx_index_args *a, const flx_cuda_lib_env *env) {

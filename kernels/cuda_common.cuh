@@ -9,6 +9,8 @@
 #include <cuda_runtime.h>
 #include <stdint.h>
 
+#include <initializer_list>
+
 #include "flx_kernels.h"
 
 namespace flxk {
@@ -124,6 +126,35 @@ inline void coalesce(Space &s, int nops) {
     for (int d = 0; d < FLX_MAX_DIMS; d++) s.fd[d] = fastdiv_make(fits && d < nd ? (uint32_t)s.shape[d] : 1u);
 }
 
+// The index space of a strided launch over ndim dims of shape with the strides of up to 3
+// operands (st: operand k's strides), coalesced into s. Returns the element count, 0 when the
+// space is empty (s is then unset: nothing is to be launched), or -1 when ndim is out of range.
+inline int64_t space_of(Space &s, int ndim, const int64_t *shape,
+                        std::initializer_list<const int64_t *> st) {
+    if (ndim < 0 || ndim > FLX_MAX_DIMS || st.size() > 3) return -1;
+    int64_t n = 1;
+    for (int d = 0; d < ndim; d++) n *= shape[d];
+    if (n <= 0) return 0;
+    s.ndim = ndim;
+    for (int d = 0; d < ndim; d++) s.shape[d] = shape[d];
+    int k = 0;
+    for (const int64_t *o : st) {
+        for (int d = 0; d < ndim; d++) s.st[k][d] = o[d];
+        k++;
+    }
+    coalesce(s, k);
+    return n;
+}
+
+// Element i of a dense (outer, rows, inner) array as its outer index o, row r and inner index in.
+struct Ori {
+    int64_t o, r, in;
+};
+__host__ __device__ __forceinline__ Ori ori_of(int64_t i, int64_t rows, int64_t inner) {
+    const int64_t rest = i / inner;
+    return Ori{rest / rows, rest % rows, i % inner};
+}
+
 // Offsets of linear index i (row-major over shape) for NOPS operands. Dim 0 needs no division,
 // so a coalesced 1-d space costs one multiply per operand; below 2^31 elements the divisions
 // are 32-bit multiply-shifts (FastDiv), else 64-bit divisions.
@@ -202,5 +233,46 @@ template <typename S> __device__ __forceinline__ double to_d(S v) { return (doub
 
 // Launch check that never synchronises: the launch error (bad configuration), if any.
 inline int launch_status() { return (int)cudaGetLastError(); }
+
+// ---- dispatch on an element type --------------------------------------------------------------
+// A type carried into a generic lambda: [&](auto t) { using T = typename decltype(t)::type; ... }.
+template <typename T> struct Tag { typedef T type; };
+
+// Sets of dtypes (bit flx_dtype) that a launcher takes.
+enum : unsigned {
+    kF32 = 1u << FLX_F32, kF64 = 1u << FLX_F64, kI32 = 1u << FLX_I32, kI64 = 1u << FLX_I64,
+    kBool = 1u << FLX_BOOL, kF16 = 1u << FLX_F16, kBF16 = 1u << FLX_BF16,
+    kReal = kF32 | kF64, kFloat = kReal | kF16 | kBF16, kNumeric = kFloat | kI32 | kI64,
+    kAny = kNumeric | kBool
+};
+
+// f(Tag<S>{}) for S the storage type of dtype (f32 float, f64 double, i32 int32_t, i64 int64_t,
+// bool uint8_t, f16 __half, bf16 __nv_bfloat16) when dtype is in TYPES, else
+// cudaErrorInvalidValue. Only the types of TYPES are instantiated.
+template <unsigned TYPES, typename F> inline int with_dtype(int dtype, F &&f) {
+    switch (dtype) {
+    case FLX_F32: if constexpr ((TYPES & kF32) != 0) return f(Tag<float>{}); break;
+    case FLX_F64: if constexpr ((TYPES & kF64) != 0) return f(Tag<double>{}); break;
+    case FLX_I32: if constexpr ((TYPES & kI32) != 0) return f(Tag<int32_t>{}); break;
+    case FLX_I64: if constexpr ((TYPES & kI64) != 0) return f(Tag<int64_t>{}); break;
+    case FLX_BOOL: if constexpr ((TYPES & kBool) != 0) return f(Tag<uint8_t>{}); break;
+    case FLX_F16: if constexpr ((TYPES & kF16) != 0) return f(Tag<__half>{}); break;
+    case FLX_BF16: if constexpr ((TYPES & kBF16) != 0) return f(Tag<__nv_bfloat16>{}); break;
+    default: break;
+    }
+    return (int)cudaErrorInvalidValue;
+}
+
+// f(Tag<U>{}) for U the unsigned integer of `bytes` bytes (1, 2, 4 or 8), else
+// cudaErrorInvalidValue: kernels that only move elements need their size, not their type.
+template <typename F> inline int with_size(size_t bytes, F &&f) {
+    switch (bytes) {
+    case 1: return f(Tag<uint8_t>{});
+    case 2: return f(Tag<uint16_t>{});
+    case 4: return f(Tag<uint32_t>{});
+    case 8: return f(Tag<uint64_t>{});
+    default: return (int)cudaErrorInvalidValue;
+    }
+}
 
 } // namespace flxk

@@ -148,7 +148,5 @@ int run(const flx_eigh_args *a, const flx_cuda_lib_env *env) {
 } // namespace
 
 extern "C" int flx_cuda_eigh(const flx_eigh_args *a, const flx_cuda_lib_env *env) {
-    if (a->dtype == FLX_F32) return run<float>(a, env);
-    if (a->dtype == FLX_F64) return run<double>(a, env);
-    return (int)cudaErrorInvalidValue;
+    return flxk::with_dtype<flxk::kReal>(a->dtype, [&](auto t) { return run<typename decltype(t)::type>(a, env); });
 }

@@ -106,21 +106,12 @@ __global__ void cast_kernel(const S *src, D *dst, int64_t n) {
 }
 
 template <typename S>
-int cast_from(const flx_cast_args *a, cudaStream_t st, unsigned grid) {
-    const S *src = (const S *)a->src;
-    switch (a->dst_dtype) {
-    case FLX_F32: cast_kernel<S, float><<<grid, kBlock, 0, st>>>(src, (float *)a->dst, a->n); break;
-    case FLX_F64: cast_kernel<S, double><<<grid, kBlock, 0, st>>>(src, (double *)a->dst, a->n); break;
-    case FLX_I32: cast_kernel<S, int32_t><<<grid, kBlock, 0, st>>>(src, (int32_t *)a->dst, a->n); break;
-    case FLX_I64: cast_kernel<S, int64_t><<<grid, kBlock, 0, st>>>(src, (int64_t *)a->dst, a->n); break;
-    case FLX_BOOL: cast_kernel<S, uint8_t><<<grid, kBlock, 0, st>>>(src, (uint8_t *)a->dst, a->n); break;
-    case FLX_F16: cast_kernel<S, __half><<<grid, kBlock, 0, st>>>(src, (__half *)a->dst, a->n); break;
-    case FLX_BF16:
-        cast_kernel<S, __nv_bfloat16><<<grid, kBlock, 0, st>>>(src, (__nv_bfloat16 *)a->dst, a->n);
-        break;
-    default: return (int)cudaErrorInvalidValue;
-    }
-    return flxk::launch_status();
+int cast_from(const flx_cast_args *a, cudaStream_t st) {
+    return flxk::with_dtype<flxk::kAny>(a->dst_dtype, [&](auto t) {
+        using D = typename decltype(t)::type;
+        cast_kernel<S, D><<<flxk::grid_for(a->n), kBlock, 0, st>>>((const S *)a->src, (D *)a->dst, a->n);
+        return flxk::launch_status();
+    });
 }
 
 // ---- unary ------------------------------------------------------------------------------------
@@ -534,110 +525,48 @@ __global__ void __launch_bounds__(kBlock, FusedMinBlocks<compute_t<S>>::value)
 extern "C" int flx_cuda_fill(const flx_fill_args *a, void *stream) {
     if (a->n <= 0) return 0;
     cudaStream_t st = (cudaStream_t)stream;
-    unsigned grid = flxk::grid_for(a->n);
-    int is64 = a->dtype == FLX_F64;
-    switch (a->dtype) {
-    case FLX_F32: fill_kernel<float><<<grid, kBlock, 0, st>>>(*a, is64); break;
-    case FLX_F64: fill_kernel<double><<<grid, kBlock, 0, st>>>(*a, is64); break;
-    case FLX_I32: fill_kernel<int32_t><<<grid, kBlock, 0, st>>>(*a, is64); break;
-    case FLX_I64: fill_kernel<int64_t><<<grid, kBlock, 0, st>>>(*a, is64); break;
-    case FLX_BOOL: fill_kernel<uint8_t><<<grid, kBlock, 0, st>>>(*a, is64); break;
-    case FLX_F16: fill_kernel<__half><<<grid, kBlock, 0, st>>>(*a, is64); break;
-    case FLX_BF16: fill_kernel<__nv_bfloat16><<<grid, kBlock, 0, st>>>(*a, is64); break;
-    default: return (int)cudaErrorInvalidValue;
-    }
-    return flxk::launch_status();
+    const int is64 = a->dtype == FLX_F64;
+    return flxk::with_dtype<flxk::kAny>(a->dtype, [&](auto t) {
+        fill_kernel<typename decltype(t)::type><<<flxk::grid_for(a->n), kBlock, 0, st>>>(*a, is64);
+        return flxk::launch_status();
+    });
 }
 
 extern "C" int flx_cuda_cast(const flx_cast_args *a, void *stream) {
     if (a->n <= 0) return 0;
     cudaStream_t st = (cudaStream_t)stream;
-    unsigned grid = flxk::grid_for(a->n);
-    switch (a->src_dtype) {
-    case FLX_F32: return cast_from<float>(a, st, grid);
-    case FLX_F64: return cast_from<double>(a, st, grid);
-    case FLX_I32: return cast_from<int32_t>(a, st, grid);
-    case FLX_I64: return cast_from<int64_t>(a, st, grid);
-    case FLX_BOOL: return cast_from<uint8_t>(a, st, grid);
-    case FLX_F16: return cast_from<__half>(a, st, grid);
-    case FLX_BF16: return cast_from<__nv_bfloat16>(a, st, grid);
-    default: return (int)cudaErrorInvalidValue;
-    }
+    return flxk::with_dtype<flxk::kAny>(a->src_dtype,
+                                        [&](auto t) { return cast_from<typename decltype(t)::type>(a, st); });
 }
 
 extern "C" int flx_cuda_unary(const flx_unary_args *a, void *stream) {
     if (a->n <= 0) return 0;
     cudaStream_t st = (cudaStream_t)stream;
-    switch (a->dtype) {
-    case FLX_F32: return unary_launch<float>(a, st);
-    case FLX_F64: return unary_launch<double>(a, st);
-    case FLX_F16: return unary_launch<__half>(a, st);
-    case FLX_BF16: return unary_launch<__nv_bfloat16>(a, st);
-    default: return (int)cudaErrorInvalidValue;
-    }
+    return flxk::with_dtype<flxk::kFloat>(a->dtype, [&](auto t) {
+        return unary_launch<typename decltype(t)::type>(a, st);
+    });
 }
 
 extern "C" int flx_cuda_binary(const flx_binary_args *ar, void *stream) {
-    if (ar->ndim < 0 || ar->ndim > FLX_MAX_DIMS) return (int)cudaErrorInvalidValue;
-    int64_t n = 1;
-    for (int d = 0; d < ar->ndim; d++) n *= ar->shape[d];
-    if (n <= 0) return 0;
     Space s;
-    s.ndim = ar->ndim;
-    for (int d = 0; d < ar->ndim; d++) {
-        s.shape[d] = ar->shape[d];
-        s.st[0][d] = ar->sa[d];
-        s.st[1][d] = ar->sb[d];
-    }
-    flxk::coalesce(s, 2);
+    const int64_t n = flxk::space_of(s, ar->ndim, ar->shape, {ar->sa, ar->sb});
+    if (n <= 0) return n < 0 ? (int)cudaErrorInvalidValue : 0;
     cudaStream_t st = (cudaStream_t)stream;
-    switch (ar->dtype) {
-    case FLX_F32: return binary_launch<float>(s, ar, n, st);
-    case FLX_F64: return binary_launch<double>(s, ar, n, st);
-    case FLX_I32: return binary_launch<int32_t>(s, ar, n, st);
-    case FLX_I64: return binary_launch<int64_t>(s, ar, n, st);
-    case FLX_F16: return binary_launch<__half>(s, ar, n, st);
-    case FLX_BF16: return binary_launch<__nv_bfloat16>(s, ar, n, st);
-    default: return (int)cudaErrorInvalidValue;
-    }
+    return flxk::with_dtype<flxk::kNumeric>(
+        ar->dtype, [&](auto t) { return binary_launch<typename decltype(t)::type>(s, ar, n, st); });
 }
 
 extern "C" int flx_cuda_where(const flx_where_args *ar, void *stream) {
-    if (ar->ndim < 0 || ar->ndim > FLX_MAX_DIMS) return (int)cudaErrorInvalidValue;
-    int64_t n = 1;
-    for (int d = 0; d < ar->ndim; d++) n *= ar->shape[d];
-    if (n <= 0) return 0;
     Space s;
-    s.ndim = ar->ndim;
-    for (int d = 0; d < ar->ndim; d++) {
-        s.shape[d] = ar->shape[d];
-        s.st[0][d] = ar->sc[d];
-        s.st[1][d] = ar->sa[d];
-        s.st[2][d] = ar->sb[d];
-    }
-    flxk::coalesce(s, 3);
+    const int64_t n = flxk::space_of(s, ar->ndim, ar->shape, {ar->sc, ar->sa, ar->sb});
+    if (n <= 0) return n < 0 ? (int)cudaErrorInvalidValue : 0;
     cudaStream_t st = (cudaStream_t)stream;
-    unsigned grid = flxk::grid_for(n);
-    switch (flx_dtype_size(ar->dtype)) {
-    case 1:
-        where_kernel<uint8_t><<<grid, kBlock, 0, st>>>(s, ar->cond, (const uint8_t *)ar->a,
-                                                       (const uint8_t *)ar->b, (uint8_t *)ar->out, n);
-        break;
-    case 2:
-        where_kernel<uint16_t><<<grid, kBlock, 0, st>>>(s, ar->cond, (const uint16_t *)ar->a,
-                                                        (const uint16_t *)ar->b, (uint16_t *)ar->out, n);
-        break;
-    case 4:
-        where_kernel<uint32_t><<<grid, kBlock, 0, st>>>(s, ar->cond, (const uint32_t *)ar->a,
-                                                        (const uint32_t *)ar->b, (uint32_t *)ar->out, n);
-        break;
-    case 8:
-        where_kernel<uint64_t><<<grid, kBlock, 0, st>>>(s, ar->cond, (const uint64_t *)ar->a,
-                                                        (const uint64_t *)ar->b, (uint64_t *)ar->out, n);
-        break;
-    default: return (int)cudaErrorInvalidValue;
-    }
-    return flxk::launch_status();
+    return flxk::with_size(flx_dtype_size(ar->dtype), [&](auto t) {
+        using E = typename decltype(t)::type;
+        where_kernel<E><<<flxk::grid_for(n), kBlock, 0, st>>>(s, ar->cond, (const E *)ar->a, (const E *)ar->b,
+                                                              (E *)ar->out, n);
+        return flxk::launch_status();
+    });
 }
 
 extern "C" int flx_cuda_fused(const flx_fused_args *a, void *stream) {
@@ -654,12 +583,8 @@ extern "C" int flx_cuda_fused(const flx_fused_args *a, void *stream) {
         if (d < a->ndim && !ok) L.small = 0;
         L.fd[d] = flxk::fastdiv_make(ok ? (uint32_t)a->shape[d] : 1u);
     }
-    switch (a->dtype) {
-    case FLX_F32: fused_kernel<float><<<grid, kBlock, 0, st>>>(L); break;
-    case FLX_F64: fused_kernel<double><<<grid, kBlock, 0, st>>>(L); break;
-    case FLX_F16: fused_kernel<__half><<<grid, kBlock, 0, st>>>(L); break;
-    case FLX_BF16: fused_kernel<__nv_bfloat16><<<grid, kBlock, 0, st>>>(L); break;
-    default: return (int)cudaErrorInvalidValue;
-    }
-    return flxk::launch_status();
+    return flxk::with_dtype<flxk::kFloat>(a->dtype, [&](auto t) {
+        fused_kernel<typename decltype(t)::type><<<grid, kBlock, 0, st>>>(L);
+        return flxk::launch_status();
+    });
 }

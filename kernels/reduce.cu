@@ -468,14 +468,7 @@ extern "C" int flx_cuda_reduce(const flx_reduce_args *a, void *stream) {
     cudaStream_t st = (cudaStream_t)stream;
     void *sc = a->scratch;
     size_t sb = a->scratch_bytes;
-    switch (a->dtype) {
-    case FLX_F32: return reduce_launch<float>(p, a->x, a->out, sc, sb, st);
-    case FLX_F64: return reduce_launch<double>(p, a->x, a->out, sc, sb, st);
-    case FLX_I32: return reduce_launch<int32_t>(p, a->x, a->out, sc, sb, st);
-    case FLX_I64: return reduce_launch<int64_t>(p, a->x, a->out, sc, sb, st);
-    case FLX_BOOL: return reduce_launch<uint8_t>(p, a->x, a->out, sc, sb, st);
-    case FLX_F16: return reduce_launch<__half>(p, a->x, a->out, sc, sb, st);
-    case FLX_BF16: return reduce_launch<__nv_bfloat16>(p, a->x, a->out, sc, sb, st);
-    default: return (int)cudaErrorInvalidValue;
-    }
+    return flxk::with_dtype<flxk::kAny>(a->dtype, [&](auto t) {
+        return reduce_launch<typename decltype(t)::type>(p, a->x, a->out, sc, sb, st);
+    });
 }

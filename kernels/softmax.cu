@@ -2,7 +2,9 @@
 // and log_softmax forward, the Jacobian products (BWD = s y (v - <y, v>), LOG_VJP, LOG_JVP) and
 // cross-entropy (forward fused with its backward, the backward alone, the final reduction).
 // Semantics, including non-finite inputs, are those of the CPU reference
-// (runtime/cpu/softmax.c); only the summation order differs.
+// (runtime/cpu/softmax.c); only the summation order differs. This file holds the row, strided
+// and cross-entropy kernels and the dispatch; softmax_long.cu the rows longer than a block holds;
+// softmax.cuh what both share (argument block, (max, sum) algebra, per-mode formulas).
 //
 // Mapping (chosen on the host from the row length n; rows are contiguous when inner == 1). A
 // thread holds at most VMAX elements of each operand in registers (f32: 16, or 8 per operand
@@ -13,7 +15,7 @@
 //     ...: every load instruction of the warp is one coalesced line), 4 rows per block;
 //   - up to 1024 * VMAX: one block of G = 64..1024 threads per row, warps combined through
 //     shared memory;
-//   - longer rows (sm_90): each row is split over a thread-block cluster of up to 16 blocks;
+//   - longer rows (softmax_long.cu; sm_90): each row is split over a thread-block cluster of up to 16 blocks;
 //     every block keeps its slice in registers and the blocks exchange their partial (max, sum)
 //     or dot through distributed shared memory, so the row is read from DRAM once. Up to
 //     16 * 512 * VMAX elements, blocks of 512 threads (two per SM: one block's loads overlap
@@ -48,208 +50,18 @@
 // Non-finite values: the max ignores -inf and the (max, sum) merge never forms -inf - -inf
 // unless a whole row is -inf, which then gives 0/0 = NaN (as documented in fluxion.h); a +inf
 // or NaN makes the sum NaN and so the whole row NaN, as on the CPU.
-#include <cooperative_groups.h>
 #include <cuda_runtime.h>
 #include <math.h>
 #include <stdint.h>
 
-#include "cuda_common.cuh"
-#include "flx_kernels.h"
-
-namespace cg = cooperative_groups;
+#include "softmax.cuh"
 
 namespace {
 
+using namespace flxk::softmax;
 using flxk::compute_t;
 using flxk::from_c;
 using flxk::to_c;
-
-constexpr int kRedMean = 0, kRedSum = 1, kRedNone = 2; // flx_reduction
-
-// x, v, out, grad are stored as S; scale is a compute value. The cross-entropy statistics (the
-// per-row losses and the count: CE_FWD's out, CE_FINISH's x) are in the compute type, which is
-// the args' stat_dtype (f32 for the halves: a count above 256 is not exact in bf16).
-template <typename S> struct KArgs {
-    int64_t rows, n, inner;
-    compute_t<S> scale;
-    const S *x;
-    const S *v;
-    const void *labels;
-    int lab64;
-    int64_t ignore;
-    int red;
-    S *out;
-    S *grad;
-    compute_t<S> *stat;         // CE_FWD: out (rows + 1)
-    const compute_t<S> *stat_x; // CE_FINISH: x (rows + 1)
-    flx_kerr err;
-};
-
-__device__ __forceinline__ float ex(float v) { return expf(v); }
-__device__ __forceinline__ double ex(double v) { return exp(v); }
-__device__ __forceinline__ float lg(float v) { return logf(v); }
-__device__ __forceinline__ double lg(double v) { return log(v); }
-template <typename T> __device__ __forceinline__ T ninf() { return -(T)INFINITY; }
-
-constexpr bool is_stats(int m) {
-    return m == FLX_SOFTMAX_FWD || m == FLX_SOFTMAX_LOG_FWD || m == FLX_SOFTMAX_CE_FWD ||
-           m == FLX_SOFTMAX_CE_BWD;
-}
-constexpr bool is_ce(int m) { return m == FLX_SOFTMAX_CE_FWD || m == FLX_SOFTMAX_CE_BWD; }
-constexpr bool reads_v(int m) {
-    return m == FLX_SOFTMAX_BWD || m == FLX_SOFTMAX_LOG_VJP || m == FLX_SOFTMAX_LOG_JVP;
-}
-// Elements of each operand a thread keeps in registers: 16 (f32) or 8 (f64) values in all.
-template <typename T, int MODE> constexpr int vmax() {
-    return (sizeof(T) == 4 ? 16 : 8) / (reads_v(MODE) ? 2 : 1);
-}
-
-// ---- (max, sum of exp) algebra ------------------------------------------------------------------
-// Adds z to the running (m, s): s = sum exp(z_i - m). -inf adds nothing; +inf or NaN poison s.
-template <typename T> __device__ __forceinline__ void ms_add(T &m, T &s, T z) {
-    if (z > m) {
-        s = (z == -ninf<T>()) ? (T)NAN : s * ex(m - z) + (T)1;
-        m = z;
-    } else if (!(z == ninf<T>())) {
-        s += ex(z - m); // NaN z lands here and poisons s
-    }
-}
-template <typename T> __device__ __forceinline__ void ms_merge(T &m, T &s, T m2, T s2) {
-    T mm = fmax(m, m2);
-    if (mm == ninf<T>()) {
-        s = s + s2; // both rows empty so far (0), or NaN
-    } else {
-        T a = (s == (T)0) ? (T)0 : s * ex(m - mm);
-        T b = (s2 == (T)0) ? (T)0 : s2 * ex(m2 - mm);
-        s = a + b;
-    }
-    m = mm;
-}
-
-// ---- group reductions: G <= 32 lanes by shuffles, G > 32 (the whole block) via shared memory ---
-template <int G, typename T> __device__ __forceinline__ T g_sum(T v, T *sm) {
-#pragma unroll
-    for (int o = (G < 32 ? G : 32) / 2; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-    if constexpr (G > 32) {
-        const int w = threadIdx.x / 32, l = threadIdx.x % 32;
-        if (l == 0) sm[w] = v;
-        __syncthreads();
-        v = 0;
-        for (int i = 0; i < G / 32; i++) v += sm[i];
-        __syncthreads();
-    }
-    return v;
-}
-template <int G, typename T> __device__ __forceinline__ T g_max(T v, T *sm) {
-#pragma unroll
-    for (int o = (G < 32 ? G : 32) / 2; o > 0; o >>= 1) v = fmax(v, __shfl_xor_sync(0xffffffffu, v, o));
-    if constexpr (G > 32) {
-        const int w = threadIdx.x / 32, l = threadIdx.x % 32;
-        if (l == 0) sm[w] = v;
-        __syncthreads();
-        v = sm[0];
-        for (int i = 1; i < G / 32; i++) v = fmax(v, sm[i]);
-        __syncthreads();
-    }
-    return v;
-}
-template <int G, typename T> __device__ __forceinline__ void g_ms(T &m, T &s, T *sm) {
-#pragma unroll
-    for (int o = (G < 32 ? G : 32) / 2; o > 0; o >>= 1) {
-        T m2 = __shfl_xor_sync(0xffffffffu, m, o), s2 = __shfl_xor_sync(0xffffffffu, s, o);
-        ms_merge(m, s, m2, s2);
-    }
-    if constexpr (G > 32) {
-        const int w = threadIdx.x / 32, l = threadIdx.x % 32;
-        if (l == 0) {
-            sm[w] = m;
-            sm[32 + w] = s;
-        }
-        __syncthreads();
-        m = sm[0];
-        s = sm[32];
-        for (int i = 1; i < G / 32; i++) ms_merge(m, s, sm[i], sm[32 + i]);
-        __syncthreads();
-    }
-}
-
-// Label of a row for the CE modes; -1 means the row is ignored (an out-of-range label also
-// raises FLX_KERR_INDEX_RANGE when report is set: once per row).
-template <typename T> __device__ __forceinline__ int64_t ce_raw(const KArgs<T> &a, int64_t row) {
-    return a.lab64 ? ((const int64_t *)a.labels)[row] : (int64_t)((const int32_t *)a.labels)[row];
-}
-template <typename T>
-__device__ __forceinline__ int64_t ce_label(const KArgs<T> &a, int64_t row, bool report) {
-    int64_t lab = ce_raw(a, row);
-    if (lab == a.ignore) return -1;
-    if (lab < 0 || lab >= a.n) {
-        if (report) flx_kerr_raise(a.err, FLX_KERR_INDEX_RANGE, lab, 0, a.n, row);
-        return -1;
-    }
-    return lab;
-}
-
-// Scale of the fused cross-entropy gradient: 1 / count for the mean (count written by
-// k_ce_count before the main kernel), else 1.
-template <typename S> __device__ __forceinline__ compute_t<S> ce_gscale(const KArgs<S> &a) {
-    typedef compute_t<S> T;
-    return a.red == kRedMean ? (T)1 / a.stat[a.rows] : (T)1;
-}
-
-// Per-row reduced quantity for the dot modes.
-template <int MODE, typename T> __device__ __forceinline__ T dot_term(T y, T v) {
-    if constexpr (MODE == FLX_SOFTMAX_BWD) return y * v;
-    else if constexpr (MODE == FLX_SOFTMAX_LOG_VJP) return v;
-    else return ex(y) * v; // LOG_JVP
-}
-
-// Row state after the reductions: (m, s) and ls = log s for the stats modes, s = the dot for
-// the others; lab and g (gradient scale) for the CE modes.
-template <typename T> struct Row {
-    T m, s, ls, g;
-    int64_t lab;
-};
-
-// One output element (of out, or of grad for CE_FWD) given the row's reductions.
-template <int MODE, typename S, typename T = compute_t<S>>
-__device__ __forceinline__ T out_elem(const KArgs<S> &a, T xv, T vv, const Row<T> &r, int64_t col) {
-    if constexpr (MODE == FLX_SOFTMAX_FWD) return ex(a.scale * xv - r.m) / r.s;
-    else if constexpr (MODE == FLX_SOFTMAX_LOG_FWD) return (a.scale * xv - r.m) - r.ls;
-    else if constexpr (MODE == FLX_SOFTMAX_BWD) return a.scale * xv * (vv - r.s);
-    else if constexpr (MODE == FLX_SOFTMAX_LOG_VJP) return a.scale * (vv - ex(xv) * r.s);
-    else if constexpr (MODE == FLX_SOFTMAX_LOG_JVP) return a.scale * (vv - r.s);
-    else { // CE_FWD's gradient, CE_BWD
-        if (r.lab < 0) return (T)0;
-        return (ex(xv - r.m) / r.s - (col == r.lab ? (T)1 : (T)0)) * r.g;
-    }
-}
-
-// Where a row's elementwise results go (CE_FWD: the gradient, or nowhere without one).
-template <int MODE, typename T> __device__ __forceinline__ T *out_row(const KArgs<T> &a, int64_t row) {
-    if constexpr (MODE == FLX_SOFTMAX_CE_FWD) return a.grad ? a.grad + row * a.n : nullptr;
-    else return a.out + row * a.n;
-}
-
-// The row's loss (CE_FWD), written once per row: log s - (x[lab] - m).
-template <int MODE, typename S, typename T = compute_t<S>>
-__device__ __forceinline__ void ce_loss(const KArgs<S> &a, int64_t row, const Row<T> &r) {
-    if constexpr (MODE == FLX_SOFTMAX_CE_FWD)
-        a.stat[row] = r.lab < 0 ? (T)0 : r.ls - (to_c<S>(a.x[row * a.n + r.lab]) - r.m);
-}
-
-template <int MODE, typename S, typename T = compute_t<S>>
-__device__ __forceinline__ void row_init(const KArgs<S> &a, int64_t row, bool live, bool report, Row<T> &r) {
-    r.m = ninf<T>();
-    r.s = 0;
-    r.ls = 0;
-    r.g = 0;
-    r.lab = -1;
-    if constexpr (is_ce(MODE)) {
-        if (live) r.lab = ce_label(a, row, report);
-        if constexpr (MODE == FLX_SOFTMAX_CE_BWD) r.g = live ? to_c<S>(a.v[row]) : (T)0;
-        else r.g = ce_gscale(a);
-    }
-}
 
 // ---- rows held in registers: a group of G lanes per row, V elements per lane --------------------
 template <typename S, int MODE, int G, int V>
@@ -301,143 +113,6 @@ __global__ void __launch_bounds__(G > 32 ? G : 128) k_rows_reg(KArgs<S> a) {
     }
 }
 
-// ---- long rows on a thread-block cluster (sm_90) ------------------------------------------------
-constexpr int kLong = 1024;
-
-// Block rank r of a cluster of cs blocks holds columns [r * chunk, min(n, (r + 1) * chunk)): the
-// first B * V of them in registers, the next `stash` (per operand) in dynamic shared memory,
-// and any rest (f64 rows past ~4M elements) streamed twice, the second time mostly from L2.
-// Blocks of B threads: 512 (two blocks per SM, so one block's loads overlap another's stores)
-// when the row fits in the cluster's registers, else 1024 with the stash (one block per SM).
-template <typename S, int MODE, int V, int B>
-__global__ void __launch_bounds__(B, 1024 / B) k_rows_cluster(KArgs<S> a, int64_t chunk, int stash) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-    typedef compute_t<S> T;
-    extern __shared__ __align__(16) unsigned char dyn[];
-    T *sx = reinterpret_cast<T *>(dyn);
-    T *sv = sx + stash; // v's stash (modes that read v)
-    __shared__ T sm[64];
-    __shared__ T part[2];
-    cg::cluster_group cl = cg::this_cluster();
-    const int cs = (int)cl.num_blocks(), rank = (int)cl.block_rank();
-    const int64_t row = (int64_t)blockIdx.x / cs, n = a.n;
-    const int64_t lo = (int64_t)rank * chunk, hi = lo + chunk < n ? lo + chunk : n;
-    const S *xr = a.x + row * n;
-    const S *vr = reads_v(MODE) ? a.v + row * n : nullptr;
-    const int t = threadIdx.x;
-    T xv[V], vv[V];
-#pragma unroll
-    for (int k = 0; k < V; k++) {
-        const int64_t c = lo + t + (int64_t)k * B;
-        const bool ok = c < hi;
-        xv[k] = ok ? to_c<S>(xr[c]) : (T)0;
-        if constexpr (reads_v(MODE)) vv[k] = ok ? to_c<S>(vr[c]) : (T)0;
-        else vv[k] = (T)0;
-    }
-    const int64_t tail = lo + (int64_t)B * V;   // first column past the registers
-    const int64_t spill = tail + stash;             // first streamed column
-    // The stash: each thread reads back only what it stored itself, so no barrier is needed.
-#pragma unroll 1
-    for (int64_t c = tail + t; c < hi && c < spill; c += B) {
-        sx[c - tail] = to_c<S>(xr[c]);
-        if constexpr (reads_v(MODE)) sv[c - tail] = to_c<S>(vr[c]);
-    }
-    const int64_t shi = hi < spill ? hi : spill;
-    Row<T> r;
-    row_init<MODE>(a, row, true, rank == 0 && t == 0, r);
-    if constexpr (is_stats(MODE)) {
-        const T sc = is_ce(MODE) ? (T)1 : a.scale;
-#pragma unroll
-        for (int k = 0; k < V; k++)
-            if (lo + t + (int64_t)k * B < hi) r.m = fmax(r.m, sc * xv[k]);
-#pragma unroll 1
-        for (int64_t c = tail + t; c < shi; c += B) r.m = fmax(r.m, sc * sx[c - tail]);
-#pragma unroll
-        for (int k = 0; k < V; k++)
-            if (lo + t + (int64_t)k * B < hi) r.s += ex(sc * xv[k] - r.m);
-#pragma unroll 1
-        for (int64_t c = tail + t; c < shi; c += B) r.s += ex(sc * sx[c - tail] - r.m);
-#pragma unroll 1
-        for (int64_t c = spill + t; c < hi; c += B) ms_add(r.m, r.s, sc * to_c<S>(xr[c]));
-        g_ms<B>(r.m, r.s, sm);
-        if (t == 0) {
-            part[0] = r.m;
-            part[1] = r.s;
-        }
-    } else {
-#pragma unroll
-        for (int k = 0; k < V; k++) r.s += dot_term<MODE>(xv[k], vv[k]);
-#pragma unroll 1
-        for (int64_t c = tail + t; c < shi; c += B) r.s += dot_term<MODE>(sx[c - tail], sv[c - tail]);
-#pragma unroll 1
-        for (int64_t c = spill + t; c < hi; c += B) r.s += dot_term<MODE>(to_c<S>(xr[c]), to_c<S>(vr[c]));
-        r.s = g_sum<B>(r.s, sm);
-        if (t == 0) part[0] = r.s;
-    }
-    cl.sync(); // every block's partial is visible cluster-wide
-    if constexpr (is_stats(MODE)) {
-        r.m = ninf<T>();
-        r.s = 0;
-        for (int q = 0; q < cs; q++) {
-            const T *p = cl.map_shared_rank(part, q);
-            ms_merge(r.m, r.s, p[0], p[1]);
-        }
-        r.ls = lg(r.s);
-    } else {
-        r.s = 0;
-        for (int q = 0; q < cs; q++) r.s += *cl.map_shared_rank(part, q);
-    }
-    cl.sync(); // no block leaves (freeing its shared memory) while another still reads it
-    if (rank == 0 && t == 0) ce_loss<MODE>(a, row, r);
-    S *orow = out_row<MODE>(a, row);
-    if (!orow) return;
-#pragma unroll
-    for (int k = 0; k < V; k++) {
-        const int64_t c = lo + t + (int64_t)k * B;
-        if (c < hi) orow[c] = from_c<S>(out_elem<MODE>(a, xv[k], vv[k], r, c));
-    }
-#pragma unroll 1
-    for (int64_t c = tail + t; c < shi; c += B)
-        orow[c] = from_c<S>(out_elem<MODE>(a, sx[c - tail], reads_v(MODE) ? sv[c - tail] : (T)0, r, c));
-#pragma unroll 1
-    for (int64_t c = spill + t; c < hi; c += B)
-        orow[c] = from_c<S>(out_elem<MODE>(a, to_c<S>(xr[c]), reads_v(MODE) ? to_c<S>(vr[c]) : (T)0, r, c));
-#else
-    __trap(); // launched only on sm_90 and newer (checked on the host)
-#endif
-}
-
-// ---- long rows without clusters: one block per row, several passes -----------------------------
-// (Its loops stay rolled: unrolled, ptxas spills the f64 Jacobian-product variants.)
-template <typename S, int MODE> __global__ void __launch_bounds__(kLong) k_rows_long(KArgs<S> a) {
-    typedef compute_t<S> T;
-    __shared__ T sm[64];
-    const int64_t n = a.n;
-    for (int64_t row = blockIdx.x; row < a.rows; row += gridDim.x) {
-        const S *xr = a.x + row * n;
-        const S *vr = reads_v(MODE) ? a.v + row * n : nullptr;
-        Row<T> r;
-        row_init<MODE>(a, row, true, threadIdx.x == 0, r);
-        if constexpr (is_stats(MODE)) {
-            const T sc = is_ce(MODE) ? (T)1 : a.scale;
-#pragma unroll 1
-            for (int64_t c = threadIdx.x; c < n; c += kLong) ms_add(r.m, r.s, sc * to_c<S>(xr[c]));
-            g_ms<kLong>(r.m, r.s, sm);
-            r.ls = lg(r.s);
-        } else {
-#pragma unroll 1
-            for (int64_t c = threadIdx.x; c < n; c += kLong)
-                r.s += dot_term<MODE>(to_c<S>(xr[c]), to_c<S>(vr[c]));
-            r.s = g_sum<kLong>(r.s, sm);
-        }
-        if (threadIdx.x == 0) ce_loss<MODE>(a, row, r);
-        S *orow = out_row<MODE>(a, row);
-        if (!orow) continue;
-#pragma unroll 1
-        for (int64_t c = threadIdx.x; c < n; c += kLong)
-            orow[c] = from_c<S>(out_elem<MODE>(a, to_c<S>(xr[c]), reads_v(MODE) ? to_c<S>(vr[c]) : (T)0, r, c));
-    }
-}
 
 // ---- strided rows (inner > 1) -------------------------------------------------------------------
 // Many columns: one thread per (outer, inner) column, no transpose, two passes over its row.
@@ -593,103 +268,6 @@ template <typename T, int MODE, int G, int V> int launch_reg(const KArgs<T> &k, 
     const int64_t blocks = (k.rows + RPB - 1) / RPB;
     if (blocks > INT32_MAX) return (int)cudaErrorInvalidConfiguration;
     k_rows_reg<T, MODE, G, V><<<(unsigned)blocks, G > 32 ? G : 128, 0, st>>>(k);
-    return flxk::launch_status();
-}
-
-// Thread-block clusters need compute capability 9.0.
-inline bool has_clusters() { return flxk::device_attr<cudaDevAttrComputeCapabilityMajor>(0) >= 9; }
-
-// Bytes of dynamic shared memory a block may use for its stash: the opt-in maximum less room for
-// the static reductions; 0 when the query fails.
-inline int stash_bytes() {
-    const int b = flxk::device_attr<cudaDevAttrMaxSharedMemoryPerBlockOptin>(0);
-    return b > 4096 ? b - 4096 : 0;
-}
-
-// One row per cluster of cs blocks (cs <= 16; above 8 needs the non-portable opt-in, and a GPU
-// whose GPCs cannot hold 16 blocks gets 8). Returns -2 when no cluster fits, so the caller can
-// fall back.
-template <typename T, int MODE, int B> int launch_cluster(const KArgs<T> &k, cudaStream_t st, int cs) {
-    typedef compute_t<T> C; // registers and the stash hold compute values
-    constexpr int V = vmax<C, MODE>();
-    constexpr int ops = reads_v(MODE) ? 2 : 1;
-    auto kern = k_rows_cluster<T, MODE, V, B>;
-    // The kernel's code must be sm_90 too (a build for older GPUs JIT-run on a newer one has only
-    // the trapping stub).
-    static int built90; // 0 unknown, 1 yes, 2 no (benign race: the same value is written)
-    if (built90 == 0) {
-        cudaFuncAttributes fa;
-        if (cudaFuncGetAttributes(&fa, kern) != cudaSuccess) {
-            (void)cudaGetLastError();
-            return -2;
-        }
-        built90 = fa.ptxVersion >= 90 ? 1 : 2;
-    }
-    if (built90 != 1) return -2;
-    if (cs > 8 && cudaFuncSetAttribute(kern, cudaFuncAttributeNonPortableClusterSizeAllowed, 1) != cudaSuccess) {
-        (void)cudaGetLastError();
-        cs = 8;
-    }
-    cudaLaunchConfig_t cfg = {};
-    cudaLaunchAttribute attr[1];
-    attr[0].id = cudaLaunchAttributeClusterDimension;
-    int64_t chunk = 0;
-    int stash = 0;
-    for (;;) {
-        const int64_t blocks = k.rows * cs;
-        if (blocks > INT32_MAX) return (int)cudaErrorInvalidConfiguration;
-        chunk = (k.n + cs - 1) / cs;
-        const int64_t rest = chunk - (int64_t)B * V; // past the registers
-        const int64_t cap = (int64_t)stash_bytes() / (int64_t)(sizeof(C) * ops);
-        stash = (int)(rest <= 0 ? 0 : rest < cap ? rest : cap);
-        const size_t dyn = sizeof(C) * ops * (size_t)stash;
-        if (cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)dyn) != cudaSuccess) {
-            (void)cudaGetLastError();
-            return -2;
-        }
-        cfg.gridDim = dim3((unsigned)blocks, 1, 1);
-        cfg.blockDim = dim3(B, 1, 1);
-        cfg.dynamicSmemBytes = dyn;
-        cfg.stream = st;
-        attr[0].val.clusterDim.x = (unsigned)cs;
-        attr[0].val.clusterDim.y = 1;
-        attr[0].val.clusterDim.z = 1;
-        cfg.attrs = attr;
-        cfg.numAttrs = 1;
-        int active = 0;
-        if (cudaOccupancyMaxActiveClusters(&active, kern, &cfg) != cudaSuccess) {
-            (void)cudaGetLastError();
-            active = 0;
-        }
-        if (active > 0) break;
-        if (cs <= 8) return -2;
-        cs = 8;
-    }
-    cudaError_t e = cudaLaunchKernelEx(&cfg, kern, k, chunk, stash);
-    if (e != cudaSuccess) {
-        (void)cudaGetLastError();
-        return (int)e;
-    }
-    return flxk::launch_status();
-}
-
-template <typename T, int MODE> int launch_long(const KArgs<T> &k, cudaStream_t st) {
-    if (has_clusters()) {
-        constexpr int64_t half = 512 * (int64_t)vmax<compute_t<T>, MODE>(),
-                          full = (int64_t)kLong * vmax<compute_t<T>, MODE>();
-        int rc = -2;
-        if (k.n <= 16 * half) {
-            const int64_t cs = (k.n + half - 1) / half;
-            rc = launch_cluster<T, MODE, 512>(k, st, cs < 2 ? 2 : (int)cs);
-        } else {
-            const int64_t cs = (k.n + full - 1) / full;
-            rc = launch_cluster<T, MODE, kLong>(k, st, cs > 16 ? 16 : (int)cs);
-        }
-        if (rc != -2) return rc;
-    }
-    const int64_t cap = (int64_t)flxk::sm_count() * 2;
-    const int64_t blocks = k.rows < cap ? k.rows : cap;
-    k_rows_long<T, MODE><<<(unsigned)blocks, kLong, 0, st>>>(k);
     return flxk::launch_status();
 }
 
