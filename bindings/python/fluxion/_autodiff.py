@@ -9,8 +9,8 @@ from ctypes import c_void_p
 from typing import Any, Callable, Optional, Sequence, Tuple, Union
 
 from . import _lib
-from ._core import (Tensor, _as_result, _borrow, _call_cb, _enter_cb, _L, _leave_cb, _p, _ptrs,
-                    _record_exc, _wrap, zeros_like)
+from ._core import (Tensor, _as_result, _borrow, _call_cb, _callback, _L, _p, _ptrs, _wrap,
+                    zeros_like)
 
 
 # ---- grad mode ---------------------------------------------------------------------------------------
@@ -219,49 +219,34 @@ _custom_registry: dict = {}
 _custom_next = [1]
 
 
+@_callback()
 def _fwd_tramp(n: int, inputs: Any, out: Any, user: int) -> int:
-    _enter_cb()
-    try:
-        fn = _custom_registry[user][0]
-        xs = [_borrow(inputs[k]) for k in range(n)]
-        out[0] = _as_result(fn(*xs), "forward")
-        return 0
-    except BaseException as e:  # noqa: BLE001 - reported to the caller after the C call
-        return _record_exc(e)
-    finally:
-        _leave_cb()
+    fn = _custom_registry[user][0]
+    xs = [_borrow(inputs[k]) for k in range(n)]
+    out[0] = _as_result(fn(*xs), "forward")
+    return 0
 
 
+@_callback()
 def _vjp_tramp(n: int, inputs: Any, output: int, g: int, grads_out: Any, user: int) -> int:
-    _enter_cb()
-    try:
-        fn = _custom_registry[user][1]
-        xs = tuple(_borrow(inputs[k]) for k in range(n))
-        r = fn(xs, _borrow(output), _borrow(g))
-        rs = (r,) if (isinstance(r, Tensor) or r is None) and n == 1 else tuple(r)
-        if len(rs) != n:
-            raise ValueError(f"fluxion.custom_fn: vjp returned {len(rs)} gradients for {n} inputs")
-        for k, gk in enumerate(rs):
-            grads_out[k] = None if gk is None else _as_result(gk, "vjp")
-        return 0
-    except BaseException as e:  # noqa: BLE001
-        return _record_exc(e)
-    finally:
-        _leave_cb()
+    fn = _custom_registry[user][1]
+    xs = tuple(_borrow(inputs[k]) for k in range(n))
+    r = fn(xs, _borrow(output), _borrow(g))
+    rs = (r,) if (isinstance(r, Tensor) or r is None) and n == 1 else tuple(r)
+    if len(rs) != n:
+        raise ValueError(f"fluxion.custom_fn: vjp returned {len(rs)} gradients for {n} inputs")
+    for k, gk in enumerate(rs):
+        grads_out[k] = None if gk is None else _as_result(gk, "vjp")
+    return 0
 
 
+@_callback()
 def _jvp_tramp(n: int, inputs: Any, tangents: Any, output: int, tout: Any, user: int) -> int:
-    _enter_cb()
-    try:
-        fn = _custom_registry[user][2]
-        xs = tuple(_borrow(inputs[k]) for k in range(n))
-        ts = tuple(_borrow(tangents[k]) for k in range(n))
-        tout[0] = _as_result(fn(xs, ts, _borrow(output)), "jvp")
-        return 0
-    except BaseException as e:  # noqa: BLE001
-        return _record_exc(e)
-    finally:
-        _leave_cb()
+    fn = _custom_registry[user][2]
+    xs = tuple(_borrow(inputs[k]) for k in range(n))
+    ts = tuple(_borrow(tangents[k]) for k in range(n))
+    tout[0] = _as_result(fn(xs, ts, _borrow(output)), "jvp")
+    return 0
 
 
 def _destroy_tramp(user: int) -> None:
