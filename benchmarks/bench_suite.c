@@ -121,6 +121,26 @@ double bench_time(rep_fn f, void *st, int reps, int trials) {
     return median_of(samples, trials);
 }
 
+typedef struct graph_rep {
+    graph_fn f;
+    void *st;
+} graph_rep;
+
+static int run_graph_rep(void *p, int rep) {
+    const graph_rep *g = (const graph_rep *)p;
+    flx_tensor *r[BENCH_MAX_OUT] = {NULL};
+    flx_scope_begin();
+    flx_status st = g->f(g->st, rep, r);
+    int n = 1;
+    while (n < BENCH_MAX_OUT && r[n]) n++;
+    return bench_rep_end(st, n, r);
+}
+
+double bench_time_graph(graph_fn f, void *st, int reps, int trials) {
+    graph_rep g = {f, st};
+    return bench_time(run_graph_rep, &g, reps, trials);
+}
+
 /* Marks name reported; an unlisted name is a bug of the suite and counts as a failure. */
 static const workload *mark(const char *name) {
     int i = list_index(name);
