@@ -186,6 +186,12 @@ flx_status gradcheck(const Fn &fn, const std::vector<flx_tensor *> &inputs, doub
     return ::testing::AssertionSuccess();
 }
 
+flx_plan_info plan_info(flx_plan *p) {
+    flx_plan_info info{};
+    EXPECT_EQ(flx_plan_get_info(p, &info), FLX_OK) << flx_last_error();
+    return info;
+}
+
 flx_ctx *cuda_ctx_or_null(std::string *why) {
     static flx_ctx *ctx = nullptr;
     static bool tried = false;

@@ -77,6 +77,9 @@ inline void need_grad(const std::vector<flx_tensor *> &in) {
 // Expects a NULL result with the given status, and that the message names `needle`.
 ::testing::AssertionResult fails_with(flx_tensor *t, flx_status status, const char *needle);
 
+// flx_plan_get_info of p (a failure is reported, and the info is then all zero).
+flx_plan_info plan_info(flx_plan *p);
+
 // A CUDA context on device 0, or nullptr when no GPU is usable (the caller skips).
 flx_ctx *cuda_ctx_or_null(std::string *why);
 
