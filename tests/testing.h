@@ -119,6 +119,16 @@ class CommTest : public CpuTest {
     int rank = 0, size = 0;
 };
 
+// What rank r contributes to a collective in the tests: n smooth values, distinct across ranks.
+std::vector<double> rank_values(int r, size_t n);
+
+// The all-reductions of rank_values(r, n) over ranks 0..size-1, each value first rounded to dt
+// (F32 or F64: the dtype every rank uploads it in), in float64.
+struct RankReduction {
+    std::vector<double> sum, avg, max, min;
+};
+RankReduction reduce_rank_values(int size, size_t n, flx_dtype dt);
+
 }  // namespace flxt
 
 // Skips a CUDA test with the reason when no GPU is present, unless FLX_REQUIRE_GPU=1 makes
