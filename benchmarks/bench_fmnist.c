@@ -107,16 +107,9 @@ static const char *data_dir(void) {
     return NULL;
 }
 
-static uint64_t rng_next(uint64_t *s) { /* splitmix64 */
-    uint64_t z = (*s += 0x9E3779B97F4A7C15ull);
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-    return z ^ (z >> 31);
-}
-
 static void shuffle(int64_t *v, int64_t n, uint64_t *s) {
     for (int64_t i = n - 1; i > 0; i--) {
-        int64_t j = (int64_t)(rng_next(s) % (uint64_t)(i + 1)), t = v[i];
+        int64_t j = (int64_t)(ex_splitmix64(s) % (uint64_t)(i + 1)), t = v[i];
         v[i] = v[j];
         v[j] = t;
     }
@@ -166,7 +159,7 @@ static void train_to_target(int k, const fm_data *d) {
     int max_epochs = g_smoke ? 1 : (k == 0 ? MLP_EPOCHS : CNN_EPOCHS);
     int64_t *order = (int64_t *)malloc((size_t)d->n_batches * sizeof *order);
     uint64_t seed = 1234 + (uint64_t)k;
-    double t0 = now_s(), acc = -1, best = 0;
+    double t0 = ex_now_s(), acc = -1, best = 0;
     bool captured = true;
     int epoch = 0;
     m.plan = order ? ts_compile(&m, d->xb[0], d->yb[0], true) : NULL;
@@ -187,9 +180,9 @@ static void train_to_target(int k, const fm_data *d) {
         if (acc < 0) break;
         epoch++;
         if (acc > best) best = acc;
-        if (acc >= k_target[k] || now_s() - t0 > WALL_CAP_S) break;
+        if (acc >= k_target[k] || ex_now_s() - t0 > WALL_CAP_S) break;
     }
-    double secs = now_s() - t0;
+    double secs = ex_now_s() - t0;
     if (!m.plan || acc < 0) {
         bench_report(k_names[k], shape, -1, 0, 0, NULL);
     } else {

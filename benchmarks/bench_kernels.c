@@ -25,24 +25,18 @@ static void shape_str(char *buf, size_t n, int nd, const int64_t *s) {
  *   relu vjp   the cotangent of relu: g where x > 0, else 0 (x, g in)      bytes 3N  */
 enum { EW_COPY, EW_ADD, EW_MUL, EW_TANH, EW_GELU, EW_RELU_VJP, EW_COUNT };
 typedef struct ew { flx_tensor *a, *b, *al; int op; } ew;
-static int ew_rep(void *p, int rep) {
+static flx_status ew_graph(void *p, int rep, flx_tensor **r) {
+    const ew *s = (const ew *)p;
     (void)rep;
-    ew *s = (ew *)p;
-    flx_scope_begin();
-    flx_tensor *r = NULL;
-    flx_status st = FLX_OK;
     switch (s->op) {
-    case EW_COPY: r = flx_to_ctx(s->a, g_ctx); break;
-    case EW_ADD: r = flx_add(s->a, s->b); break;
-    case EW_MUL: r = flx_mul(s->a, s->b); break;
-    case EW_TANH: r = flx_tanh(s->a); break;
-    case EW_GELU: r = flx_gelu(s->a); break;
-    default: {
-        st = bench_vjp(flx_relu(s->al), s->b, s->al, &r);
-        break;
+    case EW_COPY: r[0] = flx_to_ctx(s->a, g_ctx); break;
+    case EW_ADD: r[0] = flx_add(s->a, s->b); break;
+    case EW_MUL: r[0] = flx_mul(s->a, s->b); break;
+    case EW_TANH: r[0] = flx_tanh(s->a); break;
+    case EW_GELU: r[0] = flx_gelu(s->a); break;
+    default: return bench_vjp(flx_relu(s->al), s->b, s->al, &r[0]);
     }
-    }
-    return bench_rep_end(st, 1, &r);
+    return FLX_OK;
 }
 
 void bench_elementwise(int64_t n, int reps, int trials) {
@@ -61,7 +55,7 @@ void bench_elementwise(int64_t n, int reps, int trials) {
     for (int op = 0; op < EW_COUNT; op++) {
         if (op > 0 && !bench_selected(names[op])) continue;
         s.op = op;
-        double t = ok ? bench_time(ew_rep, &s, reps, trials) : -1;
+        double t = ok ? bench_time_graph(ew_graph, &s, reps, trials) : -1;
         bench_report(names[op], shape, t, traffic[op] * (double)n * 4, 0,
                      op == EW_COPY ? "reference: every ratio_to_copy divides by this bandwidth" : NULL);
     }
@@ -78,18 +72,12 @@ typedef struct fz { flx_tensor *x, *xl, *b, *s, *r, *g; int vjp; } fz;
 static flx_tensor *fz_chain(const fz *f, flx_tensor *x) {
     return flx_add(flx_mul(flx_gelu(flx_add(x, f->b)), f->s), f->r);
 }
-static int fz_rep(void *p, int rep) {
+static flx_status fz_graph(void *p, int rep, flx_tensor **r) {
+    const fz *f = (const fz *)p;
     (void)rep;
-    fz *f = (fz *)p;
-    flx_scope_begin();
-    flx_tensor *r = NULL;
-    flx_status st = FLX_OK;
-    if (!f->vjp) {
-        r = fz_chain(f, f->x);
-    } else {
-        st = bench_vjp(fz_chain(f, f->xl), f->g, f->xl, &r);
-    }
-    return bench_rep_end(st, 1, &r);
+    if (f->vjp) return bench_vjp(fz_chain(f, f->xl), f->g, f->xl, &r[0]);
+    r[0] = fz_chain(f, f->x);
+    return FLX_OK;
 }
 
 void bench_fused(int64_t rows, int64_t cols, int reps, int trials) {
@@ -108,7 +96,7 @@ void bench_fused(int64_t rows, int64_t cols, int reps, int trials) {
     for (int m = 0; m < 2; m++) {
         if (!bench_selected(names[m])) continue;
         f.vjp = m;
-        bench_report(names[m], shape, ok ? bench_time(fz_rep, &f, reps, trials) : -1,
+        bench_report(names[m], shape, ok ? bench_time_graph(fz_graph, &f, reps, trials) : -1,
                      3.0 * (double)(rows * cols) * 4, 0,
                      m ? "bytes 3N: x, g in; gx out" : "bytes 3N: x, r in; y out");
     }
@@ -120,22 +108,17 @@ void bench_fused(int64_t rows, int64_t cols, int reps, int trials) {
  *   vjp  y (g - <y, g>) from a computed y: read y, g; write               3N
  *   jvp  the tangent of y for a tangent g of x, y computed: read y, g; write   3N */
 typedef struct smx { flx_tensor *x, *xl, *y, *g, *labels; int mode; } smx;
-static int smx_rep(void *p, int rep) {
-    (void)rep;
+static flx_status smx_graph(void *p, int rep, flx_tensor **r) {
     smx *s = (smx *)p;
-    flx_scope_begin();
-    flx_tensor *r[2] = {NULL, NULL};
-    int n = 1;
-    flx_status st = FLX_OK;
-    if (s->mode == 0) r[0] = flx_softmax(s->x, -1, 1.0);
-    else if (s->mode == 1) st = bench_vjp(s->y, s->g, s->xl, &r[0]);
-    else if (s->mode == 2) st = flx_jvp(1, &s->xl, &s->g, 1, &s->y, &r[0]);
-    else {
+    (void)rep;
+    switch (s->mode) {
+    case 0: r[0] = flx_softmax(s->x, -1, 1.0); return FLX_OK;
+    case 1: return bench_vjp(s->y, s->g, s->xl, &r[0]);
+    case 2: return flx_jvp(1, &s->xl, &s->g, 1, &s->y, &r[0]);
+    default: /* the loss and its gradient, queued together */
         r[0] = flx_cross_entropy(s->xl, s->labels, FLX_REDUCTION_MEAN, -100);
-        st = bench_vjp(r[0], NULL, s->xl, &r[1]);
-        n = 2;
+        return bench_vjp(r[0], NULL, s->xl, &r[1]);
     }
-    return bench_rep_end(st, n, r);
 }
 
 /* Inputs for a softmax-family workload; false on error. */
@@ -171,7 +154,7 @@ void bench_softmax(const char *tag, int64_t rows, int64_t cols, bool fwd_only, i
     for (int m = 0; m < (fwd_only ? 1 : 3); m++) {
         if (!bench_selected(names[m])) continue;
         s.mode = m;
-        bench_report(names[m], shape, ok ? bench_time(smx_rep, &s, reps, trials) : -1,
+        bench_report(names[m], shape, ok ? bench_time_graph(smx_graph, &s, reps, trials) : -1,
                      traffic[m] * (double)(rows * cols) * 4, 0, NULL);
     }
     flx_scope_end(0, NULL);
@@ -191,19 +174,18 @@ void bench_cross_entropy(const char *tag, int64_t rows, int64_t cols, int reps, 
     smx s;
     bool ok = smx_setup(&s, rows, cols, true);
     s.mode = 3;
-    bench_report(name, shape, ok ? bench_time(smx_rep, &s, reps, trials) : -1,
+    bench_report(name, shape, ok ? bench_time_graph(smx_graph, &s, reps, trials) : -1,
                  2.0 * (double)(rows * cols) * 4, 0, "labels i64, mean");
     flx_scope_end(0, NULL);
 }
 
 /* ---- matmul ------------------------------------------------------------------------------------ */
 typedef struct mm { flx_tensor *a, *b; } mm;
-static int mm_rep(void *p, int rep) {
+static flx_status mm_graph(void *p, int rep, flx_tensor **r) {
+    const mm *s = (const mm *)p;
     (void)rep;
-    mm *s = (mm *)p;
-    flx_scope_begin();
-    flx_tensor *r = flx_matmul(s->a, s->b);
-    return bench_rep_end(FLX_OK, 1, &r);
+    r[0] = flx_matmul(s->a, s->b);
+    return FLX_OK;
 }
 
 void bench_matmul(int64_t n, int reps, int trials) {
@@ -214,7 +196,7 @@ void bench_matmul(int64_t n, int reps, int trials) {
     flx_scope_begin();
     int64_t sh[2] = {n, n};
     mm s = {flx_normal(g_ctx, FLX_F32, 2, sh, 0, 1, 1), flx_normal(g_ctx, FLX_F32, 2, sh, 0, 1, 2)};
-    bench_report(name, shape, s.a && s.b ? bench_time(mm_rep, &s, reps, trials) : -1, 0,
+    bench_report(name, shape, s.a && s.b ? bench_time_graph(mm_graph, &s, reps, trials) : -1, 0,
                  2.0 * (double)n * n * n, "strict f32 (no TF32)");
     flx_scope_end(0, NULL);
 }
@@ -222,26 +204,16 @@ void bench_matmul(int64_t n, int reps, int trials) {
 /* ---- det / inv / solve (one rhs), and det / inv forward+backward for batches ------------------- */
 #define LU_SETS 4
 typedef struct lu { flx_tensor *a[LU_SETS], *b[LU_SETS], *gd, *gi; int mode; } lu;
-static int lu_rep(void *p, int rep) {
-    lu *s = (lu *)p;
+static flx_status lu_graph(void *p, int rep, flx_tensor **r) {
+    const lu *s = (const lu *)p;
     flx_tensor *a = s->a[rep % LU_SETS], *b = s->b[rep % LU_SETS];
-    flx_scope_begin();
-    flx_tensor *r = NULL;
-    flx_status st = FLX_OK;
     switch (s->mode) {
-    case 0: r = flx_det(a); break;
-    case 1: r = flx_inv(a); break;
-    case 2: r = flx_solve(a, b); break;
-    case 3: {
-        st = bench_vjp(flx_det(a), s->gd, a, &r);
-        break;
+    case 0: r[0] = flx_det(a); return FLX_OK;
+    case 1: r[0] = flx_inv(a); return FLX_OK;
+    case 2: r[0] = flx_solve(a, b); return FLX_OK;
+    case 3: return bench_vjp(flx_det(a), s->gd, a, &r[0]);
+    default: return bench_vjp(flx_inv(a), s->gi, a, &r[0]);
     }
-    default: {
-        st = bench_vjp(flx_inv(a), s->gi, a, &r);
-        break;
-    }
-    }
-    return bench_rep_end(st, 1, &r);
 }
 
 void bench_lu(const char *tag, int64_t batch, int64_t n, flx_dtype dt, int reps, int trials) {
@@ -280,7 +252,7 @@ void bench_lu(const char *tag, int64_t batch, int64_t n, flx_dtype dt, int reps,
     for (int m = 0; m < n_modes; m++) {
         if (!bench_selected(names[m])) continue;
         s.mode = m;
-        bench_report(names[m], shape, ok ? bench_time(lu_rep, &s, reps, trials) : -1, 0, 0, NULL);
+        bench_report(names[m], shape, ok ? bench_time_graph(lu_graph, &s, reps, trials) : -1, 0, 0, NULL);
     }
     flx_scope_end(0, NULL);
 }

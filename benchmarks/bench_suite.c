@@ -112,13 +112,33 @@ double bench_time(rep_fn f, void *st, int reps, int trials) {
     if (flx_ctx_synchronize(g_ctx) != FLX_OK) return -1;
     int rep = 0;
     for (int t = 0; t < trials; t++) {
-        double t0 = now_s();
+        double t0 = ex_now_s();
         for (int i = 0; i < reps; i++)
             if (f(st, rep++) != 0) return -1;
         if (flx_ctx_synchronize(g_ctx) != FLX_OK) return -1;
-        samples[t] = (now_s() - t0) / reps;
+        samples[t] = (ex_now_s() - t0) / reps;
     }
     return median_of(samples, trials);
+}
+
+typedef struct graph_rep {
+    graph_fn f;
+    void *st;
+} graph_rep;
+
+static int run_graph_rep(void *p, int rep) {
+    const graph_rep *g = (const graph_rep *)p;
+    flx_tensor *r[BENCH_MAX_OUT] = {NULL};
+    flx_scope_begin();
+    flx_status st = g->f(g->st, rep, r);
+    int n = 1;
+    while (n < BENCH_MAX_OUT && r[n]) n++;
+    return bench_rep_end(st, n, r);
+}
+
+double bench_time_graph(graph_fn f, void *st, int reps, int trials) {
+    graph_rep g = {f, st};
+    return bench_time(run_graph_rep, &g, reps, trials);
 }
 
 /* Marks name reported; an unlisted name is a bug of the suite and counts as a failure. */
@@ -192,7 +212,7 @@ static double host_loop(int what, flx_tensor *a, flx_tensor *b, flx_plan *plan, 
     double s[16];
     if (trials > 16) trials = 16;
     for (int t = -1; t < trials; t++) { /* t = -1: warm-up */
-        double t0 = now_s();
+        double t0 = ex_now_s();
         for (int i = 0; i < n; i++) {
             if (what == 0) {
                 flx_tensor *c = flx_add(a, b);
@@ -203,7 +223,7 @@ static double host_loop(int what, flx_tensor *a, flx_tensor *b, flx_plan *plan, 
                 return -1;
             }
         }
-        double dt = now_s() - t0;
+        double dt = ex_now_s() - t0;
         if (flx_ctx_synchronize(g_ctx) != FLX_OK) return -1;
         if (t >= 0) s[t] = dt / n;
     }
@@ -285,7 +305,7 @@ int main(int argc, char **argv) {
         printf("flx_bench_suite: CPU smoke run (tiny sizes; timings mean nothing)\n");
     }
     int r = g_smoke ? 2 : (g_quick ? 10 : 20), tr = g_smoke ? 1 : (g_quick ? 3 : 5);
-    double t0 = now_s();
+    double t0 = ex_now_s();
     bench_elementwise(g_smoke ? 4096 : (int64_t)1 << 28, r, tr);
     bench_fused(g_smoke ? 16 : (int64_t)1 << 14, g_smoke ? 256 : (int64_t)1 << 12, r, tr);
     static const struct { const char *tag; int64_t rows, cols; bool fwd_only; } sm[] = {
@@ -314,7 +334,7 @@ int main(int argc, char **argv) {
     }
     printf("DONE\t%d\t%d\t%d\n", listed, reported, g_failures);
     printf("flx_bench_suite: %d of %d selected workloads reported, %d failures, %.1f s\n", reported,
-           listed, g_failures, now_s() - t0);
+           listed, g_failures, ex_now_s() - t0);
     flx_status ds = flx_ctx_destroy(g_ctx);
     if (ds != FLX_OK) fprintf(stderr, "flx_ctx_destroy: %s\n", flx_last_error());
     return g_failures ? 1 : 0;

@@ -18,10 +18,17 @@ extern const char *g_data_dir; /* Fashion-MNIST folder (--data), or NULL: search
 /* One repetition of a workload: queues work (no host wait); returns 0 or -1. */
 typedef int (*rep_fn)(void *state, int rep);
 
+/* One repetition built as a graph: puts its results in r (a NULL r[0] is a failed build; the
+ * non-NULL prefix of r is queued) and returns the status of the build. */
+#define BENCH_MAX_OUT 2
+typedef flx_status (*graph_fn)(void *state, int rep, flx_tensor *r[BENCH_MAX_OUT]);
+
 /* True when the workload `name` (a name of the --list table) was selected (--only). */
 bool bench_selected(const char *name);
 /* Median seconds per repetition (warm-up, then trials x reps), negative on error. */
 double bench_time(rep_fn f, void *st, int reps, int trials);
+/* bench_time of a graph_fn: each repetition runs in a scope of its own and queues its results. */
+double bench_time_graph(graph_fn f, void *st, int reps, int trials);
 /* Reports workload `name` (must be a listed name) measured on `shape`: t seconds per repetition
  * (negative: failed, with flx_last_error), bytes moved per repetition (0 when not memory-bound),
  * flops (0: none) and a free note. Prints a human line and one machine line

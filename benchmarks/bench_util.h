@@ -1,17 +1,12 @@
-/* bench_util.h — timing helpers shared by the C benchmarks: a monotonic clock and the median of
- * a sample. Host clocks only: benchmarks see the public API, never CUDA headers, so device work is
- * bracketed by flx_ctx_synchronize. */
+/* bench_util.h — timing helpers shared by the C benchmarks: the examples' monotonic clock
+ * (ex_now_s, examples/example_util.h) and the median of a sample. Host clocks only: benchmarks see
+ * the public API, never CUDA headers, so device work is bracketed by flx_ctx_synchronize. */
 #ifndef FLX_BENCH_UTIL_H
 #define FLX_BENCH_UTIL_H
 
 #include <stdlib.h>
-#include <time.h>
 
-static inline double now_s(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
+#include "example_util.h"
 
 static inline int cmp_double(const void *a, const void *b) {
     double x = *(const double *)a, y = *(const double *)b;

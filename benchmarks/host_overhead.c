@@ -24,7 +24,7 @@
 
 /* One timed loop; returns microseconds per iteration, or a negative value on an API error. */
 static double time_loop(flx_tensor *a, flx_tensor *b, long iters, int dispatch) {
-    double t0 = now_s();
+    double t0 = ex_now_s();
     for (long i = 0; i < iters; i++) {
         flx_tensor *c = flx_add(a, b);
         if (!c) return -1.0;
@@ -34,7 +34,7 @@ static double time_loop(flx_tensor *a, flx_tensor *b, long iters, int dispatch) 
         }
         flx_release(c);
     }
-    return (now_s() - t0) * 1e6 / (double)iters;
+    return (ex_now_s() - t0) * 1e6 / (double)iters;
 }
 
 static int run(const char *label, flx_tensor *a, flx_tensor *b, long iters, int repeats,

@@ -44,6 +44,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "example_util.h"
 #include "fashion_mnist.h"
 #include "fluxion/fluxion.h"
 
@@ -54,19 +55,6 @@
 #define MAX_ROWS (MAX_EPOCHS * (POINTS_PER_EPOCH + 6))
 
 /* ---- small helpers -------------------------------------------------------------------------- */
-static double now_s(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
-
-static uint64_t splitmix(uint64_t *s) {
-    uint64_t z = (*s += 0x9e3779b97f4a7c15ull);
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-    return z ^ (z >> 31);
-}
-
 static int fail_flx(const char *what) {
     fprintf(stderr, "fashion_mnist: %s failed: %s: %s\n", what, flx_status_string(flx_last_status()),
             flx_last_error());
@@ -469,7 +457,7 @@ int main(int argc, char **argv) {
         uint64_t s = seed * 7919 + (uint64_t)epoch;
         for (int64_t i = 0; i < tr.n; i++) perm[i] = i;
         for (int64_t i = tr.n - 1; i > 0; i--) {
-            int64_t j = (int64_t)(splitmix(&s) % (uint64_t)(i + 1));
+            int64_t j = (int64_t)(ex_splitmix64(&s) % (uint64_t)(i + 1));
             int64_t t = perm[i];
             perm[i] = perm[j];
             perm[j] = t;
@@ -481,7 +469,7 @@ int main(int argc, char **argv) {
         flx_tensor *acc = flx_from_host(ctx, FLX_F32, 0, NULL, &zero);
         flx_tensor *hits = flx_from_host(ctx, FLX_F32, 0, NULL, &zero);
         if (!P || !acc || !hits) rc = fail_flx("epoch setup");
-        double t0 = now_s(), t_eval = 0, prev_loss = 0, prev_hits = 0, epoch_loss = 0, epoch_acc = 0;
+        double t0 = ex_now_s(), t_eval = 0, prev_loss = 0, prev_hits = 0, epoch_loss = 0, epoch_acc = 0;
         double test_loss = NAN, test_acc = NAN;
         int64_t seen = 0, prev_seen = 0;
         for (int64_t st = 0; st < steps && rc == 0; st++) {
@@ -536,7 +524,7 @@ int main(int argc, char **argv) {
                     rc = fail_flx("reading the loss");
                     break;
                 }
-                double dt = now_s() - t0 - t_eval;
+                double dt = ex_now_s() - t0 - t_eval;
                 if (progress == 1) {
                     int bar = (int)(30 * seen / tr.n);
                     fprintf(stderr, "\repoch %d/%d [%.*s%.*s] %lld/%lld  %.0f samples/s  loss %.4f ",
@@ -551,9 +539,9 @@ int main(int argc, char **argv) {
                 }
                 if (is_point && rows < MAX_ROWS) {
                     if (is_eval) {
-                        double e0 = now_s();
+                        double e0 = ex_now_s();
                         rc = evaluate(&m, Xte, Yte, te.n, &test_loss, &test_acc);
-                        t_eval += now_s() - e0;
+                        t_eval += ex_now_s() - e0;
                         if (rc != 0) break;
                     }
                     double *h = hist + rows * HIST_COLS;
@@ -562,7 +550,7 @@ int main(int argc, char **argv) {
                     h[H_TRAIN_ACC] = (hsum - prev_hits) / (double)(seen - prev_seen);
                     h[H_TEST_LOSS] = is_eval ? test_loss : NAN;
                     h[H_TEST_ACC] = is_eval ? test_acc : NAN;
-                    h[H_SECONDS] = train_seconds + (now_s() - t0 - t_eval);
+                    h[H_SECONDS] = train_seconds + (ex_now_s() - t0 - t_eval);
                     rows++;
                     prev_loss = lsum;
                     prev_hits = hsum;
@@ -572,7 +560,7 @@ int main(int argc, char **argv) {
                 epoch_acc = hsum / (double)seen;
             }
         }
-        double train_time = now_s() - t0 - t_eval;
+        double train_time = ex_now_s() - t0 - t_eval;
         train_seconds += train_time;
         flx_scope_end(0, NULL);
         if (progress == 1) fprintf(stderr, "\n");

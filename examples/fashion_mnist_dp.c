@@ -34,6 +34,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "example_util.h"
 #include "fashion_mnist.h"
 #include "fluxion/fluxion.h"
 
@@ -46,19 +47,6 @@ static int fail_flx(const char *what) {
     fprintf(stderr, "fashion_mnist_dp: rank %d: %s: %s [%s]\n", g_rank, what, flx_last_error(),
             flx_status_string(flx_last_status()));
     return 1;
-}
-
-static double now_s(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
-
-static uint64_t splitmix(uint64_t *s) {
-    uint64_t z = (*s += 0x9E3779B97F4A7C15ull);
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-    return z ^ (z >> 31);
 }
 
 /* The local rank of the launcher (the GPU index of a CUDA context), 0 when there is none. */
@@ -230,12 +218,12 @@ int main(int argc, char **argv) {
     if (!perm) return 1;
     const int64_t steps = tr.n / global; /* whole global batches only: every rank gets a share */
     int rc = 0;
-    double t0 = now_s(), last_loss = NAN;
+    double t0 = ex_now_s(), last_loss = NAN;
     for (int epoch = 0; epoch < epochs && rc == 0; epoch++) {
         uint64_t s = seed * 7919 + (uint64_t)epoch; /* the same permutation on every rank */
         for (int64_t i = 0; i < tr.n; i++) perm[i] = i;
         for (int64_t i = tr.n - 1; i > 0; i--) {
-            int64_t j = (int64_t)(splitmix(&s) % (uint64_t)(i + 1)), t = perm[i];
+            int64_t j = (int64_t)(ex_splitmix64(&s) % (uint64_t)(i + 1)), t = perm[i];
             perm[i] = perm[j];
             perm[j] = t;
         }
@@ -258,7 +246,7 @@ int main(int argc, char **argv) {
         if (rc == 0) rc = accuracy(&dp, Xte, Yte, te.n, &acc);
         if (rc == 0 && rank == 0)
             printf("epoch %d: last local loss %.4f, test accuracy %.4f (%.1f s)\n", epoch + 1, last_loss, acc,
-                   now_s() - t0);
+                   ex_now_s() - t0);
         if (rc == 0 && epoch + 1 == epochs && min_acc >= 0 && acc < min_acc) {
             if (rank == 0) printf("fashion_mnist_dp: test accuracy %.4f is below %.4f\n", acc, min_acc);
             rc = 3;

@@ -23,14 +23,9 @@
 #include <string.h>
 #include <time.h>
 
+#include "example_util.h"
 #include "fluxion/fluxion.h"
 #include "gpt2_model.h"
-
-static double now_s(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
 
 static int usage(const char *prog) {
     fprintf(stderr,
@@ -126,11 +121,11 @@ int main(int argc, char **argv) {
     st = random_tokens ? gpt2_synthetic_batch(ctx, &cfg, batch, seq, 7, &tokens, &targets)
                        : pattern_batch(ctx, &cfg, batch, seq, &tokens, &targets);
     flx_plan *plan = NULL;
-    double t0 = now_s(), first = NAN, last = NAN, t_first = 0;
+    double t0 = ex_now_s(), first = NAN, last = NAN, t_first = 0;
     if (st == FLX_OK && !eager) {
         plan = gpt2_compile_step(&m, tokens, targets, FLX_PLAN_CAPTURE_DEFAULT);
         if (!plan) st = FLX_ERR_INVALID_ARGUMENT;
-        else printf("gpt2: step compiled in %.2f s\n", now_s() - t0);
+        else printf("gpt2: step compiled in %.2f s\n", ex_now_s() - t0);
     }
     flx_tensor *loss_t = plan ? flx_plan_output(plan, 0) : NULL;
     for (int s = 1; s <= steps && st == FLX_OK; s++) {
@@ -143,7 +138,7 @@ int main(int argc, char **argv) {
             st = gpt2_step_eager(&m, tokens, targets, report ? &loss : NULL);
         }
         if (st != FLX_OK) break;
-        if (s == 1) first = loss, t_first = now_s(); /* the first step pays the warm-up: untimed */
+        if (s == 1) first = loss, t_first = ex_now_s(); /* the first step pays the warm-up: untimed */
         if (report) {
             last = loss;
             printf("step %4d  loss %.4f\n", s, loss);
@@ -155,7 +150,7 @@ int main(int argc, char **argv) {
         fprintf(stderr, "gpt2: %s\n", plan ? flx_last_error() : gpt2_error());
         rc = 1;
     } else {
-        double per_step = steps > 1 ? (now_s() - t_first) / (steps - 1) : NAN;
+        double per_step = steps > 1 ? (ex_now_s() - t_first) / (steps - 1) : NAN;
         double tok_s = (double)(batch * seq) / per_step;
         printf("gpt2: loss %.4f -> %.4f; %.4f s per step after the first, %.0f tokens/s", first, last,
                per_step, tok_s);

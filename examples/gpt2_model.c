@@ -1,6 +1,9 @@
 /* gpt2_model.c — GPT-2 over fluxion's public API: configuration, parameters, forward pass, loss,
  * the AdamW step eager and as a plan, synthetic data. See gpt2_model.h for the model. */
+#define _POSIX_C_SOURCE 200809L /* example_util.h: clock_gettime */
 #include "gpt2_model.h"
+
+#include "example_util.h"
 
 #include <math.h>
 #include <stdarg.h>
@@ -328,13 +331,6 @@ flx_plan *gpt2_compile_step(gpt2_model *m, flx_tensor *tokens, flx_tensor *targe
 }
 
 /* ---- data ------------------------------------------------------------------------------------- */
-static uint64_t splitmix64(uint64_t *s) {
-    uint64_t z = (*s += 0x9e3779b97f4a7c15ull);
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-    return z ^ (z >> 31);
-}
-
 flx_status gpt2_synthetic_batch(flx_ctx *ctx, const gpt2_config *c, int64_t batch, int64_t seq,
                                 uint64_t seed, flx_tensor **tokens, flx_tensor **targets) {
     if (!tokens || !targets) return fail(FLX_ERR_INVALID_ARGUMENT, "gpt2_synthetic_batch: NULL output");
@@ -354,7 +350,7 @@ flx_status gpt2_synthetic_batch(flx_ctx *ctx, const gpt2_config *c, int64_t batc
     uint64_t s = seed;
     for (int64_t b = 0; b < batch; b++) {
         for (int64_t t = 0; t <= seq; t++) {
-            int64_t id = (int64_t)(splitmix64(&s) % (uint64_t)c->vocab);
+            int64_t id = (int64_t)(ex_splitmix64(&s) % (uint64_t)c->vocab);
             if (t < seq) x[b * seq + t] = id;
             if (t > 0) y[b * seq + t - 1] = id;
         }

@@ -9,12 +9,14 @@
  *   variable FLX_DEVICE=cpu|cuda, force the choice. Prints the loss every N steps (default 50)
  *   and the final accuracy; exits 1 on an error or when training did not reduce the loss.
  */
+#define _POSIX_C_SOURCE 200809L /* example_util.h: clock_gettime */
 #include <math.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "example_util.h"
 #include "fluxion/fluxion.h"
 
 #define N_POINTS 300
@@ -24,13 +26,9 @@
 
 static const double kPi = 3.14159265358979323846;
 
-/* Small deterministic generator (splitmix64) for data and initial weights. */
+/* Uniform in [lo, hi) from the top 53 bits of splitmix64, for data and initial weights. */
 static double next_uniform(uint64_t *s, double lo, double hi) {
-    uint64_t z = (*s += 0x9e3779b97f4a7c15ull);
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-    z ^= z >> 31;
-    return lo + (hi - lo) * (double)(z >> 11) / 9007199254740992.0;
+    return lo + (hi - lo) * (double)(ex_splitmix64(s) >> 11) / 9007199254740992.0;
 }
 
 /* Host values to a tensor of dtype dt. */

@@ -8,6 +8,7 @@
 #include <cstdio>
 #include <limits>
 #include <string>
+#include <type_traits>
 #include <unistd.h>
 #include <vector>
 
@@ -285,6 +286,57 @@ TEST_F(Cpp, OptimizerPlanAndCheckpoint) {
     }
     std::remove(path.c_str());
     std::remove(opath.c_str());
+}
+
+static_assert(!std::is_copy_constructible<flx::optimizer>::value && !std::is_copy_assignable<flx::plan>::value &&
+                  !std::is_copy_constructible<flx::checkpoint>::value,
+              "C-object owners are move-only");
+static_assert(std::is_nothrow_move_constructible<flx::optimizer>::value &&
+                  std::is_nothrow_move_assignable<flx::plan>::value &&
+                  std::is_nothrow_move_assignable<flx::checkpoint>::value,
+              "moving an owner cannot throw");
+
+// Moving transfers the one C handle (the moved-from owner is empty and frees nothing); move
+// assignment frees the target's previous object (the sanitizer build catches a double free).
+TEST_F(Cpp, OwnersMoveTheirHandle) {
+    flx::context ctx = flx::context::cpu();
+    const std::string path = temp_path("mv");
+    {
+        flx::tensor w = ctx.zeros({2}, FLX_F64);
+        w.set_requires_grad();
+        flx_optim_config cfg = flx_optim_defaults(FLX_OPTIM_SGD);
+        cfg.lr = 0.5;
+        flx::optimizer a(ctx, FLX_OPTIM_SGD, {w}, cfg);
+        flx_optim *raw = a.get();
+        flx::optimizer b(std::move(a));
+        EXPECT_EQ(b.get(), raw);
+        EXPECT_EQ(a.get(), nullptr);  // NOLINT(bugprone-use-after-move): the moved-from state is the point
+        flx::optimizer c(ctx, FLX_OPTIM_ADAM, {w});
+        c = std::move(b);
+        EXPECT_EQ(c.get(), raw);
+        EXPECT_EQ(c.lr(), 0.5);
+
+        flx::tensor x = ctx.from_vector<double>({1, 2}, {2});
+        flx::tensor loss = (w * x).sum();
+        flx::plan_options po;
+        po.optimizers.push_back(&c);
+        flx::plan p({loss}, {x}, po);
+        flx_plan *praw = p.get();
+        flx::plan q(std::move(p));
+        EXPECT_EQ(q.get(), praw);
+        EXPECT_EQ(p.get(), nullptr);  // NOLINT(bugprone-use-after-move)
+        q.run();  // w <- w - 0.5 x
+        EXPECT_EQ(w.to_vector<double>(), (std::vector<double>{-0.5, -1.0}));
+
+        flx::save_safetensors(path, {{"w", w}});
+        flx::checkpoint ck(ctx, path), other(ctx, path);
+        flx_checkpoint *craw = ck.get();
+        other = std::move(ck);
+        EXPECT_EQ(other.get(), craw);
+        EXPECT_EQ(ck.get(), nullptr);  // NOLINT(bugprone-use-after-move)
+        EXPECT_EQ(other["w"].to_vector<double>(), (std::vector<double>{-0.5, -1.0}));
+    }
+    std::remove(path.c_str());
 }
 
 TEST_F(Cpp, NoGradGuard) {

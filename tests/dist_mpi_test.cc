@@ -26,32 +26,15 @@ class MpiTest : public CommTest {
     }
 };
 
-std::vector<double> rank_values(int r, size_t n) {
-    std::vector<double> v(n);
-    for (size_t i = 0; i < n; i++) v[i] = std::sin(1.0 + 0.7 * (double)i + 1.3 * r);
-    return v;
-}
-
 TEST_F(MpiTest, AllReduceValues) {
     for (flx_dtype dt : {FLX_F64, FLX_F32}) {
         flx_tensor *x = make(ctx, dt, {5}, rank_values(rank, 5));
-        std::vector<double> sum(5, 0), mx(5, -1e300), mn(5, 1e300);
-        for (int r = 0; r < size; r++) {
-            std::vector<double> v = rank_values(r, 5);
-            for (int i = 0; i < 5; i++) {
-                double vi = dt == FLX_F32 ? (double)(float)v[i] : v[i];
-                sum[i] += vi;
-                mx[i] = std::max(mx[i], vi);
-                mn[i] = std::min(mn[i], vi);
-            }
-        }
-        std::vector<double> avg(sum);
-        for (double &a : avg) a /= size;
+        RankReduction want = reduce_rank_values(size, 5, dt);
         double tol = dt == FLX_F32 ? 1e-6 : 1e-14;
-        EXPECT_TRUE(close(values(flx_comm_all_reduce(comm, x, FLX_COMM_SUM)), sum, tol, tol));
-        EXPECT_TRUE(close(values(flx_comm_all_reduce(comm, x, FLX_COMM_AVG)), avg, tol, tol));
-        EXPECT_TRUE(close(values(flx_comm_all_reduce(comm, x, FLX_COMM_MAX)), mx, 0, 0));
-        EXPECT_TRUE(close(values(flx_comm_all_reduce(comm, x, FLX_COMM_MIN)), mn, 0, 0));
+        EXPECT_TRUE(close(values(flx_comm_all_reduce(comm, x, FLX_COMM_SUM)), want.sum, tol, tol));
+        EXPECT_TRUE(close(values(flx_comm_all_reduce(comm, x, FLX_COMM_AVG)), want.avg, tol, tol));
+        EXPECT_TRUE(close(values(flx_comm_all_reduce(comm, x, FLX_COMM_MAX)), want.max, 0, 0));
+        EXPECT_TRUE(close(values(flx_comm_all_reduce(comm, x, FLX_COMM_MIN)), want.min, 0, 0));
     }
     flx_tensor *xi = make(ctx, FLX_I64, {2}, {(double)rank, 10.0 * rank});
     double s = size * (size - 1) / 2.0;

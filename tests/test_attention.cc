@@ -14,11 +14,7 @@
 
 namespace {
 
-using flxt::close;
-using flxt::make;
-using flxt::rand_values;
-using flxt::Shape;
-using flxt::values;
+using namespace flxt;
 
 class Attention : public flxt::CpuTest {};
 

@@ -340,12 +340,6 @@ TEST(DistLauncher, TorchrunStyleEnvironment) {
     flx_ctx_destroy(ctx);
 }
 
-std::vector<double> vals(int r, size_t n) {
-    std::vector<double> v(n);
-    for (size_t i = 0; i < n; i++) v[i] = std::sin(1.0 + 0.7 * (double)i + 1.3 * r);
-    return v;
-}
-
 // NCCL on a CUDA context: without a launcher a CUDA communicator is a world of one over NCCL,
 // so one GPU exercises the real transport: every collective against the closed forms.
 TEST(NcclTest, CollectivesMatchTheCpu) {
@@ -356,23 +350,15 @@ TEST(NcclTest, CollectivesMatchTheCpu) {
     int size = flx_comm_size(c), rank = flx_comm_rank(c);
     flx_scope_begin();
     for (flx_dtype dt : {FLX_F32, FLX_F64}) {
-        flx_tensor *x = make(cuda, dt, {4, 3}, vals(rank, 12));
-        std::vector<double> sum(12, 0.0), mx(12, -1e300);
-        for (int r = 0; r < size; r++) {
-            std::vector<double> v = vals(r, 12);
-            for (int i = 0; i < 12; i++) {
-                double vi = dt == FLX_F32 ? (double)(float)v[i] : v[i];
-                sum[i] += vi;
-                mx[i] = std::max(mx[i], vi);
-            }
-        }
+        flx_tensor *x = make(cuda, dt, {4, 3}, rank_values(rank, 12));
+        RankReduction want = reduce_rank_values(size, 12, dt);
         double tol = dt == FLX_F32 ? 1e-6 : 1e-14;
-        EXPECT_TRUE(close(values(flx_comm_all_reduce(c, x, FLX_COMM_SUM)), sum, tol, tol));
-        EXPECT_TRUE(close(values(flx_comm_all_reduce(c, x, FLX_COMM_MAX)), mx, 0, 0));
-        EXPECT_TRUE(close(values(flx_comm_broadcast(c, x, 0)), vals(0, 12), tol, tol));
+        EXPECT_TRUE(close(values(flx_comm_all_reduce(c, x, FLX_COMM_SUM)), want.sum, tol, tol));
+        EXPECT_TRUE(close(values(flx_comm_all_reduce(c, x, FLX_COMM_MAX)), want.max, 0, 0));
+        EXPECT_TRUE(close(values(flx_comm_broadcast(c, x, 0)), rank_values(0, 12), tol, tol));
         EXPECT_EQ(shape_of(flx_comm_all_gather(c, x)), (Shape{4 * size, 3}));
     }
-    flx_tensor *x = make(cuda, FLX_F64, {2 * size, 3}, vals(rank, (size_t)(6 * size)));
+    flx_tensor *x = make(cuda, FLX_F64, {2 * size, 3}, rank_values(rank, (size_t)(6 * size)));
     flx_set_requires_grad(x, true);
     flx_tensor *y = flx_comm_reduce_scatter(c, x, FLX_COMM_SUM);
     ASSERT_EQ(flx_backward(flx_sum_all(y)), FLX_OK) << flx_last_error();

@@ -87,6 +87,17 @@ Mat qdq(const std::vector<double> &d, uint64_t seed, Mat *Q = nullptr) {
 }
 
 // Random matrix scaled to have entries in [-scale, scale).
+// The number of n x n matrices in a (..., n, n) shape.
+int64_t batch_of(const Shape &s) {
+    int64_t batch = 1;
+    for (size_t i = 0; i + 2 < s.size(); i++) batch *= s[i];
+    return batch;
+}
+
+std::string stack_name(flx_dtype dt, int64_t batch, int64_t n) {
+    return std::string(flx_dtype_name(dt)) + " " + std::to_string(batch) + "x" + std::to_string(n);
+}
+
 Mat randm(int64_t count, uint64_t seed, double scale) {
     Mat r = rand_values((size_t)count, seed);
     for (double &x : r) x *= scale;
@@ -286,9 +297,8 @@ TEST_F(EighTest, KnownSpectrum) {
     for (flx_dtype dt : {FLX_F64, FLX_F32}) {
         double tol = dt == FLX_F64 ? 1e-13 : 3e-6;
         for (const Shape &s : shapes) {
-            int64_t n = s.back(), batch = 1;
-            for (size_t i = 0; i + 2 < s.size(); i++) batch *= s[i];
-            SCOPED_TRACE(std::string(flx_dtype_name(dt)) + " " + std::to_string(batch) + "x" + std::to_string(n));
+            const int64_t n = s.back(), batch = batch_of(s);
+            SCOPED_TRACE(stack_name(dt, batch, n));
             Mat S;
             std::vector<double> spec;
             for (int64_t b = 0; b < batch; b++) {
@@ -447,9 +457,8 @@ TEST_F(ExpmEighCuda, MatchesCpu) {
     for (flx_dtype dt : {FLX_F64, FLX_F32}) {
         double tol = dt == FLX_F64 ? 1e-9 : 2e-3;
         for (const Shape &s : shapes) {
-            int64_t n = s.back(), batch = 1;
-            for (size_t i = 0; i + 2 < s.size(); i++) batch *= s[i];
-            SCOPED_TRACE(std::string(flx_dtype_name(dt)) + " " + std::to_string(batch) + "x" + std::to_string(n));
+            const int64_t n = s.back(), batch = batch_of(s);
+            SCOPED_TRACE(stack_name(dt, batch, n));
             Mat a = randm(batch * n * n, (uint64_t)(5 + n), 1.0 / std::sqrt((double)std::max<int64_t>(n, 1)));
             flx_tensor *Ac = make(cpu, dt, s, a), *Ag = flx_to_ctx(Ac, gpu);
             flx_tensor *ec = flx_expm(Ac), *eg = flx_expm(Ag);

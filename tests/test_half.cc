@@ -22,11 +22,7 @@
 
 namespace {
 
-using flxt::close;
-using flxt::make;
-using flxt::rand_values;
-using flxt::Shape;
-using flxt::values;
+using namespace flxt;
 
 // ---- the reference: binary16 and bfloat16 from their definitions ----------------------------
 struct Fmt {

@@ -142,22 +142,27 @@ TEST_F(InteropTest, FromBlobWithoutDeleterAndEmpty) {
 TEST_F(InteropTest, FromBlobBadInputsStillCallTheDeleter) {
     float host[4] = {0, 0, 0, 0};
     Counter c;
-    EXPECT_TRUE(fails_with(flx_from_blob(nullptr, FLX_F32, 1, std::vector<int64_t>{4}.data(), host, count_delete, &c),
-                           FLX_ERR_INVALID_ARGUMENT, "ctx"));
-    EXPECT_EQ(c.deleted, 1);
-    flx_clear_error();
-    EXPECT_TRUE(fails_with(flx_from_blob(ctx, FLX_DTYPE_COUNT, 1, std::vector<int64_t>{4}.data(), host, count_delete, &c),
-                           FLX_ERR_DTYPE, "dtype"));
-    EXPECT_EQ(c.deleted, 2);
-    flx_clear_error();
-    EXPECT_TRUE(fails_with(flx_from_blob(ctx, FLX_F32, 1, std::vector<int64_t>{-4}.data(), host, count_delete, &c),
-                           FLX_ERR_SHAPE, "negative"));
-    EXPECT_EQ(c.deleted, 3);
-    flx_clear_error();
-    EXPECT_TRUE(fails_with(flx_from_blob(ctx, FLX_F32, 1, std::vector<int64_t>{4}.data(), nullptr, count_delete, &c),
-                           FLX_ERR_INVALID_ARGUMENT, "NULL"));
-    EXPECT_EQ(c.deleted, 4);
-    flx_clear_error();
+    struct Bad {
+        bool no_ctx;
+        flx_dtype dt;
+        int64_t dim;
+        bool no_data;
+        flx_status status;
+        const char *needle;
+    };
+    const Bad bad[] = {{true, FLX_F32, 4, false, FLX_ERR_INVALID_ARGUMENT, "ctx"},
+                       {false, FLX_DTYPE_COUNT, 4, false, FLX_ERR_DTYPE, "dtype"},
+                       {false, FLX_F32, -4, false, FLX_ERR_SHAPE, "negative"},
+                       {false, FLX_F32, 4, true, FLX_ERR_INVALID_ARGUMENT, "NULL"}};
+    for (int i = 0; i < 4; i++) {
+        const Bad &b = bad[i];
+        EXPECT_TRUE(fails_with(flx_from_blob(b.no_ctx ? nullptr : ctx, b.dt, 1, &b.dim, b.no_data ? nullptr : host,
+                                             count_delete, &c),
+                               b.status, b.needle))
+            << "case " << i;
+        EXPECT_EQ(c.deleted, i + 1) << "case " << i << ": the deleter runs once for a refused blob";
+        flx_clear_error();
+    }
 }
 
 TEST_F(InteropTest, FromBlobCanBecomeALeaf) {

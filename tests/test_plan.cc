@@ -174,8 +174,7 @@ TEST_F(PlanTest, InputsKeepTheirDataAndHostBinding) {
     EXPECT_TRUE(close(values(out), {2, 2, 2}));
     // The compiled input tensors themselves were not changed.
     EXPECT_TRUE(close(values(x), {1, 2, 3}));
-    flx_plan_info info;
-    ASSERT_EQ(flx_plan_get_info(plan, &info), FLX_OK);
+    flx_plan_info info = plan_info(plan);
     EXPECT_EQ(info.runs, 3u);
     EXPECT_EQ(info.n_inputs, 2);
     EXPECT_FALSE(info.captured);  // CPU: capture is a no-op
@@ -347,8 +346,7 @@ TEST_F(PlanTest, MemoryPlanReusesSpaceAndRunsAllocateNothing) {
     flx_tensor *out = flx_sum_all(h);
     flx_plan *plan = flx_plan_compile(1, &out, 1, &x, nullptr);
     ASSERT_NE(plan, nullptr) << flx_last_error();
-    flx_plan_info info;
-    ASSERT_EQ(flx_plan_get_info(plan, &info), FLX_OK);
+    flx_plan_info info = plan_info(plan);
     EXPECT_EQ(info.n_nodes, 61);
     EXPECT_LT(info.arena_bytes, info.unplanned_bytes);
     // 60 intermediates of 16 KiB: a chain needs about two of them live at once, plus the input.
@@ -524,21 +522,32 @@ TrainResult eager_train(flx_ctx *ctx, flx_dtype dt, flx_optim_kind kind, const B
 // The same training as one plan: the step graph recorded once (optionally one flx_backward,
 // which changes nothing: no step is taken and runs do not read .grad), then one plan run per
 // batch.
+// The plan inputs of the optimiser tests: a (12, 8) batch for the MLP and 12 labels `label`.
+std::pair<flx_tensor *, flx_tensor *> mlp_inputs(flx_ctx *ctx, flx_dtype dt, int64_t label) {
+    const int64_t ls[1] = {12};
+    return {rand_tensor(ctx, dt, {12, 8}, 999),
+            flx_from_host(ctx, FLX_I64, 1, ls, std::vector<int64_t>(12, label).data())};
+}
+
+// Plan options that step *opt at every run.
+flx_plan_options stepping(flx_optim **opt) {
+    flx_plan_options o = flx_plan_default_options();
+    o.n_optim = 1;
+    o.optims = opt;
+    return o;
+}
+
 TrainResult plan_train(flx_ctx *ctx, flx_dtype dt, flx_optim_kind kind, const Batches &data,
                        int steps, const LrSchedule &lr, int capture, bool expect_captured,
                        bool backward_first = true) {
     TrainResult r;
     Mlp m = make_mlp(ctx, dt);
     flx_optim *opt = make_optim(ctx, m, kind);
-    flx_tensor *xin = rand_tensor(ctx, dt, {12, 8}, 999);
-    const int64_t ls[1] = {12};
-    flx_tensor *yin = flx_from_host(ctx, FLX_I64, 1, ls, std::vector<int64_t>(12, 1).data());
+    auto [xin, yin] = mlp_inputs(ctx, dt, 1);
     flx_tensor *loss = mlp_loss(m, xin, yin);
     if (backward_first) EXPECT_EQ(flx_backward(loss), FLX_OK) << flx_last_error();
-    flx_plan_options o = flx_plan_default_options();
+    flx_plan_options o = stepping(&opt);
     o.capture = capture;
-    o.n_optim = 1;
-    o.optims = &opt;
     flx_tensor *ins[2] = {xin, yin};
     flx_plan *plan = flx_plan_compile(1, &loss, 2, ins, &o);
     EXPECT_NE(plan, nullptr) << flx_last_error();
@@ -546,8 +555,7 @@ TrainResult plan_train(flx_ctx *ctx, flx_dtype dt, flx_optim_kind kind, const Ba
         flx_optim_destroy(opt);
         return r;
     }
-    flx_plan_info info;
-    EXPECT_EQ(flx_plan_get_info(plan, &info), FLX_OK);
+    flx_plan_info info = plan_info(plan);
     EXPECT_EQ(info.n_optim, 1);
     EXPECT_EQ(info.captured, expect_captured);
     flx_tensor *out = flx_plan_output(plan, 0);
@@ -665,16 +673,12 @@ TEST_F(PlanTest, OptimiserRunsAfterOutputsAndAssignmentValuesAreRead) {
     flx_tensor *ema_leaf = make(ctx, FLX_F64, {16, 3}, std::vector<double>(48, 0));
     flx_tensor *ema0 = flx_detach(flx_mul_scalar(m.p[2], 1.0));
     ASSERT_EQ(flx_assign(ema_leaf, ema0), FLX_OK);
-    flx_tensor *xin = rand_tensor(ctx, FLX_F64, {12, 8}, 999);
-    const int64_t ls[1] = {12};
-    flx_tensor *yin = flx_from_host(ctx, FLX_I64, 1, ls, std::vector<int64_t>(12, 0).data());
+    auto [xin, yin] = mlp_inputs(ctx, FLX_F64, 0);
     flx_tensor *loss = mlp_loss(m, xin, yin);
     ASSERT_EQ(flx_backward(loss), FLX_OK);
     flx_tensor *nv = flx_add(flx_mul_scalar(ema_leaf, 0.5), flx_mul_scalar(m.p[2], 0.5));
     flx_tensor *outs[2] = {loss, m.p[0]};
-    flx_plan_options o = flx_plan_default_options();
-    o.n_optim = 1;
-    o.optims = &opt;
+    flx_plan_options o = stepping(&opt);
     o.n_assign = 1;
     o.assign_dst = &ema_leaf;
     o.assign_src = &nv;
@@ -702,9 +706,7 @@ TEST_F(PlanTest, PlanKeepsItsOptimiserAlive) {
     flx_tensor *xin = rand_tensor(ctx, FLX_F32, {12, 8}, 999);
     flx_tensor *loss = mlp_loss(m, xin, data.y[0]);  // labels: an external source
     ASSERT_EQ(flx_backward(loss), FLX_OK);
-    flx_plan_options o = flx_plan_default_options();
-    o.n_optim = 1;
-    o.optims = &opt;
+    flx_plan_options o = stepping(&opt);
     flx_plan *plan = flx_plan_compile(1, &loss, 1, &xin, &o);
     ASSERT_NE(plan, nullptr) << flx_last_error();
     flx_optim_destroy(opt);  // the plan still holds it
@@ -730,14 +732,10 @@ flx_status compile_status_no_leak(flx_ctx *ctx, int32_t n_out, flx_tensor *const
 TEST_F(PlanTest, OptimiserBadInputsGiveClearErrors) {
     Mlp m = make_mlp(ctx, FLX_F32);
     flx_optim *opt = make_optim(ctx, m, FLX_OPTIM_MOMENTUM);
-    flx_tensor *xin = rand_tensor(ctx, FLX_F32, {12, 8}, 999);
-    const int64_t ls[1] = {12};
-    flx_tensor *yin = flx_from_host(ctx, FLX_I64, 1, ls, std::vector<int64_t>(12, 0).data());
+    auto [xin, yin] = mlp_inputs(ctx, FLX_F32, 0);
     flx_tensor *loss = mlp_loss(m, xin, yin);
     flx_tensor *ins[2] = {xin, yin};
-    flx_plan_options o = flx_plan_default_options();
-    o.n_optim = 1;
-    o.optims = &opt;
+    flx_plan_options o = stepping(&opt);
     auto compile = [&](int32_t n_out, flx_tensor *const *outs, int32_t n_in, flx_tensor *const *in) {
         return compile_status_no_leak(ctx, n_out, outs, n_in, in, &o);
     };
@@ -812,14 +810,10 @@ TEST_F(PlanTest, OptimiserBadInputsGiveClearErrors) {
 TEST_F(PlanTest, OptimiserParameterWithNewOrSharedBufferFailsTheRun) {
     Mlp m = make_mlp(ctx, FLX_F32);
     flx_optim *opt = make_optim(ctx, m, FLX_OPTIM_ADAM);
-    flx_tensor *xin = rand_tensor(ctx, FLX_F32, {12, 8}, 999);
-    const int64_t ls[1] = {12};
-    flx_tensor *yin = flx_from_host(ctx, FLX_I64, 1, ls, std::vector<int64_t>(12, 0).data());
+    auto [xin, yin] = mlp_inputs(ctx, FLX_F32, 0);
     flx_tensor *loss = mlp_loss(m, xin, yin);
     ASSERT_EQ(flx_backward(loss), FLX_OK);
-    flx_plan_options o = flx_plan_default_options();
-    o.n_optim = 1;
-    o.optims = &opt;
+    flx_plan_options o = stepping(&opt);
     flx_tensor *ins[2] = {xin, yin};
     flx_plan *plan = flx_plan_compile(1, &loss, 2, ins, &o);
     ASSERT_NE(plan, nullptr) << flx_last_error();
@@ -862,15 +856,10 @@ TEST_F(PlanTest, MathModeIsExplicitAndValidated) {
 }
 
 // ---- CUDA (skips without a GPU) --------------------------------------------------------------
-class CudaPlan : public ::testing::Test {
-  protected:
-    void SetUp() override { live_before = flx_live_tensors(); }
-    int64_t live_before = 0;
-};
+// The shared CUDA context, never destroyed here: later tests of the process use it too.
+using CudaPlan = CudaCpuTest;
 
 TEST_F(CudaPlan, CapturedAndUncapturedEqualEager) {
-    FLX_REQUIRE_CUDA(gpu);
-    ASSERT_EQ(flx_scope_begin(), FLX_OK);
     flx_tensor *w = rand_tensor(gpu, FLX_F32, {64, 32}, 3);
     Builder build = [&](const std::vector<flx_tensor *> &in) {
         flx_tensor *h = flx_gelu(flx_matmul(in[0], w));
@@ -886,47 +875,34 @@ TEST_F(CudaPlan, CapturedAndUncapturedEqualEager) {
         std::vector<flx_tensor *> outs = build(batches[0]);
         flx_plan *p = flx_plan_compile(2, outs.data(), 1, batches[0].data(), nullptr);
         ASSERT_NE(p, nullptr) << flx_last_error();
-        flx_plan_info info;
-        ASSERT_EQ(flx_plan_get_info(p, &info), FLX_OK);
-        EXPECT_TRUE(info.captured) << "default capture is on for CUDA";
+        EXPECT_TRUE(plan_info(p).captured) << "default capture is on for CUDA";
         quiet_runs(gpu, p);
         flx_plan_destroy(p);
     }
-    ASSERT_EQ(flx_scope_end(0, nullptr), FLX_OK);
-    EXPECT_EQ(flx_live_tensors(), live_before);
-    EXPECT_EQ(flx_ctx_destroy(gpu), FLX_OK) << flx_last_error();
 }
 
 TEST_F(CudaPlan, CapturedTrainingEqualsEager) {
-    FLX_REQUIRE_CUDA(gpu);
     train_compare(gpu, 300, FLX_PLAN_CAPTURE_ON);
     train_compare(gpu, 300, FLX_PLAN_CAPTURE_OFF);
-    EXPECT_EQ(flx_live_tensors(), live_before);
-    EXPECT_EQ(flx_ctx_destroy(gpu), FLX_OK) << flx_last_error();
 }
 
 TEST_F(CudaPlan, OptimiserInCapturedPlanEqualsEager) {
-    FLX_REQUIRE_CUDA(gpu);
     LrSchedule lr = [](int s) { return s < 10 ? 0.002 * (s + 1) : 0.02 * std::pow(0.9, s - 10); };
     optim_plan_cases(gpu, 50, lr, FLX_PLAN_CAPTURE_ON, true);
     optim_plan_cases(gpu, 50, nullptr, FLX_PLAN_CAPTURE_OFF, false);
     {
         // Forward, backward and the fused update: one graph launch per run, no host wait, no
         // allocation.
-        ASSERT_EQ(flx_scope_begin(), FLX_OK);
         Batches data = make_batches(gpu, FLX_F32, 4);
         Mlp m = make_mlp(gpu, FLX_F32);
         flx_optim *opt = make_optim(gpu, m, FLX_OPTIM_ADAM);
         flx_tensor *loss = mlp_loss(m, data.x[0], data.y[0]);
         ASSERT_EQ(flx_backward(loss), FLX_OK) << flx_last_error();
-        flx_plan_options o = flx_plan_default_options();
-        o.n_optim = 1;
-        o.optims = &opt;
+        flx_plan_options o = stepping(&opt);
         flx_tensor *ins[2] = {data.x[0], data.y[0]};
         flx_plan *p = flx_plan_compile(1, &loss, 2, ins, &o);
         ASSERT_NE(p, nullptr) << flx_last_error();
-        flx_plan_info info;
-        ASSERT_EQ(flx_plan_get_info(p, &info), FLX_OK);
+        flx_plan_info info = plan_info(p);
         EXPECT_TRUE(info.captured);
         EXPECT_EQ(info.n_optim, 1);
         EXPECT_EQ(quiet_runs(gpu, p), 10u) << "a run is more than one launch";
@@ -935,18 +911,13 @@ TEST_F(CudaPlan, OptimiserInCapturedPlanEqualsEager) {
         EXPECT_EQ(step, 11.0);  // the step count advances on the device, inside the graph
         flx_plan_destroy(p);
         flx_optim_destroy(opt);
-        ASSERT_EQ(flx_scope_end(0, nullptr), FLX_OK);
     }
-    EXPECT_EQ(flx_live_tensors(), live_before);
-    EXPECT_EQ(flx_ctx_destroy(gpu), FLX_OK) << flx_last_error();
 }
 
 TEST_F(CudaPlan, MathModeSwitchesTf32) {
-    FLX_REQUIRE_CUDA(gpu);
     ASSERT_EQ(flx_set_math_mode(gpu, FLX_MATH_TF32), FLX_OK) << flx_last_error();
     ASSERT_EQ(flx_set_math_mode(gpu, FLX_MATH_STRICT), FLX_OK) << flx_last_error();
     EXPECT_TRUE(fails(flx_set_math_mode(gpu, 4), FLX_ERR_INVALID_ARGUMENT, "unknown mode"));
-    EXPECT_EQ(flx_ctx_destroy(gpu), FLX_OK) << flx_last_error();
 }
 
 }  // namespace

@@ -1,5 +1,7 @@
 #include "testing.h"
 
+#include <algorithm>
+#include <cmath>
 #include <cstdlib>
 #include <cstring>
 
@@ -186,6 +188,12 @@ flx_status gradcheck(const Fn &fn, const std::vector<flx_tensor *> &inputs, doub
     return ::testing::AssertionSuccess();
 }
 
+flx_plan_info plan_info(flx_plan *p) {
+    flx_plan_info info{};
+    EXPECT_EQ(flx_plan_get_info(p, &info), FLX_OK) << flx_last_error();
+    return info;
+}
+
 flx_ctx *cuda_ctx_or_null(std::string *why) {
     static flx_ctx *ctx = nullptr;
     static bool tried = false;
@@ -251,6 +259,29 @@ void CudaCpuTest::TearDown() {
     EXPECT_EQ(flx_scope_end(0, nullptr), FLX_OK);
     EXPECT_EQ(flx_live_tensors(), live_before) << "tensors leaked by this test";
     if (flx_live_tensors() == live_before) EXPECT_EQ(flx_ctx_destroy(cpu), FLX_OK) << flx_last_error();
+}
+
+std::vector<double> rank_values(int r, size_t n) {
+    std::vector<double> v(n);
+    for (size_t i = 0; i < n; i++) v[i] = std::sin(1.0 + 0.7 * (double)i + 1.3 * r);
+    return v;
+}
+
+RankReduction reduce_rank_values(int size, size_t n, flx_dtype dt) {
+    RankReduction w{std::vector<double>(n, 0.0), {}, std::vector<double>(n, -HUGE_VAL),
+                    std::vector<double>(n, HUGE_VAL)};
+    for (int r = 0; r < size; r++) {
+        std::vector<double> v = rank_values(r, n);
+        for (size_t i = 0; i < n; i++) {
+            double vi = dt == FLX_F32 ? (double)(float)v[i] : v[i];
+            w.sum[i] += vi;
+            w.max[i] = std::max(w.max[i], vi);
+            w.min[i] = std::min(w.min[i], vi);
+        }
+    }
+    w.avg = w.sum;
+    for (double &a : w.avg) a /= size;
+    return w;
 }
 
 void CommTest::SetUp() {

@@ -77,6 +77,9 @@ inline void need_grad(const std::vector<flx_tensor *> &in) {
 // Expects a NULL result with the given status, and that the message names `needle`.
 ::testing::AssertionResult fails_with(flx_tensor *t, flx_status status, const char *needle);
 
+// flx_plan_get_info of p (a failure is reported, and the info is then all zero).
+flx_plan_info plan_info(flx_plan *p);
+
 // A CUDA context on device 0, or nullptr when no GPU is usable (the caller skips).
 flx_ctx *cuda_ctx_or_null(std::string *why);
 
@@ -115,6 +118,16 @@ class CommTest : public CpuTest {
     flx_comm *comm = nullptr;
     int rank = 0, size = 0;
 };
+
+// What rank r contributes to a collective in the tests: n smooth values, distinct across ranks.
+std::vector<double> rank_values(int r, size_t n);
+
+// The all-reductions of rank_values(r, n) over ranks 0..size-1, each value first rounded to dt
+// (F32 or F64: the dtype every rank uploads it in), in float64.
+struct RankReduction {
+    std::vector<double> sum, avg, max, min;
+};
+RankReduction reduce_rank_values(int size, size_t n, flx_dtype dt);
 
 }  // namespace flxt
 

@@ -72,6 +72,28 @@ namespace detail {
 inline void check(flx_status st, const char *what) {
     if (st != FLX_OK) raise(what);
 }
+// The one owner of a C object that Destroy frees (NULL-safe): move-only, so the wrappers built on
+// it (optimizer, plan, checkpoint) are too. Converts to the raw handle for C calls.
+template <typename T, void (*Destroy)(T *)> class unique_handle {
+public:
+    unique_handle() noexcept = default;
+    unique_handle(const unique_handle &) = delete;
+    unique_handle &operator=(const unique_handle &) = delete;
+    unique_handle(unique_handle &&o) noexcept : p_(o.p_) { o.p_ = nullptr; }
+    unique_handle &operator=(unique_handle &&o) noexcept {
+        if (this != &o) reset(std::exchange(o.p_, nullptr));
+        return *this;
+    }
+    ~unique_handle() { Destroy(p_); }
+    void reset(T *p) noexcept {
+        Destroy(p_);
+        p_ = p;
+    }
+    operator T *() const noexcept { return p_; }
+
+private:
+    T *p_ = nullptr;
+};
 // A reference returned by the C API becomes one the caller alone owns (see "Ownership").
 inline flx_tensor *own(flx_tensor *t, const char *what) {
     if (!t) raise(what);
@@ -480,25 +502,12 @@ public:
               const flx_optim_config *cfg = nullptr) {
         std::vector<flx_tensor *> p;
         for (const tensor &t : params) p.push_back(t.get());
-        o_ = flx_optim_create(ctx.get(), kind, static_cast<int32_t>(p.size()), p.data(), cfg);
+        o_.reset(flx_optim_create(ctx.get(), kind, static_cast<int32_t>(p.size()), p.data(), cfg));
         if (!o_) detail::raise("flx_optim_create");
     }
     optimizer(const context &ctx, flx_optim_kind kind, const std::vector<tensor> &params,
               const flx_optim_config &cfg)
         : optimizer(ctx, kind, params, &cfg) {}
-    optimizer(const optimizer &) = delete;
-    optimizer &operator=(const optimizer &) = delete;
-    optimizer(optimizer &&o) noexcept : o_(o.o_) { o.o_ = nullptr; }
-    optimizer &operator=(optimizer &&o) noexcept {
-        if (this != &o) {
-            flx_optim_destroy(o_);
-            o_ = o.o_;
-            o.o_ = nullptr;
-        }
-        return *this;
-    }
-    ~optimizer() { flx_optim_destroy(o_); }
-
     flx_optim *get() const noexcept { return o_; }
     void step() { detail::check(flx_optim_step(o_), "flx_optim_step"); }
     void zero_grad() { detail::check(flx_optim_zero_grad(o_), "flx_optim_zero_grad"); }
@@ -534,7 +543,7 @@ public:
     }
 
 private:
-    flx_optim *o_ = nullptr;
+    detail::unique_handle<flx_optim, flx_optim_destroy> o_;
 };
 
 // ---- plan ---------------------------------------------------------------------------------------
@@ -564,23 +573,10 @@ public:
         o.assign_src = src.data();
         o.n_optim = static_cast<int32_t>(opt.size());
         o.optims = opt.data();
-        p_ = flx_plan_compile(static_cast<int32_t>(out.size()), out.data(),
-                              static_cast<int32_t>(in.size()), in.data(), &o);
+        p_.reset(flx_plan_compile(static_cast<int32_t>(out.size()), out.data(),
+                                  static_cast<int32_t>(in.size()), in.data(), &o));
         if (!p_) detail::raise("flx_plan_compile");
     }
-    plan(const plan &) = delete;
-    plan &operator=(const plan &) = delete;
-    plan(plan &&o) noexcept : p_(o.p_) { o.p_ = nullptr; }
-    plan &operator=(plan &&o) noexcept {
-        if (this != &o) {
-            flx_plan_destroy(p_);
-            p_ = o.p_;
-            o.p_ = nullptr;
-        }
-        return *this;
-    }
-    ~plan() { flx_plan_destroy(p_); }
-
     flx_plan *get() const noexcept { return p_; }
     // Replays the plan; inputs as at compile time (empty: keep every bound input; an empty
     // tensor in the list keeps that input).
@@ -606,7 +602,7 @@ public:
     }
 
 private:
-    flx_plan *p_ = nullptr;
+    detail::unique_handle<flx_plan, flx_plan_destroy> p_;
 };
 
 // ---- checkpoints (safetensors) ------------------------------------------------------------------
@@ -631,22 +627,10 @@ inline void save_safetensors(
 
 class checkpoint {
 public:
-    checkpoint(const context &ctx, const std::string &path)
-        : c_(flx_load_safetensors(ctx.get(), path.c_str())) {
+    checkpoint(const context &ctx, const std::string &path) {
+        c_.reset(flx_load_safetensors(ctx.get(), path.c_str()));
         if (!c_) detail::raise("flx_load_safetensors");
     }
-    checkpoint(const checkpoint &) = delete;
-    checkpoint &operator=(const checkpoint &) = delete;
-    checkpoint(checkpoint &&o) noexcept : c_(o.c_) { o.c_ = nullptr; }
-    checkpoint &operator=(checkpoint &&o) noexcept {
-        if (this != &o) {
-            flx_checkpoint_destroy(c_);
-            c_ = o.c_;
-            o.c_ = nullptr;
-        }
-        return *this;
-    }
-    ~checkpoint() { flx_checkpoint_destroy(c_); }
 
     flx_checkpoint *get() const noexcept { return c_; }
     int32_t size() const noexcept { return flx_checkpoint_count(c_); }
@@ -668,7 +652,7 @@ public:
     }
 
 private:
-    flx_checkpoint *c_ = nullptr;
+    detail::unique_handle<flx_checkpoint, flx_checkpoint_destroy> c_;
 };
 
 }  // namespace flx

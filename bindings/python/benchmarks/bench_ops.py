@@ -53,33 +53,27 @@ def measure(lib: str, n: int, number: int) -> dict:
 
 
 def compiled_step(batch: int = 128, reps: int = 10) -> dict:
-    """A compiled MLP training step (784-256-128-10, Adam) called from Python, against the same
-    plan replayed by one direct flx_plan_run call: the difference is what the binding adds per
-    step (signature check, binding the inputs, wrapping the outputs)."""
+    """The compiled MLP training step of examples/fashion_mnist.py (784-256-128-10, Adam) called
+    from Python, against the same plan replayed by one direct flx_plan_run call: the difference
+    is what the binding adds per step (signature check, binding the inputs, wrapping the
+    outputs)."""
     import time
     from ctypes import c_void_p
 
     import numpy as np
 
     import fluxion as fx
-    from fluxion import _core, nn, optim
-    from fluxion.nn import functional as F
+    from fluxion import _core, optim
+
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "examples"))
+    from fashion_mnist import make_model, make_train_step
 
     rng = np.random.default_rng(0)
     x = fx.tensor(rng.standard_normal((batch, 784)).astype(np.float32))
     y = fx.tensor(rng.integers(0, 10, batch))
-    model = nn.Sequential(nn.Linear(784, 256), nn.ReLU(), nn.Linear(256, 128), nn.ReLU(),
-                          nn.Linear(128, 10))
+    model = make_model("mlp", None)
     opt = optim.Adam(model.parameters(), lr=1e-3)
-
-    @fx.compile
-    def step(xb, yb):
-        opt.zero_grad()
-        loss = F.cross_entropy(model(xb), yb)
-        loss.backward()
-        opt.step()
-        return loss
-
+    step = make_train_step(model, opt)
     step(x, y).item()
     plan = step._plan.ptr
     arr = (c_void_p * 2)(x._ptr, y._ptr)

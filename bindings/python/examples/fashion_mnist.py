@@ -74,6 +74,20 @@ def make_model(kind: str, device) -> nn.Module:
         nn.Linear(128, 10, device=device))
 
 
+def make_train_step(model: nn.Module, opt: optim.Optimizer, device=None) -> fx.Compiled:
+    """One training step (forward, cross-entropy, backward, optimiser step) compiled into a plan;
+    benchmarks/bench_ops.py times this same step."""
+    @fx.compile(device=device)
+    def train_step(x, y):
+        opt.zero_grad()
+        loss = F.cross_entropy(model(x), y)
+        loss.backward()
+        opt.step()
+        return loss
+
+    return train_step
+
+
 def evaluate(model: nn.Module, x: np.ndarray, y: np.ndarray, shape, device, batch: int = 1000):
     model.eval()
     correct, loss_sum = 0, 0.0
@@ -120,15 +134,7 @@ def main(argv=None) -> int:
     steps = len(xtr) // a.batch  # whole batches only: one plan shape
     total = epochs * steps
     sched = optim.lr_scheduler.LambdaLR(opt, lambda t: 0.5 * (1 + math.cos(math.pi * t / total)))
-
-    @fx.compile(device=device)
-    def train_step(x, y):
-        opt.zero_grad()
-        loss = F.cross_entropy(model(x), y)
-        loss.backward()
-        opt.step()
-        return loss
-
+    train_step = make_train_step(model, opt, device)
     print(f"fashion_mnist: {a.model} on {device}, {len(xtr)} train / {len(xte)} test images, "
           f"{epochs} epochs x {steps} steps of {a.batch}, Adam lr {a.lr} (cosine)")
     # The training set is uploaded once; each step gathers its batch on the device

@@ -6,11 +6,11 @@ from __future__ import annotations
 
 import ctypes
 from ctypes import c_void_p
-from typing import Any, Callable, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, List, Optional, Sequence, Tuple, Union
 
 from . import _lib
-from ._core import (Tensor, _as_result, _borrow, _call_cb, _enter_cb, _L, _leave_cb, _p, _ptrs,
-                    _record_exc, _wrap, zeros_like)
+from ._core import (Tensor, _as_result, _borrow, _call_cb, _callback, _L, _p, _ptrs, _wrap,
+                    zeros_like)
 
 
 # ---- grad mode ---------------------------------------------------------------------------------------
@@ -73,6 +73,23 @@ def _leaf(x: Any) -> Tuple[Tensor, bool]:
     t = _wrap(_L.flx_detach(x._ptr))
     t.requires_grad = True
     return t, False
+
+
+def _leaves(xs: Sequence[Any]) -> Tuple[List[Tensor], bool]:
+    """_leaf of each x, and whether any x already required grad (a transform nested in another)."""
+    pairs = [_leaf(x) for x in xs]
+    return [p[0] for p in pairs], any(p[1] for p in pairs)
+
+
+def _flx_jvp(leaves: Sequence[Tensor], tangents: Sequence[Optional[Tensor]],
+             outs: Sequence[Tensor]) -> Tuple[Tensor, ...]:
+    """flx_jvp: the tangent of each of outs along tangents (None: zero) at leaves."""
+    i, ni = _ptrs(leaves)
+    t = (c_void_p * ni)(*[(_p(v) if v is not None else None) for v in tangents])
+    o, no = _ptrs(outs)
+    res = (c_void_p * no)()
+    _call_cb(_L.flx_jvp, ni, i, t, no, o, res)
+    return tuple(_wrap(res[k]) for k in range(no))
 
 
 def _argnums(argnums: Union[int, Sequence[int]], n: int) -> Tuple[int, ...]:
@@ -164,17 +181,10 @@ def jvp(f: Callable[..., Any], primals: Sequence[Tensor],
         raise ValueError(f"fluxion.jvp: {len(tangents)} tangents for {len(primals)} primals")
     # Leaves requiring grad, so a reverse-mode transform inside f stays connected to them
     # (forward-over-reverse).
-    pairs = [_leaf(x) for x in primals]
-    leaves = [p[0] for p in pairs]
-    nested = any(p[1] for p in pairs)
+    leaves, nested = _leaves(primals)
     out = f(*leaves)
     outs = [out] if isinstance(out, Tensor) else list(out)
-    i, ni = _ptrs(leaves)
-    t = (c_void_p * ni)(*[(_p(v) if v is not None else None) for v in tangents])
-    o, no = _ptrs(outs)
-    res = (c_void_p * no)()
-    _call_cb(_L.flx_jvp, ni, i, t, no, o, res)
-    tout = tuple(_wrap(res[k]) for k in range(no))
+    tout = _flx_jvp(leaves, tangents, outs)
     if not nested:
         outs = [o_.detach() for o_ in outs]
         tout = tuple(v.detach() for v in tout)
@@ -192,9 +202,7 @@ def hvp(f: Callable[..., Tensor], primals: Union[Tensor, Sequence[Tensor]],
     vs = (tangents,) if isinstance(tangents, Tensor) else tuple(tangents)
     if len(ps) != len(vs):
         raise ValueError(f"fluxion.hvp: {len(vs)} tangents for {len(ps)} primals")
-    pairs = [_leaf(x) for x in ps]
-    leaves = [p[0] for p in pairs]
-    nested = any(p[1] for p in pairs)
+    leaves, nested = _leaves(ps)
     out = f(*leaves)
     if not isinstance(out, Tensor) or out.numel() != 1:
         raise ValueError("fluxion.hvp: f must return a one-element Tensor")
@@ -202,12 +210,7 @@ def hvp(f: Callable[..., Tensor], primals: Union[Tensor, Sequence[Tensor]],
         hv = tuple(zeros_like(l) for l in leaves)
     else:
         gs = grad_of(out, leaves, create_graph=True)
-        i, ni = _ptrs(leaves)
-        t = (c_void_p * ni)(*[_p(v) for v in vs])
-        o, no = _ptrs(gs)
-        res = (c_void_p * no)()
-        _call_cb(_L.flx_jvp, ni, i, t, no, o, res)
-        hv = tuple(_wrap(res[k]) for k in range(no))
+        hv = _flx_jvp(leaves, vs, gs)
     if not nested:
         out = out.detach()
         hv = tuple(v.detach() for v in hv)
@@ -219,49 +222,34 @@ _custom_registry: dict = {}
 _custom_next = [1]
 
 
+@_callback()
 def _fwd_tramp(n: int, inputs: Any, out: Any, user: int) -> int:
-    _enter_cb()
-    try:
-        fn = _custom_registry[user][0]
-        xs = [_borrow(inputs[k]) for k in range(n)]
-        out[0] = _as_result(fn(*xs), "forward")
-        return 0
-    except BaseException as e:  # noqa: BLE001 - reported to the caller after the C call
-        return _record_exc(e)
-    finally:
-        _leave_cb()
+    fn = _custom_registry[user][0]
+    xs = [_borrow(inputs[k]) for k in range(n)]
+    out[0] = _as_result(fn(*xs), "forward")
+    return 0
 
 
+@_callback()
 def _vjp_tramp(n: int, inputs: Any, output: int, g: int, grads_out: Any, user: int) -> int:
-    _enter_cb()
-    try:
-        fn = _custom_registry[user][1]
-        xs = tuple(_borrow(inputs[k]) for k in range(n))
-        r = fn(xs, _borrow(output), _borrow(g))
-        rs = (r,) if (isinstance(r, Tensor) or r is None) and n == 1 else tuple(r)
-        if len(rs) != n:
-            raise ValueError(f"fluxion.custom_fn: vjp returned {len(rs)} gradients for {n} inputs")
-        for k, gk in enumerate(rs):
-            grads_out[k] = None if gk is None else _as_result(gk, "vjp")
-        return 0
-    except BaseException as e:  # noqa: BLE001
-        return _record_exc(e)
-    finally:
-        _leave_cb()
+    fn = _custom_registry[user][1]
+    xs = tuple(_borrow(inputs[k]) for k in range(n))
+    r = fn(xs, _borrow(output), _borrow(g))
+    rs = (r,) if (isinstance(r, Tensor) or r is None) and n == 1 else tuple(r)
+    if len(rs) != n:
+        raise ValueError(f"fluxion.custom_fn: vjp returned {len(rs)} gradients for {n} inputs")
+    for k, gk in enumerate(rs):
+        grads_out[k] = None if gk is None else _as_result(gk, "vjp")
+    return 0
 
 
+@_callback()
 def _jvp_tramp(n: int, inputs: Any, tangents: Any, output: int, tout: Any, user: int) -> int:
-    _enter_cb()
-    try:
-        fn = _custom_registry[user][2]
-        xs = tuple(_borrow(inputs[k]) for k in range(n))
-        ts = tuple(_borrow(tangents[k]) for k in range(n))
-        tout[0] = _as_result(fn(xs, ts, _borrow(output)), "jvp")
-        return 0
-    except BaseException as e:  # noqa: BLE001
-        return _record_exc(e)
-    finally:
-        _leave_cb()
+    fn = _custom_registry[user][2]
+    xs = tuple(_borrow(inputs[k]) for k in range(n))
+    ts = tuple(_borrow(tangents[k]) for k in range(n))
+    tout[0] = _as_result(fn(xs, ts, _borrow(output)), "jvp")
+    return 0
 
 
 def _destroy_tramp(user: int) -> None:

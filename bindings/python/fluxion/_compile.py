@@ -268,15 +268,15 @@ def compile(fn: Optional[Callable[..., Any]] = None, *, recompile: bool = True,
     """Compiles a step function into a replayable plan (``jax.jit`` / ``torch.compile`` style)::
 
         @fluxion.compile
-        def train_step(x, y):
-            opt.zero_grad()
-            loss = F.cross_entropy(model(x), y)
-            loss.backward()
-            opt.step()
-            return loss
+        def predict(x):
+            return fluxion.argmax(model(x), -1)
 
-        for x, y in batches:            # Tensors or numpy arrays, bound by copy
-            loss = train_step(x, y)
+        for x in batches:               # Tensors or numpy arrays, bound by copy
+            labels = predict(x)
+
+    A whole training step compiles the same way: a function that calls ``opt.zero_grad()``,
+    computes the loss, calls ``loss.backward()`` and ``opt.step()`` and returns the loss becomes
+    one plan replay per call (``make_train_step`` in examples/fashion_mnist.py).
 
     Returns a :class:`Compiled` callable; usable as ``@compile`` or ``@compile(recompile=False)``.
     numpy arguments become plan inputs on ``device`` (default: the device of the tensor

@@ -737,6 +737,27 @@ def _leave_cb() -> None:
         _fast.leave_callback()
 
 
+def _callback(failed: Optional[int] = None) -> Callable[[Callable[..., int]], Callable[..., int]]:
+    """Decorates the Python side of a C callback: the callback depth is counted around it, and an
+    exception is recorded (re-raised once the C call returns) instead of unwinding through C; the
+    callback then returns ``failed``, or the callback error status when None."""
+    def deco(fn: Callable[..., int]) -> Callable[..., int]:
+        def tramp(*args: Any) -> int:
+            _enter_cb()
+            try:
+                return fn(*args)
+            except BaseException as e:  # noqa: BLE001 - re-raised after the C call returns
+                status = _record_exc(e)
+                return status if failed is None else failed
+            finally:
+                _leave_cb()
+
+        tramp.__name__ = tramp.__qualname__ = fn.__name__
+        return tramp
+
+    return deco
+
+
 def _as_result(r: Any, what: str) -> int:
     if not isinstance(r, Tensor):
         raise TypeError(f"fluxion.custom_fn: {what} must return a Tensor, got {type(r).__name__}")

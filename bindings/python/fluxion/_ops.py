@@ -248,15 +248,20 @@ def tensor(data: Any, dtype: Optional[DTypeLike] = None, device: DeviceLike = No
 
 
 # ---- ops as functions -------------------------------------------------------------------------------
+def _named(f: Callable[..., Tensor], name: str, doc: Optional[str]) -> Callable[..., Tensor]:
+    """f, presented as the public op name (help(), tracebacks, the C fast path's fallback)."""
+    f.__name__ = f.__qualname__ = name
+    f.__doc__ = doc
+    return f
+
+
 def _unary(name: str, doc: str) -> Callable[[Tensor], Tensor]:
     cfn = getattr(_L, "flx_" + name)
 
     def f(x: Tensor) -> Tensor:
         return _wrap(cfn(_p(x)))
 
-    f.__name__ = f.__qualname__ = name
-    f.__doc__ = doc
-    return f
+    return _named(f, name, doc)
 
 
 neg = _unary("neg", "-x")
@@ -291,9 +296,7 @@ def _binfn(name: str, doc: str) -> Callable[[Any, Any], Tensor]:
     def f(a: Any, b: Any) -> Tensor:
         return _binary(cfn, a, b)
 
-    f.__name__ = f.__qualname__ = name
-    f.__doc__ = doc
-    return f
+    return _named(f, name, doc)
 
 
 add = _binfn("add", "a + b with broadcasting")
@@ -366,9 +369,7 @@ def _reducer(name: str, doc: str) -> Callable[..., Tensor]:
             return _no_axes(x)
         return _wrap(cfn(_p(x), n, a, bool(keepdims)))
 
-    f.__name__ = f.__qualname__ = name
-    f.__doc__ = doc + " over axis (an int, a sequence, or None for all axes)"
-    return f
+    return _named(f, name, doc + " over axis (an int, a sequence, or None for all axes)")
 
 
 sum = _reducer("sum", "sum")
@@ -560,21 +561,16 @@ _FAST_UNARY = ("neg abs sign square sqrt rsqrt reciprocal exp log log1p sin cos 
                "erf sigmoid relu gelu softplus detach trace diag diagonal").split()
 _FAST_BINARY = "add sub mul div maximum minimum eq ne lt le gt ge dot outer matmul".split()
 if _fast is not None:
-    for _name in _FAST_UNARY:
-        _py = globals()[_name]
-        globals()[_name] = _fast.unary_fn(ctypes.cast(getattr(_L, "flx_" + _name), c_void_p).value,
-                                          _name, _py, _py.__doc__ or "")
-    for _name in _FAST_BINARY:
-        _py = globals()[_name]
-        globals()[_name] = _fast.binary_fn(ctypes.cast(getattr(_L, "flx_" + _name), c_void_p).value,
-                                           _name, _py, _py.__doc__ or "")
+    for _names, _make in ((_FAST_UNARY, _fast.unary_fn), (_FAST_BINARY, _fast.binary_fn)):
+        for _name in _names:
+            _py = globals()[_name]
+            globals()[_name] = _make(ctypes.cast(getattr(_L, "flx_" + _name), c_void_p).value,
+                                     _name, _py, _py.__doc__ or "")
 
     def _method(f: Callable[..., Tensor], py: Callable[..., Tensor]) -> Callable[..., Tensor]:
         # a Python function binds to self; the C function does the work
         m = (lambda self: f(self)) if py.__code__.co_argcount == 1 else (lambda self, o: f(self, o))
-        m.__name__ = m.__qualname__ = py.__name__
-        m.__doc__ = py.__doc__
-        return m
+        return _named(m, py.__name__, py.__doc__)
 
     for _name in _FAST_UNARY + _FAST_BINARY:
         _pym = Tensor.__dict__.get(_name)

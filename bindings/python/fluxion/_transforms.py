@@ -16,17 +16,10 @@ _fns: Dict[int, Callable[..., Any]] = {}
 _next = [1]
 
 
+@_core._callback(failed=0)  # flx_fn returns a tensor: NULL reports the failure
 def _fn_tramp(n: int, inputs: Any, user: int) -> int:
-    _core._enter_cb()
-    try:
-        xs = [_borrow(inputs[k]) for k in range(n)]
-        r = _fns[user](*xs)
-        return _core._as_result(r, "fn")
-    except BaseException as e:  # noqa: BLE001 - re-raised after the C call returns
-        _core._record_exc(e)
-        return 0
-    finally:
-        _core._leave_cb()
+    xs = [_borrow(inputs[k]) for k in range(n)]
+    return _core._as_result(_fns[user](*xs), "fn")
 
 
 _FN_CB = _lib.FN(_fn_tramp)

@@ -49,13 +49,8 @@ class Communicator:
         if not self._h:
             _raise_last()
 
-    @property
-    def rank(self) -> int:
-        return int(_L.flx_comm_rank(self._h))
-
-    @property
-    def size(self) -> int:
-        return int(_L.flx_comm_size(self._h))
+    rank = property(lambda self: int(_L.flx_comm_rank(self._h)), doc="This process's rank, 0 .. size-1.")
+    size = property(lambda self: int(_L.flx_comm_size(self._h)), doc="Number of ranks in the job.")
 
     def _live(self) -> int:
         if not self._h:

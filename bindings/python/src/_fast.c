@@ -169,11 +169,17 @@ static PyObject *binary_slot(int op, PyObject *a, PyObject *b) {
     return fallback2(op, a, b);
 }
 
-static PyObject *nb_add(PyObject *a, PyObject *b) { return binary_slot(OP_ADD, a, b); }
-static PyObject *nb_sub(PyObject *a, PyObject *b) { return binary_slot(OP_SUB, a, b); }
-static PyObject *nb_mul(PyObject *a, PyObject *b) { return binary_slot(OP_MUL, a, b); }
-static PyObject *nb_div(PyObject *a, PyObject *b) { return binary_slot(OP_DIV, a, b); }
-static PyObject *nb_matmul(PyObject *a, PyObject *b) { return binary_slot(OP_MATMUL, a, b); }
+/* The number slots that go straight to one C op: X(function suffix, op, type slot). Each list
+ * makes both the slot functions and their Tensor_slots entries. */
+#define FAST_BINARY_SLOTS(X)                                                                    \
+    X(add, OP_ADD, Py_nb_add) X(sub, OP_SUB, Py_nb_subtract) X(mul, OP_MUL, Py_nb_multiply)     \
+    X(div, OP_DIV, Py_nb_true_divide) X(matmul, OP_MATMUL, Py_nb_matrix_multiply)
+#define FAST_UNARY_SLOTS(X) X(neg, OP_NEG, Py_nb_negative) X(abs, OP_ABS, Py_nb_absolute)
+
+#define DEFINE_BINARY_SLOT(name, op, slot) \
+    static PyObject *nb_##name(PyObject *a, PyObject *b) { return binary_slot(op, a, b); }
+FAST_BINARY_SLOTS(DEFINE_BINARY_SLOT)
+#undef DEFINE_BINARY_SLOT
 
 static PyObject *nb_pow(PyObject *a, PyObject *b, PyObject *mod) {
     if (mod != Py_None) {
@@ -190,8 +196,10 @@ static PyObject *unary_slot(int op, PyObject *a) {
     return wrap(((flx_unary_t)G.op[op])(((TensorObject *)a)->ptr));
 }
 
-static PyObject *nb_neg(PyObject *a) { return unary_slot(OP_NEG, a); }
-static PyObject *nb_abs(PyObject *a) { return unary_slot(OP_ABS, a); }
+#define DEFINE_UNARY_SLOT(name, op, slot) \
+    static PyObject *nb_##name(PyObject *a) { return unary_slot(op, a); }
+FAST_UNARY_SLOTS(DEFINE_UNARY_SLOT)
+#undef DEFINE_UNARY_SLOT
 
 static PyObject *nb_pos(PyObject *a) {
     Py_INCREF(a);
@@ -215,14 +223,10 @@ static PyType_Slot Tensor_slots[] = {
     {Py_tp_dealloc, (void *)Tensor_dealloc},
     {Py_tp_getset, (void *)Tensor_getset},
     {Py_tp_richcompare, (void *)richcompare},
-    {Py_nb_add, (void *)nb_add},
-    {Py_nb_subtract, (void *)nb_sub},
-    {Py_nb_multiply, (void *)nb_mul},
-    {Py_nb_true_divide, (void *)nb_div},
-    {Py_nb_matrix_multiply, (void *)nb_matmul},
+#define SLOT_ENTRY(name, op, slot) {slot, (void *)nb_##name},
+    FAST_BINARY_SLOTS(SLOT_ENTRY) FAST_UNARY_SLOTS(SLOT_ENTRY)
+#undef SLOT_ENTRY
     {Py_nb_power, (void *)nb_pow},
-    {Py_nb_negative, (void *)nb_neg},
-    {Py_nb_absolute, (void *)nb_abs},
     {Py_nb_positive, (void *)nb_pos},
     {Py_tp_doc, (void *)"C handle of a fluxion tensor (base of fluxion.Tensor)."},
     {0, NULL},

@@ -1,6 +1,7 @@
 """One source of truth: the ctypes declarations (fluxion/_capi.py) and stubs (_capi.pyi) are
 generated from include/fluxion/fluxion.h, and every public flx_ function has a Python
 counterpart in the package or an entry with a reason in EXCLUDED."""
+import ast
 import re
 import sys
 from pathlib import Path
@@ -58,6 +59,15 @@ def test_generated_declarations_are_current():
     for path, text in gen.generate(HEADER).items():
         have = (PKG / path.name).read_text()
         assert have == text, (f"{path.name} is stale: run python bindings/python/tools/gen_capi.py")
+
+
+def test_stubs_parse_and_declare_every_function():
+    # a C parameter named like a Python keyword (flx_l2_penalty's lambda) must not break the stubs
+    tree = ast.parse((PKG / "_capi.pyi").read_text())
+    lib = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "_Library")
+    declared = {n.name for n in lib.body if isinstance(n, ast.FunctionDef)}
+    declared |= {t.id for n in lib.body if isinstance(n, ast.Assign) for t in n.targets}
+    assert declared == set(_capi.PROTOTYPES)
 
 
 def _used_names():

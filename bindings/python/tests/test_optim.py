@@ -17,16 +17,21 @@ def grad_of_loss(p):
     return 2 * np.arange(1, 7).reshape(3, 2) * (p - TARGET)
 
 
-def run_fluxion(make, steps=4, p0=None):
-    p = fx.tensor(p0.copy(), dtype=fx.float64, requires_grad=True)
-    opt = make([p])
+def train(p, opt, steps):
+    """steps of opt on the loss sum(w * (p - TARGET)^2), w = 1..6 (grad_of_loss); p's values."""
     w = fx.tensor(np.arange(1, 7, dtype=np.float64).reshape(3, 2))
     t = fx.tensor(TARGET)
     for _ in range(steps):
         opt.zero_grad()
         (((p - t) ** 2) * w).sum().backward()
         opt.step()
-    return p.numpy(), opt
+    return p.numpy()
+
+
+def run_fluxion(make, steps=4, p0=None):
+    p = fx.tensor(p0.copy(), dtype=fx.float64, requires_grad=True)
+    opt = make([p])
+    return train(p, opt, steps), opt
 
 
 def ref_sgd(p, steps, lr, momentum=0.0, dampening=0.0, wd=0.0, nesterov=False):
@@ -181,13 +186,7 @@ def test_state_dict_resume_is_exact(tmp_path):
     opt2 = optim.Adam([p], lr=0.01)
     opt2.load_state_dict({k[6:]: v for k, v in loaded.items() if k.startswith("optim.")})
     assert opt2.lr == pytest.approx(0.05) and opt2.step_count == 3
-    w = fx.tensor(np.arange(1, 7, dtype=np.float64).reshape(3, 2))
-    t = fx.tensor(TARGET)
-    for _ in range(3):
-        opt2.zero_grad()
-        (((p - t) ** 2) * w).sum().backward()
-        opt2.step()
-    np.testing.assert_array_equal(p.numpy(), straight)
+    np.testing.assert_array_equal(train(p, opt2, 3), straight)
 
 
 def test_optimiser_save_and_load_files(tmp_path):
@@ -198,13 +197,7 @@ def test_optimiser_save_and_load_files(tmp_path):
     p = fx.tensor(half, requires_grad=True)
     opt2 = optim.RMSprop([p], lr=0.01, momentum=0.5)
     opt2.load(tmp_path / "opt.safetensors")
-    w = fx.tensor(np.arange(1, 7, dtype=np.float64).reshape(3, 2))
-    t = fx.tensor(TARGET)
-    for _ in range(2):
-        opt2.zero_grad()
-        (((p - t) ** 2) * w).sum().backward()
-        opt2.step()
-    np.testing.assert_array_equal(p.numpy(), straight)
+    np.testing.assert_array_equal(train(p, opt2, 2), straight)
     with pytest.raises(fx.FluxionError):
         optim.Adam([fx.tensor(half, requires_grad=True)]).load(tmp_path / "opt.safetensors")
 

@@ -14,6 +14,7 @@ function-pointer typedefs and FLX_API prototypes; an unknown type is an error, n
 from __future__ import annotations
 
 import argparse
+import keyword
 import re
 import sys
 from pathlib import Path
@@ -252,16 +253,23 @@ def emit_py(d: Decls) -> str:
     out += ["", "", "# ---- callback types ----"]
     for name, (res, args) in d.callbacks.items():
         out.append(f"{name} = CFUNCTYPE({', '.join([res] + args)})")
-    out += ["", "# ---- prototypes: name -> (restype, argtypes) ----", "PROTOTYPES = {"]
-    for name, (res, args) in d.functions.items():
-        out.append(f"    {name!r}: ({res}, [{', '.join(t for _, t in args)}]),")
-    out.append("}")
-    out.append("")
-    out.append("ARG_NAMES = {")
-    for name, (_, args) in d.functions.items():
-        out.append(f"    {name!r}: {tuple(n for n, _ in args)!r},")
-    out.append("}")
+    out += ["", "# ---- prototypes, one line per C signature: restype, ((argument, ctype), ...), and the",
+            "# functions declared with it ----", "_SIGNATURES = ("]
+    for (res, args), names in _signature_groups(d).items():
+        out.append(f"    ({res}, ({''.join(f'({n!r}, {t}), ' for n, t in args).rstrip()}), {' '.join(names)!r}),")
+    out += [")",
+            "PROTOTYPES = {f: (res, [t for _, t in args]) for res, args, fs in _SIGNATURES for f in fs.split()}",
+            "ARG_NAMES = {f: tuple(n for n, _ in args) for _, args, fs in _SIGNATURES for f in fs.split()}"]
     return "\n".join(out) + "\n"
+
+
+def _signature_groups(d: Decls) -> Dict[Tuple[str, Tuple[Tuple[str, str], ...]], List[str]]:
+    """The functions by C signature (restype and named arguments), in header order: one
+    declaration serves each group, so the generated files repeat no signature."""
+    groups: Dict[Tuple[str, Tuple[Tuple[str, str], ...]], List[str]] = {}
+    for name, (res, args) in d.functions.items():
+        groups.setdefault((res, tuple(args)), []).append(name)
+    return groups
 
 
 def _numeric_defines(d: Decls) -> List[Tuple[str, str]]:
@@ -301,10 +309,12 @@ def emit_pyi(d: Decls) -> str:
     out.append("")
     out.append("class _Library:")
     out.append('    """The loaded libfluxion (fluxion._lib.lib): one typed method per C function."""')
-    for name, (res, args) in d.functions.items():
-        params = ", ".join(f"{n}: {_py_type(t)}" for n, t in args)
-        sep = ", " if params else ""
-        out.append(f"    def {name}(self{sep}{params}) -> {_py_type(res)}: ...")
+    for (res, args), (first, *same) in _signature_groups(d).items():
+        # a C parameter named like a Python keyword (lambda) takes a trailing underscore
+        params = "".join(f", {n}{'_' * keyword.iskeyword(n)}: {_py_type(t)}" for n, t in args)
+        out.append(f"    def {first}(self{params}) -> {_py_type(res)}: ...")
+        if same:
+            out.append(f"    {' = '.join(same)} = {first}")
     return "\n".join(out) + "\n"
 
 

@@ -10,6 +10,12 @@ __all__ = ["LRScheduler", "LambdaLR", "StepLR", "MultiStepLR", "ExponentialLR",
            "CosineAnnealingLR", "LinearWarmup"]
 
 
+def _at_least_one(value: int, what: str) -> int:
+    if value < 1:
+        raise ValueError(f"fluxion.optim.lr_scheduler.{what} must be >= 1")
+    return int(value)
+
+
 class LRScheduler:
     """Base: lr = factor(epoch) applied to the optimiser's initial rate; call step() once per
     epoch (or per iteration, as the schedule is meant)."""
@@ -52,9 +58,7 @@ class LambdaLR(LRScheduler):
 
 class StepLR(LRScheduler):
     def __init__(self, optimizer: Any, step_size: int, gamma: float = 0.1) -> None:
-        if step_size < 1:
-            raise ValueError("fluxion.optim.lr_scheduler.StepLR: step_size must be >= 1")
-        self.step_size, self.gamma = int(step_size), float(gamma)
+        self.step_size, self.gamma = _at_least_one(step_size, "StepLR: step_size"), float(gamma)
         super().__init__(optimizer)
 
     def get_lr(self) -> float:
@@ -82,9 +86,7 @@ class ExponentialLR(LRScheduler):
 
 class CosineAnnealingLR(LRScheduler):
     def __init__(self, optimizer: Any, T_max: int, eta_min: float = 0.0) -> None:
-        if T_max < 1:
-            raise ValueError("fluxion.optim.lr_scheduler.CosineAnnealingLR: T_max must be >= 1")
-        self.T_max, self.eta_min = int(T_max), float(eta_min)
+        self.T_max, self.eta_min = _at_least_one(T_max, "CosineAnnealingLR: T_max"), float(eta_min)
         super().__init__(optimizer)
 
     def get_lr(self) -> float:
