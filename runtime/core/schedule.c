@@ -20,8 +20,11 @@ typedef struct frame {
 
 flx_status flx_graph_postorder(int32_t n, flx_tensor *const *roots, uint64_t epoch,
                                flx_enter_fn enter, flx_tensor ***out, size_t *n_out) {
-    size_t cap = 64, top = 0, on = 0, ocap = 64;
-    frame *st = (frame *)malloc(cap * sizeof *st);
+    /* The walk's stack starts on the C stack; it moves to the heap only for deep graphs. */
+    enum { LOCAL = 64 };
+    frame local[LOCAL];
+    size_t cap = LOCAL, top = 0, on = 0, ocap = 64;
+    frame *st = local;
     flx_tensor **order = (flx_tensor **)malloc(ocap * sizeof *order);
     flx_status s = (st && order) ? FLX_OK : FLX_ERR_OUT_OF_MEMORY;
     for (int32_t r = 0; r < n && s == FLX_OK; r++) {
@@ -36,8 +39,10 @@ flx_status flx_graph_postorder(int32_t n, flx_tensor *const *roots, uint64_t epo
                 if (c->mark == epoch || !enter(c)) continue;
                 c->mark = epoch;
                 if (top == cap) {
-                    frame *ns = (frame *)realloc(st, 2 * cap * sizeof *st);
+                    frame *ns = (frame *)(st == local ? malloc(2 * cap * sizeof *st)
+                                                      : realloc(st, 2 * cap * sizeof *st));
                     if (!ns) { s = FLX_ERR_OUT_OF_MEMORY; break; }
+                    if (st == local) memcpy(ns, local, sizeof local);
                     st = ns;
                     cap *= 2;
                 }
@@ -54,7 +59,7 @@ flx_status flx_graph_postorder(int32_t n, flx_tensor *const *roots, uint64_t epo
             }
         }
     }
-    free(st);
+    if (st != local) free(st);
     if (s != FLX_OK) {
         free(order);
         return flx_set_error(FLX_ERR_OUT_OF_MEMORY, "graph walk: out of host memory");
