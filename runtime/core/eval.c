@@ -97,10 +97,23 @@ static bool runs_alone(int32_t n, flx_tensor *const *ts) {
     return true;
 }
 
+static flx_status eval_scheduled(int32_t n, flx_tensor *const *ts);
+
 flx_status flx_eval_nodes(int32_t n, flx_tensor *const *ts) {
     for (int32_t r = 0; r < n; r++) ts[r]->keep = true;
-    if (n == 1 && ts[0]->buf) return FLX_OK; /* already computed */
-    if (runs_alone(n, ts)) return run_node(ts[0], NULL);
+    if (n == 0 || (n == 1 && ts[0]->buf)) return FLX_OK; /* nothing to compute */
+    /* One device switch for the whole evaluation: its allocations and launches find the
+     * context's device current. */
+    flx_ctx *ctx = ts[0]->ctx;
+    flx_device_saved saved;
+    flx_status s = flx_device_enter(ctx, &saved);
+    if (s != FLX_OK) return s;
+    s = runs_alone(n, ts) ? run_node(ts[0], NULL) : eval_scheduled(n, ts);
+    flx_device_leave(ctx, &saved);
+    return s;
+}
+
+static flx_status eval_scheduled(int32_t n, flx_tensor *const *ts) {
     flx_schedule sc;
     flx_status s = flx_schedule_build(n, ts, needs_data, true, &sc);
     if (s != FLX_OK) return s;

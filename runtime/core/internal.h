@@ -245,6 +245,13 @@ typedef enum flx_kernel_family {
     FLX_KERNEL_COUNT
 } flx_kernel_family;
 
+/* What a backend's device_enter saved: the caller's current device context, to put back. */
+typedef struct flx_device_saved {
+    void *prev_ctx;  /* the driver context current on entry (CUcontext)               */
+    int prev_device; /* the current device on entry, where the driver context is unknown */
+    bool switched;   /* something was switched and must be put back                   */
+} flx_device_saved;
+
 typedef struct flx_backend {
     const char *name;
     flx_status (*init)(flx_ctx *ctx);
@@ -274,6 +281,12 @@ typedef struct flx_backend {
     void (*graph_destroy)(flx_ctx *ctx, void *graph);
     /* flx_math_mode bits (validated by the caller); NULL -> nothing to set */
     flx_status (*set_math_mode)(flx_ctx *ctx, int32_t mode);
+    /* Makes the context's device current for a stretch of backend calls (one evaluation) and
+     * puts the caller's back after, so the calls inside find it current and switch nothing:
+     * one switch and one restore per entry point instead of one pair per call. NULL: no device
+     * to make current (CPU). Use through flx_device_enter/flx_device_leave. */
+    flx_status (*device_enter)(flx_ctx *ctx, flx_device_saved *saved);
+    void (*device_leave)(flx_ctx *ctx, flx_device_saved *saved);
 } flx_backend;
 
 /* The dispatcher (runtime/core/dispatch.c): the one way to queue a kernel. Each
@@ -316,6 +329,15 @@ struct flx_ctx {
     bool capturing;         /* a plan is recording a CUDA graph: no buffer cache   */
     struct flx_buffer_cache *buffer_cache; /* small released buffers (tensor.c)    */
 };
+
+/* The backend's device_enter/device_leave around a stretch of backend calls. */
+static inline flx_status flx_device_enter(flx_ctx *ctx, flx_device_saved *saved) {
+    saved->switched = false;
+    return ctx->be->device_enter ? ctx->be->device_enter(ctx, saved) : FLX_OK;
+}
+static inline void flx_device_leave(flx_ctx *ctx, flx_device_saved *saved) {
+    if (saved->switched) ctx->be->device_leave(ctx, saved);
+}
 
 /* ---- logging and environment switches (runtime/core/log.c) ---- */
 enum { FLX_LOG_OFF = 0, FLX_LOG_ERROR = 1, FLX_LOG_WARN = 2, FLX_LOG_INFO = 3, FLX_LOG_DEBUG = 4 };
