@@ -5,7 +5,6 @@
 
 #include "internal.h"
 
-
 /* Handle validation. A node carries FLX_TENSOR_LIVE while it exists; a destroyed node is marked
  * FLX_TENSOR_DEAD, cleared, and kept in a process-wide quarantine of the most recently destroyed
  * nodes before its memory goes back to malloc, so that a stale handle (double release, use
