@@ -3,9 +3,10 @@
  * the API itself fails).
  *
  *   build:    flx_add of two small realised tensors, no evaluation, then flx_release
- *             (recording a graph node and dropping it)                       target <= 0.3 us/op
+ *             (recording a graph node and dropping it)                      target <= 0.25 us/op
  *   dispatch: the same plus flx_eval (plan, allocate, run the CPU kernel on 4 elements, free)
- *                                                                            target <= 3 us/op
+ *                                                                            target <= 1 us/op
+ * (the C library's share of a Python `a + b`, whose goal is 0.5 us in all)
  *
  * Each figure is the median of several repeats of a timed loop. Usage:
  *   flx_bench_host_overhead [iterations-per-repeat (default 200000)] [repeats (default 7)]
@@ -17,8 +18,8 @@
 
 #include "fluxion/fluxion.h"
 
-#define TARGET_BUILD_US 0.3
-#define TARGET_DISPATCH_US 3.0
+#define TARGET_BUILD_US 0.25
+#define TARGET_DISPATCH_US 1.0
 
 #include "bench_util.h"
 
@@ -46,7 +47,7 @@ static int run(const char *label, flx_tensor *a, flx_tensor *b, long iters, int 
         if (samples[r] < 0) goto fail;
     }
     *out = median_of(samples, repeats);
-    printf("%-9s %8.3f us/op   target <= %.1f us   ratio %.2f   %s\n", label, *out, target,
+    printf("%-9s %8.3f us/op   target <= %.2f us   ratio %.2f   %s\n", label, *out, target,
            *out / target, *out <= target ? "(meets target)" : "(ABOVE target)");
     return 0;
 fail:

@@ -549,3 +549,42 @@ TEST_F(Core, DeviceQueriesNeverFail) {
     EXPECT_STREQ(flx_dtype_name(FLX_BF16), "bf16");
     EXPECT_EQ(flx_dtype_size(FLX_F64), 8u);
 }
+
+// ---- eager record and dispatch ------------------------------------------------------------------
+// Small buffers go back to a per-context cache and are handed out again: a block must never be
+// reused while a tensor (or a shared view of it) still reads it, and the statistics count the
+// tensors' bytes, not the cache's.
+TEST_F(Core, EagerLoopReusesBuffersWithoutMixingValues) {
+    flx_ctx_stats st0;
+    ASSERT_EQ(flx_ctx_get_stats(ctx, &st0), FLX_OK);
+    flx_tensor *acc = make(ctx, FLX_F64, {3}, {0, 0, 0});
+    ASSERT_EQ(flx_scope_begin(), FLX_OK);
+    std::vector<flx_tensor *> kept;  // every 7th result stays alive while the loop goes on
+    for (int i = 0; i < 200; i++) {
+        flx_tensor *step = make(ctx, FLX_F64, {3}, {(double)i, 2.0 * i, -1.0 * i});
+        flx_tensor *y = flx_add(acc, step);
+        ASSERT_EQ(flx_eval(1, &y), FLX_OK) << flx_last_error();
+        if (i % 7 == 0) kept.push_back(flx_reshape(y, 2, Shape{1, 3}.data()));  // shares y's block
+    }
+    for (size_t k = 0; k < kept.size(); k++) {
+        double i = 7.0 * (double)k;
+        EXPECT_TRUE(close(values(kept[k]), {i, 2 * i, -i})) << "result " << k;
+    }
+    ASSERT_EQ(flx_scope_end(0, nullptr), FLX_OK);
+    flx_ctx_stats st;
+    ASSERT_EQ(flx_ctx_get_stats(ctx, &st), FLX_OK);
+    EXPECT_EQ(st.bytes_in_use, st0.bytes_in_use + 3 * sizeof(double));  // acc only
+    EXPECT_EQ(st.allocs - st0.allocs, st.frees - st0.frees + 1);
+}
+
+// A lone node whose inputs hold data runs without a schedule: its checks must still hold.
+TEST_F(Core, EagerLoneNodeStillRejectsAChangedInput) {
+    flx_tensor *w = make(ctx, FLX_F32, {2}, {1, 2});
+    flx_tensor *y = flx_add(w, w);
+    ASSERT_EQ(flx_assign(w, make(ctx, FLX_F32, {2}, {3, 4})), FLX_OK);
+    EXPECT_EQ(flx_eval(1, &y), FLX_ERR_STATE);
+    EXPECT_NE(std::strstr(flx_last_error(), "changed in place"), nullptr) << flx_last_error();
+    flx_clear_error();
+    EXPECT_FALSE(flx_is_realized(y));
+    EXPECT_TRUE(close(values(flx_add(w, w)), {6, 8}));
+}

@@ -77,6 +77,37 @@ TEST(HostileHandles, ReleaseAfterTheScopeEndedIsReported) {
     EXPECT_TRUE(message_has("no longer exists")) << flx_last_error();
 }
 
+// Destroyed nodes are recycled for new tensors, but only after they have passed through the
+// whole quarantine: a handle released a few thousand tensors ago is still reported, and a
+// recycled node starts clean (no gradient, inputs or data of its former life).
+TEST(HostileHandles, RecycledNodesKeepTheQuarantineAndStartClean) {
+    BareCtx b;
+    flx_tensor *w = host_vec(b.ctx, {1, 2});
+    ASSERT_EQ(flx_set_requires_grad(w, true), FLX_OK);
+    for (int i = 0; i < 12000; i++) {  // more than the quarantine and the spare list together
+        flx_tensor *y = flx_mul(w, w);
+        ASSERT_NE(y, nullptr) << flx_last_error();
+        flx_release(y);
+    }
+    flx_tensor *x = host_vec(b.ctx, {1, 2});
+    flx_release(x);
+    for (int i = 0; i < 3000; i++) {
+        flx_tensor *c = host_vec(b.ctx, {3, 4});
+        ASSERT_NE(c, nullptr) << flx_last_error();
+        ASSERT_NE(c, x) << "a quarantined node was handed out again after " << i << " tensors";
+        EXPECT_FALSE(flx_requires_grad(c));
+        EXPECT_EQ(flx_grad(c), nullptr);
+        EXPECT_EQ(flx_ndim(c), 1);
+        flx_release(c);
+    }
+    flx_clear_error();
+    flx_release(x);
+    EXPECT_EQ(flx_last_status(), FLX_ERR_STATE);
+    EXPECT_TRUE(message_has("no longer exists")) << flx_last_error();
+    flx_clear_error();
+    flx_release(w);
+}
+
 TEST(HostileHandles, DoubleReleaseIsReported) {
     BareCtx b;
     flx_tensor *x = host_vec(b.ctx, {1, 2});

@@ -136,6 +136,7 @@ flx_status flx_ctx_destroy(flx_ctx *ctx) {
                              "flx_ctx_destroy: %lld tensors of this context are still alive; "
                              "release them first",
                              (long long)ctx->live_tensors);
+    flx_buffer_cache_flush(ctx);
     ctx->be->shutdown(ctx);
     free(ctx);
     return FLX_OK;

@@ -87,8 +87,33 @@ static void release_inputs(const flx_schedule *sc, const flx_tensor *t, int32_t 
     }
 }
 
+/* The eager case: one requested node whose inputs all hold data. Its schedule would be the node
+ * alone (nothing to fuse, no intermediate to free), so it runs without building one. */
+static bool runs_alone(int32_t n, flx_tensor *const *ts) {
+    if (n != 1 || ts[0]->buf) return false;
+    const flx_tensor *t = ts[0];
+    for (int32_t i = 0; i < t->n_in; i++)
+        if (!t->in[i]->buf) return false;
+    return true;
+}
+
+static flx_status eval_scheduled(int32_t n, flx_tensor *const *ts);
+
 flx_status flx_eval_nodes(int32_t n, flx_tensor *const *ts) {
     for (int32_t r = 0; r < n; r++) ts[r]->keep = true;
+    if (n == 0 || (n == 1 && ts[0]->buf)) return FLX_OK; /* nothing to compute */
+    /* One device switch for the whole evaluation: its allocations and launches find the
+     * context's device current. */
+    flx_ctx *ctx = ts[0]->ctx;
+    flx_device_saved saved;
+    flx_status s = flx_device_enter(ctx, &saved);
+    if (s != FLX_OK) return s;
+    s = runs_alone(n, ts) ? run_node(ts[0], NULL) : eval_scheduled(n, ts);
+    flx_device_leave(ctx, &saved);
+    return s;
+}
+
+static flx_status eval_scheduled(int32_t n, flx_tensor *const *ts) {
     flx_schedule sc;
     flx_status s = flx_schedule_build(n, ts, needs_data, true, &sc);
     if (s != FLX_OK) return s;
@@ -134,14 +159,14 @@ flx_status flx_eval(int32_t n, flx_tensor *const *ts) {
 void flx_freeze(flx_tensor *t) {
     if (t->op == FLX_OP_CONST) return;
     flx_tensor **in = t->in;
+    uint32_t *in_version = t->in_version;
     int32_t n_in = t->n_in;
     t->op = FLX_OP_CONST;
     t->in = NULL;
     t->n_in = 0;
-    free(t->in_version);
     t->in_version = NULL;
-    for (int32_t i = 0; i < n_in; i++) flx_unuse(in[i]);
-    free(in);
+    for (int32_t i = 0; i < n_in; i++) flx_unuse(in[i]); /* t lives on: in may be its inline storage */
+    flx_node_edges_free(t, in, in_version);
 }
 
 flx_status flx_to_host(flx_tensor *t, void *dst, size_t nbytes) {

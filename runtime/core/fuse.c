@@ -219,13 +219,23 @@ flx_status flx_fusion_plan(flx_tensor *const *order, size_t n, uint64_t epoch, i
     bool any = false;
     for (size_t i = 0; i < n && !any; i++) any = fusable(order[i]);
     if (!any) return FLX_OK;
+    /* The planner's temporaries live on the C stack for the short lists of eager evaluation
+     * (no allocator call per evaluation), on the heap for longer ones. */
+    enum { LOCAL = 16 };
+    struct {
+        int32_t cg[LOCAL], group_root[LOCAL], renum[LOCAL];
+        uint8_t pin[LOCAL];
+        draft dr[LOCAL];
+    } local;
+    bool heap = n > LOCAL;
     int32_t *role = (int32_t *)malloc(n * sizeof *role);
-    int32_t *cg = (int32_t *)malloc(n * sizeof *cg);      /* consumers' group per position   */
-    uint8_t *pin = (uint8_t *)calloc(n, 1);
-    draft *dr = (draft *)malloc(n * sizeof *dr);          /* at most one group per node      */
-    int32_t *group_root = (int32_t *)malloc(n * sizeof *group_root);
+    int32_t *cg = heap ? (int32_t *)malloc(n * sizeof *cg) : local.cg; /* consumers' group per position */
+    uint8_t *pin = heap ? (uint8_t *)malloc(n) : local.pin;
+    draft *dr = heap ? (draft *)malloc(n * sizeof *dr) : local.dr; /* at most one group per node */
+    int32_t *group_root = heap ? (int32_t *)malloc(n * sizeof *group_root) : local.group_root;
     if (!role || !cg || !pin || !dr || !group_root) {
-        free(role), free(cg), free(pin), free(dr), free(group_root);
+        free(role);
+        if (heap) free(cg), free(pin), free(dr), free(group_root);
         return flx_set_error(FLX_ERR_OUT_OF_MEMORY, "fusion: out of host memory");
     }
     for (size_t i = 0; i < n; i++) {
@@ -269,9 +279,10 @@ flx_status flx_fusion_plan(flx_tensor *const *order, size_t n, uint64_t epoch, i
     }
     /* Groups of two or more members become programs; the rest run unfused. */
     flx_fused_group *groups = (flx_fused_group *)malloc((size_t)(ng ? ng : 1) * sizeof *groups);
-    int32_t *renum = (int32_t *)malloc((size_t)(ng ? ng : 1) * sizeof *renum);
+    int32_t *renum = heap ? (int32_t *)malloc((size_t)(ng ? ng : 1) * sizeof *renum) : local.renum;
     if (!groups || !renum) {
-        free(role), free(cg), free(pin), free(dr), free(group_root), free(groups), free(renum);
+        free(role), free(groups);
+        if (heap) free(cg), free(pin), free(dr), free(group_root), free(renum);
         return flx_set_error(FLX_ERR_OUT_OF_MEMORY, "fusion: out of host memory");
     }
     int32_t nk = 0;
@@ -294,7 +305,7 @@ flx_status flx_fusion_plan(flx_tensor *const *order, size_t n, uint64_t epoch, i
             for (int32_t m = 0; m < dr[g].n_members; m++) role[dr[g].members[m]->scratch] = FLX_FUSE_SINGLE;
         else
             role[group_root[g]] = renum[g];
-    free(cg), free(pin), free(dr), free(group_root), free(renum);
+    if (heap) free(cg), free(pin), free(dr), free(group_root), free(renum);
     if (nk == 0) {
         free(role);
         free(groups);

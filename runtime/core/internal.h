@@ -141,7 +141,12 @@ typedef struct flx_buffer {
      * instead of the backend's free, and not counted in the allocator stats. NULL otherwise. */
     void (*deleter)(void *ptr, void *deleter_ctx);
     void *deleter_ctx;
+    /* 1 + the size class of ptr's block when the record and its block may go back to the
+     * context's buffer cache on release (runtime/core/tensor.c); 0 for every other record. */
+    uint8_t cache_bin;
 } flx_buffer;
+
+enum { FLX_NODE_INLINE_IN = 4 };
 
 /* A tensor is a graph node. Its buffer is NULL until computed, and again after the evaluator
  * frees it (it is then recomputed from its inputs when needed). */
@@ -159,6 +164,10 @@ struct flx_tensor {
     int32_t n_in;
     flx_tensor **in;             /* n_in inputs, each holding a use                     */
     uint32_t *in_version;        /* inputs' versions when this node was recorded        */
+    /* Storage of in and in_version for nodes of up to FLX_NODE_INLINE_IN inputs (nearly every
+     * op), so recording one allocates nothing but the node; larger fan-ins are malloc'ed. */
+    flx_tensor *in_inline[FLX_NODE_INLINE_IN];
+    uint32_t in_version_inline[FLX_NODE_INLINE_IN];
     flx_attrs attrs;
     flx_buffer *buf;
     uint32_t version;            /* bumped by flx_assign, optimiser steps and plan runs  */
@@ -236,6 +245,13 @@ typedef enum flx_kernel_family {
     FLX_KERNEL_COUNT
 } flx_kernel_family;
 
+/* What a backend's device_enter saved: the caller's current device context, to put back. */
+typedef struct flx_device_saved {
+    void *prev_ctx;  /* the driver context current on entry (CUcontext)               */
+    int prev_device; /* the current device on entry, where the driver context is unknown */
+    bool switched;   /* something was switched and must be put back                   */
+} flx_device_saved;
+
 typedef struct flx_backend {
     const char *name;
     flx_status (*init)(flx_ctx *ctx);
@@ -265,6 +281,12 @@ typedef struct flx_backend {
     void (*graph_destroy)(flx_ctx *ctx, void *graph);
     /* flx_math_mode bits (validated by the caller); NULL -> nothing to set */
     flx_status (*set_math_mode)(flx_ctx *ctx, int32_t mode);
+    /* Makes the context's device current for a stretch of backend calls (one evaluation) and
+     * puts the caller's back after, so the calls inside find it current and switch nothing:
+     * one switch and one restore per entry point instead of one pair per call. NULL: no device
+     * to make current (CPU). Use through flx_device_enter/flx_device_leave. */
+    flx_status (*device_enter)(flx_ctx *ctx, flx_device_saved *saved);
+    void (*device_leave)(flx_ctx *ctx, flx_device_saved *saved);
 } flx_backend;
 
 /* A backend table's name, lifetime and memory slots, filled by naming convention so no table can
@@ -312,7 +334,18 @@ struct flx_ctx {
     void *backend_state;    /* stream, handles, pools (backend-private)              */
     int32_t math_mode;      /* flx_math_mode bits (runtime/core/math_mode.c)       */
     bool fusion;            /* fuse elementwise chains (runtime/core/fuse.c)       */
+    bool capturing;         /* a plan is recording a CUDA graph: no buffer cache   */
+    struct flx_buffer_cache *buffer_cache; /* small released buffers (tensor.c)    */
 };
+
+/* The backend's device_enter/device_leave around a stretch of backend calls. */
+static inline flx_status flx_device_enter(flx_ctx *ctx, flx_device_saved *saved) {
+    saved->switched = false;
+    return ctx->be->device_enter ? ctx->be->device_enter(ctx, saved) : FLX_OK;
+}
+static inline void flx_device_leave(flx_ctx *ctx, flx_device_saved *saved) {
+    if (saved->switched) ctx->be->device_leave(ctx, saved);
+}
 
 /* ---- logging and environment switches (runtime/core/log.c) ---- */
 enum { FLX_LOG_OFF = 0, FLX_LOG_ERROR = 1, FLX_LOG_WARN = 2, FLX_LOG_INFO = 3, FLX_LOG_DEBUG = 4 };
@@ -358,6 +391,9 @@ flx_tensor *flx_const_new(flx_ctx *ctx, flx_dtype dt, int32_t ndim, const int64_
 /* Registers a caller-owned reference with the current scope (if any) and returns t. Every
  * public op returns flx_adopt(node). */
 flx_tensor *flx_adopt(flx_tensor *t);
+/* Frees a node's input edge arrays (in, in_version) after the caller has detached them: the
+ * inline storage of small nodes is left alone. Does not release the inputs' uses. */
+void flx_node_edges_free(const flx_tensor *t, flx_tensor **in, uint32_t *in_version);
 /* Releases a use held by the runtime (input edges, internal holders). */
 void flx_unuse(flx_tensor *t);
 void flx_use(flx_tensor *t);
@@ -403,9 +439,15 @@ bool flx_check_shape(const char *op, int32_t ndim, const int64_t *shape);
 /* Shapes (na, a) and (nb, b) are equal. */
 bool flx_shape_eq(int32_t na, const int64_t *a, int32_t nb, const int64_t *b);
 
-/* Buffers */
+/* Buffers. Small blocks (up to 64 KiB) come from and return to a per-context cache of released
+ * records with their blocks, so an eager op costs no allocator call (on CUDA: no
+ * cudaMallocFromPoolAsync / cudaFreeAsync pair) in the common case. Reuse is ordered like the
+ * backend's own stream-ordered free: every kernel runs on the context's one stream. Nothing
+ * enters or leaves the cache while a plan captures a graph (ctx->capturing). */
 flx_buffer *flx_buffer_new(flx_ctx *ctx, size_t nbytes);
 void flx_buffer_release(flx_buffer *b);
+/* Returns every cached block to the backend (context destruction). */
+void flx_buffer_cache_flush(flx_ctx *ctx);
 /* While a plan queues its replay on this thread: the device address of its run counter, which
  * random fills use as their Philox stream (so every replay draws new numbers); NULL otherwise
  * (runtime/core/plan.c). */

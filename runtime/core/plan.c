@@ -294,7 +294,11 @@ flx_status flx_plan_run(flx_plan *p, int32_t n_in, flx_tensor *const *inputs) {
         s = p->ctx->be->graph_launch(p->ctx, p->graph);
         if (s == FLX_OK) p->ctx->stats.kernels++; /* the whole replay is one launch */
     } else {
-        s = flx_plan_queue_body(p);
+        /* Queued op by op: one device switch for all the steps. */
+        flx_device_saved saved;
+        s = flx_device_enter(p->ctx, &saved);
+        if (s == FLX_OK) s = flx_plan_queue_body(p);
+        flx_device_leave(p->ctx, &saved);
     }
     if (s != FLX_OK) return s;
     for (int32_t k = 0; k < p->n_out; k++) {

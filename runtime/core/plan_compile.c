@@ -591,7 +591,9 @@ static flx_status capture(flx_plan *p, int32_t mode) {
     }
     flx_status s = be->capture_begin(ctx);
     if (s != FLX_OK) return s;
+    ctx->capturing = true;
     flx_status qs = flx_plan_queue_body(p);
+    ctx->capturing = false;
     void *g = NULL;
     s = be->capture_end(ctx, qs == FLX_OK, &g);
     if (qs != FLX_OK || s != FLX_OK) {

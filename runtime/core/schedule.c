@@ -20,8 +20,11 @@ typedef struct frame {
 
 flx_status flx_graph_postorder(int32_t n, flx_tensor *const *roots, uint64_t epoch,
                                flx_enter_fn enter, flx_tensor ***out, size_t *n_out) {
-    size_t cap = 64, top = 0, on = 0, ocap = 64;
-    frame *st = (frame *)malloc(cap * sizeof *st);
+    /* The walk's stack starts on the C stack; it moves to the heap only for deep graphs. */
+    enum { LOCAL = 64 };
+    frame local[LOCAL];
+    size_t cap = LOCAL, top = 0, on = 0, ocap = 64;
+    frame *st = local;
     flx_tensor **order = (flx_tensor **)malloc(ocap * sizeof *order);
     flx_status s = (st && order) ? FLX_OK : FLX_ERR_OUT_OF_MEMORY;
     for (int32_t r = 0; r < n && s == FLX_OK; r++) {
@@ -36,8 +39,10 @@ flx_status flx_graph_postorder(int32_t n, flx_tensor *const *roots, uint64_t epo
                 if (c->mark == epoch || !enter(c)) continue;
                 c->mark = epoch;
                 if (top == cap) {
-                    frame *ns = (frame *)realloc(st, 2 * cap * sizeof *st);
+                    frame *ns = (frame *)(st == local ? malloc(2 * cap * sizeof *st)
+                                                      : realloc(st, 2 * cap * sizeof *st));
                     if (!ns) { s = FLX_ERR_OUT_OF_MEMORY; break; }
+                    if (st == local) memcpy(ns, local, sizeof local);
                     st = ns;
                     cap *= 2;
                 }
@@ -54,7 +59,7 @@ flx_status flx_graph_postorder(int32_t n, flx_tensor *const *roots, uint64_t epo
             }
         }
     }
-    free(st);
+    if (st != local) free(st);
     if (s != FLX_OK) {
         free(order);
         return flx_set_error(FLX_ERR_OUT_OF_MEMORY, "graph walk: out of host memory");
@@ -68,8 +73,7 @@ flx_status flx_graph_postorder(int32_t n, flx_tensor *const *roots, uint64_t epo
 void flx_schedule_free(flx_schedule *s) {
     if (!s) return;
     free(s->nodes);
-    free(s->read_at);
-    free(s->last_use);
+    free(s->read_at); /* and last_use, in the same block */
     flx_fusion_free(&s->fusion);
     memset(s, 0, sizeof *s);
 }
@@ -90,9 +94,10 @@ flx_status flx_schedule_build(int32_t n_roots, flx_tensor *const *roots, flx_ent
     /* Elementwise chains whose intermediates nothing else reads run as one kernel each; the
      * roots (requested values, plan outputs) stay materialised. */
     if (n > 0) s = flx_fusion_plan(out->nodes, n, out->epoch, n_roots, roots, honor_keep, &out->fusion);
-    out->read_at = (int32_t *)malloc((n ? n : 1) * sizeof *out->read_at);
-    out->last_use = (int32_t *)malloc((n ? n : 1) * sizeof *out->last_use);
-    if (s == FLX_OK && (!out->read_at || !out->last_use))
+    /* read_at and last_use share one block (freed through read_at). */
+    out->read_at = (int32_t *)malloc(2 * (n ? n : 1) * sizeof *out->read_at);
+    out->last_use = out->read_at ? out->read_at + (n ? n : 1) : NULL;
+    if (s == FLX_OK && !out->read_at)
         s = flx_set_error(FLX_ERR_OUT_OF_MEMORY, "schedule: out of host memory");
     if (s != FLX_OK) {
         flx_schedule_free(out);

@@ -5,8 +5,6 @@
 
 #include "internal.h"
 
-static _Atomic int64_t g_live_tensors;
-
 /* Handle validation. A node carries FLX_TENSOR_LIVE while it exists; a destroyed node is marked
  * FLX_TENSOR_DEAD, cleared, and kept in a process-wide quarantine of the most recently destroyed
  * nodes before its memory goes back to malloc, so that a stale handle (double release, use
@@ -20,14 +18,71 @@ static flx_tensor *g_quarantine[FLX_QUARANTINE];
 static size_t g_quarantine_next;
 static atomic_flag g_quarantine_lock = ATOMIC_FLAG_INIT;
 
-static void quarantine_put(flx_tensor *t) {
+/* Recycling. A node leaving the quarantine is not handed back to malloc but kept (up to
+ * FLX_NODE_SPARE of them) on a free list that node_alloc takes from first, so recording ops in a
+ * loop costs no host allocation once the quarantine has filled. Nodes are reused only after they
+ * have passed through the whole quarantine, so stale handles are detected exactly as before. A
+ * spare node still reads FLX_TENSOR_DEAD; the list is linked through its in field. */
+#define FLX_NODE_SPARE 1024
+static flx_tensor *g_spare;
+static size_t g_n_spare;
+/* Nodes alive in the process, counted under the same lock as the pool (one locked instruction
+ * per node made or destroyed, not one more for the counter). */
+static int64_t g_live_tensors;
+
+static void pool_lock(void) {
     while (atomic_flag_test_and_set_explicit(&g_quarantine_lock, memory_order_acquire)) {
     }
+}
+static void pool_unlock(void) { atomic_flag_clear_explicit(&g_quarantine_lock, memory_order_release); }
+
+static void quarantine_put(flx_tensor *t) {
+    pool_lock();
+    g_live_tensors--;
     flx_tensor *old = g_quarantine[g_quarantine_next];
     g_quarantine[g_quarantine_next] = t;
     g_quarantine_next = (g_quarantine_next + 1) % FLX_QUARANTINE;
-    atomic_flag_clear_explicit(&g_quarantine_lock, memory_order_release);
+    if (old && g_n_spare < FLX_NODE_SPARE) {
+        old->in = (flx_tensor **)(void *)g_spare;
+        g_spare = old;
+        g_n_spare++;
+        old = NULL;
+    }
+    pool_unlock();
     free(old);
+}
+
+/* Undoes node_alloc for a node that never became live (t may be NULL). */
+static void node_unalloc(flx_tensor *t) {
+    pool_lock();
+    g_live_tensors--;
+    pool_unlock();
+    free(t);
+}
+
+/* A zeroed node: a spare one (cleared by destroy_chain) when there is one, else fresh memory. */
+static flx_tensor *node_alloc(void) {
+    pool_lock();
+    flx_tensor *t = g_spare;
+    if (t) {
+        g_spare = (flx_tensor *)(void *)t->in;
+        g_n_spare--;
+    }
+    g_live_tensors++;
+    pool_unlock();
+    if (t) {
+        t->magic = 0; /* the rest was cleared when the node was destroyed */
+        t->in = NULL;
+        return t;
+    }
+    t = (flx_tensor *)calloc(1, sizeof *t);
+    if (!t) node_unalloc(NULL);
+    return t;
+}
+
+void flx_node_edges_free(const flx_tensor *t, flx_tensor **in, uint32_t *in_version) {
+    if (in != t->in_inline) free(in);
+    if (in_version != t->in_version_inline) free(in_version);
 }
 
 bool flx_check_handle(const char *op, const flx_tensor *t) {
@@ -42,18 +97,51 @@ bool flx_check_handle(const char *op, const flx_tensor *t) {
     return false;
 }
 
-int64_t flx_live_tensors(void) { return atomic_load(&g_live_tensors); }
+int64_t flx_live_tensors(void) {
+    pool_lock();
+    int64_t n = g_live_tensors;
+    pool_unlock();
+    return n;
+}
 
 /* ---- buffers ---------------------------------------------------------------------------- */
+/* The cache: released records of up to FLX_BIN_DEPTH blocks per power-of-two size class from
+ * 64 B to 64 KiB, at most about 1 MiB per context. A block of class k holds 64 << k bytes. */
+#define FLX_BIN_MIN_SHIFT 6
+#define FLX_BIN_COUNT 11
+#define FLX_BIN_DEPTH 8
+
+struct flx_buffer_cache {
+    int32_t n[FLX_BIN_COUNT];
+    flx_buffer *bin[FLX_BIN_COUNT][FLX_BIN_DEPTH];
+};
+
+/* The class of a block of nbytes, or -1 when it is too large to cache. */
+static int size_class(size_t nbytes) {
+    if (nbytes > ((size_t)1 << (FLX_BIN_MIN_SHIFT + FLX_BIN_COUNT - 1))) return -1;
+    int k = 0;
+    while (((size_t)1 << (FLX_BIN_MIN_SHIFT + k)) < nbytes) k++;
+    return k;
+}
+
 flx_buffer *flx_buffer_new(flx_ctx *ctx, size_t nbytes) {
+    /* Zero-byte tensors still get a distinct non-NULL pointer: allocate one byte. */
+    size_t want = nbytes ? nbytes : 1;
+    int k = ctx->capturing ? -1 : size_class(want);
+    struct flx_buffer_cache *c = ctx->buffer_cache;
+    if (k >= 0 && c && c->n[k] > 0) {
+        flx_buffer *b = c->bin[k][--c->n[k]];
+        b->refs = 1;
+        b->nbytes = want;
+        flx_stats_alloc(ctx, want);
+        return b;
+    }
     flx_buffer *b = (flx_buffer *)calloc(1, sizeof *b);
     if (!b) {
         flx_set_error(FLX_ERR_OUT_OF_MEMORY, "out of host memory for a buffer record");
         return NULL;
     }
-    /* Zero-byte tensors still get a distinct non-NULL pointer: allocate one byte. */
-    size_t want = nbytes ? nbytes : 1;
-    b->ptr = ctx->be->alloc(ctx, want);
+    b->ptr = ctx->be->alloc(ctx, k >= 0 ? (size_t)1 << (FLX_BIN_MIN_SHIFT + k) : want);
     if (!b->ptr) {
         free(b);
         return NULL;
@@ -61,8 +149,26 @@ flx_buffer *flx_buffer_new(flx_ctx *ctx, size_t nbytes) {
     b->refs = 1;
     b->ctx = ctx;
     b->nbytes = want;
+    b->cache_bin = (uint8_t)(k + 1);
     flx_stats_alloc(ctx, want);
     return b;
+}
+
+/* Keeps a released record of the allocator's for reuse; false when its class is full. */
+static bool cache_put(flx_buffer *b) {
+    flx_ctx *ctx = b->ctx;
+    if (!b->cache_bin || ctx->capturing) return false;
+    struct flx_buffer_cache *c = ctx->buffer_cache;
+    if (!c) {
+        c = (struct flx_buffer_cache *)calloc(1, sizeof *c);
+        if (!c) return false;
+        ctx->buffer_cache = c;
+    }
+    int k = b->cache_bin - 1;
+    if (c->n[k] == FLX_BIN_DEPTH) return false;
+    b->pins = 0;
+    c->bin[k][c->n[k]++] = b;
+    return true;
 }
 
 void flx_buffer_release(flx_buffer *b) {
@@ -70,11 +176,25 @@ void flx_buffer_release(flx_buffer *b) {
     if (--b->refs > 0) return;
     if (b->deleter) {
         b->deleter(b->ptr, b->deleter_ctx); /* external memory: not the allocator's */
-    } else {
-        flx_stats_free(b->ctx, b->nbytes);
-        b->ctx->be->free(b->ctx, b->ptr);
+        free(b);
+        return;
     }
+    flx_stats_free(b->ctx, b->nbytes);
+    if (cache_put(b)) return;
+    b->ctx->be->free(b->ctx, b->ptr);
     free(b);
+}
+
+void flx_buffer_cache_flush(flx_ctx *ctx) {
+    struct flx_buffer_cache *c = ctx->buffer_cache;
+    if (!c) return;
+    for (int k = 0; k < FLX_BIN_COUNT; k++)
+        for (int32_t i = 0; i < c->n[k]; i++) {
+            ctx->be->free(ctx, c->bin[k][i]->ptr);
+            free(c->bin[k][i]);
+        }
+    free(c);
+    ctx->buffer_cache = NULL;
 }
 
 /* ---- nodes ------------------------------------------------------------------------------ */
@@ -193,28 +313,33 @@ flx_tensor *flx_node_new(flx_ctx *ctx, flx_op op, flx_dtype dt, int32_t ndim,
                           flx_shape_str(ndim, shape));
             return NULL;
         }
-        if (shape[i] > 0 && numel > INT64_MAX / 16 / shape[i]) {
+        /* Both factors below 2^28 cannot pass the bound: the division only runs for big ones. */
+        bool small = numel < ((int64_t)1 << 28) && shape[i] < ((int64_t)1 << 28);
+        if (!small && shape[i] > 0 && numel > INT64_MAX / 16 / shape[i]) {
             flx_set_error(FLX_ERR_SHAPE, "%s: shape %s is too large", def->name,
                           flx_shape_str(ndim, shape));
             return NULL;
         }
         numel *= shape[i];
     }
-    flx_tensor *t = (flx_tensor *)calloc(1, sizeof *t);
+    flx_tensor *t = node_alloc();
     if (!t) {
         flx_set_error(FLX_ERR_OUT_OF_MEMORY, "%s: out of host memory", def->name);
         return NULL;
     }
-    if (n_in > 0) {
+    if (n_in > FLX_NODE_INLINE_IN) {
         t->in = (flx_tensor **)calloc((size_t)n_in, sizeof *t->in);
         t->in_version = (uint32_t *)calloc((size_t)n_in, sizeof *t->in_version);
         if (!t->in || !t->in_version) {
             free(t->in);
             free(t->in_version);
-            free(t);
+            node_unalloc(t);
             flx_set_error(FLX_ERR_OUT_OF_MEMORY, "%s: out of host memory", def->name);
             return NULL;
         }
+    } else if (n_in > 0) {
+        t->in = t->in_inline;
+        t->in_version = t->in_version_inline;
     }
     t->magic = FLX_TENSOR_LIVE;
     t->refs = 1;
@@ -236,19 +361,17 @@ flx_tensor *flx_node_new(flx_ctx *ctx, flx_op op, flx_dtype dt, int32_t ndim,
     t->requires_grad = rg && !(def->flags & FLX_OPF_NONDIFF) && flx_no_grad_depth() == 0 &&
                        flx_dtype_is_float(dt);
     ctx->live_tensors++;
-    atomic_fetch_add(&g_live_tensors, 1);
     return t;
 }
 
 /* Destroys nodes without recursion: a long chain must not overflow the C stack. */
 static void destroy_chain(flx_tensor *t) {
-    size_t cap = 16, n = 0;
-    flx_tensor **stack = (flx_tensor **)malloc(cap * sizeof *stack);
-    flx_tensor *local[1];
-    if (!stack) {
-        stack = local; /* out of memory: fall back to one at a time, leaking inputs */
-        cap = 1;
-    }
+    /* The stack starts on the C stack and moves to the heap only for wide fan-ins. */
+    enum { LOCAL = 32 };
+    flx_tensor *local[LOCAL];
+    flx_tensor **stack = local;
+    size_t cap = LOCAL, n = 0;
+    bool can_grow = true; /* false after a failed growth: later inputs leak rather than crash */
     stack[n++] = t;
     while (n > 0) {
         flx_tensor *x = stack[--n];
@@ -259,19 +382,22 @@ static void destroy_chain(flx_tensor *t) {
         for (int32_t i = 0; i < x->n_in; i++) {
             flx_tensor *p = x->in[i];
             if (--p->uses == 0 && p->refs == 0) {
-                if (n == cap && stack != local) {
-                    flx_tensor **ns = (flx_tensor **)realloc(stack, 2 * cap * sizeof *stack);
-                    if (!ns) continue; /* leak rather than crash */
-                    stack = ns;
-                    cap *= 2;
+                if (n == cap && can_grow) {
+                    flx_tensor **ns = (flx_tensor **)(stack == local ? malloc(2 * cap * sizeof *stack)
+                                                                     : realloc(stack, 2 * cap * sizeof *stack));
+                    if (ns) {
+                        if (stack == local) memcpy(ns, local, sizeof local);
+                        stack = ns;
+                        cap *= 2;
+                    } else {
+                        can_grow = false;
+                    }
                 }
                 if (n < cap) stack[n++] = p;
             }
         }
         x->ctx->live_tensors--;
-        atomic_fetch_sub(&g_live_tensors, 1);
-        free(x->in);
-        free(x->in_version);
+        flx_node_edges_free(x, x->in, x->in_version);
         memset(x, 0, sizeof *x);
         x->magic = FLX_TENSOR_DEAD;
         quarantine_put(x);

@@ -501,6 +501,8 @@ const flx_backend flx_backend_cuda = {
     .graph_launch = cuda_graph_launch,
     .graph_destroy = cuda_graph_destroy,
     .set_math_mode = cuda_set_math_mode,
+    .device_enter = flx_cuda_device_enter,
+    .device_leave = flx_cuda_device_leave,
 };
 
 /* The context's stream as void* (flx_ctx_stream in runtime/io/interop.c; DLPack stream semantics). */

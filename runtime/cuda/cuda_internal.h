@@ -53,11 +53,7 @@ const char *flx_cuda_cublas_status_name(cublasStatus_t s);
 /* Makes a context's device current for the duration of a backend call and puts back whatever
  * the caller had current (another device, another library's context, or none), so fluxion never
  * changes the current device of a PyTorch/CuPy thread. */
-typedef struct flx_cuda_guard {
-    void *prev_ctx; /* CUcontext current on entry (driver entry points available) */
-    int prev_device; /* current device on entry (fallback without the entry points) */
-    bool switched;
-} flx_cuda_guard;
+typedef flx_device_saved flx_cuda_guard; /* prev_ctx: a CUcontext (NULL: none current) */
 cudaError_t flx_cuda_enter_device(int device, void *cu_ctx, flx_cuda_guard *g); /* sets no error */
 void flx_cuda_leave(flx_cuda_guard *g);
 /* The thread's current CUcontext (NULL when none or unknown). */
@@ -67,6 +63,10 @@ static inline flx_status flx_cuda_enter(flx_ctx *ctx, flx_cuda_guard *g) {
     cudaError_t e = flx_cuda_enter_device(s->device, s->cu_ctx, g);
     return e == cudaSuccess ? FLX_OK : flx_cuda_fail(e, "cudaSetDevice");
 }
+
+/* The backend's device_enter/device_leave (the guard around a whole evaluation). */
+flx_status flx_cuda_device_enter(flx_ctx *ctx, flx_device_saved *saved);
+void flx_cuda_device_leave(flx_ctx *ctx, flx_device_saved *saved);
 
 /* ---- memory.c ---- */
 flx_status flx_cuda_pool_create(cuda_state *s);

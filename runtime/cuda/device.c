@@ -113,6 +113,15 @@ void flx_cuda_leave(flx_cuda_guard *g) {
     }
 }
 
+flx_status flx_cuda_device_enter(flx_ctx *ctx, flx_device_saved *saved) {
+    return flx_cuda_enter(ctx, saved);
+}
+
+void flx_cuda_device_leave(flx_ctx *ctx, flx_device_saved *saved) {
+    (void)ctx;
+    flx_cuda_leave(saved);
+}
+
 /* ---- device queries ---------------------------------------------------------------------------- */
 int32_t flx_cuda_backend_device_count(void) {
     int n = 0;
