@@ -119,7 +119,7 @@ TEST_F(GemmEpilogueTest, NeededIntermediatesStopTheChain) {
          },
          2, 4},
     };
-    for (flx_dtype dt : {FLX_F32, FLX_F64}) {
+    for (flx_dtype dt : {FLX_F32, FLX_F64, FLX_F16, FLX_BF16}) {
         for (const Case &c : cases) {
             std::vector<std::vector<unsigned char>> bits[2];
             flx_ctx_stats st[2];
@@ -143,7 +143,7 @@ TEST_F(GemmEpilogueTest, NeededIntermediatesStopTheChain) {
 
 // Value, VJP and JVP of dense layers with the rule on and off: the same bits.
 TEST_F(GemmEpilogueTest, ForwardVjpJvpMatchUnfusedBitForBit) {
-    for (flx_dtype dt : {FLX_F32, FLX_F64}) {
+    for (flx_dtype dt : {FLX_F32, FLX_F64, FLX_BF16}) {
         std::vector<std::vector<unsigned char>> bits[2];
         for (int pass = 0; pass < 2; pass++) {
             ASSERT_EQ(flx_set_fusion(ctx, pass == 0), FLX_OK);
