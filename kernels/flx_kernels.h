@@ -141,19 +141,21 @@ typedef struct flx_matmul_args {
 
 /* ---- gemm_ex: out = act(op(A) op(B) + bias), one 2-d product with its epilogue --------------
  * The dense layer's forward in one call (runtime/core/fuse_gemm.c groups matmul [+ bias] [relu]).
- * op(A) (m, k), op(B) (k, n) stored as in matmul (ta, tb), one matrix each; bias (n) added to
- * every row, or NULL; act FLX_GEMM_ACT_NONE or _RELU. m, n, k >= 1. The result must be what the
- * unfused matmul, add and relu kernels of the same backend give (the CPU: bit for bit). */
+ * op(A) (m, k), op(B) (k, n) stored as in matmul (ta, tb); A may hold batch such matrices one
+ * after another (batch > 1 only with ta == 0: rows of one (batch m, k) matrix), B is one matrix
+ * shared by all; bias (n) added to every row, or NULL; act FLX_GEMM_ACT_NONE or _RELU. batch, m,
+ * n, k >= 1. The result must be what the unfused matmul (batch strides m k, 0, m n), add and relu
+ * kernels of the same backend give (the CPU: bit for bit). */
 typedef enum flx_gemm_act { FLX_GEMM_ACT_NONE = 0, FLX_GEMM_ACT_RELU = 1 } flx_gemm_act;
 typedef struct flx_gemm_ex_args {
     flx_dtype dtype;
-    int64_t m, n, k;
+    int64_t batch, m, n, k;
     int32_t ta, tb;
     int32_t act;      /* flx_gemm_act */
     const void *a;    /* op(A) is (m, k) */
     const void *b;    /* op(B) is (k, n) */
     const void *bias; /* (n) or NULL */
-    void *out;        /* (m, n), dense */
+    void *out;        /* (batch m, n), dense */
 } flx_gemm_ex_args;
 
 /* ---- index: along the middle axis of (outer, n, inner) views ---------------------------------

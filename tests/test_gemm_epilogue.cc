@@ -141,6 +141,28 @@ TEST_F(GemmEpilogueTest, NeededIntermediatesStopTheChain) {
     }
 }
 
+// x W^T + b for a batched x (..., in): the product's batches are the rows of one GEMM.
+TEST_F(GemmEpilogueTest, BatchedInputIsOneCall) {
+    for (flx_dtype dt : {FLX_F32, FLX_F64}) {
+        std::vector<unsigned char> bits[2];
+        flx_ctx_stats st[2];
+        for (int pass = 0; pass < 2; pass++) {
+            ASSERT_EQ(flx_set_fusion(ctx, pass == 0), FLX_OK);
+            ASSERT_EQ(flx_scope_begin(), FLX_OK);
+            flx_tensor *x = src(ctx, dt, {3, 5, 7}, 11), *W = src(ctx, dt, {4, 7}, 12);
+            flx_tensor *b = src(ctx, dt, {1, 1, 4}, 13);
+            flx_tensor *y = flx_relu(flx_add(flx_linear(x, W, nullptr), b));
+            st[pass] = eval_stats(ctx, {y});
+            bits[pass] = raw(y);
+            ASSERT_EQ(flx_scope_end(0, nullptr), FLX_OK);
+        }
+        ASSERT_EQ(flx_set_fusion(ctx, true), FLX_OK);
+        EXPECT_EQ(bits[0], bits[1]) << flx_dtype_name(dt);
+        EXPECT_EQ(st[0].kernels, 1u);
+        EXPECT_EQ(st[1].kernels, 3u);
+    }
+}
+
 // Value, VJP and JVP of dense layers with the rule on and off: the same bits.
 TEST_F(GemmEpilogueTest, ForwardVjpJvpMatchUnfusedBitForBit) {
     for (flx_dtype dt : {FLX_F32, FLX_F64, FLX_BF16}) {
@@ -305,6 +327,16 @@ TEST_F(GemmEpilogueCuda, EpiloguesMatchCpu) {
                         << flx_dtype_name(dt) << " " << s.m << "x" << s.k << "x" << s.n << " bias "
                         << bias << " relu " << relu << " output " << i;
             }
+}
+
+TEST_F(GemmEpilogueCuda, BatchedInputMatchesCpu) {
+    std::vector<std::vector<double>> out;
+    for (flx_ctx *c : {gpu, cpu}) {
+        flx_tensor *x = rand_tensor(c, FLX_F32, {4, 33, 65}, 91), *W = rand_tensor(c, FLX_F32, {17, 65}, 92);
+        flx_tensor *b = rand_tensor(c, FLX_F32, {17}, 93);
+        out.push_back(values(flx_relu(flx_linear(x, W, b))));
+    }
+    EXPECT_TRUE(close(out[0], out[1], 1e-4, 1e-4));
 }
 
 // The GPU's fused layer against the GPU's unfused kernels: the same algorithm is not promised

@@ -8,10 +8,12 @@
  * product or the biased product.
  *
  * Rule, on the schedule's list (runtime/core/fuse.c calls it before elementwise grouping, which
- * then leaves these members alone): a 2-d MATMUL with k >= 1 extends its chain through its
- * consumer while that consumer is its only reader inside the list (one edge) and the value is not
- * pinned (requested, a plan output) nor a leaf:
- *   - ADD of the chain's value and a bias of shape (n) or (1, n) of the same dtype (either order),
+ * then leaves these members alone): a MATMUL with k >= 1 whose B is one matrix (2-d, or a batch
+ * of one; then a batched A is not transposed, so its matrices are the rows of one) extends its
+ * chain through its consumer while that consumer is its only reader inside the list (one edge)
+ * and the value is not pinned (requested, a plan output) nor a leaf:
+ *   - ADD of the chain's value and a bias of n values ((n) or (1, ..., 1, n)) of the same dtype
+ *     (either order),
  *   - then RELU of the same dtype.
  * A chain of the matmul alone is not a group. The same last-use argument as elementwise fusion
  * makes this safe: a member read by nothing else in the list would be freed right after the
@@ -23,15 +25,15 @@
 #include "internal.h"
 #include "flx_unary_ops.h"
 
-/* The bias operand of t if t is add(x, bias) with bias (n) or (1, n) broadcast over x's rows. */
+/* The bias operand of t if t is add(x, bias) with bias (n), or (1, ..., 1, n) of at most x's
+ * rank, broadcast over x's rows. */
 static flx_tensor *row_bias(const flx_tensor *t, const flx_tensor *x) {
     if (t->op != FLX_OP_BINARY || t->attrs.u.binary.op != FLX_BINARY_ADD) return NULL;
     if (t->n_in != 2 || (t->in[0] == x) == (t->in[1] == x)) return NULL;
     flx_tensor *b = t->in[0] == x ? t->in[1] : t->in[0];
-    int64_t n = x->shape[1];
     if (b->dtype != x->dtype || t->dtype != x->dtype || !flx_same_shape(t, x)) return NULL;
-    bool vec = (b->ndim == 1 && b->shape[0] == n) || (b->ndim == 2 && b->shape[0] == 1 && b->shape[1] == n);
-    return vec ? b : NULL;
+    if (b->ndim < 1 || b->ndim > x->ndim || b->shape[b->ndim - 1] != x->shape[x->ndim - 1]) return NULL;
+    return b->numel == b->shape[b->ndim - 1] ? b : NULL;
 }
 
 static bool is_relu_of(const flx_tensor *t, const flx_tensor *x) {
@@ -44,11 +46,14 @@ static bool is_relu_of(const flx_tensor *t, const flx_tensor *x) {
 static bool chain_at(flx_tensor *const *order, size_t i, const uint8_t *pin, const int32_t *reads,
                      const int32_t *reader, flx_fused_group *g) {
     flx_tensor *mm = order[i];
-    if (mm->ndim != 2 || mm->numel == 0 || !flx_dtype_is_float(mm->dtype)) return false;
+    if (mm->numel == 0 || !flx_dtype_is_float(mm->dtype)) return false;
     const flx_tensor *A = mm->in[0], *B = mm->in[1];
     int32_t ta = mm->attrs.u.matmul.ta, tb = mm->attrs.u.matmul.tb;
-    if (A->ndim != 2 || B->ndim != 2) return false;
-    int64_t k = ta ? A->shape[0] : A->shape[1];
+    /* One B for every batch (x W^T of a (..., in) x); A's matrices then hold the whole batch
+     * (matmul materialises other broadcasts), and without ta they are the rows of one matrix. */
+    int64_t batch = flx_shape_numel(mm->ndim - 2, mm->shape);
+    if (flx_shape_numel(B->ndim - 2, B->shape) != 1 || (batch > 1 && ta)) return false;
+    int64_t k = ta ? A->shape[A->ndim - 2] : A->shape[A->ndim - 1];
     if (k < 1) return false;
     memset(g, 0, sizeof *g);
     g->kind = FLX_GROUP_GEMM;
@@ -76,8 +81,8 @@ static bool chain_at(flx_tensor *const *order, size_t i, const uint8_t *pin, con
     }
     if (g->n_members < 2) return false;
     g->root = cur;
-    g->gemm = (flx_gemm_ex_args){.dtype = mm->dtype, .m = mm->shape[0], .n = mm->shape[1], .k = k,
-                                 .ta = ta, .tb = tb, .act = act};
+    g->gemm = (flx_gemm_ex_args){.dtype = mm->dtype, .batch = batch, .m = mm->shape[mm->ndim - 2],
+                                 .n = mm->shape[mm->ndim - 1], .k = k, .ta = ta, .tb = tb, .act = act};
     return true;
 }
 

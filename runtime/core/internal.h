@@ -459,7 +459,7 @@ flx_status flx_fusion_plan(flx_tensor *const *order, size_t n, uint64_t epoch, i
                            flx_tensor *const *pinned, bool honor_keep, flx_fusion *out);
 void flx_fusion_free(flx_fusion *f);
 /* Dense-layer groups (runtime/core/fuse_gemm.c): in order[0..n) (scratch = position, inputs in
- * the list marked epoch), each 2-d matmul whose value only a row-bias add reads, or only a relu,
+ * the list marked epoch), each matmul of one B matrix whose value only a row-bias add reads, or only a relu,
  * becomes one FLX_GROUP_GEMM group with that chain (matmul [+ bias] [relu]; interior members not
  * pinned and read by nothing else in the list). Sets member_of[i] to the group index of each
  * member (-1 elsewhere) and *groups (malloc'ed, NULL when none) to *n_groups groups. */

@@ -176,7 +176,7 @@ static lt_entry *lookup(struct flx_cuda_lt *lt, const flx_gemm_ex_args *a, int32
     key.epi = (int32_t)epilogue_of(a);
     key.math = a->dtype == FLX_F32 ? (math & FLX_MATH_TF32) : 0;
     key.align = alignment_of(a);
-    key.m = a->m;
+    key.m = a->batch * a->m; /* batch > 1 only untransposed: one (batch m, k) matrix */
     key.n = a->n;
     key.k = a->k;
     for (int i = 0; i < LT_CACHE; i++)
@@ -197,18 +197,19 @@ static lt_entry *lookup(struct flx_cuda_lt *lt, const flx_gemm_ex_args *a, int32
 
 /* The unfused path: the kernels the graph would have run without the group. */
 static flx_status fallback(flx_ctx *ctx, const flx_gemm_ex_args *a) {
-    flx_matmul_args mm = {.dtype = a->dtype, .batch = 1, .m = a->m, .n = a->n, .k = a->k,
+    flx_matmul_args mm = {.dtype = a->dtype, .batch = a->batch, .m = a->m, .n = a->n, .k = a->k,
                           .ta = a->ta, .tb = a->tb, .alpha = 1.0, .beta = 0.0, .a = a->a,
-                          .b = a->b, .c = a->out};
+                          .sa = a->m * a->k, .b = a->b, .sb = 0, .c = a->out, .sc = a->m * a->n};
+    const int64_t rows = a->batch * a->m;
     flx_status st = ctx->be->matmul(ctx, &mm);
     if (st == FLX_OK && a->bias) {
         flx_binary_args ad = {.op = FLX_BINARY_ADD, .dtype = a->dtype, .ndim = 2,
-                              .shape = {a->m, a->n}, .sa = {a->n, 1}, .sb = {0, 1},
+                              .shape = {rows, a->n}, .sa = {a->n, 1}, .sb = {0, 1},
                               .a = a->out, .b = a->bias, .out = a->out};
         st = ctx->be->binary(ctx, &ad);
     }
     if (st == FLX_OK && a->act == FLX_GEMM_ACT_RELU) {
-        flx_unary_args re = {.op = FLX_UNARY_RELU, .dtype = a->dtype, .n = a->m * a->n,
+        flx_unary_args re = {.op = FLX_UNARY_RELU, .dtype = a->dtype, .n = rows * a->n,
                              .x = a->out, .y = a->out};
         st = ctx->be->unary(ctx, &re);
     }
@@ -217,7 +218,8 @@ static flx_status fallback(flx_ctx *ctx, const flx_gemm_ex_args *a) {
 
 flx_status flx_cuda_gemm_ex_in(flx_ctx *ctx, const flx_gemm_ex_args *a) {
     cuda_state *s = flx_cuda_st(ctx);
-    if (a->m <= 0 || a->n <= 0 || a->k <= 0) return fallback(ctx, a);
+    if (a->batch <= 0 || a->m <= 0 || a->n <= 0 || a->k <= 0 || (a->batch > 1 && a->ta))
+        return fallback(ctx, a);
     if (!s->lt) {
         enum cudaStreamCaptureStatus cs = cudaStreamCaptureStatusNone;
         if (cudaStreamIsCapturing(s->stream, &cs) != cudaSuccess || cs != cudaStreamCaptureStatusNone)
@@ -248,6 +250,6 @@ flx_status flx_cuda_gemm_ex_in(flx_ctx *ctx, const flx_gemm_ex_args *a) {
     return flx_set_error(FLX_ERR_BACKEND,
                          "cuda gemm_ex: cublasLtMatmul (%s, m %lld, n %lld, k %lld, ta %d, tb %d, "
                          "epilogue %d) failed: %s",
-                         flx_dtype_name(a->dtype), (long long)a->m, (long long)a->n, (long long)a->k,
+                         flx_dtype_name(a->dtype), (long long)e->key.m, (long long)a->n, (long long)a->k,
                          (int)a->ta, (int)a->tb, (int)e->key.epi, flx_cuda_cublas_status_name(bs));
 }
