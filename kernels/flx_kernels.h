@@ -139,6 +139,25 @@ typedef struct flx_matmul_args {
     int64_t sc;
 } flx_matmul_args;
 
+/* ---- gemm_ex: out = act(op(A) op(B) + bias), one 2-d product with its epilogue --------------
+ * The dense layer's forward in one call (runtime/core/fuse_gemm.c groups matmul [+ bias] [relu]).
+ * op(A) (m, k), op(B) (k, n) stored as in matmul (ta, tb); A may hold batch such matrices one
+ * after another (batch > 1 only with ta == 0: rows of one (batch m, k) matrix), B is one matrix
+ * shared by all; bias (n) added to every row, or NULL; act FLX_GEMM_ACT_NONE or _RELU. batch, m,
+ * n, k >= 1. The result must be what the unfused matmul (batch strides m k, 0, m n), add and relu
+ * kernels of the same backend give (the CPU: bit for bit). */
+typedef enum flx_gemm_act { FLX_GEMM_ACT_NONE = 0, FLX_GEMM_ACT_RELU = 1 } flx_gemm_act;
+typedef struct flx_gemm_ex_args {
+    flx_dtype dtype;
+    int64_t batch, m, n, k;
+    int32_t ta, tb;
+    int32_t act;      /* flx_gemm_act */
+    const void *a;    /* op(A) is (m, k) */
+    const void *b;    /* op(B) is (k, n) */
+    const void *bias; /* (n) or NULL */
+    void *out;        /* (batch m, n), dense */
+} flx_gemm_ex_args;
+
 /* ---- index: along the middle axis of (outer, n, inner) views ---------------------------------
  * SELECT: out(outer, n_idx, inner)[o, j, i] = src(outer, n_src, inner)[o, idx[j], i].
  * ADD:    out(outer, n_src, inner)[o, t, i] = sum over j with idx[j] == t of
@@ -478,6 +497,7 @@ int flx_cuda_fused(const flx_fused_args *args, void *stream);
     X(REDUCE, reduce, flx_reduce_args)                                                            \
     X(SOFTMAX, softmax, flx_softmax_args)                                                         \
     X(MATMUL, matmul, flx_matmul_args)                                                            \
+    X(GEMM_EX, gemm_ex, flx_gemm_ex_args)                                                         \
     X(LU, lu, flx_lu_args)                                                                        \
     X(EIGH, eigh, flx_eigh_args)                                                                  \
     X(ATTENTION, attention, flx_attention_args)                                                   \
@@ -485,8 +505,8 @@ int flx_cuda_fused(const flx_fused_args *args, void *stream);
     X(OPTIM, optim, flx_optim_args)
 
 /* ---- CUDA launch functions (defined only in builds with the CUDA backend) ------------------
- * matmul has none (the backend calls cuBLAS); lu, eigh and index take the library environment
- * above. */
+ * matmul and gemm_ex have none (the backend calls cuBLAS, cuBLASLt); lu, eigh and index take
+ * the library environment above. */
 int flx_cuda_fill(const flx_fill_args *args, void *stream);
 int flx_cuda_cast(const flx_cast_args *args, void *stream);
 int flx_cuda_unary(const flx_unary_args *args, void *stream);

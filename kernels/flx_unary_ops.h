@@ -64,7 +64,7 @@
     X(ERF, erf, PLAIN, erf(x), /* 2/sqrt(pi) exp(-x^2) */                                         \
       FLX_D_MUL(flx_mul_scalar(flx_exp(flx_mul_scalar(flx_square(x), -1.0)), 1.1283791670955125739))) \
     X(SIGMOID, sigmoid, PLAIN, FLX_SIGMOID_EXPR(x), FLX_D_MUL(flx_mul(y, flx_affine(y, -1.0, 1.0)))) \
-    X(RELU, relu, PLAIN, (x > (T)0 || x != x) ? x : (T)0, FLX_D_MUL(flx_unary_step(x)))           \
+    X(RELU, relu, PLAIN, (x > (T)0 || x != x) ? x : (T)0, FLX_D_MUL(flx_unary_step(y)))           \
     X(LEAKY_RELU, leaky_relu, PARAM, x > (T)0 ? x : (T)a * x,                                     \
       FLX_D_MUL(flx_affine(flx_unary_step(x), 1.0 - a, a)))                                       \
     X(ELU, elu, PARAM, x > (T)0 ? x : (T)a * expm1(x), /* 1 for x > 0, alpha e^x else */          \

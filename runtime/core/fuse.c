@@ -13,7 +13,9 @@
  *   - it is not pinned (a requested tensor, a plan output) and not a leaf,
  *   - it has the group's shape and dtype (an input that is broadcast is computed once, outside),
  *   - the group stays within FLX_FUSE_MAX_MEMBERS members and FLX_FUSED_MAX_IN distinct inputs;
- * otherwise it starts a group of its own. A group of one node runs its ordinary kernel. This is
+ * otherwise it starts a group of its own. Members of dense-layer groups (matmul [+ bias] [relu],
+ * runtime/core/fuse_gemm.c, planned first) are left out. A group of one node runs its ordinary
+ * kernel. This is
  * the evaluator's last-use rule applied one step further: a node whose every reader is in the
  * same kernel is freed "before" it is written. Consumers outside the list (graphs not being
  * evaluated now) do not matter: the unfused evaluator would free the value after its last
@@ -205,6 +207,39 @@ static bool build_program(flx_fused_group *g) {
 }
 
 /* ---- planning ------------------------------------------------------------------------------ */
+/* Per-position temporaries of flx_fusion_plan: in the struct itself for up to PLANNER_LOCAL
+ * nodes, on the heap beyond. */
+enum { PLANNER_LOCAL = 16 };
+typedef struct {
+    int32_t *cg;         /* consumers' group per position   */
+    int32_t *group_root; /* root position per draft group   */
+    int32_t *gemm_of;    /* dense-layer group per position  */
+    uint8_t *pin;
+    draft *dr;           /* at most one group per node      */
+    int32_t l_cg[PLANNER_LOCAL], l_group_root[PLANNER_LOCAL], l_gemm_of[PLANNER_LOCAL], renum[PLANNER_LOCAL];
+    uint8_t l_pin[PLANNER_LOCAL];
+    draft l_dr[PLANNER_LOCAL];
+} planner_tmp;
+
+static bool planner_tmp_init(planner_tmp *t, size_t n, bool heap) {
+    if (!heap) {
+        t->cg = t->l_cg, t->group_root = t->l_group_root, t->gemm_of = t->l_gemm_of;
+        t->pin = t->l_pin, t->dr = t->l_dr;
+        return true;
+    }
+    t->cg = (int32_t *)malloc(n * sizeof *t->cg);
+    t->group_root = (int32_t *)malloc(n * sizeof *t->group_root);
+    t->gemm_of = (int32_t *)malloc(n * sizeof *t->gemm_of);
+    t->pin = (uint8_t *)malloc(n);
+    t->dr = (draft *)malloc(n * sizeof *t->dr);
+    return t->cg && t->group_root && t->gemm_of && t->pin && t->dr;
+}
+
+static void planner_tmp_free(planner_tmp *t, bool heap) {
+    if (!heap) return;
+    free(t->cg), free(t->group_root), free(t->gemm_of), free(t->pin), free(t->dr);
+}
+
 void flx_fusion_free(flx_fusion *f) {
     if (!f) return;
     free(f->role);
@@ -215,29 +250,26 @@ void flx_fusion_free(flx_fusion *f) {
 flx_status flx_fusion_plan(flx_tensor *const *order, size_t n, uint64_t epoch, int32_t n_pinned,
                            flx_tensor *const *pinned, bool honor_keep, flx_fusion *out) {
     memset(out, 0, sizeof *out);
-    if (n < 2 || !order[0]->ctx->fusion || !flx_backend_supports(order[0]->ctx->be, FLX_KERNEL_FUSED)) return FLX_OK;
+    if (n < 2 || !order[0]->ctx->fusion) return FLX_OK;
+    const bool elementwise = flx_backend_supports(order[0]->ctx->be, FLX_KERNEL_FUSED);
     bool any = false;
-    for (size_t i = 0; i < n && !any; i++) any = fusable(order[i]);
+    for (size_t i = 0; i < n && !any; i++)
+        any = (elementwise && fusable(order[i])) || order[i]->op == FLX_OP_MATMUL;
     if (!any) return FLX_OK;
     /* The planner's temporaries live on the C stack for the short lists of eager evaluation
      * (no allocator call per evaluation), on the heap for longer ones. */
-    enum { LOCAL = 16 };
-    struct {
-        int32_t cg[LOCAL], group_root[LOCAL], renum[LOCAL];
-        uint8_t pin[LOCAL];
-        draft dr[LOCAL];
-    } local;
-    bool heap = n > LOCAL;
+    planner_tmp local, *tmp = &local;
+    const bool heap = n > PLANNER_LOCAL;
+    const bool tmp_ok = planner_tmp_init(tmp, n, heap);
     int32_t *role = (int32_t *)malloc(n * sizeof *role);
-    int32_t *cg = heap ? (int32_t *)malloc(n * sizeof *cg) : local.cg; /* consumers' group per position */
-    uint8_t *pin = heap ? (uint8_t *)malloc(n) : local.pin;
-    draft *dr = heap ? (draft *)malloc(n * sizeof *dr) : local.dr; /* at most one group per node */
-    int32_t *group_root = heap ? (int32_t *)malloc(n * sizeof *group_root) : local.group_root;
-    if (!role || !cg || !pin || !dr || !group_root) {
+    if (!role || !tmp_ok) {
         free(role);
-        if (heap) free(cg), free(pin), free(dr), free(group_root);
+        planner_tmp_free(tmp, heap);
         return flx_set_error(FLX_ERR_OUT_OF_MEMORY, "fusion: out of host memory");
     }
+    int32_t *cg = tmp->cg, *group_root = tmp->group_root, *gemm_of = tmp->gemm_of;
+    uint8_t *pin = tmp->pin;
+    draft *dr = tmp->dr;
     for (size_t i = 0; i < n; i++) {
         order[i]->scratch = (int32_t)i;
         cg[i] = CG_UNSEEN;
@@ -245,12 +277,20 @@ flx_status flx_fusion_plan(flx_tensor *const *order, size_t n, uint64_t epoch, i
     }
     for (int32_t k = 0; k < n_pinned; k++)
         if (pinned[k] && pinned[k]->mark == epoch) pin[pinned[k]->scratch] = 1;
+    /* Dense layers first: their members are one GEMM call, out of the elementwise groups. */
+    flx_fused_group *gemm = NULL;
+    int32_t n_gemm = 0;
+    if (flx_gemm_groups_plan(order, n, epoch, pin, gemm_of, &gemm, &n_gemm) != FLX_OK) {
+        free(role);
+        planner_tmp_free(tmp, heap);
+        return flx_last_status();
+    }
     int32_t ng = 0;
     for (size_t ii = n; ii-- > 0;) {
         flx_tensor *t = order[ii];
         role[ii] = FLX_FUSE_SINGLE;
         int32_t g = -1;
-        if (fusable(t)) {
+        if (elementwise && fusable(t) && gemm_of[ii] < 0) {
             int32_t c = cg[ii];
             if (c >= 0 && !pin[ii] && !t->is_leaf &&
                 flx_same_shape(t, order[group_root[c]]) && draft_add(&dr[c], t)) {
@@ -278,11 +318,12 @@ flx_status flx_fusion_plan(flx_tensor *const *order, size_t n, uint64_t epoch, i
         }
     }
     /* Groups of two or more members become programs; the rest run unfused. */
-    flx_fused_group *groups = (flx_fused_group *)malloc((size_t)(ng ? ng : 1) * sizeof *groups);
-    int32_t *renum = heap ? (int32_t *)malloc((size_t)(ng ? ng : 1) * sizeof *renum) : local.renum;
+    flx_fused_group *groups = (flx_fused_group *)malloc((size_t)(ng + n_gemm + 1) * sizeof *groups);
+    int32_t *renum = heap ? (int32_t *)malloc((size_t)(ng ? ng : 1) * sizeof *renum) : tmp->renum;
     if (!groups || !renum) {
-        free(role), free(groups);
-        if (heap) free(cg), free(pin), free(dr), free(group_root), free(renum);
+        free(role), free(groups), free(gemm);
+        if (heap) free(renum);
+        planner_tmp_free(tmp, heap);
         return flx_set_error(FLX_ERR_OUT_OF_MEMORY, "fusion: out of host memory");
     }
     int32_t nk = 0;
@@ -291,6 +332,7 @@ flx_status flx_fusion_plan(flx_tensor *const *order, size_t n, uint64_t epoch, i
         draft *d = &dr[g];
         if (d->n_members < 2) continue;
         flx_fused_group *fg = &groups[nk];
+        fg->kind = FLX_GROUP_ELEMENTWISE;
         fg->root = d->members[0];
         fg->n_members = d->n_members;
         for (int32_t m = 0; m < d->n_members; m++) /* consumers-first -> post-order */
@@ -305,7 +347,15 @@ flx_status flx_fusion_plan(flx_tensor *const *order, size_t n, uint64_t epoch, i
             for (int32_t m = 0; m < dr[g].n_members; m++) role[dr[g].members[m]->scratch] = FLX_FUSE_SINGLE;
         else
             role[group_root[g]] = renum[g];
-    if (heap) free(cg), free(pin), free(dr), free(group_root), free(renum);
+    for (int32_t j = 0; j < n_gemm; j++) {
+        const flx_fused_group *gg = &gemm[j];
+        for (int32_t m = 0; m + 1 < gg->n_members; m++) role[gg->members[m]->scratch] = FLX_FUSE_INTERIOR;
+        role[gg->root->scratch] = nk;
+        groups[nk++] = *gg;
+    }
+    if (heap) free(renum);
+    planner_tmp_free(tmp, heap);
+    free(gemm);
     if (nk == 0) {
         free(role);
         free(groups);
@@ -318,6 +368,14 @@ flx_status flx_fusion_plan(flx_tensor *const *order, size_t n, uint64_t epoch, i
 }
 
 flx_status flx_fused_group_exec(const flx_fused_group *g, void *out, const void *const *ext) {
+    if (g->kind == FLX_GROUP_GEMM) {
+        flx_gemm_ex_args ge = g->gemm;
+        ge.a = ext[0];
+        ge.b = ext[1];
+        ge.bias = g->n_ext > 2 ? ext[2] : NULL;
+        ge.out = out;
+        return flx_kernel_gemm_ex(g->root->ctx, &ge);
+    }
     flx_fused_args a = g->args;
     for (int32_t k = 0; k < g->n_ext; k++) a.in[k] = ext[k];
     a.out = out;

@@ -478,6 +478,10 @@ flx_status flx_eval_nodes(int32_t n, flx_tensor *const *ts);
 /* Turns a computed node into a CONST source holding its data, dropping its inputs. */
 void flx_freeze(flx_tensor *t);
 
+/* a (..., k) @ b^T for b (n, k), a of rank >= 2, read through the matmul's transpose flag so b^T
+ * is never copied, forward or backward (the dense layer; runtime/ops/linalg.c). Adopted. */
+flx_tensor *flx_matmul_bt(flx_tensor *a, flx_tensor *b);
+
 /* ---------------------------------------------------------------------------------------------
  * Elementwise fusion (runtime/core/fuse.c), shared by the evaluator and plans.
  * Given a post-order list of nodes to run (each marked with epoch), groups chains of float
@@ -487,13 +491,18 @@ void flx_freeze(flx_tensor *t);
  * plan output), so its value is never needed outside the kernel: it gets no buffer at all.
  * ------------------------------------------------------------------------------------------- */
 enum { FLX_FUSE_SINGLE = -1, FLX_FUSE_INTERIOR = -2 };
+/* What a group's one kernel call is: an elementwise program (args), or a dense layer's GEMM with
+ * its bias and activation epilogue (gemm; members matmul [add] [relu], ext A, B [, bias]). */
+typedef enum flx_group_kind { FLX_GROUP_ELEMENTWISE = 0, FLX_GROUP_GEMM = 1 } flx_group_kind;
 typedef struct flx_fused_group {
+    flx_group_kind kind;
     flx_tensor *root;                           /* computed and stored by the kernel       */
     int32_t n_members;                          /* members, root included                  */
     flx_tensor *members[FLX_FUSED_MAX_INSTR];   /* post-order, root last                   */
     int32_t n_ext;
     flx_tensor *ext[FLX_FUSED_MAX_IN];          /* the kernel's inputs (args.in order)     */
     flx_fused_args args;                        /* the program; pointers set at exec time  */
+    flx_gemm_ex_args gemm;                      /* FLX_GROUP_GEMM; pointers set at exec    */
 } flx_fused_group;
 typedef struct flx_fusion {
     int32_t *role; /* per list position: FLX_FUSE_SINGLE, FLX_FUSE_INTERIOR or a group index;
@@ -502,11 +511,20 @@ typedef struct flx_fusion {
     flx_fused_group *groups;
 } flx_fusion;
 /* Plans the groups of order[0..n) (post-order, every node marked epoch; uses node->scratch).
- * pinned[0..n_pinned) must stay materialised; with honor_keep nodes marked keep too. Does
- * nothing (role NULL) when the context has fusion off or its backend no fused kernel. */
+ * pinned[0..n_pinned) must stay materialised; with honor_keep nodes marked keep too. Dense
+ * layers become FLX_GROUP_GEMM groups where the backend has gemm_ex (flx_gemm_groups_plan).
+ * Does nothing (role NULL) when the context has fusion off. */
 flx_status flx_fusion_plan(flx_tensor *const *order, size_t n, uint64_t epoch, int32_t n_pinned,
                            flx_tensor *const *pinned, bool honor_keep, flx_fusion *out);
 void flx_fusion_free(flx_fusion *f);
+/* Dense-layer groups (runtime/core/fuse_gemm.c): in order[0..n) (scratch = position, inputs in
+ * the list marked epoch), each matmul of one B matrix whose value only a row-bias add reads, or only a relu,
+ * becomes one FLX_GROUP_GEMM group with that chain (matmul [+ bias] [relu]; interior members not
+ * pinned and read by nothing else in the list). Sets member_of[i] to the group index of each
+ * member (-1 elsewhere) and *groups (malloc'ed, NULL when none) to *n_groups groups. */
+flx_status flx_gemm_groups_plan(flx_tensor *const *order, size_t n, uint64_t epoch,
+                                const uint8_t *pin, int32_t *member_of, flx_fused_group **groups,
+                                int32_t *n_groups);
 /* Queues group g's kernel: reads ext[k] (the data of g->ext[k]), writes out (the root's data). */
 flx_status flx_fused_group_exec(const flx_fused_group *g, void *out, const void *const *ext);
 /* ---------------------------------------------------------------------------------------------

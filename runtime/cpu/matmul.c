@@ -153,3 +153,31 @@ flx_status flx_cpu_matmul(flx_ctx *ctx, const flx_matmul_args *ar) {
     return matmul_loop(ar);
 }
 
+
+/* ---- gemm_ex ---------------------------------------------------------------------------------
+ * The product, then the bias, then the activation, each by the kernel the unfused graph would
+ * run, in place on out: every value is rounded to the dtype where the unfused kernels store it,
+ * so the fused and unfused dense layers give the same bits on the reference backend. */
+flx_status flx_cpu_gemm_ex(flx_ctx *ctx, const flx_gemm_ex_args *g) {
+    flx_matmul_args mm = {
+        .dtype = g->dtype, .batch = g->batch, .m = g->m, .n = g->n, .k = g->k, .ta = g->ta,
+        .tb = g->tb, .alpha = 1.0, .beta = 0.0, .a = g->a, .sa = g->m * g->k, .b = g->b, .sb = 0,
+        .c = g->out, .sc = g->m * g->n
+    };
+    const int64_t rows = g->batch * g->m;
+    flx_status s = flx_cpu_matmul(ctx, &mm);
+    if (s != FLX_OK) return s;
+    if (g->bias) {
+        flx_binary_args ad = {.op = FLX_BINARY_ADD, .dtype = g->dtype, .ndim = 2,
+                              .shape = {rows, g->n}, .sa = {g->n, 1}, .sb = {0, 1},
+                              .a = g->out, .b = g->bias, .out = g->out};
+        s = flx_cpu_binary(ctx, &ad);
+        if (s != FLX_OK) return s;
+    }
+    if (g->act == FLX_GEMM_ACT_RELU) {
+        flx_unary_args re = {.op = FLX_UNARY_RELU, .dtype = g->dtype, .n = rows * g->n,
+                             .x = g->out, .y = g->out};
+        s = flx_cpu_unary(ctx, &re);
+    }
+    return s;
+}

@@ -38,6 +38,7 @@ static void release_state(cuda_state *s, flx_kerr_record *kerr) {
     if (s->kerr_host) cudaFreeHost(s->kerr_host);
     if (s->blas) cublasDestroy(s->blas);
     if (s->blas_ws) cudaFree(s->blas_ws); /* after the handle that used it */
+    flx_cuda_lt_release(s);
     if (s->cusolver) cusolverDnDestroy(s->cusolver);
     flx_cuda_staging_release(s);
     if (s->stream) cudaStreamDestroy(s->stream);
@@ -302,6 +303,7 @@ static flx_status matmul_in(flx_ctx *ctx, const flx_matmul_args *a) {
 }
 
 FLX_CUDA_GUARDED(cuda_matmul, flx_matmul_args, matmul_in)
+FLX_CUDA_GUARDED(cuda_gemm_ex, flx_gemm_ex_args, flx_cuda_gemm_ex_in) /* gemm_lt.c */
 
 /* ---- LU family: thin glue; the paths live in kernels/lu.cu and kernels/lu_small.cu --------- */
 
@@ -419,6 +421,7 @@ static flx_status capture_begin_in(flx_ctx *ctx) {
         s->blas_ws = ws;
     }
     if (ensure_cusolver(s) != FLX_OK) return flx_last_status();
+    if (flx_cuda_lt_prepare(s) != FLX_OK) return flx_last_status();
     e = cudaStreamBeginCapture(s->stream, cudaStreamCaptureModeThreadLocal);
     if (e != cudaSuccess) return flx_cuda_fail(e, "cudaStreamBeginCapture");
     return FLX_OK;

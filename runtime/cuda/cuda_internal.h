@@ -3,7 +3,7 @@
  * flx_cuda_guard, flx_cuda_* helpers.
  *
  * Files: backend.c (lifetime, kernel families, libraries, graphs, the vtable), device.c (device
- * queries, the current-device guard, error helpers), memory.c (the private memory pool, uploads
+ * queries, the current-device guard, error helpers), gemm_lt.c (gemm_ex on cuBLASLt), memory.c (the private memory pool, uploads
  * through pinned staging, downloads and the error record at synchronisation points). */
 #ifndef FLX_CUDA_INTERNAL_H
 #define FLX_CUDA_INTERNAL_H
@@ -39,6 +39,7 @@ typedef struct cuda_state {
     flx_kerr_record *kerr_host; /* pinned: the error record is read into it when synchronising */
     cusolverDnHandle_t cusolver; /* created lazily, bound to stream */
     void *blas_ws; /* cuBLAS workspace, set before the first graph capture */
+    struct flx_cuda_lt *lt; /* cuBLASLt handle, workspace, descriptor cache (gemm_lt.c); lazy */
     cuda_staging staging[FLX_CUDA_STAGING_SLOTS];
     int next_slot;
 } cuda_state;
@@ -77,5 +78,12 @@ flx_status flx_cuda_upload(flx_ctx *ctx, void *dst, const void *src, size_t nbyt
 flx_status flx_cuda_download(flx_ctx *ctx, void *dst, const void *src, size_t nbytes);
 flx_status flx_cuda_copy_d2d(flx_ctx *ctx, void *dst, const void *src, size_t nbytes);
 flx_status flx_cuda_synchronize(flx_ctx *ctx);
+
+/* ---- gemm_lt.c ---- */
+/* The cuBLASLt state, made before a graph capture or on first use outside one. */
+flx_status flx_cuda_lt_prepare(cuda_state *s);
+void flx_cuda_lt_release(cuda_state *s); /* after the stream is synchronised */
+/* The gemm_ex family body (the caller holds the device guard). */
+flx_status flx_cuda_gemm_ex_in(flx_ctx *ctx, const flx_gemm_ex_args *a);
 
 #endif /* FLX_CUDA_INTERNAL_H */

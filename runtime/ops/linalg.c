@@ -206,6 +206,11 @@ flx_tensor *flx_matmul(flx_tensor *a, flx_tensor *b) {
     return flx_scope_return(r);
 }
 
+flx_tensor *flx_matmul_bt(flx_tensor *a, flx_tensor *b) {
+    if (!check_pair("flx_matmul", a, b)) return NULL;
+    return mm_node(a, b, 0, 1);
+}
+
 flx_tensor *flx_dot(flx_tensor *a, flx_tensor *b) {
     static const char *op = "flx_dot";
     if (!check_pair(op, a, b)) return NULL;

@@ -52,7 +52,8 @@ flx_tensor *flx_linear(flx_tensor *x, flx_tensor *W, flx_tensor *b) {
     }
     if (!check_vec(op, "b", b, W->shape[0])) return NULL;
     if (flx_scope_begin() != FLX_OK) return NULL;
-    flx_tensor *y = flx_matmul(x, flx_transpose(W, 0, 1));
+    /* x W^T through the transpose flag: no copy of W^T, and dW comes out in W's layout. */
+    flx_tensor *y = x->ndim >= 2 ? flx_matmul_bt(x, W) : flx_matmul(x, flx_transpose(W, 0, 1));
     if (b) y = flx_add(y, b);
     return flx_scope_return(y);
 }

@@ -1,0 +1,131 @@
+/* fuse_gemm.c — dense-layer groups: matmul [+ row bias] [relu] as one gemm_ex call.
+ *
+ * Why: a dense layer run op by op writes the product, reads it back to add the bias, and again to
+ * apply the activation; cuBLASLt's epilogues do both while the product is still in registers, so
+ * the layer costs one GEMM and its output is written once. A training graph keeps this shape
+ * after the backward is added, because relu's derivative reads relu's output (step(y) equals
+ * step(x) for every x, NaN included), not the pre-activation: nothing outside the chain reads the
+ * product or the biased product.
+ *
+ * Rule, on the schedule's list (runtime/core/fuse.c calls it before elementwise grouping, which
+ * then leaves these members alone): a MATMUL with k >= 1 whose B is one matrix (2-d, or a batch
+ * of one; then a batched A is not transposed, so its matrices are the rows of one) extends its
+ * chain through its consumer while that consumer is its only reader inside the list (one edge)
+ * and the value is not pinned (requested, a plan output) nor a leaf:
+ *   - ADD of the chain's value and a bias of n values ((n) or (1, ..., 1, n)) of the same dtype
+ *     (either order),
+ *   - then RELU of the same dtype.
+ * A chain of the matmul alone is not a group. The same last-use argument as elementwise fusion
+ * makes this safe: a member read by nothing else in the list would be freed right after the
+ * chain's next op anyway, and is recomputed if read later.
+ */
+#include <stdlib.h>
+#include <string.h>
+
+#include "internal.h"
+#include "flx_unary_ops.h"
+
+/* The bias operand of t if t is add(x, bias) with bias (n), or (1, ..., 1, n) of at most x's
+ * rank, broadcast over x's rows. */
+static flx_tensor *row_bias(const flx_tensor *t, const flx_tensor *x) {
+    if (t->op != FLX_OP_BINARY || t->attrs.u.binary.op != FLX_BINARY_ADD) return NULL;
+    if (t->n_in != 2 || (t->in[0] == x) == (t->in[1] == x)) return NULL;
+    flx_tensor *b = t->in[0] == x ? t->in[1] : t->in[0];
+    if (b->dtype != x->dtype || t->dtype != x->dtype || !flx_same_shape(t, x)) return NULL;
+    if (b->ndim < 1 || b->ndim > x->ndim || b->shape[b->ndim - 1] != x->shape[x->ndim - 1]) return NULL;
+    return b->numel == b->shape[b->ndim - 1] ? b : NULL;
+}
+
+static bool is_relu_of(const flx_tensor *t, const flx_tensor *x) {
+    return t->op == FLX_OP_UNARY && t->attrs.u.unary.op == FLX_UNARY_RELU && t->in[0] == x &&
+           t->dtype == x->dtype;
+}
+
+/* The group of the chain starting at matmul position i, or false when no epilogue applies.
+ * reads[j]: edges into position j from the list; reader[j]: the last position reading j. */
+static bool chain_at(flx_tensor *const *order, size_t i, const uint8_t *pin, const int32_t *reads,
+                     const int32_t *reader, flx_fused_group *g) {
+    flx_tensor *mm = order[i];
+    if (mm->numel == 0 || !flx_dtype_is_float(mm->dtype)) return false;
+    const flx_tensor *A = mm->in[0], *B = mm->in[1];
+    int32_t ta = mm->attrs.u.matmul.ta, tb = mm->attrs.u.matmul.tb;
+    /* One B for every batch (x W^T of a (..., in) x); A's matrices then hold the whole batch
+     * (matmul materialises other broadcasts), and without ta they are the rows of one matrix. */
+    int64_t batch = flx_shape_numel(mm->ndim - 2, mm->shape);
+    if (flx_shape_numel(B->ndim - 2, B->shape) != 1 || (batch > 1 && ta)) return false;
+    int64_t k = ta ? A->shape[A->ndim - 2] : A->shape[A->ndim - 1];
+    if (k < 1) return false;
+    memset(g, 0, sizeof *g);
+    g->kind = FLX_GROUP_GEMM;
+    g->members[g->n_members++] = mm;
+    g->ext[g->n_ext++] = mm->in[0];
+    g->ext[g->n_ext++] = mm->in[1];
+    flx_tensor *cur = mm, *bias = NULL;
+    int32_t act = FLX_GEMM_ACT_NONE;
+    for (;;) {
+        size_t c = (size_t)cur->scratch;
+        if (reads[c] != 1 || pin[c] || cur->is_leaf) break;
+        flx_tensor *next = order[reader[c]];
+        flx_tensor *b = (!bias && act == FLX_GEMM_ACT_NONE) ? row_bias(next, cur) : NULL;
+        if (b) {
+            bias = b;
+            g->ext[g->n_ext++] = b;
+        } else if (act == FLX_GEMM_ACT_NONE && is_relu_of(next, cur)) {
+            act = FLX_GEMM_ACT_RELU;
+        } else {
+            break;
+        }
+        g->members[g->n_members++] = next;
+        cur = next;
+        if (act != FLX_GEMM_ACT_NONE) break;
+    }
+    if (g->n_members < 2) return false;
+    g->root = cur;
+    g->gemm = (flx_gemm_ex_args){.dtype = mm->dtype, .batch = batch, .m = mm->shape[mm->ndim - 2],
+                                 .n = mm->shape[mm->ndim - 1], .k = k, .ta = ta, .tb = tb, .act = act};
+    return true;
+}
+
+flx_status flx_gemm_groups_plan(flx_tensor *const *order, size_t n, uint64_t epoch,
+                                const uint8_t *pin, int32_t *member_of, flx_fused_group **groups,
+                                int32_t *n_groups) {
+    *groups = NULL;
+    *n_groups = 0;
+    for (size_t i = 0; i < n; i++) member_of[i] = -1;
+    if (n < 2 || !flx_backend_supports(order[0]->ctx->be, FLX_KERNEL_GEMM_EX)) return FLX_OK;
+    size_t n_mm = 0;
+    for (size_t i = 0; i < n; i++) n_mm += order[i]->op == FLX_OP_MATMUL;
+    if (n_mm == 0) return FLX_OK;
+    int32_t *reads = (int32_t *)calloc(n, sizeof *reads);
+    int32_t *reader = (int32_t *)malloc(n * sizeof *reader);
+    flx_fused_group *gs = (flx_fused_group *)malloc(n_mm * sizeof *gs);
+    if (!reads || !reader || !gs) {
+        free(reads), free(reader), free(gs);
+        return flx_set_error(FLX_ERR_OUT_OF_MEMORY, "fusion: out of host memory");
+    }
+    for (size_t i = 0; i < n; i++)
+        for (int32_t j = 0; j < order[i]->n_in; j++) {
+            const flx_tensor *x = order[i]->in[j];
+            if (x->mark != epoch) continue;
+            reads[x->scratch]++;
+            reader[x->scratch] = (int32_t)i;
+        }
+    int32_t ng = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (order[i]->op != FLX_OP_MATMUL || !chain_at(order, i, pin, reads, reader, &gs[ng])) continue;
+        /* An add of two (1, n) products could end two chains: the first one takes it. */
+        bool taken = false;
+        for (int32_t m = 0; m < gs[ng].n_members; m++) taken |= member_of[gs[ng].members[m]->scratch] >= 0;
+        if (taken) continue;
+        for (int32_t m = 0; m < gs[ng].n_members; m++) member_of[gs[ng].members[m]->scratch] = ng;
+        ng++;
+    }
+    free(reads), free(reader);
+    if (ng == 0) {
+        free(gs);
+        return FLX_OK;
+    }
+    *groups = gs;
+    *n_groups = ng;
+    return FLX_OK;
+}
