@@ -2,7 +2,8 @@
 // copies, against the float64 reference (optim_reference.h) with the documented roundings
 // applied here (master and state to f32 after each step, the parameter to the half from the
 // master); dynamic loss scaling (skips on inf/NaN, backoff, growth, inside a plan, f16
-// overflow); master copies in checkpoints and after flx_assign; bad input; GPU against CPU.
+// overflow, its state read and restored alone); master copies in checkpoints and after
+// flx_assign; bad input; GPU against CPU.
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
@@ -405,6 +406,83 @@ TEST_F(MixedTest, ScalerGrowsAfterCleanSteps) {
     EXPECT_EQ(step, 8.0);
     EXPECT_EQ(raw_values(p), (std::vector<double>{0.5 - 8 * 0.125, -0.5 - 8 * 0.125}));
     flx_optim_destroy(opt);
+}
+
+// The scaler's state read and written alone (flx_optim_get_scaler / set_scaler): SGD from scale
+// 8, growing after 3 clean steps. Steps clean, clean, inf, clean leave scale 4 (halved by the
+// inf), tracker 1 (one clean step since) and 1 skipped. A second optimiser given that state grows
+// its scale after two more clean steps, exactly like the first; a fresh one would not.
+TEST_F(MixedTest, ScalerStateGetAndSetResumeExactly) {
+    flx_optim_config c = scaling_config(FLX_OPTIM_SGD, 0.125, 8, 3);
+    flx_tensor *pa = make(ctx, FLX_F32, {2}, {0.5, -0.5});
+    ASSERT_EQ(flx_set_requires_grad(pa, true), FLX_OK);
+    flx_optim *a = flx_optim_create(ctx, FLX_OPTIM_SGD, 1, &pa, &c);
+    ASSERT_NE(a, nullptr) << flx_last_error();
+    double scale = 0;
+    int64_t tracker = -1, skipped = -1;
+    EXPECT_EQ(flx_optim_get_scaler(a, &scale, &tracker, &skipped), FLX_OK) << flx_last_error();
+    EXPECT_EQ(scale, 8.0);
+    EXPECT_EQ(tracker, 0);
+    EXPECT_EQ(skipped, 0);
+    for (bool bad : {false, false, true, false})
+        train_step(ctx, a, {pa}, {{2}}, {{bad ? INFINITY : 1.0, 1.0}}, true);
+    EXPECT_EQ(flx_optim_get_scaler(a, &scale, &tracker, &skipped), FLX_OK) << flx_last_error();
+    EXPECT_EQ(scale, 4.0);
+    EXPECT_EQ(tracker, 1);
+    EXPECT_EQ(skipped, 1);
+
+    flx_tensor *pb = make(ctx, FLX_F32, {2}, raw_values(pa));
+    ASSERT_EQ(flx_set_requires_grad(pb, true), FLX_OK);
+    flx_optim *b = flx_optim_create(ctx, FLX_OPTIM_SGD, 1, &pb, &c);
+    ASSERT_NE(b, nullptr) << flx_last_error();
+    ASSERT_EQ(flx_optim_set_scaler(b, 4.0, 1, 1), FLX_OK) << flx_last_error();
+    double sb = 0;
+    int64_t tb = -1, kb = -1;
+    EXPECT_EQ(flx_optim_get_scaler(b, &sb, &tb, &kb), FLX_OK);
+    EXPECT_EQ(sb, 4.0);
+    EXPECT_EQ(tb, 1);
+    EXPECT_EQ(kb, 1);
+    for (int s = 0; s < 2; s++) {
+        train_step(ctx, a, {pa}, {{2}}, {{1.0, 1.0}}, true);
+        train_step(ctx, b, {pb}, {{2}}, {{1.0, 1.0}}, true);
+    }
+    EXPECT_EQ(flx_optim_get_scaler(b, &sb, &tb, &kb), FLX_OK);
+    EXPECT_EQ(sb, 8.0); // three clean steps in a row: grown
+    EXPECT_EQ(tb, 0);
+    EXPECT_EQ(kb, 1);
+    EXPECT_EQ(flx_optim_loss_scale(a, &scale), FLX_OK);
+    EXPECT_EQ(scale, 8.0);
+    EXPECT_EQ(raw_values(pa), raw_values(pb));
+
+    // Bad input: NULL outputs or optimiser, values out of range (nothing changes), and an
+    // optimiser without loss scaling (reads 1, 0, 0; refuses a write).
+    EXPECT_EQ(flx_optim_get_scaler(b, nullptr, &tb, &kb), FLX_ERR_INVALID_ARGUMENT);
+    EXPECT_EQ(flx_optim_get_scaler(b, &sb, nullptr, &kb), FLX_ERR_INVALID_ARGUMENT);
+    EXPECT_EQ(flx_optim_get_scaler(b, &sb, &tb, nullptr), FLX_ERR_INVALID_ARGUMENT);
+    EXPECT_EQ(flx_optim_get_scaler(nullptr, &sb, &tb, &kb), FLX_ERR_INVALID_ARGUMENT);
+    EXPECT_EQ(flx_optim_set_scaler(nullptr, 1.0, 0, 0), FLX_ERR_INVALID_ARGUMENT);
+    const double bad_scale[4] = {0.0, -2.0, 1e39, NAN};
+    for (double v : bad_scale) EXPECT_EQ(flx_optim_set_scaler(b, v, 0, 0), FLX_ERR_INVALID_ARGUMENT) << v;
+    EXPECT_EQ(flx_optim_set_scaler(b, 2.0, -1, 0), FLX_ERR_INVALID_ARGUMENT);
+    EXPECT_EQ(flx_optim_set_scaler(b, 2.0, 0, -1), FLX_ERR_INVALID_ARGUMENT);
+    EXPECT_EQ(flx_optim_set_scaler(b, 2.0, (int64_t)1 << 60, 0), FLX_ERR_INVALID_ARGUMENT);
+    EXPECT_EQ(flx_optim_get_scaler(b, &sb, &tb, &kb), FLX_OK);
+    EXPECT_EQ(sb, 8.0);
+    EXPECT_EQ(tb, 0);
+    EXPECT_EQ(kb, 1);
+    flx_optim_config plain = c;
+    plain.loss_scaling = false;
+    flx_optim *d = flx_optim_create(ctx, FLX_OPTIM_SGD, 1, &pb, &plain);
+    ASSERT_NE(d, nullptr) << flx_last_error();
+    EXPECT_EQ(flx_optim_get_scaler(d, &sb, &tb, &kb), FLX_OK);
+    EXPECT_EQ(sb, 1.0);
+    EXPECT_EQ(tb, 0);
+    EXPECT_EQ(kb, 0);
+    EXPECT_EQ(flx_optim_set_scaler(d, 2.0, 0, 0), FLX_ERR_STATE);
+    flx_clear_error();
+    flx_optim_destroy(d);
+    flx_optim_destroy(a);
+    flx_optim_destroy(b);
 }
 
 // f16's range: at scale 65536 a gradient of 1 overflows to inf in f16, so the first step is

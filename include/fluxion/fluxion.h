@@ -853,8 +853,9 @@ FLX_API flx_tensor *flx_gru_cell(flx_tensor *x, flx_tensor *h, flx_tensor *W_ih,
  *     steps in a row S = S * growth_factor (kept if finite in f32) and the tracker returns to 0.
  * All of it happens on the device with no host wait (and inside a plan's CUDA graph); reading S
  * or the skipped count (flx_optim_loss_scale, flx_optim_skipped_steps) waits for the device.
- * Checkpoints (flx_optim_save) include S, the tracker and the skipped count. Loss scaling works
- * with every dtype (it is harmless, and rarely needed, for bf16, f32 and f64).
+ * Checkpoints (flx_optim_save, or flx_optim_get_scaler / set_scaler) include S, the tracker and
+ * the skipped count. Loss scaling works with every dtype (harmless, and rarely needed, for bf16,
+ * f32 and f64).
  *
  * Recipe (mixed-precision training):
  *   bf16 (Ampere and later; no loss scaling needed, bf16 has f32's range):
@@ -966,6 +967,17 @@ FLX_API flx_status flx_optim_loss_scale(flx_optim *opt, double *scale);
 /* The number of steps skipped for an inf/NaN gradient so far (0 without loss scaling). Waits for
  * the device. */
 FLX_API flx_status flx_optim_skipped_steps(flx_optim *opt, int64_t *count);
+/* The loss scaler's whole state, for checkpoints kept outside flx_optim_save (e.g. a binding's
+ * state dict): the scale S, the growth tracker (clean steps since S last changed) and the
+ * skipped-step count. Waits for the device. Without loss scaling: 1, 0, 0. NULL outputs are
+ * FLX_ERR_INVALID_ARGUMENT. */
+FLX_API flx_status flx_optim_get_scaler(flx_optim *opt, double *scale, int64_t *growth_tracker,
+                                        int64_t *skipped);
+/* Restores what flx_optim_get_scaler gave (queued, no host wait): FLX_ERR_STATE for an optimiser
+ * created without loss scaling, FLX_ERR_INVALID_ARGUMENT for a scale that is not > 0 and finite
+ * in f32 or a count outside [0, 2^53]. */
+FLX_API flx_status flx_optim_set_scaler(flx_optim *opt, double scale, int64_t growth_tracker,
+                                        int64_t skipped);
 /* Releases the optimiser (NULL-safe); the parameters keep their current values. A plan that
  * updates it (flx_plan_options.optims) keeps it alive until the plan is destroyed. */
 FLX_API void flx_optim_destroy(flx_optim *opt);

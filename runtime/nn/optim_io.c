@@ -74,6 +74,26 @@ flx_status flx_optim_save(flx_optim *o, const char *path) {
     return s;
 }
 
+/* The scaler's state (scale, growth tracker, skipped steps) as a checkpoint holds it: a scale
+ * > 0 that f32 can hold (the device multiplies in f32), whole counts >= 0. */
+static bool scaler_in_range(const double *sw) {
+    bool ok = isfinite(sw[0]) && sw[0] > 0 && isfinite((float)sw[0]);
+    for (int32_t k = 1; k < 3; k++) ok = ok && isfinite(sw[k]) && sw[k] >= 0 && sw[k] == floor(sw[k]);
+    return ok;
+}
+
+/* Overwrites the scaler's device state with sw (checked by the caller); the found-inf flag is
+ * cleared. The scale tensor may be shared by a graph recorded earlier: it is made private first. */
+static flx_status write_scaler(flx_optim *o, const double *sw) {
+    flx_status s = flx_tensor_make_private(o->scale_t);
+    if (s == FLX_OK) s = o->ctx->be->upload(o->ctx, o->scale_t->buf->ptr, sw, sizeof sw[0]);
+    if (s == FLX_OK) {
+        double words[3] = {sw[1], sw[2], 0};
+        s = o->ctx->be->upload(o->ctx, o->scaler->ptr, words, SCALER_BYTES);
+    }
+    return s;
+}
+
 /* The "loss_scaler" entry: present exactly when this optimiser scales, (3) f64 with a scale > 0
  * (finite in f32) and whole counts >= 0. */
 static flx_status load_scaler_check(const char *fn, flx_optim *o, flx_checkpoint *ck,
@@ -93,9 +113,7 @@ static flx_status load_scaler_check(const char *fn, flx_optim *o, flx_checkpoint
                              path, flx_describe(t));
     flx_status s = flx_to_host(t, sw, 3 * sizeof(double));
     if (s != FLX_OK) return s;
-    bool ok = isfinite(sw[0]) && sw[0] > 0 && isfinite((float)sw[0]);
-    for (int32_t k = 1; k < 3; k++) ok = ok && isfinite(sw[k]) && sw[k] >= 0 && sw[k] == floor(sw[k]);
-    if (!ok)
+    if (!scaler_in_range(sw))
         return flx_set_error(FLX_ERR_INVALID_ARGUMENT, "%s: %s: loss_scaler (scale %g, tracker %g, "
                              "skipped %g) out of range", fn, path, sw[0], sw[1], sw[2]);
     return FLX_OK;
@@ -167,14 +185,38 @@ flx_status flx_optim_load(flx_optim *o, const char *path) {
             s = flx_optim_set_state(o, i, j, flx_checkpoint_find(ck, name));
         }
     if (s == FLX_OK) s = o->ctx->be->upload(o->ctx, o->hp->ptr, hp, sizeof hp);
-    if (s == FLX_OK && o->scaling) s = flx_tensor_make_private(o->scale_t);
-    if (s == FLX_OK && o->scaling)
-        s = o->ctx->be->upload(o->ctx, o->scale_t->buf->ptr, sw, sizeof sw[0]);
-    if (s == FLX_OK && o->scaling) { /* tracker, skipped, found-inf flag clear */
-        double words[3] = {sw[1], sw[2], 0};
-        s = o->ctx->be->upload(o->ctx, o->scaler->ptr, words, SCALER_BYTES);
-    }
+    if (s == FLX_OK && o->scaling) s = write_scaler(o, sw);
     flx_scope_end(0, NULL);
     flx_checkpoint_destroy(ck);
     return s;
+}
+
+/* ---- the loss scaler's state alone (checkpoints kept outside flx_optim_save) ---------------- */
+flx_status flx_optim_get_scaler(flx_optim *o, double *scale, int64_t *growth_tracker, int64_t *skipped) {
+    static const char *fn = "flx_optim_get_scaler";
+    if (o && (!scale || !growth_tracker || !skipped))
+        return flx_set_error(FLX_ERR_INVALID_ARGUMENT, "%s: an output pointer is NULL", fn);
+    double sc, words[2];
+    flx_status s = flx_optim_read_scaler(fn, o, &sc, words);
+    if (s != FLX_OK) return s;
+    *scale = sc;
+    *growth_tracker = (int64_t)words[0];
+    *skipped = (int64_t)words[1];
+    return FLX_OK;
+}
+
+flx_status flx_optim_set_scaler(flx_optim *o, double scale, int64_t growth_tracker, int64_t skipped) {
+    static const char *fn = "flx_optim_set_scaler";
+    if (!flx_optim_check(fn, o)) return flx_last_status();
+    if (!o->scaling)
+        return flx_set_error(FLX_ERR_STATE, "%s: this %s optimiser was created without loss scaling",
+                             fn, flx_optim_kind_name(o->kind));
+    /* the device keeps the counts as doubles: exact up to 2^53 */
+    const double limit = 9007199254740992.0;
+    double sw[3] = {scale, (double)growth_tracker, (double)skipped};
+    if (!scaler_in_range(sw) || sw[1] > limit || sw[2] > limit)
+        return flx_set_error(FLX_ERR_INVALID_ARGUMENT, "%s: scale %g, growth tracker %lld, skipped "
+                             "%lld: expected a scale > 0 finite in f32 and counts in [0, 2^53]", fn,
+                             scale, (long long)growth_tracker, (long long)skipped);
+    return write_scaler(o, sw);
 }

@@ -4,7 +4,11 @@ child process with FLUXION_NO_EXTENSION=1) side by side with numpy and PyTorch C
 installed). fluxion ops are lazy: the time is that of recording a graph node (and releasing it),
 which is what a Python training loop pays per op.
 
-    python bindings/python/benchmarks/bench_ops.py [--n 16] [--number 100000]
+    python bindings/python/benchmarks/bench_ops.py [--n 16] [--number 100000] [--cpu-time]
+
+--cpu-time times with the measuring thread's CPU time (time.thread_time) instead of the wall
+clock: on a shared, loaded machine the wall clock mostly measures waiting for a core, while every
+column here runs on the calling thread alone (torch with one thread).
 
 The fluxion columns include the C library's own work per op (building and freeing a graph
 node, about 1 to 1.5 us on a loaded 2-core machine for add): the C extension adds little on top
@@ -18,12 +22,13 @@ import json
 import os
 import subprocess
 import sys
+import time
 import timeit
 
 CASES = [("a + b", "add"), ("a * 2.0", "mul scalar"), ("exp(a)", "exp"), ("a @ m", "matmul")]
 
 
-def measure(lib: str, n: int, number: int) -> dict:
+def measure(lib: str, n: int, number: int, cpu_time: bool = False) -> dict:
     import numpy as np
 
     x = np.random.default_rng(0).standard_normal(n).astype(np.float32)
@@ -43,7 +48,8 @@ def measure(lib: str, n: int, number: int) -> dict:
     g = {"a": a, "b": b, "m": m, "exp": exp}
     out = {}
     for stmt, name in CASES:
-        t = min(timeit.repeat(stmt, globals=g, number=number, repeat=5)) / number
+        t = min(timeit.repeat(stmt, globals=g, number=number, repeat=5,
+                              timer=time.thread_time if cpu_time else time.perf_counter)) / number
         out[name] = t * 1e6
     if lib == "fluxion":
         import fluxion as fx
@@ -92,12 +98,13 @@ def compiled_step(batch: int = 128, reps: int = 10) -> dict:
     return {"python": py, "plan_run": raw}
 
 
-def child(lib: str, n: int, number: int, no_ext: bool = False) -> dict:
+def child(lib: str, n: int, number: int, no_ext: bool = False, cpu_time: bool = False) -> dict:
     env = dict(os.environ)
     if no_ext:
         env["FLUXION_NO_EXTENSION"] = "1"
     r = subprocess.run([sys.executable, __file__, "--child", lib, "--n", str(n), "--number",
-                        str(number)], env=env, capture_output=True, text=True)
+                        str(number)] + (["--cpu-time"] if cpu_time else []), env=env,
+                       capture_output=True, text=True)
     if r.returncode != 0:
         return {"error": r.stderr.strip().splitlines()[-1] if r.stderr.strip() else "failed"}
     return json.loads(r.stdout)
@@ -107,21 +114,26 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=16, help="elements per vector (matrices n x n)")
     ap.add_argument("--number", type=int, default=100000)
+    ap.add_argument("--cpu-time", action="store_true",
+                    help="time with the thread's CPU time instead of the wall clock")
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.child:
-        print(json.dumps(measure(a.child, a.n, a.number)))
+        print(json.dumps(measure(a.child, a.n, a.number, a.cpu_time)))
         return
-    cols = [("fluxion (C ext)", child("fluxion", a.n, a.number)),
-            ("fluxion (ctypes)", child("fluxion", a.n, a.number, no_ext=True)),
-            ("numpy", child("numpy", a.n, a.number))]
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    cols = [("fluxion (C ext)", child("fluxion", a.n, a.number, cpu_time=a.cpu_time)),
+            ("fluxion (ctypes)", child("fluxion", a.n, a.number, no_ext=True, cpu_time=a.cpu_time)),
+            ("numpy", child("numpy", a.n, a.number, cpu_time=a.cpu_time))]
     try:
         import torch  # noqa: F401
 
-        cols.append(("torch CPU", child("torch", a.n, a.number)))
+        cols.append(("torch CPU", child("torch", a.n, a.number, cpu_time=a.cpu_time)))
     except ImportError:
         cols.append(("torch CPU", {"error": "not installed"}))
-    print(f"per-op time in microseconds, float32, n = {a.n} (best of 5 x {a.number})")
+    clock = "thread CPU time" if a.cpu_time else "wall clock"
+    print(f"per-op time in microseconds, float32, n = {a.n} (best of 5 x {a.number}, {clock}; "
+          f"load average {load:.1f} on {os.cpu_count()} CPUs)")
     print(f"{'op':<12}" + "".join(f"{name:>18}" for name, _ in cols))
     for _, op in CASES:
         row = f"{op:<12}"

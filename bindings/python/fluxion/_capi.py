@@ -305,6 +305,8 @@ _SIGNATURES = (
     (c_void_p, (('opt', c_void_p), ('loss', c_void_p),), 'flx_optim_scale_loss'),
     (c_int, (('opt', c_void_p), ('scale', POINTER(c_double)),), 'flx_optim_loss_scale'),
     (c_int, (('opt', c_void_p), ('count', POINTER(c_int64)),), 'flx_optim_skipped_steps'),
+    (c_int, (('opt', c_void_p), ('scale', POINTER(c_double)), ('growth_tracker', POINTER(c_int64)), ('skipped', POINTER(c_int64)),), 'flx_optim_get_scaler'),
+    (c_int, (('opt', c_void_p), ('scale', c_double), ('growth_tracker', c_int64), ('skipped', c_int64),), 'flx_optim_set_scaler'),
     (None, (('opt', c_void_p),), 'flx_optim_destroy flx_sharded_optim_destroy'),
     (c_int, (('path', c_char_p), ('n', c_int32), ('names', POINTER(c_char_p)), ('tensors', POINTER(c_void_p)), ('n_meta', c_int32), ('meta_keys', POINTER(c_char_p)), ('meta_values', POINTER(c_char_p)),), 'flx_save_safetensors'),
     (c_void_p, (('ctx', c_void_p), ('path', c_char_p),), 'flx_load_safetensors'),

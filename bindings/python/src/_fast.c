@@ -45,6 +45,8 @@ static struct {
     PyObject *fallback[N_OPS]; /* Python callables (a, b) or (a,) */
     PyObject *raise_last;      /* raises the pending C error */
     PyObject *tensor_cls;      /* fluxion.Tensor, the class of results */
+    allocfunc tensor_alloc;    /* its tp_alloc and tp_free, looked up once at bind() */
+    freefunc tensor_free;
     int bound;
     long in_callback;          /* > 0 while a C callback into Python runs: use the fallbacks */
     int alive;                 /* 0 once the interpreter shuts down: no more releases */
@@ -65,7 +67,11 @@ static void set_ref(PyObject **slot, PyObject *v) {
     Py_XDECREF(old);
 }
 
-static int is_tensor(PyObject *o) { return PyObject_TypeCheck(o, TensorBase_Type); }
+/* fluxion.Tensor itself first: one pointer compare, where PyObject_TypeCheck on the subclass
+ * walks its MRO on every operand of every op. */
+static int is_tensor(PyObject *o) {
+    return Py_TYPE(o) == (PyTypeObject *)G.tensor_cls || PyObject_TypeCheck(o, TensorBase_Type);
+}
 
 /* A new fluxion.Tensor owning p (NULL p: raise the pending C error). */
 static PyObject *wrap(void *p) {
@@ -75,9 +81,7 @@ static PyObject *wrap(void *p) {
         if (!PyErr_Occurred()) PyErr_SetString(PyExc_RuntimeError, "fluxion: op failed");
         return NULL;
     }
-    PyTypeObject *cls = (PyTypeObject *)G.tensor_cls;
-    allocfunc alloc = (allocfunc)PyType_GetSlot(cls, Py_tp_alloc);
-    PyObject *o = alloc(cls, 0);
+    PyObject *o = G.tensor_alloc((PyTypeObject *)G.tensor_cls, 0);
     if (!o) {
         G.release(p);
         return NULL;
@@ -91,7 +95,8 @@ static void Tensor_dealloc(PyObject *self) {
     void *p = ((TensorObject *)self)->ptr;
     ((TensorObject *)self)->ptr = NULL;
     if (p && G.alive && G.release) G.release(p);
-    freefunc f = (freefunc)PyType_GetSlot(tp, Py_tp_free);
+    freefunc f = tp == (PyTypeObject *)G.tensor_cls ? G.tensor_free
+                                                    : (freefunc)PyType_GetSlot(tp, Py_tp_free);
     f(self);
     Py_DECREF(tp);
 }
@@ -357,6 +362,12 @@ static PyObject *bind(PyObject *m, PyObject *args) {
 #undef ADDR
     set_ref(&G.raise_last, raise_last);
     set_ref(&G.tensor_cls, cls);
+    G.tensor_alloc = (allocfunc)PyType_GetSlot((PyTypeObject *)cls, Py_tp_alloc);
+    G.tensor_free = (freefunc)PyType_GetSlot((PyTypeObject *)cls, Py_tp_free);
+    if (!G.tensor_alloc || !G.tensor_free) {
+        if (!PyErr_Occurred()) PyErr_SetString(PyExc_TypeError, "fluxion._fast.bind: no tp_alloc/tp_free");
+        return NULL;
+    }
     G.bound = 1;
     Py_RETURN_NONE;
 }

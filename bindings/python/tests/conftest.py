@@ -1,4 +1,5 @@
 import gc
+import os
 
 import pytest
 
@@ -18,10 +19,19 @@ def cuda_available():
     return fx.has_cuda() and fx.cuda_device_count() > 0
 
 
-requires_cuda = pytest.mark.skipif(
-    not cuda_available(),
-    reason="no CUDA: fluxion built without the CUDA backend or no GPU present",
-)
+NO_CUDA = "no CUDA: fluxion built without the CUDA backend or no GPU present"
+# FLX_REQUIRE_GPU=1 (tools/gpu-check), as for the C suite: a missing GPU fails the CUDA tests
+# instead of skipping them.
+REQUIRE_GPU = os.environ.get("FLX_REQUIRE_GPU", "") not in ("", "0")
+if cuda_available() or not REQUIRE_GPU:
+    requires_cuda = pytest.mark.skipif(not cuda_available(), reason=NO_CUDA)
+else:
+    requires_cuda = pytest.mark.usefixtures("_fail_without_cuda")
+
+
+@pytest.fixture
+def _fail_without_cuda():
+    pytest.fail(NO_CUDA + " (FLX_REQUIRE_GPU=1)")
 
 
 def train_step(model, opt, x, y):

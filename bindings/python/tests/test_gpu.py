@@ -1,5 +1,8 @@
-"""CUDA round trips with torch and cupy, and gradients against torch.autograd (skipped without a
-GPU, or without torch/cupy)."""
+"""CUDA round trips with torch, cupy and jax, gradients against torch.autograd, linalg and a
+compiled training step against the CPU (skipped without a GPU, or without torch/cupy/jax; with
+FLX_REQUIRE_GPU=1 a missing GPU fails them)."""
+import os
+
 import numpy as np
 import pytest
 
@@ -21,8 +24,18 @@ except Exception:
     cupy = None
     HAVE_CUPY = False
 
+# jax would otherwise take 75% of the GPU's memory at its first use, beside fluxion's pool
+os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+try:
+    import jax
+    import jax.numpy as jnp
+    JAX_GPU = next((d for d in jax.devices() if d.platform == "gpu"), None)
+except Exception:
+    jax = jnp = JAX_GPU = None
+
 needs_torch = pytest.mark.skipif(not HAVE_TORCH, reason="PyTorch with CUDA is not installed")
 needs_cupy = pytest.mark.skipif(not HAVE_CUPY, reason="CuPy is not installed")
+needs_jax = pytest.mark.skipif(JAX_GPU is None, reason="jax with a CUDA device is not installed")
 
 
 def test_cuda_tensor_basics():
@@ -66,6 +79,22 @@ def test_cupy_round_trip_zero_copy():
     cupy.testing.assert_allclose(b, a * 3)
     c = cupy.asarray(t)  # __cuda_array_interface__
     assert c.data.ptr == t.data_ptr()
+
+
+@needs_jax
+def test_jax_round_trip():
+    a = jax.device_put(jnp.arange(6, dtype=jnp.float32).reshape(2, 3), JAX_GPU)
+    a.block_until_ready()
+    t = fx.from_dlpack(a)  # zero-copy: fluxion reads jax's buffer
+    assert t.device == "cuda:0" and t.shape == (2, 3)
+    assert t.data_ptr() == a.unsafe_buffer_pointer()
+    np.testing.assert_array_equal((t * 2).numpy(), np.arange(6, dtype=np.float32).reshape(2, 3) * 2)
+    x = np.linspace(-1, 1, 5, dtype=np.float32)
+    b = jnp.from_dlpack(fx.tensor(x, device="cuda") + 1)  # a computed fluxion tensor into jax
+    assert b.dtype == jnp.float32
+    np.testing.assert_allclose(np.asarray(b), x + 1, rtol=1e-7)
+    back = fx.from_dlpack(jnp.sin(b))
+    np.testing.assert_allclose(back.numpy(), np.sin(x + 1), rtol=1e-6)
 
 
 OPS = [

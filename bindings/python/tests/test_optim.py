@@ -232,3 +232,78 @@ def test_without_loss_scaling_scale_loss_is_the_loss():
     opt = optim.Adam([p])
     loss = p.sum()
     assert opt.scale_loss(loss).item() == 3.0 and opt.loss_scale == 1.0 and opt.skipped_steps == 0
+
+
+def _half_scaled_step(p, opt, x):
+    opt.zero_grad()
+    loss = (p.astype(fx.float32) * fx.tensor(x)).sum()
+    opt.scale_loss(loss).backward()
+    opt.step()
+
+
+def test_state_dict_carries_masters_and_loss_scaler(tmp_path):
+    # float16 parameters under Adam with loss scaling from 2^17, growing after 3 clean steps.
+    # Every x has an entry of 0.8: at scale 2^17 the f16 gradient overflows (0.8 * 131072 >
+    # 65504) and the step is skipped; at 2^16 every |x| <= 0.9 fits. Six steps: skip (2^16),
+    # 3 clean (grown to 2^17), skip (2^16), clean: scale 2^16, tracker 1, 2 skipped.
+    g = np.random.default_rng(11)
+    w0 = g.uniform(-1, 1, (4, 3)).astype(np.float16)
+    xs = []
+    for _ in range(10):
+        x = g.uniform(-0.9, 0.9, (4, 3)).astype(np.float32)
+        x[0, 0] = 0.8
+        xs.append(x)
+    kw = dict(lr=1e-3, loss_scaling=True, init_scale=2.0 ** 17, growth_interval=3)
+    p = fx.tensor(w0, requires_grad=True)
+    opt = optim.Adam([p], **kw)
+    for x in xs[:6]:
+        _half_scaled_step(p, opt, x)
+    assert (opt.loss_scale, opt.growth_tracker, opt.skipped_steps) == (2.0 ** 16, 1, 2)
+    sd = opt.state_dict()
+    master = sd["state.0.2"].numpy()
+    assert sd["state.0.2"].dtype is fx.float32
+    # the master holds bits below f16's resolution: the parameter alone cannot resume
+    assert np.any(master != master.astype(np.float16).astype(np.float32))
+    np.testing.assert_array_equal(sd["loss_scaler"].numpy(), [2.0 ** 16, 1, 2])
+
+    path = tmp_path / "half.safetensors"
+    fx.save(path, {"p": p, **{"optim." + k: v for k, v in sd.items()}})
+    ck = fx.load(path)
+    p2 = fx.tensor(ck["p"].numpy(), requires_grad=True)
+    assert p2.dtype is fx.float16
+    opt2 = optim.Adam([p2], **kw)
+    opt2.load_state_dict({k[6:]: v for k, v in ck.items() if k.startswith("optim.")})
+    assert (opt2.loss_scale, opt2.growth_tracker, opt2.skipped_steps) == (2.0 ** 16, 1, 2)
+    np.testing.assert_array_equal(opt2.state_dict()["state.0.2"].numpy(), master)
+    # Four more steps each: clean, clean (grown to 2^17), skip (2^16), clean.
+    for x in xs[6:]:
+        _half_scaled_step(p, opt, x)
+        _half_scaled_step(p2, opt2, x)
+    assert (opt2.loss_scale, opt2.growth_tracker, opt2.skipped_steps) == (2.0 ** 16, 1, 3)
+    assert (opt.loss_scale, opt.growth_tracker, opt.skipped_steps) == (2.0 ** 16, 1, 3)
+    assert opt2.step_count == opt.step_count == 7  # ten steps, three skipped
+    np.testing.assert_array_equal(p2.numpy(), p.numpy())
+    for k, v in opt.state_dict().items():
+        np.testing.assert_array_equal(opt2.state_dict()[k].numpy(), v.numpy(), err_msg=k)
+
+
+def test_loss_scaler_state_must_match_the_optimiser():
+    p = fx.tensor(np.array([1.0, 2.0], dtype=np.float32), requires_grad=True)
+    scaled = optim.SGD([p], lr=0.1, loss_scaling=True, init_scale=8.0)
+    plain = optim.SGD([p], lr=0.1)
+    assert "loss_scaler" not in plain.state_dict()
+    with pytest.raises(ValueError, match="saved with loss scaling; this optimiser was created without"):
+        plain.load_state_dict(scaled.state_dict())
+    with pytest.raises(ValueError, match="saved without loss scaling; this optimiser was created with"):
+        scaled.load_state_dict(plain.state_dict())
+    sd = scaled.state_dict()
+    for bad in ([8.0, 1.0], [8.0, -1.0, 0.0], [8.0, 0.5, 0.0]):
+        sd["loss_scaler"] = np.array(bad)
+        with pytest.raises(ValueError, match="loss_scaler"):
+            scaled.load_state_dict(sd)
+    sd["loss_scaler"] = np.array([0.0, 0.0, 0.0])  # the C library checks the scale
+    with pytest.raises(ValueError, match="scale"):
+        scaled.load_state_dict(sd)
+    sd["loss_scaler"] = np.array([4.0, 2.0, 5.0])
+    scaled.load_state_dict(sd)
+    assert (scaled.loss_scale, scaled.growth_tracker, scaled.skipped_steps) == (4.0, 2, 5)

@@ -5,10 +5,11 @@ include/fluxion/fluxion.h, the one source of truth of the C API.
     python bindings/python/tools/gen_capi.py            # rewrite both files
     python bindings/python/tools/gen_capi.py --check    # exit 1 when they are out of date
 
-The package build (setup.py) runs it before packaging, and tests/test_capi.py fails when the
-committed files differ from what the header gives, or when a public flx_ function has no Python
-counterpart. The parser understands the subset of C the header is written in: enums, structs,
-function-pointer typedefs and FLX_API prototypes; an unknown type is an error, never a guess.
+The package build (CMake, under scikit-build-core) writes them into the wheel with --out-dir DIR,
+and tests/test_capi.py fails when the committed files differ from what the header gives, or when
+a public flx_ function has no Python counterpart. The parser understands the subset of C the
+header is written in: enums, structs, function-pointer typedefs and FLX_API prototypes; an unknown
+type is an error, never a guess.
 """
 
 from __future__ import annotations
@@ -327,9 +328,13 @@ def main(argv: Optional[List[str]] = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--header", type=Path, default=DEFAULT_HEADER)
     ap.add_argument("--check", action="store_true", help="exit 1 when the files are out of date")
+    ap.add_argument("--out-dir", type=Path, help="write the files there instead of into fluxion/")
     a = ap.parse_args(argv)
     stale = []
     for path, text in generate(a.header).items():
+        if a.out_dir is not None:
+            a.out_dir.mkdir(parents=True, exist_ok=True)
+            path = a.out_dir / path.name
         if path.exists() and path.read_text() == text:
             continue
         stale.append(path)

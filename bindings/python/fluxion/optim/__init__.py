@@ -16,6 +16,7 @@ skips the update when a gradient is inf/NaN and adjusts the scale, all on the de
 
 from __future__ import annotations
 
+import math
 from collections import OrderedDict
 from ctypes import byref, c_double, c_int64
 from typing import Any, Dict, Iterable, List, Tuple
@@ -69,6 +70,7 @@ class Optimizer:
             _core._raise_last()
         self._opt = opt
         self.defaults = {k: getattr(cfg, k) for k, _ in cfg._fields_}
+        self._scaling = bool(cfg.loss_scaling)
 
     def __del__(self, _destroy=_L.flx_optim_destroy) -> None:
         if getattr(self, "_opt", None) and _core._alive:
@@ -133,12 +135,24 @@ class Optimizer:
         _check(_L.flx_optim_skipped_steps(self._opt, byref(v)))
         return v.value
 
+    @property
+    def growth_tracker(self) -> int:
+        """Clean steps since the loss scale last changed (0 without loss scaling); waits for
+        the device."""
+        return self._scaler()[1]
+
+    def _scaler(self) -> Tuple[float, int, int]:
+        scale, tracker, skipped = c_double(), c_int64(), c_int64()
+        _check(_L.flx_optim_get_scaler(self._opt, byref(scale), byref(tracker), byref(skipped)))
+        return scale.value, tracker.value, skipped.value
+
     # -- checkpoints --
     def state_dict(self) -> "OrderedDict[str, Tensor]":
         """Every state slot ('state.<param>.<slot>', float32 for half parameters, whose last
-        slot is the master copy) and hyperparameter (0-d float64 tensors, the step count
-        included): a flat dict of tensors that :func:`fluxion.save` writes. The loss scaler's
-        state is in :meth:`save` files only."""
+        slot is the float32 master copy), hyperparameter (0-d float64 tensors, the step count
+        included) and, with loss scaling, 'loss_scaler' (float64 [scale, growth tracker,
+        skipped steps], as in :meth:`save` files): a flat dict of tensors that
+        :func:`fluxion.save` writes."""
         sd: "OrderedDict[str, Tensor]" = OrderedDict()
         dev = self.params[0].device
         for name in _HP:
@@ -147,6 +161,9 @@ class Optimizer:
         for i in range(len(self.params)):
             for s in range(slots):
                 sd[f"state.{i}.{s}"] = _wrap(_L.flx_optim_get_state(self._opt, i, s))
+        if self._scaling:
+            sd["loss_scaler"] = _core.tensor([float(v) for v in self._scaler()],
+                                             dtype=_core.float64, device=dev)
         return sd
 
     def save(self, path: Any) -> None:
@@ -164,7 +181,25 @@ class Optimizer:
         _check(_L.flx_optim_load(self._opt, os.fsencode(path)))
 
     def load_state_dict(self, sd: Dict[str, Any]) -> None:
-        """Restores what :meth:`state_dict` gave (tensors or arrays)."""
+        """Restores what :meth:`state_dict` gave (tensors or arrays). The loss scaler's entry
+        must be there exactly when this optimiser scales the loss (checked first)."""
+        scaler = None
+        if self._scaling != ("loss_scaler" in sd):
+            have = "with" if "loss_scaler" in sd else "without"
+            mine = "with" if self._scaling else "without"
+            raise ValueError(f"fluxion.optim.load_state_dict: the state dict was saved {have} "
+                             f"loss scaling; this optimiser was created {mine} it")
+        if self._scaling:
+            v = sd["loss_scaler"]
+            vals = v.tolist() if isinstance(v, Tensor) else list(v)
+            if len(vals) != 3:
+                raise ValueError("fluxion.optim.load_state_dict: loss_scaler must hold 3 values "
+                                 f"(scale, growth tracker, skipped steps), got {len(vals)}")
+            counts = [float(x) for x in vals[1:]]
+            if not all(math.isfinite(c) and c >= 0 and c == int(c) for c in counts):
+                raise ValueError("fluxion.optim.load_state_dict: loss_scaler counts must be "
+                                 f"whole numbers >= 0, got {counts}")
+            scaler = (float(vals[0]), int(counts[0]), int(counts[1]))
         for name in _HP:
             k = f"hparam.{name}"
             if k in sd:
@@ -181,6 +216,8 @@ class Optimizer:
                     half = p.dtype.name in ("float16", "bfloat16")
                     v = _core.tensor(v, dtype=_core.float32 if half else p.dtype, device=p.device)
                 _check(_L.flx_optim_set_state(self._opt, i, s, v._ptr))
+        if scaler is not None:
+            _check(_L.flx_optim_set_scaler(self._opt, *scaler))
 
 
 class SGD(Optimizer):
