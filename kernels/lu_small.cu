@@ -1,8 +1,9 @@
 // lu_small.cu — fluxion's own LU kernels for n <= 64, the paths plans can capture into CUDA
 // graphs (lu.cu has the overview and the n > 64 cuSOLVER path):
-//   n <= 8:       one thread per matrix (factor) or per (matrix, rhs column) (solve), partial
-//                 pivoting held in registers, templated on N (PERFORMANCE.md: cuBLAS's batched LU
-//                 is 2x slower there).
+//   n <= 8:       one thread per matrix (factor, det, solve), partial pivoting held in
+//                 registers, templated on N (PERFORMANCE.md: cuBLAS's batched LU is 2x slower
+//                 there); every global access staged through shared memory (stage). A solve or
+//                 inverse no gradient needs factorises A in registers and stores no factors.
 //   9 <= n <= 64: one block per matrix staged in shared memory (block_lu, k_solve_block).
 // block_lu also runs in global memory for the library path's singular fix-up
 // (k_refactor_singular). Packed layout: flx_lu_args in flx_kernels.h.
