@@ -313,6 +313,8 @@ int flx_cuda_optim(const flx_optim_args *args, void *stream);
  *           check, a matrix whose info != 0 raises FLX_KERR_SINGULAR (value = info, row = the
  *           matrix; values then inf/NaN).
  *           b == NULL: b is the identity (k == n), generated in the kernel (inverses).
+ *           lu == NULL: a (as for FACTOR) is factorised on the fly and no packed LU is written
+ *           (forward-only solve and inverse).
  * DET, LOGABS, SIGN, LOGDET: lu packed -> out (batch): det, log|det|, sign(det) (0 if singular),
  *           log det (NaN when det < 0, -inf when det == 0). lu == NULL: a (as for FACTOR) is
  *           factorised on the fly and no packed LU is written (forward-only det).

@@ -234,11 +234,33 @@ int factor(const flx_lu_args *a, const flx_cuda_lib_env *env) {
     return flxk::launch_status();
 }
 
+// Packed factors of a->a in scratch owned by sc, for the forward-only modes of n > kSmallN
+// (det and solve straight from A, which write no factors); NULL with *rc set on failure.
+template <typename T>
+const T *factors_in_scratch(const flx_lu_args *a, const flx_cuda_lib_env *env, Scratch &sc, int *rc) {
+    flx_lu_args f = *a;
+    f.mode = FLX_LU_FACTOR;
+    f.out = sc.get(sizeof(T) * (size_t)(a->batch * (a->n * a->n + a->n + 1)));
+    if (!f.out) {
+        *rc = FLX_LIB_RC_SCRATCH;
+        return nullptr;
+    }
+    *rc = factor<T>(&f, env);
+    return *rc ? nullptr : (const T *)f.out;
+}
+
 template <typename T>
 int solve(const flx_lu_args *a, const flx_cuda_lib_env *env) {
     cudaStream_t s = (cudaStream_t)env->stream;
     int64_t n = a->n, B = a->batch, k = a->k, P = n * n + n + 1;
     if (n == 0 || k == 0) return 0;
+    if (!a->lu && n > kSmallN) { // straight from A: the register kernel factorises in place
+        Scratch sc(env);
+        flx_lu_args f = *a;
+        int rc = 0;
+        if (!(f.lu = factors_in_scratch<T>(a, env, sc, &rc))) return rc;
+        return solve<T>(&f, env);
+    }
     if (n <= kBlockN) return flxk::lu::solve_small(a, s);
     if (n > INT32_MAX / n || B > INT32_MAX || k > INT32_MAX) return (int)cudaErrorInvalidValue;
     Scratch sc(env);
@@ -313,15 +335,8 @@ int run(const flx_lu_args *a, const flx_cuda_lib_env *env) {
         if (!lu && a->n == 0) return det_of_empty<T>(a, s);
         if (!lu && a->n <= kSmallN) return flxk::lu::factor_small(a, s); // straight from A
         Scratch sc(env);
-        if (!lu) { // forward-only det of n > 8: the factors live in scratch only
-            flx_lu_args f = *a;
-            f.mode = FLX_LU_FACTOR;
-            f.out = sc.get(sizeof(T) * (size_t)(a->batch * (a->n * a->n + a->n + 1)));
-            if (!f.out) return FLX_LIB_RC_SCRATCH;
-            int rc = factor<T>(&f, env);
-            if (rc) return rc;
-            lu = (const T *)f.out;
-        }
+        int rc = 0;
+        if (!lu && !(lu = factors_in_scratch<T>(a, env, sc, &rc))) return rc; // forward-only, n > 8
         k_det<T><<<grid_for(a->batch * 32), kBlock, 0, s>>>(lu, (T *)a->out, a->batch, a->n, a->mode);
         return flxk::launch_status();
     }

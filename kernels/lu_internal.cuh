@@ -28,7 +28,8 @@ __device__ __forceinline__ double det_value(int mode, double prod, double logabs
 // Factors a->a (batch, n, n) with 1 <= n <= kBlockN into the packed rows of a->out; for
 // n <= kSmallN a det mode (a->mode != FLX_LU_FACTOR) writes the det value per matrix instead.
 int factor_small(const flx_lu_args *a, cudaStream_t s);
-// Solves with the packed factors a->lu for 1 <= n <= kBlockN and k >= 1 right-hand sides.
+// Solves with the packed factors a->lu for 1 <= n <= kBlockN and k >= 1 right-hand sides; for
+// n <= kSmallN also straight from a->a when a->lu is NULL (factorised in registers, not stored).
 int solve_small(const flx_lu_args *a, cudaStream_t s);
 // Library path: matrices of a->out whose info is nonzero are factorised again from a->a with
 // exact zero multipliers; piv (batch, n) and info (batch) are the library's 1-based int arrays.

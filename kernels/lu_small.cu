@@ -1,8 +1,9 @@
 // lu_small.cu — fluxion's own LU kernels for n <= 64, the paths plans can capture into CUDA
 // graphs (lu.cu has the overview and the n > 64 cuSOLVER path):
-//   n <= 8:       one thread per matrix (factor) or per (matrix, rhs column) (solve), partial
-//                 pivoting held in registers, templated on N (PERFORMANCE.md: cuBLAS's batched LU
-//                 is 2x slower there).
+//   n <= 8:       one thread per matrix (factor, det, solve), partial pivoting held in
+//                 registers, templated on N (PERFORMANCE.md: cuBLAS's batched LU is 2x slower
+//                 there); every global access staged through shared memory (stage). A solve or
+//                 inverse no gradient needs factorises A in registers and stores no factors.
 //   9 <= n <= 64: one block per matrix staged in shared memory (block_lu, k_solve_block).
 // block_lu also runs in global memory for the library path's singular fix-up
 // (k_refactor_singular). Packed layout: flx_lu_args in flx_kernels.h.
@@ -24,6 +25,76 @@ using flxk::lu::kSmallN;
 template <typename T> struct SmallTpb { static constexpr int value = 128; };
 template <> struct SmallTpb<double> { static constexpr int value = 64; }; // 37 KB of staging
 
+// Moves a block's slab between global memory g and shared memory st, LOAD: g -> st, else back.
+// Item t < cnt (one per thread of the compute phase) is rows x w elements: row r at
+// g + t * item + r * row, and all of it at st + t * ld (ld odd). Consecutive threads take
+// consecutive elements, so the warp's accesses are coalesced (fully when w == row and
+// item == rows * w: the slab is contiguous). Ends without a barrier.
+template <bool LOAD, int TPB, typename T, typename G>
+__device__ __forceinline__ void stage(T *st, int ld, G *g, int cnt, int rows, int w, int64_t item,
+                                      int64_t row) {
+    const int per = rows * w;
+    if (item == per && row == w) { // contiguous slab: 32-bit indices
+        for (int e = threadIdx.x; e < cnt * per; e += TPB) {
+            const int t = e / per;
+            if constexpr (LOAD) st[t * ld + (e - t * per)] = g[e];
+            else g[e] = st[t * ld + (e - t * per)];
+        }
+        return;
+    }
+    for (int e = threadIdx.x; e < cnt * per; e += TPB) {
+        const int t = e / per, r = e - t * per, i = r / w, c = r - i * w;
+        G *p = g + t * item + i * row + c;
+        if constexpr (LOAD) st[t * ld + r] = *p;
+        else *p = st[t * ld + r];
+    }
+}
+
+// In-register LU with partial pivoting of m (row i, column j at m[i][j]): L below the diagonal,
+// U on and above it, piv as the packed layout's. Returns info (0 or the 1-based first zero
+// pivot); a zero pivot column keeps multipliers 0.
+template <typename T, int N>
+__device__ __forceinline__ int reg_lu(T (&m)[N][N], int (&piv)[N]) {
+    int info = 0;
+#pragma unroll
+    for (int k = 0; k < N; k++) {
+        int p = k;
+        T best = fabs(m[k][k]);
+        bool bnan = isnan(best);
+#pragma unroll
+        for (int i = k + 1; i < N; i++) {
+            T v = fabs(m[i][k]);
+            if (!bnan && (v > best || isnan(v))) { // the first NaN wins and stays
+                best = v;
+                p = i;
+                bnan = isnan(v);
+            }
+        }
+        piv[k] = p;
+        // Swap rows k and p with selects only (indices stay compile-time: registers).
+#pragma unroll
+        for (int i = k + 1; i < N; i++) {
+            bool s = (i == p);
+#pragma unroll
+            for (int j = 0; j < N; j++) {
+                T x = m[k][j], y = m[i][j];
+                m[k][j] = s ? y : x;
+                m[i][j] = s ? x : y;
+            }
+        }
+        T d = m[k][k];
+        if (d == T(0) && info == 0) info = k + 1;
+        T r = d != T(0) ? T(1) / d : T(0); // zero pivot: its column is all zero; skip it
+#pragma unroll
+        for (int i = k + 1; i < N; i++) {
+            m[i][k] *= r;
+#pragma unroll
+            for (int j = k + 1; j < N; j++) m[i][j] -= m[i][k] * m[k][j];
+        }
+    }
+    return info;
+}
+
 // DET: write det_value(mode) per matrix instead of the packed LU (forward-only det).
 template <typename T, int N, bool DET>
 __global__ void __launch_bounds__(SmallTpb<T>::value) k_factor_small(const T *__restrict__ a, T *__restrict__ out,
@@ -32,11 +103,7 @@ __global__ void __launch_bounds__(SmallTpb<T>::value) k_factor_small(const T *__
     __shared__ T st[TPB * LD];
     for (int64_t b0 = (int64_t)blockIdx.x * TPB; b0 < batch; b0 += (int64_t)gridDim.x * TPB) {
         const int cnt = batch - b0 < TPB ? (int)(batch - b0) : TPB;
-        const T *src = a + b0 * NN;
-        for (int e = threadIdx.x; e < cnt * NN; e += TPB) {
-            int t = e / NN;
-            st[t * LD + (e - t * NN)] = src[e];
-        }
+        stage<true, TPB>(st, LD, a + b0 * NN, cnt, 1, NN, NN, NN);
         __syncthreads();
         T *sm = st + threadIdx.x * LD;
         if ((int)threadIdx.x < cnt) {
@@ -46,43 +113,7 @@ __global__ void __launch_bounds__(SmallTpb<T>::value) k_factor_small(const T *__
 #pragma unroll
                 for (int j = 0; j < N; j++) m[i][j] = sm[i * N + j];
             int piv[N];
-            int info = 0;
-#pragma unroll
-            for (int k = 0; k < N; k++) {
-                int p = k;
-                T best = fabs(m[k][k]);
-                bool bnan = isnan(best);
-#pragma unroll
-                for (int i = k + 1; i < N; i++) {
-                    T v = fabs(m[i][k]);
-                    if (!bnan && (v > best || isnan(v))) { // the first NaN wins and stays
-                        best = v;
-                        p = i;
-                        bnan = isnan(v);
-                    }
-                }
-                piv[k] = p;
-                // Swap rows k and p with selects only (indices stay compile-time: registers).
-#pragma unroll
-                for (int i = k + 1; i < N; i++) {
-                    bool s = (i == p);
-#pragma unroll
-                    for (int j = 0; j < N; j++) {
-                        T x = m[k][j], y = m[i][j];
-                        m[k][j] = s ? y : x;
-                        m[i][j] = s ? x : y;
-                    }
-                }
-                T d = m[k][k];
-                if (d == T(0) && info == 0) info = k + 1;
-                T r = d != T(0) ? T(1) / d : T(0); // zero pivot: its column is all zero; skip it
-#pragma unroll
-                for (int i = k + 1; i < N; i++) {
-                    m[i][k] *= r;
-#pragma unroll
-                    for (int j = k + 1; j < N; j++) m[i][j] -= m[i][k] * m[k][j];
-                }
-            }
+            const int info = reg_lu<T, N>(m, piv);
             if (DET) {
                 double prod = 1.0, logabs = 0.0;
                 int neg = 0, zero = 0, nanf = 0;
@@ -108,11 +139,7 @@ __global__ void __launch_bounds__(SmallTpb<T>::value) k_factor_small(const T *__
         }
         __syncthreads();
         if (DET) continue; // uniform: a template constant; st is free again after the barrier
-        T *dst = out + b0 * P;
-        for (int e = threadIdx.x; e < cnt * P; e += TPB) {
-            int t = e / P;
-            dst[e] = st[t * LD + (e - t * P)];
-        }
+        stage<false, TPB>(st, LD, out + b0 * P, cnt, 1, P, P, P);
         __syncthreads();
     }
 }
@@ -130,52 +157,101 @@ __device__ __forceinline__ void swap_with_pivot(T (&x)[N], const int (&piv)[N], 
     }
 }
 
+// x := A^-1 x (A^-T x when trans) with the register factors of reg_lu.
 template <typename T, int N>
-__global__ void k_solve_small(const T *__restrict__ lu, const T *__restrict__ bm, T *__restrict__ out,
-                              int64_t batch, int64_t k, int trans, int check, flx_kerr err) {
-    constexpr int64_t P = (int64_t)N * N + N + 1;
-    int64_t total = batch * k;
-    for (int64_t t = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; t < total;
-         t += (int64_t)gridDim.x * blockDim.x) {
-        int64_t b = t / k, c = t - b * k;
-        const T *f = lu + b * P;
-        if (check && c == 0 && f[N * N + N] != T(0))
-            flx_kerr_raise(err, FLX_KERR_SINGULAR, (int64_t)f[N * N + N], 0, 0, b);
-        T x[N];
+__device__ __forceinline__ void reg_solve(const T (&m)[N][N], const int (&piv)[N], T (&x)[N], int trans) {
+    if (!trans) {
 #pragma unroll
-        for (int i = 0; i < N; i++) x[i] = bm ? bm[(b * N + i) * k + c] : T(i == c);
-        int piv[N];
+        for (int i = 0; i < N; i++) swap_with_pivot<T, N>(x, piv, i);
 #pragma unroll
-        for (int i = 0; i < N; i++) piv[i] = (int)f[N * N + i];
-        if (!trans) {
+        for (int i = 0; i < N; i++)
 #pragma unroll
-            for (int i = 0; i < N; i++) swap_with_pivot<T, N>(x, piv, i);
+            for (int j = 0; j < i; j++) x[i] -= m[i][j] * x[j];
 #pragma unroll
-            for (int i = 0; i < N; i++)
+        for (int i = N - 1; i >= 0; i--) {
 #pragma unroll
-                for (int j = 0; j < i; j++) x[i] -= f[j * N + i] * x[j];
+            for (int j = i + 1; j < N; j++) x[i] -= m[i][j] * x[j];
+            x[i] /= m[i][i];
+        }
+    } else {
 #pragma unroll
-            for (int i = N - 1; i >= 0; i--) {
+        for (int i = 0; i < N; i++) {
 #pragma unroll
-                for (int j = i + 1; j < N; j++) x[i] -= f[j * N + i] * x[j];
-                x[i] /= f[i * N + i];
-            }
-        } else {
-#pragma unroll
-            for (int i = 0; i < N; i++) {
-#pragma unroll
-                for (int j = 0; j < i; j++) x[i] -= f[i * N + j] * x[j];
-                x[i] /= f[i * N + i];
-            }
-#pragma unroll
-            for (int i = N - 1; i >= 0; i--)
-#pragma unroll
-                for (int j = i + 1; j < N; j++) x[i] -= f[i * N + j] * x[j];
-#pragma unroll
-            for (int i = N - 1; i >= 0; i--) swap_with_pivot<T, N>(x, piv, i);
+            for (int j = 0; j < i; j++) x[i] -= m[j][i] * x[j];
+            x[i] /= m[i][i];
         }
 #pragma unroll
-        for (int i = 0; i < N; i++) out[(b * N + i) * k + c] = x[i];
+        for (int i = N - 1; i >= 0; i--)
+#pragma unroll
+            for (int j = i + 1; j < N; j++) x[i] -= m[j][i] * x[j];
+#pragma unroll
+        for (int i = N - 1; i >= 0; i--) swap_with_pivot<T, N>(x, piv, i);
+    }
+}
+
+// Solve, one thread per matrix with its factors in registers, all of it staged like
+// k_factor_small: the block's slab of factors (DIRECT: of A, factorised here by reg_lu and never
+// written back: nothing downstream needs them), then the right-hand sides in chunks of KC
+// columns through the same shared memory, solved and stored in place. bm == NULL: the identity,
+// generated in registers (inverses: nothing to load).
+template <typename T, int N, bool DIRECT>
+__global__ void __launch_bounds__(SmallTpb<T>::value) k_solve_small(const T *__restrict__ src, const T *__restrict__ bm,
+                                                                    T *__restrict__ out, int64_t batch, int64_t k,
+                                                                    int trans, int check, flx_kerr err) {
+    constexpr int TPB = SmallTpb<T>::value, NN = N * N, P = NN + N + 1, LD = P | 1;
+    constexpr int IN = DIRECT ? NN : P, KC = (LD - 1) / N; // KC >= N + 1: an inverse in one chunk
+    __shared__ T st[TPB * LD];
+    for (int64_t b0 = (int64_t)blockIdx.x * TPB; b0 < batch; b0 += (int64_t)gridDim.x * TPB) {
+        const int cnt = batch - b0 < TPB ? (int)(batch - b0) : TPB;
+        const bool live = (int)threadIdx.x < cnt;
+        stage<true, TPB>(st, LD, src + b0 * IN, cnt, 1, IN, IN, IN);
+        __syncthreads();
+        T m[N][N];
+        int piv[N], info = 0;
+        if (live) {
+            const T *sm = st + threadIdx.x * LD;
+            if (DIRECT) {
+#pragma unroll
+                for (int i = 0; i < N; i++)
+#pragma unroll
+                    for (int j = 0; j < N; j++) m[i][j] = sm[i * N + j];
+                info = reg_lu<T, N>(m, piv);
+            } else {
+#pragma unroll
+                for (int j = 0; j < N; j++)
+#pragma unroll
+                    for (int i = 0; i < N; i++) m[i][j] = sm[j * N + i];
+#pragma unroll
+                for (int i = 0; i < N; i++) piv[i] = (int)sm[NN + i];
+                info = (int)sm[NN + N];
+            }
+        }
+        const T *bb = bm ? bm + b0 * N * k : nullptr;
+        T *ob = out + b0 * N * k;
+        for (int64_t c0 = 0; c0 < k; c0 += KC) {
+            const int w = k - c0 < KC ? (int)(k - c0) : KC, ldb = (N * w) | 1;
+            __syncthreads(); // st is free: the factors are in registers, the last chunk stored
+            if (bb) {
+                stage<true, TPB>(st, ldb, bb + c0, cnt, N, w, (int64_t)N * k, k);
+                __syncthreads();
+            }
+            if (live) {
+                T *sx = st + threadIdx.x * ldb;
+                for (int c = 0; c < w; c++) {
+                    T x[N];
+#pragma unroll
+                    for (int i = 0; i < N; i++) x[i] = bb ? sx[i * w + c] : T(i == c0 + c);
+                    reg_solve<T, N>(m, piv, x, trans);
+#pragma unroll
+                    for (int i = 0; i < N; i++) sx[i * w + c] = x[i];
+                }
+            }
+            __syncthreads();
+            stage<false, TPB>(st, ldb, ob + c0, cnt, N, w, (int64_t)N * k, k);
+        }
+        // Raised once the factors are dead: no registers to save around the atomics.
+        if (check && info != 0) flx_kerr_raise(err, FLX_KERR_SINGULAR, info, 0, 0, b0 + threadIdx.x);
+        __syncthreads(); // st is reused by the next slab
     }
 }
 
@@ -422,8 +498,13 @@ int launch_factor_small(const flx_lu_args *a, cudaStream_t s) {
 
 template <typename T, int N>
 int launch_solve_small(const flx_lu_args *a, cudaStream_t s) {
-    k_solve_small<T, N><<<grid_for(a->batch * a->k, 128), 128, 0, s>>>(
-        (const T *)a->lu, (const T *)a->b, (T *)a->out, a->batch, a->k, a->trans, a->check, a->err);
+    constexpr int TPB = SmallTpb<T>::value;
+    if (a->lu)
+        k_solve_small<T, N, false><<<grid_for(a->batch, TPB), TPB, 0, s>>>(
+            (const T *)a->lu, (const T *)a->b, (T *)a->out, a->batch, a->k, a->trans, a->check, a->err);
+    else
+        k_solve_small<T, N, true><<<grid_for(a->batch, TPB), TPB, 0, s>>>(
+            (const T *)a->a, (const T *)a->b, (T *)a->out, a->batch, a->k, a->trans, a->check, a->err);
     return flxk::launch_status();
 }
 

@@ -18,6 +18,11 @@
 // Loss scaling is two-phase: find_inf_kernel over every gradient of the step sets *found_inf,
 // then the update launches read it (a grid-wide barrier inside one kernel would not survive
 // graph capture and small grids alike).
+//
+// Memory access: a tensor whose pointers (parameter, gradient, state slots, master) are all
+// aligned to kVec elements is read and written kVec elements per access (16 bytes for f32, two
+// 16-byte accesses for f64, 8 for halves), its last numel % kVec elements one by one; others
+// element by element. Both apply the same per-element arithmetic, so results are bit-identical.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
@@ -33,8 +38,13 @@ namespace {
 constexpr int kChunk = 4096; // elements per block
 constexpr int kMax = FLX_OPTIM_MAX_TENSORS_PER_LAUNCH;
 
+constexpr int kVec = 4;      // elements per vector access
+static_assert(kChunk % kVec == 0, "chunks must start vector-aligned");
+static_assert(kMax <= 32, "vec is a 32-bit mask");
+
 struct BlockMap {
     int64_t start[kMax + 1]; // first block of each tensor; start[n] = total blocks
+    uint32_t vec;            // bit j: tensor j is accessed kVec elements at a time
 };
 static_assert(sizeof(flx_optim_args) + sizeof(BlockMap) <= 4096,
               "the kernel's parameters must stay within the classic 4 KB limit");
@@ -53,31 +63,80 @@ template <> __device__ __forceinline__ __nv_bfloat16 from_f<__nv_bfloat16>(float
     return __float2bfloat16_rn(v);
 }
 
-template <typename T> __device__ __forceinline__ double ld(const void *p, int64_t i) {
-    return to_d(static_cast<const T *>(p)[i]);
+// V consecutive elements in one access (V * sizeof(X) bytes, aligned to that).
+template <typename X, int V> struct alignas(V * sizeof(X)) Pack {
+    X v[V];
+};
+
+// Elements i .. i + V - 1 of p, as doubles.
+template <typename X, int V> __device__ __forceinline__ void ld(const void *p, int64_t i, double (&out)[V]) {
+    const Pack<X, V> pk = *reinterpret_cast<const Pack<X, V> *>(static_cast<const X *>(p) + i);
+#pragma unroll
+    for (int e = 0; e < V; e++) out[e] = to_d(pk.v[e]);
 }
-template <typename S> __device__ __forceinline__ void st(void *p, int64_t i, double v) {
-    static_cast<S *>(p)[i] = (S)v;
+template <typename S, int V> __device__ __forceinline__ void st(void *p, int64_t i, const double (&in)[V]) {
+    Pack<S, V> pk;
+#pragma unroll
+    for (int e = 0; e < V; e++) pk.v[e] = (S)in[e];
+    *reinterpret_cast<Pack<S, V> *>(static_cast<S *>(p) + i) = pk;
 }
 
 // The weight a rule starts from and where its result goes: the master for halves.
 template <typename T> struct Weight {
     void *p;
     float *master;
-    __device__ __forceinline__ double get(int64_t i) const {
-        if constexpr (kHalf<T>) return (double)master[i];
-        else return ld<T>(p, i);
+    template <int V> __device__ __forceinline__ void get(int64_t i, double (&w)[V]) const {
+        if constexpr (kHalf<T>) ld<float, V>(master, i, w);
+        else ld<T, V>(p, i, w);
     }
-    __device__ __forceinline__ void put(int64_t i, double w) const {
+    template <int V> __device__ __forceinline__ void put(int64_t i, const double (&w)[V]) const {
         if constexpr (kHalf<T>) {
-            const float m = (float)w;
-            master[i] = m;
-            static_cast<T *>(p)[i] = from_f<T>(m);
+            Pack<float, V> m;
+            Pack<T, V> h;
+#pragma unroll
+            for (int e = 0; e < V; e++) {
+                m.v[e] = (float)w[e];
+                h.v[e] = from_f<T>(m.v[e]);
+            }
+            *reinterpret_cast<Pack<float, V> *>(master + i) = m;
+            *reinterpret_cast<Pack<T, V> *>(static_cast<T *>(p) + i) = h;
         } else {
-            static_cast<T *>(p)[i] = (T)w;
+            st<T, V>(p, i, w);
         }
     }
 };
+
+// Runs f(i, V-wide step) over the block's share of [lo, hi): vector steps over the aligned bulk
+// when vec (lo is a multiple of kVec), then single elements.
+template <typename F>
+__device__ __forceinline__ void for_span(int64_t lo, int64_t hi, bool vec, F f) {
+    int64_t mid = lo;
+    if (vec) {
+        mid = lo + ((hi - lo) & ~(int64_t)(kVec - 1));
+        for (int64_t i = lo + (int64_t)kVec * threadIdx.x; i < mid; i += (int64_t)kVec * blockDim.x)
+            f(i, std::integral_constant<int, kVec>());
+    }
+    for (int64_t i = mid + threadIdx.x; i < hi; i += blockDim.x) f(i, std::integral_constant<int, 1>());
+}
+
+// One update step of V elements at i: weights, gradients and the state slots in use (non-NULL)
+// are loaded, rule(w, g, s0, s1, s2) updates one element in place (doubles), and all is stored.
+template <typename T, typename S, int V, typename Rule>
+__device__ __forceinline__ void update(const Weight<T> &w8, const void *gp, void *s0, void *s1, void *s2,
+                                       int64_t i, Rule rule) {
+    double w[V], g[V], a[V] = {}, b[V] = {}, c[V] = {};
+    w8.template get<V>(i, w);
+    ld<T, V>(gp, i, g);
+    if (s0) ld<S, V>(s0, i, a);
+    if (s1) ld<S, V>(s1, i, b);
+    if (s2) ld<S, V>(s2, i, c);
+#pragma unroll
+    for (int e = 0; e < V; e++) rule(w[e], g[e], a[e], b[e], c[e]);
+    if (s0) st<S, V>(s0, i, a);
+    if (s1) st<S, V>(s1, i, b);
+    if (s2) st<S, V>(s2, i, c);
+    w8.template put<V>(i, w);
+}
 
 // Which tensor block b belongs to, and its element range.
 __device__ __forceinline__ int block_tensor(const flx_optim_args &a, const BlockMap &map,
@@ -112,8 +171,9 @@ __device__ void finish_step(const flx_optim_args &a, double t) {
     }
 }
 
+// Three blocks per SM: the vector steps keep enough bytes in flight at 80 registers (no spills).
 template <typename T, typename S>
-__global__ void optim_kernel(const flx_optim_args a, const BlockMap map) {
+__global__ void __launch_bounds__(flxk::kBlock, 3) optim_kernel(const flx_optim_args a, const BlockMap map) {
     int64_t lo, hi;
     const int j = block_tensor(a, map, blockIdx.x, &lo, &hi);
 
@@ -128,65 +188,71 @@ __global__ void optim_kernel(const flx_optim_args a, const BlockMap map) {
     const void *gp = a.g[j];
     void *s0 = a.s0[j], *s1 = a.s1[j], *s2 = a.s2[j];
 
+    const bool vec = (map.vec >> j) & 1u;
+    auto run = [&](auto rule) {
+        for_span(lo, hi, vec, [&](int64_t i, auto v) {
+            update<T, S, decltype(v)::value>(w8, gp, s0, s1, s2, i, rule);
+        });
+    };
     switch (skip ? -1 : a.rule) {
     case FLX_OPTIM_RULE_SGD:
-        for (int64_t i = lo + threadIdx.x; i < hi; i += blockDim.x) {
-            double w = w8.get(i), g = ld<T>(gp, i) * inv_scale + wd * w;
+        run([&](double &w, double gr, double &m0, double &, double &) {
+            double g = gr * inv_scale + wd * w;
             if (a.use_momentum) {
-                double bb = t == 1.0 ? g : mom * ld<S>(s0, i) + (1.0 - damp) * g;
-                st<S>(s0, i, bb);
+                double bb = t == 1.0 ? g : mom * m0 + (1.0 - damp) * g;
+                m0 = bb;
                 g = a.nesterov ? g + mom * bb : bb;
             }
-            w8.put(i, w - lr * g);
-        }
+            w = w - lr * g;
+        });
         break;
     case FLX_OPTIM_RULE_ADAGRAD: {
         const double clr = lr / (1.0 + (t - 1.0) * lr_decay);
-        for (int64_t i = lo + threadIdx.x; i < hi; i += blockDim.x) {
-            double w = w8.get(i), g = ld<T>(gp, i) * inv_scale + wd * w;
-            double s = ld<S>(s0, i) + g * g;
-            st<S>(s0, i, s);
-            w8.put(i, w - clr * g / (sqrt(s) + eps));
-        }
+        run([&](double &w, double gr, double &sum, double &, double &) {
+            double g = gr * inv_scale + wd * w;
+            double s = sum + g * g;
+            sum = s;
+            w = w - clr * g / (sqrt(s) + eps);
+        });
         break;
     }
     case FLX_OPTIM_RULE_RMSPROP:
-        for (int64_t i = lo + threadIdx.x; i < hi; i += blockDim.x) {
-            double w = w8.get(i), g = ld<T>(gp, i) * inv_scale + wd * w;
-            double v = alpha * ld<S>(s0, i) + (1.0 - alpha) * g * g;
-            st<S>(s0, i, v);
+        run([&](double &w, double gr, double &sq, double &buf, double &avg) {
+            double g = gr * inv_scale + wd * w;
+            double v = alpha * sq + (1.0 - alpha) * g * g;
+            sq = v;
             double d;
             if (a.centered) {
-                double av = alpha * ld<S>(s2, i) + (1.0 - alpha) * g;
-                st<S>(s2, i, av);
+                double av = alpha * avg + (1.0 - alpha) * g;
+                avg = av;
                 d = sqrt(v - av * av) + eps;
             } else {
                 d = sqrt(v) + eps;
             }
             if (a.use_momentum) {
-                double bb = mom * ld<S>(s1, i) + g / d;
-                st<S>(s1, i, bb);
-                w8.put(i, w - lr * bb);
+                double bb = mom * buf + g / d;
+                buf = bb;
+                w = w - lr * bb;
             } else {
-                w8.put(i, w - lr * g / d);
+                w = w - lr * g / d;
             }
-        }
+        });
         break;
     case FLX_OPTIM_RULE_ADAM:
     case FLX_OPTIM_RULE_ADAMW: {
         const bool decoupled = a.rule == FLX_OPTIM_RULE_ADAMW;
         const double bc1 = 1.0 - pow(b1, t), bc2 = 1.0 - pow(b2, t);
         const double step_size = lr / bc1, bc2_sqrt = sqrt(bc2);
-        for (int64_t i = lo + threadIdx.x; i < hi; i += blockDim.x) {
-            double w = w8.get(i), g = ld<T>(gp, i) * inv_scale;
+        run([&](double &w, double gr, double &m1, double &m2, double &) {
+            double g = gr * inv_scale;
             if (decoupled) w = w * (1.0 - lr * wd);
             else g += wd * w;
-            double m = b1 * ld<S>(s0, i) + (1.0 - b1) * g;
-            double v = b2 * ld<S>(s1, i) + (1.0 - b2) * g * g;
-            st<S>(s0, i, m);
-            st<S>(s1, i, v);
-            w8.put(i, w - step_size * m / (sqrt(v) / bc2_sqrt + eps));
-        }
+            double m = b1 * m1 + (1.0 - b1) * g;
+            double v = b2 * m2 + (1.0 - b2) * g * g;
+            m1 = m;
+            m2 = v;
+            w = w - step_size * m / (sqrt(v) / bc2_sqrt + eps);
+        });
         break;
     }
     default: break; // a skipped step (loss scaling found an inf/NaN): nothing is written
@@ -212,7 +278,13 @@ template <typename T> __global__ void find_inf_kernel(const flx_optim_args a, co
     int64_t lo, hi;
     const int j = block_tensor(a, map, blockIdx.x, &lo, &hi);
     bool bad = false;
-    for (int64_t i = lo + threadIdx.x; i < hi; i += blockDim.x) bad |= !isfinite(ld<T>(a.g[j], i));
+    for_span(lo, hi, (map.vec >> j) & 1u, [&](int64_t i, auto v) {
+        constexpr int V = decltype(v)::value;
+        double g[V];
+        ld<T, V>(a.g[j], i, g);
+#pragma unroll
+        for (int e = 0; e < V; e++) bad |= !isfinite(g[e]);
+    });
     if (__syncthreads_or(bad) && threadIdx.x == 0) *a.found_inf = 1u;
 }
 
@@ -220,14 +292,29 @@ template <typename T> __global__ void find_inf_kernel(const flx_optim_args a, co
 template <typename T> __global__ void init_master_kernel(const flx_optim_args a, const BlockMap map) {
     int64_t lo, hi;
     const int j = block_tensor(a, map, blockIdx.x, &lo, &hi);
-    for (int64_t i = lo + threadIdx.x; i < hi; i += blockDim.x)
-        a.master[j][i] = (float)ld<T>(a.p[j], i);
+    for_span(lo, hi, (map.vec >> j) & 1u, [&](int64_t i, auto v) {
+        constexpr int V = decltype(v)::value;
+        double p[V];
+        ld<T, V>(a.p[j], i, p);
+        st<float, V>(a.master[j], i, p);
+    });
 }
 
 __global__ void set_hp_kernel(double *hp, int32_t idx, double v) { hp[idx] = v; }
 
+// Whether p is NULL or aligned for a vector access of X.
+template <typename X> bool vec_aligned(const void *p) {
+    return (uintptr_t)p % alignof(Pack<X, kVec>) == 0;
+}
+
 template <typename T, typename S>
-int launch(const flx_optim_args &a, const BlockMap &map, unsigned blocks, cudaStream_t s) {
+int launch(const flx_optim_args &a, const BlockMap &map0, unsigned blocks, cudaStream_t s) {
+    BlockMap map = map0;
+    map.vec = 0;
+    for (int j = 0; j < a.n; j++)
+        if (vec_aligned<T>(a.p[j]) && vec_aligned<T>(a.g[j]) && vec_aligned<S>(a.s0[j]) &&
+            vec_aligned<S>(a.s1[j]) && vec_aligned<S>(a.s2[j]) && vec_aligned<float>(a.master[j]))
+            map.vec |= 1u << j;
     switch (a.mode) {
     case FLX_OPTIM_UPDATE: optim_kernel<T, S><<<blocks, flxk::kBlock, 0, s>>>(a, map); break;
     case FLX_OPTIM_FIND_INF: find_inf_kernel<T><<<blocks, flxk::kBlock, 0, s>>>(a, map); break;

@@ -431,20 +431,24 @@ uint64_t kernels_to_eval(flx_ctx *ctx, flx_tensor *t) {
     return st.kernels;
 }
 
-// An inverse is one factor and one identity solve: no identity tensor is filled, broadcast or
-// read (the solve kernels generate it), on its own and inside the logdet gradient (A^-T).
+// An inverse is one identity solve (after one factor when a gradient flows to A): no identity
+// tensor is filled, broadcast or read (the solve kernels generate it), on its own and inside the
+// logdet gradient (A^-T).
 TEST_F(LuTest, InverseBuildsNoIdentityTensor) {
     const int64_t B = 3, n = 5;
     Mat a = wellcond(B, n, 21);
     flx_tensor *A = make(ctx, FLX_F64, {B, n, n}, a);
     ASSERT_EQ(flx_eval(1, &A), FLX_OK);
-    flx_tensor *X = flx_inv(A);
-    EXPECT_EQ(kernels_to_eval(ctx, X), 2u);
-    std::vector<double> got = values(X);
-    for (int64_t b = 0; b < B; b++) {
-        Mat inv;
-        ref_det_inv(sub(a, (size_t)(b * n * n), (size_t)(n * n)), n, &inv);
-        EXPECT_TRUE(close(sub(got, (size_t)(b * n * n), (size_t)(n * n)), inv, 1e-12, 1e-10));
+    for (bool grad : {false, true}) {
+        flx_set_requires_grad(A, grad);
+        flx_tensor *X = flx_inv(A);
+        EXPECT_EQ(kernels_to_eval(ctx, X), grad ? 2u : 1u);
+        std::vector<double> got = values(X);
+        for (int64_t b = 0; b < B; b++) {
+            Mat inv;
+            ref_det_inv(sub(a, (size_t)(b * n * n), (size_t)(n * n)), n, &inv);
+            EXPECT_TRUE(close(sub(got, (size_t)(b * n * n), (size_t)(n * n)), inv, 1e-12, 1e-10));
+        }
     }
     // d logdet / dA = A^-T from the identity solve with trans.
     flx_set_requires_grad(A, true);
@@ -483,6 +487,33 @@ TEST_F(LuTest, ForwardOnlyDetIsOneKernel) {
             double et = 0;
             for (int64_t q = 0; q < n * n; q++) et += c[(size_t)q] * V[(size_t)(b * n * n + q)];
             EXPECT_NEAR(tv[(size_t)b], et, 1e-10 * (1 + std::fabs(et)));
+        }
+    }
+}
+
+// solve of inputs no gradient flows to: one kernel straight from A (no packed factors), the
+// same values as through the factors; a JVP asked later builds the factors (dX = -A^-1 dA X).
+TEST_F(LuTest, ForwardOnlySolveIsOneKernel) {
+    for (int64_t n : {3, 9}) {
+        const int64_t B = 4, k = 2;
+        Mat a = wellcond(B, n, 41);
+        Mat bv = rand_values((size_t)(B * n * k), 43), V = rand_values((size_t)(B * n * n), 47);
+        flx_tensor *A = make(ctx, FLX_F64, {B, n, n}, a), *Bt = make(ctx, FLX_F64, {B, n, k}, bv);
+        flx_tensor *Vt = make(ctx, FLX_F64, {B, n, n}, V), *t = nullptr;
+        ASSERT_EQ(flx_eval(1, &A), FLX_OK);
+        ASSERT_EQ(flx_eval(1, &Bt), FLX_OK);
+        flx_tensor *X = flx_solve(A, Bt);
+        EXPECT_EQ(kernels_to_eval(ctx, X), 1u) << "n " << n;
+        ASSERT_EQ(flx_jvp(1, &A, &Vt, 1, &X, &t), FLX_OK) << flx_last_error();
+        std::vector<double> xv = values(X), tv = values(t);
+        for (int64_t b = 0; b < B; b++) {
+            Mat inv;
+            ref_det_inv(sub(a, (size_t)(b * n * n), (size_t)(n * n)), n, &inv);
+            Mat x = matmul(inv, sub(bv, (size_t)(b * n * k), (size_t)(n * k)), n, n, k);
+            Mat dx = matmul(inv, matmul(sub(V, (size_t)(b * n * n), (size_t)(n * n)), x, n, n, k), n, n, k);
+            for (double &v : dx) v = -v;
+            EXPECT_TRUE(close(sub(xv, (size_t)(b * n * k), (size_t)(n * k)), x, 1e-12, 1e-10)) << b;
+            EXPECT_TRUE(close(sub(tv, (size_t)(b * n * k), (size_t)(n * k)), dx, 1e-12, 1e-10)) << b;
         }
     }
 }

@@ -97,10 +97,19 @@ static void solve_vec(const double *m, const int64_t *piv, int64_t n, int trans,
     }
 }
 
+/* Matrix b of a (row-major) factorised into m (column-major) and piv; returns info. */
+static int64_t factor_one(const flx_lu_args *a, int64_t b, double *m, int64_t *piv) {
+    int64_t n = a->n;
+    for (int64_t i = 0; i < n; i++)
+        for (int64_t j = 0; j < n; j++) m[j * n + i] = ldf(a->dtype, a->a, b * n * n + i * n + j);
+    return lu_inplace(m, n, piv);
+}
+
+/* a->lu == NULL: straight from a->a (forward-only solve; no packed factors). */
 static void solve(const flx_lu_args *a, double *m, int64_t *piv, double *x) {
     int64_t n = a->n, k = a->k;
     for (int64_t b = 0; b < a->batch; b++) {
-        int64_t info = unpack(a, b, m, piv);
+        int64_t info = a->lu ? unpack(a, b, m, piv) : factor_one(a, b, m, piv);
         if (info != 0 && a->check) flx_kerr_raise(a->err, FLX_KERR_SINGULAR, info, 0, 0, b);
         for (int64_t c = 0; c < k; c++) {
             for (int64_t i = 0; i < n; i++)
@@ -109,14 +118,6 @@ static void solve(const flx_lu_args *a, double *m, int64_t *piv, double *x) {
             for (int64_t i = 0; i < n; i++) stf(a->dtype, a->out, b * n * k + i * k + c, x[i]);
         }
     }
-}
-
-/* Matrix b of a (row-major) factorised into m (column-major) and piv. */
-static void factor_one(const flx_lu_args *a, int64_t b, double *m, int64_t *piv) {
-    int64_t n = a->n;
-    for (int64_t i = 0; i < n; i++)
-        for (int64_t j = 0; j < n; j++) m[j * n + i] = ldf(a->dtype, a->a, b * n * n + i * n + j);
-    (void)lu_inplace(m, n, piv);
 }
 
 static void det(const flx_lu_args *a, double *m, int64_t *piv) {

@@ -18,7 +18,11 @@
  *   d logdet = <A^-T, dA> = tr(A^-1 dA)
  *   d cof    = tr(A^-1 dA) cof - A^-T dA^T cof    (valid for nonsingular A)
  * Second derivatives of det at an exactly singular matrix go through solves and are not finite:
- * the first derivative is exact there, higher ones need a nonsingular point. */
+ * the first derivative is exact there, higher ones need a nonsingular point.
+ *
+ * Forward-only forms: det, solve and inverse of inputs no gradient flows to take A in place of
+ * the factors (LU_DET(A), LU_SOLVE(A, B), LU_SOLVE(A) for the inverse); their kernels factorise
+ * on the fly and write no packed factors. A rule that needs the factors later builds them. */
 #include <string.h>
 
 #include "internal.h"
@@ -57,8 +61,19 @@ static flx_tensor *inverse_node(flx_tensor *A, flx_tensor *LU, int32_t trans, in
     return lu_node(FLX_OP_LU_SOLVE, A, 2, in, A->ndim, A->shape, FLX_LU_SOLVE, trans, check);
 }
 
+/* Whether consumer y holds packed factors as input 1 (not a forward-only form): factors have
+ * one axis less than A, a right-hand side as many. */
+static bool has_lu(const flx_tensor *y) {
+    return y->n_in > 1 && y->in[1]->ndim == y->in[0]->ndim - 1;
+}
+
+/* Input index of a solve node's right-hand side; absent (n_in <= index) for an inverse. */
+static int32_t rhs_index(const flx_tensor *y) { return has_lu(y) ? 2 : 1; }
+
 /* The right-hand side of a solve node: NULL for an inverse (the identity). */
-static flx_tensor *solve_rhs(flx_tensor *y) { return y->n_in > 2 ? y->in[2] : NULL; }
+static flx_tensor *solve_rhs(flx_tensor *y) {
+    return y->n_in > rhs_index(y) ? y->in[rhs_index(y)] : NULL;
+}
 
 static flx_tensor *det_node(flx_tensor *A, flx_tensor *LU, int32_t mode) {
     flx_tensor *in[2] = {A, LU};
@@ -72,15 +87,25 @@ static flx_tensor *det_direct_node(flx_tensor *A, int32_t mode) {
     return lu_node(FLX_OP_LU_DET, A, 1, &A, A->ndim - 2, A->shape, mode, 0, 0);
 }
 
+/* Solve (B != NULL) or inverse straight from A, for inputs no gradient flows to: one kernel for
+ * n <= 8, no packed factors stored. */
+static flx_tensor *solve_direct_node(flx_tensor *A, flx_tensor *B, int32_t check) {
+    flx_tensor *in[2] = {A, B};
+    int32_t n_in = B ? 2 : 1;
+    if (!flx_check_inputs(B ? "flx_solve" : "flx_inv", n_in, in)) return NULL;
+    flx_tensor *shape_of = B ? B : A;
+    return lu_node(FLX_OP_LU_SOLVE, A, n_in, in, shape_of->ndim, shape_of->shape, FLX_LU_SOLVE, 0, check);
+}
+
 static flx_tensor *cofactor_node(flx_tensor *A, flx_tensor *LU) {
     flx_tensor *in[2] = {A, LU};
     if (!flx_check_inputs("flx_det", 2, in)) return NULL;
     return lu_node(FLX_OP_LU_COFACTOR, A, 2, in, A->ndim, A->shape, FLX_LU_COFACTOR, 0, 0);
 }
 
-/* The LU input of a consumer node; a forward-only det node (input A alone) gets its factors
- * here, when a derivative first asks for them. */
-static flx_tensor *lu_in(flx_tensor *y) { return y->n_in > 1 ? y->in[1] : factor_node(y->in[0]); }
+/* The LU input of a consumer node; a forward-only node gets its factors here, when a derivative
+ * first asks for them. */
+static flx_tensor *lu_in(flx_tensor *y) { return has_lu(y) ? y->in[1] : factor_node(y->in[0]); }
 
 /* Batched matrix transpose (last two axes). */
 static flx_tensor *mT(flx_tensor *x) { return flx_transpose(x, -2, -1); }
@@ -121,14 +146,11 @@ static flx_status exec_lu(const flx_tensor *t, void *out, const void *const *in)
         .trans = t->attrs.u.lu.trans, .check = t->attrs.u.lu.check, .err = flx_kerr_site(t),
         .out = out
     };
-    if (t->op == FLX_OP_LU_FACTOR || t->n_in == 1) { /* factor, or det straight from A */
-        a.a = in[0];
-    } else {
-        a.lu = in[1];
-        if (t->op == FLX_OP_LU_SOLVE) {
-            a.b = t->n_in > 2 ? in[2] : NULL; /* NULL: the identity */
-            a.k = t->shape[t->ndim - 1];
-        }
+    if (t->op == FLX_OP_LU_FACTOR || !has_lu(t)) a.a = in[0]; /* factor, or forward-only */
+    else a.lu = in[1];
+    if (t->op == FLX_OP_LU_SOLVE) {
+        a.b = t->n_in > rhs_index(t) ? in[rhs_index(t)] : NULL; /* NULL: the identity */
+        a.k = t->shape[t->ndim - 1];
     }
     return flx_kernel_lu(t->ctx, &a);
 }
@@ -142,7 +164,7 @@ static flx_status vjp_solve(flx_tensor *y, flx_tensor *g, flx_tensor **gin) {
     if (!A->requires_grad && !gradB) return FLX_OK;
     flx_tensor *gB = solve_node(A, lu_in(y), g, !tr, 0);
     if (!gB) return flx_last_status();
-    if (gradB) gin[2] = gB;
+    if (gradB) gin[rhs_index(y)] = gB;
     if (A->requires_grad) {
         flx_tensor *p = tr ? flx_matmul(y, mT(gB)) : flx_matmul(gB, mT(y));
         gin[0] = flx_neg(p);
@@ -154,7 +176,7 @@ static flx_status vjp_solve(flx_tensor *y, flx_tensor *g, flx_tensor **gin) {
 static flx_status jvp_solve(flx_tensor *y, flx_tensor *const *tin, flx_tensor **tout) {
     *tout = NULL;
     flx_tensor *A = y->in[0];
-    flx_tensor *rhs = y->n_in > 2 ? tin[2] : NULL;
+    flx_tensor *rhs = y->n_in > rhs_index(y) ? tin[rhs_index(y)] : NULL;
     if (!tin[0] && !rhs) return FLX_OK;
     if (tin[0]) {
         flx_tensor *dA = y->attrs.u.lu.trans ? mT(tin[0]) : tin[0];
@@ -282,9 +304,12 @@ static flx_tensor *solve_public(const char *op, flx_tensor *a, flx_tensor *b, bo
         }
     }
     if (flx_scope_begin() != FLX_OK) return NULL;
-    flx_tensor *lu = factor_node(a);
     flx_tensor *B = is_inv ? NULL : (vec ? flx_unsqueeze(b, -1) : b);
-    flx_tensor *x = !lu ? NULL
+    /* Forward only (no gradient, no info asked for): straight from A, no packed factors. */
+    bool direct = !info && (!flx_grad_enabled() || (!a->requires_grad && !(b && b->requires_grad)));
+    flx_tensor *lu = direct ? NULL : factor_node(a);
+    flx_tensor *x = direct ? ((is_inv || B) ? solve_direct_node(a, B, 1) : NULL)
+                  : !lu ? NULL
                   : is_inv ? inverse_node(a, lu, 0, info ? 0 : 1)
                   : B ? solve_node(a, lu, B, 0, info ? 0 : 1) : NULL;
     if (x && vec) x = flx_squeeze(x, -1);
