@@ -120,8 +120,11 @@ typedef struct flx_attrs {
                  int32_t reduction; bool fused_grad; int64_t rows, classes; } softmax;
         /* attention (runtime/ops/attention.c): causal mask, scale (> 0), the gradient part
          * of a BWD read-out node (0 dq, 1 dk, 2 dv), which tangents a JVP node has (bit i: of
-         * q, k, v), which gradients a BWD node computes (bit 0: dq, bit 1: dk and dv) */
-        struct { int32_t causal; double scale; int32_t part, tmask, want; } attention;
+         * q, k, v), which gradients a BWD node computes (bit 0: dq, bit 1: dk and dv); qkv:
+         * q, k, v are views of one tensor they tile exactly (a fused projection), read in
+         * place: view i at element off[i] with strides vs and shape vdims (B, H, seq, dim) */
+        struct { int32_t causal; double scale; int32_t part, tmask, want, qkv;
+                 int64_t vdims[4], off[3]; flx_attention_strides vs; } attention;
         /* collectives (runtime/dist/): the communicator's registry id, flx_coll_kind,
          * flx_comm_op, broadcast root, flx_coll_phase (whole, or the start/wait halves of an
          * overlapped one) */
