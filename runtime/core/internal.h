@@ -494,6 +494,18 @@ static inline bool flx_recomputable(const flx_tensor *t) {
 void flx_broadcast_strides(const flx_tensor *x, int32_t nd, const int64_t *oshape,
                            int64_t *strides);
 
+/* x as a strided view of the tensor below its chain of slices (positive steps), reshapes and
+ * permutes that have not run, with inputs unchanged since: element i of x is element off + sum
+ * i[d] strides[d] of base. base == x (contiguous) when there is no such chain or it cannot be a
+ * view; runtime/ops/shape.c. Lets an op read its operand in place instead of a copy. */
+typedef struct flx_view {
+    flx_tensor *base;
+    int64_t off;
+    int32_t ndim;
+    int64_t shape[FLX_MAX_DIMS], strides[FLX_MAX_DIMS];
+} flx_view;
+flx_view flx_view_of(flx_tensor *x);
+
 /* ---------------------------------------------------------------------------------------------
  * Helpers for rules (runtime/core/autodiff.c): reduce a cotangent over broadcast axes back to shape.
  * Returns a new reference; g itself (retained) when shapes already match.

@@ -13,6 +13,8 @@
  *   ATTENTION_DQ (W, q, k, v, g)   dq, aliasing W's leading elements.
  *   ATTENTION_GRAD (W, q, k, v, g) dk or dv, copied out of W.
  *   ATTENTION_JVP (q, k, v, t...)  J_f(X) t in one fused pass (t: the tangents present).
+ * When q, k, v are views of one tensor they tile (a fused QKV projection) the nodes take that
+ * tensor instead and read it in place: see "q, k, v read in place" below.
  * Packed layouts put each part at a 256-byte-aligned byte offset (lse is in the stats dtype: f32
  * for f32/f16/bf16, f64 for f64), so kernels can use vector loads on every part.
  *
@@ -382,81 +384,9 @@ static bool any3(flx_tensor *const *t) { return t[0] || t[1] || t[2]; }
  * three offsets in ascending order equally spaced (the first 0), the dimensions (B, H, seq, dim,
  * 3) with strides (vs.b, vs.h, vs.r, 1, spacing) are a permutation of a contiguous layout of
  * X's size. Derivative rules beyond the first-order VJP rebuild q, k, v from X with public ops
- * (split3) and map results back (merge3), so every order works as on separate tensors. */
-typedef struct view {
-    flx_tensor *base;
-    int64_t off;
-    int32_t nd;
-    int64_t shape[FLX_MAX_DIMS], st[FLX_MAX_DIMS];
-} view;
-
-/* v reshaped to shape without moving data (PyTorch's view rule); false when it would need to. */
-static bool view_reshape(view *v, int32_t nd, const int64_t *shape) {
-    int64_t st[FLX_MAX_DIMS], n = 1;
-    for (int32_t i = 0; i < v->nd; i++) n *= v->shape[i];
-    if (n == 0 || v->nd < 1 || nd < 1) return false;
-    int32_t vd = nd - 1;
-    int64_t chunk = v->st[v->nd - 1], tn = 1, vn = 1;
-    for (int32_t td = v->nd - 1; td >= 0; td--) {
-        tn *= v->shape[td];
-        if (td == 0 || (v->shape[td - 1] != 1 && v->st[td - 1] != tn * chunk)) {
-            while (vd >= 0 && (vn < tn || shape[vd] == 1)) {
-                st[vd] = vn * chunk;
-                vn *= shape[vd--];
-            }
-            if (vn != tn) return false;
-            if (td > 0) {
-                chunk = v->st[td - 1];
-                tn = vn = 1;
-            }
-        }
-    }
-    if (vd != -1) return false;
-    v->nd = nd;
-    for (int32_t i = 0; i < nd; i++) {
-        v->shape[i] = shape[i];
-        v->st[i] = st[i];
-    }
-    return true;
-}
-
-/* x as a strided view of the tensor below its chain of slices, reshapes and permutes that have
- * not run (with inputs unchanged since); x itself when there is no such chain. */
-static view peel(flx_tensor *x) {
-    flx_tensor *chain[16], *t = x;
-    int32_t n = 0;
-    while (n < 16 && (t->op == FLX_OP_SLICE || t->op == FLX_OP_RESHAPE || t->op == FLX_OP_PERMUTE) &&
-           !t->buf && !t->is_leaf && t->in_version[0] == t->in[0]->version) {
-        chain[n++] = t;
-        t = t->in[0];
-    }
-    view v = {t, 0, t->ndim, {0}, {0}};
-    memcpy(v.shape, t->shape, sizeof v.shape);
-    flx_contiguous_strides(t->ndim, t->shape, v.st);
-    for (int32_t i = n - 1; i >= 0; i--) {
-        const flx_tensor *c = chain[i];
-        bool ok = true;
-        if (c->op == FLX_OP_SLICE) {
-            for (int32_t d = 0; d < c->ndim; d++) {
-                ok = ok && c->attrs.u.slice.step[d] > 0;
-                v.off += c->attrs.u.slice.start[d] * v.st[d];
-                v.st[d] *= c->attrs.u.slice.step[d];
-                v.shape[d] = c->shape[d];
-            }
-        } else if (c->op == FLX_OP_PERMUTE) {
-            view p = v;
-            for (int32_t d = 0; d < c->ndim; d++) {
-                p.shape[d] = v.shape[c->attrs.u.permute.perm[d]];
-                p.st[d] = v.st[c->attrs.u.permute.perm[d]];
-            }
-            v = p;
-        } else {
-            ok = view_reshape(&v, c->ndim, c->shape);
-        }
-        if (!ok) return (view){x, 0, x->ndim, {0}, {0}}; /* not a view: x is read as it is */
-    }
-    return v;
-}
+ * (split3) and map results back (merge3), so every order works as on separate tensors. The
+ * nodes: ATTENTION (X), ATTENTION_FWD (X), ATTENTION_OUT (P, X), ATTENTION_BWD (X, P, g) packed
+ * [dX | delta], ATTENTION_DQ part 3 (W, X, g) = dX aliasing W. */
 
 /* The five dimensions (B, H, seq, dim, 3) of a qkv node as sizes and strides, and `order`, the
  * dimensions by decreasing stride (size-1 ones last): X's own contiguous layout. pos[j]: which
@@ -504,18 +434,19 @@ static bool qkv_layout(const flx_attrs *at, int64_t n, int64_t *size, int64_t *s
 
 /* Whether q, k, v are views of one tensor that they tile; then *X and the attrs are set. */
 static bool find_qkv(flx_tensor *const *q3, flx_attrs *at, flx_tensor **X) {
-    view v[3];
+    flx_view v[3];
     for (int32_t i = 0; i < 3; i++) {
-        v[i] = peel(q3[i]);
-        if (v[i].base == q3[i] || v[i].base != v[0].base || v[i].nd != 4) return false;
-        if (v[i].shape[3] > 1 && v[i].st[3] != 1) return false;
+        v[i] = flx_view_of(q3[i]);
+        if (v[i].base == q3[i] || v[i].base != v[0].base || v[i].ndim != 4) return false;
+        if (v[i].shape[3] > 1 && v[i].strides[3] != 1) return false;
         for (int32_t d = 0; d < 4; d++)
-            if (v[i].shape[d] != v[0].shape[d] || (d < 3 && v[i].st[d] != v[0].st[d])) return false;
+            if (v[i].shape[d] != v[0].shape[d] || (d < 3 && v[i].strides[d] != v[0].strides[d]))
+                return false;
     }
     flx_attrs t = *at;
     t.u.attention.qkv = 1;
     for (int32_t d = 0; d < 4; d++) t.u.attention.vdims[d] = v[0].shape[d];
-    t.u.attention.vs = (flx_attention_strides){v[0].st[0], v[0].st[1], v[0].st[2]};
+    t.u.attention.vs = (flx_attention_strides){v[0].strides[0], v[0].strides[1], v[0].strides[2]};
     for (int32_t i = 0; i < 3; i++) t.u.attention.off[i] = v[i].off;
     int64_t size[5], st[5];
     int32_t order[5], pos[3];
