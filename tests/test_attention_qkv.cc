@@ -40,7 +40,7 @@ Heads stacked_heads(int64_t B, int64_t T, int64_t H, int64_t D) {
 }
 
 struct Result {
-    std::vector<double> o, grad, hvp;
+    std::vector<double> o, grad, hvp, jvp, fwd_over_rev, inference;
     uint64_t backward_kernels = 0;
 };
 
@@ -69,9 +69,23 @@ Result run(flx_ctx *ctx, const Heads &heads, const Shape &xs, const Shape &os, b
     r.backward_kernels = st1.kernels - st0.kernels;
     flx_tensor *gu = flx_sum_all(flx_mul(g, u)), *h = nullptr;
     EXPECT_EQ(flx_grad_of(1, &gu, nullptr, 1, &X, false, &h), FLX_OK) << flx_last_error();
+    flx_tensor *to = nullptr;
+    EXPECT_EQ(flx_jvp(1, &X, &u, 1, &o, &to), FLX_OK) << flx_last_error();
+    flx_tensor *tg = nullptr; /* forward over reverse: the HVP again, through the JVP rules */
+    EXPECT_EQ(flx_jvp(1, &X, &u, 1, &g, &tg), FLX_OK) << flx_last_error();
+    // without a gradient to follow: the forward-only node
+    flx_no_grad_begin();
+    flx_tensor *p[3];
+    heads(X, p);
+    if (copy) EXPECT_EQ(flx_eval(3, p), FLX_OK) << flx_last_error();
+    flx_tensor *oi = flx_attention(p[0], p[1], p[2], causal, 0.0);
+    flx_no_grad_end();
     r.o = values(o);
     r.grad = values(g);
     r.hvp = values(h);
+    r.jvp = values(to);
+    r.fwd_over_rev = values(tg);
+    r.inference = values(oi);
     EXPECT_EQ(flx_scope_end(0, nullptr), FLX_OK);
     return r;
 }
@@ -80,6 +94,11 @@ void expect_same(const Result &a, const Result &b, double tol) {
     EXPECT_TRUE(close(a.o, b.o, tol, tol));
     EXPECT_TRUE(close(a.grad, b.grad, tol, tol));
     EXPECT_TRUE(close(a.hvp, b.hvp, tol, tol));
+    EXPECT_TRUE(close(a.jvp, b.jvp, tol, tol));
+    EXPECT_TRUE(close(a.fwd_over_rev, b.fwd_over_rev, tol, tol));
+    EXPECT_TRUE(close(a.fwd_over_rev, a.hvp, tol, tol)); /* the Hessian is symmetric */
+    EXPECT_TRUE(close(a.inference, b.o, tol, tol));
+    EXPECT_TRUE(close(b.inference, b.o, tol, tol));
 }
 
 TEST_F(AttentionQkv, FusedProjectionViewsReadInPlace) {
