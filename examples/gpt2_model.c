@@ -202,7 +202,9 @@ flx_status gpt2_init(gpt2_model *m, flx_ctx *ctx, const gpt2_config *cfg, uint64
 }
 
 /* ---- forward ---------------------------------------------------------------------------------- */
-/* Columns [c0, c0 + H D) of qkv (B T, 3C) as heads (B, H, T, D). */
+/* Columns [c0, c0 + H D) of qkv (B T, 3C) as heads (B, H, T, D). The three heads of one qkv
+ * tile it, so flx_attention reads them in place and writes its gradient into qkv's layout: the
+ * slices and permutes here never run. */
 static flx_tensor *heads(flx_tensor *qkv, int64_t c0, int64_t B, int64_t T, int64_t H, int64_t D) {
     const int64_t s4[4] = {B, T, H, D};
     const int32_t perm[4] = {0, 2, 1, 3};

@@ -22,6 +22,7 @@
 #include <cuda_runtime.h>
 #include <math.h>
 #include <stdint.h>
+#include <type_traits>
 
 #include "cuda_common.cuh"
 #include "flx_half.h"
@@ -79,6 +80,9 @@ __global__ void fill_kernel(flx_fill_args a, int is64) {
         case FLX_FILL_NORMAL: v = __dadd_rn(a.a, __dmul_rn(a.b, flx_philox_normal((uint64_t)i, stream, a.seed))); break;
         }
         out[i] = from_double<T>(v);
+        if constexpr (std::is_same<T, float>::value) {
+            if (a.kind == FLX_FILL_UNIFORM) out[i] = flx_uniform_f32_below_hi(v, a.a, a.b);
+        }
         if constexpr (flxk::is_half16<T>::value) {
             /* a uniform draw that rounded up to hi steps one value down, as on the CPU */
             if (a.kind == FLX_FILL_UNIFORM && a.b > a.a && flxk::to_d<T>(out[i]) >= a.b) {

@@ -347,9 +347,9 @@ typedef struct flx_cuda_lib_env {
     void *actx;
 } flx_cuda_lib_env;
 /* What the launchers on a flx_cuda_lib_env return besides 0 and a cudaError_t (> 0): scratch
- * allocation failed (the error already set by alloc), FLX_LIB_RC_CUBLAS - cublasStatus_t or
- * FLX_LIB_RC_CUSOLVER - cusolverStatus_t. */
-enum { FLX_LIB_RC_SCRATCH = -1, FLX_LIB_RC_CUBLAS = -1000, FLX_LIB_RC_CUSOLVER = -2000 };
+ * allocation failed (the error already set by alloc), or FLX_LIB_RC_CUSOLVER - cusolverStatus_t.
+ * (No launcher calls cuBLAS: matmul's cuBLAS calls are in runtime/cuda and report directly.) */
+enum { FLX_LIB_RC_SCRATCH = -1, FLX_LIB_RC_CUSOLVER = -2000 };
 /* Returns 0, a cudaError_t or an FLX_LIB_RC_* code. */
 int flx_cuda_lu(const flx_lu_args *args, const flx_cuda_lib_env *env);
 

@@ -61,6 +61,19 @@ static FLX_HD inline double flx_philox_uniform(uint64_t i, uint64_t stream, uint
     return (double)flx_u01_f32(w);
 }
 
+/* A uniform draw v = lo + (hi - lo) u (u < 1, so v < hi in double) stored as f32: rounding to 24
+ * bits can still reach hi (u = 1 - 2^-24 maps to hi whenever hi - lo is not a power of two times
+ * a float's spacing near hi), so such a value steps to the float below hi, never below lo. The
+ * halves do the same with flx_half_next_down. */
+static FLX_HD inline float flx_uniform_f32_below_hi(double v, double lo, double hi) {
+    float f = (float)v;
+    if (hi > lo && (double)f >= hi) {
+        f = nextafterf(f, -INFINITY);
+        if ((double)f < lo) f = (float)lo;
+    }
+    return f;
+}
+
 /* Standard normal for element i (Box-Muller in double on both backends). */
 static FLX_HD inline double flx_philox_normal(uint64_t i, uint64_t stream, uint64_t seed) {
     flx_philox4 r = flx_philox4x32_10(i >> 2, stream, seed);

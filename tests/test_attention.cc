@@ -546,19 +546,18 @@ void gpu_matches_cpu(flx_ctx *gpu, flx_dtype dt, double rtol) {
     EXPECT_EQ(flx_ctx_destroy(cpu), FLX_OK);
 }
 
-TEST(AttentionCuda, F32MatchesCpu) {
-    FLX_REQUIRE_CUDA(gpu);
+using AttentionCuda = flxt::CudaCpuTest;
+
+TEST_F(AttentionCuda, F32MatchesCpu) {
     gpu_matches_cpu(gpu, FLX_F32, 2e-5);
 }
 
-TEST(AttentionCuda, Bf16MatchesCpu) {
-    FLX_REQUIRE_CUDA(gpu);
+TEST_F(AttentionCuda, Bf16MatchesCpu) {
     gpu_matches_cpu(gpu, FLX_BF16, 1.0 / 64);
 }
 
 // The backward of attention on the GPU queues device work only: no host copies, no waits.
-TEST(AttentionCuda, BackwardMakesNoHostCopiesOrSyncs) {
-    FLX_REQUIRE_CUDA(gpu);
+TEST_F(AttentionCuda, BackwardMakesNoHostCopiesOrSyncs) {
     flx_scope_begin();
     Cfg c{2, 4, 128, 128, 64, 64, true, 0};
     Inputs in = inputs(gpu, FLX_F32, c, 5);

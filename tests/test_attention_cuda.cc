@@ -118,8 +118,9 @@ void check(flx_ctx *gpu, flx_dtype dt, const std::vector<Case> &cases, double rt
 // bits, 2^-8.
 constexpr double kRtolBf16 = 1.0 / 64, kRtolF16 = 1.0 / 256;
 
-TEST(AttentionCudaKernels, TensorCoreTileEdges) {
-    FLX_REQUIRE_CUDA(gpu);
+using AttentionCudaKernels = flxt::CudaCpuTest;
+
+TEST_F(AttentionCudaKernels, TensorCoreTileEdges) {
     std::vector<Case> cases;
     const int64_t st[][2] = {{63, 63}, {64, 64}, {65, 65}, {1, 129}, {129, 1}, {127, 200}, {200, 127}, {64, 192}, {130, 64}};
     for (int64_t D : {64, 128})
@@ -129,8 +130,7 @@ TEST(AttentionCudaKernels, TensorCoreTileEdges) {
     check(gpu, FLX_F16, cases, kRtolF16);
 }
 
-TEST(AttentionCudaKernels, TensorCoreLongSequences) {
-    FLX_REQUIRE_CUDA(gpu);
+TEST_F(AttentionCudaKernels, TensorCoreLongSequences) {
     std::vector<Case> cases;
     for (int64_t D : {64, 128}) {
         cases.push_back({1, 2, 1024, 1024, D, D, true, 0});
@@ -143,8 +143,7 @@ TEST(AttentionCudaKernels, TensorCoreLongSequences) {
 
 // Scores up to |s q.k| ~ 500: the running max jumps between key tiles, so the rescaling of the
 // partial sums (and of the JVP's extra sums) is exercised; softmax rows are nearly one-hot.
-TEST(AttentionCudaKernels, LargeScoresRescale) {
-    FLX_REQUIRE_CUDA(gpu);
+TEST_F(AttentionCudaKernels, LargeScoresRescale) {
     std::vector<Case> cases;
     for (bool causal : {false, true}) {
         cases.push_back({1, 2, 300, 300, 64, 64, causal, 2.0, -2, 2});
@@ -155,8 +154,7 @@ TEST(AttentionCudaKernels, LargeScoresRescale) {
 }
 
 // The generic path: every head dim, D != Dv, f32, f64 and halves outside {64, 128}.
-TEST(AttentionCudaKernels, GenericHeadDims) {
-    FLX_REQUIRE_CUDA(gpu);
+TEST_F(AttentionCudaKernels, GenericHeadDims) {
     std::vector<Case> cases;
     const int64_t dims[][2] = {{1, 1}, {3, 5}, {33, 31}, {64, 128}, {100, 100}, {256, 256}};
     const int64_t st[][2] = {{1, 1}, {31, 33}, {70, 40}, {40, 70}};
@@ -174,8 +172,7 @@ TEST(AttentionCudaKernels, GenericHeadDims) {
 
 // Gradients for q alone and for k, v alone (the backward kernels skip the other pass), tangents
 // for one input at a time (the other tangents NULL).
-TEST(AttentionCudaKernels, PartialDerivatives) {
-    FLX_REQUIRE_CUDA(gpu);
+TEST_F(AttentionCudaKernels, PartialDerivatives) {
     const std::vector<Case> cases = {{1, 2, 100, 150, 64, 64, true, 0}, {2, 1, 70, 70, 128, 128, false, 0}};
     const std::vector<Case> generic = {{1, 2, 100, 150, 48, 40, true, 0}};
     for (int what : std::vector<int>{kGradQ, kGradKV, kTanQ, kTanK, kTanV, kTanQ | kTanV}) {
@@ -186,8 +183,7 @@ TEST(AttentionCudaKernels, PartialDerivatives) {
 }
 
 // Empty sizes: no keys (outputs 0, dq 0), no queries (dk, dv 0), and rows that see no key.
-TEST(AttentionCudaKernels, EmptyAndDeadRows) {
-    FLX_REQUIRE_CUDA(gpu);
+TEST_F(AttentionCudaKernels, EmptyAndDeadRows) {
     const std::vector<Case> cases = {{1, 2, 5, 0, 64, 64, false, 0}, {1, 2, 0, 5, 64, 64, false, 0},
                                      {1, 2, 90, 20, 64, 64, true, 0}, {1, 1, 70, 3, 128, 128, true, 0},
                                      {1, 2, 9, 0, 7, 5, true, 0}};

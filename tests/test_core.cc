@@ -4,6 +4,7 @@
 #include <cstring>
 
 #include "testing.h"
+#include "../kernels/philox.h"  // header-only: the stream the fills draw from
 
 using namespace flxt;
 
@@ -121,6 +122,23 @@ TEST_F(Core, RandomIsSeededAndDistributed) {
     std::vector<double> a = values(flx_uniform(ctx, FLX_F32, 1, s.data(), 0, 1, 5));
     std::vector<double> b = values(flx_uniform(ctx, FLX_F64, 1, s.data(), 0, 1, 5));
     EXPECT_TRUE(close(a, b, 1e-6, 0));
+}
+
+TEST_F(Core, UniformF32StaysBelowHiAtTheLargestDraw) {
+    // Seed 39075 draws the largest 24-bit uniform, u = 1 - 2^-24, at element 3 (checked below
+    // on the Philox stream itself). Mapped to [2, 3), 2 + u = 3 - 2^-24 lies within half a
+    // float spacing (2^-22 below 3) of 3, so a plain f32 rounding would give hi itself.
+    const uint64_t seed = 39075;
+    ASSERT_EQ(flx_philox4x32_10(0, 0, seed).v[3] >> 8, 0xFFFFFFu);
+    ASSERT_EQ((float)(2.0 + (1.0 - std::ldexp(1.0, -24))), 3.0f);
+    Shape s{4};
+    std::vector<double> u = values(flx_uniform(ctx, FLX_F32, 1, s.data(), 2, 3, seed));
+    ASSERT_EQ(u.size(), 4u);
+    EXPECT_EQ(u[3], (double)std::nextafter(3.0f, 0.0f));  // the largest float below hi
+    for (double x : u) {
+        EXPECT_GE(x, 2.0);
+        EXPECT_LT(x, 3.0);
+    }
 }
 
 TEST_F(Core, CreationRejectsBadInput) {

@@ -25,10 +25,12 @@ bool has(const std::string &needle) {
 
 }  // namespace
 
+using CudaBackend = flxt::CudaCpuTest;
+
 // One bad index: its position and bound are exact on the GPU too (the index check visits each
 // position once).
-TEST(CudaBackend, OutOfRangeIndexNamesPositionAndBound) {
-    FLX_REQUIRE_CUDA(g);
+TEST_F(CudaBackend, OutOfRangeIndexNamesPositionAndBound) {
+    flx_ctx *g = gpu;
     ASSERT_EQ(flx_scope_begin(), FLX_OK);
     flx_tensor *x = rand_tensor(g, FLX_F32, {3, 4}, 1);
     flx_tensor *y = flx_index_select(x, 0, make(g, FLX_I32, {3}, {0, 7, 2}));
@@ -42,8 +44,8 @@ TEST(CudaBackend, OutOfRangeIndexNamesPositionAndBound) {
 
 // Uploads from a buffer the caller overwrites right after each call: every run sees the data of
 // its own call. No host wait per upload (the staging slots absorb a few runs in flight).
-TEST(CudaBackend, PlanInputFromReusedHostBufferWithoutWaiting) {
-    FLX_REQUIRE_CUDA(g);
+TEST_F(CudaBackend, PlanInputFromReusedHostBufferWithoutWaiting) {
+    flx_ctx *g = gpu;
     ASSERT_EQ(flx_scope_begin(), FLX_OK);
     const int64_t n = 1 << 16;
     std::vector<float> host((size_t)n, 0.0f);
@@ -84,8 +86,8 @@ TEST(CudaBackend, PlanInputFromReusedHostBufferWithoutWaiting) {
 }
 
 // An upload larger than one staging slot goes in chunks; all bytes arrive.
-TEST(CudaBackend, LargeUploadInChunks) {
-    FLX_REQUIRE_CUDA(g);
+TEST_F(CudaBackend, LargeUploadInChunks) {
+    flx_ctx *g = gpu;
     ASSERT_EQ(flx_scope_begin(), FLX_OK);
     const int64_t n = (int64_t)5 << 20;  // 40 MiB of f64: five slots' worth
     std::vector<double> v((size_t)n);
@@ -103,10 +105,8 @@ TEST(CudaBackend, LargeUploadInChunks) {
 // index_add with many indices takes the sorted path, whose workspace is an allocation of the
 // context (counted in the stats): the same graph with few indices (the scan, no workspace)
 // allocates exactly one buffer less. Both match the CPU.
-TEST(CudaBackend, IndexAddWorkspaceComesFromTheAllocator) {
-    FLX_REQUIRE_CUDA(g);
-    flx_ctx *cpu = flx_ctx_create(flx_device_cpu());
-    ASSERT_NE(cpu, nullptr);
+TEST_F(CudaBackend, IndexAddWorkspaceComesFromTheAllocator) {
+    flx_ctx *g = gpu;
     ASSERT_EQ(flx_scope_begin(), FLX_OK);
     const int64_t n_src = 50, inner = 3;
     uint64_t gpu_allocs[2] = {0, 0};
@@ -135,11 +135,10 @@ TEST(CudaBackend, IndexAddWorkspaceComesFromTheAllocator) {
     }
     EXPECT_EQ(gpu_allocs[1], gpu_allocs[0] + 1);
     flx_scope_end(0, nullptr);
-    flx_ctx_destroy(cpu);
 }
 
-TEST(CudaBackend, PlanInfoCaptureState) {
-    FLX_REQUIRE_CUDA(g);
+TEST_F(CudaBackend, PlanInfoCaptureState) {
+    flx_ctx *g = gpu;
     ASSERT_EQ(flx_scope_begin(), FLX_OK);
     flx_tensor *x = rand_tensor(g, FLX_F32, {16}, 2);
     flx_tensor *y = flx_mul_scalar(flx_add(x, x), 0.5);
@@ -171,8 +170,8 @@ TEST(CudaBackend, PlanInfoCaptureState) {
 
 #ifdef FLX_TESTS_WITH_CUDART
 // The device's default pool keeps its release threshold and holds none of fluxion's memory.
-TEST(CudaBackend, DefaultMemoryPoolIsLeftAlone) {
-    FLX_REQUIRE_CUDA(g);
+TEST_F(CudaBackend, DefaultMemoryPoolIsLeftAlone) {
+    flx_ctx *g = gpu;
     cudaMemPool_t def = nullptr;
     ASSERT_EQ(cudaDeviceGetDefaultMemPool(&def, 0), cudaSuccess);
     uint64_t threshold = 0, used = 0;
@@ -190,8 +189,8 @@ TEST(CudaBackend, DefaultMemoryPoolIsLeftAlone) {
 }
 
 // A thread whose current device is another one gets it back after every call. Needs 2 GPUs.
-TEST(CudaBackend, CallerCurrentDeviceIsRestored) {
-    FLX_REQUIRE_CUDA(g);
+TEST_F(CudaBackend, CallerCurrentDeviceIsRestored) {
+    flx_ctx *g = gpu;
     int n = 0;
     ASSERT_EQ(cudaGetDeviceCount(&n), cudaSuccess);
     if (n < 2) GTEST_SKIP() << "needs two CUDA devices";

@@ -340,10 +340,12 @@ TEST(DistLauncher, TorchrunStyleEnvironment) {
     flx_ctx_destroy(ctx);
 }
 
+using NcclTest = CudaCpuTest;
+
 // NCCL on a CUDA context: without a launcher a CUDA communicator is a world of one over NCCL,
 // so one GPU exercises the real transport: every collective against the closed forms.
-TEST(NcclTest, CollectivesMatchTheCpu) {
-    FLX_REQUIRE_CUDA(cuda);
+TEST_F(NcclTest, CollectivesMatchTheCpu) {
+    flx_ctx *cuda = gpu;
     flx_comm *c = flx_comm_create(cuda);
     ASSERT_NE(c, nullptr) << flx_last_error();
     EXPECT_TRUE(flx_has_nccl());
@@ -366,15 +368,12 @@ TEST(NcclTest, CollectivesMatchTheCpu) {
     EXPECT_TRUE(close(values(flx_grad(x)), std::vector<double>((size_t)(6 * size), 1.0)));
     flx_scope_end(0, nullptr);
     flx_comm_destroy(c);
-    flx_ctx_destroy(cuda);
 }
 
 // The overlapped backward on NCCL: the bucket all-reduces run on the communicator's own stream,
 // ordered by events against the context's stream; the gradients must equal the CPU's.
-TEST(NcclTest, OverlappedBackwardMatchesTheCpu) {
-    FLX_REQUIRE_CUDA(cuda);
-    flx_ctx *cpu = flx_ctx_create(flx_device_cpu());
-    ASSERT_NE(cpu, nullptr);
+TEST_F(NcclTest, OverlappedBackwardMatchesTheCpu) {
+    flx_ctx *cuda = gpu;
     flx_comm *cc = flx_comm_create(cuda), *hc = flx_comm_create(cpu);
     ASSERT_TRUE(cc && hc) << flx_last_error();
     flx_scope_begin();
@@ -391,8 +390,6 @@ TEST(NcclTest, OverlappedBackwardMatchesTheCpu) {
     flx_scope_end(0, nullptr);
     flx_comm_destroy(cc);
     flx_comm_destroy(hc);
-    flx_ctx_destroy(cpu);
-    flx_ctx_destroy(cuda);
 }
 
 }  // namespace

@@ -374,10 +374,9 @@ TEST_F(Gpt2Test, RejectsBadInput) {
 // bf16 (f32 masters in AdamW): every op rounds to bf16 (8 bits) on both devices but in its own
 // order of accumulation: losses within 3e-2 relative, parameters within 1.5e-2 absolute (one bf16
 // ulp of a layer-norm gain near 1 is 7.8e-3, plus the Adam bound).
-TEST(Gpt2Cuda, StepsMatchCpuOracle) {
-    FLX_REQUIRE_CUDA(gpu);
-    flx_ctx *cpu = flx_ctx_create(flx_device_cpu());
-    ASSERT_NE(cpu, nullptr);
+class Gpt2Cuda : public flxt::CudaCpuTest {};
+
+TEST_F(Gpt2Cuda, StepsMatchCpuOracle) {
     int64_t live = flx_live_tensors();
     for (flx_dtype dt : {FLX_F32, FLX_BF16}) {
         SCOPED_TRACE(flx_dtype_name(dt));
@@ -417,8 +416,6 @@ TEST(Gpt2Cuda, StepsMatchCpuOracle) {
             EXPECT_TRUE(flxt::close(params[1][i], params[0][i], half ? 1.5e-2 : 2e-3, 0)) << "parameter " << i;
     }
     EXPECT_EQ(flx_live_tensors(), live);
-    EXPECT_EQ(flx_ctx_destroy(cpu), FLX_OK);
-    EXPECT_EQ(flx_ctx_destroy(gpu), FLX_OK);
 }
 
 }  // namespace

@@ -282,11 +282,10 @@ TEST_F(HigherOrder, BadInputs) {
     flx_clear_error();
 }
 
+using HigherOrderCuda = flxt::CudaCpuTest;
+
 // ---- GPU against the CPU -----------------------------------------------------------------------
-TEST(HigherOrderCuda, HessianAndHvpMatchCpu) {
-    FLX_REQUIRE_CUDA(gpu);
-    flx_ctx *cpu = flx_ctx_create(flx_device_cpu());
-    ASSERT_NE(cpu, nullptr);
+TEST_F(HigherOrderCuda, HessianAndHvpMatchCpu) {
     flx_scope_begin();
     const int N = 33, D = 5;
     Mat X = rand_values(N * D, 21), w = rand_values(D, 22), u = rand_values(D, 23);
@@ -327,7 +326,6 @@ TEST(HigherOrderCuda, HessianAndHvpMatchCpu) {
     EXPECT_TRUE(close(res[2], res[0], 1e-12, 1e-10));
     EXPECT_TRUE(close(res[3], res[1], 1e-12, 1e-10));
     flx_scope_end(0, nullptr);
-    EXPECT_EQ(flx_ctx_destroy(cpu), FLX_OK);
 }
 
 }  // namespace

@@ -664,10 +664,10 @@ TEST_F(MixedTest, BadInput) {
 // ---- GPU against CPU --------------------------------------------------------------------------
 // Both backends run the same float64 formulas; CUDA's pow may differ from the C library's in the
 // last bit, so a master may differ by an f32 ulp and a parameter by a half ulp.
-TEST(MixedCuda, HalfParametersMatchCpu) {
-    FLX_REQUIRE_CUDA(cuda);
-    flx_ctx *cpu = flx_ctx_create(flx_device_cpu());
-    ASSERT_NE(cpu, nullptr);
+using MixedCuda = CudaCpuTest;
+
+TEST_F(MixedCuda, HalfParametersMatchCpu) {
+    flx_ctx *cuda = gpu;
     for (flx_dtype dt : {FLX_BF16, FLX_F16}) {
         Problem pr = make_problem(dt, 3, 70);
         for (const Variant &v : variants()) {
@@ -683,16 +683,12 @@ TEST(MixedCuda, HalfParametersMatchCpu) {
             }
         }
     }
-    EXPECT_EQ(flx_ctx_destroy(cpu), FLX_OK);
-    EXPECT_EQ(flx_ctx_destroy(cuda), FLX_OK);
 }
 
 // The scaler inside a captured plan on the GPU: an inf run is skipped and the scale moves, all
 // on the device, and the parameters equal the CPU plan's.
-TEST(MixedCuda, ScalerInCapturedPlanMatchesCpu) {
-    FLX_REQUIRE_CUDA(cuda);
-    flx_ctx *cpu = flx_ctx_create(flx_device_cpu());
-    ASSERT_NE(cpu, nullptr);
+TEST_F(MixedCuda, ScalerInCapturedPlanMatchesCpu) {
+    flx_ctx *cuda = gpu;
     std::vector<double> res[2];
     double scales[2] = {0, 0};
     flx_ctx *ctxs[2] = {cuda, cpu};
@@ -726,8 +722,6 @@ TEST(MixedCuda, ScalerInCapturedPlanMatchesCpu) {
     }
     EXPECT_EQ(scales[0], scales[1]);
     EXPECT_TRUE(close(res[0], res[1], 1e-30, std::ldexp(1.0, -7)));
-    EXPECT_EQ(flx_ctx_destroy(cpu), FLX_OK);
-    EXPECT_EQ(flx_ctx_destroy(cuda), FLX_OK);
 }
 
 }  // namespace

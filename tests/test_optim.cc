@@ -464,10 +464,10 @@ TEST_F(OptimTest, StateRoundTripResumesExactly) {
 }
 
 // ---- GPU against CPU ----------------------------------------------------------------------
-TEST(OptimCuda, MatchesCpuForEveryOptimiser) {
-    FLX_REQUIRE_CUDA(cuda);
-    flx_ctx *cpu = flx_ctx_create(flx_device_cpu());
-    ASSERT_NE(cpu, nullptr);
+using OptimCuda = CudaCpuTest;
+
+TEST_F(OptimCuda, MatchesCpuForEveryOptimiser) {
+    flx_ctx *cuda = gpu;
     int64_t live = flx_live_tensors();
     Model m = make_model(FLX_OPTIM_MAX_TENSORS_PER_LAUNCH + 5, 600);
     for (flx_dtype dt : {FLX_F32, FLX_F64}) {
@@ -479,8 +479,6 @@ TEST(OptimCuda, MatchesCpuForEveryOptimiser) {
         }
     }
     EXPECT_EQ(flx_live_tensors(), live);
-    EXPECT_EQ(flx_ctx_destroy(cpu), FLX_OK);
-    EXPECT_EQ(flx_ctx_destroy(cuda), FLX_OK);
 }
 
 }  // namespace

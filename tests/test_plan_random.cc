@@ -83,10 +83,10 @@ TEST_F(PlanRandomTest, EveryRunDrawsANewDropoutMask) {
     EXPECT_TRUE(close(values(again.y), y0, 0, 0));
 }
 
-TEST(PlanRandomCuda, ReplaysDrawTheCpuNumbers) {
-    FLX_REQUIRE_CUDA(cuda);
-    flx_ctx *cpu = flx_ctx_create(flx_device_cpu());
-    ASSERT_NE(cpu, nullptr);
+using PlanRandomCuda = CudaCpuTest;
+
+TEST_F(PlanRandomCuda, ReplaysDrawTheCpuNumbers) {
+    flx_ctx *cuda = gpu;
     flx_scope_begin();
     auto want = replay(cpu, 3);
     auto got = replay(cuda, 3);  // captured: the counter advances inside the graph
@@ -95,8 +95,6 @@ TEST(PlanRandomCuda, ReplaysDrawTheCpuNumbers) {
         for (size_t o = 0; o < 3; o++)
             EXPECT_TRUE(close(got[k][o], want[k][o], 1e-12, 1e-12)) << "run " << k << " output " << o;
     flx_scope_end(0, nullptr);
-    flx_ctx_destroy(cpu);
-    flx_ctx_destroy(cuda);
 }
 
 }  // namespace

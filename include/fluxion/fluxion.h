@@ -493,7 +493,12 @@ FLX_API flx_tensor *flx_log_softmax(flx_tensor *x, int32_t axis, double temperat
  * VJP recomputes the probabilities from it (deterministic, no atomics), and the JVP is one
  * fused pass of its own (the softmax JVP inside the online softmax), so flx_jvp and
  * forward-over-reverse HVPs run fused. Second and higher derivatives are compositions of
- * matmul and softmax that do store S x T per (batch, head). Errors: FLX_ERR_DTYPE (non-float or
+ * matmul and softmax that do store S x T per (batch, head). Views are read in place: when q, k
+ * and v are slices, reshapes and permutes (not yet evaluated) of one tensor X that together they
+ * cover exactly once -- the heads of a fused QKV projection, e.g. X (B T, 3 C) sliced into
+ * thirds, reshaped to (B, T, H, D) and permuted to (B, H, T, D) -- the kernels read X with
+ * strides (no copies), and the first-order gradient is written straight into X's layout (no
+ * permute, pad or sum). Other views are copied first. Errors: FLX_ERR_DTYPE (non-float or
  * mixed dtypes), FLX_ERR_SHAPE (not rank 4, sizes that do not fit), FLX_ERR_DEVICE (two contexts),
  * FLX_ERR_INVALID_ARGUMENT (scale negative or not finite). */
 FLX_API flx_tensor *flx_attention(flx_tensor *q, flx_tensor *k, flx_tensor *v, bool causal,

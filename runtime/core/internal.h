@@ -120,8 +120,11 @@ typedef struct flx_attrs {
                  int32_t reduction; bool fused_grad; int64_t rows, classes; } softmax;
         /* attention (runtime/ops/attention.c): causal mask, scale (> 0), the gradient part
          * of a BWD read-out node (0 dq, 1 dk, 2 dv), which tangents a JVP node has (bit i: of
-         * q, k, v), which gradients a BWD node computes (bit 0: dq, bit 1: dk and dv) */
-        struct { int32_t causal; double scale; int32_t part, tmask, want; } attention;
+         * q, k, v), which gradients a BWD node computes (bit 0: dq, bit 1: dk and dv); qkv:
+         * q, k, v are views of one tensor they tile exactly (a fused projection), read in
+         * place: view i at element off[i] with strides vs and shape vdims (B, H, seq, dim) */
+        struct { int32_t causal; double scale; int32_t part, tmask, want, qkv;
+                 int64_t vdims[4], off[3]; flx_attention_strides vs; } attention;
         /* collectives (runtime/dist/): the communicator's registry id, flx_coll_kind,
          * flx_comm_op, broadcast root, flx_coll_phase (whole, or the start/wait halves of an
          * overlapped one) */
@@ -567,6 +570,18 @@ static inline bool flx_recomputable(const flx_tensor *t) {
  * broadcast axes); runtime/ops/binary.c. */
 void flx_broadcast_strides(const flx_tensor *x, int32_t nd, const int64_t *oshape,
                            int64_t *strides);
+
+/* x as a strided view of the tensor below its chain of slices (positive steps), reshapes and
+ * permutes that have not run, with inputs unchanged since: element i of x is element off + sum
+ * i[d] strides[d] of base. base == x (contiguous) when there is no such chain or it cannot be a
+ * view; runtime/ops/shape.c. Lets an op read its operand in place instead of a copy. */
+typedef struct flx_view {
+    flx_tensor *base;
+    int64_t off;
+    int32_t ndim;
+    int64_t shape[FLX_MAX_DIMS], strides[FLX_MAX_DIMS];
+} flx_view;
+flx_view flx_view_of(flx_tensor *x);
 
 /* ---------------------------------------------------------------------------------------------
  * Helpers for rules (runtime/core/autodiff.c): reduce a cotangent over broadcast axes back to shape.

@@ -32,6 +32,10 @@ flx_status flx_cpu_fill(flx_ctx *ctx, const flx_fill_args *a) {
             double u = flx_philox_uniform((uint64_t)i, stream, a->seed, is64);
             v = a->a + (a->b - a->a) * u;
             if (v >= a->b && a->b > a->a) v = a->a; /* rounding must not reach hi */
+            if (a->dtype == FLX_F32) {
+                ((float *)a->out)[i] = flx_uniform_f32_below_hi(v, a->a, a->b);
+                continue;
+            }
             if (flx_dtype_is_half(a->dtype)) {
                 store_below_hi(a->dtype, a->out, i, v, a->a, a->b);
                 continue;

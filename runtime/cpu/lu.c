@@ -160,8 +160,11 @@ static void cofactor(const flx_lu_args *a, double *m, int64_t *piv, double *w) {
         /* adj(U): W(i, j) = (prod_{q<i} u_qq)(prod_{q>j} u_qq) Z(i, j), i <= j, where Z(j, j) = 1
          * and Z(i, j) = -sum_{k=i+1..j} u_ik Z(k, j) prod_{q=i+1..k-1} u_qq. */
         memset(w, 0, sizeof(double) * (size_t)(n * n));
-        for (int64_t j = 0; j < n; j++) {
-            W(j, j) = 1.0;
+        /* Column 0 has no entry above the diagonal: starting at j = 1 means the i loop never
+         * starts at -1 (GCC -O3 peels j = 0 into a copy whose trip count it cannot bound and
+         * warns, -Waggressive-loop-optimizations). */
+        for (int64_t j = 0; j < n; j++) W(j, j) = 1.0;
+        for (int64_t j = 1; j < n; j++) {
             for (int64_t i = j - 1; i >= 0; i--) {
                 double s = 0.0, prod = 1.0;
                 for (int64_t k = i + 1; k <= j; k++) {

@@ -347,9 +347,6 @@ static flx_status library_launched(flx_ctx *ctx, int rc, const char *family, flx
     if (rc <= FLX_LIB_RC_CUSOLVER)
         return flx_set_error(FLX_ERR_BACKEND, "%s: cuSOLVER failed with status %d%s", what,
                              FLX_LIB_RC_CUSOLVER - rc, capture_note(ctx));
-    if (rc <= FLX_LIB_RC_CUBLAS)
-        return flx_set_error(FLX_ERR_BACKEND, "%s: cuBLAS failed: %s", what,
-                             flx_cuda_cublas_status_name((cublasStatus_t)(FLX_LIB_RC_CUBLAS - rc)));
     return launched(rc, family, dt);
 }
 

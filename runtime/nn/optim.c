@@ -412,6 +412,15 @@ flx_status flx_optim_queue_update(flx_optim *o, int32_t m, const int32_t *idx,
         a.advance_step = k1 == m;
         s = flx_kernel_optim(o->ctx, &a);
     }
+    if (s != FLX_OK && o->scaling && m > 0) {
+        /* Only the step's last UPDATE launch consumes and clears the found-inf flag: after a
+         * failed launch the flag of this step would still be set and skip the next, finite
+         * step, so it is cleared here (best effort: after a sticky device error the context is
+         * unusable anyway). Parameters of chunks before the failed one may have moved. */
+        uint32_t zero = 0;
+        (void)o->ctx->be->upload(o->ctx, (char *)o->scaler->ptr + 2 * sizeof(double), &zero,
+                                 sizeof zero);
+    }
     return s;
 }
 

@@ -13,6 +13,8 @@
  *   ATTENTION_DQ (W, q, k, v, g)   dq, aliasing W's leading elements.
  *   ATTENTION_GRAD (W, q, k, v, g) dk or dv, copied out of W.
  *   ATTENTION_JVP (q, k, v, t...)  J_f(X) t in one fused pass (t: the tangents present).
+ * When q, k, v are views of one tensor they tile (a fused QKV projection) the nodes take that
+ * tensor instead and read it in place: see "q, k, v read in place" below.
  * Packed layouts put each part at a 256-byte-aligned byte offset (lse is in the stats dtype: f32
  * for f32/f16/bf16, f64 for f64), so kernels can use vector loads on every part.
  *
@@ -80,17 +82,42 @@ static int64_t bwd_layout(const dims *d, flx_dtype dt, int32_t want, size_t off[
     return elems_for(at, dt);
 }
 
-/* The arguments every mode shares, for node t whose inputs 0..2 are q, k, v (data in[0..2]). */
-static flx_attention_args base_args(const flx_tensor *t, const void *const *in, int32_t mode,
-                                    dims *d) {
-    const flx_tensor *q = t->in[0];
-    *d = dims_of(q, t->in[1], t->in[2]);
-    return (flx_attention_args){
-        .mode = mode, .dtype = q->dtype, .B = d->B, .H = d->H, .S = d->S, .T = d->T, .D = d->D,
-        .Dv = d->Dv, .causal = t->attrs.u.attention.causal, .scale = t->attrs.u.attention.scale,
-        .q = in[0], .k = in[1], .v = in[2],
+/* [dX | delta] of a qkv BWD node over the tensor X: the byte offset of delta. */
+static size_t qkv_bwd_delta(const flx_tensor *X, flx_dtype dt) {
+    return align_up((size_t)X->numel * flx_dtype_size(dt));
+}
+
+/* The geometry of a node whose q, k, v are views of one tensor (attrs.attention.qkv). */
+static dims qkv_dims(const flx_attrs *at) {
+    const int64_t *v = at->u.attention.vdims;
+    return (dims){v[0], v[1], v[2], v[2], v[3], v[3]};
+}
+
+/* The kernel arguments common to every mode, with q, k, v read from in[0..2], or, for a qkv
+ * node, in place from the one tensor in[0]; *used: how many inputs that took (1 or 3). */
+static flx_attention_args base_args(const flx_tensor *node, const void *const *in, int32_t mode,
+                                    dims *d, int32_t *used) {
+    const flx_attrs *at = &node->attrs;
+    const bool qkv = at->u.attention.qkv != 0;
+    *d = qkv ? qkv_dims(at) : dims_of(node->in[0], node->in[1], node->in[2]);
+    flx_attention_args a = {
+        .mode = mode, .dtype = node->dtype, .B = d->B, .H = d->H, .S = d->S, .T = d->T, .D = d->D,
+        .Dv = d->Dv, .causal = at->u.attention.causal, .scale = at->u.attention.scale,
         .sq = contig(d, d->S, d->D), .sk = contig(d, d->T, d->D), .sv = contig(d, d->T, d->Dv),
     };
+    if (qkv) {
+        size_t es = flx_dtype_size(node->dtype);
+        a.q = (const char *)in[0] + at->u.attention.off[0] * (int64_t)es;
+        a.k = (const char *)in[0] + at->u.attention.off[1] * (int64_t)es;
+        a.v = (const char *)in[0] + at->u.attention.off[2] * (int64_t)es;
+        a.sq = a.sk = a.sv = at->u.attention.vs;
+    } else {
+        a.q = in[0];
+        a.k = in[1];
+        a.v = in[2];
+    }
+    *used = qkv ? 1 : 3;
+    return a;
 }
 
 /* ---- exec ----------------------------------------------------------------------------------- */
@@ -98,7 +125,8 @@ static flx_attention_args base_args(const flx_tensor *t, const void *const *in, 
 static flx_status exec_fwd(const flx_tensor *t, void *out, const void *const *in) {
     if (t->numel == 0) return FLX_OK;
     dims d;
-    flx_attention_args a = base_args(t, in, FLX_ATTENTION_FWD, &d);
+    int32_t used;
+    flx_attention_args a = base_args(t, in, FLX_ATTENTION_FWD, &d, &used);
     a.o = out;
     a.so = contig(&d, d.S, d.Dv);
     if (t->op == FLX_OP_ATTENTION_FWD) {
@@ -112,24 +140,35 @@ static flx_status exec_fwd(const flx_tensor *t, void *out, const void *const *in
 static flx_status exec_bwd(const flx_tensor *t, void *out, const void *const *in) {
     if (t->numel == 0) return FLX_OK;
     dims d;
-    flx_attention_args a = base_args(t, in, FLX_ATTENTION_BWD, &d);
+    int32_t used;
+    flx_attention_args a = base_args(t, in, FLX_ATTENTION_BWD, &d, &used);
     size_t lse_off, off[4];
     fwd_layout(&d, t->dtype, &lse_off);
     int32_t want = t->attrs.u.attention.want;
-    bwd_layout(&d, t->dtype, want, off);
-    a.o = (void *)in[3]; /* read only in BWD */
+    a.o = (void *)in[used]; /* read only in BWD */
     a.so = contig(&d, d.S, d.Dv);
-    a.lse = (char *)in[3] + lse_off;
-    a.dout = in[4];
+    a.lse = (char *)in[used] + lse_off;
+    a.dout = in[used + 1];
     a.sdout = a.so;
     char *w = (char *)out;
-    a.dq = (want & WANT_DQ) ? w + off[0] : NULL;
-    a.dk = (want & WANT_DKV) ? w + off[1] : NULL;
-    a.dv = (want & WANT_DKV) ? w + off[2] : NULL;
+    if (t->attrs.u.attention.qkv) {
+        /* dq, dk, dv land where q, k, v sit in their tensor: together they are its gradient */
+        size_t es = flx_dtype_size(t->dtype);
+        const int64_t *vo = t->attrs.u.attention.off;
+        a.dq = w + vo[0] * (int64_t)es;
+        a.dk = w + vo[1] * (int64_t)es;
+        a.dv = w + vo[2] * (int64_t)es;
+        a.delta = w + qkv_bwd_delta(t->in[0], t->dtype);
+    } else {
+        bwd_layout(&d, t->dtype, want, off);
+        a.dq = (want & WANT_DQ) ? w + off[0] : NULL;
+        a.dk = (want & WANT_DKV) ? w + off[1] : NULL;
+        a.dv = (want & WANT_DKV) ? w + off[2] : NULL;
+        a.delta = w + off[3];
+    }
     a.sdq = a.sq;
     a.sdk = a.sk;
     a.sdv = a.sv;
-    a.delta = w + off[3];
     return flx_kernel_attention(t->ctx, &a);
 }
 
@@ -152,7 +191,8 @@ static flx_status exec_grad(const flx_tensor *t, void *out, const void *const *i
 static flx_status exec_jvp(const flx_tensor *t, void *out, const void *const *in) {
     if (t->numel == 0) return FLX_OK;
     dims d;
-    flx_attention_args a = base_args(t, in, FLX_ATTENTION_JVP, &d);
+    int32_t used;
+    flx_attention_args a = base_args(t, in, FLX_ATTENTION_JVP, &d, &used);
     const void *tan[3] = {NULL, NULL, NULL};
     for (int32_t i = 0, pos = 3; i < 3; i++)
         if (t->attrs.u.attention.tmask & (1 << i)) tan[i] = in[pos++];
@@ -336,9 +376,227 @@ static flx_status cx_status(const cx *c) {
 
 static bool any3(flx_tensor *const *t) { return t[0] || t[1] || t[2]; }
 
+/* ---- q, k, v read in place from one tensor ---------------------------------------------------
+ * When q, k and v are slices, reshapes and permutes (not yet run) of one tensor X that they tile
+ * exactly -- the three heads of a fused QKV projection -- the nodes read X itself with strides
+ * (attrs.attention.qkv), and the first-order VJP writes dq, dk, dv where q, k, v sit in X: that
+ * buffer is X's gradient as it stands, with no permute, pad or sum. The tiling means: with the
+ * three offsets in ascending order equally spaced (the first 0), the dimensions (B, H, seq, dim,
+ * 3) with strides (vs.b, vs.h, vs.r, 1, spacing) are a permutation of a contiguous layout of
+ * X's size. Derivative rules beyond the first-order VJP rebuild q, k, v from X with public ops
+ * (split3) and map results back (merge3), so every order works as on separate tensors. The
+ * nodes: ATTENTION (X), ATTENTION_FWD (X), ATTENTION_OUT (P, X), ATTENTION_BWD (X, P, g) packed
+ * [dX | delta], ATTENTION_DQ part 3 (W, X, g) = dX aliasing W. */
+
+/* The five dimensions (B, H, seq, dim, 3) of a qkv node as sizes and strides, and `order`, the
+ * dimensions by decreasing stride (size-1 ones last): X's own contiguous layout. pos[j]: which
+ * of q, k, v is the j-th along the 3 dimension. False when the attrs do not tile n elements. */
+static bool qkv_layout(const flx_attrs *at, int64_t n, int64_t *size, int64_t *st, int32_t *order,
+                       int32_t *pos) {
+    const int64_t *o = at->u.attention.off;
+    for (int32_t i = 0; i < 3; i++) pos[i] = i;
+    for (int32_t i = 0; i < 3; i++) /* three elements: sort the positions by offset */
+        for (int32_t j = i + 1; j < 3; j++)
+            if (o[pos[j]] < o[pos[i]]) {
+                int32_t t = pos[i];
+                pos[i] = pos[j];
+                pos[j] = t;
+            }
+    const int64_t gap = o[pos[1]] - o[pos[0]];
+    if (o[pos[0]] != 0 || gap <= 0 || o[pos[2]] - o[pos[1]] != gap) return false;
+    const int64_t *vd = at->u.attention.vdims;
+    const flx_attention_strides *vs = &at->u.attention.vs;
+    int64_t sz[5] = {vd[0], vd[1], vd[2], vd[3], 3}, sd[5] = {vs->b, vs->h, vs->r, 1, gap};
+    int32_t m = 0;
+    for (int32_t i = 0; i < 5; i++) /* dims of size > 1 by decreasing stride, then the rest */
+        if (sz[i] > 1) order[m++] = i;
+    for (int32_t i = 0; i < 5; i++)
+        if (sz[i] <= 1) order[m++] = i;
+    for (int32_t i = 0; i < 5; i++) {
+        size[i] = sz[i];
+        st[i] = sd[i];
+    }
+    int32_t big = 0;
+    while (big < 5 && sz[order[big]] > 1) big++;
+    for (int32_t i = 1; i < big; i++)
+        for (int32_t j = i; j > 0 && sd[order[j]] > sd[order[j - 1]]; j--) {
+            int32_t t = order[j];
+            order[j] = order[j - 1];
+            order[j - 1] = t;
+        }
+    int64_t want = 1;
+    for (int32_t i = big - 1; i >= 0; i--) {
+        if (sz[order[i]] <= 0 || sd[order[i]] != want) return false;
+        want *= sz[order[i]];
+    }
+    return want == n;
+}
+
+/* Whether q, k, v are views of one tensor that they tile; then *X and the attrs are set. */
+static bool find_qkv(flx_tensor *const *q3, flx_attrs *at, flx_tensor **X) {
+    flx_view v[3];
+    for (int32_t i = 0; i < 3; i++) {
+        v[i] = flx_view_of(q3[i]);
+        if (v[i].base == q3[i] || v[i].base != v[0].base || v[i].ndim != 4) return false;
+        if (v[i].shape[3] > 1 && v[i].strides[3] != 1) return false;
+        for (int32_t d = 0; d < 4; d++)
+            if (v[i].shape[d] != v[0].shape[d] || (d < 3 && v[i].strides[d] != v[0].strides[d]))
+                return false;
+    }
+    flx_attrs t = *at;
+    t.u.attention.qkv = 1;
+    for (int32_t d = 0; d < 4; d++) t.u.attention.vdims[d] = v[0].shape[d];
+    t.u.attention.vs = (flx_attention_strides){v[0].strides[0], v[0].strides[1], v[0].strides[2]};
+    for (int32_t i = 0; i < 3; i++) t.u.attention.off[i] = v[i].off;
+    int64_t size[5], st[5];
+    int32_t order[5], pos[3];
+    if (!qkv_layout(&t, v[0].base->numel, size, st, order, pos)) return false;
+    *at = t;
+    *X = v[0].base;
+    return true;
+}
+
+/* The attrs of the same attention on separate q, k, v. */
+static flx_attrs plain_attrs(const flx_attrs *at) {
+    flx_attrs p = *at;
+    p.u.attention.qkv = 0;
+    return p;
+}
+
+/* X's contiguous layout as (3, B, H, seq, dim): reshape to `order`, then permute. */
+static flx_tensor *qkv_stacked(cx *c, const flx_attrs *at, flx_tensor *X, int32_t *order,
+                               int32_t *pos, int64_t *size) {
+    int64_t st[5], shp[5];
+    qkv_layout(at, X->numel, size, st, order, pos);
+    int32_t perm[5], want[5] = {4, 0, 1, 2, 3};
+    for (int32_t i = 0; i < 5; i++) shp[i] = size[order[i]];
+    for (int32_t i = 0; i < 5; i++)
+        for (int32_t j = 0; j < 5; j++)
+            if (order[j] == want[i]) perm[i] = j;
+    return chk(c, flx_permute(chk(c, flx_reshape(X, 5, shp)), perm));
+}
+
+/* q, k, v of X (NULL X: NULLs), as ops with rules. */
+static void split3(cx *c, const flx_attrs *at, flx_tensor *X, flx_tensor **r) {
+    r[0] = r[1] = r[2] = NULL;
+    if (!X || !c->ok) return;
+    int64_t size[5];
+    int32_t order[5], pos[3];
+    flx_tensor *s = qkv_stacked(c, at, X, order, pos, size);
+    for (int32_t j = 0; j < 3 && s; j++)
+        r[pos[j]] = chk(c, flx_reshape(chk(c, flx_slice(s, 0, j, j + 1, 1)), 4, size));
+}
+
+/* The tensor of X's shape holding r[i] where q, k, v sit (NULL r[i]: zeros); NULL if all are. */
+static flx_tensor *merge3(cx *c, const flx_attrs *at, flx_tensor *X, flx_tensor *const *r) {
+    if (!any3(r) || !c->ok) return NULL;
+    int64_t size[5], st[5];
+    int32_t order[5], pos[3], perm[5], want[5] = {4, 0, 1, 2, 3};
+    qkv_layout(at, X->numel, size, st, order, pos);
+    flx_tensor *parts[3];
+    for (int32_t j = 0; j < 3; j++)
+        parts[j] = r[pos[j]] ? r[pos[j]] : chk(c, flx_zeros(c->ctx, c->dt, 4, size));
+    flx_tensor *s = chk(c, flx_stack(3, parts, 0)); /* (3, B, H, seq, dim) */
+    for (int32_t i = 0; i < 5; i++)
+        for (int32_t j = 0; j < 5; j++)
+            if (want[j] == order[i]) perm[i] = j;
+    return chk(c, flx_reshape(chk(c, flx_permute(s, perm)), X->ndim, X->shape));
+}
+
+static flx_tensor *qkv_fwd_node(flx_tensor *X, const flx_attrs *at) {
+    dims d = qkv_dims(at);
+    size_t lse_off;
+    int64_t n = fwd_layout(&d, X->dtype, &lse_off);
+    return flx_adopt(flx_node_new(X->ctx, FLX_OP_ATTENTION_FWD, X->dtype, 1, &n, 1, &X, at));
+}
+
+/* X's gradient for the cotangent g of o: one BWD kernel writing into X's layout, read out by an
+ * alias (ATTENTION_DQ, part 3). P: the forward packed node (NULL: a new forward). */
+static flx_tensor *qkv_grad_node(flx_tensor *X, flx_tensor *P, flx_tensor *g, const flx_attrs *src) {
+    flx_attrs at = *src;
+    at.u.attention.want = WANT_DQ | WANT_DKV;
+    if (!P && !(P = qkv_fwd_node(X, &at))) return NULL;
+    dims d = qkv_dims(&at);
+    size_t delta = qkv_bwd_delta(X, X->dtype);
+    int64_t n = elems_for(delta + (size_t)(d.B * d.H * d.S) * flx_dtype_size(flx_attention_stats_dtype(X->dtype)),
+                          X->dtype);
+    flx_tensor *in[3] = {X, P, g};
+    flx_tensor *W = flx_adopt(flx_node_new(X->ctx, FLX_OP_ATTENTION_BWD, X->dtype, 1, &n, 3, in, &at));
+    if (!W) return NULL;
+    at.u.attention.part = 3;
+    flx_tensor *pin[3] = {W, X, g};
+    return flx_adopt(flx_node_new(X->ctx, FLX_OP_ATTENTION_DQ, X->dtype, X->ndim, X->shape, 3, pin, &at));
+}
+
+/* Rules of the qkv nodes. ATTENTION and ATTENTION_OUT (X at input b): */
+static flx_status qkv_vjp_out(flx_tensor *node, int32_t b, flx_tensor *g, flx_tensor **gin) {
+    flx_tensor *X = node->in[b];
+    if (!X->requires_grad) return FLX_OK;
+    gin[b] = qkv_grad_node(X, b ? node->in[0] : NULL, g, &node->attrs);
+    return flx_rule_status(gin[b]);
+}
+
+static flx_status qkv_jvp_out(flx_tensor *node, int32_t b, flx_tensor *const *tin, flx_tensor **tout) {
+    *tout = NULL;
+    if (!tin[b]) return FLX_OK;
+    cx c = cx_of(node, node->in[b]);
+    flx_attrs pa = plain_attrs(&node->attrs);
+    flx_tensor *X[3], *t[3];
+    split3(&c, &node->attrs, node->in[b], X);
+    split3(&c, &node->attrs, tin[b], t);
+    if (!c.ok) return cx_status(&c);
+    *tout = jvp_node(X, t, &pa);
+    return flx_rule_status(*tout);
+}
+
+/* The gradient node (ATTENTION_DQ, part 3; inputs W, X, g): h is a cotangent of X's shape. */
+static flx_status qkv_vjp_grad(flx_tensor *node, flx_tensor *h, flx_tensor **gin) {
+    flx_tensor *X = node->in[1], *g = node->in[2];
+    cx c = cx_of(node, X);
+    flx_attrs pa = plain_attrs(&node->attrs);
+    flx_tensor *Xs[3], *u[3];
+    split3(&c, &node->attrs, X, Xs);
+    split3(&c, &node->attrs, h, u);
+    if (!c.ok) return cx_status(&c);
+    if (g->requires_grad && !(gin[2] = jvp_node(Xs, u, &pa))) return flx_rule_status(NULL);
+    if (X->requires_grad) {
+        flx_tensor *r[3];
+        s1(&c, Xs, g, u, r);
+        gin[1] = merge3(&c, &node->attrs, X, r);
+        if (!c.ok) return cx_status(&c);
+    }
+    return FLX_OK;
+}
+
+static flx_status qkv_jvp_grad(flx_tensor *node, flx_tensor *const *tin, flx_tensor **tout) {
+    flx_tensor *X = node->in[1], *g = node->in[2];
+    cx c = cx_of(node, X);
+    flx_attrs pa = plain_attrs(&node->attrs);
+    flx_tensor *Xs[3], *r = NULL;
+    *tout = NULL;
+    split3(&c, &node->attrs, X, Xs);
+    if (!c.ok) return cx_status(&c);
+    if (tin[2]) {
+        flx_tensor *gr[3];
+        if (!grads_node(Xs, NULL, tin[2], WANT_DQ | WANT_DKV, &pa, gr)) return flx_rule_status(NULL);
+        r = merge3(&c, &node->attrs, X, gr);
+    }
+    if (tin[1]) {
+        flx_tensor *u[3], *sr[3];
+        split3(&c, &node->attrs, tin[1], u);
+        if (!c.ok) return cx_status(&c);
+        s1(&c, Xs, g, u, sr);
+        r = add(&c, r, merge3(&c, &node->attrs, X, sr));
+    }
+    if (!c.ok) return cx_status(&c);
+    *tout = r;
+    return FLX_OK;
+}
+
 /* ---- rules: the output (ATTENTION, ATTENTION_OUT) ------------------------------------------- */
 static flx_status vjp_out(flx_tensor *node, flx_tensor *g, flx_tensor **gin) {
     int32_t b = qpos(node);
+    if (node->attrs.u.attention.qkv) return qkv_vjp_out(node, b, g, gin);
     flx_tensor *const *X = node->in + b;
     int32_t want = (X[0]->requires_grad ? WANT_DQ : 0) |
                    (X[1]->requires_grad || X[2]->requires_grad ? WANT_DKV : 0);
@@ -351,6 +609,7 @@ static flx_status vjp_out(flx_tensor *node, flx_tensor *g, flx_tensor **gin) {
 
 static flx_status jvp_out(flx_tensor *node, flx_tensor *const *tin, flx_tensor **tout) {
     int32_t b = qpos(node);
+    if (node->attrs.u.attention.qkv) return qkv_jvp_out(node, b, tin, tout);
     *tout = NULL;
     if (!any3(tin + b)) return FLX_OK;
     *tout = jvp_node(node->in + b, tin + b, &node->attrs);
@@ -359,6 +618,7 @@ static flx_status jvp_out(flx_tensor *node, flx_tensor *const *tin, flx_tensor *
 
 /* ---- rules: dq, dk, dv (ATTENTION_DQ, ATTENTION_GRAD; inputs W, q, k, v, g) ----------------- */
 static flx_status vjp_part(flx_tensor *node, flx_tensor *h, flx_tensor **gin) {
+    if (node->attrs.u.attention.qkv) return qkv_vjp_grad(node, h, gin);
     flx_tensor *const *X = node->in + 1;
     flx_tensor *g = node->in[4];
     flx_tensor *u[3] = {NULL, NULL, NULL};
@@ -378,6 +638,7 @@ static flx_status vjp_part(flx_tensor *node, flx_tensor *h, flx_tensor **gin) {
 }
 
 static flx_status jvp_part(flx_tensor *node, flx_tensor *const *tin, flx_tensor **tout) {
+    if (node->attrs.u.attention.qkv) return qkv_jvp_grad(node, tin, tout);
     flx_tensor *const *X = node->in + 1;
     flx_tensor *W = node->in[0];
     int32_t p = node->attrs.u.attention.part;
@@ -503,6 +764,14 @@ flx_tensor *flx_attention(flx_tensor *q, flx_tensor *k, flx_tensor *v, bool caus
     const bool grad = flx_no_grad_depth() == 0 &&
                       (q->requires_grad || k->requires_grad || v->requires_grad);
     int64_t shape[4] = {q->shape[0], q->shape[1], q->shape[2], v->shape[3]};
+    flx_tensor *QKV = NULL;
+    if (find_qkv(X, &at, &QKV)) { /* read q, k, v in place; shape: the views' */
+        if (!grad) return flx_adopt(flx_node_new(q->ctx, FLX_OP_ATTENTION, q->dtype, 4, shape, 1, &QKV, &at));
+        if (flx_scope_begin() != FLX_OK) return NULL;
+        flx_tensor *P = qkv_fwd_node(QKV, &at), *in[2] = {P, QKV};
+        return flx_scope_return(
+            P ? flx_adopt(flx_node_new(q->ctx, FLX_OP_ATTENTION_OUT, q->dtype, 4, shape, 2, in, &at)) : NULL);
+    }
     if (!grad) return flx_adopt(flx_node_new(q->ctx, FLX_OP_ATTENTION, q->dtype, 4, shape, 3, X, &at));
     if (flx_scope_begin() != FLX_OK) return NULL;
     flx_tensor *P = fwd_node(X, &at);

@@ -256,6 +256,78 @@ void flx_ops_register_shape(flx_op_def *t) {
     t[FLX_OP_INDEX_ADD] = (flx_op_def){"index_add", exec_index, vjp_index_add, flx_jvp_linear, 0};
 }
 
+/* ---- views: a chain of shape ops read as strides ------------------------------------------ */
+/* v reshaped to shape without moving data (PyTorch's view rule); false when it would need to. */
+static bool view_reshape(flx_view *v, int32_t nd, const int64_t *shape) {
+    int64_t st[FLX_MAX_DIMS], n = 1;
+    for (int32_t i = 0; i < v->ndim; i++) n *= v->shape[i];
+    if (n == 0 || v->ndim < 1 || nd < 1) return false;
+    int32_t vd = nd - 1;
+    int64_t chunk = v->strides[v->ndim - 1], tn = 1, vn = 1;
+    for (int32_t td = v->ndim - 1; td >= 0; td--) {
+        tn *= v->shape[td];
+        if (td == 0 || (v->shape[td - 1] != 1 && v->strides[td - 1] != tn * chunk)) {
+            while (vd >= 0 && (vn < tn || shape[vd] == 1)) {
+                st[vd] = vn * chunk;
+                vn *= shape[vd--];
+            }
+            if (vn != tn) return false;
+            if (td > 0) {
+                chunk = v->strides[td - 1];
+                tn = vn = 1;
+            }
+        }
+    }
+    if (vd != -1) return false;
+    v->ndim = nd;
+    for (int32_t i = 0; i < nd; i++) {
+        v->shape[i] = shape[i];
+        v->strides[i] = st[i];
+    }
+    return true;
+}
+
+static flx_view contiguous_view(flx_tensor *t) {
+    flx_view v = {t, 0, t->ndim, {0}, {0}};
+    memcpy(v.shape, t->shape, sizeof v.shape);
+    flx_contiguous_strides(t->ndim, t->shape, v.strides);
+    return v;
+}
+
+flx_view flx_view_of(flx_tensor *x) {
+    flx_tensor *chain[16], *t = x;
+    int32_t n = 0;
+    while (n < 16 && (t->op == FLX_OP_SLICE || t->op == FLX_OP_RESHAPE || t->op == FLX_OP_PERMUTE) &&
+           !t->buf && !t->is_leaf && t->in_version[0] == t->in[0]->version) {
+        chain[n++] = t;
+        t = t->in[0];
+    }
+    flx_view v = contiguous_view(t);
+    for (int32_t i = n - 1; i >= 0; i--) {
+        const flx_tensor *c = chain[i];
+        bool ok = true;
+        if (c->op == FLX_OP_SLICE) {
+            for (int32_t d = 0; d < c->ndim; d++) {
+                ok = ok && c->attrs.u.slice.step[d] > 0;
+                v.off += c->attrs.u.slice.start[d] * v.strides[d];
+                v.strides[d] *= c->attrs.u.slice.step[d];
+                v.shape[d] = c->shape[d];
+            }
+        } else if (c->op == FLX_OP_PERMUTE) {
+            flx_view p = v;
+            for (int32_t d = 0; d < c->ndim; d++) {
+                p.shape[d] = v.shape[c->attrs.u.permute.perm[d]];
+                p.strides[d] = v.strides[c->attrs.u.permute.perm[d]];
+            }
+            v = p;
+        } else {
+            ok = view_reshape(&v, c->ndim, c->shape);
+        }
+        if (!ok) return contiguous_view(x);
+    }
+    return v;
+}
+
 /* ---- public ops ----------------------------------------------------------------------------- */
 /* Runs a composition in its own scope so intermediates are released; the result moves to the
  * caller's scope (or the caller). */
