@@ -93,10 +93,19 @@ static dims qkv_dims(const flx_attrs *at) {
     return (dims){v[0], v[1], v[2], v[2], v[3], v[3]};
 }
 
+/* Where q, k, v (or their gradients) sit in a qkv node's one tensor (or its gradient) at base. */
+static void qkv_views(const flx_tensor *node, const void *base, char *views[3]) {
+    const int64_t *off = node->attrs.u.attention.off, es = (int64_t)flx_dtype_size(node->dtype);
+    for (int i = 0; i < 3; i++) views[i] = (char *)base + off[i] * es;
+}
+
+/* How many inputs q, k, v take: one tensor for a qkv node, else three. */
+static int32_t qkv_inputs(const flx_tensor *node) { return node->attrs.u.attention.qkv ? 1 : 3; }
+
 /* The kernel arguments common to every mode, with q, k, v read from in[0..2], or, for a qkv
- * node, in place from the one tensor in[0]; *used: how many inputs that took (1 or 3). */
+ * node, in place from the one tensor in[0] (qkv_inputs: how many inputs that takes). */
 static flx_attention_args base_args(const flx_tensor *node, const void *const *in, int32_t mode,
-                                    dims *d, int32_t *used) {
+                                    dims *d) {
     const flx_attrs *at = &node->attrs;
     const bool qkv = at->u.attention.qkv != 0;
     *d = qkv ? qkv_dims(at) : dims_of(node->in[0], node->in[1], node->in[2]);
@@ -106,17 +115,15 @@ static flx_attention_args base_args(const flx_tensor *node, const void *const *i
         .sq = contig(d, d->S, d->D), .sk = contig(d, d->T, d->D), .sv = contig(d, d->T, d->Dv),
     };
     if (qkv) {
-        size_t es = flx_dtype_size(node->dtype);
-        a.q = (const char *)in[0] + at->u.attention.off[0] * (int64_t)es;
-        a.k = (const char *)in[0] + at->u.attention.off[1] * (int64_t)es;
-        a.v = (const char *)in[0] + at->u.attention.off[2] * (int64_t)es;
+        char *view[3];
+        qkv_views(node, in[0], view);
+        a.q = view[0], a.k = view[1], a.v = view[2];
         a.sq = a.sk = a.sv = at->u.attention.vs;
     } else {
         a.q = in[0];
         a.k = in[1];
         a.v = in[2];
     }
-    *used = qkv ? 1 : 3;
     return a;
 }
 
@@ -125,8 +132,7 @@ static flx_attention_args base_args(const flx_tensor *node, const void *const *i
 static flx_status exec_fwd(const flx_tensor *t, void *out, const void *const *in) {
     if (t->numel == 0) return FLX_OK;
     dims d;
-    int32_t used;
-    flx_attention_args a = base_args(t, in, FLX_ATTENTION_FWD, &d, &used);
+    flx_attention_args a = base_args(t, in, FLX_ATTENTION_FWD, &d);
     a.o = out;
     a.so = contig(&d, d.S, d.Dv);
     if (t->op == FLX_OP_ATTENTION_FWD) {
@@ -140,8 +146,8 @@ static flx_status exec_fwd(const flx_tensor *t, void *out, const void *const *in
 static flx_status exec_bwd(const flx_tensor *t, void *out, const void *const *in) {
     if (t->numel == 0) return FLX_OK;
     dims d;
-    int32_t used;
-    flx_attention_args a = base_args(t, in, FLX_ATTENTION_BWD, &d, &used);
+    flx_attention_args a = base_args(t, in, FLX_ATTENTION_BWD, &d);
+    int32_t used = qkv_inputs(t);
     size_t lse_off, off[4];
     fwd_layout(&d, t->dtype, &lse_off);
     int32_t want = t->attrs.u.attention.want;
@@ -153,11 +159,9 @@ static flx_status exec_bwd(const flx_tensor *t, void *out, const void *const *in
     char *w = (char *)out;
     if (t->attrs.u.attention.qkv) {
         /* dq, dk, dv land where q, k, v sit in their tensor: together they are its gradient */
-        size_t es = flx_dtype_size(t->dtype);
-        const int64_t *vo = t->attrs.u.attention.off;
-        a.dq = w + vo[0] * (int64_t)es;
-        a.dk = w + vo[1] * (int64_t)es;
-        a.dv = w + vo[2] * (int64_t)es;
+        char *view[3];
+        qkv_views(t, w, view);
+        a.dq = view[0], a.dk = view[1], a.dv = view[2];
         a.delta = w + qkv_bwd_delta(t->in[0], t->dtype);
     } else {
         bwd_layout(&d, t->dtype, want, off);
@@ -191,8 +195,7 @@ static flx_status exec_grad(const flx_tensor *t, void *out, const void *const *i
 static flx_status exec_jvp(const flx_tensor *t, void *out, const void *const *in) {
     if (t->numel == 0) return FLX_OK;
     dims d;
-    int32_t used;
-    flx_attention_args a = base_args(t, in, FLX_ATTENTION_JVP, &d, &used);
+    flx_attention_args a = base_args(t, in, FLX_ATTENTION_JVP, &d);
     const void *tan[3] = {NULL, NULL, NULL};
     for (int32_t i = 0, pos = 3; i < 3; i++)
         if (t->attrs.u.attention.tmask & (1 << i)) tan[i] = in[pos++];
