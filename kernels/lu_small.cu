@@ -568,19 +568,19 @@ int refactor_t(const flx_lu_args *a, int *piv, int *info, cudaStream_t s) {
 } // namespace
 
 int flxk::lu::factor_small(const flx_lu_args *a, cudaStream_t s) {
-    if (a->dtype == FLX_F32) return factor_t<float>(a, s);
-    if (a->dtype == FLX_F64) return factor_t<double>(a, s);
-    return (int)cudaErrorInvalidValue;
+    return flxk::with_dtype<flxk::kReal>(a->dtype, [&](auto t) {
+        return factor_t<typename decltype(t)::type>(a, s);
+    });
 }
 
 int flxk::lu::solve_small(const flx_lu_args *a, cudaStream_t s) {
-    if (a->dtype == FLX_F32) return solve_t<float>(a, s);
-    if (a->dtype == FLX_F64) return solve_t<double>(a, s);
-    return (int)cudaErrorInvalidValue;
+    return flxk::with_dtype<flxk::kReal>(a->dtype, [&](auto t) {
+        return solve_t<typename decltype(t)::type>(a, s);
+    });
 }
 
 int flxk::lu::refactor_singular(const flx_lu_args *a, int *piv, int *info, cudaStream_t s) {
-    if (a->dtype == FLX_F32) return refactor_t<float>(a, piv, info, s);
-    if (a->dtype == FLX_F64) return refactor_t<double>(a, piv, info, s);
-    return (int)cudaErrorInvalidValue;
+    return flxk::with_dtype<flxk::kReal>(a->dtype, [&](auto t) {
+        return refactor_t<typename decltype(t)::type>(a, piv, info, s);
+    });
 }

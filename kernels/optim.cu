@@ -328,13 +328,10 @@ int launch(const flx_optim_args &a, const BlockMap &map0, unsigned blocks, cudaS
 }
 
 int launch_dtype(const flx_optim_args &a, const BlockMap &map, unsigned blocks, cudaStream_t s) {
-    switch (a.dtype) {
-    case FLX_F32: return launch<float, float>(a, map, blocks, s);
-    case FLX_F64: return launch<double, double>(a, map, blocks, s);
-    case FLX_F16: return launch<__half, float>(a, map, blocks, s);
-    case FLX_BF16: return launch<__nv_bfloat16, float>(a, map, blocks, s);
-    default: return (int)cudaErrorInvalidValue;
-    }
+    return flxk::with_dtype<flxk::kFloat>(a.dtype, [&](auto t) {
+        using S = typename decltype(t)::type; // stored; the math in compute_t<S>
+        return launch<S, flxk::compute_t<S>>(a, map, blocks, s);
+    });
 }
 
 } // namespace

@@ -380,9 +380,7 @@ extern "C" int flx_cuda_softmax(const flx_softmax_args *a, void *stream) {
     // The cross-entropy statistics are kept in the compute type (KArgs::stat): f32 for the halves.
     const flx_dtype stat = (a->dtype == FLX_F16 || a->dtype == FLX_BF16) ? FLX_F32 : a->dtype;
     if (ce_fwd && a->stat_dtype != stat) return (int)cudaErrorInvalidValue;
-    if (a->dtype == FLX_F32) return launch_typed<float>(a, st);
-    if (a->dtype == FLX_F64) return launch_typed<double>(a, st);
-    if (a->dtype == FLX_F16) return launch_typed<__half>(a, st);
-    if (a->dtype == FLX_BF16) return launch_typed<__nv_bfloat16>(a, st);
-    return (int)cudaErrorInvalidValue;
+    return flxk::with_dtype<flxk::kFloat>(a->dtype, [&](auto t) {
+        return launch_typed<typename decltype(t)::type>(a, st);
+    });
 }
