@@ -76,8 +76,9 @@ void expect_twins_equal(const std::vector<double> &a7, const std::vector<double>
         EXPECT_EQ(a7[(size_t)kQ[q]], a4[(size_t)kTwin[q]]) << what << ": element " << kQ[q];
 }
 
-TEST(OptimCudaVector, TailAndVectorStepsAreBitIdentical) {
-    FLX_REQUIRE_CUDA(gpu);
+using OptimCudaVector = flxt::CudaCpuTest;  // the shared CUDA context: never destroyed here
+
+TEST_F(OptimCudaVector, TailAndVectorStepsAreBitIdentical) {
     for (flx_dtype dt : {FLX_F32, FLX_F64, FLX_F16, FLX_BF16})
         for (const flxt::Variant &v : flxt::variants()) {
             SCOPED_TRACE(std::string(v.name) + " " + flx_dtype_name(dt));
@@ -86,13 +87,11 @@ TEST(OptimCudaVector, TailAndVectorStepsAreBitIdentical) {
             for (size_t s = 0; s < r.s7.size(); s++)
                 expect_twins_equal(r.s7[s], r.s4[s], ("state " + std::to_string(s)).c_str());
         }
-    EXPECT_EQ(flx_ctx_destroy(gpu), FLX_OK);
 }
 
 // An inf gradient in the bulk (element 1) or in the tail (element 5) of p7 makes the found-inf
 // pass skip the step: the parameters after the bad step equal those of a run that stops before it.
-TEST(OptimCudaVector, FoundInfSeesBulkAndTail) {
-    FLX_REQUIRE_CUDA(gpu);
+TEST_F(OptimCudaVector, FoundInfSeesBulkAndTail) {
     flxt::Variant v = flxt::variants()[0];
     for (const flxt::Variant &x : flxt::variants())
         if (std::string(x.name) == "adam") v = x;
@@ -103,7 +102,6 @@ TEST(OptimCudaVector, FoundInfSeesBulkAndTail) {
             EXPECT_EQ(skipped.p7, before.p7);
             EXPECT_EQ(skipped.p4, before.p4);
         }
-    EXPECT_EQ(flx_ctx_destroy(gpu), FLX_OK);
 }
 
 }  // namespace
