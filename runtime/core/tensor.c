@@ -24,6 +24,20 @@ static atomic_flag g_quarantine_lock = ATOMIC_FLAG_INIT;
  * have passed through the whole quarantine, so stale handles are detected exactly as before. A
  * spare node still reads FLX_TENSOR_DEAD; the list is linked through its in field. */
 #define FLX_NODE_SPARE 1024
+/* Under AddressSanitizer nothing is recycled (no spare nodes, no cached buffers, exact-size
+ * blocks): every destroyed node and released buffer goes back to the allocator, so ASan still
+ * reports a use after free through a handle staler than the quarantine, and an overflow past a
+ * tensor's bytes that a rounded-up cached block would hide. */
+#if defined(__SANITIZE_ADDRESS__)
+#define FLX_RECYCLE 0
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define FLX_RECYCLE 0
+#endif
+#endif
+#ifndef FLX_RECYCLE
+#define FLX_RECYCLE 1
+#endif
 static flx_tensor *g_spare;
 static size_t g_n_spare;
 /* Nodes alive in the process, counted under the same lock as the pool (one locked instruction
@@ -42,7 +56,7 @@ static void quarantine_put(flx_tensor *t) {
     flx_tensor *old = g_quarantine[g_quarantine_next];
     g_quarantine[g_quarantine_next] = t;
     g_quarantine_next = (g_quarantine_next + 1) % FLX_QUARANTINE;
-    if (old && g_n_spare < FLX_NODE_SPARE) {
+    if (FLX_RECYCLE && old && g_n_spare < FLX_NODE_SPARE) {
         old->in = (flx_tensor **)(void *)g_spare;
         g_spare = old;
         g_n_spare++;
@@ -127,7 +141,7 @@ static int size_class(size_t nbytes) {
 flx_buffer *flx_buffer_new(flx_ctx *ctx, size_t nbytes) {
     /* Zero-byte tensors still get a distinct non-NULL pointer: allocate one byte. */
     size_t want = nbytes ? nbytes : 1;
-    int k = ctx->capturing ? -1 : size_class(want);
+    int k = ctx->capturing || !FLX_RECYCLE ? -1 : size_class(want);
     struct flx_buffer_cache *c = ctx->buffer_cache;
     if (k >= 0 && c && c->n[k] > 0) {
         flx_buffer *b = c->bin[k][--c->n[k]];
@@ -141,7 +155,14 @@ flx_buffer *flx_buffer_new(flx_ctx *ctx, size_t nbytes) {
         flx_set_error(FLX_ERR_OUT_OF_MEMORY, "out of host memory for a buffer record");
         return NULL;
     }
-    b->ptr = ctx->be->alloc(ctx, k >= 0 ? (size_t)1 << (FLX_BIN_MIN_SHIFT + k) : want);
+    const size_t block = k >= 0 ? (size_t)1 << (FLX_BIN_MIN_SHIFT + k) : want;
+    b->ptr = ctx->be->alloc(ctx, block);
+    if (!b->ptr && ctx->buffer_cache && !ctx->capturing) {
+        /* Out of memory: give the cached blocks back and try once more. */
+        flx_buffer_cache_flush(ctx);
+        flx_clear_error();
+        b->ptr = ctx->be->alloc(ctx, block);
+    }
     if (!b->ptr) {
         free(b);
         return NULL;
