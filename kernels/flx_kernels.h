@@ -140,23 +140,58 @@ typedef struct flx_matmul_args {
 } flx_matmul_args;
 
 /* ---- gemm_ex: out = act(op(A) op(B) + bias), one 2-d product with its epilogue --------------
- * The dense layer's forward in one call (runtime/core/fuse_gemm.c groups matmul [+ bias] [relu]).
+ * A dense layer's GEMM in one call (runtime/core/fuse_gemm.c groups the forward's matmul [+ bias]
+ * [relu], and the backward's weight-gradient matmul with the bias gradient beside it).
  * op(A) (m, k), op(B) (k, n) stored as in matmul (ta, tb); A may hold batch such matrices one
  * after another (batch > 1 only with ta == 0: rows of one (batch m, k) matrix), B is one matrix
  * shared by all; bias (n) added to every row, or NULL; act FLX_GEMM_ACT_NONE or _RELU. batch, m,
  * n, k >= 1. The result must be what the unfused matmul (batch strides m k, 0, m n), add and relu
- * kernels of the same backend give (the CPU: bit for bit). */
+ * kernels of the same backend give (the CPU: bit for bit).
+ * bgrad (then batch 1, no bias, act NONE) also writes a second output, the sum over k of an
+ * operand: _A: bgrad_out[i] = sum_k op(A)[i, k] (m values); _B: bgrad_out[j] = sum_k op(B)[k, j]
+ * (n values) — the bias gradient of a dense layer whose weight gradient is the product (dW =
+ * dy^T x with dy as A: _A). It must be what the unfused sum reduction of that stored operand over
+ * its k axis gives on the same backend (the CPU: bit for bit). */
 typedef enum flx_gemm_act { FLX_GEMM_ACT_NONE = 0, FLX_GEMM_ACT_RELU = 1 } flx_gemm_act;
+typedef enum flx_gemm_bgrad {
+    FLX_GEMM_BGRAD_NONE = 0, FLX_GEMM_BGRAD_A = 1, FLX_GEMM_BGRAD_B = 2
+} flx_gemm_bgrad;
 typedef struct flx_gemm_ex_args {
     flx_dtype dtype;
     int64_t batch, m, n, k;
     int32_t ta, tb;
     int32_t act;      /* flx_gemm_act */
+    int32_t bgrad;    /* flx_gemm_bgrad */
     const void *a;    /* op(A) is (m, k) */
     const void *b;    /* op(B) is (k, n) */
     const void *bias; /* (n) or NULL */
     void *out;        /* (batch m, n), dense */
+    void *bgrad_out;  /* (m) or (n) with bgrad, else NULL */
 } flx_gemm_ex_args;
+/* The reduce arguments of g's bias gradient: exactly those the unfused sum of the stored operand
+ * over its k axis gets from its exec (runtime/ops/reduce.c: the kept axis, then the reduced one),
+ * so a backend that runs it with its reduce kernel gives the unfused bits. */
+static inline flx_reduce_args flx_gemm_bgrad_reduce_args(const flx_gemm_ex_args *g) {
+    flx_reduce_args r = {0};
+    r.op = FLX_REDUCE_SUM;
+    r.dtype = g->dtype;
+    r.kdim = r.rdim = 1;
+    r.rshape[0] = g->k;
+    r.param = 1.0;
+    if (g->bgrad == FLX_GEMM_BGRAD_A) { /* A stored (k, m) when ta, else (m, k) */
+        r.x = g->a;
+        r.kshape[0] = g->m;
+        r.kstride[0] = g->ta ? 1 : g->k;
+        r.rstride[0] = g->ta ? g->m : 1;
+    } else { /* B stored (n, k) when tb, else (k, n) */
+        r.x = g->b;
+        r.kshape[0] = g->n;
+        r.kstride[0] = g->tb ? g->k : 1;
+        r.rstride[0] = g->tb ? 1 : g->n;
+    }
+    r.out = g->bgrad_out;
+    return r;
+}
 
 /* ---- index: along the middle axis of (outer, n, inner) views ---------------------------------
  * SELECT: out(outer, n_idx, inner)[o, j, i] = src(outer, n_src, inner)[o, idx[j], i].

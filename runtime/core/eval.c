@@ -45,7 +45,8 @@ static flx_status exec_on_buffers(const flx_tensor *node, const flx_fused_group 
     return s;
 }
 
-/* Runs one node, or (g non-NULL) the fused group g rooted at t: only the root gets a buffer. */
+/* Runs one node, or (g non-NULL) the fused group g rooted at t: only the root (and a second
+ * output) gets a buffer. */
 static flx_status run_node(flx_tensor *t, const flx_fused_group *g) {
     const flx_op_def *def = flx_op_get(t->op);
     int32_t nm = g ? g->n_members : 1;
@@ -60,12 +61,22 @@ static flx_status run_node(flx_tensor *t, const flx_fused_group *g) {
         if (!def->exec)
             return flx_set_error(FLX_ERR_STATE, "%s: a source op lost its data (internal error)",
                                  def->name);
-        t->buf = flx_buffer_new(t->ctx, (size_t)t->numel * flx_dtype_size(t->dtype));
+        flx_tensor *second = g ? g->second : NULL;
+        t->buf = flx_buffer_new(t->ctx, flx_nbytes(t));
         if (!t->buf) return flx_last_status();
+        if (second && !(second->buf = flx_buffer_new(t->ctx, flx_nbytes(second)))) {
+            flx_buffer_release(t->buf);
+            t->buf = NULL;
+            return flx_last_status();
+        }
         flx_status s = exec_on_buffers(t, g);
         if (s != FLX_OK) {
             flx_buffer_release(t->buf);
             t->buf = NULL;
+            if (second) {
+                flx_buffer_release(second->buf);
+                second->buf = NULL;
+            }
             return s;
         }
     }
@@ -120,7 +131,8 @@ static flx_status eval_scheduled(int32_t n, flx_tensor *const *ts) {
     for (size_t i = 0; i < sc.n && s == FLX_OK; i++) {
         flx_tensor *t = sc.nodes[i];
         int32_t role = flx_schedule_role(&sc, i);
-        if (role == FLX_FUSE_INTERIOR) continue; /* computed inside its group's kernel */
+        /* computed inside its group's kernel (a second output: at the root's step) */
+        if (role == FLX_FUSE_INTERIOR || role == FLX_FUSE_OUTPUT) continue;
         const flx_fused_group *g = role >= 0 ? &sc.fusion.groups[role] : NULL;
         s = run_node(t, g);
         if (s != FLX_OK) break;

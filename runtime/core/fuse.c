@@ -14,7 +14,8 @@
  *   - it has the group's shape and dtype (an input that is broadcast is computed once, outside),
  *   - the group stays within FLX_FUSE_MAX_MEMBERS members and FLX_FUSED_MAX_IN distinct inputs;
  * otherwise it starts a group of its own. Members of dense-layer groups (matmul [+ bias] [relu],
- * runtime/core/fuse_gemm.c, planned first) are left out. A group of one node runs its ordinary
+ * or a weight gradient with its bias gradient; runtime/core/fuse_gemm.c, planned first) are
+ * left out. A group of one node runs its ordinary
  * kernel. This is
  * the evaluator's last-use rule applied one step further: a node whose every reader is in the
  * same kernel is freed "before" it is written. Consumers outside the list (graphs not being
@@ -334,6 +335,7 @@ flx_status flx_fusion_plan(flx_tensor *const *order, size_t n, uint64_t epoch, i
         flx_fused_group *fg = &groups[nk];
         fg->kind = FLX_GROUP_ELEMENTWISE;
         fg->root = d->members[0];
+        fg->second = NULL;
         fg->n_members = d->n_members;
         for (int32_t m = 0; m < d->n_members; m++) /* consumers-first -> post-order */
             fg->members[m] = d->members[d->n_members - 1 - m];
@@ -349,8 +351,10 @@ flx_status flx_fusion_plan(flx_tensor *const *order, size_t n, uint64_t epoch, i
             role[group_root[g]] = renum[g];
     for (int32_t j = 0; j < n_gemm; j++) {
         const flx_fused_group *gg = &gemm[j];
-        for (int32_t m = 0; m + 1 < gg->n_members; m++) role[gg->members[m]->scratch] = FLX_FUSE_INTERIOR;
-        role[gg->root->scratch] = nk;
+        for (int32_t m = 0; m < gg->n_members; m++) {
+            const flx_tensor *t = gg->members[m];
+            role[t->scratch] = t == gg->root ? nk : t == gg->second ? FLX_FUSE_OUTPUT : FLX_FUSE_INTERIOR;
+        }
         groups[nk++] = *gg;
     }
     if (heap) free(renum);
@@ -372,8 +376,15 @@ flx_status flx_fused_group_exec(const flx_fused_group *g, void *out, const void 
         flx_gemm_ex_args ge = g->gemm;
         ge.a = ext[0];
         ge.b = ext[1];
-        ge.bias = g->n_ext > 2 ? ext[2] : NULL;
         ge.out = out;
+        if (g->second) { /* the product and the bias gradient: the root is either */
+            void *second = (void *)ext[g->n_ext - 1];
+            bool root_is_product = g->root->op == FLX_OP_MATMUL;
+            ge.out = root_is_product ? out : second;
+            ge.bgrad_out = root_is_product ? second : out;
+        } else {
+            ge.bias = g->n_ext > 2 ? ext[2] : NULL;
+        }
         return flx_kernel_gemm_ex(g->root->ctx, &ge);
     }
     flx_fused_args a = g->args;

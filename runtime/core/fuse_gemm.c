@@ -1,4 +1,5 @@
-/* fuse_gemm.c — dense-layer groups: matmul [+ row bias] [relu] as one gemm_ex call.
+/* fuse_gemm.c — dense-layer groups: matmul [+ row bias] [relu], and a weight gradient with its
+ * bias gradient, as one gemm_ex call each.
  *
  * Why: a dense layer run op by op writes the product, reads it back to add the bias, and again to
  * apply the activation; cuBLASLt's epilogues do both while the product is still in registers, so
@@ -18,6 +19,17 @@
  * A chain of the matmul alone is not a group. The same last-use argument as elementwise fusion
  * makes this safe: a member read by nothing else in the list would be freed right after the
  * chain's next op anyway, and is recomputed if read later.
+ *
+ * The backward of a dense layer y = x W^T + b computes dW = dy^T x (a MATMUL reading dy as A,
+ * transposed) and db = sum(dy, axis 0) (flx_sum_to_shape's REDUCE, then a reshape) from the same
+ * dy. cuBLASLt's BGRAD epilogues write that sum while the GEMM reads dy, so the pair becomes one
+ * gemm_ex call with two outputs: a 2-d MATMUL not taken by a chain, and a SUM (scale 1, one axis)
+ * of its A or B over the product's k axis, of the same dtype. Both values are stored, so nothing
+ * about their readers matters; what matters is when they are written. The group runs at the
+ * earlier of the two positions (its root) and the later node (its second output, role
+ * FLX_FUSE_OUTPUT) is not run at its own: that is only sound when every input the later node
+ * has in the list is computed before the root's step, which the rule checks. The second output's
+ * memory lives from the root's step to its last reader, in the evaluator and in plans alike.
  */
 #include <stdlib.h>
 #include <string.h>
@@ -86,6 +98,59 @@ static bool chain_at(flx_tensor *const *order, size_t i, const uint8_t *pin, con
     return true;
 }
 
+/* The operand of mm whose sum over the product's k axis r is (r: SUM with scale 1 over one axis
+ * of a 2-d operand, in mm's dtype): FLX_GEMM_BGRAD_A (m values), _B (n values), or _NONE.
+ * Stored A is (k, m) when ta, else (m, k); stored B is (n, k) when tb, else (k, n). */
+static int32_t bgrad_of(const flx_tensor *mm, const flx_tensor *r) {
+    if (r->op != FLX_OP_REDUCE || r->attrs.u.reduce.op != FLX_REDUCE_SUM ||
+        r->attrs.u.reduce.param != 1.0 || r->attrs.u.reduce.naxes != 1 || r->dtype != mm->dtype)
+        return FLX_GEMM_BGRAD_NONE;
+    const flx_tensor *x = r->in[0];
+    int32_t axis = r->attrs.u.reduce.axes[0];
+    if (x->ndim != 2 || x->dtype != mm->dtype) return FLX_GEMM_BGRAD_NONE;
+    if (x == mm->in[0] && axis == (mm->attrs.u.matmul.ta ? 0 : 1)) return FLX_GEMM_BGRAD_A;
+    if (x == mm->in[1] && axis == (mm->attrs.u.matmul.tb ? 1 : 0)) return FLX_GEMM_BGRAD_B;
+    return FLX_GEMM_BGRAD_NONE;
+}
+
+/* Every input of t inside the list is computed before step. */
+static bool inputs_before(const flx_tensor *t, int32_t step, uint64_t epoch) {
+    for (int32_t j = 0; j < t->n_in; j++)
+        if (t->in[j]->mark == epoch && t->in[j]->scratch >= step) return false;
+    return true;
+}
+
+/* The two-output group of the matmul at position i and the sum at position j (bgrad_of gave
+ * side), or false when the later of them cannot run at the earlier one's step. */
+static bool bgrad_pair(flx_tensor *const *order, int32_t i, int32_t j, int32_t side, uint64_t epoch,
+                       flx_fused_group *g) {
+    flx_tensor *mm = order[i];
+    int32_t first = i < j ? i : j, later = i < j ? j : i;
+    if (!inputs_before(order[later], first, epoch)) return false;
+    const flx_tensor *A = mm->in[0];
+    int32_t ta = mm->attrs.u.matmul.ta, tb = mm->attrs.u.matmul.tb;
+    memset(g, 0, sizeof *g);
+    g->kind = FLX_GROUP_GEMM;
+    g->root = order[first];
+    g->second = order[later];
+    g->members[g->n_members++] = g->root;
+    g->members[g->n_members++] = g->second;
+    g->ext[g->n_ext++] = mm->in[0];
+    g->ext[g->n_ext++] = mm->in[1];
+    g->ext[g->n_ext++] = g->second;
+    g->gemm = (flx_gemm_ex_args){.dtype = mm->dtype, .batch = 1, .m = mm->shape[0], .n = mm->shape[1],
+                                 .k = ta ? A->shape[0] : A->shape[1], .ta = ta, .tb = tb,
+                                 .act = FLX_GEMM_ACT_NONE, .bgrad = side};
+    return true;
+}
+
+/* A matmul that can carry a bias gradient: 2-d operands and result, float, not empty. */
+static bool bgrad_matmul(const flx_tensor *mm) {
+    return mm->op == FLX_OP_MATMUL && mm->ndim == 2 && mm->in[0]->ndim == 2 && mm->in[1]->ndim == 2 &&
+           mm->numel > 0 && flx_dtype_is_float(mm->dtype) &&
+           (mm->attrs.u.matmul.ta ? mm->in[0]->shape[0] : mm->in[0]->shape[1]) >= 1;
+}
+
 flx_status flx_gemm_groups_plan(flx_tensor *const *order, size_t n, uint64_t epoch,
                                 const uint8_t *pin, int32_t *member_of, flx_fused_group **groups,
                                 int32_t *n_groups) {
@@ -119,6 +184,24 @@ flx_status flx_gemm_groups_plan(flx_tensor *const *order, size_t n, uint64_t epo
         if (taken) continue;
         for (int32_t m = 0; m < gs[ng].n_members; m++) member_of[gs[ng].members[m]->scratch] = ng;
         ng++;
+    }
+    /* Bias gradients beside the remaining matmuls. reader is not needed any more: it lists the
+     * positions of the sums that could pair (few in a training step, so a linear scan). */
+    int32_t *sums = reader, n_sums = 0;
+    for (size_t j = 0; j < n; j++)
+        if (order[j]->op == FLX_OP_REDUCE && order[j]->attrs.u.reduce.op == FLX_REDUCE_SUM)
+            sums[n_sums++] = (int32_t)j;
+    for (size_t i = 0; i < n && n_sums > 0; i++) {
+        if (member_of[i] >= 0 || !bgrad_matmul(order[i])) continue;
+        for (int32_t c = 0; c < n_sums; c++) {
+            int32_t j = sums[c];
+            if (member_of[j] >= 0) continue;
+            int32_t side = bgrad_of(order[i], order[j]);
+            if (side == FLX_GEMM_BGRAD_NONE || !bgrad_pair(order, (int32_t)i, j, side, epoch, &gs[ng]))
+                continue;
+            member_of[i] = member_of[j] = ng++;
+            break;
+        }
     }
     free(reads), free(reader);
     if (ng == 0) {

@@ -493,23 +493,33 @@ flx_tensor *flx_matmul_bt(flx_tensor *a, flx_tensor *b);
  * edge it has inside the list comes from that group and it is not pinned (a requested value, a
  * plan output), so its value is never needed outside the kernel: it gets no buffer at all.
  * ------------------------------------------------------------------------------------------- */
-enum { FLX_FUSE_SINGLE = -1, FLX_FUSE_INTERIOR = -2 };
+/* Roles of list positions: run alone, computed inside a group's kernel without memory, or (a
+ * group's second output) written by the group's kernel at its root's step into memory of its
+ * own, and not run at its own position. */
+enum { FLX_FUSE_SINGLE = -1, FLX_FUSE_INTERIOR = -2, FLX_FUSE_OUTPUT = -3 };
 /* What a group's one kernel call is: an elementwise program (args), or a dense layer's GEMM with
- * its bias and activation epilogue (gemm; members matmul [add] [relu], ext A, B [, bias]). */
+ * its bias and activation epilogue (gemm; members matmul [add] [relu], ext A, B [, bias]), or
+ * a weight-gradient GEMM with its bias gradient (gemm.bgrad; members the matmul and the sum, the
+ * earlier in the list being the root and the later one the second output; ext A, B, second). */
 typedef enum flx_group_kind { FLX_GROUP_ELEMENTWISE = 0, FLX_GROUP_GEMM = 1 } flx_group_kind;
 typedef struct flx_fused_group {
     flx_group_kind kind;
     flx_tensor *root;                           /* computed and stored by the kernel       */
-    int32_t n_members;                          /* members, root included                  */
-    flx_tensor *members[FLX_FUSED_MAX_INSTR];   /* post-order, root last                   */
+    flx_tensor *second;                         /* a second output stored by the kernel (role
+                                                   FLX_FUSE_OUTPUT), or NULL               */
+    int32_t n_members;                          /* members, root and second included       */
+    flx_tensor *members[FLX_FUSED_MAX_INSTR];   /* post-order, root last (root, second for
+                                                   a two-output group)                     */
     int32_t n_ext;
-    flx_tensor *ext[FLX_FUSED_MAX_IN];          /* the kernel's inputs (args.in order)     */
+    /* The kernel's inputs (args.in order); then, for a two-output group, the second output:
+     * its address travels with the inputs' in the evaluator and in plans. */
+    flx_tensor *ext[FLX_FUSED_MAX_IN];
     flx_fused_args args;                        /* the program; pointers set at exec time  */
     flx_gemm_ex_args gemm;                      /* FLX_GROUP_GEMM; pointers set at exec    */
 } flx_fused_group;
 typedef struct flx_fusion {
-    int32_t *role; /* per list position: FLX_FUSE_SINGLE, FLX_FUSE_INTERIOR or a group index;
-                      NULL when nothing was fused */
+    int32_t *role; /* per list position: FLX_FUSE_SINGLE, FLX_FUSE_INTERIOR, FLX_FUSE_OUTPUT or
+                      the index of the group it is the root of; NULL when nothing was fused */
     int32_t n_groups;
     flx_fused_group *groups;
 } flx_fusion;
@@ -523,8 +533,10 @@ void flx_fusion_free(flx_fusion *f);
 /* Dense-layer groups (runtime/core/fuse_gemm.c): in order[0..n) (scratch = position, inputs in
  * the list marked epoch), each matmul of one B matrix whose value only a row-bias add reads, or only a relu,
  * becomes one FLX_GROUP_GEMM group with that chain (matmul [+ bias] [relu]; interior members not
- * pinned and read by nothing else in the list). Sets member_of[i] to the group index of each
- * member (-1 elsewhere) and *groups (malloc'ed, NULL when none) to *n_groups groups. */
+ * pinned and read by nothing else in the list); each other 2-d matmul with a sum of one of its
+ * operands over its k axis (the bias gradient beside a weight gradient) becomes a two-output
+ * group. Sets member_of[i] to the group index of each member (-1 elsewhere) and *groups
+ * (malloc'ed, NULL when none) to *n_groups groups. */
 flx_status flx_gemm_groups_plan(flx_tensor *const *order, size_t n, uint64_t epoch,
                                 const uint8_t *pin, int32_t *member_of, flx_fused_group **groups,
                                 int32_t *n_groups);
@@ -557,7 +569,8 @@ typedef struct flx_schedule {
 flx_status flx_schedule_build(int32_t n_roots, flx_tensor *const *roots, flx_enter_fn enter,
                               bool honor_keep, flx_schedule *out);
 void flx_schedule_free(flx_schedule *s);
-/* FLX_FUSE_SINGLE, FLX_FUSE_INTERIOR or the index of the group step i is the root of. */
+/* FLX_FUSE_SINGLE, FLX_FUSE_INTERIOR, FLX_FUSE_OUTPUT or the index of the group step i is the
+ * root of. */
 static inline int32_t flx_schedule_role(const flx_schedule *s, size_t i) {
     return s->fusion.role ? s->fusion.role[i] : FLX_FUSE_SINGLE;
 }

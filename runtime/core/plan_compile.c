@@ -302,7 +302,8 @@ static flx_status step_storage(flx_plan *p, compile_state *cs) {
         if (!def->exec)
             return flx_set_error(FLX_ERR_STATE, "%s: op %s has no kernel (internal error)", fn,
                                  def->name);
-        cs->pr[cs->n_pr] = region(flx_nbytes(t), i, i);
+        /* A group's second output is written at its root's step (read_at), before its own. */
+        cs->pr[cs->n_pr] = region(flx_nbytes(t), sc->read_at[i], i);
         cs->root_of[i] = cs->n_pr++;
     }
     for (int32_t i = 0; i < p->n_steps; i++) {
@@ -560,7 +561,7 @@ static flx_status bind_addresses(flx_plan *p, compile_state *cs) {
         int32_t role = flx_schedule_role(sc, (size_t)i);
         p->in_at[i] = pos;
         bool alias = role == FLX_FUSE_SINGLE && (flx_op_get(t->op)->flags & FLX_OPF_ALIAS);
-        if (role == FLX_FUSE_INTERIOR || alias) continue;
+        if (role == FLX_FUSE_INTERIOR || role == FLX_FUSE_OUTPUT || alias) continue;
         p->step_out[i] = cs->step_rec[i]->ptr;
         const flx_fused_group *g = role >= 0 ? &sc->fusion.groups[role] : NULL;
         int32_t n = g ? g->n_ext : t->n_in;

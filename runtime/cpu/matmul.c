@@ -157,7 +157,8 @@ flx_status flx_cpu_matmul(flx_ctx *ctx, const flx_matmul_args *ar) {
 /* ---- gemm_ex ---------------------------------------------------------------------------------
  * The product, then the bias, then the activation, each by the kernel the unfused graph would
  * run, in place on out: every value is rounded to the dtype where the unfused kernels store it,
- * so the fused and unfused dense layers give the same bits on the reference backend. */
+ * so the fused and unfused dense layers give the same bits on the reference backend. A bias
+ * gradient is the unfused sum's reduce kernel (flx_gemm_bgrad_reduce_args). */
 flx_status flx_cpu_gemm_ex(flx_ctx *ctx, const flx_gemm_ex_args *g) {
     flx_matmul_args mm = {
         .dtype = g->dtype, .batch = g->batch, .m = g->m, .n = g->n, .k = g->k, .ta = g->ta,
@@ -178,6 +179,10 @@ flx_status flx_cpu_gemm_ex(flx_ctx *ctx, const flx_gemm_ex_args *g) {
         flx_unary_args re = {.op = FLX_UNARY_RELU, .dtype = g->dtype, .n = rows * g->n,
                              .x = g->out, .y = g->out};
         s = flx_cpu_unary(ctx, &re);
+    }
+    if (s == FLX_OK && g->bgrad != FLX_GEMM_BGRAD_NONE) {
+        flx_reduce_args r = flx_gemm_bgrad_reduce_args(g);
+        s = flx_cpu_reduce(ctx, &r);
     }
     return s;
 }

@@ -1,6 +1,8 @@
 /* gemm_lt.c — the gemm_ex family on cuBLASLt: a dense layer's product with its bias and relu
  * applied in the GEMM's epilogue (CUBLASLT_EPILOGUE_BIAS, _RELU, _RELU_BIAS), so the layer's
- * output is written once and never read back for the bias or the activation.
+ * output is written once and never read back for the bias or the activation; and the backward's
+ * weight gradient with the bias gradient summed from the operand the GEMM reads anyway
+ * (CUBLASLT_EPILOGUE_BGRADA, _BGRADB), so dy is not read a second time by a reduce kernel.
  *
  * Per context (cuda_state.lt): one cuBLASLt handle, a workspace, and a small cache of matmul
  * descriptors, layouts and the algorithm the heuristic chose, keyed by everything the choice
@@ -16,7 +18,7 @@
  *
  * Fallback: when cuBLASLt has no algorithm for a key (or refuses a call), the key is remembered
  * as refused and the call runs as the unfused kernels would: cuBLAS matmul, then the bias add and
- * the relu in place, through the backend's own family functions.
+ * the relu in place (or the bias gradient's reduce), through the backend's own family functions.
  */
 #include <stdint.h>
 #include <stdlib.h>
@@ -92,10 +94,16 @@ flx_status flx_cuda_lt_prepare(cuda_state *s) {
 static int32_t alignment_of(const flx_gemm_ex_args *a) {
     uintptr_t bits = (uintptr_t)a->a | (uintptr_t)a->b | (uintptr_t)a->out | (uintptr_t)256;
     if (a->bias) bits |= (uintptr_t)a->bias;
+    if (a->bgrad_out) bits |= (uintptr_t)a->bgrad_out;
     return (int32_t)(bits & (~bits + 1));
 }
 
+/* Our row-major product is cuBLASLt's column-major one with the operands swapped (entry_build):
+ * a bias gradient over our A (one value per row of ours, per column of its D) is its BGRADB, one
+ * over our B its BGRADA; either reduces over k. */
 static cublasLtEpilogue_t epilogue_of(const flx_gemm_ex_args *a) {
+    if (a->bgrad == FLX_GEMM_BGRAD_A) return CUBLASLT_EPILOGUE_BGRADB;
+    if (a->bgrad == FLX_GEMM_BGRAD_B) return CUBLASLT_EPILOGUE_BGRADA;
     if (a->act == FLX_GEMM_ACT_RELU) return a->bias ? CUBLASLT_EPILOGUE_RELU_BIAS : CUBLASLT_EPILOGUE_RELU;
     return a->bias ? CUBLASLT_EPILOGUE_BIAS : CUBLASLT_EPILOGUE_DEFAULT;
 }
@@ -134,6 +142,13 @@ static bool entry_build(struct flx_cuda_lt *lt, lt_entry *e, const flx_gemm_ex_a
     if (ok && a->bias) {
         ok = cublasLtMatmulDescSetAttribute(e->desc, CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, &data,
                                             sizeof data) == CUBLAS_STATUS_SUCCESS;
+    }
+    /* The heuristic reads the bias (gradient) pointer's alignment, part of the key; the call sets
+     * each call's own. */
+    const void *bias_ptr = a->bgrad != FLX_GEMM_BGRAD_NONE ? (const void *)a->bgrad_out : a->bias;
+    if (ok && bias_ptr) {
+        ok = cublasLtMatmulDescSetAttribute(e->desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias_ptr,
+                                            sizeof bias_ptr) == CUBLAS_STATUS_SUCCESS;
     }
     /* Stored shapes, column-major: B (k, n) row-major is (n, k) with ld n; B^T stored (n, k) is
      * (k, n) with ld k. Likewise A. */
@@ -195,7 +210,8 @@ static lt_entry *lookup(struct flx_cuda_lt *lt, const flx_gemm_ex_args *a, int32
     return e;
 }
 
-/* The unfused path: the kernels the graph would have run without the group. */
+/* The unfused path: the kernels the graph would have run without the group (the bias gradient:
+ * the sum's reduce kernel, with the arguments its exec gives it). */
 static flx_status fallback(flx_ctx *ctx, const flx_gemm_ex_args *a) {
     flx_matmul_args mm = {.dtype = a->dtype, .batch = a->batch, .m = a->m, .n = a->n, .k = a->k,
                           .ta = a->ta, .tb = a->tb, .alpha = 1.0, .beta = 0.0, .a = a->a,
@@ -213,12 +229,17 @@ static flx_status fallback(flx_ctx *ctx, const flx_gemm_ex_args *a) {
                              .x = a->out, .y = a->out};
         st = ctx->be->unary(ctx, &re);
     }
+    if (st == FLX_OK && a->bgrad != FLX_GEMM_BGRAD_NONE) {
+        flx_reduce_args r = flx_gemm_bgrad_reduce_args(a);
+        st = ctx->be->reduce(ctx, &r);
+    }
     return st;
 }
 
 flx_status flx_cuda_gemm_ex_in(flx_ctx *ctx, const flx_gemm_ex_args *a) {
     cuda_state *s = flx_cuda_st(ctx);
-    if (a->batch <= 0 || a->m <= 0 || a->n <= 0 || a->k <= 0 || (a->batch > 1 && a->ta))
+    if (a->batch <= 0 || a->m <= 0 || a->n <= 0 || a->k <= 0 || (a->batch > 1 && a->ta) ||
+        (a->bgrad != FLX_GEMM_BGRAD_NONE && (a->batch != 1 || a->bias || a->act != FLX_GEMM_ACT_NONE)))
         return fallback(ctx, a);
     if (!s->lt) {
         enum cudaStreamCaptureStatus cs = cudaStreamCaptureStatusNone;
@@ -228,9 +249,11 @@ flx_status flx_cuda_gemm_ex_in(flx_ctx *ctx, const flx_gemm_ex_args *a) {
     }
     lt_entry *e = lookup(s->lt, a, ctx->math_mode);
     if (!e->ok) return fallback(ctx, a);
-    if (a->bias &&
-        cublasLtMatmulDescSetAttribute(e->desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &a->bias,
-                                       sizeof a->bias) != CUBLAS_STATUS_SUCCESS) {
+    /* The bias, or the bias gradient's output: the only per-call attribute. */
+    const void *bias_ptr = a->bgrad != FLX_GEMM_BGRAD_NONE ? (const void *)a->bgrad_out : a->bias;
+    if (bias_ptr &&
+        cublasLtMatmulDescSetAttribute(e->desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias_ptr,
+                                       sizeof bias_ptr) != CUBLAS_STATUS_SUCCESS) {
         e->ok = false;
         return fallback(ctx, a);
     }
