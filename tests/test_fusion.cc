@@ -19,19 +19,6 @@ namespace {
 
 using FusionTest = CpuTest;
 
-flx_ctx_stats stats_of(flx_ctx *ctx) {
-    flx_ctx_stats s;
-    EXPECT_EQ(flx_ctx_get_stats(ctx, &s), FLX_OK);
-    return s;
-}
-
-std::vector<unsigned char> raw(flx_tensor *t) {
-    std::vector<unsigned char> b((size_t)flx_numel(t) * flx_dtype_size(flx_dtype_of(t)));
-    if (b.empty()) return b;
-    EXPECT_EQ(flx_to_host(t, b.data(), b.size()), FLX_OK) << flx_last_error();
-    return b;
-}
-
 // Host data of a tensor as float (f32) — exact.
 std::vector<float> f32(flx_tensor *t) {
     std::vector<float> v((size_t)flx_numel(t));
@@ -49,7 +36,7 @@ TEST_F(FusionTest, BiasReluIsOneKernelWithNoIntermediate) {
     flx_tensor *y = flx_relu(flx_add(x, b));
     ASSERT_EQ(flx_ctx_reset_stats(ctx), FLX_OK);
     std::vector<float> got = f32(y);
-    flx_ctx_stats st = stats_of(ctx);
+    flx_ctx_stats st = ctx_stats(ctx);
     EXPECT_EQ(st.kernels, 1u);         // add + relu in one launch
     EXPECT_EQ(st.allocs, 1u);          // only y: the sum never had memory
     EXPECT_EQ(st.nodes_executed, 2u);
@@ -71,8 +58,8 @@ TEST_F(FusionTest, SwitchTurnsFusionOffAndChecksArguments) {
     flx_tensor *y = flx_exp(flx_relu(flx_neg(x)));
     ASSERT_EQ(flx_ctx_reset_stats(ctx), FLX_OK);
     EXPECT_TRUE(close(values(y), {1, std::exp(2.0), 1, std::exp(4.0), 1}, 0, 1e-15));
-    EXPECT_EQ(stats_of(ctx).kernels, 3u);
-    EXPECT_EQ(stats_of(ctx).nodes_fused, 0u);
+    EXPECT_EQ(ctx_stats(ctx).kernels, 3u);
+    EXPECT_EQ(ctx_stats(ctx).nodes_fused, 0u);
     ASSERT_EQ(flx_get_fusion(ctx, &on), FLX_OK);
     EXPECT_FALSE(on);
     ASSERT_EQ(flx_set_fusion(ctx, true), FLX_OK);
@@ -98,8 +85,8 @@ std::pair<uint64_t, uint64_t> expect_same_fused(flx_ctx *ctx, const Build &build
         for (flx_tensor *o : outs) EXPECT_NE(o, nullptr) << flx_last_error();
         EXPECT_EQ(flx_ctx_reset_stats(ctx), FLX_OK);
         EXPECT_EQ(flx_eval((int32_t)outs.size(), outs.data()), FLX_OK) << flx_last_error();
-        kernels[pass] = stats_of(ctx).kernels;
-        for (flx_tensor *o : outs) res[pass].push_back(raw(o));
+        kernels[pass] = ctx_stats(ctx).kernels;
+        for (flx_tensor *o : outs) res[pass].push_back(raw_bits(o));
         EXPECT_EQ(flx_scope_end(0, nullptr), FLX_OK);
     }
     EXPECT_EQ(flx_set_fusion(ctx, true), FLX_OK);
@@ -317,10 +304,10 @@ TEST_F(FusionTest, PlansOfRandomDagsMatchUnfusedEager) {
         for (int run = 0; run < 2; run++) {
             ASSERT_EQ(flx_ctx_reset_stats(ctx), FLX_OK);
             ASSERT_EQ(flx_plan_run(plan, 0, nullptr), FLX_OK) << flx_last_error();
-            fused_nodes += stats_of(ctx).nodes_fused;
+            fused_nodes += ctx_stats(ctx).nodes_fused;
             for (size_t k = 0; k < outs.size(); k++) {
                 flx_tensor *o = flx_plan_output(plan, (int32_t)k);
-                EXPECT_TRUE(raw(o) == raw(outs[k])) << "seed " << seed << " output " << k;
+                EXPECT_TRUE(raw_bits(o) == raw_bits(outs[k])) << "seed " << seed << " output " << k;
             }
         }
         flx_plan_destroy(plan);
@@ -342,7 +329,7 @@ TEST_F(FusionTest, FusedPlanNeedsLessMemoryAndFewerKernels) {
         ASSERT_NE(plan, nullptr) << flx_last_error();
         ASSERT_EQ(flx_ctx_reset_stats(ctx), FLX_OK);
         ASSERT_EQ(flx_plan_run(plan, 0, nullptr), FLX_OK);
-        kernels[pass] = stats_of(ctx).kernels;
+        kernels[pass] = ctx_stats(ctx).kernels;
         ASSERT_EQ(flx_plan_get_info(plan, &info[pass]), FLX_OK);
         flx_plan_destroy(plan);
         ASSERT_EQ(flx_scope_end(0, nullptr), FLX_OK);

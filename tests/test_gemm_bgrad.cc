@@ -5,7 +5,6 @@
 // values match a float64 reference, and kernel counts show when the rule fires and when it must
 // not (wrong axis, a mean, batched operands, an input computed between the two nodes). CUDA
 // (skipped without a GPU): cuBLASLt's BGRAD epilogues against the CPU reference.
-#include <cstring>
 #include <functional>
 #include <vector>
 
@@ -17,33 +16,12 @@ namespace {
 
 using GemmBgradTest = CpuTest;
 
-// The exact values of t (f32/f64/f16/bf16 convert to double exactly): equal vectors, compared
-// bytewise, mean equal bits.
-std::vector<unsigned char> raw(flx_tensor *t) {
-    std::vector<double> v = values(t);
-    std::vector<unsigned char> b(v.size() * sizeof(double));
-    if (!b.empty()) std::memcpy(b.data(), v.data(), b.size());
-    return b;
-}
-
-flx_ctx_stats stats(flx_ctx *c) {
-    flx_ctx_stats s{};
-    EXPECT_EQ(flx_ctx_get_stats(c, &s), FLX_OK);
-    return s;
-}
-
-// A realised tensor, so that evaluating what reads it runs only the nodes under test.
-flx_tensor *src(flx_ctx *c, flx_dtype dt, const Shape &s, uint64_t seed) {
-    flx_tensor *t = rand_tensor(c, dt, s, seed);
-    EXPECT_EQ(flx_eval(1, &t), FLX_OK) << flx_last_error();
-    return t;
-}
-
 // Evaluates what build returns with fusion on (pass 0) and off (pass 1) in fresh scopes; returns
 // the bits of each output per pass and the stats of each evaluation (with build_runs, of the
 // build too: one that evaluates, such as flx_backward).
 struct Passes {
     std::vector<std::vector<unsigned char>> bits[2];
+    std::vector<std::vector<double>> vals[2];
     flx_ctx_stats st[2];
 };
 Passes both_ways(flx_ctx *ctx, const std::function<std::vector<flx_tensor *>()> &build,
@@ -56,8 +34,9 @@ Passes both_ways(flx_ctx *ctx, const std::function<std::vector<flx_tensor *>()> 
         std::vector<flx_tensor *> out = build();
         if (!build_runs) EXPECT_EQ(flx_ctx_reset_stats(ctx), FLX_OK);
         EXPECT_EQ(flx_eval((int32_t)out.size(), out.data()), FLX_OK) << flx_last_error();
-        p.st[pass] = stats(ctx);
-        for (flx_tensor *t : out) p.bits[pass].push_back(raw(t));
+        p.st[pass] = ctx_stats(ctx);
+        for (flx_tensor *t : out) p.bits[pass].push_back(raw_bits(t));
+        for (flx_tensor *t : out) p.vals[pass].push_back(values(t));
         EXPECT_EQ(flx_scope_end(0, nullptr), FLX_OK);
     }
     EXPECT_EQ(flx_set_fusion(ctx, true), FLX_OK);
@@ -76,10 +55,10 @@ std::vector<flx_tensor *> linear_grads(flx_tensor *x, flx_tensor *W, flx_tensor 
 TEST_F(GemmBgradTest, WeightAndBiasGradientsAreOneCall) {
     const int64_t B = 9, I = 7, O = 5;
     for (flx_dtype dt : {FLX_F32, FLX_F64, FLX_F16, FLX_BF16}) {
-        std::vector<double> xv, uv, dw, db;
+        std::vector<double> xv, uv;
         Passes p = both_ways(ctx, [&] {
-            flx_tensor *x = src(ctx, dt, {B, I}, 1), *W = src(ctx, dt, {O, I}, 2);
-            flx_tensor *b = src(ctx, dt, {O}, 3), *u = src(ctx, dt, {B, O}, 4);
+            flx_tensor *x = rand_tensor(ctx, dt, {B, I}, 1), *W = rand_tensor(ctx, dt, {O, I}, 2);
+            flx_tensor *b = rand_tensor(ctx, dt, {O}, 3), *u = rand_tensor(ctx, dt, {B, O}, 4);
             std::vector<flx_tensor *> g = linear_grads(x, W, b, u);
             xv = values(x), uv = values(u);
             return g;
@@ -91,9 +70,6 @@ TEST_F(GemmBgradTest, WeightAndBiasGradientsAreOneCall) {
         EXPECT_EQ(p.st[0].allocs, p.st[1].allocs) << flx_dtype_name(dt);  // both outputs stored
         // float64 reference of the f32/f64 results (each output rounded once to the dtype)
         if (dt != FLX_F32 && dt != FLX_F64) continue;
-        std::vector<double> got_w(O * I), got_b(O);
-        std::memcpy(got_w.data(), p.bits[0][0].data(), got_w.size() * sizeof(double));
-        std::memcpy(got_b.data(), p.bits[0][1].data(), got_b.size() * sizeof(double));
         std::vector<double> want_w(O * I, 0.0), want_b(O, 0.0);
         for (int64_t r = 0; r < B; r++)
             for (int64_t o = 0; o < O; o++) {
@@ -101,8 +77,8 @@ TEST_F(GemmBgradTest, WeightAndBiasGradientsAreOneCall) {
                 for (int64_t i = 0; i < I; i++) want_w[o * I + i] += uv[r * O + o] * xv[r * I + i];
             }
         double tol = dt == FLX_F32 ? 1e-6 : 1e-14;
-        EXPECT_TRUE(close(got_w, want_w, tol, tol)) << flx_dtype_name(dt);
-        EXPECT_TRUE(close(got_b, want_b, tol, tol)) << flx_dtype_name(dt);
+        EXPECT_TRUE(close(p.vals[0][0], want_w, tol, tol)) << flx_dtype_name(dt);
+        EXPECT_TRUE(close(p.vals[0][1], want_b, tol, tol)) << flx_dtype_name(dt);
     }
 }
 
@@ -120,8 +96,8 @@ TEST_F(GemmBgradTest, EveryOperandOrientationAndOrder) {
         {"A, ta", [&](flx_ctx *c) {
              // flx_matmul(flx_transpose(G, 0, 1), X) would copy G^T; the product that reads G
              // in place is a VJP's: d/dW of X W^T at the cotangent G
-             flx_tensor *G = src(c, FLX_F32, {6, 4}, 11), *X = src(c, FLX_F32, {6, 3}, 12);
-             flx_tensor *W = src(c, FLX_F32, {4, 3}, 13);
+             flx_tensor *G = rand_tensor(c, FLX_F32, {6, 4}, 11), *X = rand_tensor(c, FLX_F32, {6, 3}, 12);
+             flx_tensor *W = rand_tensor(c, FLX_F32, {4, 3}, 13);
              need_grad({W});
              flx_tensor *z = flx_linear(X, W, nullptr), *gw = nullptr;
              EXPECT_EQ(flx_grad_of(1, &z, &G, 1, &W, false, &gw), FLX_OK) << flx_last_error();
@@ -129,17 +105,17 @@ TEST_F(GemmBgradTest, EveryOperandOrientationAndOrder) {
          }},
         // A = P untransposed (P X), sum over P's columns (the k axis), dims dropped
         {"A, no ta", [&](flx_ctx *c) {
-             flx_tensor *P = src(c, FLX_F32, {5, 6}, 21), *X = src(c, FLX_F32, {6, 3}, 22);
+             flx_tensor *P = rand_tensor(c, FLX_F32, {5, 6}, 21), *X = rand_tensor(c, FLX_F32, {6, 3}, 22);
              return std::vector<flx_tensor *>{flx_matmul(P, X), flx_sum(P, 1, ax1, false)};
          }},
         // B = Q untransposed (X Q), sum over Q's rows
         {"B, no tb", [&](flx_ctx *c) {
-             flx_tensor *X = src(c, FLX_F32, {5, 6}, 31), *Q = src(c, FLX_F32, {6, 3}, 32);
+             flx_tensor *X = rand_tensor(c, FLX_F32, {5, 6}, 31), *Q = rand_tensor(c, FLX_F32, {6, 3}, 32);
              return std::vector<flx_tensor *>{flx_matmul(X, Q), flx_sum(Q, 1, ax0, false)};
          }},
         // B = W transposed (x W^T, flx_linear), sum over W's columns
         {"B, tb", [&](flx_ctx *c) {
-             flx_tensor *X = src(c, FLX_F32, {5, 6}, 41), *W = src(c, FLX_F32, {3, 6}, 42);
+             flx_tensor *X = rand_tensor(c, FLX_F32, {5, 6}, 41), *W = rand_tensor(c, FLX_F32, {3, 6}, 42);
              return std::vector<flx_tensor *>{flx_linear(X, W, nullptr), flx_sum(W, 1, ax1, true)};
          }},
     };
@@ -167,34 +143,34 @@ TEST_F(GemmBgradTest, RuleDoesNotFireWhereItMustNot) {
     const std::vector<Case> cases = {
         // the sum runs over the operand's other axis (not the product's k)
         {"wrong axis", [&](flx_ctx *c) {
-             flx_tensor *P = src(c, FLX_F32, {5, 6}, 51), *X = src(c, FLX_F32, {6, 3}, 52);
+             flx_tensor *P = rand_tensor(c, FLX_F32, {5, 6}, 51), *X = rand_tensor(c, FLX_F32, {6, 3}, 52);
              return std::vector<flx_tensor *>{flx_matmul(P, X), flx_sum(P, 1, ax0, false)};
          }, 2},
         // a mean is a sum with a scale
         {"mean", [&](flx_ctx *c) {
-             flx_tensor *P = src(c, FLX_F32, {5, 6}, 53), *X = src(c, FLX_F32, {6, 3}, 54);
+             flx_tensor *P = rand_tensor(c, FLX_F32, {5, 6}, 53), *X = rand_tensor(c, FLX_F32, {6, 3}, 54);
              return std::vector<flx_tensor *>{flx_matmul(P, X), flx_mean(P, 1, ax1, false)};
          }, 2},
         // a sum over both axes
         {"total sum", [&](flx_ctx *c) {
-             flx_tensor *P = src(c, FLX_F32, {5, 6}, 55), *X = src(c, FLX_F32, {6, 3}, 56);
+             flx_tensor *P = rand_tensor(c, FLX_F32, {5, 6}, 55), *X = rand_tensor(c, FLX_F32, {6, 3}, 56);
              return std::vector<flx_tensor *>{flx_matmul(P, X), flx_sum(P, 0, nullptr, false)};
          }, 2},
         // another dtype's sum (of a cast) is another operand
         {"sum of a cast", [&](flx_ctx *c) {
-             flx_tensor *P = src(c, FLX_F32, {5, 6}, 57), *X = src(c, FLX_F32, {6, 3}, 58);
+             flx_tensor *P = rand_tensor(c, FLX_F32, {5, 6}, 57), *X = rand_tensor(c, FLX_F32, {6, 3}, 58);
              return std::vector<flx_tensor *>{flx_matmul(P, X), flx_sum(flx_cast(P, FLX_F64), 1, ax1, false)};
          }, 3},
         // batched (3-d) dense layer: the weight gradient is a batched product, then summed
         {"batched x", [&](flx_ctx *c) {
-             flx_tensor *x = src(c, FLX_F32, {2, 4, 6}, 59), *W = src(c, FLX_F32, {3, 6}, 60);
-             flx_tensor *b = src(c, FLX_F32, {3}, 61), *u = src(c, FLX_F32, {2, 4, 3}, 62);
+             flx_tensor *x = rand_tensor(c, FLX_F32, {2, 4, 6}, 59), *W = rand_tensor(c, FLX_F32, {3, 6}, 60);
+             flx_tensor *b = rand_tensor(c, FLX_F32, {3}, 61), *u = rand_tensor(c, FLX_F32, {2, 4, 3}, 62);
              return linear_grads(x, W, b, u);
          }, 3},
         // the sum comes first in the list and the product's other operand is computed after it:
         // the product cannot run at the sum's step
         {"operand computed between", [&](flx_ctx *c) {
-             flx_tensor *X0 = src(c, FLX_F32, {5, 6}, 63), *W = src(c, FLX_F32, {3, 6}, 64);
+             flx_tensor *X0 = rand_tensor(c, FLX_F32, {5, 6}, 63), *W = rand_tensor(c, FLX_F32, {3, 6}, 64);
              flx_tensor *s = flx_sum(W, 1, ax1, false);
              return std::vector<flx_tensor *>{s, flx_linear(flx_exp(X0), W, nullptr)};
          }, 3},
@@ -207,7 +183,7 @@ TEST_F(GemmBgradTest, RuleDoesNotFireWhereItMustNot) {
     }
     // The same graph as the last case with the product first in the list does fuse.
     Passes p = both_ways(ctx, [&] {
-        flx_tensor *X0 = src(ctx, FLX_F32, {5, 6}, 63), *W = src(ctx, FLX_F32, {3, 6}, 64);
+        flx_tensor *X0 = rand_tensor(ctx, FLX_F32, {5, 6}, 63), *W = rand_tensor(ctx, FLX_F32, {3, 6}, 64);
         flx_tensor *y = flx_linear(flx_exp(X0), W, nullptr);
         return std::vector<flx_tensor *>{y, flx_sum(W, 1, ax1, false)};
     });
@@ -226,8 +202,8 @@ TEST_F(GemmBgradTest, PlanStoresTheSecondOutputForItsReaders) {
         for (int pass = 0; pass < 2; pass++) {
             ASSERT_EQ(flx_set_fusion(ctx, pass == 0), FLX_OK);
             ASSERT_EQ(flx_scope_begin(), FLX_OK);
-            flx_tensor *G = src(ctx, FLX_F32, {16, 8}, 71), *X = src(ctx, FLX_F32, {16, 12}, 72);
-            flx_tensor *W = src(ctx, FLX_F32, {8, 12}, 73);
+            flx_tensor *G = rand_tensor(ctx, FLX_F32, {16, 8}, 71), *X = rand_tensor(ctx, FLX_F32, {16, 12}, 72);
+            flx_tensor *W = rand_tensor(ctx, FLX_F32, {8, 12}, 73);
             need_grad({W});
             flx_tensor *z = flx_linear(X, W, nullptr), *gw = nullptr;
             ASSERT_EQ(flx_grad_of(1, &z, &G, 1, &W, false, &gw), FLX_OK) << flx_last_error();
@@ -241,10 +217,10 @@ TEST_F(GemmBgradTest, PlanStoresTheSecondOutputForItsReaders) {
             flx_plan *plan = flx_plan_compile(2, outs, 1, &G, nullptr);
             ASSERT_NE(plan, nullptr) << flx_last_error();
             for (int run = 0; run < 2; run++) {
-                flx_tensor *g2 = src(ctx, FLX_F32, {16, 8}, 80 + (uint64_t)run);
+                flx_tensor *g2 = rand_tensor(ctx, FLX_F32, {16, 8}, 80 + (uint64_t)run);
                 ASSERT_EQ(flx_plan_set_input(plan, 0, g2), FLX_OK) << flx_last_error();
                 ASSERT_EQ(flx_plan_run(plan, 0, nullptr), FLX_OK) << flx_last_error();
-                for (int k = 0; k < 2; k++) bits[pass].push_back(raw(flx_plan_output(plan, k)));
+                for (int k = 0; k < 2; k++) bits[pass].push_back(raw_bits(flx_plan_output(plan, k)));
             }
             flx_plan_destroy(plan);
             ASSERT_EQ(flx_scope_end(0, nullptr), FLX_OK);
@@ -268,11 +244,11 @@ TEST_F(GemmBgradTest, TrainingStepPlansMatchUnfusedBitForBit) {
             const int64_t dims[4] = {784, 64, 32, 10};
             std::vector<flx_tensor *> params;
             for (int l = 0; l < 3; l++) {
-                params.push_back(src(ctx, FLX_F32, {dims[l + 1], dims[l]}, 30 + l));
-                params.push_back(src(ctx, FLX_F32, {dims[l + 1]}, 40 + l));
+                params.push_back(rand_tensor(ctx, FLX_F32, {dims[l + 1], dims[l]}, 30 + l));
+                params.push_back(rand_tensor(ctx, FLX_F32, {dims[l + 1]}, 40 + l));
             }
             for (flx_tensor *p : params) flx_set_requires_grad(p, true);
-            flx_tensor *x = src(ctx, FLX_F32, {16, 784}, 50);
+            flx_tensor *x = rand_tensor(ctx, FLX_F32, {16, 784}, 50);
             std::vector<double> lv(16);
             for (int i = 0; i < 16; i++) lv[i] = (double)((i * 7) % 10);
             flx_tensor *labels = make(ctx, FLX_I64, {16}, lv);
@@ -293,11 +269,11 @@ TEST_F(GemmBgradTest, TrainingStepPlansMatchUnfusedBitForBit) {
             for (int step = 0; step < 3; step++) {
                 ASSERT_EQ(flx_ctx_reset_stats(ctx), FLX_OK);
                 ASSERT_EQ(flx_plan_run(plan, 0, nullptr), FLX_OK) << flx_last_error();
-                kernels[pass] = stats(ctx).kernels;
-                bits[pass].push_back(raw(flx_plan_output(plan, 0)));
+                kernels[pass] = ctx_stats(ctx).kernels;
+                bits[pass].push_back(raw_bits(flx_plan_output(plan, 0)));
             }
-            fused[pass] = stats(ctx).nodes_fused;
-            for (flx_tensor *p : params) bits[pass].push_back(raw(p));
+            fused[pass] = ctx_stats(ctx).nodes_fused;
+            for (flx_tensor *p : params) bits[pass].push_back(raw_bits(p));
             flx_plan_destroy(plan);
             flx_optim_destroy(opt);
             ASSERT_EQ(flx_scope_end(0, nullptr), FLX_OK);

@@ -5,7 +5,6 @@
 // counts show when the rule fires and when a needed intermediate stops it. CUDA (skipped without
 // a GPU): cuBLASLt's epilogues against the CPU reference.
 #include <cmath>
-#include <cstring>
 #include <functional>
 #include <vector>
 
@@ -16,21 +15,6 @@ using namespace flxt;
 namespace {
 
 using GemmEpilogueTest = CpuTest;
-
-// The exact values of t: every f32/f64 value converts to double exactly, so equal vectors
-// (compared bytewise: NaNs and signed zeros included) mean equal bits.
-std::vector<unsigned char> raw(flx_tensor *t) {
-    std::vector<double> v = values(t);
-    std::vector<unsigned char> b(v.size() * sizeof(double));
-    if (!b.empty()) std::memcpy(b.data(), v.data(), b.size());
-    return b;
-}
-
-flx_ctx_stats stats(flx_ctx *c) {
-    flx_ctx_stats s{};
-    EXPECT_EQ(flx_ctx_get_stats(c, &s), FLX_OK);
-    return s;
-}
 
 // A realised tensor (so that evaluating what reads it runs only the layer).
 flx_tensor *src(flx_ctx *c, flx_dtype dt, const Shape &s, uint64_t seed) {
@@ -43,7 +27,7 @@ flx_tensor *src(flx_ctx *c, flx_dtype dt, const Shape &s, uint64_t seed) {
 flx_ctx_stats eval_stats(flx_ctx *c, std::vector<flx_tensor *> ts) {
     EXPECT_EQ(flx_ctx_reset_stats(c), FLX_OK);
     EXPECT_EQ(flx_eval((int32_t)ts.size(), ts.data()), FLX_OK) << flx_last_error();
-    return stats(c);
+    return ctx_stats(c);
 }
 
 TEST_F(GemmEpilogueTest, DenseReluLayerIsOneCallWithNoIntermediate) {
@@ -130,7 +114,7 @@ TEST_F(GemmEpilogueTest, NeededIntermediatesStopTheChain) {
                 flx_tensor *b = src(ctx, dt, {5}, 3);
                 std::vector<flx_tensor *> out = c.f(x, W, b);
                 st[pass] = eval_stats(ctx, out);
-                for (flx_tensor *t : out) bits[pass].push_back(raw(t));
+                for (flx_tensor *t : out) bits[pass].push_back(raw_bits(t));
                 ASSERT_EQ(flx_scope_end(0, nullptr), FLX_OK);
             }
             ASSERT_EQ(flx_set_fusion(ctx, true), FLX_OK);
@@ -153,7 +137,7 @@ TEST_F(GemmEpilogueTest, BatchedInputIsOneCall) {
             flx_tensor *b = src(ctx, dt, {1, 1, 4}, 13);
             flx_tensor *y = flx_relu(flx_add(flx_linear(x, W, nullptr), b));
             st[pass] = eval_stats(ctx, {y});
-            bits[pass] = raw(y);
+            bits[pass] = raw_bits(y);
             ASSERT_EQ(flx_scope_end(0, nullptr), FLX_OK);
         }
         ASSERT_EQ(flx_set_fusion(ctx, true), FLX_OK);
@@ -189,7 +173,7 @@ TEST_F(GemmEpilogueTest, ForwardVjpJvpMatchUnfusedBitForBit) {
             std::vector<flx_tensor *> all = {y, ty};
             all.insert(all.end(), g.begin(), g.end());
             ASSERT_EQ(flx_eval((int32_t)all.size(), all.data()), FLX_OK) << flx_last_error();
-            for (flx_tensor *t : all) bits[pass].push_back(raw(t));
+            for (flx_tensor *t : all) bits[pass].push_back(raw_bits(t));
             ASSERT_EQ(flx_scope_end(0, nullptr), FLX_OK);
         }
         ASSERT_EQ(flx_set_fusion(ctx, true), FLX_OK);
@@ -256,11 +240,11 @@ TEST_F(GemmEpilogueTest, TrainingStepPlanMatchesUnfusedBitForBit) {
         ASSERT_NE(plan, nullptr) << flx_last_error();
         ASSERT_EQ(flx_ctx_reset_stats(ctx), FLX_OK);
         ASSERT_EQ(flx_plan_run(plan, 0, nullptr), FLX_OK) << flx_last_error();
-        kernels[pass] = stats(ctx).kernels;
+        kernels[pass] = ctx_stats(ctx).kernels;
         ASSERT_EQ(flx_plan_run(plan, 0, nullptr), FLX_OK) << flx_last_error();
         flx_tensor *out = flx_plan_output(plan, 0);
-        bits[pass].push_back(raw(out));
-        for (flx_tensor *p : params) bits[pass].push_back(raw(p));
+        bits[pass].push_back(raw_bits(out));
+        for (flx_tensor *p : params) bits[pass].push_back(raw_bits(p));
         flx_plan_destroy(plan);
         flx_optim_destroy(opt);
         ASSERT_EQ(flx_scope_end(0, nullptr), FLX_OK);

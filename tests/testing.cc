@@ -194,6 +194,19 @@ flx_plan_info plan_info(flx_plan *p) {
     return info;
 }
 
+flx_ctx_stats ctx_stats(flx_ctx *ctx) {
+    flx_ctx_stats s{};
+    EXPECT_EQ(flx_ctx_get_stats(ctx, &s), FLX_OK) << flx_last_error();
+    return s;
+}
+
+std::vector<unsigned char> raw_bits(flx_tensor *t) {
+    std::vector<unsigned char> b((size_t)flx_numel(t) * flx_dtype_size(flx_dtype_of(t)));
+    if (b.empty()) return b;
+    EXPECT_EQ(flx_to_host(t, b.data(), b.size()), FLX_OK) << flx_last_error();
+    return b;
+}
+
 flx_ctx *cuda_ctx_or_null(std::string *why) {
     static flx_ctx *ctx = nullptr;
     static bool tried = false;

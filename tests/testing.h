@@ -79,6 +79,11 @@ inline void need_grad(const std::vector<flx_tensor *> &in) {
 
 // flx_plan_get_info of p (a failure is reported, and the info is then all zero).
 flx_plan_info plan_info(flx_plan *p);
+// flx_ctx_get_stats of ctx (a failure is reported, and the stats are then all zero).
+flx_ctx_stats ctx_stats(flx_ctx *ctx);
+// The stored bytes of t (flx_to_host): equal vectors mean bit-identical values, NaNs and signed
+// zeros included.
+std::vector<unsigned char> raw_bits(flx_tensor *t);
 
 // A CUDA context on device 0, or nullptr when no GPU is usable (the caller skips).
 flx_ctx *cuda_ctx_or_null(std::string *why);
