@@ -145,7 +145,9 @@ TEST_F(MpiTest, MissedCollectiveTimesOutOnTheWaitingRank) {
 }
 
 // flx_comm_backward over two ranks: the gradients of flx_backward + flx_comm_average_grads, and
-// every bucket but the last started before the rest of backward.
+// every bucket but the last started before the rest of backward. A layer's weight and bias
+// gradients come from one kernel (the bias gradient joins the weight-gradient GEMM), so of the
+// four buckets only layer 1's first starts after backward work done since the previous start.
 TEST_F(MpiTest, OverlappedBackwardEqualsBackwardThenAverage) {
     std::vector<flx_tensor *> a, b;
     for (int k = 0; k < 2; k++) {
@@ -166,7 +168,7 @@ TEST_F(MpiTest, OverlappedBackwardEqualsBackwardThenAverage) {
     ASSERT_EQ(flx_comm_backward(comm, loss(b), 4, b.data(), 1), FLX_OK) << flx_last_error();
     ASSERT_EQ(flx_comm_get_stats(comm, &after), FLX_OK);
     EXPECT_EQ(after.overlapped - before.overlapped, 4u);
-    EXPECT_EQ(after.started_early - before.started_early, 3u);
+    EXPECT_EQ(after.started_early - before.started_early, 1u);
     for (int i = 0; i < 4; i++) {
         std::vector<double> ga = values(flx_grad(a[(size_t)i]));
         EXPECT_TRUE(close(values(flx_grad(b[(size_t)i])), ga, 1e-15, 1e-15)) << "parameter " << i;
