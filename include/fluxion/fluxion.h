@@ -165,7 +165,8 @@ typedef struct flx_ctx_stats {
     uint64_t peak_bytes;       /* most bytes_in_use since the last reset         */
     uint64_t nodes_executed;   /* graph nodes run by the evaluator               */
     uint64_t nodes_fused;      /* of nodes_executed, those computed inside a fused
-                                  elementwise kernel (flx_set_fusion)            */
+                                  kernel: elementwise, or a dense layer's GEMM
+                                  (flx_set_fusion)                               */
 } flx_ctx_stats;
 FLX_API flx_status flx_ctx_get_stats(const flx_ctx *ctx, flx_ctx_stats *out);
 /* Zeroes the counters; peak_bytes restarts from bytes_in_use. */
@@ -1160,7 +1161,10 @@ FLX_API flx_status flx_get_math_mode(const flx_ctx *ctx, int32_t *mode);
  * bit-identical with fusion on or off on each backend (the CPU rounds every step to the dtype
  * as the unfused kernels do; the CUDA kernel applies the same per-op formulas). Bias +
  * activation, activation backward (g * f'(x)) and optimiser arithmetic written as ops all fuse.
- * A plan keeps the setting it was compiled with. */
+ * The same switch covers dense layers: a matmul with its row bias and relu, and a weight
+ * gradient with the bias gradient summed beside it, run as one GEMM call each (cuBLASLt
+ * epilogues on CUDA, whose results are within GEMM rounding of the unfused kernels' rather than
+ * bit-identical; the CPU gives the same bits). A plan keeps the setting it was compiled with. */
 FLX_API flx_status flx_set_fusion(flx_ctx *ctx, bool enabled);
 FLX_API flx_status flx_get_fusion(const flx_ctx *ctx, bool *enabled);
 
