@@ -133,6 +133,20 @@ TEST_F(GemmBgradTest, EveryOperandOrientationAndOrder) {
         }
 }
 
+// Both values are stored, so readers of the product or of the sum elsewhere in the evaluation do
+// not stop the group (unlike the forward chain's interior members).
+TEST_F(GemmBgradTest, OtherReadersDoNotStopTheGroup) {
+    const int32_t ax1[1] = {1};
+    Passes p = both_ways(ctx, [&] {
+        flx_tensor *X = rand_tensor(ctx, FLX_F64, {5, 6}, 45), *W = rand_tensor(ctx, FLX_F64, {3, 6}, 46);
+        flx_tensor *y = flx_linear(X, W, nullptr), *s = flx_sum(W, 1, ax1, false);
+        return std::vector<flx_tensor *>{flx_exp(y), flx_mul_scalar(y, 3.0), flx_sqrt(flx_abs(s)), s};
+    });
+    EXPECT_EQ(p.bits[0], p.bits[1]);
+    EXPECT_EQ(p.st[0].kernels, 4u);  // gemm_ex, exp, mul, abs + sqrt fused
+    EXPECT_EQ(p.st[1].kernels, 6u);
+}
+
 // Where the rule must not fire: the kernel count equals the unfused one, and the bits too.
 TEST_F(GemmBgradTest, RuleDoesNotFireWhereItMustNot) {
     struct Case {
