@@ -247,8 +247,15 @@ typedef struct flx_softmax_args {
     void *out;
     void *grad;             /* CE_FWD: the fused gradient (N, C), or NULL */
     flx_kerr err;
+    /* CUDA only (NULL elsewhere): flx_cuda_softmax_scratch_bytes(args) bytes of device memory for
+     * the partials of a strided softmax split over the GPU (stream-ordered: free after queueing);
+     * without it the kernel runs one thread per column. */
+    void *scratch;
+    size_t scratch_bytes;
 } flx_softmax_args;
 int flx_cuda_softmax(const flx_softmax_args *args, void *stream);
+/* Bytes of scratch flx_cuda_softmax wants for args (0: none); depends on the current device. */
+size_t flx_cuda_softmax_scratch_bytes(const flx_softmax_args *args);
 
 /* ---- optim: fused multi-tensor optimiser updates (runtime/nn/optim.c, runtime/cpu/optim.c,
  * kernels/optim.cu). Update rules: fluxion.h, "optimisers".

@@ -153,7 +153,6 @@ FLX_CUDA_FAMILY(unary, flx_unary_args, a->dtype)
 FLX_CUDA_FAMILY(binary, flx_binary_args, a->dtype)
 FLX_CUDA_FAMILY(where, flx_where_args, a->dtype)
 FLX_CUDA_FAMILY(conv, flx_conv_args, a->dtype)       /* nn sliding windows: kernels/conv.cu */
-FLX_CUDA_FAMILY(softmax, flx_softmax_args, a->dtype) /* softmax family: kernels/softmax.cu */
 FLX_CUDA_FAMILY(optim, flx_optim_args, a->dtype)     /* fused optimisers: kernels/optim.cu */
 FLX_CUDA_FAMILY(fused, flx_fused_args, a->dtype)     /* fused elementwise: kernels/elementwise.cu */
 #undef FLX_CUDA_FAMILY
@@ -212,6 +211,20 @@ static flx_status reduce_in(flx_ctx *ctx, const flx_reduce_args *a) {
     return launched(rc, "reduce", a->dtype);
 }
 FLX_CUDA_GUARDED(cuda_reduce, flx_reduce_args, reduce_in)
+
+/* The softmax family (kernels/softmax.cu): a strided softmax over few long columns is split over
+ * the GPU with its partials in scratch from the context's pool; without it (out of memory) the
+ * kernel runs one thread per column, so failing to allocate is not an error. */
+static flx_status softmax_in(flx_ctx *ctx, const flx_softmax_args *a) {
+    flx_softmax_args b = *a;
+    b.scratch_bytes = flx_cuda_softmax_scratch_bytes(a);
+    b.scratch = b.scratch_bytes ? scratch_try_alloc(ctx, b.scratch_bytes) : NULL;
+    if (!b.scratch) b.scratch_bytes = 0;
+    int rc = flx_cuda_softmax(&b, (void *)flx_cuda_st(ctx)->stream);
+    scratch_free(ctx, b.scratch);
+    return launched(rc, "softmax", a->dtype);
+}
+FLX_CUDA_GUARDED(cuda_softmax, flx_softmax_args, softmax_in)
 
 /* ---- matmul ----------------------------------------------------------------------------------- */
 /* C := beta * C for every batch when k == 0 (no products to add). */
