@@ -451,6 +451,11 @@ flx_buffer *flx_buffer_new(flx_ctx *ctx, size_t nbytes);
 void flx_buffer_release(flx_buffer *b);
 /* Returns every cached block to the backend (context destruction). */
 void flx_buffer_cache_flush(flx_ctx *ctx);
+/* Device scratch of a kernel launcher, released right after the work that uses it is queued
+ * (stream-ordered, like a buffer): from the same cache, so a small reduction or solver call costs
+ * no allocator call either. Counted in allocs/frees, not in bytes_in_use. */
+flx_buffer *flx_scratch_new(flx_ctx *ctx, size_t nbytes);
+void flx_scratch_release(flx_buffer *b);
 /* While a plan queues its replay on this thread: the device address of its run counter, which
  * random fills use as their Philox stream (so every replay draws new numbers); NULL otherwise
  * (runtime/core/plan.c). */

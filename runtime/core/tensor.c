@@ -138,7 +138,9 @@ static int size_class(size_t nbytes) {
     return k;
 }
 
-flx_buffer *flx_buffer_new(flx_ctx *ctx, size_t nbytes) {
+/* A block of nbytes with its record, from the cache when one fits. Scratch counts in allocs but
+ * not in bytes_in_use (it lives only while its launcher queues work). */
+static flx_buffer *buffer_get(flx_ctx *ctx, size_t nbytes, bool scratch) {
     /* Zero-byte tensors still get a distinct non-NULL pointer: allocate one byte. */
     size_t want = nbytes ? nbytes : 1;
     int k = ctx->capturing || !FLX_RECYCLE ? -1 : size_class(want);
@@ -147,7 +149,7 @@ flx_buffer *flx_buffer_new(flx_ctx *ctx, size_t nbytes) {
         flx_buffer *b = c->bin[k][--c->n[k]];
         b->refs = 1;
         b->nbytes = want;
-        flx_stats_alloc(ctx, want);
+        flx_stats_alloc(ctx, scratch ? 0 : want);
         return b;
     }
     flx_buffer *b = (flx_buffer *)calloc(1, sizeof *b);
@@ -171,9 +173,11 @@ flx_buffer *flx_buffer_new(flx_ctx *ctx, size_t nbytes) {
     b->ctx = ctx;
     b->nbytes = want;
     b->cache_bin = (uint8_t)(k + 1);
-    flx_stats_alloc(ctx, want);
+    flx_stats_alloc(ctx, scratch ? 0 : want);
     return b;
 }
+
+flx_buffer *flx_buffer_new(flx_ctx *ctx, size_t nbytes) { return buffer_get(ctx, nbytes, false); }
 
 /* Keeps a released record of the allocator's for reuse; false when its class is full. */
 static bool cache_put(flx_buffer *b) {
@@ -192,6 +196,14 @@ static bool cache_put(flx_buffer *b) {
     return true;
 }
 
+/* Drops a record of the allocator's: back to the cache, or its block back to the backend. */
+static void buffer_put(flx_buffer *b, bool scratch) {
+    flx_stats_free(b->ctx, scratch ? 0 : b->nbytes);
+    if (cache_put(b)) return;
+    b->ctx->be->free(b->ctx, b->ptr);
+    free(b);
+}
+
 void flx_buffer_release(flx_buffer *b) {
     if (!b) return;
     if (--b->refs > 0) return;
@@ -200,10 +212,13 @@ void flx_buffer_release(flx_buffer *b) {
         free(b);
         return;
     }
-    flx_stats_free(b->ctx, b->nbytes);
-    if (cache_put(b)) return;
-    b->ctx->be->free(b->ctx, b->ptr);
-    free(b);
+    buffer_put(b, false);
+}
+
+flx_buffer *flx_scratch_new(flx_ctx *ctx, size_t nbytes) { return buffer_get(ctx, nbytes, true); }
+
+void flx_scratch_release(flx_buffer *b) {
+    if (b) buffer_put(b, true);
 }
 
 void flx_buffer_cache_flush(flx_ctx *ctx) {
