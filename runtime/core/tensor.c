@@ -138,9 +138,7 @@ static int size_class(size_t nbytes) {
     return k;
 }
 
-/* A block of nbytes with its record, from the cache when one fits. Scratch counts in allocs but
- * not in bytes_in_use (it lives only while its launcher queues work). */
-static flx_buffer *buffer_get(flx_ctx *ctx, size_t nbytes, bool scratch) {
+flx_buffer *flx_buffer_new(flx_ctx *ctx, size_t nbytes) {
     /* Zero-byte tensors still get a distinct non-NULL pointer: allocate one byte. */
     size_t want = nbytes ? nbytes : 1;
     int k = ctx->capturing || !FLX_RECYCLE ? -1 : size_class(want);
@@ -149,7 +147,7 @@ static flx_buffer *buffer_get(flx_ctx *ctx, size_t nbytes, bool scratch) {
         flx_buffer *b = c->bin[k][--c->n[k]];
         b->refs = 1;
         b->nbytes = want;
-        flx_stats_alloc(ctx, scratch ? 0 : want);
+        flx_stats_alloc(ctx, want);
         return b;
     }
     flx_buffer *b = (flx_buffer *)calloc(1, sizeof *b);
@@ -173,11 +171,9 @@ static flx_buffer *buffer_get(flx_ctx *ctx, size_t nbytes, bool scratch) {
     b->ctx = ctx;
     b->nbytes = want;
     b->cache_bin = (uint8_t)(k + 1);
-    flx_stats_alloc(ctx, scratch ? 0 : want);
+    flx_stats_alloc(ctx, want);
     return b;
 }
-
-flx_buffer *flx_buffer_new(flx_ctx *ctx, size_t nbytes) { return buffer_get(ctx, nbytes, false); }
 
 /* Keeps a released record of the allocator's for reuse; false when its class is full. */
 static bool cache_put(flx_buffer *b) {
@@ -196,14 +192,6 @@ static bool cache_put(flx_buffer *b) {
     return true;
 }
 
-/* Drops a record of the allocator's: back to the cache, or its block back to the backend. */
-static void buffer_put(flx_buffer *b, bool scratch) {
-    flx_stats_free(b->ctx, scratch ? 0 : b->nbytes);
-    if (cache_put(b)) return;
-    b->ctx->be->free(b->ctx, b->ptr);
-    free(b);
-}
-
 void flx_buffer_release(flx_buffer *b) {
     if (!b) return;
     if (--b->refs > 0) return;
@@ -212,13 +200,28 @@ void flx_buffer_release(flx_buffer *b) {
         free(b);
         return;
     }
-    buffer_put(b, false);
+    flx_stats_free(b->ctx, b->nbytes);
+    if (cache_put(b)) return;
+    b->ctx->be->free(b->ctx, b->ptr);
+    free(b);
 }
 
-flx_buffer *flx_scratch_new(flx_ctx *ctx, size_t nbytes) { return buffer_get(ctx, nbytes, true); }
+/* Scratch is an ordinary buffer whose bytes the statistics leave out (it lives only while its
+ * launcher queues work), so the buffer path itself stays as it is. */
+flx_buffer *flx_scratch_new(flx_ctx *ctx, size_t nbytes) {
+    const uint64_t peak = ctx->stats.peak_bytes;
+    flx_buffer *b = flx_buffer_new(ctx, nbytes);
+    if (b) {
+        ctx->stats.bytes_in_use -= b->nbytes;
+        ctx->stats.peak_bytes = peak;
+    }
+    return b;
+}
 
 void flx_scratch_release(flx_buffer *b) {
-    if (b) buffer_put(b, true);
+    if (!b) return;
+    b->ctx->stats.bytes_in_use += b->nbytes;
+    flx_buffer_release(b);
 }
 
 void flx_buffer_cache_flush(flx_ctx *ctx) {
