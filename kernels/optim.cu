@@ -322,43 +322,29 @@ template <typename X> bool vec_aligned(const void *p) {
     return (uintptr_t)p % alignof(Pack<X, kVec>) == 0;
 }
 
-// a's tensors [0, a.n) with their first blocks start[0..n] as the kernels' parameters.
+// a's tensors [0, a.n) with their first blocks start[0..n] as the kernels' parameters (P starts
+// zeroed: the slots past n stay NULL).
 template <typename T, typename S, int NT>
 void pack(const flx_optim_args &a, const int64_t *start, Params<NT> &P) {
-    P.rule = a.rule;
-    P.n = a.n;
-    P.nesterov = a.nesterov;
-    P.centered = a.centered;
-    P.use_momentum = a.use_momentum;
-    P.advance_step = a.advance_step;
-    P.vec = 0;
+    P.rule = a.rule, P.n = a.n, P.advance_step = a.advance_step;
+    P.nesterov = a.nesterov, P.centered = a.centered, P.use_momentum = a.use_momentum;
     for (int j = 0; j <= NT; j++) P.start[j] = (int32_t)start[j < a.n ? j : a.n];
-    for (int j = 0; j < NT; j++) {
-        const bool live = j < a.n;
-        P.p[j] = live ? a.p[j] : nullptr;
-        P.g[j] = live ? a.g[j] : nullptr;
-        P.s0[j] = live ? a.s0[j] : nullptr;
-        P.s1[j] = live ? a.s1[j] : nullptr;
-        P.s2[j] = live ? a.s2[j] : nullptr;
-        P.master[j] = live ? a.master[j] : nullptr;
-        P.numel[j] = live ? a.numel[j] : 0;
-        if (live && vec_aligned<T>(a.p[j]) && vec_aligned<T>(a.g[j]) && vec_aligned<S>(a.s0[j]) &&
+    for (int j = 0; j < a.n; j++) {
+        P.p[j] = a.p[j], P.g[j] = a.g[j], P.master[j] = a.master[j], P.numel[j] = a.numel[j];
+        P.s0[j] = a.s0[j], P.s1[j] = a.s1[j], P.s2[j] = a.s2[j];
+        if (vec_aligned<T>(a.p[j]) && vec_aligned<T>(a.g[j]) && vec_aligned<S>(a.s0[j]) &&
             vec_aligned<S>(a.s1[j]) && vec_aligned<S>(a.s2[j]) && vec_aligned<float>(a.master[j]))
             P.vec |= 1u << j;
     }
-    P.hp = a.hp;
-    P.counter = a.counter;
-    P.scale = a.scale;
-    P.scaler = a.scaler;
-    P.found_inf = a.found_inf;
-    P.growth_factor = a.growth_factor;
-    P.backoff_factor = a.backoff_factor;
+    P.hp = a.hp, P.counter = a.counter, P.found_inf = a.found_inf;
+    P.scale = a.scale, P.scaler = a.scaler;
+    P.growth_factor = a.growth_factor, P.backoff_factor = a.backoff_factor;
     P.growth_interval = a.growth_interval;
 }
 
 template <typename T, typename S, int NT>
 int launch(const flx_optim_args &a, const int64_t *start, unsigned blocks, cudaStream_t s) {
-    Params<NT> P;
+    Params<NT> P{};
     pack<T, S, NT>(a, start, P);
     switch (a.mode) {
     case FLX_OPTIM_UPDATE: optim_kernel<T, S, Params<NT>><<<blocks, flxk::kBlock, 0, s>>>(P); break;
