@@ -314,7 +314,14 @@ flx_status flx_fusion_plan(flx_tensor *const *order, size_t n, uint64_t epoch, i
             else if (*c != g) *c = CG_CONFLICT;
         }
     }
-    /* Groups of two or more members become programs; the rest run unfused. */
+    /* Groups of two or more members become programs; the rest run unfused (and when none has two,
+     * nothing is allocated and role stays unpublished). */
+    any = n_gemm > 0;
+    for (int32_t g = 0; g < ng && !any; g++) any = dr[g].n_members >= 2;
+    if (!any) {
+        planner_tmp_free(tmp, heap);
+        return FLX_OK;
+    }
     flx_fused_group *groups = (flx_fused_group *)malloc((size_t)(ng + n_gemm + 1) * sizeof *groups);
     int32_t *renum = heap ? (int32_t *)malloc((size_t)(ng ? ng : 1) * sizeof *renum) : tmp->renum;
     if (!groups || !renum) {
