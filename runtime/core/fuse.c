@@ -214,9 +214,11 @@ typedef struct {
     int32_t *cg;         /* consumers' group per position   */
     int32_t *group_root; /* root position per draft group   */
     int32_t *gemm_of;    /* dense-layer group per position  */
+    int32_t *reads, *reader; /* dense-layer planning: edges into each position, its last reader */
     uint8_t *pin;
     draft *dr;           /* at most one group per node      */
     int32_t l_cg[PLANNER_LOCAL], l_group_root[PLANNER_LOCAL], l_gemm_of[PLANNER_LOCAL], renum[PLANNER_LOCAL];
+    int32_t l_reads[PLANNER_LOCAL], l_reader[PLANNER_LOCAL];
     uint8_t l_pin[PLANNER_LOCAL];
     draft l_dr[PLANNER_LOCAL];
 } planner_tmp;
@@ -224,31 +226,34 @@ typedef struct {
 static bool planner_tmp_init(planner_tmp *t, size_t n, bool heap) {
     if (!heap) {
         t->cg = t->l_cg, t->group_root = t->l_group_root, t->gemm_of = t->l_gemm_of;
+        t->reads = t->l_reads, t->reader = t->l_reader;
         t->pin = t->l_pin, t->dr = t->l_dr;
         return true;
     }
     t->cg = (int32_t *)malloc(n * sizeof *t->cg);
     t->group_root = (int32_t *)malloc(n * sizeof *t->group_root);
     t->gemm_of = (int32_t *)malloc(n * sizeof *t->gemm_of);
+    t->reads = (int32_t *)malloc(2 * n * sizeof *t->reads); /* and reader */
+    t->reader = t->reads ? t->reads + n : NULL;
     t->pin = (uint8_t *)malloc(n);
     t->dr = (draft *)malloc(n * sizeof *t->dr);
-    return t->cg && t->group_root && t->gemm_of && t->pin && t->dr;
+    return t->cg && t->group_root && t->gemm_of && t->reads && t->pin && t->dr;
 }
 
 static void planner_tmp_free(planner_tmp *t, bool heap) {
     if (!heap) return;
-    free(t->cg), free(t->group_root), free(t->gemm_of), free(t->pin), free(t->dr);
+    free(t->cg), free(t->group_root), free(t->gemm_of), free(t->reads), free(t->pin), free(t->dr);
 }
 
 void flx_fusion_free(flx_fusion *f) {
     if (!f) return;
-    free(f->role);
     free(f->groups);
     memset(f, 0, sizeof *f);
 }
 
 flx_status flx_fusion_plan(flx_tensor *const *order, size_t n, uint64_t epoch, int32_t n_pinned,
-                           flx_tensor *const *pinned, bool honor_keep, flx_fusion *out) {
+                           flx_tensor *const *pinned, bool honor_keep, int32_t *role,
+                           flx_fusion *out) {
     memset(out, 0, sizeof *out);
     if (n < 2 || !order[0]->ctx->fusion) return FLX_OK;
     const bool elementwise = flx_backend_supports(order[0]->ctx->be, FLX_KERNEL_FUSED);
@@ -260,10 +265,7 @@ flx_status flx_fusion_plan(flx_tensor *const *order, size_t n, uint64_t epoch, i
      * (no allocator call per evaluation), on the heap for longer ones. */
     planner_tmp local, *tmp = &local;
     const bool heap = n > PLANNER_LOCAL;
-    const bool tmp_ok = planner_tmp_init(tmp, n, heap);
-    int32_t *role = (int32_t *)malloc(n * sizeof *role);
-    if (!role || !tmp_ok) {
-        free(role);
+    if (!planner_tmp_init(tmp, n, heap)) {
         planner_tmp_free(tmp, heap);
         return flx_set_error(FLX_ERR_OUT_OF_MEMORY, "fusion: out of host memory");
     }
@@ -278,13 +280,8 @@ flx_status flx_fusion_plan(flx_tensor *const *order, size_t n, uint64_t epoch, i
     for (int32_t k = 0; k < n_pinned; k++)
         if (pinned[k] && pinned[k]->mark == epoch) pin[pinned[k]->scratch] = 1;
     /* Dense layers first: their members are one GEMM call, out of the elementwise groups. */
-    flx_fused_group *gemm = NULL;
     int32_t n_gemm = 0;
-    if (flx_gemm_groups_plan(order, n, epoch, pin, gemm_of, &gemm, &n_gemm) != FLX_OK) {
-        free(role);
-        planner_tmp_free(tmp, heap);
-        return flx_last_status();
-    }
+    flx_gemm_groups_plan(order, n, epoch, pin, tmp->reads, tmp->reader, gemm_of, &n_gemm);
     int32_t ng = 0;
     for (size_t ii = n; ii-- > 0;) {
         flx_tensor *t = order[ii];
@@ -317,11 +314,18 @@ flx_status flx_fusion_plan(flx_tensor *const *order, size_t n, uint64_t epoch, i
             else if (*c != g) *c = CG_CONFLICT;
         }
     }
-    /* Groups of two or more members become programs; the rest run unfused. */
+    /* Groups of two or more members become programs; the rest run unfused (and when none has two,
+     * nothing is allocated and role stays unpublished). */
+    any = n_gemm > 0;
+    for (int32_t g = 0; g < ng && !any; g++) any = dr[g].n_members >= 2;
+    if (!any) {
+        planner_tmp_free(tmp, heap);
+        return FLX_OK;
+    }
     flx_fused_group *groups = (flx_fused_group *)malloc((size_t)(ng + n_gemm + 1) * sizeof *groups);
     int32_t *renum = heap ? (int32_t *)malloc((size_t)(ng ? ng : 1) * sizeof *renum) : tmp->renum;
     if (!groups || !renum) {
-        free(role), free(groups), free(gemm);
+        free(groups);
         if (heap) free(renum);
         planner_tmp_free(tmp, heap);
         return flx_set_error(FLX_ERR_OUT_OF_MEMORY, "fusion: out of host memory");
@@ -347,17 +351,15 @@ flx_status flx_fusion_plan(flx_tensor *const *order, size_t n, uint64_t epoch, i
             for (int32_t m = 0; m < dr[g].n_members; m++) role[dr[g].members[m]->scratch] = FLX_FUSE_SINGLE;
         else
             role[group_root[g]] = renum[g];
+    flx_gemm_groups_write(order, n, pin, tmp->reads, tmp->reader, gemm_of, groups + nk);
     for (int32_t j = 0; j < n_gemm; j++) {
-        const flx_fused_group *gg = &gemm[j];
+        const flx_fused_group *gg = &groups[nk];
         for (int32_t m = 0; m + 1 < gg->n_members; m++) role[gg->members[m]->scratch] = FLX_FUSE_INTERIOR;
-        role[gg->root->scratch] = nk;
-        groups[nk++] = *gg;
+        role[gg->root->scratch] = nk++;
     }
     if (heap) free(renum);
     planner_tmp_free(tmp, heap);
-    free(gemm);
     if (nk == 0) {
-        free(role);
         free(groups);
         return FLX_OK;
     }

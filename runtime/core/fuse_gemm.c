@@ -19,7 +19,6 @@
  * makes this safe: a member read by nothing else in the list would be freed right after the
  * chain's next op anyway, and is recomputed if read later.
  */
-#include <stdlib.h>
 #include <string.h>
 
 #include "internal.h"
@@ -86,23 +85,15 @@ static bool chain_at(flx_tensor *const *order, size_t i, const uint8_t *pin, con
     return true;
 }
 
-flx_status flx_gemm_groups_plan(flx_tensor *const *order, size_t n, uint64_t epoch,
-                                const uint8_t *pin, int32_t *member_of, flx_fused_group **groups,
-                                int32_t *n_groups) {
-    *groups = NULL;
+void flx_gemm_groups_plan(flx_tensor *const *order, size_t n, uint64_t epoch, const uint8_t *pin,
+                          int32_t *reads, int32_t *reader, int32_t *member_of, int32_t *n_groups) {
     *n_groups = 0;
     for (size_t i = 0; i < n; i++) member_of[i] = -1;
-    if (n < 2 || !flx_backend_supports(order[0]->ctx->be, FLX_KERNEL_GEMM_EX)) return FLX_OK;
+    if (n < 2 || !flx_backend_supports(order[0]->ctx->be, FLX_KERNEL_GEMM_EX)) return;
     size_t n_mm = 0;
     for (size_t i = 0; i < n; i++) n_mm += order[i]->op == FLX_OP_MATMUL;
-    if (n_mm == 0) return FLX_OK;
-    int32_t *reads = (int32_t *)calloc(n, sizeof *reads);
-    int32_t *reader = (int32_t *)malloc(n * sizeof *reader);
-    flx_fused_group *gs = (flx_fused_group *)malloc(n_mm * sizeof *gs);
-    if (!reads || !reader || !gs) {
-        free(reads), free(reader), free(gs);
-        return flx_set_error(FLX_ERR_OUT_OF_MEMORY, "fusion: out of host memory");
-    }
+    if (n_mm == 0) return;
+    for (size_t i = 0; i < n; i++) reads[i] = 0;
     for (size_t i = 0; i < n; i++)
         for (int32_t j = 0; j < order[i]->n_in; j++) {
             const flx_tensor *x = order[i]->in[j];
@@ -111,21 +102,25 @@ flx_status flx_gemm_groups_plan(flx_tensor *const *order, size_t n, uint64_t epo
             reader[x->scratch] = (int32_t)i;
         }
     int32_t ng = 0;
+    flx_fused_group g;
     for (size_t i = 0; i < n; i++) {
-        if (order[i]->op != FLX_OP_MATMUL || !chain_at(order, i, pin, reads, reader, &gs[ng])) continue;
+        if (order[i]->op != FLX_OP_MATMUL || !chain_at(order, i, pin, reads, reader, &g)) continue;
         /* An add of two (1, n) products could end two chains: the first one takes it. */
         bool taken = false;
-        for (int32_t m = 0; m < gs[ng].n_members; m++) taken |= member_of[gs[ng].members[m]->scratch] >= 0;
+        for (int32_t m = 0; m < g.n_members; m++) taken |= member_of[g.members[m]->scratch] >= 0;
         if (taken) continue;
-        for (int32_t m = 0; m < gs[ng].n_members; m++) member_of[gs[ng].members[m]->scratch] = ng;
+        for (int32_t m = 0; m < g.n_members; m++) member_of[g.members[m]->scratch] = ng;
         ng++;
     }
-    free(reads), free(reader);
-    if (ng == 0) {
-        free(gs);
-        return FLX_OK;
-    }
-    *groups = gs;
     *n_groups = ng;
-    return FLX_OK;
+}
+
+void flx_gemm_groups_write(flx_tensor *const *order, size_t n, const uint8_t *pin,
+                           const int32_t *reads, const int32_t *reader, const int32_t *member_of,
+                           flx_fused_group *out) {
+    /* A matmul is never a later member of a chain (those are adds and relus), so a matmul that
+     * belongs to a group is its head, and the chain from it is the one found when planning. */
+    for (size_t i = 0; i < n; i++)
+        if (order[i]->op == FLX_OP_MATMUL && member_of[i] >= 0)
+            chain_at(order, i, pin, reads, reader, &out[member_of[i]]);
 }

@@ -451,6 +451,11 @@ flx_buffer *flx_buffer_new(flx_ctx *ctx, size_t nbytes);
 void flx_buffer_release(flx_buffer *b);
 /* Returns every cached block to the backend (context destruction). */
 void flx_buffer_cache_flush(flx_ctx *ctx);
+/* Device scratch of a kernel launcher, released right after the work that uses it is queued
+ * (stream-ordered, like a buffer): from the same cache, so a small reduction or solver call costs
+ * no allocator call either. Counted in allocs/frees, not in bytes_in_use. */
+flx_buffer *flx_scratch_new(flx_ctx *ctx, size_t nbytes);
+void flx_scratch_release(flx_buffer *b);
 /* While a plan queues its replay on this thread: the device address of its run counter, which
  * random fills use as their Philox stream (so every replay draws new numbers); NULL otherwise
  * (runtime/core/plan.c). */
@@ -509,25 +514,30 @@ typedef struct flx_fused_group {
 } flx_fused_group;
 typedef struct flx_fusion {
     int32_t *role; /* per list position: FLX_FUSE_SINGLE, FLX_FUSE_INTERIOR or a group index;
-                      NULL when nothing was fused */
+                      NULL when nothing was fused; the caller's array (flx_fusion_plan) */
     int32_t n_groups;
     flx_fused_group *groups;
 } flx_fusion;
 /* Plans the groups of order[0..n) (post-order, every node marked epoch; uses node->scratch).
  * pinned[0..n_pinned) must stay materialised; with honor_keep nodes marked keep too. Dense
  * layers become FLX_GROUP_GEMM groups where the backend has gemm_ex (flx_gemm_groups_plan).
- * Does nothing (role NULL) when the context has fusion off. */
+ * role: n entries the caller owns and keeps while out is used (out->role points there when
+ * something was fused). Does nothing (role NULL) when the context has fusion off. */
 flx_status flx_fusion_plan(flx_tensor *const *order, size_t n, uint64_t epoch, int32_t n_pinned,
-                           flx_tensor *const *pinned, bool honor_keep, flx_fusion *out);
+                           flx_tensor *const *pinned, bool honor_keep, int32_t *role,
+                           flx_fusion *out);
 void flx_fusion_free(flx_fusion *f);
 /* Dense-layer groups (runtime/core/fuse_gemm.c): in order[0..n) (scratch = position, inputs in
  * the list marked epoch), each matmul of one B matrix whose value only a row-bias add reads, or only a relu,
  * becomes one FLX_GROUP_GEMM group with that chain (matmul [+ bias] [relu]; interior members not
  * pinned and read by nothing else in the list). Sets member_of[i] to the group index of each
- * member (-1 elsewhere) and *groups (malloc'ed, NULL when none) to *n_groups groups. */
-flx_status flx_gemm_groups_plan(flx_tensor *const *order, size_t n, uint64_t epoch,
-                                const uint8_t *pin, int32_t *member_of, flx_fused_group **groups,
-                                int32_t *n_groups);
+ * member (-1 elsewhere) and *n_groups; reads and reader are the caller's scratch of n entries
+ * each, kept for flx_gemm_groups_write, which stores the groups to out[0..*n_groups). */
+void flx_gemm_groups_plan(flx_tensor *const *order, size_t n, uint64_t epoch, const uint8_t *pin,
+                          int32_t *reads, int32_t *reader, int32_t *member_of, int32_t *n_groups);
+void flx_gemm_groups_write(flx_tensor *const *order, size_t n, const uint8_t *pin,
+                           const int32_t *reads, const int32_t *reader, const int32_t *member_of,
+                           flx_fused_group *out);
 /* Queues group g's kernel: reads ext[k] (the data of g->ext[k]), writes out (the root's data). */
 flx_status flx_fused_group_exec(const flx_fused_group *g, void *out, const void *const *ext);
 /* ---------------------------------------------------------------------------------------------
