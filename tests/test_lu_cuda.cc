@@ -4,7 +4,9 @@
 // the packed factors (a gradient flows), plain and transposed (the VJP solves with A^-T), with one
 // right-hand side, a few, and more than one shared-memory chunk holds; batches that do not fill
 // the last block (f32 blocks of 128 matrices, f64 of 64); inverses (the identity generated in the
-// kernel); and singular matrices, whose error word and info must match the CPU's.
+// kernel); and singular matrices, whose error word and info must match the CPU's. Then the det /
+// log|det| gradient kernel (g cof(A) or g A^-T in registers, n <= 8) and the factor path above
+// it: values, one kernel, exact cofactors at singular A, and second derivatives.
 #include "testing.h"
 
 #include <cmath>
@@ -31,9 +33,12 @@ std::vector<double> dominant(int64_t batch, int64_t n, uint64_t seed) {
     return a;
 }
 
+std::string mtrace(flx_dtype dt, int64_t batch, int64_t n) {
+    return std::string(flx_dtype_name(dt)) + " batch " + std::to_string(batch) + " n " + std::to_string(n);
+}
+
 std::string trace(flx_dtype dt, int64_t batch, int64_t n, int64_t k) {
-    return std::string(flx_dtype_name(dt)) + " batch " + std::to_string(batch) + " n " +
-           std::to_string(n) + " k " + std::to_string(k);
+    return mtrace(dt, batch, n) + " k " + std::to_string(k);
 }
 
 // flx_solve and its gradient with respect to A and B (through sin, so the cotangent is not
@@ -120,6 +125,124 @@ TEST_F(LuSolveCuda, SingularMatricesRaiseTheErrorWord) {
             EXPECT_GT(info[130], 0);
             EXPECT_EQ(info[0], 0);
         }
+}
+
+// dominant() with the first row of every odd matrix negated: negative determinants too.
+std::vector<double> signed_dominant(int64_t batch, int64_t n, uint64_t seed) {
+    std::vector<double> a = dominant(batch, n, seed);
+    for (int64_t b = 1; b < batch; b += 2)
+        for (int64_t j = 0; j < n; j++) a[(size_t)(b * n * n + j)] *= -1;
+    return a;
+}
+
+// The gradient of <W, f(A)> for f = det (0), log|det| (1), log det (2), flattened, followed by
+// the values f(A).
+flx_tensor *det_and_grad(flx_tensor *A, flx_tensor *W, int which) {
+    flx_set_requires_grad(A, true);
+    flx_tensor *y = nullptr, *s = nullptr, *g = nullptr;
+    if (which == 0) y = flx_det(A);
+    else if (which == 2) y = flx_logdet(A);
+    else if (flx_slogdet(A, &s, &y) != FLX_OK) return nullptr;
+    if (!y || flx_grad_of(1, &y, &W, 1, &A, false, &g) != FLX_OK) return nullptr;
+    const int64_t ng = flx_numel(g), ny = flx_numel(y);
+    flx_tensor *parts[2] = {flx_reshape(g, 1, &ng), flx_reshape(y, 1, &ny)};
+    return flx_concat(2, parts, 0);
+}
+
+using DetGradCuda = flxt::CudaCpuTest;
+
+// Every register instantiation (n = 1..8, f32 and f64), the factor path at n = 9, one matrix,
+// a batch that ends in a partial block and one of several blocks: value and gradient of det,
+// log|det| and log det against the CPU; the gradient alone is one kernel up to n = 8.
+TEST_F(DetGradCuda, DetGradientsMatchCpu) {
+    for (flx_dtype dt : {FLX_F32, FLX_F64}) {
+        const double tol = dt == FLX_F64 ? 1e-10 : 2e-4;
+        for (int64_t n = 1; n <= 9; n++)
+            for (int64_t batch : {(int64_t)1, (int64_t)131, (int64_t)300})
+                for (int which : {0, 1, 2}) {
+                    SCOPED_TRACE(mtrace(dt, batch, n) + (which == 0 ? " det" : which == 1 ? " log|det|" : " logdet"));
+                    std::vector<double> a = which == 2 ? dominant(batch, n, 700 + n) : signed_dominant(batch, n, 700 + n);
+                    flx_tensor *Ac = flxt::make(cpu, dt, {batch, n, n}, a);
+                    flx_tensor *Wc = flxt::rand_tensor(cpu, dt, {batch}, 800 + n, 0.5, 1.5);
+                    flx_tensor *Ag = flx_to_ctx(Ac, gpu), *Wg = flx_to_ctx(Wc, gpu);
+                    ASSERT_TRUE(Ac && Wc && Ag && Wg) << flx_last_error();
+                    flx_tensor *rc = det_and_grad(Ac, Wc, which), *rg = det_and_grad(Ag, Wg, which);
+                    ASSERT_TRUE(rc && rg) << flx_last_error();
+                    EXPECT_TRUE(close(values(rg), values(rc), tol, tol));
+                    if (n <= 8) {
+                        flx_tensor *A2 = flx_to_ctx(Ac, gpu), *g = nullptr;
+                        flx_set_requires_grad(A2, true);
+                        flx_tensor *y = which == 0 ? flx_det(A2) : flx_logdet(A2);
+                        ASSERT_EQ(flx_grad_of(1, &y, &Wg, 1, &A2, false, &g), FLX_OK) << flx_last_error();
+                        ASSERT_EQ(flx_eval(1, &A2), FLX_OK);
+                        ASSERT_EQ(flx_ctx_reset_stats(gpu), FLX_OK);
+                        ASSERT_EQ(flx_eval(1, &g), FLX_OK) << flx_last_error();
+                        flx_ctx_stats st{};
+                        ASSERT_EQ(flx_ctx_get_stats(gpu, &st), FLX_OK);
+                        EXPECT_EQ(st.kernels, 1u);
+                    }
+                }
+    }
+    EXPECT_EQ(flx_ctx_synchronize(gpu), FLX_OK) << flx_last_error();
+}
+
+// Singular matrices (a zero column, two equal rows, two zero rows) among nonsingular ones: the
+// division-free kernel gives the CPU's adjugate, finite, in every block position.
+TEST_F(DetGradCuda, CofactorsOfSingularMatricesMatchCpu) {
+    for (flx_dtype dt : {FLX_F32, FLX_F64})
+        for (int64_t n = 2; n <= 8; n++) {
+            const int64_t batch = 131;
+            SCOPED_TRACE(mtrace(dt, batch, n));
+            std::vector<double> a = signed_dominant(batch, n, 900 + n);
+            for (int64_t b : {(int64_t)0, (int64_t)64, (int64_t)130}) {
+                double *m = &a[(size_t)(b * n * n)];
+                for (int64_t i = 0; i < n; i++) {
+                    if (b == 0) m[i * n + (n - 1) / 2] = 0;             // zero column
+                    if (b == 64) m[(n - 1) * n + i] = m[i];              // equal rows
+                    if (b == 130 && n > 2) m[i] = m[n + i] = 0;          // rank n - 2
+                }
+            }
+            // Small integers: the f32 and f64 LUs meet the same exact zero pivots.
+            for (double &x : a) x = std::round(4 * x);
+            flx_tensor *Ac = flxt::make(cpu, dt, {batch, n, n}, a), *Ag = flx_to_ctx(Ac, gpu);
+            flx_tensor *Wc = flxt::rand_tensor(cpu, dt, {batch}, 901), *Wg = flx_to_ctx(Wc, gpu);
+            ASSERT_TRUE(Ac && Ag && Wc && Wg) << flx_last_error();
+            flx_tensor *rc = det_and_grad(Ac, Wc, 0), *rg = det_and_grad(Ag, Wg, 0);
+            ASSERT_TRUE(rc && rg) << flx_last_error();
+            std::vector<double> vc = values(rc), vg = values(rg);
+            double scale = 1;
+            for (double x : vc) scale = std::fmax(scale, std::fabs(x));
+            for (double x : vg) EXPECT_TRUE(std::isfinite(x));
+            EXPECT_TRUE(close(vg, vc, (dt == FLX_F64 ? 1e-12 : 1e-5) * scale, 0));
+        }
+}
+
+// Second derivatives run the node's rules on the GPU (factors, solves, the node without g):
+// Hessian-vector products of det and log|det| against the CPU, reverse over reverse.
+TEST_F(DetGradCuda, HessianVectorProductsMatchCpu) {
+    for (int64_t n : {3, 8}) {
+        const int64_t batch = 70;
+        std::vector<double> a = signed_dominant(batch, n, 950 + n);
+        for (int which : {0, 1}) {
+            SCOPED_TRACE(mtrace(FLX_F64, batch, n) + (which == 0 ? " det" : " log|det|"));
+            auto hvp = [&](flx_ctx *c) -> flx_tensor * {
+                flx_tensor *A = flxt::make(c, FLX_F64, {batch, n, n}, a);
+                flx_tensor *V = flxt::rand_tensor(c, FLX_F64, {batch, n, n}, 960);
+                flx_set_requires_grad(A, true);
+                flx_tensor *s = nullptr, *y = nullptr, *g = nullptr, *h = nullptr;
+                if (which == 0) y = flx_det(A);
+                else if (flx_slogdet(A, &s, &y) != FLX_OK) return nullptr;
+                flx_tensor *L = flx_sum_all(y);
+                if (flx_grad_of(1, &L, nullptr, 1, &A, true, &g) != FLX_OK) return nullptr;
+                flx_tensor *gv = flx_sum_all(flx_mul(g, V));
+                if (flx_grad_of(1, &gv, nullptr, 1, &A, false, &h) != FLX_OK) return nullptr;
+                return h;
+            };
+            flx_tensor *hc = hvp(cpu), *hg = hvp(gpu);
+            ASSERT_TRUE(hc && hg) << flx_last_error();
+            EXPECT_TRUE(close(values(hg), values(hc), 1e-9, 1e-9));
+        }
+    }
 }
 
 }  // namespace
