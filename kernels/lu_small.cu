@@ -61,6 +61,15 @@ __device__ __forceinline__ void stage(T *st, int ld, G *g, int cnt, int rows, in
     }
 }
 
+// m := the row-major N x N matrix of a thread's staging slot sm.
+template <typename T, int N>
+__device__ __forceinline__ void load_rows(T (&m)[N][N], const T *sm) {
+#pragma unroll
+    for (int i = 0; i < N; i++)
+#pragma unroll
+        for (int j = 0; j < N; j++) m[i][j] = sm[i * N + j];
+}
+
 // In-register LU with partial pivoting of m (row i, column j at m[i][j]): L below the diagonal,
 // U on and above it, piv as the packed layout's; rd[k] = 1 / U(k, k) (inf for a zero pivot), the
 // reciprocal the elimination computes anyway. Returns info (0 or the 1-based first zero pivot); a
@@ -127,10 +136,7 @@ __global__ void __launch_bounds__(SmallTpb<T>::value, SmallBlocks<T, N, kFactor>
         T *sm = st + threadIdx.x * LD;
         if ((int)threadIdx.x < cnt) {
             T m[N][N];
-#pragma unroll
-            for (int i = 0; i < N; i++)
-#pragma unroll
-                for (int j = 0; j < N; j++) m[i][j] = sm[i * N + j];
+            load_rows<T, N>(m, sm);
             int piv[N];
             const int info = reg_lu<T, N>(m, piv);
             if (DET) {
@@ -259,10 +265,7 @@ __global__ void __launch_bounds__(SmallTpb<T>::value, SmallBlocks<T, N, COF ? kD
         if ((int)threadIdx.x < cnt) {
             T *sm = st + threadIdx.x * LD;
             T m[N][N];
-#pragma unroll
-            for (int i = 0; i < N; i++)
-#pragma unroll
-                for (int j = 0; j < N; j++) m[i][j] = sm[i * N + j];
+            load_rows<T, N>(m, sm);
             int piv[N];
             T rd[N];
             (void)reg_lu<T, N>(m, piv, rd);
@@ -313,10 +316,7 @@ __global__ void __launch_bounds__(SmallTpb<T>::value, SmallBlocks<T, N, DIRECT ?
         if (live) {
             const T *sm = st + threadIdx.x * LD;
             if (DIRECT) {
-#pragma unroll
-                for (int i = 0; i < N; i++)
-#pragma unroll
-                    for (int j = 0; j < N; j++) m[i][j] = sm[i * N + j];
+                load_rows<T, N>(m, sm);
                 info = reg_lu<T, N>(m, piv);
             } else {
 #pragma unroll
