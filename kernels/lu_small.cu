@@ -25,16 +25,19 @@ using flxk::lu::kSmallN;
 template <typename T> struct SmallTpb { static constexpr int value = 128; };
 template <> struct SmallTpb<double> { static constexpr int value = 64; }; // 37 KB of staging
 
+// The small kernels: factor (or forward-only det), solve from the factors, solve from A, and the
+// gradients of det and of log|det|.
+enum SmallKernel { kFactor, kSolve, kSolveDirect, kDetGrad, kLogdetGrad };
+
 // Resident blocks per SM a small kernel is compiled for (__launch_bounds__' second argument: the
 // register budget is 64K / (SmallTpb * blocks)). 0 leaves the budget to ptxas, whose own choice
 // aims at an occupancy step and spilled a few loop-invariant words (the slab loop's bounds and
 // pointers, reloaded per slab) in the instantiations given an explicit budget here (ptxas -v,
 // CUDA 13, sm_90); each fits its budget with no spill.
-// Kinds: factor (or forward-only det), solve from the factors, solve from A, det / log|det| gradient.
-enum SmallKernel { kFactor, kSolve, kSolveDirect, kDetGrad, kLogdetGrad };
 template <typename T, int N, SmallKernel K> struct SmallBlocks { static constexpr int value = 0; };
 template <> struct SmallBlocks<double, 4, kSolveDirect> { static constexpr int value = 10; }; // 90 registers
-template <> struct SmallBlocks<float, 6, kDetGrad> { static constexpr int value = 5; };  // 91 registers
+template <> struct SmallBlocks<double, 4, kDetGrad> { static constexpr int value = 10; };     // 66
+template <> struct SmallBlocks<float, 6, kLogdetGrad> { static constexpr int value = 5; };    // 80
 
 // Moves a block's slab between global memory g and shared memory st, LOAD: g -> st, else back.
 // Item t < cnt (one per thread of the compute phase) is rows x w elements: row r at
@@ -105,8 +108,8 @@ __device__ __forceinline__ int reg_lu(T (&m)[N][N], int (&piv)[N], T (&rd)[N]) {
         }
         T d = m[k][k];
         if (d == T(0) && info == 0) info = k + 1;
-        rd[k] = T(1) / d;
-        T r = d != T(0) ? rd[k] : T(0); // zero pivot: its column is all zero; skip it
+        T r = d != T(0) ? T(1) / d : T(0); // zero pivot: its column is all zero; skip it
+        rd[k] = d != T(0) ? r : copysign(T(INFINITY), d); // 1 / d, with no second division
 #pragma unroll
         for (int i = k + 1; i < N; i++) {
             m[i][k] *= r;
