@@ -322,34 +322,38 @@ TEST_F(LuTest, BadInputRejectedAtBuildTime) {
     EXPECT_EQ(flx_ctx_destroy(other), FLX_OK);
 }
 
-// An inverse is one identity solve (after one factor when a gradient flows to A): no identity
-// tensor is filled, broadcast or read (the solve kernels generate it), on its own and inside the
-// logdet gradient (A^-T; up to n = 8 the gradient kernel forms it in registers).
+// An inverse is one identity solve (after one factor when a gradient flows to an A above 8 x 8;
+// up to 8 x 8 it factorises in registers either way, and a derivative builds the factors it
+// needs): no identity tensor is filled, broadcast or read (the solve kernels generate it), on its
+// own and inside the logdet gradient (A^-T; up to n = 8 the gradient kernel forms it in registers).
 TEST_F(LuTest, InverseBuildsNoIdentityTensor) {
-    const int64_t B = 3, n = 5;
-    Mat a = wellcond(B, n, 21);
-    flx_tensor *A = make(ctx, FLX_F64, {B, n, n}, a);
-    ASSERT_EQ(flx_eval(1, &A), FLX_OK);
-    for (bool grad : {false, true}) {
-        flx_set_requires_grad(A, grad);
-        flx_tensor *X = flx_inv(A);
-        EXPECT_EQ(kernels_to_eval(ctx, X), grad ? 2u : 1u);
-        std::vector<double> got = values(X);
+    for (int64_t n : {5, 9}) {
+        SCOPED_TRACE(n);
+        const int64_t B = 3;
+        Mat a = wellcond(B, n, 21);
+        flx_tensor *A = make(ctx, FLX_F64, {B, n, n}, a);
+        ASSERT_EQ(flx_eval(1, &A), FLX_OK);
+        for (bool grad : {false, true}) {
+            flx_set_requires_grad(A, grad);
+            flx_tensor *X = flx_inv(A);
+            EXPECT_EQ(kernels_to_eval(ctx, X), grad && n > 8 ? 2u : 1u);
+            std::vector<double> got = values(X);
+            for (int64_t b = 0; b < B; b++) {
+                Mat inv;
+                ref_det_inv(sub(a, (size_t)(b * n * n), (size_t)(n * n)), n, &inv);
+                EXPECT_TRUE(close(sub(got, (size_t)(b * n * n), (size_t)(n * n)), inv, 1e-12, 1e-10));
+            }
+        }
+        // d logdet / dA = A^-T.
+        flx_set_requires_grad(A, true);
+        flx_tensor *ld = flx_sum_all(flx_logdet(flx_mul_scalar(A, 1.0))), *g = nullptr;
+        ASSERT_EQ(flx_grad_of(1, &ld, nullptr, 1, &A, false, &g), FLX_OK) << flx_last_error();
+        std::vector<double> gv = values(g);
         for (int64_t b = 0; b < B; b++) {
             Mat inv;
             ref_det_inv(sub(a, (size_t)(b * n * n), (size_t)(n * n)), n, &inv);
-            EXPECT_TRUE(close(sub(got, (size_t)(b * n * n), (size_t)(n * n)), inv, 1e-12, 1e-10));
+            EXPECT_TRUE(close(sub(gv, (size_t)(b * n * n), (size_t)(n * n)), transpose(inv, n), 1e-12, 1e-10));
         }
-    }
-    // d logdet / dA = A^-T.
-    flx_set_requires_grad(A, true);
-    flx_tensor *ld = flx_sum_all(flx_logdet(flx_mul_scalar(A, 1.0))), *g = nullptr;
-    ASSERT_EQ(flx_grad_of(1, &ld, nullptr, 1, &A, false, &g), FLX_OK) << flx_last_error();
-    std::vector<double> gv = values(g);
-    for (int64_t b = 0; b < B; b++) {
-        Mat inv;
-        ref_det_inv(sub(a, (size_t)(b * n * n), (size_t)(n * n)), n, &inv);
-        EXPECT_TRUE(close(sub(gv, (size_t)(b * n * n), (size_t)(n * n)), transpose(inv, n), 1e-12, 1e-10));
     }
 }
 

@@ -1,12 +1,13 @@
 // test_lu_cuda.cc — the CUDA small-matrix solve kernels (kernels/lu_small.cu) against the CPU
 // reference, along every code path of the staged register kernel (n <= 8) and its neighbours
-// (the block kernel for 9 <= n <= 16): straight from A (forward only: no packed factors) and from
-// the packed factors (a gradient flows), plain and transposed (the VJP solves with A^-T), with one
-// right-hand side, a few, and more than one shared-memory chunk holds; batches that do not fill
-// the last block (f32 blocks of 128 matrices, f64 of 64); inverses (the identity generated in the
-// kernel); and singular matrices, whose error word and info must match the CPU's. Then the det /
-// log|det| gradient kernel (g cof(A) or g A^-T in registers, n <= 8) and the factor path above
-// it: values, one kernel, exact cofactors at singular A, and second derivatives.
+// (the block kernel for 9 <= n <= 16): straight from A (no packed factors: forward only, or any
+// n <= 8) and from the packed factors (the _ex forms, a gradient through n > 8, the VJP's solves
+// with A^-T), plain and transposed, with one right-hand side, a few, and more than one
+// shared-memory chunk holds; batches that do not fill the last block (f32 blocks of 128
+// matrices, f64 of 64); inverses (the identity generated in the kernel); and singular matrices,
+// whose error word and info must match the CPU's. Then the det / log|det| gradient kernel (g cof(A)
+// or g A^-T in registers, n <= 8) and the factor path above it: values, one kernel, exact
+// cofactors at singular A, and second derivatives.
 #include "testing.h"
 
 #include <cmath>
@@ -77,7 +78,7 @@ TEST_F(LuSolveCuda, SmallSolvePathsMatchCpu) {
                     both("solve", flx_solve(Ac, Bc), flx_solve(Ag, Bg));
                     both("solve vector", flx_solve(Ac, vc), flx_solve(Ag, vg));
                     if (k == 1) both("inv", flx_inv(Ac), flx_inv(Ag));
-                    // From the packed factors: values and gradients (transposed solves).
+                    // Values and gradients: the VJP solves with A^-T from packed factors.
                     both("solve + grads", solve_grads(Ac, Bc), solve_grads(Ag, Bg));
                     if (k == 1) {
                         flx_tensor *ic = nullptr, *ig = nullptr;

@@ -27,9 +27,10 @@
  * Second derivatives of det at an exactly singular matrix go through solves and are not finite:
  * the first derivative is exact there, higher ones need a nonsingular point.
  *
- * Forward-only forms: det, solve and inverse of inputs no gradient flows to take A in place of
- * the factors (LU_DET(A), LU_SOLVE(A, B), LU_SOLVE(A) for the inverse); their kernels factorise
- * on the fly and write no packed factors. A rule that needs the factors later builds them. */
+ * Forward-only forms: det, solve and inverse of inputs no gradient flows to, and of any A with
+ * n <= FLX_LU_REG_N, take A in place of the factors (LU_DET(A), LU_SOLVE(A, B), LU_SOLVE(A) for
+ * the inverse); their kernels factorise on the fly and write no packed factors. A rule that
+ * needs the factors later builds them. */
 #include <string.h>
 
 #include "internal.h"
@@ -408,8 +409,10 @@ static flx_tensor *solve_public(const char *op, flx_tensor *a, flx_tensor *b, bo
     }
     if (flx_scope_begin() != FLX_OK) return NULL;
     flx_tensor *B = is_inv ? NULL : (vec ? flx_unsqueeze(b, -1) : b);
-    /* Forward only (no gradient, no info asked for): straight from A, no packed factors. */
-    bool direct = !info && (!flx_grad_enabled() || (!a->requires_grad && !(b && b->requires_grad)));
+    /* Straight from A, no packed factors, unless info is asked for: when no gradient can flow,
+     * and for small A always (one register kernel; a derivative builds the factors it needs). */
+    bool direct = !info && (reg_sized(a) || !flx_grad_enabled() ||
+                            (!a->requires_grad && !(b && b->requires_grad)));
     flx_tensor *lu = direct ? NULL : factor_node(a);
     flx_tensor *x = direct ? ((is_inv || B) ? solve_direct_node(a, B, 1) : NULL)
                   : !lu ? NULL
