@@ -91,8 +91,9 @@ TEST_F(LuSolveCuda, SmallSolvePathsMatchCpu) {
 }
 
 // Singular matrices (a zero column) among nonsingular ones, in the first and in a later,
-// partial block: flx_solve raises the singular error word at the next synchronisation point on
-// both paths (straight from A, and from the factors), and flx_solve_ex's info matches the CPU's.
+// partial block: flx_solve raises the singular error word at the next synchronisation point with
+// and without a gradient (straight from A; from the factors at n = 12 with one), and
+// flx_solve_ex's info matches the CPU's.
 TEST_F(LuSolveCuda, SingularMatricesRaiseTheErrorWord) {
     for (flx_dtype dt : {FLX_F32, FLX_F64})
         for (int64_t n : {1, 2, 5, 8, 12}) {
@@ -107,7 +108,7 @@ TEST_F(LuSolveCuda, SingularMatricesRaiseTheErrorWord) {
             flx_tensor *Bc = flxt::rand_tensor(cpu, dt, {batch, n, 2}, 600), *Bg = flx_to_ctx(Bc, gpu);
             ASSERT_TRUE(Ac && Ag && Bc && Bg) << flx_last_error();
             for (bool grad : {false, true}) {
-                SCOPED_TRACE(grad ? "from the factors" : "straight from A");
+                SCOPED_TRACE(grad ? "a gradient may flow (factors stored for n > 8)" : "no gradient");
                 flx_set_requires_grad(Ag, grad);
                 flx_tensor *x = flx_solve(Ag, Bg);
                 ASSERT_NE(x, nullptr) << flx_last_error();
