@@ -327,10 +327,16 @@ int flx_cuda_optim(const flx_optim_args *args, void *stream);
  *           factorised on the fly and no packed LU is written (forward-only det).
  * COFACTOR: lu packed -> out (batch, n, n) row-major = adj(A)^T, computed without any division
  *           (finite and exact in form at singular A): adj(A) = sign(P) adj(U) L^-1 P^T with adj(U)
- *           from products of U's diagonal. */
+ *           from products of U's diagonal.
+ * DET_GRAD, LOGDET_GRAD: the gradients of det and of log|det| in one pass straight from A (no
+ *           packed factors read or written): a (batch, n, n) row-major, b (batch) the per-matrix
+ *           cotangent g or NULL (g = 1) -> out (batch, n, n) row-major = g adj(A)^T (division-free
+ *           as COFACTOR: exact at singular A) / g A^-T (inf/NaN at singular A, as SOLVE).
+ *           1 <= n <= FLX_LU_REG_N on CUDA (one thread per matrix, registers); any n on the CPU. */
+#define FLX_LU_REG_N 8
 typedef enum flx_lu_mode {
     FLX_LU_FACTOR, FLX_LU_SOLVE, FLX_LU_DET, FLX_LU_LOGABS, FLX_LU_SIGN, FLX_LU_LOGDET,
-    FLX_LU_COFACTOR
+    FLX_LU_COFACTOR, FLX_LU_DET_GRAD, FLX_LU_LOGDET_GRAD
 } flx_lu_mode;
 typedef struct flx_lu_args {
     int32_t mode;

@@ -63,6 +63,7 @@
     X(LU_SOLVE)  /* inputs: A, LU, B (without B: B = I, an inverse) */                     \
     X(LU_DET)    /* inputs: A, LU; det / log|det| / sign / logdet */                      \
     X(LU_COFACTOR) /* inputs: A, LU; cofactor matrix adj(A)^T, division-free */                                         \
+    X(LU_DET_GRAD) /* inputs: A [, g]: g adj(A)^T or g A^-T straight from A (n <= FLX_LU_REG_N) */ \
     /* softmax family (runtime/ops/softmax.c): attrs.softmax */                           \
     X(SOFTMAX)        /* softmax / log_softmax of x along an axis                   */    \
     X(SOFTMAX_BWD)    /* inputs y, v: the rows' Jacobian products (BWD, LOG_VJP/JVP) */    \
