@@ -58,6 +58,8 @@
     X(MAXPOOL)                                                                            \
     X(MAXPOOL_ARGMAX) /* i64 indices, no gradient */                                      \
     X(MAXPOOL_BACKWARD) /* inputs: g, indices */ \
+    /* batch norm in training mode (runtime/ops/batch_norm.c): attrs.bnorm */              \
+    X(BATCH_NORM) /* inputs: Y (value, no history), x, mu, rstd [, gamma] [, beta]; aliases Y */ \
     /* LU family (runtime/ops/lu.c): attrs.lu */                                \
     X(LU_FACTOR) /* packed (..., n*n + n + 1): LU, pivots, info; no gradient */           \
     X(LU_SOLVE)  /* inputs: A, LU, B (without B: B = I, an inverse) */                     \
@@ -111,6 +113,8 @@ typedef struct flx_attrs {
         /* nn sliding windows (runtime/ops/conv.c): kernel, stride, padding, dilation (h, w) and
          * the input plane size (h, w) for ops whose output is the input geometry */
         struct { int64_t k[2], s[2], p[2], d[2], in_hw[2]; } conv;
+        /* batch norm node (runtime/ops/batch_norm.c): which affine inputs follow rstd */
+        struct { int32_t has_gamma, has_beta; } bnorm;
         /* LU family: flx_lu_mode, solve with A^T, report singular input */
         struct { int32_t mode; int32_t trans; int32_t check; } lu;
         /* softmax family (runtime/ops/softmax.c): kernel mode (flx_softmax_mode), axis,
@@ -232,6 +236,11 @@ void flx_ops_register_lu(flx_op_def *table);
 void flx_ops_register_softmax(flx_op_def *table);
 /* expm / eigh: runtime/ops/expm.c, runtime/ops/eigh.c; CPU Jacobi in runtime/cpu/eigh.c */
 void flx_ops_register_expm(flx_op_def *table);
+void flx_ops_register_batch_norm(flx_op_def *table);
+/* The training-mode batch-norm node over the value y (runtime/ops/batch_norm.c: the contract of
+ * its inputs is there); gamma and beta (1, C, 1, ...) views or NULL. */
+flx_tensor *flx_batch_norm_node(flx_tensor *y, flx_tensor *x, flx_tensor *mu, flx_tensor *rstd,
+                                flx_tensor *gamma, flx_tensor *beta);
 void flx_ops_register_eigh(flx_op_def *table);
 /* attention: runtime/ops/attention.c; CPU reference kernels in runtime/cpu/attention.c */
 void flx_ops_register_attention(flx_op_def *table);
