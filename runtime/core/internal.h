@@ -208,6 +208,9 @@ enum {
     FLX_OPF_SOURCE = 1u << 0,  /* holds data that cannot be recomputed                  */
     FLX_OPF_ALIAS = 1u << 1,   /* the output shares input 0's buffer                    */
     FLX_OPF_NONDIFF = 1u << 2, /* no gradient flows through (integer or boolean result)  */
+    /* With FLX_OPF_ALIAS: the value is input 0's, same shape and dtype; the other inputs only
+     * carry derivatives. Elementwise fusion passes through such a node (runtime/core/fuse.c). */
+    FLX_OPF_SAME_VALUE = 1u << 3,
 };
 
 typedef struct flx_op_def {

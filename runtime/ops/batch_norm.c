@@ -9,7 +9,8 @@
  * Node: BATCH_NORM(Y, x, mu, rstd [, gamma] [, beta]) (attrs.bnorm says which of the last two are
  * there). Y is the value, computed by flx_batch_norm from detached inputs with grad recording off
  * by the same ops as the eval-mode formula, so the forward bits are unchanged; the node aliases
- * Y's buffer. mu and rstd are x's batch mean and 1 / sqrt(biased var + eps) over every axis but 1,
+ * Y's buffer, and elementwise fusion passes through it (FLX_OPF_SAME_VALUE: the chain computing Y
+ * and an activation after the node are one kernel). mu and rstd are x's batch mean and 1 / sqrt(biased var + eps) over every axis but 1,
  * kept (1, C, 1, ...); gamma and beta are (1, C, 1, ...) views. The rules assume that contract:
  * they give x the whole derivative, including what flows through mu and rstd, and give mu, rstd
  * and Y none. With x̂ = (x - mu) rstd, n the count per channel and sums over every axis but 1:
@@ -94,7 +95,8 @@ static flx_status jvp_batch_norm(flx_tensor *t, flx_tensor *const *tin, flx_tens
 }
 
 void flx_ops_register_batch_norm(flx_op_def *t) {
-    t[FLX_OP_BATCH_NORM] = (flx_op_def){"batch_norm", NULL, vjp_batch_norm, jvp_batch_norm, FLX_OPF_ALIAS};
+    t[FLX_OP_BATCH_NORM] = (flx_op_def){"batch_norm", NULL, vjp_batch_norm, jvp_batch_norm,
+                                              FLX_OPF_ALIAS | FLX_OPF_SAME_VALUE};
 }
 
 flx_tensor *flx_batch_norm_node(flx_tensor *y, flx_tensor *x, flx_tensor *mu, flx_tensor *rstd,
