@@ -132,11 +132,11 @@ TEST_F(CnnStep, PlanMatchesUnfusedBitForBitWithinTheKernelCount) {
     ASSERT_FALSE(bits[0].empty());
     for (size_t i = 0; i < bits[0].size(); i++) EXPECT_EQ(bits[0][i], bits[1][i]) << "output " << i;
     // Per batch norm: mean, var, rstd, one kernel for the normalised value and the ReLU; backward
-    // two reductions, their product and one kernel for dx. The whole step was 82 kernels with the
-    // formula's op-by-op rules and the ReLU outside the fused chain; 60 with them (a plan's two
-    // input copies and four statistics write-backs included).
-    EXPECT_LE(kernels[0], 60u);
-    EXPECT_LE(kernels[0] + 20, kernels[1]) << kernels[0] << " " << kernels[1];
+    // two reductions, their product and one kernel for dx. Kernel-family calls per run (the
+    // plan's input copies and statistics write-backs are copies, not counted): 76 with the
+    // formula's op-by-op rules, 54 with the batch-norm node; 100 with fusion off.
+    EXPECT_LE(kernels[0], 54u);
+    EXPECT_LE(kernels[0] + 40, kernels[1]) << kernels[0] << " " << kernels[1];
 }
 
 // The whole step's gradient at small sizes in float64 against central differences (every

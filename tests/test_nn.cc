@@ -292,6 +292,46 @@ TEST_F(NnTest, BatchNormTrainingBackwardKernels) {
     EXPECT_TRUE(close(values(gr[2]), db, 2e-4, 2e-5));
 }
 
+// Fusion passes through the batch-norm node: the normalised value and the ReLU after it are one
+// kernel after the statistics (mean, var, rstd). Requesting the batch-norm output too keeps it
+// materialised; every case gives the bits of fusion off.
+TEST_F(NnTest, BatchNormFusesWithTheActivationAfterIt) {
+    flx_tensor *x = rand_tensor(ctx, FLX_F32, {6, 4, 5, 5}, 71, -2, 3);
+    flx_tensor *g = rand_tensor(ctx, FLX_F32, {4}, 72, 0.5, 1.5), *b = rand_tensor(ctx, FLX_F32, {4}, 73);
+    flx_tensor *all[3] = {x, g, b};
+    ASSERT_EQ(flx_eval(3, all), FLX_OK);
+    struct Case {
+        const char *name;
+        bool keep_bn, relu;
+        uint64_t kernels;
+    };
+    const Case cases[] = {{"bn + relu", false, true, 4}, {"bn alone", false, false, 4},
+                          {"bn requested too", true, true, 5}};
+    for (const Case &c : cases) {
+        std::vector<double> got[2];
+        uint64_t kernels[2] = {0, 0};
+        for (int pass = 0; pass < 2; pass++) {
+            ASSERT_EQ(flx_set_fusion(ctx, pass == 0), FLX_OK);
+            flx_tensor *y = flx_batch_norm(x, g, b, nullptr, nullptr, true, 0.1, 1e-5, nullptr, nullptr);
+            flx_tensor *r = c.relu ? flx_relu(y) : y;
+            flx_tensor *ev[2] = {r, y};
+            ASSERT_EQ(flx_ctx_reset_stats(ctx), FLX_OK);
+            ASSERT_EQ(flx_eval(c.keep_bn ? 2 : 1, ev), FLX_OK) << flx_last_error();
+            flx_ctx_stats st{};
+            ASSERT_EQ(flx_ctx_get_stats(ctx, &st), FLX_OK);
+            kernels[pass] = st.kernels;
+            got[pass] = values(r);
+            if (c.keep_bn) {
+                std::vector<double> yv = values(y);
+                got[pass].insert(got[pass].end(), yv.begin(), yv.end());
+            }
+        }
+        ASSERT_EQ(flx_set_fusion(ctx, true), FLX_OK);
+        EXPECT_TRUE(close(got[0], got[1], 0, 0)) << c.name;
+        EXPECT_EQ(kernels[0], c.kernels) << c.name;
+    }
+}
+
 // ---- layer norm -----------------------------------------------------------------------------------
 TEST_F(NnTest, LayerNormValuesAndDerivatives) {
     Shape s = {3, 2, 4};

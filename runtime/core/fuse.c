@@ -13,7 +13,9 @@
  *   - it is not pinned (a requested tensor, a plan output) and not a leaf,
  *   - it has the group's shape and dtype (an input that is broadcast is computed once, outside),
  *   - the group stays within FLX_FUSE_MAX_MEMBERS members and FLX_FUSED_MAX_IN distinct inputs;
- * otherwise it starts a group of its own. Members of dense-layer groups (matmul [+ bias] [relu],
+ * otherwise it starts a group of its own. A node whose value is its input 0's (FLX_OPF_SAME_VALUE)
+ * joins like an elementwise node but never starts a group: it is a member without an instruction,
+ * its readers read input 0's value, and its other inputs are not the kernel's. Members of dense-layer groups (matmul [+ bias] [relu],
  * runtime/core/fuse_gemm.c, planned first) are left out. A group of one node runs its ordinary
  * kernel. This is
  * the evaluator's last-use rule applied one step further: a node whose every reader is in the
