@@ -365,4 +365,33 @@ TEST_F(ConvCuda, MatchesCpu) {
     EXPECT_EQ(flx_scope_end(0, nullptr), FLX_OK);
 }
 
+// The CNN's layers (3x3 pad 1 convolution, 2x2 pooling) at the benchmark's sizes: the kernels' 32-bit
+// index paths (every dividend below 2^31) against the CPU, forward and backward.
+TEST_F(ConvCuda, CnnLayersMatchCpu) {
+    const Shape shapes[] = {{128, 1, 28, 28}, {128, 32, 14, 14}, {3, 5, 7, 9}};
+    int64_t k3[2] = {3, 3}, p1[2] = {1, 1}, k2[2] = {2, 2};
+    for (const Shape &xs : shapes) {
+        flx_tensor *xc = rand_tensor(cpu, FLX_F32, xs, 71), *xg = flx_to_ctx(xc, gpu);
+        flx_tensor *cc = flx_im2col(xc, k3, nullptr, p1, nullptr), *cg = flx_im2col(xg, k3, nullptr, p1, nullptr);
+        EXPECT_TRUE(close(values(cg), values(cc), 0, 0));
+        int64_t hw[2] = {xs[2], xs[3]};
+        flx_tensor *uc = rand_tensor(cpu, FLX_F32, shape_of(cc), 72), *ug = flx_to_ctx(uc, gpu);
+        EXPECT_TRUE(close(values(flx_col2im(ug, hw, k3, nullptr, p1, nullptr)),
+                          values(flx_col2im(uc, hw, k3, nullptr, p1, nullptr)), 1e-5, 1e-5));
+        flx_tensor *pc = flx_max_pool2d(xc, k2, nullptr, nullptr, nullptr);
+        EXPECT_TRUE(close(values(flx_max_pool2d(xg, k2, nullptr, nullptr, nullptr)), values(pc), 0, 0));
+        EXPECT_TRUE(close(values(flx_max_pool2d_indices(xg, k2, nullptr, nullptr, nullptr)),
+                          values(flx_max_pool2d_indices(xc, k2, nullptr, nullptr, nullptr)), 0, 0));
+        flx_tensor *vc = rand_tensor(cpu, FLX_F32, shape_of(pc), 73), *vg = flx_to_ctx(vc, gpu);
+        flx_set_requires_grad(xc, true);
+        flx_set_requires_grad(xg, true);
+        flx_tensor *lc = flx_sum_all(flx_mul(flx_max_pool2d(xc, k2, nullptr, nullptr, nullptr), vc));
+        flx_tensor *lg = flx_sum_all(flx_mul(flx_max_pool2d(xg, k2, nullptr, nullptr, nullptr), vg));
+        flx_tensor *gc = nullptr, *gg = nullptr;
+        ASSERT_EQ(flx_grad_of(1, &lc, nullptr, 1, &xc, false, &gc), FLX_OK) << flx_last_error();
+        ASSERT_EQ(flx_grad_of(1, &lg, nullptr, 1, &xg, false, &gg), FLX_OK) << flx_last_error();
+        EXPECT_TRUE(close(values(gg), values(gc), 0, 0));
+    }
+}
+
 }  // namespace
