@@ -100,12 +100,40 @@ __global__ void im2col_kernel(Geo g, const T *x, T *out, int64_t total) {
     }
 }
 
+// The flat index of the first maximum of window (oh, ow) of plane nc of x (NaN wins), -1 for a
+// window with no tap inside the input; its value in *best.
+template <typename T>
+__device__ __forceinline__ int64_t window_argmax(const Geo &g, const T *x, int64_t nc, int64_t oh,
+                                                 int64_t ow, compute_t<T> *best_out) {
+    compute_t<T> best = 0;
+    int64_t arg = -1;
+    bool best_nan = false;
+    for (int64_t ki = 0; ki < g.KH; ki++) {
+        int64_t h = oh * g.SH - g.PH + ki * g.DH;
+        if (h < 0 || h >= g.H) continue;
+        for (int64_t kj = 0; kj < g.KW; kj++) {
+            int64_t w = ow * g.SW - g.PW + kj * g.DW;
+            if (w < 0 || w >= g.W) continue;
+            int64_t p = (nc * g.H + h) * g.W + w;
+            compute_t<T> v = to_c<T>(x[p]);
+            bool vnan = v != v;
+            if (arg < 0 || (!best_nan && (v > best || vnan))) {
+                best = v;
+                arg = p;
+                best_nan = vnan;
+            }
+        }
+    }
+    *best_out = best;
+    return arg;
+}
+
 // The two gathers onto the input (N, C, H, W): each position sums, taps ascending, the entries
 // of the windows that read it. COL2IM: out = col2im(src), src = cols (N, C KH KW, OH OW).
-// MAXPOOL_BACKWARD: out = the sum of src = gy (N, C, OH, OW) over the windows whose argmax idx
-// is this position.
+// MAXPOOL_BACKWARD: out = the sum of src = gy (N, C, OH, OW) over the windows whose argmax (idx,
+// or found again in the pooled input x when idx is NULL) is this position.
 template <typename T, bool POOL, bool SMALL>
-__global__ void gather_kernel(Geo g, const T *src, const int64_t *idx, T *out, int64_t total) {
+__global__ void gather_kernel(Geo g, const T *src, const int64_t *idx, const T *x, T *out, int64_t total) {
     int64_t stride = (int64_t)gridDim.x * blockDim.x;
     int64_t K = g.KH * g.KW, L = g.OH * g.OW;
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < total; i += stride) {
@@ -120,7 +148,9 @@ __global__ void gather_kernel(Geo g, const T *src, const int64_t *idx, T *out, i
                 if (ow < 0) continue;
                 if constexpr (POOL) {
                     int64_t o = (nc * g.OH + oh) * g.OW + ow;
-                    if (idx[o] == i) acc += to_c<T>(src[o]);
+                    compute_t<T> unused;
+                    int64_t arg = idx ? idx[o] : window_argmax<T>(g, x, nc, oh, ow, &unused);
+                    if (arg == i) acc += to_c<T>(src[o]);
                 } else {
                     acc += to_c<T>(src[(nc * K + ki * g.KW + kj) * L + oh * g.OW + ow]);
                 }
@@ -137,25 +167,8 @@ __global__ void maxpool_kernel(Geo g, const T *x, void *out, int64_t total) {
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < total; i += stride) {
         const int64_t r = div_<SMALL>(i, g.dOW), ow = i - r * g.OW; // (N C, OH, OW)
         const int64_t nc = div_<SMALL>(r, g.dOH), oh = r - nc * g.OH;
-        compute_t<T> best = 0;
-        int64_t arg = -1;
-        bool best_nan = false;
-        for (int64_t ki = 0; ki < g.KH; ki++) {
-            int64_t h = oh * g.SH - g.PH + ki * g.DH;
-            if (h < 0 || h >= g.H) continue;
-            for (int64_t kj = 0; kj < g.KW; kj++) {
-                int64_t w = ow * g.SW - g.PW + kj * g.DW;
-                if (w < 0 || w >= g.W) continue;
-                int64_t p = (nc * g.H + h) * g.W + w;
-                compute_t<T> v = to_c<T>(x[p]);
-                bool vnan = v != v;
-                if (arg < 0 || (!best_nan && (v > best || vnan))) {
-                    best = v;
-                    arg = p;
-                    best_nan = vnan;
-                }
-            }
-        }
+        compute_t<T> best;
+        const int64_t arg = window_argmax<T>(g, x, nc, oh, ow, &best);
         if (INDEX)
             ((int64_t *)out)[i] = arg;
         else
@@ -171,10 +184,10 @@ void launch_mode(const flx_conv_args *a, const Geo &g, int64_t total, cudaStream
     switch (a->mode) {
     case FLX_CONV_IM2COL: im2col_kernel<T, SMALL><<<grid, kBlock, 0, s>>>(g, in, out, total); break;
     case FLX_CONV_COL2IM:
-        gather_kernel<T, false, SMALL><<<grid, kBlock, 0, s>>>(g, in, nullptr, out, total);
+        gather_kernel<T, false, SMALL><<<grid, kBlock, 0, s>>>(g, in, nullptr, nullptr, out, total);
         break;
     case FLX_CONV_MAXPOOL_BACKWARD:
-        gather_kernel<T, true, SMALL><<<grid, kBlock, 0, s>>>(g, in, a->idx, out, total);
+        gather_kernel<T, true, SMALL><<<grid, kBlock, 0, s>>>(g, in, a->idx, (const T *)a->x, out, total);
         break;
     case FLX_CONV_MAXPOOL: maxpool_kernel<T, false, SMALL><<<grid, kBlock, 0, s>>>(g, in, a->out, total); break;
     default: maxpool_kernel<T, true, SMALL><<<grid, kBlock, 0, s>>>(g, in, a->out, total); break; // ARGMAX

@@ -132,10 +132,11 @@ TEST_F(CnnStep, PlanMatchesUnfusedBitForBitWithinTheKernelCount) {
     ASSERT_FALSE(bits[0].empty());
     for (size_t i = 0; i < bits[0].size(); i++) EXPECT_EQ(bits[0][i], bits[1][i]) << "output " << i;
     // Per batch norm: mean, var, rstd, one kernel for the normalised value and the ReLU; backward
-    // two reductions, their product and one kernel for dx. Kernel-family calls per run (the
-    // plan's input copies and statistics write-backs are copies, not counted): 76 with the
-    // formula's op-by-op rules, 54 with the batch-norm node; 100 with fusion off.
-    EXPECT_LE(kernels[0], 54u);
+    // two reductions, their product and one kernel for dx. Per max-pool backward one kernel (the
+    // argmax found again from the input). Kernel-family calls per run (the plan's input copies and
+    // statistics write-backs are copies, not counted): 76 with the formula's op-by-op rules and an
+    // argmax pass per pool, 52 now; 98 with fusion off.
+    EXPECT_LE(kernels[0], 52u);
     EXPECT_LE(kernels[0] + 40, kernels[1]) << kernels[0] << " " << kernels[1];
 }
 

@@ -57,7 +57,7 @@
     X(COL2IM)                                                                             \
     X(MAXPOOL)                                                                            \
     X(MAXPOOL_ARGMAX) /* i64 indices, no gradient */                                      \
-    X(MAXPOOL_BACKWARD) /* inputs: g, indices */ \
+    X(MAXPOOL_BACKWARD) /* inputs: g, then the i64 argmax indices or the pooled input */ \
     /* batch norm in training mode (runtime/ops/batch_norm.c): attrs.bnorm */              \
     X(BATCH_NORM) /* inputs: Y (value, no history), x, mu, rstd [, gamma] [, beta]; aliases Y */ \
     /* LU family (runtime/ops/lu.c): attrs.lu */                                \
