@@ -311,16 +311,34 @@ __device__ __forceinline__ Cand cand_start(int op) {
     return cand_empty(op != FLX_REDUCE_MIN);
 }
 
+// This thread's place in a stage-1 block: output tk of the block's tile of KT (k overall), lane tr
+// of RT = kBlock / KT walking chunk j, which is [r0, r1) of the reduced range.
+struct TileOf {
+    int tk, tr;
+    int64_t j, k, r0, r1;
+};
+template <int KT>
+__device__ __forceinline__ TileOf tile_of(const RParams &p, int64_t S, int64_t chunk) {
+    TileOf t;
+    t.tk = (int)(threadIdx.x % KT);
+    t.tr = (int)(threadIdx.x / KT);
+    const int64_t tile = blockIdx.x / S;
+    t.j = blockIdx.x - tile * S;
+    t.k = tile * KT + t.tk;
+    t.r0 = t.j * chunk;
+    t.r1 = t.r0 + chunk < p.nr ? t.r0 + chunk : p.nr;
+    return t;
+}
+
 // Stage 1. With S == 1 the block's result is final and goes straight to out.
 template <typename T, int KT>
 __global__ void __launch_bounds__(kBlock, 4) split_stage1(RParams p, const T *__restrict__ x, Cand *part,
                                                        void *out, int64_t S, int64_t chunk) {
     constexpr int RT = kBlock / KT;
     __shared__ Cand s[kBlock];
-    const int tk = (int)(threadIdx.x % KT), tr = (int)(threadIdx.x / KT);
-    const int64_t tile = blockIdx.x / S, j = blockIdx.x - tile * S;
-    const int64_t k = tile * KT + tk;
-    const int64_t r0 = j * chunk, r1 = r0 + chunk < p.nr ? r0 + chunk : p.nr;
+    const TileOf t = tile_of<KT>(p, S, chunk);
+    const int tk = t.tk, tr = t.tr;
+    const int64_t j = t.j, k = t.k, r0 = t.r0, r1 = t.r1;
     Cand c = cand_start(p.op);
     if (k < p.nk) {
         int64_t base;
@@ -410,32 +428,24 @@ __device__ __forceinline__ double tile_sum(double v, double *s, int tk, int tr) 
 template <typename T, int KT>
 __global__ void __launch_bounds__(kBlock, 4) var_stage1(RParams p, const T *__restrict__ x, VarPart *part,
                                                      void *out, int64_t S, int64_t chunk) {
-    constexpr int RT = kBlock / KT;
     __shared__ double s[kBlock];
-    const int tk = (int)(threadIdx.x % KT), tr = (int)(threadIdx.x / KT);
-    const int64_t tile = blockIdx.x / S, j = blockIdx.x - tile * S;
-    const int64_t k = tile * KT + tk;
-    const int64_t r0 = j * chunk, r1 = r0 + chunk < p.nr ? r0 + chunk : p.nr;
-    const T *xk = x;
-    if (k < p.nk) {
-        int64_t base;
-        flxk::offsets<1>(p.ks, k, &base);
-        xk = x + base;
-    }
+    const TileOf t = tile_of<KT>(p, S, chunk);
+    const bool live = t.k < p.nk;
+    int64_t base = 0;
+    if (live) flxk::offsets<1>(p.ks, t.k, &base);
+    const T *xk = x + base;
     double acc = 0.0;
-    if (k < p.nk)
-        for (int64_t r = r0 + tr; r < r1; r += RT) acc += ld(xk, roff(p.rs, r));
-    const double n = (double)(r1 - r0), sum = tile_sum<KT>(acc, s, tk, tr), mean = sum / n;
+    for (int64_t r = t.r0 + t.tr; live && r < t.r1; r += kBlock / KT) acc += ld(xk, roff(p.rs, r));
+    const double n = (double)(t.r1 - t.r0), mean = tile_sum<KT>(acc, s, t.tk, t.tr) / n;
     double q = 0.0;
-    if (k < p.nk)
-        for (int64_t r = r0 + tr; r < r1; r += RT) {
-            const double d = ld(xk, roff(p.rs, r)) - mean;
-            q += d * d;
-        }
-    const double m2 = tile_sum<KT>(q, s, tk, tr);
-    if (tr == 0 && k < p.nk) {
-        if (S == 1) ((T *)out)[k] = to_out<T>(m2 / ((double)p.nr - p.param));
-        else part[k * S + j] = VarPart{n, mean, m2};
+    for (int64_t r = t.r0 + t.tr; live && r < t.r1; r += kBlock / KT) {
+        const double d = ld(xk, roff(p.rs, r)) - mean;
+        q += d * d;
+    }
+    const double m2 = tile_sum<KT>(q, s, t.tk, t.tr);
+    if (t.tr == 0 && live) {
+        if (S == 1) ((T *)out)[t.k] = to_out<T>(m2 / ((double)p.nr - p.param));
+        else part[t.k * S + t.j] = VarPart{n, mean, m2};
     }
 }
 
@@ -459,20 +469,22 @@ __global__ void __launch_bounds__(kBlock) var_stage2(RParams p, const VarPart *_
     }
 }
 
-template <typename T>
-int var_split_launch(const RParams &p, const SplitPlan &sp, const void *x, void *out, void *scratch,
-                     cudaStream_t st) {
+// The two stages of a split reduction with partials of type Part: stage 1 over tiles x chunks
+// (32-output tiles when the kept index is innermost), stage 2 when there is more than one chunk.
+template <typename T, typename Part>
+int two_stage(const RParams &p, const SplitPlan &sp, const void *x, void *out, void *scratch, cudaStream_t st,
+              void (*stage1_tiled)(RParams, const T *, Part *, void *, int64_t, int64_t),
+              void (*stage1_single)(RParams, const T *, Part *, void *, int64_t, int64_t),
+              void (*stage2)(RParams, const Part *, void *, int64_t)) {
     const int64_t tiles = (p.nk + sp.kt - 1) / sp.kt;
     const unsigned blocks = (unsigned)(tiles * sp.S);
-    VarPart *part = (VarPart *)scratch;
-    if (sp.kt == 32)
-        var_stage1<T, 32><<<blocks, kBlock, 0, st>>>(p, (const T *)x, part, out, sp.S, sp.chunk);
-    else
-        var_stage1<T, 1><<<blocks, kBlock, 0, st>>>(p, (const T *)x, part, out, sp.S, sp.chunk);
+    Part *part = (Part *)scratch;
+    (sp.kt == 32 ? stage1_tiled : stage1_single)<<<blocks, kBlock, 0, st>>>(p, (const T *)x, part, out, sp.S,
+                                                                           sp.chunk);
     if (sp.S > 1) {
         int rc = flxk::launch_status();
         if (rc) return rc;
-        var_stage2<T><<<flxk::grid_for(p.nk * 32), kBlock, 0, st>>>(p, part, out, sp.S);
+        stage2<<<flxk::grid_for(p.nk * 32), kBlock, 0, st>>>(p, part, out, sp.S);
     }
     return flxk::launch_status();
 }
@@ -480,20 +492,11 @@ int var_split_launch(const RParams &p, const SplitPlan &sp, const void *x, void 
 template <typename T>
 int split_launch(const RParams &p, const SplitPlan &sp, const void *x, void *out, void *scratch,
                  cudaStream_t st) {
-    if (p.op == FLX_REDUCE_VAR) return var_split_launch<T>(p, sp, x, out, scratch, st);
-    const int64_t tiles = (p.nk + sp.kt - 1) / sp.kt;
-    const unsigned blocks = (unsigned)(tiles * sp.S);
-    Cand *part = (Cand *)scratch;
-    if (sp.kt == 32)
-        split_stage1<T, 32><<<blocks, kBlock, 0, st>>>(p, (const T *)x, part, out, sp.S, sp.chunk);
-    else
-        split_stage1<T, 1><<<blocks, kBlock, 0, st>>>(p, (const T *)x, part, out, sp.S, sp.chunk);
-    if (sp.S > 1) {
-        int rc = flxk::launch_status();
-        if (rc) return rc;
-        split_stage2<T><<<flxk::grid_for(p.nk * 32), kBlock, 0, st>>>(p, part, out, sp.S);
-    }
-    return flxk::launch_status();
+    if (p.op == FLX_REDUCE_VAR)
+        return two_stage<T, VarPart>(p, sp, x, out, scratch, st, var_stage1<T, 32>, var_stage1<T, 1>,
+                                     var_stage2<T>);
+    return two_stage<T, Cand>(p, sp, x, out, scratch, st, split_stage1<T, 32>, split_stage1<T, 1>,
+                              split_stage2<T>);
 }
 
 inline size_t split_scratch_bytes(const RParams &p, const SplitPlan &sp) {
