@@ -184,8 +184,10 @@ typedef struct flx_index_args {
  * MAXPOOL:  out (N, C, OH, OW) = max over the taps inside the input (padding never wins; NaN wins).
  * MAXPOOL_ARGMAX: out (i64, same shape) = flat index ((n C + c) H + h) W + w of the first maximum
  *           (taps in row-major (ki, kj) order); -1 for a window with no tap inside the input.
- * MAXPOOL_BACKWARD: in = g (N, C, OH, OW), idx = i64 indices as above; out (N, C, H, W)[p] = sum of
- *           g over the windows whose index is p (gather form, taps ascending, deterministic). */
+ * MAXPOOL_BACKWARD: in = g (N, C, OH, OW); out (N, C, H, W)[p] = sum of g over the windows whose
+ *           argmax is p (gather form, taps ascending, deterministic). The argmax is idx (i64
+ *           indices as above) or, when idx is NULL, found again from x (the pooled input, dtype):
+ *           each window's first maximum, as MAXPOOL_ARGMAX finds it, with no index tensor. */
 typedef enum flx_conv_mode {
     FLX_CONV_IM2COL, FLX_CONV_COL2IM, FLX_CONV_MAXPOOL, FLX_CONV_MAXPOOL_ARGMAX,
     FLX_CONV_MAXPOOL_BACKWARD
@@ -195,7 +197,8 @@ typedef struct flx_conv_args {
     flx_dtype dtype; /* of in and out (out is i64 for MAXPOOL_ARGMAX) */
     int64_t N, C, H, W, KH, KW, SH, SW, PH, PW, DH, DW, OH, OW;
     const void *in;
-    const int64_t *idx; /* MAXPOOL_BACKWARD only */
+    const int64_t *idx; /* MAXPOOL_BACKWARD only: the argmax indices, or NULL (then x) */
+    const void *x;      /* MAXPOOL_BACKWARD without idx: the pooled input (N, C, H, W) */
     void *out;
 } flx_conv_args;
 int flx_cuda_conv(const flx_conv_args *args, void *stream);

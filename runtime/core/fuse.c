@@ -13,7 +13,9 @@
  *   - it is not pinned (a requested tensor, a plan output) and not a leaf,
  *   - it has the group's shape and dtype (an input that is broadcast is computed once, outside),
  *   - the group stays within FLX_FUSE_MAX_MEMBERS members and FLX_FUSED_MAX_IN distinct inputs;
- * otherwise it starts a group of its own. Members of dense-layer groups (matmul [+ bias] [relu],
+ * otherwise it starts a group of its own. A node whose value is its input 0's (FLX_OPF_SAME_VALUE)
+ * joins like an elementwise node but never starts a group: it is a member without an instruction,
+ * its readers read input 0's value, and its other inputs are not the kernel's. Members of dense-layer groups (matmul [+ bias] [relu],
  * runtime/core/fuse_gemm.c, planned first) are left out. A group of one node runs its ordinary
  * kernel. This is
  * the evaluator's last-use rule applied one step further: a node whose every reader is in the
@@ -41,8 +43,19 @@ _Static_assert(FLX_FUSE_MAX_MEMBERS + FLX_FUSED_MAX_IN <= FLX_FUSED_MAX_INSTR,
 
 enum { CG_UNSEEN = -1, CG_CONFLICT = -2 };
 
+/* A node whose value is its input 0's (FLX_OPF_SAME_VALUE: a batch-norm node over its value):
+ * a group passes through it, reading neither it nor its other inputs. */
+static bool pass_through(const flx_tensor *t) {
+    return (flx_op_get(t->op)->flags & FLX_OPF_SAME_VALUE) && t->in[0]->dtype == t->dtype &&
+           flx_same_shape(t, t->in[0]);
+}
+
+/* The inputs a member's instruction reads. */
+static int32_t value_inputs(const flx_tensor *t) { return pass_through(t) ? 1 : t->n_in; }
+
 static bool fusable(const flx_tensor *t) {
     if (!flx_dtype_is_float(t->dtype)) return false;
+    if (pass_through(t)) return true;
     switch (t->op) {
     case FLX_OP_UNARY: return t->in[0]->dtype == t->dtype;
     case FLX_OP_BINARY:
@@ -76,7 +89,7 @@ static bool draft_add(draft *d, flx_tensor *t) {
     int32_t n = 0;
     for (int32_t i = 0; i < d->n_ext; i++)
         if (d->ext[i] != t) ext[n++] = d->ext[i];
-    for (int32_t j = 0; j < t->n_in; j++) {
+    for (int32_t j = 0; j < value_inputs(t); j++) {
         flx_tensor *x = t->in[j];
         if (find(ext, n, x) >= 0 || find(d->members, d->n_members, x) >= 0) continue;
         if (n == FLX_FUSED_MAX_IN) return false;
@@ -150,20 +163,25 @@ static bool build_program(flx_fused_group *g) {
     int32_t slot[FLX_FUSED_MAX_INSTR + FLX_FUSED_MAX_IN];
     int32_t nm = g->n_members;
     for (int32_t v = 0; v < nm + g->n_ext; v++) last[v] = -1, slot[v] = -1;
-    int32_t value_of[FLX_FUSED_MAX_INSTR][3];
+    /* A pass-through member stands for its input's value (same_as), so it needs no instruction
+     * and its readers read that value. */
+    int32_t value_of[FLX_FUSED_MAX_INSTR][3], same_as[FLX_FUSED_MAX_INSTR];
     for (int32_t m = 0; m < nm; m++) {
         const flx_tensor *t = g->members[m];
-        for (int32_t j = 0; j < t->n_in; j++) {
+        same_as[m] = m;
+        for (int32_t j = 0; j < value_inputs(t); j++) {
             int32_t v = find(g->members, nm, t->in[j]);
-            if (v < 0) v = nm + find(g->ext, g->n_ext, t->in[j]);
+            v = v >= 0 ? same_as[v] : nm + find(g->ext, g->n_ext, t->in[j]);
             value_of[m][j] = v;
-            last[v] = m;
+            if (pass_through(t)) same_as[m] = v;
+            else last[v] = m;
         }
     }
     bool used[FLX_FUSED_MAX_SLOTS] = {false};
     int32_t pc = 0;
     for (int32_t m = 0; m < nm; m++) {
         const flx_tensor *t = g->members[m];
+        if (pass_through(t)) continue;
         uint8_t src[3] = {0, 0, 0};
         for (int32_t j = 0; j < t->n_in; j++) {
             int32_t v = value_of[m][j];
@@ -293,6 +311,8 @@ flx_status flx_fusion_plan(flx_tensor *const *order, size_t n, uint64_t epoch, i
                 flx_same_shape(t, order[group_root[c]]) && draft_add(&dr[c], t)) {
                 g = c;
                 role[ii] = FLX_FUSE_INTERIOR;
+            } else if (pass_through(t)) {
+                g = -1; /* only inside a group: its value is its input's */
             } else {
                 g = ng++;
                 dr[g].n_members = dr[g].n_ext = 0;
@@ -309,7 +329,7 @@ flx_status flx_fusion_plan(flx_tensor *const *order, size_t n, uint64_t epoch, i
             flx_tensor *x = t->in[j];
             if (x->mark != epoch) continue;
             int32_t *c = &cg[x->scratch];
-            if (g < 0) *c = CG_CONFLICT;
+            if (g < 0 || j >= value_inputs(t)) *c = CG_CONFLICT;
             else if (*c == CG_UNSEEN) *c = g;
             else if (*c != g) *c = CG_CONFLICT;
         }

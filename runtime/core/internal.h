@@ -57,7 +57,9 @@
     X(COL2IM)                                                                             \
     X(MAXPOOL)                                                                            \
     X(MAXPOOL_ARGMAX) /* i64 indices, no gradient */                                      \
-    X(MAXPOOL_BACKWARD) /* inputs: g, indices */ \
+    X(MAXPOOL_BACKWARD) /* inputs: g, then the i64 argmax indices or the pooled input */ \
+    /* batch norm in training mode (runtime/ops/batch_norm.c): attrs.bnorm */              \
+    X(BATCH_NORM) /* inputs: Y (value, no history), x, mu, rstd [, gamma] [, beta]; aliases Y */ \
     /* LU family (runtime/ops/lu.c): attrs.lu */                                \
     X(LU_FACTOR) /* packed (..., n*n + n + 1): LU, pivots, info; no gradient */           \
     X(LU_SOLVE)  /* inputs: A, LU, B (without B: B = I, an inverse) */                     \
@@ -112,6 +114,8 @@ typedef struct flx_attrs {
         /* nn sliding windows (runtime/ops/conv.c): kernel, stride, padding, dilation (h, w) and
          * the input plane size (h, w) for ops whose output is the input geometry */
         struct { int64_t k[2], s[2], p[2], d[2], in_hw[2]; } conv;
+        /* batch norm node (runtime/ops/batch_norm.c): which affine inputs follow rstd */
+        struct { int32_t has_gamma, has_beta; } bnorm;
         /* LU family: flx_lu_mode, solve with A^T, report singular input */
         struct { int32_t mode; int32_t trans; int32_t check; } lu;
         /* softmax family (runtime/ops/softmax.c): kernel mode (flx_softmax_mode), axis,
@@ -205,6 +209,9 @@ enum {
     FLX_OPF_SOURCE = 1u << 0,  /* holds data that cannot be recomputed                  */
     FLX_OPF_ALIAS = 1u << 1,   /* the output shares input 0's buffer                    */
     FLX_OPF_NONDIFF = 1u << 2, /* no gradient flows through (integer or boolean result)  */
+    /* With FLX_OPF_ALIAS: the value is input 0's, same shape and dtype; the other inputs only
+     * carry derivatives. Elementwise fusion passes through such a node (runtime/core/fuse.c). */
+    FLX_OPF_SAME_VALUE = 1u << 3,
 };
 
 typedef struct flx_op_def {
@@ -233,6 +240,11 @@ void flx_ops_register_lu(flx_op_def *table);
 void flx_ops_register_softmax(flx_op_def *table);
 /* expm / eigh: runtime/ops/expm.c, runtime/ops/eigh.c; CPU Jacobi in runtime/cpu/eigh.c */
 void flx_ops_register_expm(flx_op_def *table);
+void flx_ops_register_batch_norm(flx_op_def *table);
+/* The training-mode batch-norm node over the value y (runtime/ops/batch_norm.c: the contract of
+ * its inputs is there); gamma and beta (1, C, 1, ...) views or NULL. */
+flx_tensor *flx_batch_norm_node(flx_tensor *y, flx_tensor *x, flx_tensor *mu, flx_tensor *rstd,
+                                flx_tensor *gamma, flx_tensor *beta);
 void flx_ops_register_eigh(flx_op_def *table);
 /* attention: runtime/ops/attention.c; CPU reference kernels in runtime/cpu/attention.c */
 void flx_ops_register_attention(flx_op_def *table);
