@@ -276,7 +276,10 @@ int launch_rows(K kern, int64_t rows, int slice, const Params &p, cudaStream_t s
             cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev) != cudaSuccess)
             return (int)cudaGetLastError();
         if (smem > (size_t)optin) return (int)cudaErrorInvalidValue; // head dims past ~3000 (f64)
-        cudaError_t e = cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
+        // The device's limit (the kernels have no static shared memory), not this launch's size:
+        // the setting is the kernel's, shared by every thread, and a smaller one set by another
+        // thread between ours and our launch would make the launch fail.
+        cudaError_t e = cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, optin);
         if (e != cudaSuccess) return (int)e;
     }
     const int64_t blocks = (rows + kWarps - 1) / kWarps;

@@ -341,31 +341,47 @@ __device__ __forceinline__ void slot_put(T (&r)[FLX_FUSED_MAX_SLOTS][FV], int s,
         }
 }
 
-// The program and its index math: with small set (fewer than 2^31 elements), strided offsets
-// divide in 32 bits by each dim's precomputed FastDiv instead of a 64-bit division per dim.
-struct FusedLaunch {
-    flx_fused_args a;
-    int32_t small;
-    flxk::FastDiv fd[FLX_MAX_DIMS];
+// The kernel's parameters. cudaLaunchKernel copies the whole parameter block on every launch
+// (and a captured graph keeps one per node), so the common launch passes a compact form:
+// FusedSmall<R, NI> holds up to R dims and NI instructions, 32-bit sizes and strides, and each
+// dim's FastDiv, so strided offsets divide in 32 bits instead of a 64-bit division per dim. It
+// serves every program of fewer than 2^31 elements whose strides fit in 32 bits (offsets are
+// still summed in 64 bits); anything larger runs on flx_fused_args itself (64-bit divisions).
+// Both name their fields as flx_fused_args does, so one kernel body reads either.
+template <int R, int NI> struct FusedSmall {
+    int32_t ndim, n_instr;
+    int32_t n;
+    uint8_t in_bool[FLX_FUSED_MAX_IN];
+    uint8_t in_kind[FLX_FUSED_MAX_IN];
+    uint32_t shape[R];
+    flxk::FastDiv fd[R];
+    int32_t in_strides[FLX_FUSED_MAX_IN][R];
+    const void *in[FLX_FUSED_MAX_IN];
+    void *out;
+    flx_fused_instr instr[NI];
 };
 
 // Offset of element i in input k; *inner gets i's index along the innermost dimension.
-__device__ __forceinline__ int64_t fused_offset(const FusedLaunch &L, int k, int64_t i,
+template <int R, int NI>
+__device__ __forceinline__ int64_t fused_offset(const FusedSmall<R, NI> &a, int k, int64_t i,
                                                 int64_t *inner) {
-    const flx_fused_args &a = L.a;
     int64_t off = 0;
     *inner = i;
-    if (L.small) {
-        uint32_t j = (uint32_t)i;
-        for (int d = a.ndim - 1; d >= 1; d--) {
-            uint32_t q = flxk::fastdiv(j, L.fd[d]);
-            uint32_t r = j - q * (uint32_t)a.shape[d];
-            if (d == a.ndim - 1) *inner = r;
-            off += (int64_t)r * a.in_strides[k][d];
-            j = q;
-        }
-        return off + (int64_t)j * a.in_strides[k][0];
+    uint32_t j = (uint32_t)i;
+    for (int d = a.ndim - 1; d >= 1; d--) {
+        uint32_t q = flxk::fastdiv(j, a.fd[d]);
+        uint32_t r = j - q * a.shape[d];
+        if (d == a.ndim - 1) *inner = r;
+        off += (int64_t)r * a.in_strides[k][d];
+        j = q;
     }
+    return off + (int64_t)j * a.in_strides[k][0];
+}
+
+__device__ __forceinline__ int64_t fused_offset(const flx_fused_args &a, int k, int64_t i,
+                                                int64_t *inner) {
+    int64_t off = 0;
+    *inner = i;
     for (int d = a.ndim - 1; d >= 1; d--) {
         int64_t q = i / a.shape[d];
         int64_t r = i - q * a.shape[d];
@@ -377,23 +393,22 @@ __device__ __forceinline__ int64_t fused_offset(const FusedLaunch &L, int k, int
 }
 
 // Input k's elements i0 .. i0 + m - 1, stored as S, as compute values (exact).
-template <typename S>
-__device__ __forceinline__ void fused_load(const FusedLaunch &L, int k, int64_t i0, int m,
+template <typename S, typename P>
+__device__ __forceinline__ void fused_load(const P &a, int k, int64_t i0, int m,
                                            compute_t<S> (&o)[FV]) {
     typedef compute_t<S> T;
-    const flx_fused_args &a = L.a;
     const void *p = a.in[k];
     // Offsets of the FV elements: one division chain for the first; the others step along the
     // innermost dimension unless they cross a row (then they divide again).
     int64_t off[FV];
     if (a.in_kind[k] == FLX_FUSED_IN_STRIDED) {
         int64_t r0;
-        off[0] = fused_offset(L, k, i0, &r0);
+        off[0] = fused_offset(a, k, i0, &r0);
         const int64_t inner = a.shape[a.ndim - 1], step = a.in_strides[k][a.ndim - 1];
 #pragma unroll
         for (int l = 1; l < FV; l++) {
             int64_t r;
-            off[l] = r0 + l < inner ? off[0] + l * step : fused_offset(L, k, i0 + l, &r);
+            off[l] = r0 + l < inner ? off[0] + l * step : fused_offset(a, k, i0 + l, &r);
         }
     }
     if (a.in_bool[k]) {
@@ -466,17 +481,16 @@ __device__ __forceinline__ void fused_binary(int op, T (&x)[FV], const T (&y)[FV
 template <typename T> struct FusedMinBlocks { static constexpr int value = 4; };
 template <> struct FusedMinBlocks<double> { static constexpr int value = 3; };
 
-template <typename S>
+template <typename S, typename P>
 __global__ void __launch_bounds__(kBlock, FusedMinBlocks<compute_t<S>>::value)
-    fused_kernel(const __grid_constant__ FusedLaunch L) {
+    fused_kernel(const __grid_constant__ P a) {
     typedef compute_t<S> T;
-    const flx_fused_args &a = L.a;
     const int64_t nv = (a.n + FV - 1) / FV;
     const int64_t stride = (int64_t)gridDim.x * blockDim.x;
     const int out_slot = a.instr[a.n_instr - 1].dst;
     for (int64_t v = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; v < nv; v += stride) {
         const int64_t i0 = v * FV;
-        const int m = a.n - i0 < FV ? (int)(a.n - i0) : FV;
+        const int m = (int64_t)a.n - i0 < FV ? (int)((int64_t)a.n - i0) : FV;
         T r[FLX_FUSED_MAX_SLOTS][FV];
 #pragma unroll
         for (int q = 0; q < FLX_FUSED_MAX_SLOTS; q++)
@@ -486,7 +500,7 @@ __global__ void __launch_bounds__(kBlock, FusedMinBlocks<compute_t<S>>::value)
             const flx_fused_instr &I = a.instr[pc];
             T x[FV], y[FV], z[FV];
             switch (I.kind) {
-            case FLX_FUSED_LOAD: fused_load<S>(L, I.op, i0, m, x); break;
+            case FLX_FUSED_LOAD: fused_load<S>(a, I.op, i0, m, x); break;
             case FLX_FUSED_UNARY:
                 slot_get(r, I.s0, x);
                 fused_unary<T>(I.op, I.a, I.b, x);
@@ -521,6 +535,59 @@ __global__ void __launch_bounds__(kBlock, FusedMinBlocks<compute_t<S>>::value)
             for (int l = 0; l < m; l++) out[i0 + l] = from_c<S>(o[l]);
         }
     }
+}
+
+// Packs a into the compact form when it fits (see FusedSmall); false when it does not.
+template <int R, int NI> bool fused_pack(const flx_fused_args *a, FusedSmall<R, NI> &L) {
+    const int64_t lim = (int64_t)1 << 31;
+    if (a->ndim > R || a->n_instr > NI || a->n >= lim) return false;
+    L.ndim = a->ndim;
+    L.n_instr = a->n_instr;
+    L.n = (int32_t)a->n;
+    for (int d = 0; d < R; d++) {
+        const int64_t sz = d < a->ndim ? a->shape[d] : 1;
+        if (sz <= 0 || sz >= lim) return false;
+        L.shape[d] = (uint32_t)sz;
+        L.fd[d] = flxk::fastdiv_make((uint32_t)sz);
+    }
+    for (int k = 0; k < FLX_FUSED_MAX_IN; k++) {
+        const bool live = k < a->n_in;
+        L.in_bool[k] = live ? a->in_bool[k] : 0;
+        L.in_kind[k] = live ? a->in_kind[k] : (uint8_t)FLX_FUSED_IN_CONTIG;
+        L.in[k] = live ? a->in[k] : nullptr;
+        for (int d = 0; d < R; d++) {
+            /* only strided inputs read their strides */
+            const int64_t st = live && a->in_kind[k] == FLX_FUSED_IN_STRIDED && d < a->ndim
+                                   ? a->in_strides[k][d] : 0;
+            if (st >= lim || st < -lim) return false;
+            L.in_strides[k][d] = (int32_t)st;
+        }
+    }
+    L.out = a->out;
+    for (int pc = 0; pc < a->n_instr; pc++) L.instr[pc] = a->instr[pc];
+    return true;
+}
+
+template <typename S, int R, int NI>
+bool fused_launch_small(const flx_fused_args *a, unsigned grid, cudaStream_t st) {
+    FusedSmall<R, NI> L;
+    if (!fused_pack(a, L)) return false;
+    fused_kernel<S, FusedSmall<R, NI>><<<grid, kBlock, 0, st>>>(L);
+    return true;
+}
+
+// The smallest compact form that holds a, else the full one.
+template <typename S> void fused_launch(const flx_fused_args *a, unsigned grid, cudaStream_t st) {
+    bool done;
+    if (a->n_instr <= 8)
+        done = a->ndim <= 2 ? fused_launch_small<S, 2, 8>(a, grid, st)
+             : a->ndim <= 4 ? fused_launch_small<S, 4, 8>(a, grid, st)
+                            : fused_launch_small<S, FLX_MAX_DIMS, 8>(a, grid, st);
+    else
+        done = a->ndim <= 2 ? fused_launch_small<S, 2, FLX_FUSED_MAX_INSTR>(a, grid, st)
+             : a->ndim <= 4 ? fused_launch_small<S, 4, FLX_FUSED_MAX_INSTR>(a, grid, st)
+                            : fused_launch_small<S, FLX_MAX_DIMS, FLX_FUSED_MAX_INSTR>(a, grid, st);
+    if (!done) fused_kernel<S, flx_fused_args><<<grid, kBlock, 0, st>>>(*a);
 }
 
 } // namespace
@@ -575,20 +642,13 @@ extern "C" int flx_cuda_where(const flx_where_args *ar, void *stream) {
 
 extern "C" int flx_cuda_fused(const flx_fused_args *a, void *stream) {
     if (a->n <= 0) return 0;
-    if (a->n_instr < 1 || a->n_instr > FLX_FUSED_MAX_INSTR || a->ndim < 1 || a->ndim > FLX_MAX_DIMS)
+    if (a->n_instr < 1 || a->n_instr > FLX_FUSED_MAX_INSTR || a->ndim < 1 || a->ndim > FLX_MAX_DIMS ||
+        a->n_in < 0 || a->n_in > FLX_FUSED_MAX_IN)
         return (int)cudaErrorInvalidValue;
     cudaStream_t st = (cudaStream_t)stream;
     unsigned grid = flxk::grid_for((a->n + FV - 1) / FV);
-    FusedLaunch L;
-    L.a = *a;
-    L.small = a->n < ((int64_t)1 << 31);
-    for (int d = 0; d < FLX_MAX_DIMS; d++) {
-        bool ok = L.small && d < a->ndim && a->shape[d] > 0 && a->shape[d] < ((int64_t)1 << 31);
-        if (d < a->ndim && !ok) L.small = 0;
-        L.fd[d] = flxk::fastdiv_make(ok ? (uint32_t)a->shape[d] : 1u);
-    }
     return flxk::with_dtype<flxk::kFloat>(a->dtype, [&](auto t) {
-        fused_kernel<typename decltype(t)::type><<<grid, kBlock, 0, st>>>(L);
+        fused_launch<typename decltype(t)::type>(a, grid, st);
         return flxk::launch_status();
     });
 }

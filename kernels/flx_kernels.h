@@ -219,8 +219,10 @@ typedef struct flx_index_args {
  * MAXPOOL:  out (N, C, OH, OW) = max over the taps inside the input (padding never wins; NaN wins).
  * MAXPOOL_ARGMAX: out (i64, same shape) = flat index ((n C + c) H + h) W + w of the first maximum
  *           (taps in row-major (ki, kj) order); -1 for a window with no tap inside the input.
- * MAXPOOL_BACKWARD: in = g (N, C, OH, OW), idx = i64 indices as above; out (N, C, H, W)[p] = sum of
- *           g over the windows whose index is p (gather form, taps ascending, deterministic). */
+ * MAXPOOL_BACKWARD: in = g (N, C, OH, OW); out (N, C, H, W)[p] = sum of g over the windows whose
+ *           argmax is p (gather form, taps ascending, deterministic). The argmax is idx (i64
+ *           indices as above) or, when idx is NULL, found again from x (the pooled input, dtype):
+ *           each window's first maximum, as MAXPOOL_ARGMAX finds it, with no index tensor. */
 typedef enum flx_conv_mode {
     FLX_CONV_IM2COL, FLX_CONV_COL2IM, FLX_CONV_MAXPOOL, FLX_CONV_MAXPOOL_ARGMAX,
     FLX_CONV_MAXPOOL_BACKWARD
@@ -230,7 +232,8 @@ typedef struct flx_conv_args {
     flx_dtype dtype; /* of in and out (out is i64 for MAXPOOL_ARGMAX) */
     int64_t N, C, H, W, KH, KW, SH, SW, PH, PW, DH, DW, OH, OW;
     const void *in;
-    const int64_t *idx; /* MAXPOOL_BACKWARD only */
+    const int64_t *idx; /* MAXPOOL_BACKWARD only: the argmax indices, or NULL (then x) */
+    const void *x;      /* MAXPOOL_BACKWARD without idx: the pooled input (N, C, H, W) */
     void *out;
 } flx_conv_args;
 int flx_cuda_conv(const flx_conv_args *args, void *stream);
@@ -282,8 +285,15 @@ typedef struct flx_softmax_args {
     void *out;
     void *grad;             /* CE_FWD: the fused gradient (N, C), or NULL */
     flx_kerr err;
+    /* CUDA only (NULL elsewhere): flx_cuda_softmax_scratch_bytes(args) bytes of device memory for
+     * the partials of a strided softmax split over the GPU (stream-ordered: free after queueing);
+     * without it the kernel runs one thread per column. */
+    void *scratch;
+    size_t scratch_bytes;
 } flx_softmax_args;
 int flx_cuda_softmax(const flx_softmax_args *args, void *stream);
+/* Bytes of scratch flx_cuda_softmax wants for args (0: none); depends on the current device. */
+size_t flx_cuda_softmax_scratch_bytes(const flx_softmax_args *args);
 
 /* ---- optim: fused multi-tensor optimiser updates (runtime/nn/optim.c, runtime/cpu/optim.c,
  * kernels/optim.cu). Update rules: fluxion.h, "optimisers".
@@ -355,10 +365,16 @@ int flx_cuda_optim(const flx_optim_args *args, void *stream);
  *           factorised on the fly and no packed LU is written (forward-only det).
  * COFACTOR: lu packed -> out (batch, n, n) row-major = adj(A)^T, computed without any division
  *           (finite and exact in form at singular A): adj(A) = sign(P) adj(U) L^-1 P^T with adj(U)
- *           from products of U's diagonal. */
+ *           from products of U's diagonal.
+ * DET_GRAD, LOGDET_GRAD: the gradients of det and of log|det| in one pass straight from A (no
+ *           packed factors read or written): a (batch, n, n) row-major, b (batch) the per-matrix
+ *           cotangent g or NULL (g = 1) -> out (batch, n, n) row-major = g adj(A)^T (division-free
+ *           as COFACTOR: exact at singular A) / g A^-T (inf/NaN at singular A, as SOLVE).
+ *           1 <= n <= FLX_LU_REG_N on CUDA (one thread per matrix, registers); any n on the CPU. */
+#define FLX_LU_REG_N 8
 typedef enum flx_lu_mode {
     FLX_LU_FACTOR, FLX_LU_SOLVE, FLX_LU_DET, FLX_LU_LOGABS, FLX_LU_SIGN, FLX_LU_LOGDET,
-    FLX_LU_COFACTOR
+    FLX_LU_COFACTOR, FLX_LU_DET_GRAD, FLX_LU_LOGDET_GRAD
 } flx_lu_mode;
 typedef struct flx_lu_args {
     int32_t mode;

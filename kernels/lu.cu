@@ -16,6 +16,7 @@
 // det / log|det| / sign: one warp per matrix reduces the diagonal and the pivot parity.
 // cofactor: adj(U) one thread per (matrix, column), then V = adj(U) L^-1 and the pivot columns
 // one thread per (matrix, row); no division anywhere, so singular matrices give the exact form.
+// det / log|det| gradients straight from A (n <= 8): one register kernel (lu_small.cu).
 #include "lu_internal.cuh"
 #include "solver_common.cuh"
 
@@ -318,6 +319,10 @@ int run(const flx_lu_args *a, const flx_cuda_lib_env *env) {
     switch (a->mode) {
     case FLX_LU_FACTOR: return factor<T>(a, env);
     case FLX_LU_SOLVE: return solve<T>(a, env);
+    case FLX_LU_DET_GRAD:
+    case FLX_LU_LOGDET_GRAD: // register kernels only: the op builds this mode for small n
+        if (a->n < 1 || a->n > kSmallN) return (int)cudaErrorInvalidValue;
+        return flxk::lu::det_grad_small(a, s);
     case FLX_LU_COFACTOR: {
         if (a->n == 0) return 0;
         Scratch sc(env);

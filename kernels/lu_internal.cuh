@@ -8,7 +8,7 @@
 namespace flxk {
 namespace lu {
 
-constexpr int kSmallN = 8;  // n <= kSmallN: one thread per matrix, registers
+constexpr int kSmallN = FLX_LU_REG_N; // n <= kSmallN: one thread per matrix, registers
 constexpr int kBlockN = 64; // n <= kBlockN: one block per matrix, shared memory
 
 // det / log|det| / sign / log det from the diagonal's product, log-sum, sign parity, zero and
@@ -31,6 +31,8 @@ int factor_small(const flx_lu_args *a, cudaStream_t s);
 // Solves with the packed factors a->lu for 1 <= n <= kBlockN and k >= 1 right-hand sides; for
 // n <= kSmallN also straight from a->a when a->lu is NULL (factorised in registers, not stored).
 int solve_small(const flx_lu_args *a, cudaStream_t s);
+// DET_GRAD / LOGDET_GRAD (flx_lu_args) for 1 <= n <= kSmallN, straight from a->a.
+int det_grad_small(const flx_lu_args *a, cudaStream_t s);
 // Library path: matrices of a->out whose info is nonzero are factorised again from a->a with
 // exact zero multipliers; piv (batch, n) and info (batch) are the library's 1-based int arrays.
 int refactor_singular(const flx_lu_args *a, int *piv, int *info, cudaStream_t s);

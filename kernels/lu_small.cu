@@ -1,6 +1,6 @@
 // lu_small.cu — fluxion's own LU kernels for n <= 64, the paths plans can capture into CUDA
 // graphs (lu.cu has the overview and the n > 64 cuSOLVER path):
-//   n <= 8:       one thread per matrix (factor, det, solve), partial pivoting held in
+//   n <= 8:       one thread per matrix (factor, det, solve, det gradients), partial pivoting held in
 //                 registers, templated on N (PERFORMANCE.md: cuBLAS's batched LU is 2x slower
 //                 there); every global access staged through shared memory (stage). A solve or
 //                 inverse no gradient needs factorises A in registers and stores no factors.
@@ -24,6 +24,20 @@ using flxk::lu::kSmallN;
 // instead of each thread touching its own 256-byte row (32 cache lines per warp instruction).
 template <typename T> struct SmallTpb { static constexpr int value = 128; };
 template <> struct SmallTpb<double> { static constexpr int value = 64; }; // 37 KB of staging
+
+// The small kernels: factor (or forward-only det), solve from the factors, solve from A, and the
+// gradients of det and of log|det|.
+enum SmallKernel { kFactor, kSolve, kSolveDirect, kDetGrad, kLogdetGrad };
+
+// Resident blocks per SM a small kernel is compiled for (__launch_bounds__' second argument: the
+// register budget is 64K / (SmallTpb * blocks)). 0 leaves the budget to ptxas, whose own choice
+// aims at an occupancy step and spilled a few loop-invariant words (the slab loop's bounds and
+// pointers, reloaded per slab) in the instantiations given an explicit budget here (ptxas -v,
+// CUDA 13, sm_90); each fits its budget with no spill.
+template <typename T, int N, SmallKernel K> struct SmallBlocks { static constexpr int value = 0; };
+template <> struct SmallBlocks<double, 4, kSolveDirect> { static constexpr int value = 10; }; // 90 registers
+template <> struct SmallBlocks<double, 4, kDetGrad> { static constexpr int value = 10; };     // 66
+template <> struct SmallBlocks<float, 6, kLogdetGrad> { static constexpr int value = 5; };    // 80
 
 // Moves a block's slab between global memory g and shared memory st, LOAD: g -> st, else back.
 // Item t < cnt (one per thread of the compute phase) is rows x w elements: row r at
@@ -50,11 +64,21 @@ __device__ __forceinline__ void stage(T *st, int ld, G *g, int cnt, int rows, in
     }
 }
 
-// In-register LU with partial pivoting of m (row i, column j at m[i][j]): L below the diagonal,
-// U on and above it, piv as the packed layout's. Returns info (0 or the 1-based first zero
-// pivot); a zero pivot column keeps multipliers 0.
+// m := the row-major N x N matrix of a thread's staging slot sm.
 template <typename T, int N>
-__device__ __forceinline__ int reg_lu(T (&m)[N][N], int (&piv)[N]) {
+__device__ __forceinline__ void load_rows(T (&m)[N][N], const T *sm) {
+#pragma unroll
+    for (int i = 0; i < N; i++)
+#pragma unroll
+        for (int j = 0; j < N; j++) m[i][j] = sm[i * N + j];
+}
+
+// In-register LU with partial pivoting of m (row i, column j at m[i][j]): L below the diagonal,
+// U on and above it, piv as the packed layout's; rd[k] = 1 / U(k, k) (inf for a zero pivot), the
+// reciprocal the elimination computes anyway. Returns info (0 or the 1-based first zero pivot); a
+// zero pivot column keeps multipliers 0.
+template <typename T, int N>
+__device__ __forceinline__ int reg_lu(T (&m)[N][N], int (&piv)[N], T (&rd)[N]) {
     int info = 0;
 #pragma unroll
     for (int k = 0; k < N; k++) {
@@ -85,6 +109,7 @@ __device__ __forceinline__ int reg_lu(T (&m)[N][N], int (&piv)[N]) {
         T d = m[k][k];
         if (d == T(0) && info == 0) info = k + 1;
         T r = d != T(0) ? T(1) / d : T(0); // zero pivot: its column is all zero; skip it
+        rd[k] = d != T(0) ? r : copysign(T(INFINITY), d); // 1 / d, with no second division
 #pragma unroll
         for (int i = k + 1; i < N; i++) {
             m[i][k] *= r;
@@ -95,10 +120,16 @@ __device__ __forceinline__ int reg_lu(T (&m)[N][N], int (&piv)[N]) {
     return info;
 }
 
+template <typename T, int N>
+__device__ __forceinline__ int reg_lu(T (&m)[N][N], int (&piv)[N]) {
+    T rd[N]; // unused: the compiler drops it
+    return reg_lu<T, N>(m, piv, rd);
+}
+
 // DET: write det_value(mode) per matrix instead of the packed LU (forward-only det).
 template <typename T, int N, bool DET>
-__global__ void __launch_bounds__(SmallTpb<T>::value) k_factor_small(const T *__restrict__ a, T *__restrict__ out,
-                                                                     int64_t batch, int mode) {
+__global__ void __launch_bounds__(SmallTpb<T>::value, SmallBlocks<T, N, kFactor>::value)
+    k_factor_small(const T *__restrict__ a, T *__restrict__ out, int64_t batch, int mode) {
     constexpr int TPB = SmallTpb<T>::value, NN = N * N, P = NN + N + 1, LD = P | 1;
     __shared__ T st[TPB * LD];
     for (int64_t b0 = (int64_t)blockIdx.x * TPB; b0 < batch; b0 += (int64_t)gridDim.x * TPB) {
@@ -108,10 +139,7 @@ __global__ void __launch_bounds__(SmallTpb<T>::value) k_factor_small(const T *__
         T *sm = st + threadIdx.x * LD;
         if ((int)threadIdx.x < cnt) {
             T m[N][N];
-#pragma unroll
-            for (int i = 0; i < N; i++)
-#pragma unroll
-                for (int j = 0; j < N; j++) m[i][j] = sm[i * N + j];
+            load_rows<T, N>(m, sm);
             int piv[N];
             const int info = reg_lu<T, N>(m, piv);
             if (DET) {
@@ -189,15 +217,95 @@ __device__ __forceinline__ void reg_solve(const T (&m)[N][N], const int (&piv)[N
     }
 }
 
+// v := row c of s A^-1 (INV) or of s adj(A) (!INV) from the register factors of reg_lu:
+// A^-1 = U^-1 L^-1 P^T and adj(A) = sign(P) adj(U) L^-1 P^T. Row c of U^-1 is x_c = rd_c,
+// x_j = -rd_j sum_{k=c..j-1} x_k u_kj; row c of adj(U) is its division-free form pre_c suf[j] Y_j
+// (exact at singular A, as the CPU's adjugate): Y_c = 1, Y_j = -sum_{k=c..j-1} Y_k u_kj
+// prod_{q=k+1..j-1} u_qq (Horner over k), pre_c the product of the pivots before c, suf[j] of
+// those after j. ps: s (INV), s sign(P) pre_c (!INV). Called in an unrolled loop over c, so every
+// index is a compile-time constant and v stays in registers.
+template <typename T, int N, bool INV>
+__device__ __forceinline__ void reg_inv_row(const T (&m)[N][N], const int (&piv)[N], const T (&rd)[N],
+                                            const T (&suf)[N], T ps, int c, T (&v)[N]) {
+#pragma unroll
+    for (int j = 0; j < N; j++) v[j] = j != c ? T(0) : INV ? rd[c] : T(1);
+#pragma unroll
+    for (int j = 0; j < N; j++) {
+        if (j <= c) continue;
+        T acc = T(0);
+#pragma unroll
+        for (int k = 0; k < N; k++)
+            if (k >= c && k < j) acc = (INV ? acc : acc * m[k][k]) + v[k] * m[k][j];
+        v[j] = INV ? -acc * rd[j] : -acc;
+    }
+#pragma unroll
+    for (int j = 0; j < N; j++)
+        if (j >= c) v[j] *= INV ? ps : ps * suf[j];
+    // v L^-1 (L unit lower, below m's diagonal): v_j -= sum_{k>j} v_k L_kj, last column first.
+#pragma unroll
+    for (int j = N - 1; j >= 0; j--)
+#pragma unroll
+        for (int k = j + 1; k < N; k++) v[j] -= v[k] * m[k][j];
+    // P^T: the column swaps of the pivots, last first.
+#pragma unroll
+    for (int i = N - 1; i >= 0; i--) swap_with_pivot<T, N>(v, piv, i);
+}
+
+// The gradients of det (COF: g adj(A)^T) and of log|det| (g A^-T) straight from A, g per matrix
+// (NULL: 1): one thread per matrix, A factorised in registers by reg_lu. The block's slab of A
+// is staged in like k_factor_small's, each thread writes its gradient over its own matrix in
+// shared memory (column c of the result is row c of adj(A) or of A^-1), and the slab is staged
+// out: A and g are read once and only the gradient is written (no factors, no scratch).
+template <typename T, int N, bool COF>
+__global__ void __launch_bounds__(SmallTpb<T>::value, SmallBlocks<T, N, COF ? kDetGrad : kLogdetGrad>::value)
+    k_det_grad_small(const T *__restrict__ a, const T *__restrict__ g, T *__restrict__ out, int64_t batch) {
+    constexpr int TPB = SmallTpb<T>::value, NN = N * N, LD = NN | 1;
+    __shared__ T st[TPB * LD];
+    for (int64_t b0 = (int64_t)blockIdx.x * TPB; b0 < batch; b0 += (int64_t)gridDim.x * TPB) {
+        const int cnt = batch - b0 < TPB ? (int)(batch - b0) : TPB;
+        stage<true, TPB>(st, LD, a + b0 * NN, cnt, 1, NN, NN, NN);
+        __syncthreads();
+        if ((int)threadIdx.x < cnt) {
+            T *sm = st + threadIdx.x * LD;
+            T m[N][N];
+            load_rows<T, N>(m, sm);
+            int piv[N];
+            T rd[N];
+            (void)reg_lu<T, N>(m, piv, rd);
+            T ps = g ? g[b0 + threadIdx.x] : T(1), suf[N];
+            if (COF) {
+                bool neg = false;
+#pragma unroll
+                for (int i = 0; i < N; i++) neg ^= piv[i] != i;
+                if (neg) ps = -ps;
+                suf[N - 1] = T(1);
+#pragma unroll
+                for (int j = N - 2; j >= 0; j--) suf[j] = suf[j + 1] * m[j + 1][j + 1];
+            }
+#pragma unroll
+            for (int c = 0; c < N; c++) {
+                T v[N];
+                reg_inv_row<T, N, !COF>(m, piv, rd, suf, ps, c, v);
+#pragma unroll
+                for (int i = 0; i < N; i++) sm[i * N + c] = v[i];
+                if (COF) ps *= m[c][c];
+            }
+        }
+        __syncthreads();
+        stage<false, TPB>(st, LD, out + b0 * NN, cnt, 1, NN, NN, NN);
+        __syncthreads(); // st is reused by the next slab
+    }
+}
+
 // Solve, one thread per matrix with its factors in registers, all of it staged like
 // k_factor_small: the block's slab of factors (DIRECT: of A, factorised here by reg_lu and never
 // written back: nothing downstream needs them), then the right-hand sides in chunks of KC
 // columns through the same shared memory, solved and stored in place. bm == NULL: the identity,
 // generated in registers (inverses: nothing to load).
 template <typename T, int N, bool DIRECT>
-__global__ void __launch_bounds__(SmallTpb<T>::value) k_solve_small(const T *__restrict__ src, const T *__restrict__ bm,
-                                                                    T *__restrict__ out, int64_t batch, int64_t k,
-                                                                    int trans, int check, flx_kerr err) {
+__global__ void __launch_bounds__(SmallTpb<T>::value, SmallBlocks<T, N, DIRECT ? kSolveDirect : kSolve>::value)
+    k_solve_small(const T *__restrict__ src, const T *__restrict__ bm, T *__restrict__ out, int64_t batch,
+                  int64_t k, int trans, int check, flx_kerr err) {
     constexpr int TPB = SmallTpb<T>::value, NN = N * N, P = NN + N + 1, LD = P | 1;
     constexpr int IN = DIRECT ? NN : P, KC = (LD - 1) / N; // KC >= N + 1: an inverse in one chunk
     __shared__ T st[TPB * LD];
@@ -211,10 +319,7 @@ __global__ void __launch_bounds__(SmallTpb<T>::value) k_solve_small(const T *__r
         if (live) {
             const T *sm = st + threadIdx.x * LD;
             if (DIRECT) {
-#pragma unroll
-                for (int i = 0; i < N; i++)
-#pragma unroll
-                    for (int j = 0; j < N; j++) m[i][j] = sm[i * N + j];
+                load_rows<T, N>(m, sm);
                 info = reg_lu<T, N>(m, piv);
             } else {
 #pragma unroll
@@ -508,11 +613,27 @@ int launch_solve_small(const flx_lu_args *a, cudaStream_t s) {
     return flxk::launch_status();
 }
 
+template <typename T, int N>
+int launch_det_grad_small(const flx_lu_args *a, cudaStream_t s) {
+    constexpr int TPB = SmallTpb<T>::value;
+    if (a->mode == FLX_LU_DET_GRAD)
+        k_det_grad_small<T, N, true><<<grid_for(a->batch, TPB), TPB, 0, s>>>((const T *)a->a, (const T *)a->b,
+                                                                           (T *)a->out, a->batch);
+    else
+        k_det_grad_small<T, N, false><<<grid_for(a->batch, TPB), TPB, 0, s>>>((const T *)a->a, (const T *)a->b,
+                                                                            (T *)a->out, a->batch);
+    return flxk::launch_status();
+}
+
+// kind: kFactor, kSolve (either form) or kDetGrad (either mode); a->mode and a->lu pick the rest.
 template <typename T>
-int small_dispatch(const flx_lu_args *a, cudaStream_t s, bool factor) {
+int small_dispatch(const flx_lu_args *a, cudaStream_t s, SmallKernel kind) {
     switch (a->n) {
-#define FLX_LU_CASE(NN) \
-    case NN: return factor ? launch_factor_small<T, NN>(a, s) : launch_solve_small<T, NN>(a, s);
+#define FLX_LU_CASE(NN)                                                                              \
+    case NN:                                                                                         \
+        return kind == kFactor ? launch_factor_small<T, NN>(a, s)                                    \
+             : kind == kSolve  ? launch_solve_small<T, NN>(a, s)                                     \
+                               : launch_det_grad_small<T, NN>(a, s);
         FLX_LU_CASE(1) FLX_LU_CASE(2) FLX_LU_CASE(3) FLX_LU_CASE(4)
         FLX_LU_CASE(5) FLX_LU_CASE(6) FLX_LU_CASE(7) FLX_LU_CASE(8)
 #undef FLX_LU_CASE
@@ -539,7 +660,7 @@ inline int solve_chunk(int64_t n, int64_t k) {
 
 template <typename T>
 int factor_t(const flx_lu_args *a, cudaStream_t s) {
-    if (a->n <= kSmallN) return small_dispatch<T>(a, s, true);
+    if (a->n <= kSmallN) return small_dispatch<T>(a, s, kFactor);
     size_t shm = sizeof(T) * (size_t)(a->n * (a->n + 1));
     k_factor_block<T><<<grid_blocks(a->batch), kLuThreads, shm, s>>>((const T *)a->a, (T *)a->out, a->batch,
                                                                      (int)a->n);
@@ -548,7 +669,7 @@ int factor_t(const flx_lu_args *a, cudaStream_t s) {
 
 template <typename T>
 int solve_t(const flx_lu_args *a, cudaStream_t s) {
-    if (a->n <= kSmallN) return small_dispatch<T>(a, s, false);
+    if (a->n <= kSmallN) return small_dispatch<T>(a, s, kSolve);
     int64_t n = a->n, k = a->k;
     int kc = solve_chunk<T>(n, k);
     size_t shm = sizeof(T) * (size_t)(n * (n + 1) + n * kc);
@@ -576,6 +697,12 @@ int flxk::lu::factor_small(const flx_lu_args *a, cudaStream_t s) {
 int flxk::lu::solve_small(const flx_lu_args *a, cudaStream_t s) {
     return flxk::with_dtype<flxk::kReal>(a->dtype, [&](auto t) {
         return solve_t<typename decltype(t)::type>(a, s);
+    });
+}
+
+int flxk::lu::det_grad_small(const flx_lu_args *a, cudaStream_t s) {
+    return flxk::with_dtype<flxk::kReal>(a->dtype, [&](auto t) {
+        return small_dispatch<typename decltype(t)::type>(a, s, kDetGrad);
     });
 }
 

@@ -1,9 +1,10 @@
 // optim.cu — fused multi-tensor optimiser updates (kernel family "optim").
 //
 // One launch updates up to FLX_OPTIM_MAX_TENSORS_PER_LAUNCH tensors: the tensor pointers travel
-// by value in the kernel's parameters (flx_optim_args, about 1.5 KB, under the 4 KB limit), so
-// nothing is copied to the device per step. The grid is the concatenation of each tensor's
-// chunks of kChunk elements; a block finds its tensor in a small prefix table (also by value).
+// by value in the kernel's parameters (Params<NT>, sized for 8 tensors or for the maximum, so a
+// small model's launch copies about 0.6 KB instead of 1.5 KB), so nothing is copied to the
+// device per step. The grid is the concatenation of each tensor's chunks of kChunk elements; a
+// block finds its tensor in a small prefix table (also by value).
 // Hyperparameters are read from device memory (hp), so a captured graph stays valid when they
 // change. The step's bookkeeping (step count, loss scale) is done by the last block to finish
 // (a counter in device memory, reset by that block): every block has read the old count, scale
@@ -42,12 +43,26 @@ constexpr int kVec = 4;      // elements per vector access
 static_assert(kChunk % kVec == 0, "chunks must start vector-aligned");
 static_assert(kMax <= 32, "vec is a 32-bit mask");
 
-struct BlockMap {
-    int64_t start[kMax + 1]; // first block of each tensor; start[n] = total blocks
+constexpr int kSmall = 8;   // tensors of the smaller parameter block
+
+// The kernels' parameters: flx_optim_args's fields that the kernels read, for up to NT tensors.
+template <int NT> struct Params {
+    int32_t rule, n;
+    int32_t nesterov, centered, use_momentum, advance_step;
     uint32_t vec;            // bit j: tensor j is accessed kVec elements at a time
+    int32_t start[NT + 1];   // first block of each tensor; start[n] = total blocks (< 2^31)
+    void *p[NT];
+    const void *g[NT];
+    void *s0[NT], *s1[NT], *s2[NT];
+    float *master[NT];
+    int64_t numel[NT];
+    double *hp;
+    uint32_t *counter;
+    double *scale, *scaler;
+    uint32_t *found_inf;
+    double growth_factor, backoff_factor, growth_interval;
 };
-static_assert(sizeof(flx_optim_args) + sizeof(BlockMap) <= 4096,
-              "the kernel's parameters must stay within the classic 4 KB limit");
+static_assert(sizeof(Params<kMax>) <= 4096, "the kernel's parameters must stay within the classic 4 KB limit");
 
 template <typename T> constexpr bool kHalf =
     std::is_same<T, __half>::value || std::is_same<T, __nv_bfloat16>::value;
@@ -139,17 +154,17 @@ __device__ __forceinline__ void update(const Weight<T> &w8, const void *gp, void
 }
 
 // Which tensor block b belongs to, and its element range.
-__device__ __forceinline__ int block_tensor(const flx_optim_args &a, const BlockMap &map,
-                                            int64_t b, int64_t *lo, int64_t *hi) {
+template <typename P>
+__device__ __forceinline__ int block_tensor(const P &a, int64_t b, int64_t *lo, int64_t *hi) {
     int j = 0;
-    while (j + 1 < a.n && map.start[j + 1] <= b) j++;
-    *lo = (b - map.start[j]) * (int64_t)kChunk;
+    while (j + 1 < a.n && a.start[j + 1] <= b) j++;
+    *lo = (b - a.start[j]) * (int64_t)kChunk;
     *hi = *lo + kChunk < a.numel[j] ? *lo + kChunk : a.numel[j];
     return j;
 }
 
 // The end of a step, by the last block: the step count, or PyTorch's GradScaler.update.
-__device__ void finish_step(const flx_optim_args &a, double t) {
+template <typename P> __device__ void finish_step(const P &a, double t) {
     if (!a.scale) {
         a.hp[FLX_HP_STEP] = t;
         return;
@@ -172,10 +187,10 @@ __device__ void finish_step(const flx_optim_args &a, double t) {
 }
 
 // Three blocks per SM: the vector steps keep enough bytes in flight at 80 registers (no spills).
-template <typename T, typename S>
-__global__ void __launch_bounds__(flxk::kBlock, 3) optim_kernel(const flx_optim_args a, const BlockMap map) {
+template <typename T, typename S, typename P>
+__global__ void __launch_bounds__(flxk::kBlock, 3) optim_kernel(const P a) {
     int64_t lo, hi;
-    const int j = block_tensor(a, map, blockIdx.x, &lo, &hi);
+    const int j = block_tensor(a, blockIdx.x, &lo, &hi);
 
     const double *hp = a.hp;
     const double lr = hp[FLX_HP_LR], mom = hp[FLX_HP_MOMENTUM], damp = hp[FLX_HP_DAMPENING];
@@ -188,7 +203,7 @@ __global__ void __launch_bounds__(flxk::kBlock, 3) optim_kernel(const flx_optim_
     const void *gp = a.g[j];
     void *s0 = a.s0[j], *s1 = a.s1[j], *s2 = a.s2[j];
 
-    const bool vec = (map.vec >> j) & 1u;
+    const bool vec = (a.vec >> j) & 1u;
     auto run = [&](auto rule) {
         for_span(lo, hi, vec, [&](int64_t i, auto v) {
             update<T, S, decltype(v)::value>(w8, gp, s0, s1, s2, i, rule);
@@ -274,11 +289,11 @@ __global__ void __launch_bounds__(flxk::kBlock, 3) optim_kernel(const flx_optim_
 }
 
 // *found_inf = 1 if any gradient element is inf or NaN (a benign race: every writer stores 1).
-template <typename T> __global__ void find_inf_kernel(const flx_optim_args a, const BlockMap map) {
+template <typename T, typename P> __global__ void find_inf_kernel(const P a) {
     int64_t lo, hi;
-    const int j = block_tensor(a, map, blockIdx.x, &lo, &hi);
+    const int j = block_tensor(a, blockIdx.x, &lo, &hi);
     bool bad = false;
-    for_span(lo, hi, (map.vec >> j) & 1u, [&](int64_t i, auto v) {
+    for_span(lo, hi, (a.vec >> j) & 1u, [&](int64_t i, auto v) {
         constexpr int V = decltype(v)::value;
         double g[V];
         ld<T, V>(a.g[j], i, g);
@@ -289,10 +304,10 @@ template <typename T> __global__ void find_inf_kernel(const flx_optim_args a, co
 }
 
 // master = parameter, exactly (a half is an f32 value).
-template <typename T> __global__ void init_master_kernel(const flx_optim_args a, const BlockMap map) {
+template <typename T, typename P> __global__ void init_master_kernel(const P a) {
     int64_t lo, hi;
-    const int j = block_tensor(a, map, blockIdx.x, &lo, &hi);
-    for_span(lo, hi, (map.vec >> j) & 1u, [&](int64_t i, auto v) {
+    const int j = block_tensor(a, blockIdx.x, &lo, &hi);
+    for_span(lo, hi, (a.vec >> j) & 1u, [&](int64_t i, auto v) {
         constexpr int V = decltype(v)::value;
         double p[V];
         ld<T, V>(a.p[j], i, p);
@@ -307,19 +322,35 @@ template <typename X> bool vec_aligned(const void *p) {
     return (uintptr_t)p % alignof(Pack<X, kVec>) == 0;
 }
 
-template <typename T, typename S>
-int launch(const flx_optim_args &a, const BlockMap &map0, unsigned blocks, cudaStream_t s) {
-    BlockMap map = map0;
-    map.vec = 0;
-    for (int j = 0; j < a.n; j++)
+// a's tensors [0, a.n) with their first blocks start[0..n] as the kernels' parameters (P starts
+// zeroed: the slots past n stay NULL).
+template <typename T, typename S, int NT>
+void pack(const flx_optim_args &a, const int64_t *start, Params<NT> &P) {
+    P.rule = a.rule, P.n = a.n, P.advance_step = a.advance_step;
+    P.nesterov = a.nesterov, P.centered = a.centered, P.use_momentum = a.use_momentum;
+    for (int j = 0; j <= NT; j++) P.start[j] = (int32_t)start[j < a.n ? j : a.n];
+    for (int j = 0; j < a.n; j++) {
+        P.p[j] = a.p[j], P.g[j] = a.g[j], P.master[j] = a.master[j], P.numel[j] = a.numel[j];
+        P.s0[j] = a.s0[j], P.s1[j] = a.s1[j], P.s2[j] = a.s2[j];
         if (vec_aligned<T>(a.p[j]) && vec_aligned<T>(a.g[j]) && vec_aligned<S>(a.s0[j]) &&
             vec_aligned<S>(a.s1[j]) && vec_aligned<S>(a.s2[j]) && vec_aligned<float>(a.master[j]))
-            map.vec |= 1u << j;
+            P.vec |= 1u << j;
+    }
+    P.hp = a.hp, P.counter = a.counter, P.found_inf = a.found_inf;
+    P.scale = a.scale, P.scaler = a.scaler;
+    P.growth_factor = a.growth_factor, P.backoff_factor = a.backoff_factor;
+    P.growth_interval = a.growth_interval;
+}
+
+template <typename T, typename S, int NT>
+int launch(const flx_optim_args &a, const int64_t *start, unsigned blocks, cudaStream_t s) {
+    Params<NT> P{};
+    pack<T, S, NT>(a, start, P);
     switch (a.mode) {
-    case FLX_OPTIM_UPDATE: optim_kernel<T, S><<<blocks, flxk::kBlock, 0, s>>>(a, map); break;
-    case FLX_OPTIM_FIND_INF: find_inf_kernel<T><<<blocks, flxk::kBlock, 0, s>>>(a, map); break;
+    case FLX_OPTIM_UPDATE: optim_kernel<T, S, Params<NT>><<<blocks, flxk::kBlock, 0, s>>>(P); break;
+    case FLX_OPTIM_FIND_INF: find_inf_kernel<T, Params<NT>><<<blocks, flxk::kBlock, 0, s>>>(P); break;
     case FLX_OPTIM_INIT_MASTER:
-        if constexpr (kHalf<T>) init_master_kernel<T><<<blocks, flxk::kBlock, 0, s>>>(a, map);
+        if constexpr (kHalf<T>) init_master_kernel<T, Params<NT>><<<blocks, flxk::kBlock, 0, s>>>(P);
         else return (int)cudaErrorInvalidValue;
         break;
     default: return (int)cudaErrorInvalidValue;
@@ -327,10 +358,11 @@ int launch(const flx_optim_args &a, const BlockMap &map0, unsigned blocks, cudaS
     return (int)cudaGetLastError();
 }
 
-int launch_dtype(const flx_optim_args &a, const BlockMap &map, unsigned blocks, cudaStream_t s) {
+int launch_dtype(const flx_optim_args &a, const int64_t *start, unsigned blocks, cudaStream_t s) {
     return flxk::with_dtype<flxk::kFloat>(a.dtype, [&](auto t) {
         using S = typename decltype(t)::type; // stored; the math in compute_t<S>
-        return launch<S, flxk::compute_t<S>>(a, map, blocks, s);
+        return a.n <= kSmall ? launch<S, flxk::compute_t<S>, kSmall>(a, start, blocks, s)
+                             : launch<S, flxk::compute_t<S>, kMax>(a, start, blocks, s);
     });
 }
 
@@ -344,26 +376,24 @@ extern "C" int flx_cuda_optim(const flx_optim_args *a, void *stream) {
         return (int)cudaGetLastError();
     }
     if (a->n < 0 || a->n > kMax) return (int)cudaErrorInvalidValue;
-    BlockMap map;
+    int64_t start[kMax + 1];
     int64_t total = 0;
     for (int j = 0; j < a->n; j++) {
-        map.start[j] = total;
+        start[j] = total;
         total += (a->numel[j] + kChunk - 1) / kChunk;
     }
-    map.start[a->n] = total;
-    for (int j = a->n + 1; j <= kMax; j++) map.start[j] = total;
+    start[a->n] = total;
     if (total == 0) {
         // Nothing to update, but the step's bookkeeping still runs when asked (one tiny launch).
         if (a->mode == FLX_OPTIM_UPDATE && a->advance_step) {
             flx_optim_args b = *a;
             b.n = 1;
             b.numel[0] = 0;
-            BlockMap m1;
-            for (int j = 0; j <= kMax; j++) m1.start[j] = 0;
-            return launch_dtype(b, m1, 1, s);
+            const int64_t zero[2] = {0, 0};
+            return launch_dtype(b, zero, 1, s);
         }
         return 0;
     }
     if (total > 0x7fffffffLL) return (int)cudaErrorInvalidConfiguration;
-    return launch_dtype(*a, map, (unsigned)total, s);
+    return launch_dtype(*a, start, (unsigned)total, s);
 }

@@ -250,8 +250,9 @@ __global__ void __launch_bounds__(kBlock) reduce_kernel(RParams p, const T *x, v
 // 32 outputs of a tile are adjacent in memory, so every warp load is one coalesced row segment;
 // KT = 1 otherwise. Stage 2: one warp per output combines its S partials (lane l takes chunks l,
 // l + 32, ... in order, then a butterfly). Chunking and trees depend on the shape and SM count
-// only, so results are deterministic run to run; no atomics. SUM, MAX, MIN and ARGMAX only (VAR
-// and LSE keep the one-pass-per-group kernel).
+// only, so results are deterministic run to run; no atomics. SUM, MAX, MIN and ARGMAX, and VAR
+// with kernels of its own (var_stage1/2 below: each chunk's count, sum and squared deviations from
+// its own mean, combined by Chan's formula); LSE keeps the one-pass-per-group kernel.
 struct SplitPlan {
     int kt = 0;      // 0: no split; else outputs per tile (1 or 32)
     int64_t S = 1;   // chunks per output
@@ -261,7 +262,7 @@ struct SplitPlan {
 inline SplitPlan split_plan(const RParams &p) {
     SplitPlan sp;
     if (p.op != FLX_REDUCE_SUM && p.op != FLX_REDUCE_MAX && p.op != FLX_REDUCE_MIN &&
-        p.op != FLX_REDUCE_ARGMAX)
+        p.op != FLX_REDUCE_ARGMAX && p.op != FLX_REDUCE_VAR)
         return sp;
     if (p.nr <= 16 || p.nk * p.nr < ((int64_t)1 << 18)) return sp;
     const int64_t sms = flxk::sm_count(), want_blocks = sms * 8; // a full wave of 256-thread blocks
@@ -310,16 +311,34 @@ __device__ __forceinline__ Cand cand_start(int op) {
     return cand_empty(op != FLX_REDUCE_MIN);
 }
 
+// This thread's place in a stage-1 block: output tk of the block's tile of KT (k overall), lane tr
+// of RT = kBlock / KT walking chunk j, which is [r0, r1) of the reduced range.
+struct TileOf {
+    int tk, tr;
+    int64_t j, k, r0, r1;
+};
+template <int KT>
+__device__ __forceinline__ TileOf tile_of(const RParams &p, int64_t S, int64_t chunk) {
+    TileOf t;
+    t.tk = (int)(threadIdx.x % KT);
+    t.tr = (int)(threadIdx.x / KT);
+    const int64_t tile = blockIdx.x / S;
+    t.j = blockIdx.x - tile * S;
+    t.k = tile * KT + t.tk;
+    t.r0 = t.j * chunk;
+    t.r1 = t.r0 + chunk < p.nr ? t.r0 + chunk : p.nr;
+    return t;
+}
+
 // Stage 1. With S == 1 the block's result is final and goes straight to out.
 template <typename T, int KT>
 __global__ void __launch_bounds__(kBlock, 4) split_stage1(RParams p, const T *__restrict__ x, Cand *part,
                                                        void *out, int64_t S, int64_t chunk) {
     constexpr int RT = kBlock / KT;
     __shared__ Cand s[kBlock];
-    const int tk = (int)(threadIdx.x % KT), tr = (int)(threadIdx.x / KT);
-    const int64_t tile = blockIdx.x / S, j = blockIdx.x - tile * S;
-    const int64_t k = tile * KT + tk;
-    const int64_t r0 = j * chunk, r1 = r0 + chunk < p.nr ? r0 + chunk : p.nr;
+    const TileOf t = tile_of<KT>(p, S, chunk);
+    const int tk = t.tk, tr = t.tr;
+    const int64_t j = t.j, k = t.k, r0 = t.r0, r1 = t.r1;
     Cand c = cand_start(p.op);
     if (k < p.nk) {
         int64_t base;
@@ -372,22 +391,112 @@ __global__ void __launch_bounds__(kBlock) split_stage2(RParams p, const Cand *__
     }
 }
 
+// ---- split VAR: a per-channel variance (batch norm: few outputs, long strided extents) over many
+// blocks. A chunk's partial is its count, its mean and M2, the sum of squared deviations from that
+// mean (two passes over the chunk, the second mostly from L2); partials combine by Chan et al.'s
+// formula (d = mean_b - mean_a, f = nb / (na + nb): mean = mean_a + d f, M2 = M2a + M2b + d^2 na f),
+// in a fixed order as for the sums, in double. The partials use the Cand scratch (same size per
+// entry).
+struct VarPart {
+    double n, mean, m2;
+};
+static_assert(sizeof(VarPart) <= sizeof(Cand), "split VAR partials live in the Cand scratch");
+
+__device__ __forceinline__ VarPart chan(const VarPart &a, const VarPart &b) {
+    if (a.n == 0) return b;
+    if (b.n == 0) return a;
+    const double n = a.n + b.n, f = b.n / n, d = b.mean - a.mean;
+    return VarPart{n, a.mean + d * f, a.m2 + b.m2 + d * d * a.n * f};
+}
+
+// Sum over the RT threads of each output's column of s (KT outputs per block), in a fixed tree;
+// s[tk] holds output tk's total afterwards. Called by every thread of the block.
+template <int KT>
+__device__ __forceinline__ double tile_sum(double v, double *s, int tk, int tr) {
+    constexpr int RT = kBlock / KT;
+    __syncthreads(); // s is free (its last reads are done)
+    s[threadIdx.x] = v;
+    __syncthreads();
+#pragma unroll
+    for (int h = RT / 2; h >= 1; h >>= 1) {
+        if (tr < h) s[threadIdx.x] += s[threadIdx.x + h * KT];
+        __syncthreads();
+    }
+    return s[tk];
+}
+
+template <typename T, int KT>
+__global__ void __launch_bounds__(kBlock, 4) var_stage1(RParams p, const T *__restrict__ x, VarPart *part,
+                                                     void *out, int64_t S, int64_t chunk) {
+    __shared__ double s[kBlock];
+    const TileOf t = tile_of<KT>(p, S, chunk);
+    const bool live = t.k < p.nk;
+    int64_t base = 0;
+    if (live) flxk::offsets<1>(p.ks, t.k, &base);
+    const T *xk = x + base;
+    double acc = 0.0;
+    for (int64_t r = t.r0 + t.tr; live && r < t.r1; r += kBlock / KT) acc += ld(xk, roff(p.rs, r));
+    const double n = (double)(t.r1 - t.r0), mean = tile_sum<KT>(acc, s, t.tk, t.tr) / n;
+    double q = 0.0;
+    for (int64_t r = t.r0 + t.tr; live && r < t.r1; r += kBlock / KT) {
+        const double d = ld(xk, roff(p.rs, r)) - mean;
+        q += d * d;
+    }
+    const double m2 = tile_sum<KT>(q, s, t.tk, t.tr);
+    if (t.tr == 0 && live) {
+        if (S == 1) ((T *)out)[t.k] = to_out<T>(m2 / ((double)p.nr - p.param));
+        else part[t.k * S + t.j] = VarPart{n, mean, m2};
+    }
+}
+
+// One warp per output over its S partials (lane l takes chunks l, l + 32, ... in order, then a
+// butterfly with the lower lane's partial first).
 template <typename T>
-int split_launch(const RParams &p, const SplitPlan &sp, const void *x, void *out, void *scratch,
-                 cudaStream_t st) {
+__global__ void __launch_bounds__(kBlock) var_stage2(RParams p, const VarPart *__restrict__ part, void *out,
+                                                     int64_t S) {
+    const int lane = threadIdx.x & 31;
+    const int64_t nw = ((int64_t)gridDim.x * kBlock) >> 5;
+    for (int64_t k = ((int64_t)blockIdx.x * kBlock + threadIdx.x) >> 5; k < p.nk; k += nw) {
+        VarPart c{0.0, 0.0, 0.0};
+        for (int64_t j = lane; j < S; j += 32) c = chan(c, part[k * S + j]);
+#pragma unroll
+        for (int o = 16; o > 0; o >>= 1) {
+            VarPart d{__shfl_xor_sync(0xffffffffu, c.n, o), __shfl_xor_sync(0xffffffffu, c.mean, o),
+                      __shfl_xor_sync(0xffffffffu, c.m2, o)};
+            c = (lane & o) ? chan(d, c) : chan(c, d);
+        }
+        if (lane == 0) ((T *)out)[k] = to_out<T>(c.m2 / ((double)p.nr - p.param));
+    }
+}
+
+// The two stages of a split reduction with partials of type Part: stage 1 over tiles x chunks
+// (32-output tiles when the kept index is innermost), stage 2 when there is more than one chunk.
+template <typename T, typename Part>
+int two_stage(const RParams &p, const SplitPlan &sp, const void *x, void *out, void *scratch, cudaStream_t st,
+              void (*stage1_tiled)(RParams, const T *, Part *, void *, int64_t, int64_t),
+              void (*stage1_single)(RParams, const T *, Part *, void *, int64_t, int64_t),
+              void (*stage2)(RParams, const Part *, void *, int64_t)) {
     const int64_t tiles = (p.nk + sp.kt - 1) / sp.kt;
     const unsigned blocks = (unsigned)(tiles * sp.S);
-    Cand *part = (Cand *)scratch;
-    if (sp.kt == 32)
-        split_stage1<T, 32><<<blocks, kBlock, 0, st>>>(p, (const T *)x, part, out, sp.S, sp.chunk);
-    else
-        split_stage1<T, 1><<<blocks, kBlock, 0, st>>>(p, (const T *)x, part, out, sp.S, sp.chunk);
+    Part *part = (Part *)scratch;
+    (sp.kt == 32 ? stage1_tiled : stage1_single)<<<blocks, kBlock, 0, st>>>(p, (const T *)x, part, out, sp.S,
+                                                                           sp.chunk);
     if (sp.S > 1) {
         int rc = flxk::launch_status();
         if (rc) return rc;
-        split_stage2<T><<<flxk::grid_for(p.nk * 32), kBlock, 0, st>>>(p, part, out, sp.S);
+        stage2<<<flxk::grid_for(p.nk * 32), kBlock, 0, st>>>(p, part, out, sp.S);
     }
     return flxk::launch_status();
+}
+
+template <typename T>
+int split_launch(const RParams &p, const SplitPlan &sp, const void *x, void *out, void *scratch,
+                 cudaStream_t st) {
+    if (p.op == FLX_REDUCE_VAR)
+        return two_stage<T, VarPart>(p, sp, x, out, scratch, st, var_stage1<T, 32>, var_stage1<T, 1>,
+                                     var_stage2<T>);
+    return two_stage<T, Cand>(p, sp, x, out, scratch, st, split_stage1<T, 32>, split_stage1<T, 1>,
+                              split_stage2<T>);
 }
 
 inline size_t split_scratch_bytes(const RParams &p, const SplitPlan &sp) {

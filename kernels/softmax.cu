@@ -271,46 +271,56 @@ template <typename T, int MODE, int G, int V> int launch_reg(const KArgs<T> &k, 
     return flxk::launch_status();
 }
 
-template <typename T, int MODE> int launch_strided(const KArgs<T> &k, cudaStream_t st) {
-    const int64_t cols = k.rows * k.inner;
-    const int64_t threads = (int64_t)flxk::sm_count() * 2048;
+// The mapping of a strided softmax (inner > 1) over cols = outer * inner columns of n positions:
+// P == 0 one thread per column; else tiles x P blocks of tx columns, each column cut into P chunks
+// of `chunk` positions, with 2 P partials per column in scratch.
+struct StridedPlan {
     int tx = 32;
-    while (tx > 1 && tx / 2 >= cols) tx /= 2;
-    const int ty = kSB / tx;
-    const int64_t tiles = (cols + tx - 1) / tx;
+    int64_t tiles = 0, P = 0, chunk = 0;
+};
+
+inline StridedPlan strided_plan(int64_t cols, int64_t n) {
+    StridedPlan sp;
+    const int64_t threads = (int64_t)flxk::sm_count() * 2048;
+    while (sp.tx > 1 && sp.tx / 2 >= cols) sp.tx /= 2;
+    const int ty = kSB / sp.tx;
+    sp.tiles = (cols + sp.tx - 1) / sp.tx;
     // Enough columns to fill the GPU, or rows too short to split: one thread per column.
-    if (cols >= threads / 2 || k.n < 4 * ty || tiles > INT32_MAX) {
-        k_rows_strided<T, MODE><<<flxk::grid_for(cols), flxk::kBlock, 0, st>>>(k);
-        return flxk::launch_status();
-    }
+    if (cols >= threads / 2 || n < 4 * ty || sp.tiles > INT32_MAX) return sp;
     // Chunks: about 4 blocks per SM in all, each at least 4 positions per slice long.
-    int64_t P = ((int64_t)flxk::sm_count() * 4 + tiles - 1) / tiles;
-    const int64_t pmax = k.n / (4 * ty);
+    int64_t P = ((int64_t)flxk::sm_count() * 4 + sp.tiles - 1) / sp.tiles;
+    const int64_t pmax = n / (4 * ty);
     if (P > pmax) P = pmax;
     if (P > 65535) P = 65535;
     if (P < 1) P = 1;
-    const int64_t chunk = (k.n + P - 1) / P;
-    P = (k.n + chunk - 1) / chunk;
-    compute_t<T> *ws = nullptr; // partials in the compute type
-    cudaError_t e = cudaMallocAsync((void **)&ws, sizeof(*ws) * 2 * (size_t)P * (size_t)cols, st);
-    if (e != cudaSuccess) { // no room for the partials: the one-thread-per-column kernel
-        (void)cudaGetLastError();
+    sp.chunk = (n + P - 1) / P;
+    sp.P = (n + sp.chunk - 1) / sp.chunk;
+    return sp;
+}
+
+// The partials (in the compute type) come from the caller's scratch: the context's own pool, not
+// the device's default one that PyTorch or CuPy may be using.
+template <typename T, int MODE>
+int launch_strided(const KArgs<T> &k, cudaStream_t st, void *scratch, size_t scratch_bytes) {
+    const int64_t cols = k.rows * k.inner;
+    const StridedPlan sp = strided_plan(cols, k.n);
+    compute_t<T> *ws = (compute_t<T> *)scratch;
+    if (sp.P == 0 || !ws || scratch_bytes < sizeof(*ws) * 2 * (size_t)sp.P * (size_t)cols) {
         k_rows_strided<T, MODE><<<flxk::grid_for(cols), flxk::kBlock, 0, st>>>(k);
         return flxk::launch_status();
     }
-    const dim3 grid((unsigned)tiles, (unsigned)P, 1);
-    k_strided_partial<T, MODE><<<grid, kSB, 0, st>>>(k, chunk, tx, ws);
-    k_strided_write<T, MODE><<<grid, kSB, 0, st>>>(k, chunk, tx, ws);
-    int rc = flxk::launch_status();
-    (void)cudaFreeAsync(ws, st); // stream-ordered: freed after the kernels ran
-    return rc;
+    const dim3 grid((unsigned)sp.tiles, (unsigned)sp.P, 1);
+    k_strided_partial<T, MODE><<<grid, kSB, 0, st>>>(k, sp.chunk, sp.tx, ws);
+    k_strided_write<T, MODE><<<grid, kSB, 0, st>>>(k, sp.chunk, sp.tx, ws);
+    return flxk::launch_status();
 }
 
-template <typename T, int MODE> int launch_mode(const KArgs<T> &k, cudaStream_t st) {
+template <typename T, int MODE>
+int launch_mode(const KArgs<T> &k, cudaStream_t st, void *scratch = nullptr, size_t scratch_bytes = 0) {
     const int64_t n = k.n;
     if (k.inner > 1) {
         if constexpr (is_ce(MODE)) return (int)cudaErrorInvalidValue; // CE rows are contiguous
-        else return launch_strided<T, MODE>(k, st);
+        else return launch_strided<T, MODE>(k, st, scratch, scratch_bytes);
     }
     constexpr int VM = vmax<compute_t<T>, MODE>();
     if (n <= 4) return launch_reg<T, MODE, 4, 1>(k, st);
@@ -353,12 +363,14 @@ template <typename T> int launch_typed(const flx_softmax_args *a, cudaStream_t s
     k.stat = a->mode == FLX_SOFTMAX_CE_FWD ? (compute_t<T> *)a->out : nullptr;
     k.stat_x = a->mode == FLX_SOFTMAX_CE_FINISH ? (const compute_t<T> *)a->x : nullptr;
     k.err = a->err;
+    void *ws = a->scratch;
+    const size_t wb = a->scratch_bytes;
     switch (a->mode) {
-    case FLX_SOFTMAX_FWD: return launch_mode<T, FLX_SOFTMAX_FWD>(k, st);
-    case FLX_SOFTMAX_LOG_FWD: return launch_mode<T, FLX_SOFTMAX_LOG_FWD>(k, st);
-    case FLX_SOFTMAX_BWD: return launch_mode<T, FLX_SOFTMAX_BWD>(k, st);
-    case FLX_SOFTMAX_LOG_VJP: return launch_mode<T, FLX_SOFTMAX_LOG_VJP>(k, st);
-    case FLX_SOFTMAX_LOG_JVP: return launch_mode<T, FLX_SOFTMAX_LOG_JVP>(k, st);
+    case FLX_SOFTMAX_FWD: return launch_mode<T, FLX_SOFTMAX_FWD>(k, st, ws, wb);
+    case FLX_SOFTMAX_LOG_FWD: return launch_mode<T, FLX_SOFTMAX_LOG_FWD>(k, st, ws, wb);
+    case FLX_SOFTMAX_BWD: return launch_mode<T, FLX_SOFTMAX_BWD>(k, st, ws, wb);
+    case FLX_SOFTMAX_LOG_VJP: return launch_mode<T, FLX_SOFTMAX_LOG_VJP>(k, st, ws, wb);
+    case FLX_SOFTMAX_LOG_JVP: return launch_mode<T, FLX_SOFTMAX_LOG_JVP>(k, st, ws, wb);
     case FLX_SOFTMAX_CE_FWD: return launch_ce<T>(k, st);
     case FLX_SOFTMAX_CE_BWD: return launch_mode<T, FLX_SOFTMAX_CE_BWD>(k, st);
     case FLX_SOFTMAX_CE_FINISH: {
@@ -371,6 +383,17 @@ template <typename T> int launch_typed(const flx_softmax_args *a, cudaStream_t s
 }
 
 } // namespace
+
+extern "C" size_t flx_cuda_softmax_scratch_bytes(const flx_softmax_args *a) {
+    const bool strided_mode = a->mode == FLX_SOFTMAX_FWD || a->mode == FLX_SOFTMAX_LOG_FWD ||
+                              a->mode == FLX_SOFTMAX_BWD || a->mode == FLX_SOFTMAX_LOG_VJP ||
+                              a->mode == FLX_SOFTMAX_LOG_JVP;
+    if (!strided_mode || a->outer <= 0 || a->n <= 0 || a->inner <= 1) return 0;
+    const int64_t cols = a->outer * a->inner;
+    const StridedPlan sp = strided_plan(cols, a->n);
+    const size_t c = a->dtype == FLX_F64 ? sizeof(double) : sizeof(float); // the compute type
+    return sp.P ? c * 2 * (size_t)sp.P * (size_t)cols : 0;
+}
 
 extern "C" int flx_cuda_softmax(const flx_softmax_args *a, void *stream) {
     cudaStream_t st = (cudaStream_t)stream;

@@ -202,7 +202,10 @@ template <typename T, int MODE, int B> int launch_cluster(const KArgs<T> &k, cud
         const int64_t cap = (int64_t)stash_bytes() / (int64_t)(sizeof(C) * ops);
         stash = (int)(rest <= 0 ? 0 : rest < cap ? rest : cap);
         const size_t dyn = sizeof(C) * ops * (size_t)stash;
-        if (cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)dyn) != cudaSuccess) {
+        // The limit set is the same for every launch (the largest stash), not this launch's size:
+        // it is the kernel's, shared by every thread, and another thread's smaller setting landing
+        // between ours and our launch would make the launch fail.
+        if (cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, stash_bytes()) != cudaSuccess) {
             (void)cudaGetLastError();
             return -2;
         }

@@ -245,6 +245,44 @@ TEST_F(ConvTest, MaxPoolValuesIndicesAndGradient) {
         }
 }
 
+// Max-pool's gradient routes by the pooled input: one kernel finds each window's argmax again and
+// scatters, with no index tensor written and read back; same values as routing by the indices.
+TEST_F(ConvTest, MaxPoolBackwardIsOneKernel) {
+    flx_tensor *x = rand_tensor(ctx, FLX_F32, {3, 4, 9, 8}, 91);
+    ASSERT_EQ(flx_eval(1, &x), FLX_OK);
+    ASSERT_EQ(flx_set_requires_grad(x, true), FLX_OK);
+    int64_t k[2] = {2, 2};
+    flx_tensor *y = flx_max_pool2d(x, k, nullptr, nullptr, nullptr);
+    flx_tensor *u = rand_tensor(ctx, FLX_F32, shape_of(y), 92);
+    ASSERT_EQ(flx_eval(1, &u), FLX_OK);
+    flx_tensor *gx = nullptr;
+    ASSERT_EQ(flx_grad_of(1, &y, &u, 1, &x, false, &gx), FLX_OK) << flx_last_error();
+    ASSERT_EQ(flx_ctx_reset_stats(ctx), FLX_OK);
+    ASSERT_EQ(flx_eval(1, &gx), FLX_OK) << flx_last_error();
+    flx_ctx_stats st{};
+    ASSERT_EQ(flx_ctx_get_stats(ctx, &st), FLX_OK);
+    EXPECT_EQ(st.kernels, 1u);
+    // Second order through the scatter (linear in the routed cotangent, piecewise constant in x).
+    flx_tensor *xd = rand_tensor(ctx, FLX_F64, {2, 3, 5, 6}, 93);
+    flx_tensor *ud = rand_tensor(ctx, FLX_F64, {2, 3, 2, 3}, 94);
+    auto fn = [ud](const std::vector<flx_tensor *> &in) -> flx_tensor * {
+        GradOn on;
+        need_grad(in);
+        int64_t k2[2] = {2, 2};
+        flx_tensor *yy = flx_max_pool2d(in[0], k2, nullptr, nullptr, nullptr);
+        flx_tensor *l = flx_sum_all(flx_mul(flx_square(yy), ud)), *g = nullptr;
+        if (flx_grad_of(1, &l, nullptr, 1, &in[0], true, &g) != FLX_OK) return nullptr;
+        return flx_sum_all(flx_square(g));
+    };
+    EXPECT_EQ(gradcheck(fn, {xd}), FLX_OK) << flx_last_error();
+    EXPECT_TRUE(jvp_check(fn, {xd}));
+    // The same scatter through the indices: u's entries placed at the windows' first maxima.
+    std::vector<double> idx = values(flx_max_pool2d_indices(x, k, nullptr, nullptr, nullptr)), uv = values(u);
+    std::vector<double> want((size_t)flx_numel(x), 0.0);
+    for (size_t o = 0; o < idx.size(); o++) want[(size_t)idx[o]] += uv[o];
+    EXPECT_TRUE(close(values(gx), want, 0, 0));
+}
+
 TEST_F(ConvTest, MaxPoolDefaultsAndTies) {
     // stride defaults to the kernel; ties go to the first tap.
     flx_tensor *x = make(ctx, FLX_F64, {1, 1, 2, 4}, {1, 1, 0, 2, 1, 0, 2, 2});
@@ -363,6 +401,35 @@ TEST_F(ConvCuda, MatchesCpu) {
         }
     }
     EXPECT_EQ(flx_scope_end(0, nullptr), FLX_OK);
+}
+
+// The CNN's layers (3x3 pad 1 convolution, 2x2 pooling) at the benchmark's sizes: the kernels' 32-bit
+// index paths (every dividend below 2^31) against the CPU, forward and backward.
+TEST_F(ConvCuda, CnnLayersMatchCpu) {
+    const Shape shapes[] = {{128, 1, 28, 28}, {128, 32, 14, 14}, {3, 5, 7, 9}};
+    int64_t k3[2] = {3, 3}, p1[2] = {1, 1}, k2[2] = {2, 2};
+    for (const Shape &xs : shapes) {
+        flx_tensor *xc = rand_tensor(cpu, FLX_F32, xs, 71), *xg = flx_to_ctx(xc, gpu);
+        flx_tensor *cc = flx_im2col(xc, k3, nullptr, p1, nullptr), *cg = flx_im2col(xg, k3, nullptr, p1, nullptr);
+        EXPECT_TRUE(close(values(cg), values(cc), 0, 0));
+        int64_t hw[2] = {xs[2], xs[3]};
+        flx_tensor *uc = rand_tensor(cpu, FLX_F32, shape_of(cc), 72), *ug = flx_to_ctx(uc, gpu);
+        EXPECT_TRUE(close(values(flx_col2im(ug, hw, k3, nullptr, p1, nullptr)),
+                          values(flx_col2im(uc, hw, k3, nullptr, p1, nullptr)), 1e-5, 1e-5));
+        flx_tensor *pc = flx_max_pool2d(xc, k2, nullptr, nullptr, nullptr);
+        EXPECT_TRUE(close(values(flx_max_pool2d(xg, k2, nullptr, nullptr, nullptr)), values(pc), 0, 0));
+        EXPECT_TRUE(close(values(flx_max_pool2d_indices(xg, k2, nullptr, nullptr, nullptr)),
+                          values(flx_max_pool2d_indices(xc, k2, nullptr, nullptr, nullptr)), 0, 0));
+        flx_tensor *vc = rand_tensor(cpu, FLX_F32, shape_of(pc), 73), *vg = flx_to_ctx(vc, gpu);
+        flx_set_requires_grad(xc, true);
+        flx_set_requires_grad(xg, true);
+        flx_tensor *lc = flx_sum_all(flx_mul(flx_max_pool2d(xc, k2, nullptr, nullptr, nullptr), vc));
+        flx_tensor *lg = flx_sum_all(flx_mul(flx_max_pool2d(xg, k2, nullptr, nullptr, nullptr), vg));
+        flx_tensor *gc = nullptr, *gg = nullptr;
+        ASSERT_EQ(flx_grad_of(1, &lc, nullptr, 1, &xc, false, &gc), FLX_OK) << flx_last_error();
+        ASSERT_EQ(flx_grad_of(1, &lg, nullptr, 1, &xg, false, &gg), FLX_OK) << flx_last_error();
+        EXPECT_TRUE(close(values(gg), values(gc), 0, 0));
+    }
 }
 
 }  // namespace

@@ -401,4 +401,35 @@ TEST_F(FusionCuda, StridedBroadcastIndexMathMatchesCpu) {
     }
 }
 
+// Every launch form of the fused kernel (rank buckets of 2, 4 and 8 dims, programs of up to 8
+// and of more than 8 instructions, kernels/elementwise.cu) against the CPU: each rank keeps all
+// its dims after coalescing (one input is a reversed permutation, one broadcasts over every
+// other dim), f32 and f64.
+TEST_F(FusionCuda, EveryRankAndProgramLengthMatchesCpu) {
+    const int64_t ext[8] = {3, 2, 5, 2, 3, 2, 3, 2};
+    for (flx_dtype dt : {FLX_F32, FLX_F64}) {
+        const double tol = dt == FLX_F32 ? 2e-5 : 1e-12;
+        for (int rank = 1; rank <= 8; rank++) {
+            Shape s(ext, ext + rank), rev(s.rbegin(), s.rend()), bs = s;
+            for (int d = 1; d < rank; d += 2) bs[d] = 1;
+            std::vector<int32_t> perm(rank);
+            for (int d = 0; d < rank; d++) perm[d] = rank - 1 - d;
+            for (bool longer : {false, true}) {
+                std::vector<flx_tensor *> out;
+                for (flx_ctx *c : {gpu, cpu}) {
+                    flx_tensor *x = rand_tensor(c, dt, s, 1);
+                    flx_tensor *b = rand_tensor(c, dt, bs, 2);
+                    flx_tensor *rp = flx_permute(rand_tensor(c, dt, rev, 3), perm.data());
+                    flx_tensor *y = flx_mul(flx_gelu(flx_add(x, b)), flx_add_scalar(rp, 0.25)); /* 7 instructions */
+                    for (int k = 0; longer && k < 4; k++) y = flx_tanh(flx_add(flx_mul_scalar(y, 0.5), b));
+                    out.push_back(y);
+                }
+                ASSERT_TRUE(out[0] && out[1]) << flx_last_error();
+                EXPECT_TRUE(close(values(out[0]), values(out[1]), tol, tol))
+                    << flx_dtype_name(dt) << " rank " << rank << (longer ? " long" : " short");
+            }
+        }
+    }
+}
+
 }  // namespace

@@ -53,6 +53,36 @@ TEST_F(GemmEpilogueTest, DenseReluLayerIsOneCallWithNoIntermediate) {
     EXPECT_TRUE(close(got, want, 1e-6, 1e-6));
 }
 
+// An evaluation longer than the planner's on-stack scratch (16 positions): every layer of a deep
+// stack is still one call, with the same bits as fusion off.
+TEST_F(GemmEpilogueTest, DeepStackInOneEvaluationIsOneCallPerLayer) {
+    const int64_t B = 3, F = 6;
+    const int layers = 9; /* 27 scheduled nodes: matmul, add, relu per layer */
+    std::vector<flx_tensor *> W, b;
+    for (int l = 0; l < layers; l++) {
+        W.push_back(src(ctx, FLX_F32, {F, F}, 10 + l));
+        b.push_back(src(ctx, FLX_F32, {F}, 40 + l));
+    }
+    flx_tensor *x = src(ctx, FLX_F32, {B, F}, 1);
+    std::vector<unsigned char> bits[2];
+    for (int fused = 1; fused >= 0; fused--) {
+        ASSERT_EQ(flx_set_fusion(ctx, fused != 0), FLX_OK);
+        flx_tensor *h = x;
+        for (int l = 0; l < layers; l++) h = flx_relu(flx_linear(h, W[l], b[l]));
+        flx_ctx_stats st = eval_stats(ctx, {h});
+        EXPECT_EQ(st.nodes_executed, 3u * layers);
+        if (fused) {
+            EXPECT_EQ(st.kernels, (uint64_t)layers);
+            EXPECT_EQ(st.nodes_fused, 3u * layers);
+        } else {
+            EXPECT_EQ(st.kernels, 3u * layers);
+        }
+        bits[fused] = raw_bits(h);
+    }
+    ASSERT_EQ(flx_set_fusion(ctx, true), FLX_OK);
+    EXPECT_EQ(bits[0], bits[1]);
+}
+
 // What stays materialised decides how far the chain reaches; each case is also compared with
 // fusion off, bit for bit.
 TEST_F(GemmEpilogueTest, NeededIntermediatesStopTheChain) {

@@ -164,6 +164,174 @@ TEST_F(NnTest, BatchNormDerivatives) {
                            FLX_ERR_SHAPE, "(N, C)"));
 }
 
+// Training mode is one node whose rules are closed forms (runtime/ops/batch_norm.c): every
+// combination of affine parameters, shapes with and without spatial axes, against finite
+// differences in float64 (VJP, JVP, the dot-product identity).
+TEST_F(NnTest, BatchNormTrainingRulesEveryAffineCase) {
+    const Shape shapes[] = {{5, 3}, {3, 2, 2, 3}, {2, 3, 4}};
+    for (const Shape &s : shapes) {
+        int64_t C = s[1];
+        flx_tensor *x = rand_tensor(ctx, FLX_F64, s, 31, -1, 2);
+        flx_tensor *g = rand_tensor(ctx, FLX_F64, {C}, 32, 0.5, 1.5), *b = rand_tensor(ctx, FLX_F64, {C}, 33);
+        for (int affine = 0; affine < 4; affine++) {
+            bool hg = affine & 1, hb = affine & 2;
+            auto fn = [hg, hb](const std::vector<flx_tensor *> &in) {
+                return flx_batch_norm(in[0], hg ? in[1] : nullptr, hb ? in[2] : nullptr, nullptr, nullptr, true,
+                                      0.1, 1e-3, nullptr, nullptr);
+            };
+            EXPECT_EQ(gradcheck(fn, {x, g, b}), FLX_OK) << "affine " << affine << ": " << flx_last_error();
+            EXPECT_TRUE(jvp_check(fn, {x, g, b})) << "affine " << affine;
+        }
+        // A tangent of beta alone (no x or gamma tangent) is dbeta broadcast over x.
+        flx_tensor *dbeta = rand_tensor(ctx, FLX_F64, {C}, 34), *tan = nullptr;
+        flx_tensor *in3[3] = {x, g, b}, *t3[3] = {nullptr, nullptr, dbeta};
+        flx_tensor *y = flx_batch_norm(x, g, b, nullptr, nullptr, true, 0.1, 1e-3, nullptr, nullptr);
+        ASSERT_EQ(flx_jvp(3, in3, t3, 1, &y, &tan), FLX_OK) << flx_last_error();
+        std::vector<double> want, dv = values(dbeta);
+        int64_t R = numel_of(s) / (s[0] * C);
+        for (int64_t n = 0; n < s[0]; n++)
+            for (int64_t c = 0; c < C; c++)
+                for (int64_t r = 0; r < R; r++) want.push_back(dv[(size_t)c]);
+        EXPECT_EQ(shape_of(tan), s);
+        EXPECT_TRUE(close(values(tan), want, 0, 0));
+    }
+}
+
+// The rules are graphs of public ops over x, mu(x), rstd(x), gamma and beta, so they differentiate
+// again: reverse-over-reverse and forward-over-reverse against finite differences.
+TEST_F(NnTest, BatchNormTrainingSecondOrder) {
+    flx_tensor *x = rand_tensor(ctx, FLX_F64, {4, 2, 3}, 41, -1, 2);
+    flx_tensor *g = rand_tensor(ctx, FLX_F64, {2}, 42, 0.5, 1.5), *b = rand_tensor(ctx, FLX_F64, {2}, 43);
+    flx_tensor *u = rand_tensor(ctx, FLX_F64, {4, 2, 3}, 44);
+    auto grads = [u](const std::vector<flx_tensor *> &in, flx_tensor **gr) {
+        GradOn on;
+        need_grad(in);
+        flx_tensor *y = flx_batch_norm(in[0], in[1], in[2], nullptr, nullptr, true, 0.1, 1e-3, nullptr, nullptr);
+        flx_tensor *l = flx_sum_all(flx_mul(flx_square(y), u));  // a nonlinear use of y
+        flx_tensor *ins[3] = {in[0], in[1], in[2]};
+        return flx_grad_of(1, &l, nullptr, 3, ins, true, gr);
+    };
+    auto fn = [grads](const std::vector<flx_tensor *> &in) -> flx_tensor * {
+        flx_tensor *gr[3] = {nullptr, nullptr, nullptr};
+        if (grads(in, gr) != FLX_OK) return nullptr;
+        return flx_add(flx_add(flx_sum_all(flx_square(gr[0])), flx_sum_all(flx_mul(gr[1], gr[1]))),
+                       flx_sum_all(flx_sin(gr[2])));
+    };
+    EXPECT_EQ(gradcheck(fn, {x, g, b}, 1e-5, 1e-6, 1e-5), FLX_OK) << flx_last_error();
+    auto dx = [grads](const std::vector<flx_tensor *> &in) -> flx_tensor * {
+        flx_tensor *gr[3] = {nullptr, nullptr, nullptr};
+        return grads(in, gr) == FLX_OK ? gr[0] : nullptr;
+    };
+    EXPECT_TRUE(jvp_check(dx, {x, g, b}, 1e-5, 1e-6, 1e-5));
+}
+
+// The forward value is computed by the same ops as the formula written out, so the bits agree.
+TEST_F(NnTest, BatchNormTrainingValueIsTheFormulaBitForBit) {
+    for (flx_dtype dt : {FLX_F32, FLX_F64, FLX_F16}) {
+        flx_tensor *x = rand_tensor(ctx, dt, {6, 3, 5}, 51, -2, 3);
+        flx_tensor *g = rand_tensor(ctx, dt, {3}, 52, 0.5, 1.5), *b = rand_tensor(ctx, dt, {3}, 53);
+        flx_tensor *y = flx_batch_norm(x, g, b, nullptr, nullptr, true, 0.1, 1e-5, nullptr, nullptr);
+        flx_dtype cd = dt == FLX_F16 ? FLX_F32 : dt;
+        flx_tensor *xc = flx_cast(x, cd);
+        int32_t axes[2] = {0, 2};
+        int64_t cs[3] = {1, 3, 1};
+        flx_tensor *mu = flx_mean(xc, 2, axes, true), *var = flx_var(xc, 2, axes, true, 0);
+        flx_tensor *r = flx_mul(flx_sub(xc, mu), flx_rsqrt(flx_add_scalar(var, 1e-5)));
+        r = flx_add(flx_mul(r, flx_reshape(flx_cast(g, cd), 3, cs)), flx_reshape(flx_cast(b, cd), 3, cs));
+        EXPECT_TRUE(close(values(y), values(flx_cast(r, dt)), 0, 0)) << "dtype " << dt;
+    }
+}
+
+// A training batch norm with its backward: the forward is mean, var, the per-channel rstd and one
+// kernel for y; the backward two per-channel reductions, the product they share and one kernel for
+// dx (with the op-by-op rules of the formula the same evaluation took 19 kernels, a materialised
+// broadcast and a second mean among them).
+TEST_F(NnTest, BatchNormTrainingBackwardKernels) {
+    flx_tensor *x = rand_tensor(ctx, FLX_F32, {8, 4, 6, 6}, 61), *u = rand_tensor(ctx, FLX_F32, {8, 4, 6, 6}, 62);
+    flx_tensor *g = rand_tensor(ctx, FLX_F32, {4}, 63, 0.5, 1.5), *b = rand_tensor(ctx, FLX_F32, {4}, 64);
+    flx_tensor *all[4] = {x, u, g, b};
+    ASSERT_EQ(flx_eval(4, all), FLX_OK);
+    for (flx_tensor *t : {x, g, b}) ASSERT_EQ(flx_set_requires_grad(t, true), FLX_OK);
+    flx_tensor *y = flx_batch_norm(x, g, b, nullptr, nullptr, true, 0.1, 1e-5, nullptr, nullptr);
+    flx_tensor *ins[3] = {x, g, b}, *gr[4] = {nullptr, nullptr, nullptr, y};
+    ASSERT_EQ(flx_grad_of(1, &y, &u, 3, ins, false, gr), FLX_OK) << flx_last_error();
+    ASSERT_EQ(flx_ctx_reset_stats(ctx), FLX_OK);
+    ASSERT_EQ(flx_eval(4, gr), FLX_OK) << flx_last_error();
+    flx_ctx_stats st{};
+    ASSERT_EQ(flx_ctx_get_stats(ctx, &st), FLX_OK);
+    EXPECT_LE(st.kernels, 8u);
+    // Values against the float64 closed form.
+    std::vector<double> xv = values(x), uv = values(u), gv = values(g);
+    const int64_t N = 8, C = 4, R = 36;
+    const double n = (double)(N * R);
+    std::vector<double> dx(xv.size()), dg(C), db(C);
+    for (int64_t c = 0; c < C; c++) {
+        double m = 0, v = 0, s1 = 0, s2 = 0;
+        for (int64_t i = 0; i < N; i++)
+            for (int64_t r = 0; r < R; r++) m += xv[(size_t)((i * C + c) * R + r)];
+        m /= n;
+        for (int64_t i = 0; i < N; i++)
+            for (int64_t r = 0; r < R; r++) v += std::pow(xv[(size_t)((i * C + c) * R + r)] - m, 2);
+        double rs = 1 / std::sqrt(v / n + 1e-5);
+        for (int64_t i = 0; i < N; i++)
+            for (int64_t r = 0; r < R; r++) {
+                size_t k = (size_t)((i * C + c) * R + r);
+                s1 += uv[k];
+                s2 += uv[k] * (xv[k] - m) * rs;
+            }
+        db[(size_t)c] = s1;
+        dg[(size_t)c] = s2;
+        for (int64_t i = 0; i < N; i++)
+            for (int64_t r = 0; r < R; r++) {
+                size_t k = (size_t)((i * C + c) * R + r);
+                dx[k] = gv[(size_t)c] * rs * (n * uv[k] - s1 - (xv[k] - m) * rs * s2) / n;
+            }
+    }
+    EXPECT_TRUE(close(values(gr[0]), dx, 2e-5, 2e-4));
+    EXPECT_TRUE(close(values(gr[1]), dg, 2e-4, 2e-5));
+    EXPECT_TRUE(close(values(gr[2]), db, 2e-4, 2e-5));
+}
+
+// Fusion passes through the batch-norm node: the normalised value and the ReLU after it are one
+// kernel after the statistics (mean, var, rstd). Requesting the batch-norm output too keeps it
+// materialised; every case gives the bits of fusion off.
+TEST_F(NnTest, BatchNormFusesWithTheActivationAfterIt) {
+    flx_tensor *x = rand_tensor(ctx, FLX_F32, {6, 4, 5, 5}, 71, -2, 3);
+    flx_tensor *g = rand_tensor(ctx, FLX_F32, {4}, 72, 0.5, 1.5), *b = rand_tensor(ctx, FLX_F32, {4}, 73);
+    flx_tensor *all[3] = {x, g, b};
+    ASSERT_EQ(flx_eval(3, all), FLX_OK);
+    struct Case {
+        const char *name;
+        bool keep_bn, relu;
+        uint64_t kernels;
+    };
+    const Case cases[] = {{"bn + relu", false, true, 4}, {"bn alone", false, false, 4},
+                          {"bn requested too", true, true, 5}};
+    for (const Case &c : cases) {
+        std::vector<double> got[2];
+        uint64_t kernels[2] = {0, 0};
+        for (int pass = 0; pass < 2; pass++) {
+            ASSERT_EQ(flx_set_fusion(ctx, pass == 0), FLX_OK);
+            flx_tensor *y = flx_batch_norm(x, g, b, nullptr, nullptr, true, 0.1, 1e-5, nullptr, nullptr);
+            flx_tensor *r = c.relu ? flx_relu(y) : y;
+            flx_tensor *ev[2] = {r, y};
+            ASSERT_EQ(flx_ctx_reset_stats(ctx), FLX_OK);
+            ASSERT_EQ(flx_eval(c.keep_bn ? 2 : 1, ev), FLX_OK) << flx_last_error();
+            flx_ctx_stats st{};
+            ASSERT_EQ(flx_ctx_get_stats(ctx, &st), FLX_OK);
+            kernels[pass] = st.kernels;
+            got[pass] = values(r);
+            if (c.keep_bn) {
+                std::vector<double> yv = values(y);
+                got[pass].insert(got[pass].end(), yv.begin(), yv.end());
+            }
+        }
+        ASSERT_EQ(flx_set_fusion(ctx, true), FLX_OK);
+        EXPECT_TRUE(close(got[0], got[1], 0, 0)) << c.name;
+        EXPECT_LE(kernels[0], c.kernels) << c.name;
+    }
+}
+
 // ---- layer norm -----------------------------------------------------------------------------------
 TEST_F(NnTest, LayerNormValuesAndDerivatives) {
     Shape s = {3, 2, 4};
@@ -492,6 +660,33 @@ TEST_F(NnCuda, MatchesCpu) {
                           values(flx_log_cosh_loss(xc, tc, FLX_REDUCTION_MEAN)), tol, tol));
     }
     EXPECT_EQ(flx_scope_end(0, nullptr), FLX_OK);
+}
+
+// The training rules on the GPU (reductions, the fused dx kernel) against the CPU reference.
+TEST_F(NnCuda, BatchNormTrainingGradientsMatchCpu) {
+    for (flx_dtype dt : {FLX_F32, FLX_F64}) {
+        double tol = dt == FLX_F32 ? 1e-4 : 1e-10;
+        Shape xs = {16, 5, 9, 7};
+        std::vector<double> got[2][4];
+        for (int k = 0; k < 2; k++) {
+            auto on = [&](flx_tensor *t) { return k == 0 ? t : flx_to_ctx(t, gpu); };
+            flx_tensor *x = on(rand_tensor(cpu, dt, xs, 81, -1, 3)), *u = on(rand_tensor(cpu, dt, xs, 82));
+            flx_tensor *g = on(rand_tensor(cpu, dt, {5}, 83, 0.5, 1.5)), *b = on(rand_tensor(cpu, dt, {5}, 84));
+            flx_tensor *all[4] = {x, u, g, b};
+            ASSERT_EQ(flx_eval(4, all), FLX_OK) << flx_last_error();
+            for (flx_tensor *t : {x, g, b}) ASSERT_EQ(flx_set_requires_grad(t, true), FLX_OK);
+            flx_tensor *y = flx_batch_norm(x, g, b, nullptr, nullptr, true, 0.1, 1e-5, nullptr, nullptr);
+            flx_tensor *ins[3] = {x, g, b}, *gr[3] = {nullptr, nullptr, nullptr};
+            ASSERT_EQ(flx_grad_of(1, &y, &u, 3, ins, false, gr), FLX_OK) << flx_last_error();
+            flx_tensor *tan = nullptr, *t3[3] = {u, nullptr, nullptr};
+            ASSERT_EQ(flx_jvp(3, ins, t3, 1, &y, &tan), FLX_OK) << flx_last_error();
+            got[k][0] = values(gr[0]);
+            got[k][1] = values(gr[1]);
+            got[k][2] = values(gr[2]);
+            got[k][3] = values(tan);
+        }
+        for (int j = 0; j < 4; j++) EXPECT_TRUE(close(got[1][j], got[0][j], tol, tol)) << "dtype " << dt << " part " << j;
+    }
 }
 
 }  // namespace

@@ -13,9 +13,10 @@
  *   - it is not pinned (a requested tensor, a plan output) and not a leaf,
  *   - it has the group's shape and dtype (an input that is broadcast is computed once, outside),
  *   - the group stays within FLX_FUSE_MAX_MEMBERS members and FLX_FUSED_MAX_IN distinct inputs;
- * otherwise it starts a group of its own. Members of dense-layer groups (matmul [+ bias] [relu],
- * or a weight gradient with its bias gradient; runtime/core/fuse_gemm.c, planned first) are
- * left out. A group of one node runs its ordinary
+ * otherwise it starts a group of its own. A node whose value is its input 0's (FLX_OPF_SAME_VALUE)
+ * joins like an elementwise node but never starts a group: it is a member without an instruction,
+ * its readers read input 0's value, and its other inputs are not the kernel's. Members of dense-layer groups (matmul [+ bias] [relu],
+ * or a weight gradient with its bias gradient; runtime/core/fuse_gemm.c, planned first) are left out. A group of one node runs its ordinary
  * kernel. This is
  * the evaluator's last-use rule applied one step further: a node whose every reader is in the
  * same kernel is freed "before" it is written. Consumers outside the list (graphs not being
@@ -42,8 +43,19 @@ _Static_assert(FLX_FUSE_MAX_MEMBERS + FLX_FUSED_MAX_IN <= FLX_FUSED_MAX_INSTR,
 
 enum { CG_UNSEEN = -1, CG_CONFLICT = -2 };
 
+/* A node whose value is its input 0's (FLX_OPF_SAME_VALUE: a batch-norm node over its value):
+ * a group passes through it, reading neither it nor its other inputs. */
+static bool pass_through(const flx_tensor *t) {
+    return (flx_op_get(t->op)->flags & FLX_OPF_SAME_VALUE) && t->in[0]->dtype == t->dtype &&
+           flx_same_shape(t, t->in[0]);
+}
+
+/* The inputs a member's instruction reads. */
+static int32_t value_inputs(const flx_tensor *t) { return pass_through(t) ? 1 : t->n_in; }
+
 static bool fusable(const flx_tensor *t) {
     if (!flx_dtype_is_float(t->dtype)) return false;
+    if (pass_through(t)) return true;
     switch (t->op) {
     case FLX_OP_UNARY: return t->in[0]->dtype == t->dtype;
     case FLX_OP_BINARY:
@@ -77,7 +89,7 @@ static bool draft_add(draft *d, flx_tensor *t) {
     int32_t n = 0;
     for (int32_t i = 0; i < d->n_ext; i++)
         if (d->ext[i] != t) ext[n++] = d->ext[i];
-    for (int32_t j = 0; j < t->n_in; j++) {
+    for (int32_t j = 0; j < value_inputs(t); j++) {
         flx_tensor *x = t->in[j];
         if (find(ext, n, x) >= 0 || find(d->members, d->n_members, x) >= 0) continue;
         if (n == FLX_FUSED_MAX_IN) return false;
@@ -151,20 +163,25 @@ static bool build_program(flx_fused_group *g) {
     int32_t slot[FLX_FUSED_MAX_INSTR + FLX_FUSED_MAX_IN];
     int32_t nm = g->n_members;
     for (int32_t v = 0; v < nm + g->n_ext; v++) last[v] = -1, slot[v] = -1;
-    int32_t value_of[FLX_FUSED_MAX_INSTR][3];
+    /* A pass-through member stands for its input's value (same_as), so it needs no instruction
+     * and its readers read that value. */
+    int32_t value_of[FLX_FUSED_MAX_INSTR][3], same_as[FLX_FUSED_MAX_INSTR];
     for (int32_t m = 0; m < nm; m++) {
         const flx_tensor *t = g->members[m];
-        for (int32_t j = 0; j < t->n_in; j++) {
+        same_as[m] = m;
+        for (int32_t j = 0; j < value_inputs(t); j++) {
             int32_t v = find(g->members, nm, t->in[j]);
-            if (v < 0) v = nm + find(g->ext, g->n_ext, t->in[j]);
+            v = v >= 0 ? same_as[v] : nm + find(g->ext, g->n_ext, t->in[j]);
             value_of[m][j] = v;
-            last[v] = m;
+            if (pass_through(t)) same_as[m] = v;
+            else last[v] = m;
         }
     }
     bool used[FLX_FUSED_MAX_SLOTS] = {false};
     int32_t pc = 0;
     for (int32_t m = 0; m < nm; m++) {
         const flx_tensor *t = g->members[m];
+        if (pass_through(t)) continue;
         uint8_t src[3] = {0, 0, 0};
         for (int32_t j = 0; j < t->n_in; j++) {
             int32_t v = value_of[m][j];
@@ -215,9 +232,11 @@ typedef struct {
     int32_t *cg;         /* consumers' group per position   */
     int32_t *group_root; /* root position per draft group   */
     int32_t *gemm_of;    /* dense-layer group per position  */
+    int32_t *reads, *reader; /* dense-layer planning: edges into each position, its last reader */
     uint8_t *pin;
     draft *dr;           /* at most one group per node      */
     int32_t l_cg[PLANNER_LOCAL], l_group_root[PLANNER_LOCAL], l_gemm_of[PLANNER_LOCAL], renum[PLANNER_LOCAL];
+    int32_t l_reads[PLANNER_LOCAL], l_reader[PLANNER_LOCAL];
     uint8_t l_pin[PLANNER_LOCAL];
     draft l_dr[PLANNER_LOCAL];
 } planner_tmp;
@@ -225,31 +244,34 @@ typedef struct {
 static bool planner_tmp_init(planner_tmp *t, size_t n, bool heap) {
     if (!heap) {
         t->cg = t->l_cg, t->group_root = t->l_group_root, t->gemm_of = t->l_gemm_of;
+        t->reads = t->l_reads, t->reader = t->l_reader;
         t->pin = t->l_pin, t->dr = t->l_dr;
         return true;
     }
     t->cg = (int32_t *)malloc(n * sizeof *t->cg);
     t->group_root = (int32_t *)malloc(n * sizeof *t->group_root);
     t->gemm_of = (int32_t *)malloc(n * sizeof *t->gemm_of);
+    t->reads = (int32_t *)malloc(2 * n * sizeof *t->reads); /* and reader */
+    t->reader = t->reads ? t->reads + n : NULL;
     t->pin = (uint8_t *)malloc(n);
     t->dr = (draft *)malloc(n * sizeof *t->dr);
-    return t->cg && t->group_root && t->gemm_of && t->pin && t->dr;
+    return t->cg && t->group_root && t->gemm_of && t->reads && t->pin && t->dr;
 }
 
 static void planner_tmp_free(planner_tmp *t, bool heap) {
     if (!heap) return;
-    free(t->cg), free(t->group_root), free(t->gemm_of), free(t->pin), free(t->dr);
+    free(t->cg), free(t->group_root), free(t->gemm_of), free(t->reads), free(t->pin), free(t->dr);
 }
 
 void flx_fusion_free(flx_fusion *f) {
     if (!f) return;
-    free(f->role);
     free(f->groups);
     memset(f, 0, sizeof *f);
 }
 
 flx_status flx_fusion_plan(flx_tensor *const *order, size_t n, uint64_t epoch, int32_t n_pinned,
-                           flx_tensor *const *pinned, bool honor_keep, flx_fusion *out) {
+                           flx_tensor *const *pinned, bool honor_keep, int32_t *role,
+                           flx_fusion *out) {
     memset(out, 0, sizeof *out);
     if (n < 2 || !order[0]->ctx->fusion) return FLX_OK;
     const bool elementwise = flx_backend_supports(order[0]->ctx->be, FLX_KERNEL_FUSED);
@@ -261,10 +283,7 @@ flx_status flx_fusion_plan(flx_tensor *const *order, size_t n, uint64_t epoch, i
      * (no allocator call per evaluation), on the heap for longer ones. */
     planner_tmp local, *tmp = &local;
     const bool heap = n > PLANNER_LOCAL;
-    const bool tmp_ok = planner_tmp_init(tmp, n, heap);
-    int32_t *role = (int32_t *)malloc(n * sizeof *role);
-    if (!role || !tmp_ok) {
-        free(role);
+    if (!planner_tmp_init(tmp, n, heap)) {
         planner_tmp_free(tmp, heap);
         return flx_set_error(FLX_ERR_OUT_OF_MEMORY, "fusion: out of host memory");
     }
@@ -279,13 +298,8 @@ flx_status flx_fusion_plan(flx_tensor *const *order, size_t n, uint64_t epoch, i
     for (int32_t k = 0; k < n_pinned; k++)
         if (pinned[k] && pinned[k]->mark == epoch) pin[pinned[k]->scratch] = 1;
     /* Dense layers first: their members are one GEMM call, out of the elementwise groups. */
-    flx_fused_group *gemm = NULL;
     int32_t n_gemm = 0;
-    if (flx_gemm_groups_plan(order, n, epoch, pin, gemm_of, &gemm, &n_gemm) != FLX_OK) {
-        free(role);
-        planner_tmp_free(tmp, heap);
-        return flx_last_status();
-    }
+    flx_gemm_groups_plan(order, n, epoch, pin, tmp->reads, tmp->reader, gemm_of, &n_gemm);
     int32_t ng = 0;
     for (size_t ii = n; ii-- > 0;) {
         flx_tensor *t = order[ii];
@@ -297,6 +311,8 @@ flx_status flx_fusion_plan(flx_tensor *const *order, size_t n, uint64_t epoch, i
                 flx_same_shape(t, order[group_root[c]]) && draft_add(&dr[c], t)) {
                 g = c;
                 role[ii] = FLX_FUSE_INTERIOR;
+            } else if (pass_through(t)) {
+                g = -1; /* only inside a group: its value is its input's */
             } else {
                 g = ng++;
                 dr[g].n_members = dr[g].n_ext = 0;
@@ -313,16 +329,23 @@ flx_status flx_fusion_plan(flx_tensor *const *order, size_t n, uint64_t epoch, i
             flx_tensor *x = t->in[j];
             if (x->mark != epoch) continue;
             int32_t *c = &cg[x->scratch];
-            if (g < 0) *c = CG_CONFLICT;
+            if (g < 0 || j >= value_inputs(t)) *c = CG_CONFLICT;
             else if (*c == CG_UNSEEN) *c = g;
             else if (*c != g) *c = CG_CONFLICT;
         }
     }
-    /* Groups of two or more members become programs; the rest run unfused. */
+    /* Groups of two or more members become programs; the rest run unfused (and when none has two,
+     * nothing is allocated and role stays unpublished). */
+    any = n_gemm > 0;
+    for (int32_t g = 0; g < ng && !any; g++) any = dr[g].n_members >= 2;
+    if (!any) {
+        planner_tmp_free(tmp, heap);
+        return FLX_OK;
+    }
     flx_fused_group *groups = (flx_fused_group *)malloc((size_t)(ng + n_gemm + 1) * sizeof *groups);
     int32_t *renum = heap ? (int32_t *)malloc((size_t)(ng ? ng : 1) * sizeof *renum) : tmp->renum;
     if (!groups || !renum) {
-        free(role), free(groups), free(gemm);
+        free(groups);
         if (heap) free(renum);
         planner_tmp_free(tmp, heap);
         return flx_set_error(FLX_ERR_OUT_OF_MEMORY, "fusion: out of host memory");
@@ -349,19 +372,18 @@ flx_status flx_fusion_plan(flx_tensor *const *order, size_t n, uint64_t epoch, i
             for (int32_t m = 0; m < dr[g].n_members; m++) role[dr[g].members[m]->scratch] = FLX_FUSE_SINGLE;
         else
             role[group_root[g]] = renum[g];
+    flx_gemm_groups_write(order, n, epoch, pin, tmp->reads, tmp->reader, gemm_of, groups + nk);
     for (int32_t j = 0; j < n_gemm; j++) {
-        const flx_fused_group *gg = &gemm[j];
+        const flx_fused_group *gg = &groups[nk];
         for (int32_t m = 0; m < gg->n_members; m++) {
             const flx_tensor *t = gg->members[m];
             role[t->scratch] = t == gg->root ? nk : t == gg->second ? FLX_FUSE_OUTPUT : FLX_FUSE_INTERIOR;
         }
-        groups[nk++] = *gg;
+        nk++;
     }
     if (heap) free(renum);
     planner_tmp_free(tmp, heap);
-    free(gemm);
     if (nk == 0) {
-        free(role);
         free(groups);
         return FLX_OK;
     }

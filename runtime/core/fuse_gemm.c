@@ -31,7 +31,6 @@
  * has in the list is computed before the root's step, which the rule checks. The second output's
  * memory lives from the root's step to its last reader, in the evaluator and in plans alike.
  */
-#include <stdlib.h>
 #include <string.h>
 
 #include "internal.h"
@@ -151,23 +150,15 @@ static bool bgrad_matmul(const flx_tensor *mm) {
            (mm->attrs.u.matmul.ta ? mm->in[0]->shape[0] : mm->in[0]->shape[1]) >= 1;
 }
 
-flx_status flx_gemm_groups_plan(flx_tensor *const *order, size_t n, uint64_t epoch,
-                                const uint8_t *pin, int32_t *member_of, flx_fused_group **groups,
-                                int32_t *n_groups) {
-    *groups = NULL;
+void flx_gemm_groups_plan(flx_tensor *const *order, size_t n, uint64_t epoch, const uint8_t *pin,
+                          int32_t *reads, int32_t *reader, int32_t *member_of, int32_t *n_groups) {
     *n_groups = 0;
     for (size_t i = 0; i < n; i++) member_of[i] = -1;
-    if (n < 2 || !flx_backend_supports(order[0]->ctx->be, FLX_KERNEL_GEMM_EX)) return FLX_OK;
+    if (n < 2 || !flx_backend_supports(order[0]->ctx->be, FLX_KERNEL_GEMM_EX)) return;
     size_t n_mm = 0;
     for (size_t i = 0; i < n; i++) n_mm += order[i]->op == FLX_OP_MATMUL;
-    if (n_mm == 0) return FLX_OK;
-    int32_t *reads = (int32_t *)calloc(n, sizeof *reads);
-    int32_t *reader = (int32_t *)malloc(n * sizeof *reader);
-    flx_fused_group *gs = (flx_fused_group *)malloc(n_mm * sizeof *gs);
-    if (!reads || !reader || !gs) {
-        free(reads), free(reader), free(gs);
-        return flx_set_error(FLX_ERR_OUT_OF_MEMORY, "fusion: out of host memory");
-    }
+    if (n_mm == 0) return;
+    for (size_t i = 0; i < n; i++) reads[i] = 0;
     for (size_t i = 0; i < n; i++)
         for (int32_t j = 0; j < order[i]->n_in; j++) {
             const flx_tensor *x = order[i]->in[j];
@@ -176,39 +167,50 @@ flx_status flx_gemm_groups_plan(flx_tensor *const *order, size_t n, uint64_t epo
             reader[x->scratch] = (int32_t)i;
         }
     int32_t ng = 0;
+    flx_fused_group g;
     for (size_t i = 0; i < n; i++) {
-        if (order[i]->op != FLX_OP_MATMUL || !chain_at(order, i, pin, reads, reader, &gs[ng])) continue;
+        if (order[i]->op != FLX_OP_MATMUL || !chain_at(order, i, pin, reads, reader, &g)) continue;
         /* An add of two (1, n) products could end two chains: the first one takes it. */
         bool taken = false;
-        for (int32_t m = 0; m < gs[ng].n_members; m++) taken |= member_of[gs[ng].members[m]->scratch] >= 0;
+        for (int32_t m = 0; m < g.n_members; m++) taken |= member_of[g.members[m]->scratch] >= 0;
         if (taken) continue;
-        for (int32_t m = 0; m < gs[ng].n_members; m++) member_of[gs[ng].members[m]->scratch] = ng;
+        for (int32_t m = 0; m < g.n_members; m++) member_of[g.members[m]->scratch] = ng;
         ng++;
     }
-    /* Bias gradients beside the remaining matmuls. reader is not needed any more: it lists the
-     * positions of the sums that could pair (few in a training step, so a linear scan). */
-    int32_t *sums = reader, n_sums = 0;
-    for (size_t j = 0; j < n; j++)
-        if (order[j]->op == FLX_OP_REDUCE && order[j]->attrs.u.reduce.op == FLX_REDUCE_SUM)
-            sums[n_sums++] = (int32_t)j;
-    for (size_t i = 0; i < n && n_sums > 0; i++) {
-        if (member_of[i] >= 0 || !bgrad_matmul(order[i])) continue;
-        for (int32_t c = 0; c < n_sums; c++) {
-            int32_t j = sums[c];
-            if (member_of[j] >= 0) continue;
-            int32_t side = bgrad_of(order[i], order[j]);
-            if (side == FLX_GEMM_BGRAD_NONE || !bgrad_pair(order, (int32_t)i, j, side, epoch, &gs[ng]))
+    /* Bias gradients beside the remaining matmuls: each unclaimed sum pairs with the first
+     * unclaimed matmul it fits (sums and matmuls are few in a training step: a double scan). */
+    for (size_t j = 0; j < n; j++) {
+        const flx_tensor *r = order[j];
+        if (r->op != FLX_OP_REDUCE || r->attrs.u.reduce.op != FLX_REDUCE_SUM || member_of[j] >= 0) continue;
+        for (size_t i = 0; i < n; i++) {
+            if (member_of[i] >= 0 || !bgrad_matmul(order[i])) continue;
+            int32_t side = bgrad_of(order[i], r);
+            if (side == FLX_GEMM_BGRAD_NONE || !bgrad_pair(order, (int32_t)i, (int32_t)j, side, epoch, &g))
                 continue;
             member_of[i] = member_of[j] = ng++;
             break;
         }
     }
-    free(reads), free(reader);
-    if (ng == 0) {
-        free(gs);
-        return FLX_OK;
-    }
-    *groups = gs;
     *n_groups = ng;
-    return FLX_OK;
+}
+
+void flx_gemm_groups_write(flx_tensor *const *order, size_t n, uint64_t epoch, const uint8_t *pin,
+                           const int32_t *reads, const int32_t *reader, const int32_t *member_of,
+                           flx_fused_group *out) {
+    /* A matmul is never a later member of a chain (those are adds and relus), so a matmul that
+     * belongs to a group is its head, and the chain from it is the one found when planning. A
+     * matmul paired with a sum may have a chain too (one whose add another chain took): its
+     * group is written again below, from the sum. */
+    for (size_t i = 0; i < n; i++)
+        if (order[i]->op == FLX_OP_MATMUL && member_of[i] >= 0)
+            chain_at(order, i, pin, reads, reader, &out[member_of[i]]);
+    for (size_t j = 0; j < n; j++) {
+        if (order[j]->op != FLX_OP_REDUCE || member_of[j] < 0) continue;
+        for (size_t i = 0; i < n; i++)
+            if (i != j && member_of[i] == member_of[j]) {
+                bgrad_pair(order, (int32_t)i, (int32_t)j, bgrad_of(order[i], order[j]), epoch,
+                           &out[member_of[j]]);
+                break;
+            }
+    }
 }

@@ -57,12 +57,15 @@
     X(COL2IM)                                                                             \
     X(MAXPOOL)                                                                            \
     X(MAXPOOL_ARGMAX) /* i64 indices, no gradient */                                      \
-    X(MAXPOOL_BACKWARD) /* inputs: g, indices */ \
+    X(MAXPOOL_BACKWARD) /* inputs: g, then the i64 argmax indices or the pooled input */ \
+    /* batch norm in training mode (runtime/ops/batch_norm.c): attrs.bnorm */              \
+    X(BATCH_NORM) /* inputs: Y (value, no history), x, mu, rstd [, gamma] [, beta]; aliases Y */ \
     /* LU family (runtime/ops/lu.c): attrs.lu */                                \
     X(LU_FACTOR) /* packed (..., n*n + n + 1): LU, pivots, info; no gradient */           \
     X(LU_SOLVE)  /* inputs: A, LU, B (without B: B = I, an inverse) */                     \
     X(LU_DET)    /* inputs: A, LU; det / log|det| / sign / logdet */                      \
     X(LU_COFACTOR) /* inputs: A, LU; cofactor matrix adj(A)^T, division-free */                                         \
+    X(LU_DET_GRAD) /* inputs: A [, g]: g adj(A)^T or g A^-T straight from A (n <= FLX_LU_REG_N) */ \
     /* softmax family (runtime/ops/softmax.c): attrs.softmax */                           \
     X(SOFTMAX)        /* softmax / log_softmax of x along an axis                   */    \
     X(SOFTMAX_BWD)    /* inputs y, v: the rows' Jacobian products (BWD, LOG_VJP/JVP) */    \
@@ -111,6 +114,8 @@ typedef struct flx_attrs {
         /* nn sliding windows (runtime/ops/conv.c): kernel, stride, padding, dilation (h, w) and
          * the input plane size (h, w) for ops whose output is the input geometry */
         struct { int64_t k[2], s[2], p[2], d[2], in_hw[2]; } conv;
+        /* batch norm node (runtime/ops/batch_norm.c): which affine inputs follow rstd */
+        struct { int32_t has_gamma, has_beta; } bnorm;
         /* LU family: flx_lu_mode, solve with A^T, report singular input */
         struct { int32_t mode; int32_t trans; int32_t check; } lu;
         /* softmax family (runtime/ops/softmax.c): kernel mode (flx_softmax_mode), axis,
@@ -204,6 +209,9 @@ enum {
     FLX_OPF_SOURCE = 1u << 0,  /* holds data that cannot be recomputed                  */
     FLX_OPF_ALIAS = 1u << 1,   /* the output shares input 0's buffer                    */
     FLX_OPF_NONDIFF = 1u << 2, /* no gradient flows through (integer or boolean result)  */
+    /* With FLX_OPF_ALIAS: the value is input 0's, same shape and dtype; the other inputs only
+     * carry derivatives. Elementwise fusion passes through such a node (runtime/core/fuse.c). */
+    FLX_OPF_SAME_VALUE = 1u << 3,
 };
 
 typedef struct flx_op_def {
@@ -232,6 +240,11 @@ void flx_ops_register_lu(flx_op_def *table);
 void flx_ops_register_softmax(flx_op_def *table);
 /* expm / eigh: runtime/ops/expm.c, runtime/ops/eigh.c; CPU Jacobi in runtime/cpu/eigh.c */
 void flx_ops_register_expm(flx_op_def *table);
+void flx_ops_register_batch_norm(flx_op_def *table);
+/* The training-mode batch-norm node over the value y (runtime/ops/batch_norm.c: the contract of
+ * its inputs is there); gamma and beta (1, C, 1, ...) views or NULL. */
+flx_tensor *flx_batch_norm_node(flx_tensor *y, flx_tensor *x, flx_tensor *mu, flx_tensor *rstd,
+                                flx_tensor *gamma, flx_tensor *beta);
 void flx_ops_register_eigh(flx_op_def *table);
 /* attention: runtime/ops/attention.c; CPU reference kernels in runtime/cpu/attention.c */
 void flx_ops_register_attention(flx_op_def *table);
@@ -451,6 +464,11 @@ flx_buffer *flx_buffer_new(flx_ctx *ctx, size_t nbytes);
 void flx_buffer_release(flx_buffer *b);
 /* Returns every cached block to the backend (context destruction). */
 void flx_buffer_cache_flush(flx_ctx *ctx);
+/* Device scratch of a kernel launcher, released right after the work that uses it is queued
+ * (stream-ordered, like a buffer): from the same cache, so a small reduction or solver call costs
+ * no allocator call either. Counted in allocs/frees, not in bytes_in_use. */
+flx_buffer *flx_scratch_new(flx_ctx *ctx, size_t nbytes);
+void flx_scratch_release(flx_buffer *b);
 /* While a plan queues its replay on this thread: the device address of its run counter, which
  * random fills use as their Philox stream (so every replay draws new numbers); NULL otherwise
  * (runtime/core/plan.c). */
@@ -519,27 +537,33 @@ typedef struct flx_fused_group {
 } flx_fused_group;
 typedef struct flx_fusion {
     int32_t *role; /* per list position: FLX_FUSE_SINGLE, FLX_FUSE_INTERIOR, FLX_FUSE_OUTPUT or
-                      the index of the group it is the root of; NULL when nothing was fused */
+                      the index of the group it is the root of; NULL when nothing was fused;
+                      the caller's array (flx_fusion_plan) */
     int32_t n_groups;
     flx_fused_group *groups;
 } flx_fusion;
 /* Plans the groups of order[0..n) (post-order, every node marked epoch; uses node->scratch).
  * pinned[0..n_pinned) must stay materialised; with honor_keep nodes marked keep too. Dense
  * layers become FLX_GROUP_GEMM groups where the backend has gemm_ex (flx_gemm_groups_plan).
- * Does nothing (role NULL) when the context has fusion off. */
+ * role: n entries the caller owns and keeps while out is used (out->role points there when
+ * something was fused). Does nothing (role NULL) when the context has fusion off. */
 flx_status flx_fusion_plan(flx_tensor *const *order, size_t n, uint64_t epoch, int32_t n_pinned,
-                           flx_tensor *const *pinned, bool honor_keep, flx_fusion *out);
+                           flx_tensor *const *pinned, bool honor_keep, int32_t *role,
+                           flx_fusion *out);
 void flx_fusion_free(flx_fusion *f);
 /* Dense-layer groups (runtime/core/fuse_gemm.c): in order[0..n) (scratch = position, inputs in
  * the list marked epoch), each matmul of one B matrix whose value only a row-bias add reads, or only a relu,
  * becomes one FLX_GROUP_GEMM group with that chain (matmul [+ bias] [relu]; interior members not
  * pinned and read by nothing else in the list); each other 2-d matmul with a sum of one of its
  * operands over its k axis (the bias gradient beside a weight gradient) becomes a two-output
- * group. Sets member_of[i] to the group index of each member (-1 elsewhere) and *groups
- * (malloc'ed, NULL when none) to *n_groups groups. */
-flx_status flx_gemm_groups_plan(flx_tensor *const *order, size_t n, uint64_t epoch,
-                                const uint8_t *pin, int32_t *member_of, flx_fused_group **groups,
-                                int32_t *n_groups);
+ * group. Sets member_of[i] to the group index of each member (-1 elsewhere) and *n_groups;
+ * reads and reader are the caller's scratch of n entries each, kept for flx_gemm_groups_write,
+ * which stores the groups to out[0..*n_groups). */
+void flx_gemm_groups_plan(flx_tensor *const *order, size_t n, uint64_t epoch, const uint8_t *pin,
+                          int32_t *reads, int32_t *reader, int32_t *member_of, int32_t *n_groups);
+void flx_gemm_groups_write(flx_tensor *const *order, size_t n, uint64_t epoch, const uint8_t *pin,
+                           const int32_t *reads, const int32_t *reader, const int32_t *member_of,
+                           flx_fused_group *out);
 /* Queues group g's kernel: reads ext[k] (the data of g->ext[k]), writes out (the root's data). */
 flx_status flx_fused_group_exec(const flx_fused_group *g, void *out, const void *const *ext);
 /* ---------------------------------------------------------------------------------------------

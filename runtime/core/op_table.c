@@ -21,6 +21,7 @@ static void table_init(void) {
     flx_ops_register_lu(g_table); /* LU family: det, solve, inv */
     flx_ops_register_softmax(g_table); /* softmax family */
     flx_ops_register_expm(g_table); /* expm */
+    flx_ops_register_batch_norm(g_table); /* batch norm (training) */
     flx_ops_register_eigh(g_table); /* eigh */
     flx_ops_register_attention(g_table); /* attention */
     flx_ops_register_collective(g_table);

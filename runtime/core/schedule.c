@@ -73,7 +73,7 @@ flx_status flx_graph_postorder(int32_t n, flx_tensor *const *roots, uint64_t epo
 void flx_schedule_free(flx_schedule *s) {
     if (!s) return;
     free(s->nodes);
-    free(s->read_at); /* and last_use, in the same block */
+    free(s->read_at); /* and last_use and the fusion roles, in the same block */
     flx_fusion_free(&s->fusion);
     memset(s, 0, sizeof *s);
 }
@@ -91,14 +91,16 @@ flx_status flx_schedule_build(int32_t n_roots, flx_tensor *const *roots, flx_ent
     }
     size_t n = out->n;
     for (size_t i = 0; i < n; i++) out->nodes[i]->scratch = (int32_t)i;
+    /* read_at, last_use and the fusion roles share one block (freed through read_at). */
+    const size_t n1 = n ? n : 1;
+    out->read_at = (int32_t *)malloc(3 * n1 * sizeof *out->read_at);
+    out->last_use = out->read_at ? out->read_at + n1 : NULL;
+    if (!out->read_at) s = flx_set_error(FLX_ERR_OUT_OF_MEMORY, "schedule: out of host memory");
     /* Elementwise chains whose intermediates nothing else reads run as one kernel each; the
      * roots (requested values, plan outputs) stay materialised. */
-    if (n > 0) s = flx_fusion_plan(out->nodes, n, out->epoch, n_roots, roots, honor_keep, &out->fusion);
-    /* read_at and last_use share one block (freed through read_at). */
-    out->read_at = (int32_t *)malloc(2 * (n ? n : 1) * sizeof *out->read_at);
-    out->last_use = out->read_at ? out->read_at + (n ? n : 1) : NULL;
-    if (s == FLX_OK && !out->read_at)
-        s = flx_set_error(FLX_ERR_OUT_OF_MEMORY, "schedule: out of host memory");
+    if (s == FLX_OK && n > 0)
+        s = flx_fusion_plan(out->nodes, n, out->epoch, n_roots, roots, honor_keep,
+                            out->read_at + 2 * n1, &out->fusion);
     if (s != FLX_OK) {
         flx_schedule_free(out);
         return s;

@@ -206,6 +206,24 @@ void flx_buffer_release(flx_buffer *b) {
     free(b);
 }
 
+/* Scratch is an ordinary buffer whose bytes the statistics leave out (it lives only while its
+ * launcher queues work), so the buffer path itself stays as it is. */
+flx_buffer *flx_scratch_new(flx_ctx *ctx, size_t nbytes) {
+    const uint64_t peak = ctx->stats.peak_bytes;
+    flx_buffer *b = flx_buffer_new(ctx, nbytes);
+    if (b) {
+        ctx->stats.bytes_in_use -= b->nbytes;
+        ctx->stats.peak_bytes = peak;
+    }
+    return b;
+}
+
+void flx_scratch_release(flx_buffer *b) {
+    if (!b) return;
+    b->ctx->stats.bytes_in_use += b->nbytes;
+    flx_buffer_release(b);
+}
+
 void flx_buffer_cache_flush(flx_ctx *ctx) {
     struct flx_buffer_cache *c = ctx->buffer_cache;
     if (!c) return;

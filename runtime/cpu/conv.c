@@ -37,9 +37,35 @@ static inline int64_t win_of(int64_t p, int64_t k, int64_t S, int64_t P, int64_t
     return q < O ? q : -1;
 }
 
+/* The flat index of the first maximum of window (oh, ow) of plane nc of x (NaN wins), -1 for a
+ * window with no tap inside the input; its value in *best. */
+static int64_t window_argmax(const flx_conv_args *a, const void *x, int64_t nc, int64_t oh, int64_t ow,
+                             double *best_out) {
+    double best = -INFINITY;
+    int64_t arg = -1;
+    for (int64_t ki = 0; ki < a->KH; ki++) {
+        int64_t h = oh * a->SH - a->PH + ki * a->DH;
+        if (h < 0 || h >= a->H) continue;
+        for (int64_t kj = 0; kj < a->KW; kj++) {
+            int64_t w = ow * a->SW - a->PW + kj * a->DW;
+            if (w < 0 || w >= a->W) continue;
+            int64_t p = (nc * a->H + h) * a->W + w;
+            double v = ldf(a->dtype, x, p);
+            bool take = arg < 0 || v > best || (isnan(v) && !isnan(best));
+            if (take) {
+                best = v;
+                arg = p;
+            }
+        }
+    }
+    *best_out = best;
+    return arg;
+}
+
 /* The transposes of a window read (col2im, the max-pool backward): each input position sums, taps
  * ascending, what every window tap that read it holds. col2im adds that tap's column entry;
- * the max-pool backward adds the window's gradient where the window's argmax is this position. */
+ * the max-pool backward adds the window's gradient where the window's argmax (idx, or found again
+ * in x) is this position. */
 static void cpu_window_gather(const flx_conv_args *a, bool pool) {
     int64_t K = a->KH * a->KW, L = a->OH * a->OW;
     for (int64_t nc = 0; nc < a->N * a->C; nc++)
@@ -55,7 +81,9 @@ static void cpu_window_gather(const flx_conv_args *a, bool pool) {
                         if (ow < 0) continue;
                         if (pool) {
                             int64_t o = (nc * a->OH + oh) * a->OW + ow;
-                            if (a->idx[o] == p) acc += ldf(a->dtype, a->in, o);
+                            double unused;
+                            int64_t arg = a->idx ? a->idx[o] : window_argmax(a, a->x, nc, oh, ow, &unused);
+                            if (arg == p) acc += ldf(a->dtype, a->in, o);
                         } else {
                             int64_t row = nc * K + ki * a->KW + kj;
                             acc += ldf(a->dtype, a->in, row * L + oh * a->OW + ow);
@@ -70,23 +98,8 @@ static void cpu_maxpool(const flx_conv_args *a, bool want_index) {
     for (int64_t nc = 0; nc < a->N * a->C; nc++)
         for (int64_t oh = 0; oh < a->OH; oh++)
             for (int64_t ow = 0; ow < a->OW; ow++) {
-                double best = -INFINITY;
-                int64_t arg = -1;
-                for (int64_t ki = 0; ki < a->KH; ki++) {
-                    int64_t h = oh * a->SH - a->PH + ki * a->DH;
-                    if (h < 0 || h >= a->H) continue;
-                    for (int64_t kj = 0; kj < a->KW; kj++) {
-                        int64_t w = ow * a->SW - a->PW + kj * a->DW;
-                        if (w < 0 || w >= a->W) continue;
-                        int64_t p = (nc * a->H + h) * a->W + w;
-                        double v = ldf(a->dtype, a->in, p);
-                        bool take = arg < 0 || v > best || (isnan(v) && !isnan(best));
-                        if (take) {
-                            best = v;
-                            arg = p;
-                        }
-                    }
-                }
+                double best;
+                int64_t arg = window_argmax(a, a->in, nc, oh, ow, &best);
                 int64_t o = (nc * a->OH + oh) * a->OW + ow;
                 if (want_index)
                     ((int64_t *)a->out)[o] = arg;

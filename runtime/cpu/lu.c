@@ -1,6 +1,6 @@
 /* lu.c — CPU reference kernels of the LU family: plain partial-pivoting LU in
  * double, solves with the packed factors, det / log|det| / sign from the diagonal and the pivot
- * parity, and the division-free cofactor matrix. Layout of the packed factorisation: see
+ * parity, the division-free cofactor matrix, and the gradients of det and log|det| from A. Layout of the packed factorisation: see
  * flx_lu_args in kernels/flx_kernels.h (column-major LU, 0-based pivots, info). */
 #include <math.h>
 #include <stdlib.h>
@@ -147,62 +147,94 @@ static void det(const flx_lu_args *a, double *m, int64_t *piv) {
     }
 }
 
-/* Division-free cofactor matrix adj(A)^T (see flx_lu_args). w: n*n scratch. */
-static void cofactor(const flx_lu_args *a, double *m, int64_t *piv, double *w) {
-    int64_t n = a->n;
-    for (int64_t b = 0; b < a->batch; b++) {
-        (void)unpack(a, b, m, piv);
-        int neg = 0;
-        for (int64_t i = 0; i < n; i++)
-            if (piv[i] != i) neg ^= 1;
+/* W (n*n scratch, row-major) := adj(A) from the factors m, piv of A, without any division:
+ * adj(A) = sign(P) adj(U) L^-1 P^T (see flx_lu_args). */
+static void adjugate(const double *m, const int64_t *piv, int64_t n, double *w) {
+    int neg = 0;
+    for (int64_t i = 0; i < n; i++)
+        if (piv[i] != i) neg ^= 1;
 #define U(i, j) m[(j) * n + (i)]
 #define W(i, j) w[(i) * n + (j)] /* row-major scratch */
-        /* adj(U): W(i, j) = (prod_{q<i} u_qq)(prod_{q>j} u_qq) Z(i, j), i <= j, where Z(j, j) = 1
-         * and Z(i, j) = -sum_{k=i+1..j} u_ik Z(k, j) prod_{q=i+1..k-1} u_qq. */
-        memset(w, 0, sizeof(double) * (size_t)(n * n));
-        /* Column 0 has no entry above the diagonal: starting at j = 1 means the i loop never
-         * starts at -1 (GCC -O3 peels j = 0 into a copy whose trip count it cannot bound and
-         * warns, -Waggressive-loop-optimizations). */
-        for (int64_t j = 0; j < n; j++) W(j, j) = 1.0;
-        for (int64_t j = 1; j < n; j++) {
-            for (int64_t i = j - 1; i >= 0; i--) {
-                double s = 0.0, prod = 1.0;
-                for (int64_t k = i + 1; k <= j; k++) {
-                    s += U(i, k) * W(k, j) * prod;
-                    prod *= U(k, k);
-                }
-                W(i, j) = -s;
+    /* adj(U): W(i, j) = (prod_{q<i} u_qq)(prod_{q>j} u_qq) Z(i, j), i <= j, where Z(j, j) = 1
+     * and Z(i, j) = -sum_{k=i+1..j} u_ik Z(k, j) prod_{q=i+1..k-1} u_qq. */
+    memset(w, 0, sizeof(double) * (size_t)(n * n));
+    /* Column 0 has no entry above the diagonal: starting at j = 1 means the i loop never
+     * starts at -1 (GCC -O3 peels j = 0 into a copy whose trip count it cannot bound and
+     * warns, -Waggressive-loop-optimizations). */
+    for (int64_t j = 0; j < n; j++) W(j, j) = 1.0;
+    for (int64_t j = 1; j < n; j++) {
+        for (int64_t i = j - 1; i >= 0; i--) {
+            double s = 0.0, prod = 1.0;
+            for (int64_t k = i + 1; k <= j; k++) {
+                s += U(i, k) * W(k, j) * prod;
+                prod *= U(k, k);
             }
+            W(i, j) = -s;
         }
-        for (int64_t j = 0; j < n; j++) {
-            double suf = 1.0;
-            for (int64_t q = j + 1; q < n; q++) suf *= U(q, q);
-            double pre = 1.0;
-            for (int64_t i = 0; i <= j; i++) {
-                W(i, j) *= pre * suf;
-                pre *= U(i, i);
-            }
+    }
+    for (int64_t j = 0; j < n; j++) {
+        double suf = 1.0;
+        for (int64_t q = j + 1; q < n; q++) suf *= U(q, q);
+        double pre = 1.0;
+        for (int64_t i = 0; i <= j; i++) {
+            W(i, j) *= pre * suf;
+            pre *= U(i, i);
         }
-        /* V = W L^-1 in place, row by row: V(i, j) = W(i, j) - sum_{k>j} V(i, k) L(k, j). */
-        for (int64_t i = 0; i < n; i++)
-            for (int64_t j = n - 1; j >= 0; j--) {
-                double s = W(i, j);
-                for (int64_t k = j + 1; k < n; k++) s -= W(i, k) * U(k, j);
-                W(i, j) = s;
+    }
+    /* V = W L^-1 in place, row by row: V(i, j) = W(i, j) - sum_{k>j} V(i, k) L(k, j). */
+    for (int64_t i = 0; i < n; i++)
+        for (int64_t j = n - 1; j >= 0; j--) {
+            double s = W(i, j);
+            for (int64_t k = j + 1; k < n; k++) s -= W(i, k) * U(k, j);
+            W(i, j) = s;
+        }
+    /* adj(A) = sign(P) V P^T: column swaps (i, piv[i]) for i descending. */
+    for (int64_t i = n - 1; i >= 0; i--)
+        if (piv[i] != i)
+            for (int64_t r = 0; r < n; r++) {
+                double t = W(r, i);
+                W(r, i) = W(r, piv[i]);
+                W(r, piv[i]) = t;
             }
-        /* adj(A) = sign(P) V P^T: column swaps (i, piv[i]) for i descending; out = adj(A)^T. */
-        for (int64_t i = n - 1; i >= 0; i--)
-            if (piv[i] != i)
-                for (int64_t r = 0; r < n; r++) {
-                    double t = W(r, i);
-                    W(r, i) = W(r, piv[i]);
-                    W(r, piv[i]) = t;
-                }
-        double sg = neg ? -1.0 : 1.0;
-        for (int64_t r = 0; r < n; r++)
-            for (int64_t c = 0; c < n; c++) stf(a->dtype, a->out, b * n * n + r * n + c, sg * W(c, r));
+    if (neg)
+        for (int64_t q = 0; q < n * n; q++) w[q] = -w[q];
 #undef U
 #undef W
+}
+
+/* out (batch, n, n) row-major := s_b adj(A_b)^T from W = adj(A_b) (row-major). */
+static void store_adj_t(const flx_lu_args *a, int64_t b, double s, const double *w) {
+    int64_t n = a->n;
+    for (int64_t r = 0; r < n; r++)
+        for (int64_t c = 0; c < n; c++) stf(a->dtype, a->out, b * n * n + r * n + c, s * w[c * n + r]);
+}
+
+/* Division-free cofactor matrix adj(A)^T from the packed factors. w: n*n scratch. */
+static void cofactor(const flx_lu_args *a, double *m, int64_t *piv, double *w) {
+    for (int64_t b = 0; b < a->batch; b++) {
+        (void)unpack(a, b, m, piv);
+        adjugate(m, piv, a->n, w);
+        store_adj_t(a, b, 1.0, w);
+    }
+}
+
+/* DET_GRAD: g adj(A)^T; LOGDET_GRAD: g A^-T (column c = A^-T e_c); both straight from A.
+ * w: n*n scratch, x: n. */
+static void det_grad(const flx_lu_args *a, double *m, int64_t *piv, double *w, double *x) {
+    int64_t n = a->n;
+    for (int64_t b = 0; b < a->batch; b++) {
+        factor_one(a, b, m, piv);
+        double s = a->b ? ldf(a->dtype, a->b, b) : 1.0;
+        if (a->mode == FLX_LU_DET_GRAD) {
+            adjugate(m, piv, n, w);
+            store_adj_t(a, b, s, w);
+            continue;
+        }
+        for (int64_t c = 0; c < n; c++) {
+            for (int64_t i = 0; i < n; i++) x[i] = (double)(i == c);
+            solve_vec(m, piv, n, 1, x);
+            for (int64_t i = 0; i < n; i++) stf(a->dtype, a->out, b * n * n + i * n + c, s * x[i]);
+        }
     }
 }
 
@@ -227,6 +259,8 @@ flx_status flx_cpu_lu(flx_ctx *ctx, const flx_lu_args *a) {
     case FLX_LU_FACTOR: factor(a, m, piv); break;
     case FLX_LU_SOLVE: solve(a, m, piv, x); break;
     case FLX_LU_COFACTOR: cofactor(a, m, piv, w); break;
+    case FLX_LU_DET_GRAD:
+    case FLX_LU_LOGDET_GRAD: det_grad(a, m, piv, w, x); break;
     default: det(a, m, piv); break;
     }
     free(m);

@@ -153,7 +153,6 @@ FLX_CUDA_FAMILY(unary, flx_unary_args, a->dtype)
 FLX_CUDA_FAMILY(binary, flx_binary_args, a->dtype)
 FLX_CUDA_FAMILY(where, flx_where_args, a->dtype)
 FLX_CUDA_FAMILY(conv, flx_conv_args, a->dtype)       /* nn sliding windows: kernels/conv.cu */
-FLX_CUDA_FAMILY(softmax, flx_softmax_args, a->dtype) /* softmax family: kernels/softmax.cu */
 FLX_CUDA_FAMILY(optim, flx_optim_args, a->dtype)     /* fused optimisers: kernels/optim.cu */
 FLX_CUDA_FAMILY(fused, flx_fused_args, a->dtype)     /* fused elementwise: kernels/elementwise.cu */
 #undef FLX_CUDA_FAMILY
@@ -168,17 +167,36 @@ static flx_status copy_in(flx_ctx *ctx, const flx_copy_args *a) {
 }
 FLX_CUDA_GUARDED(cuda_copy, flx_copy_args, copy_in)
 
-/* Scratch for the kernel launchers that need some (LU, eigh, index_add), from the context's pool.
- * Counted in allocs/frees; not in bytes_in_use (freed, stream-ordered, within the same call). */
+/* Scratch for the kernel launchers that need some (LU, eigh, index_add, attention): blocks from
+ * the context's buffer cache (flx_scratch_new), so a small call costs no allocator call; each is
+ * freed right after the launcher queues the work using it (stream-ordered). The launchers free by
+ * pointer, so the blocks they hold are listed in the state; past that list (or while a graph is
+ * captured, when the cache is off anyway) they come straight from the pool. Counted in
+ * allocs/frees; not in bytes_in_use. */
 static void *scratch_alloc(void *actx, size_t nbytes) {
     flx_ctx *ctx = (flx_ctx *)actx;
+    cuda_state *s = flx_cuda_st(ctx);
+    if (s->n_scratch < FLX_CUDA_SCRATCH_SLOTS) {
+        flx_buffer *b = flx_scratch_new(ctx, nbytes);
+        if (!b) return NULL;
+        s->scratch[s->n_scratch++] = b;
+        return b->ptr;
+    }
     void *p = flx_cuda_alloc(ctx, nbytes);
     if (p) ctx->stats.allocs++;
     return p;
 }
 static void scratch_free(void *actx, void *ptr) {
+    if (!ptr) return;
     flx_ctx *ctx = (flx_ctx *)actx;
-    if (ptr) ctx->stats.frees++;
+    cuda_state *s = flx_cuda_st(ctx);
+    for (int i = s->n_scratch; i-- > 0;)
+        if (s->scratch[i]->ptr == ptr) {
+            flx_scratch_release(s->scratch[i]);
+            s->scratch[i] = s->scratch[--s->n_scratch];
+            return;
+        }
+    ctx->stats.frees++;
     flx_cuda_free(ctx, ptr);
 }
 /* For scratch that only speeds a kernel up (index_add's sort): failing is not an error. */
@@ -201,17 +219,32 @@ static flx_status index_in(flx_ctx *ctx, const flx_index_args *a) {
 }
 FLX_CUDA_GUARDED(cuda_index, flx_index_args, index_in)
 
-/* Reductions split over many blocks (kernels/reduce.cu) take their partials from the allocator. */
+/* Reductions split over many blocks (kernels/reduce.cu) take their partials from scratch. */
 static flx_status reduce_in(flx_ctx *ctx, const flx_reduce_args *a) {
     flx_reduce_args b = *a;
     b.scratch_bytes = flx_cuda_reduce_scratch_bytes(a);
-    b.scratch = b.scratch_bytes ? scratch_alloc(ctx, b.scratch_bytes) : NULL;
-    if (b.scratch_bytes && !b.scratch) return flx_last_status();
+    flx_buffer *sb = b.scratch_bytes ? flx_scratch_new(ctx, b.scratch_bytes) : NULL;
+    if (b.scratch_bytes && !sb) return flx_last_status();
+    b.scratch = sb ? sb->ptr : NULL;
     int rc = flx_cuda_reduce(&b, (void *)flx_cuda_st(ctx)->stream);
-    scratch_free(ctx, b.scratch);
+    flx_scratch_release(sb);
     return launched(rc, "reduce", a->dtype);
 }
 FLX_CUDA_GUARDED(cuda_reduce, flx_reduce_args, reduce_in)
+
+/* The softmax family (kernels/softmax.cu): a strided softmax over few long columns is split over
+ * the GPU with its partials in scratch from the context's pool; without it (out of memory) the
+ * kernel runs one thread per column, so failing to allocate is not an error. */
+static flx_status softmax_in(flx_ctx *ctx, const flx_softmax_args *a) {
+    flx_softmax_args b = *a;
+    b.scratch_bytes = flx_cuda_softmax_scratch_bytes(a);
+    b.scratch = b.scratch_bytes ? scratch_try_alloc(ctx, b.scratch_bytes) : NULL;
+    if (!b.scratch) b.scratch_bytes = 0;
+    int rc = flx_cuda_softmax(&b, (void *)flx_cuda_st(ctx)->stream);
+    scratch_free(ctx, b.scratch);
+    return launched(rc, "softmax", a->dtype);
+}
+FLX_CUDA_GUARDED(cuda_softmax, flx_softmax_args, softmax_in)
 
 /* ---- matmul ----------------------------------------------------------------------------------- */
 /* C := beta * C for every batch when k == 0 (no products to add). */

@@ -23,6 +23,10 @@
 #define FLX_CUDA_STAGING_SLOTS 4
 #define FLX_CUDA_STAGING_MAX ((size_t)8 << 20) /* larger uploads go in chunks of this size */
 
+/* Scratch blocks a launcher may hold at once through the cache (flx_scratch_new); more come
+ * straight from the pool. A launcher holds at most 6 at once (flxk::Scratch), and LU nests two. */
+#define FLX_CUDA_SCRATCH_SLOTS 16
+
 typedef struct cuda_staging {
     void *host; /* pinned, cap bytes (NULL until first used) */
     size_t cap;
@@ -42,6 +46,8 @@ typedef struct cuda_state {
     struct flx_cuda_lt *lt; /* cuBLASLt handle, workspace, descriptor cache (gemm_lt.c); lazy */
     cuda_staging staging[FLX_CUDA_STAGING_SLOTS];
     int next_slot;
+    struct flx_buffer *scratch[FLX_CUDA_SCRATCH_SLOTS]; /* lent to a kernel launcher (backend.c) */
+    int n_scratch;
 } cuda_state;
 
 static inline cuda_state *flx_cuda_st(flx_ctx *ctx) { return (cuda_state *)ctx->backend_state; }

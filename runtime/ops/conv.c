@@ -7,8 +7,11 @@
  * Rules. IM2COL and COL2IM are linear and each other's transpose: VJP of one is the other, JVP is
  * the op itself on the tangent. So conv2d's gradient is made of matmul, im2col and col2im, and
  * every order of derivative works. MAXPOOL routes through the argmax: its VJP is
- * MAXPOOL_BACKWARD(g, argmax(x)) and its JVP gathers the tangent at argmax(x) (index_select of
- * the flattened tangent). MAXPOOL_BACKWARD is linear in g: its VJP is that gather, its JVP itself. */
+ * MAXPOOL_BACKWARD(g, x), whose kernel finds each window's argmax again in x (one pass, no index
+ * tensor written and read back; MAXPOOL_BACKWARD(g, indices) is the same op over a given argmax),
+ * and its JVP gathers the tangent at argmax(x) (index_select of the flattened tangent).
+ * MAXPOOL_BACKWARD is linear in g (its VJP is that gather, its JVP itself on the tangent) and
+ * piecewise constant in x (no derivative flows to x). */
 #include <math.h>
 #include <string.h>
 
@@ -156,9 +159,10 @@ static flx_tensor *maxpool_node(flx_op op, flx_tensor *x, const flx_attrs *at0) 
     return flx_adopt(flx_node_new(x->ctx, op, dt, 4, shape, 1, &x, &at));
 }
 
-static flx_tensor *maxpool_backward_node(flx_tensor *g, flx_tensor *idx, const flx_attrs *at) {
+/* The max-pool backward of g; route: the i64 argmax indices, or the pooled input itself. */
+static flx_tensor *maxpool_backward_node(flx_tensor *g, flx_tensor *route, const flx_attrs *at) {
     int64_t shape[4] = {g->shape[0], g->shape[1], at->u.conv.in_hw[0], at->u.conv.in_hw[1]};
-    flx_tensor *in[2] = {g, idx};
+    flx_tensor *in[2] = {g, route};
     return flx_adopt(flx_node_new(g->ctx, FLX_OP_MAXPOOL_BACKWARD, g->dtype, 4, shape, 2, in, at));
 }
 
@@ -193,7 +197,8 @@ static flx_status exec_conv(const flx_tensor *t, void *out, const void *const *i
         a.mode = t->op == FLX_OP_COL2IM ? FLX_CONV_COL2IM : FLX_CONV_MAXPOOL_BACKWARD;
         a.dtype = t->dtype;
         a.in = in[0];
-        if (t->op == FLX_OP_MAXPOOL_BACKWARD) a.idx = (const int64_t *)in[1];
+        if (t->op == FLX_OP_MAXPOOL_BACKWARD && t->in[1]->dtype == FLX_I64) a.idx = (const int64_t *)in[1];
+        else if (t->op == FLX_OP_MAXPOOL_BACKWARD) a.x = in[1];
         a.out = out;
         break;
     default: return flx_set_error(FLX_ERR_STATE, "exec_conv: not a sliding-window op");
@@ -211,8 +216,7 @@ static flx_status vjp_col2im(flx_tensor *t, flx_tensor *g, flx_tensor **gin) {
     return flx_rule_status(gin[0]);
 }
 static flx_status vjp_maxpool(flx_tensor *t, flx_tensor *g, flx_tensor **gin) {
-    flx_tensor *idx = maxpool_node(FLX_OP_MAXPOOL_ARGMAX, t->in[0], &t->attrs);
-    gin[0] = idx ? maxpool_backward_node(g, idx, &t->attrs) : NULL;
+    gin[0] = maxpool_backward_node(g, t->in[0], &t->attrs);
     return flx_rule_status(gin[0]);
 }
 static flx_status jvp_maxpool(flx_tensor *t, flx_tensor *const *tin, flx_tensor **tout) {
@@ -222,9 +226,21 @@ static flx_status jvp_maxpool(flx_tensor *t, flx_tensor *const *tin, flx_tensor 
     *tout = idx ? gather_flat(tin[0], idx) : NULL;
     return flx_rule_status(*tout);
 }
+/* The argmax indices a MAXPOOL_BACKWARD node routes by. */
+static flx_tensor *route_indices(flx_tensor *t) {
+    flx_tensor *r = t->in[1];
+    return r->dtype == FLX_I64 ? r : maxpool_node(FLX_OP_MAXPOOL_ARGMAX, r, &t->attrs);
+}
 static flx_status vjp_maxpool_backward(flx_tensor *t, flx_tensor *g, flx_tensor **gin) {
-    gin[0] = gather_flat(g, t->in[1]);
+    flx_tensor *idx = route_indices(t);
+    gin[0] = idx ? gather_flat(g, idx) : NULL;
     return flx_rule_status(gin[0]);
+}
+static flx_status jvp_maxpool_backward(flx_tensor *t, flx_tensor *const *tin, flx_tensor **tout) {
+    *tout = NULL;
+    if (!tin[0]) return FLX_OK;
+    *tout = maxpool_backward_node(tin[0], t->in[1], &t->attrs);
+    return flx_rule_status(*tout);
 }
 void flx_ops_register_conv(flx_op_def *t) {
     t[FLX_OP_IM2COL] = (flx_op_def){"im2col", exec_conv, vjp_im2col, flx_jvp_linear, 0};
@@ -233,7 +249,7 @@ void flx_ops_register_conv(flx_op_def *t) {
     t[FLX_OP_MAXPOOL_ARGMAX] =
         (flx_op_def){"max_pool2d_argmax", exec_conv, NULL, flx_jvp_zero, FLX_OPF_NONDIFF};
     t[FLX_OP_MAXPOOL_BACKWARD] = (flx_op_def){"max_pool2d_backward", exec_conv,
-                                              vjp_maxpool_backward, flx_jvp_linear, 0};
+                                              vjp_maxpool_backward, jvp_maxpool_backward, 0};
 }
 
 /* ---- public ----------------------------------------------------------------------------------- */

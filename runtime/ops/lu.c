@@ -10,6 +10,12 @@
  *   LU_DET(A, LU)       det / log|det| / sign / log det (attrs.lu.mode).
  *   LU_COFACTOR(A, LU)  adj(A)^T, computed without dividing by anything: the gradient of det,
  *                       finite and correct at singular A.
+ * For n <= FLX_LU_REG_N the derivatives of det and log|det| skip the factors: one node
+ *   LU_DET_GRAD(A [, g]) g cof(A) (attrs.lu.mode FLX_LU_DET_GRAD) or g A^-T (FLX_LU_LOGDET_GRAD),
+ *                       g per matrix (absent: 1), one kernel that reads A (and g) once and
+ *                       writes only the gradient; det and slogdet of such A are then
+ *                       forward-only forms too, so a det forward + backward reads A twice and
+ *                       stores nothing else.
  * The rules reuse the forward factors (a solve with the saved LU, never an explicit inverse
  * unless the result is one) and are built from these ops and public ones, so they differentiate
  * again:
@@ -17,12 +23,14 @@
  *   d det    = <cof(A), dA>                   (cof(A) = det A^-T, division-free)
  *   d logdet = <A^-T, dA> = tr(A^-1 dA)
  *   d cof    = tr(A^-1 dA) cof - A^-T dA^T cof    (valid for nonsingular A)
+ *   d A^-T   = -A^-T dA^T A^-T
  * Second derivatives of det at an exactly singular matrix go through solves and are not finite:
  * the first derivative is exact there, higher ones need a nonsingular point.
  *
- * Forward-only forms: det, solve and inverse of inputs no gradient flows to take A in place of
- * the factors (LU_DET(A), LU_SOLVE(A, B), LU_SOLVE(A) for the inverse); their kernels factorise
- * on the fly and write no packed factors. A rule that needs the factors later builds them. */
+ * Forward-only forms: det, solve and inverse of inputs no gradient flows to, and of any A with
+ * n <= FLX_LU_REG_N, take A in place of the factors (LU_DET(A), LU_SOLVE(A, B), LU_SOLVE(A) for
+ * the inverse); their kernels factorise on the fly and write no packed factors. A rule that
+ * needs the factors later builds them. */
 #include <string.h>
 
 #include "internal.h"
@@ -103,6 +111,19 @@ static flx_tensor *cofactor_node(flx_tensor *A, flx_tensor *LU) {
     return lu_node(FLX_OP_LU_COFACTOR, A, 2, in, A->ndim, A->shape, FLX_LU_COFACTOR, 0, 0);
 }
 
+/* Whether A's det derivatives take the one-kernel LU_DET_GRAD form (registers on CUDA). */
+static bool reg_sized(const flx_tensor *A) { return n_of(A) <= FLX_LU_REG_N; }
+
+/* g F(A) per matrix (g NULL: F(A)), F = cof(A) for mode FLX_LU_DET_GRAD, A^-T for
+ * FLX_LU_LOGDET_GRAD; A with reg_sized(A), g of A's batch shape. */
+static flx_tensor *det_grad_node(flx_tensor *A, flx_tensor *g, int32_t mode) {
+    if (g && g->dtype != A->dtype) g = flx_cast(g, A->dtype);
+    flx_tensor *in[2] = {A, g};
+    int32_t n_in = g ? 2 : 1;
+    if (!flx_check_inputs("flx_det", n_in, in)) return NULL;
+    return lu_node(FLX_OP_LU_DET_GRAD, A, n_in, in, A->ndim, A->shape, mode, 0, 0);
+}
+
 /* The LU input of a consumer node; a forward-only node gets its factors here, when a derivative
  * first asks for them. */
 static flx_tensor *lu_in(flx_tensor *y) { return has_lu(y) ? y->in[1] : factor_node(y->in[0]); }
@@ -155,6 +176,16 @@ static flx_status exec_lu(const flx_tensor *t, void *out, const void *const *in)
     return flx_kernel_lu(t->ctx, &a);
 }
 
+static flx_status exec_det_grad(const flx_tensor *t, void *out, const void *const *in) {
+    if (t->numel == 0) return FLX_OK;
+    const flx_tensor *A = t->in[0];
+    flx_lu_args a = {
+        .mode = t->attrs.u.lu.mode, .dtype = t->dtype, .batch = batch_of(A), .n = n_of(A),
+        .a = in[0], .b = t->n_in > 1 ? in[1] : NULL, .err = flx_kerr_site(t), .out = out
+    };
+    return flx_kernel_lu(t->ctx, &a);
+}
+
 /* ---- rules ------------------------------------------------------------------------------------ */
 /* X = A^-1 B: gB = A^-T g, gA = -gB X^T.   X = A^-T B: gB = A^-1 g, gA = -X gB^T. */
 static flx_status vjp_solve(flx_tensor *y, flx_tensor *g, flx_tensor **gin) {
@@ -188,15 +219,22 @@ static flx_status jvp_solve(flx_tensor *y, flx_tensor *const *tin, flx_tensor **
     return flx_rule_status(*tout);
 }
 
+/* The LU_DET_GRAD mode of a det node's derivative: cof(A) for det, A^-T for log|det| / logdet. */
+static int32_t grad_mode(const flx_tensor *y) {
+    return y->attrs.u.lu.mode == FLX_LU_DET ? FLX_LU_DET_GRAD : FLX_LU_LOGDET_GRAD;
+}
+
 /* The factor F with d out = <F, dA> per matrix: cof(A) for det, A^-T for log|det| / logdet. */
 static flx_tensor *det_factor(flx_tensor *y) {
     flx_tensor *A = y->in[0];
+    if (reg_sized(A)) return det_grad_node(A, NULL, grad_mode(y));
     return y->attrs.u.lu.mode == FLX_LU_DET ? cofactor_node(A, lu_in(y)) : inv_t(A, lu_in(y));
 }
 
 static flx_status vjp_det(flx_tensor *y, flx_tensor *g, flx_tensor **gin) {
-    if (y->attrs.u.lu.mode == FLX_LU_SIGN || !y->in[0]->requires_grad) return FLX_OK;
-    gin[0] = flx_mul(per_matrix(g), det_factor(y));
+    flx_tensor *A = y->in[0];
+    if (y->attrs.u.lu.mode == FLX_LU_SIGN || !A->requires_grad) return FLX_OK;
+    gin[0] = reg_sized(A) ? det_grad_node(A, g, grad_mode(y)) : flx_mul(per_matrix(g), det_factor(y));
     return flx_rule_status(gin[0]);
 }
 
@@ -207,25 +245,83 @@ static flx_status jvp_det(flx_tensor *y, flx_tensor *const *tin, flx_tensor **to
     return flx_rule_status(*tout);
 }
 
-/* C = cof(A): dC = tr(A^-1 dA) C - A^-T dA^T C;  gA = transpose(A^-1 (<G, C> I - G C^T)). */
+/* C = cof(A) with A's factors LU: the VJP for the cotangent G, transpose(A^-1 (<G, C> I - G C^T)),
+ * and the JVP for the tangent dA, tr(A^-1 dA) C - A^-T dA^T C. */
+static flx_tensor *cofactor_vjp(flx_tensor *A, flx_tensor *LU, flx_tensor *C, flx_tensor *G) {
+    flx_tensor *s = sum_mat(flx_mul(G, C), true);
+    flx_tensor *M = flx_sub(flx_mul(s, eye_like(A)), flx_matmul(G, mT(C)));
+    flx_tensor *X = M && LU ? solve_node(A, LU, M, 0, 0) : NULL;
+    return X ? mT(X) : NULL;
+}
+
+static flx_tensor *cofactor_jvp(flx_tensor *A, flx_tensor *LU, flx_tensor *C, flx_tensor *dA) {
+    flx_tensor *tr = sum_mat(flx_mul(inv_t(A, LU), dA), true);
+    flx_tensor *R = flx_matmul(mT(dA), C);
+    flx_tensor *S = R && LU ? solve_node(A, LU, R, 1, 0) : NULL;
+    return flx_sub(flx_mul(tr, C), S);
+}
+
+/* X = A^-T: d X = -X dA^T X. The map V -> -X V^T X is its own adjoint (the Hessian of log|det|
+ * is symmetric), so it gives both the JVP for the tangent V and the VJP for the cotangent V. */
+static flx_tensor *inv_t_deriv(flx_tensor *X, flx_tensor *V) {
+    return flx_neg(flx_matmul(X, flx_matmul(mT(V), X)));
+}
+
 static flx_status vjp_cofactor(flx_tensor *y, flx_tensor *g, flx_tensor **gin) {
     flx_tensor *A = y->in[0];
     if (!A->requires_grad) return FLX_OK;
-    flx_tensor *s = sum_mat(flx_mul(g, y), true);
-    flx_tensor *M = flx_sub(flx_mul(s, eye_like(A)), flx_matmul(g, mT(y)));
-    flx_tensor *X = M ? solve_node(A, lu_in(y), M, 0, 0) : NULL;
-    gin[0] = X ? mT(X) : NULL;
+    gin[0] = cofactor_vjp(A, lu_in(y), y, g);
     return flx_rule_status(gin[0]);
 }
 
 static flx_status jvp_cofactor(flx_tensor *y, flx_tensor *const *tin, flx_tensor **tout) {
     *tout = NULL;
     if (!tin[0]) return FLX_OK;
-    flx_tensor *A = y->in[0];
-    flx_tensor *tr = sum_mat(flx_mul(inv_t(A, lu_in(y)), tin[0]), true);
-    flx_tensor *R = flx_matmul(mT(tin[0]), y);
-    flx_tensor *S = R ? solve_node(A, lu_in(y), R, 1, 0) : NULL;
-    *tout = flx_sub(flx_mul(tr, y), S);
+    *tout = cofactor_jvp(y->in[0], lu_in(y), y, tin[0]);
+    return flx_rule_status(*tout);
+}
+
+/* y = g F(A), F = cof or A^-T: gA = VJP of F for g G, gg = <G, F>;  dy = g dF + dg F. The factors
+ * and F itself (y when g is absent) are rebuilt from A here: the forward kept neither. */
+static flx_tensor *det_grad_unscaled(flx_tensor *y) {
+    return y->n_in > 1 ? det_grad_node(y->in[0], NULL, y->attrs.u.lu.mode) : y;
+}
+
+static flx_status vjp_det_grad(flx_tensor *y, flx_tensor *G, flx_tensor **gin) {
+    flx_tensor *A = y->in[0], *g = y->n_in > 1 ? y->in[1] : NULL;
+    bool gradA = A->requires_grad, gradg = g && g->requires_grad;
+    if (!gradA && !gradg) return FLX_OK;
+    flx_tensor *F = det_grad_unscaled(y);
+    if (gradg) {
+        gin[1] = sum_mat(flx_mul(G, F), false);
+        if (!gin[1]) return flx_last_status();
+    }
+    if (gradA) {
+        flx_tensor *H = g ? flx_mul(per_matrix(g), G) : G;
+        gin[0] = y->attrs.u.lu.mode == FLX_LU_DET_GRAD ? cofactor_vjp(A, factor_node(A), F, H)
+                                                       : inv_t_deriv(F, H);
+        if (!gin[0]) return flx_last_status();
+    }
+    return FLX_OK;
+}
+
+static flx_status jvp_det_grad(flx_tensor *y, flx_tensor *const *tin, flx_tensor **tout) {
+    *tout = NULL;
+    flx_tensor *A = y->in[0], *g = y->n_in > 1 ? y->in[1] : NULL;
+    flx_tensor *dA = tin[0], *dg = g ? tin[1] : NULL;
+    if (!dA && !dg) return FLX_OK;
+    flx_tensor *F = det_grad_unscaled(y), *r = NULL;
+    if (dA) {
+        flx_tensor *dF = y->attrs.u.lu.mode == FLX_LU_DET_GRAD
+                             ? cofactor_jvp(A, factor_node(A), F, dA)
+                             : inv_t_deriv(F, dA);
+        r = g ? flx_mul(per_matrix(g), dF) : dF;
+    }
+    if (dg) {
+        flx_tensor *t = flx_mul(per_matrix(dg), F);
+        r = dA ? flx_add(r, t) : t;
+    }
+    *tout = r;
     return flx_rule_status(*tout);
 }
 
@@ -234,12 +330,14 @@ void flx_ops_register_lu(flx_op_def *t) {
     t[FLX_OP_LU_SOLVE] = (flx_op_def){"lu_solve", exec_lu, vjp_solve, jvp_solve, 0};
     t[FLX_OP_LU_DET] = (flx_op_def){"lu_det", exec_lu, vjp_det, jvp_det, 0};
     t[FLX_OP_LU_COFACTOR] = (flx_op_def){"lu_cofactor", exec_lu, vjp_cofactor, jvp_cofactor, 0};
+    t[FLX_OP_LU_DET_GRAD] = (flx_op_def){"lu_det_grad", exec_det_grad, vjp_det_grad, jvp_det_grad, 0};
 }
 
 /* ---- public ------------------------------------------------------------------------------------ */
 static flx_tensor *det_public(const char *op, flx_tensor *a, int32_t mode) {
     if (!flx_check_square(op, a)) return NULL;
-    if (!a->requires_grad || !flx_grad_enabled()) return det_direct_node(a, mode);
+    /* Small A: the derivatives take LU_DET_GRAD, which needs no factors. */
+    if (!a->requires_grad || !flx_grad_enabled() || reg_sized(a)) return det_direct_node(a, mode);
     if (flx_scope_begin() != FLX_OK) return NULL;
     flx_tensor *lu = factor_node(a);
     return flx_scope_return(lu ? det_node(a, lu, mode) : NULL);
@@ -256,9 +354,15 @@ flx_status flx_slogdet(flx_tensor *a, flx_tensor **sign, flx_tensor **logabsdet)
         return flx_set_error(FLX_ERR_INVALID_ARGUMENT, "%s: sign and logabsdet must not be NULL", op);
     if (!flx_check_square(op, a)) return flx_last_status();
     if (flx_scope_begin() != FLX_OK) return flx_last_status();
-    flx_tensor *lu = factor_node(a);
-    flx_tensor *s = lu ? det_node(a, lu, FLX_LU_SIGN) : NULL;
-    flx_tensor *l = lu ? det_node(a, lu, FLX_LU_LOGABS) : NULL;
+    flx_tensor *s = NULL, *l = NULL;
+    if (reg_sized(a)) { /* two register kernels on A beat storing and reading back the factors */
+        s = det_direct_node(a, FLX_LU_SIGN);
+        l = det_direct_node(a, FLX_LU_LOGABS);
+    } else {
+        flx_tensor *lu = factor_node(a);
+        s = lu ? det_node(a, lu, FLX_LU_SIGN) : NULL;
+        l = lu ? det_node(a, lu, FLX_LU_LOGABS) : NULL;
+    }
     flx_tensor *keep[2] = {s, l};
     bool ok = s && l;
     flx_scope_end(ok ? 2 : 0, keep);
@@ -305,8 +409,10 @@ static flx_tensor *solve_public(const char *op, flx_tensor *a, flx_tensor *b, bo
     }
     if (flx_scope_begin() != FLX_OK) return NULL;
     flx_tensor *B = is_inv ? NULL : (vec ? flx_unsqueeze(b, -1) : b);
-    /* Forward only (no gradient, no info asked for): straight from A, no packed factors. */
-    bool direct = !info && (!flx_grad_enabled() || (!a->requires_grad && !(b && b->requires_grad)));
+    /* Straight from A, no packed factors, unless info is asked for: when no gradient can flow,
+     * and for small A always (one register kernel; a derivative builds the factors it needs). */
+    bool direct = !info && (reg_sized(a) || !flx_grad_enabled() ||
+                            (!a->requires_grad && !(b && b->requires_grad)));
     flx_tensor *lu = direct ? NULL : factor_node(a);
     flx_tensor *x = direct ? ((is_inv || B) ? solve_direct_node(a, B, 1) : NULL)
                   : !lu ? NULL

@@ -124,9 +124,24 @@ flx_tensor *flx_batch_norm(flx_tensor *x, flx_tensor *gamma, flx_tensor *beta,
         mu = chan_view(rm, nd);
         var = chan_view(rv, nd);
     }
-    flx_tensor *y = flx_mul(flx_sub(xc, mu), flx_rsqrt(flx_add_scalar(var, eps)));
-    if (gamma) y = flx_mul(y, chan_view(in_compute(gamma), nd));
-    if (beta) y = flx_add(y, chan_view(in_compute(beta), nd));
+    flx_tensor *rstd = flx_rsqrt(flx_add_scalar(var, eps));
+    flx_tensor *gv = gamma ? chan_view(in_compute(gamma), nd) : NULL;
+    flx_tensor *bv = beta ? chan_view(in_compute(beta), nd) : NULL;
+    flx_tensor *y;
+    if (training) {
+        /* The value from detached inputs, the derivatives from the node's closed-form rules
+         * (runtime/ops/batch_norm.c); the same ops as below, so the same bits. */
+        flx_no_grad_begin();
+        y = flx_mul(flx_sub(flx_detach(xc), flx_detach(mu)), flx_detach(rstd));
+        if (gv) y = flx_mul(y, flx_detach(gv));
+        if (bv) y = flx_add(y, flx_detach(bv));
+        flx_no_grad_end();
+        y = flx_batch_norm_node(y, xc, mu, rstd, gv, bv);
+    } else {
+        y = flx_mul(flx_sub(xc, mu), rstd);
+        if (gv) y = flx_mul(y, gv);
+        if (bv) y = flx_add(y, bv);
+    }
     y = flx_cast(y, dt);
     flx_tensor *keep[3] = {y, NULL, NULL};
     int32_t nk = 1;
