@@ -186,9 +186,12 @@ template <typename P> __device__ void finish_step(const P &a, double t) {
     }
 }
 
-// Three blocks per SM: the vector steps keep enough bytes in flight at 80 registers (no spills).
+// Two blocks per SM (up to 128 registers): a vector step holds five V-wide double arrays plus
+// the hyper-parameters, which spilled 12-24 bytes under the three-block cap of 80 registers. Two
+// blocks still keep 512 threads x 5 streams x 16 bytes = 40 KB in flight per SM, more than the
+// ~15 KB that DRAM latency x bandwidth asks for.
 template <typename T, typename S, typename P>
-__global__ void __launch_bounds__(flxk::kBlock, 3) optim_kernel(const P a) {
+__global__ void __launch_bounds__(flxk::kBlock, 2) optim_kernel(const P a) {
     int64_t lo, hi;
     const int j = block_tensor(a, blockIdx.x, &lo, &hi);
 
