@@ -248,14 +248,16 @@ template <typename T> __global__ void __launch_bounds__(kWarps * 32) k_bwd_cols(
         sp[lane] = pr;
         sds[lane] = ds;
         __syncwarp();
+        // The chunk's rows, walked by their row stride (one 64-bit base per operand).
+        const T *dob = at<T>(p.dout, b, h, i0), *qb = at<T>(p.q, b, h, i0);
         for (int c = lane; c < Dv; c += 32) {
             A a = dv[c];
-            for (int ii = 0; ii < n; ii++) a += sp[ii] * (A)to_c(at<T>(p.dout, b, h, i0 + ii)[c]);
+            for (int ii = 0; ii < n; ii++) a += sp[ii] * (A)to_c(dob[ii * p.dout.sr + c]);
             dv[c] = a;
         }
         for (int c = lane; c < D; c += 32) {
             A a = dk[c];
-            for (int ii = 0; ii < n; ii++) a += sds[ii] * (A)to_c(at<T>(p.q, b, h, i0 + ii)[c]);
+            for (int ii = 0; ii < n; ii++) a += sds[ii] * (A)to_c(qb[ii * p.q.sr + c]);
             dk[c] = a;
         }
         __syncwarp();
