@@ -247,4 +247,57 @@ TEST_F(DetGradCuda, HessianVectorProductsMatchCpu) {
     }
 }
 
+// More matrices than one grid holds (grid_for caps it at 32 blocks per SM, of 128 f32 or 64 f64
+// matrices each; 2^20 + 37 matrices outnumber that on GPUs of up to 256 SMs), so the slab loop of
+// every small kernel runs again over shared memory its last pass used: det and its gradient,
+// log|det|'s gradient, the inverse straight from A, and a solve with info from the packed
+// factors, against the CPU.
+TEST_F(DetGradCuda, BatchesBeyondOneGridMatchCpu) {
+    const int64_t batch = ((int64_t)1 << 20) + 37;
+    for (flx_dtype dt : {FLX_F32, FLX_F64}) {
+        const int64_t n = dt == FLX_F32 ? 3 : 2;
+        SCOPED_TRACE(mtrace(dt, batch, n));
+        const double tol = dt == FLX_F64 ? 1e-10 : 2e-4;
+        flx_tensor *Ac = flxt::make(cpu, dt, {batch, n, n}, signed_dominant(batch, n, 1000 + n));
+        flx_tensor *Wc = flxt::rand_tensor(cpu, dt, {batch}, 1001, 0.5, 1.5);
+        flx_tensor *Bc = flxt::rand_tensor(cpu, dt, {batch, n, 2}, 1002);
+        flx_tensor *Ag = flx_to_ctx(Ac, gpu), *Wg = flx_to_ctx(Wc, gpu), *Bg = flx_to_ctx(Bc, gpu);
+        ASSERT_TRUE(Ac && Wc && Bc && Ag && Wg && Bg) << flx_last_error();
+        for (int which : {0, 1}) {
+            SCOPED_TRACE(which == 0 ? "det" : "log|det|");
+            flx_tensor *rc = det_and_grad(Ac, Wc, which), *rg = det_and_grad(Ag, Wg, which);
+            ASSERT_TRUE(rc && rg) << flx_last_error();
+            EXPECT_TRUE(close(values(rg), values(rc), tol, tol));
+        }
+        EXPECT_TRUE(close(values(flx_inv(Ag)), values(flx_inv(Ac)), tol, tol)) << "inv";
+        flx_tensor *ic = nullptr, *ig = nullptr;
+        flx_tensor *xc = flx_solve_ex(Ac, Bc, &ic), *xg = flx_solve_ex(Ag, Bg, &ig);
+        ASSERT_TRUE(xc && xg && ic && ig) << flx_last_error();
+        EXPECT_TRUE(close(values(xg), values(xc), tol, tol)) << "solve_ex";
+        EXPECT_EQ(values(ig), values(ic));
+    }
+    EXPECT_EQ(flx_ctx_synchronize(gpu), FLX_OK) << flx_last_error();
+}
+
+// Empty batches and 0 x 0 matrices: det 1 (log|det| and log det 0) per 0 x 0 matrix, empty
+// gradients, and no launch of an empty grid (the context's error word stays clear).
+TEST_F(DetGradCuda, EmptyBatchesAndEmptyMatrices) {
+    for (flx_dtype dt : {FLX_F32, FLX_F64})
+        for (flxt::Shape s : {flxt::Shape{0, 3, 3}, flxt::Shape{2, 0, 0}, flxt::Shape{0, 0}}) {
+            flxt::Shape bs(s.begin(), s.end() - 2);
+            const int64_t nb = flxt::numel_of(bs), n = s.back();
+            for (int which : {0, 1, 2}) {
+                SCOPED_TRACE(std::string(flx_dtype_name(dt)) + " batch " + std::to_string(nb) + " n " +
+                             std::to_string(n) + " which " + std::to_string(which));
+                flx_tensor *A = flx_zeros(gpu, dt, (int32_t)s.size(), s.data());
+                flx_tensor *W = flx_ones(gpu, dt, (int32_t)bs.size(), bs.data());
+                flx_tensor *r = det_and_grad(A, W, which); // the empty gradient, then f(A)
+                ASSERT_NE(r, nullptr) << flx_last_error();
+                std::vector<double> want(n == 0 ? (size_t)nb : 0, which == 0 ? 1.0 : 0.0);
+                EXPECT_EQ(values(r), want);
+            }
+        }
+    EXPECT_EQ(flx_ctx_synchronize(gpu), FLX_OK) << flx_last_error();
+}
+
 }  // namespace
