@@ -361,8 +361,9 @@ int flx_cuda_optim(const flx_optim_args *args, void *stream);
  *           lu == NULL: a (as for FACTOR) is factorised on the fly and no packed LU is written
  *           (forward-only solve and inverse).
  * DET, LOGABS, SIGN, LOGDET: lu packed -> out (batch): det, log|det|, sign(det) (0 if singular),
- *           log det (NaN when det < 0, -inf when det == 0). lu == NULL: a (as for FACTOR) is
- *           factorised on the fly and no packed LU is written (forward-only det).
+ *           log det (NaN when det < 0, -inf when det == 0); every form is NaN when U's diagonal
+ *           holds a NaN, even beside a zero pivot. lu == NULL: a (as for FACTOR) is factorised
+ *           on the fly and no packed LU is written (forward-only det).
  * COFACTOR: lu packed -> out (batch, n, n) row-major = adj(A)^T, computed without any division
  *           (finite and exact in form at singular A): adj(A) = sign(P) adj(U) L^-1 P^T with adj(U)
  *           from products of U's diagonal.

@@ -127,12 +127,13 @@ static void det(const flx_lu_args *a, double *m, int64_t *piv) {
         else factor_one(a, b, m, piv); /* forward-only det: no packed factors */
         int neg = 0;
         double logabs = 0.0, prod = 1.0;
-        bool zero = false;
+        bool zero = false, nanf = false;
         for (int64_t i = 0; i < n; i++) {
             if (piv[i] != i) neg ^= 1;
             double d = m[i * n + i];
             if (d < 0) neg ^= 1;
             if (d == 0) zero = true;
+            if (d != d) nanf = true;
             prod *= d;
             logabs += log(fabs(d));
         }
@@ -143,6 +144,9 @@ static void det(const flx_lu_args *a, double *m, int64_t *piv) {
         case FLX_LU_SIGN: v = sign; break;
         default: v = zero ? -INFINITY : (neg ? NAN : logabs); break; /* LOGDET */
         }
+        /* A NaN on U's diagonal wins over a zero pivot (det_value of the CUDA kernels): the zero
+         * entries of a NaN pivot's row skip the update, so a later pivot can be an exact 0. */
+        if (nanf) v = NAN;
         stf(a->dtype, a->out, b, v);
     }
 }
