@@ -622,6 +622,28 @@ TEST_F(LuCuda, NanPivotReachesDet) {
         }
 }
 
+// LuTest.NanOnTheDiagonalWinsOverAZeroPivot's matrices on every GPU path (registers, block,
+// cuSOLVER with its singular fix-up): every det form NaN, as on the CPU.
+TEST_F(LuCuda, NanBesideAZeroPivotMatchesCpu) {
+    for (flx_dtype dt : {FLX_F64, FLX_F32})
+        for (int64_t n : {2, 9, 70}) {
+            SCOPED_TRACE(std::string(flx_dtype_name(dt)) + " n " + std::to_string(n));
+            Mat a((size_t)(n * n), 0.0);
+            for (int64_t i = 2; i < n; i++) a[(size_t)(i * n + i)] = 1.0;
+            a[0] = NAN;
+            a[(size_t)n] = 1;
+            flx_tensor *A = make(gpu, dt, {n, n}, a);
+            flx_tensor *s = nullptr, *l = nullptr;
+            ASSERT_EQ(flx_slogdet(A, &s, &l), FLX_OK) << flx_last_error();
+            for (flx_tensor *v : {flx_det(A), flx_logdet(A), s, l}) {
+                ASSERT_NE(v, nullptr) << flx_last_error();
+                std::vector<double> d = values(v);
+                ASSERT_EQ(d.size(), 1u);
+                EXPECT_TRUE(std::isnan(d[0])) << d[0];
+            }
+        }
+}
+
 }  // namespace
 
 namespace {
