@@ -371,7 +371,9 @@ int flx_cuda_optim(const flx_optim_args *args, void *stream);
  *           packed factors read or written): a (batch, n, n) row-major, b (batch) the per-matrix
  *           cotangent g or NULL (g = 1) -> out (batch, n, n) row-major = g adj(A)^T (division-free
  *           as COFACTOR: exact at singular A) / g A^-T (inf/NaN at singular A, as SOLVE).
- *           1 <= n <= FLX_LU_REG_N on CUDA (one thread per matrix, registers); any n on the CPU. */
+ *           1 <= n <= FLX_LU_REG_N on CUDA (one thread per matrix, registers); any n on the CPU.
+ *           For A holding inf or NaN, which entries come out NaN rather than inf or finite may
+ *           differ between backends (the adjugate's products are grouped differently). */
 #define FLX_LU_REG_N 8
 typedef enum flx_lu_mode {
     FLX_LU_FACTOR, FLX_LU_SOLVE, FLX_LU_DET, FLX_LU_LOGABS, FLX_LU_SIGN, FLX_LU_LOGDET,

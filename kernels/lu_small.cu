@@ -108,13 +108,18 @@ __device__ __forceinline__ int reg_lu(T (&m)[N][N], int (&piv)[N], T (&rd)[N]) {
         }
         T d = m[k][k];
         if (d == T(0) && info == 0) info = k + 1;
-        T r = d != T(0) ? T(1) / d : T(0); // zero pivot: its column is all zero; skip it
+        T r = d != T(0) ? T(1) / d : T(0);
         rd[k] = d != T(0) ? r : copysign(T(INFINITY), d); // 1 / d, with no second division
+        // As the CPU reference and block_lu: a zero pivot leaves its column uneliminated (exact
+        // zero multipliers, no update), and a zero in the pivot row skips its column's update, so
+        // an inf or NaN elsewhere in A never meets a zero factor there (0 * inf is NaN).
 #pragma unroll
-        for (int i = k + 1; i < N; i++) {
-            m[i][k] *= r;
+        for (int i = k + 1; i < N; i++) m[i][k] = d != T(0) ? m[i][k] * r : T(0);
 #pragma unroll
-            for (int j = k + 1; j < N; j++) m[i][j] -= m[i][k] * m[k][j];
+        for (int j = k + 1; j < N; j++) {
+            const bool upd = d != T(0) && m[k][j] != T(0);
+#pragma unroll
+            for (int i = k + 1; i < N; i++) m[i][j] = upd ? m[i][j] - m[i][k] * m[k][j] : m[i][j];
         }
     }
     return info;

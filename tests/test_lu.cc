@@ -644,6 +644,68 @@ TEST_F(LuCuda, NanBesideAZeroPivotMatchesCpu) {
         }
 }
 
+// Equal as the CPU and GPU LUs must be on A holding infs: NaN where the other has NaN, the same
+// infinity where it has one, finite values to rounding.
+::testing::AssertionResult same_nonfinite(const std::vector<double> &got, const std::vector<double> &want,
+                                          double tol) {
+    if (got.size() != want.size()) return ::testing::AssertionFailure() << "sizes differ";
+    for (size_t i = 0; i < got.size(); i++) {
+        double g = got[i], w = want[i];
+        bool ok = std::isnan(w) ? std::isnan(g)
+                  : std::isinf(w) ? g == w
+                                  : std::isfinite(g) && std::fabs(g - w) <= tol * (1 + std::fabs(w));
+        if (!ok) return ::testing::AssertionFailure() << "element " << i << ": " << g << ", CPU " << w;
+    }
+    return ::testing::AssertionSuccess();
+}
+
+// Matrices holding infs (and zero columns beside them) factorise as on the CPU on every LU path:
+// a zero pivot leaves its column uneliminated and a zero in the pivot row skips its column, so no
+// 0 * inf turns into a NaN that the CPU does not have. det forms, inv_ex and solve_ex with their
+// info, registers (n <= 8) and block (n = 9).
+TEST_F(LuCuda, InfEntriesFactoriseAsOnTheCpu) {
+    const int64_t batch = 40;
+    for (flx_dtype dt : {FLX_F64, FLX_F32})
+        for (int64_t n : {2, 3, 5, 8, 9}) {
+            SCOPED_TRACE(std::string(flx_dtype_name(dt)) + " n " + std::to_string(n));
+            const double tol = dt == FLX_F64 ? 1e-10 : 1e-4;
+            Mat a = rand_values((size_t)(batch * n * n), 70 + (uint64_t)n);
+            for (int64_t b = 0; b < batch; b++) {
+                double *m = &a[(size_t)(b * n * n)];
+                for (int64_t i = 0; i < n; i++) m[i * n + i] += 3; // finite part well conditioned
+                const int64_t p = (b * 7) % (n * n), q = (b * 5 + 3) % (n * n);
+                switch (b % 4) {
+                case 0: m[p] = INFINITY; break;
+                case 1: m[p] = -INFINITY, m[q] = 0; break;
+                case 2: // a zero first column (an exact zero pivot) and an inf in the first row
+                    for (int64_t i = 0; i < n; i++) m[i * n] = 0;
+                    m[n - 1] = INFINITY;
+                    break;
+                default: break; // finite
+                }
+            }
+            flx_tensor *Ac = make(cpu, dt, {batch, n, n}, a), *Ag = make(gpu, dt, {batch, n, n}, a);
+            flx_tensor *Bc = rand_tensor(cpu, dt, {batch, n, 2}, 71), *Bg = flx_to_ctx(Bc, gpu);
+            ASSERT_TRUE(Ac && Ag && Bc && Bg) << flx_last_error();
+            flx_tensor *sc = nullptr, *lc = nullptr, *sg = nullptr, *lg = nullptr;
+            ASSERT_EQ(flx_slogdet(Ac, &sc, &lc), FLX_OK) << flx_last_error();
+            ASSERT_EQ(flx_slogdet(Ag, &sg, &lg), FLX_OK) << flx_last_error();
+            EXPECT_TRUE(same_nonfinite(values(flx_det(Ag)), values(flx_det(Ac)), tol)) << "det";
+            EXPECT_TRUE(same_nonfinite(values(flx_logdet(Ag)), values(flx_logdet(Ac)), tol)) << "logdet";
+            EXPECT_TRUE(same_nonfinite(values(sg), values(sc), tol)) << "sign";
+            EXPECT_TRUE(same_nonfinite(values(lg), values(lc), tol)) << "log|det|";
+            flx_tensor *ic = nullptr, *ig = nullptr, *jc = nullptr, *jg = nullptr;
+            flx_tensor *vc = flx_inv_ex(Ac, &ic), *vg = flx_inv_ex(Ag, &ig);
+            flx_tensor *xc = flx_solve_ex(Ac, Bc, &jc), *xg = flx_solve_ex(Ag, Bg, &jg);
+            ASSERT_TRUE(vc && vg && xc && xg && ic && ig && jc && jg) << flx_last_error();
+            EXPECT_TRUE(same_nonfinite(values(vg), values(vc), tol)) << "inv_ex";
+            EXPECT_TRUE(same_nonfinite(values(xg), values(xc), tol)) << "solve_ex";
+            EXPECT_EQ(values(ig), values(ic));
+            EXPECT_EQ(values(jg), values(jc));
+        }
+    EXPECT_EQ(flx_ctx_synchronize(gpu), FLX_OK) << flx_last_error();
+}
+
 }  // namespace
 
 namespace {
