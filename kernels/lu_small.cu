@@ -74,9 +74,8 @@ __device__ __forceinline__ void load_rows(T (&m)[N][N], const T *sm) {
 }
 
 // In-register LU with partial pivoting of m (row i, column j at m[i][j]): L below the diagonal,
-// U on and above it, piv as the packed layout's; rd[k] = 1 / U(k, k) (inf for a zero pivot), the
-// reciprocal the elimination computes anyway. Returns info (0 or the 1-based first zero pivot); a
-// zero pivot column keeps multipliers 0.
+// U on and above it, piv as the packed layout's; rd[k] = 1 / U(k, k) (inf for a zero pivot).
+// Returns info (0 or the 1-based first zero pivot); a zero pivot column keeps multipliers 0.
 template <typename T, int N>
 __device__ __forceinline__ int reg_lu(T (&m)[N][N], int (&piv)[N], T (&rd)[N]) {
     int info = 0;
@@ -108,13 +107,20 @@ __device__ __forceinline__ int reg_lu(T (&m)[N][N], int (&piv)[N], T (&rd)[N]) {
         }
         T d = m[k][k];
         if (d == T(0) && info == 0) info = k + 1;
-        T r = d != T(0) ? T(1) / d : T(0);
-        rd[k] = d != T(0) ? r : copysign(T(INFINITY), d); // 1 / d, with no second division
-        // As the CPU reference and block_lu: a zero pivot leaves its column uneliminated (exact
-        // zero multipliers, no update), and a zero in the pivot row skips its column's update, so
-        // an inf or NaN elsewhere in A never meets a zero factor there (0 * inf is NaN).
+        const T r = T(1) / d; // +-inf for a zero pivot
+        rd[k] = r;
+        // As the CPU reference and block_lu, whose multipliers are quotients: x * (1 / x) misses
+        // 1 for about one x in seven, so two equal rows would leave a rounding-size pivot where
+        // the CPU finds the exact zero that makes A singular. One FMA correction of m * r gives
+        // the correctly rounded m / d (for finite d with a finite reciprocal) without a divide,
+        // whose slow-path call spills. A zero pivot leaves its column uneliminated (exact zero
+        // multipliers, no update) and a zero in the pivot row skips its column's update, so an
+        // inf or NaN elsewhere in A never meets a zero factor there (0 * inf is NaN).
 #pragma unroll
-        for (int i = k + 1; i < N; i++) m[i][k] = d != T(0) ? m[i][k] * r : T(0);
+        for (int i = k + 1; i < N; i++) {
+            const T q = m[i][k] * r;
+            m[i][k] = d == T(0) ? T(0) : isfinite(d) ? fma(fma(-q, d, m[i][k]), r, q) : q;
+        }
 #pragma unroll
         for (int j = k + 1; j < N; j++) {
             const bool upd = d != T(0) && m[k][j] != T(0);
