@@ -93,31 +93,41 @@ TEST_F(LuTest, PivotingNeededAndZeroLeadingEntry) {
     EXPECT_TRUE(std::isnan(values(flx_logdet(q))[0]));
 }
 
+// [[NaN, 0, ...], [1, 0, ...], ...] with I below: the NaN column is the first pivot and its
+// multipliers are NaN, but the zero entries of U's first row skip the update, so the next pivot
+// is an exact 0 (column 1 is zero).
+Mat nan_beside_zero_pivot(int64_t n) {
+    Mat a((size_t)(n * n), 0.0);
+    for (int64_t i = 2; i < n; i++) a[(size_t)(i * n + i)] = 1.0;
+    a[0] = NAN;       // A(0, 0)
+    a[(size_t)n] = 1; // A(1, 0)
+    return a;
+}
+
+// det, log det and slogdet's sign and log|det| of the one matrix A are all NaN.
+void expect_det_forms_nan(flx_tensor *A) {
+    flx_tensor *s = nullptr, *l = nullptr;
+    ASSERT_EQ(flx_slogdet(A, &s, &l), FLX_OK) << flx_last_error();
+    for (flx_tensor *v : {flx_det(A), flx_logdet(A), s, l}) {
+        ASSERT_NE(v, nullptr) << flx_last_error();
+        std::vector<double> d = values(v);
+        ASSERT_EQ(d.size(), 1u);
+        EXPECT_TRUE(std::isnan(d[0])) << d[0];
+    }
+}
+
 // A NaN on U's diagonal wins over an exact zero pivot, as it does in the CUDA kernels (and in
-// IEEE arithmetic: det [[NaN, 0], [1, 0]] = NaN 0 - 0 1): the NaN column is the first pivot, its
-// multipliers are NaN, but the zero row entries of U skip the update, so the next pivot is an
-// exact 0. Every det form is NaN, from A directly and (n = 9, a gradient flowing) from the
-// packed factors.
+// IEEE arithmetic: det [[NaN, 0], [1, 0]] = NaN 0 - 0 1): every det form is NaN, from A directly
+// and (n = 9, a gradient flowing) from the packed factors.
 TEST_F(LuTest, NanOnTheDiagonalWinsOverAZeroPivot) {
     for (flx_dtype dt : {FLX_F64, FLX_F32})
         for (int64_t n : {2, 9})
             for (bool grad : {false, true}) {
                 SCOPED_TRACE(std::string(flx_dtype_name(dt)) + " n " + std::to_string(n) +
                              (grad ? " with grad" : ""));
-                Mat a((size_t)(n * n), 0.0);
-                for (int64_t i = 2; i < n; i++) a[(size_t)(i * n + i)] = 1.0;
-                a[0] = NAN;      // A(0, 0)
-                a[(size_t)n] = 1; // A(1, 0); column 1 is zero
-                flx_tensor *A = make(ctx, dt, {n, n}, a);
+                flx_tensor *A = make(ctx, dt, {n, n}, nan_beside_zero_pivot(n));
                 if (grad) ASSERT_EQ(flx_set_requires_grad(A, true), FLX_OK);
-                flx_tensor *s = nullptr, *l = nullptr;
-                ASSERT_EQ(flx_slogdet(A, &s, &l), FLX_OK) << flx_last_error();
-                for (flx_tensor *v : {flx_det(A), flx_logdet(A), s, l}) {
-                    ASSERT_NE(v, nullptr) << flx_last_error();
-                    std::vector<double> d = values(v);
-                    ASSERT_EQ(d.size(), 1u);
-                    EXPECT_TRUE(std::isnan(d[0])) << d[0];
-                }
+                expect_det_forms_nan(A);
             }
 }
 
@@ -628,19 +638,7 @@ TEST_F(LuCuda, NanBesideAZeroPivotMatchesCpu) {
     for (flx_dtype dt : {FLX_F64, FLX_F32})
         for (int64_t n : {2, 9, 70}) {
             SCOPED_TRACE(std::string(flx_dtype_name(dt)) + " n " + std::to_string(n));
-            Mat a((size_t)(n * n), 0.0);
-            for (int64_t i = 2; i < n; i++) a[(size_t)(i * n + i)] = 1.0;
-            a[0] = NAN;
-            a[(size_t)n] = 1;
-            flx_tensor *A = make(gpu, dt, {n, n}, a);
-            flx_tensor *s = nullptr, *l = nullptr;
-            ASSERT_EQ(flx_slogdet(A, &s, &l), FLX_OK) << flx_last_error();
-            for (flx_tensor *v : {flx_det(A), flx_logdet(A), s, l}) {
-                ASSERT_NE(v, nullptr) << flx_last_error();
-                std::vector<double> d = values(v);
-                ASSERT_EQ(d.size(), 1u);
-                EXPECT_TRUE(std::isnan(d[0])) << d[0];
-            }
+            expect_det_forms_nan(make(gpu, dt, {n, n}, nan_beside_zero_pivot(n)));
         }
 }
 
