@@ -303,6 +303,49 @@ TEST_F(GemmBgradCuda, BiasGradientsMatchCpu) {
         }
 }
 
+// Half precision and TF32, where cuBLASLt's BGRAD epilogues are most likely to run rather than
+// fall back: dW and db of both operand forms against the CPU. Tolerances: f16 / bf16 results are
+// rounded to 11 / 8 significant bits on both sides after f32 / f64 accumulation, so they differ
+// by at most a unit or two of the last place (2e-3 / 1.6e-2 relative); TF32 products carry 11
+// bits, so the entries (sums of 128 products of magnitude <= 1, typically ~4) may differ by a few
+// 1e-3 (2e-2 absolute), far below what a wrong operand, axis or orientation gives.
+TEST_F(GemmBgradCuda, HalfPrecisionAndTf32MatchCpu) {
+    struct Case {
+        flx_dtype dt;
+        int32_t math;
+        double atol, rtol;
+    };
+    const Case cases[] = {{FLX_F16, FLX_MATH_STRICT, 2e-3, 2e-3},
+                          {FLX_BF16, FLX_MATH_STRICT, 1.6e-2, 1.6e-2},
+                          {FLX_F32, FLX_MATH_TF32, 2e-2, 2e-3}};
+    struct Shp { int64_t B, I, O; };
+    const Shp shapes[] = {{128, 784, 1024}, {128, 1024, 10}, {33, 65, 17}};
+    for (const Case &c : cases)
+        for (const Shp &s : shapes) {
+            std::vector<std::vector<double>> out[2];
+            flx_ctx *cs[2] = {gpu, cpu};
+            ASSERT_EQ(flx_set_math_mode(gpu, c.math), FLX_OK) << flx_last_error();
+            for (int k = 0; k < 2; k++) {
+                flx_tensor *x = rand_tensor(cs[k], c.dt, {s.B, s.I}, 121), *W = rand_tensor(cs[k], c.dt, {s.O, s.I}, 122);
+                flx_tensor *b = rand_tensor(cs[k], c.dt, {s.O}, 123), *u = rand_tensor(cs[k], c.dt, {s.B, s.O}, 124);
+                for (flx_tensor *t : {x, W, b, u}) ASSERT_EQ(flx_eval(1, &t), FLX_OK) << flx_last_error();
+                for (flx_tensor *g : linear_grads(x, W, b, u)) out[k].push_back(values(g));
+                flx_tensor *Q = rand_tensor(cs[k], c.dt, {s.I, s.O}, 125);
+                need_grad({Q});
+                flx_tensor *y = flx_add(flx_matmul(x, Q), b), *gq[2] = {nullptr, nullptr};
+                flx_tensor *in[2] = {Q, b};
+                ASSERT_EQ(flx_grad_of(1, &y, &u, 2, in, false, gq), FLX_OK) << flx_last_error();
+                out[k].push_back(values(gq[0]));
+                out[k].push_back(values(gq[1]));
+            }
+            ASSERT_EQ(flx_set_math_mode(gpu, FLX_MATH_STRICT), FLX_OK);
+            for (size_t i = 0; i < out[0].size(); i++)
+                EXPECT_TRUE(close(out[0][i], out[1][i], c.atol, c.rtol))
+                    << flx_dtype_name(c.dt) << " math " << c.math << " " << s.B << "x" << s.I << "x" << s.O
+                    << " output " << i;
+        }
+}
+
 // A captured training-step plan on the GPU: fused (BGRAD epilogues) and unfused GPU plans agree
 // within the f32 bound after a step, replays are deterministic, and the plan is captured.
 TEST_F(GemmBgradCuda, CapturedPlanMatchesUnfusedGpu) {
