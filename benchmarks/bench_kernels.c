@@ -103,16 +103,17 @@ void bench_fused(int64_t rows, int64_t cols, int reps, int trials) {
     flx_scope_end(0, NULL);
 }
 
-/* ---- softmax family along the last axis ------------------------------------------------------
+/* ---- softmax family along the last axis, or along axis 0 (strided rows) -----------------------
  *   fwd  read x, write y                                                  2N
  *   vjp  y (g - <y, g>) from a computed y: read y, g; write               3N
- *   jvp  the tangent of y for a tangent g of x, y computed: read y, g; write   3N */
-typedef struct smx { flx_tensor *x, *xl, *y, *g, *labels; int mode; } smx;
+ *   jvp  the tangent of y for a tangent g of x, y computed: read y, g; write   3N
+ * (the floors any implementation must move; the bandwidth column is against them) */
+typedef struct smx { flx_tensor *x, *xl, *y, *g, *labels; int mode, axis; } smx;
 static flx_status smx_graph(void *p, int rep, flx_tensor **r) {
     smx *s = (smx *)p;
     (void)rep;
     switch (s->mode) {
-    case 0: r[0] = flx_softmax(s->x, -1, 1.0); return FLX_OK;
+    case 0: r[0] = flx_softmax(s->x, s->axis, 1.0); return FLX_OK;
     case 1: return bench_vjp(s->y, s->g, s->xl, &r[0]);
     case 2: return flx_jvp(1, &s->xl, &s->g, 1, &s->y, &r[0]);
     default: /* the loss and its gradient, queued together */
@@ -121,22 +122,23 @@ static flx_status smx_graph(void *p, int rep, flx_tensor **r) {
     }
 }
 
-/* Inputs for a softmax-family workload; false on error. */
-static bool smx_setup(smx *s, int64_t rows, int64_t cols, bool labels) {
+/* Inputs for a softmax-family workload over `axis` (-1 or 0); false on error. */
+static bool smx_setup(smx *s, int64_t rows, int64_t cols, int axis, bool labels) {
     int64_t sh[2] = {rows, cols};
     memset(s, 0, sizeof *s);
+    s->axis = axis;
     s->x = flx_normal(g_ctx, FLX_F32, 2, sh, 0, 3, 1);
     s->xl = flx_normal(g_ctx, FLX_F32, 2, sh, 0, 3, 2);
     s->g = flx_normal(g_ctx, FLX_F32, 2, sh, 0, 1, 3);
     if (labels) s->labels = flx_cast(flx_uniform(g_ctx, FLX_F32, 1, &rows, 0, (double)cols - 0.5, 4), FLX_I64);
     if (!s->x || !s->xl || !s->g || (labels && !s->labels) || flx_set_requires_grad(s->xl, true) != FLX_OK)
         return false;
-    s->y = flx_softmax(s->xl, -1, 1.0);
+    s->y = flx_softmax(s->xl, axis, 1.0);
     flx_tensor *k[5] = {s->x, s->xl, s->g, s->y, s->labels};
     return s->y && flx_eval(labels ? 5 : 4, k) == FLX_OK;
 }
 
-void bench_softmax(const char *tag, int64_t rows, int64_t cols, bool fwd_only, int reps, int trials) {
+void bench_softmax(const char *tag, int64_t rows, int64_t cols, int axis, bool fwd_only, int reps, int trials) {
     static const char *modes[3] = {"fwd", "vjp", "jvp"};
     static const double traffic[3] = {2, 3, 3};
     char names[3][64], shape[48];
@@ -150,7 +152,7 @@ void bench_softmax(const char *tag, int64_t rows, int64_t cols, bool fwd_only, i
     shape_str(shape, sizeof shape, 2, sh);
     flx_scope_begin();
     smx s;
-    bool ok = smx_setup(&s, rows, cols, false);
+    bool ok = smx_setup(&s, rows, cols, axis, false);
     for (int m = 0; m < (fwd_only ? 1 : 3); m++) {
         if (!bench_selected(names[m])) continue;
         s.mode = m;
@@ -172,7 +174,7 @@ void bench_cross_entropy(const char *tag, int64_t rows, int64_t cols, int reps, 
     shape_str(shape, sizeof shape, 2, sh);
     flx_scope_begin();
     smx s;
-    bool ok = smx_setup(&s, rows, cols, true);
+    bool ok = smx_setup(&s, rows, cols, -1, true);
     s.mode = 3;
     bench_report(name, shape, ok ? bench_time_graph(smx_graph, &s, reps, trials) : -1,
                  2.0 * (double)(rows * cols) * 4, 0, "labels i64, mean");

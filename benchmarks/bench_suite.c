@@ -65,6 +65,12 @@ static const workload k_list[] = {
     {"softmax vjp 64x1048576 f32", "64x1048576", "f32"},
     {"softmax jvp 64x1048576 f32", "64x1048576", "f32"},
     {"softmax fwd 262144x128 f32", "262144x128", "f32"},
+    {"softmax fwd axis0 1024x32768 f32", "1024x32768", "f32"},
+    {"softmax vjp axis0 1024x32768 f32", "1024x32768", "f32"},
+    {"softmax jvp axis0 1024x32768 f32", "1024x32768", "f32"},
+    {"softmax fwd axis0 1048576x64 f32", "1048576x64", "f32"},
+    {"softmax vjp axis0 1048576x64 f32", "1048576x64", "f32"},
+    {"softmax jvp axis0 1048576x64 f32", "1048576x64", "f32"},
     {"cross-entropy fwd+bwd 32768x1024 f32", "32768x1024", "f32"},
     {"matmul 4096^3 f32", "4096x4096x4096", "f32"},
     {"det 100000x8x8 f32", "100000x8x8", "f32"},
@@ -321,11 +327,15 @@ int main(int argc, char **argv) {
     double t0 = ex_now_s();
     bench_elementwise(g_smoke ? 4096 : (int64_t)1 << 28, r, tr);
     bench_fused(g_smoke ? 16 : (int64_t)1 << 14, g_smoke ? 256 : (int64_t)1 << 12, r, tr);
-    static const struct { const char *tag; int64_t rows, cols; bool fwd_only; } sm[] = {
-        {"32768x1024", 32768, 1024, false}, {"4096x32768", 4096, 32768, false},
-        {"64x1048576", 64, (int64_t)1 << 20, false}, {"262144x128", 262144, 128, true}};
-    for (int i = 0; i < 4; i++)
-        bench_softmax(sm[i].tag, g_smoke ? 8 : sm[i].rows, g_smoke ? 64 : sm[i].cols, sm[i].fwd_only, r, tr);
+    /* Axis 0: many columns (each block a tile of them, a chunk per block), and few columns of
+     * 2^20 positions (each column cut into chunks over the whole GPU, partials combined). */
+    static const struct { const char *tag; int64_t rows, cols; int axis; bool fwd_only; } sm[] = {
+        {"32768x1024", 32768, 1024, -1, false}, {"4096x32768", 4096, 32768, -1, false},
+        {"64x1048576", 64, (int64_t)1 << 20, -1, false}, {"262144x128", 262144, 128, -1, true},
+        {"axis0 1024x32768", 1024, 32768, 0, false}, {"axis0 1048576x64", (int64_t)1 << 20, 64, 0, false}};
+    for (size_t i = 0; i < sizeof sm / sizeof sm[0]; i++)
+        bench_softmax(sm[i].tag, g_smoke ? 8 : sm[i].rows, g_smoke ? 64 : sm[i].cols, sm[i].axis,
+                      sm[i].fwd_only, r, tr);
     bench_cross_entropy("32768x1024", g_smoke ? 8 : 32768, g_smoke ? 64 : 1024, r, tr);
     bench_matmul(g_smoke ? 64 : 4096, g_quick || g_smoke ? 5 : 10, tr);
     bench_lu("100000x8x8", g_smoke ? 100 : 100000, 8, FLX_F32, r, tr);

@@ -57,7 +57,8 @@ static inline int bench_rep_end(flx_status st, int n, flx_tensor **r) {
 void bench_elementwise(int64_t n, int reps, int trials);
 void bench_fused(int64_t rows, int64_t cols, int reps, int trials);
 /* tag: the listed shape (e.g. "32768x1024"); rows x cols: the measured one (smaller in --smoke). */
-void bench_softmax(const char *tag, int64_t rows, int64_t cols, bool fwd_only, int reps, int trials);
+void bench_softmax(const char *tag, int64_t rows, int64_t cols, int axis, bool fwd_only, int reps,
+                   int trials);
 void bench_cross_entropy(const char *tag, int64_t rows, int64_t cols, int reps, int trials);
 void bench_matmul(int64_t n, int reps, int trials);
 void bench_lu(const char *tag, int64_t batch, int64_t n, flx_dtype dt, int reps, int trials);

@@ -34,7 +34,13 @@ import time
 ELEMENTWISE = ["copy 2^28 f32", "add 2^28 f32", "mul 2^28 f32", "tanh 2^28 f32", "gelu 2^28 f32",
                "relu vjp 2^28 f32"]
 FUSED = ["fused bias-gelu-res fwd 2^26 f32", "fused bias-gelu-res vjp 2^26 f32"]
-SOFTMAX_SHAPES = [(32768, 1024, False), (4096, 32768, False), (64, 1 << 20, False), (262144, 128, True)]
+SOFTMAX_SHAPES = [  # rows, cols, softmax axis, forward only
+    (32768, 1024, -1, False), (4096, 32768, -1, False), (64, 1 << 20, -1, False), (262144, 128, -1, True),
+    (1024, 32768, 0, False), (1 << 20, 64, 0, False)]
+
+
+def softmax_tag(rows, cols, axis):
+    return f"{'axis0 ' if axis == 0 else ''}{rows}x{cols}"
 STEPS = [  # base name, batch, widths (None: the CNN), optimiser
     ("mlp 784-1024-1024-10 b128 sgd", 128, (784, 1024, 1024, 10), "sgd"),
     ("mlp 784-1024-1024-10 b128 adam", 128, (784, 1024, 1024, 10), "adam"),
@@ -53,9 +59,9 @@ GPT2 = [  # base name (the suite's rows add " eager" / " plan+graph"), dtype, ba
 
 def softmax_names():
     out = []
-    for rows, cols, fwd_only in SOFTMAX_SHAPES:
+    for rows, cols, axis, fwd_only in SOFTMAX_SHAPES:
         for m in ("fwd",) if fwd_only else ("fwd", "vjp", "jvp"):
-            out.append(f"softmax {m} {rows}x{cols} f32")
+            out.append(f"softmax {m} {softmax_tag(rows, cols, axis)} f32")
     return out
 
 
@@ -196,18 +202,18 @@ def kernels(b):
         # the VJP wrt x as autograd computes it from the saved x + b: gelu'(x + b) * s * g
         b.run(FUSED[1], lambda i: torch.ops.aten.gelu_backward(g * s, x + bias))
         del x, bias, s, r, g
-    for rows, cols, fwd_only in SOFTMAX_SHAPES:
-        tag = f"{rows}x{cols}"
+    for rows, cols, axis, fwd_only in SOFTMAX_SHAPES:
+        tag = softmax_tag(rows, cols, axis)
         names = [f"softmax {m} {tag} f32" for m in ("fwd", "vjp", "jvp")]
         if not any(b.want(nm) for nm in (names[:1] if fwd_only else names)):
             continue
         x = torch.randn(rows, cols, device=dev) * 3
         g = torch.randn(rows, cols, device=dev)
-        yv = torch.softmax(x, -1)
-        b.run(names[0], lambda i: torch.softmax(x, -1))
+        yv = torch.softmax(x, axis)
+        b.run(names[0], lambda i: torch.softmax(x, axis))
         if not fwd_only:
-            b.run(names[1], lambda i: torch._softmax_backward_data(g, yv, -1, torch.float32))
-            b.run(names[2], lambda i: torch.func.jvp(lambda z: torch.softmax(z, -1), (x,), (g,)))
+            b.run(names[1], lambda i: torch._softmax_backward_data(g, yv, axis, torch.float32))
+            b.run(names[2], lambda i: torch.func.jvp(lambda z: torch.softmax(z, axis), (x,), (g,)))
         del x, g, yv
     ce = "cross-entropy fwd+bwd 32768x1024 f32"
     if b.want(ce):
