@@ -400,7 +400,6 @@ TEST_F(ConvCuda, MatchesCpu) {
             }
         }
     }
-    EXPECT_EQ(flx_scope_end(0, nullptr), FLX_OK);
 }
 
 // The CNN's layers (3x3 pad 1 convolution, 2x2 pooling) at the benchmark's sizes: the kernels' 32-bit
@@ -429,6 +428,45 @@ TEST_F(ConvCuda, CnnLayersMatchCpu) {
         ASSERT_EQ(flx_grad_of(1, &lc, nullptr, 1, &xc, false, &gc), FLX_OK) << flx_last_error();
         ASSERT_EQ(flx_grad_of(1, &lg, nullptr, 1, &xg, false, &gg), FLX_OK) << flx_last_error();
         EXPECT_TRUE(close(values(gg), values(gc), 0, 0));
+    }
+}
+
+
+// The max-pool backward finds each window's argmax again on the device: on inputs full of ties
+// (values on a coarse grid) and with NaNs, overlapping and dilated windows included, its gradient
+// is u scattered to the first maximum (NaN first) that the CPU's argmax indices give, exactly.
+TEST_F(ConvCuda, MaxPoolBackwardTiesAndNanMatchCpuIndices) {
+    struct W {
+        int64_t k[2], s[2], p[2], d[2];
+    };
+    const W wins[] = {{{2, 2}, {2, 2}, {0, 0}, {1, 1}}, {{3, 3}, {1, 1}, {1, 1}, {1, 1}},
+                      {{3, 2}, {2, 1}, {1, 0}, {2, 1}}};
+    const Shape xs = {2, 3, 11, 9};
+    for (flx_dtype dt : {FLX_F32, FLX_F64, FLX_F16}) {
+        std::vector<double> v = rand_values((size_t)(2 * 3 * 11 * 9), 81, 0, 3);
+        for (double &e : v) e = std::floor(e) * 0.5;  // three values: ties in most windows
+        v[7] = NAN, v[100] = NAN, v[101] = NAN, v[450] = NAN;
+        flx_tensor *xc = make(cpu, dt, xs, v), *xg = flx_to_ctx(xc, gpu);
+        ASSERT_TRUE(xc && xg) << flx_last_error();
+        ASSERT_EQ(flx_set_requires_grad(xg, true), FLX_OK);
+        for (const W &w : wins) {
+            SCOPED_TRACE(std::string(flx_dtype_name(dt)) + " kernel " + std::to_string(w.k[0]) + "x" +
+                         std::to_string(w.k[1]));
+            std::vector<double> idx = values(flx_max_pool2d_indices(xc, w.k, w.s, w.p, w.d));
+            flx_tensor *yg = flx_max_pool2d(xg, w.k, w.s, w.p, w.d);
+            ASSERT_NE(yg, nullptr) << flx_last_error();
+            flx_tensor *ug = rand_tensor(gpu, dt, shape_of(yg), 82);
+            std::vector<double> uv = values(ug), want(v.size(), 0.0);
+            for (size_t o = 0; o < idx.size(); o++)
+                if (idx[o] >= 0) want[(size_t)idx[o]] += uv[o];
+            flx_tensor *gx = nullptr;
+            ASSERT_EQ(flx_grad_of(1, &yg, &ug, 1, &xg, false, &gx), FLX_OK) << flx_last_error();
+            // The routed sums (up to 9 entries of magnitude < 1) accumulate in f32 or f64 and
+            // round once on store: f16 within half a unit of its last place, f32 within a few.
+            double tol = dt == FLX_F16 ? 2e-3 : 1e-6;
+            EXPECT_TRUE(close(values(gx), want, tol, tol));
+            EXPECT_TRUE(close(values(flx_max_pool2d_indices(xg, w.k, w.s, w.p, w.d)), idx, 0, 0));
+        }
     }
 }
 

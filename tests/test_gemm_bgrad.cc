@@ -275,31 +275,69 @@ TEST_F(GemmBgradTest, EagerBackwardMatchesUnfused) {
 // 1e-4 absolute and relative, as for the forward epilogues; f64 1e-10.
 using GemmBgradCuda = CudaCpuTest;
 
+struct Shp {
+    int64_t B, I, O;
+};
+
+// On ctx: dW and db of y = x W^T + b (db from the A operand, dy), then dQ and db of y = x Q + b
+// (dQ = x^T u, db from the B operand), for the cotangent u; the same seeds on every context.
+void bgrad_outputs(flx_ctx *ctx, flx_dtype dt, const Shp &s, std::vector<std::vector<double>> *out) {
+    flx_tensor *x = rand_tensor(ctx, dt, {s.B, s.I}, 101), *W = rand_tensor(ctx, dt, {s.O, s.I}, 102);
+    flx_tensor *b = rand_tensor(ctx, dt, {s.O}, 103), *u = rand_tensor(ctx, dt, {s.B, s.O}, 104);
+    for (flx_tensor *t : {x, W, b, u}) ASSERT_EQ(flx_eval(1, &t), FLX_OK) << flx_last_error();
+    for (flx_tensor *g : linear_grads(x, W, b, u)) out->push_back(values(g));
+    flx_tensor *Q = rand_tensor(ctx, dt, {s.I, s.O}, 105);
+    need_grad({Q});
+    flx_tensor *y = flx_add(flx_matmul(x, Q), b), *gq[2] = {nullptr, nullptr};
+    flx_tensor *in[2] = {Q, b};
+    ASSERT_EQ(flx_grad_of(1, &y, &u, 2, in, false, gq), FLX_OK) << flx_last_error();
+    out->push_back(values(gq[0]));
+    out->push_back(values(gq[1]));
+}
+
 TEST_F(GemmBgradCuda, BiasGradientsMatchCpu) {
-    struct Shp { int64_t B, I, O; };
     const std::vector<Shp> shapes = {{128, 784, 1024}, {128, 1024, 10}, {7, 13, 5}, {1, 1, 1}, {33, 65, 17}};
     for (flx_dtype dt : {FLX_F32, FLX_F64})
         for (const Shp &s : shapes) {
             std::vector<std::vector<double>> out[2];
-            flx_ctx *cs[2] = {gpu, cpu};
-            for (int k = 0; k < 2; k++) {
-                flx_tensor *x = rand_tensor(cs[k], dt, {s.B, s.I}, 101), *W = rand_tensor(cs[k], dt, {s.O, s.I}, 102);
-                flx_tensor *b = rand_tensor(cs[k], dt, {s.O}, 103), *u = rand_tensor(cs[k], dt, {s.B, s.O}, 104);
-                for (flx_tensor *t : {x, W, b, u}) ASSERT_EQ(flx_eval(1, &t), FLX_OK) << flx_last_error();
-                for (flx_tensor *g : linear_grads(x, W, b, u)) out[k].push_back(values(g));
-                // the B-operand form: x Q for Q (I, O), dQ = x^T u, sum of u over rows
-                flx_tensor *Q = rand_tensor(cs[k], dt, {s.I, s.O}, 105);
-                need_grad({Q});
-                flx_tensor *y = flx_add(flx_matmul(x, Q), b), *gq[2] = {nullptr, nullptr};
-                flx_tensor *in[2] = {Q, b};
-                ASSERT_EQ(flx_grad_of(1, &y, &u, 2, in, false, gq), FLX_OK) << flx_last_error();
-                out[k].push_back(values(gq[0]));
-                out[k].push_back(values(gq[1]));
-            }
+            bgrad_outputs(gpu, dt, s, &out[0]);
+            bgrad_outputs(cpu, dt, s, &out[1]);
+            ASSERT_EQ(out[0].size(), out[1].size());
             double tol = dt == FLX_F32 ? 1e-4 : 1e-10;
             for (size_t i = 0; i < out[0].size(); i++)
                 EXPECT_TRUE(close(out[0][i], out[1][i], tol, tol))
                     << flx_dtype_name(dt) << " " << s.B << "x" << s.I << "x" << s.O << " output " << i;
+        }
+}
+
+// Half precision and TF32, where cuBLASLt's BGRAD epilogues are most likely to run rather than
+// fall back: dW and db of both operand forms against the CPU. Tolerances: f16 / bf16 results are
+// rounded to 11 / 8 significant bits on both sides after f32 / f64 accumulation, so they differ
+// by at most a unit or two of the last place (2e-3 / 1.6e-2 relative); TF32 products carry 11
+// bits, so the entries (sums of 128 products of magnitude <= 1, typically ~4) may differ by a few
+// 1e-3 (2e-2 absolute), far below what a wrong operand, axis or orientation gives.
+TEST_F(GemmBgradCuda, HalfPrecisionAndTf32MatchCpu) {
+    struct Case {
+        flx_dtype dt;
+        int32_t math;
+        double atol, rtol;
+    };
+    const Case cases[] = {{FLX_F16, FLX_MATH_STRICT, 2e-3, 2e-3},
+                          {FLX_BF16, FLX_MATH_STRICT, 1.6e-2, 1.6e-2},
+                          {FLX_F32, FLX_MATH_TF32, 2e-2, 2e-3}};
+    const Shp shapes[] = {{128, 784, 1024}, {128, 1024, 10}, {33, 65, 17}};
+    for (const Case &c : cases)
+        for (const Shp &s : shapes) {
+            std::vector<std::vector<double>> out[2];
+            ASSERT_EQ(flx_set_math_mode(gpu, c.math), FLX_OK) << flx_last_error();
+            bgrad_outputs(gpu, c.dt, s, &out[0]);
+            ASSERT_EQ(flx_set_math_mode(gpu, FLX_MATH_STRICT), FLX_OK);
+            bgrad_outputs(cpu, c.dt, s, &out[1]);
+            ASSERT_EQ(out[0].size(), out[1].size());
+            for (size_t i = 0; i < out[0].size(); i++)
+                EXPECT_TRUE(close(out[0][i], out[1][i], c.atol, c.rtol))
+                    << flx_dtype_name(c.dt) << " math " << c.math << " " << s.B << "x" << s.I << "x" << s.O
+                    << " output " << i;
         }
 }
 

@@ -197,6 +197,39 @@ TEST_F(NnTest, BatchNormTrainingRulesEveryAffineCase) {
     }
 }
 
+// The smallest counts per channel: training with two values per channel (x̂ = ±1, the closed
+// form's n = 2) and with the count spread over N and the spatial axes; eval mode (op by op) with
+// a single value per channel, which training rejects. Finite differences in float64.
+TEST_F(NnTest, BatchNormSmallestCountsPerChannel) {
+    const Shape train_shapes[] = {{2, 3}, {1, 2, 2}, {1, 3, 1, 2}};
+    for (const Shape &s : train_shapes) {
+        SCOPED_TRACE(::testing::PrintToString(s));
+        int64_t C = s[1];
+        flx_tensor *x = rand_tensor(ctx, FLX_F64, s, 35, -1, 2);
+        flx_tensor *g = rand_tensor(ctx, FLX_F64, {C}, 36, 0.5, 1.5), *b = rand_tensor(ctx, FLX_F64, {C}, 37);
+        auto fn = [](const std::vector<flx_tensor *> &in) {
+            return flx_batch_norm(in[0], in[1], in[2], nullptr, nullptr, true, 0.1, 1e-3, nullptr, nullptr);
+        };
+        EXPECT_EQ(gradcheck(fn, {x, g, b}), FLX_OK) << flx_last_error();
+        EXPECT_TRUE(jvp_check(fn, {x, g, b}));
+    }
+    const Shape eval_shapes[] = {{1, 3}, {1, 2, 1, 1}};
+    for (const Shape &s : eval_shapes) {
+        SCOPED_TRACE(::testing::PrintToString(s));
+        int64_t C = s[1];
+        flx_tensor *x = rand_tensor(ctx, FLX_F64, s, 38, -1, 2);
+        flx_tensor *g = rand_tensor(ctx, FLX_F64, {C}, 39, 0.5, 1.5), *b = rand_tensor(ctx, FLX_F64, {C}, 40);
+        flx_tensor *rm = rand_tensor(ctx, FLX_F64, {C}, 41), *rv = rand_tensor(ctx, FLX_F64, {C}, 42, 0.5, 1.5);
+        auto fn = [](const std::vector<flx_tensor *> &in) {
+            return flx_batch_norm(in[0], in[1], in[2], in[3], in[4], false, 0.1, 1e-3, nullptr, nullptr);
+        };
+        EXPECT_EQ(gradcheck(fn, {x, g, b, rm, rv}), FLX_OK) << flx_last_error();
+        EXPECT_TRUE(jvp_check(fn, {x, g, b, rm, rv}));
+        EXPECT_TRUE(fails_with(flx_batch_norm(x, g, b, rm, rv, true, 0.1, 1e-3, nullptr, nullptr), FLX_ERR_SHAPE,
+                               "more than one value"));
+    }
+}
+
 // The rules are graphs of public ops over x, mu(x), rstd(x), gamma and beta, so they differentiate
 // again: reverse-over-reverse and forward-over-reverse against finite differences.
 TEST_F(NnTest, BatchNormTrainingSecondOrder) {
@@ -659,7 +692,6 @@ TEST_F(NnCuda, MatchesCpu) {
         EXPECT_TRUE(close(values(flx_log_cosh_loss(xg, tg, FLX_REDUCTION_MEAN)),
                           values(flx_log_cosh_loss(xc, tc, FLX_REDUCTION_MEAN)), tol, tol));
     }
-    EXPECT_EQ(flx_scope_end(0, nullptr), FLX_OK);
 }
 
 // The training rules on the GPU (reductions, the fused dx kernel) against the CPU reference.

@@ -466,3 +466,63 @@ TEST_F(ReduceCuda, SplitPathsMatchCpu) {
 }
 
 }  // namespace
+
+namespace {
+
+// The split variance (chunk partials combined by Chan et al.'s formula) on data far from zero,
+// where E[x^2] - E[x]^2 would lose every digit: against a float64 two-pass reference of the
+// stored values, at counts no chunking divides evenly (primes), with a partial 32-column tile;
+// and bit for bit equal run to run (a fixed combination order).
+TEST_F(ReduceCuda, SplitVarianceOffsetUnevenAndDeterministic) {
+    struct C {
+        Shape shape;
+        std::vector<int32_t> axes;
+    };
+    const C cases[] = {{{(1 << 20) + 7}, {0}}, {{262147}, {0}}, {{65537, 40}, {0}}, {{61, 3, 4099}, {0, 2}}};
+    for (flx_dtype dt : {FLX_F64, FLX_F32}) {
+        for (const C &c : cases) {
+            size_t n = 1;
+            for (int64_t d : c.shape) n *= (size_t)d;
+            std::vector<double> v = flxt::rand_values(n, 47, 1e6 - 1, 1e6 + 1);
+            flx_tensor *xc = flxt::make(cpu, dt, c.shape, v), *xg = flx_to_ctx(xc, gpu);
+            ASSERT_TRUE(xc && xg) << flx_last_error();
+            std::vector<double> xs = flxt::values(xc);  // the stored (rounded) values
+            // Reference: kept index and reduced index of each element (axes as listed above).
+            std::vector<int64_t> kept(n);
+            int64_t nk = 1;
+            for (size_t d = 0; d < c.shape.size(); d++)
+                if (std::find(c.axes.begin(), c.axes.end(), (int32_t)d) == c.axes.end()) nk *= c.shape[d];
+            for (size_t i = 0; i < n; i++) {
+                int64_t rest = (int64_t)i, k = 0, mul = 1;
+                for (size_t d = c.shape.size(); d-- > 0;) {
+                    int64_t id = rest % c.shape[d];
+                    rest /= c.shape[d];
+                    if (std::find(c.axes.begin(), c.axes.end(), (int32_t)d) == c.axes.end()) {
+                        k += id * mul;
+                        mul *= c.shape[d];
+                    }
+                }
+                kept[i] = k;
+            }
+            const double cnt = (double)n / (double)nk;
+            std::vector<double> mean(nk, 0.0), m2(nk, 0.0);
+            for (size_t i = 0; i < n; i++) mean[kept[i]] += xs[i];
+            for (double &m : mean) m /= cnt;
+            for (size_t i = 0; i < n; i++) m2[kept[i]] += (xs[i] - mean[kept[i]]) * (xs[i] - mean[kept[i]]);
+            for (int64_t ddof : {0, 1}) {
+                SCOPED_TRACE(std::string(flx_dtype_name(dt)) + " numel " + std::to_string(n) + " ddof " +
+                             std::to_string(ddof));
+                std::vector<double> want(nk);
+                for (int64_t k = 0; k < nk; k++) want[k] = m2[k] / (cnt - (double)ddof);
+                const int32_t na = (int32_t)c.axes.size();
+                flx_tensor *a = flx_var(xg, na, c.axes.data(), false, ddof);
+                flx_tensor *b = flx_var(xg, na, c.axes.data(), false, ddof);
+                ASSERT_TRUE(a && b) << flx_last_error();
+                EXPECT_TRUE(flxt::close(flxt::values(a), want, 0, dt == FLX_F64 ? 1e-9 : 2e-6));
+                EXPECT_EQ(flxt::raw_bits(a), flxt::raw_bits(b));
+            }
+        }
+    }
+}
+
+}  // namespace
