@@ -143,9 +143,12 @@ static bool entry_build(struct flx_cuda_lt *lt, lt_entry *e, const flx_gemm_ex_a
         ok = cublasLtMatmulDescSetAttribute(e->desc, CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, &data,
                                             sizeof data) == CUBLAS_STATUS_SUCCESS;
     }
-    /* The heuristic reads the bias (gradient) pointer's alignment, part of the key; the call sets
-     * each call's own. */
-    const void *bias_ptr = a->bgrad != FLX_GEMM_BGRAD_NONE ? (const void *)a->bgrad_out : a->bias;
+    /* The heuristic may read the bias (gradient) pointer's alignment; the entry serves every call
+     * of its key, whose alignment is the least of all its pointers', so the heuristic sees an
+     * address aligned to exactly that (never dereferenced: each call sets its own pointer). A
+     * first call's better-aligned bias must not pick an algorithm a later call's cannot run. */
+    const bool has_bias = a->bgrad != FLX_GEMM_BGRAD_NONE ? a->bgrad_out != NULL : a->bias != NULL;
+    const void *bias_ptr = has_bias ? (const void *)(uintptr_t)k->align : NULL;
     if (ok && bias_ptr) {
         ok = cublasLtMatmulDescSetAttribute(e->desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias_ptr,
                                             sizeof bias_ptr) == CUBLAS_STATUS_SUCCESS;
