@@ -259,6 +259,8 @@ void CpuTest::TearDown() {
 void CudaCpuTest::SetUp() {
     FLX_REQUIRE_CUDA(g);
     gpu = g;
+    ASSERT_EQ(flx_get_fusion(gpu, &gpu_fusion_), FLX_OK) << flx_last_error();
+    ASSERT_EQ(flx_get_math_mode(gpu, &gpu_math_), FLX_OK) << flx_last_error();
     flx_clear_error();
     live_before = flx_live_tensors();
     cpu = flx_ctx_create(flx_device_cpu());
@@ -269,6 +271,10 @@ void CudaCpuTest::SetUp() {
 
 void CudaCpuTest::TearDown() {
     if (!scoped_) return;
+    // A test that switches the shared context's fusion or math mode and stops at a failed
+    // assertion must not change what the later tests of the process run.
+    EXPECT_EQ(flx_set_fusion(gpu, gpu_fusion_), FLX_OK) << flx_last_error();
+    EXPECT_EQ(flx_set_math_mode(gpu, gpu_math_), FLX_OK) << flx_last_error();
     EXPECT_EQ(flx_scope_end(0, nullptr), FLX_OK);
     EXPECT_EQ(flx_live_tensors(), live_before) << "tensors leaked by this test";
     if (flx_live_tensors() == live_before) EXPECT_EQ(flx_ctx_destroy(cpu), FLX_OK) << flx_last_error();

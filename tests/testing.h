@@ -103,7 +103,8 @@ class CpuTest : public ::testing::Test {
 
 // Fixture of the GPU tests checked against the CPU reference: skipped without a GPU (a failure
 // under FLX_REQUIRE_GPU=1, as FLX_REQUIRE_CUDA); gpu is the shared CUDA context, cpu a CPU context
-// of the test's own, the test body runs inside one tensor scope, and a leak fails the test.
+// of the test's own, the test body runs inside one tensor scope, and a leak fails the test. The
+// shared context's fusion and math mode are put back as they were after each test.
 class CudaCpuTest : public ::testing::Test {
   protected:
     void SetUp() override;
@@ -113,6 +114,8 @@ class CudaCpuTest : public ::testing::Test {
 
   private:
     bool scoped_ = false;
+    bool gpu_fusion_ = true;
+    int32_t gpu_math_ = FLX_MATH_STRICT;
 };
 
 // CpuTest plus a communicator over the process's world (one rank without a launcher).
